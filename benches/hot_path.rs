@@ -1,0 +1,108 @@
+//! Criterion benchmarks of the broker's hot-path pieces, each without sockets:
+//! frame decode/encode, topic validation and routing, pattern matching (cached and not),
+//! and a ring handoff. Run with `cargo bench --bench hot_path`.
+
+use std::sync::Arc;
+
+use corebus::message::Message;
+use corebus::protocol::native::{self, Frame};
+use corebus::protocol::topic;
+use corebus::shard::sublist::Sublist;
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+
+fn codec(c: &mut Criterion) {
+    let payload = vec![7u8; 64];
+    let mut publish = Vec::new();
+    Frame::Publish {
+        request_id: 9,
+        quiet: true,
+        topic: b"orders.eu.created",
+        reply_to: None,
+        payload: &payload,
+    }
+    .encode(&mut publish);
+    let mut group = c.benchmark_group("codec");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("decode_publish_64b", |b| {
+        b.iter(|| native::decode(black_box(&publish), 1 << 20).unwrap())
+    });
+    let mut out = Vec::with_capacity(256);
+    group.bench_function("encode_publish_64b", |b| {
+        b.iter(|| {
+            out.clear();
+            Frame::Publish {
+                request_id: 9,
+                quiet: true,
+                topic: black_box(b"orders.eu.created"),
+                reply_to: None,
+                payload: &payload,
+            }
+            .encode(&mut out);
+        })
+    });
+    let mut scratch = Vec::new();
+    group.bench_function("build_shared_message_64b", |b| {
+        b.iter(|| {
+            Message::from_publish(
+                &mut scratch,
+                1,
+                black_box("orders.eu.created"),
+                None,
+                &payload,
+            )
+        })
+    });
+    group.finish();
+}
+
+fn topics(c: &mut Criterion) {
+    let mut group = c.benchmark_group("topics");
+    group.bench_function("parse_publish_topic", |b| {
+        b.iter(|| topic::parse_publish_topic(black_box(b"orders.eu.created.v2")).unwrap())
+    });
+    group.bench_function("owner_shard", |b| {
+        b.iter(|| topic::owner_shard(black_box("orders.eu.created.v2"), 4))
+    });
+    let mut patterns = Sublist::new(4096);
+    for i in 0..1000 {
+        patterns.insert(&format!("metrics.host{i}.*"), i);
+    }
+    patterns.insert("orders.*.created", 5000);
+    patterns.insert("orders.>", 5001);
+    let mut out = Vec::new();
+    group.bench_function("match_1000_patterns_uncached", |b| {
+        b.iter(|| {
+            out.clear();
+            patterns.match_into(black_box("orders.eu.created"), &mut out);
+        })
+    });
+    group.bench_function("match_1000_patterns_cached", |b| {
+        b.iter(|| patterns.match_cached(black_box("orders.eu.created")).len())
+    });
+    group.finish();
+}
+
+fn ring(c: &mut Criterion) {
+    let poll = mio::Poll::new().unwrap();
+    let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+    let (mut outbox, receiver) = corebus::mesh::ring::ring::<u64>(64, 256, waker);
+    let mut group = c.benchmark_group("ring");
+    group.throughput(Throughput::Elements(256));
+    group.bench_function("batch_of_256_handoff", |b| {
+        b.iter_batched(
+            || (),
+            |()| {
+                for i in 0..256 {
+                    outbox.push(i);
+                }
+                outbox.flush();
+                black_box(receiver.try_recv())
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, codec, topics, ring);
+criterion_main!(benches);

@@ -1,0 +1,230 @@
+//! The command line: `clap` definitions and their translation into a [`Config`].
+//! Every `serve` flag can also come from a `COREBUS_*` environment variable (flag wins).
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, SlowConsumerPolicy};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "corebus",
+    version,
+    about = "A thread-per-core in-memory pub/sub broker"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker.
+    Serve(Box<ServeArgs>),
+    /// Publish one message and print its sequence number.
+    Pub(PubArgs),
+    /// Subscribe to a topic or pattern and print each message.
+    Sub(SubArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Native protocol address; port 0 picks a free port.
+    #[arg(long, env = "COREBUS_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Number of shards (one reactor thread each); default: one per available core.
+    #[arg(long, env = "COREBUS_SHARDS")]
+    pub shards: Option<usize>,
+    /// CPUs to pin shards to, e.g. `0,2-3`; shard i runs on the i-th (wrapping).
+    #[arg(long, env = "COREBUS_CORES", value_parser = parse_core_list)]
+    pub cores: Option<CoreList>,
+    /// Do not pin shard threads to cores.
+    #[arg(long, env = "COREBUS_NO_PIN")]
+    pub no_pin: bool,
+    /// Largest message payload accepted, in bytes.
+    #[arg(long, env = "COREBUS_MESSAGE_BYTES_MAX", default_value_t = Config::default().message_bytes_max)]
+    pub message_bytes_max: usize,
+    /// Connections across all shards (each shard takes an equal share).
+    #[arg(long, env = "COREBUS_CONNECTIONS_MAX", default_value_t = Config::default().connections_max)]
+    pub connections_max: usize,
+    /// Subscriptions one connection may hold.
+    #[arg(long, env = "COREBUS_SUBSCRIPTIONS_PER_CONNECTION_MAX", default_value_t = Config::default().subscriptions_per_connection_max)]
+    pub subscriptions_per_connection_max: usize,
+    /// Topics across all shards (each owner shard takes an equal share).
+    #[arg(long, env = "COREBUS_TOPICS_MAX", default_value_t = Config::default().topics_max)]
+    pub topics_max: usize,
+    /// Bytes queued towards one connection before the slow-consumer policy applies.
+    #[arg(long, env = "COREBUS_OUTBOUND_BYTES_MAX", default_value_t = Config::default().outbound_bytes_max)]
+    pub outbound_bytes_max: usize,
+    /// What happens to a subscriber over --outbound-bytes-max.
+    #[arg(long, env = "COREBUS_SLOW_CONSUMER", value_enum, default_value_t = SlowConsumerPolicy::Disconnect)]
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Batches each shard-to-shard ring holds.
+    #[arg(long, env = "COREBUS_RING_SLOTS", default_value_t = Config::default().ring_slots)]
+    pub ring_slots: usize,
+    /// Messages per ring batch.
+    #[arg(long, env = "COREBUS_RING_BATCH_MAX", default_value_t = Config::default().ring_batch_max)]
+    pub ring_batch_max: usize,
+    /// Bytes per socket read; also each connection's resting read buffer.
+    #[arg(long, env = "COREBUS_READ_CHUNK_BYTES", default_value_t = Config::default().read_chunk_bytes)]
+    pub read_chunk_bytes: usize,
+    /// Bytes one connection may read per loop turn before others get their turn.
+    #[arg(long, env = "COREBUS_READ_BYTES_PER_TURN_MAX", default_value_t = Config::default().read_bytes_per_turn_max)]
+    pub read_bytes_per_turn_max: usize,
+    /// Milliseconds a new connection has to send HELLO.
+    #[arg(long, env = "COREBUS_HANDSHAKE_TIMEOUT_MS", default_value_t = Config::default().handshake_timeout_ms)]
+    pub handshake_timeout_ms: u64,
+    /// Milliseconds a connection the broker closes may take to receive its final frames.
+    #[arg(long, env = "COREBUS_CLOSE_LINGER_MS", default_value_t = Config::default().close_linger_ms)]
+    pub close_linger_ms: u64,
+    /// Milliseconds shutdown waits for outbound buffers to flush.
+    #[arg(long, env = "COREBUS_SHUTDOWN_GRACE_MS", default_value_t = Config::default().shutdown_grace_ms)]
+    pub shutdown_grace_ms: u64,
+    /// Microseconds to spin on an idle poll before blocking (0 = always block).
+    #[arg(long, env = "COREBUS_BUSY_POLL_US", default_value_t = Config::default().busy_poll_us)]
+    pub busy_poll_us: u64,
+    /// Topics whose pattern-match result each shard caches.
+    #[arg(long, env = "COREBUS_PATTERN_CACHE_ENTRIES_MAX", default_value_t = Config::default().pattern_cache_entries_max)]
+    pub pattern_cache_entries_max: usize,
+    /// Readiness events taken from the kernel per poll.
+    #[arg(long, env = "COREBUS_EVENTS_PER_POLL_MAX", default_value_t = Config::default().events_per_poll_max)]
+    pub events_per_poll_max: usize,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, env = "COREBUS_LOG", default_value = "info")]
+    pub log_level: log::LevelFilter,
+}
+
+#[derive(Debug, Args)]
+pub struct PubArgs {
+    /// Broker address.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070")]
+    pub addr: String,
+    pub topic: String,
+    pub message: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SubArgs {
+    /// Broker address.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070")]
+    pub addr: String,
+    /// Exact topic or pattern (`orders.*`, `metrics.>`).
+    pub subject: String,
+    /// Exit after this many messages.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+/// CPU ids parsed from `0,2-3`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreList(pub Vec<usize>);
+
+pub fn parse_core_list(text: &str) -> Result<CoreList, String> {
+    let mut cores = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let parse = |s: &str| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("`{s}` is not a CPU number"))
+        };
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last) = (parse(first)?, parse(last)?);
+                if first > last {
+                    return Err(format!("range `{part}` runs backwards"));
+                }
+                cores.extend(first..=last);
+            }
+            None => cores.push(parse(part)?),
+        }
+    }
+    if cores.is_empty() {
+        return Err("the core list is empty".into());
+    }
+    Ok(CoreList(cores))
+}
+
+impl ServeArgs {
+    pub fn to_config(&self) -> Config {
+        let defaults = Config::default();
+        let cores = self.cores.clone().map(|c| c.0).unwrap_or_default();
+        // With an explicit core list and no shard count, run one shard per listed core.
+        let shards = self.shards.unwrap_or(if cores.is_empty() {
+            defaults.shards
+        } else {
+            cores.len()
+        });
+        Config {
+            listen: self.listen,
+            shards,
+            cores,
+            pin: !self.no_pin,
+            message_bytes_max: self.message_bytes_max,
+            connections_max: self.connections_max,
+            subscriptions_per_connection_max: self.subscriptions_per_connection_max,
+            topics_max: self.topics_max,
+            outbound_bytes_max: self.outbound_bytes_max,
+            slow_consumer: self.slow_consumer,
+            ring_slots: self.ring_slots,
+            ring_batch_max: self.ring_batch_max,
+            read_chunk_bytes: self.read_chunk_bytes,
+            read_bytes_per_turn_max: self.read_bytes_per_turn_max,
+            handshake_timeout_ms: self.handshake_timeout_ms,
+            close_linger_ms: self.close_linger_ms,
+            shutdown_grace_ms: self.shutdown_grace_ms,
+            busy_poll_us: self.busy_poll_us,
+            pattern_cache_entries_max: self.pattern_cache_entries_max,
+            events_per_poll_max: self.events_per_poll_max,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_lists() {
+        let check = |text: &str, expect: Result<Vec<usize>, ()>| {
+            assert_eq!(
+                parse_core_list(text).map(|c| c.0).map_err(drop),
+                expect,
+                "{text}"
+            );
+        };
+        check("0", Ok(vec![0]));
+        check("0,2-3", Ok(vec![0, 2, 3]));
+        check(" 1 , 3 ", Ok(vec![1, 3]));
+        check("3-1", Err(()));
+        check("a", Err(()));
+        check("", Err(()));
+        check("1-", Err(()));
+    }
+
+    #[test]
+    fn serve_defaults_match_the_config_defaults() {
+        let cli = Cli::try_parse_from(["corebus", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected");
+        };
+        let config = args.to_config();
+        let defaults = Config::default();
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.shards, defaults.shards);
+        assert_eq!(config.outbound_bytes_max, defaults.outbound_bytes_max);
+        assert!(config.pin);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_core_list_sets_the_shard_count() {
+        let cli = Cli::try_parse_from(["corebus", "serve", "--cores", "0-1", "--no-pin"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("serve expected");
+        };
+        let config = args.to_config();
+        assert_eq!(config.shards, 2);
+        assert!(!config.pin);
+    }
+}

@@ -1,0 +1,711 @@
+//! The blocking Rust client for the native protocol (std sockets, no async runtime).
+//!
+//! One background reader thread per [`Client`] decodes everything the broker sends and routes
+//! it: replies to the caller waiting for them (matched by request id), deliveries to their
+//! [`Subscription`]'s bounded channel. A subscription that is not drained fills its channel,
+//! the reader then stops reading, and the broker's slow-consumer policy takes over: the
+//! client never buffers without bound and never drops silently.
+//!
+//! ```no_run
+//! use corebus::client::Client;
+//! let mut client = Client::connect("127.0.0.1:7070")?;
+//! let subscription = client.subscribe("orders.*")?;
+//! let seq = client.publish_confirmed("orders.created", b"{\"id\":1}")?;
+//! let message = subscription.recv()?;
+//! assert_eq!(message.seq, seq);
+//! # Ok::<(), corebus::client::Error>(())
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError};
+
+use crate::error::ErrorCode;
+use crate::protocol::native::{self, Frame, PROTOCOL_VERSION};
+
+/// Frames the client accepts from the broker: the broker's own limit is checked broker-side.
+const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024 + native::FRAME_OVERHEAD_MAX;
+/// Deliveries buffered per subscription before the reader stops reading the socket.
+pub const SUBSCRIPTION_BUFFER_DEFAULT: usize = 65_536;
+/// Replies (and errors for quiet publishes) buffered before the reader waits.
+const REPLY_BUFFER: usize = 4096;
+/// Subscribe/unsubscribe registrations in flight to the reader; the reader drains them even
+/// while it waits on a full subscription, and each caller waits for its reply, so few queue.
+const CONTROL_BUFFER: usize = 256;
+/// Errors of quiet publishes kept for [`Client::take_async_errors`]; older ones are counted.
+const ASYNC_ERRORS_MAX: usize = 1024;
+
+/// An error from the broker: its stable code and its message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerError {
+    /// The raw wire code; [`ServerError::code`] maps it to a known [`ErrorCode`].
+    pub code_raw: u16,
+    pub message: String,
+}
+
+impl ServerError {
+    pub fn code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_u16(self.code_raw)
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.code() {
+            Some(code) => write!(f, "{code}: {}", self.message),
+            None => write!(f, "error {}: {}", self.code_raw, self.message),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Error {
+    Io(io::Error),
+    /// The broker refused the command.
+    Server(ServerError),
+    /// No reply (or message) within the timeout.
+    Timeout,
+    /// The connection is gone; the broker's last connection-level error, if it sent one.
+    Closed(Option<ServerError>),
+    /// The broker sent something this client does not understand.
+    Protocol(String),
+}
+
+impl Error {
+    /// The broker's error code, when the broker refused the command or closed with one.
+    pub fn server_code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Server(e) | Error::Closed(Some(e)) => e.code(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "i/o error: {e}"),
+            Error::Server(e) => write!(f, "broker refused: {e}"),
+            Error::Timeout => f.write_str("timed out"),
+            Error::Closed(Some(e)) => write!(f, "connection closed by the broker: {e}"),
+            Error::Closed(None) => f.write_str("connection closed"),
+            Error::Protocol(e) => write!(f, "protocol error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A message delivered to a subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub topic: String,
+    /// The topic's sequence number (1, 2, 3, ... per topic).
+    pub seq: u64,
+    /// When the broker accepted the publish, in Unix nanoseconds.
+    pub timestamp_ns: u64,
+    /// 1 on first delivery.
+    pub delivery_count: u16,
+    pub reply_to: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+enum Event {
+    Message(Delivery),
+    /// The broker dropped this many messages for the subscription (`drop-oldest`).
+    Dropped(u64),
+    Closed(Option<ServerError>),
+}
+
+enum Reply {
+    Ok { request_id: u32, data: Vec<u8> },
+    Err { request_id: u32, error: ServerError },
+    Closed(Option<ServerError>),
+}
+
+enum ReaderControl {
+    Register { sub_id: u32, events: Sender<Event> },
+    Unregister { sub_id: u32 },
+}
+
+/// What the broker said about itself in the handshake.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerInfo {
+    pub version: u16,
+    /// The shard that accepted this connection.
+    pub shard: u16,
+    pub message_bytes_max: u32,
+}
+
+/// Settings for [`Client::connect_with`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub name: String,
+    pub request_timeout: Duration,
+    pub subscription_buffer: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            name: format!("corebus-rust/{}", env!("CARGO_PKG_VERSION")),
+            request_timeout: Duration::from_secs(10),
+            subscription_buffer: SUBSCRIPTION_BUFFER_DEFAULT,
+        }
+    }
+}
+
+pub struct Client {
+    stream: TcpStream,
+    encode_buf: Vec<u8>,
+    next_request_id: u32,
+    next_sub_id: u32,
+    replies: Receiver<Reply>,
+    control: Sender<ReaderControl>,
+    async_errors: VecDeque<ServerError>,
+    async_errors_lost: u64,
+    closed: Option<Option<ServerError>>,
+    reader: Option<JoinHandle<()>>,
+    info: ServerInfo,
+    options: ClientOptions,
+}
+
+/// A live subscription. Dropping it does not unsubscribe; call [`Client::unsubscribe`].
+pub struct Subscription {
+    sub_id: u32,
+    subject: String,
+    events: Receiver<Event>,
+    dropped: u64,
+    closed: Option<Option<ServerError>>,
+}
+
+impl Client {
+    pub fn connect(addr: impl ToSocketAddrs) -> Result<Client> {
+        Client::connect_with(addr, ClientOptions::default())
+    }
+
+    pub fn connect_with(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Client> {
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        let mut encode_buf = Vec::with_capacity(4096);
+        Frame::Hello {
+            request_id: 1,
+            version: PROTOCOL_VERSION,
+            client_name: options.name.as_bytes(),
+        }
+        .encode(&mut encode_buf);
+        stream.write_all(&encode_buf)?;
+
+        // The handshake is read here, before the reader thread exists; any bytes after the
+        // reply are handed to the reader.
+        stream.set_read_timeout(Some(options.request_timeout))?;
+        let mut buffer = Vec::with_capacity(64 * 1024);
+        let info = loop {
+            match native::decode(&buffer, FRAME_BYTES_MAX) {
+                Ok(Some((frame, len))) => {
+                    let info = match frame {
+                        Frame::Ok { data, .. } if data.len() >= 8 => ServerInfo {
+                            version: u16::from_be_bytes([data[0], data[1]]),
+                            shard: u16::from_be_bytes([data[2], data[3]]),
+                            message_bytes_max: u32::from_be_bytes([
+                                data[4], data[5], data[6], data[7],
+                            ]),
+                        },
+                        Frame::Err { code, message, .. } => {
+                            return Err(Error::Server(server_error(code, message)))
+                        }
+                        other => {
+                            return Err(Error::Protocol(format!(
+                                "unexpected handshake reply {:?}",
+                                other.opcode()
+                            )))
+                        }
+                    };
+                    buffer.drain(..len);
+                    break info;
+                }
+                Ok(None) => {
+                    let mut chunk = [0u8; 4096];
+                    let n = stream.read(&mut chunk).map_err(timeout_or_io)?;
+                    if n == 0 {
+                        return Err(Error::Closed(None));
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                }
+                Err(e) => return Err(Error::Protocol(format!("{e:?}"))),
+            }
+        };
+        stream.set_read_timeout(None)?;
+
+        let (reply_tx, replies) = crossbeam_channel::bounded(REPLY_BUFFER);
+        let (control, control_rx) = crossbeam_channel::bounded(CONTROL_BUFFER);
+        let reader_stream = stream.try_clone()?;
+        let reader = std::thread::Builder::new()
+            .name("corebus-client-reader".into())
+            .spawn(move || {
+                Reader {
+                    stream: reader_stream,
+                    buffer,
+                    replies: reply_tx,
+                    control: control_rx,
+                    subscriptions: HashMap::new(),
+                    last_error: None,
+                }
+                .run()
+            })?;
+        Ok(Client {
+            stream,
+            encode_buf,
+            next_request_id: 2,
+            next_sub_id: 1,
+            replies,
+            control,
+            async_errors: VecDeque::new(),
+            async_errors_lost: 0,
+            closed: None,
+            reader: Some(reader),
+            info,
+            options,
+        })
+    }
+
+    pub fn server_info(&self) -> ServerInfo {
+        self.info
+    }
+
+    fn request_id(&mut self) -> u32 {
+        let id = self.next_request_id;
+        // 0 is reserved for connection-level frames.
+        self.next_request_id = self.next_request_id.checked_add(1).unwrap_or(1);
+        id
+    }
+
+    fn send(&mut self, frame: Frame<'_>) -> Result<()> {
+        if let Some(reason) = &self.closed {
+            return Err(Error::Closed(reason.clone()));
+        }
+        self.encode_buf.clear();
+        frame.encode(&mut self.encode_buf);
+        self.stream.write_all(&self.encode_buf)?;
+        Ok(())
+    }
+
+    /// Waits for the reply to `request_id`; errors of quiet publishes met on the way are kept.
+    fn wait_reply(&mut self, request_id: u32) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + self.options.request_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let reply = match self.replies.recv_timeout(left) {
+                Ok(reply) => reply,
+                Err(RecvTimeoutError::Timeout) => return Err(Error::Timeout),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Closed(self.closed.clone().flatten()))
+                }
+            };
+            match reply {
+                Reply::Ok {
+                    request_id: id,
+                    data,
+                } if id == request_id => return Ok(data),
+                Reply::Err {
+                    request_id: id,
+                    error,
+                } if id == request_id => return Err(Error::Server(error)),
+                Reply::Err { error, .. } => self.keep_async_error(error),
+                // A reply to a request that already timed out.
+                Reply::Ok { .. } => {}
+                Reply::Closed(reason) => {
+                    self.closed = Some(reason.clone());
+                    return Err(Error::Closed(reason));
+                }
+            }
+        }
+    }
+
+    fn keep_async_error(&mut self, error: ServerError) {
+        if self.async_errors.len() == ASYNC_ERRORS_MAX {
+            self.async_errors.pop_front();
+            self.async_errors_lost += 1;
+        }
+        self.async_errors.push_back(error);
+    }
+
+    /// Publishes without waiting (a quiet publish: the broker answers only if it refuses it;
+    /// such refusals are collected by [`Client::take_async_errors`]).
+    pub fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
+        let request_id = self.request_id();
+        self.send(Frame::Publish {
+            request_id,
+            quiet: true,
+            topic: topic.as_bytes(),
+            reply_to: None,
+            payload,
+        })
+    }
+
+    /// Publishes and waits for the broker to sequence the message; returns its sequence number.
+    pub fn publish_confirmed(&mut self, topic: &str, payload: &[u8]) -> Result<u64> {
+        let request_id = self.request_id();
+        self.send(Frame::Publish {
+            request_id,
+            quiet: false,
+            topic: topic.as_bytes(),
+            reply_to: None,
+            payload,
+        })?;
+        let data = self.wait_reply(request_id)?;
+        let seq: [u8; 8] = data
+            .get(..8)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| Error::Protocol("publish confirm without a sequence".into()))?;
+        Ok(u64::from_be_bytes(seq))
+    }
+
+    /// Refusals of quiet publishes received so far, oldest first, and how many older ones
+    /// were discarded because more than 1,024 piled up.
+    pub fn take_async_errors(&mut self) -> (Vec<ServerError>, u64) {
+        while let Ok(reply) = self.replies.try_recv() {
+            match reply {
+                Reply::Err { error, .. } => self.keep_async_error(error),
+                Reply::Closed(reason) => self.closed = Some(reason),
+                Reply::Ok { .. } => {}
+            }
+        }
+        let lost = std::mem::take(&mut self.async_errors_lost);
+        (self.async_errors.drain(..).collect(), lost)
+    }
+
+    /// Subscribes to an exact topic or a pattern (`orders.*`, `metrics.>`). Returns once the
+    /// broker has registered it: every message published after this returns is delivered.
+    pub fn subscribe(&mut self, subject: &str) -> Result<Subscription> {
+        let sub_id = self.next_sub_id;
+        self.next_sub_id += 1;
+        let (events_tx, events) = crossbeam_channel::bounded(self.options.subscription_buffer);
+        self.control
+            .send(ReaderControl::Register {
+                sub_id,
+                events: events_tx,
+            })
+            .map_err(|_| Error::Closed(None))?;
+        let request_id = self.request_id();
+        let sent = self.send(Frame::Subscribe {
+            request_id,
+            sub_id,
+            topic: subject.as_bytes(),
+            options: &[],
+        });
+        if let Err(e) = sent.and_then(|()| self.wait_reply(request_id).map(drop)) {
+            let _ = self.control.send(ReaderControl::Unregister { sub_id });
+            return Err(e);
+        }
+        Ok(Subscription {
+            sub_id,
+            subject: subject.to_owned(),
+            events,
+            dropped: 0,
+            closed: None,
+        })
+    }
+
+    pub fn unsubscribe(&mut self, subscription: Subscription) -> Result<()> {
+        let sub_id = subscription.sub_id;
+        // Unregister first so a reader blocked on this subscription's full buffer lets go.
+        let _ = self.control.send(ReaderControl::Unregister { sub_id });
+        let request_id = self.request_id();
+        self.send(Frame::Unsubscribe { request_id, sub_id })?;
+        self.wait_reply(request_id).map(drop)
+    }
+
+    /// Round trip to the broker.
+    pub fn ping(&mut self) -> Result<Duration> {
+        let started = Instant::now();
+        let request_id = self.request_id();
+        self.send(Frame::Ping { request_id })?;
+        self.wait_reply(request_id)?;
+        Ok(started.elapsed())
+    }
+
+    /// Closes the connection and waits for the reader thread.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown();
+        Ok(())
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Subscription {
+    pub fn sub_id(&self) -> u32 {
+        self.sub_id
+    }
+
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Messages the broker dropped for this subscription so far (`drop-oldest` policy).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    pub fn recv(&mut self) -> Result<Delivery> {
+        loop {
+            let event = self.events.recv().map_err(|_| self.closed_error())?;
+            if let Some(delivery) = self.absorb(event)? {
+                return Ok(delivery);
+            }
+        }
+    }
+
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Delivery> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = match self.events.recv_timeout(left) {
+                Ok(event) => event,
+                Err(RecvTimeoutError::Timeout) => return Err(Error::Timeout),
+                Err(RecvTimeoutError::Disconnected) => return Err(self.closed_error()),
+            };
+            if let Some(delivery) = self.absorb(event)? {
+                return Ok(delivery);
+            }
+        }
+    }
+
+    /// A message if one is already here.
+    pub fn try_recv(&mut self) -> Result<Option<Delivery>> {
+        loop {
+            let event = match self.events.try_recv() {
+                Ok(event) => event,
+                Err(TryRecvError::Empty) => return Ok(None),
+                Err(TryRecvError::Disconnected) => return Err(self.closed_error()),
+            };
+            if let Some(delivery) = self.absorb(event)? {
+                return Ok(Some(delivery));
+            }
+        }
+    }
+
+    fn absorb(&mut self, event: Event) -> Result<Option<Delivery>> {
+        match event {
+            Event::Message(delivery) => Ok(Some(delivery)),
+            Event::Dropped(count) => {
+                self.dropped += count;
+                Ok(None)
+            }
+            Event::Closed(reason) => {
+                self.closed = Some(reason);
+                Err(self.closed_error())
+            }
+        }
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::Closed(self.closed.clone().flatten())
+    }
+}
+
+impl Iterator for Subscription {
+    type Item = Delivery;
+
+    /// Blocks for the next message; ends when the connection closes.
+    fn next(&mut self) -> Option<Delivery> {
+        self.recv().ok()
+    }
+}
+
+struct Reader {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    replies: Sender<Reply>,
+    control: Receiver<ReaderControl>,
+    subscriptions: HashMap<u32, Sender<Event>>,
+    last_error: Option<ServerError>,
+}
+
+impl Reader {
+    fn run(mut self) {
+        let mut chunk = vec![0u8; 64 * 1024];
+        'read: loop {
+            loop {
+                let (frame, len) = match native::decode(&self.buffer, FRAME_BYTES_MAX) {
+                    Ok(Some(decoded)) => decoded,
+                    Ok(None) => break,
+                    Err(_) => break 'read,
+                };
+                let routed = route_frame(frame);
+                self.buffer.drain(..len);
+                if !self.dispatch(routed) {
+                    break 'read;
+                }
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        self.apply_control();
+        for events in self.subscriptions.values() {
+            let _ = events.try_send(Event::Closed(self.last_error.clone()));
+        }
+        let _ = self
+            .replies
+            .try_send(Reply::Closed(self.last_error.clone()));
+    }
+
+    fn apply_control(&mut self) {
+        while let Ok(control) = self.control.try_recv() {
+            self.apply(control);
+        }
+    }
+
+    fn apply(&mut self, control: ReaderControl) {
+        match control {
+            ReaderControl::Register { sub_id, events } => {
+                self.subscriptions.insert(sub_id, events);
+            }
+            ReaderControl::Unregister { sub_id } => {
+                self.subscriptions.remove(&sub_id);
+            }
+        }
+    }
+
+    /// Returns false when the client is gone and reading should stop.
+    fn dispatch(&mut self, routed: Routed) -> bool {
+        self.apply_control();
+        match routed {
+            Routed::Reply(reply) => self.replies.send(reply).is_ok(),
+            Routed::ConnectionError(error) => {
+                self.last_error = Some(error);
+                true
+            }
+            Routed::Event(sub_id, event) => {
+                self.deliver(sub_id, event);
+                true
+            }
+            Routed::Ignored => true,
+        }
+    }
+
+    /// Waits for room in the subscription's buffer, unless it is unsubscribed meanwhile.
+    fn deliver(&mut self, sub_id: u32, event: Event) {
+        loop {
+            let Some(events) = self.subscriptions.get(&sub_id).cloned() else {
+                return;
+            };
+            let mut select = Select::new();
+            let send_index = select.send(&events);
+            select.recv(&self.control);
+            let operation = select.select();
+            if operation.index() == send_index {
+                if operation.send(&events, event).is_err() {
+                    // The Subscription was dropped without unsubscribing.
+                    self.subscriptions.remove(&sub_id);
+                }
+                return;
+            }
+            match operation.recv(&self.control) {
+                Ok(control) => self.apply(control),
+                // The client is gone: nobody will read this subscription either.
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+enum Routed {
+    Reply(Reply),
+    ConnectionError(ServerError),
+    Event(u32, Event),
+    Ignored,
+}
+
+fn route_frame(frame: Frame<'_>) -> Routed {
+    match frame {
+        Frame::Ok { request_id, data } => Routed::Reply(Reply::Ok {
+            request_id,
+            data: data.to_vec(),
+        }),
+        Frame::Pong { request_id } => Routed::Reply(Reply::Ok {
+            request_id,
+            data: Vec::new(),
+        }),
+        Frame::Err {
+            request_id: 0,
+            code,
+            message,
+        } => Routed::ConnectionError(server_error(code, message)),
+        Frame::Err {
+            request_id,
+            code,
+            message,
+        } => Routed::Reply(Reply::Err {
+            request_id,
+            error: server_error(code, message),
+        }),
+        Frame::Msg {
+            sub_id,
+            seq,
+            timestamp_ns,
+            delivery_count,
+            topic,
+            reply_to,
+            payload,
+        } => Routed::Event(
+            sub_id,
+            Event::Message(Delivery {
+                topic: String::from_utf8_lossy(topic).into_owned(),
+                seq,
+                timestamp_ns,
+                delivery_count,
+                reply_to: reply_to.map(|r| String::from_utf8_lossy(r).into_owned()),
+                payload: payload.to_vec(),
+            }),
+        ),
+        Frame::Dropped { sub_id, count } => Routed::Event(sub_id, Event::Dropped(count)),
+        // Client-to-server opcodes never come from a broker; ignore rather than guess.
+        Frame::Hello { .. }
+        | Frame::Publish { .. }
+        | Frame::Subscribe { .. }
+        | Frame::Unsubscribe { .. }
+        | Frame::Ping { .. } => Routed::Ignored,
+    }
+}
+
+fn server_error(code: u16, message: &[u8]) -> ServerError {
+    ServerError {
+        code_raw: code,
+        message: String::from_utf8_lossy(message).into_owned(),
+    }
+}
+
+fn timeout_or_io(e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout,
+        _ => Error::Io(e),
+    }
+}

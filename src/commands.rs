@@ -1,0 +1,64 @@
+//! What each CLI command does, so `main.rs` stays a few lines.
+
+use std::error::Error;
+use std::io::Write;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::cli::{PubArgs, ServeArgs, SubArgs};
+use crate::client::Client;
+use crate::server::Broker;
+
+type CommandResult = Result<(), Box<dyn Error>>;
+
+/// Runs the broker until SIGINT or SIGTERM, then stops it gracefully.
+pub fn serve(args: &ServeArgs) -> CommandResult {
+    env_logger::Builder::new()
+        .filter_level(args.log_level)
+        .format_target(false)
+        .init();
+    let config = args.to_config();
+    // Registered before the listeners exist, so a signal during start-up is not lost.
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let broker = Broker::start(config)?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", broker.ready_line())?;
+    stdout.flush()?;
+    drop(stdout);
+    if let Some(signal) = signals.forever().next() {
+        log::info!("event=signal signal={signal}");
+    }
+    let counters = broker.shutdown()?;
+    log::info!("event=stopped counters={counters:?}");
+    Ok(())
+}
+
+pub fn publish(args: &PubArgs) -> CommandResult {
+    let mut client = Client::connect(&args.addr)?;
+    let seq = client.publish_confirmed(&args.topic, args.message.as_bytes())?;
+    println!("published {} seq={seq}", args.topic);
+    client.close()?;
+    Ok(())
+}
+
+pub fn subscribe(args: &SubArgs) -> CommandResult {
+    let mut client = Client::connect(&args.addr)?;
+    let mut subscription = client.subscribe(&args.subject)?;
+    eprintln!("subscribed to {}", args.subject);
+    let mut received = 0u64;
+    while args.count.is_none_or(|count| received < count) {
+        let message = subscription.recv()?;
+        received += 1;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(
+            stdout,
+            "{} seq={} {}",
+            message.topic,
+            message.seq,
+            String::from_utf8_lossy(&message.payload)
+        )?;
+        stdout.flush()?;
+    }
+    Ok(())
+}

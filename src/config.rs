@@ -1,0 +1,243 @@
+//! The broker's configuration: every limit in one place, with its default, validated once at
+//! start-up so the shards can size their preallocations from it and never check it again.
+//!
+//! Each field here has a CLI flag and a `COREBUS_*` environment variable in `cli.rs` and a
+//! line in `tuning.md`. Keep the three in step.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::protocol::native::FRAME_OVERHEAD_MAX;
+
+/// Shard masks are `u64` bit sets, so one broker runs at most this many shards.
+pub const SHARDS_MAX: usize = 64;
+
+/// What the broker does with a subscriber whose outbound queue is over `outbound_bytes_max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SlowConsumerPolicy {
+    /// Send `SLOW_CONSUMER`, then close the connection.
+    Disconnect,
+    /// Drop the oldest queued deliveries, count them, and tell the subscriber how many it lost.
+    DropOldest,
+}
+
+impl fmt::Display for SlowConsumerPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SlowConsumerPolicy::Disconnect => "disconnect",
+            SlowConsumerPolicy::DropOldest => "drop-oldest",
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Native protocol listener; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Number of shards (reactor threads).
+    pub shards: usize,
+    /// CPU ids to pin shards to, shard `i` on `cores[i % cores.len()]`; empty = all available.
+    pub cores: Vec<usize>,
+    /// Pin each shard thread to its core.
+    pub pin: bool,
+    /// Largest accepted message payload.
+    pub message_bytes_max: usize,
+    /// Connections across all shards; each shard takes an equal share.
+    pub connections_max: usize,
+    /// Subscriptions one connection may hold.
+    pub subscriptions_per_connection_max: usize,
+    /// Topics across all shards; each owner shard takes an equal share.
+    pub topics_max: usize,
+    /// Bytes queued towards one subscriber before the slow-consumer policy applies.
+    pub outbound_bytes_max: usize,
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Batches one shard-to-shard ring holds.
+    pub ring_slots: usize,
+    /// Messages in one ring batch.
+    pub ring_batch_max: usize,
+    /// Bytes read from one socket per read call; also the read buffer's resting size.
+    pub read_chunk_bytes: usize,
+    /// Bytes one connection may read per loop turn before others get their turn.
+    pub read_bytes_per_turn_max: usize,
+    /// How long a new connection has to complete HELLO.
+    pub handshake_timeout_ms: u64,
+    /// How long a connection the broker is closing may take to receive its final frames.
+    pub close_linger_ms: u64,
+    /// How long shutdown waits for outbound buffers to flush.
+    pub shutdown_grace_ms: u64,
+    /// Spin this long on an idle poll before blocking (0 = always block).
+    pub busy_poll_us: u64,
+    /// Topics whose pattern-match result each shard caches.
+    pub pattern_cache_entries_max: usize,
+    /// Readiness events taken from the kernel per poll call.
+    pub events_per_poll_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7070".parse().expect("valid literal address"),
+            shards: available_cores(),
+            cores: Vec::new(),
+            pin: true,
+            message_bytes_max: 1024 * 1024,
+            connections_max: 10_000,
+            subscriptions_per_connection_max: 1024,
+            topics_max: 100_000,
+            outbound_bytes_max: 8 * 1024 * 1024,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            ring_slots: 1024,
+            ring_batch_max: 256,
+            read_chunk_bytes: 64 * 1024,
+            read_bytes_per_turn_max: 256 * 1024,
+            handshake_timeout_ms: 10_000,
+            close_linger_ms: 2_000,
+            shutdown_grace_ms: 5_000,
+            busy_poll_us: 0,
+            pattern_cache_entries_max: 4096,
+            events_per_poll_max: 1024,
+        }
+    }
+}
+
+/// The number of CPUs this process may run on.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(SHARDS_MAX)
+}
+
+impl Config {
+    /// The largest whole frame the broker accepts: a full payload plus the worst-case header.
+    pub fn frame_bytes_max(&self) -> usize {
+        self.message_bytes_max + FRAME_OVERHEAD_MAX
+    }
+
+    pub fn connections_per_shard_max(&self) -> usize {
+        self.connections_max.div_ceil(self.shards)
+    }
+
+    pub fn topics_per_shard_max(&self) -> usize {
+        self.topics_max.div_ceil(self.shards)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.shards == 0 || self.shards > SHARDS_MAX {
+            return Err(format!(
+                "--shards must be 1..={SHARDS_MAX}, got {}",
+                self.shards
+            ));
+        }
+        if self.message_bytes_max == 0 || self.message_bytes_max > 256 * 1024 * 1024 {
+            return Err("--message-bytes-max must be 1 byte..=256 MiB".into());
+        }
+        if self.outbound_bytes_max < self.frame_bytes_max() {
+            return Err(format!(
+                "--outbound-bytes-max ({}) must hold at least one largest frame ({} bytes)",
+                self.outbound_bytes_max,
+                self.frame_bytes_max()
+            ));
+        }
+        let positive = [
+            ("--connections-max", self.connections_max),
+            (
+                "--subscriptions-per-connection-max",
+                self.subscriptions_per_connection_max,
+            ),
+            ("--topics-max", self.topics_max),
+            ("--ring-slots", self.ring_slots),
+            ("--ring-batch-max", self.ring_batch_max),
+            ("--read-chunk-bytes", self.read_chunk_bytes),
+            ("--read-bytes-per-turn-max", self.read_bytes_per_turn_max),
+            ("--events-per-poll-max", self.events_per_poll_max),
+        ];
+        for (flag, value) in positive {
+            if value == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        if self.read_chunk_bytes < 4096 {
+            return Err("--read-chunk-bytes must be at least 4096".into());
+        }
+        Ok(())
+    }
+
+    /// What the preallocations and the worst case of every bounded queue cost, for the start-up
+    /// log and `tuning.md`. Outbound queues dominate: each connection may hold
+    /// `outbound_bytes_max` before its policy applies.
+    pub fn memory_budget(&self) -> MemoryBudget {
+        let pairs = self.shards * self.shards.saturating_sub(1);
+        // Two rings per ordered pair (owner requests and terminal deliveries); a slot holds a
+        // batch of pointers (~24 bytes each) to reference-counted messages.
+        let ring_bytes = pairs * 2 * self.ring_slots * self.ring_batch_max * 24;
+        let per_connection = self.read_chunk_bytes + self.outbound_bytes_max;
+        MemoryBudget {
+            connection_bytes_max: self.connections_max * per_connection,
+            ring_bytes_max: ring_bytes,
+            frame_in_flight_bytes_max: self.connections_max * self.frame_bytes_max(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryBudget {
+    /// Read buffers at rest plus full outbound queues, all connections.
+    pub connection_bytes_max: usize,
+    /// Ring slots' own storage (payloads are counted in the outbound queues).
+    pub ring_bytes_max: usize,
+    /// Read buffers grown to hold a largest frame, all connections at once (worst case).
+    pub frame_in_flight_bytes_max: usize,
+}
+
+impl fmt::Display for MemoryBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MIB: usize = 1024 * 1024;
+        write!(
+            f,
+            "connections<= {} MiB, rings<= {} MiB, large frames in flight<= {} MiB",
+            self.connection_bytes_max / MIB,
+            self.ring_bytes_max / MIB,
+            self.frame_in_flight_bytes_max / MIB
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn invalid_values_are_named_in_the_error() {
+        type Mutation = fn(&mut Config);
+        let cases: [(Mutation, &str); 4] = [
+            (|c| c.shards = 0, "--shards"),
+            (|c| c.shards = SHARDS_MAX + 1, "--shards"),
+            (|c| c.ring_slots = 0, "--ring-slots"),
+            (|c| c.outbound_bytes_max = 10, "--outbound-bytes-max"),
+        ];
+        for (mutate, flag) in cases {
+            let mut config = Config::default();
+            mutate(&mut config);
+            let error = config.validate().unwrap_err();
+            assert!(error.contains(flag), "{error} should name {flag}");
+        }
+    }
+
+    #[test]
+    fn shares_round_up_so_the_total_is_never_below_the_limit() {
+        let config = Config {
+            shards: 3,
+            connections_max: 10,
+            topics_max: 7,
+            ..Config::default()
+        };
+        assert_eq!(config.connections_per_shard_max(), 4);
+        assert_eq!(config.topics_per_shard_max(), 3);
+    }
+}

@@ -1,0 +1,22 @@
+//! The `corebus` binary: parse the command line and run the command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use corebus::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => corebus::commands::serve(&args),
+        Command::Pub(args) => corebus::commands::publish(&args),
+        Command::Sub(args) => corebus::commands::subscribe(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("corebus: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The closed set of messages that cross between shards, one enum per ring kind.
+//!
+//! Two kinds of traffic, kept on separate rings so that shards cannot deadlock:
+//! - [`OwnerRequest`] travels to a topic's owner (or, for patterns, to every shard) and may
+//!   cause more traffic (deliveries, replies).
+//! - [`Terminal`] travels to the shard holding the connections and ends in sockets; handling
+//!   it never sends anything across a ring. So every shard can always drain its terminal
+//!   rings, whatever else is full, and an owner waiting for terminal space always gets it.
+//!
+//! The split is in the types: a terminal handler has nothing to push requests with.
+
+use crate::error::ErrorCode;
+use crate::ids::ConnectionId;
+use crate::message::Message;
+
+/// Where a reply goes back to: a connection on the shard that sent the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyTarget {
+    pub connection: ConnectionId,
+    pub request_id: u32,
+}
+
+/// Identifies a subscribe waiting for acknowledgements on the subscriber's shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket(pub u32);
+
+#[derive(Debug)]
+pub enum OwnerRequest {
+    /// Sequence and fan out. A quiet publish is answered only if it is refused.
+    Publish {
+        message: Message,
+        reply: ReplyTarget,
+        quiet: bool,
+    },
+    /// A subscription to an exact topic was added on the sending shard.
+    Subscribe { topic: Box<str>, ticket: Ticket },
+    /// A subscription to an exact topic was removed on the sending shard.
+    Unsubscribe { topic: Box<str> },
+    /// A pattern subscription was added on the sending shard. `first` is true when it is the
+    /// sending shard's first subscription to that pattern (the receiver records the shard's
+    /// interest); otherwise it only acts as a barrier, so the OK means the same either way.
+    PatternSubscribe {
+        pattern: Box<str>,
+        first: bool,
+        ticket: Ticket,
+    },
+    /// The sending shard's last subscription to the pattern went away.
+    PatternUnsubscribe { pattern: Box<str> },
+}
+
+#[derive(Debug)]
+pub enum Terminal {
+    /// Fan the message out to this shard's matching subscribers.
+    Deliver { message: Message },
+    /// The outcome of a publish: its sequence number, or why it was refused.
+    PublishOutcome {
+        reply: ReplyTarget,
+        result: Result<u64, ErrorCode>,
+    },
+    /// The owner (or, for a pattern, one shard) has taken a subscription into account.
+    SubscribeAck {
+        ticket: Ticket,
+        result: Result<TopicPosition, ErrorCode>,
+    },
+}
+
+/// Where a topic stood when a subscription was registered with its owner.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TopicPosition {
+    pub epoch: u64,
+    pub last_seq: u64,
+}

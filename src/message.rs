@@ -1,0 +1,72 @@
+//! A published message: one immutable, reference-counted MSG frame.
+//!
+//! The publisher's shard encodes the frame once (one allocation, holding the payload), the
+//! owner writes the sequence number into it while it is still the only reference, and from
+//! then on it is shared: every shard and every subscriber holds the same bytes. Only the
+//! 4-byte subscription id differs per subscriber; it is patched in while the frame is copied
+//! into the socket's write buffer, so no payload byte is copied before the final write.
+
+use std::sync::Arc;
+
+use crate::protocol::native;
+
+#[derive(Clone, Debug)]
+pub struct Message {
+    frame: Arc<[u8]>,
+}
+
+impl Message {
+    /// Builds the frame from a PUBLISH's parts. `scratch` is the shard's reusable encode buffer.
+    pub fn from_publish(
+        scratch: &mut Vec<u8>,
+        timestamp_ns: u64,
+        topic: &str,
+        reply_to: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Message {
+        scratch.clear();
+        native::encode_msg_from_publish(scratch, timestamp_ns, topic.as_bytes(), reply_to, payload);
+        Message {
+            frame: Arc::from(&scratch[..]),
+        }
+    }
+
+    /// Stamps the owner's sequence number. The owner is the first to see the message after the
+    /// publisher, so the frame is not shared yet and is written in place.
+    pub fn assign_seq(&mut self, seq: u64) {
+        match Arc::get_mut(&mut self.frame) {
+            Some(frame) => native::msg_set_seq(frame, seq),
+            None => {
+                debug_assert!(false, "a message must be sequenced before it is shared");
+                let mut copy = self.frame.to_vec();
+                native::msg_set_seq(&mut copy, seq);
+                self.frame = Arc::from(copy);
+            }
+        }
+    }
+
+    pub fn frame(&self) -> &[u8] {
+        &self.frame
+    }
+
+    pub fn frame_len(&self) -> usize {
+        self.frame.len()
+    }
+
+    /// The topic, validated when the message was published.
+    pub fn topic(&self) -> &str {
+        std::str::from_utf8(native::msg_topic(&self.frame)).unwrap_or_default()
+    }
+
+    pub fn seq(&self) -> u64 {
+        native::msg_seq(&self.frame)
+    }
+
+    pub fn timestamp_ns(&self) -> u64 {
+        native::msg_timestamp_ns(&self.frame)
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        native::msg_payload(&self.frame)
+    }
+}

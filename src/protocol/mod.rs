@@ -1,0 +1,3 @@
+//! Sans-IO codecs: bytes in, frames out. Nothing in `protocol/` knows about sockets or mio.
+pub mod native;
+pub mod topic;

@@ -1,0 +1,1502 @@
+//! The native binary protocol, version 1, as a sans-IO codec.
+//!
+//! The reactors own the sockets and buffers; this module only turns bytes into [`Frame`]s and
+//! frames into bytes. Keeping it free of I/O lets the wire format be pinned byte by byte in
+//! tests, fuzzed without a socket, and reused by clients and benchmarks. Decoding borrows from
+//! the read buffer, so a PUBLISH is never copied before the broker decides where it goes, and
+//! the MSG layout lets the fan-out path build one frame per message and patch only a few header
+//! bytes per subscriber (see [`encode_msg_from_publish`]).
+//!
+//! This documentation is the protocol specification.
+//!
+//! # Conventions
+//!
+//! - Every integer is unsigned and big-endian.
+//! - A *short string* is a `u8` length followed by that many bytes, so it holds 0 to 255 bytes.
+//! - Names, topics and messages are meant to be UTF-8, but the codec does not check it; topic
+//!   rules (allowed characters, patterns, whether an empty topic is valid) are enforced by the
+//!   broker, not by this layer.
+//! - The codec decodes both directions so that clients can use it too; rejecting a frame sent in
+//!   the wrong direction is the receiver's job.
+//!
+//! # Frame header
+//!
+//! Every frame is a 12-byte header followed by a body whose layout depends on the opcode.
+//!
+//! | Offset | Size | Field      | Meaning                                                               |
+//! |-------:|-----:|------------|-----------------------------------------------------------------------|
+//! | 0      | 4    | `length`   | bytes *after* this field: `8 + body length`, so at least 8            |
+//! | 4      | 1    | `opcode`   | see [Opcodes](#opcodes)                                               |
+//! | 5      | 1    | `flags`    | per-opcode bits; every bit not defined for the opcode must be 0       |
+//! | 6      | 2    | `reserved` | must be 0                                                             |
+//! | 8      | 4    | `id`       | request id, subscription id, or 0 (see [Opcodes](#opcodes))           |
+//! | 12     | `length - 8` | body | see [Bodies](#bodies)                                     |
+//!
+//! The whole frame therefore occupies `4 + length` bytes. A receiver bounds that total (header
+//! included) by its frame limit; the broker derives the limit as `message_bytes_max +`
+//! [`FRAME_OVERHEAD_MAX`], which leaves room for the largest topic and reply topic.
+//!
+//! # Opcodes
+//!
+//! The high bit gives the direction: `0x00..=0x7F` travel client → server, `0x80..=0xFF`
+//! server → client.
+//!
+//! | Opcode | Name          | Direction | `id`                                         | Flags           |
+//! |-------:|---------------|-----------|----------------------------------------------|-----------------|
+//! | `0x01` | `HELLO`       | C → S     | request id                                   | none            |
+//! | `0x02` | `PUBLISH`     | C → S     | request id                                   | `PUBLISH_QUIET` |
+//! | `0x03` | `SUBSCRIBE`   | C → S     | request id                                   | none            |
+//! | `0x04` | `UNSUBSCRIBE` | C → S     | request id                                   | none            |
+//! | `0x05` | `PING`        | C → S     | request id                                   | none            |
+//! | `0x80` | `OK`          | S → C     | id of the request it answers                 | none            |
+//! | `0x81` | `ERR`         | S → C     | id of the failed request, 0 if connection-level | none         |
+//! | `0x82` | `MSG`         | S → C     | subscription id                              | none            |
+//! | `0x83` | `PONG`        | S → C     | id of the PING                               | none            |
+//! | `0x84` | `DROPPED`     | S → C     | subscription id                              | none            |
+//!
+//! Request ids are chosen by the client and echoed by the server; the server never interprets
+//! them, so a client may reuse them as it likes.
+//!
+//! # Bodies
+//!
+//! Offsets are relative to the start of the body. `T`, `R` and `N` are the values of the
+//! preceding length bytes. "Rest" means every remaining byte of the body, possibly none.
+//!
+//! ### HELLO (`0x01`)
+//!
+//! Must be the first frame on a connection.
+//!
+//! | Offset  | Size | Field      | Meaning                                        |
+//! |--------:|-----:|------------|------------------------------------------------|
+//! | 0       | 4    | `magic`    | ASCII `CBUS` (`43 42 55 53`)                   |
+//! | 4       | 2    | `version`  | protocol version the client speaks (1)         |
+//! | 6       | 1    | `name_len` | `N`                                            |
+//! | 7       | N    | `name`     | client name for logs, may be empty             |
+//!
+//! Nothing may follow the name. A wrong magic decodes as `BAD_FRAME`; because it means the peer
+//! does not speak this protocol at all, the broker replies ERR and closes. The codec does not
+//! check `version`: the broker answers `UNSUPPORTED_VERSION` for a version it does not speak.
+//!
+//! ### PUBLISH (`0x02`)
+//!
+//! | Offset    | Size | Field       | Meaning                                      |
+//! |----------:|-----:|-------------|----------------------------------------------|
+//! | 0         | 1    | `topic_len` | `T`                                          |
+//! | 1         | T    | `topic`     | exact topic (no pattern)                     |
+//! | 1 + T     | 1    | `reply_len` | `R`; 0 means no reply topic                  |
+//! | 2 + T     | R    | `reply_to`  | topic the receivers should answer on         |
+//! | 2 + T + R | rest | `payload`   | opaque message, may be empty                 |
+//!
+//! With `PUBLISH_QUIET` the broker sends no OK, but still sends ERR on failure, which lets
+//! fire-and-forget publishers skip a reply per message without losing error reports.
+//!
+//! ### SUBSCRIBE (`0x03`)
+//!
+//! | Offset | Size | Field       | Meaning                                              |
+//! |-------:|-----:|-------------|------------------------------------------------------|
+//! | 0      | 4    | `sub_id`    | chosen by the client, unique on the connection       |
+//! | 4      | 1    | `topic_len` | `T`                                                  |
+//! | 5      | T    | `topic`     | exact topic or pattern                               |
+//! | 5 + T  | rest | `options`   | TLV entries, see below; empty in v1                  |
+//!
+//! Options are reserved for later versions as a sequence of entries `tag: u8`, `len: u16`,
+//! `value: [u8; len]`. A v1 broker rejects a non-empty option list with `UNSUPPORTED_OPTION`;
+//! the codec itself returns the raw bytes without parsing them.
+//!
+//! ### UNSUBSCRIBE (`0x04`)
+//!
+//! | Offset | Size | Field    | Meaning                              |
+//! |-------:|-----:|----------|--------------------------------------|
+//! | 0      | 4    | `sub_id` | subscription to end                  |
+//!
+//! The body is exactly 4 bytes.
+//!
+//! ### PING (`0x05`) and PONG (`0x83`)
+//!
+//! Empty bodies. PONG carries the PING's id.
+//!
+//! ### OK (`0x80`)
+//!
+//! The whole body is `data`, whose layout depends on the command being answered:
+//!
+//! | Answered command             | `data`                                                    |
+//! |------------------------------|-----------------------------------------------------------|
+//! | HELLO                        | `version: u16`, `shard_id: u16`, `message_bytes_max: u32` (8 bytes) |
+//! | PUBLISH                      | `seq: u64`, the sequence number given to the message in its topic |
+//! | SUBSCRIBE of an exact topic  | `epoch: u64`, `last_seq: u64` (16 bytes)                  |
+//! | SUBSCRIBE of a pattern       | empty                                                     |
+//! | UNSUBSCRIBE                  | empty                                                     |
+//!
+//! For HELLO, `version` is the version the broker will speak and `message_bytes_max` the
+//! largest payload it accepts. For an exact SUBSCRIBE, `epoch` identifies the topic's current
+//! incarnation (sequence numbers are only comparable within one epoch) and `last_seq` is the
+//! sequence number of the last message published before the subscription took effect, so the
+//! client can tell which messages it will and will not see.
+//!
+//! ### ERR (`0x81`)
+//!
+//! | Offset | Size | Field     | Meaning                                         |
+//! |-------:|-----:|-----------|-------------------------------------------------|
+//! | 0      | 2    | `code`    | see [Error codes](#error-codes)                 |
+//! | 2      | rest | `message` | human-readable detail, UTF-8, may be empty      |
+//!
+//! `id` is the failed request's id, or 0 for a connection-level error (an unreadable frame
+//! length, or `SLOW_CONSUMER` just before the broker closes the connection).
+//!
+//! ### MSG (`0x82`)
+//!
+//! `id` is the subscription id the message matched.
+//!
+//! | Offset     | Size | Field            | Meaning                                        |
+//! |-----------:|-----:|------------------|------------------------------------------------|
+//! | 0          | 8    | `seq`            | sequence number of the message in its topic    |
+//! | 8          | 8    | `timestamp_ns`   | Unix time of the publish, in nanoseconds       |
+//! | 16         | 2    | `delivery_count` | 1 on the first delivery                        |
+//! | 18         | 1    | `topic_len`      | `T`                                            |
+//! | 19         | T    | `topic`          | the exact topic published to                   |
+//! | 19 + T     | 1    | `reply_len`      | `R`; 0 means no reply topic                    |
+//! | 20 + T     | R    | `reply_to`       | as given by the publisher                      |
+//! | 20 + T + R | rest | `payload`        | as given by the publisher                      |
+//!
+//! From `topic_len` on, the body is byte-for-byte a PUBLISH body: the broker builds a MSG by
+//! putting 18 bytes in front of what the publisher sent, i.e. a MSG frame is
+//! [`MSG_PREFIX_LEN`] (30) bytes followed by the PUBLISH body.
+//!
+//! ### DROPPED (`0x84`)
+//!
+//! `id` is the subscription id.
+//!
+//! | Offset | Size | Field   | Meaning                                                          |
+//! |-------:|-----:|---------|------------------------------------------------------------------|
+//! | 0      | 8    | `count` | messages dropped for this subscription since the previous DROPPED |
+//!
+//! Sent under the drop-oldest slow-consumer policy. The count is per subscription because a
+//! pattern subscription spans topics whose `seq`s are independent, so its gaps cannot be seen
+//! in `seq` alone.
+//!
+//! # Flags
+//!
+//! | Opcode  | Bit    | Name            | Meaning                                  |
+//! |---------|--------|-----------------|------------------------------------------|
+//! | PUBLISH | `0x01` | `PUBLISH_QUIET` | no OK reply; ERR is still sent           |
+//!
+//! Every other bit of every opcode is reserved and must be 0; a frame with an undefined bit set
+//! is rejected with `BAD_FRAME` rather than ignored, so that a future meaning is never silently
+//! dropped by an older receiver.
+//!
+//! # Malformed input
+//!
+//! - A `length` below 8 or a total frame size (`4 + length`) above the receiver's limit cannot
+//!   be skipped safely: the broker replies ERR with id 0 (`BAD_FRAME` or `FRAME_TOO_LARGE`) and
+//!   closes. The limit is checked as soon as the first 4 bytes arrive, so an oversized frame is
+//!   never buffered.
+//! - Any other problem (unknown opcode, undefined flag, non-zero `reserved`, bad magic, a body
+//!   that does not match its opcode's layout) leaves the frame boundary intact: the broker
+//!   replies ERR with the frame's id (`UNKNOWN_OPCODE` or `BAD_FRAME`), skips the frame and
+//!   carries on — except for HELLO, where any failure closes the connection.
+//!
+//! # Error codes
+//!
+//! | Code | Name                     | Meaning                                                        |
+//! |-----:|--------------------------|----------------------------------------------------------------|
+//! | 1    | `BAD_FRAME`              | the frame does not match its opcode's layout                   |
+//! | 2    | `FRAME_TOO_LARGE`        | the frame is above the broker's limit                          |
+//! | 3    | `UNKNOWN_OPCODE`         | the opcode is not one this version knows                       |
+//! | 4    | `BAD_TOPIC`              | a topic or pattern breaks the naming rules                     |
+//! | 5    | `HANDSHAKE_REQUIRED`     | a command arrived before HELLO                                 |
+//! | 6    | `UNSUPPORTED_VERSION`    | the broker does not speak the HELLO's version                  |
+//! | 7    | `SLOW_CONSUMER`          | the client could not keep up and is being disconnected         |
+//! | 8    | `TOO_MANY_SUBSCRIPTIONS` | the connection is at its subscription limit                    |
+//! | 9    | `TOO_MANY_CONNECTIONS`   | the broker is at its connection limit                          |
+//! | 10   | `TOO_MANY_TOPICS`        | the broker is at its topic limit                               |
+//! | 11   | `UNKNOWN_SUBSCRIPTION`   | UNSUBSCRIBE named a subscription id the connection lacks       |
+//! | 12   | `DUPLICATE_SUBSCRIPTION` | SUBSCRIBE reused a subscription id the connection holds        |
+//! | 13   | `SHUTTING_DOWN`          | the broker is shutting down and takes no new work              |
+//! | 14   | `INTERNAL`               | a broker bug; the message says more                            |
+//! | 15   | `TOPIC_NOT_FOUND`        | the topic does not exist and auto-creation is off              |
+//! | 16   | `RATE_LIMITED`           | the connection is over its publish rate                        |
+//! | 17   | `UNSUPPORTED_OPTION`     | a SUBSCRIBE option this broker does not support                |
+//! | 18   | `MESSAGE_TOO_LARGE`      | the payload is above `message_bytes_max`                       |
+//!
+//! A code's number and meaning never change. Clients must treat a code they do not know as a
+//! generic failure of the request, since later brokers may add codes.
+//!
+//! # Versioning and extension
+//!
+//! - The version is negotiated once, by HELLO; its OK names the version the broker will speak.
+//! - The header never changes. New features arrive as new opcodes, new flag bits, new SUBSCRIBE
+//!   options or new error codes, each tied to a new protocol version: a client must not use
+//!   them unless the broker's HELLO reply announced that version.
+//! - Because every frame is length-prefixed, an unknown opcode is answered with
+//!   `UNKNOWN_OPCODE` and skipped; the connection survives.
+//! - Later versions may append fields to the end of an OK `data`; clients must ignore bytes
+//!   beyond the fields they know.
+//! - SUBSCRIBE options are TLV-encoded so a receiver can find each entry's end without knowing
+//!   its tag.
+//!
+//! # Example
+//!
+//! A PUBLISH with request id 2 to topic `t.a`, no reply topic and payload `hi`:
+//!
+//! ```text
+//! 00 00 00 0f   02       00     00 00      00 00 00 02   03 74 2e 61   00         68 69
+//! length = 15   PUBLISH  flags  reserved   id = 2        topic "t.a"   no reply   payload "hi"
+//! ```
+
+use crate::error::ErrorCode;
+
+/// The version this codec's layouts describe.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// First four bytes of a HELLO body; lets the broker reject a peer speaking another protocol.
+pub const MAGIC: [u8; 4] = *b"CBUS";
+/// Size of the fixed frame header, length field included.
+pub const HEADER_LEN: usize = 12;
+/// Bytes of a MSG frame before the PUBLISH-identical suffix: header + seq + timestamp +
+/// delivery_count.
+pub const MSG_PREFIX_LEN: usize = HEADER_LEN + 8 + 8 + 2;
+/// PUBLISH flag: do not send OK (ERR is still sent).
+pub const PUBLISH_QUIET: u8 = 0x01;
+/// Frame overhead above the payload at worst (header + fixed fields + two 255-byte names +
+/// lengths), so that a broker can derive its frame limit from its payload limit. MSG is the
+/// largest envelope: its prefix plus a maximal topic and reply topic with their length bytes,
+/// 542 bytes in all.
+pub const FRAME_OVERHEAD_MAX: usize = MSG_PREFIX_LEN + 2 * (1 + SHORT_MAX);
+
+/// The smallest legal `length` field: a header with an empty body.
+const LENGTH_MIN: u32 = (HEADER_LEN - 4) as u32;
+/// Longest short string (topic, reply topic, client name).
+const SHORT_MAX: usize = u8::MAX as usize;
+/// MSG body bytes before its PUBLISH-identical suffix.
+const MSG_FIXED_LEN: usize = MSG_PREFIX_LEN - HEADER_LEN;
+
+// Offsets inside a complete MSG frame, used by the fan-out helpers.
+const ID_OFFSET: usize = 8;
+const SEQ_OFFSET: usize = HEADER_LEN;
+const TIMESTAMP_OFFSET: usize = SEQ_OFFSET + 8;
+const DELIVERY_COUNT_OFFSET: usize = TIMESTAMP_OFFSET + 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Opcode {
+    Hello = 0x01,
+    Publish = 0x02,
+    Subscribe = 0x03,
+    Unsubscribe = 0x04,
+    Ping = 0x05,
+    Ok = 0x80,
+    Err = 0x81,
+    Msg = 0x82,
+    Pong = 0x83,
+    Dropped = 0x84,
+}
+
+impl Opcode {
+    pub fn from_u8(b: u8) -> Option<Opcode> {
+        Some(match b {
+            0x01 => Opcode::Hello,
+            0x02 => Opcode::Publish,
+            0x03 => Opcode::Subscribe,
+            0x04 => Opcode::Unsubscribe,
+            0x05 => Opcode::Ping,
+            0x80 => Opcode::Ok,
+            0x81 => Opcode::Err,
+            0x82 => Opcode::Msg,
+            0x83 => Opcode::Pong,
+            0x84 => Opcode::Dropped,
+            _ => return None,
+        })
+    }
+
+    /// Flag bits defined for this opcode; any other set bit makes the frame invalid.
+    fn allowed_flags(self) -> u8 {
+        match self {
+            Opcode::Publish => PUBLISH_QUIET,
+            _ => 0,
+        }
+    }
+}
+
+/// One decoded frame, borrowing its variable-length fields from the input buffer.
+///
+/// A `reply_to` of `Some(&[])` encodes exactly like `None` (reply length 0) and decodes as
+/// `None`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Hello {
+        request_id: u32,
+        version: u16,
+        client_name: &'a [u8],
+    },
+    Publish {
+        request_id: u32,
+        quiet: bool,
+        topic: &'a [u8],
+        reply_to: Option<&'a [u8]>,
+        payload: &'a [u8],
+    },
+    Subscribe {
+        request_id: u32,
+        sub_id: u32,
+        topic: &'a [u8],
+        options: &'a [u8],
+    },
+    Unsubscribe {
+        request_id: u32,
+        sub_id: u32,
+    },
+    Ping {
+        request_id: u32,
+    },
+    Ok {
+        request_id: u32,
+        data: &'a [u8],
+    },
+    Err {
+        request_id: u32,
+        code: u16,
+        message: &'a [u8],
+    },
+    Msg {
+        sub_id: u32,
+        seq: u64,
+        timestamp_ns: u64,
+        delivery_count: u16,
+        topic: &'a [u8],
+        reply_to: Option<&'a [u8]>,
+        payload: &'a [u8],
+    },
+    Pong {
+        request_id: u32,
+    },
+    Dropped {
+        sub_id: u32,
+        count: u64,
+    },
+}
+
+impl Frame<'_> {
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Frame::Hello { .. } => Opcode::Hello,
+            Frame::Publish { .. } => Opcode::Publish,
+            Frame::Subscribe { .. } => Opcode::Subscribe,
+            Frame::Unsubscribe { .. } => Opcode::Unsubscribe,
+            Frame::Ping { .. } => Opcode::Ping,
+            Frame::Ok { .. } => Opcode::Ok,
+            Frame::Err { .. } => Opcode::Err,
+            Frame::Msg { .. } => Opcode::Msg,
+            Frame::Pong { .. } => Opcode::Pong,
+            Frame::Dropped { .. } => Opcode::Dropped,
+        }
+    }
+
+    /// The header's `id` field.
+    fn header_id(&self) -> u32 {
+        match *self {
+            Frame::Hello { request_id, .. }
+            | Frame::Publish { request_id, .. }
+            | Frame::Subscribe { request_id, .. }
+            | Frame::Unsubscribe { request_id, .. }
+            | Frame::Ping { request_id }
+            | Frame::Ok { request_id, .. }
+            | Frame::Err { request_id, .. }
+            | Frame::Pong { request_id } => request_id,
+            Frame::Msg { sub_id, .. } | Frame::Dropped { sub_id, .. } => sub_id,
+        }
+    }
+
+    fn flags(&self) -> u8 {
+        match self {
+            Frame::Publish { quiet: true, .. } => PUBLISH_QUIET,
+            _ => 0,
+        }
+    }
+
+    fn body_len(&self) -> usize {
+        match self {
+            Frame::Hello { client_name, .. } => MAGIC.len() + 2 + 1 + client_name.len(),
+            Frame::Publish {
+                topic,
+                reply_to,
+                payload,
+                ..
+            } => publish_body_len(topic, *reply_to, payload),
+            Frame::Subscribe { topic, options, .. } => 4 + 1 + topic.len() + options.len(),
+            Frame::Unsubscribe { .. } => 4,
+            Frame::Ping { .. } | Frame::Pong { .. } => 0,
+            Frame::Ok { data, .. } => data.len(),
+            Frame::Err { message, .. } => 2 + message.len(),
+            Frame::Msg {
+                topic,
+                reply_to,
+                payload,
+                ..
+            } => MSG_FIXED_LEN + publish_body_len(topic, *reply_to, payload),
+            Frame::Dropped { .. } => 8,
+        }
+    }
+
+    /// Total bytes [`Frame::encode`] appends, header included.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + self.body_len()
+    }
+
+    /// Appends the whole frame to `out`.
+    ///
+    /// # Panics
+    ///
+    /// If a topic, reply topic or client name is longer than 255 bytes, or the frame would not
+    /// fit the `u32` length field. Both are caller bugs (decoded names are at most 255 bytes,
+    /// payloads are bounded by the broker's limit); truncating instead would put a frame on the
+    /// wire that silently differs from what the caller asked for.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let body_len = self.body_len();
+        let length = u32::try_from(body_len + 8).expect("frame too long for its u32 length field");
+        out.reserve(HEADER_LEN + body_len);
+        out.extend_from_slice(&length.to_be_bytes());
+        out.push(self.opcode() as u8);
+        out.push(self.flags());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&self.header_id().to_be_bytes());
+        match *self {
+            Frame::Hello {
+                version,
+                client_name,
+                ..
+            } => {
+                out.extend_from_slice(&MAGIC);
+                out.extend_from_slice(&version.to_be_bytes());
+                put_short(out, client_name);
+            }
+            Frame::Publish {
+                topic,
+                reply_to,
+                payload,
+                ..
+            } => put_publish_body(out, topic, reply_to, payload),
+            Frame::Subscribe {
+                sub_id,
+                topic,
+                options,
+                ..
+            } => {
+                out.extend_from_slice(&sub_id.to_be_bytes());
+                put_short(out, topic);
+                out.extend_from_slice(options);
+            }
+            Frame::Unsubscribe { sub_id, .. } => out.extend_from_slice(&sub_id.to_be_bytes()),
+            Frame::Ping { .. } | Frame::Pong { .. } => {}
+            Frame::Ok { data, .. } => out.extend_from_slice(data),
+            Frame::Err { code, message, .. } => {
+                out.extend_from_slice(&code.to_be_bytes());
+                out.extend_from_slice(message);
+            }
+            Frame::Msg {
+                seq,
+                timestamp_ns,
+                delivery_count,
+                topic,
+                reply_to,
+                payload,
+                ..
+            } => {
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(&timestamp_ns.to_be_bytes());
+                out.extend_from_slice(&delivery_count.to_be_bytes());
+                put_publish_body(out, topic, reply_to, payload);
+            }
+            Frame::Dropped { count, .. } => out.extend_from_slice(&count.to_be_bytes()),
+        }
+    }
+}
+
+fn publish_body_len(topic: &[u8], reply_to: Option<&[u8]>, payload: &[u8]) -> usize {
+    1 + topic.len() + 1 + reply_to.map_or(0, <[u8]>::len) + payload.len()
+}
+
+fn put_short(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len =
+        u8::try_from(bytes.len()).expect("topic, reply topic or client name longer than 255 bytes");
+    out.push(len);
+    out.extend_from_slice(bytes);
+}
+
+fn put_publish_body(out: &mut Vec<u8>, topic: &[u8], reply_to: Option<&[u8]>, payload: &[u8]) {
+    put_short(out, topic);
+    put_short(out, reply_to.unwrap_or(&[]));
+    out.extend_from_slice(payload);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The length field is below 8 or the frame is above `frame_len_max`: the stream cannot be
+    /// resynchronised; the caller replies ERR (id 0) and closes.
+    Fatal {
+        code: ErrorCode,
+        reason: &'static str,
+    },
+    /// The frame's extent is known but its content is invalid; the caller replies ERR with
+    /// `request_id` (the header's `id`, whatever the opcode) and skips `frame_len` bytes.
+    Invalid {
+        request_id: u32,
+        frame_len: usize,
+        code: ErrorCode,
+        reason: &'static str,
+    },
+}
+
+/// Decodes the frame at the start of `buf`.
+///
+/// `frame_len_max` bounds the whole frame, header included (`4 + length`). Returns `Ok(None)`
+/// while more bytes are needed, and `Ok(Some((frame, consumed)))` with `consumed` the whole
+/// frame's length otherwise. The length is checked as soon as its 4 bytes are present, but an
+/// [`DecodeError::Invalid`] is only reported once the whole frame is buffered, so that the
+/// caller can always skip it in one step. The version in a HELLO is not checked.
+///
+/// Never panics, whatever `buf` holds.
+pub fn decode(buf: &[u8], frame_len_max: usize) -> Result<Option<(Frame<'_>, usize)>, DecodeError> {
+    let Some(length) = buf.first_chunk::<4>().map(|b| u32::from_be_bytes(*b)) else {
+        return Ok(None);
+    };
+    if length < LENGTH_MIN {
+        return Err(DecodeError::Fatal {
+            code: ErrorCode::BadFrame,
+            reason: "length field below 8",
+        });
+    }
+    // In u64 so that `4 + length` cannot overflow a 32-bit usize.
+    let frame_len = u64::from(length) + 4;
+    if frame_len > frame_len_max as u64 {
+        return Err(DecodeError::Fatal {
+            code: ErrorCode::FrameTooLarge,
+            reason: "frame above the size limit",
+        });
+    }
+    // Lossless: frame_len is at most frame_len_max, a usize.
+    let frame_len = frame_len as usize;
+    let Some(frame) = buf.get(..frame_len) else {
+        return Ok(None);
+    };
+
+    // Cannot fail (frame_len >= HEADER_LEN), but a pattern keeps the decoder free of indexing.
+    let Some((&[_, _, _, _, opcode, flags, r0, r1, i0, i1, i2, i3], body)) =
+        frame.split_first_chunk::<HEADER_LEN>()
+    else {
+        return Ok(None);
+    };
+    let reserved = u16::from_be_bytes([r0, r1]);
+    let id = u32::from_be_bytes([i0, i1, i2, i3]);
+    let invalid = |code, reason| DecodeError::Invalid {
+        request_id: id,
+        frame_len,
+        code,
+        reason,
+    };
+    let Some(opcode) = Opcode::from_u8(opcode) else {
+        return Err(invalid(ErrorCode::UnknownOpcode, "unknown opcode"));
+    };
+    if reserved != 0 {
+        return Err(invalid(
+            ErrorCode::BadFrame,
+            "reserved header field is not zero",
+        ));
+    }
+    if flags & !opcode.allowed_flags() != 0 {
+        return Err(invalid(ErrorCode::BadFrame, "undefined flag bit set"));
+    }
+    match decode_body(opcode, flags, id, Reader(body)) {
+        Ok(frame) => Ok(Some((frame, frame_len))),
+        Err(reason) => Err(invalid(ErrorCode::BadFrame, reason)),
+    }
+}
+
+fn decode_body(
+    opcode: Opcode,
+    flags: u8,
+    id: u32,
+    mut r: Reader<'_>,
+) -> Result<Frame<'_>, &'static str> {
+    const SHORT_BODY: &str = "body shorter than its fixed fields";
+    const NAME_OVERRUN: &str = "length byte runs past the end of the body";
+    let frame = match opcode {
+        Opcode::Hello => {
+            let magic = r.array::<4>().ok_or(SHORT_BODY)?;
+            if magic != MAGIC {
+                return Err("HELLO magic is not CBUS");
+            }
+            let version = r.u16().ok_or(SHORT_BODY)?;
+            let client_name = r.short().ok_or(SHORT_BODY)?.ok_or(NAME_OVERRUN)?;
+            r.end().ok_or("bytes after the HELLO client name")?;
+            Frame::Hello {
+                request_id: id,
+                version,
+                client_name,
+            }
+        }
+        Opcode::Publish => {
+            let (topic, reply_to, payload) = r.publish_body().ok_or(NAME_OVERRUN)?;
+            Frame::Publish {
+                request_id: id,
+                quiet: flags & PUBLISH_QUIET != 0,
+                topic,
+                reply_to,
+                payload,
+            }
+        }
+        Opcode::Subscribe => {
+            let sub_id = r.u32().ok_or(SHORT_BODY)?;
+            let topic = r.short().ok_or(SHORT_BODY)?.ok_or(NAME_OVERRUN)?;
+            Frame::Subscribe {
+                request_id: id,
+                sub_id,
+                topic,
+                options: r.0,
+            }
+        }
+        Opcode::Unsubscribe => {
+            let sub_id = r.u32().ok_or("UNSUBSCRIBE body is not 4 bytes")?;
+            r.end().ok_or("UNSUBSCRIBE body is not 4 bytes")?;
+            Frame::Unsubscribe {
+                request_id: id,
+                sub_id,
+            }
+        }
+        Opcode::Ping => {
+            r.end().ok_or("PING body is not empty")?;
+            Frame::Ping { request_id: id }
+        }
+        Opcode::Ok => Frame::Ok {
+            request_id: id,
+            data: r.0,
+        },
+        Opcode::Err => {
+            let code = r.u16().ok_or(SHORT_BODY)?;
+            Frame::Err {
+                request_id: id,
+                code,
+                message: r.0,
+            }
+        }
+        Opcode::Msg => {
+            let (seq, timestamp_ns, delivery_count) = match (r.u64(), r.u64(), r.u16()) {
+                (Some(s), Some(t), Some(d)) => (s, t, d),
+                _ => return Err(SHORT_BODY),
+            };
+            let (topic, reply_to, payload) = r.publish_body().ok_or(NAME_OVERRUN)?;
+            Frame::Msg {
+                sub_id: id,
+                seq,
+                timestamp_ns,
+                delivery_count,
+                topic,
+                reply_to,
+                payload,
+            }
+        }
+        Opcode::Pong => {
+            r.end().ok_or("PONG body is not empty")?;
+            Frame::Pong { request_id: id }
+        }
+        Opcode::Dropped => {
+            let count = r.u64().ok_or("DROPPED body is not 8 bytes")?;
+            r.end().ok_or("DROPPED body is not 8 bytes")?;
+            Frame::Dropped { sub_id: id, count }
+        }
+    };
+    Ok(frame)
+}
+
+/// Topic, reply topic and payload of a PUBLISH body or a MSG suffix.
+type PublishParts<'a> = (&'a [u8], Option<&'a [u8]>, &'a [u8]);
+
+/// Bounds-checked cursor over a frame; every read returns `None` instead of panicking, which
+/// is what keeps [`decode`] total over arbitrary input.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = self.0.split_at_checked(n)?;
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, tail) = self.0.split_first_chunk::<N>()?;
+        self.0 = tail;
+        Some(*head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.array::<1>().map(|[b]| b)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.array().map(u16::from_be_bytes)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.array().map(u32::from_be_bytes)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.array().map(u64::from_be_bytes)
+    }
+
+    /// A short string: `None` if the length byte is missing, `Some(None)` if it overruns.
+    fn short(&mut self) -> Option<Option<&'a [u8]>> {
+        let len = self.u8()?;
+        Some(self.take(usize::from(len)))
+    }
+
+    fn end(&self) -> Option<()> {
+        self.0.is_empty().then_some(())
+    }
+
+    fn publish_body(mut self) -> Option<PublishParts<'a>> {
+        let topic = self.short()??;
+        let reply = self.short()??;
+        Some((topic, (!reply.is_empty()).then_some(reply), self.0))
+    }
+}
+
+/// Appends a MSG frame with sub_id 0, seq 0 and delivery_count 1 built from a PUBLISH body's
+/// pieces. The broker builds it once per message and patches the per-subscriber fields with the
+/// `msg_set_*` helpers, instead of re-encoding the message for every subscriber.
+///
+/// # Panics
+///
+/// Under the same conditions as [`Frame::encode`].
+pub fn encode_msg_from_publish(
+    out: &mut Vec<u8>,
+    timestamp_ns: u64,
+    topic: &[u8],
+    reply_to: Option<&[u8]>,
+    payload: &[u8],
+) {
+    Frame::Msg {
+        sub_id: 0,
+        seq: 0,
+        timestamp_ns,
+        delivery_count: 1,
+        topic,
+        reply_to,
+        payload,
+    }
+    .encode(out);
+}
+
+// The helpers below take a complete MSG frame built by this module. Passing anything else is
+// a broker bug, caught by the debug assertion; they are never called on network input.
+
+fn is_msg_frame(frame: &[u8]) -> bool {
+    matches!(decode(frame, usize::MAX), Ok(Some((Frame::Msg { .. }, n))) if n == frame.len())
+}
+
+fn put_at<const N: usize>(frame: &mut [u8], offset: usize, bytes: [u8; N]) {
+    debug_assert!(is_msg_frame(frame), "not a complete MSG frame");
+    frame[offset..offset + N].copy_from_slice(&bytes);
+}
+
+fn get_at<const N: usize>(frame: &[u8], offset: usize) -> [u8; N] {
+    debug_assert!(is_msg_frame(frame), "not a complete MSG frame");
+    let mut bytes = [0; N];
+    bytes.copy_from_slice(&frame[offset..offset + N]);
+    bytes
+}
+
+/// Writes the header id, i.e. the subscription id of a MSG.
+pub fn msg_set_sub_id(frame: &mut [u8], sub_id: u32) {
+    put_at(frame, ID_OFFSET, sub_id.to_be_bytes());
+}
+
+pub fn msg_set_seq(frame: &mut [u8], seq: u64) {
+    put_at(frame, SEQ_OFFSET, seq.to_be_bytes());
+}
+
+pub fn msg_seq(frame: &[u8]) -> u64 {
+    u64::from_be_bytes(get_at(frame, SEQ_OFFSET))
+}
+
+pub fn msg_timestamp_ns(frame: &[u8]) -> u64 {
+    u64::from_be_bytes(get_at(frame, TIMESTAMP_OFFSET))
+}
+
+pub fn msg_set_delivery_count(frame: &mut [u8], n: u16) {
+    put_at(frame, DELIVERY_COUNT_OFFSET, n.to_be_bytes());
+}
+
+pub fn msg_topic(frame: &[u8]) -> &[u8] {
+    let [topic_len] = get_at(frame, MSG_PREFIX_LEN);
+    &frame[MSG_PREFIX_LEN + 1..][..usize::from(topic_len)]
+}
+
+pub fn msg_payload(frame: &[u8]) -> &[u8] {
+    let reply_len_at = MSG_PREFIX_LEN + 1 + msg_topic(frame).len();
+    let [reply_len] = get_at(frame, reply_len_at);
+    &frame[reply_len_at + 1 + usize::from(reply_len)..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    const LIMIT: usize = 1024;
+
+    #[derive(Debug)]
+    enum Expect<'a> {
+        Frame(Frame<'a>),
+        Incomplete,
+        Fatal(ErrorCode),
+        Invalid {
+            request_id: u32,
+            frame_len: usize,
+            code: ErrorCode,
+        },
+    }
+
+    /// Decodes `bytes` alone with [`LIMIT`]; a decoded frame must consume all of them and
+    /// re-encode to the same bytes, which pins the encoder to the hand-written layouts too.
+    fn check(bytes: &[u8], expect: Expect<'_>) {
+        let got = decode(bytes, LIMIT);
+        match expect {
+            Expect::Frame(frame) => {
+                assert_eq!(got, Ok(Some((frame, bytes.len()))), "bytes {bytes:02x?}");
+                let mut out = Vec::new();
+                frame.encode(&mut out);
+                assert_eq!(out, bytes);
+                assert_eq!(frame.encoded_len(), bytes.len());
+            }
+            Expect::Incomplete => assert_eq!(got, Ok(None), "bytes {bytes:02x?}"),
+            Expect::Fatal(code) => {
+                assert!(
+                    matches!(got, Err(DecodeError::Fatal { code: c, .. }) if c == code),
+                    "{got:?}"
+                )
+            }
+            Expect::Invalid {
+                request_id,
+                frame_len,
+                code,
+            } => assert!(
+                matches!(got, Err(DecodeError::Invalid { request_id: r, frame_len: n, code: c, .. })
+                    if (r, n, c) == (request_id, frame_len, code)),
+                "{got:?}"
+            ),
+        }
+    }
+
+    /// Builds a frame from header fields and raw body bytes, computing only the length.
+    fn raw(opcode: u8, flags: u8, reserved: u16, id: u32, body: &[&[u8]]) -> Vec<u8> {
+        let body = body.concat();
+        let mut out = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+        out.push(opcode);
+        out.push(flags);
+        out.extend_from_slice(&reserved.to_be_bytes());
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn hello_bytes() -> Vec<u8> {
+        [
+            &[0, 0, 0, 18, 0x01, 0x00, 0, 0, 0, 0, 0, 7][..],
+            b"CBUS",
+            &[0, 1],
+            &[3],
+            b"cli",
+        ]
+        .concat()
+    }
+
+    fn msg_bytes() -> Vec<u8> {
+        [
+            &[0, 0, 0, 30, 0x82, 0x00, 0, 0, 0, 0, 0, 0x0a][..],
+            &[0, 0, 0, 0, 0, 0, 1, 2],
+            &[0x17, 0x9e, 0, 0, 0, 0, 0, 5],
+            &[0, 1],
+            &[1],
+            b"t",
+            &[0],
+            b"p",
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn every_opcode_decodes_from_hand_written_bytes() {
+        check(
+            &hello_bytes(),
+            Expect::Frame(Frame::Hello {
+                request_id: 7,
+                version: 1,
+                client_name: b"cli",
+            }),
+        );
+        check(
+            &[
+                &[0, 0, 0, 15, 0x01, 0, 0, 0, 0, 0, 0, 1][..],
+                b"CBUS",
+                &[0, 9],
+                &[0],
+            ]
+            .concat(),
+            Expect::Frame(Frame::Hello {
+                request_id: 1,
+                version: 9,
+                client_name: b"",
+            }),
+        );
+        check(
+            &[
+                &[0, 0, 0, 16, 0x02, 0x01, 0, 0, 0, 0, 0, 9][..],
+                &[3],
+                b"a.b",
+                &[1],
+                b"r",
+                b"hi",
+            ]
+            .concat(),
+            Expect::Frame(Frame::Publish {
+                request_id: 9,
+                quiet: true,
+                topic: b"a.b",
+                reply_to: Some(b"r"),
+                payload: b"hi",
+            }),
+        );
+        // The example in the module documentation.
+        check(
+            &[
+                0, 0, 0, 0x0f, 0x02, 0, 0, 0, 0, 0, 0, 2, 3, 0x74, 0x2e, 0x61, 0, 0x68, 0x69,
+            ],
+            Expect::Frame(Frame::Publish {
+                request_id: 2,
+                quiet: false,
+                topic: b"t.a",
+                reply_to: None,
+                payload: b"hi",
+            }),
+        );
+        check(
+            &[0, 0, 0, 10, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            Expect::Frame(Frame::Publish {
+                request_id: 0,
+                quiet: false,
+                topic: b"",
+                reply_to: None,
+                payload: b"",
+            }),
+        );
+        check(
+            &[
+                &[0, 0, 0, 16, 0x03, 0, 0, 0, 0, 0, 0, 3][..],
+                &[1, 2, 3, 4],
+                &[3],
+                b"t.*",
+            ]
+            .concat(),
+            Expect::Frame(Frame::Subscribe {
+                request_id: 3,
+                sub_id: 0x0102_0304,
+                topic: b"t.*",
+                options: b"",
+            }),
+        );
+        check(
+            &[
+                &[0, 0, 0, 18, 0x03, 0, 0, 0, 0, 0, 0, 3][..],
+                &[0, 0, 0, 8],
+                &[1],
+                b"t",
+                &[1, 0, 1, 0xff],
+            ]
+            .concat(),
+            Expect::Frame(Frame::Subscribe {
+                request_id: 3,
+                sub_id: 8,
+                topic: b"t",
+                options: &[1, 0, 1, 0xff],
+            }),
+        );
+        check(
+            &[0, 0, 0, 12, 0x04, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 5],
+            Expect::Frame(Frame::Unsubscribe {
+                request_id: 4,
+                sub_id: 5,
+            }),
+        );
+        check(
+            &[0, 0, 0, 8, 0x05, 0, 0, 0, 0xff, 0, 0, 6],
+            Expect::Frame(Frame::Ping {
+                request_id: 0xff00_0006,
+            }),
+        );
+        check(
+            &[
+                0, 0, 0, 16, 0x80, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 2, 0, 0x10, 0, 0,
+            ],
+            Expect::Frame(Frame::Ok {
+                request_id: 1,
+                data: &[0, 1, 0, 2, 0, 0x10, 0, 0],
+            }),
+        );
+        check(
+            &[
+                &[0, 0, 0, 13, 0x81, 0, 0, 0, 0, 0, 0, 2][..],
+                &[0, 4],
+                b"bad",
+            ]
+            .concat(),
+            Expect::Frame(Frame::Err {
+                request_id: 2,
+                code: ErrorCode::BadTopic.as_u16(),
+                message: b"bad",
+            }),
+        );
+        check(
+            &msg_bytes(),
+            Expect::Frame(Frame::Msg {
+                sub_id: 0x0a,
+                seq: 0x0102,
+                timestamp_ns: 0x179e_0000_0000_0005,
+                delivery_count: 1,
+                topic: b"t",
+                reply_to: None,
+                payload: b"p",
+            }),
+        );
+        check(
+            &[0, 0, 0, 8, 0x83, 0, 0, 0, 0, 0, 0, 6],
+            Expect::Frame(Frame::Pong { request_id: 6 }),
+        );
+        check(
+            &[
+                0, 0, 0, 16, 0x84, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 42,
+            ],
+            Expect::Frame(Frame::Dropped {
+                sub_id: 3,
+                count: 42,
+            }),
+        );
+    }
+
+    #[test]
+    fn every_strict_prefix_is_incomplete() {
+        for bytes in [hello_bytes(), msg_bytes()] {
+            for n in 0..bytes.len() {
+                check(&bytes[..n], Expect::Incomplete);
+            }
+        }
+    }
+
+    #[test]
+    fn length_out_of_range_is_fatal_from_the_first_four_bytes() {
+        check(&[0, 0, 0x10, 0], Expect::Fatal(ErrorCode::FrameTooLarge));
+        check(
+            &[0xff, 0xff, 0xff, 0xff, 0x05],
+            Expect::Fatal(ErrorCode::FrameTooLarge),
+        );
+        check(&[0, 0, 0, 7], Expect::Fatal(ErrorCode::BadFrame));
+        check(
+            &[0, 0, 0, 0, 0x05, 0, 0, 0, 0, 0, 0, 0],
+            Expect::Fatal(ErrorCode::BadFrame),
+        );
+        // The limit counts the whole frame: 4 + length.
+        let ok = raw(0x80, 0, 0, 1, &[&[0; 20]]);
+        assert!(matches!(decode(&ok, ok.len()), Ok(Some((_, n))) if n == ok.len()));
+        assert!(matches!(
+            decode(&ok, ok.len() - 1),
+            Err(DecodeError::Fatal {
+                code: ErrorCode::FrameTooLarge,
+                ..
+            })
+        ));
+        // The largest length does not overflow and simply waits for its body.
+        assert_eq!(decode(&[0xff, 0xff, 0xff, 0xff], usize::MAX), Ok(None));
+    }
+
+    #[test]
+    fn invalid_frames_report_their_id_and_extent() {
+        let invalid = |bytes: &[u8], code| {
+            let request_id = u32::from_be_bytes(bytes[8..12].try_into().unwrap());
+            check(
+                bytes,
+                Expect::Invalid {
+                    request_id,
+                    frame_len: bytes.len(),
+                    code,
+                },
+            );
+        };
+        invalid(
+            &raw(0x06, 0, 0, 0x11, &[&[1, 2, 3]]),
+            ErrorCode::UnknownOpcode,
+        );
+        invalid(&raw(0x00, 0, 0, 1, &[]), ErrorCode::UnknownOpcode);
+        invalid(&raw(0x85, 0, 0, 1, &[]), ErrorCode::UnknownOpcode);
+        invalid(&raw(0x05, 0x01, 0, 2, &[]), ErrorCode::BadFrame);
+        invalid(
+            &raw(0x02, 0x02, 0, 3, &[&[1], b"t", &[0]]),
+            ErrorCode::BadFrame,
+        );
+        invalid(
+            &raw(0x82, 0x80, 0, 3, &[&[0; 18], &[1], b"t", &[0]]),
+            ErrorCode::BadFrame,
+        );
+        invalid(&raw(0x05, 0, 1, 4, &[]), ErrorCode::BadFrame);
+        invalid(&raw(0x05, 0, 0x8000, 4, &[]), ErrorCode::BadFrame);
+        invalid(
+            &raw(0x01, 0, 0, 5, &[b"CBUX", &[0, 1], &[0]]),
+            ErrorCode::BadFrame,
+        );
+        invalid(&raw(0x01, 0, 0, 5, &[b"CBU"]), ErrorCode::BadFrame);
+        invalid(
+            &raw(0x01, 0, 0, 5, &[b"CBUS", &[0, 1]]),
+            ErrorCode::BadFrame,
+        );
+        invalid(
+            &raw(0x01, 0, 0, 6, &[b"CBUS", &[0, 1], &[5], b"cli"]),
+            ErrorCode::BadFrame,
+        );
+        invalid(
+            &raw(0x01, 0, 0, 6, &[b"CBUS", &[0, 1], &[1], b"cli"]),
+            ErrorCode::BadFrame,
+        );
+        invalid(&raw(0x02, 0, 0, 7, &[]), ErrorCode::BadFrame);
+        invalid(&raw(0x02, 0, 0, 7, &[&[4], b"t.a"]), ErrorCode::BadFrame);
+        invalid(&raw(0x02, 0, 0, 7, &[&[3], b"t.a"]), ErrorCode::BadFrame);
+        invalid(
+            &raw(0x02, 0, 0, 7, &[&[3], b"t.a", &[2], b"r"]),
+            ErrorCode::BadFrame,
+        );
+        invalid(&raw(0x03, 0, 0, 8, &[&[0, 0, 1]]), ErrorCode::BadFrame);
+        invalid(&raw(0x03, 0, 0, 8, &[&[0, 0, 0, 1]]), ErrorCode::BadFrame);
+        invalid(
+            &raw(0x03, 0, 0, 8, &[&[0, 0, 0, 1], &[9], b"t"]),
+            ErrorCode::BadFrame,
+        );
+        invalid(&raw(0x04, 0, 0, 9, &[&[0, 0, 1]]), ErrorCode::BadFrame);
+        invalid(
+            &raw(0x04, 0, 0, 9, &[&[0, 0, 0, 0, 1]]),
+            ErrorCode::BadFrame,
+        );
+        invalid(&raw(0x05, 0, 0, 10, &[&[0]]), ErrorCode::BadFrame);
+        invalid(&raw(0x81, 0, 0, 11, &[&[0]]), ErrorCode::BadFrame);
+        invalid(&raw(0x82, 0, 0, 12, &[&[0; 18]]), ErrorCode::BadFrame);
+        invalid(&raw(0x82, 0, 0, 12, &[&[0; 17]]), ErrorCode::BadFrame);
+        invalid(
+            &raw(0x82, 0, 0, 12, &[&[0; 18], &[2], b"t", &[0]]),
+            ErrorCode::BadFrame,
+        );
+        invalid(&raw(0x83, 0, 0, 13, &[&[0]]), ErrorCode::BadFrame);
+        invalid(&raw(0x84, 0, 0, 14, &[&[0; 7]]), ErrorCode::BadFrame);
+        invalid(&raw(0x84, 0, 0, 14, &[&[0; 9]]), ErrorCode::BadFrame);
+    }
+
+    #[test]
+    fn an_invalid_frame_waits_until_it_can_be_skipped_whole() {
+        let bytes = raw(0x06, 0, 0, 1, &[&[0; 10]]);
+        check(&bytes[..bytes.len() - 1], Expect::Incomplete);
+    }
+
+    #[test]
+    fn frames_back_to_back_decode_one_after_the_other() {
+        let mut buf = hello_bytes();
+        buf.extend_from_slice(&msg_bytes());
+        buf.extend_from_slice(&[0, 0, 0, 8]);
+        let (first, n) = decode(&buf, LIMIT).unwrap().unwrap();
+        assert_eq!(
+            first,
+            Frame::Hello {
+                request_id: 7,
+                version: 1,
+                client_name: b"cli"
+            }
+        );
+        let (second, m) = decode(&buf[n..], LIMIT).unwrap().unwrap();
+        assert_eq!(second.opcode(), Opcode::Msg);
+        assert_eq!(n + m, hello_bytes().len() + msg_bytes().len());
+        assert_eq!(decode(&buf[n + m..], LIMIT), Ok(None));
+    }
+
+    #[test]
+    fn msg_helpers_patch_a_shared_frame() {
+        let mut frame = Vec::new();
+        encode_msg_from_publish(
+            &mut frame,
+            1_700_000_000_123_456_789,
+            b"orders.eu",
+            Some(b"inbox.7"),
+            b"{}",
+        );
+        assert_eq!(
+            frame.len(),
+            MSG_PREFIX_LEN + publish_body_len(b"orders.eu", Some(b"inbox.7"), b"{}")
+        );
+        assert_eq!(msg_seq(&frame), 0);
+        msg_set_seq(&mut frame, 41);
+        msg_set_sub_id(&mut frame, 0xdead_beef);
+        msg_set_delivery_count(&mut frame, 3);
+        assert_eq!(msg_seq(&frame), 41);
+        assert_eq!(msg_timestamp_ns(&frame), 1_700_000_000_123_456_789);
+        assert_eq!(msg_topic(&frame), b"orders.eu");
+        assert_eq!(msg_payload(&frame), b"{}");
+        let expected = Frame::Msg {
+            sub_id: 0xdead_beef,
+            seq: 41,
+            timestamp_ns: 1_700_000_000_123_456_789,
+            delivery_count: 3,
+            topic: b"orders.eu",
+            reply_to: Some(b"inbox.7"),
+            payload: b"{}",
+        };
+        assert_eq!(decode(&frame, LIMIT), Ok(Some((expected, frame.len()))));
+
+        // The suffix after the prefix is the PUBLISH body, byte for byte.
+        let mut publish = Vec::new();
+        Frame::Publish {
+            request_id: 0,
+            quiet: false,
+            topic: b"orders.eu",
+            reply_to: Some(b"inbox.7"),
+            payload: b"{}",
+        }
+        .encode(&mut publish);
+        assert_eq!(frame[MSG_PREFIX_LEN..], publish[HEADER_LEN..]);
+
+        let mut bare = Vec::new();
+        encode_msg_from_publish(&mut bare, 0, b"", None, b"");
+        assert_eq!(msg_topic(&bare), b"");
+        assert_eq!(msg_payload(&bare), b"");
+        assert!(matches!(
+            decode(&bare, LIMIT),
+            Ok(Some((
+                Frame::Msg {
+                    delivery_count: 1,
+                    reply_to: None,
+                    ..
+                },
+                _
+            )))
+        ));
+    }
+
+    #[test]
+    fn overhead_bound_covers_the_largest_names() {
+        let name = [b'x'; 255];
+        let payload = [0u8; 10];
+        let frames = [
+            Frame::Publish {
+                request_id: 0,
+                quiet: false,
+                topic: &name,
+                reply_to: Some(&name),
+                payload: &payload,
+            },
+            Frame::Msg {
+                sub_id: 0,
+                seq: 0,
+                timestamp_ns: 0,
+                delivery_count: 1,
+                topic: &name,
+                reply_to: Some(&name),
+                payload: &payload,
+            },
+        ];
+        let worst = frames.iter().map(|f| f.encoded_len() - payload.len()).max();
+        assert_eq!(worst, Some(FRAME_OVERHEAD_MAX));
+    }
+
+    #[test]
+    fn the_spec_lists_every_error_code() {
+        let doc = include_str!("native.rs");
+        for code in ErrorCode::ALL {
+            let row = format!("//! | {:<4} | `{}`", code.as_u16(), code.as_str());
+            assert!(doc.contains(&row), "error code table lacks {code}");
+        }
+    }
+
+    #[test]
+    fn opcodes_round_trip_through_their_byte() {
+        for b in 0..=u8::MAX {
+            if let Some(op) = Opcode::from_u8(b) {
+                assert_eq!(op as u8, b);
+            }
+        }
+        assert_eq!((0..=u8::MAX).filter_map(Opcode::from_u8).count(), 10);
+    }
+
+    /// Owned data for one frame, since a strategy cannot hand out borrowed slices.
+    #[derive(Clone, Debug)]
+    enum Owned {
+        Hello(u32, u16, Vec<u8>),
+        Publish(u32, bool, Vec<u8>, Option<Vec<u8>>, Vec<u8>),
+        Subscribe(u32, u32, Vec<u8>, Vec<u8>),
+        Unsubscribe(u32, u32),
+        Ping(u32),
+        Ok(u32, Vec<u8>),
+        Err(u32, u16, Vec<u8>),
+        Msg(u32, u64, u64, u16, Vec<u8>, Option<Vec<u8>>, Vec<u8>),
+        Pong(u32),
+        Dropped(u32, u64),
+    }
+
+    impl Owned {
+        fn frame(&self) -> Frame<'_> {
+            match self {
+                Owned::Hello(id, v, n) => Frame::Hello {
+                    request_id: *id,
+                    version: *v,
+                    client_name: n,
+                },
+                Owned::Publish(id, q, t, r, p) => Frame::Publish {
+                    request_id: *id,
+                    quiet: *q,
+                    topic: t,
+                    reply_to: r.as_deref(),
+                    payload: p,
+                },
+                Owned::Subscribe(id, s, t, o) => Frame::Subscribe {
+                    request_id: *id,
+                    sub_id: *s,
+                    topic: t,
+                    options: o,
+                },
+                Owned::Unsubscribe(id, s) => Frame::Unsubscribe {
+                    request_id: *id,
+                    sub_id: *s,
+                },
+                Owned::Ping(id) => Frame::Ping { request_id: *id },
+                Owned::Ok(id, d) => Frame::Ok {
+                    request_id: *id,
+                    data: d,
+                },
+                Owned::Err(id, c, m) => Frame::Err {
+                    request_id: *id,
+                    code: *c,
+                    message: m,
+                },
+                Owned::Msg(id, s, ts, dc, t, r, p) => Frame::Msg {
+                    sub_id: *id,
+                    seq: *s,
+                    timestamp_ns: *ts,
+                    delivery_count: *dc,
+                    topic: t,
+                    reply_to: r.as_deref(),
+                    payload: p,
+                },
+                Owned::Pong(id) => Frame::Pong { request_id: *id },
+                Owned::Dropped(id, c) => Frame::Dropped {
+                    sub_id: *id,
+                    count: *c,
+                },
+            }
+        }
+    }
+
+    fn name() -> impl Strategy<Value = Vec<u8>> {
+        vec(any::<u8>(), 0..=255)
+    }
+
+    /// `Some(empty)` is indistinguishable from `None` on the wire, so it is never generated.
+    fn reply() -> impl Strategy<Value = Option<Vec<u8>>> {
+        proptest::option::of(vec(any::<u8>(), 1..=255))
+    }
+
+    fn bulk() -> impl Strategy<Value = Vec<u8>> {
+        vec(any::<u8>(), 0..4096)
+    }
+
+    fn owned() -> impl Strategy<Value = Owned> {
+        prop_oneof![
+            (any::<u32>(), any::<u16>(), name()).prop_map(|(a, b, c)| Owned::Hello(a, b, c)),
+            (any::<u32>(), any::<bool>(), name(), reply(), bulk())
+                .prop_map(|(a, b, c, d, e)| Owned::Publish(a, b, c, d, e)),
+            (any::<u32>(), any::<u32>(), name(), vec(any::<u8>(), 0..64))
+                .prop_map(|(a, b, c, d)| Owned::Subscribe(a, b, c, d)),
+            (any::<u32>(), any::<u32>()).prop_map(|(a, b)| Owned::Unsubscribe(a, b)),
+            any::<u32>().prop_map(Owned::Ping),
+            (any::<u32>(), vec(any::<u8>(), 0..64)).prop_map(|(a, b)| Owned::Ok(a, b)),
+            (any::<u32>(), any::<u16>(), vec(any::<u8>(), 0..256))
+                .prop_map(|(a, b, c)| Owned::Err(a, b, c)),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u16>(),
+                name(),
+                reply(),
+                bulk()
+            )
+                .prop_map(|(a, b, c, d, e, f, g)| Owned::Msg(a, b, c, d, e, f, g)),
+            any::<u32>().prop_map(Owned::Pong),
+            (any::<u32>(), any::<u64>()).prop_map(|(a, b)| Owned::Dropped(a, b)),
+        ]
+    }
+
+    /// Frame limit large enough for every generated frame.
+    const PROP_LIMIT: usize = 4096 + FRAME_OVERHEAD_MAX;
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_round_trips(owned in owned()) {
+            let frame = owned.frame();
+            let mut out = vec![0xaa];
+            frame.encode(&mut out);
+            prop_assert_eq!(out.len() - 1, frame.encoded_len());
+            prop_assert_eq!(decode(&out[1..], PROP_LIMIT), Ok(Some((frame, frame.encoded_len()))));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(buf in vec(any::<u8>(), 0..2048), limit in 0usize..4096) {
+            match decode(&buf, limit) {
+                Ok(Some((_, n))) => prop_assert!(n <= buf.len() && n <= limit),
+                Err(DecodeError::Invalid { frame_len, .. }) => prop_assert!(frame_len <= buf.len()),
+                Ok(None) | Err(DecodeError::Fatal { .. }) => {}
+            }
+        }
+
+        #[test]
+        fn arbitrary_bodies_after_a_valid_header_never_panic(
+            opcode in prop_oneof![
+                proptest::sample::select(vec![1u8, 2, 3, 4, 5, 0x80, 0x81, 0x82, 0x83, 0x84]),
+                any::<u8>(),
+            ],
+            flags in prop_oneof![Just(0u8), Just(PUBLISH_QUIET), any::<u8>()],
+            body in vec(any::<u8>(), 0..600),
+            extra in vec(any::<u8>(), 0..16),
+        ) {
+            let mut buf = raw(opcode, flags, 0, 1, &[&body]);
+            let frame_len = buf.len();
+            buf.extend_from_slice(&extra);
+            match decode(&buf, PROP_LIMIT) {
+                Ok(Some((frame, n))) => {
+                    prop_assert_eq!(n, frame_len);
+                    prop_assert_eq!(frame.opcode() as u8, opcode);
+                }
+                Err(DecodeError::Invalid { request_id, frame_len: n, .. }) => {
+                    prop_assert_eq!((request_id, n), (1, frame_len));
+                }
+                other => prop_assert!(false, "unexpected {:?}", other),
+            }
+        }
+
+        #[test]
+        fn concatenated_frames_decode_in_order(frames in vec(owned(), 0..12)) {
+            let mut buf = Vec::new();
+            for f in &frames {
+                f.frame().encode(&mut buf);
+            }
+            let mut at = 0;
+            for f in &frames {
+                let (got, n) = decode(&buf[at..], PROP_LIMIT).unwrap().unwrap();
+                prop_assert_eq!(got, f.frame());
+                at += n;
+            }
+            prop_assert_eq!(at, buf.len());
+            prop_assert_eq!(decode(&buf[at..], PROP_LIMIT), Ok(None));
+        }
+    }
+}

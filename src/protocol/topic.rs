@@ -1,0 +1,571 @@
+//! Topic names and subscription patterns: the naming rules, wildcard matching semantics
+//! and topic→shard routing.
+//!
+//! Every interface (native frames, WebSocket, the broker's own `$dlq.`/`$sys.` topics)
+//! agrees on one definition of a valid name, so it lives here, sans-IO and pure. Topic
+//! bytes arrive straight from clients, so validation never panics and never allocates:
+//! it runs on every publish.
+//!
+//! Rules (NATS-style): a name is 1..=[`TOPIC_BYTES_MAX`] bytes of `.`-separated, non-empty
+//! tokens made of `[A-Za-z0-9_-]`. A leading `$` marks a broker-reserved name (clients may
+//! subscribe to one, never publish to one). In a subscription, a token that is exactly `*`
+//! matches one token and a final token that is exactly `>` matches one or more tokens.
+
+use std::fmt;
+
+/// Longest accepted name or pattern, in bytes. Keeps per-topic keys small and bounds the
+/// token count (and so the sublist's recursion depth) at 128.
+pub const TOPIC_BYTES_MAX: usize = 255;
+
+/// Splits a name into tokens.
+pub const TOKEN_SEPARATOR: u8 = b'.';
+/// As a whole token: matches exactly one token.
+pub const SINGLE_WILDCARD: &str = "*";
+/// As the last token: matches one or more trailing tokens.
+pub const FULL_WILDCARD: &str = ">";
+
+const RESERVED_PREFIX: u8 = b'$';
+
+/// Whether a subscription names one topic or a family of topics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubjectKind {
+    /// No wildcard: a single topic.
+    Exact,
+    /// At least one `*` or `>` token.
+    Pattern,
+}
+
+/// Why a name was rejected; [`TopicError::reason`] is a short human sentence sent back to
+/// clients inside a BAD_TOPIC error.
+///
+/// When a name breaks several rules, the first offending byte decides, after the length
+/// checks (so a client fixing errors one at a time converges).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopicError {
+    Empty,
+    TooLong,
+    /// A leading, trailing or doubled `.`, or a `$` with nothing after it.
+    EmptyToken,
+    BadCharacter,
+    /// `*` or `>` shares a token with other characters (`a*`, `**`, `$*`).
+    WildcardInToken,
+    /// `>` followed by more tokens (`>.a`).
+    FullWildcardNotLast,
+    /// Publishing to a `$` name, which only the broker may produce.
+    Reserved,
+    NotUtf8,
+    /// A wildcard in a publish topic: a message goes to one concrete topic.
+    WildcardInPublish,
+}
+
+impl TopicError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            TopicError::Empty => "topic is empty",
+            TopicError::TooLong => "topic is longer than 255 bytes",
+            TopicError::EmptyToken => {
+                "topic has an empty token (a leading, trailing or doubled '.', or a bare '$')"
+            }
+            TopicError::BadCharacter => {
+                "topic tokens may only contain letters A-Z a-z, digits, '_' and '-'"
+            }
+            TopicError::WildcardInToken => "wildcards '*' and '>' must be a whole token",
+            TopicError::FullWildcardNotLast => "wildcard '>' may only be the last token",
+            TopicError::Reserved => "topics starting with '$' are reserved for the broker",
+            TopicError::NotUtf8 => "topic is not valid UTF-8",
+            TopicError::WildcardInPublish => {
+                "wildcards '*' and '>' are only allowed when subscribing, not when publishing"
+            }
+        }
+    }
+}
+
+impl fmt::Display for TopicError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl std::error::Error for TopicError {}
+
+/// A name a client may publish to: exact, not reserved. Returns it as `&str`.
+pub fn parse_publish_topic(bytes: &[u8]) -> Result<&str, TopicError> {
+    check_length(bytes)?;
+    // Checked before the shape: whatever follows a `$`, a client may not publish there,
+    // and saying so is more useful than pointing at a malformed reserved name.
+    if bytes.first() == Some(&RESERVED_PREFIX) {
+        return Err(TopicError::Reserved);
+    }
+    scan_tokens::<false>(bytes)?;
+    as_str(bytes)
+}
+
+/// A name a client may subscribe to: exact (reserved `$` names allowed, to read dead
+/// letters) or a pattern.
+pub fn parse_subscription(bytes: &[u8]) -> Result<(&str, SubjectKind), TopicError> {
+    check_length(bytes)?;
+    let kind = scan_tokens::<true>(bytes)?;
+    Ok((as_str(bytes)?, kind))
+}
+
+/// Does exact `topic` match `pattern`? A deliberately plain token-by-token walk: the
+/// reference the sublist trie is tested against, not the hot path.
+pub fn pattern_matches(pattern: &str, topic: &str) -> bool {
+    let mut pattern_tokens = pattern.split('.');
+    let mut topic_tokens = topic.split('.');
+    loop {
+        match (pattern_tokens.next(), topic_tokens.next()) {
+            (None, None) => return true,
+            (Some(FULL_WILDCARD), Some(_)) => return true,
+            (Some(SINGLE_WILDCARD), Some(_)) => {}
+            (Some(pattern_token), Some(topic_token)) if pattern_token == topic_token => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Fixed seeds (the hex digits of pi) rather than per-process randomness: every shard
+/// thread, every restart and every tool that predicts placement must route a topic to
+/// the same shard.
+const ROUTING_HASHER: ahash::RandomState = ahash::RandomState::with_seeds(
+    0x243f_6a88_85a3_08d3,
+    0x1319_8a2e_0370_7344,
+    0xa409_3822_299f_31d0,
+    0x082e_fa98_ec4e_6c89,
+);
+
+/// Stable topic→shard routing. A `shard_count` of 0 is treated as 1 rather than panicking.
+pub fn owner_shard(topic: &str, shard_count: usize) -> usize {
+    let shard_count = shard_count.max(1) as u64;
+    (ROUTING_HASHER.hash_one(topic.as_bytes()) % shard_count) as usize
+}
+
+fn check_length(bytes: &[u8]) -> Result<(), TopicError> {
+    if bytes.is_empty() {
+        Err(TopicError::Empty)
+    } else if bytes.len() > TOPIC_BYTES_MAX {
+        Err(TopicError::TooLong)
+    } else {
+        Ok(())
+    }
+}
+
+/// The scan has already proved every byte is ASCII, so this cannot fail; it still maps the
+/// error instead of unwrapping so that no input path can panic, and it costs little on at
+/// most 255 ASCII bytes.
+fn as_str(bytes: &[u8]) -> Result<&str, TopicError> {
+    std::str::from_utf8(bytes).map_err(|_| TopicError::NotUtf8)
+}
+
+/// What has been seen of the token under the cursor.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TokenSoFar {
+    Nothing,
+    /// The leading `$` of a reserved name, which does not count as the token's content.
+    ReservedPrefix,
+    Literal,
+    SingleWildcard,
+    FullWildcard,
+}
+
+/// A lookup table beats a chain of range comparisons on the per-byte hot path.
+const TOKEN_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+        byte += 1;
+    }
+    table
+};
+
+/// One pass over the bytes; the length has already been checked.
+fn scan_tokens<const ALLOW_WILDCARDS: bool>(bytes: &[u8]) -> Result<SubjectKind, TopicError> {
+    let mut kind = SubjectKind::Exact;
+    let mut token = TokenSoFar::Nothing;
+    let mut rest = bytes;
+    if let Some((&RESERVED_PREFIX, after_prefix)) = bytes.split_first() {
+        token = TokenSoFar::ReservedPrefix;
+        rest = after_prefix;
+    }
+    for &byte in rest {
+        if TOKEN_BYTE[usize::from(byte)] {
+            token = match token {
+                TokenSoFar::SingleWildcard | TokenSoFar::FullWildcard => {
+                    return Err(TopicError::WildcardInToken)
+                }
+                _ => TokenSoFar::Literal,
+            };
+            continue;
+        }
+        match byte {
+            TOKEN_SEPARATOR => match token {
+                TokenSoFar::Nothing | TokenSoFar::ReservedPrefix => {
+                    return Err(TopicError::EmptyToken)
+                }
+                TokenSoFar::FullWildcard => return Err(TopicError::FullWildcardNotLast),
+                TokenSoFar::Literal | TokenSoFar::SingleWildcard => token = TokenSoFar::Nothing,
+            },
+            b'*' | b'>' => {
+                if !ALLOW_WILDCARDS {
+                    return Err(TopicError::WildcardInPublish);
+                }
+                if token != TokenSoFar::Nothing {
+                    return Err(TopicError::WildcardInToken);
+                }
+                token = if byte == b'*' {
+                    TokenSoFar::SingleWildcard
+                } else {
+                    TokenSoFar::FullWildcard
+                };
+                kind = SubjectKind::Pattern;
+            }
+            // Off the happy path, so validating the whole input again is affordable; it
+            // tells a client with a broken encoder apart from one sending real Unicode.
+            _ if !byte.is_ascii() => {
+                return Err(match std::str::from_utf8(bytes) {
+                    Ok(_) => TopicError::BadCharacter,
+                    Err(_) => TopicError::NotUtf8,
+                });
+            }
+            _ => return Err(TopicError::BadCharacter),
+        }
+    }
+    match token {
+        TokenSoFar::Nothing | TokenSoFar::ReservedPrefix => Err(TopicError::EmptyToken),
+        _ => Ok(kind),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What both parse functions should say about one input.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct Expected {
+        publish: Result<(), TopicError>,
+        subscribe: Result<SubjectKind, TopicError>,
+    }
+
+    const EXACT: Expected = Expected {
+        publish: Ok(()),
+        subscribe: Ok(SubjectKind::Exact),
+    };
+    const PATTERN: Expected = Expected {
+        publish: Err(TopicError::WildcardInPublish),
+        subscribe: Ok(SubjectKind::Pattern),
+    };
+    const RESERVED_EXACT: Expected = Expected {
+        publish: Err(TopicError::Reserved),
+        subscribe: Ok(SubjectKind::Exact),
+    };
+    const RESERVED_PATTERN: Expected = Expected {
+        publish: Err(TopicError::Reserved),
+        subscribe: Ok(SubjectKind::Pattern),
+    };
+
+    fn both(error: TopicError) -> Expected {
+        Expected {
+            publish: Err(error),
+            subscribe: Err(error),
+        }
+    }
+
+    fn subscribe_only(error: TopicError) -> Expected {
+        Expected {
+            publish: Err(TopicError::WildcardInPublish),
+            subscribe: Err(error),
+        }
+    }
+
+    fn reserved(subscribe_error: TopicError) -> Expected {
+        Expected {
+            publish: Err(TopicError::Reserved),
+            subscribe: Err(subscribe_error),
+        }
+    }
+
+    fn check(input: &[u8], expected: Expected) {
+        let shown = String::from_utf8_lossy(input);
+        let published = parse_publish_topic(input);
+        assert_eq!(published.map(|_| ()), expected.publish, "publish {shown:?}");
+        if let Ok(name) = published {
+            assert_eq!(name.as_bytes(), input);
+        }
+        let subscribed = parse_subscription(input);
+        assert_eq!(
+            subscribed.map(|(_, kind)| kind),
+            expected.subscribe,
+            "subscribe {shown:?}"
+        );
+        if let Ok((name, _)) = subscribed {
+            assert_eq!(name.as_bytes(), input);
+        }
+    }
+
+    #[test]
+    fn names_and_patterns_are_validated() {
+        let longest = "a".repeat(TOPIC_BYTES_MAX);
+        let too_long = "a".repeat(TOPIC_BYTES_MAX + 1);
+        let longest_dotted = format!("{}a", "a.".repeat(127));
+        let too_long_reserved = format!("${}", "a".repeat(TOPIC_BYTES_MAX));
+        let cases: Vec<(&[u8], Expected)> = vec![
+            // plain names
+            (b"a", EXACT),
+            (b"orders", EXACT),
+            (b"orders.eu.created", EXACT),
+            (b"Az09_-.x-y_Z", EXACT),
+            (longest.as_bytes(), EXACT),
+            (longest_dotted.as_bytes(), EXACT),
+            // length
+            (b"", both(TopicError::Empty)),
+            (too_long.as_bytes(), both(TopicError::TooLong)),
+            (too_long_reserved.as_bytes(), both(TopicError::TooLong)),
+            // empty tokens
+            (b"a..b", both(TopicError::EmptyToken)),
+            (b".a", both(TopicError::EmptyToken)),
+            (b"a.", both(TopicError::EmptyToken)),
+            (b".", both(TopicError::EmptyToken)),
+            (b"..", both(TopicError::EmptyToken)),
+            // characters
+            (b"a b", both(TopicError::BadCharacter)),
+            (b" a", both(TopicError::BadCharacter)),
+            (b"a\tb", both(TopicError::BadCharacter)),
+            (b"a\0", both(TopicError::BadCharacter)),
+            (b"a/b", both(TopicError::BadCharacter)),
+            (b"a.$b", both(TopicError::BadCharacter)),
+            (b"a$", both(TopicError::BadCharacter)),
+            ("caf\u{e9}".as_bytes(), both(TopicError::BadCharacter)),
+            ("\u{1f600}".as_bytes(), both(TopicError::BadCharacter)),
+            (b"a\xff", both(TopicError::NotUtf8)),
+            (b"\xc3", both(TopicError::NotUtf8)),
+            (b"a.\xed\xa0\x80", both(TopicError::NotUtf8)),
+            // the first offending byte decides
+            (b"a..\xff", both(TopicError::EmptyToken)),
+            (b"a \xff", both(TopicError::BadCharacter)),
+            // wildcards
+            (b"*", PATTERN),
+            (b">", PATTERN),
+            (b"a.*", PATTERN),
+            (b"a.*.c", PATTERN),
+            (b"*.*.*", PATTERN),
+            (b"a.>", PATTERN),
+            (b"*.>", PATTERN),
+            (b">.a", subscribe_only(TopicError::FullWildcardNotLast)),
+            (b"a.>.b", subscribe_only(TopicError::FullWildcardNotLast)),
+            (b">.>", subscribe_only(TopicError::FullWildcardNotLast)),
+            (b"a*", subscribe_only(TopicError::WildcardInToken)),
+            (b"*a", subscribe_only(TopicError::WildcardInToken)),
+            (b"a.b>", subscribe_only(TopicError::WildcardInToken)),
+            (b">a", subscribe_only(TopicError::WildcardInToken)),
+            (b"**", subscribe_only(TopicError::WildcardInToken)),
+            (b"*>", subscribe_only(TopicError::WildcardInToken)),
+            (b"a.*.", subscribe_only(TopicError::EmptyToken)),
+            (b"a.>.", subscribe_only(TopicError::FullWildcardNotLast)),
+            // reserved names
+            (b"$dlq.x", RESERVED_EXACT),
+            (b"$dlq.orders.eu", RESERVED_EXACT),
+            (b"$sys.*", RESERVED_PATTERN),
+            (b"$dlq.>", RESERVED_PATTERN),
+            (b"$a", RESERVED_EXACT),
+            (b"$-", RESERVED_EXACT),
+            (b"$", reserved(TopicError::EmptyToken)),
+            (b"$.a", reserved(TopicError::EmptyToken)),
+            (b"$$a", reserved(TopicError::BadCharacter)),
+            (b"$*", reserved(TopicError::WildcardInToken)),
+            (b"$>", reserved(TopicError::WildcardInToken)),
+            (b"$dlq..x", reserved(TopicError::EmptyToken)),
+            (b"$dlq.\xff", reserved(TopicError::NotUtf8)),
+        ];
+        for (input, expected) in cases {
+            check(input, expected);
+        }
+    }
+
+    #[test]
+    fn every_error_has_a_distinct_reason() {
+        let errors = [
+            TopicError::Empty,
+            TopicError::TooLong,
+            TopicError::EmptyToken,
+            TopicError::BadCharacter,
+            TopicError::WildcardInToken,
+            TopicError::FullWildcardNotLast,
+            TopicError::Reserved,
+            TopicError::NotUtf8,
+            TopicError::WildcardInPublish,
+        ];
+        let mut reasons: Vec<_> = errors.iter().map(|error| error.to_string()).collect();
+        assert!(reasons.iter().all(|reason| !reason.is_empty()));
+        reasons.sort_unstable();
+        reasons.dedup();
+        assert_eq!(reasons.len(), errors.len());
+    }
+
+    #[test]
+    fn patterns_match_with_nats_semantics() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("a", "a", true),
+            ("a", "b", false),
+            ("a", "a.b", false),
+            ("a.b", "a", false),
+            ("a.b", "a.b", true),
+            ("a.*", "a.b", true),
+            ("a.*", "a", false),
+            ("a.*", "a.b.c", false),
+            ("*.b", "x.b", true),
+            ("*.b", "x.c", false),
+            ("*.b", "b", false),
+            ("a.*.c", "a.b.c", true),
+            ("a.*.c", "a.b.d", false),
+            ("a.*.c", "a.c", false),
+            ("a.>", "a.b", true),
+            ("a.>", "a.b.c", true),
+            ("a.>", "a", false),
+            ("a.>", "b.c", false),
+            ("*.>", "a.b", true),
+            ("*.>", "a", false),
+            (">", "a", true),
+            (">", "a.b.c", true),
+            ("*", "a", true),
+            ("*", "a.b", false),
+            ("*.*", "a.b", true),
+            ("*.*", "a.b.c", false),
+            ("$dlq.>", "$dlq.orders", true),
+            ("$dlq.>", "dlq.orders", false),
+        ];
+        for &(pattern, topic, expected) in cases {
+            assert_eq!(
+                pattern_matches(pattern, topic),
+                expected,
+                "{pattern:?} vs {topic:?}"
+            );
+        }
+    }
+
+    /// Pinned once from this implementation. If this fails, routing changed (new seeds, a
+    /// new ahash version, or a different hashing backend for this target): topics would move
+    /// between shards, so it must be a deliberate decision, not an accident.
+    #[test]
+    fn owner_shard_is_pinned() {
+        let pinned: &[(&str, usize, usize)] = &[
+            ("orders", 4, 2),
+            ("orders.eu.created", 4, 2),
+            ("$dlq.orders", 4, 0),
+            ("a", 8, 5),
+            ("metrics.cpu.0", 16, 8),
+        ];
+        for &(topic, shard_count, shard) in pinned {
+            assert_eq!(owner_shard(topic, shard_count), shard, "{topic:?}");
+        }
+    }
+
+    #[test]
+    fn owner_shard_agrees_across_threads() {
+        let topics: Vec<String> = (0..1000).map(|i| format!("topic.{i}")).collect();
+        let here: Vec<usize> = topics.iter().map(|t| owner_shard(t, 7)).collect();
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let topics = topics.clone();
+                std::thread::spawn(move || -> Vec<usize> {
+                    topics.iter().map(|t| owner_shard(t, 7)).collect()
+                })
+            })
+            .collect();
+        for handle in handles {
+            assert_eq!(handle.join().expect("routing thread panicked"), here);
+        }
+    }
+
+    #[test]
+    fn owner_shard_spreads_evenly() {
+        let mut per_shard = [0usize; 4];
+        for i in 0..10_000 {
+            per_shard[owner_shard(&format!("orders.customer-{i}.created"), 4)] += 1;
+        }
+        // Expected 2500 each with a standard deviation near 43; 250 is ~6 sigma.
+        for count in per_shard {
+            assert!((2250..=2750).contains(&count), "{per_shard:?}");
+        }
+    }
+
+    #[test]
+    fn owner_shard_handles_degenerate_counts() {
+        assert_eq!(owner_shard("a", 1), 0);
+        assert_eq!(owner_shard("a", 0), 0);
+        assert!(owner_shard("a", 3) < 3);
+    }
+
+    fn token() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9_-]{1,8}"
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let published = parse_publish_topic(&bytes);
+            let subscribed = parse_subscription(&bytes);
+            if published.is_ok() {
+                prop_assert_eq!(subscribed.map(|(_, kind)| kind), Ok(SubjectKind::Exact));
+            }
+        }
+
+        #[test]
+        fn near_valid_bytes_never_panic(
+            bytes in proptest::collection::vec(
+                prop_oneof![Just(b'a'), Just(b'.'), Just(b'*'), Just(b'>'), Just(b'$'), Just(0xff_u8)],
+                0..20,
+            )
+        ) {
+            let _ = parse_publish_topic(&bytes);
+            let _ = parse_subscription(&bytes);
+        }
+
+        #[test]
+        fn names_built_from_valid_tokens_validate(
+            tokens in proptest::collection::vec(token(), 1..40),
+            reserved in any::<bool>(),
+        ) {
+            let mut name = tokens.join(".");
+            if reserved {
+                name.insert(0, '$');
+            }
+            prop_assume!(name.len() <= TOPIC_BYTES_MAX);
+            prop_assert_eq!(
+                parse_subscription(name.as_bytes()),
+                Ok((name.as_str(), SubjectKind::Exact))
+            );
+            if reserved {
+                prop_assert_eq!(parse_publish_topic(name.as_bytes()), Err(TopicError::Reserved));
+            } else {
+                prop_assert_eq!(parse_publish_topic(name.as_bytes()), Ok(name.as_str()));
+            }
+        }
+
+        #[test]
+        fn patterns_built_from_valid_tokens_validate(
+            tokens in proptest::collection::vec(
+                prop_oneof![3 => token(), 1 => Just(SINGLE_WILDCARD.to_owned())],
+                0..20,
+            ),
+            ends_with_full_wildcard in any::<bool>(),
+        ) {
+            let mut tokens = tokens;
+            if ends_with_full_wildcard {
+                tokens.push(FULL_WILDCARD.to_owned());
+            }
+            prop_assume!(!tokens.is_empty());
+            let pattern = tokens.join(".");
+            prop_assume!(pattern.len() <= TOPIC_BYTES_MAX);
+            let has_wildcard = tokens.iter().any(|t| t == SINGLE_WILDCARD || t == FULL_WILDCARD);
+            let expected_kind = if has_wildcard { SubjectKind::Pattern } else { SubjectKind::Exact };
+            prop_assert_eq!(
+                parse_subscription(pattern.as_bytes()),
+                Ok((pattern.as_str(), expected_kind))
+            );
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Starting and stopping a broker: binds one `SO_REUSEPORT` listener per shard, builds the
+//! ring mesh, spawns the shard threads (pinned to their cores) and hands back a [`Broker`]
+//! that knows the bound addresses and can stop them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use mio::{Poll, Waker};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::ids::ShardId;
+use crate::mesh;
+use crate::shard::{Shard, ShardCounters, ShardSetup};
+
+/// Pending connections the kernel queues per listener before the shard accepts them.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A running broker.
+pub struct Broker {
+    native_addr: SocketAddr,
+    shutdown: Arc<AtomicBool>,
+    wakers: Vec<Arc<Waker>>,
+    threads: Vec<JoinHandle<io::Result<ShardCounters>>>,
+}
+
+impl Broker {
+    /// Binds, spawns every shard and returns once all listeners are bound (connections made
+    /// from then on wait in the backlog until their shard accepts them).
+    pub fn start(config: Config) -> io::Result<Broker> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let config = Arc::new(config);
+        let listeners = bind_listeners(config.listen, config.shards)?;
+        let native_addr = listeners[0].local_addr()?;
+
+        let mut polls = Vec::with_capacity(config.shards);
+        let mut wakers = Vec::with_capacity(config.shards);
+        for _ in 0..config.shards {
+            let poll = Poll::new()?;
+            wakers.push(Arc::new(Waker::new(
+                poll.registry(),
+                crate::shard::WAKER_TOKEN,
+            )?));
+            polls.push(poll);
+        }
+        let links = mesh::build_mesh(&wakers, config.ring_slots, config.ring_batch_max);
+        let cores = pick_cores(&config);
+        let shutdown = Arc::new(AtomicBool::new(false));
+
+        log::info!(
+            "event=starting shards={} native={} memory_budget=\"{}\"",
+            config.shards,
+            native_addr,
+            config.memory_budget()
+        );
+        let mut threads = Vec::with_capacity(config.shards);
+        for (index, ((poll, links), listener)) in
+            polls.into_iter().zip(links).zip(listeners).enumerate()
+        {
+            let setup = ShardSetup {
+                id: ShardId(index as u16),
+                config: config.clone(),
+                poll,
+                listener: mio::net::TcpListener::from_std(listener),
+                links,
+                shutdown: shutdown.clone(),
+                core: cores.get(index).copied(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("corebus-shard-{index}"))
+                .spawn(move || {
+                    if let Some(core) = setup.core {
+                        if !core_affinity::set_for_current(core) {
+                            log::warn!("event=pin_failed shard={index} core={}", core.id);
+                        }
+                    }
+                    Shard::new(setup).run()
+                })?;
+            threads.push(thread);
+        }
+        Ok(Broker {
+            native_addr,
+            shutdown,
+            wakers,
+            threads,
+        })
+    }
+
+    pub fn native_addr(&self) -> SocketAddr {
+        self.native_addr
+    }
+
+    /// The line `serve` prints once it is listening; scripts and tests wait for it.
+    pub fn ready_line(&self) -> String {
+        format!("corebus ready native={}", self.native_addr)
+    }
+
+    /// Asks every shard to stop: stop accepting, tell clients, flush, close.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        for waker in &self.wakers {
+            let _ = waker.wake();
+        }
+    }
+
+    /// Waits for every shard to stop and sums their counters.
+    pub fn join(mut self) -> io::Result<ShardCounters> {
+        let mut total = ShardCounters::default();
+        for thread in self.threads.drain(..) {
+            let counters = thread
+                .join()
+                .map_err(|_| io::Error::other("a shard thread panicked"))??;
+            total.published += counters.published;
+            total.delivered += counters.delivered;
+            total.dropped += counters.dropped;
+            total.bytes_in += counters.bytes_in;
+            total.bytes_out += counters.bytes_out;
+            total.connections_accepted += counters.connections_accepted;
+            total.connections_refused += counters.connections_refused;
+            total.slow_consumer_disconnects += counters.slow_consumer_disconnects;
+            total.protocol_errors += counters.protocol_errors;
+            total.stale_events += counters.stale_events;
+        }
+        Ok(total)
+    }
+
+    /// Stops the broker and waits for it.
+    pub fn shutdown(self) -> io::Result<ShardCounters> {
+        self.begin_shutdown();
+        self.join()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.begin_shutdown();
+            for thread in self.threads.drain(..) {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// One listener per shard on the same address. With port 0 the first bind picks the port
+/// and the others join it.
+fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// The core each shard is pinned to, or none when pinning is off.
+fn pick_cores(config: &Config) -> Vec<core_affinity::CoreId> {
+    if !config.pin {
+        return Vec::new();
+    }
+    let available = core_affinity::get_core_ids().unwrap_or_default();
+    if available.is_empty() {
+        log::warn!("event=pin_unavailable reason=\"cannot list cores\"");
+        return Vec::new();
+    }
+    let wanted: Vec<core_affinity::CoreId> = if config.cores.is_empty() {
+        available
+    } else {
+        config
+            .cores
+            .iter()
+            .map(|&id| core_affinity::CoreId { id })
+            .collect()
+    };
+    (0..config.shards)
+        .map(|shard| wanted[shard % wanted.len()])
+        .collect()
+}

@@ -1,0 +1,524 @@
+//! What a client's frames ask of the shard that holds its connection.
+//!
+//! Each handler first checks everything that could refuse or postpone the command (bad
+//! input, limits, a full outbox), and only then changes state, so a postponed command can be
+//! re-run from the same bytes later and a refused one leaves nothing behind.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{CloseReason, ErrorCode};
+use crate::ids::{ConnectionId, Subscriber};
+use crate::mesh::message::{OwnerRequest, ReplyTarget, Ticket, TopicPosition};
+use crate::message::Message;
+use crate::protocol::native::{self, Frame, PROTOCOL_VERSION};
+use crate::protocol::topic::{self, SubjectKind};
+
+use super::connection::{ConnState, ReadBuffer, SubscriptionRecord};
+use super::{Flow, PendingSubscribe, Shard};
+
+impl Shard {
+    /// Decodes and handles every complete frame in the connection's read buffer.
+    pub(super) fn process_frames(&mut self, id: ConnectionId) -> Flow {
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
+        if conn.is_closing() {
+            return Flow::Stop;
+        }
+        // The buffer is taken out so the handlers may borrow the whole shard while the frame
+        // borrows the bytes; it goes back below (swapping two Vecs allocates nothing).
+        let mut buffer = std::mem::replace(&mut conn.read, ReadBuffer::new(0));
+        let frame_bytes_max = self.config.frame_bytes_max();
+        let flow = loop {
+            match native::decode(buffer.filled(), frame_bytes_max) {
+                Ok(None) => break Flow::Continue,
+                Ok(Some((frame, len))) => match self.handle_frame(id, frame) {
+                    Flow::Continue => buffer.consume(len),
+                    Flow::Blocked => break Flow::Blocked,
+                    Flow::Stop => {
+                        buffer.consume(len);
+                        break Flow::Stop;
+                    }
+                },
+                Err(native::DecodeError::Invalid {
+                    request_id,
+                    frame_len,
+                    code,
+                    reason,
+                }) => {
+                    buffer.consume(frame_len);
+                    self.counters.protocol_errors += 1;
+                    self.reply_err(id, request_id, code, reason);
+                    let handshaking = self
+                        .connection_mut(id)
+                        .is_some_and(|conn| conn.state == ConnState::Handshaking);
+                    if handshaking {
+                        self.begin_close(id, CloseReason::HandshakeFailed);
+                        break Flow::Stop;
+                    }
+                }
+                Err(native::DecodeError::Fatal { code, reason }) => {
+                    self.counters.protocol_errors += 1;
+                    self.reply_err(id, 0, code, reason);
+                    self.begin_close(id, CloseReason::ProtocolError);
+                    break Flow::Stop;
+                }
+            }
+            if self.connection_mut(id).is_none_or(|conn| conn.is_closing()) {
+                break Flow::Stop;
+            }
+        };
+        if let Some(conn) = self.connection_mut(id) {
+            conn.read = buffer;
+        }
+        flow
+    }
+
+    fn handle_frame(&mut self, id: ConnectionId, frame: Frame<'_>) -> Flow {
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
+        if conn.state == ConnState::Handshaking {
+            return self.handle_handshake(id, frame);
+        }
+        match frame {
+            Frame::Publish {
+                request_id,
+                quiet,
+                topic,
+                reply_to,
+                payload,
+            } => self.handle_publish(id, request_id, quiet, topic, reply_to, payload),
+            Frame::Subscribe {
+                request_id,
+                sub_id,
+                topic,
+                options,
+            } => self.handle_subscribe(id, request_id, sub_id, topic, options),
+            Frame::Unsubscribe { request_id, sub_id } => {
+                self.handle_unsubscribe(id, request_id, sub_id)
+            }
+            Frame::Ping { request_id } => {
+                self.reply(id, Frame::Pong { request_id });
+                Flow::Continue
+            }
+            Frame::Hello { request_id, .. } => {
+                self.reply_err(
+                    id,
+                    request_id,
+                    ErrorCode::BadFrame,
+                    "HELLO was already done",
+                );
+                Flow::Continue
+            }
+            Frame::Ok { request_id, .. }
+            | Frame::Err { request_id, .. }
+            | Frame::Pong { request_id } => {
+                self.counters.protocol_errors += 1;
+                self.reply_err(
+                    id,
+                    request_id,
+                    ErrorCode::BadFrame,
+                    "that opcode is sent by the server, not the client",
+                );
+                Flow::Continue
+            }
+            Frame::Msg { .. } | Frame::Dropped { .. } => {
+                self.counters.protocol_errors += 1;
+                self.reply_err(
+                    id,
+                    0,
+                    ErrorCode::BadFrame,
+                    "that opcode is sent by the server, not the client",
+                );
+                Flow::Continue
+            }
+        }
+    }
+
+    fn handle_handshake(&mut self, id: ConnectionId, frame: Frame<'_>) -> Flow {
+        let Frame::Hello {
+            request_id,
+            version,
+            client_name,
+        } = frame
+        else {
+            self.reply_err(
+                id,
+                0,
+                ErrorCode::HandshakeRequired,
+                "the first frame must be HELLO",
+            );
+            self.begin_close(id, CloseReason::HandshakeFailed);
+            return Flow::Stop;
+        };
+        if version != PROTOCOL_VERSION {
+            self.reply_err(
+                id,
+                request_id,
+                ErrorCode::UnsupportedVersion,
+                "this broker speaks native protocol version 1",
+            );
+            self.begin_close(id, CloseReason::HandshakeFailed);
+            return Flow::Stop;
+        }
+        let shard = self.id;
+        let message_bytes_max = self.config.message_bytes_max as u32;
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
+        conn.state = ConnState::Open;
+        conn.client_name = String::from_utf8_lossy(client_name).into_owned();
+        log::info!(
+            "event=handshake shard={} conn={} peer={} client={:?}",
+            shard,
+            id,
+            conn.peer,
+            conn.client_name
+        );
+        let mut data = [0u8; 8];
+        data[0..2].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        data[2..4].copy_from_slice(&shard.0.to_be_bytes());
+        data[4..8].copy_from_slice(&message_bytes_max.to_be_bytes());
+        self.reply(
+            id,
+            Frame::Ok {
+                request_id,
+                data: &data,
+            },
+        );
+        Flow::Continue
+    }
+
+    fn handle_publish(
+        &mut self,
+        id: ConnectionId,
+        request_id: u32,
+        quiet: bool,
+        topic_bytes: &[u8],
+        reply_to: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Flow {
+        let topic = match topic::parse_publish_topic(topic_bytes) {
+            Ok(topic) => topic,
+            Err(error) => {
+                self.reply_err(id, request_id, ErrorCode::BadTopic, error.reason());
+                return Flow::Continue;
+            }
+        };
+        if let Some(reply_to) = reply_to {
+            if let Err(error) = topic::parse_publish_topic(reply_to) {
+                self.reply_err(id, request_id, ErrorCode::BadTopic, error.reason());
+                return Flow::Continue;
+            }
+        }
+        if payload.len() > self.config.message_bytes_max {
+            self.reply_err(
+                id,
+                request_id,
+                ErrorCode::MessageTooLarge,
+                "payload is larger than --message-bytes-max",
+            );
+            return Flow::Continue;
+        }
+        let owner = self.owner_of(topic);
+        let has_room = if owner == self.id {
+            self.terminal_room()
+        } else {
+            let link = self.link_mut(owner);
+            link.requests_out.has_room() || link.requests_out.flush()
+        };
+        if !has_room {
+            return Flow::Blocked;
+        }
+        let message = Message::from_publish(
+            &mut self.encode_scratch,
+            unix_time_ns(),
+            topic,
+            reply_to,
+            payload,
+        );
+        let reply = ReplyTarget {
+            connection: id,
+            request_id,
+        };
+        if owner == self.id {
+            let result = self.sequence_and_fan_out(message);
+            self.answer_publish(reply, quiet, result);
+        } else {
+            self.link_mut(owner)
+                .requests_out
+                .push(OwnerRequest::Publish {
+                    message,
+                    reply,
+                    quiet,
+                });
+        }
+        Flow::Continue
+    }
+
+    fn handle_subscribe(
+        &mut self,
+        id: ConnectionId,
+        request_id: u32,
+        sub_id: u32,
+        subject: &[u8],
+        options: &[u8],
+    ) -> Flow {
+        if !options.is_empty() {
+            self.reply_err(
+                id,
+                request_id,
+                ErrorCode::UnsupportedOption,
+                "protocol version 1 defines no subscription options",
+            );
+            return Flow::Continue;
+        }
+        let (subject, kind) = match topic::parse_subscription(subject) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                self.reply_err(id, request_id, ErrorCode::BadTopic, error.reason());
+                return Flow::Continue;
+            }
+        };
+        let subscriptions_max = self.config.subscriptions_per_connection_max;
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
+        if conn.subscriptions.contains_key(&sub_id) {
+            self.reply_err(
+                id,
+                request_id,
+                ErrorCode::DuplicateSubscription,
+                "this connection already uses that subscription id",
+            );
+            return Flow::Continue;
+        }
+        if conn.subscriptions.len() >= subscriptions_max {
+            self.reply_err(
+                id,
+                request_id,
+                ErrorCode::TooManySubscriptions,
+                "connection is at --subscriptions-per-connection-max",
+            );
+            return Flow::Continue;
+        }
+        let owner = self.owner_of(subject);
+        let has_room = match kind {
+            SubjectKind::Exact if owner == self.id => true,
+            SubjectKind::Exact => {
+                let link = self.link_mut(owner);
+                link.requests_out.has_room() || link.requests_out.flush()
+            }
+            SubjectKind::Pattern => self
+                .peers_mut()
+                .all(|link| link.requests_out.has_room() || link.requests_out.flush()),
+        };
+        if !has_room {
+            return Flow::Blocked;
+        }
+
+        let subscriber = Subscriber {
+            connection: id,
+            sub_id,
+        };
+        let conn = self.connection_mut(id).expect("checked above");
+        conn.subscriptions.insert(
+            sub_id,
+            SubscriptionRecord {
+                subject: subject.into(),
+                kind,
+                dropped_unreported: 0,
+            },
+        );
+        match kind {
+            SubjectKind::Exact => {
+                self.local.add_exact(subject, subscriber);
+                if owner == self.id {
+                    let result = self.owned.add_subscriber(subject, self.id);
+                    self.finish_subscribe(subscriber, request_id, result);
+                } else {
+                    let ticket = self.pending_subscribe(subscriber, request_id, 1);
+                    self.link_mut(owner)
+                        .requests_out
+                        .push(OwnerRequest::Subscribe {
+                            topic: subject.into(),
+                            ticket,
+                        });
+                }
+            }
+            SubjectKind::Pattern => {
+                let first = self.local.add_pattern(subject, subscriber);
+                if first {
+                    self.pattern_interest.insert(subject, self.id);
+                }
+                let peers = (self.shard_count - 1) as u32;
+                if peers == 0 {
+                    self.finish_subscribe(subscriber, request_id, Ok(TopicPosition::default()));
+                } else {
+                    let ticket = self.pending_subscribe(subscriber, request_id, peers);
+                    for link in self.peers_mut() {
+                        link.requests_out.push(OwnerRequest::PatternSubscribe {
+                            pattern: subject.into(),
+                            first,
+                            ticket,
+                        });
+                    }
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    fn pending_subscribe(&mut self, subscriber: Subscriber, request_id: u32, acks: u32) -> Ticket {
+        let key = self.pending_subscribes.insert(PendingSubscribe {
+            subscriber,
+            request_id,
+            acks_remaining: acks,
+            position: TopicPosition::default(),
+            error: None,
+        });
+        Ticket(key as u32)
+    }
+
+    /// Answers a subscribe once every shard it needed has taken it into account. On failure
+    /// the local half is rolled back; the owner never counted it.
+    pub(super) fn finish_subscribe(
+        &mut self,
+        subscriber: Subscriber,
+        request_id: u32,
+        result: Result<TopicPosition, crate::error::ErrorCode>,
+    ) {
+        let id = subscriber.connection;
+        match result {
+            Ok(position) => {
+                let Some(conn) = self.connection_mut(id) else {
+                    return;
+                };
+                let data_len = match conn.subscriptions.get(&subscriber.sub_id) {
+                    Some(record) if record.kind == SubjectKind::Exact => 16,
+                    _ => 0,
+                };
+                let mut data = [0u8; 16];
+                data[0..8].copy_from_slice(&position.epoch.to_be_bytes());
+                data[8..16].copy_from_slice(&position.last_seq.to_be_bytes());
+                self.reply(
+                    id,
+                    Frame::Ok {
+                        request_id,
+                        data: &data[..data_len],
+                    },
+                );
+            }
+            Err(code) => {
+                // Only exact subscriptions can fail (creating the topic), and only at the owner.
+                let removed = self
+                    .connection_mut(id)
+                    .and_then(|conn| conn.subscriptions.remove(&subscriber.sub_id));
+                if let Some(record) = removed {
+                    self.local.remove_exact(&record.subject, subscriber);
+                }
+                self.reply_err(id, request_id, code, "the topic could not be created");
+            }
+        }
+    }
+
+    fn handle_unsubscribe(&mut self, id: ConnectionId, request_id: u32, sub_id: u32) -> Flow {
+        let removed = self
+            .connection_mut(id)
+            .and_then(|conn| conn.subscriptions.remove(&sub_id));
+        match removed {
+            Some(record) => {
+                self.withdraw_subscription(
+                    Subscriber {
+                        connection: id,
+                        sub_id,
+                    },
+                    &record,
+                );
+                self.reply(
+                    id,
+                    Frame::Ok {
+                        request_id,
+                        data: &[],
+                    },
+                );
+            }
+            None => self.reply_err(
+                id,
+                request_id,
+                ErrorCode::UnknownSubscription,
+                "no subscription with that id on this connection",
+            ),
+        }
+        Flow::Continue
+    }
+
+    /// Removes a subscription here and tells whoever counted it. Never postponed: the
+    /// outboxes may go past their batch size for this (see `Outbox::push`).
+    pub(super) fn withdraw_subscription(
+        &mut self,
+        subscriber: Subscriber,
+        record: &SubscriptionRecord,
+    ) {
+        match record.kind {
+            SubjectKind::Exact => {
+                if !self.local.remove_exact(&record.subject, subscriber) {
+                    return;
+                }
+                let owner = self.owner_of(&record.subject);
+                if owner == self.id {
+                    self.owned.remove_subscriber(&record.subject, self.id);
+                } else {
+                    self.link_mut(owner)
+                        .requests_out
+                        .push(OwnerRequest::Unsubscribe {
+                            topic: record.subject.clone(),
+                        });
+                }
+            }
+            SubjectKind::Pattern => {
+                if self.local.remove_pattern(&record.subject, subscriber) == Some(true) {
+                    self.pattern_interest.remove(&record.subject, self.id);
+                    for link in self.peers_mut() {
+                        link.requests_out.push(OwnerRequest::PatternUnsubscribe {
+                            pattern: record.subject.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues a reply frame on a connection (ahead of its queued deliveries).
+    pub(super) fn reply(&mut self, id: ConnectionId, frame: Frame<'_>) {
+        if let Some(conn) = self.connection_mut(id) {
+            frame.encode(conn.out.replies());
+            self.mark_dirty(id);
+        }
+    }
+
+    pub(super) fn reply_err(
+        &mut self,
+        id: ConnectionId,
+        request_id: u32,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        self.reply(
+            id,
+            Frame::Err {
+                request_id,
+                code: code.as_u16(),
+                message: message.as_bytes(),
+            },
+        );
+    }
+}
+
+pub(crate) fn unix_time_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

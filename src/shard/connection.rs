@@ -1,0 +1,464 @@
+//! One client connection on a shard: its socket, its buffers and its subscriptions.
+//!
+//! The lifetime of a connection:
+//! 1. accepted by the shard's listener → [`ConnState::Handshaking`], with a deadline;
+//! 2. HELLO accepted → [`ConnState::Open`]; commands are read, deliveries queued;
+//! 3. the broker decides to close (protocol error, slow consumer, shutdown) →
+//!    [`ConnState::Closing`]: nothing more is read, the final frames are flushed until written
+//!    or the linger deadline passes;
+//! 4. closed: its subscriptions are withdrawn and the slab slot is freed at the end of the
+//!    loop turn (so events later in the same turn cannot reach a reused slot).
+//!
+//! The outbound side has two tiers. Replies go straight into the write buffer. Deliveries
+//! wait in `pending` as shared [`Message`]s and are copied into the write buffer only right
+//! before the socket write, a chunk at a time; so the slow-consumer policy can drop whole
+//! messages from the front, and a message fanned out to many connections is never copied
+//! until it is written.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+
+use ahash::AHashMap;
+use mio::net::TcpStream;
+
+use crate::config::SlowConsumerPolicy;
+use crate::error::CloseReason;
+use crate::ids::ConnectionId;
+use crate::message::Message;
+use crate::protocol::native;
+use crate::protocol::topic::SubjectKind;
+
+/// Bytes moved from `pending` into the write buffer per write call.
+pub const WRITE_CHUNK_BYTES: usize = 64 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    /// Accepted; only HELLO is allowed, before the handshake deadline.
+    Handshaking,
+    /// Handshake done; commands flow.
+    Open,
+    /// The broker is closing it: no more reads; final frames flush until the linger deadline.
+    Closing(CloseReason),
+}
+
+/// A subscription as its connection records it.
+#[derive(Debug)]
+pub struct SubscriptionRecord {
+    pub subject: Box<str>,
+    pub kind: SubjectKind,
+    /// Deliveries dropped under `drop-oldest` and not yet reported with a DROPPED frame.
+    pub dropped_unreported: u64,
+}
+
+/// Bytes read from the socket and not yet decoded. Rests at `read_chunk_bytes`; grows only to
+/// hold one frame larger than that, and shrinks back once that frame is consumed.
+pub struct ReadBuffer {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+    resting_len: usize,
+}
+
+impl ReadBuffer {
+    pub fn new(resting_len: usize) -> Self {
+        ReadBuffer {
+            data: vec![0; resting_len],
+            start: 0,
+            end: 0,
+            resting_len,
+        }
+    }
+
+    pub fn filled(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.end - self.start);
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.data.len() > self.resting_len {
+                self.data.truncate(self.resting_len);
+                self.data.shrink_to_fit();
+            }
+        }
+    }
+
+    /// Free space to read into. Compacts, and grows when the frame at the front (whose
+    /// length the decoder has already checked against the limit) does not fit.
+    pub fn spare(&mut self) -> &mut [u8] {
+        let filled = self.end - self.start;
+        let frame_len = self
+            .filled()
+            .first_chunk::<4>()
+            .map(|len| u32::from_be_bytes(*len) as usize + 4)
+            .unwrap_or(0);
+        let wanted = frame_len.max(self.resting_len);
+        if self.start > 0 && (self.end == self.data.len() || self.start + wanted > self.data.len())
+        {
+            self.data.copy_within(self.start..self.end, 0);
+            self.start = 0;
+            self.end = filled;
+        }
+        if wanted > self.data.len() {
+            self.data.resize(wanted, 0);
+        }
+        &mut self.data[self.end..]
+    }
+
+    pub fn commit(&mut self, n: usize) {
+        debug_assert!(self.end + n <= self.data.len());
+        self.end += n;
+    }
+}
+
+/// What happened to a delivery offered to a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    Queued,
+    /// Queued after dropping this many older deliveries (`drop-oldest`).
+    QueuedAfterDropping(u64),
+    /// Over the limit under `disconnect`: the caller closes the connection.
+    SlowConsumer,
+}
+
+/// The bytes and messages waiting to go to the socket.
+#[derive(Default)]
+pub struct Outbound {
+    write_buf: Vec<u8>,
+    written: usize,
+    pending: VecDeque<(u32, Message)>,
+    pending_bytes: usize,
+}
+
+impl Outbound {
+    /// Bytes accepted for this connection and not yet written to the socket.
+    pub fn queued_bytes(&self) -> usize {
+        self.pending_bytes + self.write_buf.len() - self.written
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued_bytes() == 0
+    }
+
+    /// Where replies are encoded: straight into the write buffer, ahead of queued deliveries.
+    pub fn replies(&mut self) -> &mut Vec<u8> {
+        &mut self.write_buf
+    }
+
+    pub fn unwritten_reply_bytes(&self) -> usize {
+        self.write_buf.len() - self.written
+    }
+
+    fn push_delivery(&mut self, sub_id: u32, message: Message) {
+        self.pending_bytes += message.frame_len();
+        self.pending.push_back((sub_id, message));
+    }
+
+    fn pop_oldest_delivery(&mut self) -> Option<(u32, Message)> {
+        let (sub_id, message) = self.pending.pop_front()?;
+        self.pending_bytes -= message.frame_len();
+        Some((sub_id, message))
+    }
+
+    /// Drops every queued delivery (the connection is going away); returns how many.
+    pub fn discard_pending(&mut self) -> u64 {
+        let dropped = self.pending.len() as u64;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        dropped
+    }
+
+    /// Copies queued deliveries into the write buffer, patching each one's subscription id,
+    /// until about one chunk is staged.
+    fn stage(&mut self) -> u64 {
+        let mut staged = 0;
+        while self.write_buf.len() - self.written < WRITE_CHUNK_BYTES {
+            let Some((sub_id, message)) = self.pending.pop_front() else {
+                break;
+            };
+            self.pending_bytes -= message.frame_len();
+            let at = self.write_buf.len();
+            self.write_buf.extend_from_slice(message.frame());
+            native::msg_set_sub_id(&mut self.write_buf[at..], sub_id);
+            staged += 1;
+        }
+        staged
+    }
+
+    /// Writes until everything is out or the socket would block.
+    pub fn write_to<W: Write>(&mut self, socket: &mut W) -> io::Result<WriteProgress> {
+        let mut progress = WriteProgress::default();
+        loop {
+            progress.deliveries += self.stage();
+            if self.written == self.write_buf.len() {
+                self.write_buf.clear();
+                self.written = 0;
+                progress.drained = true;
+                return Ok(progress);
+            }
+            match socket.write(&self.write_buf[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.written += n;
+                    progress.bytes += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.compact();
+                    return Ok(progress);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Keeps a partly written buffer from creeping forward forever.
+    fn compact(&mut self) {
+        if self.written >= WRITE_CHUNK_BYTES {
+            self.write_buf.drain(..self.written);
+            self.written = 0;
+        }
+    }
+}
+
+/// What one flush achieved.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct WriteProgress {
+    pub bytes: u64,
+    pub deliveries: u64,
+    /// Everything queued was written.
+    pub drained: bool,
+}
+
+pub struct Connection {
+    pub socket: TcpStream,
+    pub id: ConnectionId,
+    pub peer: SocketAddr,
+    pub state: ConnState,
+    pub client_name: String,
+    pub read: ReadBuffer,
+    pub out: Outbound,
+    pub subscriptions: AHashMap<u32, SubscriptionRecord>,
+    /// Some subscription has drops to report.
+    pub drops_unreported: bool,
+    /// Already in the shard's list of connections to flush this turn.
+    pub dirty: bool,
+    /// Stopped mid-buffer because the work it would add has nowhere to go (a full outbox);
+    /// already in the shard's list of blocked connections.
+    pub blocked: bool,
+    /// The socket may still hold bytes (the read budget ran out, or reading paused).
+    pub read_more: bool,
+}
+
+impl Connection {
+    pub fn new(
+        socket: TcpStream,
+        id: ConnectionId,
+        peer: SocketAddr,
+        read_chunk_bytes: usize,
+    ) -> Self {
+        Connection {
+            socket,
+            id,
+            peer,
+            state: ConnState::Handshaking,
+            client_name: String::new(),
+            read: ReadBuffer::new(read_chunk_bytes),
+            out: Outbound::default(),
+            subscriptions: AHashMap::new(),
+            drops_unreported: false,
+            dirty: false,
+            blocked: false,
+            read_more: false,
+        }
+    }
+
+    /// Offers a delivery under the slow-consumer policy. The policy looks at every byte
+    /// already accepted for this connection, replies included.
+    pub fn enqueue_delivery(
+        &mut self,
+        sub_id: u32,
+        message: &Message,
+        outbound_bytes_max: usize,
+        policy: SlowConsumerPolicy,
+    ) -> EnqueueOutcome {
+        let incoming = message.frame_len();
+        if self.out.queued_bytes() + incoming <= outbound_bytes_max {
+            self.out.push_delivery(sub_id, message.clone());
+            return EnqueueOutcome::Queued;
+        }
+        match policy {
+            SlowConsumerPolicy::Disconnect => EnqueueOutcome::SlowConsumer,
+            SlowConsumerPolicy::DropOldest => {
+                let mut dropped = 0;
+                while self.out.queued_bytes() + incoming > outbound_bytes_max {
+                    let Some((dropped_sub, _)) = self.out.pop_oldest_delivery() else {
+                        break;
+                    };
+                    dropped += 1;
+                    if let Some(record) = self.subscriptions.get_mut(&dropped_sub) {
+                        record.dropped_unreported += 1;
+                        self.drops_unreported = true;
+                    }
+                }
+                if self.out.queued_bytes() + incoming > outbound_bytes_max {
+                    // Replies alone fill the queue; the newest delivery is the one lost.
+                    if let Some(record) = self.subscriptions.get_mut(&sub_id) {
+                        record.dropped_unreported += 1;
+                        self.drops_unreported = true;
+                    }
+                    return EnqueueOutcome::QueuedAfterDropping(dropped + 1);
+                }
+                self.out.push_delivery(sub_id, message.clone());
+                EnqueueOutcome::QueuedAfterDropping(dropped)
+            }
+        }
+    }
+
+    /// Appends a DROPPED notice for each subscription with unreported drops.
+    pub fn report_drops(&mut self) {
+        if !self.drops_unreported {
+            return;
+        }
+        self.drops_unreported = false;
+        for (&sub_id, record) in self.subscriptions.iter_mut() {
+            if record.dropped_unreported > 0 {
+                native::Frame::Dropped {
+                    sub_id,
+                    count: record.dropped_unreported,
+                }
+                .encode(self.out.replies());
+                record.dropped_unreported = 0;
+            }
+        }
+    }
+
+    pub fn is_closing(&self) -> bool {
+        matches!(self.state, ConnState::Closing(_))
+    }
+
+    /// Reads once into the buffer. `Ok(0)` means the peer closed its end.
+    pub fn read_once(&mut self) -> io::Result<usize> {
+        let n = self.socket.read(self.read.spare())?;
+        self.read.commit(n);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(payload_len: usize) -> Message {
+        let mut scratch = Vec::new();
+        let mut message =
+            Message::from_publish(&mut scratch, 7, "t", None, &vec![b'x'; payload_len]);
+        message.assign_seq(1);
+        message
+    }
+
+    /// A writer that accepts at most `capacity` bytes in total, then would block.
+    struct ChokedSocket {
+        written: Vec<u8>,
+        capacity: usize,
+    }
+
+    impl Write for ChokedSocket {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let room = self.capacity - self.written.len();
+            if room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = room.min(buf.len());
+            self.written.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn read_buffer_grows_for_a_large_frame_and_shrinks_back() {
+        let mut buffer = ReadBuffer::new(16);
+        let big = 100u32;
+        buffer.spare()[..4].copy_from_slice(&big.to_be_bytes());
+        buffer.commit(4);
+        assert!(buffer.spare().len() >= 100);
+        buffer.commit(100);
+        assert_eq!(buffer.filled().len(), 104);
+        buffer.consume(104);
+        assert!(buffer.is_empty());
+        assert_eq!(buffer.spare().len(), 16);
+    }
+
+    #[test]
+    fn read_buffer_compacts_a_partial_frame_to_the_front() {
+        let mut buffer = ReadBuffer::new(16);
+        let spare = buffer.spare();
+        spare[..16].copy_from_slice(&[0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 8]);
+        buffer.commit(16);
+        buffer.consume(12);
+        assert_eq!(buffer.filled(), &[0, 0, 0, 8]);
+        assert_eq!(buffer.spare().len(), 12);
+        assert_eq!(buffer.filled(), &[0, 0, 0, 8]);
+    }
+
+    #[test]
+    fn deliveries_carry_their_subscription_id_on_the_wire() {
+        let mut out = Outbound::default();
+        out.push_delivery(42, message(3));
+        let mut socket = ChokedSocket {
+            written: Vec::new(),
+            capacity: usize::MAX,
+        };
+        let progress = out.write_to(&mut socket).unwrap();
+        assert!(progress.drained);
+        assert_eq!(progress.deliveries, 1);
+        let (frame, _) = native::decode(&socket.written, 1 << 20).unwrap().unwrap();
+        match frame {
+            native::Frame::Msg {
+                sub_id, payload, ..
+            } => {
+                assert_eq!(sub_id, 42);
+                assert_eq!(payload, b"xxx");
+            }
+            other => panic!("expected MSG, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_choked_socket_keeps_the_rest_queued_in_order() {
+        let mut out = Outbound::default();
+        for sub in 0..10 {
+            out.push_delivery(sub, message(100));
+        }
+        let mut socket = ChokedSocket {
+            written: Vec::new(),
+            capacity: 250,
+        };
+        let progress = out.write_to(&mut socket).unwrap();
+        assert!(!progress.drained);
+        assert_eq!(progress.bytes, 250);
+        socket.capacity = usize::MAX;
+        assert!(out.write_to(&mut socket).unwrap().drained);
+        let mut rest = &socket.written[..];
+        let mut subs = Vec::new();
+        while let Some((native::Frame::Msg { sub_id, .. }, n)) =
+            native::decode(rest, 1 << 20).unwrap()
+        {
+            subs.push(sub_id);
+            rest = &rest[n..];
+        }
+        assert_eq!(subs, (0..10).collect::<Vec<_>>());
+        assert!(out.is_empty());
+    }
+}

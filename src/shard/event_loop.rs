@@ -1,0 +1,445 @@
+//! The shard's reactor: the only code that calls `poll`.
+//!
+//! One loop turn:
+//! 1. poll (block, or spin for `--busy-poll-us`, or return at once when work is left over);
+//! 2. readiness events: accept, read and handle frames, note writability;
+//! 3. drain the rings (terminal deliveries always; owner requests as room allows);
+//! 4. resume connections that were waiting for room, and those whose read budget ran out;
+//! 5. hand staged batches to the rings and wake each peer once;
+//! 6. flush every dirty connection once;
+//! 7. timers (handshake and linger deadlines) and shutdown.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Token};
+
+use crate::error::{CloseReason, ErrorCode};
+use crate::ids::ConnectionId;
+use crate::protocol::native::Frame;
+
+use super::connection::{ConnState, Connection};
+use super::{Flow, Shard, ShardCounters, LISTENER, WAKER_TOKEN};
+
+/// Longest sleep in `poll`, so the shutdown flag is seen even if a wake-up is lost.
+const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(200);
+
+impl Shard {
+    /// Runs until shutdown; returns the shard's counters.
+    pub fn run(mut self) -> io::Result<ShardCounters> {
+        if let Some(listener) = self.listener.as_mut() {
+            self.poll
+                .registry()
+                .register(listener, LISTENER, Interest::READABLE)?;
+        }
+        let mut events = Events::with_capacity(self.config.events_per_poll_max);
+        let busy_poll = Duration::from_micros(self.config.busy_poll_us);
+        let mut last_work = Instant::now();
+        let mut work_left = false;
+        loop {
+            let now = Instant::now();
+            let timeout = if work_left || now.duration_since(last_work) < busy_poll {
+                Some(Duration::ZERO)
+            } else {
+                Some(self.next_timeout(now))
+            };
+            if let Err(error) = self.poll.poll(&mut events, timeout) {
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+            if !events.is_empty() {
+                last_work = Instant::now();
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER_TOKEN => {}
+                    Token(index) => self.on_connection_event(
+                        index,
+                        event.is_readable() || event.is_read_closed() || event.is_error(),
+                        event.is_writable(),
+                    ),
+                }
+            }
+            work_left = self.drain_rings();
+            work_left |= self.resume_blocked();
+            work_left |= self.read_again_after_budget();
+            if self.flush_outboxes() && (!self.blocked.is_empty() || self.has_stalled_requests()) {
+                work_left = true;
+            }
+            self.flush_dirty();
+            self.expire_deadlines(Instant::now());
+            if self.shutdown_flag.load(Ordering::Acquire) && self.shutdown_deadline.is_none() {
+                self.begin_shutdown();
+            }
+            if let Some(deadline) = self.shutdown_deadline {
+                if self.connections.is_empty() || Instant::now() >= deadline {
+                    self.finish_shutdown();
+                    return Ok(self.counters.clone());
+                }
+            }
+        }
+    }
+
+    fn next_timeout(&self, now: Instant) -> Duration {
+        let mut timeout = POLL_TIMEOUT_MAX;
+        for (deadline, _) in [
+            self.handshake_deadlines.front(),
+            self.linger_deadlines.front(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            timeout = timeout.min(deadline.saturating_duration_since(now));
+        }
+        timeout
+    }
+
+    fn has_stalled_requests(&self) -> bool {
+        self.stalled_requests.iter().any(Option::is_some)
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            let (mut socket, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: the connection stays in the backlog; log and retry on
+                    // the next readiness event rather than spinning.
+                    log::warn!("event=accept_failed shard={} error={}", self.id, e);
+                    return;
+                }
+            };
+            if self.connections.len() >= self.config.connections_per_shard_max() {
+                self.counters.connections_refused += 1;
+                let mut refusal = Vec::new();
+                Frame::Err {
+                    request_id: 0,
+                    code: ErrorCode::TooManyConnections.as_u16(),
+                    message: b"broker is at --connections-max",
+                }
+                .encode(&mut refusal);
+                // Best effort: a fresh socket's send buffer takes a small frame whole.
+                let _ = io::Write::write(&mut socket, &refusal);
+                log::warn!(
+                    "event=connection_refused shard={} peer={} reason={}",
+                    self.id,
+                    peer,
+                    CloseReason::TooManyConnections
+                );
+                continue;
+            }
+            // Small frames must not wait for Nagle; batching is done by the loop instead.
+            let _ = socket.set_nodelay(true);
+            let entry = self.connections.vacant_entry();
+            let index = entry.key();
+            let id = ConnectionId {
+                index: index as u32,
+                generation: self.next_generation,
+            };
+            self.next_generation = self.next_generation.wrapping_add(1);
+            if let Err(e) = self.poll.registry().register(
+                &mut socket,
+                Token(index),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::warn!("event=register_failed shard={} error={}", self.id, e);
+                continue;
+            }
+            entry.insert(Connection::new(
+                socket,
+                id,
+                peer,
+                self.config.read_chunk_bytes,
+            ));
+            self.counters.connections_accepted += 1;
+            let deadline = Instant::now() + Duration::from_millis(self.config.handshake_timeout_ms);
+            self.handshake_deadlines.push_back((deadline, id));
+            log::info!(
+                "event=connection_opened shard={} conn={} peer={}",
+                self.id,
+                id,
+                peer
+            );
+        }
+    }
+
+    fn on_connection_event(&mut self, index: usize, readable: bool, writable: bool) {
+        let Some(conn) = self.connections.get(index) else {
+            self.counters.stale_events += 1;
+            return;
+        };
+        let id = conn.id;
+        if writable {
+            self.mark_dirty(id);
+        }
+        if readable {
+            self.read_connection(id);
+        }
+    }
+
+    /// Reads and handles frames until the socket is drained, the connection blocks on a full
+    /// outbox, or its read budget for this turn is spent.
+    fn read_connection(&mut self, id: ConnectionId) {
+        let mut budget = self.config.read_bytes_per_turn_max;
+        let reply_bytes_max = self.config.outbound_bytes_max;
+        loop {
+            let Some(conn) = self.connection_mut(id) else {
+                return;
+            };
+            if conn.is_closing() {
+                return;
+            }
+            if conn.blocked {
+                conn.read_more = true;
+                return;
+            }
+            // A client that does not read its replies stops being read (backpressure).
+            if conn.out.unwritten_reply_bytes() > reply_bytes_max {
+                conn.read_more = true;
+                self.mark_dirty(id);
+                return;
+            }
+            if budget == 0 {
+                conn.read_more = true;
+                self.read_again.push(id);
+                return;
+            }
+            match conn.read_once() {
+                Ok(0) => {
+                    self.close_now(id, CloseReason::PeerClosed);
+                    return;
+                }
+                Ok(n) => {
+                    self.counters.bytes_in += n as u64;
+                    budget = budget.saturating_sub(n);
+                    match self.process_frames(id) {
+                        Flow::Continue => {}
+                        Flow::Blocked => {
+                            self.block(id);
+                            return;
+                        }
+                        Flow::Stop => return,
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.read_more = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("event=read_error shard={} conn={} error={}", self.id, id, e);
+                    self.close_now(id, CloseReason::IoError);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn block(&mut self, id: ConnectionId) {
+        if let Some(conn) = self.connection_mut(id) {
+            if !conn.blocked {
+                conn.blocked = true;
+                conn.read_more = true;
+                self.blocked.push(id);
+            }
+        }
+    }
+
+    /// Gives blocked connections another go: first the frames already buffered, then the
+    /// socket. Returns true if one of them made progress and may have more.
+    fn resume_blocked(&mut self) -> bool {
+        if self.blocked.is_empty() {
+            return false;
+        }
+        let mut progressed = false;
+        for id in std::mem::take(&mut self.blocked) {
+            let Some(conn) = self.connection_mut(id) else {
+                continue;
+            };
+            conn.blocked = false;
+            match self.process_frames(id) {
+                Flow::Blocked => self.block(id),
+                Flow::Stop => {}
+                Flow::Continue => {
+                    progressed = true;
+                    self.read_connection(id);
+                }
+            }
+        }
+        progressed
+    }
+
+    fn read_again_after_budget(&mut self) -> bool {
+        let ids = std::mem::take(&mut self.read_again);
+        for &id in &ids {
+            if self.connection_mut(id).is_some_and(|conn| conn.read_more) {
+                self.read_connection(id);
+            }
+        }
+        !self.read_again.is_empty()
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &id in &dirty {
+            let Some(conn) = self.connection_mut(id) else {
+                continue;
+            };
+            conn.dirty = false;
+            conn.report_drops();
+            let paused_for_replies = conn.read_more && !conn.blocked && !conn.is_closing();
+            let state = conn.state;
+            match conn.out.write_to(&mut conn.socket) {
+                Ok(progress) => {
+                    self.counters.bytes_out += progress.bytes;
+                    self.counters.delivered += progress.deliveries;
+                    if let (ConnState::Closing(reason), true) = (state, progress.drained) {
+                        self.close_now(id, reason);
+                    } else if paused_for_replies && progress.bytes > 0 {
+                        // It stopped reading because its replies piled up; now they moved.
+                        self.read_again.push(id);
+                    }
+                }
+                Err(e) => {
+                    log::debug!(
+                        "event=write_error shard={} conn={} error={}",
+                        self.id,
+                        id,
+                        e
+                    );
+                    self.close_now(id, CloseReason::IoError);
+                }
+            }
+        }
+        // Reuse the list's allocation for the next turn.
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn expire_deadlines(&mut self, now: Instant) {
+        while let Some(&(deadline, id)) = self.handshake_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.handshake_deadlines.pop_front();
+            let handshaking = self
+                .connection_mut(id)
+                .is_some_and(|conn| conn.state == ConnState::Handshaking);
+            if handshaking {
+                self.reply_err(
+                    id,
+                    0,
+                    ErrorCode::HandshakeRequired,
+                    "no HELLO within --handshake-timeout-ms",
+                );
+                self.begin_close(id, CloseReason::HandshakeFailed);
+            }
+        }
+        while let Some(&(deadline, id)) = self.linger_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.linger_deadlines.pop_front();
+            if let Some(conn) = self.connection_mut(id) {
+                if let ConnState::Closing(reason) = conn.state {
+                    self.close_now(id, reason);
+                }
+            }
+        }
+    }
+
+    /// Phase one of a broker-initiated close: stop reading, let the final frames (an ERR
+    /// already queued) flush until they are written or the linger deadline passes.
+    pub(super) fn begin_close(&mut self, id: ConnectionId, reason: CloseReason) {
+        let linger = match reason {
+            CloseReason::Shutdown => self.config.shutdown_grace_ms,
+            _ => self.config.close_linger_ms,
+        };
+        let Some(conn) = self.connection_mut(id) else {
+            return;
+        };
+        if conn.is_closing() {
+            return;
+        }
+        conn.state = ConnState::Closing(reason);
+        self.linger_deadlines
+            .push_back((Instant::now() + Duration::from_millis(linger), id));
+        // Withdraw at once so no more deliveries queue behind the final frames.
+        self.withdraw_all(id);
+        self.mark_dirty(id);
+    }
+
+    /// Phase two: withdraw its subscriptions and free the slot.
+    pub(super) fn close_now(&mut self, id: ConnectionId, reason: CloseReason) {
+        self.withdraw_all(id);
+        if self.connection_mut(id).is_none() {
+            return;
+        }
+        let mut conn = self.connections.remove(id.index as usize);
+        let _ = self.poll.registry().deregister(&mut conn.socket);
+        let dropped = conn.out.discard_pending();
+        self.counters.dropped += dropped;
+        log::info!(
+            "event=connection_closed shard={} conn={} peer={} reason={} undelivered={}",
+            self.id,
+            id,
+            conn.peer,
+            reason,
+            dropped
+        );
+    }
+
+    fn withdraw_all(&mut self, id: ConnectionId) {
+        let Some(conn) = self.connection_mut(id) else {
+            return;
+        };
+        let subscriptions = std::mem::take(&mut conn.subscriptions);
+        for (sub_id, record) in subscriptions {
+            self.withdraw_subscription(
+                crate::ids::Subscriber {
+                    connection: id,
+                    sub_id,
+                },
+                &record,
+            );
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+        self.shutdown_deadline = Some(Instant::now() + grace);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let ids: Vec<ConnectionId> = self.connections.iter().map(|(_, conn)| conn.id).collect();
+        for id in ids {
+            self.reply_err(id, 0, ErrorCode::ShuttingDown, "broker is shutting down");
+            self.begin_close(id, CloseReason::Shutdown);
+        }
+        self.flush_dirty();
+        log::info!("event=shutdown_started shard={}", self.id);
+    }
+
+    fn finish_shutdown(&mut self) {
+        let ids: Vec<ConnectionId> = self.connections.iter().map(|(_, conn)| conn.id).collect();
+        for id in ids {
+            self.close_now(id, CloseReason::Shutdown);
+        }
+        log::info!(
+            "event=shard_stopped shard={} counters={:?}",
+            self.id,
+            self.counters
+        );
+    }
+}

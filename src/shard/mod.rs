@@ -1,0 +1,180 @@
+//! What one core owns: a `mio` reactor, its listener, its connections, the topics that hash
+//! to it, and its ends of the rings to every other shard.
+//!
+//! - `event_loop`: the only caller of `poll`; accepts, reads, writes, timers, shutdown.
+//! - `commands`: what a client's frames ask for (handshake, publish, subscribe, ...).
+//! - `owner`: the topic-owner side (sequencing, interest) and the handling of everything that
+//!   arrives over the rings.
+//! - `connection`, `topics`, `sublist`: the state those work on.
+//!
+//! Architecture invariant: a shard's state is touched only by its own thread. Nothing here is
+//! behind a lock or an atomic except the ring handoff and the shutdown flag.
+
+mod commands;
+pub mod connection;
+mod event_loop;
+mod owner;
+pub mod sublist;
+pub mod topics;
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::net::TcpListener;
+use mio::{Poll, Token};
+use slab::Slab;
+
+use crate::config::Config;
+use crate::error::ErrorCode;
+use crate::ids::{ConnectionId, ShardId, Subscriber};
+use crate::mesh::message::{OwnerRequest, TopicPosition};
+use crate::mesh::PeerLink;
+use connection::Connection;
+use sublist::Sublist;
+use topics::{LocalSubscriptions, OwnedTopics};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX - 2);
+
+/// Everything a shard thread is handed at start-up.
+pub struct ShardSetup {
+    pub id: ShardId,
+    pub config: Arc<Config>,
+    pub poll: Poll,
+    pub listener: TcpListener,
+    pub links: Vec<Option<PeerLink>>,
+    pub shutdown: Arc<AtomicBool>,
+    pub core: Option<core_affinity::CoreId>,
+}
+
+/// Shard-local counters: plain integers, never shared, so counting costs nothing on the hot
+/// path. Aggregation across shards asks each shard over its ring.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardCounters {
+    pub published: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub slow_consumer_disconnects: u64,
+    pub protocol_errors: u64,
+    /// Events for connections that were already gone (a stale token): counted no-ops.
+    pub stale_events: u64,
+}
+
+/// A subscribe waiting for acknowledgements from other shards before it is answered.
+struct PendingSubscribe {
+    subscriber: Subscriber,
+    request_id: u32,
+    acks_remaining: u32,
+    position: TopicPosition,
+    error: Option<ErrorCode>,
+}
+
+/// Where a client's frame could not go this turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// The outbox it needs is full: stop reading this connection until the ring drains.
+    Blocked,
+    /// The connection is closing or gone: stop processing it.
+    Stop,
+}
+
+pub struct Shard {
+    id: ShardId,
+    shard_count: usize,
+    config: Arc<Config>,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    connections: Slab<Connection>,
+    next_generation: u32,
+    links: Vec<Option<PeerLink>>,
+    owned: OwnedTopics,
+    /// Which shards subscribe to which patterns; every shard holds the whole table so that
+    /// any owner can find the shards a message must reach.
+    pattern_interest: Sublist<ShardId>,
+    local: LocalSubscriptions,
+    pending_subscribes: Slab<PendingSubscribe>,
+    /// Connections with bytes to write; each is flushed once per loop turn.
+    dirty: Vec<ConnectionId>,
+    /// Connections waiting for room in an outbox.
+    blocked: Vec<ConnectionId>,
+    /// Connections whose read budget ran out while the socket still had bytes.
+    read_again: Vec<ConnectionId>,
+    handshake_deadlines: VecDeque<(Instant, ConnectionId)>,
+    linger_deadlines: VecDeque<(Instant, ConnectionId)>,
+    /// A batch of owner requests from each peer that could not be finished for lack of
+    /// terminal room; resumed before the ring is read again, so order holds.
+    stalled_requests: Vec<Option<std::vec::IntoIter<OwnerRequest>>>,
+    encode_scratch: Vec<u8>,
+    match_scratch: Vec<Subscriber>,
+    counters: ShardCounters,
+    shutdown_flag: Arc<AtomicBool>,
+    shutdown_deadline: Option<Instant>,
+}
+
+impl Shard {
+    pub fn new(setup: ShardSetup) -> Shard {
+        let config = setup.config;
+        let shard_count = setup.links.len();
+        Shard {
+            id: setup.id,
+            shard_count,
+            poll: setup.poll,
+            listener: Some(setup.listener),
+            connections: Slab::with_capacity(config.connections_per_shard_max()),
+            next_generation: 0,
+            stalled_requests: (0..shard_count).map(|_| None).collect(),
+            links: setup.links,
+            owned: OwnedTopics::new(shard_count, config.topics_per_shard_max()),
+            pattern_interest: Sublist::new(0),
+            local: LocalSubscriptions::new(config.pattern_cache_entries_max),
+            pending_subscribes: Slab::new(),
+            dirty: Vec::new(),
+            blocked: Vec::new(),
+            read_again: Vec::new(),
+            handshake_deadlines: VecDeque::new(),
+            linger_deadlines: VecDeque::new(),
+            encode_scratch: Vec::new(),
+            match_scratch: Vec::new(),
+            counters: ShardCounters::default(),
+            shutdown_flag: setup.shutdown,
+            shutdown_deadline: None,
+            config,
+        }
+    }
+
+    fn owner_of(&self, topic: &str) -> ShardId {
+        ShardId(crate::protocol::topic::owner_shard(topic, self.shard_count) as u16)
+    }
+
+    fn connection_mut(&mut self, id: ConnectionId) -> Option<&mut Connection> {
+        self.connections
+            .get_mut(id.index as usize)
+            .filter(|conn| conn.id == id)
+    }
+
+    fn link_mut(&mut self, peer: ShardId) -> &mut PeerLink {
+        self.links[peer.index()]
+            .as_mut()
+            .expect("a shard has a link to every other shard")
+    }
+
+    fn peers_mut(&mut self) -> impl Iterator<Item = &mut PeerLink> {
+        self.links.iter_mut().flatten()
+    }
+
+    fn mark_dirty(&mut self, id: ConnectionId) {
+        if let Some(conn) = self.connection_mut(id) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The topic-owner side of a shard, and everything that arrives over the rings.
+//!
+//! An owner sequences each message of its topics, then forwards it once per shard with
+//! matching subscribers (not once per subscriber); each of those shards fans out to its own
+//! connections. Requests from a peer are handled in ring order; a request that needs room in
+//! a terminal outbox waits (with the rest of its batch) until there is room, so a full peer
+//! slows the publishers down instead of losing anything.
+
+use crate::error::{CloseReason, ErrorCode};
+use crate::ids::ShardId;
+use crate::mesh::message::{OwnerRequest, ReplyTarget, Terminal, TopicPosition};
+use crate::message::Message;
+use crate::protocol::native::Frame;
+
+use super::connection::EnqueueOutcome;
+use super::Shard;
+
+/// Batches taken from one ring per loop turn, so one busy peer cannot starve the sockets.
+const RING_BATCHES_PER_TURN_MAX: usize = 64;
+
+impl Shard {
+    /// Whether every terminal outbox can take one more message: the most a single request
+    /// adds to each.
+    pub(super) fn terminal_room(&mut self) -> bool {
+        self.peers_mut()
+            .all(|link| link.terminals_out.has_room() || link.terminals_out.flush())
+    }
+
+    /// Sequences a message of a topic this shard owns and sends it to every shard with a
+    /// matching subscription (delivering directly to this shard's own subscribers).
+    /// The caller has checked `terminal_room`.
+    pub(super) fn sequence_and_fan_out(&mut self, mut message: Message) -> Result<u64, ErrorCode> {
+        let (seq, mask) = self
+            .owned
+            .sequence(message.topic(), &self.pattern_interest)?;
+        message.assign_seq(seq);
+        self.counters.published += 1;
+        let me = self.id;
+        for link in self.peers_mut() {
+            if mask & link.peer.bit() != 0 {
+                link.terminals_out.push(Terminal::Deliver {
+                    message: message.clone(),
+                });
+            }
+        }
+        if mask & me.bit() != 0 {
+            self.deliver_local(&message);
+        }
+        Ok(seq)
+    }
+
+    /// Answers a publish made on this shard.
+    pub(super) fn answer_publish(
+        &mut self,
+        reply: ReplyTarget,
+        quiet: bool,
+        result: Result<u64, ErrorCode>,
+    ) {
+        match result {
+            Ok(_) if quiet => {}
+            Ok(seq) => self.reply(
+                reply.connection,
+                Frame::Ok {
+                    request_id: reply.request_id,
+                    data: &seq.to_be_bytes(),
+                },
+            ),
+            Err(code) => self.reply_err(
+                reply.connection,
+                reply.request_id,
+                code,
+                "the message was not accepted",
+            ),
+        }
+    }
+
+    /// Fans a sequenced message out to this shard's matching subscriptions.
+    pub(super) fn deliver_local(&mut self, message: &Message) {
+        let mut matches = std::mem::take(&mut self.match_scratch);
+        matches.clear();
+        self.local.matching(message.topic(), &mut matches);
+        let outbound_bytes_max = self.config.outbound_bytes_max;
+        let policy = self.config.slow_consumer;
+        for subscriber in &matches {
+            let Some(conn) = self.connection_mut(subscriber.connection) else {
+                continue;
+            };
+            if conn.is_closing() {
+                continue;
+            }
+            match conn.enqueue_delivery(subscriber.sub_id, message, outbound_bytes_max, policy) {
+                EnqueueOutcome::Queued => {}
+                EnqueueOutcome::QueuedAfterDropping(dropped) => self.counters.dropped += dropped,
+                EnqueueOutcome::SlowConsumer => {
+                    self.counters.slow_consumer_disconnects += 1;
+                    self.close_slow_consumer(subscriber.connection);
+                    continue;
+                }
+            }
+            self.mark_dirty(subscriber.connection);
+        }
+        self.match_scratch = matches;
+    }
+
+    fn close_slow_consumer(&mut self, id: crate::ids::ConnectionId) {
+        if let Some(conn) = self.connection_mut(id) {
+            let dropped = conn.out.discard_pending();
+            self.counters.dropped += dropped;
+        }
+        self.reply_err(
+            id,
+            0,
+            ErrorCode::SlowConsumer,
+            "outbound queue over --outbound-bytes-max; closing",
+        );
+        self.begin_close(id, CloseReason::SlowConsumer);
+    }
+
+    /// Handles one request from a peer. The caller has checked `terminal_room`.
+    fn handle_request(&mut self, from: ShardId, request: OwnerRequest) {
+        match request {
+            OwnerRequest::Publish {
+                message,
+                reply,
+                quiet,
+            } => {
+                let result = self.sequence_and_fan_out(message);
+                if !quiet || result.is_err() {
+                    self.link_mut(from)
+                        .terminals_out
+                        .push(Terminal::PublishOutcome { reply, result });
+                }
+            }
+            OwnerRequest::Subscribe { topic, ticket } => {
+                let result = self.owned.add_subscriber(&topic, from);
+                self.link_mut(from)
+                    .terminals_out
+                    .push(Terminal::SubscribeAck { ticket, result });
+            }
+            OwnerRequest::Unsubscribe { topic } => self.owned.remove_subscriber(&topic, from),
+            OwnerRequest::PatternSubscribe {
+                pattern,
+                first,
+                ticket,
+            } => {
+                if first {
+                    self.pattern_interest.insert(&pattern, from);
+                }
+                self.link_mut(from)
+                    .terminals_out
+                    .push(Terminal::SubscribeAck {
+                        ticket,
+                        result: Ok(TopicPosition::default()),
+                    });
+            }
+            OwnerRequest::PatternUnsubscribe { pattern } => {
+                self.pattern_interest.remove(&pattern, from);
+            }
+        }
+    }
+
+    fn handle_terminal(&mut self, terminal: Terminal) {
+        match terminal {
+            Terminal::Deliver { message } => self.deliver_local(&message),
+            Terminal::PublishOutcome { reply, result } => {
+                // The owner sends an outcome for a quiet publish only when it failed.
+                self.answer_publish(reply, false, result);
+            }
+            Terminal::SubscribeAck { ticket, result } => {
+                let key = ticket.0 as usize;
+                let Some(pending) = self.pending_subscribes.get_mut(key) else {
+                    debug_assert!(false, "ack for an unknown ticket");
+                    return;
+                };
+                match result {
+                    Ok(position) => pending.position = position,
+                    Err(code) => pending.error = Some(code),
+                }
+                pending.acks_remaining -= 1;
+                if pending.acks_remaining == 0 {
+                    let pending = self.pending_subscribes.remove(key);
+                    let result = match pending.error {
+                        Some(code) => Err(code),
+                        None => Ok(pending.position),
+                    };
+                    self.finish_subscribe(pending.subscriber, pending.request_id, result);
+                }
+            }
+        }
+    }
+
+    /// Drains the terminal rings (always possible: handling them sends nothing) and then the
+    /// request rings (as far as terminal room allows). Returns true if a ring still holds
+    /// work that the per-turn limit left for the next turn.
+    pub(super) fn drain_rings(&mut self) -> bool {
+        let mut more = false;
+        for peer in 0..self.links.len() {
+            if self.links[peer].is_none() {
+                continue;
+            }
+            for taken in 0.. {
+                if taken == RING_BATCHES_PER_TURN_MAX {
+                    more = true;
+                    break;
+                }
+                let batch = self.links[peer]
+                    .as_ref()
+                    .and_then(|l| l.terminals_in.try_recv());
+                let Some(batch) = batch else { break };
+                for terminal in batch {
+                    self.handle_terminal(terminal);
+                }
+            }
+            if let Some(link) = &self.links[peer] {
+                link.terminals_in.notify_space_freed();
+            }
+        }
+        for peer in 0..self.links.len() {
+            if self.links[peer].is_none() {
+                continue;
+            }
+            more |= self.drain_requests_from(ShardId(peer as u16));
+        }
+        more
+    }
+
+    fn drain_requests_from(&mut self, peer: ShardId) -> bool {
+        let mut more = false;
+        'batches: for taken in 0.. {
+            if taken == RING_BATCHES_PER_TURN_MAX {
+                more = true;
+                break;
+            }
+            let mut batch = match self.stalled_requests[peer.index()].take() {
+                Some(batch) => batch,
+                None => match self.link_mut(peer).requests_in.try_recv() {
+                    Some(batch) => batch.into_iter(),
+                    None => break,
+                },
+            };
+            while batch.len() > 0 {
+                if !self.terminal_room() {
+                    self.stalled_requests[peer.index()] = Some(batch);
+                    break 'batches;
+                }
+                if let Some(request) = batch.next() {
+                    self.handle_request(peer, request);
+                }
+            }
+        }
+        self.link_mut(peer).requests_in.notify_space_freed();
+        more
+    }
+
+    /// Hands every staged batch to its ring and wakes each peer that got one, once.
+    /// Returns true if any batch was handed over.
+    pub(super) fn flush_outboxes(&mut self) -> bool {
+        let mut handed_over = false;
+        for link in self.peers_mut() {
+            link.requests_out.flush();
+            link.terminals_out.flush();
+            let woke_requests = link.requests_out.take_wake_needed();
+            let woke_terminals = link.terminals_out.take_wake_needed();
+            if woke_requests || woke_terminals {
+                handed_over = true;
+                // A failed wake means the peer is exiting; the ring is then dropped unread.
+                let _ = link.peer_waker.wake();
+            }
+        }
+        handed_over
+    }
+}

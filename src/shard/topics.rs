@@ -1,0 +1,310 @@
+//! What a shard knows about topics, in its two roles.
+//!
+//! - As **owner** ([`OwnedTopics`]): for the topics that hash to this shard, the sequence
+//!   counter, the epoch, and which shards have subscribers (exact subscriptions counted per
+//!   shard; pattern interest looked up in the shard-wide pattern table and cached per topic
+//!   by generation). The owner forwards each message once per interested shard.
+//! - As **holder of connections** ([`LocalSubscriptions`]): which local subscriptions match a
+//!   topic, exact ones in a hash map and patterns in a token trie, so a delivery that arrives
+//!   from an owner fans out here without asking anyone.
+
+use ahash::AHashMap;
+
+use crate::error::ErrorCode;
+use crate::ids::{ShardId, Subscriber};
+use crate::mesh::message::TopicPosition;
+use crate::shard::sublist::Sublist;
+
+/// One topic on its owner shard.
+#[derive(Debug)]
+pub struct OwnedTopic {
+    /// Random per incarnation, so a resume against a re-created topic is detected.
+    pub epoch: u64,
+    pub last_seq: u64,
+    /// Exact subscriptions per shard; `exact_mask` has a bit for each non-zero count.
+    exact_subscribers_by_shard: Vec<u32>,
+    exact_mask: u64,
+    /// Shards with a matching pattern subscription, valid while `pattern_generation` equals
+    /// the pattern table's generation.
+    pattern_mask: u64,
+    pattern_generation: u64,
+}
+
+impl OwnedTopic {
+    fn new(shards: usize) -> Self {
+        OwnedTopic {
+            epoch: rand::random(),
+            last_seq: 0,
+            exact_subscribers_by_shard: vec![0; shards],
+            exact_mask: 0,
+            pattern_mask: 0,
+            pattern_generation: u64::MAX,
+        }
+    }
+
+    pub fn position(&self) -> TopicPosition {
+        TopicPosition {
+            epoch: self.epoch,
+            last_seq: self.last_seq,
+        }
+    }
+
+    pub fn subscriber_count(&self) -> u64 {
+        self.exact_subscribers_by_shard
+            .iter()
+            .map(|&n| u64::from(n))
+            .sum()
+    }
+}
+
+/// The topics this shard owns.
+pub struct OwnedTopics {
+    topics: AHashMap<Box<str>, OwnedTopic>,
+    topics_max: usize,
+    shards: usize,
+    pattern_matches: Vec<ShardId>,
+}
+
+impl OwnedTopics {
+    pub fn new(shards: usize, topics_max: usize) -> Self {
+        OwnedTopics {
+            topics: AHashMap::new(),
+            topics_max,
+            shards,
+            pattern_matches: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.topics.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+
+    pub fn get(&self, topic: &str) -> Option<&OwnedTopic> {
+        self.topics.get(topic)
+    }
+
+    fn get_or_create(&mut self, topic: &str) -> Result<&mut OwnedTopic, ErrorCode> {
+        // Two lookups on the creation path only; the hot path (existing topic) does one.
+        if !self.topics.contains_key(topic) {
+            if self.topics.len() >= self.topics_max {
+                return Err(ErrorCode::TooManyTopics);
+            }
+            self.topics
+                .insert(topic.into(), OwnedTopic::new(self.shards));
+        }
+        Ok(self
+            .topics
+            .get_mut(topic)
+            .expect("present or just inserted"))
+    }
+
+    pub fn add_subscriber(
+        &mut self,
+        topic: &str,
+        shard: ShardId,
+    ) -> Result<TopicPosition, ErrorCode> {
+        let owned = self.get_or_create(topic)?;
+        owned.exact_subscribers_by_shard[shard.index()] += 1;
+        owned.exact_mask |= shard.bit();
+        Ok(owned.position())
+    }
+
+    pub fn remove_subscriber(&mut self, topic: &str, shard: ShardId) {
+        let Some(owned) = self.topics.get_mut(topic) else {
+            debug_assert!(false, "unsubscribe from a topic that was never subscribed");
+            return;
+        };
+        let count = &mut owned.exact_subscribers_by_shard[shard.index()];
+        debug_assert!(*count > 0, "more unsubscribes than subscribes");
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            owned.exact_mask &= !shard.bit();
+        }
+    }
+
+    /// Assigns the next sequence number and returns it with the mask of shards to deliver to.
+    pub fn sequence(
+        &mut self,
+        topic: &str,
+        patterns: &Sublist<ShardId>,
+    ) -> Result<(u64, u64), ErrorCode> {
+        let mut scratch = std::mem::take(&mut self.pattern_matches);
+        let result = self.get_or_create(topic).map(|owned| {
+            owned.last_seq += 1;
+            if owned.pattern_generation != patterns.generation() {
+                scratch.clear();
+                patterns.match_into(topic, &mut scratch);
+                owned.pattern_mask = scratch.iter().fold(0, |mask, shard| mask | shard.bit());
+                owned.pattern_generation = patterns.generation();
+            }
+            (owned.last_seq, owned.exact_mask | owned.pattern_mask)
+        });
+        self.pattern_matches = scratch;
+        result
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &OwnedTopic)> {
+        self.topics.iter().map(|(name, topic)| (&**name, topic))
+    }
+}
+
+/// The subscriptions held by this shard's connections.
+pub struct LocalSubscriptions {
+    exact: AHashMap<Box<str>, Vec<Subscriber>>,
+    patterns: Sublist<Subscriber>,
+    /// Local subscriptions per pattern: the shard announces a pattern to the others on the
+    /// first and withdraws it on the last.
+    pattern_refs: AHashMap<Box<str>, u32>,
+}
+
+impl LocalSubscriptions {
+    pub fn new(pattern_cache_entries_max: usize) -> Self {
+        LocalSubscriptions {
+            exact: AHashMap::new(),
+            patterns: Sublist::new(pattern_cache_entries_max),
+            pattern_refs: AHashMap::new(),
+        }
+    }
+
+    pub fn add_exact(&mut self, topic: &str, subscriber: Subscriber) {
+        match self.exact.get_mut(topic) {
+            Some(list) => list.push(subscriber),
+            None => {
+                self.exact.insert(topic.into(), vec![subscriber]);
+            }
+        }
+    }
+
+    pub fn remove_exact(&mut self, topic: &str, subscriber: Subscriber) -> bool {
+        let Some(list) = self.exact.get_mut(topic) else {
+            return false;
+        };
+        let Some(position) = list.iter().position(|s| *s == subscriber) else {
+            return false;
+        };
+        list.swap_remove(position);
+        if list.is_empty() {
+            self.exact.remove(topic);
+        }
+        true
+    }
+
+    /// Returns true when this is the shard's first subscription to `pattern`.
+    pub fn add_pattern(&mut self, pattern: &str, subscriber: Subscriber) -> bool {
+        self.patterns.insert(pattern, subscriber);
+        let refs = self.pattern_refs.entry(pattern.into()).or_insert(0);
+        *refs += 1;
+        *refs == 1
+    }
+
+    /// Returns `Some(true)` when that was the shard's last subscription to `pattern`, `None`
+    /// when the subscription was not there.
+    pub fn remove_pattern(&mut self, pattern: &str, subscriber: Subscriber) -> Option<bool> {
+        if !self.patterns.remove(pattern, subscriber) {
+            return None;
+        }
+        let refs = self.pattern_refs.get_mut(pattern)?;
+        *refs -= 1;
+        if *refs == 0 {
+            self.pattern_refs.remove(pattern);
+            return Some(true);
+        }
+        Some(false)
+    }
+
+    /// Appends every local subscription matching `topic`: exact ones first, then patterns.
+    /// A connection with several matching subscriptions appears once per subscription.
+    pub fn matching(&mut self, topic: &str, out: &mut Vec<Subscriber>) {
+        if let Some(list) = self.exact.get(topic) {
+            out.extend_from_slice(list);
+        }
+        if !self.patterns.is_empty() {
+            out.extend_from_slice(self.patterns.match_cached(topic));
+        }
+    }
+
+    pub fn exact_topic_count(&self) -> usize {
+        self.exact.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ConnectionId;
+
+    fn subscriber(index: u32, sub_id: u32) -> Subscriber {
+        Subscriber {
+            connection: ConnectionId {
+                index,
+                generation: 0,
+            },
+            sub_id,
+        }
+    }
+
+    #[test]
+    fn sequence_numbers_start_at_one_and_masks_follow_interest() {
+        let patterns = Sublist::new(16);
+        let mut owned = OwnedTopics::new(4, 10);
+        assert_eq!(owned.sequence("a", &patterns), Ok((1, 0)));
+        owned.add_subscriber("a", ShardId(2)).unwrap();
+        owned.add_subscriber("a", ShardId(2)).unwrap();
+        assert_eq!(owned.sequence("a", &patterns), Ok((2, 0b100)));
+        owned.remove_subscriber("a", ShardId(2));
+        assert_eq!(owned.sequence("a", &patterns), Ok((3, 0b100)));
+        owned.remove_subscriber("a", ShardId(2));
+        assert_eq!(owned.sequence("a", &patterns), Ok((4, 0)));
+    }
+
+    #[test]
+    fn pattern_interest_is_recomputed_when_the_pattern_table_changes() {
+        let mut patterns = Sublist::new(16);
+        let mut owned = OwnedTopics::new(4, 10);
+        assert_eq!(owned.sequence("a.b", &patterns), Ok((1, 0)));
+        patterns.insert("a.*", ShardId(3));
+        assert_eq!(owned.sequence("a.b", &patterns), Ok((2, 0b1000)));
+        patterns.remove("a.*", ShardId(3));
+        assert_eq!(owned.sequence("a.b", &patterns), Ok((3, 0)));
+    }
+
+    #[test]
+    fn topic_limit_refuses_new_topics_but_serves_existing_ones() {
+        let patterns = Sublist::new(16);
+        let mut owned = OwnedTopics::new(1, 1);
+        assert!(owned.sequence("a", &patterns).is_ok());
+        assert_eq!(
+            owned.sequence("b", &patterns),
+            Err(ErrorCode::TooManyTopics)
+        );
+        assert_eq!(
+            owned.add_subscriber("b", ShardId(0)),
+            Err(ErrorCode::TooManyTopics)
+        );
+        assert_eq!(owned.sequence("a", &patterns), Ok((2, 0)));
+    }
+
+    #[test]
+    fn local_matching_counts_each_subscription() {
+        let mut local = LocalSubscriptions::new(16);
+        local.add_exact("a.b", subscriber(1, 1));
+        assert!(local.add_pattern("a.*", subscriber(1, 2)));
+        assert!(!local.add_pattern("a.*", subscriber(2, 1)));
+        let mut out = Vec::new();
+        local.matching("a.b", &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(local.remove_pattern("a.*", subscriber(1, 2)), Some(false));
+        assert_eq!(local.remove_pattern("a.*", subscriber(2, 1)), Some(true));
+        assert_eq!(local.remove_pattern("a.*", subscriber(2, 1)), None);
+        assert!(local.remove_exact("a.b", subscriber(1, 1)));
+        assert!(!local.remove_exact("a.b", subscriber(1, 1)));
+        out.clear();
+        local.matching("a.b", &mut out);
+        assert!(out.is_empty());
+        assert_eq!(local.exact_topic_count(), 0);
+    }
+}
