@@ -43,13 +43,7 @@ fn codec(c: &mut Criterion) {
     let mut scratch = Vec::new();
     group.bench_function("build_shared_message_64b", |b| {
         b.iter(|| {
-            Message::from_publish(
-                &mut scratch,
-                1,
-                black_box("orders.eu.created"),
-                None,
-                &payload,
-            )
+            Message::from_publish(&mut scratch, black_box("orders.eu.created"), None, &payload)
         })
     });
     group.finish();

@@ -16,30 +16,36 @@ pub struct Message {
 }
 
 impl Message {
-    /// Builds the frame from a PUBLISH's parts. `scratch` is the shard's reusable encode buffer.
+    /// Builds the (not yet stamped) frame from a PUBLISH's parts. `scratch` is the shard's
+    /// reusable encode buffer.
     pub fn from_publish(
         scratch: &mut Vec<u8>,
-        timestamp_ns: u64,
         topic: &str,
         reply_to: Option<&[u8]>,
         payload: &[u8],
     ) -> Message {
         scratch.clear();
-        native::encode_msg_from_publish(scratch, timestamp_ns, topic.as_bytes(), reply_to, payload);
+        native::encode_msg_from_publish(scratch, 0, topic.as_bytes(), reply_to, payload);
         Message {
             frame: Arc::from(&scratch[..]),
         }
     }
 
-    /// Stamps the owner's sequence number. The owner is the first to see the message after the
-    /// publisher, so the frame is not shared yet and is written in place.
-    pub fn assign_seq(&mut self, seq: u64) {
+    /// Stamps the owner's sequence number and publish time. The owner is the first to see the
+    /// message after the publisher, so the frame is not shared yet and is written in place.
+    /// Stamping time at the owner keeps timestamps non-decreasing along a topic's sequence,
+    /// which replay-from-a-time relies on.
+    pub fn stamp(&mut self, seq: u64, timestamp_ns: u64) {
+        let write = |frame: &mut [u8]| {
+            native::msg_set_seq(frame, seq);
+            native::msg_set_timestamp_ns(frame, timestamp_ns);
+        };
         match Arc::get_mut(&mut self.frame) {
-            Some(frame) => native::msg_set_seq(frame, seq),
+            Some(frame) => write(frame),
             None => {
-                debug_assert!(false, "a message must be sequenced before it is shared");
+                debug_assert!(false, "a message must be stamped before it is shared");
                 let mut copy = self.frame.to_vec();
-                native::msg_set_seq(&mut copy, seq);
+                write(&mut copy);
                 self.frame = Arc::from(copy);
             }
         }

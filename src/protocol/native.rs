@@ -817,6 +817,10 @@ pub fn msg_seq(frame: &[u8]) -> u64 {
     u64::from_be_bytes(get_at(frame, SEQ_OFFSET))
 }
 
+pub fn msg_set_timestamp_ns(frame: &mut [u8], timestamp_ns: u64) {
+    put_at(frame, TIMESTAMP_OFFSET, timestamp_ns.to_be_bytes());
+}
+
 pub fn msg_timestamp_ns(frame: &[u8]) -> u64 {
     u64::from_be_bytes(get_at(frame, TIMESTAMP_OFFSET))
 }

@@ -231,13 +231,7 @@ impl Shard {
         if !has_room {
             return Flow::Blocked;
         }
-        let message = Message::from_publish(
-            &mut self.encode_scratch,
-            unix_time_ns(),
-            topic,
-            reply_to,
-            payload,
-        );
+        let message = Message::from_publish(&mut self.encode_scratch, topic, reply_to, payload);
         let reply = ReplyTarget {
             connection: id,
             request_id,

@@ -359,9 +359,8 @@ mod tests {
 
     fn message(payload_len: usize) -> Message {
         let mut scratch = Vec::new();
-        let mut message =
-            Message::from_publish(&mut scratch, 7, "t", None, &vec![b'x'; payload_len]);
-        message.assign_seq(1);
+        let mut message = Message::from_publish(&mut scratch, "t", None, &vec![b'x'; payload_len]);
+        message.stamp(1, 7);
         message
     }
 

@@ -12,6 +12,7 @@ use crate::mesh::message::{OwnerRequest, ReplyTarget, Terminal, TopicPosition};
 use crate::message::Message;
 use crate::protocol::native::Frame;
 
+use super::commands::unix_time_ns;
 use super::connection::EnqueueOutcome;
 use super::Shard;
 
@@ -30,10 +31,11 @@ impl Shard {
     /// matching subscription (delivering directly to this shard's own subscribers).
     /// The caller has checked `terminal_room`.
     pub(super) fn sequence_and_fan_out(&mut self, mut message: Message) -> Result<u64, ErrorCode> {
-        let (seq, mask) = self
-            .owned
-            .sequence(message.topic(), &self.pattern_interest)?;
-        message.assign_seq(seq);
+        let sequenced =
+            self.owned
+                .sequence(message.topic(), &self.pattern_interest, unix_time_ns())?;
+        message.stamp(sequenced.seq, sequenced.timestamp_ns);
+        let (seq, mask) = (sequenced.seq, sequenced.shard_mask);
         self.counters.published += 1;
         let me = self.id;
         for link in self.peers_mut() {

@@ -21,6 +21,8 @@ pub struct OwnedTopic {
     /// Random per incarnation, so a resume against a re-created topic is detected.
     pub epoch: u64,
     pub last_seq: u64,
+    /// Never decreases, even if the wall clock steps back.
+    pub last_timestamp_ns: u64,
     /// Exact subscriptions per shard; `exact_mask` has a bit for each non-zero count.
     exact_subscribers_by_shard: Vec<u32>,
     exact_mask: u64,
@@ -35,6 +37,7 @@ impl OwnedTopic {
         OwnedTopic {
             epoch: rand::random(),
             last_seq: 0,
+            last_timestamp_ns: 0,
             exact_subscribers_by_shard: vec![0; shards],
             exact_mask: 0,
             pattern_mask: 0,
@@ -55,6 +58,15 @@ impl OwnedTopic {
             .map(|&n| u64::from(n))
             .sum()
     }
+}
+
+/// A message's place in its topic, and where it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sequenced {
+    pub seq: u64,
+    pub timestamp_ns: u64,
+    /// Shards with at least one matching subscription.
+    pub shard_mask: u64,
 }
 
 /// The topics this shard owns.
@@ -126,22 +138,28 @@ impl OwnedTopics {
         }
     }
 
-    /// Assigns the next sequence number and returns it with the mask of shards to deliver to.
+    /// Assigns the next sequence number and publish time, and finds the shards to deliver to.
     pub fn sequence(
         &mut self,
         topic: &str,
         patterns: &Sublist<ShardId>,
-    ) -> Result<(u64, u64), ErrorCode> {
+        now_ns: u64,
+    ) -> Result<Sequenced, ErrorCode> {
         let mut scratch = std::mem::take(&mut self.pattern_matches);
         let result = self.get_or_create(topic).map(|owned| {
             owned.last_seq += 1;
+            owned.last_timestamp_ns = owned.last_timestamp_ns.max(now_ns);
             if owned.pattern_generation != patterns.generation() {
                 scratch.clear();
                 patterns.match_into(topic, &mut scratch);
                 owned.pattern_mask = scratch.iter().fold(0, |mask, shard| mask | shard.bit());
                 owned.pattern_generation = patterns.generation();
             }
-            (owned.last_seq, owned.exact_mask | owned.pattern_mask)
+            Sequenced {
+                seq: owned.last_seq,
+                timestamp_ns: owned.last_timestamp_ns,
+                shard_mask: owned.exact_mask | owned.pattern_mask,
+            }
         });
         self.pattern_matches = scratch;
         result
@@ -247,45 +265,62 @@ mod tests {
         }
     }
 
+    fn sequenced(seq: u64, shard_mask: u64) -> Result<Sequenced, ErrorCode> {
+        Ok(Sequenced {
+            seq,
+            timestamp_ns: 100,
+            shard_mask,
+        })
+    }
+
+    #[test]
+    fn timestamps_never_go_back_along_a_topic() {
+        let patterns = Sublist::new(16);
+        let mut owned = OwnedTopics::new(1, 10);
+        assert_eq!(owned.sequence("a", &patterns, 50).unwrap().timestamp_ns, 50);
+        assert_eq!(owned.sequence("a", &patterns, 40).unwrap().timestamp_ns, 50);
+        assert_eq!(owned.sequence("a", &patterns, 60).unwrap().timestamp_ns, 60);
+    }
+
     #[test]
     fn sequence_numbers_start_at_one_and_masks_follow_interest() {
         let patterns = Sublist::new(16);
         let mut owned = OwnedTopics::new(4, 10);
-        assert_eq!(owned.sequence("a", &patterns), Ok((1, 0)));
+        assert_eq!(owned.sequence("a", &patterns, 100), sequenced(1, 0));
         owned.add_subscriber("a", ShardId(2)).unwrap();
         owned.add_subscriber("a", ShardId(2)).unwrap();
-        assert_eq!(owned.sequence("a", &patterns), Ok((2, 0b100)));
+        assert_eq!(owned.sequence("a", &patterns, 100), sequenced(2, 0b100));
         owned.remove_subscriber("a", ShardId(2));
-        assert_eq!(owned.sequence("a", &patterns), Ok((3, 0b100)));
+        assert_eq!(owned.sequence("a", &patterns, 100), sequenced(3, 0b100));
         owned.remove_subscriber("a", ShardId(2));
-        assert_eq!(owned.sequence("a", &patterns), Ok((4, 0)));
+        assert_eq!(owned.sequence("a", &patterns, 100), sequenced(4, 0));
     }
 
     #[test]
     fn pattern_interest_is_recomputed_when_the_pattern_table_changes() {
         let mut patterns = Sublist::new(16);
         let mut owned = OwnedTopics::new(4, 10);
-        assert_eq!(owned.sequence("a.b", &patterns), Ok((1, 0)));
+        assert_eq!(owned.sequence("a.b", &patterns, 100), sequenced(1, 0));
         patterns.insert("a.*", ShardId(3));
-        assert_eq!(owned.sequence("a.b", &patterns), Ok((2, 0b1000)));
+        assert_eq!(owned.sequence("a.b", &patterns, 100), sequenced(2, 0b1000));
         patterns.remove("a.*", ShardId(3));
-        assert_eq!(owned.sequence("a.b", &patterns), Ok((3, 0)));
+        assert_eq!(owned.sequence("a.b", &patterns, 100), sequenced(3, 0));
     }
 
     #[test]
     fn topic_limit_refuses_new_topics_but_serves_existing_ones() {
         let patterns = Sublist::new(16);
         let mut owned = OwnedTopics::new(1, 1);
-        assert!(owned.sequence("a", &patterns).is_ok());
+        assert!(owned.sequence("a", &patterns, 100).is_ok());
         assert_eq!(
-            owned.sequence("b", &patterns),
+            owned.sequence("b", &patterns, 100),
             Err(ErrorCode::TooManyTopics)
         );
         assert_eq!(
             owned.add_subscriber("b", ShardId(0)),
             Err(ErrorCode::TooManyTopics)
         );
-        assert_eq!(owned.sequence("a", &patterns), Ok((2, 0)));
+        assert_eq!(owned.sequence("a", &patterns, 100), sequenced(2, 0));
     }
 
     #[test]
