@@ -274,7 +274,10 @@ fn a_wrong_protocol_version_is_refused_and_closed() {
         version: 99,
         client_name: b"future",
     });
-    assert_eq!(raw.expect_err(), (1, ErrorCode::UnsupportedVersion.as_u16()));
+    assert_eq!(
+        raw.expect_err(),
+        (1, ErrorCode::UnsupportedVersion.as_u16())
+    );
     raw.expect_closed();
 }
 
@@ -326,6 +329,9 @@ fn too_many_connections_are_refused_with_a_clear_error() {
     let _first = RawConnection::handshaken(addr);
     let _second = RawConnection::handshaken(addr);
     let mut third = RawConnection::connect(addr);
-    assert_eq!(third.expect_err(), (0, ErrorCode::TooManyConnections.as_u16()));
+    assert_eq!(
+        third.expect_err(),
+        (0, ErrorCode::TooManyConnections.as_u16())
+    );
     third.expect_closed();
 }
