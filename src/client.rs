@@ -127,6 +127,11 @@ enum Event {
     Message(Delivery),
     /// The broker dropped this many messages for the subscription (`drop-oldest`).
     Dropped(u64),
+    /// A replay reached back past what the topic retains.
+    Gap {
+        missed: u64,
+        resume_seq: u64,
+    },
     Closed(Option<ServerError>),
 }
 
@@ -189,6 +194,7 @@ pub struct Subscription {
     subject: String,
     events: Receiver<Event>,
     dropped: u64,
+    missed: u64,
     closed: Option<Option<ServerError>>,
 }
 
@@ -416,6 +422,7 @@ impl Client {
             subject: subject.to_owned(),
             events,
             dropped: 0,
+            missed: 0,
             closed: None,
         })
     }
@@ -472,6 +479,11 @@ impl Subscription {
         self.dropped
     }
 
+    /// Messages a replay asked for that the topic no longer retained (gap notices).
+    pub fn missed(&self) -> u64 {
+        self.missed
+    }
+
     pub fn recv(&mut self) -> Result<Delivery> {
         loop {
             let event = self.events.recv().map_err(|_| self.closed_error())?;
@@ -515,6 +527,10 @@ impl Subscription {
             Event::Message(delivery) => Ok(Some(delivery)),
             Event::Dropped(count) => {
                 self.dropped += count;
+                Ok(None)
+            }
+            Event::Gap { missed, .. } => {
+                self.missed += missed;
                 Ok(None)
             }
             Event::Closed(reason) => {
@@ -687,6 +703,11 @@ fn route_frame(frame: Frame<'_>) -> Routed {
             }),
         ),
         Frame::Dropped { sub_id, count } => Routed::Event(sub_id, Event::Dropped(count)),
+        Frame::Gap {
+            sub_id,
+            missed,
+            resume_seq,
+        } => Routed::Event(sub_id, Event::Gap { missed, resume_seq }),
         // Client-to-server opcodes never come from a broker; ignore rather than guess.
         Frame::Hello { .. }
         | Frame::Publish { .. }

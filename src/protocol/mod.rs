@@ -1,3 +1,4 @@
 //! Sans-IO codecs: bytes in, frames out. Nothing in `protocol/` knows about sockets or mio.
 pub mod native;
+pub mod subscribe_options;
 pub mod topic;

@@ -1,4 +1,4 @@
-//! The native binary protocol, version 1, as a sans-IO codec.
+//! The native binary protocol, versions 1 and 2, as a sans-IO codec.
 //!
 //! The reactors own the sockets and buffers; this module only turns bytes into [`Frame`]s and
 //! frames into bytes. Keeping it free of I/O lets the wire format be pinned byte by byte in
@@ -53,6 +53,7 @@
 //! | `0x82` | `MSG`         | S → C     | subscription id                              | none            |
 //! | `0x83` | `PONG`        | S → C     | id of the PING                               | none            |
 //! | `0x84` | `DROPPED`     | S → C     | subscription id                              | none            |
+//! | `0x85` | `GAP` (v2)    | S → C     | subscription id                              | none            |
 //!
 //! Request ids are chosen by the client and echoed by the server; the server never interprets
 //! them, so a client may reuse them as it likes.
@@ -69,7 +70,7 @@
 //! | Offset  | Size | Field      | Meaning                                        |
 //! |--------:|-----:|------------|------------------------------------------------|
 //! | 0       | 4    | `magic`    | ASCII `CBUS` (`43 42 55 53`)                   |
-//! | 4       | 2    | `version`  | protocol version the client speaks (1)         |
+//! | 4       | 2    | `version`  | protocol version the client speaks (1 or 2)    |
 //! | 6       | 1    | `name_len` | `N`                                            |
 //! | 7       | N    | `name`     | client name for logs, may be empty             |
 //!
@@ -97,10 +98,11 @@
 //! | 0      | 4    | `sub_id`    | chosen by the client, unique on the connection       |
 //! | 4      | 1    | `topic_len` | `T`                                                  |
 //! | 5      | T    | `topic`     | exact topic or pattern                               |
-//! | 5 + T  | rest | `options`   | TLV entries, see below; empty in v1                  |
+//! | 5 + T  | rest | `options`   | TLV entries (v2), see below; empty in v1             |
 //!
-//! Options are reserved for later versions as a sequence of entries `tag: u8`, `len: u16`,
-//! `value: [u8; len]`. A v1 broker rejects a non-empty option list with `UNSUPPORTED_OPTION`;
+//! Options are a sequence of entries `tag: u8`, `len: u16`, `value: [u8; len]`, defined in
+//! [`crate::protocol::subscribe_options`] (v2: `START`, where the subscription begins in the
+//! topic's history). A connection that negotiated v1 must send none (`UNSUPPORTED_OPTION`);
 //! the codec itself returns the raw bytes without parsing them.
 //!
 //! ### UNSUBSCRIBE (`0x04`)
@@ -174,6 +176,18 @@
 //! pattern subscription spans topics whose `seq`s are independent, so its gaps cannot be seen
 //! in `seq` alone.
 //!
+//! ### GAP (`0x85`, since v2)
+//!
+//! `id` is the subscription id.
+//!
+//! | Offset | Size | Field        | Meaning                                                      |
+//! |-------:|-----:|--------------|--------------------------------------------------------------|
+//! | 0      | 8    | `missed`     | messages the subscription asked for that were already evicted |
+//! | 8      | 8    | `resume_seq` | the sequence number of the next message it will receive      |
+//!
+//! Sent before the first replayed message when a start position reaches back past what the
+//! topic retains, so history lost to eviction is never silent.
+//!
 //! # Flags
 //!
 //! | Opcode  | Bit    | Name            | Meaning                                  |
@@ -245,8 +259,11 @@
 
 use crate::error::ErrorCode;
 
-/// The version this codec's layouts describe.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest version this codec's layouts describe; what the broker offers.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest version the broker still speaks: v1 clients keep working (they cannot send
+/// SUBSCRIBE options, and never receive GAP).
+pub const PROTOCOL_VERSION_MIN: u16 = 1;
 /// First four bytes of a HELLO body; lets the broker reject a peer speaking another protocol.
 pub const MAGIC: [u8; 4] = *b"CBUS";
 /// Size of the fixed frame header, length field included.
@@ -288,6 +305,7 @@ pub enum Opcode {
     Msg = 0x82,
     Pong = 0x83,
     Dropped = 0x84,
+    Gap = 0x85,
 }
 
 impl Opcode {
@@ -303,6 +321,7 @@ impl Opcode {
             0x82 => Opcode::Msg,
             0x83 => Opcode::Pong,
             0x84 => Opcode::Dropped,
+            0x85 => Opcode::Gap,
             _ => return None,
         })
     }
@@ -372,6 +391,12 @@ pub enum Frame<'a> {
         sub_id: u32,
         count: u64,
     },
+    /// Since v2: messages the subscriber asked to replay were already evicted.
+    Gap {
+        sub_id: u32,
+        missed: u64,
+        resume_seq: u64,
+    },
 }
 
 impl Frame<'_> {
@@ -387,6 +412,7 @@ impl Frame<'_> {
             Frame::Msg { .. } => Opcode::Msg,
             Frame::Pong { .. } => Opcode::Pong,
             Frame::Dropped { .. } => Opcode::Dropped,
+            Frame::Gap { .. } => Opcode::Gap,
         }
     }
 
@@ -401,7 +427,9 @@ impl Frame<'_> {
             | Frame::Ok { request_id, .. }
             | Frame::Err { request_id, .. }
             | Frame::Pong { request_id } => request_id,
-            Frame::Msg { sub_id, .. } | Frame::Dropped { sub_id, .. } => sub_id,
+            Frame::Msg { sub_id, .. }
+            | Frame::Dropped { sub_id, .. }
+            | Frame::Gap { sub_id, .. } => sub_id,
         }
     }
 
@@ -433,6 +461,7 @@ impl Frame<'_> {
                 ..
             } => MSG_FIXED_LEN + publish_body_len(topic, *reply_to, payload),
             Frame::Dropped { .. } => 8,
+            Frame::Gap { .. } => 16,
         }
     }
 
@@ -506,6 +535,12 @@ impl Frame<'_> {
                 put_publish_body(out, topic, reply_to, payload);
             }
             Frame::Dropped { count, .. } => out.extend_from_slice(&count.to_be_bytes()),
+            Frame::Gap {
+                missed, resume_seq, ..
+            } => {
+                out.extend_from_slice(&missed.to_be_bytes());
+                out.extend_from_slice(&resume_seq.to_be_bytes());
+            }
         }
     }
 }
@@ -701,6 +736,16 @@ fn decode_body(
             let count = r.u64().ok_or("DROPPED body is not 8 bytes")?;
             r.end().ok_or("DROPPED body is not 8 bytes")?;
             Frame::Dropped { sub_id: id, count }
+        }
+        Opcode::Gap => {
+            let missed = r.u64().ok_or("GAP body is not 16 bytes")?;
+            let resume_seq = r.u64().ok_or("GAP body is not 16 bytes")?;
+            r.end().ok_or("GAP body is not 16 bytes")?;
+            Frame::Gap {
+                sub_id: id,
+                missed,
+                resume_seq,
+            }
         }
     };
     Ok(frame)
@@ -1139,7 +1184,7 @@ mod tests {
             ErrorCode::UnknownOpcode,
         );
         invalid(&raw(0x00, 0, 0, 1, &[]), ErrorCode::UnknownOpcode);
-        invalid(&raw(0x85, 0, 0, 1, &[]), ErrorCode::UnknownOpcode);
+        invalid(&raw(0x86, 0, 0, 1, &[]), ErrorCode::UnknownOpcode);
         invalid(&raw(0x05, 0x01, 0, 2, &[]), ErrorCode::BadFrame);
         invalid(
             &raw(0x02, 0x02, 0, 3, &[&[1], b"t", &[0]]),
@@ -1329,7 +1374,7 @@ mod tests {
                 assert_eq!(op as u8, b);
             }
         }
-        assert_eq!((0..=u8::MAX).filter_map(Opcode::from_u8).count(), 10);
+        assert_eq!((0..=u8::MAX).filter_map(Opcode::from_u8).count(), 11);
     }
 
     /// Owned data for one frame, since a strategy cannot hand out borrowed slices.
@@ -1345,6 +1390,7 @@ mod tests {
         Msg(u32, u64, u64, u16, Vec<u8>, Option<Vec<u8>>, Vec<u8>),
         Pong(u32),
         Dropped(u32, u64),
+        Gap(u32, u64, u64),
     }
 
     impl Owned {
@@ -1396,6 +1442,11 @@ mod tests {
                     sub_id: *id,
                     count: *c,
                 },
+                Owned::Gap(id, missed, resume_seq) => Frame::Gap {
+                    sub_id: *id,
+                    missed: *missed,
+                    resume_seq: *resume_seq,
+                },
             }
         }
     }
@@ -1437,6 +1488,7 @@ mod tests {
                 .prop_map(|(a, b, c, d, e, f, g)| Owned::Msg(a, b, c, d, e, f, g)),
             any::<u32>().prop_map(Owned::Pong),
             (any::<u32>(), any::<u64>()).prop_map(|(a, b)| Owned::Dropped(a, b)),
+            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(a, b, c)| Owned::Gap(a, b, c)),
         ]
     }
 

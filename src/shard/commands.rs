@@ -10,7 +10,7 @@ use crate::error::{CloseReason, ErrorCode};
 use crate::ids::{ConnectionId, Subscriber};
 use crate::mesh::message::{OwnerRequest, ReplyTarget, Ticket, TopicPosition};
 use crate::message::Message;
-use crate::protocol::native::{self, Frame, PROTOCOL_VERSION};
+use crate::protocol::native::{self, Frame, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 use crate::protocol::topic::{self, SubjectKind};
 
 use super::connection::{ConnState, ReadBuffer, SubscriptionRecord};
@@ -123,7 +123,7 @@ impl Shard {
                 );
                 Flow::Continue
             }
-            Frame::Msg { .. } | Frame::Dropped { .. } => {
+            Frame::Msg { .. } | Frame::Dropped { .. } | Frame::Gap { .. } => {
                 self.counters.protocol_errors += 1;
                 self.reply_err(
                     id,
@@ -152,12 +152,12 @@ impl Shard {
             self.begin_close(id, CloseReason::HandshakeFailed);
             return Flow::Stop;
         };
-        if version != PROTOCOL_VERSION {
+        if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&version) {
             self.reply_err(
                 id,
                 request_id,
                 ErrorCode::UnsupportedVersion,
-                "this broker speaks native protocol version 1",
+                "this broker speaks native protocol versions 1 and 2",
             );
             self.begin_close(id, CloseReason::HandshakeFailed);
             return Flow::Stop;
@@ -168,6 +168,7 @@ impl Shard {
             return Flow::Stop;
         };
         conn.state = ConnState::Open;
+        conn.protocol_version = version;
         conn.client_name = String::from_utf8_lossy(client_name).into_owned();
         log::info!(
             "event=handshake shard={} conn={} peer={} client={:?}",
@@ -177,7 +178,7 @@ impl Shard {
             conn.client_name
         );
         let mut data = [0u8; 8];
-        data[0..2].copy_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        data[0..2].copy_from_slice(&version.to_be_bytes());
         data[2..4].copy_from_slice(&shard.0.to_be_bytes());
         data[4..8].copy_from_slice(&message_bytes_max.to_be_bytes());
         self.reply(

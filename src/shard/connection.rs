@@ -243,6 +243,8 @@ pub struct Connection {
     pub id: ConnectionId,
     pub peer: SocketAddr,
     pub state: ConnState,
+    /// Negotiated by HELLO; decides which options and frames this client may see.
+    pub protocol_version: u16,
     pub client_name: String,
     pub read: ReadBuffer,
     pub out: Outbound,
@@ -270,6 +272,7 @@ impl Connection {
             id,
             peer,
             state: ConnState::Handshaking,
+            protocol_version: 0,
             client_name: String::new(),
             read: ReadBuffer::new(read_chunk_bytes),
             out: Outbound::default(),
