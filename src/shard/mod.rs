@@ -14,6 +14,8 @@ mod commands;
 pub mod connection;
 mod event_loop;
 mod owner;
+pub mod replay;
+pub mod retry;
 pub mod sublist;
 pub mod topics;
 
