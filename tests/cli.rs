@@ -1,0 +1,421 @@
+//! The real `corebus` binary: `serve` announces itself with one ready line, `sub` and `pub`
+//! talk to it, SIGTERM and SIGINT stop it cleanly, bad flags are refused with a message that
+//! names them, `COREBUS_*` variables configure it (flags win), and `pub` without a broker
+//! fails loudly.
+//!
+//! Every child runs inside a guard that kills it on drop, so a failing assertion never
+//! leaves a broker behind; every read from a child and every wait for one has a timeout.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use corebus::client::{Client, Error};
+use corebus::error::ErrorCode;
+
+const BIN: &str = env!("CARGO_BIN_EXE_corebus");
+/// Any single step: a line to appear, a child to exit.
+const WAIT: Duration = Duration::from_secs(10);
+/// How long a signalled broker may take to exit.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// `corebus ARGS`, with no `COREBUS_*` variable leaking in from the test's environment.
+fn corebus(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("COREBUS_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// A running child. Its stdout and stderr are read line by line on their own threads (so a
+/// chatty child never blocks on a full pipe); dropping the guard kills and reaps it.
+struct Running {
+    child: Child,
+    what: String,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+    /// Every stderr line so far, for failure messages.
+    stderr_log: Arc<Mutex<Vec<String>>>,
+}
+
+fn spawn(mut command: Command) -> Running {
+    let what = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let stdout = forward_lines(child.stdout.take().unwrap(), None);
+    let stderr_log = Arc::new(Mutex::new(Vec::new()));
+    let stderr = forward_lines(child.stderr.take().unwrap(), Some(stderr_log.clone()));
+    Running {
+        child,
+        what,
+        stdout,
+        stderr,
+        stderr_log,
+    }
+}
+
+fn forward_lines(
+    pipe: impl Read + Send + 'static,
+    log: Option<Arc<Mutex<Vec<String>>>>,
+) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if let Some(log) = &log {
+                log.lock().unwrap().push(line.clone());
+            }
+            if tx.send(line).is_err() && log.is_none() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Running {
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn stderr_so_far(&self) -> String {
+        self.stderr_log.lock().unwrap().join("\n")
+    }
+
+    /// The next stdout line, or a failure naming the child and its stderr.
+    fn stdout_line(&mut self, timeout: Duration) -> String {
+        match self.stdout.recv_timeout(timeout) {
+            Ok(line) => line,
+            Err(e) => panic!(
+                "no stdout line from {} within {timeout:?} ({e:?}); stderr:\n{}",
+                self.what,
+                self.stderr_so_far()
+            ),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    fn await_stderr(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "no stderr line containing {needle:?} from {} within {timeout:?} ({e:?}); \
+                     stderr:\n{}",
+                    self.what,
+                    self.stderr_so_far()
+                ),
+            }
+        }
+    }
+
+    /// Waits for the child to exit; fails (and the guard kills it) past the timeout.
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} did not exit within {timeout:?}; stderr:\n{}",
+                    self.what,
+                    self.stderr_so_far()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything left on stdout once the child has exited (the pipe then reaches EOF).
+    fn rest_of_stdout(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            match self.stdout.recv_timeout(WAIT) {
+                Ok(line) => lines.push(line),
+                Err(RecvTimeoutError::Disconnected) => return lines,
+                Err(RecvTimeoutError::Timeout) => panic!("stdout of {} never closed", self.what),
+            }
+        }
+    }
+
+    /// Waits for the stderr pipe to close, then returns all of stderr.
+    fn all_stderr(&mut self) -> String {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match self.stderr.recv_timeout(deadline - Instant::now()) {
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        self.stderr_so_far()
+    }
+
+    /// Sends a signal by name with the system `kill` (no libc in the tests).
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses `corebus ready native=127.0.0.1:PORT`, PORT non-zero.
+fn parse_ready_line(line: &str) -> Option<SocketAddr> {
+    let port: u16 = line
+        .strip_prefix("corebus ready native=127.0.0.1:")?
+        .parse()
+        .ok()?;
+    (port != 0).then(|| SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// Starts `serve` with `command` and waits for its ready line.
+fn start_serve(command: Command) -> (Running, SocketAddr) {
+    let mut serve = spawn(command);
+    let line = serve.stdout_line(WAIT);
+    let addr = parse_ready_line(&line).unwrap_or_else(|| {
+        panic!(
+            "not a ready line: {line:?}; stderr:\n{}",
+            serve.stderr_so_far()
+        )
+    });
+    (serve, addr)
+}
+
+fn serve_two_shards() -> (Running, SocketAddr) {
+    start_serve(corebus(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+        "--no-pin",
+    ]))
+}
+
+/// Runs a short command to completion: (status, stdout lines, stderr).
+fn run(command: Command) -> (ExitStatus, Vec<String>, String) {
+    let mut child = spawn(command);
+    let status = child.wait(WAIT);
+    let stdout = child.rest_of_stdout();
+    let stderr = child.all_stderr();
+    (status, stdout, stderr)
+}
+
+/// A loopback port where nothing listens (bound once by us, then released).
+fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
+/// The shard of each of `count` fresh connections.
+fn shards_seen(addr: SocketAddr, count: usize) -> Vec<u16> {
+    (0..count)
+        .map(|_| Client::connect(addr).unwrap().server_info().shard)
+        .collect()
+}
+
+#[test]
+fn serve_prints_exactly_one_ready_line_and_listens_there() {
+    let (mut serve, addr) = serve_two_shards();
+    let mut client = Client::connect(addr).expect("the announced port accepts clients");
+    client.ping().unwrap();
+    drop(client);
+    serve.signal("TERM");
+    assert!(serve.wait(STOP_WAIT).success());
+    let rest = serve.rest_of_stdout();
+    assert!(rest.is_empty(), "stdout after the ready line: {rest:?}");
+}
+
+#[test]
+fn sub_prints_what_pub_publishes() {
+    let (_serve, addr) = serve_two_shards();
+    let addr = addr.to_string();
+    let mut sub = spawn(corebus(&[
+        "sub", "--addr", &addr, "orders.*", "--count", "2",
+    ]));
+    sub.await_stderr("subscribed", WAIT);
+
+    for expected_seq in 1..=2 {
+        let (status, stdout, stderr) = run(corebus(&[
+            "pub",
+            "--addr",
+            &addr,
+            "orders.created",
+            "hello",
+        ]));
+        assert!(status.success(), "pub failed: {status}; stderr:\n{stderr}");
+        assert_eq!(stdout.len(), 1, "pub stdout: {stdout:?}");
+        assert!(
+            stdout[0].contains("orders.created")
+                && stdout[0].ends_with(&format!("seq={expected_seq}")),
+            "pub stdout: {stdout:?}"
+        );
+    }
+
+    let status = sub.wait(WAIT);
+    assert!(
+        status.success(),
+        "sub: {status}; stderr:\n{}",
+        sub.stderr_so_far()
+    );
+    let lines = sub.rest_of_stdout();
+    assert_eq!(lines.len(), 2, "sub stdout: {lines:?}");
+    assert!(lines[0].contains("orders.created seq=1 hello"), "{lines:?}");
+    assert!(lines[1].contains("orders.created seq=2 hello"), "{lines:?}");
+}
+
+/// The broker exits 0 on the signal, promptly, and a connected client sees its connection
+/// end (with the broker's SHUTTING_DOWN notice).
+fn a_signal_stops_serve_cleanly(signal: &str) {
+    let (mut serve, addr) = serve_two_shards();
+    let mut client = Client::connect(addr).unwrap();
+    let mut subscription = client.subscribe("news").unwrap();
+    client.ping().unwrap();
+
+    let signalled = Instant::now();
+    serve.signal(signal);
+    let status = serve.wait(STOP_WAIT);
+    assert!(
+        status.success(),
+        "SIG{signal}: {status}; stderr:\n{}",
+        serve.stderr_so_far()
+    );
+    let took = signalled.elapsed();
+
+    match subscription.recv_timeout(WAIT) {
+        Err(Error::Closed(reason)) => assert_eq!(
+            reason.as_ref().and_then(|r| r.code()),
+            Some(ErrorCode::ShuttingDown),
+            "close reason {reason:?}"
+        ),
+        other => panic!("SIG{signal}: the subscription should end, got {other:?}"),
+    }
+    assert!(client.ping().is_err(), "the connection is gone");
+    eprintln!("SIG{signal}: exited in {took:?}");
+}
+
+#[test]
+fn sigterm_stops_serve_with_status_zero_and_ends_client_connections() {
+    a_signal_stops_serve_cleanly("TERM");
+}
+
+#[test]
+fn sigint_stops_serve_with_status_zero_and_ends_client_connections() {
+    a_signal_stops_serve_cleanly("INT");
+}
+
+#[test]
+fn bad_flags_exit_non_zero_with_a_message_naming_the_flag() {
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&["--listen", "127.0.0.1:0", "--shards", "0"], &["--shards"]),
+        (
+            &["--listen", "127.0.0.1:0", "--cores", "x"],
+            &["--cores", "x"],
+        ),
+        (
+            &["--listen", "127.0.0.1:0", "--outbound-bytes-max", "10"],
+            &["--outbound-bytes-max"],
+        ),
+        (&["--listen", "nonsense"], &["--listen", "nonsense"]),
+    ];
+    for (flags, mentions) in cases {
+        let mut args = vec!["serve", "--no-pin"];
+        args.extend_from_slice(flags);
+        let (status, stdout, stderr) = run(corebus(&args));
+        assert!(!status.success(), "{flags:?} was accepted: {status}");
+        assert!(
+            !stdout.iter().any(|line| line.contains("ready")),
+            "{flags:?} started a broker: {stdout:?}"
+        );
+        for mention in mentions {
+            assert!(
+                stderr.contains(mention),
+                "{flags:?}: stderr should mention {mention:?}:\n{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn environment_variables_configure_serve() {
+    let mut command = corebus(&["serve", "--no-pin"]);
+    command
+        .env("COREBUS_SHARDS", "1")
+        .env("COREBUS_LISTEN", "127.0.0.1:0")
+        .env("COREBUS_LOG", "warn");
+    let (_serve, addr) = start_serve(command);
+    // One shard: every connection lands on shard 0.
+    let shards = shards_seen(addr, 16);
+    assert!(shards.iter().all(|&s| s == 0), "shards seen: {shards:?}");
+}
+
+#[test]
+fn a_flag_overrides_its_environment_variable() {
+    // COREBUS_SHARDS says 1 and the flag says 3; an env value that a flag overrides is not
+    // even parsed (COREBUS_LISTEN is garbage here).
+    let mut command = corebus(&[
+        "serve",
+        "--no-pin",
+        "--shards",
+        "3",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    command
+        .env("COREBUS_SHARDS", "1")
+        .env("COREBUS_LISTEN", "nonsense");
+    let (_serve, addr) = start_serve(command);
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        seen.push(Client::connect(addr).unwrap().server_info().shard);
+        if seen.iter().any(|&s| s != 0) {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|&s| s != 0),
+        "200 connections all landed on shard 0: --shards 3 ignored"
+    );
+    assert!(seen.iter().all(|&s| s < 3), "shards seen: {seen:?}");
+}
+
+#[test]
+fn pub_without_a_broker_exits_non_zero_with_an_error_on_stderr() {
+    let addr = closed_port().to_string();
+    let (status, stdout, stderr) = run(corebus(&["pub", "--addr", &addr, "orders.created", "x"]));
+    assert!(!status.success(), "pub to a closed port succeeded");
+    assert!(stdout.is_empty(), "stdout: {stdout:?}");
+    assert!(
+        stderr.starts_with("corebus:") && stderr.len() > "corebus:".len() + 3,
+        "stderr: {stderr:?}"
+    );
+}
