@@ -87,6 +87,15 @@ pub struct ServeArgs {
     /// Topics whose pattern-match result each shard caches.
     #[arg(long, env = "COREBUS_PATTERN_CACHE_ENTRIES_MAX", default_value_t = Config::default().pattern_cache_entries_max)]
     pub pattern_cache_entries_max: usize,
+    /// Messages each topic retains for replay (0 disables replay).
+    #[arg(long = "replay-messages", env = "COREBUS_REPLAY_MESSAGES", default_value_t = Config::default().replay_messages_max)]
+    pub replay_messages_max: usize,
+    /// Bytes (frames: payload plus headers) each topic retains for replay.
+    #[arg(long = "replay-bytes", env = "COREBUS_REPLAY_BYTES", default_value_t = Config::default().replay_bytes_max)]
+    pub replay_bytes_max: usize,
+    /// Age after which retained messages are evicted, e.g. `30s`, `5m`, `1h`; `0` = no limit.
+    #[arg(long = "replay-ttl", env = "COREBUS_REPLAY_TTL", default_value = "0", value_parser = parse_duration_ms)]
+    pub replay_ttl_ms: u64,
     /// Readiness events taken from the kernel per poll.
     #[arg(long, env = "COREBUS_EVENTS_PER_POLL_MAX", default_value_t = Config::default().events_per_poll_max)]
     pub events_per_poll_max: usize,
@@ -114,6 +123,27 @@ pub struct SubArgs {
     /// Exit after this many messages.
     #[arg(long)]
     pub count: Option<u64>,
+    /// Start with the last N retained messages of the topic (exact topics only).
+    #[arg(long, value_name = "N", conflicts_with_all = ["from_seq", "all"])]
+    pub last: Option<u64>,
+    /// Start at this sequence number of the topic (exact topics only).
+    #[arg(long, value_name = "SEQ", conflicts_with = "all")]
+    pub from_seq: Option<u64>,
+    /// Start with everything the topic retains (exact topics only).
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl SubArgs {
+    pub fn start(&self) -> crate::client::Start {
+        use crate::client::Start;
+        match (self.last, self.from_seq, self.all) {
+            (Some(n), _, _) => Start::LastN(n),
+            (_, Some(seq), _) => Start::FromSeq(seq),
+            (_, _, true) => Start::All,
+            _ => Start::New,
+        }
+    }
 }
 
 /// CPU ids parsed from `0,2-3`.
@@ -143,6 +173,16 @@ pub fn parse_core_list(text: &str) -> Result<CoreList, String> {
         return Err("the core list is empty".into());
     }
     Ok(CoreList(cores))
+}
+
+/// A duration such as `250ms`, `30s` or `1h` (a bare number is milliseconds), in milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    if let Ok(ms) = text.trim().parse::<u64>() {
+        return Ok(ms);
+    }
+    humantime::parse_duration(text.trim())
+        .map(|d| d.as_millis() as u64)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); try 500ms, 30s, 5m or 1h"))
 }
 
 impl ServeArgs {
@@ -175,6 +215,9 @@ impl ServeArgs {
             shutdown_grace_ms: self.shutdown_grace_ms,
             busy_poll_us: self.busy_poll_us,
             pattern_cache_entries_max: self.pattern_cache_entries_max,
+            replay_messages_max: self.replay_messages_max,
+            replay_bytes_max: self.replay_bytes_max,
+            replay_ttl_ms: self.replay_ttl_ms,
             events_per_poll_max: self.events_per_poll_max,
         }
     }
@@ -215,6 +258,16 @@ mod tests {
         assert_eq!(config.outbound_bytes_max, defaults.outbound_bytes_max);
         assert!(config.pin);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("0"), Ok(0));
+        assert_eq!(parse_duration_ms("250"), Ok(250));
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert_eq!(parse_duration_ms("30s"), Ok(30_000));
+        assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
+        assert!(parse_duration_ms("soon").is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! ```no_run
 //! use corebus::client::Client;
 //! let mut client = Client::connect("127.0.0.1:7070")?;
-//! let subscription = client.subscribe("orders.*")?;
+//! let mut subscription = client.subscribe("orders.*")?;
 //! let seq = client.publish_confirmed("orders.created", b"{\"id\":1}")?;
 //! let message = subscription.recv()?;
 //! assert_eq!(message.seq, seq);
@@ -27,6 +27,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError
 
 use crate::error::ErrorCode;
 use crate::protocol::native::{self, Frame, PROTOCOL_VERSION};
+pub use crate::protocol::subscribe_options::{Start, SubscribeOptions};
 
 /// Frames the client accepts from the broker: the broker's own limit is checked broker-side.
 const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024 + native::FRAME_OVERHEAD_MAX;
@@ -146,6 +147,14 @@ enum ReaderControl {
     Unregister { sub_id: u32 },
 }
 
+/// Where a topic stood when a subscription took effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicPosition {
+    /// Identifies the topic's incarnation; it changes when the broker restarts.
+    pub epoch: u64,
+    pub last_seq: u64,
+}
+
 /// What the broker said about itself in the handshake.
 #[derive(Clone, Copy, Debug)]
 pub struct ServerInfo {
@@ -191,6 +200,7 @@ pub struct Client {
 /// A live subscription. Dropping it does not unsubscribe; call [`Client::unsubscribe`].
 pub struct Subscription {
     sub_id: u32,
+    position: Option<TopicPosition>,
     subject: String,
     events: Receiver<Event>,
     dropped: u64,
@@ -397,6 +407,18 @@ impl Client {
     /// Subscribes to an exact topic or a pattern (`orders.*`, `metrics.>`). Returns once the
     /// broker has registered it: every message published after this returns is delivered.
     pub fn subscribe(&mut self, subject: &str) -> Result<Subscription> {
+        self.subscribe_with(subject, SubscribeOptions::default())
+    }
+
+    /// Subscribes with options, e.g. starting in the topic's retained history:
+    /// `SubscribeOptions { start: Start::LastN(100) }`. Replayed messages come first, then
+    /// live ones, with no gap and no duplicate between them; if part of what was asked for was
+    /// already evicted, [`Subscription::missed`] says how many.
+    pub fn subscribe_with(
+        &mut self,
+        subject: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription> {
         let sub_id = self.next_sub_id;
         self.next_sub_id += 1;
         let (events_tx, events) = crossbeam_channel::bounded(self.options.subscription_buffer);
@@ -407,18 +429,31 @@ impl Client {
             })
             .map_err(|_| Error::Closed(None))?;
         let request_id = self.request_id();
+        let mut encoded_options = Vec::new();
+        options.encode(&mut encoded_options);
         let sent = self.send(Frame::Subscribe {
             request_id,
             sub_id,
             topic: subject.as_bytes(),
-            options: &[],
+            options: &encoded_options,
         });
-        if let Err(e) = sent.and_then(|()| self.wait_reply(request_id).map(drop)) {
-            let _ = self.control.send(ReaderControl::Unregister { sub_id });
-            return Err(e);
-        }
+        let data = match sent.and_then(|()| self.wait_reply(request_id)) {
+            Ok(data) => data,
+            Err(e) => {
+                let _ = self.control.send(ReaderControl::Unregister { sub_id });
+                return Err(e);
+            }
+        };
+        let position = match (data.get(0..8), data.get(8..16)) {
+            (Some(epoch), Some(last_seq)) => Some(TopicPosition {
+                epoch: u64::from_be_bytes(epoch.try_into().expect("8 bytes")),
+                last_seq: u64::from_be_bytes(last_seq.try_into().expect("8 bytes")),
+            }),
+            _ => None,
+        };
         Ok(Subscription {
             sub_id,
+            position,
             subject: subject.to_owned(),
             events,
             dropped: 0,
@@ -472,6 +507,12 @@ impl Subscription {
 
     pub fn subject(&self) -> &str {
         &self.subject
+    }
+
+    /// For an exact topic: its epoch and the last sequence number published before the
+    /// subscription took effect (live messages start after it). `None` for patterns.
+    pub fn position(&self) -> Option<TopicPosition> {
+        self.position
     }
 
     /// Messages the broker dropped for this subscription so far (`drop-oldest` policy).
@@ -529,7 +570,8 @@ impl Subscription {
                 self.dropped += count;
                 Ok(None)
             }
-            Event::Gap { missed, .. } => {
+            Event::Gap { missed, resume_seq } => {
+                debug_assert!(resume_seq > 0, "sequences start at 1");
                 self.missed += missed;
                 Ok(None)
             }

@@ -7,7 +7,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::cli::{PubArgs, ServeArgs, SubArgs};
-use crate::client::Client;
+use crate::client::{Client, SubscribeOptions};
 use crate::server::Broker;
 
 type CommandResult = Result<(), Box<dyn Error>>;
@@ -44,11 +44,21 @@ pub fn publish(args: &PubArgs) -> CommandResult {
 
 pub fn subscribe(args: &SubArgs) -> CommandResult {
     let mut client = Client::connect(&args.addr)?;
-    let mut subscription = client.subscribe(&args.subject)?;
+    let options = SubscribeOptions {
+        start: args.start(),
+    };
+    let mut subscription = client.subscribe_with(&args.subject, options)?;
     eprintln!("subscribed to {}", args.subject);
     let mut received = 0u64;
     while args.count.is_none_or(|count| received < count) {
+        let missed_before = subscription.missed();
         let message = subscription.recv()?;
+        if subscription.missed() > missed_before {
+            eprintln!(
+                "gap: {} requested messages were no longer retained",
+                subscription.missed() - missed_before
+            );
+        }
         received += 1;
         let mut stdout = std::io::stdout().lock();
         writeln!(

@@ -69,6 +69,12 @@ pub struct Config {
     pub busy_poll_us: u64,
     /// Topics whose pattern-match result each shard caches.
     pub pattern_cache_entries_max: usize,
+    /// Messages each topic retains for replay (0 disables replay).
+    pub replay_messages_max: usize,
+    /// Payload-and-header bytes each topic retains for replay.
+    pub replay_bytes_max: usize,
+    /// Age after which a retained message is evicted (0 = no age limit).
+    pub replay_ttl_ms: u64,
     /// Readiness events taken from the kernel per poll call.
     pub events_per_poll_max: usize,
 }
@@ -83,7 +89,7 @@ impl Default for Config {
             message_bytes_max: 1024 * 1024,
             connections_max: 10_000,
             subscriptions_per_connection_max: 1024,
-            topics_max: 100_000,
+            topics_max: 10_000,
             outbound_bytes_max: 8 * 1024 * 1024,
             slow_consumer: SlowConsumerPolicy::Disconnect,
             ring_slots: 1024,
@@ -95,6 +101,9 @@ impl Default for Config {
             shutdown_grace_ms: 5_000,
             busy_poll_us: 0,
             pattern_cache_entries_max: 4096,
+            replay_messages_max: 1024,
+            replay_bytes_max: 1024 * 1024,
+            replay_ttl_ms: 0,
             events_per_poll_max: 1024,
         }
     }
@@ -172,8 +181,12 @@ impl Config {
         // batch of pointers (~24 bytes each) to reference-counted messages.
         let ring_bytes = pairs * 2 * self.ring_slots * self.ring_batch_max * 24;
         let per_connection = self.read_chunk_bytes + self.outbound_bytes_max;
+        // Slots are preallocated when a topic is created; retained bytes are payloads.
+        let replay_slot_bytes = 48;
+        let per_topic = self.replay_messages_max * replay_slot_bytes + self.replay_bytes_max;
         MemoryBudget {
             connection_bytes_max: self.connections_max * per_connection,
+            replay_bytes_max: self.topics_max * per_topic,
             ring_bytes_max: ring_bytes,
             frame_in_flight_bytes_max: self.connections_max * self.frame_bytes_max(),
         }
@@ -184,6 +197,8 @@ impl Config {
 pub struct MemoryBudget {
     /// Read buffers at rest plus full outbound queues, all connections.
     pub connection_bytes_max: usize,
+    /// Replay rings of every topic at their limits.
+    pub replay_bytes_max: usize,
     /// Ring slots' own storage (payloads are counted in the outbound queues).
     pub ring_bytes_max: usize,
     /// Read buffers grown to hold a largest frame, all connections at once (worst case).
@@ -195,8 +210,9 @@ impl fmt::Display for MemoryBudget {
         const MIB: usize = 1024 * 1024;
         write!(
             f,
-            "connections<= {} MiB, rings<= {} MiB, large frames in flight<= {} MiB",
+            "connections<= {} MiB, replay<= {} MiB, rings<= {} MiB, large frames in flight<= {} MiB",
             self.connection_bytes_max / MIB,
+            self.replay_bytes_max / MIB,
             self.ring_bytes_max / MIB,
             self.frame_in_flight_bytes_max / MIB
         )

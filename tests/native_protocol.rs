@@ -158,7 +158,7 @@ fn bad_commands_get_an_err_with_their_request_id_and_the_connection_stays_usable
             request_id: 6,
             sub_id: 1,
             topic: b"a",
-            options: &[1, 0, 0],
+            options: &[0x70, 0, 0],
         },
         6,
         ErrorCode::UnsupportedOption,

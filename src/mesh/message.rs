@@ -12,6 +12,7 @@
 use crate::error::ErrorCode;
 use crate::ids::ConnectionId;
 use crate::message::Message;
+use crate::protocol::subscribe_options::Start;
 
 /// Where a reply goes back to: a connection on the shard that sent the request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,8 +33,13 @@ pub enum OwnerRequest {
         reply: ReplyTarget,
         quiet: bool,
     },
-    /// A subscription to an exact topic was added on the sending shard.
-    Subscribe { topic: Box<str>, ticket: Ticket },
+    /// A subscription to an exact topic was added on the sending shard; it becomes live
+    /// there when the owner's ack (carrying any replay) arrives.
+    Subscribe {
+        topic: Box<str>,
+        start: Start,
+        ticket: Ticket,
+    },
     /// A subscription to an exact topic was removed on the sending shard.
     Unsubscribe { topic: Box<str> },
     /// A pattern subscription was added on the sending shard. `first` is true when it is the
@@ -60,8 +66,24 @@ pub enum Terminal {
     /// The owner (or, for a pattern, one shard) has taken a subscription into account.
     SubscribeAck {
         ticket: Ticket,
-        result: Result<TopicPosition, ErrorCode>,
+        result: Result<Subscribed, ErrorCode>,
     },
+}
+
+/// An accepted subscription: where the topic stood, and what it asked to replay.
+#[derive(Debug, Default)]
+pub struct Subscribed {
+    pub position: TopicPosition,
+    pub replay: Replay,
+}
+
+/// Retained messages for a subscriber that starts in the past, oldest first. Bounded by the
+/// topic's replay limits.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Messages it asked for that were already evicted (sent as a GAP notice).
+    pub missed: u64,
+    pub messages: Vec<Message>,
 }
 
 /// Where a topic stood when a subscription was registered with its owner.

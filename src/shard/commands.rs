@@ -8,9 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{CloseReason, ErrorCode};
 use crate::ids::{ConnectionId, Subscriber};
-use crate::mesh::message::{OwnerRequest, ReplyTarget, Ticket, TopicPosition};
+use crate::mesh::message::{OwnerRequest, ReplyTarget, Subscribed, Ticket};
 use crate::message::Message;
 use crate::protocol::native::{self, Frame, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
+use crate::protocol::subscribe_options::{OptionError, Start, SubscribeOptions};
 use crate::protocol::topic::{self, SubjectKind};
 
 use super::connection::{ConnState, ReadBuffer, SubscriptionRecord};
@@ -260,15 +261,29 @@ impl Shard {
         subject: &[u8],
         options: &[u8],
     ) -> Flow {
-        if !options.is_empty() {
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
+        if !options.is_empty() && conn.protocol_version < 2 {
             self.reply_err(
                 id,
                 request_id,
                 ErrorCode::UnsupportedOption,
-                "protocol version 1 defines no subscription options",
+                "SUBSCRIBE options need protocol version 2",
             );
             return Flow::Continue;
         }
+        let start = match SubscribeOptions::parse(options) {
+            Ok(options) => options.start,
+            Err(OptionError::Malformed(reason)) => {
+                self.reply_err(id, request_id, ErrorCode::BadFrame, reason);
+                return Flow::Continue;
+            }
+            Err(OptionError::Unsupported(reason)) => {
+                self.reply_err(id, request_id, ErrorCode::UnsupportedOption, reason);
+                return Flow::Continue;
+            }
+        };
         let (subject, kind) = match topic::parse_subscription(subject) {
             Ok(parsed) => parsed,
             Err(error) => {
@@ -276,6 +291,15 @@ impl Shard {
                 return Flow::Continue;
             }
         };
+        if kind == SubjectKind::Pattern && start != Start::New {
+            self.reply_err(
+                id,
+                request_id,
+                ErrorCode::UnsupportedOption,
+                "a start position needs an exact topic, not a pattern",
+            );
+            return Flow::Continue;
+        }
         let subscriptions_max = self.config.subscriptions_per_connection_max;
         let Some(conn) = self.connection_mut(id) else {
             return Flow::Stop;
@@ -317,41 +341,37 @@ impl Shard {
             connection: id,
             sub_id,
         };
-        let conn = self.connection_mut(id).expect("checked above");
-        conn.subscriptions.insert(
-            sub_id,
-            SubscriptionRecord {
-                subject: subject.into(),
-                kind,
-                dropped_unreported: 0,
-            },
-        );
         match kind {
+            SubjectKind::Exact if owner == self.id => {
+                self.record_subscription(subscriber, subject, kind, None);
+                let result = self
+                    .owned
+                    .add_subscriber(subject, self.id, start, unix_time_ns());
+                self.finish_exact_subscribe(subscriber, request_id, subject, None, result);
+            }
             SubjectKind::Exact => {
-                self.local.add_exact(subject, subscriber);
-                if owner == self.id {
-                    let result = self.owned.add_subscriber(subject, self.id);
-                    self.finish_subscribe(subscriber, request_id, result);
-                } else {
-                    let ticket = self.pending_subscribe(subscriber, request_id, 1);
-                    self.link_mut(owner)
-                        .requests_out
-                        .push(OwnerRequest::Subscribe {
-                            topic: subject.into(),
-                            ticket,
-                        });
-                }
+                let ticket = self.pending_subscribe(subscriber, request_id, (subject, kind), 1);
+                self.record_subscription(subscriber, subject, kind, Some(ticket));
+                self.link_mut(owner)
+                    .requests_out
+                    .push(OwnerRequest::Subscribe {
+                        topic: subject.into(),
+                        start,
+                        ticket,
+                    });
             }
             SubjectKind::Pattern => {
+                self.record_subscription(subscriber, subject, kind, None);
                 let first = self.local.add_pattern(subject, subscriber);
                 if first {
                     self.pattern_interest.insert(subject, self.id);
                 }
                 let peers = (self.shard_count - 1) as u32;
                 if peers == 0 {
-                    self.finish_subscribe(subscriber, request_id, Ok(TopicPosition::default()));
+                    self.reply_ok(id, request_id, &[]);
                 } else {
-                    let ticket = self.pending_subscribe(subscriber, request_id, peers);
+                    let ticket =
+                        self.pending_subscribe(subscriber, request_id, (subject, kind), peers);
                     for link in self.peers_mut() {
                         link.requests_out.push(OwnerRequest::PatternSubscribe {
                             pattern: subject.into(),
@@ -365,53 +385,83 @@ impl Shard {
         Flow::Continue
     }
 
-    fn pending_subscribe(&mut self, subscriber: Subscriber, request_id: u32, acks: u32) -> Ticket {
+    fn record_subscription(
+        &mut self,
+        subscriber: Subscriber,
+        subject: &str,
+        kind: SubjectKind,
+        pending: Option<Ticket>,
+    ) {
+        if let Some(conn) = self.connection_mut(subscriber.connection) {
+            conn.subscriptions.insert(
+                subscriber.sub_id,
+                SubscriptionRecord {
+                    subject: subject.into(),
+                    kind,
+                    pending,
+                    dropped_unreported: 0,
+                },
+            );
+        }
+    }
+
+    fn pending_subscribe(
+        &mut self,
+        subscriber: Subscriber,
+        request_id: u32,
+        (subject, kind): (&str, SubjectKind),
+        acks: u32,
+    ) -> Ticket {
         let key = self.pending_subscribes.insert(PendingSubscribe {
             subscriber,
             request_id,
+            subject: subject.into(),
+            kind,
             acks_remaining: acks,
-            position: TopicPosition::default(),
-            error: None,
         });
         Ticket(key as u32)
     }
 
-    /// Answers a subscribe once every shard it needed has taken it into account. On failure
-    /// the local half is rolled back; the owner never counted it.
-    pub(super) fn finish_subscribe(
+    /// Completes an exact subscription once its owner has counted it (or refused it).
+    ///
+    /// It becomes live here only now: everything the owner sequenced before counting it is
+    /// either in the replay that came with the ack or was not asked for, and everything after
+    /// arrives behind the ack on the same ring. So replay and live meet with no gap and no
+    /// duplicate. If the subscription went away while the ack travelled (unsubscribed, or the
+    /// connection closed), the owner is told to forget it.
+    pub(super) fn finish_exact_subscribe(
         &mut self,
         subscriber: Subscriber,
         request_id: u32,
-        result: Result<TopicPosition, crate::error::ErrorCode>,
+        subject: &str,
+        ticket: Option<Ticket>,
+        result: Result<Subscribed, ErrorCode>,
     ) {
         let id = subscriber.connection;
+        let still_wanted = self
+            .connection_mut(id)
+            .and_then(|conn| conn.subscriptions.get_mut(&subscriber.sub_id))
+            .filter(|record| record.pending == ticket);
+        let Some(record) = still_wanted else {
+            if result.is_ok() {
+                self.forget_exact_subscription(subject);
+            }
+            return;
+        };
         match result {
-            Ok(position) => {
-                let Some(conn) = self.connection_mut(id) else {
-                    return;
-                };
-                let data_len = match conn.subscriptions.get(&subscriber.sub_id) {
-                    Some(record) if record.kind == SubjectKind::Exact => 16,
-                    _ => 0,
-                };
+            Ok(subscribed) => {
+                record.pending = None;
+                self.local.add_exact(subject, subscriber);
+                let position = subscribed.position;
                 let mut data = [0u8; 16];
                 data[0..8].copy_from_slice(&position.epoch.to_be_bytes());
                 data[8..16].copy_from_slice(&position.last_seq.to_be_bytes());
-                self.reply(
-                    id,
-                    Frame::Ok {
-                        request_id,
-                        data: &data[..data_len],
-                    },
-                );
+                self.reply_ok(id, request_id, &data);
+                self.deliver_replay(subscriber, position.last_seq, subscribed.replay);
             }
             Err(code) => {
-                // Only exact subscriptions can fail (creating the topic), and only at the owner.
-                let removed = self
-                    .connection_mut(id)
-                    .and_then(|conn| conn.subscriptions.remove(&subscriber.sub_id));
-                if let Some(record) = removed {
-                    self.local.remove_exact(&record.subject, subscriber);
+                if let Some(conn) = self.connection_mut(id) {
+                    conn.subscriptions.remove(&subscriber.sub_id);
                 }
                 self.reply_err(id, request_id, code, "the topic could not be created");
             }
@@ -458,18 +508,10 @@ impl Shard {
     ) {
         match record.kind {
             SubjectKind::Exact => {
-                if !self.local.remove_exact(&record.subject, subscriber) {
-                    return;
-                }
-                let owner = self.owner_of(&record.subject);
-                if owner == self.id {
-                    self.owned.remove_subscriber(&record.subject, self.id);
-                } else {
-                    self.link_mut(owner)
-                        .requests_out
-                        .push(OwnerRequest::Unsubscribe {
-                            topic: record.subject.clone(),
-                        });
+                // A pending one is not live here yet; its ack will tell the owner to forget it.
+                if record.pending.is_none() && self.local.remove_exact(&record.subject, subscriber)
+                {
+                    self.forget_exact_subscription(&record.subject);
                 }
             }
             SubjectKind::Pattern => {
@@ -483,6 +525,24 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Tells a topic's owner that one subscription from this shard is gone.
+    fn forget_exact_subscription(&mut self, topic: &str) {
+        let owner = self.owner_of(topic);
+        if owner == self.id {
+            self.owned.remove_subscriber(topic, self.id);
+        } else {
+            self.link_mut(owner)
+                .requests_out
+                .push(OwnerRequest::Unsubscribe {
+                    topic: topic.into(),
+                });
+        }
+    }
+
+    pub(super) fn reply_ok(&mut self, id: ConnectionId, request_id: u32, data: &[u8]) {
+        self.reply(id, Frame::Ok { request_id, data });
     }
 
     /// Queues a reply frame on a connection (ahead of its queued deliveries).

@@ -25,6 +25,7 @@ use mio::net::TcpStream;
 use crate::config::SlowConsumerPolicy;
 use crate::error::CloseReason;
 use crate::ids::ConnectionId;
+use crate::mesh::message::Ticket;
 use crate::message::Message;
 use crate::protocol::native;
 use crate::protocol::topic::SubjectKind;
@@ -47,6 +48,8 @@ pub enum ConnState {
 pub struct SubscriptionRecord {
     pub subject: Box<str>,
     pub kind: SubjectKind,
+    /// An exact subscription waiting for its owner's ack: not live on this shard yet.
+    pub pending: Option<Ticket>,
     /// Deliveries dropped under `drop-oldest` and not yet reported with a DROPPED frame.
     pub dropped_unreported: u64,
 }

@@ -24,6 +24,9 @@ use super::{Flow, Shard, ShardCounters, LISTENER, WAKER_TOKEN};
 
 /// Longest sleep in `poll`, so the shutdown flag is seen even if a wake-up is lost.
 const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(200);
+/// How often idle topics are swept for messages past `--replay-ttl` (busy ones are swept on
+/// every publish).
+const REPLAY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Shard {
     /// Runs until shutdown; returns the shard's counters.
@@ -36,6 +39,7 @@ impl Shard {
         let mut events = Events::with_capacity(self.config.events_per_poll_max);
         let busy_poll = Duration::from_micros(self.config.busy_poll_us);
         let mut last_work = Instant::now();
+        let mut next_replay_sweep = Instant::now() + REPLAY_SWEEP_INTERVAL;
         let mut work_left = false;
         loop {
             let now = Instant::now();
@@ -70,7 +74,12 @@ impl Shard {
                 work_left = true;
             }
             self.flush_dirty();
-            self.expire_deadlines(Instant::now());
+            let now = Instant::now();
+            self.expire_deadlines(now);
+            if self.config.replay_ttl_ms > 0 && now >= next_replay_sweep {
+                next_replay_sweep = now + REPLAY_SWEEP_INTERVAL;
+                self.owned.evict_expired(super::commands::unix_time_ns());
+            }
             if self.shutdown_flag.load(Ordering::Acquire) && self.shutdown_deadline.is_none() {
                 self.begin_shutdown();
             }

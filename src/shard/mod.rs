@@ -29,11 +29,12 @@ use mio::{Poll, Token};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::error::ErrorCode;
 use crate::ids::{ConnectionId, ShardId, Subscriber};
-use crate::mesh::message::{OwnerRequest, TopicPosition};
+use crate::mesh::message::OwnerRequest;
 use crate::mesh::PeerLink;
+use crate::protocol::topic::SubjectKind;
 use connection::Connection;
+use replay::ReplayLimits;
 use sublist::Sublist;
 use topics::{LocalSubscriptions, OwnedTopics};
 
@@ -72,9 +73,9 @@ pub struct ShardCounters {
 struct PendingSubscribe {
     subscriber: Subscriber,
     request_id: u32,
+    subject: Box<str>,
+    kind: SubjectKind,
     acks_remaining: u32,
-    position: TopicPosition,
-    error: Option<ErrorCode>,
 }
 
 /// Where a client's frame could not go this turn.
@@ -133,7 +134,15 @@ impl Shard {
             next_generation: 0,
             stalled_requests: (0..shard_count).map(|_| None).collect(),
             links: setup.links,
-            owned: OwnedTopics::new(shard_count, config.topics_per_shard_max()),
+            owned: OwnedTopics::new(
+                shard_count,
+                config.topics_per_shard_max(),
+                ReplayLimits {
+                    messages_max: config.replay_messages_max,
+                    bytes_max: config.replay_bytes_max,
+                    ttl_ns: config.replay_ttl_ms.saturating_mul(1_000_000),
+                },
+            ),
             pattern_interest: Sublist::new(0),
             local: LocalSubscriptions::new(config.pattern_cache_entries_max),
             pending_subscribes: Slab::new(),

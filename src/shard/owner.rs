@@ -8,9 +8,11 @@
 
 use crate::error::{CloseReason, ErrorCode};
 use crate::ids::ShardId;
-use crate::mesh::message::{OwnerRequest, ReplyTarget, Terminal, TopicPosition};
+use crate::ids::Subscriber;
+use crate::mesh::message::{OwnerRequest, Replay, ReplyTarget, Subscribed, Terminal};
 use crate::message::Message;
 use crate::protocol::native::Frame;
+use crate::protocol::topic::SubjectKind;
 
 use super::commands::unix_time_ns;
 use super::connection::EnqueueOutcome;
@@ -33,8 +35,7 @@ impl Shard {
     pub(super) fn sequence_and_fan_out(&mut self, mut message: Message) -> Result<u64, ErrorCode> {
         let sequenced =
             self.owned
-                .sequence(message.topic(), &self.pattern_interest, unix_time_ns())?;
-        message.stamp(sequenced.seq, sequenced.timestamp_ns);
+                .sequence(&mut message, &self.pattern_interest, unix_time_ns())?;
         let (seq, mask) = (sequenced.seq, sequenced.shard_mask);
         self.counters.published += 1;
         let me = self.id;
@@ -81,27 +82,34 @@ impl Shard {
         let mut matches = std::mem::take(&mut self.match_scratch);
         matches.clear();
         self.local.matching(message.topic(), &mut matches);
-        let outbound_bytes_max = self.config.outbound_bytes_max;
-        let policy = self.config.slow_consumer;
-        for subscriber in &matches {
-            let Some(conn) = self.connection_mut(subscriber.connection) else {
-                continue;
-            };
-            if conn.is_closing() {
-                continue;
-            }
-            match conn.enqueue_delivery(subscriber.sub_id, message, outbound_bytes_max, policy) {
-                EnqueueOutcome::Queued => {}
-                EnqueueOutcome::QueuedAfterDropping(dropped) => self.counters.dropped += dropped,
-                EnqueueOutcome::SlowConsumer => {
-                    self.counters.slow_consumer_disconnects += 1;
-                    self.close_slow_consumer(subscriber.connection);
-                    continue;
-                }
-            }
-            self.mark_dirty(subscriber.connection);
+        for &subscriber in &matches {
+            self.deliver_to(subscriber, message);
         }
         self.match_scratch = matches;
+    }
+
+    /// Queues one delivery under the slow-consumer policy. Returns false when the subscriber
+    /// is gone or was just cut as slow.
+    fn deliver_to(&mut self, subscriber: Subscriber, message: &Message) -> bool {
+        let outbound_bytes_max = self.config.outbound_bytes_max;
+        let policy = self.config.slow_consumer;
+        let Some(conn) = self.connection_mut(subscriber.connection) else {
+            return false;
+        };
+        if conn.is_closing() {
+            return false;
+        }
+        match conn.enqueue_delivery(subscriber.sub_id, message, outbound_bytes_max, policy) {
+            EnqueueOutcome::Queued => {}
+            EnqueueOutcome::QueuedAfterDropping(dropped) => self.counters.dropped += dropped,
+            EnqueueOutcome::SlowConsumer => {
+                self.counters.slow_consumer_disconnects += 1;
+                self.close_slow_consumer(subscriber.connection);
+                return false;
+            }
+        }
+        self.mark_dirty(subscriber.connection);
+        true
     }
 
     fn close_slow_consumer(&mut self, id: crate::ids::ConnectionId) {
@@ -133,8 +141,14 @@ impl Shard {
                         .push(Terminal::PublishOutcome { reply, result });
                 }
             }
-            OwnerRequest::Subscribe { topic, ticket } => {
-                let result = self.owned.add_subscriber(&topic, from);
+            OwnerRequest::Subscribe {
+                topic,
+                start,
+                ticket,
+            } => {
+                let result = self
+                    .owned
+                    .add_subscriber(&topic, from, start, unix_time_ns());
                 self.link_mut(from)
                     .terminals_out
                     .push(Terminal::SubscribeAck { ticket, result });
@@ -152,7 +166,7 @@ impl Shard {
                     .terminals_out
                     .push(Terminal::SubscribeAck {
                         ticket,
-                        result: Ok(TopicPosition::default()),
+                        result: Ok(Subscribed::default()),
                     });
             }
             OwnerRequest::PatternUnsubscribe { pattern } => {
@@ -174,19 +188,49 @@ impl Shard {
                     debug_assert!(false, "ack for an unknown ticket");
                     return;
                 };
-                match result {
-                    Ok(position) => pending.position = position,
-                    Err(code) => pending.error = Some(code),
-                }
                 pending.acks_remaining -= 1;
-                if pending.acks_remaining == 0 {
-                    let pending = self.pending_subscribes.remove(key);
-                    let result = match pending.error {
-                        Some(code) => Err(code),
-                        None => Ok(pending.position),
-                    };
-                    self.finish_subscribe(pending.subscriber, pending.request_id, result);
+                let pending = &self.pending_subscribes[key];
+                if pending.kind == SubjectKind::Pattern || pending.acks_remaining > 0 {
+                    // A pattern waits for every shard; acks carry nothing else for it.
+                    if pending.acks_remaining == 0 {
+                        let pending = self.pending_subscribes.remove(key);
+                        self.reply_ok(pending.subscriber.connection, pending.request_id, &[]);
+                    }
+                    return;
                 }
+                let pending = self.pending_subscribes.remove(key);
+                self.finish_exact_subscribe(
+                    pending.subscriber,
+                    pending.request_id,
+                    &pending.subject,
+                    Some(ticket),
+                    result,
+                );
+            }
+        }
+    }
+
+    /// Sends a new subscriber what it asked to replay: a GAP notice first if part of it was
+    /// already evicted, then the retained messages, oldest first, under the same
+    /// slow-consumer policy as live ones.
+    pub(super) fn deliver_replay(&mut self, subscriber: Subscriber, last_seq: u64, replay: Replay) {
+        if replay.missed > 0 {
+            let resume_seq = replay
+                .messages
+                .first()
+                .map_or(last_seq + 1, |message| message.seq());
+            self.reply(
+                subscriber.connection,
+                Frame::Gap {
+                    sub_id: subscriber.sub_id,
+                    missed: replay.missed,
+                    resume_seq,
+                },
+            );
+        }
+        for message in &replay.messages {
+            if !self.deliver_to(subscriber, message) {
+                break;
             }
         }
     }

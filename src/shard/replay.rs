@@ -30,6 +30,8 @@
 //! ring saw its first message have unknown timestamps no later than that message's, which
 //! stands in for them.
 
+pub use crate::protocol::subscribe_options::Start;
+
 /// The three bounds on what a topic retains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplayLimits {
@@ -44,21 +46,6 @@ impl ReplayLimits {
     fn is_expired(&self, timestamp_ns: u64, now_ns: u64) -> bool {
         self.ttl_ns != 0 && timestamp_ns.saturating_add(self.ttl_ns) <= now_ns
     }
-}
-
-/// Where a subscriber asks to start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StartPosition {
-    /// Only messages published from now on.
-    New,
-    /// The last n published (as many of them as are still retained).
-    LastN(u64),
-    /// From this sequence number on; 0 is read as 1, the first a topic assigns.
-    FromSeq(u64),
-    /// From the first message stamped at or after this time.
-    FromTimeNs(u64),
-    /// Everything retained.
-    All,
 }
 
 /// What a start position resolves to against the retained window.
@@ -235,7 +222,7 @@ impl<T> ReplayRing<T> {
 
     /// Resolves a start position against the window as it stands at `now_ns`: messages past
     /// their age limit count as evicted even if `evict_expired` has not run yet.
-    pub fn plan(&self, start: StartPosition, now_ns: u64) -> ReplayPlan {
+    pub fn plan(&self, start: Start, now_ns: u64) -> ReplayPlan {
         let next_seq = self.last_seq + 1;
         let expired =
             self.partition_point(|entry| self.limits.is_expired(entry.timestamp_ns, now_ns));
@@ -249,17 +236,17 @@ impl<T> ReplayRing<T> {
             }
         };
         match start {
-            StartPosition::New => ReplayPlan {
+            Start::New => ReplayPlan {
                 first_seq: next_seq,
                 missed: 0,
             },
-            StartPosition::All => ReplayPlan {
+            Start::All => ReplayPlan {
                 first_seq: start_seq,
                 missed: 0,
             },
-            StartPosition::FromSeq(seq) => from(seq),
-            StartPosition::LastN(n) => from(next_seq.saturating_sub(n)),
-            StartPosition::FromTimeNs(t) => {
+            Start::FromSeq(seq) => from(seq),
+            Start::LastN(n) => from(next_seq.saturating_sub(n)),
+            Start::FromTimeNs(t) => {
                 let before_t = self.partition_point(|entry| entry.timestamp_ns < t);
                 let below_window_timestamp_ns = match expired {
                     0 => self.below_window_timestamp_ns,
@@ -405,11 +392,11 @@ mod tests {
             (ring.first_seq(), ring.last_seq(), ring.bytes()),
             (None, 4, 0)
         );
-        assert_eq!(ring.plan(StartPosition::All, 4), plan(5, 0));
-        assert_eq!(ring.plan(StartPosition::LastN(2), 4), plan(5, 2));
+        assert_eq!(ring.plan(Start::All, 4), plan(5, 0));
+        assert_eq!(ring.plan(Start::LastN(2), 4), plan(5, 2));
         assert_eq!(ring.push(5, 5, 10, 50, 5), 0);
         assert_eq!((ring.first_seq(), ring.get(5)), (Some(5), Some(&50)));
-        assert_eq!(ring.plan(StartPosition::FromSeq(4), 5), plan(5, 1));
+        assert_eq!(ring.plan(Start::FromSeq(4), 5), plan(5, 1));
     }
 
     #[test]
@@ -424,11 +411,11 @@ mod tests {
         );
         assert_eq!(ring.get(5), None);
         assert_eq!(ring.range(0, 10).count(), 0);
-        assert_eq!(ring.plan(StartPosition::New, 5), plan(6, 0));
-        assert_eq!(ring.plan(StartPosition::All, 5), plan(6, 0));
-        assert_eq!(ring.plan(StartPosition::LastN(3), 5), plan(6, 3));
-        assert_eq!(ring.plan(StartPosition::FromTimeNs(5), 5), plan(6, 5));
-        assert_eq!(ring.plan(StartPosition::FromTimeNs(6), 5), plan(6, 0));
+        assert_eq!(ring.plan(Start::New, 5), plan(6, 0));
+        assert_eq!(ring.plan(Start::All, 5), plan(6, 0));
+        assert_eq!(ring.plan(Start::LastN(3), 5), plan(6, 3));
+        assert_eq!(ring.plan(Start::FromTimeNs(5), 5), plan(6, 5));
+        assert_eq!(ring.plan(Start::FromTimeNs(6), 5), plan(6, 0));
     }
 
     #[test]
@@ -440,8 +427,8 @@ mod tests {
         assert_eq!(ring.len(), 2, "seq 1 expired exactly at 0 + ttl");
         assert_eq!(ring.evict_expired(149), 0);
         // The plan sees the age limit before anything is evicted.
-        assert_eq!(ring.plan(StartPosition::All, 150), plan(3, 0));
-        assert_eq!(ring.plan(StartPosition::FromSeq(1), 150), plan(3, 2));
+        assert_eq!(ring.plan(Start::All, 150), plan(3, 0));
+        assert_eq!(ring.plan(Start::FromSeq(1), 150), plan(3, 2));
         assert_eq!(ring.len(), 2);
         assert_eq!(ring.evict_expired(150), 1);
         assert_eq!((ring.first_seq(), ring.len()), (Some(3), 1));
@@ -456,51 +443,47 @@ mod tests {
     fn zero_ttl_means_no_age_limit() {
         let mut ring = filled(limits(10, 1000, 0), 3, 1);
         assert_eq!(ring.evict_expired(u64::MAX), 0);
-        assert_eq!(ring.plan(StartPosition::All, u64::MAX), plan(1, 0));
+        assert_eq!(ring.plan(Start::All, u64::MAX), plan(1, 0));
     }
 
     #[test]
     fn new_starts_right_after_the_newest() {
         let ring = filled(limits(3, 1000, 0), 5, 1);
-        assert_eq!(ring.plan(StartPosition::New, 5), plan(6, 0));
+        assert_eq!(ring.plan(Start::New, 5), plan(6, 0));
         let empty = ReplayRing::<u64>::new(limits(3, 1000, 0));
-        assert_eq!(empty.plan(StartPosition::New, 0), plan(1, 0));
-        assert_eq!(empty.plan(StartPosition::All, 0), plan(1, 0));
-        assert_eq!(empty.plan(StartPosition::LastN(5), 0), plan(1, 0));
-        assert_eq!(empty.plan(StartPosition::FromTimeNs(0), 0), plan(1, 0));
+        assert_eq!(empty.plan(Start::New, 0), plan(1, 0));
+        assert_eq!(empty.plan(Start::All, 0), plan(1, 0));
+        assert_eq!(empty.plan(Start::LastN(5), 0), plan(1, 0));
+        assert_eq!(empty.plan(Start::FromTimeNs(0), 0), plan(1, 0));
     }
 
     #[test]
     fn all_starts_at_the_oldest_retained_without_a_gap_notice() {
         let ring = filled(limits(3, 1000, 0), 5, 1);
-        assert_eq!(ring.plan(StartPosition::All, 5), plan(3, 0));
+        assert_eq!(ring.plan(Start::All, 5), plan(3, 0));
     }
 
     #[test]
     fn last_n_reports_the_evicted_part_as_missed() {
         let ring = filled(limits(3, 1000, 0), 5, 1);
-        assert_eq!(ring.plan(StartPosition::LastN(0), 5), plan(6, 0));
-        assert_eq!(ring.plan(StartPosition::LastN(2), 5), plan(4, 0));
-        assert_eq!(ring.plan(StartPosition::LastN(3), 5), plan(3, 0));
-        assert_eq!(ring.plan(StartPosition::LastN(4), 5), plan(3, 1));
+        assert_eq!(ring.plan(Start::LastN(0), 5), plan(6, 0));
+        assert_eq!(ring.plan(Start::LastN(2), 5), plan(4, 0));
+        assert_eq!(ring.plan(Start::LastN(3), 5), plan(3, 0));
+        assert_eq!(ring.plan(Start::LastN(4), 5), plan(3, 1));
         // Only five were ever published, so no more than two can be missing.
-        assert_eq!(ring.plan(StartPosition::LastN(u64::MAX), 5), plan(3, 2));
+        assert_eq!(ring.plan(Start::LastN(u64::MAX), 5), plan(3, 2));
     }
 
     #[test]
     fn from_seq_clamps_to_the_window() {
         let ring = filled(limits(3, 1000, 0), 5, 1);
-        assert_eq!(
-            ring.plan(StartPosition::FromSeq(9), 5),
-            plan(6, 0),
-            "future"
-        );
-        assert_eq!(ring.plan(StartPosition::FromSeq(6), 5), plan(6, 0));
-        assert_eq!(ring.plan(StartPosition::FromSeq(5), 5), plan(5, 0));
-        assert_eq!(ring.plan(StartPosition::FromSeq(3), 5), plan(3, 0));
-        assert_eq!(ring.plan(StartPosition::FromSeq(2), 5), plan(3, 1));
-        assert_eq!(ring.plan(StartPosition::FromSeq(1), 5), plan(3, 2));
-        assert_eq!(ring.plan(StartPosition::FromSeq(0), 5), plan(3, 2));
+        assert_eq!(ring.plan(Start::FromSeq(9), 5), plan(6, 0), "future");
+        assert_eq!(ring.plan(Start::FromSeq(6), 5), plan(6, 0));
+        assert_eq!(ring.plan(Start::FromSeq(5), 5), plan(5, 0));
+        assert_eq!(ring.plan(Start::FromSeq(3), 5), plan(3, 0));
+        assert_eq!(ring.plan(Start::FromSeq(2), 5), plan(3, 1));
+        assert_eq!(ring.plan(Start::FromSeq(1), 5), plan(3, 2));
+        assert_eq!(ring.plan(Start::FromSeq(0), 5), plan(3, 2));
     }
 
     #[test]
@@ -510,7 +493,7 @@ mod tests {
         for (seq, ts) in [(1, 10), (2, 20), (3, 20), (4, 30), (5, 40)] {
             ring.push(seq, ts, 1, seq, ts);
         }
-        let from = |t| ring.plan(StartPosition::FromTimeNs(t), 40);
+        let from = |t| ring.plan(Start::FromTimeNs(t), 40);
         assert_eq!(from(41), plan(6, 0), "after the newest: live only");
         assert_eq!(from(40), plan(5, 0));
         assert_eq!(from(31), plan(5, 0));
@@ -532,8 +515,8 @@ mod tests {
             ring.push(seq, seq * 10, 1, seq, seq * 10);
         }
         // Only seqs 3 and 4 were stamped at or after 25, but the ring cannot tell.
-        assert_eq!(ring.plan(StartPosition::FromTimeNs(25), 40), plan(4, 3));
-        assert_eq!(ring.plan(StartPosition::FromTimeNs(41), 40), plan(5, 0));
+        assert_eq!(ring.plan(Start::FromTimeNs(25), 40), plan(4, 3));
+        assert_eq!(ring.plan(Start::FromTimeNs(41), 40), plan(5, 0));
     }
 
     #[test]
@@ -542,11 +525,11 @@ mod tests {
         assert_eq!(ring.push(10, 100, 1, 1, 100), 0);
         ring.push(11, 110, 1, 2, 110);
         assert_eq!((ring.first_seq(), ring.last_seq()), (Some(10), 11));
-        assert_eq!(ring.plan(StartPosition::FromSeq(1), 110), plan(10, 9));
-        assert_eq!(ring.plan(StartPosition::LastN(5), 110), plan(10, 3));
-        assert_eq!(ring.plan(StartPosition::FromTimeNs(101), 110), plan(11, 0));
+        assert_eq!(ring.plan(Start::FromSeq(1), 110), plan(10, 9));
+        assert_eq!(ring.plan(Start::LastN(5), 110), plan(10, 3));
+        assert_eq!(ring.plan(Start::FromTimeNs(101), 110), plan(11, 0));
         // Seqs 1 to 9 were stamped no later than 100: they may have been at 100.
-        assert_eq!(ring.plan(StartPosition::FromTimeNs(100), 110), plan(10, 9));
+        assert_eq!(ring.plan(Start::FromTimeNs(100), 110), plan(10, 9));
     }
 
     #[test]
@@ -609,7 +592,7 @@ mod tests {
             self.pushed.last().map_or(0, |p| p.0)
         }
 
-        fn plan(&self, start: StartPosition, now_ns: u64) -> ReplayPlan {
+        fn plan(&self, start: Start, now_ns: u64) -> ReplayPlan {
             let retained = &self.pushed[self.retained_from_at(now_ns)..];
             let next_seq = self.last_seq() + 1;
             let first_retained_from = |requested: &dyn Fn(u64) -> bool| {
@@ -626,17 +609,17 @@ mod tests {
                     .count() as u64
             };
             match start {
-                StartPosition::New => plan(next_seq, 0),
-                StartPosition::All => plan(first_retained_from(&|_| true), 0),
-                StartPosition::FromSeq(from) => {
+                Start::New => plan(next_seq, 0),
+                Start::All => plan(first_retained_from(&|_| true), 0),
+                Start::FromSeq(from) => {
                     let requested = |seq: u64| seq >= from;
                     plan(first_retained_from(&requested), missed(&requested))
                 }
-                StartPosition::LastN(n) => {
+                Start::LastN(n) => {
                     let requested = |seq: u64| next_seq - seq <= n;
                     plan(first_retained_from(&requested), missed(&requested))
                 }
-                StartPosition::FromTimeNs(t) => {
+                Start::FromTimeNs(t) => {
                     let first_seq = retained.iter().find(|p| p.1 >= t).map_or(next_seq, |p| p.0);
                     let below = &self.pushed[..self.pushed.len() - retained.len()];
                     // Sequences the ring never saw are stamped no later than its first push.
@@ -654,17 +637,17 @@ mod tests {
         Push { bytes: usize, lag_ns: u64 },
         Advance(u64),
         EvictExpired,
-        Plan(StartPosition),
+        Plan(Start),
         Range { from_seq: u64, max: usize },
     }
 
-    fn start_position() -> impl Strategy<Value = StartPosition> {
+    fn start_position() -> impl Strategy<Value = Start> {
         prop_oneof![
-            Just(StartPosition::New),
-            Just(StartPosition::All),
-            (0u64..12).prop_map(StartPosition::LastN),
-            (0u64..60).prop_map(StartPosition::FromSeq),
-            (0u64..1500).prop_map(StartPosition::FromTimeNs),
+            Just(Start::New),
+            Just(Start::All),
+            (0u64..12).prop_map(Start::LastN),
+            (0u64..60).prop_map(Start::FromSeq),
+            (0u64..1500).prop_map(Start::FromTimeNs),
         ]
     }
 

@@ -12,11 +12,12 @@ use ahash::AHashMap;
 
 use crate::error::ErrorCode;
 use crate::ids::{ShardId, Subscriber};
-use crate::mesh::message::TopicPosition;
+use crate::mesh::message::{Replay, Subscribed, TopicPosition};
+use crate::message::Message;
+use crate::shard::replay::{ReplayLimits, ReplayRing, Start};
 use crate::shard::sublist::Sublist;
 
 /// One topic on its owner shard.
-#[derive(Debug)]
 pub struct OwnedTopic {
     /// Random per incarnation, so a resume against a re-created topic is detected.
     pub epoch: u64,
@@ -30,11 +31,14 @@ pub struct OwnedTopic {
     /// the pattern table's generation.
     pattern_mask: u64,
     pattern_generation: u64,
+    /// Recent messages, for subscribers that start in the past.
+    pub replay: ReplayRing<Message>,
 }
 
 impl OwnedTopic {
-    fn new(shards: usize) -> Self {
+    fn new(shards: usize, replay_limits: ReplayLimits) -> Self {
         OwnedTopic {
+            replay: ReplayRing::new(replay_limits),
             epoch: rand::random(),
             last_seq: 0,
             last_timestamp_ns: 0,
@@ -74,14 +78,16 @@ pub struct OwnedTopics {
     topics: AHashMap<Box<str>, OwnedTopic>,
     topics_max: usize,
     shards: usize,
+    replay_limits: ReplayLimits,
     pattern_matches: Vec<ShardId>,
 }
 
 impl OwnedTopics {
-    pub fn new(shards: usize, topics_max: usize) -> Self {
+    pub fn new(shards: usize, topics_max: usize, replay_limits: ReplayLimits) -> Self {
         OwnedTopics {
             topics: AHashMap::new(),
             topics_max,
+            replay_limits,
             shards,
             pattern_matches: Vec::new(),
         }
@@ -105,8 +111,10 @@ impl OwnedTopics {
             if self.topics.len() >= self.topics_max {
                 return Err(ErrorCode::TooManyTopics);
             }
-            self.topics
-                .insert(topic.into(), OwnedTopic::new(self.shards));
+            self.topics.insert(
+                topic.into(),
+                OwnedTopic::new(self.shards, self.replay_limits),
+            );
         }
         Ok(self
             .topics
@@ -114,15 +122,41 @@ impl OwnedTopics {
             .expect("present or just inserted"))
     }
 
+    /// Counts a subscription from `shard` and gathers what it asked to replay. Live messages
+    /// for it are those sequenced after this call, so replay and live meet with no gap and no
+    /// duplicate.
     pub fn add_subscriber(
         &mut self,
         topic: &str,
         shard: ShardId,
-    ) -> Result<TopicPosition, ErrorCode> {
+        start: Start,
+        now_ns: u64,
+    ) -> Result<Subscribed, ErrorCode> {
         let owned = self.get_or_create(topic)?;
         owned.exact_subscribers_by_shard[shard.index()] += 1;
         owned.exact_mask |= shard.bit();
-        Ok(owned.position())
+        let mut replay = Replay::default();
+        if start != Start::New {
+            let plan = owned.replay.plan(start, now_ns);
+            replay.missed = plan.missed;
+            replay.messages = owned
+                .replay
+                .range(plan.first_seq, usize::MAX)
+                .map(|(_, message)| message.clone())
+                .collect();
+        }
+        Ok(Subscribed {
+            position: owned.position(),
+            replay,
+        })
+    }
+
+    /// Evicts messages past their age limit in every topic (idle topics too).
+    pub fn evict_expired(&mut self, now_ns: u64) -> usize {
+        self.topics
+            .values_mut()
+            .map(|owned| owned.replay.evict_expired(now_ns))
+            .sum()
     }
 
     pub fn remove_subscriber(&mut self, topic: &str, shard: ShardId) {
@@ -138,17 +172,27 @@ impl OwnedTopics {
         }
     }
 
-    /// Assigns the next sequence number and publish time, and finds the shards to deliver to.
+    /// Stamps the message with the topic's next sequence number and publish time, retains it
+    /// for replay, and finds the shards to deliver it to.
     pub fn sequence(
         &mut self,
-        topic: &str,
+        message: &mut Message,
         patterns: &Sublist<ShardId>,
         now_ns: u64,
     ) -> Result<Sequenced, ErrorCode> {
         let mut scratch = std::mem::take(&mut self.pattern_matches);
-        let result = self.get_or_create(topic).map(|owned| {
+        let result = self.get_or_create(message.topic()).map(|owned| {
             owned.last_seq += 1;
             owned.last_timestamp_ns = owned.last_timestamp_ns.max(now_ns);
+            message.stamp(owned.last_seq, owned.last_timestamp_ns);
+            owned.replay.push(
+                owned.last_seq,
+                owned.last_timestamp_ns,
+                message.frame_len(),
+                message.clone(),
+                now_ns,
+            );
+            let topic = message.topic();
             if owned.pattern_generation != patterns.generation() {
                 scratch.clear();
                 patterns.match_into(topic, &mut scratch);
@@ -265,6 +309,25 @@ mod tests {
         }
     }
 
+    const LIMITS: ReplayLimits = ReplayLimits {
+        messages_max: 4,
+        bytes_max: 1 << 20,
+        ttl_ns: 0,
+    };
+
+    fn message(topic: &str) -> Message {
+        Message::from_publish(&mut Vec::new(), topic, None, b"payload")
+    }
+
+    fn sequence(
+        owned: &mut OwnedTopics,
+        topic: &str,
+        patterns: &Sublist<ShardId>,
+        now_ns: u64,
+    ) -> Result<Sequenced, ErrorCode> {
+        owned.sequence(&mut message(topic), patterns, now_ns)
+    }
+
     fn sequenced(seq: u64, shard_mask: u64) -> Result<Sequenced, ErrorCode> {
         Ok(Sequenced {
             seq,
@@ -276,51 +339,112 @@ mod tests {
     #[test]
     fn timestamps_never_go_back_along_a_topic() {
         let patterns = Sublist::new(16);
-        let mut owned = OwnedTopics::new(1, 10);
-        assert_eq!(owned.sequence("a", &patterns, 50).unwrap().timestamp_ns, 50);
-        assert_eq!(owned.sequence("a", &patterns, 40).unwrap().timestamp_ns, 50);
-        assert_eq!(owned.sequence("a", &patterns, 60).unwrap().timestamp_ns, 60);
+        let mut owned = OwnedTopics::new(1, 10, LIMITS);
+        assert_eq!(
+            sequence(&mut owned, "a", &patterns, 50)
+                .unwrap()
+                .timestamp_ns,
+            50
+        );
+        assert_eq!(
+            sequence(&mut owned, "a", &patterns, 40)
+                .unwrap()
+                .timestamp_ns,
+            50
+        );
+        assert_eq!(
+            sequence(&mut owned, "a", &patterns, 60)
+                .unwrap()
+                .timestamp_ns,
+            60
+        );
     }
 
     #[test]
     fn sequence_numbers_start_at_one_and_masks_follow_interest() {
         let patterns = Sublist::new(16);
-        let mut owned = OwnedTopics::new(4, 10);
-        assert_eq!(owned.sequence("a", &patterns, 100), sequenced(1, 0));
-        owned.add_subscriber("a", ShardId(2)).unwrap();
-        owned.add_subscriber("a", ShardId(2)).unwrap();
-        assert_eq!(owned.sequence("a", &patterns, 100), sequenced(2, 0b100));
+        let mut owned = OwnedTopics::new(4, 10, LIMITS);
+        assert_eq!(sequence(&mut owned, "a", &patterns, 100), sequenced(1, 0));
+        owned
+            .add_subscriber("a", ShardId(2), Start::New, 0)
+            .map(|s| s.position)
+            .unwrap();
+        owned
+            .add_subscriber("a", ShardId(2), Start::New, 0)
+            .map(|s| s.position)
+            .unwrap();
+        assert_eq!(
+            sequence(&mut owned, "a", &patterns, 100),
+            sequenced(2, 0b100)
+        );
         owned.remove_subscriber("a", ShardId(2));
-        assert_eq!(owned.sequence("a", &patterns, 100), sequenced(3, 0b100));
+        assert_eq!(
+            sequence(&mut owned, "a", &patterns, 100),
+            sequenced(3, 0b100)
+        );
         owned.remove_subscriber("a", ShardId(2));
-        assert_eq!(owned.sequence("a", &patterns, 100), sequenced(4, 0));
+        assert_eq!(sequence(&mut owned, "a", &patterns, 100), sequenced(4, 0));
     }
 
     #[test]
     fn pattern_interest_is_recomputed_when_the_pattern_table_changes() {
         let mut patterns = Sublist::new(16);
-        let mut owned = OwnedTopics::new(4, 10);
-        assert_eq!(owned.sequence("a.b", &patterns, 100), sequenced(1, 0));
+        let mut owned = OwnedTopics::new(4, 10, LIMITS);
+        assert_eq!(sequence(&mut owned, "a.b", &patterns, 100), sequenced(1, 0));
         patterns.insert("a.*", ShardId(3));
-        assert_eq!(owned.sequence("a.b", &patterns, 100), sequenced(2, 0b1000));
+        assert_eq!(
+            sequence(&mut owned, "a.b", &patterns, 100),
+            sequenced(2, 0b1000)
+        );
         patterns.remove("a.*", ShardId(3));
-        assert_eq!(owned.sequence("a.b", &patterns, 100), sequenced(3, 0));
+        assert_eq!(sequence(&mut owned, "a.b", &patterns, 100), sequenced(3, 0));
     }
 
     #[test]
     fn topic_limit_refuses_new_topics_but_serves_existing_ones() {
         let patterns = Sublist::new(16);
-        let mut owned = OwnedTopics::new(1, 1);
-        assert!(owned.sequence("a", &patterns, 100).is_ok());
+        let mut owned = OwnedTopics::new(1, 1, LIMITS);
+        assert!(sequence(&mut owned, "a", &patterns, 100).is_ok());
         assert_eq!(
-            owned.sequence("b", &patterns, 100),
+            sequence(&mut owned, "b", &patterns, 100),
             Err(ErrorCode::TooManyTopics)
         );
         assert_eq!(
-            owned.add_subscriber("b", ShardId(0)),
+            owned
+                .add_subscriber("b", ShardId(0), Start::New, 0)
+                .map(|s| s.position),
             Err(ErrorCode::TooManyTopics)
         );
-        assert_eq!(owned.sequence("a", &patterns, 100), sequenced(2, 0));
+        assert_eq!(sequence(&mut owned, "a", &patterns, 100), sequenced(2, 0));
+    }
+
+    #[test]
+    fn a_subscriber_starting_in_the_past_gets_the_retained_messages_and_the_gap() {
+        let patterns = Sublist::new(16);
+        let mut owned = OwnedTopics::new(1, 10, LIMITS);
+        for _ in 0..6 {
+            sequence(&mut owned, "a", &patterns, 100).unwrap();
+        }
+        let subscribed = owned
+            .add_subscriber("a", ShardId(0), Start::LastN(5), 100)
+            .unwrap();
+        assert_eq!(subscribed.position.last_seq, 6);
+        assert_eq!(
+            subscribed.replay.missed, 1,
+            "seq 2 was evicted (4 retained)"
+        );
+        let seqs: Vec<u64> = subscribed
+            .replay
+            .messages
+            .iter()
+            .map(Message::seq)
+            .collect();
+        assert_eq!(seqs, [3, 4, 5, 6]);
+        let live = owned
+            .add_subscriber("a", ShardId(0), Start::New, 100)
+            .unwrap();
+        assert!(live.replay.messages.is_empty());
+        assert_eq!(live.replay.missed, 0);
     }
 
     #[test]
