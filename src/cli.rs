@@ -26,6 +26,8 @@ pub enum Command {
     Pub(PubArgs),
     /// Subscribe to a topic or pattern and print each message.
     Sub(SubArgs),
+    /// Load-test corebus (or Redis, NATS): throughput, loss, order, latency percentiles.
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,8 @@
 //! - [`mesh`]: the rings between shards and the closed set of messages they carry.
 //! - [`message`]: the shared, immutable message frame. [`ids`]: newtype ids.
 //! - [`client`]: the blocking Rust client. [`error`]: wire error codes and close reasons.
+//! - [`bench`]: `corebus bench`, the load generator (one `mio` loop per bench thread; also
+//!   speaks Redis and NATS for comparisons).
 //!
 //! ## Architecture invariants
 //! - `protocol/` knows nothing about sockets, `mio` or shards: bytes in, frames out.
@@ -32,6 +34,7 @@
 //!   cannot deadlock on each other's full rings.
 //! - Nothing from the network can panic the broker: decoding checks before it slices.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod commands;

@@ -11,6 +11,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => corebus::commands::serve(&args),
         Command::Pub(args) => corebus::commands::publish(&args),
         Command::Sub(args) => corebus::commands::subscribe(&args),
+        Command::Bench(args) => corebus::bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

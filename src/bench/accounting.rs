@@ -1,0 +1,240 @@
+//! What each payload carries and what a subscriber concludes from it: the payload header, and
+//! per (topic, publisher) sequence tracking that tells loss, duplicates and reordering apart.
+
+/// Bytes at the start of every payload; `--size` must be at least this.
+pub const HEADER_LEN: usize = 24;
+
+/// The first [`HEADER_LEN`] bytes of every payload, little-endian:
+///
+/// | Offset | Size | Field       | Meaning                                                   |
+/// |-------:|-----:|-------------|-----------------------------------------------------------|
+/// | 0      | 4    | `publisher` | publisher index in the scenario                           |
+/// | 4      | 4    | `topic`     | topic index in the scenario                               |
+/// | 8      | 8    | `seq`       | the publisher's sequence in that topic, from 0            |
+/// | 16     | 8    | `sent_ns`   | send time in ns on the bench clock; in open loop the time the message was *scheduled* |
+///
+/// The rest of the payload is filler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PayloadHeader {
+    pub publisher: u32,
+    pub topic: u32,
+    pub seq: u64,
+    pub sent_ns: u64,
+}
+
+impl PayloadHeader {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0..4].copy_from_slice(&self.publisher.to_le_bytes());
+        out[4..8].copy_from_slice(&self.topic.to_le_bytes());
+        out[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        out[16..24].copy_from_slice(&self.sent_ns.to_le_bytes());
+        out
+    }
+
+    /// `None` if the payload is shorter than a header.
+    pub fn decode(payload: &[u8]) -> Option<PayloadHeader> {
+        let head: &[u8; HEADER_LEN] = payload.first_chunk()?;
+        let u32_at =
+            |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&head[i..i + 8]);
+            u64::from_le_bytes(bytes)
+        };
+        Some(PayloadHeader {
+            publisher: u32_at(0),
+            topic: u32_at(4),
+            seq: u64_at(8),
+            sent_ns: u64_at(16),
+        })
+    }
+}
+
+/// What one arrival was, relative to what came before on its (topic, publisher) stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// The next sequence number expected.
+    InOrder,
+    /// Ahead of the next expected; this many numbers were skipped (lost so far).
+    AfterGap(u64),
+    /// Fills a gap left earlier: it arrived out of order.
+    Late,
+    /// Already received.
+    Duplicate,
+}
+
+/// Gaps remembered per stream; past this the oldest is forgotten, and a message filling a
+/// forgotten gap would be counted as a duplicate (and its loss not taken back).
+const GAPS_MAX: usize = 1 << 16;
+
+/// The sequence numbers one subscriber got from one publisher on one topic.
+///
+/// Sequence numbers start at 0. The tracker keeps the next expected number and the gaps below
+/// it as sorted half-open ranges, so that any arrival is classified exactly: in order, after a
+/// gap, late (filling a gap, i.e. reordered) or a duplicate. Loss is settled at the end from
+/// what the publisher says it sent: `sent - unique`.
+#[derive(Clone, Debug, Default)]
+pub struct SeqTracker {
+    next: u64,
+    unique: u64,
+    duplicates: u64,
+    late: u64,
+    gaps: Vec<(u64, u64)>,
+    forgotten: u64,
+}
+
+impl SeqTracker {
+    pub fn observe(&mut self, seq: u64) -> Seen {
+        if seq == self.next {
+            self.next += 1;
+            self.unique += 1;
+            return Seen::InOrder;
+        }
+        if seq > self.next {
+            let skipped = seq - self.next;
+            if self.gaps.len() == GAPS_MAX {
+                self.gaps.remove(0);
+                self.forgotten += 1;
+            }
+            self.gaps.push((self.next, seq));
+            self.next = seq + 1;
+            self.unique += 1;
+            return Seen::AfterGap(skipped);
+        }
+        // Below `next`: either it fills a gap or it was already seen.
+        let i = self.gaps.partition_point(|&(_, end)| end <= seq);
+        match self.gaps.get(i).copied() {
+            Some((start, end)) if start <= seq => {
+                match (seq == start, seq + 1 == end) {
+                    (true, true) => {
+                        self.gaps.remove(i);
+                    }
+                    (true, false) => self.gaps[i].0 = seq + 1,
+                    (false, true) => self.gaps[i].1 = seq,
+                    (false, false) => {
+                        self.gaps[i].1 = seq;
+                        self.gaps.insert(i + 1, (seq + 1, end));
+                    }
+                }
+                self.unique += 1;
+                self.late += 1;
+                Seen::Late
+            }
+            _ => {
+                self.duplicates += 1;
+                Seen::Duplicate
+            }
+        }
+    }
+
+    /// Distinct messages received.
+    pub fn unique(&self) -> u64 {
+        self.unique
+    }
+
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
+    /// Messages that arrived after a later one (they filled a gap).
+    pub fn out_of_order(&self) -> u64 {
+        self.late
+    }
+
+    /// The highest sequence number seen plus one (0 if none).
+    pub fn next_expected(&self) -> u64 {
+        self.next
+    }
+
+    /// Gaps dropped from memory because there were too many.
+    pub fn forgotten_gaps(&self) -> u64 {
+        self.forgotten
+    }
+
+    /// Messages lost, given that the publisher sent `sent` on this stream (0..sent).
+    pub fn lost(&self, sent: u64) -> u64 {
+        sent.saturating_sub(self.unique)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip() {
+        let header = PayloadHeader {
+            publisher: 7,
+            topic: 0xdead_beef,
+            seq: u64::MAX - 1,
+            sent_ns: 1_234_567_890_123,
+        };
+        let bytes = header.encode();
+        assert_eq!(&bytes[0..4], &[7, 0, 0, 0]);
+        assert_eq!(PayloadHeader::decode(&bytes), Some(header));
+        let mut longer = bytes.to_vec();
+        longer.extend_from_slice(b"filler");
+        assert_eq!(PayloadHeader::decode(&longer), Some(header));
+        assert_eq!(PayloadHeader::decode(&bytes[..HEADER_LEN - 1]), None);
+    }
+
+    fn track(seqs: &[u64]) -> (SeqTracker, Vec<Seen>) {
+        let mut tracker = SeqTracker::default();
+        let seen = seqs.iter().map(|&s| tracker.observe(s)).collect();
+        (tracker, seen)
+    }
+
+    #[test]
+    fn an_unbroken_sequence_is_all_in_order() {
+        let (t, seen) = track(&[0, 1, 2, 3]);
+        assert!(seen.iter().all(|&s| s == Seen::InOrder));
+        assert_eq!((t.unique(), t.duplicates(), t.out_of_order()), (4, 0, 0));
+        assert_eq!(t.lost(4), 0);
+        assert_eq!(t.lost(6), 2, "the last two never arrived");
+    }
+
+    #[test]
+    fn gaps_duplicates_and_reordering_are_told_apart() {
+        // 0 1 _ _ 4 5 | 2 arrives late, 4 twice, 0 twice, 3 never: sent 0..=6, 6 lost too.
+        let (t, seen) = track(&[0, 1, 4, 5, 2, 4, 0, 5]);
+        assert_eq!(
+            seen,
+            vec![
+                Seen::InOrder,
+                Seen::InOrder,
+                Seen::AfterGap(2),
+                Seen::InOrder,
+                Seen::Late,
+                Seen::Duplicate,
+                Seen::Duplicate,
+                Seen::Duplicate,
+            ]
+        );
+        assert_eq!(t.unique(), 5);
+        assert_eq!(t.duplicates(), 3);
+        assert_eq!(t.out_of_order(), 1);
+        assert_eq!(t.lost(7), 2, "3 and 6");
+        assert_eq!(t.next_expected(), 6);
+    }
+
+    #[test]
+    fn late_arrivals_split_and_close_gaps() {
+        // Gap 1..9; fill from the middle, both ends, then repeat one.
+        let (t, seen) = track(&[0, 9, 5, 1, 8, 2, 3, 4, 6, 7, 5]);
+        assert_eq!(seen[1], Seen::AfterGap(8));
+        assert!(seen[2..10].iter().all(|&s| s == Seen::Late), "{seen:?}");
+        assert_eq!(seen[10], Seen::Duplicate);
+        assert_eq!((t.unique(), t.out_of_order(), t.duplicates()), (10, 8, 1));
+        assert_eq!(t.lost(10), 0);
+        assert!(t.gaps.is_empty());
+    }
+
+    #[test]
+    fn a_stream_that_starts_late_counts_the_start_as_lost() {
+        let (t, seen) = track(&[3, 4]);
+        assert_eq!(seen[0], Seen::AfterGap(3));
+        assert_eq!(t.lost(5), 3);
+        assert_eq!(t.forgotten_gaps(), 0);
+    }
+}

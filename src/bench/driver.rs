@@ -1,0 +1,930 @@
+//! One bench thread: a single `mio` loop over all of its connections, publishers and
+//! subscribers alike, with large reads and batched writes. Threads share nothing but a few
+//! atomics (start time, progress, the end-of-run bookkeeping) and hand their results back
+//! when they finish.
+//!
+//! A thread's life: connect and set up every connection (handshake, subscriptions, each
+//! confirmed), report ready, wait for the common start time, publish until the end, flush
+//! (every publish confirmed by a PONG or its Redis reply), report what it sent, then keep
+//! reading until every expected delivery has arrived everywhere or deliveries stop for
+//! [`DRAIN_IDLE_NS`].
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::accounting::{PayloadHeader, Seen, SeqTracker, HEADER_LEN};
+use super::latency::{Clock, Latency, Schedule};
+use super::scenario::Scenario;
+use super::wire::{self, Endpoint, Event, PublishTemplate, Role, Target};
+use crate::protocol::native::FRAME_OVERHEAD_MAX;
+
+const MS: u64 = 1_000_000;
+const SECOND: u64 = 1_000_000_000;
+/// Setting up every connection (connect, handshake, subscriptions) must take less than this.
+pub const SETUP_TIMEOUT_NS: u64 = 15 * SECOND;
+/// After the end, publishers have this long to get every publish confirmed.
+const FLUSH_TIMEOUT_NS: u64 = 10 * SECOND;
+/// The drain ends once no delivery has arrived anywhere for this long...
+pub const DRAIN_IDLE_NS: u64 = 2 * SECOND;
+/// ... or, whatever happens, this long after the end.
+const DRAIN_MAX_NS: u64 = 30 * SECOND;
+/// A subscriber's read buffer (it grows for frames larger than this).
+const SUB_READ_BYTES: usize = 256 * 1024;
+/// A publisher only reads replies.
+const PUB_READ_BYTES: usize = 64 * 1024;
+/// With `--subscriber-delay-us`, each read takes at most this much.
+const THROTTLED_READ_BYTES: usize = 4096;
+/// Bytes one connection may read per loop turn before the others get their turn.
+const READ_TURN_BYTES: usize = 1024 * 1024;
+/// A publisher stops adding messages while this much is still unwritten.
+const OUT_PENDING_MAX: usize = 512 * 1024;
+/// When the next timed event is closer than this, poll without blocking (epoll's timeout is
+/// in whole milliseconds, too coarse for an open-loop schedule).
+const SPIN_NS: u64 = 1_200_000;
+/// The longest a loop sleeps, so that it notices the other threads' progress.
+const TICK_NS: u64 = 10 * MS;
+/// How often a thread publishes its counters to the shared atomics.
+const SYNC_NS: u64 = MS;
+/// Distinct error texts kept per thread (all are counted).
+const ERRORS_KEPT: usize = 32;
+
+/// Read-only for every thread.
+#[derive(Debug)]
+pub struct Plan {
+    pub scenario: Scenario,
+    pub endpoint: Endpoint,
+    pub topic_names: Vec<String>,
+    pub subscribers_per_topic: Vec<u64>,
+    pub clock: Clock,
+    pub threads: usize,
+    /// Pause between reads of one subscriber (a testing aid that makes subscribers slow).
+    pub subscriber_delay_us: u64,
+}
+
+/// The few things threads share.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// A thread failed to set up; everyone stops.
+    pub abort: AtomicBool,
+    /// Threads whose connections are all set up.
+    pub ready: AtomicUsize,
+    /// Common start time on the plan's clock; 0 until the orchestrator sets it.
+    pub start_ns: AtomicU64,
+    /// Messages written so far, all threads (progress).
+    pub published: AtomicU64,
+    /// Distinct messages delivered so far, all threads (progress and drain).
+    pub delivered: AtomicU64,
+    /// Threads whose publishers are all flushed and whose sent counts are in `expected`.
+    pub flushed: AtomicUsize,
+    /// Deliveries expected, from the flushed threads' publishers.
+    pub expected: AtomicU64,
+    /// Threads that finished.
+    pub finished: AtomicUsize,
+}
+
+/// What one thread hands back.
+#[derive(Debug)]
+pub struct ThreadOutput {
+    pub latency: Histogram<u64>,
+    /// Per publisher: (publisher index, [(topic, messages sent)]).
+    pub sent: Vec<(u32, Vec<(u32, u64)>)>,
+    /// Per subscriber: (subscriber index, its trackers, slot `j * publishers_per_topic + k`).
+    pub trackers: Vec<(u32, Vec<SeqTracker>)>,
+    pub counters: Counters,
+    pub errors: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Messages written, whole run.
+    pub published: u64,
+    /// Messages whose send time (scheduled time in open loop) fell in the measured window.
+    pub published_window: u64,
+    /// Messages received, duplicates included.
+    pub received: u64,
+    /// Messages received during the measured window.
+    pub delivered_window: u64,
+    /// Deliveries on a topic the subscriber did not subscribe to, or whose wire topic
+    /// disagrees with the payload's.
+    pub misrouted: u64,
+    /// Deliveries whose payload is not what a publisher sent (size, header).
+    pub corrupt: u64,
+    /// Losses the target itself reported (corebus DROPPED).
+    pub dropped_reported: u64,
+    /// Open loop: messages due before the end that the publishers never got to send.
+    pub behind_schedule: u64,
+    /// Errors the target reported, and connections lost.
+    pub errors: u64,
+    /// Publishes the target answered with an error.
+    pub publish_errors: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        self.published += o.published;
+        self.published_window += o.published_window;
+        self.received += o.received;
+        self.delivered_window += o.delivered_window;
+        self.misrouted += o.misrouted;
+        self.corrupt += o.corrupt;
+        self.dropped_reported += o.dropped_reported;
+        self.behind_schedule += o.behind_schedule;
+        self.errors += o.errors;
+        self.publish_errors += o.publish_errors;
+    }
+}
+
+/// Which connections a thread runs, and where.
+#[derive(Clone, Debug, Default)]
+pub struct Assignment {
+    pub index: usize,
+    pub core: Option<usize>,
+    pub publishers: Vec<usize>,
+    pub subscribers: Vec<usize>,
+}
+
+struct Publisher {
+    index: u32,
+    topics: Vec<u32>,
+    templates: Vec<PublishTemplate>,
+    next_seq: Vec<u64>,
+    round_robin: usize,
+    /// Messages written.
+    sent: u64,
+    /// Written but not yet confirmed (PONG or Redis reply).
+    unconfirmed: u64,
+    /// Written since the last PING.
+    since_ping: u64,
+    /// Messages each outstanding PING confirms, oldest first.
+    pings: VecDeque<u64>,
+    ping_id: u32,
+    schedule: Option<Schedule>,
+    done: bool,
+}
+
+struct Subscriber {
+    index: u32,
+    trackers: Vec<SeqTracker>,
+}
+
+enum Kind {
+    Pub(Box<Publisher>),
+    Sub(Box<Subscriber>),
+}
+
+struct Conn {
+    stream: TcpStream,
+    kind: Kind,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    rlen: usize,
+    out: Vec<u8>,
+    out_pos: usize,
+    readable: bool,
+    writable: bool,
+    open: bool,
+    /// Replies still awaited before the connection is set up.
+    setup_pending: u32,
+    hello_seen: bool,
+    frame_max: usize,
+    read_max: usize,
+    next_read_ns: u64,
+}
+
+impl Conn {
+    fn label(&self) -> String {
+        match &self.kind {
+            Kind::Pub(p) => format!("publisher {}", p.index),
+            Kind::Sub(s) => format!("subscriber {}", s.index),
+        }
+    }
+
+    fn out_pending(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+}
+
+/// Everything a thread's handlers touch besides the connection itself.
+struct Ctx<'a> {
+    plan: &'a Plan,
+    target: Target,
+    counters: Counters,
+    latency: Latency,
+    errors: Vec<String>,
+    /// Measured window: [window_start, window_end).
+    window_start: u64,
+    window_end: u64,
+    unique: u64,
+    publishers_per_topic: usize,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, text: String) {
+        self.counters.errors += 1;
+        if self.errors.len() < ERRORS_KEPT && !self.errors.contains(&text) {
+            self.errors.push(text);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Setup,
+    Running,
+    Flushing,
+    Draining,
+}
+
+/// Runs one bench thread to completion. Errors are setup failures; problems during the run
+/// are counted and reported in the output instead.
+pub fn run_thread(
+    plan: &Plan,
+    assignment: &Assignment,
+    shared: &Shared,
+) -> Result<ThreadOutput, String> {
+    let result = run_thread_inner(plan, assignment, shared);
+    if result.is_err() {
+        shared.abort.store(true, Ordering::Release);
+    }
+    shared.finished.fetch_add(1, Ordering::AcqRel);
+    result
+}
+
+fn connect(addr: SocketAddr, recv_buffer: Option<usize>) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if let Some(bytes) = recv_buffer {
+        socket.set_recv_buffer_size(bytes)?;
+    }
+    socket.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+fn run_thread_inner(
+    plan: &Plan,
+    assignment: &Assignment,
+    shared: &Shared,
+) -> Result<ThreadOutput, String> {
+    if let Some(core) = assignment.core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+            return Err(format!("cannot pin bench thread to CPU {core}"));
+        }
+    }
+    let scenario = &plan.scenario;
+    let target = plan.endpoint.target;
+    let publishers_per_topic = scenario.publishers_per_topic_max();
+    let mut poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
+    let mut conns: Vec<Conn> = Vec::new();
+    let throttled = plan.subscriber_delay_us > 0;
+
+    let roles = assignment
+        .publishers
+        .iter()
+        .map(|&p| (Role::Publisher, p))
+        .chain(
+            assignment
+                .subscribers
+                .iter()
+                .map(|&s| (Role::Subscriber, s)),
+        );
+    for (role, index) in roles {
+        let recv_buffer = (role == Role::Subscriber && throttled).then_some(16 * 1024);
+        let mut stream = connect(plan.endpoint.addr, recv_buffer)
+            .map_err(|e| format!("cannot connect to {}: {e}", plan.endpoint.text))?;
+        let token = Token(conns.len());
+        poll.registry()
+            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+            .map_err(|e| format!("register: {e}"))?;
+        let mut out = Vec::with_capacity(64 * 1024);
+        let (kind, name, subscriptions) = match role {
+            Role::Publisher => {
+                let topics = scenario.publisher_topics(index);
+                let templates = topics
+                    .iter()
+                    .map(|&t| {
+                        PublishTemplate::new(target, &plan.topic_names[t as usize], scenario.size)
+                    })
+                    .collect();
+                let publisher = Publisher {
+                    index: index as u32,
+                    next_seq: vec![0; topics.len()],
+                    topics,
+                    templates,
+                    round_robin: 0,
+                    sent: 0,
+                    unconfirmed: 0,
+                    since_ping: 0,
+                    pings: VecDeque::new(),
+                    ping_id: 1,
+                    schedule: None,
+                    done: false,
+                };
+                (
+                    Kind::Pub(Box::new(publisher)),
+                    format!("bench-pub-{index}"),
+                    Vec::new(),
+                )
+            }
+            Role::Subscriber => {
+                let topics = scenario.subscriber_topics(index);
+                let subscriptions: Vec<(u32, String)> = topics
+                    .iter()
+                    .map(|&t| (t, plan.topic_names[t as usize].clone()))
+                    .collect();
+                let subscriber = Subscriber {
+                    index: index as u32,
+                    trackers: vec![SeqTracker::default(); topics.len() * publishers_per_topic],
+                };
+                (
+                    Kind::Sub(Box::new(subscriber)),
+                    format!("bench-sub-{index}"),
+                    subscriptions,
+                )
+            }
+        };
+        let setup_pending = wire::encode_setup(target, role, &name, &subscriptions, &mut out);
+        let read_max = match role {
+            Role::Publisher => PUB_READ_BYTES,
+            Role::Subscriber if throttled => THROTTLED_READ_BYTES,
+            Role::Subscriber => SUB_READ_BYTES,
+        };
+        conns.push(Conn {
+            stream,
+            kind,
+            rbuf: vec![0; read_max.max(PUB_READ_BYTES)],
+            rpos: 0,
+            rlen: 0,
+            out,
+            out_pos: 0,
+            readable: false,
+            writable: true,
+            open: true,
+            setup_pending,
+            hello_seen: false,
+            frame_max: wire::COREBUS_FRAME_MAX_DEFAULT.max(scenario.size + FRAME_OVERHEAD_MAX),
+            read_max,
+            next_read_ns: 0,
+        });
+    }
+
+    let clock = plan.clock;
+    let mut ctx = Ctx {
+        plan,
+        target,
+        counters: Counters::default(),
+        latency: Latency::new(u64::MAX),
+        errors: Vec::new(),
+        window_start: u64::MAX,
+        window_end: u64::MAX,
+        unique: 0,
+        publishers_per_topic,
+    };
+    let mut events = Events::with_capacity(1024);
+    let filler = vec![b'x'; scenario.size - HEADER_LEN];
+
+    // Set-up: every connection handshaken and subscribed, each confirmed by the target.
+    let setup_deadline = clock.now_ns() + SETUP_TIMEOUT_NS;
+    loop {
+        if shared.abort.load(Ordering::Acquire) {
+            return Err("another bench thread failed to set up".into());
+        }
+        flush_all(&mut conns, &mut ctx);
+        if let Some(conn) = conns.iter().find(|c| !c.open) {
+            let detail = ctx.errors.first().cloned().unwrap_or_default();
+            return Err(format!("{} failed during set-up: {detail}", conn.label()));
+        }
+        if conns
+            .iter()
+            .all(|c| c.setup_pending == 0 && c.out_pending() == 0)
+        {
+            break;
+        }
+        let now = clock.now_ns();
+        if now > setup_deadline {
+            return Err(format!(
+                "set-up did not finish within {} s (is {} a {} server?)",
+                SETUP_TIMEOUT_NS / SECOND,
+                plan.endpoint.text,
+                target
+            ));
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(10)))
+            .map_err(|e| format!("poll: {e}"))?;
+        mark_ready(&events, &mut conns);
+        for conn in conns.iter_mut() {
+            if conn.readable && conn.open {
+                read_conn(conn, &mut ctx, Phase::Setup, clock);
+            }
+        }
+        if !ctx.errors.is_empty() {
+            return Err(format!("set-up failed: {}", ctx.errors.join("; ")));
+        }
+    }
+
+    // Wait for the common start.
+    shared.ready.fetch_add(1, Ordering::AcqRel);
+    let start_ns = loop {
+        let start = shared.start_ns.load(Ordering::Acquire);
+        if start != 0 {
+            break start;
+        }
+        if shared.abort.load(Ordering::Acquire) {
+            return Err("the run was aborted before it started".into());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    let warmup_ns = (scenario.warmup_s * SECOND as f64) as u64;
+    let duration_ns = (scenario.duration_s * SECOND as f64) as u64;
+    let end_ns = start_ns + warmup_ns + duration_ns;
+    ctx.window_start = start_ns + warmup_ns;
+    ctx.window_end = end_ns;
+    ctx.latency.set_start(ctx.window_start);
+    if !scenario.closed_loop() {
+        for conn in conns.iter_mut() {
+            if let Kind::Pub(p) = &mut conn.kind {
+                p.schedule = Some(Schedule::new(
+                    start_ns,
+                    scenario.rate,
+                    scenario.publishers as u64,
+                    u64::from(p.index),
+                ));
+            }
+        }
+    }
+
+    let mut phase = Phase::Running;
+    let mut flush_deadline = u64::MAX;
+    let mut drain_deadline = u64::MAX;
+    let mut last_sync = 0u64;
+    let mut synced_published = 0u64;
+    let mut synced_unique = 0u64;
+    let mut global_delivered = 0u64;
+    let mut global_changed_at = 0u64;
+    loop {
+        let now = clock.now_ns();
+        let timeout = next_timeout(&conns, phase, now, end_ns);
+        poll.poll(&mut events, Some(timeout))
+            .map_err(|e| format!("poll: {e}"))?;
+        mark_ready(&events, &mut conns);
+
+        for conn in conns.iter_mut() {
+            if conn.readable && conn.open && conn.next_read_ns <= clock.now_ns() {
+                read_conn(conn, &mut ctx, phase, clock);
+            }
+        }
+
+        let now = clock.now_ns();
+        if phase == Phase::Running && now >= end_ns {
+            phase = Phase::Flushing;
+            flush_deadline = now + FLUSH_TIMEOUT_NS;
+            for conn in conns.iter_mut() {
+                if let Kind::Pub(p) = &mut conn.kind {
+                    if let Some(schedule) = p.schedule {
+                        let due = schedule.due(end_ns - 1);
+                        ctx.counters.behind_schedule += due.saturating_sub(p.sent);
+                    }
+                    if target.confirms_with_ping() && p.since_ping > 0 {
+                        send_ping(p, target, &mut conn.out);
+                    }
+                }
+            }
+        }
+        if phase == Phase::Running {
+            for conn in conns.iter_mut() {
+                if conn.open {
+                    publish_turn(conn, &mut ctx, &filler, clock.now_ns(), end_ns);
+                }
+            }
+        }
+        flush_all(&mut conns, &mut ctx);
+
+        let now = clock.now_ns();
+        if phase == Phase::Flushing {
+            let mut all_done = true;
+            for conn in conns.iter_mut() {
+                let (open, pending) = (conn.open, conn.out_pending());
+                if let Kind::Pub(p) = &mut conn.kind {
+                    if !open || (p.unconfirmed == 0 && pending == 0) {
+                        p.done = true;
+                    }
+                    all_done &= p.done;
+                }
+            }
+            let timed_out = now > flush_deadline;
+            if all_done || timed_out {
+                if timed_out && !all_done {
+                    ctx.error(format!(
+                        "publishers were not confirmed within {} s of the end",
+                        FLUSH_TIMEOUT_NS / SECOND
+                    ));
+                }
+                let expected: u64 = conns
+                    .iter()
+                    .filter_map(|c| match &c.kind {
+                        Kind::Pub(p) => Some(p),
+                        Kind::Sub(_) => None,
+                    })
+                    .flat_map(|p| p.topics.iter().zip(&p.next_seq))
+                    .map(|(&t, &n)| n * plan.subscribers_per_topic[t as usize])
+                    .sum();
+                shared.expected.fetch_add(expected, Ordering::AcqRel);
+                shared.flushed.fetch_add(1, Ordering::AcqRel);
+                phase = Phase::Draining;
+                drain_deadline = end_ns + DRAIN_MAX_NS;
+                global_changed_at = now;
+            }
+        }
+
+        if now - last_sync >= SYNC_NS || phase == Phase::Draining {
+            last_sync = now;
+            let published = ctx.counters.published;
+            if published != synced_published {
+                shared
+                    .published
+                    .fetch_add(published - synced_published, Ordering::Relaxed);
+                synced_published = published;
+            }
+            if ctx.unique != synced_unique {
+                shared
+                    .delivered
+                    .fetch_add(ctx.unique - synced_unique, Ordering::AcqRel);
+                synced_unique = ctx.unique;
+            }
+        }
+
+        if phase == Phase::Draining {
+            let delivered = shared.delivered.load(Ordering::Acquire);
+            if delivered != global_delivered {
+                global_delivered = delivered;
+                global_changed_at = now;
+            }
+            let all_flushed = shared.flushed.load(Ordering::Acquire) == plan.threads;
+            let complete = all_flushed && delivered >= shared.expected.load(Ordering::Acquire);
+            if complete || now - global_changed_at > DRAIN_IDLE_NS || now > drain_deadline {
+                break;
+            }
+        }
+    }
+
+    let mut output = ThreadOutput {
+        latency: Histogram::new(3).expect("valid histogram"),
+        sent: Vec::new(),
+        trackers: Vec::new(),
+        counters: Counters::default(),
+        errors: Vec::new(),
+    };
+    for conn in conns {
+        match conn.kind {
+            Kind::Pub(p) => output.sent.push((
+                p.index,
+                p.topics
+                    .iter()
+                    .copied()
+                    .zip(p.next_seq.iter().copied())
+                    .collect(),
+            )),
+            Kind::Sub(s) => output.trackers.push((s.index, s.trackers)),
+        }
+    }
+    output.latency = ctx.latency.into_histogram();
+    output.counters = ctx.counters;
+    output.errors = ctx.errors;
+    Ok(output)
+}
+
+fn mark_ready(events: &Events, conns: &mut [Conn]) {
+    for event in events.iter() {
+        if let Some(conn) = conns.get_mut(event.token().0) {
+            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                conn.readable = true;
+            }
+            if event.is_writable() || event.is_write_closed() || event.is_error() {
+                conn.writable = true;
+            }
+        }
+    }
+}
+
+/// How long the next poll may block.
+fn next_timeout(conns: &[Conn], phase: Phase, now: u64, end_ns: u64) -> Duration {
+    let mut wake = now + TICK_NS;
+    if phase == Phase::Running {
+        wake = wake.min(end_ns);
+    }
+    for conn in conns.iter().filter(|c| c.open) {
+        if conn.readable {
+            if conn.next_read_ns <= now {
+                return Duration::ZERO;
+            }
+            wake = wake.min(conn.next_read_ns);
+        }
+        if conn.writable && conn.out_pending() > 0 {
+            return Duration::ZERO;
+        }
+        // An open-loop publisher wakes the loop when its next message is due, unless it is
+        // held up by unwritten bytes (then the socket's writable event wakes it).
+        if phase == Phase::Running && conn.out_pending() < OUT_PENDING_MAX {
+            if let Kind::Pub(p) = &conn.kind {
+                if let Some(schedule) = p.schedule {
+                    if p.sent < schedule.due(end_ns - 1) {
+                        wake = wake.min(schedule.scheduled_ns(p.sent));
+                    }
+                }
+            }
+        }
+    }
+    let wait = wake.saturating_sub(now);
+    if wait <= SPIN_NS {
+        Duration::ZERO
+    } else {
+        // epoll rounds up to whole milliseconds; wake a little early and spin the rest.
+        Duration::from_nanos(wait - SPIN_NS)
+    }
+}
+
+fn send_ping(p: &mut Publisher, target: Target, out: &mut Vec<u8>) {
+    wire::encode_ping(target, p.ping_id, out);
+    p.ping_id = p.ping_id.wrapping_add(1);
+    p.pings.push_back(p.since_ping);
+    p.since_ping = 0;
+}
+
+/// Writes what a publisher may write now: in closed loop, whole batches while fewer than
+/// `--pipeline` are unconfirmed; in open loop, every message due (up to `--pipeline` per turn).
+fn publish_turn(conn: &mut Conn, ctx: &mut Ctx<'_>, filler: &[u8], now: u64, end_ns: u64) {
+    let pending = conn.out_pending();
+    let Kind::Pub(p) = &mut conn.kind else {
+        return;
+    };
+    if pending >= OUT_PENDING_MAX {
+        return;
+    }
+    let scenario = &ctx.plan.scenario;
+    let batch = scenario.batch() as u64;
+    let pipeline = scenario.pipeline as u64;
+    let count = match p.schedule {
+        None => {
+            let room = pipeline.saturating_sub(p.unconfirmed);
+            room / batch * batch
+        }
+        Some(schedule) => {
+            let due = schedule.due(now.min(end_ns - 1));
+            let room = (OUT_PENDING_MAX - pending) / p.templates[0].wire_len() + 1;
+            due.saturating_sub(p.sent).min(pipeline).min(room as u64)
+        }
+    };
+    let pings = ctx.target.confirms_with_ping();
+    for _ in 0..count {
+        let slot = p.round_robin;
+        p.round_robin = if slot + 1 == p.topics.len() {
+            0
+        } else {
+            slot + 1
+        };
+        let seq = p.next_seq[slot];
+        p.next_seq[slot] += 1;
+        let sent_ns = match p.schedule {
+            Some(schedule) => schedule.scheduled_ns(p.sent),
+            None => now,
+        };
+        let header = PayloadHeader {
+            publisher: p.index,
+            topic: p.topics[slot],
+            seq,
+            sent_ns,
+        };
+        p.templates[slot].encode(&mut conn.out, &header.encode(), filler);
+        p.sent += 1;
+        p.unconfirmed += 1;
+        p.since_ping += 1;
+        ctx.counters.published += 1;
+        if sent_ns >= ctx.window_start && sent_ns < ctx.window_end {
+            ctx.counters.published_window += 1;
+        }
+        if pings && p.since_ping >= batch {
+            send_ping(p, ctx.target, &mut conn.out);
+        }
+    }
+}
+
+fn flush_all(conns: &mut [Conn], ctx: &mut Ctx<'_>) {
+    for conn in conns.iter_mut() {
+        if conn.open && conn.writable && conn.out_pending() > 0 {
+            flush(conn, ctx);
+        }
+    }
+}
+
+fn flush(conn: &mut Conn, ctx: &mut Ctx<'_>) {
+    while conn.out_pos < conn.out.len() {
+        match conn.stream.write(&conn.out[conn.out_pos..]) {
+            Ok(0) => {
+                close(conn, ctx, "the connection would not take more bytes".into());
+                return;
+            }
+            Ok(n) => conn.out_pos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                conn.writable = false;
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                close(conn, ctx, format!("write failed: {e}"));
+                return;
+            }
+        }
+    }
+    if conn.out_pos == conn.out.len() {
+        conn.out.clear();
+        conn.out_pos = 0;
+    } else if conn.out_pos > OUT_PENDING_MAX {
+        conn.out.drain(..conn.out_pos);
+        conn.out_pos = 0;
+    }
+}
+
+fn close(conn: &mut Conn, ctx: &mut Ctx<'_>, why: String) {
+    if conn.open {
+        conn.open = false;
+        let label = conn.label();
+        ctx.error(format!("{label}: {why}"));
+        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn read_conn(conn: &mut Conn, ctx: &mut Ctx<'_>, phase: Phase, clock: Clock) {
+    let mut budget = READ_TURN_BYTES;
+    loop {
+        if conn.rpos == conn.rlen {
+            conn.rpos = 0;
+            conn.rlen = 0;
+        }
+        if conn.rlen == conn.rbuf.len() {
+            if conn.rpos > 0 {
+                conn.rbuf.copy_within(conn.rpos..conn.rlen, 0);
+                conn.rlen -= conn.rpos;
+                conn.rpos = 0;
+            } else {
+                // One event larger than the buffer: grow (bounded by the frame limit).
+                let grown = (conn.rbuf.len() * 2).min(conn.frame_max.max(conn.rbuf.len() + 1));
+                conn.rbuf.resize(grown, 0);
+            }
+        }
+        let limit = (conn.rlen + conn.read_max).min(conn.rbuf.len());
+        match conn.stream.read(&mut conn.rbuf[conn.rlen..limit]) {
+            Ok(0) => {
+                close(conn, ctx, "closed by the server".into());
+                return;
+            }
+            Ok(n) => {
+                conn.rlen += n;
+                let recv_ns = clock.now_ns();
+                if let Err(e) = handle_input(conn, ctx, phase, recv_ns) {
+                    close(conn, ctx, format!("protocol error: {e}"));
+                    return;
+                }
+                if ctx.plan.subscriber_delay_us > 0 && matches!(conn.kind, Kind::Sub(_)) {
+                    conn.next_read_ns = recv_ns + ctx.plan.subscriber_delay_us * 1000;
+                    return;
+                }
+                budget = budget.saturating_sub(n);
+                if budget == 0 {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                conn.readable = false;
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                close(conn, ctx, format!("read failed: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+/// Decodes and acts on every complete event in the read buffer.
+fn handle_input(
+    conn: &mut Conn,
+    ctx: &mut Ctx<'_>,
+    phase: Phase,
+    recv_ns: u64,
+) -> Result<(), wire::WireError> {
+    let target = ctx.target;
+    loop {
+        let decoded = wire::decode(target, &conn.rbuf[conn.rpos..conn.rlen], conn.frame_max)?;
+        let Some((event, used)) = decoded else {
+            return Ok(());
+        };
+        match event {
+            Event::Message { topic, payload } => match &mut conn.kind {
+                Kind::Sub(sub) => deliver(sub, ctx, topic, payload, recv_ns),
+                Kind::Pub(_) => ctx.counters.misrouted += 1,
+            },
+            Event::Ok(data) => {
+                if target == Target::Corebus && !conn.hello_seen {
+                    conn.hello_seen = true;
+                    if let Some(max) = wire::corebus_message_bytes_max(data) {
+                        if ctx.plan.scenario.size > max {
+                            let text = format!(
+                                "--size {} is above the broker's message_bytes_max {max}",
+                                ctx.plan.scenario.size
+                            );
+                            ctx.error(text);
+                        }
+                        conn.frame_max = max + FRAME_OVERHEAD_MAX;
+                    }
+                }
+                if phase == Phase::Setup {
+                    conn.setup_pending = conn.setup_pending.saturating_sub(1);
+                }
+            }
+            Event::Subscribed => {
+                conn.setup_pending = conn.setup_pending.saturating_sub(1);
+            }
+            Event::Pong => {
+                if phase == Phase::Setup {
+                    conn.setup_pending = conn.setup_pending.saturating_sub(1);
+                } else if let Kind::Pub(p) = &mut conn.kind {
+                    let confirmed = p.pings.pop_front().unwrap_or(0);
+                    p.unconfirmed = p.unconfirmed.saturating_sub(confirmed);
+                }
+            }
+            Event::Published(_) => {
+                if let Kind::Pub(p) = &mut conn.kind {
+                    p.unconfirmed = p.unconfirmed.saturating_sub(1);
+                }
+            }
+            Event::ServerPing => wire::encode_pong(&mut conn.out),
+            Event::Dropped(count) => ctx.counters.dropped_reported += count,
+            Event::Error(text) => {
+                if let Kind::Pub(p) = &mut conn.kind {
+                    if phase != Phase::Setup {
+                        ctx.counters.publish_errors += 1;
+                        // A refused Redis publish still answers once.
+                        if target == Target::Redis {
+                            p.unconfirmed = p.unconfirmed.saturating_sub(1);
+                        }
+                    }
+                }
+                let label = conn.label();
+                ctx.error(format!("{label}: {target} error: {text}"));
+            }
+            Event::Ignored => {}
+        }
+        conn.rpos += used;
+    }
+}
+
+/// One delivered message: check it, account it on its (topic, publisher) stream, time it.
+#[inline]
+fn deliver(
+    sub: &mut Subscriber,
+    ctx: &mut Ctx<'_>,
+    wire_topic: Option<u32>,
+    payload: &[u8],
+    recv_ns: u64,
+) {
+    ctx.counters.received += 1;
+    let scenario = &ctx.plan.scenario;
+    if payload.len() != scenario.size {
+        ctx.counters.corrupt += 1;
+        return;
+    }
+    let Some(header) = PayloadHeader::decode(payload) else {
+        ctx.counters.corrupt += 1;
+        return;
+    };
+    if wire_topic != Some(header.topic) {
+        ctx.counters.misrouted += 1;
+        return;
+    }
+    let Some(j) = scenario.subscription_slot(sub.index as usize, header.topic) else {
+        ctx.counters.misrouted += 1;
+        return;
+    };
+    let Some(k) = scenario.publisher_slot(header.topic, header.publisher) else {
+        ctx.counters.corrupt += 1;
+        return;
+    };
+    let tracker = &mut sub.trackers[j * ctx.publishers_per_topic + k];
+    if tracker.observe(header.seq) == Seen::Duplicate {
+        return;
+    }
+    ctx.unique += 1;
+    ctx.latency.record(header.sent_ns, recv_ns);
+    if recv_ns >= ctx.window_start && recv_ns < ctx.window_end {
+        ctx.counters.delivered_window += 1;
+    }
+}

@@ -1,0 +1,500 @@
+//! `corebus bench`: a load generator for corebus, with Redis and NATS as yardsticks.
+//!
+//! The same load goes to each target: one TCP connection per publisher and per subscriber,
+//! the same topic names and payload bytes. Each bench thread runs one `mio` loop over many
+//! connections ([`driver`]), with large reads and pipelined, batched writes, so that the bench
+//! is not the bottleneck. Every payload starts with a header ([`accounting::PayloadHeader`]):
+//! publisher, topic, per-(publisher, topic) sequence and send time. Subscribers use it to
+//! count loss, duplicates and reordering per (topic, publisher) exactly, and to time each
+//! delivery end to end into an HDR histogram, measured in open loop from each message's
+//! *scheduled* send time so that coordinated omission cannot hide a stall ([`latency`]).
+//!
+//! - [`scenario`]: presets and the resolved load (who publishes and subscribes where).
+//! - [`wire`]: per-target codecs (corebus through `protocol::native`; RESP2; NATS).
+//! - [`driver`]: one thread's event loop. [`latency`]: clock, schedule, histogram.
+//! - [`accounting`]: payload header and sequence tracking. [`report`]: result, verdict,
+//!   table, JSON, HDR output, SVG chart.
+//!
+//! [`execute`] runs a benchmark and returns its [`BenchResult`]; [`verdict`] says whether it
+//! passed; [`run`] is the CLI entry point that does both and prints.
+
+pub mod accounting;
+pub mod driver;
+pub mod latency;
+pub mod report;
+pub mod scenario;
+pub mod wire;
+
+use std::error::Error;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::cli::{parse_core_list, CoreList};
+use driver::{Assignment, Counters, Plan, Shared, ThreadOutput};
+use latency::Clock;
+
+pub use report::{verdict, BenchResult};
+pub use scenario::{Preset, Scenario};
+
+/// `corebus bench [FLAGS]` runs a benchmark; `corebus bench plot` charts saved results.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Draw the latency-by-percentile curves of several `--json` results on one SVG chart.
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Result files written by `corebus bench --json > FILE`.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// The SVG file to write.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Chart title.
+    #[arg(long, default_value = "end-to-end latency by percentile")]
+    pub title: String,
+}
+
+/// The flags of a benchmark run. Shape flags left out take the preset's value (or 1:1's).
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// What to load: corebus://HOST:PORT, redis://HOST:PORT or nats://HOST:PORT.
+    #[arg(long, default_value = "corebus://127.0.0.1:7070")]
+    pub target: String,
+    /// A named scenario; explicit flags override its values.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Publishing connections [preset, else 1].
+    #[arg(long)]
+    pub publishers: Option<usize>,
+    /// Subscribing connections [preset, else 1].
+    #[arg(long)]
+    pub subscribers: Option<usize>,
+    /// Topics [preset, else 1].
+    #[arg(long)]
+    pub topics: Option<usize>,
+    /// Topics each subscriber subscribes to, consecutive and wrapping from subscriber·N
+    /// [1; many-topics: topics / subscribers].
+    #[arg(long)]
+    pub subs_per_subscriber: Option<usize>,
+    /// Payload bytes per message, at least 24 (the bench's header) [128].
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Seconds measured, after the warm-up [10].
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Seconds of load before measuring starts [2].
+    #[arg(long)]
+    pub warmup: Option<f64>,
+    /// Total msg/s across publishers (open loop, latency from each message's scheduled
+    /// time); 0 = closed loop, as fast as --pipeline allows [0].
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Closed loop: publishes in flight per publisher (written in batches of a quarter of it);
+    /// open loop: most messages one publisher writes per loop turn [128].
+    #[arg(long)]
+    pub pipeline: Option<usize>,
+    /// Bench threads, each running one event loop over its share of the connections.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// CPUs to pin bench threads to, e.g. `1` or `2-3`; thread i runs on the i-th (wrapping).
+    #[arg(long, value_parser = parse_core_list)]
+    pub cores: Option<CoreList>,
+    /// Print one JSON object (with the percentile distribution) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the latency percentile distribution (HdrHistogram's text format, microseconds).
+    #[arg(long, value_name = "FILE")]
+    pub hdr_out: Option<PathBuf>,
+    /// Draw the latency-by-percentile chart to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Exit 0 despite lost messages (duplicates, reordering and errors still fail).
+    #[arg(long)]
+    pub allow_loss: bool,
+    /// No progress line on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Testing aid: microseconds each subscriber waits between reads (of at most 4 KiB, on
+    /// a 16 KiB socket buffer), to make deliberately slow consumers.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub subscriber_delay_us: u64,
+}
+
+impl RunArgs {
+    fn overrides(&self) -> scenario::Overrides {
+        scenario::Overrides {
+            preset: self.preset,
+            publishers: self.publishers,
+            subscribers: self.subscribers,
+            topics: self.topics,
+            subs_per_subscriber: self.subs_per_subscriber,
+            size: self.size,
+            duration_s: self.duration,
+            warmup_s: self.warmup,
+            rate: self.rate,
+            pipeline: self.pipeline,
+        }
+    }
+}
+
+/// The CLI entry point: run (or plot), print, and fail when the verdict does.
+pub fn run(args: &BenchArgs) -> Result<(), Box<dyn Error>> {
+    if let Some(BenchCommand::Plot(plot)) = &args.command {
+        return plot_files(plot);
+    }
+    let run = &args.run;
+    let result = execute(run)?;
+    if run.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        print!("{}", report::table(&result, run.allow_loss));
+    }
+    if let Some(path) = &run.hdr_out {
+        std::fs::write(path, report::hdr_percentiles(&result))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &run.plot {
+        let runs = [(result.label.clone(), result.percentiles.clone())];
+        report::plot(&runs, "end-to-end latency by percentile", path)?;
+    }
+    verdict(&result, run.allow_loss)
+        .map_err(|problems| format!("bench failed: {}", problems.join(", ")).into())
+}
+
+fn plot_files(args: &PlotArgs) -> Result<(), Box<dyn Error>> {
+    let mut runs = Vec::new();
+    for path in &args.inputs {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let result: BenchResult = serde_json::from_str(text.trim())
+            .map_err(|e| format!("{} is not a bench --json result: {e}", path.display()))?;
+        runs.push((result.label, result.percentiles));
+    }
+    report::plot(&runs, &args.title, &args.output)?;
+    Ok(())
+}
+
+/// Runs one benchmark and returns what it measured. Errors are set-up failures (bad flags,
+/// nothing listening, a handshake refused); problems during the run are in the result.
+pub fn execute(args: &RunArgs) -> Result<BenchResult, String> {
+    let scenario = Scenario::resolve(&args.overrides())?;
+    let endpoint = wire::parse_endpoint(&args.target)?;
+    if args.threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    let connections = scenario.publishers + scenario.subscribers;
+    let threads = args.threads.min(connections);
+    let run_tag = format!("{:08x}", rand::random::<u32>());
+    let topic_names = (0..scenario.topics as u32)
+        .map(|t| wire::topic_name(&run_tag, t))
+        .collect();
+    let plan = Arc::new(Plan {
+        subscribers_per_topic: scenario.subscribers_per_topic(),
+        scenario: scenario.clone(),
+        endpoint: endpoint.clone(),
+        topic_names,
+        clock: Clock::new(),
+        threads,
+        subscriber_delay_us: args.subscriber_delay_us,
+    });
+    let shared = Arc::new(Shared::default());
+
+    // Connection c (publishers first, then subscribers) runs on thread c % threads.
+    let mut assignments: Vec<Assignment> = (0..threads)
+        .map(|i| Assignment {
+            index: i,
+            core: args.cores.as_ref().map(|c| c.0[i % c.0.len()]),
+            ..Assignment::default()
+        })
+        .collect();
+    for p in 0..scenario.publishers {
+        assignments[p % threads].publishers.push(p);
+    }
+    for s in 0..scenario.subscribers {
+        assignments[(scenario.publishers + s) % threads]
+            .subscribers
+            .push(s);
+    }
+    let mut handles = Vec::new();
+    for assignment in assignments {
+        let (plan, shared) = (Arc::clone(&plan), Arc::clone(&shared));
+        let handle = std::thread::Builder::new()
+            .name(format!("bench-{}", assignment.index))
+            .spawn(move || driver::run_thread(&plan, &assignment, &shared))
+            .map_err(|e| format!("cannot spawn a bench thread: {e}"))?;
+        handles.push(handle);
+    }
+
+    // Start everyone at once when all are set up.
+    let clock = plan.clock;
+    loop {
+        if shared.ready.load(Ordering::Acquire) == threads {
+            shared
+                .start_ns
+                .store(clock.now_ns() + 5_000_000, Ordering::Release);
+            break;
+        }
+        if shared.abort.load(Ordering::Acquire) || shared.finished.load(Ordering::Acquire) > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let progress = Progress::new(args.quiet);
+    let mut last = (clock.now_ns(), 0u64, 0u64);
+    while shared.finished.load(Ordering::Acquire) < threads {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = clock.now_ns();
+        if now - last.0 >= 1_000_000_000 {
+            let published = shared.published.load(Ordering::Relaxed);
+            let delivered = shared.delivered.load(Ordering::Relaxed);
+            let secs = (now - last.0) as f64 / 1e9;
+            let start = shared.start_ns.load(Ordering::Acquire);
+            progress.show(&progress_line(
+                &scenario,
+                start,
+                now,
+                (published - last.1) as f64 / secs,
+                (delivered - last.2) as f64 / secs,
+                published,
+                delivered,
+            ));
+            last = (now, published, delivered);
+        }
+    }
+    progress.finish();
+
+    let mut outputs = Vec::new();
+    let mut failure = None;
+    for handle in handles {
+        match handle.join() {
+            Ok(Ok(output)) => outputs.push(output),
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(_) => {
+                failure.get_or_insert("a bench thread panicked".to_string());
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    Ok(summarize(&plan, &outputs))
+}
+
+fn progress_line(
+    scenario: &Scenario,
+    start: u64,
+    now: u64,
+    published_rate: f64,
+    delivered_rate: f64,
+    published: u64,
+    delivered: u64,
+) -> String {
+    let elapsed = now.saturating_sub(start) as f64 / 1e9;
+    let phase = if start == 0 || now < start {
+        "set-up"
+    } else if elapsed < scenario.warmup_s {
+        "warm-up"
+    } else if elapsed < scenario.warmup_s + scenario.duration_s {
+        "measure"
+    } else {
+        "drain"
+    };
+    let total = scenario.warmup_s + scenario.duration_s;
+    format!(
+        "{phase:<8} {elapsed:>6.1}/{total}s  published {:>10.0} msg/s  delivered {:>10.0} msg/s  \
+         (totals {published} / {delivered})",
+        published_rate, delivered_rate
+    )
+}
+
+/// The once-a-second line on stderr: an indicatif spinner on a terminal, plain lines
+/// otherwise (logs), nothing with `--quiet`.
+enum Progress {
+    Bar(indicatif::ProgressBar),
+    Lines,
+    Off,
+}
+
+impl Progress {
+    fn new(quiet: bool) -> Progress {
+        if quiet {
+            Progress::Off
+        } else if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::with_draw_target(
+                None,
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg}") {
+                bar.set_style(style);
+            }
+            Progress::Bar(bar)
+        } else {
+            Progress::Lines
+        }
+    }
+
+    fn show(&self, line: &str) {
+        match self {
+            Progress::Bar(bar) => {
+                bar.set_message(line.to_string());
+                bar.tick();
+            }
+            Progress::Lines => eprintln!("{line}"),
+            Progress::Off => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Progress::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Settles loss exactly: for every (subscriber, topic, publisher) stream, what the publisher
+/// sent minus the distinct messages the subscriber got.
+fn summarize(plan: &Plan, outputs: &[ThreadOutput]) -> BenchResult {
+    let scenario = &plan.scenario;
+    let ppt = scenario.publishers_per_topic_max();
+    let mut sent = vec![0u64; scenario.topics * ppt];
+    for (publisher, topics) in outputs.iter().flat_map(|o| &o.sent) {
+        for &(topic, count) in topics {
+            if let Some(k) = scenario.publisher_slot(topic, *publisher) {
+                sent[topic as usize * ppt + k] += count;
+            }
+        }
+    }
+    let expected: u64 = (0..scenario.topics)
+        .map(|t| sent[t * ppt..(t + 1) * ppt].iter().sum::<u64>() * plan.subscribers_per_topic[t])
+        .sum();
+    let (mut delivered, mut lost, mut duplicated, mut out_of_order, mut phantom) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    for (subscriber, trackers) in outputs.iter().flat_map(|o| &o.trackers) {
+        for (j, topic) in scenario
+            .subscriber_topics(*subscriber as usize)
+            .into_iter()
+            .enumerate()
+        {
+            for k in 0..ppt {
+                let tracker = &trackers[j * ppt + k];
+                let n = sent[topic as usize * ppt + k];
+                delivered += tracker.unique();
+                lost += tracker.lost(n);
+                duplicated += tracker.duplicates();
+                out_of_order += tracker.out_of_order();
+                phantom += tracker.unique().saturating_sub(n);
+            }
+        }
+    }
+    let mut counters = Counters::default();
+    let mut histogram = latency::new_histogram();
+    let mut errors: Vec<String> = Vec::new();
+    for output in outputs {
+        counters.add(&output.counters);
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = histogram.add(&output.latency);
+        for e in &output.errors {
+            if !errors.contains(e) && errors.len() < 32 {
+                errors.push(e.clone());
+            }
+        }
+    }
+    report::build(report::Totals {
+        scenario,
+        target: plan.endpoint.target,
+        target_addr: &plan.endpoint.text,
+        threads: plan.threads,
+        counters: &counters,
+        delivered,
+        expected_deliveries: expected,
+        lost,
+        duplicated,
+        out_of_order,
+        phantom,
+        histogram: &histogram,
+        error_messages: errors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn bench(args: &[&str]) -> BenchArgs {
+        let mut argv = vec!["corebus", "bench"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Bench(args) => *args,
+            other => panic!("bench expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_parse_and_override_presets() {
+        let args = bench(&[
+            "--target",
+            "nats://127.0.0.1:4222",
+            "--preset",
+            "fanout-16",
+            "--subscribers",
+            "4",
+            "--rate",
+            "1000",
+            "--cores",
+            "1",
+        ]);
+        assert!(args.command.is_none());
+        let s = Scenario::resolve(&args.run.overrides()).unwrap();
+        assert_eq!(
+            (s.publishers, s.subscribers, s.topics, s.rate),
+            (1, 4, 1, 1000)
+        );
+        assert_eq!(args.run.cores, Some(CoreList(vec![1])));
+        let args = bench(&["--preset", "1:1"]);
+        assert_eq!(args.run.preset, Some(Preset::OneToOne));
+    }
+
+    #[test]
+    fn plot_is_a_subcommand() {
+        let args = bench(&["plot", "a.json", "b.json", "-o", "out.svg"]);
+        let Some(BenchCommand::Plot(plot)) = args.command else {
+            panic!("plot expected");
+        };
+        assert_eq!(plot.inputs.len(), 2);
+        assert_eq!(plot.output, PathBuf::from("out.svg"));
+    }
+
+    #[test]
+    fn nothing_listening_is_a_set_up_error() {
+        // Bind then drop a listener to get a port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let target = format!("corebus://127.0.0.1:{port}");
+        let args = bench(&["--target", &target, "--duration", "0.1", "--quiet"]);
+        let error = execute(&args.run).unwrap_err();
+        assert!(error.contains("cannot connect"), "{error}");
+    }
+}

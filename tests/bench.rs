@@ -1,0 +1,133 @@
+//! `corebus bench` as a library call against in-process brokers: a healthy run accounts for
+//! every message exactly, and a run against a broker that drops for slow consumers reports
+//! the loss and fails its verdict.
+
+mod common;
+
+use clap::Parser;
+use common::*;
+use corebus::bench::{self, BenchResult, RunArgs};
+use corebus::cli::{Cli, Command};
+use corebus::config::SlowConsumerPolicy;
+use corebus::protocol::native::FRAME_OVERHEAD_MAX;
+
+/// The run flags as the CLI would parse them (so the wiring is tested too).
+fn run_args(target: String, flags: &[&str]) -> RunArgs {
+    let mut argv = vec!["corebus", "bench", "--target", &target, "--quiet"];
+    argv.extend_from_slice(flags);
+    match Cli::try_parse_from(argv).expect("valid flags").command {
+        Command::Bench(args) => args.run,
+        other => panic!("bench expected, got {other:?}"),
+    }
+}
+
+fn assert_exact(r: &BenchResult) {
+    assert_eq!(r.lost, 0, "{r:#?}");
+    assert_eq!(r.duplicated, 0);
+    assert_eq!(r.out_of_order, 0);
+    assert_eq!(r.misrouted, 0);
+    assert_eq!(r.corrupt, 0);
+    assert_eq!(r.errors, 0, "{:?}", r.error_messages);
+    assert_eq!(r.delivered, r.expected_deliveries);
+    assert_eq!(r.received, r.delivered);
+    assert!(bench::verdict(r, false).is_ok());
+}
+
+#[test]
+fn a_healthy_run_delivers_everything_once_and_in_order() {
+    let broker = start(config(2));
+    let target = format!("corebus://{}", broker.native_addr());
+    // 3 publishers over 2 topics (0, 1, 0), 4 subscribers spread round-robin: each topic has
+    // exactly 2 subscribers, so every published message is expected twice.
+    let args = run_args(
+        target,
+        &[
+            "--publishers",
+            "3",
+            "--subscribers",
+            "4",
+            "--topics",
+            "2",
+            "--size",
+            "64",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
+            "--pipeline",
+            "64",
+            "--threads",
+            "2",
+        ],
+    );
+    let r = bench::execute(&args).expect("the run completes");
+    assert!(r.published > 0);
+    assert_eq!(r.expected_deliveries, r.published * 2);
+    assert_exact(&r);
+    assert!(r.latency_us.count > 0);
+    assert!(r.published_window > 0 && r.delivered_window > 0);
+    assert!(r.latency_us.p50 > 0.0 && r.latency_us.p50 <= r.latency_us.max);
+    assert_eq!(r.percentiles.last().map(|p| p.percentile), Some(100.0));
+}
+
+#[test]
+fn an_open_loop_run_is_exact_too() {
+    let broker = start(config(1));
+    let target = format!("corebus://{}", broker.native_addr());
+    let args = run_args(
+        target,
+        &[
+            "--preset",
+            "fanin-8",
+            "--subscribers",
+            "2",
+            "--rate",
+            "20000",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+        ],
+    );
+    let r = bench::execute(&args).expect("the run completes");
+    // 1.2 s at 20k msg/s, minus whatever a loaded test machine could not send in time.
+    assert!(r.published + r.behind_schedule >= 23_000, "{r:#?}");
+    assert_eq!(r.expected_deliveries, r.published * 2);
+    assert_exact(&r);
+}
+
+#[test]
+fn a_broker_that_drops_for_a_slow_subscriber_makes_the_run_fail() {
+    let mut config = config(1);
+    config.slow_consumer = SlowConsumerPolicy::DropOldest;
+    config.message_bytes_max = 256;
+    config.outbound_bytes_max = 2 * (256 + FRAME_OVERHEAD_MAX);
+    let broker = start(config);
+    let target = format!("corebus://{}", broker.native_addr());
+    let args = run_args(
+        target,
+        &[
+            "--size",
+            "200",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--subscriber-delay-us",
+            "1000",
+        ],
+    );
+    let r = bench::execute(&args).expect("the run completes");
+    assert!(r.lost > 0, "{r:#?}");
+    assert!(r.dropped_reported > 0, "the broker says what it dropped");
+    assert_eq!(
+        r.dropped_reported, r.lost,
+        "every loss was announced by a DROPPED frame"
+    );
+    assert_eq!(r.delivered + r.lost, r.expected_deliveries);
+    assert_eq!(r.duplicated, 0);
+    assert_eq!(r.out_of_order, 0);
+    let problems = bench::verdict(&r, false).unwrap_err();
+    assert!(problems[0].contains("lost"), "{problems:?}");
+    assert_eq!(bench::verdict(&r, true), Ok(()));
+}
