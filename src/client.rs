@@ -20,6 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -133,14 +134,17 @@ enum Event {
         missed: u64,
         resume_seq: u64,
     },
-    Closed(Option<ServerError>),
 }
 
 enum Reply {
     Ok { request_id: u32, data: Vec<u8> },
     Err { request_id: u32, error: ServerError },
-    Closed(Option<ServerError>),
 }
+
+/// Why the connection ended, set once by the reader thread before it lets go of every
+/// channel, so whoever then finds a channel disconnected can read the reason (even when the
+/// channel was full at the time, which is exactly when a slow consumer is cut).
+type CloseReason = Arc<OnceLock<Option<ServerError>>>;
 
 enum ReaderControl {
     Register { sub_id: u32, events: Sender<Event> },
@@ -188,10 +192,12 @@ pub struct Client {
     next_request_id: u32,
     next_sub_id: u32,
     replies: Receiver<Reply>,
-    control: Sender<ReaderControl>,
+    /// `None` once the client is closing, which releases a reader blocked on a full
+    /// subscription.
+    control: Option<Sender<ReaderControl>>,
     async_errors: VecDeque<ServerError>,
     async_errors_lost: u64,
-    closed: Option<Option<ServerError>>,
+    close_reason: CloseReason,
     reader: Option<JoinHandle<()>>,
     info: ServerInfo,
     options: ClientOptions,
@@ -205,7 +211,7 @@ pub struct Subscription {
     events: Receiver<Event>,
     dropped: u64,
     missed: u64,
-    closed: Option<Option<ServerError>>,
+    close_reason: CloseReason,
 }
 
 impl Client {
@@ -268,6 +274,8 @@ impl Client {
 
         let (reply_tx, replies) = crossbeam_channel::bounded(REPLY_BUFFER);
         let (control, control_rx) = crossbeam_channel::bounded(CONTROL_BUFFER);
+        let close_reason = CloseReason::default();
+        let reader_close_reason = close_reason.clone();
         let reader_stream = stream.try_clone()?;
         let reader = std::thread::Builder::new()
             .name("corebus-client-reader".into())
@@ -279,6 +287,7 @@ impl Client {
                     control: control_rx,
                     subscriptions: HashMap::new(),
                     last_error: None,
+                    close_reason: reader_close_reason,
                 }
                 .run()
             })?;
@@ -288,10 +297,10 @@ impl Client {
             next_request_id: 2,
             next_sub_id: 1,
             replies,
-            control,
+            control: Some(control),
             async_errors: VecDeque::new(),
             async_errors_lost: 0,
-            closed: None,
+            close_reason,
             reader: Some(reader),
             info,
             options,
@@ -310,7 +319,7 @@ impl Client {
     }
 
     fn send(&mut self, frame: Frame<'_>) -> Result<()> {
-        if let Some(reason) = &self.closed {
+        if let Some(reason) = self.close_reason.get() {
             return Err(Error::Closed(reason.clone()));
         }
         self.encode_buf.clear();
@@ -327,9 +336,7 @@ impl Client {
             let reply = match self.replies.recv_timeout(left) {
                 Ok(reply) => reply,
                 Err(RecvTimeoutError::Timeout) => return Err(Error::Timeout),
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Closed(self.closed.clone().flatten()))
-                }
+                Err(RecvTimeoutError::Disconnected) => return Err(self.closed_error()),
             };
             match reply {
                 Reply::Ok {
@@ -343,10 +350,6 @@ impl Client {
                 Reply::Err { error, .. } => self.keep_async_error(error),
                 // A reply to a request that already timed out.
                 Reply::Ok { .. } => {}
-                Reply::Closed(reason) => {
-                    self.closed = Some(reason.clone());
-                    return Err(Error::Closed(reason));
-                }
             }
         }
     }
@@ -394,10 +397,8 @@ impl Client {
     /// were discarded because more than 1,024 piled up.
     pub fn take_async_errors(&mut self) -> (Vec<ServerError>, u64) {
         while let Ok(reply) = self.replies.try_recv() {
-            match reply {
-                Reply::Err { error, .. } => self.keep_async_error(error),
-                Reply::Closed(reason) => self.closed = Some(reason),
-                Reply::Ok { .. } => {}
+            if let Reply::Err { error, .. } = reply {
+                self.keep_async_error(error);
             }
         }
         let lost = std::mem::take(&mut self.async_errors_lost);
@@ -422,12 +423,10 @@ impl Client {
         let sub_id = self.next_sub_id;
         self.next_sub_id += 1;
         let (events_tx, events) = crossbeam_channel::bounded(self.options.subscription_buffer);
-        self.control
-            .send(ReaderControl::Register {
-                sub_id,
-                events: events_tx,
-            })
-            .map_err(|_| Error::Closed(None))?;
+        self.control_send(ReaderControl::Register {
+            sub_id,
+            events: events_tx,
+        })?;
         let request_id = self.request_id();
         let mut encoded_options = Vec::new();
         options.encode(&mut encoded_options);
@@ -440,7 +439,7 @@ impl Client {
         let data = match sent.and_then(|()| self.wait_reply(request_id)) {
             Ok(data) => data,
             Err(e) => {
-                let _ = self.control.send(ReaderControl::Unregister { sub_id });
+                let _ = self.control_send(ReaderControl::Unregister { sub_id });
                 return Err(e);
             }
         };
@@ -458,14 +457,14 @@ impl Client {
             events,
             dropped: 0,
             missed: 0,
-            closed: None,
+            close_reason: self.close_reason.clone(),
         })
     }
 
     pub fn unsubscribe(&mut self, subscription: Subscription) -> Result<()> {
         let sub_id = subscription.sub_id;
         // Unregister first so a reader blocked on this subscription's full buffer lets go.
-        let _ = self.control.send(ReaderControl::Unregister { sub_id });
+        let _ = self.control_send(ReaderControl::Unregister { sub_id });
         let request_id = self.request_id();
         self.send(Frame::Unsubscribe { request_id, sub_id })?;
         self.wait_reply(request_id).map(drop)
@@ -486,7 +485,20 @@ impl Client {
         Ok(())
     }
 
+    fn control_send(&self, control: ReaderControl) -> Result<()> {
+        self.control
+            .as_ref()
+            .and_then(|sender| sender.send(control).ok())
+            .ok_or_else(|| self.closed_error())
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::Closed(self.close_reason.get().cloned().flatten())
+    }
+
     fn shutdown(&mut self) {
+        // Dropping the control channel first releases a reader waiting on a full subscription.
+        self.control = None;
         let _ = self.stream.shutdown(Shutdown::Both);
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
@@ -575,15 +587,11 @@ impl Subscription {
                 self.missed += missed;
                 Ok(None)
             }
-            Event::Closed(reason) => {
-                self.closed = Some(reason);
-                Err(self.closed_error())
-            }
         }
     }
 
     fn closed_error(&self) -> Error {
-        Error::Closed(self.closed.clone().flatten())
+        Error::Closed(self.close_reason.get().cloned().flatten())
     }
 }
 
@@ -603,6 +611,7 @@ struct Reader {
     control: Receiver<ReaderControl>,
     subscriptions: HashMap<u32, Sender<Event>>,
     last_error: Option<ServerError>,
+    close_reason: CloseReason,
 }
 
 impl Reader {
@@ -626,13 +635,9 @@ impl Reader {
                 Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
             }
         }
-        self.apply_control();
-        for events in self.subscriptions.values() {
-            let _ = events.try_send(Event::Closed(self.last_error.clone()));
-        }
-        let _ = self
-            .replies
-            .try_send(Reply::Closed(self.last_error.clone()));
+        // Set before the channels are dropped (with `self`), so the reason is there for
+        // whoever sees them disconnect.
+        let _ = self.close_reason.set(self.last_error.take());
     }
 
     fn apply_control(&mut self) {

@@ -30,7 +30,9 @@ use crate::message::Message;
 use crate::protocol::native;
 use crate::protocol::topic::SubjectKind;
 
-/// Bytes moved from `pending` into the write buffer per write call.
+/// Most bytes moved from `pending` into the write buffer at a time. A connection stages at
+/// most half its `outbound_bytes_max`, so `drop-oldest` always has queued messages to drop
+/// rather than only the newest.
 pub const WRITE_CHUNK_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,15 +135,31 @@ pub enum EnqueueOutcome {
 }
 
 /// The bytes and messages waiting to go to the socket.
-#[derive(Default)]
 pub struct Outbound {
     write_buf: Vec<u8>,
     written: usize,
     pending: VecDeque<(u32, Message)>,
     pending_bytes: usize,
+    stage_bytes_max: usize,
 }
 
 impl Outbound {
+    pub fn new(stage_bytes_max: usize) -> Self {
+        Outbound {
+            write_buf: Vec::new(),
+            written: 0,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            stage_bytes_max,
+        }
+    }
+
+    /// Queued bytes past which the connection is written at once instead of at the end of
+    /// the loop turn, so one burst of fan-out cannot push a fast subscriber over its limit.
+    pub fn stage_bytes_max(&self) -> usize {
+        self.stage_bytes_max
+    }
+
     /// Bytes accepted for this connection and not yet written to the socket.
     pub fn queued_bytes(&self) -> usize {
         self.pending_bytes + self.write_buf.len() - self.written
@@ -158,6 +176,11 @@ impl Outbound {
 
     pub fn unwritten_reply_bytes(&self) -> usize {
         self.write_buf.len() - self.written
+    }
+
+    /// Everything staged so far reached the socket (queued deliveries may remain).
+    pub fn write_buf_is_empty(&self) -> bool {
+        self.written == self.write_buf.len()
     }
 
     fn push_delivery(&mut self, sub_id: u32, message: Message) {
@@ -183,7 +206,7 @@ impl Outbound {
     /// until about one chunk is staged.
     fn stage(&mut self) -> u64 {
         let mut staged = 0;
-        while self.write_buf.len() - self.written < WRITE_CHUNK_BYTES {
+        while self.write_buf.len() - self.written < self.stage_bytes_max {
             let Some((sub_id, message)) = self.pending.pop_front() else {
                 break;
             };
@@ -215,6 +238,7 @@ impl Outbound {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.compact();
+                    progress.would_block = true;
                     return Ok(progress);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -239,6 +263,8 @@ pub struct WriteProgress {
     pub deliveries: u64,
     /// Everything queued was written.
     pub drained: bool,
+    /// The socket is full; wait for a writable event before trying again.
+    pub would_block: bool,
 }
 
 pub struct Connection {
@@ -261,6 +287,9 @@ pub struct Connection {
     pub blocked: bool,
     /// The socket may still hold bytes (the read budget ran out, or reading paused).
     pub read_more: bool,
+    /// The last write hit a full socket: writing again before the writable event that
+    /// `mio` sends when room frees would only cost a failed syscall per delivery.
+    pub write_blocked: bool,
 }
 
 impl Connection {
@@ -269,6 +298,7 @@ impl Connection {
         id: ConnectionId,
         peer: SocketAddr,
         read_chunk_bytes: usize,
+        outbound_bytes_max: usize,
     ) -> Self {
         Connection {
             socket,
@@ -278,12 +308,13 @@ impl Connection {
             protocol_version: 0,
             client_name: String::new(),
             read: ReadBuffer::new(read_chunk_bytes),
-            out: Outbound::default(),
+            out: Outbound::new(WRITE_CHUNK_BYTES.min(outbound_bytes_max / 2).max(1)),
             subscriptions: AHashMap::new(),
             drops_unreported: false,
             dirty: false,
             blocked: false,
             read_more: false,
+            write_blocked: false,
         }
     }
 
@@ -329,9 +360,11 @@ impl Connection {
         }
     }
 
-    /// Appends a DROPPED notice for each subscription with unreported drops.
+    /// Appends a DROPPED notice for each subscription with unreported drops. Called only when
+    /// the write buffer is empty, so a stuck subscriber's counts add up in one notice instead
+    /// of filling its queue with notices.
     pub fn report_drops(&mut self) {
-        if !self.drops_unreported {
+        if !self.drops_unreported || !self.out.write_buf_is_empty() {
             return;
         }
         self.drops_unreported = false;
@@ -419,7 +452,7 @@ mod tests {
 
     #[test]
     fn deliveries_carry_their_subscription_id_on_the_wire() {
-        let mut out = Outbound::default();
+        let mut out = Outbound::new(WRITE_CHUNK_BYTES);
         out.push_delivery(42, message(3));
         let mut socket = ChokedSocket {
             written: Vec::new(),
@@ -442,7 +475,7 @@ mod tests {
 
     #[test]
     fn a_choked_socket_keeps_the_rest_queued_in_order() {
-        let mut out = Outbound::default();
+        let mut out = Outbound::new(WRITE_CHUNK_BYTES);
         for sub in 0..10 {
             out.push_delivery(sub, message(100));
         }

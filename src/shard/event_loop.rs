@@ -167,6 +167,7 @@ impl Shard {
                 id,
                 peer,
                 self.config.read_chunk_bytes,
+                self.config.outbound_bytes_max,
             ));
             self.counters.connections_accepted += 1;
             let deadline = Instant::now() + Duration::from_millis(self.config.handshake_timeout_ms);
@@ -187,6 +188,9 @@ impl Shard {
         };
         let id = conn.id;
         if writable {
+            if let Some(conn) = self.connection_mut(id) {
+                conn.write_blocked = false;
+            }
             self.mark_dirty(id);
         }
         if readable {
@@ -303,36 +307,63 @@ impl Shard {
                 continue;
             };
             conn.dirty = false;
-            conn.report_drops();
-            let paused_for_replies = conn.read_more && !conn.blocked && !conn.is_closing();
-            let state = conn.state;
-            match conn.out.write_to(&mut conn.socket) {
-                Ok(progress) => {
-                    self.counters.bytes_out += progress.bytes;
-                    self.counters.delivered += progress.deliveries;
-                    if let (ConnState::Closing(reason), true) = (state, progress.drained) {
-                        self.close_now(id, reason);
-                    } else if paused_for_replies && progress.bytes > 0 {
-                        // It stopped reading because its replies piled up; now they moved.
-                        self.read_again.push(id);
-                    }
-                }
-                Err(e) => {
-                    log::debug!(
-                        "event=write_error shard={} conn={} error={}",
-                        self.id,
-                        id,
-                        e
-                    );
-                    self.close_now(id, CloseReason::IoError);
-                }
-            }
+            self.flush_connection(id);
         }
         // Reuse the list's allocation for the next turn.
         let mut dirty = dirty;
         dirty.clear();
         if self.dirty.is_empty() {
             self.dirty = dirty;
+        }
+    }
+
+    /// Writes what the connection has queued, as far as the socket takes it.
+    pub(super) fn flush_connection(&mut self, id: ConnectionId) {
+        let Some(conn) = self.connection_mut(id) else {
+            return;
+        };
+        if conn.write_blocked {
+            return;
+        }
+        let paused_for_replies = conn.read_more && !conn.blocked && !conn.is_closing();
+        let state = conn.state;
+        let mut result = Ok(crate::shard::connection::WriteProgress::default());
+        while let Ok(total) = &mut result {
+            conn.report_drops();
+            match conn.out.write_to(&mut conn.socket) {
+                Ok(progress) => {
+                    total.bytes += progress.bytes;
+                    total.deliveries += progress.deliveries;
+                    total.drained = progress.drained;
+                    conn.write_blocked = progress.would_block;
+                    // Drops counted while this write went out are reported right away.
+                    if !(progress.drained && conn.drops_unreported) {
+                        break;
+                    }
+                }
+                Err(e) => result = Err(e),
+            }
+        }
+        match result {
+            Ok(progress) => {
+                self.counters.bytes_out += progress.bytes;
+                self.counters.delivered += progress.deliveries;
+                if let (ConnState::Closing(reason), true) = (state, progress.drained) {
+                    self.close_now(id, reason);
+                } else if paused_for_replies && progress.bytes > 0 {
+                    // It stopped reading because its replies piled up; now they moved.
+                    self.read_again.push(id);
+                }
+            }
+            Err(e) => {
+                log::debug!(
+                    "event=write_error shard={} conn={} error={}",
+                    self.id,
+                    id,
+                    e
+                );
+                self.close_now(id, CloseReason::IoError);
+            }
         }
     }
 

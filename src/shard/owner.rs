@@ -99,7 +99,9 @@ impl Shard {
         if conn.is_closing() {
             return false;
         }
-        match conn.enqueue_delivery(subscriber.sub_id, message, outbound_bytes_max, policy) {
+        let outcome = conn.enqueue_delivery(subscriber.sub_id, message, outbound_bytes_max, policy);
+        let write_now = conn.out.queued_bytes() >= conn.out.stage_bytes_max();
+        match outcome {
             EnqueueOutcome::Queued => {}
             EnqueueOutcome::QueuedAfterDropping(dropped) => self.counters.dropped += dropped,
             EnqueueOutcome::SlowConsumer => {
@@ -109,6 +111,9 @@ impl Shard {
             }
         }
         self.mark_dirty(subscriber.connection);
+        if write_now {
+            self.flush_connection(subscriber.connection);
+        }
         true
     }
 
