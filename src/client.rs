@@ -198,9 +198,17 @@ pub struct Client {
     async_errors: VecDeque<ServerError>,
     async_errors_lost: u64,
     close_reason: CloseReason,
+    /// The private reply topic of [`Client::request`], subscribed on first use.
+    inbox: Option<Inbox>,
     reader: Option<JoinHandle<()>>,
     info: ServerInfo,
     options: ClientOptions,
+}
+
+struct Inbox {
+    prefix: String,
+    subscription: Subscription,
+    next_token: u64,
 }
 
 /// A live subscription. Dropping it does not unsubscribe; call [`Client::unsubscribe`].
@@ -301,6 +309,7 @@ impl Client {
             async_errors: VecDeque::new(),
             async_errors_lost: 0,
             close_reason,
+            inbox: None,
             reader: Some(reader),
             info,
             options,
@@ -391,6 +400,55 @@ impl Client {
             .and_then(|s| s.try_into().ok())
             .ok_or_else(|| Error::Protocol("publish confirm without a sequence".into()))?;
         Ok(u64::from_be_bytes(seq))
+    }
+
+    /// Publishes with a reply topic, without waiting (quiet, like [`Client::publish`]).
+    pub fn publish_with_reply(&mut self, topic: &str, payload: &[u8], reply_to: &str) -> Result<()> {
+        let request_id = self.request_id();
+        self.send(Frame::Publish {
+            request_id,
+            quiet: true,
+            topic: topic.as_bytes(),
+            reply_to: Some(reply_to.as_bytes()),
+            payload,
+        })
+    }
+
+    /// Answers a message that named a reply topic. Returns `Ok(false)` if it named none.
+    pub fn reply(&mut self, request: &Delivery, payload: &[u8]) -> Result<bool> {
+        match &request.reply_to {
+            Some(reply_to) => self.publish(reply_to, payload).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Request/reply: publishes `payload` to `topic` naming a private reply topic, and waits
+    /// up to `timeout` for the first answer ([`Error::Timeout`] if nobody answers). The first
+    /// request subscribes this client to its inbox (`_inbox.<random>.*`); later ones reuse it.
+    pub fn request(&mut self, topic: &str, payload: &[u8], timeout: Duration) -> Result<Delivery> {
+        if self.inbox.is_none() {
+            let prefix = format!("_inbox.{:016x}", rand::random::<u64>());
+            let subscription = self.subscribe(&format!("{prefix}.*"))?;
+            self.inbox = Some(Inbox {
+                prefix,
+                subscription,
+                next_token: 0,
+            });
+        }
+        let inbox = self.inbox.as_mut().expect("created above");
+        inbox.next_token += 1;
+        let reply_to = format!("{}.{}", inbox.prefix, inbox.next_token);
+        self.publish_with_reply(topic, payload, &reply_to)?;
+        let deadline = Instant::now() + timeout;
+        let inbox = self.inbox.as_mut().expect("created above");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let answer = inbox.subscription.recv_timeout(left)?;
+            // Late answers to earlier requests that timed out are skipped.
+            if answer.topic == reply_to {
+                return Ok(answer);
+            }
+        }
     }
 
     /// Refusals of quiet publishes received so far, oldest first, and how many older ones
