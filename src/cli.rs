@@ -98,6 +98,12 @@ pub struct ServeArgs {
     /// Age after which retained messages are evicted, e.g. `30s`, `5m`, `1h`; `0` = no limit.
     #[arg(long = "replay-ttl", env = "COREBUS_REPLAY_TTL", default_value = "0", value_parser = parse_duration_ms)]
     pub replay_ttl_ms: u64,
+    /// A durable consumer with no subscription is removed after this long, e.g. `1h`.
+    #[arg(long = "consumer-ttl", env = "COREBUS_CONSUMER_TTL", default_value = "1h", value_parser = parse_duration_ms)]
+    pub consumer_ttl_ms: u64,
+    /// Longest wait between redeliveries of an unacknowledged message, e.g. `60s`.
+    #[arg(long = "redelivery-backoff-max", env = "COREBUS_REDELIVERY_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration_ms)]
+    pub redelivery_backoff_max_ms: u64,
     /// Readiness events taken from the kernel per poll.
     #[arg(long, env = "COREBUS_EVENTS_PER_POLL_MAX", default_value_t = Config::default().events_per_poll_max)]
     pub events_per_poll_max: usize,
@@ -220,6 +226,8 @@ impl ServeArgs {
             replay_messages_max: self.replay_messages_max,
             replay_bytes_max: self.replay_bytes_max,
             replay_ttl_ms: self.replay_ttl_ms,
+            consumer_ttl_ms: self.consumer_ttl_ms,
+            redelivery_backoff_max_ms: self.redelivery_backoff_max_ms,
             events_per_poll_max: self.events_per_poll_max,
         }
     }

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError};
 
 use crate::error::ErrorCode;
-use crate::protocol::native::{self, Frame, PROTOCOL_VERSION};
-pub use crate::protocol::subscribe_options::{Start, SubscribeOptions};
+use crate::protocol::native::{self, AckKind, Frame, PROTOCOL_VERSION};
+pub use crate::protocol::subscribe_options::{AckSettings, Sharing, Start, SubscribeOptions};
 
 /// Frames the client accepts from the broker: the broker's own limit is checked broker-side.
 const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024 + native::FRAME_OVERHEAD_MAX;
@@ -403,7 +403,12 @@ impl Client {
     }
 
     /// Publishes with a reply topic, without waiting (quiet, like [`Client::publish`]).
-    pub fn publish_with_reply(&mut self, topic: &str, payload: &[u8], reply_to: &str) -> Result<()> {
+    pub fn publish_with_reply(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        reply_to: &str,
+    ) -> Result<()> {
         let request_id = self.request_id();
         self.send(Frame::Publish {
             request_id,
@@ -526,6 +531,32 @@ impl Client {
         let request_id = self.request_id();
         self.send(Frame::Unsubscribe { request_id, sub_id })?;
         self.wait_reply(request_id).map(drop)
+    }
+
+    /// Acknowledges one message of a subscription made with `acks` (at-least-once). Acks are
+    /// not answered unless they fail; [`Client::take_async_errors`] collects failures.
+    pub fn ack(&mut self, subscription: &Subscription, seq: u64) -> Result<()> {
+        self.send_ack(subscription, seq, AckKind::Single)
+    }
+
+    /// Acknowledges every in-flight message of the subscription up to and including `seq`.
+    pub fn ack_through(&mut self, subscription: &Subscription, seq: u64) -> Result<()> {
+        self.send_ack(subscription, seq, AckKind::Cumulative)
+    }
+
+    /// Negative acknowledgement: the message is redelivered at once.
+    pub fn nack(&mut self, subscription: &Subscription, seq: u64) -> Result<()> {
+        self.send_ack(subscription, seq, AckKind::Nack)
+    }
+
+    fn send_ack(&mut self, subscription: &Subscription, seq: u64, kind: AckKind) -> Result<()> {
+        let request_id = self.request_id();
+        self.send(Frame::Ack {
+            request_id,
+            sub_id: subscription.sub_id,
+            seq,
+            kind,
+        })
     }
 
     /// Round trip to the broker.
@@ -818,6 +849,7 @@ fn route_frame(frame: Frame<'_>) -> Routed {
         | Frame::Publish { .. }
         | Frame::Subscribe { .. }
         | Frame::Unsubscribe { .. }
+        | Frame::Ack { .. }
         | Frame::Ping { .. } => Routed::Ignored,
     }
 }

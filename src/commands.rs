@@ -46,6 +46,7 @@ pub fn subscribe(args: &SubArgs) -> CommandResult {
     let mut client = Client::connect(&args.addr)?;
     let options = SubscribeOptions {
         start: args.start(),
+        ..SubscribeOptions::default()
     };
     let mut subscription = client.subscribe_with(&args.subject, options)?;
     eprintln!("subscribed to {}", args.subject);

@@ -75,6 +75,10 @@ pub struct Config {
     pub replay_bytes_max: usize,
     /// Age after which a retained message is evicted (0 = no age limit).
     pub replay_ttl_ms: u64,
+    /// A durable consumer with no subscription is removed after this long.
+    pub consumer_ttl_ms: u64,
+    /// Longest wait between redeliveries (the wait doubles from `ack_wait` up to this).
+    pub redelivery_backoff_max_ms: u64,
     /// Readiness events taken from the kernel per poll call.
     pub events_per_poll_max: usize,
 }
@@ -104,6 +108,8 @@ impl Default for Config {
             replay_messages_max: 1024,
             replay_bytes_max: 1024 * 1024,
             replay_ttl_ms: 0,
+            consumer_ttl_ms: 3_600_000,
+            redelivery_backoff_max_ms: 60_000,
             events_per_poll_max: 1024,
         }
     }

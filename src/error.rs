@@ -47,11 +47,13 @@ pub enum ErrorCode {
     UnsupportedOption = 17,
     /// The message payload is above `message_bytes_max`.
     MessageTooLarge = 18,
+    /// Another subscription is attached to that durable consumer.
+    ConsumerInUse = 19,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation tables.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownOpcode,
@@ -70,6 +72,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::UnsupportedOption,
         ErrorCode::MessageTooLarge,
+        ErrorCode::ConsumerInUse,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -104,6 +107,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::UnsupportedOption => "UNSUPPORTED_OPTION",
             ErrorCode::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            ErrorCode::ConsumerInUse => "CONSUMER_IN_USE",
         }
     }
 }

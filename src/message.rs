@@ -72,6 +72,20 @@ impl Message {
         native::msg_timestamp_ns(&self.frame)
     }
 
+    pub fn delivery_count(&self) -> u16 {
+        native::msg_delivery_count(&self.frame)
+    }
+
+    /// A copy for a redelivery, carrying its delivery count. Redeliveries are the exception,
+    /// so they pay for their own frame and first deliveries stay shared.
+    pub fn redelivery(&self, delivery_count: u16) -> Message {
+        let mut frame = self.frame.to_vec();
+        native::msg_set_delivery_count(&mut frame, delivery_count);
+        Message {
+            frame: Arc::from(frame),
+        }
+    }
+
     pub fn payload(&self) -> &[u8] {
         native::msg_payload(&self.frame)
     }

@@ -123,6 +123,7 @@ impl Broker {
             total.connections_accepted += counters.connections_accepted;
             total.connections_refused += counters.connections_refused;
             total.slow_consumer_disconnects += counters.slow_consumer_disconnects;
+            total.dead_lettered += counters.dead_lettered;
             total.protocol_errors += counters.protocol_errors;
             total.stale_events += counters.stale_events;
         }

@@ -15,7 +15,10 @@ use corebus::protocol::native::Frame;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn starting(start: Start) -> SubscribeOptions {
-    SubscribeOptions { start }
+    SubscribeOptions {
+        start,
+        ..SubscribeOptions::default()
+    }
 }
 
 fn received_seqs(subscription: &mut corebus::client::Subscription, count: usize) -> Vec<u64> {

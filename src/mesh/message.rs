@@ -10,9 +10,10 @@
 //! The split is in the types: a terminal handler has nothing to push requests with.
 
 use crate::error::ErrorCode;
-use crate::ids::ConnectionId;
+use crate::ids::{ConnectionId, Subscriber};
 use crate::message::Message;
-use crate::protocol::subscribe_options::Start;
+use crate::protocol::native::AckKind;
+use crate::protocol::subscribe_options::{AckSettings, Start};
 
 /// Where a reply goes back to: a connection on the shard that sent the request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +40,25 @@ pub enum OwnerRequest {
         topic: Box<str>,
         start: Start,
         ticket: Ticket,
+        /// Set for a durable consumer or group member, which the owner delivers to itself
+        /// (one member per message) instead of through the shard's fan-out.
+        consumer: Option<Box<ConsumerRequest>>,
     },
+    /// A consumer's subscription went away; the consumer stays, with what it has not acked.
+    Detach {
+        topic: Box<str>,
+        consumer: Box<str>,
+        subscriber: Subscriber,
+    },
+    /// An ACK frame for a consumer of a topic this shard owns.
+    Ack {
+        topic: Box<str>,
+        consumer: Box<str>,
+        seq: u64,
+        kind: AckKind,
+    },
+    /// A message that ran out of delivery attempts, for `$dlq.<topic>` on its owner.
+    DeadLetter { message: Message },
     /// A subscription to an exact topic was removed on the sending shard.
     Unsubscribe { topic: Box<str> },
     /// A pattern subscription was added on the sending shard. `first` is true when it is the
@@ -58,6 +77,17 @@ pub enum OwnerRequest {
 pub enum Terminal {
     /// Fan the message out to this shard's matching subscribers.
     Deliver { message: Message },
+    /// A consumer's delivery to one subscription.
+    DeliverTo {
+        subscriber: Subscriber,
+        message: Message,
+    },
+    /// A consumer's backlog was evicted before it got to it.
+    GapTo {
+        subscriber: Subscriber,
+        missed: u64,
+        resume_seq: u64,
+    },
     /// The outcome of a publish: its sequence number, or why it was refused.
     PublishOutcome {
         reply: ReplyTarget,
@@ -84,6 +114,15 @@ pub struct Replay {
     /// Messages it asked for that were already evicted (sent as a GAP notice).
     pub missed: u64,
     pub messages: Vec<Message>,
+}
+
+/// What a durable consumer or group subscription asks of the owner.
+#[derive(Debug)]
+pub struct ConsumerRequest {
+    pub name: Box<str>,
+    pub is_group: bool,
+    pub acks: Option<AckSettings>,
+    pub subscriber: Subscriber,
 }
 
 /// Where a topic stood when a subscription was registered with its owner.

@@ -48,6 +48,7 @@
 //! | `0x03` | `SUBSCRIBE`   | C → S     | request id                                   | none            |
 //! | `0x04` | `UNSUBSCRIBE` | C → S     | request id                                   | none            |
 //! | `0x05` | `PING`        | C → S     | request id                                   | none            |
+//! | `0x06` | `ACK` (v2)    | C → S     | request id                                   | `ACK_CUMULATIVE`, `ACK_NACK` |
 //! | `0x80` | `OK`          | S → C     | id of the request it answers                 | none            |
 //! | `0x81` | `ERR`         | S → C     | id of the failed request, 0 if connection-level | none         |
 //! | `0x82` | `MSG`         | S → C     | subscription id                              | none            |
@@ -112,6 +113,19 @@
 //! | 0      | 4    | `sub_id` | subscription to end                  |
 //!
 //! The body is exactly 4 bytes.
+//!
+//! ### ACK (`0x06`, since v2)
+//!
+//! | Offset | Size | Field    | Meaning                                                  |
+//! |-------:|-----:|----------|----------------------------------------------------------|
+//! | 0      | 4    | `sub_id` | a subscription made with the `ACKS` option               |
+//! | 4      | 8    | `seq`    | the message's sequence number in its topic               |
+//!
+//! With no flag it acknowledges one message; `ACK_CUMULATIVE` (`0x01`) acknowledges every
+//! in-flight message up to and including `seq`; `ACK_NACK` (`0x02`) asks for `seq` to be
+//! redelivered at once. Both flags together are `BAD_FRAME`. Acks are answered only on failure
+//! (ERR with the request id), so a consumer can ack at full speed; acking a message that is not
+//! in flight (already acked, or redelivered elsewhere) is not an error.
 //!
 //! ### PING (`0x05`) and PONG (`0x83`)
 //!
@@ -231,6 +245,7 @@
 //! | 16   | `RATE_LIMITED`           | the connection is over its publish rate                        |
 //! | 17   | `UNSUPPORTED_OPTION`     | a SUBSCRIBE option this broker does not support                |
 //! | 18   | `MESSAGE_TOO_LARGE`      | the payload is above `message_bytes_max`                       |
+//! | 19   | `CONSUMER_IN_USE`        | another subscription is attached to that durable consumer      |
 //!
 //! A code's number and meaning never change. Clients must treat a code they do not know as a
 //! generic failure of the request, since later brokers may add codes.
@@ -273,6 +288,21 @@ pub const HEADER_LEN: usize = 12;
 pub const MSG_PREFIX_LEN: usize = HEADER_LEN + 8 + 8 + 2;
 /// PUBLISH flag: do not send OK (ERR is still sent).
 pub const PUBLISH_QUIET: u8 = 0x01;
+/// ACK flag (v2): acknowledge every in-flight message up to and including `seq`.
+pub const ACK_CUMULATIVE: u8 = 0x01;
+/// ACK flag (v2): negative acknowledgement, redeliver `seq` at once.
+pub const ACK_NACK: u8 = 0x02;
+
+/// What an ACK frame says about its sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckKind {
+    /// This message is done.
+    Single,
+    /// Every message up to and including this one is done.
+    Cumulative,
+    /// This message failed; redeliver it now.
+    Nack,
+}
 /// Frame overhead above the payload at worst (header + fixed fields + two 255-byte names +
 /// lengths), so that a broker can derive its frame limit from its payload limit. MSG is the
 /// largest envelope: its prefix plus a maximal topic and reply topic with their length bytes,
@@ -300,6 +330,7 @@ pub enum Opcode {
     Subscribe = 0x03,
     Unsubscribe = 0x04,
     Ping = 0x05,
+    Ack = 0x06,
     Ok = 0x80,
     Err = 0x81,
     Msg = 0x82,
@@ -316,6 +347,7 @@ impl Opcode {
             0x03 => Opcode::Subscribe,
             0x04 => Opcode::Unsubscribe,
             0x05 => Opcode::Ping,
+            0x06 => Opcode::Ack,
             0x80 => Opcode::Ok,
             0x81 => Opcode::Err,
             0x82 => Opcode::Msg,
@@ -330,6 +362,7 @@ impl Opcode {
     fn allowed_flags(self) -> u8 {
         match self {
             Opcode::Publish => PUBLISH_QUIET,
+            Opcode::Ack => ACK_CUMULATIVE | ACK_NACK,
             _ => 0,
         }
     }
@@ -365,6 +398,13 @@ pub enum Frame<'a> {
     },
     Ping {
         request_id: u32,
+    },
+    /// Since v2. Answered only with ERR, on failure.
+    Ack {
+        request_id: u32,
+        sub_id: u32,
+        seq: u64,
+        kind: AckKind,
     },
     Ok {
         request_id: u32,
@@ -407,6 +447,7 @@ impl Frame<'_> {
             Frame::Subscribe { .. } => Opcode::Subscribe,
             Frame::Unsubscribe { .. } => Opcode::Unsubscribe,
             Frame::Ping { .. } => Opcode::Ping,
+            Frame::Ack { .. } => Opcode::Ack,
             Frame::Ok { .. } => Opcode::Ok,
             Frame::Err { .. } => Opcode::Err,
             Frame::Msg { .. } => Opcode::Msg,
@@ -423,6 +464,7 @@ impl Frame<'_> {
             | Frame::Publish { request_id, .. }
             | Frame::Subscribe { request_id, .. }
             | Frame::Unsubscribe { request_id, .. }
+            | Frame::Ack { request_id, .. }
             | Frame::Ping { request_id }
             | Frame::Ok { request_id, .. }
             | Frame::Err { request_id, .. }
@@ -436,6 +478,14 @@ impl Frame<'_> {
     fn flags(&self) -> u8 {
         match self {
             Frame::Publish { quiet: true, .. } => PUBLISH_QUIET,
+            Frame::Ack {
+                kind: AckKind::Cumulative,
+                ..
+            } => ACK_CUMULATIVE,
+            Frame::Ack {
+                kind: AckKind::Nack,
+                ..
+            } => ACK_NACK,
             _ => 0,
         }
     }
@@ -451,6 +501,7 @@ impl Frame<'_> {
             } => publish_body_len(topic, *reply_to, payload),
             Frame::Subscribe { topic, options, .. } => 4 + 1 + topic.len() + options.len(),
             Frame::Unsubscribe { .. } => 4,
+            Frame::Ack { .. } => 12,
             Frame::Ping { .. } | Frame::Pong { .. } => 0,
             Frame::Ok { data, .. } => data.len(),
             Frame::Err { message, .. } => 2 + message.len(),
@@ -514,6 +565,10 @@ impl Frame<'_> {
                 out.extend_from_slice(options);
             }
             Frame::Unsubscribe { sub_id, .. } => out.extend_from_slice(&sub_id.to_be_bytes()),
+            Frame::Ack { sub_id, seq, .. } => {
+                out.extend_from_slice(&sub_id.to_be_bytes());
+                out.extend_from_slice(&seq.to_be_bytes());
+            }
             Frame::Ping { .. } | Frame::Pong { .. } => {}
             Frame::Ok { data, .. } => out.extend_from_slice(data),
             Frame::Err { code, message, .. } => {
@@ -696,6 +751,23 @@ fn decode_body(
                 sub_id,
             }
         }
+        Opcode::Ack => {
+            let sub_id = r.u32().ok_or("ACK body is not 12 bytes")?;
+            let seq = r.u64().ok_or("ACK body is not 12 bytes")?;
+            r.end().ok_or("ACK body is not 12 bytes")?;
+            let kind = match (flags & ACK_CUMULATIVE != 0, flags & ACK_NACK != 0) {
+                (false, false) => AckKind::Single,
+                (true, false) => AckKind::Cumulative,
+                (false, true) => AckKind::Nack,
+                (true, true) => return Err("ACK cannot be both cumulative and negative"),
+            };
+            Frame::Ack {
+                request_id: id,
+                sub_id,
+                seq,
+                kind,
+            }
+        }
         Opcode::Ping => {
             r.end().ok_or("PING body is not empty")?;
             Frame::Ping { request_id: id }
@@ -868,6 +940,10 @@ pub fn msg_set_timestamp_ns(frame: &mut [u8], timestamp_ns: u64) {
 
 pub fn msg_timestamp_ns(frame: &[u8]) -> u64 {
     u64::from_be_bytes(get_at(frame, TIMESTAMP_OFFSET))
+}
+
+pub fn msg_delivery_count(frame: &[u8]) -> u16 {
+    u16::from_be_bytes(get_at(frame, DELIVERY_COUNT_OFFSET))
 }
 
 pub fn msg_set_delivery_count(frame: &mut [u8], n: u16) {
@@ -1180,7 +1256,7 @@ mod tests {
             );
         };
         invalid(
-            &raw(0x06, 0, 0, 0x11, &[&[1, 2, 3]]),
+            &raw(0x07, 0, 0, 0x11, &[&[1, 2, 3]]),
             ErrorCode::UnknownOpcode,
         );
         invalid(&raw(0x00, 0, 0, 1, &[]), ErrorCode::UnknownOpcode);
@@ -1246,7 +1322,7 @@ mod tests {
 
     #[test]
     fn an_invalid_frame_waits_until_it_can_be_skipped_whole() {
-        let bytes = raw(0x06, 0, 0, 1, &[&[0; 10]]);
+        let bytes = raw(0x07, 0, 0, 1, &[&[0; 10]]);
         check(&bytes[..bytes.len() - 1], Expect::Incomplete);
     }
 
@@ -1374,7 +1450,7 @@ mod tests {
                 assert_eq!(op as u8, b);
             }
         }
-        assert_eq!((0..=u8::MAX).filter_map(Opcode::from_u8).count(), 11);
+        assert_eq!((0..=u8::MAX).filter_map(Opcode::from_u8).count(), 12);
     }
 
     /// Owned data for one frame, since a strategy cannot hand out borrowed slices.
@@ -1384,6 +1460,7 @@ mod tests {
         Publish(u32, bool, Vec<u8>, Option<Vec<u8>>, Vec<u8>),
         Subscribe(u32, u32, Vec<u8>, Vec<u8>),
         Unsubscribe(u32, u32),
+        Ack(u32, u32, u64, u8),
         Ping(u32),
         Ok(u32, Vec<u8>),
         Err(u32, u16, Vec<u8>),
@@ -1417,6 +1494,12 @@ mod tests {
                 Owned::Unsubscribe(id, s) => Frame::Unsubscribe {
                     request_id: *id,
                     sub_id: *s,
+                },
+                Owned::Ack(id, s, seq, kind) => Frame::Ack {
+                    request_id: *id,
+                    sub_id: *s,
+                    seq: *seq,
+                    kind: [AckKind::Single, AckKind::Cumulative, AckKind::Nack][*kind as usize % 3],
                 },
                 Owned::Ping(id) => Frame::Ping { request_id: *id },
                 Owned::Ok(id, d) => Frame::Ok {
@@ -1472,6 +1555,8 @@ mod tests {
             (any::<u32>(), any::<u32>(), name(), vec(any::<u8>(), 0..64))
                 .prop_map(|(a, b, c, d)| Owned::Subscribe(a, b, c, d)),
             (any::<u32>(), any::<u32>()).prop_map(|(a, b)| Owned::Unsubscribe(a, b)),
+            (any::<u32>(), any::<u32>(), any::<u64>(), 0u8..3)
+                .prop_map(|(a, b, c, d)| Owned::Ack(a, b, c, d)),
             any::<u32>().prop_map(Owned::Ping),
             (any::<u32>(), vec(any::<u8>(), 0..64)).prop_map(|(a, b)| Owned::Ok(a, b)),
             (any::<u32>(), any::<u16>(), vec(any::<u8>(), 0..256))

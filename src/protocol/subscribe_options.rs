@@ -6,9 +6,21 @@
 //! tags instead, with `UNSUPPORTED_OPTION`, so a client never believes it got a guarantee the
 //! broker did not give. Each tag may appear once.
 //!
-//! | tag    | name    | value                                                            |
-//! |--------|---------|------------------------------------------------------------------|
-//! | `0x01` | `START` | `kind: u8`, `value: u64` (9 bytes); kinds below                  |
+//! | tag    | name       | value                                                          |
+//! |--------|------------|----------------------------------------------------------------|
+//! | `0x01` | `START`    | `kind: u8`, `value: u64` (9 bytes); kinds below                |
+//! | `0x02` | `CONSUMER` | durable consumer name, 1 to 64 bytes of `[A-Za-z0-9_-]`        |
+//! | `0x03` | `ACKS`     | `in_flight_max: u32`, `ack_wait_ms: u32`, `deliver_max: u16`   |
+//! | `0x04` | `GROUP`    | group name, same rules as `CONSUMER`                           |
+//!
+//! `CONSUMER` makes the subscription a durable consumer: the topic's owner remembers how far
+//! it got, and a later subscription under the same name resumes there (one subscription at a
+//! time per name). `GROUP` shares one such position among every subscription with the same
+//! name: each message goes to one member. `ACKS` (with either) asks for at-least-once
+//! delivery: every message must be acknowledged (ACK frame) within `ack_wait_ms`, at most
+//! `in_flight_max` are unacknowledged at once, and a message delivered `deliver_max` times
+//! without an ack goes to the dead-letter topic `$dlq.<topic>`. `CONSUMER` and `GROUP` need an
+//! exact topic and exclude each other.
 //!
 //! `START` kinds: `0` new messages only (the default when the option is absent), `1` the last
 //! `value` messages, `2` from sequence number `value`, `3` from the first message published at
@@ -32,12 +44,54 @@ pub enum Start {
 }
 
 pub const TAG_START: u8 = 0x01;
+pub const TAG_CONSUMER: u8 = 0x02;
+pub const TAG_ACKS: u8 = 0x03;
+pub const TAG_GROUP: u8 = 0x04;
 const START_LEN: usize = 9;
+const ACKS_LEN: usize = 10;
+/// Longest consumer or group name.
+pub const CONSUMER_NAME_BYTES_MAX: usize = 64;
+
+/// At-least-once settings of a durable consumer or group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckSettings {
+    /// Unacknowledged messages at once; delivery pauses at this many.
+    pub in_flight_max: u32,
+    /// How long a delivery waits for its ack before it is redelivered (then doubling).
+    pub ack_wait_ms: u32,
+    /// Deliveries before a message is dead-lettered.
+    pub deliver_max: u16,
+}
+
+impl Default for AckSettings {
+    fn default() -> Self {
+        AckSettings {
+            in_flight_max: 1024,
+            ack_wait_ms: 30_000,
+            deliver_max: 5,
+        }
+    }
+}
+
+/// Who shares a subscription's position in its topic.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Sharing {
+    /// A plain subscription: every message, nothing remembered.
+    #[default]
+    None,
+    /// A named durable consumer, one subscription at a time.
+    Consumer(String),
+    /// A named group: its members split the messages.
+    Group(String),
+}
 
 /// The options of one SUBSCRIBE.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct SubscribeOptions {
     pub start: Start,
+    pub sharing: Sharing,
+    /// At-least-once delivery with acks; needs a consumer or a group.
+    pub acks: Option<AckSettings>,
 }
 
 impl SubscribeOptions {
@@ -48,17 +102,32 @@ impl SubscribeOptions {
 
     /// Appends the TLV encoding (nothing for the defaults).
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let (kind, value) = match self.start {
-            Start::New => return,
-            Start::LastN(n) => (1u8, n),
-            Start::FromSeq(seq) => (2, seq),
-            Start::FromTimeNs(t) => (3, t),
-            Start::All => (4, 0),
+        let start = match self.start {
+            Start::New => None,
+            Start::LastN(n) => Some((1u8, n)),
+            Start::FromSeq(seq) => Some((2, seq)),
+            Start::FromTimeNs(t) => Some((3, t)),
+            Start::All => Some((4, 0)),
         };
-        out.push(TAG_START);
-        out.extend_from_slice(&(START_LEN as u16).to_be_bytes());
-        out.push(kind);
-        out.extend_from_slice(&value.to_be_bytes());
+        if let Some((kind, value)) = start {
+            put_entry(out, TAG_START, &[&[kind], &value.to_be_bytes()]);
+        }
+        match &self.sharing {
+            Sharing::None => {}
+            Sharing::Consumer(name) => put_entry(out, TAG_CONSUMER, &[name.as_bytes()]),
+            Sharing::Group(name) => put_entry(out, TAG_GROUP, &[name.as_bytes()]),
+        }
+        if let Some(acks) = self.acks {
+            put_entry(
+                out,
+                TAG_ACKS,
+                &[
+                    &acks.in_flight_max.to_be_bytes(),
+                    &acks.ack_wait_ms.to_be_bytes(),
+                    &acks.deliver_max.to_be_bytes(),
+                ],
+            );
+        }
     }
 
     /// Parses a SUBSCRIBE's option bytes. The error is a reason for an
@@ -66,6 +135,7 @@ impl SubscribeOptions {
     pub fn parse(mut bytes: &[u8]) -> Result<SubscribeOptions, OptionError> {
         let mut options = SubscribeOptions::default();
         let mut seen_start = false;
+        let mut seen_acks = false;
         while !bytes.is_empty() {
             let [tag, len_hi, len_lo, rest @ ..] = bytes else {
                 return Err(OptionError::Malformed(
@@ -84,15 +154,83 @@ impl SubscribeOptions {
                     seen_start = true;
                     options.start = parse_start(value)?;
                 }
+                TAG_CONSUMER | TAG_GROUP => {
+                    if options.sharing != Sharing::None {
+                        return Err(OptionError::Malformed(
+                            "CONSUMER and GROUP exclude each other and appear once",
+                        ));
+                    }
+                    let name = parse_name(value)?;
+                    options.sharing = if *tag == TAG_CONSUMER {
+                        Sharing::Consumer(name)
+                    } else {
+                        Sharing::Group(name)
+                    };
+                }
+                TAG_ACKS => {
+                    if seen_acks {
+                        return Err(OptionError::Malformed("ACKS given twice"));
+                    }
+                    seen_acks = true;
+                    options.acks = Some(parse_acks(value)?);
+                }
                 _ => return Err(OptionError::Unsupported("unknown SUBSCRIBE option tag")),
             }
             bytes = rest;
+        }
+        if options.acks.is_some() && options.sharing == Sharing::None {
+            return Err(OptionError::Unsupported(
+                "ACKS needs a CONSUMER or GROUP name, so the broker can remember what is unacked",
+            ));
         }
         Ok(options)
     }
 }
 
+fn put_entry(out: &mut Vec<u8>, tag: u8, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    out.push(tag);
+    out.extend_from_slice(&(len as u16).to_be_bytes());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+}
+
+fn parse_name(value: &[u8]) -> Result<String, OptionError> {
+    let valid = !value.is_empty()
+        && value.len() <= CONSUMER_NAME_BYTES_MAX
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-');
+    if !valid {
+        return Err(OptionError::Unsupported(
+            "consumer and group names are 1 to 64 characters of A-Z a-z 0-9 _ -",
+        ));
+    }
+    Ok(String::from_utf8_lossy(value).into_owned())
+}
+
+fn parse_acks(value: &[u8]) -> Result<AckSettings, OptionError> {
+    if value.len() != ACKS_LEN {
+        return Err(OptionError::Malformed("ACKS must be 10 bytes"));
+    }
+    let acks = AckSettings {
+        in_flight_max: u32::from_be_bytes([value[0], value[1], value[2], value[3]]),
+        ack_wait_ms: u32::from_be_bytes([value[4], value[5], value[6], value[7]]),
+        deliver_max: u16::from_be_bytes([value[8], value[9]]),
+    };
+    if acks.in_flight_max == 0 || acks.ack_wait_ms == 0 || acks.deliver_max == 0 {
+        return Err(OptionError::Unsupported(
+            "ACKS values must be at least 1 (in_flight_max, ack_wait_ms, deliver_max)",
+        ));
+    }
+    Ok(acks)
+}
+
 fn parse_start(value: &[u8]) -> Result<Start, OptionError> {
+    if value.len() != START_LEN {
+        return Err(OptionError::Malformed("START must be 9 bytes"));
+    }
     let [kind, rest @ ..] = value else {
         return Err(OptionError::Malformed("START must be 9 bytes"));
     };
@@ -143,6 +281,7 @@ mod tests {
     fn start_is_pinned_byte_by_byte() {
         let bytes = encoded(SubscribeOptions {
             start: Start::LastN(5),
+            ..SubscribeOptions::default()
         });
         assert_eq!(bytes, [1, 0, 9, 1, 0, 0, 0, 0, 0, 0, 0, 5]);
     }
@@ -164,8 +303,12 @@ mod tests {
             &[0x7f, 0, 0],
             OptionError::Unsupported("unknown SUBSCRIBE option tag"),
         );
-        let mut twice = encoded(SubscribeOptions { start: Start::All });
-        twice.extend(encoded(SubscribeOptions { start: Start::All }));
+        let all = SubscribeOptions {
+            start: Start::All,
+            ..SubscribeOptions::default()
+        };
+        let mut twice = encoded(all.clone());
+        twice.extend(encoded(all));
         check(&twice, malformed("START given twice"));
     }
 
@@ -179,11 +322,70 @@ mod tests {
         ]
     }
 
+    fn any_name() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9_-]{1,64}"
+    }
+
+    fn any_sharing() -> impl Strategy<Value = Sharing> {
+        prop_oneof![
+            Just(Sharing::None),
+            any_name().prop_map(Sharing::Consumer),
+            any_name().prop_map(Sharing::Group),
+        ]
+    }
+
+    #[test]
+    fn consumer_options_are_checked() {
+        let consumer = |name: &str, acks| SubscribeOptions {
+            sharing: Sharing::Consumer(name.into()),
+            acks,
+            ..SubscribeOptions::default()
+        };
+        assert!(SubscribeOptions::parse(&encoded(consumer("orders-worker", None))).is_ok());
+        assert!(matches!(
+            SubscribeOptions::parse(&encoded(consumer("bad name", None))),
+            Err(OptionError::Unsupported(_))
+        ));
+        let zero = AckSettings {
+            deliver_max: 0,
+            ..AckSettings::default()
+        };
+        assert!(matches!(
+            SubscribeOptions::parse(&encoded(consumer("c", Some(zero)))),
+            Err(OptionError::Unsupported(_))
+        ));
+        let acks_alone = SubscribeOptions {
+            acks: Some(AckSettings::default()),
+            ..SubscribeOptions::default()
+        };
+        assert!(matches!(
+            SubscribeOptions::parse(&encoded(acks_alone)),
+            Err(OptionError::Unsupported(_))
+        ));
+        let mut both = encoded(consumer("a", None));
+        put_entry(&mut both, TAG_GROUP, &[b"g"]);
+        assert!(matches!(
+            SubscribeOptions::parse(&both),
+            Err(OptionError::Malformed(_))
+        ));
+    }
+
     proptest! {
         #[test]
-        fn options_round_trip(start in any_start()) {
-            let options = SubscribeOptions { start };
-            prop_assert_eq!(SubscribeOptions::parse(&encoded(options)), Ok(options));
+        fn options_round_trip(
+            start in any_start(),
+            sharing in any_sharing(),
+            acks in proptest::option::of((1u32.., 1u32.., 1u16..)),
+        ) {
+            let acks = acks
+                .filter(|_| sharing != Sharing::None)
+                .map(|(in_flight_max, ack_wait_ms, deliver_max)| AckSettings {
+                    in_flight_max,
+                    ack_wait_ms,
+                    deliver_max,
+                });
+            let options = SubscribeOptions { start, sharing, acks };
+            prop_assert_eq!(SubscribeOptions::parse(&encoded(options.clone())), Ok(options));
         }
 
         #[test]

@@ -8,10 +8,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{CloseReason, ErrorCode};
 use crate::ids::{ConnectionId, Subscriber};
+use crate::mesh::message::ConsumerRequest;
 use crate::mesh::message::{OwnerRequest, ReplyTarget, Subscribed, Ticket};
 use crate::message::Message;
+use crate::protocol::native::AckKind;
 use crate::protocol::native::{self, Frame, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
-use crate::protocol::subscribe_options::{OptionError, Start, SubscribeOptions};
+use crate::protocol::subscribe_options::{OptionError, Sharing, Start, SubscribeOptions};
 use crate::protocol::topic::{self, SubjectKind};
 
 use super::connection::{ConnState, ReadBuffer, SubscriptionRecord};
@@ -99,6 +101,12 @@ impl Shard {
             Frame::Unsubscribe { request_id, sub_id } => {
                 self.handle_unsubscribe(id, request_id, sub_id)
             }
+            Frame::Ack {
+                request_id,
+                sub_id,
+                seq,
+                kind,
+            } => self.handle_ack(id, request_id, sub_id, (seq, kind)),
             Frame::Ping { request_id } => {
                 self.reply(id, Frame::Pong { request_id });
                 Flow::Continue
@@ -273,8 +281,8 @@ impl Shard {
             );
             return Flow::Continue;
         }
-        let start = match SubscribeOptions::parse(options) {
-            Ok(options) => options.start,
+        let options = match SubscribeOptions::parse(options) {
+            Ok(options) => options,
             Err(OptionError::Malformed(reason)) => {
                 self.reply_err(id, request_id, ErrorCode::BadFrame, reason);
                 return Flow::Continue;
@@ -291,12 +299,17 @@ impl Shard {
                 return Flow::Continue;
             }
         };
-        if kind == SubjectKind::Pattern && start != Start::New {
+        let start = options.start;
+        let consumer = match &options.sharing {
+            Sharing::None => None,
+            Sharing::Consumer(name) | Sharing::Group(name) => Some(name.as_str()),
+        };
+        if kind == SubjectKind::Pattern && (start != Start::New || consumer.is_some()) {
             self.reply_err(
                 id,
                 request_id,
                 ErrorCode::UnsupportedOption,
-                "a start position needs an exact topic, not a pattern",
+                "start positions, consumers and groups need an exact topic, not a pattern",
             );
             return Flow::Continue;
         }
@@ -341,27 +354,74 @@ impl Shard {
             connection: id,
             sub_id,
         };
+        let consumer_request = consumer.map(|name| {
+            Box::new(ConsumerRequest {
+                name: name.into(),
+                is_group: matches!(options.sharing, Sharing::Group(_)),
+                acks: options.acks,
+                subscriber,
+            })
+        });
+        let record = SubscriptionRecord {
+            subject: subject.into(),
+            kind,
+            pending: None,
+            consumer: consumer.map(Into::into),
+            acks: options.acks.is_some(),
+            dropped_unreported: 0,
+        };
         match kind {
             SubjectKind::Exact if owner == self.id => {
-                self.record_subscription(subscriber, subject, kind, None);
-                let result = self
-                    .owned
-                    .add_subscriber(subject, self.id, start, unix_time_ns());
-                self.finish_exact_subscribe(subscriber, request_id, subject, None, result);
+                self.record_subscription(subscriber, record);
+                match consumer_request {
+                    None => {
+                        let result =
+                            self.owned
+                                .add_subscriber(subject, self.id, start, unix_time_ns());
+                        self.finish_exact_subscribe(
+                            subscriber,
+                            request_id,
+                            subject,
+                            (None, None),
+                            result,
+                        );
+                    }
+                    Some(request) => {
+                        let mut actions = Vec::new();
+                        let result =
+                            self.attach_consumer(subject, &request, self.id, start, &mut actions);
+                        self.finish_exact_subscribe(
+                            subscriber,
+                            request_id,
+                            subject,
+                            (None, None),
+                            result,
+                        );
+                        self.carry_out(subject, &mut actions);
+                    }
+                }
             }
             SubjectKind::Exact => {
                 let ticket = self.pending_subscribe(subscriber, request_id, (subject, kind), 1);
-                self.record_subscription(subscriber, subject, kind, Some(ticket));
+                self.pending_subscribes[ticket.0 as usize].consumer = consumer.map(Into::into);
+                self.record_subscription(
+                    subscriber,
+                    SubscriptionRecord {
+                        pending: Some(ticket),
+                        ..record
+                    },
+                );
                 self.link_mut(owner)
                     .requests_out
                     .push(OwnerRequest::Subscribe {
                         topic: subject.into(),
                         start,
                         ticket,
+                        consumer: consumer_request,
                     });
             }
             SubjectKind::Pattern => {
-                self.record_subscription(subscriber, subject, kind, None);
+                self.record_subscription(subscriber, record);
                 let first = self.local.add_pattern(subject, subscriber);
                 if first {
                     self.pattern_interest.insert(subject, self.id);
@@ -385,23 +445,9 @@ impl Shard {
         Flow::Continue
     }
 
-    fn record_subscription(
-        &mut self,
-        subscriber: Subscriber,
-        subject: &str,
-        kind: SubjectKind,
-        pending: Option<Ticket>,
-    ) {
+    fn record_subscription(&mut self, subscriber: Subscriber, record: SubscriptionRecord) {
         if let Some(conn) = self.connection_mut(subscriber.connection) {
-            conn.subscriptions.insert(
-                subscriber.sub_id,
-                SubscriptionRecord {
-                    subject: subject.into(),
-                    kind,
-                    pending,
-                    dropped_unreported: 0,
-                },
-            );
+            conn.subscriptions.insert(subscriber.sub_id, record);
         }
     }
 
@@ -417,6 +463,7 @@ impl Shard {
             request_id,
             subject: subject.into(),
             kind,
+            consumer: None,
             acks_remaining: acks,
         });
         Ticket(key as u32)
@@ -434,7 +481,7 @@ impl Shard {
         subscriber: Subscriber,
         request_id: u32,
         subject: &str,
-        ticket: Option<Ticket>,
+        (ticket, pending_consumer): (Option<Ticket>, Option<Box<str>>),
         result: Result<Subscribed, ErrorCode>,
     ) {
         let id = subscriber.connection;
@@ -444,14 +491,17 @@ impl Shard {
             .filter(|record| record.pending == ticket);
         let Some(record) = still_wanted else {
             if result.is_ok() {
-                self.forget_exact_subscription(subject);
+                self.forget_exact_subscription(subject, subscriber, pending_consumer);
             }
             return;
         };
         match result {
             Ok(subscribed) => {
                 record.pending = None;
-                self.local.add_exact(subject, subscriber);
+                // A consumer's messages come from its owner, not from this shard's fan-out.
+                if record.consumer.is_none() {
+                    self.local.add_exact(subject, subscriber);
+                }
                 let position = subscribed.position;
                 let mut data = [0u8; 16];
                 data[0..8].copy_from_slice(&position.epoch.to_be_bytes());
@@ -509,9 +559,17 @@ impl Shard {
         match record.kind {
             SubjectKind::Exact => {
                 // A pending one is not live here yet; its ack will tell the owner to forget it.
-                if record.pending.is_none() && self.local.remove_exact(&record.subject, subscriber)
-                {
-                    self.forget_exact_subscription(&record.subject);
+                if record.pending.is_some() {
+                    return;
+                }
+                let counted_here = record.consumer.is_some()
+                    || self.local.remove_exact(&record.subject, subscriber);
+                if counted_here {
+                    self.forget_exact_subscription(
+                        &record.subject,
+                        subscriber,
+                        record.consumer.clone(),
+                    );
                 }
             }
             SubjectKind::Pattern => {
@@ -527,18 +585,97 @@ impl Shard {
         }
     }
 
-    /// Tells a topic's owner that one subscription from this shard is gone.
-    fn forget_exact_subscription(&mut self, topic: &str) {
+    /// Tells a topic's owner that one subscription from this shard is gone (for a consumer:
+    /// detached; the consumer itself stays, with what it has not acked).
+    fn forget_exact_subscription(
+        &mut self,
+        topic: &str,
+        subscriber: Subscriber,
+        consumer: Option<Box<str>>,
+    ) {
         let owner = self.owner_of(topic);
-        if owner == self.id {
-            self.owned.remove_subscriber(topic, self.id);
-        } else {
-            self.link_mut(owner)
+        match consumer {
+            None if owner == self.id => self.owned.remove_subscriber(topic, self.id),
+            None => self
+                .link_mut(owner)
                 .requests_out
                 .push(OwnerRequest::Unsubscribe {
                     topic: topic.into(),
-                });
+                }),
+            Some(consumer) if owner == self.id => {
+                let mut actions = Vec::new();
+                self.owned.detach_consumer(
+                    topic,
+                    &consumer,
+                    subscriber,
+                    unix_time_ns(),
+                    &mut actions,
+                );
+                self.carry_out(topic, &mut actions);
+            }
+            Some(consumer) => self
+                .link_mut(owner)
+                .requests_out
+                .push(OwnerRequest::Detach {
+                    topic: topic.into(),
+                    consumer,
+                    subscriber,
+                }),
         }
+    }
+
+    fn handle_ack(
+        &mut self,
+        id: ConnectionId,
+        request_id: u32,
+        sub_id: u32,
+        (seq, kind): (u64, AckKind),
+    ) -> Flow {
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
+        let target = match conn.subscriptions.get(&sub_id) {
+            None => Err((
+                ErrorCode::UnknownSubscription,
+                "no subscription with that id",
+            )),
+            Some(record) => match (&record.consumer, record.acks) {
+                (Some(consumer), true) => Ok((record.subject.clone(), consumer.clone())),
+                _ => Err((
+                    ErrorCode::UnsupportedOption,
+                    "that subscription was not made with ACKS",
+                )),
+            },
+        };
+        let (topic, consumer) = match target {
+            Ok(target) => target,
+            Err((code, reason)) => {
+                self.reply_err(id, request_id, code, reason);
+                return Flow::Continue;
+            }
+        };
+        let owner = self.owner_of(&topic);
+        if owner == self.id {
+            if !self.terminal_room() {
+                return Flow::Blocked;
+            }
+            let mut actions = Vec::new();
+            self.owned
+                .ack_consumer(&topic, &consumer, (seq, kind), unix_time_ns(), &mut actions);
+            self.carry_out(&topic, &mut actions);
+        } else {
+            let link = self.link_mut(owner);
+            if !(link.requests_out.has_room() || link.requests_out.flush()) {
+                return Flow::Blocked;
+            }
+            link.requests_out.push(OwnerRequest::Ack {
+                topic,
+                consumer,
+                seq,
+                kind,
+            });
+        }
+        Flow::Continue
     }
 
     pub(super) fn reply_ok(&mut self, id: ConnectionId, request_id: u32, data: &[u8]) {

@@ -52,6 +52,10 @@ pub struct SubscriptionRecord {
     pub kind: SubjectKind,
     /// An exact subscription waiting for its owner's ack: not live on this shard yet.
     pub pending: Option<Ticket>,
+    /// The durable consumer or group it belongs to; its messages come from the owner.
+    pub consumer: Option<Box<str>>,
+    /// Whether it takes ACK frames.
+    pub acks: bool,
     /// Deliveries dropped under `drop-oldest` and not yet reported with a DROPPED frame.
     pub dropped_unreported: u64,
 }

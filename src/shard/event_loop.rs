@@ -24,6 +24,10 @@ use super::{Flow, Shard, ShardCounters, LISTENER, WAKER_TOKEN};
 
 /// Longest sleep in `poll`, so the shutdown flag is seen even if a wake-up is lost.
 const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(200);
+/// Granularity of redelivery timers, and how often idle consumers are checked for
+/// `--consumer-ttl` when no redelivery is due sooner.
+const CONSUMER_TIMER_INTERVAL: Duration = Duration::from_millis(100);
+const CONSUMER_TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 /// How often idle topics are swept for messages past `--replay-ttl` (busy ones are swept on
 /// every publish).
 const REPLAY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -40,6 +44,7 @@ impl Shard {
         let busy_poll = Duration::from_micros(self.config.busy_poll_us);
         let mut last_work = Instant::now();
         let mut next_replay_sweep = Instant::now() + REPLAY_SWEEP_INTERVAL;
+        self.next_consumer_timer = Instant::now() + CONSUMER_TIMER_INTERVAL;
         let mut work_left = false;
         loop {
             let now = Instant::now();
@@ -76,6 +81,14 @@ impl Shard {
             self.flush_dirty();
             let now = Instant::now();
             self.expire_deadlines(now);
+            if now >= self.next_consumer_timer {
+                let next_deadline_ns = self.run_consumer_timers();
+                let wait = next_deadline_ns.map_or(CONSUMER_TIMER_INTERVAL, |deadline| {
+                    Duration::from_nanos(deadline.saturating_sub(super::commands::unix_time_ns()))
+                        .clamp(CONSUMER_TIMER_RESOLUTION, CONSUMER_TIMER_INTERVAL)
+                });
+                self.next_consumer_timer = now + wait;
+            }
             if self.config.replay_ttl_ms > 0 && now >= next_replay_sweep {
                 next_replay_sweep = now + REPLAY_SWEEP_INTERVAL;
                 self.owned.evict_expired(super::commands::unix_time_ns());
@@ -93,7 +106,8 @@ impl Shard {
     }
 
     fn next_timeout(&self, now: Instant) -> Duration {
-        let mut timeout = POLL_TIMEOUT_MAX;
+        let mut timeout =
+            POLL_TIMEOUT_MAX.min(self.next_consumer_timer.saturating_duration_since(now));
         for (deadline, _) in [
             self.handshake_deadlines.front(),
             self.linger_deadlines.front(),

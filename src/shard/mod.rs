@@ -12,6 +12,7 @@
 
 mod commands;
 pub mod connection;
+pub mod consumers;
 mod event_loop;
 mod owner;
 pub mod replay;
@@ -64,6 +65,7 @@ pub struct ShardCounters {
     pub connections_accepted: u64,
     pub connections_refused: u64,
     pub slow_consumer_disconnects: u64,
+    pub dead_lettered: u64,
     pub protocol_errors: u64,
     /// Events for connections that were already gone (a stale token): counted no-ops.
     pub stale_events: u64,
@@ -75,6 +77,8 @@ struct PendingSubscribe {
     request_id: u32,
     subject: Box<str>,
     kind: SubjectKind,
+    /// For a consumer subscription, so a late ack can detach it if it went away meanwhile.
+    consumer: Option<Box<str>>,
     acks_remaining: u32,
 }
 
@@ -116,9 +120,12 @@ pub struct Shard {
     stalled_requests: Vec<Option<std::vec::IntoIter<OwnerRequest>>>,
     encode_scratch: Vec<u8>,
     match_scratch: Vec<Subscriber>,
+    consumer_actions: Vec<consumers::ConsumerAction>,
     counters: ShardCounters,
     shutdown_flag: Arc<AtomicBool>,
     shutdown_deadline: Option<Instant>,
+    /// When consumer redeliveries and expiries are next checked.
+    next_consumer_timer: Instant,
 }
 
 impl Shard {
@@ -153,9 +160,11 @@ impl Shard {
             linger_deadlines: VecDeque::new(),
             encode_scratch: Vec::new(),
             match_scratch: Vec::new(),
+            consumer_actions: Vec::new(),
             counters: ShardCounters::default(),
             shutdown_flag: setup.shutdown,
             shutdown_deadline: None,
+            next_consumer_timer: Instant::now(),
             config,
         }
     }

@@ -9,14 +9,24 @@
 use crate::error::{CloseReason, ErrorCode};
 use crate::ids::ShardId;
 use crate::ids::Subscriber;
-use crate::mesh::message::{OwnerRequest, Replay, ReplyTarget, Subscribed, Terminal};
+use crate::mesh::message::{
+    ConsumerRequest, OwnerRequest, Replay, ReplyTarget, Subscribed, Terminal,
+};
 use crate::message::Message;
 use crate::protocol::native::Frame;
+use crate::protocol::subscribe_options::Start;
 use crate::protocol::topic::SubjectKind;
+use crate::protocol::topic::TOPIC_BYTES_MAX;
+use crate::shard::consumers::ConsumerAction;
 
 use super::commands::unix_time_ns;
 use super::connection::EnqueueOutcome;
 use super::Shard;
+
+/// Dead letters of `orders` go to `$dlq.orders`.
+pub const DEAD_LETTER_PREFIX: &str = "$dlq.";
+/// Why a message was dead-lettered, in its envelope.
+const DEAD_LETTER_REASON: &str = "max_deliver";
 
 /// Batches taken from one ring per loop turn, so one busy peer cannot starve the sockets.
 const RING_BATCHES_PER_TURN_MAX: usize = 64;
@@ -33,9 +43,18 @@ impl Shard {
     /// matching subscription (delivering directly to this shard's own subscribers).
     /// The caller has checked `terminal_room`.
     pub(super) fn sequence_and_fan_out(&mut self, mut message: Message) -> Result<u64, ErrorCode> {
-        let sequenced =
-            self.owned
-                .sequence(&mut message, &self.pattern_interest, unix_time_ns())?;
+        let mut actions = std::mem::take(&mut self.consumer_actions);
+        let sequenced = self.owned.sequence(
+            &mut message,
+            &self.pattern_interest,
+            unix_time_ns(),
+            &mut actions,
+        );
+        if !actions.is_empty() {
+            self.carry_out(message.topic(), &mut actions);
+        }
+        self.consumer_actions = actions;
+        let sequenced = sequenced?;
         let (seq, mask) = (sequenced.seq, sequenced.shard_mask);
         self.counters.published += 1;
         let me = self.id;
@@ -150,6 +169,7 @@ impl Shard {
                 topic,
                 start,
                 ticket,
+                consumer: None,
             } => {
                 let result = self
                     .owned
@@ -158,6 +178,53 @@ impl Shard {
                     .terminals_out
                     .push(Terminal::SubscribeAck { ticket, result });
             }
+            OwnerRequest::Subscribe {
+                topic,
+                start,
+                ticket,
+                consumer: Some(consumer),
+            } => {
+                let mut actions = Vec::new();
+                let result = self.attach_consumer(&topic, &consumer, from, start, &mut actions);
+                // The ack goes first: the subscriber's shard makes the subscription live on
+                // it, and the deliveries follow on the same ring.
+                self.link_mut(from)
+                    .terminals_out
+                    .push(Terminal::SubscribeAck { ticket, result });
+                self.carry_out(&topic, &mut actions);
+            }
+            OwnerRequest::Detach {
+                topic,
+                consumer,
+                subscriber,
+            } => {
+                let mut actions = Vec::new();
+                self.owned.detach_consumer(
+                    &topic,
+                    &consumer,
+                    subscriber,
+                    unix_time_ns(),
+                    &mut actions,
+                );
+                self.carry_out(&topic, &mut actions);
+            }
+            OwnerRequest::Ack {
+                topic,
+                consumer,
+                seq,
+                kind,
+            } => {
+                let mut actions = Vec::new();
+                self.owned.ack_consumer(
+                    &topic,
+                    &consumer,
+                    (seq, kind),
+                    unix_time_ns(),
+                    &mut actions,
+                );
+                self.carry_out(&topic, &mut actions);
+            }
+            OwnerRequest::DeadLetter { message } => self.publish_dead_letter(message),
             OwnerRequest::Unsubscribe { topic } => self.owned.remove_subscriber(&topic, from),
             OwnerRequest::PatternSubscribe {
                 pattern,
@@ -183,6 +250,24 @@ impl Shard {
     fn handle_terminal(&mut self, terminal: Terminal) {
         match terminal {
             Terminal::Deliver { message } => self.deliver_local(&message),
+            Terminal::DeliverTo {
+                subscriber,
+                message,
+            } => {
+                self.deliver_to(subscriber, &message);
+            }
+            Terminal::GapTo {
+                subscriber,
+                missed,
+                resume_seq,
+            } => self.reply(
+                subscriber.connection,
+                Frame::Gap {
+                    sub_id: subscriber.sub_id,
+                    missed,
+                    resume_seq,
+                },
+            ),
             Terminal::PublishOutcome { reply, result } => {
                 // The owner sends an outcome for a quiet publish only when it failed.
                 self.answer_publish(reply, false, result);
@@ -208,11 +293,133 @@ impl Shard {
                     pending.subscriber,
                     pending.request_id,
                     &pending.subject,
-                    Some(ticket),
+                    (Some(ticket), pending.consumer),
                     result,
                 );
             }
         }
+    }
+
+    pub(super) fn attach_consumer(
+        &mut self,
+        topic: &str,
+        consumer: &ConsumerRequest,
+        from: ShardId,
+        start: Start,
+        actions: &mut Vec<ConsumerAction>,
+    ) -> Result<Subscribed, ErrorCode> {
+        let backoff_max_ns = self
+            .config
+            .redelivery_backoff_max_ms
+            .saturating_mul(1_000_000);
+        self.owned.attach_consumer(
+            topic,
+            consumer,
+            from,
+            start,
+            unix_time_ns(),
+            backoff_max_ns,
+            actions,
+        )
+    }
+
+    /// Carries out what consumers of `topic` asked for: deliveries (here, or over the ring
+    /// to the member's shard), gap notices, dead letters. A pump may add up to
+    /// `in_flight_max` deliveries at once, so these may take an outbox past its batch size.
+    pub(super) fn carry_out(&mut self, topic: &str, actions: &mut Vec<ConsumerAction>) {
+        for action in actions.drain(..) {
+            match action {
+                ConsumerAction::Deliver { member, message } if member.shard == self.id => {
+                    self.deliver_to(member.subscriber, &message);
+                }
+                ConsumerAction::Deliver { member, message } => {
+                    self.link_mut(member.shard)
+                        .terminals_out
+                        .push(Terminal::DeliverTo {
+                            subscriber: member.subscriber,
+                            message,
+                        });
+                }
+                ConsumerAction::Gap {
+                    member,
+                    missed,
+                    resume_seq,
+                } if member.shard == self.id => self.reply(
+                    member.subscriber.connection,
+                    Frame::Gap {
+                        sub_id: member.subscriber.sub_id,
+                        missed,
+                        resume_seq,
+                    },
+                ),
+                ConsumerAction::Gap {
+                    member,
+                    missed,
+                    resume_seq,
+                } => self
+                    .link_mut(member.shard)
+                    .terminals_out
+                    .push(Terminal::GapTo {
+                        subscriber: member.subscriber,
+                        missed,
+                        resume_seq,
+                    }),
+                ConsumerAction::DeadLetter {
+                    message,
+                    delivery_count,
+                } => {
+                    self.counters.dead_lettered += 1;
+                    let dlq_topic = format!("{DEAD_LETTER_PREFIX}{topic}");
+                    if dlq_topic.len() > TOPIC_BYTES_MAX {
+                        log::warn!(
+                            "event=dead_letter_unroutable shard={} topic={topic} seq={}",
+                            self.id,
+                            message.seq()
+                        );
+                        continue;
+                    }
+                    let mut envelope = Vec::with_capacity(11 + message.payload().len() + 16);
+                    envelope.extend_from_slice(&message.seq().to_be_bytes());
+                    envelope.extend_from_slice(&delivery_count.to_be_bytes());
+                    envelope.push(DEAD_LETTER_REASON.len() as u8);
+                    envelope.extend_from_slice(DEAD_LETTER_REASON.as_bytes());
+                    envelope.extend_from_slice(message.payload());
+                    let dead = Message::from_publish(
+                        &mut self.encode_scratch,
+                        &dlq_topic,
+                        None,
+                        &envelope,
+                    );
+                    let owner = self.owner_of(&dlq_topic);
+                    if owner == self.id {
+                        self.publish_dead_letter(dead);
+                    } else {
+                        self.link_mut(owner)
+                            .requests_out
+                            .push(OwnerRequest::DeadLetter { message: dead });
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_dead_letter(&mut self, message: Message) {
+        if let Err(code) = self.sequence_and_fan_out(message) {
+            log::warn!("event=dead_letter_refused shard={} code={code}", self.id);
+        }
+    }
+
+    /// Redeliveries and dead letters that are due, and expired idle consumers. Returns when
+    /// it next has something to do.
+    pub(super) fn run_consumer_timers(&mut self) -> Option<u64> {
+        let now_ns = unix_time_ns();
+        let ttl_ns = self.config.consumer_ttl_ms.saturating_mul(1_000_000);
+        let mut due = Vec::new();
+        let next = self.owned.consumer_timers(now_ns, ttl_ns, &mut due);
+        for (topic, action) in due {
+            self.carry_out(&topic, &mut vec![action]);
+        }
+        next
     }
 
     /// Sends a new subscriber what it asked to replay: a GAP notice first if part of it was

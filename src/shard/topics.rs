@@ -8,12 +8,14 @@
 //!   topic, exact ones in a hash map and patterns in a token trie, so a delivery that arrives
 //!   from an owner fans out here without asking anyone.
 
-use ahash::AHashMap;
+use ahash::{AHashMap, AHashSet};
 
 use crate::error::ErrorCode;
 use crate::ids::{ShardId, Subscriber};
-use crate::mesh::message::{Replay, Subscribed, TopicPosition};
+use crate::mesh::message::{ConsumerRequest, Replay, Subscribed, TopicPosition};
 use crate::message::Message;
+use crate::protocol::native::AckKind;
+use crate::shard::consumers::{Consumer, ConsumerAction, Member};
 use crate::shard::replay::{ReplayLimits, ReplayRing, Start};
 use crate::shard::sublist::Sublist;
 
@@ -33,12 +35,15 @@ pub struct OwnedTopic {
     pattern_generation: u64,
     /// Recent messages, for subscribers that start in the past.
     pub replay: ReplayRing<Message>,
+    /// Durable consumers and groups, by name.
+    pub consumers: AHashMap<Box<str>, Consumer>,
 }
 
 impl OwnedTopic {
     fn new(shards: usize, replay_limits: ReplayLimits) -> Self {
         OwnedTopic {
             replay: ReplayRing::new(replay_limits),
+            consumers: AHashMap::new(),
             epoch: rand::random(),
             last_seq: 0,
             last_timestamp_ns: 0,
@@ -80,6 +85,8 @@ pub struct OwnedTopics {
     shards: usize,
     replay_limits: ReplayLimits,
     pattern_matches: Vec<ShardId>,
+    /// Topics with at least one consumer, so timers visit only those.
+    consumer_topics: AHashSet<Box<str>>,
 }
 
 impl OwnedTopics {
@@ -88,6 +95,7 @@ impl OwnedTopics {
             topics: AHashMap::new(),
             topics_max,
             replay_limits,
+            consumer_topics: AHashSet::new(),
             shards,
             pattern_matches: Vec::new(),
         }
@@ -151,6 +159,118 @@ impl OwnedTopics {
         })
     }
 
+    /// Attaches a durable consumer or group member, creating the consumer on first use at
+    /// the requested start, and starts delivering to it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach_consumer(
+        &mut self,
+        topic: &str,
+        request: &ConsumerRequest,
+        shard: ShardId,
+        start: Start,
+        now_ns: u64,
+        backoff_max_ns: u64,
+        out: &mut Vec<ConsumerAction>,
+    ) -> Result<Subscribed, ErrorCode> {
+        if !self.consumer_topics.contains(topic) {
+            self.consumer_topics.insert(topic.into());
+        }
+        let owned = self.get_or_create(topic)?;
+        let member = Member {
+            shard,
+            subscriber: request.subscriber,
+        };
+        let consumer = match owned.consumers.get_mut(&*request.name) {
+            Some(consumer) if consumer.is_group != request.is_group => {
+                return Err(ErrorCode::ConsumerInUse);
+            }
+            Some(consumer) => consumer,
+            None => {
+                // The consumer starts where it asked; what is already evicted there is
+                // reported as a gap by its first pump.
+                let plan = owned.replay.plan(start, now_ns);
+                let first_seq = plan.first_seq.saturating_sub(plan.missed).max(1);
+                owned.consumers.insert(
+                    request.name.clone(),
+                    Consumer::new(request.is_group, first_seq, request.acks, backoff_max_ns),
+                );
+                owned
+                    .consumers
+                    .get_mut(&*request.name)
+                    .expect("just inserted")
+            }
+        };
+        consumer.attach(member, now_ns, out)?;
+        consumer.pump(&owned.replay, None, now_ns, out);
+        Ok(Subscribed {
+            position: owned.position(),
+            replay: Replay::default(),
+        })
+    }
+
+    pub fn detach_consumer(
+        &mut self,
+        topic: &str,
+        name: &str,
+        subscriber: Subscriber,
+        now_ns: u64,
+        out: &mut Vec<ConsumerAction>,
+    ) {
+        if let Some(owned) = self.topics.get_mut(topic) {
+            if let Some(consumer) = owned.consumers.get_mut(name) {
+                consumer.detach(subscriber, now_ns, out);
+                consumer.pump(&owned.replay, None, now_ns, out);
+            }
+        }
+    }
+
+    pub fn ack_consumer(
+        &mut self,
+        topic: &str,
+        name: &str,
+        (seq, kind): (u64, AckKind),
+        now_ns: u64,
+        out: &mut Vec<ConsumerAction>,
+    ) {
+        if let Some(owned) = self.topics.get_mut(topic) {
+            if let Some(consumer) = owned.consumers.get_mut(name) {
+                consumer.ack(seq, kind, now_ns, out);
+                consumer.pump(&owned.replay, None, now_ns, out);
+            }
+        }
+    }
+
+    /// Redeliveries and dead letters that are due, and consumers idle past `consumer_ttl_ns`
+    /// removed. Returns the earliest deadline still pending.
+    pub fn consumer_timers(
+        &mut self,
+        now_ns: u64,
+        consumer_ttl_ns: u64,
+        out: &mut Vec<(Box<str>, ConsumerAction)>,
+    ) -> Option<u64> {
+        let mut next_deadline_ns: Option<u64> = None;
+        let mut actions = Vec::new();
+        let topics = &mut self.topics;
+        self.consumer_topics.retain(|topic| {
+            let Some(owned) = topics.get_mut(topic) else {
+                return false;
+            };
+            owned.consumers.retain(|_, consumer| {
+                consumer.on_timer(now_ns, &mut actions);
+                consumer.pump(&owned.replay, None, now_ns, &mut actions);
+                if let Some(deadline) = consumer.next_deadline_ns() {
+                    next_deadline_ns = Some(next_deadline_ns.map_or(deadline, |d| d.min(deadline)));
+                }
+                consumer
+                    .detached_since_ns
+                    .is_none_or(|since| now_ns.saturating_sub(since) < consumer_ttl_ns)
+            });
+            out.extend(actions.drain(..).map(|action| (topic.clone(), action)));
+            !owned.consumers.is_empty()
+        });
+        next_deadline_ns
+    }
+
     /// Evicts messages past their age limit in every topic (idle topics too).
     pub fn evict_expired(&mut self, now_ns: u64) -> usize {
         self.topics
@@ -179,6 +299,7 @@ impl OwnedTopics {
         message: &mut Message,
         patterns: &Sublist<ShardId>,
         now_ns: u64,
+        consumer_actions: &mut Vec<ConsumerAction>,
     ) -> Result<Sequenced, ErrorCode> {
         let mut scratch = std::mem::take(&mut self.pattern_matches);
         let result = self.get_or_create(message.topic()).map(|owned| {
@@ -192,6 +313,9 @@ impl OwnedTopics {
                 message.clone(),
                 now_ns,
             );
+            for consumer in owned.consumers.values_mut() {
+                consumer.pump(&owned.replay, Some(message), now_ns, consumer_actions);
+            }
             let topic = message.topic();
             if owned.pattern_generation != patterns.generation() {
                 scratch.clear();
@@ -325,7 +449,7 @@ mod tests {
         patterns: &Sublist<ShardId>,
         now_ns: u64,
     ) -> Result<Sequenced, ErrorCode> {
-        owned.sequence(&mut message(topic), patterns, now_ns)
+        owned.sequence(&mut message(topic), patterns, now_ns, &mut Vec::new())
     }
 
     fn sequenced(seq: u64, shard_mask: u64) -> Result<Sequenced, ErrorCode> {
