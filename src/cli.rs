@@ -119,6 +119,9 @@ pub struct PubArgs {
     pub addr: String,
     pub topic: String,
     pub message: String,
+    /// Wait for the broker to sequence the message and print its sequence number.
+    #[arg(long)]
+    pub confirm: bool,
 }
 
 #[derive(Debug, Args)]
@@ -140,9 +143,35 @@ pub struct SubArgs {
     /// Start with everything the topic retains (exact topics only).
     #[arg(long)]
     pub all: bool,
+    /// Subscribe as this durable consumer: the broker remembers how far it got.
+    #[arg(long, value_name = "NAME", conflicts_with = "group")]
+    pub consumer: Option<String>,
+    /// Join this consumer group: its members split the messages.
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+    /// At-least-once: acknowledge each message as it is printed (needs --consumer or --group).
+    #[arg(long)]
+    pub ack: bool,
 }
 
 impl SubArgs {
+    pub fn options(&self) -> Result<crate::client::SubscribeOptions, String> {
+        use crate::client::{AckSettings, Sharing, SubscribeOptions};
+        let sharing = match (&self.consumer, &self.group) {
+            (Some(name), _) => Sharing::Consumer(name.clone()),
+            (_, Some(name)) => Sharing::Group(name.clone()),
+            _ => Sharing::None,
+        };
+        if self.ack && sharing == Sharing::None {
+            return Err("--ack needs --consumer NAME or --group NAME".into());
+        }
+        Ok(SubscribeOptions {
+            start: self.start(),
+            sharing,
+            acks: self.ack.then(AckSettings::default),
+        })
+    }
+
     pub fn start(&self) -> crate::client::Start {
         use crate::client::Start;
         match (self.last, self.from_seq, self.all) {

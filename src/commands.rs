@@ -7,7 +7,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::cli::{PubArgs, ServeArgs, SubArgs};
-use crate::client::{Client, SubscribeOptions};
+use crate::client::Client;
 use crate::server::Broker;
 
 type CommandResult = Result<(), Box<dyn Error>>;
@@ -36,18 +36,25 @@ pub fn serve(args: &ServeArgs) -> CommandResult {
 
 pub fn publish(args: &PubArgs) -> CommandResult {
     let mut client = Client::connect(&args.addr)?;
-    let seq = client.publish_confirmed(&args.topic, args.message.as_bytes())?;
-    println!("published {} seq={seq}", args.topic);
+    if args.confirm {
+        let seq = client.publish_confirmed(&args.topic, args.message.as_bytes())?;
+        println!("published {} seq={seq}", args.topic);
+    } else {
+        client.publish(&args.topic, args.message.as_bytes())?;
+        // A round trip, so a refusal (bad topic, too large) is reported before exiting.
+        client.ping()?;
+        if let Some(error) = client.take_async_errors().0.into_iter().next() {
+            return Err(Box::new(crate::client::Error::Server(error)));
+        }
+        println!("published {}", args.topic);
+    }
     client.close()?;
     Ok(())
 }
 
 pub fn subscribe(args: &SubArgs) -> CommandResult {
     let mut client = Client::connect(&args.addr)?;
-    let options = SubscribeOptions {
-        start: args.start(),
-        ..SubscribeOptions::default()
-    };
+    let options = args.options()?;
     let mut subscription = client.subscribe_with(&args.subject, options)?;
     eprintln!("subscribed to {}", args.subject);
     let mut received = 0u64;
@@ -61,6 +68,9 @@ pub fn subscribe(args: &SubArgs) -> CommandResult {
             );
         }
         received += 1;
+        if args.ack {
+            client.ack(&subscription, message.seq)?;
+        }
         let mut stdout = std::io::stdout().lock();
         writeln!(
             stdout,

@@ -267,6 +267,7 @@ fn sub_prints_what_pub_publishes() {
     for expected_seq in 1..=2 {
         let (status, stdout, stderr) = run(corebus(&[
             "pub",
+            "--confirm",
             "--addr",
             &addr,
             "orders.created",
@@ -406,6 +407,47 @@ fn a_flag_overrides_its_environment_variable() {
         "200 connections all landed on shard 0: --shards 3 ignored"
     );
     assert!(seen.iter().all(|&s| s < 3), "shards seen: {seen:?}");
+}
+
+#[test]
+fn sub_as_a_durable_consumer_acks_and_resumes_where_it_stopped() {
+    let (_serve, addr) = serve_two_shards();
+    let addr = addr.to_string();
+    let consume = |count: &str| {
+        spawn(corebus(&[
+            "sub",
+            "--addr",
+            &addr,
+            "jobs",
+            "--consumer",
+            "cli",
+            "--ack",
+            "--all",
+            "--count",
+            count,
+        ]))
+    };
+    let mut first = consume("2");
+    first.await_stderr("subscribed", WAIT);
+    for body in ["one", "two", "three"] {
+        let (status, _, stderr) = run(corebus(&["pub", "--addr", &addr, "jobs", body]));
+        assert!(status.success(), "pub failed: {stderr}");
+    }
+    assert!(first.wait(WAIT).success());
+    // The second run resumes after the two acked messages. The first one's detach may still
+    // be on its way to the topic's owner, which answers CONSUMER_IN_USE meanwhile.
+    let mut attempts = 0;
+    let lines = loop {
+        let mut second = consume("1");
+        if second.wait(WAIT).success() {
+            break second.rest_of_stdout();
+        }
+        attempts += 1;
+        assert!(attempts < 50, "stderr: {}", second.all_stderr());
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("jobs seq=3 three"), "{lines:?}");
 }
 
 #[test]
