@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the broker's hot-path pieces, each without sockets:
 //! frame decode/encode, topic validation and routing, pattern matching (cached and not),
-//! and a ring handoff. Run with `cargo bench --bench hot_path`.
+//! a ring handoff, and the delivery-guarantee structures (replay ring, retry buffer). Run with
+//! `cargo bench --bench hot_path`.
 
 use std::sync::Arc;
 
@@ -98,5 +99,65 @@ fn ring(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, codec, topics, ring);
+fn replay_and_retry(c: &mut Criterion) {
+    use corebus::shard::replay::{ReplayLimits, ReplayRing};
+    use corebus::shard::retry::{RetryBuffer, RetryPolicy};
+
+    let message = Message::from_publish(&mut Vec::new(), "orders.created", None, &[0u8; 64]);
+    let mut group = c.benchmark_group("delivery");
+    group.throughput(Throughput::Elements(1));
+    // A full ring: every push evicts the oldest, the steady state of a busy topic.
+    let mut ring = ReplayRing::new(ReplayLimits {
+        messages_max: 1024,
+        bytes_max: 1 << 20,
+        ttl_ns: 0,
+    });
+    let mut seq = 0u64;
+    group.bench_function("replay_push_evict", |b| {
+        b.iter(|| {
+            seq += 1;
+            ring.push(seq, seq, message.frame_len(), message.clone(), seq)
+        })
+    });
+    let mut retry = RetryBuffer::new(RetryPolicy {
+        in_flight_max: 1024,
+        ack_wait_ns: 1_000_000,
+        backoff_max_ns: 1_000_000_000,
+        deliver_max: 5,
+    });
+    let mut next = 0u64;
+    group.bench_function("retry_track_then_ack", |b| {
+        b.iter(|| {
+            next += 1;
+            let _ = retry.track(next, message.clone(), next);
+            retry.ack(next)
+        })
+    });
+    let mut due = Vec::with_capacity(1024);
+    group.bench_function("retry_redeliver_1024_due", |b| {
+        b.iter_batched(
+            || {
+                let mut buffer = RetryBuffer::new(RetryPolicy {
+                    in_flight_max: 1024,
+                    ack_wait_ns: 1,
+                    backoff_max_ns: 1,
+                    deliver_max: 100,
+                });
+                for seq in 1..=1024 {
+                    let _ = buffer.track(seq, message.clone(), 0);
+                }
+                buffer
+            },
+            |mut buffer| {
+                due.clear();
+                buffer.take_due(10, &mut due);
+                black_box(due.len())
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, codec, topics, ring, replay_and_retry);
 criterion_main!(benches);
