@@ -407,3 +407,101 @@ fn at_least_once_survives_random_consumer_crashes() {
     }
     eprintln!("all topics: every message at least once, {duplicates_total} duplicates");
 }
+
+#[test]
+fn a_pattern_group_splits_every_matching_topic_among_its_members() {
+    let broker = start(config(4));
+    let addr = broker.native_addr();
+    let options = SubscribeOptions {
+        sharing: Sharing::Group("split".into()),
+        ..SubscribeOptions::default()
+    };
+    let mut members: Vec<(Client, Subscription)> = (0..3u16)
+        .map(|shard| {
+            let mut member = client_on_shard(addr, shard);
+            let subscription = member.subscribe_with("fan.*", options.clone()).unwrap();
+            (member, subscription)
+        })
+        .collect();
+    let mut watcher = client(addr);
+    let mut everything = watcher.subscribe("fan.*").unwrap();
+    let topics: Vec<String> = (0..4)
+        .map(|owner| topic_owned_by("fan", owner, 4))
+        .collect();
+    let mut publisher = client(addr);
+    const PER_TOPIC: u64 = 1_000;
+    for i in 0..PER_TOPIC {
+        for topic in &topics {
+            publisher.publish(topic, &i.to_be_bytes()).unwrap();
+        }
+    }
+    for topic in &topics {
+        publisher.publish_confirmed(topic, b"end").unwrap();
+    }
+    let total = (PER_TOPIC + 1) * topics.len() as u64;
+    let mut got: HashMap<(String, u64), usize> = HashMap::new();
+    let mut per_member = [0u64; 3];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (got.len() as u64) < total {
+        assert!(Instant::now() < deadline, "only {} of {total}", got.len());
+        for (index, (_, subscription)) in members.iter_mut().enumerate() {
+            while let Some(message) = subscription.try_recv().unwrap() {
+                let previous = got.insert((message.topic.clone(), message.seq), index);
+                assert!(
+                    previous.is_none(),
+                    "{} seq {} went to two members",
+                    message.topic,
+                    message.seq
+                );
+                per_member[index] += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for count in per_member {
+        assert!(count > total / 6, "unbalanced: {per_member:?}");
+    }
+    // The group does not take messages from a plain subscription to the same pattern.
+    for _ in 0..total {
+        everything.recv_timeout(WAIT).unwrap();
+    }
+    // A member that leaves gets nothing more; the others get it all.
+    let (mut leaver, left) = members.remove(0);
+    leaver.unsubscribe(left).unwrap();
+    for topic in &topics {
+        publisher.publish_confirmed(topic, b"after").unwrap();
+    }
+    eprintln!(
+        "first part took {:?}",
+        Instant::now() + Duration::from_secs(30) - deadline
+    );
+    let deadline = Instant::now() + WAIT;
+    let mut after = 0;
+    while after < topics.len() {
+        for (_, subscription) in members.iter_mut() {
+            while let Some(message) = subscription.try_recv().unwrap() {
+                assert_eq!(message.payload, b"after");
+                after += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        if Instant::now() >= deadline {
+            let plain = (0..4)
+                .filter(|_| everything.recv_timeout(Duration::from_millis(100)).is_ok())
+                .count();
+            panic!("after leaving: {after}; the plain subscriber got {plain}");
+        }
+    }
+    // An acked group needs an exact topic in this version.
+    let error = watcher
+        .subscribe_with(
+            "fan.*",
+            SubscribeOptions {
+                acks: Some(AckSettings::default()),
+                ..options
+            },
+        )
+        .err()
+        .unwrap();
+    assert_eq!(error.server_code(), Some(ErrorCode::UnsupportedOption));
+}

@@ -14,6 +14,7 @@ use crate::ids::{ConnectionId, Subscriber};
 use crate::message::Message;
 use crate::protocol::native::AckKind;
 use crate::protocol::subscribe_options::{AckSettings, Start};
+use crate::shard::consumers::Member;
 
 /// Where a reply goes back to: a connection on the shard that sent the request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +72,22 @@ pub enum OwnerRequest {
     },
     /// The sending shard's last subscription to the pattern went away.
     PatternUnsubscribe { pattern: Box<str> },
+    /// A member joined a pattern group; every shard records it (any may own a matching
+    /// topic) and acks, like a pattern subscription.
+    PatternGroupJoin {
+        pattern: Box<str>,
+        group: Box<str>,
+        member: Member,
+        ticket: Ticket,
+    },
+    /// A member left a pattern group. With a ticket (an UNSUBSCRIBE waiting for every
+    /// shard) the receiver acks; without (the connection went away) nobody waits.
+    PatternGroupLeave {
+        pattern: Box<str>,
+        group: Box<str>,
+        subscriber: Subscriber,
+        ticket: Option<Ticket>,
+    },
 }
 
 #[derive(Debug)]

@@ -15,6 +15,7 @@ use crate::protocol::native::AckKind;
 use crate::protocol::native::{self, Frame, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 use crate::protocol::subscribe_options::{OptionError, Sharing, Start, SubscribeOptions};
 use crate::protocol::topic::{self, SubjectKind};
+use crate::shard::consumers::Member;
 
 use super::connection::{ConnState, ReadBuffer, SubscriptionRecord};
 use super::{Flow, PendingSubscribe, Shard};
@@ -304,12 +305,15 @@ impl Shard {
             Sharing::None => None,
             Sharing::Consumer(name) | Sharing::Group(name) => Some(name.as_str()),
         };
-        if kind == SubjectKind::Pattern && (start != Start::New || consumer.is_some()) {
+        let pattern_group = matches!(options.sharing, Sharing::Group(_)) && options.acks.is_none();
+        if kind == SubjectKind::Pattern
+            && (start != Start::New || (consumer.is_some() && !pattern_group))
+        {
             self.reply_err(
                 id,
                 request_id,
                 ErrorCode::UnsupportedOption,
-                "start positions, consumers and groups need an exact topic, not a pattern",
+                "start positions, durable consumers and acked groups need an exact topic",
             );
             return Flow::Continue;
         }
@@ -420,6 +424,30 @@ impl Shard {
                         consumer: consumer_request,
                     });
             }
+            SubjectKind::Pattern if pattern_group => {
+                self.record_subscription(subscriber, record);
+                let group = consumer.expect("a pattern group has a name");
+                let member = Member {
+                    shard: self.id,
+                    subscriber,
+                };
+                self.pattern_groups.join(subject, group, member);
+                let peers = (self.shard_count - 1) as u32;
+                if peers == 0 {
+                    self.reply_ok(id, request_id, &[]);
+                } else {
+                    let ticket =
+                        self.pending_subscribe(subscriber, request_id, (subject, kind), peers);
+                    for link in self.peers_mut() {
+                        link.requests_out.push(OwnerRequest::PatternGroupJoin {
+                            pattern: subject.into(),
+                            group: group.into(),
+                            member,
+                            ticket,
+                        });
+                    }
+                }
+            }
             SubjectKind::Pattern => {
                 self.record_subscription(subscriber, record);
                 let first = self.local.add_pattern(subject, subscriber);
@@ -523,6 +551,42 @@ impl Shard {
             .connection_mut(id)
             .and_then(|conn| conn.subscriptions.remove(&sub_id));
         match removed {
+            Some(record) if record.kind == SubjectKind::Pattern && record.consumer.is_some() => {
+                // Like joining, leaving a pattern group is a barrier: once it is answered, no
+                // owner picks this member any more.
+                let subscriber = Subscriber {
+                    connection: id,
+                    sub_id,
+                };
+                let group = record.consumer.as_deref().unwrap_or_default();
+                self.pattern_groups.leave(
+                    &record.subject,
+                    group,
+                    Member {
+                        shard: self.id,
+                        subscriber,
+                    },
+                );
+                let peers = (self.shard_count - 1) as u32;
+                if peers == 0 {
+                    self.reply_ok(id, request_id, &[]);
+                    return Flow::Continue;
+                }
+                let ticket = self.pending_subscribe(
+                    subscriber,
+                    request_id,
+                    (&record.subject, SubjectKind::Pattern),
+                    peers,
+                );
+                for link in self.peers_mut() {
+                    link.requests_out.push(OwnerRequest::PatternGroupLeave {
+                        pattern: record.subject.clone(),
+                        group: group.into(),
+                        subscriber,
+                        ticket: Some(ticket),
+                    });
+                }
+            }
             Some(record) => {
                 self.withdraw_subscription(
                     Subscriber {
@@ -572,6 +636,25 @@ impl Shard {
                     );
                 }
             }
+            SubjectKind::Pattern if record.consumer.is_some() => {
+                let group = record.consumer.as_deref().unwrap_or_default();
+                self.pattern_groups.leave(
+                    &record.subject,
+                    group,
+                    Member {
+                        shard: self.id,
+                        subscriber,
+                    },
+                );
+                for link in self.peers_mut() {
+                    link.requests_out.push(OwnerRequest::PatternGroupLeave {
+                        pattern: record.subject.clone(),
+                        group: group.into(),
+                        subscriber,
+                        ticket: None,
+                    });
+                }
+            }
             SubjectKind::Pattern => {
                 if self.local.remove_pattern(&record.subject, subscriber) == Some(true) {
                     self.pattern_interest.remove(&record.subject, self.id);
@@ -607,7 +690,10 @@ impl Shard {
                 self.owned.detach_consumer(
                     topic,
                     &consumer,
-                    subscriber,
+                    Member {
+                        shard: self.id,
+                        subscriber,
+                    },
                     unix_time_ns(),
                     &mut actions,
                 );

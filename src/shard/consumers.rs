@@ -126,8 +126,10 @@ impl Consumer {
 
     /// Removes a member (unsubscribed, or its connection went away). In a group, what it had
     /// not acknowledged goes to the other members at once.
-    pub fn detach(&mut self, subscriber: Subscriber, now_ns: u64, out: &mut Vec<ConsumerAction>) {
-        self.members.retain(|m| m.subscriber != subscriber);
+    /// Members are told apart by shard and subscriber: connection ids are per shard, so two
+    /// shards may hold equal ones.
+    pub fn detach(&mut self, leaving: Member, now_ns: u64, out: &mut Vec<ConsumerAction>) {
+        self.members.retain(|m| *m != leaving);
         if self.members.is_empty() {
             self.detached_since_ns = Some(now_ns);
             return;
@@ -135,7 +137,7 @@ impl Consumer {
         if let Some(unacked) = &mut self.unacked {
             let orphaned: Vec<u64> = unacked
                 .iter()
-                .filter(|entry| entry.item.member.subscriber == subscriber)
+                .filter(|entry| entry.item.member == leaving)
                 .map(|entry| entry.seq)
                 .collect();
             for seq in orphaned {
@@ -390,7 +392,7 @@ mod tests {
             consumer.attach(member(2), 0, &mut out),
             Err(ErrorCode::ConsumerInUse)
         );
-        consumer.detach(member(1).subscriber, 5, &mut out);
+        consumer.detach(member(1), 5, &mut out);
         assert!(out.is_empty());
         consumer.on_timer(1_000_000_000, &mut out);
         assert!(out.is_empty(), "nobody to redeliver to");
@@ -418,8 +420,27 @@ mod tests {
             [(1, 1, 1), (2, 2, 1), (1, 3, 1), (2, 4, 1)]
         );
         group.ack(2, AckKind::Single, 0, &mut out);
-        group.detach(member(2).subscriber, 1, &mut out);
+        group.detach(member(2), 1, &mut out);
         assert_eq!(delivered(&mut out), [(1, 4, 2)]);
+    }
+
+    #[test]
+    fn members_with_equal_connection_ids_on_different_shards_stay_apart() {
+        // Regression: connection ids are per shard, so equal ids on two shards are two members.
+        let ring = ring_with(2);
+        let mut group = Consumer::new(true, 1, None, 0);
+        let mut out = Vec::new();
+        let here = member(1);
+        let there = Member {
+            shard: ShardId(3),
+            ..here
+        };
+        group.attach(here, 0, &mut out).unwrap();
+        group.attach(there, 0, &mut out).unwrap();
+        group.detach(here, 1, &mut out);
+        assert_eq!(group.members, [there]);
+        group.pump(&ring, None, 1, &mut out);
+        assert_eq!(out.len(), 2);
     }
 
     #[test]

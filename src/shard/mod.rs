@@ -15,6 +15,7 @@ pub mod connection;
 pub mod consumers;
 mod event_loop;
 mod owner;
+pub mod pattern_groups;
 pub mod replay;
 pub mod retry;
 pub mod sublist;
@@ -106,6 +107,8 @@ pub struct Shard {
     /// any owner can find the shards a message must reach.
     pattern_interest: Sublist<ShardId>,
     local: LocalSubscriptions,
+    /// Every pattern group's members, for whichever topic this shard owns.
+    pattern_groups: pattern_groups::PatternGroups,
     pending_subscribes: Slab<PendingSubscribe>,
     /// Connections with bytes to write; each is flushed once per loop turn.
     dirty: Vec<ConnectionId>,
@@ -152,6 +155,7 @@ impl Shard {
             ),
             pattern_interest: Sublist::new(0),
             local: LocalSubscriptions::new(config.pattern_cache_entries_max),
+            pattern_groups: pattern_groups::PatternGroups::new(config.pattern_cache_entries_max),
             pending_subscribes: Slab::new(),
             dirty: Vec::new(),
             blocked: Vec::new(),

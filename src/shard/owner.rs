@@ -17,7 +17,7 @@ use crate::protocol::native::Frame;
 use crate::protocol::subscribe_options::Start;
 use crate::protocol::topic::SubjectKind;
 use crate::protocol::topic::TOPIC_BYTES_MAX;
-use crate::shard::consumers::ConsumerAction;
+use crate::shard::consumers::{ConsumerAction, Member};
 
 use super::commands::unix_time_ns;
 use super::connection::EnqueueOutcome;
@@ -67,6 +67,19 @@ impl Shard {
         }
         if mask & me.bit() != 0 {
             self.deliver_local(&message);
+        }
+        if !self.pattern_groups.is_empty() {
+            let mut picked = Vec::new();
+            self.pattern_groups
+                .pick_members(message.topic(), &mut picked);
+            let mut actions = picked
+                .into_iter()
+                .map(|member| ConsumerAction::Deliver {
+                    member,
+                    message: message.clone(),
+                })
+                .collect();
+            self.carry_out(message.topic(), &mut actions);
         }
         Ok(seq)
     }
@@ -202,7 +215,10 @@ impl Shard {
                 self.owned.detach_consumer(
                     &topic,
                     &consumer,
-                    subscriber,
+                    Member {
+                        shard: from,
+                        subscriber,
+                    },
                     unix_time_ns(),
                     &mut actions,
                 );
@@ -243,6 +259,43 @@ impl Shard {
             }
             OwnerRequest::PatternUnsubscribe { pattern } => {
                 self.pattern_interest.remove(&pattern, from);
+            }
+            OwnerRequest::PatternGroupJoin {
+                pattern,
+                group,
+                member,
+                ticket,
+            } => {
+                self.pattern_groups.join(&pattern, &group, member);
+                self.link_mut(from)
+                    .terminals_out
+                    .push(Terminal::SubscribeAck {
+                        ticket,
+                        result: Ok(Subscribed::default()),
+                    });
+            }
+            OwnerRequest::PatternGroupLeave {
+                pattern,
+                group,
+                subscriber,
+                ticket,
+            } => {
+                self.pattern_groups.leave(
+                    &pattern,
+                    &group,
+                    Member {
+                        shard: from,
+                        subscriber,
+                    },
+                );
+                if let Some(ticket) = ticket {
+                    self.link_mut(from)
+                        .terminals_out
+                        .push(Terminal::SubscribeAck {
+                            ticket,
+                            result: Ok(Subscribed::default()),
+                        });
+                }
             }
         }
     }

@@ -212,13 +212,13 @@ impl OwnedTopics {
         &mut self,
         topic: &str,
         name: &str,
-        subscriber: Subscriber,
+        leaving: Member,
         now_ns: u64,
         out: &mut Vec<ConsumerAction>,
     ) {
         if let Some(owned) = self.topics.get_mut(topic) {
             if let Some(consumer) = owned.consumers.get_mut(name) {
-                consumer.detach(subscriber, now_ns, out);
+                consumer.detach(leaving, now_ns, out);
                 consumer.pump(&owned.replay, None, now_ns, out);
             }
         }
