@@ -172,6 +172,7 @@ struct Publisher {
 
 struct Subscriber {
     index: u32,
+    first_topic: u32,
     trackers: Vec<SeqTracker>,
 }
 
@@ -342,6 +343,7 @@ fn run_thread_inner(
                     .collect();
                 let subscriber = Subscriber {
                     index: index as u32,
+                    first_topic: scenario.subscriber_first_topic(index),
                     trackers: vec![SeqTracker::default(); topics.len() * publishers_per_topic],
                 };
                 (
@@ -910,7 +912,7 @@ fn deliver(
         ctx.counters.misrouted += 1;
         return;
     }
-    let Some(j) = scenario.subscription_slot(sub.index as usize, header.topic) else {
+    let Some(j) = scenario.subscription_slot_from(sub.first_topic, header.topic) else {
         ctx.counters.misrouted += 1;
         return;
     };

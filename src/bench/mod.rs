@@ -106,7 +106,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub rate: Option<u64>,
     /// Closed loop: publishes in flight per publisher (written in batches of a quarter of it);
-    /// open loop: most messages one publisher writes per loop turn [128].
+    /// open loop: most messages one publisher writes per loop turn [1024].
     #[arg(long)]
     pub pipeline: Option<usize>,
     /// Bench threads, each running one event loop over its share of the connections.
@@ -319,10 +319,22 @@ fn progress_line(
     };
     let total = scenario.warmup_s + scenario.duration_s;
     format!(
-        "{phase:<8} {elapsed:>6.1}/{total}s  published {:>10.0} msg/s  delivered {:>10.0} msg/s  \
-         (totals {published} / {delivered})",
-        published_rate, delivered_rate
+        "{phase:<7} {elapsed:>5.1}/{total}s  pub {}/s  del {}/s  (total {} / {})",
+        si(published_rate),
+        si(delivered_rate),
+        si(published as f64),
+        si(delivered as f64)
     )
+}
+
+/// `1234567.0` as `1.23M`.
+fn si(value: f64) -> String {
+    match value {
+        v if v >= 1e9 => format!("{:.2}G", v / 1e9),
+        v if v >= 1e6 => format!("{:.2}M", v / 1e6),
+        v if v >= 1e3 => format!("{:.1}k", v / 1e3),
+        v => format!("{v:.0}"),
+    }
 }
 
 /// The once-a-second line on stderr: an indicatif spinner on a terminal, plain lines
@@ -353,10 +365,7 @@ impl Progress {
 
     fn show(&self, line: &str) {
         match self {
-            Progress::Bar(bar) => {
-                bar.set_message(line.to_string());
-                bar.tick();
-            }
+            Progress::Bar(bar) => bar.set_message(line.to_string()),
             Progress::Lines => eprintln!("{line}"),
             Progress::Off => {}
         }
@@ -472,6 +481,25 @@ mod tests {
         assert_eq!(args.run.cores, Some(CoreList(vec![1])));
         let args = bench(&["--preset", "1:1"]);
         assert_eq!(args.run.preset, Some(Preset::OneToOne));
+    }
+
+    #[test]
+    fn progress_lines() {
+        let s = Scenario::resolve(&scenario::Overrides::default()).unwrap();
+        let line = progress_line(
+            &s,
+            1_000_000_000,
+            4_000_000_000,
+            1_234_567.0,
+            999.0,
+            3_000,
+            12,
+        );
+        assert_eq!(
+            line,
+            "measure   3.0/12s  pub 1.23M/s  del 999/s  (total 3.0k / 12)"
+        );
+        assert!(progress_line(&s, 0, 5, 0.0, 0.0, 0, 0).starts_with("set-up"));
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl fmt::Display for Preset {
 pub const DEFAULT_SIZE: usize = 128;
 pub const DEFAULT_DURATION_S: f64 = 10.0;
 pub const DEFAULT_WARMUP_S: f64 = 2.0;
-pub const DEFAULT_PIPELINE: usize = 128;
+pub const DEFAULT_PIPELINE: usize = 1024;
 /// Payloads above this are refused (all three targets' defaults are at most 1 MiB anyway).
 pub const SIZE_MAX: usize = 64 * 1024 * 1024;
 
@@ -242,23 +242,35 @@ impl Scenario {
 
     /// The topics subscriber `s` subscribes to.
     pub fn subscriber_topics(&self, s: usize) -> Vec<u32> {
-        let first = self.subscriber_first_topic(s);
+        let first = self.subscriber_first_topic(s) as usize;
         (0..self.subs_per_subscriber)
             .map(|j| ((first + j) % self.topics) as u32)
             .collect()
     }
 
-    fn subscriber_first_topic(&self, s: usize) -> usize {
-        ((s as u128 * self.subs_per_subscriber as u128) % self.topics as u128) as usize
+    /// The first of subscriber `s`'s topics (the others follow it, wrapping).
+    pub fn subscriber_first_topic(&self, s: usize) -> u32 {
+        ((s as u64 * self.subs_per_subscriber as u64) % self.topics as u64) as u32
     }
 
     /// Topic `t`'s index among subscriber `s`'s subscriptions, or `None`.
     pub fn subscription_slot(&self, s: usize, topic: u32) -> Option<usize> {
-        let t = topic as usize;
+        self.subscription_slot_from(self.subscriber_first_topic(s), topic)
+    }
+
+    /// [`Scenario::subscription_slot`] given the subscriber's first topic: no division, for
+    /// the per-message path.
+    #[inline]
+    pub fn subscription_slot_from(&self, first: u32, topic: u32) -> Option<usize> {
+        let (t, first) = (topic as usize, first as usize);
         if t >= self.topics {
             return None;
         }
-        let j = (t + self.topics - self.subscriber_first_topic(s)) % self.topics;
+        let j = if t >= first {
+            t - first
+        } else {
+            t + self.topics - first
+        };
         (j < self.subs_per_subscriber).then_some(j)
     }
 
