@@ -463,6 +463,7 @@ pub fn plot(
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(16)
+        .margin_right(56)
         .x_label_area_size(44)
         .y_label_area_size(72)
         .build_cartesian_2d(0f64..x_max, (y_min..y_max).log_scale())

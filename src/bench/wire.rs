@@ -662,6 +662,25 @@ pub mod nats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            buf in proptest::collection::vec(any::<u8>(), 0..512),
+            prefix in proptest::sample::select(vec![
+                &b""[..], b"*3\r\n", b"$5\r\n", b"MSG a 1 ", b"*2\r\n*1\r\n", b":",
+            ]),
+        ) {
+            let mut bytes = prefix.to_vec();
+            bytes.extend_from_slice(&buf);
+            for target in [Target::Corebus, Target::Redis, Target::Nats] {
+                if let Ok(Some((_, used))) = decode(target, &bytes, 1 << 16) {
+                    prop_assert!(used > 0 && used <= bytes.len());
+                }
+            }
+        }
+    }
 
     /// Decodes every event in `buf`, checking that they end exactly at its end.
     fn all(target: Target, buf: &[u8]) -> Vec<Event<'_>> {
