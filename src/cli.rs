@@ -104,6 +104,15 @@ pub struct ServeArgs {
     /// Longest wait between redeliveries of an unacknowledged message, e.g. `60s`.
     #[arg(long = "redelivery-backoff-max", env = "COREBUS_REDELIVERY_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration_ms)]
     pub redelivery_backoff_max_ms: u64,
+    /// Largest in_flight_max a subscription may ask for (its retry buffer is preallocated).
+    #[arg(long, env = "COREBUS_CONSUMER_IN_FLIGHT_MAX", default_value_t = Config::default().consumer_in_flight_max)]
+    pub consumer_in_flight_max: u32,
+    /// Durable consumers and groups across all shards (each owner shard takes an equal share).
+    #[arg(long, env = "COREBUS_CONSUMERS_MAX", default_value_t = Config::default().consumers_max)]
+    pub consumers_max: usize,
+    /// A topic with no subscriber and no consumer is forgotten after this long without a publish.
+    #[arg(long = "topic-idle-ttl", env = "COREBUS_TOPIC_IDLE_TTL", default_value = "1h", value_parser = parse_duration_ms)]
+    pub topic_idle_ttl_ms: u64,
     /// Readiness events taken from the kernel per poll.
     #[arg(long, env = "COREBUS_EVENTS_PER_POLL_MAX", default_value_t = Config::default().events_per_poll_max)]
     pub events_per_poll_max: usize,
@@ -257,6 +266,9 @@ impl ServeArgs {
             replay_ttl_ms: self.replay_ttl_ms,
             consumer_ttl_ms: self.consumer_ttl_ms,
             redelivery_backoff_max_ms: self.redelivery_backoff_max_ms,
+            consumer_in_flight_max: self.consumer_in_flight_max,
+            consumers_max: self.consumers_max,
+            topic_idle_ttl_ms: self.topic_idle_ttl_ms,
             events_per_poll_max: self.events_per_poll_max,
         }
     }

@@ -79,6 +79,13 @@ pub struct Config {
     pub consumer_ttl_ms: u64,
     /// Longest wait between redeliveries (the wait doubles from `ack_wait` up to this).
     pub redelivery_backoff_max_ms: u64,
+    /// Largest `in_flight_max` a subscription may ask for (its retry buffer is preallocated).
+    pub consumer_in_flight_max: u32,
+    /// Durable consumers and groups across all shards; each owner shard takes a share.
+    pub consumers_max: usize,
+    /// A topic with no subscriber and no consumer is forgotten after this long without a
+    /// publish.
+    pub topic_idle_ttl_ms: u64,
     /// Readiness events taken from the kernel per poll call.
     pub events_per_poll_max: usize,
 }
@@ -110,6 +117,9 @@ impl Default for Config {
             replay_ttl_ms: 0,
             consumer_ttl_ms: 3_600_000,
             redelivery_backoff_max_ms: 60_000,
+            consumer_in_flight_max: 10_000,
+            consumers_max: 10_000,
+            topic_idle_ttl_ms: 3_600_000,
             events_per_poll_max: 1024,
         }
     }
@@ -135,6 +145,10 @@ impl Config {
 
     pub fn topics_per_shard_max(&self) -> usize {
         self.topics_max.div_ceil(self.shards)
+    }
+
+    pub fn consumers_per_shard_max(&self) -> usize {
+        self.consumers_max.div_ceil(self.shards)
     }
 
     pub fn validate(&self) -> Result<(), String> {

@@ -49,11 +49,13 @@ pub enum ErrorCode {
     MessageTooLarge = 18,
     /// Another subscription is attached to that durable consumer.
     ConsumerInUse = 19,
+    /// The broker already holds `consumers_max` durable consumers and groups.
+    TooManyConsumers = 20,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation tables.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownOpcode,
@@ -73,6 +75,7 @@ impl ErrorCode {
         ErrorCode::UnsupportedOption,
         ErrorCode::MessageTooLarge,
         ErrorCode::ConsumerInUse,
+        ErrorCode::TooManyConsumers,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -108,6 +111,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedOption => "UNSUPPORTED_OPTION",
             ErrorCode::MessageTooLarge => "MESSAGE_TOO_LARGE",
             ErrorCode::ConsumerInUse => "CONSUMER_IN_USE",
+            ErrorCode::TooManyConsumers => "TOO_MANY_CONSUMERS",
         }
     }
 }

@@ -505,3 +505,120 @@ fn a_pattern_group_splits_every_matching_topic_among_its_members() {
         .unwrap();
     assert_eq!(error.server_code(), Some(ErrorCode::UnsupportedOption));
 }
+
+#[test]
+fn consumer_limits_and_settings_are_enforced() {
+    let mut config = config(2);
+    config.consumer_in_flight_max = 100;
+    config.consumers_max = 2;
+    let broker = start(config);
+    let mut subscriber = client(broker.native_addr());
+    // A retry buffer above the cap is refused before anything is allocated.
+    let error = subscriber
+        .subscribe_with("jobs.a", consumer("huge", acks(u32::MAX, 1000, 3)))
+        .err()
+        .unwrap();
+    assert_eq!(error.server_code(), Some(ErrorCode::UnsupportedOption));
+
+    // A consumer made without acks cannot be joined with acks (or the other way round).
+    let plain = SubscribeOptions {
+        sharing: Sharing::Consumer("mixed".into()),
+        ..SubscribeOptions::default()
+    };
+    let held = subscriber.subscribe_with("jobs.b", plain).unwrap();
+    subscriber.unsubscribe(held).unwrap();
+    let error = subscriber
+        .subscribe_with("jobs.b", consumer("mixed", acks(10, 1000, 3)))
+        .err()
+        .unwrap();
+    assert_eq!(error.server_code(), Some(ErrorCode::ConsumerInUse));
+
+    // consumers_max = 2 over 2 shards: one per owner shard.
+    let on_each_owner: Vec<String> = (0..2)
+        .map(|owner| topic_owned_by("limit", owner, 2))
+        .collect();
+    let mut created = 0;
+    let mut refused = 0;
+    for topic in &on_each_owner {
+        for name in ["c1", "c2"] {
+            match subscriber.subscribe_with(topic, consumer(name, acks(10, 1000, 3))) {
+                Ok(_) => created += 1,
+                Err(e) => {
+                    assert_eq!(e.server_code(), Some(ErrorCode::TooManyConsumers));
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(refused >= 2, "created {created}, refused {refused}");
+}
+
+#[test]
+fn acks_on_a_subscription_still_waiting_for_its_answer_are_refused() {
+    let broker = start(config(2));
+    let addr = broker.native_addr();
+    let topic = topic_owned_by("pending", 1, 2);
+    let mut raw = RawConnection::connect(addr);
+    // Connect until the raw connection is on shard 0, so the owner is across a ring.
+    loop {
+        raw.send(corebus::protocol::native::Frame::Hello {
+            request_id: 1,
+            version: 2,
+            client_name: b"raw",
+        });
+        let data = raw.expect_ok(1);
+        if u16::from_be_bytes([data[2], data[3]]) == 0 {
+            break;
+        }
+        raw = RawConnection::connect(addr);
+    }
+    let mut options = Vec::new();
+    consumer("c", acks(8, 1000, 3)).encode(&mut options);
+    // Both frames in one write, so the broker reads them in the same loop turn, before the
+    // owner's answer to the SUBSCRIBE can cross the ring back.
+    let mut both = Vec::new();
+    corebus::protocol::native::Frame::Subscribe {
+        request_id: 2,
+        sub_id: 1,
+        topic: topic.as_bytes(),
+        options: &options,
+    }
+    .encode(&mut both);
+    corebus::protocol::native::Frame::Ack {
+        request_id: 3,
+        sub_id: 1,
+        seq: 1,
+        kind: corebus::protocol::native::AckKind::Nack,
+    }
+    .encode(&mut both);
+    raw.send_bytes(&both);
+    // The ACK is answered (refused) before the SUBSCRIBE's OK comes back from the owner.
+    assert_eq!(
+        raw.expect_err(),
+        (3, ErrorCode::UnknownSubscription.as_u16())
+    );
+    raw.expect_ok(2);
+}
+
+#[test]
+fn request_reply_inboxes_do_not_use_up_the_topic_limit() {
+    let mut config = config(2);
+    config.topics_max = 40;
+    let broker = start(config);
+    let addr = broker.native_addr();
+    let mut responder = client(addr);
+    let mut requests = responder.subscribe("svc.limit").unwrap();
+    let service = std::thread::spawn(move || {
+        for _ in 0..200 {
+            let request = requests.recv_timeout(WAIT).unwrap();
+            responder.reply(&request, b"ok").unwrap();
+        }
+    });
+    let mut requester = client(addr);
+    for _ in 0..200 {
+        requester.request("svc.limit", b"?", WAIT).unwrap();
+    }
+    service.join().unwrap();
+    let (errors, _) = requester.take_async_errors();
+    assert!(errors.is_empty(), "{errors:?}");
+}

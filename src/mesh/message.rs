@@ -55,6 +55,8 @@ pub enum OwnerRequest {
     Ack {
         topic: Box<str>,
         consumer: Box<str>,
+        /// Who acks, on the sending shard: a group member's cumulative ack covers its own.
+        subscriber: Subscriber,
         seq: u64,
         kind: AckKind,
     },

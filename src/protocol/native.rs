@@ -245,7 +245,8 @@
 //! | 16   | `RATE_LIMITED`           | the connection is over its publish rate                        |
 //! | 17   | `UNSUPPORTED_OPTION`     | a SUBSCRIBE option this broker does not support                |
 //! | 18   | `MESSAGE_TOO_LARGE`      | the payload is above `message_bytes_max`                       |
-//! | 19   | `CONSUMER_IN_USE`        | another subscription is attached to that durable consumer      |
+//! | 19   | `CONSUMER_IN_USE`        | another subscription is attached to that durable consumer, or it exists with other settings |
+//! | 20   | `TOO_MANY_CONSUMERS`     | the broker is at its durable consumer and group limit          |
 //!
 //! A code's number and meaning never change. Clients must treat a code they do not know as a
 //! generic failure of the request, since later brokers may add codes.

@@ -300,6 +300,17 @@ impl Shard {
                 return Flow::Continue;
             }
         };
+        if let Some(acks) = options.acks {
+            if acks.in_flight_max > self.config.consumer_in_flight_max {
+                self.reply_err(
+                    id,
+                    request_id,
+                    ErrorCode::UnsupportedOption,
+                    "ACKS in_flight_max is above --consumer-in-flight-max",
+                );
+                return Flow::Continue;
+            }
+        }
         let start = options.start;
         let consumer = match &options.sharing {
             Sharing::None => None,
@@ -521,6 +532,13 @@ impl Shard {
             if result.is_ok() {
                 self.forget_exact_subscription(subject, subscriber, pending_consumer);
             }
+            // Every request gets its answer, even one overtaken by its own UNSUBSCRIBE.
+            self.reply_err(
+                id,
+                request_id,
+                ErrorCode::UnknownSubscription,
+                "unsubscribed before the subscription took effect",
+            );
             return;
         };
         match result {
@@ -541,7 +559,14 @@ impl Shard {
                 if let Some(conn) = self.connection_mut(id) {
                     conn.subscriptions.remove(&subscriber.sub_id);
                 }
-                self.reply_err(id, request_id, code, "the topic could not be created");
+                let reason = match code {
+                    ErrorCode::ConsumerInUse => {
+                        "that consumer has a subscription already, or other settings"
+                    }
+                    ErrorCode::TooManyConsumers => "broker is at --consumers-max",
+                    _ => "the topic could not be created",
+                };
+                self.reply_err(id, request_id, code, reason);
             }
         }
     }
@@ -725,6 +750,12 @@ impl Shard {
                 ErrorCode::UnknownSubscription,
                 "no subscription with that id",
             )),
+            // Until the owner accepted it, the subscription may yet be refused; its acks
+            // must not touch a consumer it never joined.
+            Some(record) if record.pending.is_some() => Err((
+                ErrorCode::UnknownSubscription,
+                "the subscription is not answered yet",
+            )),
             Some(record) => match (&record.consumer, record.acks) {
                 (Some(consumer), true) => Ok((record.subject.clone(), consumer.clone())),
                 _ => Err((
@@ -746,8 +777,19 @@ impl Shard {
                 return Flow::Blocked;
             }
             let mut actions = Vec::new();
-            self.owned
-                .ack_consumer(&topic, &consumer, (seq, kind), unix_time_ns(), &mut actions);
+            self.owned.ack_consumer(
+                (&topic, &consumer),
+                Member {
+                    shard: self.id,
+                    subscriber: Subscriber {
+                        connection: id,
+                        sub_id,
+                    },
+                },
+                (seq, kind),
+                unix_time_ns(),
+                &mut actions,
+            );
             self.carry_out(&topic, &mut actions);
         } else {
             let link = self.link_mut(owner);
@@ -757,6 +799,10 @@ impl Shard {
             link.requests_out.push(OwnerRequest::Ack {
                 topic,
                 consumer,
+                subscriber: Subscriber {
+                    connection: id,
+                    sub_id,
+                },
                 seq,
                 kind,
             });

@@ -6,8 +6,10 @@
 //! 3. the broker decides to close (protocol error, slow consumer, shutdown) →
 //!    [`ConnState::Closing`]: nothing more is read, the final frames are flushed until written
 //!    or the linger deadline passes;
-//! 4. closed: its subscriptions are withdrawn and the slab slot is freed at the end of the
-//!    loop turn (so events later in the same turn cannot reach a reused slot).
+//! 4. closed: its subscriptions are withdrawn and the slab slot is freed at once. A readiness
+//!    event later in the same poll batch may then reach a connection accepted into that slot;
+//!    it is harmless (a read that finds nothing, a flush with nothing queued), and every
+//!    message that crosses a ring names its connection with a generation, so those never do.
 //!
 //! The outbound side has two tiers. Replies go straight into the write buffer. Deliveries
 //! wait in `pending` as shared [`Message`]s and are copied into the write buffer only right

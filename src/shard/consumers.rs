@@ -174,7 +174,9 @@ impl Consumer {
                         Some(fresh) if replay.first_seq().is_none() => fresh.seq(),
                         _ => resume_seq,
                     };
-                    let member = self.pick_member();
+                    let Some(member) = self.pick_member() else {
+                        return;
+                    };
                     out.push(ConsumerAction::Gap {
                         member,
                         missed: resume_seq - seq,
@@ -184,7 +186,9 @@ impl Consumer {
                     continue;
                 }
             };
-            let member = self.pick_member();
+            let Some(member) = self.pick_member() else {
+                return;
+            };
             if let Some(unacked) = &mut self.unacked {
                 let tracked = Unacked {
                     message: message.clone(),
@@ -199,11 +203,13 @@ impl Consumer {
         }
     }
 
-    /// Applies an ACK frame. Returns false if this consumer takes no acks.
+    /// Applies an ACK frame from `acker`. A cumulative ack covers only what was delivered to
+    /// that member, so in a group one member cannot ack another's messages away. Returns
+    /// false if this consumer takes no acks.
     pub fn ack(
         &mut self,
-        seq: u64,
-        kind: AckKind,
+        acker: Member,
+        (seq, kind): (u64, AckKind),
         now_ns: u64,
         out: &mut Vec<ConsumerAction>,
     ) -> bool {
@@ -214,8 +220,19 @@ impl Consumer {
             AckKind::Single => {
                 unacked.ack(seq);
             }
-            AckKind::Cumulative => {
+            AckKind::Cumulative if !self.is_group => {
                 unacked.ack_through(seq);
+            }
+            AckKind::Cumulative => {
+                let mine: Vec<u64> = unacked
+                    .iter()
+                    .take_while(|entry| entry.seq <= seq)
+                    .filter(|entry| entry.item.member == acker)
+                    .map(|entry| entry.seq)
+                    .collect();
+                for seq in mine {
+                    unacked.ack(seq);
+                }
             }
             AckKind::Nack => {
                 if unacked.nack(seq, now_ns) {
@@ -259,11 +276,14 @@ impl Consumer {
                     delivery_count,
                     ..
                 } => {
-                    // Back to the same member if it is still here, else to whoever is next.
+                    // Back to the same member if it is still here, else to whoever is next;
+                    // with nobody attached it stays in flight for the next one to attach.
                     let member = if self.members.contains(&item.member) {
                         item.member
+                    } else if let Some(member) = self.pick_member() {
+                        member
                     } else {
-                        self.pick_member()
+                        continue;
                     };
                     out.push(ConsumerAction::Deliver {
                         member,
@@ -283,11 +303,13 @@ impl Consumer {
         self.due_scratch = due;
     }
 
-    fn pick_member(&mut self) -> Member {
-        debug_assert!(!self.members.is_empty(), "delivering with no member");
+    fn pick_member(&mut self) -> Option<Member> {
+        if self.members.is_empty() {
+            return None;
+        }
         let member = self.members[self.next_member % self.members.len()];
         self.next_member = self.next_member.wrapping_add(1);
-        member
+        Some(member)
     }
 }
 
@@ -351,10 +373,10 @@ mod tests {
         consumer.attach(member(1), 0, &mut out).unwrap();
         consumer.pump(&ring, None, 0, &mut out);
         assert_eq!(delivered(&mut out), [(1, 1, 1), (1, 2, 1)]);
-        consumer.ack(1, AckKind::Single, 0, &mut out);
+        consumer.ack(member(1), (1, AckKind::Single), 0, &mut out);
         consumer.pump(&ring, None, 0, &mut out);
         assert_eq!(delivered(&mut out), [(1, 3, 1)]);
-        consumer.ack(3, AckKind::Cumulative, 0, &mut out);
+        consumer.ack(member(1), (3, AckKind::Cumulative), 0, &mut out);
         consumer.pump(&ring, None, 0, &mut out);
         assert_eq!(delivered(&mut out), [(1, 4, 1), (1, 5, 1)]);
     }
@@ -398,7 +420,7 @@ mod tests {
         assert!(out.is_empty(), "nobody to redeliver to");
         consumer.attach(member(2), 6, &mut out).unwrap();
         assert_eq!(delivered(&mut out), [(2, 1, 2), (2, 2, 2)]);
-        consumer.ack(2, AckKind::Cumulative, 6, &mut out);
+        consumer.ack(member(2), (2, AckKind::Cumulative), 6, &mut out);
         consumer.pump(&ring, None, 6, &mut out);
         assert_eq!(delivered(&mut out), [(2, 3, 1)]);
     }
@@ -419,7 +441,10 @@ mod tests {
             delivered(&mut out),
             [(1, 1, 1), (2, 2, 1), (1, 3, 1), (2, 4, 1)]
         );
-        group.ack(2, AckKind::Single, 0, &mut out);
+        group.ack(member(2), (2, AckKind::Single), 0, &mut out);
+        // Member 1's cumulative ack covers its own 1 and 3, not member 2's 4.
+        group.ack(member(1), (4, AckKind::Cumulative), 0, &mut out);
+        assert_eq!(group.in_flight(), 1);
         group.detach(member(2), 1, &mut out);
         assert_eq!(delivered(&mut out), [(1, 4, 2)]);
     }
@@ -441,6 +466,28 @@ mod tests {
         assert_eq!(group.members, [there]);
         group.pump(&ring, None, 1, &mut out);
         assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn a_nack_with_no_member_attached_keeps_the_message_in_flight() {
+        // Regression: a nack reaching a consumer whose members all left must not pick from
+        // an empty member list.
+        let ring = ring_with(1);
+        let acks = AckSettings {
+            deliver_max: 5,
+            ..ACKS
+        };
+        let mut consumer = Consumer::new(false, 1, Some(acks), 10_000_000);
+        let mut out = Vec::new();
+        consumer.attach(member(1), 0, &mut out).unwrap();
+        consumer.pump(&ring, None, 0, &mut out);
+        out.clear();
+        consumer.detach(member(1), 1, &mut out);
+        consumer.ack(member(2), (1, AckKind::Nack), 2, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(consumer.in_flight(), 1);
+        consumer.attach(member(3), 3, &mut out).unwrap();
+        assert_eq!(delivered(&mut out), [(3, 1, 3)]);
     }
 
     #[test]

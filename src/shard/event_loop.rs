@@ -28,8 +28,8 @@ const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(200);
 /// `--consumer-ttl` when no redelivery is due sooner.
 const CONSUMER_TIMER_INTERVAL: Duration = Duration::from_millis(100);
 const CONSUMER_TIMER_RESOLUTION: Duration = Duration::from_millis(1);
-/// How often idle topics are swept for messages past `--replay-ttl` (busy ones are swept on
-/// every publish).
+/// How often topics are swept for messages past `--replay-ttl` (busy ones are swept on every
+/// publish) and for `--topic-idle-ttl`.
 const REPLAY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Shard {
@@ -79,6 +79,8 @@ impl Shard {
                 work_left = true;
             }
             self.flush_dirty();
+            // Flushing may have resumed connections that paused on unsent replies.
+            work_left |= !self.read_again.is_empty();
             let now = Instant::now();
             self.expire_deadlines(now);
             if now >= self.next_consumer_timer {
@@ -89,9 +91,14 @@ impl Shard {
                 });
                 self.next_consumer_timer = now + wait;
             }
-            if self.config.replay_ttl_ms > 0 && now >= next_replay_sweep {
+            if now >= next_replay_sweep {
                 next_replay_sweep = now + REPLAY_SWEEP_INTERVAL;
-                self.owned.evict_expired(super::commands::unix_time_ns());
+                let now_ns = super::commands::unix_time_ns();
+                if self.config.replay_ttl_ms > 0 {
+                    self.owned.evict_expired(now_ns);
+                }
+                let idle_ns = self.config.topic_idle_ttl_ms.saturating_mul(1_000_000);
+                self.owned.reclaim_idle(now_ns, idle_ns);
             }
             if self.shutdown_flag.load(Ordering::Acquire) && self.shutdown_deadline.is_none() {
                 self.begin_shutdown();

@@ -135,7 +135,7 @@ impl Shard {
     pub fn new(setup: ShardSetup) -> Shard {
         let config = setup.config;
         let shard_count = setup.links.len();
-        Shard {
+        let mut shard = Shard {
             id: setup.id,
             shard_count,
             poll: setup.poll,
@@ -170,7 +170,11 @@ impl Shard {
             shutdown_deadline: None,
             next_consumer_timer: Instant::now(),
             config,
-        }
+        };
+        shard
+            .owned
+            .set_consumers_max(shard.config.consumers_per_shard_max());
+        shard
     }
 
     fn owner_of(&self, topic: &str) -> ShardId {

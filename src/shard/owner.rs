@@ -68,6 +68,7 @@ impl Shard {
         if mask & me.bit() != 0 {
             self.deliver_local(&message);
         }
+        self.owned.reclaim_inbox(message.topic());
         if !self.pattern_groups.is_empty() {
             let mut picked = Vec::new();
             self.pattern_groups
@@ -227,13 +228,17 @@ impl Shard {
             OwnerRequest::Ack {
                 topic,
                 consumer,
+                subscriber,
                 seq,
                 kind,
             } => {
                 let mut actions = Vec::new();
                 self.owned.ack_consumer(
-                    &topic,
-                    &consumer,
+                    (&topic, &consumer),
+                    Member {
+                        shard: from,
+                        subscriber,
+                    },
                     (seq, kind),
                     unix_time_ns(),
                     &mut actions,
@@ -307,7 +312,9 @@ impl Shard {
                 subscriber,
                 message,
             } => {
-                self.deliver_to(subscriber, &message);
+                if self.consumer_subscription_is_live(subscriber, message.topic()) {
+                    self.deliver_to(subscriber, &message);
+                }
             }
             Terminal::GapTo {
                 subscriber,
@@ -473,6 +480,19 @@ impl Shard {
             self.carry_out(&topic, &mut vec![action]);
         }
         next
+    }
+
+    /// A consumer delivery crossed a ring while its subscription may have gone (unsubscribed,
+    /// or its id reused for another topic). Dropping it is safe: with acks it is still in
+    /// flight on the owner and comes back by its timer.
+    fn consumer_subscription_is_live(&mut self, subscriber: Subscriber, topic: &str) -> bool {
+        self.connection_mut(subscriber.connection)
+            .and_then(|conn| conn.subscriptions.get(&subscriber.sub_id))
+            .is_some_and(|record| {
+                record.consumer.is_some()
+                    && record.pending.is_none()
+                    && (record.kind == SubjectKind::Pattern || &*record.subject == topic)
+            })
     }
 
     /// Sends a new subscriber what it asked to replay: a GAP notice first if part of it was

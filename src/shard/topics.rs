@@ -69,6 +69,21 @@ impl OwnedTopic {
     }
 }
 
+/// Reply topics of request/reply (`Client::request`): one per request, answered once, so
+/// they keep no history and are reclaimed as soon as they are idle.
+pub const INBOX_PREFIX: &str = "_inbox.";
+
+fn replay_limits_for(topic: &str, limits: ReplayLimits) -> ReplayLimits {
+    if topic.starts_with(INBOX_PREFIX) {
+        ReplayLimits {
+            messages_max: 0,
+            ..limits
+        }
+    } else {
+        limits
+    }
+}
+
 /// A message's place in its topic, and where it goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sequenced {
@@ -87,6 +102,8 @@ pub struct OwnedTopics {
     pattern_matches: Vec<ShardId>,
     /// Topics with at least one consumer, so timers visit only those.
     consumer_topics: AHashSet<Box<str>>,
+    consumers_len: usize,
+    consumers_max: usize,
 }
 
 impl OwnedTopics {
@@ -96,6 +113,8 @@ impl OwnedTopics {
             topics_max,
             replay_limits,
             consumer_topics: AHashSet::new(),
+            consumers_len: 0,
+            consumers_max: usize::MAX,
             shards,
             pattern_matches: Vec::new(),
         }
@@ -103,6 +122,11 @@ impl OwnedTopics {
 
     pub fn len(&self) -> usize {
         self.topics.len()
+    }
+
+    /// Caps the durable consumers and groups this shard holds.
+    pub fn set_consumers_max(&mut self, consumers_max: usize) {
+        self.consumers_max = consumers_max;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -121,7 +145,7 @@ impl OwnedTopics {
             }
             self.topics.insert(
                 topic.into(),
-                OwnedTopic::new(self.shards, self.replay_limits),
+                OwnedTopic::new(self.shards, replay_limits_for(topic, self.replay_limits)),
             );
         }
         Ok(self
@@ -175,17 +199,26 @@ impl OwnedTopics {
         if !self.consumer_topics.contains(topic) {
             self.consumer_topics.insert(topic.into());
         }
+        let at_limit = self.consumers_len >= self.consumers_max;
         let owned = self.get_or_create(topic)?;
         let member = Member {
             shard,
             subscriber: request.subscriber,
         };
+        let mut created = false;
         let consumer = match owned.consumers.get_mut(&*request.name) {
-            Some(consumer) if consumer.is_group != request.is_group => {
+            // The first subscription fixes what the consumer is; a later one that asks for
+            // something else would silently get the wrong guarantee.
+            Some(consumer)
+                if consumer.is_group != request.is_group
+                    || consumer.takes_acks() != request.acks.is_some() =>
+            {
                 return Err(ErrorCode::ConsumerInUse);
             }
             Some(consumer) => consumer,
+            None if at_limit => return Err(ErrorCode::TooManyConsumers),
             None => {
+                created = true;
                 // The consumer starts where it asked; what is already evicted there is
                 // reported as a gap by its first pump.
                 let plan = owned.replay.plan(start, now_ns);
@@ -200,10 +233,16 @@ impl OwnedTopics {
                     .expect("just inserted")
             }
         };
-        consumer.attach(member, now_ns, out)?;
-        consumer.pump(&owned.replay, None, now_ns, out);
-        Ok(Subscribed {
-            position: owned.position(),
+        let attached = consumer.attach(member, now_ns, out);
+        if attached.is_ok() {
+            consumer.pump(&owned.replay, None, now_ns, out);
+        }
+        let position = owned.position();
+        if created {
+            self.consumers_len += 1;
+        }
+        attached.map(|()| Subscribed {
+            position,
             replay: Replay::default(),
         })
     }
@@ -226,15 +265,15 @@ impl OwnedTopics {
 
     pub fn ack_consumer(
         &mut self,
-        topic: &str,
-        name: &str,
-        (seq, kind): (u64, AckKind),
+        (topic, name): (&str, &str),
+        acker: Member,
+        ack: (u64, AckKind),
         now_ns: u64,
         out: &mut Vec<ConsumerAction>,
     ) {
         if let Some(owned) = self.topics.get_mut(topic) {
             if let Some(consumer) = owned.consumers.get_mut(name) {
-                consumer.ack(seq, kind, now_ns, out);
+                consumer.ack(acker, ack, now_ns, out);
                 consumer.pump(&owned.replay, None, now_ns, out);
             }
         }
@@ -251,6 +290,7 @@ impl OwnedTopics {
         let mut next_deadline_ns: Option<u64> = None;
         let mut actions = Vec::new();
         let topics = &mut self.topics;
+        let consumers_len = &mut self.consumers_len;
         self.consumer_topics.retain(|topic| {
             let Some(owned) = topics.get_mut(topic) else {
                 return false;
@@ -261,14 +301,45 @@ impl OwnedTopics {
                 if let Some(deadline) = consumer.next_deadline_ns() {
                     next_deadline_ns = Some(next_deadline_ns.map_or(deadline, |d| d.min(deadline)));
                 }
-                consumer
+                let keep = consumer
                     .detached_since_ns
-                    .is_none_or(|since| now_ns.saturating_sub(since) < consumer_ttl_ns)
+                    .is_none_or(|since| now_ns.saturating_sub(since) < consumer_ttl_ns);
+                if !keep {
+                    *consumers_len -= 1;
+                }
+                keep
             });
             out.extend(actions.drain(..).map(|action| (topic.clone(), action)));
             !owned.consumers.is_empty()
         });
         next_deadline_ns
+    }
+
+    /// Forgets topics nobody uses: no exact subscriber, no consumer, and nothing published for
+    /// `idle_ns` (request/reply inboxes at once), so one-off topics do not use up
+    /// `--topics-max`. A topic published to again starts afresh, with a new epoch. Returns how
+    /// many were removed.
+    pub fn reclaim_idle(&mut self, now_ns: u64, idle_ns: u64) -> usize {
+        let before = self.topics.len();
+        self.topics.retain(|name, owned| {
+            let unused = owned.exact_mask == 0 && owned.consumers.is_empty();
+            let idle = now_ns.saturating_sub(owned.last_timestamp_ns) >= idle_ns;
+            !(unused && (idle || name.starts_with(INBOX_PREFIX)))
+        });
+        before - self.topics.len()
+    }
+
+    /// Forgets a request/reply inbox topic as soon as its one answer is out, unless someone
+    /// subscribed to it exactly.
+    pub fn reclaim_inbox(&mut self, topic: &str) {
+        if topic.starts_with(INBOX_PREFIX)
+            && self
+                .topics
+                .get(topic)
+                .is_some_and(|owned| owned.exact_mask == 0 && owned.consumers.is_empty())
+        {
+            self.topics.remove(topic);
+        }
     }
 
     /// Evicts messages past their age limit in every topic (idle topics too).
@@ -569,6 +640,26 @@ mod tests {
             .unwrap();
         assert!(live.replay.messages.is_empty());
         assert_eq!(live.replay.missed, 0);
+    }
+
+    #[test]
+    fn idle_unused_topics_are_reclaimed_and_inboxes_at_once() {
+        let patterns = Sublist::new(16);
+        let mut owned = OwnedTopics::new(1, 10, LIMITS);
+        sequence(&mut owned, "kept", &patterns, 100).unwrap();
+        sequence(&mut owned, "idle", &patterns, 100).unwrap();
+        owned
+            .add_subscriber("kept", ShardId(0), Start::New, 100)
+            .unwrap();
+        sequence(&mut owned, "_inbox.abc.1", &patterns, 100).unwrap();
+        owned.reclaim_inbox("_inbox.abc.1");
+        assert!(owned.get("_inbox.abc.1").is_none());
+        assert_eq!(owned.reclaim_idle(150, 100), 0, "not idle long enough");
+        assert_eq!(owned.reclaim_idle(200, 100), 1);
+        assert!(owned.get("idle").is_none());
+        assert!(owned.get("kept").is_some(), "it has a subscriber");
+        // A reclaimed topic starts afresh.
+        assert_eq!(sequence(&mut owned, "idle", &patterns, 300).unwrap().seq, 1);
     }
 
     #[test]
