@@ -197,10 +197,13 @@
 //! | Offset | Size | Field        | Meaning                                                      |
 //! |-------:|-----:|--------------|--------------------------------------------------------------|
 //! | 0      | 8    | `missed`     | messages the subscription asked for that were already evicted |
-//! | 8      | 8    | `resume_seq` | the sequence number of the next message it will receive      |
+//! | 8      | 8    | `resume_seq` | the sequence number delivery continues from                  |
 //!
 //! Sent before the first replayed message when a start position reaches back past what the
-//! topic retains, so history lost to eviction is never silent.
+//! topic retains, and to a durable consumer whose backlog was evicted before it got there, so
+//! history lost to eviction is never silent. GAP travels with replies, so for a consumer it may
+//! arrive ahead of messages already queued for it; `missed` and `resume_seq` are exact either
+//! way.
 //!
 //! # Flags
 //!
