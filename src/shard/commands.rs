@@ -577,40 +577,11 @@ impl Shard {
             .and_then(|conn| conn.subscriptions.remove(&sub_id));
         match removed {
             Some(record) if record.kind == SubjectKind::Pattern && record.consumer.is_some() => {
-                // Like joining, leaving a pattern group is a barrier: once it is answered, no
-                // owner picks this member any more.
                 let subscriber = Subscriber {
                     connection: id,
                     sub_id,
                 };
-                let group = record.consumer.as_deref().unwrap_or_default();
-                self.pattern_groups.leave(
-                    &record.subject,
-                    group,
-                    Member {
-                        shard: self.id,
-                        subscriber,
-                    },
-                );
-                let peers = (self.shard_count - 1) as u32;
-                if peers == 0 {
-                    self.reply_ok(id, request_id, &[]);
-                    return Flow::Continue;
-                }
-                let ticket = self.pending_subscribe(
-                    subscriber,
-                    request_id,
-                    (&record.subject, SubjectKind::Pattern),
-                    peers,
-                );
-                for link in self.peers_mut() {
-                    link.requests_out.push(OwnerRequest::PatternGroupLeave {
-                        pattern: record.subject.clone(),
-                        group: group.into(),
-                        subscriber,
-                        ticket: Some(ticket),
-                    });
-                }
+                self.leave_pattern_group(subscriber, &record, Some(request_id));
             }
             Some(record) => {
                 self.withdraw_subscription(
@@ -662,23 +633,7 @@ impl Shard {
                 }
             }
             SubjectKind::Pattern if record.consumer.is_some() => {
-                let group = record.consumer.as_deref().unwrap_or_default();
-                self.pattern_groups.leave(
-                    &record.subject,
-                    group,
-                    Member {
-                        shard: self.id,
-                        subscriber,
-                    },
-                );
-                for link in self.peers_mut() {
-                    link.requests_out.push(OwnerRequest::PatternGroupLeave {
-                        pattern: record.subject.clone(),
-                        group: group.into(),
-                        subscriber,
-                        ticket: None,
-                    });
-                }
+                self.leave_pattern_group(subscriber, record, None);
             }
             SubjectKind::Pattern => {
                 if self.local.remove_pattern(&record.subject, subscriber) == Some(true) {
@@ -690,6 +645,46 @@ impl Shard {
                     }
                 }
             }
+        }
+    }
+
+    /// Leaves a pattern group here and on every other shard. Like joining, leaving is a
+    /// barrier: with `answer` (an UNSUBSCRIBE's request id) the OK goes out once every shard
+    /// has dropped the member, so no owner picks it afterwards. Without (the connection went
+    /// away) nobody waits.
+    fn leave_pattern_group(
+        &mut self,
+        subscriber: Subscriber,
+        record: &SubscriptionRecord,
+        answer: Option<u32>,
+    ) {
+        let group = record.consumer.as_deref().unwrap_or_default();
+        let member = Member {
+            shard: self.id,
+            subscriber,
+        };
+        self.pattern_groups.leave(&record.subject, group, member);
+        let peers = (self.shard_count - 1) as u32;
+        let ticket = match answer {
+            Some(request_id) if peers == 0 => {
+                self.reply_ok(subscriber.connection, request_id, &[]);
+                None
+            }
+            Some(request_id) => Some(self.pending_subscribe(
+                subscriber,
+                request_id,
+                (&record.subject, SubjectKind::Pattern),
+                peers,
+            )),
+            None => None,
+        };
+        for link in self.peers_mut() {
+            link.requests_out.push(OwnerRequest::PatternGroupLeave {
+                pattern: record.subject.clone(),
+                group: group.into(),
+                subscriber,
+                ticket,
+            });
         }
     }
 
