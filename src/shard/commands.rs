@@ -388,33 +388,18 @@ impl Shard {
         match kind {
             SubjectKind::Exact if owner == self.id => {
                 self.record_subscription(subscriber, record);
-                match consumer_request {
-                    None => {
-                        let result =
-                            self.owned
-                                .add_subscriber(subject, self.id, start, unix_time_ns());
-                        self.finish_exact_subscribe(
-                            subscriber,
-                            request_id,
-                            subject,
-                            (None, None),
-                            result,
-                        );
-                    }
+                let mut actions = Vec::new();
+                let result = match consumer_request {
+                    None => self
+                        .owned
+                        .add_subscriber(subject, self.id, start, unix_time_ns()),
                     Some(request) => {
-                        let mut actions = Vec::new();
-                        let result =
-                            self.attach_consumer(subject, &request, self.id, start, &mut actions);
-                        self.finish_exact_subscribe(
-                            subscriber,
-                            request_id,
-                            subject,
-                            (None, None),
-                            result,
-                        );
-                        self.carry_out(subject, &mut actions);
+                        self.attach_consumer(subject, &request, self.id, start, &mut actions)
                     }
-                }
+                };
+                self.finish_exact_subscribe(subscriber, request_id, subject, (None, None), result);
+                // After the OK, as on the ring: the subscription is live before its deliveries.
+                self.carry_out(subject, &mut actions);
             }
             SubjectKind::Exact => {
                 let ticket = self.pending_subscribe(subscriber, request_id, (subject, kind), 1);
