@@ -131,3 +131,94 @@ fn a_broker_that_drops_for_a_slow_subscriber_makes_the_run_fail() {
     assert!(problems[0].contains("lost"), "{problems:?}");
     assert_eq!(bench::verdict(&r, true), Ok(()));
 }
+
+/// A broker whose replay rings (a durable consumer's backlog) hold a whole short run.
+fn durable_config(shards: usize) -> corebus::config::Config {
+    let mut config = config(shards);
+    config.replay_messages_max = 1_000_000;
+    config.replay_bytes_max = 256 << 20;
+    config
+}
+
+#[test]
+fn acked_durable_consumers_get_everything_exactly_once() {
+    let broker = start(durable_config(2));
+    let target = format!("corebus://{}", broker.native_addr());
+    // 2 publishers on 2 topics, 4 subscribers (2 per topic), each its own durable consumer.
+    let args = run_args(
+        target,
+        &[
+            "--ack",
+            "--in-flight-max",
+            "256",
+            "--publishers",
+            "2",
+            "--subscribers",
+            "4",
+            "--topics",
+            "2",
+            "--size",
+            "64",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--pipeline",
+            "64",
+            "--threads",
+            "2",
+        ],
+    );
+    let r = bench::execute(&args).expect("the run completes");
+    assert!(r.acks && r.group.is_none());
+    assert!(r.published > 0);
+    assert_eq!(r.expected_deliveries, r.published * 2);
+    assert_eq!(r.delivered, r.published * 2);
+    // Nothing waits 30 s for its ack in a 1 s run, so nothing is redelivered.
+    assert_eq!(r.redelivered, 0);
+    assert_exact(&r);
+}
+
+#[test]
+fn a_group_delivers_each_message_to_one_member() {
+    for ack in [false, true] {
+        let broker = start(durable_config(1));
+        let target = format!("corebus://{}", broker.native_addr());
+        let mut flags = vec![
+            "--group",
+            "workers",
+            "--subscribers",
+            "3",
+            "--size",
+            "64",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--pipeline",
+            "64",
+        ];
+        if ack {
+            flags.push("--ack");
+        }
+        let r = bench::execute(&run_args(target, &flags)).expect("the run completes");
+        assert_eq!(r.group.as_deref(), Some("workers"));
+        assert!(r.published > 0);
+        assert_eq!(r.expected_deliveries, r.published, "ack {ack}");
+        assert_eq!(r.delivered, r.published, "ack {ack}");
+        assert_exact(&r);
+    }
+}
+
+#[test]
+fn acks_and_groups_are_refused_for_other_targets() {
+    for flag in [&["--ack"][..], &["--group", "g"]] {
+        let args = run_args("redis://127.0.0.1:1".into(), flag);
+        let error = bench::execute(&args).unwrap_err();
+        assert!(error.contains("corebus features"), "{error}");
+    }
+    let args = run_args("corebus://127.0.0.1:1".into(), &["--group", "no spaces"]);
+    assert!(bench::execute(&args)
+        .unwrap_err()
+        .contains("--group must be"));
+}

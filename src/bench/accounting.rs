@@ -156,6 +156,113 @@ impl SeqTracker {
     pub fn lost(&self, sent: u64) -> u64 {
         sent.saturating_sub(self.unique)
     }
+
+    /// [`observe`](Self::observe) for a redelivery (corebus `delivery_count > 1`): a message
+    /// filling a gap is then the broker retrying, not reordering, so it is not counted late.
+    /// One already received is still a duplicate.
+    pub fn observe_redelivery(&mut self, seq: u64) -> Seen {
+        let seen = self.observe(seq);
+        if seen == Seen::Late {
+            self.late -= 1;
+        }
+        seen
+    }
+}
+
+/// One consumer-group member's view of one (topic, publisher) stream: a member gets only its
+/// share, so its sequence numbers have gaps by design and loss can only be settled over the
+/// whole group. Each member keeps a bitset of what it received; [`SeqSet::union`] merges the
+/// members', and a message two members both got is a duplicate. Costs one bit per message.
+#[derive(Clone, Debug, Default)]
+pub struct SeqSet {
+    bits: Vec<u64>,
+    /// Deliveries observed, duplicates included.
+    received: u64,
+    unique: u64,
+    /// First deliveries that arrived below the highest number this member had seen.
+    late: u64,
+    next: u64,
+}
+
+impl SeqSet {
+    /// Records one delivery; `redelivery` (corebus `delivery_count > 1`) is never counted late.
+    pub fn observe(&mut self, seq: u64, redelivery: bool) -> Seen {
+        self.received += 1;
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if word >= self.bits.len() {
+            // Sequence numbers are dense from 0, so this grows with the stream, not with `seq`'s
+            // magnitude; a corrupt huge `seq` is refused rather than allocated for.
+            if word > self.bits.len() + (1 << 20) {
+                return Seen::Duplicate;
+            }
+            self.bits.resize((word + 1).max(self.bits.len() * 2), 0);
+        }
+        if self.bits[word] & (1 << bit) != 0 {
+            return Seen::Duplicate;
+        }
+        self.bits[word] |= 1 << bit;
+        self.unique += 1;
+        if seq >= self.next {
+            let skipped = seq - self.next;
+            self.next = seq + 1;
+            if skipped == 0 {
+                Seen::InOrder
+            } else {
+                Seen::AfterGap(skipped)
+            }
+        } else {
+            if !redelivery {
+                self.late += 1;
+            }
+            Seen::Late
+        }
+    }
+
+    /// Deliveries observed by this member, duplicates included.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Distinct messages in the set.
+    pub fn unique(&self) -> u64 {
+        self.unique
+    }
+
+    pub fn out_of_order(&self) -> u64 {
+        self.late
+    }
+
+    /// Distinct numbers at or above `sent` (a publisher never sent them).
+    pub fn beyond(&self, sent: u64) -> u64 {
+        let mut count = 0u64;
+        for (i, &word) in self.bits.iter().enumerate() {
+            let base = i as u64 * 64;
+            if base + 64 <= sent {
+                continue;
+            }
+            let mask = if base >= sent {
+                u64::MAX
+            } else {
+                u64::MAX << (sent - base)
+            };
+            count += u64::from((word & mask).count_ones());
+        }
+        count
+    }
+
+    /// Adds another member's set: received and late add up, `unique` becomes the union's.
+    pub fn union(&mut self, other: &SeqSet) {
+        if other.bits.len() > self.bits.len() {
+            self.bits.resize(other.bits.len(), 0);
+        }
+        for (mine, theirs) in self.bits.iter_mut().zip(&other.bits) {
+            *mine |= theirs;
+        }
+        self.unique = self.bits.iter().map(|w| u64::from(w.count_ones())).sum();
+        self.received += other.received;
+        self.late += other.late;
+        self.next = self.next.max(other.next);
+    }
 }
 
 #[cfg(test)]
@@ -228,6 +335,46 @@ mod tests {
         assert_eq!((t.unique(), t.out_of_order(), t.duplicates()), (10, 8, 1));
         assert_eq!(t.lost(10), 0);
         assert!(t.gaps.is_empty());
+    }
+
+    #[test]
+    fn redeliveries_fill_gaps_without_counting_as_reordered() {
+        let mut t = SeqTracker::default();
+        t.observe(0);
+        t.observe(2);
+        assert_eq!(t.observe_redelivery(1), Seen::Late);
+        assert_eq!(t.observe_redelivery(1), Seen::Duplicate);
+        assert_eq!((t.unique(), t.out_of_order(), t.duplicates()), (3, 0, 1));
+    }
+
+    #[test]
+    fn group_members_sets_merge_into_exact_loss_and_duplicates() {
+        // Two members split 0..10 (member a even, b odd), 7 never arrives, 4 reaches both.
+        let (mut a, mut b) = (SeqSet::default(), SeqSet::default());
+        for seq in [0, 2, 4, 6, 8] {
+            a.observe(seq, false);
+        }
+        for seq in [1, 3, 5, 9] {
+            b.observe(seq, false);
+        }
+        assert_eq!(b.observe(4, true), Seen::Late);
+        assert_eq!(b.out_of_order(), 0, "a redelivery is not reordering");
+        assert_eq!(a.observe(8, true), Seen::Duplicate);
+        a.union(&b);
+        assert_eq!(a.unique(), 9);
+        assert_eq!(a.received(), 11);
+        assert_eq!(
+            a.received() - a.unique(),
+            2,
+            "4 twice across members, 8 twice in a"
+        );
+        assert_eq!(a.beyond(10), 0);
+        assert_eq!(a.beyond(9), 1);
+        assert_eq!(a.out_of_order(), 0);
+        let mut c = SeqSet::default();
+        c.observe(200, false);
+        c.observe(3, false);
+        assert_eq!((c.unique(), c.out_of_order(), c.beyond(64)), (2, 1, 1));
     }
 
     #[test]

@@ -20,11 +20,12 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::accounting::{PayloadHeader, Seen, SeqTracker, HEADER_LEN};
+use super::accounting::{PayloadHeader, Seen, SeqSet, SeqTracker, HEADER_LEN};
 use super::latency::{Clock, Latency, Schedule};
 use super::scenario::Scenario;
 use super::wire::{self, Endpoint, Event, PublishTemplate, Role, Target};
 use crate::protocol::native::FRAME_OVERHEAD_MAX;
+use crate::protocol::subscribe_options::{AckSettings, Sharing, SubscribeOptions};
 
 const MS: u64 = 1_000_000;
 const SECOND: u64 = 1_000_000_000;
@@ -67,6 +68,37 @@ pub struct Plan {
     pub threads: usize,
     /// Pause between reads of one subscriber (a testing aid that makes subscribers slow).
     pub subscriber_delay_us: u64,
+    /// How subscribers subscribe (corebus only): plain, durable with acks, in a group.
+    pub delivery: Delivery,
+}
+
+/// corebus v2 delivery modes for the subscribers (`--ack`, `--group`).
+#[derive(Clone, Debug, Default)]
+pub struct Delivery {
+    /// `--ack`: durable consumers (or group members) that acknowledge what they receive.
+    pub acks: Option<AckSettings>,
+    /// `--group NAME`: every subscriber joins this group on each of its topics, so each message
+    /// goes to one member.
+    pub group: Option<String>,
+    /// The run's tag, which makes consumer names unique per run.
+    pub run_tag: String,
+}
+
+impl Delivery {
+    /// The SUBSCRIBE options of subscriber `s`: a group member, else with acks a durable
+    /// consumer `bench-<run>-s<s>`, else none.
+    pub fn options(&self, subscriber: usize) -> SubscribeOptions {
+        let sharing = match (&self.group, self.acks) {
+            (Some(group), _) => Sharing::Group(group.clone()),
+            (None, Some(_)) => Sharing::Consumer(format!("bench-{}-s{subscriber}", self.run_tag)),
+            (None, None) => Sharing::None,
+        };
+        SubscribeOptions {
+            sharing,
+            acks: self.acks,
+            ..SubscribeOptions::default()
+        }
+    }
 }
 
 /// The few things threads share.
@@ -97,7 +129,10 @@ pub struct ThreadOutput {
     /// Per publisher: (publisher index, [(topic, messages sent)]).
     pub sent: Vec<(u32, Vec<(u32, u64)>)>,
     /// Per subscriber: (subscriber index, its trackers, slot `j * publishers_per_topic + k`).
+    /// Empty with `--group`, whose members keep `sets` instead.
     pub trackers: Vec<(u32, Vec<SeqTracker>)>,
+    /// `--group`: per member, the same slots as `trackers`, merged over the group at the end.
+    pub sets: Vec<(u32, Vec<SeqSet>)>,
     pub counters: Counters,
     pub errors: Vec<String>,
 }
@@ -112,6 +147,9 @@ pub struct Counters {
     pub received: u64,
     /// Messages received during the measured window.
     pub delivered_window: u64,
+    /// Deliveries the broker marked as redeliveries (corebus `delivery_count > 1`), whether
+    /// or not the first delivery had arrived.
+    pub redelivered: u64,
     /// Deliveries on a topic the subscriber did not subscribe to, or whose wire topic
     /// disagrees with the payload's.
     pub misrouted: u64,
@@ -133,6 +171,7 @@ impl Counters {
         self.published_window += o.published_window;
         self.received += o.received;
         self.delivered_window += o.delivered_window;
+        self.redelivered += o.redelivered;
         self.misrouted += o.misrouted;
         self.corrupt += o.corrupt;
         self.dropped_reported += o.dropped_reported;
@@ -173,7 +212,17 @@ struct Publisher {
 struct Subscriber {
     index: u32,
     first_topic: u32,
+    /// Plain subscriptions and durable consumers; empty in a group.
     trackers: Vec<SeqTracker>,
+    /// Group members: same slots as `trackers`.
+    sets: Vec<SeqSet>,
+    /// The subscription ids (= topic indexes), by slot `j`.
+    sub_ids: Vec<u32>,
+    /// `--ack`: per slot `j`, the highest topic sequence number received since the last ACK,
+    /// plus one (0: nothing to acknowledge).
+    ack_through: Vec<u64>,
+    /// Slots with something in `ack_through`, so that queuing acks touches only those.
+    ack_dirty: Vec<u32>,
 }
 
 enum Kind {
@@ -341,10 +390,23 @@ fn run_thread_inner(
                     .iter()
                     .map(|&t| (t, plan.topic_names[t as usize].clone()))
                     .collect();
+                let slots = topics.len() * publishers_per_topic;
+                let grouped = plan.delivery.group.is_some();
                 let subscriber = Subscriber {
                     index: index as u32,
                     first_topic: scenario.subscriber_first_topic(index),
-                    trackers: vec![SeqTracker::default(); topics.len() * publishers_per_topic],
+                    trackers: vec![SeqTracker::default(); if grouped { 0 } else { slots }],
+                    sets: vec![SeqSet::default(); if grouped { slots } else { 0 }],
+                    ack_through: vec![
+                        0;
+                        if plan.delivery.acks.is_some() {
+                            topics.len()
+                        } else {
+                            0
+                        }
+                    ],
+                    ack_dirty: Vec::new(),
+                    sub_ids: topics,
                 };
                 (
                     Kind::Sub(Box::new(subscriber)),
@@ -353,7 +415,12 @@ fn run_thread_inner(
                 )
             }
         };
-        let setup_pending = wire::encode_setup(target, role, &name, &subscriptions, &mut out);
+        let options = match role {
+            Role::Subscriber => plan.delivery.options(index),
+            Role::Publisher => SubscribeOptions::default(),
+        };
+        let setup_pending =
+            wire::encode_setup_with(target, role, &name, &subscriptions, &options, &mut out);
         let read_max = match role {
             Role::Publisher => PUB_READ_BYTES,
             Role::Subscriber if throttled => THROTTLED_READ_BYTES,
@@ -581,6 +648,7 @@ fn run_thread_inner(
         latency: Histogram::new(3).expect("valid histogram"),
         sent: Vec::new(),
         trackers: Vec::new(),
+        sets: Vec::new(),
         counters: Counters::default(),
         errors: Vec::new(),
     };
@@ -594,7 +662,13 @@ fn run_thread_inner(
                     .zip(p.next_seq.iter().copied())
                     .collect(),
             )),
-            Kind::Sub(s) => output.trackers.push((s.index, s.trackers)),
+            Kind::Sub(s) => {
+                if plan.delivery.group.is_some() {
+                    output.sets.push((s.index, s.sets));
+                } else {
+                    output.trackers.push((s.index, s.trackers));
+                }
+            }
         }
     }
     output.latency = ctx.latency.into_histogram();
@@ -763,7 +837,33 @@ fn close(conn: &mut Conn, ctx: &mut Ctx<'_>, why: String) {
     }
 }
 
+/// Reads what the connection has (up to a turn's budget) and handles it; a subscriber with
+/// acks then queues its ACKs, written with the loop's other writes by the next flush.
 fn read_conn(conn: &mut Conn, ctx: &mut Ctx<'_>, phase: Phase, clock: Clock) {
+    read_conn_turn(conn, ctx, phase, clock);
+    if conn.open {
+        if let Kind::Sub(sub) = &mut conn.kind {
+            queue_acks(sub, &mut conn.out);
+        }
+    }
+}
+
+/// One cumulative ACK per topic that received anything since the last call, naming the
+/// highest topic sequence number received there. A durable consumer gets its topic's messages
+/// in sequence order (redeliveries aside), so this acknowledges everything received; a group
+/// member's cumulative ACK covers only what was delivered to it. Batching per read turn keeps
+/// acks to a few per `in_flight_max` messages instead of one each.
+fn queue_acks(sub: &mut Subscriber, out: &mut Vec<u8>) {
+    for j in sub.ack_dirty.drain(..) {
+        let j = j as usize;
+        let through = std::mem::take(&mut sub.ack_through[j]);
+        if through > 0 {
+            wire::encode_ack_through(sub.sub_ids[j], through - 1, out);
+        }
+    }
+}
+
+fn read_conn_turn(conn: &mut Conn, ctx: &mut Ctx<'_>, phase: Phase, clock: Clock) {
     let mut budget = READ_TURN_BYTES;
     loop {
         if conn.rpos == conn.rlen {
@@ -830,8 +930,21 @@ fn handle_input(
             return Ok(());
         };
         match event {
-            Event::Message { topic, payload } => match &mut conn.kind {
-                Kind::Sub(sub) => deliver(sub, ctx, topic, payload, recv_ns),
+            Event::Message {
+                topic,
+                payload,
+                seq,
+                delivery_count,
+            } => match &mut conn.kind {
+                Kind::Sub(sub) => {
+                    if delivery_count > 1 {
+                        ctx.counters.redelivered += 1;
+                    }
+                    if !sub.ack_through.is_empty() {
+                        note_ack(sub, ctx, topic, seq);
+                    }
+                    deliver(sub, ctx, topic, payload, recv_ns, delivery_count > 1);
+                }
                 Kind::Pub(_) => ctx.counters.misrouted += 1,
             },
             Event::Ok(data) => {
@@ -869,7 +982,7 @@ fn handle_input(
                 }
             }
             Event::ServerPing => wire::encode_pong(&mut conn.out),
-            Event::Dropped(count) => ctx.counters.dropped_reported += count,
+            Event::Dropped(count) | Event::Gap(count) => ctx.counters.dropped_reported += count,
             Event::Error(text) => {
                 if let Kind::Pub(p) = &mut conn.kind {
                     if phase != Phase::Setup {
@@ -889,6 +1002,28 @@ fn handle_input(
     }
 }
 
+/// Remembers that topic sequence number `seq` arrived on subscription `sub_id`, for the next
+/// cumulative ACK. Everything delivered is acknowledged, corrupt or not, so the broker does
+/// not redeliver what the bench already judged.
+#[inline]
+fn note_ack(sub: &mut Subscriber, ctx: &Ctx<'_>, sub_id: Option<u32>, seq: u64) {
+    let Some(topic) = sub_id else {
+        return;
+    };
+    let Some(j) = ctx
+        .plan
+        .scenario
+        .subscription_slot_from(sub.first_topic, topic)
+    else {
+        return;
+    };
+    let slot = &mut sub.ack_through[j];
+    if *slot == 0 {
+        sub.ack_dirty.push(j as u32);
+    }
+    *slot = (*slot).max(seq + 1);
+}
+
 /// One delivered message: check it, account it on its (topic, publisher) stream, time it.
 #[inline]
 fn deliver(
@@ -897,6 +1032,7 @@ fn deliver(
     wire_topic: Option<u32>,
     payload: &[u8],
     recv_ns: u64,
+    redelivery: bool,
 ) {
     ctx.counters.received += 1;
     let scenario = &ctx.plan.scenario;
@@ -920,8 +1056,15 @@ fn deliver(
         ctx.counters.corrupt += 1;
         return;
     };
-    let tracker = &mut sub.trackers[j * ctx.publishers_per_topic + k];
-    if tracker.observe(header.seq) == Seen::Duplicate {
+    let slot = j * ctx.publishers_per_topic + k;
+    let seen = if let Some(set) = sub.sets.get_mut(slot) {
+        set.observe(header.seq, redelivery)
+    } else if redelivery {
+        sub.trackers[slot].observe_redelivery(header.seq)
+    } else {
+        sub.trackers[slot].observe(header.seq)
+    };
+    if seen == Seen::Duplicate {
         return;
     }
     ctx.unique += 1;

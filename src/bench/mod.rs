@@ -35,7 +35,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use crate::cli::{parse_core_list, CoreList};
-use driver::{Assignment, Counters, Plan, Shared, ThreadOutput};
+use crate::protocol::subscribe_options::{AckSettings, CONSUMER_NAME_BYTES_MAX};
+use driver::{Assignment, Counters, Delivery, Plan, Shared, ThreadOutput};
 use latency::Clock;
 
 pub use report::{verdict, BenchResult};
@@ -127,6 +128,23 @@ pub struct RunArgs {
     /// Exit 0 despite lost messages (duplicates, reordering and errors still fail).
     #[arg(long)]
     pub allow_loss: bool,
+    /// corebus only: subscribers are durable consumers (`bench-<run>-s<i>`) with acks, and
+    /// acknowledge what they receive (one cumulative ACK per topic per read turn).
+    #[arg(long)]
+    pub ack: bool,
+    /// With --ack: unacknowledged messages per consumer before the broker pauses delivery.
+    #[arg(long, requires = "ack", default_value_t = 1024)]
+    pub in_flight_max: u32,
+    /// With --ack: how long the broker waits for an ack before redelivering.
+    #[arg(long, requires = "ack", default_value_t = 30_000)]
+    pub ack_wait_ms: u32,
+    /// With --ack: deliveries before a message is dead-lettered.
+    #[arg(long, requires = "ack", default_value_t = 5)]
+    pub deliver_max: u16,
+    /// corebus only: subscribers join this consumer group on each of their topics, so each
+    /// message goes to one member (expected deliveries = messages published).
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
     /// No progress line on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -201,17 +219,26 @@ pub fn execute(args: &RunArgs) -> Result<BenchResult, String> {
     let connections = scenario.publishers + scenario.subscribers;
     let threads = args.threads.min(connections);
     let run_tag = format!("{:08x}", rand::random::<u32>());
+    let delivery = delivery_mode(args, endpoint.target, &run_tag)?;
+    let mut subscribers_per_topic = scenario.subscribers_per_topic();
+    if delivery.group.is_some() {
+        // A group's members split each topic's messages: one delivery per message.
+        for n in &mut subscribers_per_topic {
+            *n = (*n).min(1);
+        }
+    }
     let topic_names = (0..scenario.topics as u32)
         .map(|t| wire::topic_name(&run_tag, t))
         .collect();
     let plan = Arc::new(Plan {
-        subscribers_per_topic: scenario.subscribers_per_topic(),
+        subscribers_per_topic,
         scenario: scenario.clone(),
         endpoint: endpoint.clone(),
         topic_names,
         clock: Clock::new(),
         threads,
         subscriber_delay_us: args.subscriber_delay_us,
+        delivery,
     });
     let shared = Arc::new(Shared::default());
 
@@ -296,6 +323,41 @@ pub fn execute(args: &RunArgs) -> Result<BenchResult, String> {
         return Err(e);
     }
     Ok(summarize(&plan, &outputs))
+}
+
+/// `--ack` and `--group`, checked: corebus only, and a valid group name.
+fn delivery_mode(args: &RunArgs, target: wire::Target, run_tag: &str) -> Result<Delivery, String> {
+    if (args.ack || args.group.is_some()) && target != wire::Target::Corebus {
+        return Err(format!(
+            "--ack and --group are corebus features (durable consumers, acks, groups); \
+             the {target} target has no equivalent in this bench"
+        ));
+    }
+    if let Some(group) = &args.group {
+        let valid = !group.is_empty()
+            && group.len() <= CONSUMER_NAME_BYTES_MAX
+            && group
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(format!(
+                "--group must be 1 to {CONSUMER_NAME_BYTES_MAX} characters of [A-Za-z0-9_-], \
+                 got `{group}`"
+            ));
+        }
+    }
+    if args.ack && args.in_flight_max == 0 {
+        return Err("--in-flight-max must be at least 1".into());
+    }
+    Ok(Delivery {
+        acks: args.ack.then_some(AckSettings {
+            in_flight_max: args.in_flight_max,
+            ack_wait_ms: args.ack_wait_ms,
+            deliver_max: args.deliver_max,
+        }),
+        group: args.group.clone(),
+        run_tag: run_tag.to_string(),
+    })
 }
 
 fn progress_line(
@@ -413,6 +475,33 @@ fn summarize(plan: &Plan, outputs: &[ThreadOutput]) -> BenchResult {
             }
         }
     }
+    // A group: each member saw part of each stream; merge them, then settle the same way.
+    let mut merged: Vec<accounting::SeqSet> = Vec::new();
+    for (subscriber, sets) in outputs.iter().flat_map(|o| &o.sets) {
+        if merged.is_empty() {
+            merged = vec![accounting::SeqSet::default(); scenario.topics * ppt];
+        }
+        for (j, topic) in scenario
+            .subscriber_topics(*subscriber as usize)
+            .into_iter()
+            .enumerate()
+        {
+            for k in 0..ppt {
+                merged[topic as usize * ppt + k].union(&sets[j * ppt + k]);
+            }
+        }
+    }
+    for (stream, set) in merged.iter().enumerate() {
+        if plan.subscribers_per_topic[stream / ppt] == 0 {
+            continue;
+        }
+        let n = sent[stream];
+        delivered += set.unique();
+        lost += n.saturating_sub(set.unique());
+        duplicated += set.received() - set.unique();
+        out_of_order += set.out_of_order();
+        phantom += set.beyond(n);
+    }
     let mut counters = Counters::default();
     let mut histogram = latency::new_histogram();
     let mut errors: Vec<String> = Vec::new();
@@ -428,6 +517,8 @@ fn summarize(plan: &Plan, outputs: &[ThreadOutput]) -> BenchResult {
     }
     report::build(report::Totals {
         scenario,
+        acks: plan.delivery.acks.is_some(),
+        group: plan.delivery.group.clone(),
         target: plan.endpoint.target,
         target_addr: &plan.endpoint.text,
         threads: plan.threads,

@@ -44,6 +44,12 @@ pub struct BenchResult {
     pub target: Target,
     pub target_addr: String,
     pub scenario: Scenario,
+    /// `--ack`: subscribers were durable consumers (or group members) with acks.
+    #[serde(default)]
+    pub acks: bool,
+    /// `--group NAME`: subscribers shared each topic as one consumer group.
+    #[serde(default)]
+    pub group: Option<String>,
     pub threads: usize,
     /// The measured window (after warm-up), in seconds.
     pub measured_s: f64,
@@ -67,6 +73,10 @@ pub struct BenchResult {
     pub lost: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
+    /// Deliveries the broker marked as redeliveries (`--ack`); one counts as duplicated only
+    /// if its first delivery had arrived too.
+    #[serde(default)]
+    pub redelivered: u64,
     pub misrouted: u64,
     pub corrupt: u64,
     /// Losses the target announced itself (corebus `DROPPED`).
@@ -126,6 +136,8 @@ pub fn percentile_points(h: &Histogram<u64>) -> Vec<PercentilePoint> {
 /// Puts together what the threads measured.
 pub struct Totals<'a> {
     pub scenario: &'a Scenario,
+    pub acks: bool,
+    pub group: Option<String>,
     pub target: Target,
     pub target_addr: &'a str,
     pub threads: usize,
@@ -159,6 +171,8 @@ pub fn build(t: Totals<'_>) -> BenchResult {
         target: t.target,
         target_addr: t.target_addr.to_string(),
         scenario: s.clone(),
+        acks: t.acks,
+        group: t.group,
         threads: t.threads,
         measured_s: secs,
         published: c.published,
@@ -174,6 +188,7 @@ pub fn build(t: Totals<'_>) -> BenchResult {
         lost: t.lost,
         duplicated: t.duplicated,
         out_of_order: t.out_of_order,
+        redelivered: c.redelivered,
         misrouted: c.misrouted,
         corrupt: c.corrupt + t.phantom,
         dropped_reported: c.dropped_reported,
@@ -256,6 +271,19 @@ pub fn table(r: &BenchResult, allow_loss: bool) -> String {
         if r.threads == 1 { "" } else { "s" }
     );
     let _ = writeln!(o, "scenario: {}", s.describe());
+    match (&r.group, r.acks) {
+        (Some(group), acks) => {
+            let _ = writeln!(
+                o,
+                "delivery: consumer group `{group}`{}, each message to one member",
+                if acks { " with acks" } else { "" }
+            );
+        }
+        (None, true) => {
+            let _ = writeln!(o, "delivery: durable consumers with acks");
+        }
+        (None, false) => {}
+    }
     let _ = writeln!(o);
     let _ = writeln!(
         o,
@@ -306,6 +334,13 @@ pub fn table(r: &BenchResult, allow_loss: bool) -> String {
         ("publishes refused", r.publish_errors),
         ("errors", r.errors),
     ];
+    if r.acks {
+        let _ = writeln!(
+            o,
+            "redelivered: {} (duplicates only if the first delivery arrived too)",
+            grouped(r.redelivered as f64)
+        );
+    }
     for (what, count) in extra.iter().filter(|(_, n)| *n > 0) {
         let _ = writeln!(o, "{what}: {}", grouped(*count as f64));
     }
@@ -519,6 +554,8 @@ mod tests {
         };
         build(Totals {
             scenario: &scenario,
+            acks: false,
+            group: None,
             target: Target::Corebus,
             target_addr: "corebus://127.0.0.1:7070",
             threads: 1,

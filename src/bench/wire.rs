@@ -12,7 +12,8 @@
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 
-use crate::protocol::native::{self, Frame, FRAME_OVERHEAD_MAX, PROTOCOL_VERSION};
+use crate::protocol::native::{self, AckKind, Frame, FRAME_OVERHEAD_MAX, PROTOCOL_VERSION};
+use crate::protocol::subscribe_options::SubscribeOptions;
 
 /// Which server the bench talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -152,6 +153,11 @@ pub enum Event<'a> {
     Message {
         topic: Option<u32>,
         payload: &'a [u8],
+        /// corebus: the message's sequence number in its topic (what an ACK names); 0 for
+        /// the other targets.
+        seq: u64,
+        /// corebus: 1 on the first delivery, more on a redelivery; 1 for the other targets.
+        delivery_count: u16,
     },
     /// A command succeeded: corebus OK (with its data), Redis `+OK`, NATS `+OK` (no data).
     Ok(&'a [u8]),
@@ -165,6 +171,9 @@ pub enum Event<'a> {
     ServerPing,
     /// corebus dropped this many messages for a slow subscription.
     Dropped(u64),
+    /// corebus (v2) says this many messages a subscription asked for were already evicted
+    /// (a replay start too far back, or a durable consumer's backlog outrun by the ring).
+    Gap(u64),
     /// The server reported an error.
     Error(String),
     /// Anything else the bench does not act on (NATS INFO, unexpected replies).
@@ -213,14 +222,21 @@ fn decode_corebus(buf: &[u8], frame_max: usize) -> Result<Option<(Event<'_>, usi
     };
     let event = match frame {
         Frame::Msg {
-            sub_id, payload, ..
+            sub_id,
+            payload,
+            seq,
+            delivery_count,
+            ..
         } => Event::Message {
             topic: Some(sub_id),
             payload,
+            seq,
+            delivery_count,
         },
         Frame::Ok { data, .. } => Event::Ok(data),
         Frame::Pong { .. } => Event::Pong,
         Frame::Dropped { count, .. } => Event::Dropped(count),
+        Frame::Gap { missed, .. } => Event::Gap(missed),
         Frame::Err { code, message, .. } => {
             let name = crate::error::ErrorCode::from_u16(code)
                 .map_or_else(|| format!("code {code}"), |c| c.as_str().to_string());
@@ -257,6 +273,29 @@ pub fn encode_setup(
     subscriptions: &[(u32, String)],
     out: &mut Vec<u8>,
 ) -> u32 {
+    encode_setup_with(
+        target,
+        role,
+        client_name,
+        subscriptions,
+        &SubscribeOptions::default(),
+        out,
+    )
+}
+
+/// [`encode_setup`] with corebus SUBSCRIBE options (v2) on every subscription; the other
+/// targets have none, so `options` must be the defaults for them.
+pub fn encode_setup_with(
+    target: Target,
+    role: Role,
+    client_name: &str,
+    subscriptions: &[(u32, String)],
+    options: &SubscribeOptions,
+    out: &mut Vec<u8>,
+) -> u32 {
+    debug_assert!(target == Target::Corebus || options.is_default());
+    let mut option_bytes = Vec::new();
+    options.encode(&mut option_bytes);
     let subscriptions = if role == Role::Subscriber {
         subscriptions
     } else {
@@ -275,7 +314,7 @@ pub fn encode_setup(
                     request_id: 2 + i as u32,
                     sub_id: *index,
                     topic: name.as_bytes(),
-                    options: &[],
+                    options: &option_bytes,
                 }
                 .encode(out);
             }
@@ -310,6 +349,18 @@ pub fn encode_ping(target: Target, request_id: u32, out: &mut Vec<u8>) {
         Target::Redis => resp::encode_command(out, &[b"PING"]),
         Target::Nats => out.extend_from_slice(b"PING\r\n"),
     }
+}
+
+/// Appends a corebus cumulative ACK: every message of subscription `sub_id` up to and
+/// including topic sequence number `seq` is acknowledged. The broker answers only on failure.
+pub fn encode_ack_through(sub_id: u32, seq: u64, out: &mut Vec<u8>) {
+    Frame::Ack {
+        request_id: 0,
+        sub_id,
+        seq,
+        kind: AckKind::Cumulative,
+    }
+    .encode(out);
 }
 
 /// Appends the answer to a server's PING (NATS only).
@@ -543,6 +594,8 @@ pub mod resp {
             ) => Event::Message {
                 topic: topic_index_from_name(channel),
                 payload,
+                seq: 0,
+                delivery_count: 1,
             },
             (3, [Some(Item::Bulk(Some(b"subscribe"))), _, _]) => Event::Subscribed,
             (2, [Some(Item::Bulk(Some(b"pong"))), _, _]) => Event::Pong,
@@ -653,6 +706,8 @@ pub mod nats {
             Event::Message {
                 topic: parse_u32(fields[1]),
                 payload: &tail[..size],
+                seq: 0,
+                delivery_count: 1,
             },
             after + size + 2,
         )))
@@ -827,7 +882,9 @@ mod tests {
                 Event::Subscribed,
                 Event::Message {
                     topic: Some(7),
-                    payload: b"he\r\no"
+                    payload: b"he\r\no",
+                    seq: 0,
+                    delivery_count: 1,
                 },
                 Event::Published(3),
                 Event::Pong,
@@ -866,11 +923,15 @@ mod tests {
                 Event::Ignored,
                 Event::Message {
                     topic: Some(3),
-                    payload: b"he\r\no"
+                    payload: b"he\r\no",
+                    seq: 0,
+                    delivery_count: 1,
                 },
                 Event::Message {
                     topic: Some(9),
-                    payload: b""
+                    payload: b"",
+                    seq: 0,
+                    delivery_count: 1,
                 },
                 Event::ServerPing,
                 Event::Pong,
@@ -914,7 +975,9 @@ mod tests {
                 Event::Ok(&[0, 1, 0, 0, 0, 0, 1, 0]),
                 Event::Message {
                     topic: Some(2),
-                    payload: b"pay"
+                    payload: b"pay",
+                    seq: 0,
+                    delivery_count: 1,
                 },
                 Event::Dropped(9),
                 Event::Pong,
