@@ -16,10 +16,11 @@
 //! # Ok::<(), corebus::client::Error>(())
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,8 +35,8 @@ pub use crate::protocol::subscribe_options::{AckSettings, Sharing, Start, Subscr
 const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024 + native::FRAME_OVERHEAD_MAX;
 /// Deliveries buffered per subscription before the reader stops reading the socket.
 pub const SUBSCRIPTION_BUFFER_DEFAULT: usize = 65_536;
-/// Replies (and errors for quiet publishes) buffered before the reader waits.
-const REPLY_BUFFER: usize = 4096;
+/// Replies to the request the client is waiting for. It waits for one at a time, so few queue.
+const REPLY_BUFFER: usize = 64;
 /// Subscribe/unsubscribe registrations in flight to the reader; the reader drains them even
 /// while it waits on a full subscription, and each caller waits for its reply, so few queue.
 const CONTROL_BUFFER: usize = 256;
@@ -192,11 +193,15 @@ pub struct Client {
     next_request_id: u32,
     next_sub_id: u32,
     replies: Receiver<Reply>,
+    /// The request id the client is waiting on (0: none); only its reply is queued for it.
+    awaited: Arc<AtomicU32>,
+    /// Refusals of quiet publishes and acks, which nobody waits for, so the reader never
+    /// blocks on them; a full queue counts them in `async_errors_lost` instead.
+    async_errors_rx: Receiver<ServerError>,
+    async_errors_lost: Arc<AtomicU64>,
     /// `None` once the client is closing, which releases a reader blocked on a full
     /// subscription.
     control: Option<Sender<ReaderControl>>,
-    async_errors: VecDeque<ServerError>,
-    async_errors_lost: u64,
     close_reason: CloseReason,
     /// The private reply topic of [`Client::request`], subscribed on first use.
     inbox: Option<Inbox>,
@@ -281,6 +286,10 @@ impl Client {
         stream.set_read_timeout(None)?;
 
         let (reply_tx, replies) = crossbeam_channel::bounded(REPLY_BUFFER);
+        let (async_errors_tx, async_errors_rx) = crossbeam_channel::bounded(ASYNC_ERRORS_MAX);
+        let awaited = Arc::new(AtomicU32::new(0));
+        let async_errors_lost = Arc::new(AtomicU64::new(0));
+        let (reader_awaited, reader_errors_lost) = (awaited.clone(), async_errors_lost.clone());
         let (control, control_rx) = crossbeam_channel::bounded(CONTROL_BUFFER);
         let close_reason = CloseReason::default();
         let reader_close_reason = close_reason.clone();
@@ -292,6 +301,9 @@ impl Client {
                     stream: reader_stream,
                     buffer,
                     replies: reply_tx,
+                    awaited: reader_awaited,
+                    async_errors: async_errors_tx,
+                    async_errors_lost: reader_errors_lost,
                     control: control_rx,
                     subscriptions: HashMap::new(),
                     last_error: None,
@@ -305,9 +317,10 @@ impl Client {
             next_request_id: 2,
             next_sub_id: 1,
             replies,
+            awaited,
+            async_errors_rx,
+            async_errors_lost,
             control: Some(control),
-            async_errors: VecDeque::new(),
-            async_errors_lost: 0,
             close_reason,
             inbox: None,
             reader: Some(reader),
@@ -337,7 +350,15 @@ impl Client {
         Ok(())
     }
 
-    /// Waits for the reply to `request_id`; errors of quiet publishes met on the way are kept.
+    /// Sends a request and waits for its reply. The reader is told which id is awaited before
+    /// the request leaves, so the reply cannot arrive unrecognised.
+    fn call(&mut self, request_id: u32, frame: Frame<'_>) -> Result<Vec<u8>> {
+        self.awaited.store(request_id, Ordering::Release);
+        let result = self.send(frame).and_then(|()| self.wait_reply(request_id));
+        self.awaited.store(0, Ordering::Release);
+        result
+    }
+
     fn wait_reply(&mut self, request_id: u32) -> Result<Vec<u8>> {
         let deadline = Instant::now() + self.options.request_timeout;
         loop {
@@ -356,19 +377,10 @@ impl Client {
                     request_id: id,
                     error,
                 } if id == request_id => return Err(Error::Server(error)),
-                Reply::Err { error, .. } => self.keep_async_error(error),
-                // A reply to a request that already timed out.
-                Reply::Ok { .. } => {}
+                // A reply to an earlier request that timed out.
+                Reply::Ok { .. } | Reply::Err { .. } => {}
             }
         }
-    }
-
-    fn keep_async_error(&mut self, error: ServerError) {
-        if self.async_errors.len() == ASYNC_ERRORS_MAX {
-            self.async_errors.pop_front();
-            self.async_errors_lost += 1;
-        }
-        self.async_errors.push_back(error);
     }
 
     /// Publishes without waiting (a quiet publish: the broker answers only if it refuses it;
@@ -387,14 +399,16 @@ impl Client {
     /// Publishes and waits for the broker to sequence the message; returns its sequence number.
     pub fn publish_confirmed(&mut self, topic: &str, payload: &[u8]) -> Result<u64> {
         let request_id = self.request_id();
-        self.send(Frame::Publish {
+        let data = self.call(
             request_id,
-            quiet: false,
-            topic: topic.as_bytes(),
-            reply_to: None,
-            payload,
-        })?;
-        let data = self.wait_reply(request_id)?;
+            Frame::Publish {
+                request_id,
+                quiet: false,
+                topic: topic.as_bytes(),
+                reply_to: None,
+                payload,
+            },
+        )?;
         let seq: [u8; 8] = data
             .get(..8)
             .and_then(|s| s.try_into().ok())
@@ -456,16 +470,11 @@ impl Client {
         }
     }
 
-    /// Refusals of quiet publishes received so far, oldest first, and how many older ones
-    /// were discarded because more than 1,024 piled up.
+    /// Refusals of quiet publishes and acks received so far, oldest first, and how many more
+    /// were not kept because 1,024 were already waiting to be taken.
     pub fn take_async_errors(&mut self) -> (Vec<ServerError>, u64) {
-        while let Ok(reply) = self.replies.try_recv() {
-            if let Reply::Err { error, .. } = reply {
-                self.keep_async_error(error);
-            }
-        }
-        let lost = std::mem::take(&mut self.async_errors_lost);
-        (self.async_errors.drain(..).collect(), lost)
+        let errors = self.async_errors_rx.try_iter().collect();
+        (errors, self.async_errors_lost.swap(0, Ordering::AcqRel))
     }
 
     /// Subscribes to an exact topic or a pattern (`orders.*`, `metrics.>`). Returns once the
@@ -493,13 +502,16 @@ impl Client {
         let request_id = self.request_id();
         let mut encoded_options = Vec::new();
         options.encode(&mut encoded_options);
-        let sent = self.send(Frame::Subscribe {
+        let answer = self.call(
             request_id,
-            sub_id,
-            topic: subject.as_bytes(),
-            options: &encoded_options,
-        });
-        let data = match sent.and_then(|()| self.wait_reply(request_id)) {
+            Frame::Subscribe {
+                request_id,
+                sub_id,
+                topic: subject.as_bytes(),
+                options: &encoded_options,
+            },
+        );
+        let data = match answer {
             Ok(data) => data,
             Err(e) => {
                 let _ = self.control_send(ReaderControl::Unregister { sub_id });
@@ -529,8 +541,8 @@ impl Client {
         // Unregister first so a reader blocked on this subscription's full buffer lets go.
         let _ = self.control_send(ReaderControl::Unregister { sub_id });
         let request_id = self.request_id();
-        self.send(Frame::Unsubscribe { request_id, sub_id })?;
-        self.wait_reply(request_id).map(drop)
+        self.call(request_id, Frame::Unsubscribe { request_id, sub_id })
+            .map(drop)
     }
 
     /// Acknowledges one message of a subscription made with `acks` (at-least-once). Acks are
@@ -563,8 +575,7 @@ impl Client {
     pub fn ping(&mut self) -> Result<Duration> {
         let started = Instant::now();
         let request_id = self.request_id();
-        self.send(Frame::Ping { request_id })?;
-        self.wait_reply(request_id)?;
+        self.call(request_id, Frame::Ping { request_id })?;
         Ok(started.elapsed())
     }
 
@@ -697,6 +708,9 @@ struct Reader {
     stream: TcpStream,
     buffer: Vec<u8>,
     replies: Sender<Reply>,
+    awaited: Arc<AtomicU32>,
+    async_errors: Sender<ServerError>,
+    async_errors_lost: Arc<AtomicU64>,
     control: Receiver<ReaderControl>,
     subscriptions: HashMap<u32, Sender<Event>>,
     last_error: Option<ServerError>,
@@ -750,7 +764,21 @@ impl Reader {
     fn dispatch(&mut self, routed: Routed) -> bool {
         self.apply_control();
         match routed {
-            Routed::Reply(reply) => self.replies.send(reply).is_ok(),
+            Routed::Reply(reply) => {
+                let id = match &reply {
+                    Reply::Ok { request_id, .. } | Reply::Err { request_id, .. } => *request_id,
+                };
+                if id == self.awaited.load(Ordering::Acquire) {
+                    return self.replies.send(reply).is_ok();
+                }
+                // Nobody waits for it: a refused quiet publish or ack, or a late reply.
+                if let Reply::Err { error, .. } = reply {
+                    if self.async_errors.try_send(error).is_err() {
+                        self.async_errors_lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                true
+            }
             Routed::ConnectionError(error) => {
                 self.last_error = Some(error);
                 true

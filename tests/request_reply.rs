@@ -64,3 +64,28 @@ fn a_request_nobody_answers_times_out_cleanly_and_the_client_stays_usable() {
     assert_eq!(answer.payload, b"on time");
     service.join().unwrap();
 }
+
+#[test]
+fn thousands_of_uncollected_refusals_do_not_stall_the_client() {
+    let broker = start(config(1));
+    let mut client = client(broker.native_addr());
+    let mut subscription = client.subscribe("still.works").unwrap();
+    for _ in 0..5_000 {
+        client.publish("not a topic", b"x").unwrap();
+    }
+    // Requests and deliveries keep flowing although nobody collected the refusals yet.
+    client.ping().unwrap();
+    let seq = client.publish_confirmed("still.works", b"y").unwrap();
+    assert_eq!(
+        subscription
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap()
+            .seq,
+        seq
+    );
+    let (errors, lost) = client.take_async_errors();
+    assert_eq!(errors.len() as u64 + lost, 5_000);
+    assert!(errors
+        .iter()
+        .all(|e| e.code() == Some(corebus::error::ErrorCode::BadTopic)));
+}
