@@ -213,6 +213,23 @@ impl Config {
     }
 }
 
+impl MemoryBudget {
+    /// The worst case if every bounded queue filled at once.
+    pub fn total_bytes(&self) -> usize {
+        self.connection_bytes_max
+            .saturating_add(self.replay_bytes_max)
+            .saturating_add(self.ring_bytes_max)
+    }
+}
+
+/// Physical memory, from `/proc/meminfo` (None where that is not available).
+pub fn physical_memory_bytes() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct MemoryBudget {
     /// Read buffers at rest plus full outbound queues, all connections.
@@ -263,6 +280,20 @@ mod tests {
             let error = config.validate().unwrap_err();
             assert!(error.contains(flag), "{error} should name {flag}");
         }
+    }
+
+    #[test]
+    fn the_budget_adds_up_the_bounded_queues() {
+        let config = Config {
+            connections_max: 10,
+            outbound_bytes_max: 2 << 20,
+            read_chunk_bytes: 4096,
+            ..Config::default()
+        };
+        let budget = config.memory_budget();
+        assert_eq!(budget.connection_bytes_max, 10 * ((2 << 20) + 4096));
+        assert!(budget.total_bytes() >= budget.connection_bytes_max + budget.replay_bytes_max);
+        assert!(physical_memory_bytes().is_some_and(|bytes| bytes > 0));
     }
 
     #[test]

@@ -58,6 +58,18 @@ impl Broker {
             native_addr,
             config.memory_budget()
         );
+        let budget = config.memory_budget();
+        if let Some(physical) = crate::config::physical_memory_bytes() {
+            if budget.total_bytes() > physical {
+                // The limits are honest only if they fit: say which knobs to turn.
+                log::warn!(
+                    "event=memory_budget_exceeds_ram budget_mib={} ram_mib={} hint=\"lower \
+                     --connections-max or --outbound-bytes-max, or --topics-max or --replay-bytes\"",
+                    budget.total_bytes() >> 20,
+                    physical >> 20
+                );
+            }
+        }
         let mut threads = Vec::with_capacity(config.shards);
         for (index, ((poll, links), listener)) in
             polls.into_iter().zip(links).zip(listeners).enumerate()
