@@ -67,6 +67,8 @@ pub struct Consumer {
     /// When the last member left, for `--consumer-ttl`.
     pub detached_since_ns: Option<u64>,
     due_scratch: Vec<Due<Unacked>>,
+    /// Reused by group acks, so acking allocates nothing once warm.
+    seq_scratch: Vec<u64>,
 }
 
 impl Consumer {
@@ -91,6 +93,7 @@ impl Consumer {
             }),
             detached_since_ns: Some(0),
             due_scratch: Vec::new(),
+            seq_scratch: Vec::new(),
         }
     }
 
@@ -224,15 +227,19 @@ impl Consumer {
                 unacked.ack_through(seq);
             }
             AckKind::Cumulative => {
-                let mine: Vec<u64> = unacked
-                    .iter()
-                    .take_while(|entry| entry.seq <= seq)
-                    .filter(|entry| entry.item.member == acker)
-                    .map(|entry| entry.seq)
-                    .collect();
-                for seq in mine {
+                let mut mine = std::mem::take(&mut self.seq_scratch);
+                mine.clear();
+                mine.extend(
+                    unacked
+                        .iter()
+                        .take_while(|entry| entry.seq <= seq)
+                        .filter(|entry| entry.item.member == acker)
+                        .map(|entry| entry.seq),
+                );
+                for &seq in &mine {
                     unacked.ack(seq);
                 }
+                self.seq_scratch = mine;
             }
             AckKind::Nack => {
                 if unacked.nack(seq, now_ns) {
