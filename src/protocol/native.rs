@@ -201,9 +201,8 @@
 //!
 //! Sent before the first replayed message when a start position reaches back past what the
 //! topic retains, and to a durable consumer whose backlog was evicted before it got there, so
-//! history lost to eviction is never silent. GAP travels with replies, so for a consumer it may
-//! arrive ahead of messages already queued for it; `missed` and `resume_seq` are exact either
-//! way.
+//! history lost to eviction is never silent. It is queued in line with the subscription's
+//! messages: the next MSG for the subscription carries `resume_seq`.
 //!
 //! # Flags
 //!

@@ -140,11 +140,30 @@ pub enum EnqueueOutcome {
     SlowConsumer,
 }
 
+/// What waits in line for a subscription: messages, and the gap notices that must arrive
+/// between the right messages (encoded only when staged, so they cost no allocation).
+enum Queued {
+    Message(Message),
+    Gap { missed: u64, resume_seq: u64 },
+}
+
+/// A GAP frame: header plus two `u64`s.
+const GAP_FRAME_BYTES: usize = native::HEADER_LEN + 16;
+
+impl Queued {
+    fn frame_len(&self) -> usize {
+        match self {
+            Queued::Message(message) => message.frame_len(),
+            Queued::Gap { .. } => GAP_FRAME_BYTES,
+        }
+    }
+}
+
 /// The bytes and messages waiting to go to the socket.
 pub struct Outbound {
     write_buf: Vec<u8>,
     written: usize,
-    pending: VecDeque<(u32, Message)>,
+    pending: VecDeque<(u32, Queued)>,
     pending_bytes: usize,
     stage_bytes_max: usize,
 }
@@ -191,18 +210,38 @@ impl Outbound {
 
     fn push_delivery(&mut self, sub_id: u32, message: Message) {
         self.pending_bytes += message.frame_len();
-        self.pending.push_back((sub_id, message));
+        self.pending.push_back((sub_id, Queued::Message(message)));
     }
 
+    /// Queues a GAP notice behind the messages already queued, so `resume_seq` is the next
+    /// message the subscription receives. Notices are small and never dropped.
+    pub fn push_gap(&mut self, sub_id: u32, missed: u64, resume_seq: u64) {
+        self.pending_bytes += GAP_FRAME_BYTES;
+        self.pending
+            .push_back((sub_id, Queued::Gap { missed, resume_seq }));
+    }
+
+    /// The oldest queued message (notices stay in line).
     fn pop_oldest_delivery(&mut self) -> Option<(u32, Message)> {
-        let (sub_id, message) = self.pending.pop_front()?;
-        self.pending_bytes -= message.frame_len();
-        Some((sub_id, message))
+        let index = self
+            .pending
+            .iter()
+            .position(|(_, queued)| matches!(queued, Queued::Message(_)))?;
+        let (sub_id, queued) = self.pending.remove(index)?;
+        self.pending_bytes -= queued.frame_len();
+        match queued {
+            Queued::Message(message) => Some((sub_id, message)),
+            Queued::Gap { .. } => None,
+        }
     }
 
-    /// Drops every queued delivery (the connection is going away); returns how many.
+    /// Drops every queued delivery (the connection is going away); returns how many messages.
     pub fn discard_pending(&mut self) -> u64 {
-        let dropped = self.pending.len() as u64;
+        let dropped = self
+            .pending
+            .iter()
+            .filter(|(_, queued)| matches!(queued, Queued::Message(_)))
+            .count() as u64;
         self.pending.clear();
         self.pending_bytes = 0;
         dropped
@@ -213,14 +252,24 @@ impl Outbound {
     fn stage(&mut self) -> u64 {
         let mut staged = 0;
         while self.write_buf.len() - self.written < self.stage_bytes_max {
-            let Some((sub_id, message)) = self.pending.pop_front() else {
+            let Some((sub_id, queued)) = self.pending.pop_front() else {
                 break;
             };
-            self.pending_bytes -= message.frame_len();
-            let at = self.write_buf.len();
-            self.write_buf.extend_from_slice(message.frame());
-            native::msg_set_sub_id(&mut self.write_buf[at..], sub_id);
-            staged += 1;
+            self.pending_bytes -= queued.frame_len();
+            match queued {
+                Queued::Message(message) => {
+                    let at = self.write_buf.len();
+                    self.write_buf.extend_from_slice(message.frame());
+                    native::msg_set_sub_id(&mut self.write_buf[at..], sub_id);
+                    staged += 1;
+                }
+                Queued::Gap { missed, resume_seq } => native::Frame::Gap {
+                    sub_id,
+                    missed,
+                    resume_seq,
+                }
+                .encode(&mut self.write_buf),
+            }
         }
         staged
     }
@@ -477,6 +526,31 @@ mod tests {
             }
             other => panic!("expected MSG, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_gap_notice_keeps_its_place_among_queued_messages_and_is_never_dropped() {
+        let mut out = Outbound::new(WRITE_CHUNK_BYTES);
+        out.push_delivery(1, message(10));
+        out.push_gap(1, 5, 9);
+        out.push_delivery(1, message(10));
+        // Drop-oldest takes the oldest message, not the notice.
+        assert!(out.pop_oldest_delivery().is_some());
+        let mut socket = ChokedSocket {
+            written: Vec::new(),
+            capacity: usize::MAX,
+        };
+        let progress = out.write_to(&mut socket).unwrap();
+        assert_eq!(progress.deliveries, 1);
+        let mut rest = &socket.written[..];
+        let mut frames = Vec::new();
+        while let Some((frame, n)) = native::decode(rest, 1 << 20).unwrap() {
+            frames.push(frame.opcode());
+            rest = &rest[n..];
+        }
+        assert_eq!(frames, [native::Opcode::Gap, native::Opcode::Msg]);
+        assert!(out.is_empty());
+        assert_eq!(out.discard_pending(), 0);
     }
 
     #[test]

@@ -320,14 +320,7 @@ impl Shard {
                 subscriber,
                 missed,
                 resume_seq,
-            } => self.reply(
-                subscriber.connection,
-                Frame::Gap {
-                    sub_id: subscriber.sub_id,
-                    missed,
-                    resume_seq,
-                },
-            ),
+            } => self.queue_gap(subscriber, missed, resume_seq),
             Terminal::PublishOutcome { reply, result } => {
                 // The owner sends an outcome for a quiet publish only when it failed.
                 self.answer_publish(reply, false, result);
@@ -404,14 +397,9 @@ impl Shard {
                     member,
                     missed,
                     resume_seq,
-                } if member.shard == self.id => self.reply(
-                    member.subscriber.connection,
-                    Frame::Gap {
-                        sub_id: member.subscriber.sub_id,
-                        missed,
-                        resume_seq,
-                    },
-                ),
+                } if member.shard == self.id => {
+                    self.queue_gap(member.subscriber, missed, resume_seq)
+                }
                 ConsumerAction::Gap {
                     member,
                     missed,
@@ -495,6 +483,14 @@ impl Shard {
             })
     }
 
+    /// Tells a subscription how many messages it missed, in line with its queued messages.
+    fn queue_gap(&mut self, subscriber: Subscriber, missed: u64, resume_seq: u64) {
+        if let Some(conn) = self.connection_mut(subscriber.connection) {
+            conn.out.push_gap(subscriber.sub_id, missed, resume_seq);
+            self.mark_dirty(subscriber.connection);
+        }
+    }
+
     /// Sends a new subscriber what it asked to replay: a GAP notice first if part of it was
     /// already evicted, then the retained messages, oldest first, under the same
     /// slow-consumer policy as live ones.
@@ -504,14 +500,7 @@ impl Shard {
                 .messages
                 .first()
                 .map_or(last_seq + 1, |message| message.seq());
-            self.reply(
-                subscriber.connection,
-                Frame::Gap {
-                    sub_id: subscriber.sub_id,
-                    missed: replay.missed,
-                    resume_seq,
-                },
-            );
+            self.queue_gap(subscriber, replay.missed, resume_seq);
         }
         for message in &replay.messages {
             if !self.deliver_to(subscriber, message) {
