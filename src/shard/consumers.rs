@@ -320,23 +320,28 @@ impl Consumer {
     }
 }
 
+/// A member on shard 0 told apart by its connection index, for tests here and elsewhere.
+#[cfg(test)]
+pub(crate) fn test_member(index: u32) -> Member {
+    Member {
+        shard: ShardId(0),
+        subscriber: Subscriber {
+            connection: crate::ids::ConnectionId {
+                index,
+                generation: 0,
+            },
+            sub_id: 1,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::ConnectionId;
     use crate::shard::replay::ReplayLimits;
 
     fn member(index: u32) -> Member {
-        Member {
-            shard: ShardId(0),
-            subscriber: Subscriber {
-                connection: ConnectionId {
-                    index,
-                    generation: 0,
-                },
-                sub_id: 1,
-            },
-        }
+        test_member(index)
     }
 
     fn ring_with(count: u64) -> ReplayRing<Message> {

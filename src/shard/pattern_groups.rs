@@ -87,19 +87,9 @@ impl PatternGroups {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{ConnectionId, ShardId, Subscriber};
 
     fn member(index: u32) -> Member {
-        Member {
-            shard: ShardId(0),
-            subscriber: Subscriber {
-                connection: ConnectionId {
-                    index,
-                    generation: 0,
-                },
-                sub_id: 7,
-            },
-        }
+        crate::shard::consumers::test_member(index)
     }
 
     fn picks(groups: &mut PatternGroups, topic: &str) -> Vec<u32> {
