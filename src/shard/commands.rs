@@ -756,7 +756,8 @@ impl Shard {
             if !self.terminal_room() {
                 return Flow::Blocked;
             }
-            let mut actions = Vec::new();
+            // Acks are the hot path of at-least-once: reuse the shard's action list.
+            let mut actions = std::mem::take(&mut self.consumer_actions);
             self.owned.ack_consumer(
                 (&topic, &consumer),
                 Member {
@@ -771,6 +772,7 @@ impl Shard {
                 &mut actions,
             );
             self.carry_out(&topic, &mut actions);
+            self.consumer_actions = actions;
         } else {
             let link = self.link_mut(owner);
             if !(link.requests_out.has_room() || link.requests_out.flush()) {

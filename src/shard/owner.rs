@@ -232,7 +232,7 @@ impl Shard {
                 seq,
                 kind,
             } => {
-                let mut actions = Vec::new();
+                let mut actions = std::mem::take(&mut self.consumer_actions);
                 self.owned.ack_consumer(
                     (&topic, &consumer),
                     Member {
@@ -244,6 +244,7 @@ impl Shard {
                     &mut actions,
                 );
                 self.carry_out(&topic, &mut actions);
+                self.consumer_actions = actions;
             }
             OwnerRequest::DeadLetter { message } => self.publish_dead_letter(message),
             OwnerRequest::Unsubscribe { topic } => self.owned.remove_subscriber(&topic, from),
