@@ -5,9 +5,9 @@
 //! 2. readiness events: accept, read and handle frames, note writability;
 //! 3. drain the rings (terminal deliveries always; owner requests as room allows);
 //! 4. resume connections that were waiting for room, and those whose read budget ran out;
-//! 5. hand staged batches to the rings and wake each peer once;
-//! 6. flush every dirty connection once;
-//! 7. timers (handshake and linger deadlines) and shutdown.
+//! 5. timers (handshake and linger deadlines, consumer redeliveries, replay and topic sweeps);
+//! 6. hand staged batches to the rings and wake each peer once;
+//! 7. flush every dirty connection once; then shutdown.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -75,12 +75,8 @@ impl Shard {
             work_left = self.drain_rings();
             work_left |= self.resume_blocked();
             work_left |= self.read_again_after_budget();
-            if self.flush_outboxes() && (!self.blocked.is_empty() || self.has_stalled_requests()) {
-                work_left = true;
-            }
-            self.flush_dirty();
-            // Flushing may have resumed connections that paused on unsent replies.
-            work_left |= !self.read_again.is_empty();
+            // Timers before the flushes, so what they send (redeliveries, handshake errors)
+            // leaves in this turn rather than after the next poll.
             let now = Instant::now();
             self.expire_deadlines(now);
             if now >= self.next_consumer_timer {
@@ -100,6 +96,12 @@ impl Shard {
                 let idle_ns = self.config.topic_idle_ttl_ms.saturating_mul(1_000_000);
                 self.owned.reclaim_idle(now_ns, idle_ns);
             }
+            if self.flush_outboxes() && (!self.blocked.is_empty() || self.has_stalled_requests()) {
+                work_left = true;
+            }
+            self.flush_dirty();
+            // Flushing may have resumed connections that paused on unsent replies.
+            work_left |= !self.read_again.is_empty();
             if self.shutdown_flag.load(Ordering::Acquire) && self.shutdown_deadline.is_none() {
                 self.begin_shutdown();
             }
