@@ -178,6 +178,18 @@ impl<T> Bounded<T> {
     }
 }
 
+/// Joins every thread by the deadline, collecting results and the failures in `errors`.
+fn join_all<T>(threads: Vec<Bounded<T>>, deadline: Instant, errors: &mut Vec<String>) -> Vec<T> {
+    let mut results = Vec::new();
+    for thread in threads {
+        match thread.join_by(deadline) {
+            Ok(result) => results.push(result),
+            Err(e) => errors.push(e),
+        }
+    }
+    results
+}
+
 /// Progress counters of every thread in a run, reported when the run fails.
 #[derive(Default)]
 struct Progress {
@@ -440,11 +452,7 @@ fn concurrent_publishers_keep_per_topic_order(tag: &str, owners: &[usize], per_t
         .collect();
 
     let mut errors = Vec::new();
-    for publisher in publishers {
-        if let Err(e) = publisher.join_by(deadline) {
-            errors.push(e);
-        }
-    }
+    join_all(publishers, deadline, &mut errors);
     let mut checks = Vec::new();
     for (name, expected_topics, drain) in drains {
         match drain.join_by(deadline) {
@@ -561,11 +569,7 @@ fn nothing_is_lost_or_duplicated_at_moderate_load() {
         .collect();
 
     let mut errors = Vec::new();
-    for publisher in publishers {
-        if let Err(e) = publisher.join_by(deadline) {
-            errors.push(e);
-        }
-    }
+    join_all(publishers, deadline, &mut errors);
     let mut checks = Vec::new();
     for (name, expected_topics, drain) in drains {
         match drain.join_by(deadline) {
@@ -686,11 +690,7 @@ fn storm(label: &str, ring_slots: usize, ring_batch_max: usize, per_topic: u32) 
         .collect();
 
     let mut errors = Vec::new();
-    for publisher in publishers {
-        if let Err(e) = publisher.join_by(deadline) {
-            errors.push(e);
-        }
-    }
+    join_all(publishers, deadline, &mut errors);
     let publish_time = started.elapsed();
     let mut checks = Vec::new();
     for (name, expected_topics, drain) in drains {
@@ -1004,21 +1004,12 @@ fn a_publisher_behind_a_full_ring_is_paused_not_failed_while_a_subscriber_drains
         .collect();
 
     let mut errors = Vec::new();
-    let mut confirmed = Vec::new();
-    for publisher in publishers {
-        match publisher.join_by(deadline) {
-            Ok(seqs) => confirmed.extend(seqs),
-            Err(e) => errors.push(e),
-        }
-    }
+    let confirmed: Vec<_> = join_all(publishers, deadline, &mut errors)
+        .into_iter()
+        .flatten()
+        .collect();
     let publishers_done = started.elapsed();
-    let mut results = Vec::new();
-    for drain in [fast, slow] {
-        match drain.join_by(deadline) {
-            Ok(result) => results.push(result),
-            Err(e) => errors.push(e),
-        }
-    }
+    let results = join_all(vec![fast, slow], deadline, &mut errors);
     if !errors.is_empty() {
         fail_run(broker, started, &progress, &errors);
     }

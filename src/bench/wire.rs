@@ -118,17 +118,7 @@ pub fn topic_index_from_name(name: &[u8]) -> Option<u32> {
 }
 
 fn parse_u32(digits: &[u8]) -> Option<u32> {
-    if digits.is_empty() || digits.len() > 10 {
-        return None;
-    }
-    let mut value: u64 = 0;
-    for &b in digits {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        value = value * 10 + u64::from(b - b'0');
-    }
-    u32::try_from(value).ok()
+    parse_u64(digits).and_then(|value| u32::try_from(value).ok())
 }
 
 fn parse_u64(digits: &[u8]) -> Option<u64> {
