@@ -26,6 +26,9 @@ pub enum Command {
     Pub(PubArgs),
     /// Subscribe to a topic or pattern and print each message.
     Sub(SubArgs),
+    /// Manage topics: `corebus topic create NAME --replay-messages N ...`.
+    #[command(subcommand)]
+    Topic(TopicCommand),
     /// Load-test corebus (or Redis, NATS): throughput, loss, order, latency percentiles.
     Bench(Box<crate::bench::BenchArgs>),
 }
@@ -98,6 +101,12 @@ pub struct ServeArgs {
     /// Age after which retained messages are evicted, e.g. `30s`, `5m`, `1h`; `0` = no limit.
     #[arg(long = "replay-ttl", env = "COREBUS_REPLAY_TTL", default_value = "0", value_parser = parse_duration_ms)]
     pub replay_ttl_ms: u64,
+    /// Most messages CREATE_TOPIC may ask one topic to retain.
+    #[arg(long = "topic-replay-messages-max", env = "COREBUS_TOPIC_REPLAY_MESSAGES_MAX", default_value_t = Config::default().topic_replay_messages_max)]
+    pub topic_replay_messages_max: usize,
+    /// Most bytes CREATE_TOPIC may ask one topic to retain.
+    #[arg(long = "topic-replay-bytes-max", env = "COREBUS_TOPIC_REPLAY_BYTES_MAX", default_value_t = Config::default().topic_replay_bytes_max)]
+    pub topic_replay_bytes_max: usize,
     /// A durable consumer with no subscription is removed after this long, e.g. `1h`.
     #[arg(long = "consumer-ttl", env = "COREBUS_CONSUMER_TTL", default_value = "1h", value_parser = parse_duration_ms)]
     pub consumer_ttl_ms: u64,
@@ -131,6 +140,40 @@ pub struct PubArgs {
     /// Wait for the broker to sequence the message and print its sequence number.
     #[arg(long)]
     pub confirm: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic now, with its own replay limits; it is never reclaimed for being idle.
+    Create(CreateTopicArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateTopicArgs {
+    /// Broker address.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070")]
+    pub addr: String,
+    pub topic: String,
+    /// Messages the topic retains for replay (default: the broker's --replay-messages).
+    #[arg(long = "replay-messages", value_name = "N")]
+    pub replay_messages_max: Option<u64>,
+    /// Bytes the topic retains for replay (default: the broker's --replay-bytes).
+    #[arg(long = "replay-bytes", value_name = "BYTES")]
+    pub replay_bytes_max: Option<u64>,
+    /// Age after which the topic's retained messages are evicted, e.g. `10m`; `0` = no limit
+    /// (default: the broker's --replay-ttl).
+    #[arg(long = "replay-ttl", value_name = "DURATION", value_parser = parse_duration_ms)]
+    pub replay_ttl_ms: Option<u64>,
+}
+
+impl CreateTopicArgs {
+    pub fn options(&self) -> crate::client::TopicOptions {
+        crate::client::TopicOptions {
+            replay_messages_max: self.replay_messages_max,
+            replay_bytes_max: self.replay_bytes_max,
+            replay_ttl_ms: self.replay_ttl_ms,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -264,6 +307,8 @@ impl ServeArgs {
             replay_messages_max: self.replay_messages_max,
             replay_bytes_max: self.replay_bytes_max,
             replay_ttl_ms: self.replay_ttl_ms,
+            topic_replay_messages_max: self.topic_replay_messages_max,
+            topic_replay_bytes_max: self.topic_replay_bytes_max,
             consumer_ttl_ms: self.consumer_ttl_ms,
             redelivery_backoff_max_ms: self.redelivery_backoff_max_ms,
             consumer_in_flight_max: self.consumer_in_flight_max,

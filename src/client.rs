@@ -30,6 +30,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError
 use crate::error::ErrorCode;
 use crate::protocol::native::{self, AckKind, Frame, PROTOCOL_VERSION};
 pub use crate::protocol::subscribe_options::{AckSettings, Sharing, Start, SubscribeOptions};
+pub use crate::protocol::topic_options::TopicOptions;
 
 /// Frames the client accepts from the broker: the broker's own limit is checked broker-side.
 const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024 + native::FRAME_OVERHEAD_MAX;
@@ -158,6 +159,18 @@ pub struct TopicPosition {
     /// Identifies the topic's incarnation; it changes when the broker restarts.
     pub epoch: u64,
     pub last_seq: u64,
+}
+
+impl TopicPosition {
+    /// The 16-byte OK data of an exact SUBSCRIBE or a CREATE_TOPIC.
+    fn decode(data: &[u8]) -> Option<TopicPosition> {
+        let epoch = data.get(0..8)?.try_into().ok()?;
+        let last_seq = data.get(8..16)?.try_into().ok()?;
+        Some(TopicPosition {
+            epoch: u64::from_be_bytes(epoch),
+            last_seq: u64::from_be_bytes(last_seq),
+        })
+    }
 }
 
 /// What the broker said about itself in the handshake.
@@ -518,13 +531,7 @@ impl Client {
                 return Err(e);
             }
         };
-        let position = match (data.get(0..8), data.get(8..16)) {
-            (Some(epoch), Some(last_seq)) => Some(TopicPosition {
-                epoch: u64::from_be_bytes(epoch.try_into().expect("8 bytes")),
-                last_seq: u64::from_be_bytes(last_seq.try_into().expect("8 bytes")),
-            }),
-            _ => None,
-        };
+        let position = TopicPosition::decode(&data);
         Ok(Subscription {
             sub_id,
             position,
@@ -533,6 +540,27 @@ impl Client {
             dropped: 0,
             missed: 0,
             close_reason: self.close_reason.clone(),
+        })
+    }
+
+    /// Creates a topic explicitly, with its own replay limits where `options` gives them (the
+    /// broker's defaults otherwise). An explicitly created topic is never reclaimed for being
+    /// idle. Fails with `TOPIC_EXISTS` if the topic exists, `OPTION_OUT_OF_RANGE` if a limit is
+    /// above the broker's cap, `BAD_TOPIC` for a pattern, a reserved or an inbox name.
+    pub fn create_topic(&mut self, topic: &str, options: TopicOptions) -> Result<TopicPosition> {
+        let request_id = self.request_id();
+        let mut encoded_options = Vec::new();
+        options.encode(&mut encoded_options);
+        let data = self.call(
+            request_id,
+            Frame::CreateTopic {
+                request_id,
+                topic: topic.as_bytes(),
+                options: &encoded_options,
+            },
+        )?;
+        TopicPosition::decode(&data).ok_or_else(|| {
+            Error::Protocol("CREATE_TOPIC's OK did not carry the topic's position".into())
         })
     }
 
@@ -878,6 +906,7 @@ fn route_frame(frame: Frame<'_>) -> Routed {
         | Frame::Subscribe { .. }
         | Frame::Unsubscribe { .. }
         | Frame::Ack { .. }
+        | Frame::CreateTopic { .. }
         | Frame::Ping { .. } => Routed::Ignored,
     }
 }

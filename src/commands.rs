@@ -6,7 +6,7 @@ use std::io::Write;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::cli::{PubArgs, ServeArgs, SubArgs};
+use crate::cli::{CreateTopicArgs, PubArgs, ServeArgs, SubArgs};
 use crate::client::Client;
 use crate::server::Broker;
 
@@ -48,6 +48,14 @@ pub fn publish(args: &PubArgs) -> CommandResult {
         }
         println!("published {}", args.topic);
     }
+    client.close()?;
+    Ok(())
+}
+
+pub fn create_topic(args: &CreateTopicArgs) -> CommandResult {
+    let mut client = Client::connect(&args.addr)?;
+    let position = client.create_topic(&args.topic, args.options())?;
+    println!("created {} epoch={}", args.topic, position.epoch);
     client.close()?;
     Ok(())
 }

@@ -75,6 +75,10 @@ pub struct Config {
     pub replay_bytes_max: usize,
     /// Age after which a retained message is evicted (0 = no age limit).
     pub replay_ttl_ms: u64,
+    /// Most messages CREATE_TOPIC may ask one topic to retain (its slots are preallocated).
+    pub topic_replay_messages_max: usize,
+    /// Most bytes CREATE_TOPIC may ask one topic to retain.
+    pub topic_replay_bytes_max: usize,
     /// A durable consumer with no subscription is removed after this long.
     pub consumer_ttl_ms: u64,
     /// Longest wait between redeliveries (the wait doubles from `ack_wait` up to this).
@@ -115,6 +119,8 @@ impl Default for Config {
             replay_messages_max: 1024,
             replay_bytes_max: 1024 * 1024,
             replay_ttl_ms: 0,
+            topic_replay_messages_max: 1 << 20,
+            topic_replay_bytes_max: 256 * 1024 * 1024,
             consumer_ttl_ms: 3_600_000,
             redelivery_backoff_max_ms: 60_000,
             consumer_in_flight_max: 10_000,
@@ -207,6 +213,8 @@ impl Config {
         MemoryBudget {
             connection_bytes_max: self.connections_max * per_connection,
             replay_bytes_max: self.topics_max * per_topic,
+            created_topic_replay_bytes_max: self.topic_replay_messages_max * replay_slot_bytes
+                + self.topic_replay_bytes_max,
             ring_bytes_max: ring_bytes,
             frame_in_flight_bytes_max: self.connections_max * self.frame_bytes_max(),
         }
@@ -234,8 +242,11 @@ pub fn physical_memory_bytes() -> Option<usize> {
 pub struct MemoryBudget {
     /// Read buffers at rest plus full outbound queues, all connections.
     pub connection_bytes_max: usize,
-    /// Replay rings of every topic at their limits.
+    /// Replay rings of every topic at their default limits.
     pub replay_bytes_max: usize,
+    /// What one explicitly created topic may cost at the most CREATE_TOPIC may ask for. Not in
+    /// the total: how many such topics there are is up to the operator.
+    pub created_topic_replay_bytes_max: usize,
     /// Ring slots' own storage (payloads are counted in the outbound queues).
     pub ring_bytes_max: usize,
     /// Read buffers grown to hold a largest frame, all connections at once (worst case).
@@ -247,9 +258,10 @@ impl fmt::Display for MemoryBudget {
         const MIB: usize = 1024 * 1024;
         write!(
             f,
-            "connections<= {} MiB, replay<= {} MiB, rings<= {} MiB, large frames in flight<= {} MiB",
+            "connections<= {} MiB, replay<= {} MiB (each created topic<= {} MiB), rings<= {} MiB, large frames in flight<= {} MiB",
             self.connection_bytes_max / MIB,
             self.replay_bytes_max / MIB,
+            self.created_topic_replay_bytes_max / MIB,
             self.ring_bytes_max / MIB,
             self.frame_in_flight_bytes_max / MIB
         )

@@ -51,11 +51,15 @@ pub enum ErrorCode {
     ConsumerInUse = 19,
     /// The broker already holds `consumers_max` durable consumers and groups.
     TooManyConsumers = 20,
+    /// CREATE_TOPIC named a topic that already exists.
+    TopicExists = 21,
+    /// An option's value is outside what the broker allows (its cap is a `serve` flag).
+    OptionOutOfRange = 22,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation tables.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownOpcode,
@@ -76,6 +80,8 @@ impl ErrorCode {
         ErrorCode::MessageTooLarge,
         ErrorCode::ConsumerInUse,
         ErrorCode::TooManyConsumers,
+        ErrorCode::TopicExists,
+        ErrorCode::OptionOutOfRange,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -112,6 +118,8 @@ impl ErrorCode {
             ErrorCode::MessageTooLarge => "MESSAGE_TOO_LARGE",
             ErrorCode::ConsumerInUse => "CONSUMER_IN_USE",
             ErrorCode::TooManyConsumers => "TOO_MANY_CONSUMERS",
+            ErrorCode::TopicExists => "TOPIC_EXISTS",
+            ErrorCode::OptionOutOfRange => "OPTION_OUT_OF_RANGE",
         }
     }
 }

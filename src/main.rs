@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use corebus::cli::{Cli, Command};
+use corebus::cli::{Cli, Command, TopicCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -11,6 +11,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => corebus::commands::serve(&args),
         Command::Pub(args) => corebus::commands::publish(&args),
         Command::Sub(args) => corebus::commands::subscribe(&args),
+        Command::Topic(TopicCommand::Create(args)) => corebus::commands::create_topic(&args),
         Command::Bench(args) => corebus::bench::run(&args),
     };
     match result {

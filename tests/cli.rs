@@ -461,3 +461,37 @@ fn pub_without_a_broker_exits_non_zero_with_an_error_on_stderr() {
         "stderr: {stderr:?}"
     );
 }
+
+#[test]
+fn topic_create_sets_the_topics_replay_limit_and_refuses_a_second_create() {
+    let (_serve, addr) = serve_two_shards();
+    let addr = addr.to_string();
+    let create = || {
+        run(corebus(&[
+            "topic",
+            "create",
+            "--addr",
+            &addr,
+            "audit",
+            "--replay-messages",
+            "2",
+            "--replay-ttl",
+            "1h",
+        ]))
+    };
+    let (status, stdout, stderr) = create();
+    assert!(status.success(), "topic create failed: {stderr}");
+    assert!(stdout[0].starts_with("created audit epoch="), "{stdout:?}");
+    let (status, _, stderr) = create();
+    assert!(!status.success());
+    assert!(stderr.contains("TOPIC_EXISTS"), "stderr: {stderr:?}");
+    for body in ["one", "two", "three"] {
+        let (status, _, stderr) = run(corebus(&["pub", "--addr", &addr, "audit", body]));
+        assert!(status.success(), "pub failed: {stderr}");
+    }
+    let (status, lines, stderr) = run(corebus(&[
+        "sub", "--addr", &addr, "audit", "--all", "--count", "2",
+    ]));
+    assert!(status.success(), "sub failed: {stderr}");
+    assert_eq!(lines, ["audit seq=2 two", "audit seq=3 three"]);
+}

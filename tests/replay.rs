@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use corebus::client::{Start, SubscribeOptions};
+use corebus::client::{Start, SubscribeOptions, TopicOptions};
 use corebus::error::ErrorCode;
 use corebus::protocol::native::Frame;
 
@@ -230,4 +230,184 @@ fn with_replay_disabled_a_start_in_the_past_reports_everything_missed() {
     publisher.publish_confirmed("none", b"live").unwrap();
     assert_eq!(subscription.recv_timeout(WAIT).unwrap().seq, 4);
     assert_eq!(subscription.missed(), 3);
+}
+
+fn refusal(result: corebus::client::Result<corebus::client::TopicPosition>) -> ErrorCode {
+    result
+        .expect_err("refused")
+        .server_code()
+        .expect("a server code")
+}
+
+#[test]
+fn a_created_topic_keeps_its_own_replay_limits_on_any_shard() {
+    let shards = 4;
+    let mut config = config(shards);
+    config.replay_messages_max = 100;
+    config.topic_replay_messages_max = 1000;
+    let broker = start(config);
+    let addr = broker.native_addr();
+    // Created from a connection on shard 0, owned by each shard in turn, so both the local
+    // and the cross-shard paths are taken.
+    let mut admin = client_on_shard(addr, 0);
+    let mut publisher = client(addr);
+    for owner in 0..shards {
+        let short = topic_owned_by("short", owner, shards);
+        let long = topic_owned_by("long", owner, shards);
+        let created = admin
+            .create_topic(
+                &short,
+                TopicOptions {
+                    replay_messages_max: Some(3),
+                    ..TopicOptions::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(created.last_seq, 0);
+        admin
+            .create_topic(
+                &long,
+                TopicOptions {
+                    replay_messages_max: Some(500),
+                    ..TopicOptions::default()
+                },
+            )
+            .unwrap();
+        for _ in 0..300 {
+            publisher.publish(&short, b"s").unwrap();
+            publisher.publish(&long, b"l").unwrap();
+        }
+        publisher.ping().unwrap();
+        let mut subscriber = client(addr);
+        let mut from_short = subscriber
+            .subscribe_with(&short, starting(Start::All))
+            .unwrap();
+        let mut from_long = subscriber
+            .subscribe_with(&long, starting(Start::All))
+            .unwrap();
+        // The epoch the creator saw is the topic the subscriber reads.
+        assert_eq!(from_short.position().unwrap().epoch, created.epoch);
+        assert_eq!(received_seqs(&mut from_short, 3), vec![298, 299, 300]);
+        assert_eq!(
+            received_seqs(&mut from_long, 300),
+            (1..=300).collect::<Vec<_>>(),
+            "500 retained, above the broker-wide 100"
+        );
+        // A topic created by use gets the broker-wide limit.
+        let used = topic_owned_by("used", owner, shards);
+        for _ in 0..300 {
+            publisher.publish(&used, b"u").unwrap();
+        }
+        publisher.ping().unwrap();
+        let mut from_used = subscriber
+            .subscribe_with(&used, starting(Start::All))
+            .unwrap();
+        assert_eq!(
+            received_seqs(&mut from_used, 100),
+            (201..=300).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn create_topic_refuses_what_it_cannot_do_with_a_clear_code() {
+    let mut config = config(2);
+    config.topic_replay_messages_max = 1000;
+    config.topic_replay_bytes_max = 1 << 20;
+    config.topics_max = 8;
+    let broker = start(config);
+    let mut admin = client(broker.native_addr());
+    let plain = TopicOptions::default();
+    admin.create_topic("orders", plain).unwrap();
+    assert_eq!(
+        refusal(admin.create_topic("orders", plain)),
+        ErrorCode::TopicExists
+    );
+    admin.publish_confirmed("used.first", b"x").unwrap();
+    assert_eq!(
+        refusal(admin.create_topic("used.first", plain)),
+        ErrorCode::TopicExists,
+        "a topic created by use exists too"
+    );
+    for bad in [
+        "orders.*",
+        "metrics.>",
+        "$dlq.orders",
+        "_inbox.abc",
+        "a..b",
+        "",
+    ] {
+        assert_eq!(
+            refusal(admin.create_topic(bad, plain)),
+            ErrorCode::BadTopic,
+            "{bad:?}"
+        );
+    }
+    let too_many = TopicOptions {
+        replay_messages_max: Some(1001),
+        ..plain
+    };
+    let too_big = TopicOptions {
+        replay_bytes_max: Some(u64::MAX),
+        ..plain
+    };
+    for options in [too_many, too_big] {
+        assert_eq!(
+            refusal(admin.create_topic("capped", options)),
+            ErrorCode::OptionOutOfRange
+        );
+    }
+    // Nothing was created by the refusals: "capped" is still free.
+    admin.create_topic("capped", plain).unwrap();
+
+    // Byte-level: an unknown option tag and a malformed entry.
+    let mut raw = RawConnection::handshaken(broker.native_addr());
+    raw.send(Frame::CreateTopic {
+        request_id: 7,
+        topic: b"raw.topic",
+        options: &[0x7f, 0, 0],
+    });
+    assert_eq!(raw.expect_err(), (7, ErrorCode::UnsupportedOption.as_u16()));
+    raw.send(Frame::CreateTopic {
+        request_id: 8,
+        topic: b"raw.topic",
+        options: &[1, 0, 2, 0, 0],
+    });
+    assert_eq!(raw.expect_err(), (8, ErrorCode::BadFrame.as_u16()));
+    // The topic limit holds for created topics: 8 per broker, 3 taken above.
+    let refusals: Vec<_> = (0..8)
+        .filter_map(|i| admin.create_topic(&format!("many.t{i}"), plain).err())
+        .map(|e| e.server_code())
+        .collect();
+    assert!(refusals.len() >= 3, "{refusals:?}");
+    assert!(refusals
+        .iter()
+        .all(|&code| code == Some(ErrorCode::TooManyTopics)));
+}
+
+#[test]
+fn create_topic_needs_protocol_version_2() {
+    let broker = start(config(1));
+    let mut raw = RawConnection::connect(broker.native_addr());
+    raw.send(Frame::Hello {
+        request_id: 1,
+        version: 1,
+        client_name: b"old",
+    });
+    raw.expect_ok(1);
+    raw.send(Frame::CreateTopic {
+        request_id: 2,
+        topic: b"orders",
+        options: &[],
+    });
+    assert_eq!(raw.expect_err(), (2, ErrorCode::UnknownOpcode.as_u16()));
+    raw.send(Frame::Ping { request_id: 3 });
+    let pong = raw.next_frame_bytes().unwrap();
+    assert!(matches!(
+        corebus::protocol::native::decode(&pong, 1 << 20)
+            .unwrap()
+            .unwrap()
+            .0,
+        Frame::Pong { request_id: 3 }
+    ));
 }

@@ -15,6 +15,7 @@ use crate::message::Message;
 use crate::protocol::native::AckKind;
 use crate::protocol::subscribe_options::{AckSettings, Start};
 use crate::shard::consumers::Member;
+use crate::shard::replay::ReplayLimits;
 
 /// Where a reply goes back to: a connection on the shard that sent the request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +60,12 @@ pub enum OwnerRequest {
         subscriber: Subscriber,
         seq: u64,
         kind: AckKind,
+    },
+    /// CREATE_TOPIC: create the topic with these replay limits, unless it exists.
+    CreateTopic {
+        topic: Box<str>,
+        replay_limits: ReplayLimits,
+        reply: ReplyTarget,
     },
     /// A message that ran out of delivery attempts, for `$dlq.<topic>` on its owner.
     DeadLetter { message: Message },
@@ -112,6 +119,11 @@ pub enum Terminal {
         reply: ReplyTarget,
         result: Result<u64, ErrorCode>,
     },
+    /// The outcome of a CREATE_TOPIC: where the new topic stands, or why it was refused.
+    TopicCreated {
+        reply: ReplyTarget,
+        result: Result<TopicPosition, ErrorCode>,
+    },
     /// The owner (or, for a pattern, one shard) has taken a subscription into account.
     SubscribeAck {
         ticket: Ticket,
@@ -149,4 +161,14 @@ pub struct ConsumerRequest {
 pub struct TopicPosition {
     pub epoch: u64,
     pub last_seq: u64,
+}
+
+impl TopicPosition {
+    /// The OK data of an exact SUBSCRIBE or a CREATE_TOPIC: `epoch`, then `last_seq`.
+    pub fn ok_data(&self) -> [u8; 16] {
+        let mut data = [0u8; 16];
+        data[..8].copy_from_slice(&self.epoch.to_be_bytes());
+        data[8..].copy_from_slice(&self.last_seq.to_be_bytes());
+        data
+    }
 }

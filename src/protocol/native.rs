@@ -49,6 +49,7 @@
 //! | `0x04` | `UNSUBSCRIBE` | C → S     | request id                                   | none            |
 //! | `0x05` | `PING`        | C → S     | request id                                   | none            |
 //! | `0x06` | `ACK` (v2)    | C → S     | request id                                   | `ACK_CUMULATIVE`, `ACK_NACK` |
+//! | `0x07` | `CREATE_TOPIC` (v2) | C → S | request id                                 | none            |
 //! | `0x80` | `OK`          | S → C     | id of the request it answers                 | none            |
 //! | `0x81` | `ERR`         | S → C     | id of the failed request, 0 if connection-level | none         |
 //! | `0x82` | `MSG`         | S → C     | subscription id                              | none            |
@@ -127,6 +128,19 @@
 //! (ERR with the request id), so a consumer can ack at full speed; acking a message that is not
 //! in flight (already acked, or redelivered elsewhere) is not an error.
 //!
+//! ### CREATE_TOPIC (`0x07`, since v2)
+//!
+//! | Offset | Size | Field       | Meaning                                              |
+//! |-------:|-----:|-------------|------------------------------------------------------|
+//! | 0      | 1    | `topic_len` | `T`                                                  |
+//! | 1      | T    | `topic`     | exact topic, not reserved (`$`) nor a request/reply inbox (`_inbox.`) |
+//! | 1 + T  | rest | `options`   | TLV entries, see [`crate::protocol::topic_options`]  |
+//!
+//! Creates the topic now, with its own replay limits where the options give them (the
+//! broker's defaults otherwise). Unlike a topic created by first use, an explicitly created
+//! topic is never reclaimed for being idle. Creating a topic that exists (explicitly or by
+//! use) is `TOPIC_EXISTS`; a limit above the broker's cap is `OPTION_OUT_OF_RANGE`.
+//!
 //! ### PING (`0x05`) and PONG (`0x83`)
 //!
 //! Empty bodies. PONG carries the PING's id.
@@ -141,6 +155,7 @@
 //! | PUBLISH                      | `seq: u64`, the sequence number given to the message in its topic |
 //! | SUBSCRIBE of an exact topic  | `epoch: u64`, `last_seq: u64` (16 bytes)                  |
 //! | SUBSCRIBE of a pattern       | empty                                                     |
+//! | CREATE_TOPIC                 | `epoch: u64`, `last_seq: u64` (16 bytes; `last_seq` is 0) |
 //! | UNSUBSCRIBE                  | empty                                                     |
 //!
 //! For HELLO, `version` is the version the broker will speak and `message_bytes_max` the
@@ -245,10 +260,12 @@
 //! | 14   | `INTERNAL`               | a broker bug; the message says more                            |
 //! | 15   | `TOPIC_NOT_FOUND`        | the topic does not exist and auto-creation is off              |
 //! | 16   | `RATE_LIMITED`           | the connection is over its publish rate                        |
-//! | 17   | `UNSUPPORTED_OPTION`     | a SUBSCRIBE option this broker does not support                |
+//! | 17   | `UNSUPPORTED_OPTION`     | a SUBSCRIBE or CREATE_TOPIC option this broker does not support |
 //! | 18   | `MESSAGE_TOO_LARGE`      | the payload is above `message_bytes_max`                       |
 //! | 19   | `CONSUMER_IN_USE`        | another subscription is attached to that durable consumer, or it exists with other settings |
 //! | 20   | `TOO_MANY_CONSUMERS`     | the broker is at its durable consumer and group limit          |
+//! | 21   | `TOPIC_EXISTS`           | CREATE_TOPIC named a topic that already exists                 |
+//! | 22   | `OPTION_OUT_OF_RANGE`    | an option's value is above the broker's cap for it             |
 //!
 //! A code's number and meaning never change. Clients must treat a code they do not know as a
 //! generic failure of the request, since later brokers may add codes.
@@ -334,6 +351,7 @@ pub enum Opcode {
     Unsubscribe = 0x04,
     Ping = 0x05,
     Ack = 0x06,
+    CreateTopic = 0x07,
     Ok = 0x80,
     Err = 0x81,
     Msg = 0x82,
@@ -351,6 +369,7 @@ impl Opcode {
             0x04 => Opcode::Unsubscribe,
             0x05 => Opcode::Ping,
             0x06 => Opcode::Ack,
+            0x07 => Opcode::CreateTopic,
             0x80 => Opcode::Ok,
             0x81 => Opcode::Err,
             0x82 => Opcode::Msg,
@@ -409,6 +428,12 @@ pub enum Frame<'a> {
         seq: u64,
         kind: AckKind,
     },
+    /// Since v2.
+    CreateTopic {
+        request_id: u32,
+        topic: &'a [u8],
+        options: &'a [u8],
+    },
     Ok {
         request_id: u32,
         data: &'a [u8],
@@ -451,6 +476,7 @@ impl Frame<'_> {
             Frame::Unsubscribe { .. } => Opcode::Unsubscribe,
             Frame::Ping { .. } => Opcode::Ping,
             Frame::Ack { .. } => Opcode::Ack,
+            Frame::CreateTopic { .. } => Opcode::CreateTopic,
             Frame::Ok { .. } => Opcode::Ok,
             Frame::Err { .. } => Opcode::Err,
             Frame::Msg { .. } => Opcode::Msg,
@@ -468,6 +494,7 @@ impl Frame<'_> {
             | Frame::Subscribe { request_id, .. }
             | Frame::Unsubscribe { request_id, .. }
             | Frame::Ack { request_id, .. }
+            | Frame::CreateTopic { request_id, .. }
             | Frame::Ping { request_id }
             | Frame::Ok { request_id, .. }
             | Frame::Err { request_id, .. }
@@ -505,6 +532,7 @@ impl Frame<'_> {
             Frame::Subscribe { topic, options, .. } => 4 + 1 + topic.len() + options.len(),
             Frame::Unsubscribe { .. } => 4,
             Frame::Ack { .. } => 12,
+            Frame::CreateTopic { topic, options, .. } => 1 + topic.len() + options.len(),
             Frame::Ping { .. } | Frame::Pong { .. } => 0,
             Frame::Ok { data, .. } => data.len(),
             Frame::Err { message, .. } => 2 + message.len(),
@@ -571,6 +599,10 @@ impl Frame<'_> {
             Frame::Ack { sub_id, seq, .. } => {
                 out.extend_from_slice(&sub_id.to_be_bytes());
                 out.extend_from_slice(&seq.to_be_bytes());
+            }
+            Frame::CreateTopic { topic, options, .. } => {
+                put_short(out, topic);
+                out.extend_from_slice(options);
             }
             Frame::Ping { .. } | Frame::Pong { .. } => {}
             Frame::Ok { data, .. } => out.extend_from_slice(data),
@@ -769,6 +801,14 @@ fn decode_body(
                 sub_id,
                 seq,
                 kind,
+            }
+        }
+        Opcode::CreateTopic => {
+            let topic = r.short().ok_or(SHORT_BODY)?.ok_or(NAME_OVERRUN)?;
+            Frame::CreateTopic {
+                request_id: id,
+                topic,
+                options: r.0,
             }
         }
         Opcode::Ping => {
@@ -1149,6 +1189,20 @@ mod tests {
             }),
         );
         check(
+            &[
+                &[0, 0, 0, 15, 0x07, 0, 0, 0, 0, 0, 0, 9][..],
+                &[3],
+                b"a.b",
+                &[3, 0, 0],
+            ]
+            .concat(),
+            Expect::Frame(Frame::CreateTopic {
+                request_id: 9,
+                topic: b"a.b",
+                options: &[3, 0, 0],
+            }),
+        );
+        check(
             &[0, 0, 0, 12, 0x04, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 5],
             Expect::Frame(Frame::Unsubscribe {
                 request_id: 4,
@@ -1259,7 +1313,7 @@ mod tests {
             );
         };
         invalid(
-            &raw(0x07, 0, 0, 0x11, &[&[1, 2, 3]]),
+            &raw(0x08, 0, 0, 0x11, &[&[1, 2, 3]]),
             ErrorCode::UnknownOpcode,
         );
         invalid(&raw(0x00, 0, 0, 1, &[]), ErrorCode::UnknownOpcode);
@@ -1325,7 +1379,7 @@ mod tests {
 
     #[test]
     fn an_invalid_frame_waits_until_it_can_be_skipped_whole() {
-        let bytes = raw(0x07, 0, 0, 1, &[&[0; 10]]);
+        let bytes = raw(0x08, 0, 0, 1, &[&[0; 10]]);
         check(&bytes[..bytes.len() - 1], Expect::Incomplete);
     }
 
@@ -1453,7 +1507,7 @@ mod tests {
                 assert_eq!(op as u8, b);
             }
         }
-        assert_eq!((0..=u8::MAX).filter_map(Opcode::from_u8).count(), 12);
+        assert_eq!((0..=u8::MAX).filter_map(Opcode::from_u8).count(), 13);
     }
 
     /// Owned data for one frame, since a strategy cannot hand out borrowed slices.
@@ -1464,6 +1518,7 @@ mod tests {
         Subscribe(u32, u32, Vec<u8>, Vec<u8>),
         Unsubscribe(u32, u32),
         Ack(u32, u32, u64, u8),
+        CreateTopic(u32, Vec<u8>, Vec<u8>),
         Ping(u32),
         Ok(u32, Vec<u8>),
         Err(u32, u16, Vec<u8>),
@@ -1503,6 +1558,11 @@ mod tests {
                     sub_id: *s,
                     seq: *seq,
                     kind: [AckKind::Single, AckKind::Cumulative, AckKind::Nack][*kind as usize % 3],
+                },
+                Owned::CreateTopic(id, t, o) => Frame::CreateTopic {
+                    request_id: *id,
+                    topic: t,
+                    options: o,
                 },
                 Owned::Ping(id) => Frame::Ping { request_id: *id },
                 Owned::Ok(id, d) => Frame::Ok {
@@ -1560,6 +1620,8 @@ mod tests {
             (any::<u32>(), any::<u32>()).prop_map(|(a, b)| Owned::Unsubscribe(a, b)),
             (any::<u32>(), any::<u32>(), any::<u64>(), 0u8..3)
                 .prop_map(|(a, b, c, d)| Owned::Ack(a, b, c, d)),
+            (any::<u32>(), name(), vec(any::<u8>(), 0..64))
+                .prop_map(|(a, b, c)| Owned::CreateTopic(a, b, c)),
             any::<u32>().prop_map(Owned::Ping),
             (any::<u32>(), vec(any::<u8>(), 0..64)).prop_map(|(a, b)| Owned::Ok(a, b)),
             (any::<u32>(), any::<u16>(), vec(any::<u8>(), 0..256))
@@ -1605,7 +1667,7 @@ mod tests {
         #[test]
         fn arbitrary_bodies_after_a_valid_header_never_panic(
             opcode in prop_oneof![
-                proptest::sample::select(vec![1u8, 2, 3, 4, 5, 0x80, 0x81, 0x82, 0x83, 0x84]),
+                proptest::sample::select(vec![1u8, 2, 3, 4, 5, 6, 7, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85]),
                 any::<u8>(),
             ],
             flags in prop_oneof![Just(0u8), Just(PUBLISH_QUIET), any::<u8>()],

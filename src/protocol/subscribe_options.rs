@@ -27,6 +27,8 @@
 //! or after Unix time `value` (nanoseconds), `4` everything retained (`value` ignored).
 //! Start positions apply to exact topics only.
 
+use super::tlv::{put_entry, split_entry};
+
 /// Where a subscription starts in its topic's history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Start {
@@ -137,16 +139,8 @@ impl SubscribeOptions {
         let mut seen_start = false;
         let mut seen_acks = false;
         while !bytes.is_empty() {
-            let [tag, len_hi, len_lo, rest @ ..] = bytes else {
-                return Err(OptionError::Malformed(
-                    "option entry shorter than its header",
-                ));
-            };
-            let len = usize::from(u16::from_be_bytes([*len_hi, *len_lo]));
-            let Some((value, rest)) = rest.split_at_checked(len) else {
-                return Err(OptionError::Malformed("option value runs past the frame"));
-            };
-            match *tag {
+            let (tag, value, rest) = split_entry(bytes)?;
+            match tag {
                 TAG_START => {
                     if seen_start {
                         return Err(OptionError::Malformed("START given twice"));
@@ -161,7 +155,7 @@ impl SubscribeOptions {
                         ));
                     }
                     let name = parse_name(value)?;
-                    options.sharing = if *tag == TAG_CONSUMER {
+                    options.sharing = if tag == TAG_CONSUMER {
                         Sharing::Consumer(name)
                     } else {
                         Sharing::Group(name)
@@ -184,15 +178,6 @@ impl SubscribeOptions {
             ));
         }
         Ok(options)
-    }
-}
-
-fn put_entry(out: &mut Vec<u8>, tag: u8, parts: &[&[u8]]) {
-    let len: usize = parts.iter().map(|part| part.len()).sum();
-    out.push(tag);
-    out.extend_from_slice(&(len as u16).to_be_bytes());
-    for part in parts {
-        out.extend_from_slice(part);
     }
 }
 

@@ -9,13 +9,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::{CloseReason, ErrorCode};
 use crate::ids::{ConnectionId, Subscriber};
 use crate::mesh::message::ConsumerRequest;
-use crate::mesh::message::{OwnerRequest, ReplyTarget, Subscribed, Ticket};
+use crate::mesh::message::{OwnerRequest, ReplyTarget, Subscribed, Ticket, TopicPosition};
 use crate::message::Message;
 use crate::protocol::native::AckKind;
 use crate::protocol::native::{self, Frame, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 use crate::protocol::subscribe_options::{OptionError, Sharing, Start, SubscribeOptions};
 use crate::protocol::topic::{self, SubjectKind};
+use crate::protocol::topic_options::TopicOptions;
 use crate::shard::consumers::Member;
+use crate::shard::topics::INBOX_PREFIX;
 
 use super::connection::{ConnState, ReadBuffer, SubscriptionRecord};
 use super::{Flow, PendingSubscribe, Shard};
@@ -108,6 +110,11 @@ impl Shard {
                 seq,
                 kind,
             } => self.handle_ack(id, request_id, sub_id, (seq, kind)),
+            Frame::CreateTopic {
+                request_id,
+                topic,
+                options,
+            } => self.handle_create_topic(id, request_id, topic, options),
             Frame::Ping { request_id } => {
                 self.reply(id, Frame::Pong { request_id });
                 Flow::Continue
@@ -534,10 +541,7 @@ impl Shard {
                     self.local.add_exact(subject, subscriber);
                 }
                 let position = subscribed.position;
-                let mut data = [0u8; 16];
-                data[0..8].copy_from_slice(&position.epoch.to_be_bytes());
-                data[8..16].copy_from_slice(&position.last_seq.to_be_bytes());
-                self.reply_ok(id, request_id, &data);
+                self.reply_ok(id, request_id, &position.ok_data());
                 self.deliver_replay(subscriber, position.last_seq, subscribed.replay);
             }
             Err(code) => {
@@ -790,6 +794,101 @@ impl Shard {
             });
         }
         Flow::Continue
+    }
+
+    fn handle_create_topic(
+        &mut self,
+        id: ConnectionId,
+        request_id: u32,
+        topic_bytes: &[u8],
+        options: &[u8],
+    ) -> Flow {
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
+        if conn.protocol_version < 2 {
+            self.reply_err(
+                id,
+                request_id,
+                ErrorCode::UnknownOpcode,
+                "CREATE_TOPIC needs protocol version 2",
+            );
+            return Flow::Continue;
+        }
+        let topic = match topic::parse_publish_topic(topic_bytes) {
+            Ok(topic) if topic.starts_with(INBOX_PREFIX) => {
+                self.reply_err(
+                    id,
+                    request_id,
+                    ErrorCode::BadTopic,
+                    "_inbox. topics are request/reply inboxes and keep no history",
+                );
+                return Flow::Continue;
+            }
+            Ok(topic) => topic,
+            Err(error) => {
+                self.reply_err(id, request_id, ErrorCode::BadTopic, error.reason());
+                return Flow::Continue;
+            }
+        };
+        let refusal = match TopicOptions::parse(options) {
+            Ok(options) => self
+                .owned
+                .default_replay_limits()
+                .overridden(
+                    &options,
+                    self.config.topic_replay_messages_max,
+                    self.config.topic_replay_bytes_max,
+                )
+                .map_err(|reason| (ErrorCode::OptionOutOfRange, reason)),
+            Err(OptionError::Malformed(reason)) => Err((ErrorCode::BadFrame, reason)),
+            Err(OptionError::Unsupported(reason)) => Err((ErrorCode::UnsupportedOption, reason)),
+        };
+        let replay_limits = match refusal {
+            Ok(limits) => limits,
+            Err((code, reason)) => {
+                self.reply_err(id, request_id, code, reason);
+                return Flow::Continue;
+            }
+        };
+        let reply = ReplyTarget {
+            connection: id,
+            request_id,
+        };
+        let owner = self.owner_of(topic);
+        if owner == self.id {
+            let result = self.owned.create(topic, replay_limits);
+            self.answer_create_topic(reply, result);
+        } else {
+            let link = self.link_mut(owner);
+            if !(link.requests_out.has_room() || link.requests_out.flush()) {
+                return Flow::Blocked;
+            }
+            link.requests_out.push(OwnerRequest::CreateTopic {
+                topic: topic.into(),
+                replay_limits,
+                reply,
+            });
+        }
+        Flow::Continue
+    }
+
+    pub(super) fn answer_create_topic(
+        &mut self,
+        reply: ReplyTarget,
+        result: Result<TopicPosition, ErrorCode>,
+    ) {
+        match result {
+            Ok(position) => self.reply_ok(reply.connection, reply.request_id, &position.ok_data()),
+            Err(code) => {
+                let reason = match code {
+                    ErrorCode::TopicExists => "the topic exists already",
+                    ErrorCode::TooManyTopics => "the broker holds --topics-max topics",
+                    _ => "the topic was not created",
+                };
+                self.reply_err(reply.connection, reply.request_id, code, reason);
+            }
+        }
     }
 
     pub(super) fn reply_ok(&mut self, id: ConnectionId, request_id: u32, data: &[u8]) {

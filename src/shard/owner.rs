@@ -246,6 +246,16 @@ impl Shard {
                 self.carry_out(&topic, &mut actions);
                 self.consumer_actions = actions;
             }
+            OwnerRequest::CreateTopic {
+                topic,
+                replay_limits,
+                reply,
+            } => {
+                let result = self.owned.create(&topic, replay_limits);
+                self.link_mut(from)
+                    .terminals_out
+                    .push(Terminal::TopicCreated { reply, result });
+            }
             OwnerRequest::DeadLetter { message } => self.publish_dead_letter(message),
             OwnerRequest::Unsubscribe { topic } => self.owned.remove_subscriber(&topic, from),
             OwnerRequest::PatternSubscribe {
@@ -326,6 +336,7 @@ impl Shard {
                 // The owner sends an outcome for a quiet publish only when it failed.
                 self.answer_publish(reply, false, result);
             }
+            Terminal::TopicCreated { reply, result } => self.answer_create_topic(reply, result),
             Terminal::SubscribeAck { ticket, result } => {
                 let key = ticket.0 as usize;
                 let Some(pending) = self.pending_subscribes.get_mut(key) else {

@@ -31,6 +31,7 @@
 //! stands in for them.
 
 pub use crate::protocol::subscribe_options::Start;
+use crate::protocol::topic_options::TopicOptions;
 
 /// The three bounds on what a topic retains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +44,33 @@ pub struct ReplayLimits {
 }
 
 impl ReplayLimits {
+    /// These limits with a CREATE_TOPIC's overrides applied, refused above the caps
+    /// (`--topic-replay-messages-max`, `--topic-replay-bytes-max`) because a topic's slots are
+    /// allocated when it is created.
+    pub fn overridden(
+        self,
+        options: &TopicOptions,
+        messages_cap: usize,
+        bytes_cap: usize,
+    ) -> Result<ReplayLimits, &'static str> {
+        let capped = |value: Option<u64>, default: usize, cap: usize| match value {
+            None => Ok(default),
+            Some(value) => usize::try_from(value)
+                .ok()
+                .filter(|&value| value <= cap)
+                .ok_or(()),
+        };
+        Ok(ReplayLimits {
+            messages_max: capped(options.replay_messages_max, self.messages_max, messages_cap)
+                .map_err(|()| "REPLAY_MESSAGES is above --topic-replay-messages-max")?,
+            bytes_max: capped(options.replay_bytes_max, self.bytes_max, bytes_cap)
+                .map_err(|()| "REPLAY_BYTES is above --topic-replay-bytes-max")?,
+            ttl_ns: options
+                .replay_ttl_ms
+                .map_or(self.ttl_ns, |ms| ms.saturating_mul(1_000_000)),
+        })
+    }
+
     fn is_expired(&self, timestamp_ns: u64, now_ns: u64) -> bool {
         self.ttl_ns != 0 && timestamp_ns.saturating_add(self.ttl_ns) <= now_ns
     }
@@ -331,6 +359,34 @@ mod tests {
             bytes_max,
             ttl_ns,
         }
+    }
+
+    #[test]
+    fn overrides_replace_the_defaults_within_the_caps() {
+        let defaults = limits(1024, 1 << 20, 0);
+        let options = |messages, bytes, ttl_ms| TopicOptions {
+            replay_messages_max: messages,
+            replay_bytes_max: bytes,
+            replay_ttl_ms: ttl_ms,
+        };
+        let apply = |o: TopicOptions| defaults.overridden(&o, 10_000, 1 << 24);
+        assert_eq!(apply(TopicOptions::default()), Ok(defaults));
+        assert_eq!(
+            apply(options(Some(10_000), Some(0), Some(1500))),
+            Ok(limits(10_000, 0, 1_500_000_000))
+        );
+        assert_eq!(
+            apply(options(None, None, Some(u64::MAX))).unwrap().ttl_ns,
+            u64::MAX
+        );
+        assert_eq!(
+            apply(options(Some(10_001), None, None)),
+            Err("REPLAY_MESSAGES is above --topic-replay-messages-max")
+        );
+        assert_eq!(
+            apply(options(None, Some(u64::MAX), None)),
+            Err("REPLAY_BYTES is above --topic-replay-bytes-max")
+        );
     }
 
     /// A ring with seqs `1..=count` pushed, each of `bytes` bytes, stamped with its seq.

@@ -37,6 +37,9 @@ pub struct OwnedTopic {
     pub replay: ReplayRing<Message>,
     /// Durable consumers and groups, by name.
     pub consumers: AHashMap<Box<str>, Consumer>,
+    /// Created by CREATE_TOPIC rather than by first use: someone asked for it (and perhaps
+    /// for its own replay limits), so it is not reclaimed for being idle.
+    pub explicit: bool,
 }
 
 impl OwnedTopic {
@@ -44,6 +47,7 @@ impl OwnedTopic {
         OwnedTopic {
             replay: ReplayRing::new(replay_limits),
             consumers: AHashMap::new(),
+            explicit: false,
             epoch: rand::random(),
             last_seq: 0,
             last_timestamp_ns: 0,
@@ -152,6 +156,30 @@ impl OwnedTopics {
             .topics
             .get_mut(topic)
             .expect("present or just inserted"))
+    }
+
+    /// The replay limits a topic created by first use gets.
+    pub fn default_replay_limits(&self) -> ReplayLimits {
+        self.replay_limits
+    }
+
+    /// Creates a topic on request (CREATE_TOPIC), with its own replay limits.
+    pub fn create(
+        &mut self,
+        topic: &str,
+        replay_limits: ReplayLimits,
+    ) -> Result<TopicPosition, ErrorCode> {
+        if self.topics.contains_key(topic) {
+            return Err(ErrorCode::TopicExists);
+        }
+        if self.topics.len() >= self.topics_max {
+            return Err(ErrorCode::TooManyTopics);
+        }
+        let mut owned = OwnedTopic::new(self.shards, replay_limits);
+        owned.explicit = true;
+        let position = owned.position();
+        self.topics.insert(topic.into(), owned);
+        Ok(position)
     }
 
     /// Counts a subscription from `shard` and gathers what it asked to replay. Live messages
@@ -322,7 +350,7 @@ impl OwnedTopics {
     pub fn reclaim_idle(&mut self, now_ns: u64, idle_ns: u64) -> usize {
         let before = self.topics.len();
         self.topics.retain(|name, owned| {
-            let unused = owned.exact_mask == 0 && owned.consumers.is_empty();
+            let unused = !owned.explicit && owned.exact_mask == 0 && owned.consumers.is_empty();
             let idle = now_ns.saturating_sub(owned.last_timestamp_ns) >= idle_ns;
             !(unused && (idle || name.starts_with(INBOX_PREFIX)))
         });
@@ -660,6 +688,34 @@ mod tests {
         assert!(owned.get("kept").is_some(), "it has a subscriber");
         // A reclaimed topic starts afresh.
         assert_eq!(sequence(&mut owned, "idle", &patterns, 300).unwrap().seq, 1);
+    }
+
+    #[test]
+    fn created_topics_keep_their_own_limits_and_are_never_reclaimed_as_idle() {
+        let patterns = Sublist::new(16);
+        let mut owned = OwnedTopics::new(1, 2, LIMITS);
+        let own_limits = ReplayLimits {
+            messages_max: 2,
+            bytes_max: 1 << 20,
+            ttl_ns: 50,
+        };
+        let position = owned.create("made", own_limits).unwrap();
+        assert_eq!(position.last_seq, 0);
+        assert_eq!(owned.create("made", LIMITS), Err(ErrorCode::TopicExists));
+        for now_ns in [100, 110, 120] {
+            sequence(&mut owned, "made", &patterns, now_ns).unwrap();
+        }
+        let replay = &owned.get("made").unwrap().replay;
+        assert_eq!(replay.limits(), own_limits);
+        assert_eq!(replay.len(), 2, "its own count limit, not the default 4");
+        assert_eq!(owned.evict_expired(165), 1, "its own age limit");
+        // Auto-created topics count against the same limit, and exist already.
+        sequence(&mut owned, "used", &patterns, 100).unwrap();
+        assert_eq!(owned.create("used", LIMITS), Err(ErrorCode::TopicExists));
+        assert_eq!(owned.create("third", LIMITS), Err(ErrorCode::TooManyTopics));
+        assert_eq!(owned.reclaim_idle(1_000_000, 100), 1);
+        assert!(owned.get("used").is_none());
+        assert!(owned.get("made").is_some(), "created explicitly, so kept");
     }
 
     #[test]
