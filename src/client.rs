@@ -573,29 +573,61 @@ impl Client {
             .map(drop)
     }
 
-    /// Acknowledges one message of a subscription made with `acks` (at-least-once). Acks are
-    /// not answered unless they fail; [`Client::take_async_errors`] collects failures.
+    /// Acknowledges one message of an exact-topic subscription made with `acks`
+    /// (at-least-once). Acks are not answered unless they fail; [`Client::take_async_errors`]
+    /// collects failures. A pattern group needs [`Client::ack_message`], which names the topic.
     pub fn ack(&mut self, subscription: &Subscription, seq: u64) -> Result<()> {
-        self.send_ack(subscription, seq, AckKind::Single)
+        self.send_ack(subscription, (b"", seq), AckKind::Single)
     }
 
     /// Acknowledges every in-flight message of the subscription up to and including `seq`.
     pub fn ack_through(&mut self, subscription: &Subscription, seq: u64) -> Result<()> {
-        self.send_ack(subscription, seq, AckKind::Cumulative)
+        self.send_ack(subscription, (b"", seq), AckKind::Cumulative)
     }
 
     /// Negative acknowledgement: the message is redelivered at once.
     pub fn nack(&mut self, subscription: &Subscription, seq: u64) -> Result<()> {
-        self.send_ack(subscription, seq, AckKind::Nack)
+        self.send_ack(subscription, (b"", seq), AckKind::Nack)
     }
 
-    fn send_ack(&mut self, subscription: &Subscription, seq: u64, kind: AckKind) -> Result<()> {
+    /// Acknowledges a delivered message by its topic and sequence number: works for every
+    /// acked subscription, and is the way to ack in a pattern group (`orders.*`), whose
+    /// topics number their messages independently.
+    pub fn ack_message(&mut self, subscription: &Subscription, message: &Delivery) -> Result<()> {
+        let at = (message.topic.as_bytes(), message.seq);
+        self.send_ack(subscription, at, AckKind::Single)
+    }
+
+    /// Acknowledges every in-flight message of the subscription on `message`'s topic up to and
+    /// including it.
+    pub fn ack_through_message(
+        &mut self,
+        subscription: &Subscription,
+        message: &Delivery,
+    ) -> Result<()> {
+        let at = (message.topic.as_bytes(), message.seq);
+        self.send_ack(subscription, at, AckKind::Cumulative)
+    }
+
+    /// Negative acknowledgement of a delivered message: it is redelivered at once.
+    pub fn nack_message(&mut self, subscription: &Subscription, message: &Delivery) -> Result<()> {
+        let at = (message.topic.as_bytes(), message.seq);
+        self.send_ack(subscription, at, AckKind::Nack)
+    }
+
+    fn send_ack(
+        &mut self,
+        subscription: &Subscription,
+        (topic, seq): (&[u8], u64),
+        kind: AckKind,
+    ) -> Result<()> {
         let request_id = self.request_id();
         self.send(Frame::Ack {
             request_id,
             sub_id: subscription.sub_id,
             seq,
             kind,
+            topic,
         })
     }
 

@@ -77,7 +77,7 @@ pub fn subscribe(args: &SubArgs) -> CommandResult {
         }
         received += 1;
         if args.ack {
-            client.ack(&subscription, message.seq)?;
+            client.ack_message(&subscription, &message)?;
         }
         let mut stdout = std::io::stdout().lock();
         writeln!(

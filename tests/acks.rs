@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use common::*;
-use corebus::client::{AckSettings, Client, Sharing, Start, SubscribeOptions, Subscription};
+use corebus::client::{
+    AckSettings, Client, Delivery, Sharing, Start, SubscribeOptions, Subscription,
+};
 use corebus::error::ErrorCode;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -492,7 +494,7 @@ fn a_pattern_group_splits_every_matching_topic_among_its_members() {
             panic!("after leaving: {after}; the plain subscriber got {plain}");
         }
     }
-    // An acked group needs an exact topic in this version.
+    // Joining the same pattern group with acks would change its guarantee: refused.
     let error = watcher
         .subscribe_with(
             "fan.*",
@@ -503,7 +505,160 @@ fn a_pattern_group_splits_every_matching_topic_among_its_members() {
         )
         .err()
         .unwrap();
-    assert_eq!(error.server_code(), Some(ErrorCode::UnsupportedOption));
+    assert_eq!(error.server_code(), Some(ErrorCode::ConsumerInUse));
+}
+
+#[test]
+fn an_acked_pattern_group_redelivers_a_dead_members_messages_on_every_topic() {
+    // Each topic's replay ring is the group's backlog there: keep the whole run in it.
+    let mut config = config(4);
+    config.replay_messages_max = 10_000;
+    config.replay_bytes_max = 64 << 20;
+    let broker = start(config);
+    let addr = broker.native_addr();
+    let options = SubscribeOptions {
+        sharing: Sharing::Group("workers".into()),
+        acks: Some(acks(64, 60_000, 10)),
+        ..SubscribeOptions::default()
+    };
+    let mut members: Vec<(Client, Subscription)> = (0..3u16)
+        .map(|shard| {
+            let mut member = client_on_shard(addr, shard);
+            let subscription = member.subscribe_with("jobs.*", options.clone()).unwrap();
+            (member, subscription)
+        })
+        .collect();
+    let topics: Vec<String> = (0..4)
+        .map(|owner| topic_owned_by("jobs", owner, 4))
+        .collect();
+    const PER_TOPIC: u64 = 2_500;
+    let publishing = {
+        let topics = topics.clone();
+        let mut publisher = client(addr);
+        std::thread::spawn(move || {
+            for i in 0..PER_TOPIC {
+                for topic in &topics {
+                    publisher.publish(topic, &i.to_be_bytes()).unwrap();
+                }
+            }
+            publisher.ping().unwrap();
+        })
+    };
+    let total = PER_TOPIC * topics.len() as u64;
+    let mut holder: HashMap<(String, u64), usize> = HashMap::new();
+    let mut per_member = [0u64; 3];
+    let mut duplicates = 0;
+    let mut victim_alive = true;
+    let mut held_by_victim = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (holder.len() as u64) < total {
+        assert!(
+            Instant::now() < deadline,
+            "stalled at {} of {total}",
+            holder.len()
+        );
+        for (index, (member, subscription)) in members.iter_mut().enumerate() {
+            if index == 2 && !victim_alive {
+                continue;
+            }
+            while let Some(message) = subscription.try_recv().unwrap() {
+                let key = (message.topic.clone(), message.seq);
+                if holder.insert(key.clone(), index).is_some() {
+                    duplicates += 1;
+                }
+                per_member[index] += 1;
+                if index == 2 && holder.len() > 2_000 {
+                    held_by_victim.push(key);
+                } else {
+                    member.ack_message(subscription, &message).unwrap();
+                }
+            }
+        }
+        if victim_alive && held_by_victim.len() >= 40 {
+            // The victim vanishes holding these unacked, spread over several topics.
+            victim_alive = false;
+            let (victim, subscription) = members.remove(2);
+            drop(subscription);
+            drop(victim);
+            members.push((client(addr), client(addr).subscribe("unused").unwrap()));
+            for key in &held_by_victim {
+                holder.remove(key);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    publishing.join().unwrap();
+    assert!(!victim_alive, "the victim got enough messages to hold");
+    let topics_held: std::collections::HashSet<_> =
+        held_by_victim.iter().map(|(topic, _)| topic).collect();
+    assert!(topics_held.len() > 1, "held on {topics_held:?}");
+    for key in &held_by_victim {
+        assert!(
+            matches!(holder.get(key), Some(0 | 1)),
+            "{key:?} reached a survivor"
+        );
+    }
+    assert_eq!(duplicates, 0, "no message to two members while all acked");
+    for (index, &count) in per_member.iter().enumerate().take(2) {
+        assert!(count > total / 6, "member {index} got {count} of {total}");
+    }
+    for (member, _) in &mut members {
+        let (errors, lost) = member.take_async_errors();
+        assert!(errors.is_empty() && lost == 0, "ack errors: {errors:?}");
+    }
+}
+
+#[test]
+fn an_acked_pattern_group_nacks_redelivers_and_dead_letters_per_topic() {
+    let broker = start(config(2));
+    let addr = broker.native_addr();
+    let mut worker = client(addr);
+    let options = SubscribeOptions {
+        sharing: Sharing::Group("w".into()),
+        acks: Some(acks(16, 60_000, 2)),
+        ..SubscribeOptions::default()
+    };
+    let mut jobs = worker.subscribe_with("tasks.*", options).unwrap();
+    let mut watcher = client(addr);
+    let mut dead = watcher.subscribe("$dlq.tasks.b").unwrap();
+    let mut publisher = client(addr);
+    publisher.publish_confirmed("tasks.a", b"fine").unwrap();
+    publisher.publish_confirmed("tasks.b", b"poison").unwrap();
+    let mut poison_deliveries = 0;
+    while poison_deliveries < 2 {
+        let message = jobs.recv_timeout(WAIT).unwrap();
+        if message.topic == "tasks.a" {
+            worker.ack_message(&jobs, &message).unwrap();
+        } else {
+            poison_deliveries += 1;
+            assert_eq!(message.delivery_count, poison_deliveries);
+            worker.nack_message(&jobs, &message).unwrap();
+        }
+    }
+    let letter = dead.recv_timeout(WAIT).unwrap();
+    assert!(letter.payload.ends_with(b"poison"), "{:?}", letter.payload);
+    assert!(jobs.try_recv().unwrap().is_none(), "tasks.a was acked once");
+
+    // An ack that does not name the topic cannot be placed, and one naming a topic outside
+    // the pattern is refused.
+    worker.ack(&jobs, 1).unwrap();
+    let outside = Delivery {
+        topic: "other.a".into(),
+        seq: 1,
+        timestamp_ns: 0,
+        delivery_count: 1,
+        reply_to: None,
+        payload: Vec::new(),
+    };
+    worker.ack_message(&jobs, &outside).unwrap();
+    worker.ping().unwrap();
+    let (errors, _) = worker.take_async_errors();
+    let codes: Vec<_> = errors.iter().map(|e| e.code()).collect();
+    assert_eq!(
+        codes,
+        [Some(ErrorCode::BadFrame), Some(ErrorCode::BadTopic)],
+        "{errors:?}"
+    );
 }
 
 #[test]
@@ -589,6 +744,7 @@ fn acks_on_a_subscription_still_waiting_for_its_answer_are_refused() {
         sub_id: 1,
         seq: 1,
         kind: corebus::protocol::native::AckKind::Nack,
+        topic: b"",
     }
     .encode(&mut both);
     raw.send_bytes(&both);

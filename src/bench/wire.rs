@@ -349,6 +349,7 @@ pub fn encode_ack_through(sub_id: u32, seq: u64, out: &mut Vec<u8>) {
         sub_id,
         seq,
         kind: AckKind::Cumulative,
+        topic: &[],
     }
     .encode(out);
 }

@@ -87,6 +87,8 @@ pub enum OwnerRequest {
         pattern: Box<str>,
         group: Box<str>,
         member: Member,
+        /// Set for an at-least-once group (fixed by its first member).
+        acks: Option<AckSettings>,
         ticket: Ticket,
     },
     /// A member left a pattern group. With a ticket (an UNSUBSCRIBE waiting for every

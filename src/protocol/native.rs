@@ -117,10 +117,17 @@
 //!
 //! ### ACK (`0x06`, since v2)
 //!
-//! | Offset | Size | Field    | Meaning                                                  |
-//! |-------:|-----:|----------|----------------------------------------------------------|
-//! | 0      | 4    | `sub_id` | a subscription made with the `ACKS` option               |
-//! | 4      | 8    | `seq`    | the message's sequence number in its topic               |
+//! | Offset | Size | Field       | Meaning                                               |
+//! |-------:|-----:|-------------|-------------------------------------------------------|
+//! | 0      | 4    | `sub_id`    | a subscription made with the `ACKS` option            |
+//! | 4      | 8    | `seq`       | the message's sequence number in its topic            |
+//! | 12     | 1    | `topic_len` | optional: `T`, absent or 0 when no topic is given     |
+//! | 13     | T    | `topic`     | the message's topic (MSG `topic`)                     |
+//!
+//! The topic is required for a pattern group subscription, whose messages come from several
+//! topics with independent sequence numbers; for an exact subscription it may be left out (if
+//! given, it must be the subscription's topic). Acks of a pattern group are per topic: a
+//! cumulative ack covers that topic's messages only.
 //!
 //! With no flag it acknowledges one message; `ACK_CUMULATIVE` (`0x01`) acknowledges every
 //! in-flight message up to and including `seq`; `ACK_NACK` (`0x02`) asks for `seq` to be
@@ -427,6 +434,8 @@ pub enum Frame<'a> {
         sub_id: u32,
         seq: u64,
         kind: AckKind,
+        /// The message's topic; empty when not given (encoded without the length byte).
+        topic: &'a [u8],
     },
     /// Since v2.
     CreateTopic {
@@ -531,7 +540,8 @@ impl Frame<'_> {
             } => publish_body_len(topic, *reply_to, payload),
             Frame::Subscribe { topic, options, .. } => 4 + 1 + topic.len() + options.len(),
             Frame::Unsubscribe { .. } => 4,
-            Frame::Ack { .. } => 12,
+            Frame::Ack { topic: [], .. } => 12,
+            Frame::Ack { topic, .. } => 12 + 1 + topic.len(),
             Frame::CreateTopic { topic, options, .. } => 1 + topic.len() + options.len(),
             Frame::Ping { .. } | Frame::Pong { .. } => 0,
             Frame::Ok { data, .. } => data.len(),
@@ -596,9 +606,14 @@ impl Frame<'_> {
                 out.extend_from_slice(options);
             }
             Frame::Unsubscribe { sub_id, .. } => out.extend_from_slice(&sub_id.to_be_bytes()),
-            Frame::Ack { sub_id, seq, .. } => {
+            Frame::Ack {
+                sub_id, seq, topic, ..
+            } => {
                 out.extend_from_slice(&sub_id.to_be_bytes());
                 out.extend_from_slice(&seq.to_be_bytes());
+                if !topic.is_empty() {
+                    put_short(out, topic);
+                }
             }
             Frame::CreateTopic { topic, options, .. } => {
                 put_short(out, topic);
@@ -787,9 +802,15 @@ fn decode_body(
             }
         }
         Opcode::Ack => {
-            let sub_id = r.u32().ok_or("ACK body is not 12 bytes")?;
-            let seq = r.u64().ok_or("ACK body is not 12 bytes")?;
-            r.end().ok_or("ACK body is not 12 bytes")?;
+            const ACK_LEN: &str = "ACK body is not 12 bytes plus an optional topic";
+            let sub_id = r.u32().ok_or(ACK_LEN)?;
+            let seq = r.u64().ok_or(ACK_LEN)?;
+            let topic = if r.0.is_empty() {
+                &[][..]
+            } else {
+                r.short().ok_or(ACK_LEN)?.ok_or(NAME_OVERRUN)?
+            };
+            r.end().ok_or(ACK_LEN)?;
             let kind = match (flags & ACK_CUMULATIVE != 0, flags & ACK_NACK != 0) {
                 (false, false) => AckKind::Single,
                 (true, false) => AckKind::Cumulative,
@@ -801,6 +822,7 @@ fn decode_body(
                 sub_id,
                 seq,
                 kind,
+                topic,
             }
         }
         Opcode::CreateTopic => {
@@ -1190,6 +1212,38 @@ mod tests {
         );
         check(
             &[
+                &[0, 0, 0, 20, 0x06, 0x01, 0, 0, 0, 0, 0, 5][..],
+                &[0, 0, 0, 2],
+                &[0, 0, 0, 0, 0, 0, 1, 0],
+            ]
+            .concat(),
+            Expect::Frame(Frame::Ack {
+                request_id: 5,
+                sub_id: 2,
+                seq: 256,
+                kind: AckKind::Cumulative,
+                topic: b"",
+            }),
+        );
+        check(
+            &[
+                &[0, 0, 0, 24, 0x06, 0x02, 0, 0, 0, 0, 0, 5][..],
+                &[0, 0, 0, 2],
+                &[0, 0, 0, 0, 0, 0, 0, 7],
+                &[3],
+                b"a.b",
+            ]
+            .concat(),
+            Expect::Frame(Frame::Ack {
+                request_id: 5,
+                sub_id: 2,
+                seq: 7,
+                kind: AckKind::Nack,
+                topic: b"a.b",
+            }),
+        );
+        check(
+            &[
                 &[0, 0, 0, 15, 0x07, 0, 0, 0, 0, 0, 0, 9][..],
                 &[3],
                 b"a.b",
@@ -1372,6 +1426,16 @@ mod tests {
             &raw(0x82, 0, 0, 12, &[&[0; 18], &[2], b"t", &[0]]),
             ErrorCode::BadFrame,
         );
+        invalid(&raw(0x06, 0x03, 0, 12, &[&[0; 12]]), ErrorCode::BadFrame);
+        invalid(&raw(0x06, 0, 0, 12, &[&[0; 11]]), ErrorCode::BadFrame);
+        invalid(
+            &raw(0x06, 0, 0, 12, &[&[0; 12], &[2, b'a']]),
+            ErrorCode::BadFrame,
+        );
+        invalid(
+            &raw(0x06, 0, 0, 12, &[&[0; 12], &[1, b'a', b'b']]),
+            ErrorCode::BadFrame,
+        );
         invalid(&raw(0x83, 0, 0, 13, &[&[0]]), ErrorCode::BadFrame);
         invalid(&raw(0x84, 0, 0, 14, &[&[0; 7]]), ErrorCode::BadFrame);
         invalid(&raw(0x84, 0, 0, 14, &[&[0; 9]]), ErrorCode::BadFrame);
@@ -1517,7 +1581,7 @@ mod tests {
         Publish(u32, bool, Vec<u8>, Option<Vec<u8>>, Vec<u8>),
         Subscribe(u32, u32, Vec<u8>, Vec<u8>),
         Unsubscribe(u32, u32),
-        Ack(u32, u32, u64, u8),
+        Ack(u32, u32, u64, u8, Vec<u8>),
         CreateTopic(u32, Vec<u8>, Vec<u8>),
         Ping(u32),
         Ok(u32, Vec<u8>),
@@ -1553,11 +1617,12 @@ mod tests {
                     request_id: *id,
                     sub_id: *s,
                 },
-                Owned::Ack(id, s, seq, kind) => Frame::Ack {
+                Owned::Ack(id, s, seq, kind, topic) => Frame::Ack {
                     request_id: *id,
                     sub_id: *s,
                     seq: *seq,
                     kind: [AckKind::Single, AckKind::Cumulative, AckKind::Nack][*kind as usize % 3],
+                    topic,
                 },
                 Owned::CreateTopic(id, t, o) => Frame::CreateTopic {
                     request_id: *id,
@@ -1618,8 +1683,21 @@ mod tests {
             (any::<u32>(), any::<u32>(), name(), vec(any::<u8>(), 0..64))
                 .prop_map(|(a, b, c, d)| Owned::Subscribe(a, b, c, d)),
             (any::<u32>(), any::<u32>()).prop_map(|(a, b)| Owned::Unsubscribe(a, b)),
-            (any::<u32>(), any::<u32>(), any::<u64>(), 0u8..3)
-                .prop_map(|(a, b, c, d)| Owned::Ack(a, b, c, d)),
+            (any::<u32>(), any::<u32>(), any::<u64>(), 0u8..3).prop_map(|(a, b, c, d)| Owned::Ack(
+                a,
+                b,
+                c,
+                d,
+                Vec::new()
+            )),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                any::<u64>(),
+                0u8..3,
+                vec(any::<u8>(), 1..=255)
+            )
+                .prop_map(|(a, b, c, d, e)| Owned::Ack(a, b, c, d, e)),
             (any::<u32>(), name(), vec(any::<u8>(), 0..64))
                 .prop_map(|(a, b, c)| Owned::CreateTopic(a, b, c)),
             any::<u32>().prop_map(Owned::Ping),

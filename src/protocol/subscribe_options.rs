@@ -19,8 +19,9 @@
 //! name: each message goes to one member. `ACKS` (with either) asks for at-least-once
 //! delivery: every message must be acknowledged (ACK frame) within `ack_wait_ms`, at most
 //! `in_flight_max` are unacknowledged at once, and a message delivered `deliver_max` times
-//! without an ack goes to the dead-letter topic `$dlq.<topic>`. `CONSUMER` and `GROUP` need an
-//! exact topic and exclude each other.
+//! without an ack goes to the dead-letter topic `$dlq.<topic>`. `CONSUMER` needs an exact
+//! topic; `GROUP` also takes a pattern (each matching topic then has the group's consumer, and
+//! ACK frames name the topic). They exclude each other.
 //!
 //! `START` kinds: `0` new messages only (the default when the option is absent), `1` the last
 //! `value` messages, `2` from sequence number `value`, `3` from the first message published at

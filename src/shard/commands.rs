@@ -17,6 +17,7 @@ use crate::protocol::subscribe_options::{OptionError, Sharing, Start, SubscribeO
 use crate::protocol::topic::{self, SubjectKind};
 use crate::protocol::topic_options::TopicOptions;
 use crate::shard::consumers::Member;
+use crate::shard::pattern_groups::consumer_key;
 use crate::shard::topics::INBOX_PREFIX;
 
 use super::connection::{ConnState, ReadBuffer, SubscriptionRecord};
@@ -109,7 +110,8 @@ impl Shard {
                 sub_id,
                 seq,
                 kind,
-            } => self.handle_ack(id, request_id, sub_id, (seq, kind)),
+                topic,
+            } => self.handle_ack(id, request_id, (sub_id, topic), (seq, kind)),
             Frame::CreateTopic {
                 request_id,
                 topic,
@@ -323,7 +325,7 @@ impl Shard {
             Sharing::None => None,
             Sharing::Consumer(name) | Sharing::Group(name) => Some(name.as_str()),
         };
-        let pattern_group = matches!(options.sharing, Sharing::Group(_)) && options.acks.is_none();
+        let pattern_group = matches!(options.sharing, Sharing::Group(_));
         if kind == SubjectKind::Pattern
             && (start != Start::New || (consumer.is_some() && !pattern_group))
         {
@@ -331,9 +333,25 @@ impl Shard {
                 id,
                 request_id,
                 ErrorCode::UnsupportedOption,
-                "start positions, durable consumers and acked groups need an exact topic",
+                "start positions and durable consumers need an exact topic",
             );
             return Flow::Continue;
+        }
+        if kind == SubjectKind::Pattern && pattern_group {
+            let group = consumer.unwrap_or_default();
+            let same = self
+                .pattern_groups
+                .settings(subject, group)
+                .is_none_or(|acks| acks == options.acks);
+            if !same {
+                self.reply_err(
+                    id,
+                    request_id,
+                    ErrorCode::ConsumerInUse,
+                    "that pattern group exists with other ACKS settings",
+                );
+                return Flow::Continue;
+            }
         }
         let subscriptions_max = self.config.subscriptions_per_connection_max;
         let Some(conn) = self.connection_mut(id) else {
@@ -434,7 +452,7 @@ impl Shard {
                     shard: self.id,
                     subscriber,
                 };
-                self.pattern_groups.join(subject, group, member);
+                self.join_pattern_group_here(subject, group, member, options.acks);
                 let peers = (self.shard_count - 1) as u32;
                 if peers == 0 {
                     self.reply_ok(id, request_id, &[]);
@@ -446,6 +464,7 @@ impl Shard {
                             pattern: subject.into(),
                             group: group.into(),
                             member,
+                            acks: options.acks,
                             ticket,
                         });
                     }
@@ -652,7 +671,7 @@ impl Shard {
             shard: self.id,
             subscriber,
         };
-        self.pattern_groups.leave(&record.subject, group, member);
+        self.leave_pattern_group_here(&record.subject, group, member);
         let peers = (self.shard_count - 1) as u32;
         let ticket = match answer {
             Some(request_id) if peers == 0 => {
@@ -723,7 +742,7 @@ impl Shard {
         &mut self,
         id: ConnectionId,
         request_id: u32,
-        sub_id: u32,
+        (sub_id, named_topic): (u32, &[u8]),
         (seq, kind): (u64, AckKind),
     ) -> Flow {
         let Some(conn) = self.connection_mut(id) else {
@@ -741,7 +760,7 @@ impl Shard {
                 "the subscription is not answered yet",
             )),
             Some(record) => match (&record.consumer, record.acks) {
-                (Some(consumer), true) => Ok((record.subject.clone(), consumer.clone())),
+                (Some(consumer), true) => ack_target(record, consumer, named_topic),
                 _ => Err((
                     ErrorCode::UnsupportedOption,
                     "that subscription was not made with ACKS",
@@ -918,6 +937,44 @@ impl Shard {
                 message: message.as_bytes(),
             },
         );
+    }
+}
+
+/// The topic and the consumer (its name in that topic) an ACK frame is for.
+type AckTarget = (Box<str>, Box<str>);
+
+/// The topic and consumer an ACK frame is for. An exact subscription's topic is its own (the
+/// frame may repeat it); a pattern group's is the one the frame names, served by the group's
+/// consumer on that topic.
+fn ack_target(
+    record: &SubscriptionRecord,
+    consumer: &str,
+    named_topic: &[u8],
+) -> Result<AckTarget, (ErrorCode, &'static str)> {
+    match record.kind {
+        SubjectKind::Exact
+            if named_topic.is_empty() || named_topic == record.subject.as_bytes() =>
+        {
+            Ok((record.subject.clone(), consumer.into()))
+        }
+        SubjectKind::Exact => Err((
+            ErrorCode::BadTopic,
+            "the ACK names a topic other than its subscription's",
+        )),
+        SubjectKind::Pattern if named_topic.is_empty() => Err((
+            ErrorCode::BadFrame,
+            "an ACK for a pattern group must name the message's topic",
+        )),
+        SubjectKind::Pattern => {
+            let topic = topic::parse_publish_topic(named_topic)
+                .ok()
+                .filter(|topic| topic::pattern_matches(&record.subject, topic))
+                .ok_or((
+                    ErrorCode::BadTopic,
+                    "the ACK names a topic its pattern does not match",
+                ))?;
+            Ok((topic.into(), consumer_key(&record.subject, consumer)))
+        }
     }
 }
 

@@ -14,10 +14,12 @@ use crate::mesh::message::{
 };
 use crate::message::Message;
 use crate::protocol::native::Frame;
+use crate::protocol::subscribe_options::AckSettings;
 use crate::protocol::subscribe_options::Start;
 use crate::protocol::topic::SubjectKind;
 use crate::protocol::topic::TOPIC_BYTES_MAX;
 use crate::shard::consumers::{ConsumerAction, Member};
+use crate::shard::pattern_groups::consumer_key;
 
 use super::commands::unix_time_ns;
 use super::connection::EnqueueOutcome;
@@ -43,6 +45,9 @@ impl Shard {
     /// matching subscription (delivering directly to this shard's own subscribers).
     /// The caller has checked `terminal_room`.
     pub(super) fn sequence_and_fan_out(&mut self, mut message: Message) -> Result<u64, ErrorCode> {
+        if !self.pattern_groups.is_empty() {
+            self.ensure_pattern_group_consumers(message.topic());
+        }
         let mut actions = std::mem::take(&mut self.consumer_actions);
         let sequenced = self.owned.sequence(
             &mut message,
@@ -280,9 +285,10 @@ impl Shard {
                 pattern,
                 group,
                 member,
+                acks,
                 ticket,
             } => {
-                self.pattern_groups.join(&pattern, &group, member);
+                self.join_pattern_group_here(&pattern, &group, member, acks);
                 self.link_mut(from)
                     .terminals_out
                     .push(Terminal::SubscribeAck {
@@ -296,7 +302,7 @@ impl Shard {
                 subscriber,
                 ticket,
             } => {
-                self.pattern_groups.leave(
+                self.leave_pattern_group_here(
                     &pattern,
                     &group,
                     Member {
@@ -471,6 +477,73 @@ impl Shard {
 
     /// Redeliveries and dead letters that are due, and expired idle consumers. Returns when
     /// it next has something to do.
+    /// Records a pattern group member on this shard; with acks, also on the group's
+    /// consumers of the matching topics this shard owns.
+    pub(super) fn join_pattern_group_here(
+        &mut self,
+        pattern: &str,
+        group: &str,
+        member: Member,
+        acks: Option<AckSettings>,
+    ) {
+        self.pattern_groups.join(pattern, group, member, acks);
+        if acks.is_some() {
+            self.change_group_members(pattern, group, member, true);
+        }
+    }
+
+    /// Drops a pattern group member on this shard; what it had not acknowledged on topics
+    /// owned here goes to the other members.
+    pub(super) fn leave_pattern_group_here(&mut self, pattern: &str, group: &str, member: Member) {
+        let acked = self
+            .pattern_groups
+            .settings(pattern, group)
+            .is_some_and(|acks| acks.is_some());
+        self.pattern_groups.leave(pattern, group, member);
+        if acked {
+            self.change_group_members(pattern, group, member, false);
+        }
+    }
+
+    fn change_group_members(&mut self, pattern: &str, group: &str, member: Member, joining: bool) {
+        let key = consumer_key(pattern, group);
+        let mut due = Vec::new();
+        self.owned
+            .change_group_members((pattern, &key), member, joining, unix_time_ns(), &mut due);
+        for (topic, action) in due {
+            self.carry_out(&topic, &mut vec![action]);
+        }
+    }
+
+    /// Gives every at-least-once pattern group matching the message's topic its consumer on
+    /// the topic, so the sequencing that follows pumps the message to it.
+    fn ensure_pattern_group_consumers(&mut self, topic: &str) {
+        let backoff_max_ns = self
+            .config
+            .redelivery_backoff_max_ms
+            .saturating_mul(1_000_000);
+        let now_ns = unix_time_ns();
+        let owned = &mut self.owned;
+        let mut refused = 0;
+        self.pattern_groups.for_each_acked(topic, |group| {
+            if owned
+                .ensure_group_consumer(topic, group, now_ns, backoff_max_ns)
+                .is_err()
+            {
+                refused += 1;
+            }
+        });
+        if refused > 0 {
+            // At --consumers-max (or --topics-max): the groups miss this message. Counted as
+            // dropped; the next message tries again.
+            self.counters.dropped += refused;
+            log::debug!(
+                "event=pattern_group_consumer_refused shard={} topic={topic}",
+                self.id
+            );
+        }
+    }
+
     pub(super) fn run_consumer_timers(&mut self) -> Option<u64> {
         let now_ns = unix_time_ns();
         let ttl_ns = self.config.consumer_ttl_ms.saturating_mul(1_000_000);

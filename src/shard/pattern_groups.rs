@@ -4,20 +4,45 @@
 //! Any shard may own a matching topic, so every shard holds every such group's member list
 //! (joins and leaves are broadcast, like pattern interest) and the owner that sequences a
 //! message picks the member. Each owner keeps its own round-robin position, so the split is
-//! even per owner and therefore overall. Pattern groups are at-most-once: acknowledgements need
-//! a per-topic consumer, which exact-topic groups have (see `consumers`).
+//! even per owner and therefore overall.
+//!
+//! A group made with acks is at-least-once. Acks, redelivery and dead letters are per topic
+//! (sequence numbers are), so for each matching topic it owns, an owner keeps a group
+//! [`Consumer`](crate::shard::consumers::Consumer) under the group's [`consumer_key`], made when
+//! the first message for the group arrives on that topic, with the pattern group's members.
+//! Joins and leaves are applied to those consumers too, so a member that goes away hands its
+//! unacknowledged messages to the others, as in an exact-topic group. Without acks the owner
+//! just picks a member per message here.
 
 use ahash::AHashMap;
 use slab::Slab;
 
+use crate::protocol::subscribe_options::AckSettings;
 use crate::shard::consumers::Member;
 use crate::shard::sublist::Sublist;
+
+/// The name of a pattern group's per-topic consumer. `@` cannot appear in a consumer or group
+/// name, so it never collides with an exact-topic consumer of the same topic.
+pub fn consumer_key(pattern: &str, group: &str) -> Box<str> {
+    format!("{group}@{pattern}").into()
+}
 
 struct Group {
     pattern: Box<str>,
     name: Box<str>,
     members: Vec<Member>,
     next_member: usize,
+    /// Fixed by the first join: with acks, members are served by per-topic consumers.
+    acks: Option<AckSettings>,
+    consumer_key: Box<str>,
+}
+
+/// An at-least-once pattern group matching a topic, as its owner needs it to make the
+/// topic's consumer for the group.
+pub struct AckedGroup<'a> {
+    pub consumer_key: &'a str,
+    pub acks: AckSettings,
+    pub members: &'a [Member],
 }
 
 pub struct PatternGroups {
@@ -39,7 +64,15 @@ impl PatternGroups {
         self.groups.is_empty()
     }
 
-    pub fn join(&mut self, pattern: &str, name: &str, member: Member) {
+    /// The ack settings of an existing group: `Some(None)` for an at-most-once group, `None`
+    /// when no such group exists here.
+    pub fn settings(&self, pattern: &str, name: &str) -> Option<Option<AckSettings>> {
+        let key = (Box::<str>::from(pattern), Box::<str>::from(name));
+        self.by_key.get(&key).map(|&index| self.groups[index].acks)
+    }
+
+    /// Adds a member; the first one fixes whether the group takes acks.
+    pub fn join(&mut self, pattern: &str, name: &str, member: Member, acks: Option<AckSettings>) {
         let key = (Box::<str>::from(pattern), Box::<str>::from(name));
         let index = match self.by_key.get(&key) {
             Some(&index) => index,
@@ -49,6 +82,8 @@ impl PatternGroups {
                     name: key.1.clone(),
                     members: Vec::new(),
                     next_member: 0,
+                    acks,
+                    consumer_key: consumer_key(pattern, name),
                 });
                 self.matcher.insert(pattern, index as u32);
                 self.by_key.insert(key, index);
@@ -73,13 +108,31 @@ impl PatternGroups {
         }
     }
 
-    /// One member of every group whose pattern matches `topic`.
+    /// One member of every at-most-once group whose pattern matches `topic`.
     pub fn pick_members(&mut self, topic: &str, out: &mut Vec<Member>) {
         for &index in self.matcher.match_cached(topic) {
             let group = &mut self.groups[index as usize];
+            if group.acks.is_some() {
+                continue;
+            }
             let member = group.members[group.next_member % group.members.len()];
             group.next_member = group.next_member.wrapping_add(1);
             out.push(member);
+        }
+    }
+
+    /// Calls `each` for every at-least-once group whose pattern matches `topic`.
+    pub fn for_each_acked(&mut self, topic: &str, mut each: impl FnMut(AckedGroup<'_>)) {
+        let groups = &self.groups;
+        for &index in self.matcher.match_cached(topic) {
+            let group = &groups[index as usize];
+            if let Some(acks) = group.acks {
+                each(AckedGroup {
+                    consumer_key: &group.consumer_key,
+                    acks,
+                    members: &group.members,
+                });
+            }
         }
     }
 }
@@ -101,11 +154,38 @@ mod tests {
     }
 
     #[test]
+    fn acked_groups_are_left_to_their_consumers() {
+        let mut groups = PatternGroups::new(16);
+        let acks = AckSettings::default();
+        groups.join("a.*", "plain", member(1), None);
+        groups.join("a.*", "acked", member(2), Some(acks));
+        groups.join("a.*", "acked", member(3), None);
+        assert_eq!(
+            groups.settings("a.*", "acked"),
+            Some(Some(acks)),
+            "first join wins"
+        );
+        assert_eq!(groups.settings("a.*", "plain"), Some(None));
+        assert_eq!(groups.settings("a.*", "none"), None);
+        assert_eq!(
+            picks(&mut groups, "a.b"),
+            [1],
+            "only the at-most-once group picks"
+        );
+        let mut seen = Vec::new();
+        groups.for_each_acked("a.b", |group| {
+            seen.push((group.consumer_key.to_owned(), group.members.len()))
+        });
+        assert_eq!(seen, [("acked@a.*".to_owned(), 2)]);
+        groups.for_each_acked("b.b", |_| panic!("no match"));
+    }
+
+    #[test]
     fn members_take_turns_and_groups_are_independent() {
         let mut groups = PatternGroups::new(16);
-        groups.join("a.*", "g", member(1));
-        groups.join("a.*", "g", member(2));
-        groups.join("a.>", "h", member(3));
+        groups.join("a.*", "g", member(1), None);
+        groups.join("a.*", "g", member(2), None);
+        groups.join("a.>", "h", member(3), None);
         assert_eq!(picks(&mut groups, "a.b"), [1, 3]);
         assert_eq!(picks(&mut groups, "a.c"), [2, 3]);
         assert_eq!(picks(&mut groups, "b.c"), Vec::<u32>::new());

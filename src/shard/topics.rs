@@ -15,7 +15,9 @@ use crate::ids::{ShardId, Subscriber};
 use crate::mesh::message::{ConsumerRequest, Replay, Subscribed, TopicPosition};
 use crate::message::Message;
 use crate::protocol::native::AckKind;
+use crate::protocol::topic::pattern_matches;
 use crate::shard::consumers::{Consumer, ConsumerAction, Member};
+use crate::shard::pattern_groups::AckedGroup;
 use crate::shard::replay::{ReplayLimits, ReplayRing, Start};
 use crate::shard::sublist::Sublist;
 
@@ -273,6 +275,75 @@ impl OwnedTopics {
             position,
             replay: Replay::default(),
         })
+    }
+
+    /// Makes sure `topic` has the per-topic consumer of an at-least-once pattern group, with
+    /// the group's members, before a message of the topic is sequenced. A new one starts at
+    /// the next message: a group gets what is published after it joined.
+    pub fn ensure_group_consumer(
+        &mut self,
+        topic: &str,
+        group: AckedGroup<'_>,
+        now_ns: u64,
+        backoff_max_ns: u64,
+    ) -> Result<(), ErrorCode> {
+        if self
+            .topics
+            .get(topic)
+            .is_some_and(|owned| owned.consumers.contains_key(group.consumer_key))
+        {
+            return Ok(());
+        }
+        if self.consumers_len >= self.consumers_max {
+            return Err(ErrorCode::TooManyConsumers);
+        }
+        let owned = self.get_or_create(topic)?;
+        let mut consumer =
+            Consumer::new(true, owned.last_seq + 1, Some(group.acks), backoff_max_ns);
+        for &member in group.members {
+            // A group's attach never answers with actions: nothing is in flight yet.
+            let attached = consumer.attach(member, now_ns, &mut Vec::new());
+            debug_assert!(attached.is_ok(), "a group admits every member");
+        }
+        owned.consumers.insert(group.consumer_key.into(), consumer);
+        self.consumers_len += 1;
+        if !self.consumer_topics.contains(topic) {
+            self.consumer_topics.insert(topic.into());
+        }
+        Ok(())
+    }
+
+    /// Applies a pattern group's join (`joining`) or leave to the group's consumer on every
+    /// topic here that matches `pattern`. A leaving member's unacknowledged messages go to the
+    /// others; a member that joins starts getting the next messages.
+    pub fn change_group_members(
+        &mut self,
+        (pattern, consumer_key): (&str, &str),
+        member: Member,
+        joining: bool,
+        now_ns: u64,
+        out: &mut Vec<(Box<str>, ConsumerAction)>,
+    ) {
+        let mut actions = Vec::new();
+        for topic in &self.consumer_topics {
+            if !pattern_matches(pattern, topic) {
+                continue;
+            }
+            let Some(owned) = self.topics.get_mut(topic) else {
+                continue;
+            };
+            let Some(consumer) = owned.consumers.get_mut(consumer_key) else {
+                continue;
+            };
+            if joining {
+                let attached = consumer.attach(member, now_ns, &mut actions);
+                debug_assert!(attached.is_ok(), "a group admits every member");
+            } else {
+                consumer.detach(member, now_ns, &mut actions);
+            }
+            consumer.pump(&owned.replay, None, now_ns, &mut actions);
+            out.extend(actions.drain(..).map(|action| (topic.clone(), action)));
+        }
     }
 
     pub fn detach_consumer(
@@ -716,6 +787,59 @@ mod tests {
         assert_eq!(owned.reclaim_idle(1_000_000, 100), 1);
         assert!(owned.get("used").is_none());
         assert!(owned.get("made").is_some(), "created explicitly, so kept");
+    }
+
+    #[test]
+    fn a_pattern_groups_consumers_start_at_the_next_message_and_follow_membership() {
+        use crate::protocol::subscribe_options::AckSettings;
+        use crate::shard::consumers::test_member;
+        let patterns = Sublist::new(16);
+        let mut owned = OwnedTopics::new(1, 10, LIMITS);
+        sequence(&mut owned, "jobs.a", &patterns, 100).unwrap();
+        let members = [test_member(1), test_member(2)];
+        let group = || AckedGroup {
+            consumer_key: "g@jobs.*",
+            acks: AckSettings::default(),
+            members: &members,
+        };
+        owned
+            .ensure_group_consumer("jobs.a", group(), 100, 1)
+            .unwrap();
+        owned
+            .ensure_group_consumer("jobs.a", group(), 100, 1)
+            .unwrap();
+        let mut actions = Vec::new();
+        owned
+            .sequence(&mut message("jobs.a"), &patterns, 110, &mut actions)
+            .unwrap();
+        let delivered: Vec<u64> = actions
+            .iter()
+            .map(|action| match action {
+                ConsumerAction::Deliver { message, .. } => message.seq(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(delivered, [2], "seq 1 came before the group's consumer");
+        // The member holding seq 2 leaves: it goes to the other one at once.
+        let ConsumerAction::Deliver { member: holder, .. } = actions[0] else {
+            unreachable!()
+        };
+        let mut due = Vec::new();
+        owned.change_group_members(("jobs.*", "g@jobs.*"), holder, false, 120, &mut due);
+        assert_eq!(due.len(), 1);
+        assert!(
+            matches!(&due[0], (topic, ConsumerAction::Deliver { member, message })
+            if &**topic == "jobs.a" && *member != holder && message.seq() == 2)
+        );
+        // Topics the pattern does not match are left alone.
+        due.clear();
+        owned.change_group_members(("other.*", "g@jobs.*"), holder, true, 130, &mut due);
+        assert!(due.is_empty());
+        owned.set_consumers_max(1);
+        assert_eq!(
+            owned.ensure_group_consumer("jobs.b", group(), 100, 1),
+            Err(ErrorCode::TooManyConsumers)
+        );
     }
 
     #[test]
