@@ -495,3 +495,43 @@ fn topic_create_sets_the_topics_replay_limit_and_refuses_a_second_create() {
     assert!(status.success(), "sub failed: {stderr}");
     assert_eq!(lines, ["audit seq=2 two", "audit seq=3 three"]);
 }
+
+#[test]
+fn the_reflector_serves_a_bench_run_and_stops_by_itself() {
+    let mut reflector = spawn(corebus(&[
+        "bench",
+        "reflector",
+        "--listen",
+        "127.0.0.1:0",
+        "--duration",
+        "20",
+    ]));
+    let line = reflector.stdout_line(WAIT);
+    let addr = line
+        .strip_prefix("reflector listening on ")
+        .unwrap_or_else(|| panic!("not a listening line: {line:?}"))
+        .to_owned();
+    let target = format!("corebus://{addr}");
+    for subscribers in ["4", "0"] {
+        let (status, stdout, stderr) = run(corebus(&[
+            "bench",
+            "--target",
+            &target,
+            "--subscribers",
+            subscribers,
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+        ]));
+        assert!(status.success(), "bench failed: {stderr}");
+        let result: serde_json::Value = serde_json::from_str(&stdout.join("\n")).unwrap();
+        let published = result["published"].as_u64().unwrap();
+        assert!(published > 1000, "{result}");
+        let expected = published * subscribers.parse::<u64>().unwrap();
+        assert_eq!(result["delivered"].as_u64(), Some(expected), "{result}");
+    }
+    reflector.signal("TERM");
+    assert!(reflector.wait(STOP_WAIT).success());
+}

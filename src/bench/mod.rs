@@ -21,6 +21,7 @@
 pub mod accounting;
 pub mod driver;
 pub mod latency;
+pub mod reflector;
 pub mod report;
 pub mod scenario;
 pub mod wire;
@@ -56,6 +57,8 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Draw the latency-by-percentile curves of several `--json` results on one SVG chart.
     Plot(PlotArgs),
+    /// Serve a stand-in broker that only forwards, to measure the bench itself.
+    Reflector(reflector::ReflectorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -173,8 +176,10 @@ impl RunArgs {
 
 /// The CLI entry point: run (or plot), print, and fail when the verdict does.
 pub fn run(args: &BenchArgs) -> Result<(), Box<dyn Error>> {
-    if let Some(BenchCommand::Plot(plot)) = &args.command {
-        return plot_files(plot);
+    match &args.command {
+        Some(BenchCommand::Plot(plot)) => return plot_files(plot),
+        Some(BenchCommand::Reflector(reflector)) => return reflector::run(reflector),
+        None => {}
     }
     let run = &args.run;
     let result = execute(run)?;
