@@ -511,6 +511,15 @@ fn run_thread_inner(
         }
         std::thread::sleep(Duration::from_micros(200));
     };
+    // A closed-loop publisher writes as soon as its loop runs, so the loop must not run before
+    // the start: messages written earlier would fall before the measured window (untimed and
+    // uncounted with no warm-up) and the threads would not start together.
+    while clock.now_ns() < start_ns {
+        if shared.abort.load(Ordering::Acquire) {
+            return Err("the run was aborted before it started".into());
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
     let warmup_ns = (scenario.warmup_s * SECOND as f64) as u64;
     let duration_ns = (scenario.duration_s * SECOND as f64) as u64;
     let end_ns = start_ns + warmup_ns + duration_ns;
