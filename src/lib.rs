@@ -20,7 +20,7 @@
 //! - [`message`]: the shared, immutable message frame. [`ids`]: newtype ids.
 //! - [`client`]: the blocking Rust client. [`error`]: wire error codes and close reasons.
 //! - [`bench`]: `corebus bench`, the load generator (one `mio` loop per bench thread; also
-//!   speaks Redis and NATS for comparisons).
+//!   speaks Redis and NATS for comparisons; replay starts over a prefilled backlog).
 //!
 //! ## Architecture invariants
 //! - `protocol/` knows nothing about sockets, `mio` or shards: bytes in, frames out.

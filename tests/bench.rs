@@ -222,3 +222,144 @@ fn acks_and_groups_are_refused_for_other_targets() {
         .unwrap_err()
         .contains("--group must be"));
 }
+
+/// The `--start`/`--prefill` numbers of a run, which must be there.
+fn replay_of(r: &BenchResult) -> &bench::report::ReplaySummary {
+    r.replay.as_ref().expect("a replay summary")
+}
+
+#[test]
+fn replaying_a_retained_backlog_then_live_messages_is_exact() {
+    // Plain subscriptions (2 per topic), then a group with acks (1 delivery per message).
+    let cases: [(&[&str], u64); 2] = [
+        (&["--subscribers", "4"], 2),
+        (&["--subscribers", "3", "--group", "replayers", "--ack"], 1),
+    ];
+    for (flags, per_message) in cases {
+        let broker = start(durable_config(2));
+        let target = format!("corebus://{}", broker.native_addr());
+        let mut all_flags = vec![
+            "--start",
+            "all",
+            "--prefill",
+            "700",
+            "--publishers",
+            "2",
+            "--topics",
+            "2",
+            "--size",
+            "64",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--pipeline",
+            "64",
+            "--threads",
+            "2",
+        ];
+        all_flags.extend_from_slice(flags);
+        let r = bench::execute(&run_args(target, &all_flags)).expect("the run completes");
+        let replay = replay_of(&r);
+        assert_eq!(replay.start, "all");
+        assert_eq!(replay.prefill_published, 2 * 700, "{flags:?}");
+        assert!(r.published > 0);
+        let everything = (replay.prefill_published + r.published) * per_message;
+        assert_eq!(r.expected_deliveries, everything, "{flags:?}");
+        assert_eq!(r.delivered, everything, "{flags:?}");
+        assert_eq!(replay.requested, replay.prefill_published * per_message);
+        assert_eq!(replay.replayed, replay.requested);
+        assert_eq!((replay.not_retained, r.gap_missed), (0, 0));
+        assert!(
+            replay.drain_s > 0.0 && replay.msgs_per_s > 0.0,
+            "{replay:?}"
+        );
+        // Only live messages are timed (no warm-up here, so every one of them).
+        assert_eq!(r.latency_us.count, r.published * per_message, "{flags:?}");
+        assert_exact(&r);
+    }
+}
+
+#[test]
+fn a_start_before_the_retained_window_reports_the_gap_and_no_silent_loss() {
+    // 1 publisher, 1 topic, 2 subscribers; 1000 prefilled into a ring that keeps 300.
+    let ring = 300u64;
+    for start_at in ["seq:1", "last:1000", "last:5000", "all", "last:200"] {
+        let mut config = config(2);
+        config.replay_messages_max = ring as usize;
+        let broker = start(config);
+        let target = format!("corebus://{}", broker.native_addr());
+        let flags = [
+            "--start",
+            start_at,
+            "--prefill",
+            "1000",
+            "--subscribers",
+            "2",
+            "--size",
+            "64",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--pipeline",
+            "64",
+        ];
+        let r = bench::execute(&run_args(target, &flags)).expect("the run completes");
+        let replay = replay_of(&r);
+        let live = r.published * 2;
+        let (asked, gap, not_retained, replayed) = match start_at {
+            // Asked for all 1000, of which 700 were evicted: the broker says so.
+            "seq:1" | "last:1000" | "last:5000" => (1000, 700, 0, ring),
+            // Everything retained: nothing is missing, the rest is reported as not retained.
+            "all" => (ring, 0, 700, ring),
+            // Within the ring.
+            _ => (200, 0, 0, 200),
+        };
+        assert_eq!(replay.requested, asked * 2, "{start_at}");
+        assert_eq!(r.gap_missed, gap * 2, "{start_at}: {r:#?}");
+        assert_eq!(replay.not_retained, not_retained * 2, "{start_at}");
+        assert_eq!(replay.replayed, replayed * 2, "{start_at}");
+        assert_eq!(r.expected_deliveries, asked * 2 + live, "{start_at}");
+        assert_eq!(
+            r.delivered + r.gap_missed,
+            r.expected_deliveries,
+            "{start_at}"
+        );
+        assert_eq!(
+            r.lost, 0,
+            "GAP-announced misses are not silent loss ({start_at})"
+        );
+        assert_eq!((r.duplicated, r.out_of_order), (0, 0), "{start_at}");
+        assert_eq!((r.misrouted, r.corrupt, r.errors), (0, 0, 0), "{start_at}");
+        assert_eq!(bench::verdict(&r, false), Ok(()), "{start_at}");
+        let table = bench::report::table(&r, false);
+        if gap > 0 {
+            assert!(table.contains("announced by the broker (GAP"), "{table}");
+        }
+    }
+}
+
+#[test]
+fn start_and_prefill_are_checked() {
+    for (target, flags) in [
+        ("redis://127.0.0.1:1", &["--start", "all"][..]),
+        ("nats://127.0.0.1:1", &["--prefill", "10"]),
+        ("redis://127.0.0.1:1", &["--start", "new"]),
+    ] {
+        let error = bench::execute(&run_args(target.into(), flags)).unwrap_err();
+        assert!(error.contains("corebus features"), "{error}");
+        assert!(error.contains("--start and --prefill"), "{error}");
+    }
+    for bad in ["last:x", "seq:0", "first", "last"] {
+        let argv = ["corebus", "bench", "--start", bad];
+        let error = Cli::try_parse_from(argv).unwrap_err().to_string();
+        assert!(error.contains("last:N"), "{bad}: {error}");
+    }
+    let args = run_args(
+        "corebus://127.0.0.1:1".into(),
+        &["--prefill", "3000000", "--topics", "4"],
+    );
+    let error = bench::execute(&args).unwrap_err();
+    assert!(error.contains("--prefill 3000000"), "{error}");
+}

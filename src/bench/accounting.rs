@@ -157,6 +157,19 @@ impl SeqTracker {
         sent.saturating_sub(self.unique)
     }
 
+    /// Distinct messages received with a sequence number below `bound`. Exact unless gaps
+    /// were forgotten (see [`forgotten_gaps`](Self::forgotten_gaps)).
+    pub fn unique_below(&self, bound: u64) -> u64 {
+        let top = bound.min(self.next);
+        let missing: u64 = self
+            .gaps
+            .iter()
+            .take_while(|&&(start, _)| start < top)
+            .map(|&(start, end)| end.min(top) - start)
+            .sum();
+        top - missing
+    }
+
     /// [`observe`](Self::observe) for a redelivery (corebus `delivery_count > 1`): a message
     /// filling a gap is then the broker retrying, not reordering, so it is not counted late.
     /// One already received is still a duplicate.
@@ -244,6 +257,24 @@ impl SeqSet {
                 u64::MAX
             } else {
                 u64::MAX << (sent - base)
+            };
+            count += u64::from((word & mask).count_ones());
+        }
+        count
+    }
+
+    /// Distinct numbers below `bound`.
+    pub fn unique_below(&self, bound: u64) -> u64 {
+        let mut count = 0u64;
+        for (i, &word) in self.bits.iter().enumerate() {
+            let base = i as u64 * 64;
+            if base >= bound {
+                break;
+            }
+            let mask = if base + 64 <= bound {
+                u64::MAX
+            } else {
+                (1u64 << (bound - base)) - 1
             };
             count += u64::from((word & mask).count_ones());
         }
@@ -375,6 +406,28 @@ mod tests {
         c.observe(200, false);
         c.observe(3, false);
         assert_eq!((c.unique(), c.out_of_order(), c.beyond(64)), (2, 1, 1));
+    }
+
+    #[test]
+    fn unique_below_a_bound_counts_around_gaps() {
+        // 3..5 and 7..10 received, 0..3 and 5..7 never.
+        let (t, _) = track(&[3, 4, 7, 8, 9]);
+        let expect = [0, 0, 0, 0, 1, 2, 2, 2, 3, 4, 5, 5, 5];
+        for (bound, &n) in expect.iter().enumerate() {
+            assert_eq!(t.unique_below(bound as u64), n, "tracker, bound {bound}");
+        }
+        let mut set = SeqSet::default();
+        for seq in [3, 4, 7, 8, 9, 64, 130] {
+            set.observe(seq, false);
+        }
+        for (bound, &n) in expect.iter().enumerate() {
+            assert_eq!(set.unique_below(bound as u64), n, "set, bound {bound}");
+        }
+        assert_eq!(set.unique_below(64), 5);
+        assert_eq!(set.unique_below(65), 6);
+        assert_eq!(set.unique_below(128), 6);
+        assert_eq!(set.unique_below(u64::MAX), 7);
+        assert_eq!(SeqSet::default().unique_below(10), 0);
     }
 
     #[test]

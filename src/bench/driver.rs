@@ -7,7 +7,10 @@
 //! confirmed), report ready, wait for the common start time, publish until the end, flush
 //! (every publish confirmed by a PONG or its Redis reply), report what it sent, then keep
 //! reading until every expected delivery has arrived everywhere or deliveries stop for
-//! [`DRAIN_IDLE_NS`].
+//! [`DRAIN_IDLE_NS`]. With `--prefill N` the set-up has three steps instead: handshakes only;
+//! then the publishers publish their `N` messages per topic, each confirmed with its topic
+//! sequence number, and every thread waits for all the others to finish that; then the
+//! subscriptions (see [`super::replay`]).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -22,10 +25,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::accounting::{PayloadHeader, Seen, SeqSet, SeqTracker, HEADER_LEN};
 use super::latency::{Clock, Latency, Schedule};
+use super::replay;
 use super::scenario::Scenario;
 use super::wire::{self, Endpoint, Event, PublishTemplate, Role, Target};
 use crate::protocol::native::FRAME_OVERHEAD_MAX;
-use crate::protocol::subscribe_options::{AckSettings, Sharing, SubscribeOptions};
+use crate::protocol::subscribe_options::{AckSettings, Sharing, Start, SubscribeOptions};
 
 const MS: u64 = 1_000_000;
 const SECOND: u64 = 1_000_000_000;
@@ -37,6 +41,8 @@ const FLUSH_TIMEOUT_NS: u64 = 10 * SECOND;
 pub const DRAIN_IDLE_NS: u64 = 2 * SECOND;
 /// ... or, whatever happens, this long after the end.
 const DRAIN_MAX_NS: u64 = 30 * SECOND;
+/// The prefill fails when no publish has been confirmed for this long.
+const PREFILL_STALL_NS: u64 = 10 * SECOND;
 /// A subscriber's read buffer (it grows for frames larger than this).
 const SUB_READ_BYTES: usize = 256 * 1024;
 /// A publisher only reads replies.
@@ -70,6 +76,10 @@ pub struct Plan {
     pub subscriber_delay_us: u64,
     /// How subscribers subscribe (corebus only): plain, durable with acks, in a group.
     pub delivery: Delivery,
+    /// `--prefill`: messages each publisher publishes to each of its topics before the
+    /// subscribers subscribe (corebus only). Their payload sequence numbers are `0..prefill`,
+    /// which is how a subscriber tells a replayed message from a live one.
+    pub prefill: u64,
 }
 
 /// corebus v2 delivery modes for the subscribers (`--ack`, `--group`).
@@ -82,6 +92,8 @@ pub struct Delivery {
     pub group: Option<String>,
     /// The run's tag, which makes consumer names unique per run.
     pub run_tag: String,
+    /// `--start`: where every subscription starts in its topic's history.
+    pub start: Start,
 }
 
 impl Delivery {
@@ -94,9 +106,9 @@ impl Delivery {
             (None, None) => Sharing::None,
         };
         SubscribeOptions {
+            start: self.start,
             sharing,
             acks: self.acks,
-            ..SubscribeOptions::default()
         }
     }
 }
@@ -108,6 +120,8 @@ pub struct Shared {
     pub abort: AtomicBool,
     /// Threads whose connections are all set up.
     pub ready: AtomicUsize,
+    /// `--prefill`: threads whose publishers have every prefill message confirmed.
+    pub prefilled: AtomicUsize,
     /// Common start time on the plan's clock; 0 until the orchestrator sets it.
     pub start_ns: AtomicU64,
     /// Messages written so far, all threads (progress).
@@ -135,6 +149,47 @@ pub struct ThreadOutput {
     pub sets: Vec<(u32, Vec<SeqSet>)>,
     pub counters: Counters,
     pub errors: Vec<String>,
+    /// `--prefill`, per publisher: (publisher index, [(topic, the topic sequence number of
+    /// each of its prefill messages there, in order)]).
+    pub prefill_seqs: Vec<(u32, Vec<TopicPrefill>)>,
+    /// Per subscriber: what its subscriptions replayed, by slot `j` (subscription order).
+    pub replays: Vec<(u32, Vec<SubscriptionReplay>)>,
+    pub timing: ReplayTiming,
+}
+
+/// A topic index and the topic sequence numbers of one publisher's prefill messages there.
+pub type TopicPrefill = (u32, Vec<u64>);
+
+/// What one subscription saw of its replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscriptionReplay {
+    /// The lowest topic sequence number among the replayed (prefill) messages it got;
+    /// `u64::MAX` if none.
+    pub first_replayed_seq: u64,
+    /// Messages the broker's GAP frames said it had already evicted.
+    pub gap_missed: u64,
+}
+
+impl Default for SubscriptionReplay {
+    fn default() -> Self {
+        SubscriptionReplay {
+            first_replayed_seq: u64::MAX,
+            gap_missed: 0,
+        }
+    }
+}
+
+/// One thread's replay milestones on the plan's clock, 0 where they did not happen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayTiming {
+    /// The first prefill publish written.
+    pub prefill_start_ns: u64,
+    /// The last prefill publish confirmed.
+    pub prefill_end_ns: u64,
+    /// The subscriptions written.
+    pub subscribe_ns: u64,
+    /// The last replayed (prefill) message received.
+    pub last_replay_ns: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -157,6 +212,10 @@ pub struct Counters {
     pub corrupt: u64,
     /// Losses the target itself reported (corebus DROPPED).
     pub dropped_reported: u64,
+    /// Messages corebus said it had already evicted when a subscription asked for them (GAP).
+    pub gap_missed: u64,
+    /// `--prefill` messages published and confirmed.
+    pub prefilled: u64,
     /// Open loop: messages due before the end that the publishers never got to send.
     pub behind_schedule: u64,
     /// Errors the target reported, and connections lost.
@@ -175,6 +234,8 @@ impl Counters {
         self.misrouted += o.misrouted;
         self.corrupt += o.corrupt;
         self.dropped_reported += o.dropped_reported;
+        self.gap_missed += o.gap_missed;
+        self.prefilled += o.prefilled;
         self.behind_schedule += o.behind_schedule;
         self.errors += o.errors;
         self.publish_errors += o.publish_errors;
@@ -207,6 +268,14 @@ struct Publisher {
     ping_id: u32,
     schedule: Option<Schedule>,
     done: bool,
+    /// `--prefill`: confirmed-publish templates by slot (empty without a prefill).
+    confirmed: Vec<PublishTemplate>,
+    /// Prefill publishes written; the `i`-th goes to slot `i % topics` with payload sequence
+    /// `i / topics`, and is its confirm's tag.
+    prefill_written: u64,
+    prefill_confirmed: u64,
+    /// Per slot, the topic sequence number each prefill message was given.
+    prefill_seqs: Vec<Vec<u64>>,
 }
 
 struct Subscriber {
@@ -223,6 +292,9 @@ struct Subscriber {
     ack_through: Vec<u64>,
     /// Slots with something in `ack_through`, so that queuing acks touches only those.
     ack_dirty: Vec<u32>,
+    /// Per slot `j`: what the subscription replayed.
+    replay: Vec<SubscriptionReplay>,
+    last_replay_ns: u64,
 }
 
 enum Kind {
@@ -364,9 +436,21 @@ fn run_thread_inner(
                         PublishTemplate::new(target, &plan.topic_names[t as usize], scenario.size)
                     })
                     .collect();
+                let prefilling = plan.prefill > 0;
+                let confirmed = topics
+                    .iter()
+                    .filter(|_| prefilling)
+                    .map(|&t| {
+                        PublishTemplate::confirmed(&plan.topic_names[t as usize], scenario.size)
+                    })
+                    .collect();
                 let publisher = Publisher {
                     index: index as u32,
                     next_seq: vec![0; topics.len()],
+                    prefill_seqs: vec![vec![0; plan.prefill as usize]; topics.len()],
+                    confirmed,
+                    prefill_written: 0,
+                    prefill_confirmed: 0,
                     topics,
                     templates,
                     round_robin: 0,
@@ -406,6 +490,8 @@ fn run_thread_inner(
                         }
                     ],
                     ack_dirty: Vec::new(),
+                    replay: vec![SubscriptionReplay::default(); topics.len()],
+                    last_replay_ns: 0,
                     sub_ids: topics,
                 };
                 (
@@ -418,6 +504,12 @@ fn run_thread_inner(
         let options = match role {
             Role::Subscriber => plan.delivery.options(index),
             Role::Publisher => SubscribeOptions::default(),
+        };
+        // With a prefill, subscriptions wait until every prefill message is sequenced.
+        let subscriptions = if plan.prefill > 0 {
+            Vec::new()
+        } else {
+            subscriptions
         };
         let setup_pending =
             wire::encode_setup_with(target, role, &name, &subscriptions, &options, &mut out);
@@ -461,42 +553,37 @@ fn run_thread_inner(
     let filler = vec![b'x'; scenario.size - HEADER_LEN];
 
     // Set-up: every connection handshaken and subscribed, each confirmed by the target.
-    let setup_deadline = clock.now_ns() + SETUP_TIMEOUT_NS;
-    loop {
-        if shared.abort.load(Ordering::Acquire) {
-            return Err("another bench thread failed to set up".into());
-        }
-        flush_all(&mut conns, &mut ctx);
-        if let Some(conn) = conns.iter().find(|c| !c.open) {
-            let detail = ctx.errors.first().cloned().unwrap_or_default();
-            return Err(format!("{} failed during set-up: {detail}", conn.label()));
-        }
-        if conns
-            .iter()
-            .all(|c| c.setup_pending == 0 && c.out_pending() == 0)
-        {
-            break;
-        }
-        let now = clock.now_ns();
-        if now > setup_deadline {
-            return Err(format!(
-                "set-up did not finish within {} s (is {} a {} server?)",
-                SETUP_TIMEOUT_NS / SECOND,
-                plan.endpoint.text,
-                target
-            ));
-        }
-        poll.poll(&mut events, Some(Duration::from_millis(10)))
-            .map_err(|e| format!("poll: {e}"))?;
-        mark_ready(&events, &mut conns);
+    let mut timing = ReplayTiming {
+        subscribe_ns: clock.now_ns(),
+        ..ReplayTiming::default()
+    };
+    settle(&mut poll, &mut events, &mut conns, &mut ctx, shared)?;
+    if plan.prefill > 0 {
+        (timing.prefill_start_ns, timing.prefill_end_ns) = prefill(
+            &mut poll,
+            &mut events,
+            &mut conns,
+            &mut ctx,
+            shared,
+            &filler,
+        )?;
+        timing.subscribe_ns = clock.now_ns();
         for conn in conns.iter_mut() {
-            if conn.readable && conn.open {
-                read_conn(conn, &mut ctx, Phase::Setup, clock);
+            if let Kind::Sub(sub) = &conn.kind {
+                let index = sub.index as usize;
+                let subscriptions: Vec<(u32, String)> = sub
+                    .sub_ids
+                    .iter()
+                    .map(|&t| (t, plan.topic_names[t as usize].clone()))
+                    .collect();
+                conn.setup_pending += wire::encode_corebus_subscriptions(
+                    &subscriptions,
+                    &plan.delivery.options(index),
+                    &mut conn.out,
+                );
             }
         }
-        if !ctx.errors.is_empty() {
-            return Err(format!("set-up failed: {}", ctx.errors.join("; ")));
-        }
+        settle(&mut poll, &mut events, &mut conns, &mut ctx, shared)?;
     }
 
     // Wait for the common start.
@@ -511,6 +598,15 @@ fn run_thread_inner(
         }
         std::thread::sleep(Duration::from_micros(200));
     };
+    // A closed-loop publisher writes as soon as its loop runs, so the loop must not run before
+    // the start: messages written earlier would fall before the measured window (untimed and
+    // uncounted with no warm-up) and the threads would not start together.
+    while clock.now_ns() < start_ns {
+        if shared.abort.load(Ordering::Acquire) {
+            return Err("the run was aborted before it started".into());
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
     let warmup_ns = (scenario.warmup_s * SECOND as f64) as u64;
     let duration_ns = (scenario.duration_s * SECOND as f64) as u64;
     let end_ns = start_ns + warmup_ns + duration_ns;
@@ -602,8 +698,7 @@ fn run_thread_inner(
                         Kind::Pub(p) => Some(p),
                         Kind::Sub(_) => None,
                     })
-                    .flat_map(|p| p.topics.iter().zip(&p.next_seq))
-                    .map(|(&t, &n)| n * plan.subscribers_per_topic[t as usize])
+                    .map(|p| drain_expected(plan, p))
                     .sum();
                 shared.expected.fetch_add(expected, Ordering::AcqRel);
                 shared.flushed.fetch_add(1, Ordering::AcqRel);
@@ -651,18 +746,31 @@ fn run_thread_inner(
         sets: Vec::new(),
         counters: Counters::default(),
         errors: Vec::new(),
+        prefill_seqs: Vec::new(),
+        replays: Vec::new(),
+        timing: ReplayTiming::default(),
     };
     for conn in conns {
         match conn.kind {
-            Kind::Pub(p) => output.sent.push((
-                p.index,
-                p.topics
-                    .iter()
-                    .copied()
-                    .zip(p.next_seq.iter().copied())
-                    .collect(),
-            )),
+            Kind::Pub(p) => {
+                output.sent.push((
+                    p.index,
+                    p.topics
+                        .iter()
+                        .copied()
+                        .zip(p.next_seq.iter().copied())
+                        .collect(),
+                ));
+                if plan.prefill > 0 {
+                    output.prefill_seqs.push((
+                        p.index,
+                        p.topics.iter().copied().zip(p.prefill_seqs).collect(),
+                    ));
+                }
+            }
             Kind::Sub(s) => {
+                timing.last_replay_ns = timing.last_replay_ns.max(s.last_replay_ns);
+                output.replays.push((s.index, s.replay));
                 if plan.delivery.group.is_some() {
                     output.sets.push((s.index, s.sets));
                 } else {
@@ -671,10 +779,181 @@ fn run_thread_inner(
             }
         }
     }
+    output.timing = timing;
     output.latency = ctx.latency.into_histogram();
     output.counters = ctx.counters;
     output.errors = ctx.errors;
     Ok(output)
+}
+
+/// Runs the loop until every connection's set-up replies are in and its bytes written.
+fn settle(
+    poll: &mut Poll,
+    events: &mut Events,
+    conns: &mut [Conn],
+    ctx: &mut Ctx<'_>,
+    shared: &Shared,
+) -> Result<(), String> {
+    let clock = ctx.plan.clock;
+    let deadline = clock.now_ns() + SETUP_TIMEOUT_NS;
+    loop {
+        if shared.abort.load(Ordering::Acquire) {
+            return Err("another bench thread failed to set up".into());
+        }
+        flush_all(conns, ctx);
+        if let Some(conn) = conns.iter().find(|c| !c.open) {
+            let detail = ctx.errors.first().cloned().unwrap_or_default();
+            return Err(format!("{} failed during set-up: {detail}", conn.label()));
+        }
+        if conns
+            .iter()
+            .all(|c| c.setup_pending == 0 && c.out_pending() == 0)
+        {
+            return Ok(());
+        }
+        if clock.now_ns() > deadline {
+            return Err(format!(
+                "set-up did not finish within {} s (is {} a {} server?)",
+                SETUP_TIMEOUT_NS / SECOND,
+                ctx.plan.endpoint.text,
+                ctx.target
+            ));
+        }
+        poll.poll(events, Some(Duration::from_millis(10)))
+            .map_err(|e| format!("poll: {e}"))?;
+        mark_ready(events, conns);
+        for conn in conns.iter_mut() {
+            if conn.readable && conn.open {
+                read_conn(conn, ctx, Phase::Setup, clock);
+            }
+        }
+        if !ctx.errors.is_empty() {
+            return Err(format!("set-up failed: {}", ctx.errors.join("; ")));
+        }
+    }
+}
+
+/// `--prefill`: this thread's publishers publish their messages, each confirmed with its topic
+/// sequence number, at most `--pipeline` unconfirmed at once; then the thread waits for every
+/// other thread to be done too, so that no subscription can precede a prefill message.
+/// Returns when the first was written and when the last was confirmed.
+fn prefill(
+    poll: &mut Poll,
+    events: &mut Events,
+    conns: &mut [Conn],
+    ctx: &mut Ctx<'_>,
+    shared: &Shared,
+    filler: &[u8],
+) -> Result<(u64, u64), String> {
+    let clock = ctx.plan.clock;
+    let started = clock.now_ns();
+    let (mut confirmed_before, mut progress_at) = (0u64, started);
+    loop {
+        if shared.abort.load(Ordering::Acquire) {
+            return Err("another bench thread failed to set up".into());
+        }
+        let (mut done, mut confirmed) = (true, 0u64);
+        for conn in conns.iter_mut().filter(|c| c.open) {
+            prefill_turn(conn, ctx, filler, clock.now_ns());
+            if let Kind::Pub(p) = &conn.kind {
+                done &= p.prefill_confirmed == ctx.plan.prefill * p.topics.len() as u64;
+                confirmed += p.prefill_confirmed;
+            }
+        }
+        flush_all(conns, ctx);
+        if let Some(conn) = conns.iter().find(|c| !c.open) {
+            let detail = ctx.errors.first().cloned().unwrap_or_default();
+            return Err(format!(
+                "{} failed during the prefill: {detail}",
+                conn.label()
+            ));
+        }
+        if !ctx.errors.is_empty() {
+            return Err(format!("the prefill failed: {}", ctx.errors.join("; ")));
+        }
+        if done {
+            break;
+        }
+        let now = clock.now_ns();
+        if confirmed != confirmed_before {
+            (confirmed_before, progress_at) = (confirmed, now);
+        } else if now - progress_at > PREFILL_STALL_NS {
+            return Err(format!(
+                "the prefill stalled: no publish confirmed for {} s",
+                PREFILL_STALL_NS / SECOND
+            ));
+        }
+        poll.poll(events, Some(Duration::from_millis(10)))
+            .map_err(|e| format!("poll: {e}"))?;
+        mark_ready(events, conns);
+        for conn in conns.iter_mut() {
+            if conn.readable && conn.open {
+                read_conn(conn, ctx, Phase::Setup, clock);
+            }
+        }
+    }
+    let finished = clock.now_ns();
+    for conn in conns.iter_mut() {
+        if let Kind::Pub(p) = &mut conn.kind {
+            // Live messages continue each stream's payload sequence.
+            p.next_seq.fill(ctx.plan.prefill);
+            ctx.counters.prefilled += p.prefill_confirmed;
+        }
+    }
+    shared.prefilled.fetch_add(1, Ordering::AcqRel);
+    while shared.prefilled.load(Ordering::Acquire) < ctx.plan.threads {
+        if shared.abort.load(Ordering::Acquire) {
+            return Err("another bench thread failed during the prefill".into());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok((started, finished))
+}
+
+/// Writes the prefill publishes a publisher may write now.
+fn prefill_turn(conn: &mut Conn, ctx: &mut Ctx<'_>, filler: &[u8], now: u64) {
+    let Kind::Pub(p) = &mut conn.kind else {
+        return;
+    };
+    let slots = p.topics.len() as u64;
+    let total = ctx.plan.prefill * slots;
+    let pipeline = ctx.plan.scenario.pipeline as u64;
+    while p.prefill_written < total
+        && p.prefill_written - p.prefill_confirmed < pipeline
+        && conn.out.len() - conn.out_pos < OUT_PENDING_MAX
+    {
+        let tag = p.prefill_written;
+        let slot = (tag % slots) as usize;
+        let header = PayloadHeader {
+            publisher: p.index,
+            topic: p.topics[slot],
+            seq: tag / slots,
+            sent_ns: now,
+        };
+        // Below 2^31: the prefill total is bounded by `replay::PREFILL_MESSAGES_MAX`.
+        p.confirmed[slot].encode_confirmed(&mut conn.out, tag as u32, &header.encode(), filler);
+        p.prefill_written += 1;
+    }
+}
+
+/// The deliveries a publisher's messages make, for ending the drain early: never fewer than
+/// the true count, or the drain would stop before the last ones arrive. The replay start of a
+/// stream is worked out from its own last prefill sequence number, at most the topic's last
+/// one, which puts the start no later than the truth; `--start all` counts every prefill
+/// message, as if all were retained.
+fn drain_expected(plan: &Plan, p: &Publisher) -> u64 {
+    let start = plan.delivery.start;
+    p.topics
+        .iter()
+        .zip(&p.next_seq)
+        .zip(&p.prefill_seqs)
+        .map(|((&t, &sent), seqs)| {
+            let last_seq = seqs.last().copied().unwrap_or(0);
+            let skipped = replay::requested_first_seq(start, last_seq)
+                .map_or(0, |first| replay::skipped(seqs, first));
+            (sent - skipped) * plan.subscribers_per_topic[t as usize]
+        })
+        .sum()
 }
 
 fn mark_ready(events: &Events, conns: &mut [Conn]) {
@@ -943,7 +1222,7 @@ fn handle_input(
                     if !sub.ack_through.is_empty() {
                         note_ack(sub, ctx, topic, seq);
                     }
-                    deliver(sub, ctx, topic, payload, recv_ns, delivery_count > 1);
+                    deliver(sub, ctx, topic, payload, seq, recv_ns, delivery_count > 1);
                 }
                 Kind::Pub(_) => ctx.counters.misrouted += 1,
             },
@@ -982,7 +1261,30 @@ fn handle_input(
                 }
             }
             Event::ServerPing => wire::encode_pong(&mut conn.out),
-            Event::Dropped(count) | Event::Gap(count) => ctx.counters.dropped_reported += count,
+            Event::Dropped(count) => ctx.counters.dropped_reported += count,
+            Event::Gap { topic, missed } => {
+                ctx.counters.gap_missed += missed;
+                if let Kind::Sub(sub) = &mut conn.kind {
+                    let slot = topic
+                        .and_then(|t| ctx.plan.scenario.subscription_slot_from(sub.first_topic, t));
+                    match slot {
+                        Some(j) => sub.replay[j].gap_missed += missed,
+                        None => ctx.counters.misrouted += 1,
+                    }
+                }
+            }
+            Event::Sequenced { tag, seq } => {
+                let recorded = match &mut conn.kind {
+                    Kind::Pub(p) => record_prefill_seq(p, tag, seq),
+                    Kind::Sub(_) => false,
+                };
+                if !recorded {
+                    let label = conn.label();
+                    ctx.error(format!(
+                        "{label}: a confirm for no prefill publish (tag {tag})"
+                    ));
+                }
+            }
             Event::Error(text) => {
                 if let Kind::Pub(p) = &mut conn.kind {
                     if phase != Phase::Setup {
@@ -1000,6 +1302,18 @@ fn handle_input(
         }
         conn.rpos += used;
     }
+}
+
+/// Stores the topic sequence number of prefill publish `tag`; false if there is no such one.
+fn record_prefill_seq(p: &mut Publisher, tag: u32, seq: u64) -> bool {
+    let slots = p.topics.len() as u64;
+    let (slot, i) = (u64::from(tag) % slots, u64::from(tag) / slots);
+    let Some(stored) = p.prefill_seqs[slot as usize].get_mut(i as usize) else {
+        return false;
+    };
+    *stored = seq;
+    p.prefill_confirmed += 1;
+    true
 }
 
 /// Remembers that topic sequence number `seq` arrived on subscription `sub_id`, for the next
@@ -1025,12 +1339,16 @@ fn note_ack(sub: &mut Subscriber, ctx: &Ctx<'_>, sub_id: Option<u32>, seq: u64) 
 }
 
 /// One delivered message: check it, account it on its (topic, publisher) stream, time it.
+/// A replayed message (a prefill one) is not timed: its end-to-end latency is mostly its
+/// age, which says nothing about the broker's live latency; the replay is reported by how
+/// long the backlog took to drain instead.
 #[inline]
 fn deliver(
     sub: &mut Subscriber,
     ctx: &mut Ctx<'_>,
     wire_topic: Option<u32>,
     payload: &[u8],
+    topic_seq: u64,
     recv_ns: u64,
     redelivery: bool,
 ) {
@@ -1068,6 +1386,12 @@ fn deliver(
         return;
     }
     ctx.unique += 1;
+    if header.seq < ctx.plan.prefill {
+        let replay = &mut sub.replay[j];
+        replay.first_replayed_seq = replay.first_replayed_seq.min(topic_seq);
+        sub.last_replay_ns = recv_ns;
+        return;
+    }
     ctx.latency.record(header.sent_ns, recv_ns);
     if recv_ns >= ctx.window_start && recv_ns < ctx.window_end {
         ctx.counters.delivered_window += 1;

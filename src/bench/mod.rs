@@ -14,6 +14,10 @@
 //! - [`driver`]: one thread's event loop. [`latency`]: clock, schedule, histogram.
 //! - [`accounting`]: payload header and sequence tracking. [`report`]: result, verdict,
 //!   table, JSON, HDR output, SVG chart.
+//! - [`replay`]: corebus replay starts (`--start`) over a backlog published first
+//!   (`--prefill`), and which messages a subscription therefore asked for.
+//! - [`reflector`]: `corebus bench reflector`, a stand-in broker that only forwards, to measure
+//!   the bench itself.
 //!
 //! [`execute`] runs a benchmark and returns its [`BenchResult`]; [`verdict`] says whether it
 //! passed; [`run`] is the CLI entry point that does both and prints.
@@ -22,6 +26,7 @@ pub mod accounting;
 pub mod driver;
 pub mod latency;
 pub mod reflector;
+pub mod replay;
 pub mod report;
 pub mod scenario;
 pub mod wire;
@@ -36,8 +41,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use crate::cli::{parse_core_list, CoreList};
-use crate::protocol::subscribe_options::{AckSettings, CONSUMER_NAME_BYTES_MAX};
-use driver::{Assignment, Counters, Delivery, Plan, Shared, ThreadOutput};
+use crate::protocol::subscribe_options::{AckSettings, Start, CONSUMER_NAME_BYTES_MAX};
+use driver::{Assignment, Counters, Delivery, Plan, Shared, SubscriptionReplay, ThreadOutput};
 use latency::Clock;
 
 pub use report::{verdict, BenchResult};
@@ -148,6 +153,15 @@ pub struct RunArgs {
     /// message goes to one member (expected deliveries = messages published).
     #[arg(long, value_name = "NAME")]
     pub group: Option<String>,
+    /// corebus only: where every subscription starts in its topic's history: `new` (live
+    /// only), `all` (everything retained), `last:N` (the last N messages of each topic) or
+    /// `seq:N` (from topic sequence number N); replayed messages are counted, not timed [new].
+    #[arg(long, value_name = "new|all|last:N|seq:N", value_parser = replay::parse_start)]
+    pub start: Option<Start>,
+    /// corebus only: messages each publisher publishes to each of its topics, each confirmed,
+    /// before the subscribers subscribe: the backlog that --start replays.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub prefill: u64,
     /// No progress line on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -224,7 +238,7 @@ pub fn execute(args: &RunArgs) -> Result<BenchResult, String> {
     let connections = scenario.publishers + scenario.subscribers;
     let threads = args.threads.min(connections);
     let run_tag = format!("{:08x}", rand::random::<u32>());
-    let delivery = delivery_mode(args, endpoint.target, &run_tag)?;
+    let delivery = delivery_mode(args, &scenario, endpoint.target, &run_tag)?;
     let mut subscribers_per_topic = scenario.subscribers_per_topic();
     if delivery.group.is_some() {
         // A group's members split each topic's messages: one delivery per message.
@@ -244,6 +258,7 @@ pub fn execute(args: &RunArgs) -> Result<BenchResult, String> {
         threads,
         subscriber_delay_us: args.subscriber_delay_us,
         delivery,
+        prefill: args.prefill,
     });
     let shared = Arc::new(Shared::default());
 
@@ -330,12 +345,35 @@ pub fn execute(args: &RunArgs) -> Result<BenchResult, String> {
     Ok(summarize(&plan, &outputs))
 }
 
-/// `--ack` and `--group`, checked: corebus only, and a valid group name.
-fn delivery_mode(args: &RunArgs, target: wire::Target, run_tag: &str) -> Result<Delivery, String> {
+/// `--ack`, `--group`, `--start` and `--prefill`, checked: corebus only, a valid group name,
+/// a bounded prefill.
+fn delivery_mode(
+    args: &RunArgs,
+    scenario: &Scenario,
+    target: wire::Target,
+    run_tag: &str,
+) -> Result<Delivery, String> {
     if (args.ack || args.group.is_some()) && target != wire::Target::Corebus {
         return Err(format!(
             "--ack and --group are corebus features (durable consumers, acks, groups); \
              the {target} target has no equivalent in this bench"
+        ));
+    }
+    if (args.start.is_some() || args.prefill > 0) && target != wire::Target::Corebus {
+        return Err(format!(
+            "--start and --prefill are corebus features (replay from a topic's retained \
+             history); the {target} target has no equivalent in this bench"
+        ));
+    }
+    // Every publisher publishes to each of its topics: max(publishers, topics) streams.
+    let streams = scenario.publishers.max(scenario.topics) as u64;
+    if args.prefill.saturating_mul(streams) > replay::PREFILL_MESSAGES_MAX {
+        return Err(format!(
+            "--prefill {} makes {} messages over {streams} (publisher, topic) pairs; at most \
+             {} in all",
+            args.prefill,
+            args.prefill.saturating_mul(streams),
+            replay::PREFILL_MESSAGES_MAX
         ));
     }
     if let Some(group) = &args.group {
@@ -362,6 +400,7 @@ fn delivery_mode(args: &RunArgs, target: wire::Target, run_tag: &str) -> Result<
         }),
         group: args.group.clone(),
         run_tag: run_tag.to_string(),
+        start: args.start.unwrap_or_default(),
     })
 }
 
@@ -445,68 +484,178 @@ impl Progress {
     }
 }
 
+/// What the subscriptions asked for and got, summed over streams.
+#[derive(Debug, Default)]
+struct Tally {
+    expected: u64,
+    delivered: u64,
+    /// Asked for, never delivered, and not announced by a GAP: silent loss.
+    lost: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    /// Delivered but never asked for: beyond what a publisher sent, or before the start.
+    phantom: u64,
+    /// Prefill messages asked for (from each subscription's start on), and those delivered.
+    replay_requested: u64,
+    replayed: u64,
+    /// `--start all`: prefill messages below the oldest one replayed.
+    not_retained: u64,
+}
+
+/// One stream's prefill as the bench saw it: the topic sequence numbers its prefill messages
+/// got (empty without a prefill).
+struct Stream<'a> {
+    sent: u64,
+    prefill_seqs: &'a [u64],
+}
+
+impl Tally {
+    /// Settles one (subscription, publisher) stream whose subscription asked for topic
+    /// sequence numbers from `first_seq` on: `unique_below(n)` counts the distinct payload
+    /// sequence numbers below `n` it got, `unique` all of them. Returns the messages asked for
+    /// and not delivered.
+    fn stream(
+        &mut self,
+        stream: &Stream<'_>,
+        first_seq: u64,
+        start_all: bool,
+        unique: u64,
+        unique_below: impl Fn(u64) -> u64,
+    ) -> u64 {
+        let skipped = replay::skipped(stream.prefill_seqs, first_seq);
+        let requested = stream.sent - skipped;
+        let before_start = unique_below(skipped);
+        let got = unique - before_start;
+        self.expected += requested;
+        self.delivered += got;
+        self.phantom += before_start + got.saturating_sub(requested);
+        self.replay_requested += stream.prefill_seqs.len() as u64 - skipped;
+        self.replayed += unique_below(stream.prefill_seqs.len() as u64) - before_start;
+        if start_all {
+            self.not_retained += skipped;
+        }
+        requested.saturating_sub(got)
+    }
+}
+
 /// Settles loss exactly: for every (subscriber, topic, publisher) stream, what the publisher
-/// sent minus the distinct messages the subscriber got.
+/// sent from where the subscription asked to start, minus the distinct messages the
+/// subscriber got; what a GAP frame announced on that subscription is not silent loss.
 fn summarize(plan: &Plan, outputs: &[ThreadOutput]) -> BenchResult {
     let scenario = &plan.scenario;
     let ppt = scenario.publishers_per_topic_max();
-    let mut sent = vec![0u64; scenario.topics * ppt];
+    let mut streams: Vec<Stream<'_>> = (0..scenario.topics * ppt)
+        .map(|_| Stream {
+            sent: 0,
+            prefill_seqs: &[],
+        })
+        .collect();
     for (publisher, topics) in outputs.iter().flat_map(|o| &o.sent) {
         for &(topic, count) in topics {
             if let Some(k) = scenario.publisher_slot(topic, *publisher) {
-                sent[topic as usize * ppt + k] += count;
+                streams[topic as usize * ppt + k].sent += count;
             }
         }
     }
-    let expected: u64 = (0..scenario.topics)
-        .map(|t| sent[t * ppt..(t + 1) * ppt].iter().sum::<u64>() * plan.subscribers_per_topic[t])
-        .sum();
-    let (mut delivered, mut lost, mut duplicated, mut out_of_order, mut phantom) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
-    for (subscriber, trackers) in outputs.iter().flat_map(|o| &o.trackers) {
-        for (j, topic) in scenario
-            .subscriber_topics(*subscriber as usize)
-            .into_iter()
-            .enumerate()
-        {
-            for k in 0..ppt {
-                let tracker = &trackers[j * ppt + k];
-                let n = sent[topic as usize * ppt + k];
-                delivered += tracker.unique();
-                lost += tracker.lost(n);
-                duplicated += tracker.duplicates();
-                out_of_order += tracker.out_of_order();
-                phantom += tracker.unique().saturating_sub(n);
+    for (publisher, topics) in outputs.iter().flat_map(|o| &o.prefill_seqs) {
+        for (topic, seqs) in topics {
+            if let Some(k) = scenario.publisher_slot(*topic, *publisher) {
+                streams[*topic as usize * ppt + k].prefill_seqs = seqs;
             }
         }
     }
-    // A group: each member saw part of each stream; merge them, then settle the same way.
+    // Each topic's last sequence number when the subscriptions were made: no live message
+    // had been published yet, so it is its last prefill one.
+    let mut last_seq = vec![0u64; scenario.topics];
+    for (i, stream) in streams.iter().enumerate() {
+        let last = stream.prefill_seqs.last().copied().unwrap_or(0);
+        last_seq[i / ppt] = last_seq[i / ppt].max(last);
+    }
+    let start = plan.delivery.start;
+    let start_all = start == Start::All;
+    // Where a subscription to `topic` asked to start; for `all`, the oldest retained message,
+    // which is the oldest it got (or, with nothing replayed, the first live one).
+    let first_seq = |topic: usize, replay: &SubscriptionReplay| {
+        replay::requested_first_seq(start, last_seq[topic])
+            .unwrap_or_else(|| replay.first_replayed_seq.min(last_seq[topic] + 1))
+    };
+
+    let mut tally = Tally::default();
+    // Plain subscriptions and durable consumers: each its own.
+    for output in outputs {
+        for ((subscriber, trackers), (_, replays)) in output.trackers.iter().zip(&output.replays) {
+            for (j, topic) in scenario
+                .subscriber_topics(*subscriber as usize)
+                .into_iter()
+                .enumerate()
+            {
+                let topic = topic as usize;
+                let first = first_seq(topic, &replays[j]);
+                let mut missing = 0;
+                for k in 0..ppt {
+                    let tracker = &trackers[j * ppt + k];
+                    tally.duplicated += tracker.duplicates();
+                    tally.out_of_order += tracker.out_of_order();
+                    missing += tally.stream(
+                        &streams[topic * ppt + k],
+                        first,
+                        start_all,
+                        tracker.unique(),
+                        |bound| tracker.unique_below(bound),
+                    );
+                }
+                tally.lost += missing.saturating_sub(replays[j].gap_missed);
+            }
+        }
+    }
+    // A group: each member saw part of each stream; merge them, then settle the same way,
+    // with the group's replay start and GAPs taken over all its members.
     let mut merged: Vec<accounting::SeqSet> = Vec::new();
-    for (subscriber, sets) in outputs.iter().flat_map(|o| &o.sets) {
-        if merged.is_empty() {
-            merged = vec![accounting::SeqSet::default(); scenario.topics * ppt];
-        }
-        for (j, topic) in scenario
-            .subscriber_topics(*subscriber as usize)
-            .into_iter()
-            .enumerate()
-        {
-            for k in 0..ppt {
-                merged[topic as usize * ppt + k].union(&sets[j * ppt + k]);
+    let mut group_replay = vec![SubscriptionReplay::default(); scenario.topics];
+    for output in outputs {
+        for ((subscriber, sets), (_, replays)) in output.sets.iter().zip(&output.replays) {
+            if merged.is_empty() {
+                merged = vec![accounting::SeqSet::default(); scenario.topics * ppt];
+            }
+            for (j, topic) in scenario
+                .subscriber_topics(*subscriber as usize)
+                .into_iter()
+                .enumerate()
+            {
+                let topic = topic as usize;
+                for k in 0..ppt {
+                    merged[topic * ppt + k].union(&sets[j * ppt + k]);
+                }
+                let group = &mut group_replay[topic];
+                group.first_replayed_seq =
+                    group.first_replayed_seq.min(replays[j].first_replayed_seq);
+                group.gap_missed += replays[j].gap_missed;
             }
         }
     }
-    for (stream, set) in merged.iter().enumerate() {
-        if plan.subscribers_per_topic[stream / ppt] == 0 {
-            continue;
+    if !merged.is_empty() {
+        for topic in 0..scenario.topics {
+            if plan.subscribers_per_topic[topic] == 0 {
+                continue;
+            }
+            let first = first_seq(topic, &group_replay[topic]);
+            let mut missing = 0;
+            for k in 0..ppt {
+                let set = &merged[topic * ppt + k];
+                tally.duplicated += set.received() - set.unique();
+                tally.out_of_order += set.out_of_order();
+                missing += tally.stream(
+                    &streams[topic * ppt + k],
+                    first,
+                    start_all,
+                    set.unique(),
+                    |bound| set.unique_below(bound),
+                );
+            }
+            tally.lost += missing.saturating_sub(group_replay[topic].gap_missed);
         }
-        let n = sent[stream];
-        delivered += set.unique();
-        lost += n.saturating_sub(set.unique());
-        duplicated += set.received() - set.unique();
-        out_of_order += set.out_of_order();
-        phantom += set.beyond(n);
     }
+
     let mut counters = Counters::default();
     let mut histogram = latency::new_histogram();
     let mut errors: Vec<String> = Vec::new();
@@ -520,6 +669,39 @@ fn summarize(plan: &Plan, outputs: &[ThreadOutput]) -> BenchResult {
             }
         }
     }
+    let replay = (plan.prefill > 0 || start != Start::New).then(|| {
+        let timings = || outputs.iter().map(|o| o.timing);
+        let span_s = |from: Option<u64>, to: Option<u64>| match (from, to) {
+            (Some(from), Some(to)) if to > from => (to - from) as f64 / 1e9,
+            _ => 0.0,
+        };
+        let prefill_s = span_s(
+            timings()
+                .map(|t| t.prefill_start_ns)
+                .filter(|&ns| ns > 0)
+                .min(),
+            timings().map(|t| t.prefill_end_ns).max(),
+        );
+        let drain_s = span_s(
+            timings().map(|t| t.subscribe_ns).filter(|&ns| ns > 0).min(),
+            timings().map(|t| t.last_replay_ns).max(),
+        );
+        report::ReplaySummary {
+            start: replay::start_name(start),
+            prefill: plan.prefill,
+            prefill_published: counters.prefilled,
+            prefill_s,
+            requested: tally.replay_requested,
+            replayed: tally.replayed,
+            not_retained: tally.not_retained,
+            drain_s,
+            msgs_per_s: if drain_s > 0.0 {
+                tally.replayed as f64 / drain_s
+            } else {
+                0.0
+            },
+        }
+    });
     report::build(report::Totals {
         scenario,
         acks: plan.delivery.acks.is_some(),
@@ -528,14 +710,15 @@ fn summarize(plan: &Plan, outputs: &[ThreadOutput]) -> BenchResult {
         target_addr: &plan.endpoint.text,
         threads: plan.threads,
         counters: &counters,
-        delivered,
-        expected_deliveries: expected,
-        lost,
-        duplicated,
-        out_of_order,
-        phantom,
+        delivered: tally.delivered,
+        expected_deliveries: tally.expected,
+        lost: tally.lost,
+        duplicated: tally.duplicated,
+        out_of_order: tally.out_of_order,
+        phantom: tally.phantom,
         histogram: &histogram,
         error_messages: errors,
+        replay,
     })
 }
 
@@ -577,6 +760,30 @@ mod tests {
         assert_eq!(args.run.cores, Some(CoreList(vec![1])));
         let args = bench(&["--preset", "1:1"]);
         assert_eq!(args.run.preset, Some(Preset::OneToOne));
+    }
+
+    #[test]
+    fn start_and_prefill_reach_the_subscribe_options() {
+        let args = bench(&["--start", "last:5", "--prefill", "10", "--group", "g"]);
+        assert_eq!(args.run.start, Some(Start::LastN(5)));
+        assert_eq!(args.run.prefill, 10);
+        let scenario = Scenario::resolve(&args.run.overrides()).unwrap();
+        let delivery =
+            delivery_mode(&args.run, &scenario, wire::Target::Corebus, "0000abcd").unwrap();
+        let options = delivery.options(3);
+        assert_eq!(options.start, Start::LastN(5));
+        assert_eq!(
+            options.sharing,
+            crate::protocol::subscribe_options::Sharing::Group("g".into())
+        );
+        // Without the flags, subscriptions start at new messages and send no options.
+        let args = bench(&[]);
+        assert_eq!((args.run.start, args.run.prefill), (None, 0));
+        let delivery =
+            delivery_mode(&args.run, &scenario, wire::Target::Redis, "0000abcd").unwrap();
+        assert!(delivery.options(0).is_default());
+        let error = Cli::try_parse_from(["corebus", "bench", "--start", "seq:0"]).unwrap_err();
+        assert!(error.to_string().contains("seq:N"), "{error}");
     }
 
     #[test]

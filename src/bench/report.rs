@@ -36,6 +36,33 @@ pub struct PercentilePoint {
     pub count: u64,
 }
 
+/// The replay phase (`--start`, `--prefill`; corebus only).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplaySummary {
+    /// `--start` as given: `new`, `all`, `last:N` or `seq:N`.
+    pub start: String,
+    /// `--prefill`: messages each publisher published to each of its topics before the
+    /// subscribers subscribed.
+    pub prefill: u64,
+    /// Prefill messages published and confirmed, all publishers.
+    pub prefill_published: u64,
+    /// Seconds from the first prefill publish to the last confirm.
+    pub prefill_s: f64,
+    /// Replayed deliveries asked for: for each subscription, its topic's prefill messages from
+    /// its start on (part of `expected_deliveries`).
+    pub requested: u64,
+    /// Distinct replayed messages delivered, all subscriptions (part of `delivered`).
+    pub replayed: u64,
+    /// `--start all`: prefill messages older than the oldest one replayed, i.e. no longer
+    /// retained by the broker, hence not asked for (neither expected nor lost).
+    pub not_retained: u64,
+    /// Seconds from the subscriptions until the last replayed message arrived: how long the
+    /// slowest subscriber took to drain its backlog (live messages were flowing meanwhile).
+    pub drain_s: f64,
+    /// `replayed / drain_s`, all subscribers together.
+    pub msgs_per_s: f64,
+}
+
 /// Everything one run measured. `--json` prints exactly this.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BenchResult {
@@ -53,7 +80,7 @@ pub struct BenchResult {
     pub threads: usize,
     /// The measured window (after warm-up), in seconds.
     pub measured_s: f64,
-    /// Messages written over the whole run (warm-up included).
+    /// Messages written over the whole run (warm-up included; the prefill is in `replay`).
     pub published: u64,
     /// Messages sent (scheduled, in open loop) during the measured window.
     pub published_window: u64,
@@ -70,14 +97,26 @@ pub struct BenchResult {
     pub expected_deliveries: u64,
     /// Messages received, duplicates included.
     pub received: u64,
+    /// Expected deliveries that never arrived and that no GAP frame announced (DROPPED ones
+    /// are included, and reported in `dropped_reported` too).
     pub lost: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
+    /// Expected deliveries the broker announced it had already evicted (corebus GAP): a replay
+    /// start further back than the topic retains, or a durable consumer outrun by the ring.
+    /// Reported, not silent, so not in `lost`.
+    #[serde(default)]
+    pub gap_missed: u64,
+    /// The replay phase, with `--start` or `--prefill`.
+    #[serde(default)]
+    pub replay: Option<ReplaySummary>,
     /// Deliveries the broker marked as redeliveries (`--ack`); one counts as duplicated only
     /// if its first delivery had arrived too.
     #[serde(default)]
     pub redelivered: u64,
     pub misrouted: u64,
+    /// Payloads no publisher sent, and messages from before where a subscription asked to
+    /// start.
     pub corrupt: u64,
     /// Losses the target announced itself (corebus `DROPPED`).
     pub dropped_reported: u64,
@@ -150,6 +189,7 @@ pub struct Totals<'a> {
     pub phantom: u64,
     pub histogram: &'a Histogram<u64>,
     pub error_messages: Vec<String>,
+    pub replay: Option<ReplaySummary>,
 }
 
 pub fn build(t: Totals<'_>) -> BenchResult {
@@ -166,8 +206,12 @@ pub fn build(t: Totals<'_>) -> BenchResult {
         format!(" @{}/s", s.rate)
     };
     let c = t.counters;
+    let start = match &t.replay {
+        Some(replay) if replay.start != "new" => format!(" start {}", replay.start),
+        _ => String::new(),
+    };
     BenchResult {
-        label: format!("{} {shape} {}B{rate}", t.target, s.size),
+        label: format!("{} {shape} {}B{rate}{start}", t.target, s.size),
         target: t.target,
         target_addr: t.target_addr.to_string(),
         scenario: s.clone(),
@@ -188,6 +232,8 @@ pub fn build(t: Totals<'_>) -> BenchResult {
         lost: t.lost,
         duplicated: t.duplicated,
         out_of_order: t.out_of_order,
+        gap_missed: c.gap_missed,
+        replay: t.replay,
         redelivered: c.redelivered,
         misrouted: c.misrouted,
         corrupt: c.corrupt + t.phantom,
@@ -210,6 +256,15 @@ pub fn verdict(r: &BenchResult, allow_loss: bool) -> Result<(), Vec<String>> {
         problems.push(format!(
             "{} of {} expected deliveries lost",
             r.lost, r.expected_deliveries
+        ));
+    }
+    // Without --start nothing asked for history, so a GAP means a live consumer fell behind
+    // the ring: announced, but loss all the same for a run that promised none.
+    if r.gap_missed > 0 && r.replay.is_none() && !allow_loss {
+        problems.push(format!(
+            "{} messages evicted before a consumer got them (GAP): give the broker a larger \
+             --replay-messages/--replay-bytes",
+            r.gap_missed
         ));
     }
     let mut check = |count: u64, what: &str| {
@@ -248,6 +303,17 @@ fn grouped(value: f64) -> String {
     out
 }
 
+/// A span given in seconds, in the unit that suits it: `1.25 s`, `3.40 ms`, `120 us`.
+fn seconds_text(secs: f64) -> String {
+    if secs >= 1.0 {
+        format!("{secs:.2} s")
+    } else if secs >= 1e-3 {
+        format!("{:.2} ms", secs * 1e3)
+    } else {
+        format!("{:.0} us", secs * 1e6)
+    }
+}
+
 fn latency_cell(us: f64) -> String {
     if us >= 100_000.0 {
         format!("{:.0}", us)
@@ -283,6 +349,16 @@ pub fn table(r: &BenchResult, allow_loss: bool) -> String {
             let _ = writeln!(o, "delivery: durable consumers with acks");
         }
         (None, false) => {}
+    }
+    if let Some(replay) = &r.replay {
+        let _ = writeln!(
+            o,
+            "replay: start {}, prefill {} per publisher per topic ({} published in {})",
+            replay.start,
+            grouped(replay.prefill as f64),
+            grouped(replay.prefill_published as f64),
+            seconds_text(replay.prefill_s)
+        );
     }
     let _ = writeln!(o);
     let _ = writeln!(
@@ -326,7 +402,29 @@ pub fn table(r: &BenchResult, allow_loss: bool) -> String {
         grouped(r.duplicated as f64),
         grouped(r.out_of_order as f64)
     );
+    if let Some(replay) = &r.replay {
+        let _ = writeln!(
+            o,
+            "replayed: {} of {} asked for, drained in {} ({} msgs/s; from subscribing to the \
+             last replayed message)",
+            grouped(replay.replayed as f64),
+            grouped(replay.requested as f64),
+            seconds_text(replay.drain_s),
+            grouped(replay.msgs_per_s)
+        );
+        if replay.not_retained > 0 {
+            let _ = writeln!(
+                o,
+                "not retained (start all: older than the oldest replayed, not asked for): {}",
+                grouped(replay.not_retained as f64)
+            );
+        }
+    }
     let extra = [
+        (
+            "missed, announced by the broker (GAP; not counted as lost)",
+            r.gap_missed,
+        ),
         ("misrouted", r.misrouted),
         ("corrupt", r.corrupt),
         ("dropped (reported by the target)", r.dropped_reported),
@@ -367,7 +465,16 @@ pub fn table(r: &BenchResult, allow_loss: bool) -> String {
     } else {
         "open loop: from each message's scheduled send time"
     };
-    let _ = writeln!(o, "({} messages timed, {timing})", grouped(l.count as f64));
+    let replayed = if r.replay.is_some() {
+        "; replayed messages are not timed"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        o,
+        "({} messages timed, {timing}{replayed})",
+        grouped(l.count as f64)
+    );
     for message in &r.error_messages {
         let _ = writeln!(o, "error: {message}");
     }
@@ -568,6 +675,7 @@ mod tests {
             phantom: 0,
             histogram: &h,
             error_messages: Vec::new(),
+            replay: None,
         })
     }
 
@@ -580,6 +688,14 @@ mod tests {
         let mut r = result(0, 0);
         r.delivered = 0;
         assert!(verdict(&r, true).is_err());
+        // A GAP fails a live-only run (a consumer fell behind the ring), not a replay that
+        // asked for more than was retained.
+        let mut r = result(0, 0);
+        r.gap_missed = 5;
+        assert!(verdict(&r, false).unwrap_err()[0].contains("5 messages evicted"));
+        assert_eq!(verdict(&r, true), Ok(()));
+        r.replay = Some(Default::default());
+        assert_eq!(verdict(&r, false), Ok(()));
     }
 
     #[test]
@@ -613,6 +729,48 @@ mod tests {
     }
 
     #[test]
+    fn the_replay_phase_is_in_the_table_and_the_json() {
+        let mut r = result(0, 0);
+        r.gap_missed = 40;
+        r.replay = Some(ReplaySummary {
+            start: "seq:1".into(),
+            prefill: 100,
+            prefill_published: 100,
+            prefill_s: 0.002,
+            requested: 100,
+            replayed: 60,
+            not_retained: 0,
+            drain_s: 0.0005,
+            msgs_per_s: 120_000.0,
+        });
+        let text = table(&r, false);
+        assert!(text.contains("replay: start seq:1, prefill 100 per publisher per topic (100 published in 2.00 ms)"), "{text}");
+        assert!(
+            text.contains("replayed: 60 of 100 asked for, drained in 500 us (120,000 msgs/s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("announced by the broker (GAP; not counted as lost): 40"),
+            "{text}"
+        );
+        assert!(text.contains("replayed messages are not timed"), "{text}");
+        assert!(
+            text.contains("result: PASS"),
+            "a GAP is not a failure: {text}"
+        );
+        let back: BenchResult = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.replay, r.replay);
+        assert_eq!(back.gap_missed, 40);
+        // Results saved before replay existed still load.
+        let mut old = serde_json::to_value(result(0, 0)).unwrap();
+        let object = old.as_object_mut().unwrap();
+        object.remove("replay");
+        object.remove("gap_missed");
+        let back: BenchResult = serde_json::from_value(old).unwrap();
+        assert_eq!((back.replay, back.gap_missed), (None, 0));
+    }
+
+    #[test]
     fn axis_labels() {
         assert_eq!(percentile_label(0.0), "0%");
         assert_eq!(percentile_label(1.0), "90%");
@@ -622,6 +780,9 @@ mod tests {
         assert_eq!(latency_label(2500.0), "2.5ms");
         assert_eq!(grouped(1234567.4), "1,234,567");
         assert_eq!(grouped(12.0), "12");
+        assert_eq!(seconds_text(2.5), "2.50 s");
+        assert_eq!(seconds_text(0.0034), "3.40 ms");
+        assert_eq!(seconds_text(0.00012), "120 us");
         assert!((x_of(99.9) - 3.0).abs() < 1e-9);
     }
 

@@ -161,9 +161,13 @@ pub enum Event<'a> {
     ServerPing,
     /// corebus dropped this many messages for a slow subscription.
     Dropped(u64),
-    /// corebus (v2) says this many messages a subscription asked for were already evicted
-    /// (a replay start too far back, or a durable consumer's backlog outrun by the ring).
-    Gap(u64),
+    /// corebus (v2) says `missed` messages subscription `topic` asked for were already
+    /// evicted (a replay start too far back, or a durable consumer's backlog outrun by the
+    /// ring).
+    Gap { topic: Option<u32>, missed: u64 },
+    /// corebus confirmed a publish the bench sent with [`PublishTemplate::encode_confirmed`]:
+    /// `tag` as given there, `seq` the sequence number the topic gave the message.
+    Sequenced { tag: u32, seq: u64 },
     /// The server reported an error.
     Error(String),
     /// Anything else the bench does not act on (NATS INFO, unexpected replies).
@@ -223,10 +227,23 @@ fn decode_corebus(buf: &[u8], frame_max: usize) -> Result<Option<(Event<'_>, usi
             seq,
             delivery_count,
         },
+        Frame::Ok { request_id, data } if request_id & CONFIRM_ID_BIT != 0 => {
+            let seq = data
+                .first_chunk::<8>()
+                .map(|bytes| u64::from_be_bytes(*bytes))
+                .ok_or_else(|| WireError("a publish confirm without a sequence number".into()))?;
+            Event::Sequenced {
+                tag: request_id & !CONFIRM_ID_BIT,
+                seq,
+            }
+        }
         Frame::Ok { data, .. } => Event::Ok(data),
         Frame::Pong { .. } => Event::Pong,
         Frame::Dropped { count, .. } => Event::Dropped(count),
-        Frame::Gap { missed, .. } => Event::Gap(missed),
+        Frame::Gap { sub_id, missed, .. } => Event::Gap {
+            topic: Some(sub_id),
+            missed,
+        },
         Frame::Err { code, message, .. } => {
             let name = crate::error::ErrorCode::from_u16(code)
                 .map_or_else(|| format!("code {code}"), |c| c.as_str().to_string());
@@ -236,6 +253,10 @@ fn decode_corebus(buf: &[u8], frame_max: usize) -> Result<Option<(Event<'_>, usi
     };
     Ok(Some((event, used)))
 }
+
+/// Set in the request id of every publish the bench wants confirmed (prefill), and only
+/// there: the bench's other request ids (HELLO 1, SUBSCRIBE from 2, PING) stay far below it.
+pub const CONFIRM_ID_BIT: u32 = 1 << 31;
 
 /// The largest corebus frame to accept before the broker's HELLO reply names its limit.
 pub const COREBUS_FRAME_MAX_DEFAULT: usize = (1 << 20) + FRAME_OVERHEAD_MAX;
@@ -284,8 +305,6 @@ pub fn encode_setup_with(
     out: &mut Vec<u8>,
 ) -> u32 {
     debug_assert!(target == Target::Corebus || options.is_default());
-    let mut option_bytes = Vec::new();
-    options.encode(&mut option_bytes);
     let subscriptions = if role == Role::Subscriber {
         subscriptions
     } else {
@@ -299,16 +318,7 @@ pub fn encode_setup_with(
                 client_name: client_name.as_bytes(),
             }
             .encode(out);
-            for (i, (index, name)) in subscriptions.iter().enumerate() {
-                Frame::Subscribe {
-                    request_id: 2 + i as u32,
-                    sub_id: *index,
-                    topic: name.as_bytes(),
-                    options: &option_bytes,
-                }
-                .encode(out);
-            }
-            1 + subscriptions.len() as u32
+            1 + encode_corebus_subscriptions(subscriptions, options, out)
         }
         Target::Redis => {
             if subscriptions.is_empty() {
@@ -330,6 +340,28 @@ pub fn encode_setup_with(
             1
         }
     }
+}
+
+/// Appends a corebus SUBSCRIBE for each of `subscriptions` (`(topic index, name)`, the index
+/// doubling as subscription id), with `options`, on a connection already handshaken (also the
+/// second half of [`encode_setup_with`]). Returns how many OKs mean they all took effect.
+pub fn encode_corebus_subscriptions(
+    subscriptions: &[(u32, String)],
+    options: &SubscribeOptions,
+    out: &mut Vec<u8>,
+) -> u32 {
+    let mut option_bytes = Vec::new();
+    options.encode(&mut option_bytes);
+    for (i, (index, name)) in subscriptions.iter().enumerate() {
+        Frame::Subscribe {
+            request_id: 2 + i as u32,
+            sub_id: *index,
+            topic: name.as_bytes(),
+            options: &option_bytes,
+        }
+        .encode(out);
+    }
+    subscriptions.len() as u32
 }
 
 /// Appends a PING whose PONG tells a publisher the server has read everything before it.
@@ -403,6 +435,37 @@ impl PublishTemplate {
             suffix,
             payload_len,
         }
+    }
+
+    /// A corebus publish that the broker answers with an OK carrying the message's sequence
+    /// number; write it with [`encode_confirmed`](Self::encode_confirmed).
+    pub fn confirmed(topic: &str, payload_len: usize) -> PublishTemplate {
+        let payload = vec![0u8; payload_len];
+        let mut frame = Vec::new();
+        Frame::Publish {
+            request_id: CONFIRM_ID_BIT,
+            quiet: false,
+            topic: topic.as_bytes(),
+            reply_to: None,
+            payload: &payload,
+        }
+        .encode(&mut frame);
+        frame.truncate(frame.len() - payload_len);
+        PublishTemplate {
+            prefix: frame,
+            suffix: b"",
+            payload_len,
+        }
+    }
+
+    /// Appends one publish made by [`confirmed`](Self::confirmed), whose OK decodes as
+    /// [`Event::Sequenced`] with this `tag` (below 2^31).
+    pub fn encode_confirmed(&self, out: &mut Vec<u8>, tag: u32, head: &[u8], fill: &[u8]) {
+        debug_assert!(tag & CONFIRM_ID_BIT == 0);
+        let at = out.len();
+        self.encode(out, head, fill);
+        // The request id is the header's last field (offset 8, see `protocol::native`).
+        out[at + 8..at + 12].copy_from_slice(&(tag | CONFIRM_ID_BIT).to_be_bytes());
     }
 
     /// Appends one publish whose payload is `head` followed by `fill` (together exactly the
@@ -801,6 +864,47 @@ mod tests {
     }
 
     #[test]
+    fn confirmed_publishes_carry_their_tag_and_decode_their_confirm() {
+        let template = PublishTemplate::confirmed("bench.a.t3", 30);
+        let mut out = vec![9u8; 3];
+        template.encode_confirmed(&mut out, 77, &[7; 24], &[b'x'; 6]);
+        let mut payload = vec![7u8; 24];
+        payload.extend_from_slice(&[b'x'; 6]);
+        let mut expected = vec![9u8; 3];
+        Frame::Publish {
+            request_id: CONFIRM_ID_BIT | 77,
+            quiet: false,
+            topic: b"bench.a.t3",
+            reply_to: None,
+            payload: &payload,
+        }
+        .encode(&mut expected);
+        assert_eq!(out, expected);
+        let mut confirm = Vec::new();
+        Frame::Ok {
+            request_id: CONFIRM_ID_BIT | 77,
+            data: &42u64.to_be_bytes(),
+        }
+        .encode(&mut confirm);
+        Frame::Ok {
+            request_id: 2,
+            data: &[0; 16],
+        }
+        .encode(&mut confirm);
+        assert_eq!(
+            all(Target::Corebus, &confirm),
+            vec![Event::Sequenced { tag: 77, seq: 42 }, Event::Ok(&[0; 16])]
+        );
+        let mut short = Vec::new();
+        Frame::Ok {
+            request_id: CONFIRM_ID_BIT,
+            data: &[1, 2],
+        }
+        .encode(&mut short);
+        assert!(decode(Target::Corebus, &short, 1 << 20).is_err());
+    }
+
+    #[test]
     fn redis_and_nats_templates() {
         let mut out = Vec::new();
         PublishTemplate::new(Target::Redis, "a.t1", 3).encode(&mut out, b"hi", b"!");
@@ -954,6 +1058,12 @@ mod tests {
         }
         .encode(&mut buf);
         Frame::Pong { request_id: 3 }.encode(&mut buf);
+        Frame::Gap {
+            sub_id: 4,
+            missed: 11,
+            resume_seq: 12,
+        }
+        .encode(&mut buf);
         Frame::Err {
             request_id: 0,
             code: 7,
@@ -972,6 +1082,10 @@ mod tests {
                 },
                 Event::Dropped(9),
                 Event::Pong,
+                Event::Gap {
+                    topic: Some(4),
+                    missed: 11
+                },
                 Event::Error("SLOW_CONSUMER: too slow".into()),
             ]
         );
