@@ -107,6 +107,9 @@ pub struct ServeArgs {
     /// Most bytes CREATE_TOPIC may ask one topic to retain.
     #[arg(long = "topic-replay-bytes-max", env = "COREBUS_TOPIC_REPLAY_BYTES_MAX", default_value_t = Config::default().topic_replay_bytes_max)]
     pub topic_replay_bytes_max: usize,
+    /// Topics CREATE_TOPIC may make, across all shards.
+    #[arg(long = "created-topics-max", env = "COREBUS_CREATED_TOPICS_MAX", default_value_t = Config::default().created_topics_max)]
+    pub created_topics_max: usize,
     /// A durable consumer with no subscription is removed after this long, e.g. `1h`.
     #[arg(long = "consumer-ttl", env = "COREBUS_CONSUMER_TTL", default_value = "1h", value_parser = parse_duration_ms)]
     pub consumer_ttl_ms: u64,
@@ -309,6 +312,7 @@ impl ServeArgs {
             replay_ttl_ms: self.replay_ttl_ms,
             topic_replay_messages_max: self.topic_replay_messages_max,
             topic_replay_bytes_max: self.topic_replay_bytes_max,
+            created_topics_max: self.created_topics_max,
             consumer_ttl_ms: self.consumer_ttl_ms,
             redelivery_backoff_max_ms: self.redelivery_backoff_max_ms,
             consumer_in_flight_max: self.consumer_in_flight_max,

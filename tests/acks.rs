@@ -656,7 +656,7 @@ fn an_acked_pattern_group_nacks_redelivers_and_dead_letters_per_topic() {
     let codes: Vec<_> = errors.iter().map(|e| e.code()).collect();
     assert_eq!(
         codes,
-        [Some(ErrorCode::BadFrame), Some(ErrorCode::BadTopic)],
+        [Some(ErrorCode::BadTopic), Some(ErrorCode::BadTopic)],
         "{errors:?}"
     );
 }
@@ -777,4 +777,216 @@ fn request_reply_inboxes_do_not_use_up_the_topic_limit() {
     service.join().unwrap();
     let (errors, _) = requester.take_async_errors();
     assert!(errors.is_empty(), "{errors:?}");
+}
+
+fn acked_pattern_group(name: &str, acks: AckSettings) -> SubscribeOptions {
+    SubscribeOptions {
+        sharing: Sharing::Group(name.into()),
+        acks: Some(acks),
+        ..SubscribeOptions::default()
+    }
+}
+
+fn drain_payloads(subscription: &mut Subscription, wait: Duration) -> Vec<String> {
+    std::thread::sleep(wait);
+    let mut got = Vec::new();
+    while let Some(message) = subscription.try_recv().unwrap() {
+        got.push(String::from_utf8(message.payload).unwrap());
+    }
+    got
+}
+
+#[test]
+fn a_dead_letter_pattern_group_acks_its_letters_without_nesting_them() {
+    let broker = start(config(2));
+    let addr = broker.native_addr();
+    let mut ops = client(addr);
+    let mut letters = ops
+        .subscribe_with("$dlq.>", acked_pattern_group("ops", acks(16, 200, 2)))
+        .unwrap();
+    let mut worker = client(addr);
+    let mut jobs = worker
+        .subscribe_with("jobs", consumer("w", acks(16, 60_000, 1)))
+        .unwrap();
+    client(addr).publish_confirmed("jobs", b"poison").unwrap();
+    let job = jobs.recv_timeout(WAIT).unwrap();
+    worker.nack_message(&jobs, &job).unwrap();
+    let letter = letters.recv_timeout(WAIT).unwrap();
+    assert_eq!(letter.topic, "$dlq.jobs");
+    ops.ack_message(&letters, &letter).unwrap();
+    ops.ping().unwrap();
+    assert_eq!(ops.take_async_errors().0, []);
+    // Acked, so neither redelivered after ack_wait nor dead-lettered again.
+    assert!(letters.recv_timeout(Duration::from_millis(600)).is_err());
+}
+
+#[test]
+fn an_acked_pattern_group_frees_idle_topic_consumers_and_refuses_what_it_cannot_take() {
+    let mut config = config(1);
+    config.consumers_max = 2;
+    config.topic_idle_ttl_ms = 100;
+    let broker = start(config);
+    let addr = broker.native_addr();
+    let mut worker = client(addr);
+    let mut jobs = worker
+        .subscribe_with("jobs.*", acked_pattern_group("w", acks(16, 60_000, 5)))
+        .unwrap();
+    let mut publisher = client(addr);
+    for topic in ["jobs.a", "jobs.b"] {
+        publisher.publish_confirmed(topic, b"x").unwrap();
+        let message = jobs.recv_timeout(WAIT).unwrap();
+        worker.ack_message(&jobs, &message).unwrap();
+    }
+    // Both consumers exist: a third topic cannot get one, and its publish says so instead of
+    // being accepted without the group's guarantee...
+    let refused = publisher.publish_confirmed("jobs.c", b"early").unwrap_err();
+    assert_eq!(refused.server_code(), Some(ErrorCode::TooManyConsumers));
+    // ...until the caught-up consumers of the idle topics are freed.
+    assert!(eventually(Duration::from_secs(5), || publisher
+        .publish_confirmed("jobs.c", b"c")
+        .is_ok()));
+    let message = jobs.recv_timeout(WAIT).unwrap();
+    assert_eq!(
+        (message.topic.as_str(), &message.payload[..]),
+        ("jobs.c", &b"c"[..])
+    );
+}
+
+#[test]
+fn request_reply_inboxes_are_not_taken_by_a_catch_all_acked_group() {
+    let mut config = config(1);
+    config.consumers_max = 4;
+    let broker = start(config);
+    let addr = broker.native_addr();
+    let mut audit = client(addr);
+    let _everything = audit
+        .subscribe_with(">", acked_pattern_group("audit", acks(1024, 60_000, 5)))
+        .unwrap();
+    let mut responder = client(addr);
+    let mut service = responder.subscribe("svc").unwrap();
+    let serving = std::thread::spawn(move || {
+        for _ in 0..6 {
+            let request = service.recv_timeout(WAIT).unwrap();
+            responder.reply(&request, b"pong").unwrap();
+        }
+    });
+    let mut requester = client(addr);
+    for _ in 0..6 {
+        requester.request("svc", b"ping", WAIT).unwrap();
+    }
+    serving.join().unwrap();
+    // The group holds a consumer for `svc` only; durable consumers still fit.
+    let durable = client(addr).subscribe_with("orders", consumer("d", acks(16, 60_000, 5)));
+    assert!(durable.is_ok(), "{:?}", durable.err());
+}
+
+#[test]
+fn a_pattern_groups_settings_are_checked_on_every_shard_even_in_a_race() {
+    let broker = start(config(2));
+    let addr = broker.native_addr();
+    for round in 0..20 {
+        let pattern = format!("race{round}.*");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let joins: Vec<_> = [(0u16, false), (1, true)]
+            .into_iter()
+            .map(|(shard, acked)| {
+                let (barrier, pattern) = (barrier.clone(), pattern.clone());
+                let mut member = client_on_shard(addr, shard);
+                std::thread::spawn(move || {
+                    let options = SubscribeOptions {
+                        sharing: Sharing::Group("g".into()),
+                        acks: acked.then(|| acks(16, 60_000, 5)),
+                        ..SubscribeOptions::default()
+                    };
+                    barrier.wait();
+                    let joined = member.subscribe_with(&pattern, options).map(drop);
+                    (joined.map_err(|e| e.server_code()), member)
+                })
+            })
+            .collect();
+        let results: Vec<_> = joins.into_iter().map(|j| j.join().unwrap()).collect();
+        let joined = results.iter().filter(|(r, _)| r.is_ok()).count();
+        assert!(
+            joined <= 1,
+            "round {round}: both joined with different settings"
+        );
+        for (result, _) in &results {
+            if let Err(code) = result {
+                assert_eq!(*code, Some(ErrorCode::ConsumerInUse));
+            }
+        }
+    }
+}
+
+#[test]
+fn an_acked_pattern_group_is_durable_and_keeps_its_settings() {
+    let broker = start(config(2));
+    let addr = broker.native_addr();
+    let mut publisher = client(addr);
+    let settings = acks(16, 60_000, 5);
+    let mut first = client(addr);
+    let subscription = first
+        .subscribe_with("re.*", acked_pattern_group("g", settings))
+        .unwrap();
+    publisher.publish_confirmed("re.a", b"0").unwrap();
+    let mut subscription = subscription;
+    let message = subscription.recv_timeout(WAIT).unwrap();
+    first.ack_message(&subscription, &message).unwrap();
+    first.unsubscribe(subscription).unwrap();
+    for i in 1..=3 {
+        publisher
+            .publish_confirmed("re.a", i.to_string().as_bytes())
+            .unwrap();
+    }
+    // Coming back with other settings would change what the kept consumer promised.
+    let mut second = client(addr);
+    let refused = second
+        .subscribe_with("re.*", acked_pattern_group("g", acks(1, 60_000, 5)))
+        .err()
+        .unwrap();
+    assert_eq!(refused.server_code(), Some(ErrorCode::ConsumerInUse));
+    // With the same settings the group resumes where it stopped, like an exact group.
+    let mut resumed = second
+        .subscribe_with("re.*", acked_pattern_group("g", settings))
+        .unwrap();
+    publisher.publish_confirmed("re.a", b"4").unwrap();
+    let got = drain_payloads(&mut resumed, Duration::from_millis(300));
+    assert_eq!(got, ["1", "2", "3", "4"]);
+}
+
+#[test]
+fn a_member_joining_later_gets_its_share_of_existing_topic_consumers() {
+    let broker = start(config(3));
+    let addr = broker.native_addr();
+    let topics: Vec<String> = (0..3)
+        .map(|owner| topic_owned_by("late", owner, 3))
+        .collect();
+    let settings = acks(1024, 60_000, 5);
+    let mut first = client_on_shard(addr, 0);
+    let mut early = first
+        .subscribe_with("late.*", acked_pattern_group("g", settings))
+        .unwrap();
+    let mut publisher = client(addr);
+    for topic in &topics {
+        publisher.publish_confirmed(topic, b"early").unwrap();
+    }
+    for _ in 0..3 {
+        let message = early.recv_timeout(WAIT).unwrap();
+        first.ack_message(&early, &message).unwrap();
+    }
+    let mut second = client_on_shard(addr, 1);
+    let mut late = second
+        .subscribe_with("late.*", acked_pattern_group("g", settings))
+        .unwrap();
+    for _ in 0..10 {
+        for topic in &topics {
+            publisher.publish_confirmed(topic, b"late").unwrap();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut topics_seen = std::collections::HashSet::new();
+    while let Some(message) = late.try_recv().unwrap() {
+        topics_seen.insert(message.topic);
+    }
+    assert_eq!(topics_seen.len(), 3, "{topics_seen:?}");
 }

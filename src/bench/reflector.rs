@@ -313,7 +313,19 @@ fn reflect(
                 data: &[],
             },
         ),
-        // Acks, topic creation and server-to-client frames need nothing here.
+        Frame::CreateTopic { request_id, .. } => {
+            let code = crate::error::ErrorCode::UnsupportedOption.as_u16();
+            let message = b"the reflector keeps no topics to create";
+            reply(
+                connections,
+                Frame::Err {
+                    request_id,
+                    code,
+                    message,
+                },
+            );
+        }
+        // Acks and server-to-client frames need nothing here.
         _ => {}
     }
 }

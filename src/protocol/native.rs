@@ -104,7 +104,8 @@
 //!
 //! Options are a sequence of entries `tag: u8`, `len: u16`, `value: [u8; len]`, defined in
 //! [`crate::protocol::subscribe_options`] (v2: `START`, where the subscription begins in the
-//! topic's history). A connection that negotiated v1 must send none (`UNSUPPORTED_OPTION`);
+//! topic's history; `CONSUMER`, `GROUP` and `ACKS`, durable consumers, groups and
+//! at-least-once delivery). A connection that negotiated v1 must send none (`UNSUPPORTED_OPTION`);
 //! the codec itself returns the raw bytes without parsing them.
 //!
 //! ### UNSUBSCRIBE (`0x04`)

@@ -1,5 +1,5 @@
-//! SUBSCRIBE options (native protocol v2): where a subscription starts, and (later) durable
-//! consumer, acknowledgement and group settings.
+//! SUBSCRIBE options (native protocol v2): where a subscription starts, and durable consumer,
+//! acknowledgement and group settings.
 //!
 //! Options travel after the topic in a SUBSCRIBE body as TLV entries (`tag: u8`, `len: u16`,
 //! `value`), so a receiver can skip an entry it does not know; this broker refuses unknown

@@ -337,22 +337,6 @@ impl Shard {
             );
             return Flow::Continue;
         }
-        if kind == SubjectKind::Pattern && pattern_group {
-            let group = consumer.unwrap_or_default();
-            let same = self
-                .pattern_groups
-                .settings(subject, group)
-                .is_none_or(|acks| acks == options.acks);
-            if !same {
-                self.reply_err(
-                    id,
-                    request_id,
-                    ErrorCode::ConsumerInUse,
-                    "that pattern group exists with other ACKS settings",
-                );
-                return Flow::Continue;
-            }
-        }
         let subscriptions_max = self.config.subscriptions_per_connection_max;
         let Some(conn) = self.connection_mut(id) else {
             return Flow::Stop;
@@ -446,13 +430,18 @@ impl Shard {
                     });
             }
             SubjectKind::Pattern if pattern_group => {
-                self.record_subscription(subscriber, record);
                 let group = consumer.expect("a pattern group has a name");
                 let member = Member {
                     shard: self.id,
                     subscriber,
                 };
-                self.join_pattern_group_here(subject, group, member, options.acks);
+                if let Err(code) =
+                    self.join_pattern_group_here(subject, group, member, options.acks)
+                {
+                    self.reply_err(id, request_id, code, GROUP_SETTINGS_DIFFER);
+                    return Flow::Continue;
+                }
+                self.record_subscription(subscriber, record);
                 let peers = (self.shard_count - 1) as u32;
                 if peers == 0 {
                     self.reply_ok(id, request_id, &[]);
@@ -515,6 +504,7 @@ impl Shard {
             kind,
             consumer: None,
             acks_remaining: acks,
+            refused: None,
         });
         Ticket(key as u32)
     }
@@ -694,6 +684,35 @@ impl Shard {
                 ticket,
             });
         }
+    }
+
+    /// A shard refused a pattern group join that the others may have recorded: the member
+    /// leaves everywhere (unless the subscription is already gone) and the SUBSCRIBE gets ERR.
+    pub(super) fn take_back_pattern_group_join(
+        &mut self,
+        subscriber: Subscriber,
+        (request_id, subject): (u32, &str),
+        code: ErrorCode,
+    ) {
+        let record = self
+            .connection_mut(subscriber.connection)
+            .and_then(|conn| {
+                let same = conn
+                    .subscriptions
+                    .get(&subscriber.sub_id)
+                    .is_some_and(|record| &*record.subject == subject);
+                same.then(|| conn.subscriptions.remove(&subscriber.sub_id))
+            })
+            .flatten();
+        if let Some(record) = record {
+            self.leave_pattern_group(subscriber, &record, None);
+        }
+        self.reply_err(
+            subscriber.connection,
+            request_id,
+            code,
+            GROUP_SETTINGS_DIFFER,
+        );
     }
 
     /// Tells a topic's owner that one subscription from this shard is gone (for a consumer:
@@ -902,7 +921,9 @@ impl Shard {
             Err(code) => {
                 let reason = match code {
                     ErrorCode::TopicExists => "the topic exists already",
-                    ErrorCode::TooManyTopics => "the broker holds --topics-max topics",
+                    ErrorCode::TooManyTopics => {
+                        "the broker holds --topics-max topics, or --created-topics-max created ones"
+                    }
                     _ => "the topic was not created",
                 };
                 self.reply_err(reply.connection, reply.request_id, code, reason);
@@ -940,6 +961,10 @@ impl Shard {
     }
 }
 
+/// Why a pattern group join was refused by some shard.
+pub(super) const GROUP_SETTINGS_DIFFER: &str =
+    "that group exists with other ACKS settings (or it did, and its consumers still do)";
+
 /// The topic and the consumer (its name in that topic) an ACK frame is for.
 type AckTarget = (Box<str>, Box<str>);
 
@@ -962,13 +987,17 @@ fn ack_target(
             "the ACK names a topic other than its subscription's",
         )),
         SubjectKind::Pattern if named_topic.is_empty() => Err((
-            ErrorCode::BadFrame,
+            ErrorCode::BadTopic,
             "an ACK for a pattern group must name the message's topic",
         )),
         SubjectKind::Pattern => {
-            let topic = topic::parse_publish_topic(named_topic)
+            // Reserved names too: a `$dlq.>` group acks dead letters.
+            let topic = topic::parse_subscription(named_topic)
                 .ok()
-                .filter(|topic| topic::pattern_matches(&record.subject, topic))
+                .filter(|&(topic, kind)| {
+                    kind == SubjectKind::Exact && topic::pattern_matches(&record.subject, topic)
+                })
+                .map(|(topic, _)| topic)
                 .ok_or((
                     ErrorCode::BadTopic,
                     "the ACK names a topic its pattern does not match",

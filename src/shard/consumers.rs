@@ -69,6 +69,11 @@ pub struct Consumer {
     due_scratch: Vec<Due<Unacked>>,
     /// Reused by group acks, so acking allocates nothing once warm.
     seq_scratch: Vec<u64>,
+    acks: Option<AckSettings>,
+    /// Made by the owner for a pattern group rather than asked for by a subscription: it may
+    /// be dropped when it has nothing to remember (caught up, nothing in flight) and its topic
+    /// is idle, and made again on the next message without losing anything.
+    pub made_for_pattern: bool,
 }
 
 impl Consumer {
@@ -94,7 +99,14 @@ impl Consumer {
             detached_since_ns: Some(0),
             due_scratch: Vec::new(),
             seq_scratch: Vec::new(),
+            acks,
+            made_for_pattern: false,
         }
+    }
+
+    /// The ACKS settings it was made with.
+    pub fn settings(&self) -> Option<AckSettings> {
+        self.acks
     }
 
     pub fn takes_acks(&self) -> bool {

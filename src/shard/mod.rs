@@ -81,6 +81,9 @@ struct PendingSubscribe {
     /// For a consumer subscription, so a late ack can detach it if it went away meanwhile.
     consumer: Option<Box<str>>,
     acks_remaining: u32,
+    /// A shard refused a pattern group join: answer ERR and take the join back when all
+    /// have answered.
+    refused: Option<crate::error::ErrorCode>,
 }
 
 /// Where a client's frame could not go this turn.
@@ -174,6 +177,9 @@ impl Shard {
         shard
             .owned
             .set_consumers_max(shard.config.consumers_per_shard_max());
+        shard
+            .owned
+            .set_created_max(shard.config.created_topics_per_shard_max());
         shard
     }
 

@@ -16,8 +16,8 @@ use crate::message::Message;
 use crate::protocol::native::Frame;
 use crate::protocol::subscribe_options::AckSettings;
 use crate::protocol::subscribe_options::Start;
-use crate::protocol::topic::SubjectKind;
 use crate::protocol::topic::TOPIC_BYTES_MAX;
+use crate::protocol::topic::{pattern_matches, SubjectKind};
 use crate::shard::consumers::{ConsumerAction, Member};
 use crate::shard::pattern_groups::consumer_key;
 
@@ -45,8 +45,8 @@ impl Shard {
     /// matching subscription (delivering directly to this shard's own subscribers).
     /// The caller has checked `terminal_room`.
     pub(super) fn sequence_and_fan_out(&mut self, mut message: Message) -> Result<u64, ErrorCode> {
-        if !self.pattern_groups.is_empty() {
-            self.ensure_pattern_group_consumers(message.topic());
+        if self.pattern_groups.has_acked() {
+            self.ensure_pattern_group_consumers(message.topic())?;
         }
         let mut actions = std::mem::take(&mut self.consumer_actions);
         let sequenced = self.owned.sequence(
@@ -288,13 +288,12 @@ impl Shard {
                 acks,
                 ticket,
             } => {
-                self.join_pattern_group_here(&pattern, &group, member, acks);
+                let result = self
+                    .join_pattern_group_here(&pattern, &group, member, acks)
+                    .map(|()| Subscribed::default());
                 self.link_mut(from)
                     .terminals_out
-                    .push(Terminal::SubscribeAck {
-                        ticket,
-                        result: Ok(Subscribed::default()),
-                    });
+                    .push(Terminal::SubscribeAck { ticket, result });
             }
             OwnerRequest::PatternGroupLeave {
                 pattern,
@@ -350,12 +349,26 @@ impl Shard {
                     return;
                 };
                 pending.acks_remaining -= 1;
+                if let Err(code) = &result {
+                    pending.refused.get_or_insert(*code);
+                }
                 let pending = &self.pending_subscribes[key];
                 if pending.kind == SubjectKind::Pattern || pending.acks_remaining > 0 {
                     // A pattern waits for every shard; acks carry nothing else for it.
                     if pending.acks_remaining == 0 {
                         let pending = self.pending_subscribes.remove(key);
-                        self.reply_ok(pending.subscriber.connection, pending.request_id, &[]);
+                        match pending.refused {
+                            None => self.reply_ok(
+                                pending.subscriber.connection,
+                                pending.request_id,
+                                &[],
+                            ),
+                            Some(code) => self.take_back_pattern_group_join(
+                                pending.subscriber,
+                                (pending.request_id, &pending.subject),
+                                code,
+                            ),
+                        }
                     }
                     return;
                 }
@@ -475,80 +488,79 @@ impl Shard {
         }
     }
 
-    /// Redeliveries and dead letters that are due, and expired idle consumers. Returns when
-    /// it next has something to do.
     /// Records a pattern group member on this shard; with acks, also on the group's
-    /// consumers of the matching topics this shard owns.
+    /// consumers of the matching topics this shard owns. Refused (`CONSUMER_IN_USE`) when the
+    /// group, or its consumers here, were made with other ACKS settings: every shard checks,
+    /// so a group cannot be at-least-once on one owner and at-most-once on another.
     pub(super) fn join_pattern_group_here(
         &mut self,
         pattern: &str,
         group: &str,
         member: Member,
         acks: Option<AckSettings>,
-    ) {
+    ) -> Result<(), ErrorCode> {
+        let key = consumer_key(pattern, group);
+        let same_group = self
+            .pattern_groups
+            .settings(pattern, group)
+            .is_none_or(|settings| settings == acks);
+        if !same_group || !self.owned.group_consumers_accept((pattern, &key), acks) {
+            return Err(ErrorCode::ConsumerInUse);
+        }
         self.pattern_groups.join(pattern, group, member, acks);
         if acks.is_some() {
-            self.change_group_members(pattern, group, member, true);
+            self.change_group_members((pattern, &key), member, true);
         }
+        Ok(())
     }
 
     /// Drops a pattern group member on this shard; what it had not acknowledged on topics
     /// owned here goes to the other members.
     pub(super) fn leave_pattern_group_here(&mut self, pattern: &str, group: &str, member: Member) {
-        let acked = self
-            .pattern_groups
-            .settings(pattern, group)
-            .is_some_and(|acks| acks.is_some());
         self.pattern_groups.leave(pattern, group, member);
-        if acked {
-            self.change_group_members(pattern, group, member, false);
-        }
+        // Whatever the group's settings here, a consumer must not keep a member that left.
+        self.change_group_members((pattern, &consumer_key(pattern, group)), member, false);
     }
 
-    fn change_group_members(&mut self, pattern: &str, group: &str, member: Member, joining: bool) {
-        let key = consumer_key(pattern, group);
+    fn change_group_members(&mut self, group: (&str, &str), member: Member, joining: bool) {
         let mut due = Vec::new();
         self.owned
-            .change_group_members((pattern, &key), member, joining, unix_time_ns(), &mut due);
+            .change_group_members(group, member, joining, unix_time_ns(), &mut due);
         for (topic, action) in due {
             self.carry_out(&topic, &mut vec![action]);
         }
     }
 
     /// Gives every at-least-once pattern group matching the message's topic its consumer on
-    /// the topic, so the sequencing that follows pumps the message to it.
-    fn ensure_pattern_group_consumers(&mut self, topic: &str) {
+    /// the topic, so the sequencing that follows pumps the message to it. When one cannot be
+    /// made (`--consumers-max`, `--topics-max`) the publish is refused: accepting it would
+    /// break a group's at-least-once promise without anyone knowing.
+    fn ensure_pattern_group_consumers(&mut self, topic: &str) -> Result<(), ErrorCode> {
         let backoff_max_ns = self
             .config
             .redelivery_backoff_max_ms
             .saturating_mul(1_000_000);
         let now_ns = unix_time_ns();
         let owned = &mut self.owned;
-        let mut refused = 0;
+        let mut result = Ok(());
         self.pattern_groups.for_each_acked(topic, |group| {
-            if owned
-                .ensure_group_consumer(topic, group, now_ns, backoff_max_ns)
-                .is_err()
-            {
-                refused += 1;
+            if result.is_ok() {
+                result = owned.ensure_group_consumer(topic, group, now_ns, backoff_max_ns);
             }
         });
-        if refused > 0 {
-            // At --consumers-max (or --topics-max): the groups miss this message. Counted as
-            // dropped; the next message tries again.
-            self.counters.dropped += refused;
-            log::debug!(
-                "event=pattern_group_consumer_refused shard={} topic={topic}",
-                self.id
-            );
-        }
+        result
     }
 
+    /// Redeliveries and dead letters that are due, and expired idle consumers. Returns when
+    /// it next has something to do.
     pub(super) fn run_consumer_timers(&mut self) -> Option<u64> {
         let now_ns = unix_time_ns();
         let ttl_ns = self.config.consumer_ttl_ms.saturating_mul(1_000_000);
+        let idle_ns = self.config.topic_idle_ttl_ms.saturating_mul(1_000_000);
         let mut due = Vec::new();
-        let next = self.owned.consumer_timers(now_ns, ttl_ns, &mut due);
+        let next = self
+            .owned
+            .consumer_timers(now_ns, (ttl_ns, idle_ns), &mut due);
         for (topic, action) in due {
             self.carry_out(&topic, &mut vec![action]);
         }
@@ -564,7 +576,10 @@ impl Shard {
             .is_some_and(|record| {
                 record.consumer.is_some()
                     && record.pending.is_none()
-                    && (record.kind == SubjectKind::Pattern || &*record.subject == topic)
+                    && match record.kind {
+                        SubjectKind::Exact => &*record.subject == topic,
+                        SubjectKind::Pattern => pattern_matches(&record.subject, topic),
+                    }
             })
     }
 

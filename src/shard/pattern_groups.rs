@@ -47,6 +47,8 @@ pub struct AckedGroup<'a> {
 
 pub struct PatternGroups {
     groups: Slab<Group>,
+    /// Groups with acks, so publishing skips the per-topic consumer check when there are none.
+    acked_len: usize,
     by_key: AHashMap<(Box<str>, Box<str>), usize>,
     matcher: Sublist<u32>,
 }
@@ -55,6 +57,7 @@ impl PatternGroups {
     pub fn new(cache_entries_max: usize) -> Self {
         PatternGroups {
             groups: Slab::new(),
+            acked_len: 0,
             by_key: AHashMap::new(),
             matcher: Sublist::new(cache_entries_max),
         }
@@ -62,6 +65,10 @@ impl PatternGroups {
 
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
+    }
+
+    pub fn has_acked(&self) -> bool {
+        self.acked_len > 0
     }
 
     /// The ack settings of an existing group: `Some(None)` for an at-most-once group, `None`
@@ -87,6 +94,7 @@ impl PatternGroups {
                 });
                 self.matcher.insert(pattern, index as u32);
                 self.by_key.insert(key, index);
+                self.acked_len += usize::from(acks.is_some());
                 index
             }
         };
@@ -103,6 +111,7 @@ impl PatternGroups {
         group.members.retain(|m| *m != leaving);
         if group.members.is_empty() {
             let group = self.groups.remove(index);
+            self.acked_len -= usize::from(group.acks.is_some());
             self.matcher.remove(&group.pattern, index as u32);
             self.by_key.remove(&(group.pattern, group.name));
         }

@@ -15,6 +15,7 @@ use crate::ids::{ShardId, Subscriber};
 use crate::mesh::message::{ConsumerRequest, Replay, Subscribed, TopicPosition};
 use crate::message::Message;
 use crate::protocol::native::AckKind;
+use crate::protocol::subscribe_options::AckSettings;
 use crate::protocol::topic::pattern_matches;
 use crate::shard::consumers::{Consumer, ConsumerAction, Member};
 use crate::shard::pattern_groups::AckedGroup;
@@ -110,6 +111,9 @@ pub struct OwnedTopics {
     consumer_topics: AHashSet<Box<str>>,
     consumers_len: usize,
     consumers_max: usize,
+    /// Topics made by CREATE_TOPIC (never reclaimed, so counted apart).
+    created_len: usize,
+    created_max: usize,
 }
 
 impl OwnedTopics {
@@ -121,6 +125,8 @@ impl OwnedTopics {
             consumer_topics: AHashSet::new(),
             consumers_len: 0,
             consumers_max: usize::MAX,
+            created_len: 0,
+            created_max: usize::MAX,
             shards,
             pattern_matches: Vec::new(),
         }
@@ -128,6 +134,11 @@ impl OwnedTopics {
 
     pub fn len(&self) -> usize {
         self.topics.len()
+    }
+
+    /// Caps the topics CREATE_TOPIC may make on this shard.
+    pub fn set_created_max(&mut self, created_max: usize) {
+        self.created_max = created_max;
     }
 
     /// Caps the durable consumers and groups this shard holds.
@@ -174,9 +185,10 @@ impl OwnedTopics {
         if self.topics.contains_key(topic) {
             return Err(ErrorCode::TopicExists);
         }
-        if self.topics.len() >= self.topics_max {
+        if self.topics.len() >= self.topics_max || self.created_len >= self.created_max {
             return Err(ErrorCode::TooManyTopics);
         }
+        self.created_len += 1;
         let mut owned = OwnedTopic::new(self.shards, replay_limits);
         owned.explicit = true;
         let position = owned.position();
@@ -279,7 +291,8 @@ impl OwnedTopics {
 
     /// Makes sure `topic` has the per-topic consumer of an at-least-once pattern group, with
     /// the group's members, before a message of the topic is sequenced. A new one starts at
-    /// the next message: a group gets what is published after it joined.
+    /// the next message: a group gets what is published after it joined. Request/reply
+    /// inboxes are answers for one requester, not work for a group, and get none.
     pub fn ensure_group_consumer(
         &mut self,
         topic: &str,
@@ -287,10 +300,11 @@ impl OwnedTopics {
         now_ns: u64,
         backoff_max_ns: u64,
     ) -> Result<(), ErrorCode> {
-        if self
-            .topics
-            .get(topic)
-            .is_some_and(|owned| owned.consumers.contains_key(group.consumer_key))
+        if topic.starts_with(INBOX_PREFIX)
+            || self
+                .topics
+                .get(topic)
+                .is_some_and(|owned| owned.consumers.contains_key(group.consumer_key))
         {
             return Ok(());
         }
@@ -300,6 +314,7 @@ impl OwnedTopics {
         let owned = self.get_or_create(topic)?;
         let mut consumer =
             Consumer::new(true, owned.last_seq + 1, Some(group.acks), backoff_max_ns);
+        consumer.made_for_pattern = true;
         for &member in group.members {
             // A group's attach never answers with actions: nothing is in flight yet.
             let attached = consumer.attach(member, now_ns, &mut Vec::new());
@@ -311,6 +326,20 @@ impl OwnedTopics {
             self.consumer_topics.insert(topic.into());
         }
         Ok(())
+    }
+
+    /// Whether every consumer of the group on a topic here was made with `acks`: a member
+    /// asking for other settings must not join them.
+    pub fn group_consumers_accept(
+        &self,
+        (pattern, consumer_key): (&str, &str),
+        acks: Option<AckSettings>,
+    ) -> bool {
+        self.consumer_topics
+            .iter()
+            .filter(|topic| pattern_matches(pattern, topic))
+            .filter_map(|topic| self.topics.get(topic)?.consumers.get(consumer_key))
+            .all(|consumer| consumer.settings() == acks)
     }
 
     /// Applies a pattern group's join (`joining`) or leave to the group's consumer on every
@@ -379,11 +408,12 @@ impl OwnedTopics {
     }
 
     /// Redeliveries and dead letters that are due, and consumers idle past `consumer_ttl_ns`
-    /// removed. Returns the earliest deadline still pending.
+    /// removed, as are pattern groups' consumers with nothing to remember on a topic idle for
+    /// `topic_idle_ns`. Returns the earliest deadline still pending.
     pub fn consumer_timers(
         &mut self,
         now_ns: u64,
-        consumer_ttl_ns: u64,
+        (consumer_ttl_ns, topic_idle_ns): (u64, u64),
         out: &mut Vec<(Box<str>, ConsumerAction)>,
     ) -> Option<u64> {
         let mut next_deadline_ns: Option<u64> = None;
@@ -400,9 +430,14 @@ impl OwnedTopics {
                 if let Some(deadline) = consumer.next_deadline_ns() {
                     next_deadline_ns = Some(next_deadline_ns.map_or(deadline, |d| d.min(deadline)));
                 }
-                let keep = consumer
-                    .detached_since_ns
-                    .is_none_or(|since| now_ns.saturating_sub(since) < consumer_ttl_ns);
+                let forgettable = consumer.made_for_pattern
+                    && consumer.next_seq > owned.last_seq
+                    && consumer.in_flight() == 0
+                    && now_ns.saturating_sub(owned.last_timestamp_ns) >= topic_idle_ns;
+                let keep = !forgettable
+                    && consumer
+                        .detached_since_ns
+                        .is_none_or(|since| now_ns.saturating_sub(since) < consumer_ttl_ns);
                 if !keep {
                     *consumers_len -= 1;
                 }
@@ -784,6 +819,11 @@ mod tests {
         sequence(&mut owned, "used", &patterns, 100).unwrap();
         assert_eq!(owned.create("used", LIMITS), Err(ErrorCode::TopicExists));
         assert_eq!(owned.create("third", LIMITS), Err(ErrorCode::TooManyTopics));
+        let mut capped = OwnedTopics::new(1, 10, LIMITS);
+        capped.set_created_max(1);
+        capped.create("one", LIMITS).unwrap();
+        assert_eq!(capped.create("two", LIMITS), Err(ErrorCode::TooManyTopics));
+        sequence(&mut capped, "used", &patterns, 100).unwrap();
         assert_eq!(owned.reclaim_idle(1_000_000, 100), 1);
         assert!(owned.get("used").is_none());
         assert!(owned.get("made").is_some(), "created explicitly, so kept");
