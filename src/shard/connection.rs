@@ -213,6 +213,45 @@ impl Outbound {
         self.pending.push_back((sub_id, Queued::Message(message)));
     }
 
+    /// Offers a delivery under the slow-consumer policy. The policy looks at every byte
+    /// already accepted for this connection, replies included. Under `drop-oldest`,
+    /// `dropped` is told the subscription of each delivery lost (the oldest queued ones, or
+    /// this one when replies alone fill the queue).
+    pub fn offer(
+        &mut self,
+        sub_id: u32,
+        message: &Message,
+        outbound_bytes_max: usize,
+        policy: SlowConsumerPolicy,
+        mut dropped: impl FnMut(u32),
+    ) -> EnqueueOutcome {
+        let incoming = message.frame_len();
+        if self.queued_bytes() + incoming <= outbound_bytes_max {
+            self.push_delivery(sub_id, message.clone());
+            return EnqueueOutcome::Queued;
+        }
+        match policy {
+            SlowConsumerPolicy::Disconnect => EnqueueOutcome::SlowConsumer,
+            SlowConsumerPolicy::DropOldest => {
+                let mut dropped_count = 0;
+                while self.queued_bytes() + incoming > outbound_bytes_max {
+                    let Some((dropped_sub, _)) = self.pop_oldest_delivery() else {
+                        break;
+                    };
+                    dropped_count += 1;
+                    dropped(dropped_sub);
+                }
+                if self.queued_bytes() + incoming > outbound_bytes_max {
+                    // Replies alone fill the queue; the newest delivery is the one lost.
+                    dropped(sub_id);
+                    return EnqueueOutcome::QueuedAfterDropping(dropped_count + 1);
+                }
+                self.push_delivery(sub_id, message.clone());
+                EnqueueOutcome::QueuedAfterDropping(dropped_count)
+            }
+        }
+    }
+
     /// Queues a GAP notice behind the messages already queued, so `resume_seq` is the next
     /// message the subscription receives. Notices are small and never dropped.
     pub fn push_gap(&mut self, sub_id: u32, missed: u64, resume_seq: u64) {
@@ -373,8 +412,8 @@ impl Connection {
         }
     }
 
-    /// Offers a delivery under the slow-consumer policy. The policy looks at every byte
-    /// already accepted for this connection, replies included.
+    /// Offers a delivery under the slow-consumer policy (see [`Outbound::offer`]); drops are
+    /// recorded on their subscriptions, to be reported with DROPPED notices.
     pub fn enqueue_delivery(
         &mut self,
         sub_id: u32,
@@ -382,37 +421,15 @@ impl Connection {
         outbound_bytes_max: usize,
         policy: SlowConsumerPolicy,
     ) -> EnqueueOutcome {
-        let incoming = message.frame_len();
-        if self.out.queued_bytes() + incoming <= outbound_bytes_max {
-            self.out.push_delivery(sub_id, message.clone());
-            return EnqueueOutcome::Queued;
-        }
-        match policy {
-            SlowConsumerPolicy::Disconnect => EnqueueOutcome::SlowConsumer,
-            SlowConsumerPolicy::DropOldest => {
-                let mut dropped = 0;
-                while self.out.queued_bytes() + incoming > outbound_bytes_max {
-                    let Some((dropped_sub, _)) = self.out.pop_oldest_delivery() else {
-                        break;
-                    };
-                    dropped += 1;
-                    if let Some(record) = self.subscriptions.get_mut(&dropped_sub) {
-                        record.dropped_unreported += 1;
-                        self.drops_unreported = true;
-                    }
+        let subscriptions = &mut self.subscriptions;
+        let drops_unreported = &mut self.drops_unreported;
+        self.out
+            .offer(sub_id, message, outbound_bytes_max, policy, |dropped_sub| {
+                if let Some(record) = subscriptions.get_mut(&dropped_sub) {
+                    record.dropped_unreported += 1;
+                    *drops_unreported = true;
                 }
-                if self.out.queued_bytes() + incoming > outbound_bytes_max {
-                    // Replies alone fill the queue; the newest delivery is the one lost.
-                    if let Some(record) = self.subscriptions.get_mut(&sub_id) {
-                        record.dropped_unreported += 1;
-                        self.drops_unreported = true;
-                    }
-                    return EnqueueOutcome::QueuedAfterDropping(dropped + 1);
-                }
-                self.out.push_delivery(sub_id, message.clone());
-                EnqueueOutcome::QueuedAfterDropping(dropped)
-            }
-        }
+            })
     }
 
     /// Appends a DROPPED notice for each subscription with unreported drops. Called only when
