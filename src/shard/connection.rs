@@ -217,7 +217,28 @@ impl Outbound {
     /// already accepted for this connection, replies included. Under `drop-oldest`,
     /// `dropped` is told the subscription of each delivery lost (the oldest queued ones, or
     /// this one when replies alone fill the queue).
+    ///
+    /// Inlined so the common case (room left: a length check and a queue push) costs no call
+    /// on the fan-out path; the policy is out of line.
+    #[inline]
     pub fn offer(
+        &mut self,
+        sub_id: u32,
+        message: &Message,
+        outbound_bytes_max: usize,
+        policy: SlowConsumerPolicy,
+        dropped: impl FnMut(u32),
+    ) -> EnqueueOutcome {
+        if self.queued_bytes() + message.frame_len() <= outbound_bytes_max {
+            self.push_delivery(sub_id, message.clone());
+            return EnqueueOutcome::Queued;
+        }
+        self.offer_over_limit(sub_id, message, outbound_bytes_max, policy, dropped)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn offer_over_limit(
         &mut self,
         sub_id: u32,
         message: &Message,
@@ -226,10 +247,6 @@ impl Outbound {
         mut dropped: impl FnMut(u32),
     ) -> EnqueueOutcome {
         let incoming = message.frame_len();
-        if self.queued_bytes() + incoming <= outbound_bytes_max {
-            self.push_delivery(sub_id, message.clone());
-            return EnqueueOutcome::Queued;
-        }
         match policy {
             SlowConsumerPolicy::Disconnect => EnqueueOutcome::SlowConsumer,
             SlowConsumerPolicy::DropOldest => {
@@ -427,6 +444,7 @@ impl Connection {
 
     /// Offers a delivery under the slow-consumer policy (see [`Outbound::offer`]); drops are
     /// recorded on their subscriptions, to be reported with DROPPED notices.
+    #[inline]
     pub fn enqueue_delivery(
         &mut self,
         sub_id: u32,
