@@ -213,6 +213,62 @@ impl Outbound {
         self.pending.push_back((sub_id, Queued::Message(message)));
     }
 
+    /// Offers a delivery under the slow-consumer policy. The policy looks at every byte
+    /// already accepted for this connection, replies included. Under `drop-oldest`,
+    /// `dropped` is told the subscription of each delivery lost (the oldest queued ones, or
+    /// this one when replies alone fill the queue).
+    ///
+    /// Inlined so the common case (room left: a length check and a queue push) costs no call
+    /// on the fan-out path; the policy is out of line.
+    #[inline]
+    pub fn offer(
+        &mut self,
+        sub_id: u32,
+        message: &Message,
+        outbound_bytes_max: usize,
+        policy: SlowConsumerPolicy,
+        dropped: impl FnMut(u32),
+    ) -> EnqueueOutcome {
+        if self.queued_bytes() + message.frame_len() <= outbound_bytes_max {
+            self.push_delivery(sub_id, message.clone());
+            return EnqueueOutcome::Queued;
+        }
+        self.offer_over_limit(sub_id, message, outbound_bytes_max, policy, dropped)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn offer_over_limit(
+        &mut self,
+        sub_id: u32,
+        message: &Message,
+        outbound_bytes_max: usize,
+        policy: SlowConsumerPolicy,
+        mut dropped: impl FnMut(u32),
+    ) -> EnqueueOutcome {
+        let incoming = message.frame_len();
+        match policy {
+            SlowConsumerPolicy::Disconnect => EnqueueOutcome::SlowConsumer,
+            SlowConsumerPolicy::DropOldest => {
+                let mut dropped_count = 0;
+                while self.queued_bytes() + incoming > outbound_bytes_max {
+                    let Some((dropped_sub, _)) = self.pop_oldest_delivery() else {
+                        break;
+                    };
+                    dropped_count += 1;
+                    dropped(dropped_sub);
+                }
+                if self.queued_bytes() + incoming > outbound_bytes_max {
+                    // Replies alone fill the queue; the newest delivery is the one lost.
+                    dropped(sub_id);
+                    return EnqueueOutcome::QueuedAfterDropping(dropped_count + 1);
+                }
+                self.push_delivery(sub_id, message.clone());
+                EnqueueOutcome::QueuedAfterDropping(dropped_count)
+            }
+        }
+    }
+
     /// Queues a GAP notice behind the messages already queued, so `resume_seq` is the next
     /// message the subscription receives. Notices are small and never dropped.
     pub fn push_gap(&mut self, sub_id: u32, missed: u64, resume_seq: u64) {
@@ -322,6 +378,15 @@ pub struct WriteProgress {
     pub would_block: bool,
 }
 
+/// What one read achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadProgress {
+    pub bytes: usize,
+    /// The read took less than the room offered: the socket's receive queue was empty
+    /// afterwards.
+    pub emptied_socket: bool,
+}
+
 pub struct Connection {
     pub socket: TcpStream,
     pub id: ConnectionId,
@@ -345,6 +410,9 @@ pub struct Connection {
     /// The last write hit a full socket: writing again before the writable event that
     /// `mio` sends when room frees would only cost a failed syscall per delivery.
     pub write_blocked: bool,
+    /// A readiness event reported the peer's end closed, or an error: from then on reads go
+    /// on until they say so, since no further event may come.
+    pub hangup_seen: bool,
 }
 
 impl Connection {
@@ -370,11 +438,13 @@ impl Connection {
             blocked: false,
             read_more: false,
             write_blocked: false,
+            hangup_seen: false,
         }
     }
 
-    /// Offers a delivery under the slow-consumer policy. The policy looks at every byte
-    /// already accepted for this connection, replies included.
+    /// Offers a delivery under the slow-consumer policy (see [`Outbound::offer`]); drops are
+    /// recorded on their subscriptions, to be reported with DROPPED notices.
+    #[inline]
     pub fn enqueue_delivery(
         &mut self,
         sub_id: u32,
@@ -382,37 +452,15 @@ impl Connection {
         outbound_bytes_max: usize,
         policy: SlowConsumerPolicy,
     ) -> EnqueueOutcome {
-        let incoming = message.frame_len();
-        if self.out.queued_bytes() + incoming <= outbound_bytes_max {
-            self.out.push_delivery(sub_id, message.clone());
-            return EnqueueOutcome::Queued;
-        }
-        match policy {
-            SlowConsumerPolicy::Disconnect => EnqueueOutcome::SlowConsumer,
-            SlowConsumerPolicy::DropOldest => {
-                let mut dropped = 0;
-                while self.out.queued_bytes() + incoming > outbound_bytes_max {
-                    let Some((dropped_sub, _)) = self.out.pop_oldest_delivery() else {
-                        break;
-                    };
-                    dropped += 1;
-                    if let Some(record) = self.subscriptions.get_mut(&dropped_sub) {
-                        record.dropped_unreported += 1;
-                        self.drops_unreported = true;
-                    }
+        let subscriptions = &mut self.subscriptions;
+        let drops_unreported = &mut self.drops_unreported;
+        self.out
+            .offer(sub_id, message, outbound_bytes_max, policy, |dropped_sub| {
+                if let Some(record) = subscriptions.get_mut(&dropped_sub) {
+                    record.dropped_unreported += 1;
+                    *drops_unreported = true;
                 }
-                if self.out.queued_bytes() + incoming > outbound_bytes_max {
-                    // Replies alone fill the queue; the newest delivery is the one lost.
-                    if let Some(record) = self.subscriptions.get_mut(&sub_id) {
-                        record.dropped_unreported += 1;
-                        self.drops_unreported = true;
-                    }
-                    return EnqueueOutcome::QueuedAfterDropping(dropped + 1);
-                }
-                self.out.push_delivery(sub_id, message.clone());
-                EnqueueOutcome::QueuedAfterDropping(dropped)
-            }
-        }
+            })
     }
 
     /// Appends a DROPPED notice for each subscription with unreported drops. Called only when
@@ -439,11 +487,16 @@ impl Connection {
         matches!(self.state, ConnState::Closing(_))
     }
 
-    /// Reads once into the buffer. `Ok(0)` means the peer closed its end.
-    pub fn read_once(&mut self) -> io::Result<usize> {
-        let n = self.socket.read(self.read.spare())?;
-        self.read.commit(n);
-        Ok(n)
+    /// Reads once into the buffer. `bytes == 0` means the peer closed its end.
+    pub fn read_once(&mut self) -> io::Result<ReadProgress> {
+        let spare = self.read.spare();
+        let room = spare.len();
+        let bytes = self.socket.read(spare)?;
+        self.read.commit(bytes);
+        Ok(ReadProgress {
+            bytes,
+            emptied_socket: bytes < room,
+        })
     }
 }
 
