@@ -132,10 +132,7 @@ enum Event {
     /// The broker dropped this many messages for the subscription (`drop-oldest`).
     Dropped(u64),
     /// A replay reached back past what the topic retains.
-    Gap {
-        missed: u64,
-        resume_seq: u64,
-    },
+    Gap(Gap),
 }
 
 enum Reply {
@@ -229,6 +226,16 @@ struct Inbox {
     next_token: u64,
 }
 
+/// A broker's notice that messages a subscription asked for were evicted before it got them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gap {
+    /// The topic they were published to (empty from a broker that does not name it).
+    pub topic: String,
+    pub missed: u64,
+    /// The sequence number the subscription's messages on `topic` continue from.
+    pub resume_seq: u64,
+}
+
 /// A live subscription. Dropping it does not unsubscribe; call [`Client::unsubscribe`].
 pub struct Subscription {
     sub_id: u32,
@@ -237,6 +244,7 @@ pub struct Subscription {
     events: Receiver<Event>,
     dropped: u64,
     missed: u64,
+    last_gap: Option<Gap>,
     close_reason: CloseReason,
 }
 
@@ -539,6 +547,7 @@ impl Client {
             events,
             dropped: 0,
             missed: 0,
+            last_gap: None,
             close_reason: self.close_reason.clone(),
         })
     }
@@ -697,6 +706,11 @@ impl Subscription {
         self.missed
     }
 
+    /// The most recent gap notice, which names its topic (useful for a pattern group).
+    pub fn last_gap(&self) -> Option<&Gap> {
+        self.last_gap.as_ref()
+    }
+
     pub fn recv(&mut self) -> Result<Delivery> {
         loop {
             let event = self.events.recv().map_err(|_| self.closed_error())?;
@@ -742,9 +756,10 @@ impl Subscription {
                 self.dropped += count;
                 Ok(None)
             }
-            Event::Gap { missed, resume_seq } => {
-                debug_assert!(resume_seq > 0, "sequences start at 1");
-                self.missed += missed;
+            Event::Gap(gap) => {
+                debug_assert!(gap.resume_seq > 0, "sequences start at 1");
+                self.missed += gap.missed;
+                self.last_gap = Some(gap);
                 Ok(None)
             }
         }
@@ -931,7 +946,15 @@ fn route_frame(frame: Frame<'_>) -> Routed {
             sub_id,
             missed,
             resume_seq,
-        } => Routed::Event(sub_id, Event::Gap { missed, resume_seq }),
+            topic,
+        } => Routed::Event(
+            sub_id,
+            Event::Gap(Gap {
+                topic: String::from_utf8_lossy(topic).into_owned(),
+                missed,
+                resume_seq,
+            }),
+        ),
         // Client-to-server opcodes never come from a broker; ignore rather than guess.
         Frame::Hello { .. }
         | Frame::Publish { .. }

@@ -70,8 +70,9 @@ pub fn subscribe(args: &SubArgs) -> CommandResult {
         let missed_before = subscription.missed();
         let message = subscription.recv()?;
         if subscription.missed() > missed_before {
+            let topic = subscription.last_gap().map_or("", |gap| gap.topic.as_str());
             eprintln!(
-                "gap: {} requested messages were no longer retained",
+                "gap: {} requested messages of {topic} were no longer retained",
                 subscription.missed() - missed_before
             );
         }

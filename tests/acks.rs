@@ -990,3 +990,37 @@ fn a_member_joining_later_gets_its_share_of_existing_topic_consumers() {
     }
     assert_eq!(topics_seen.len(), 3, "{topics_seen:?}");
 }
+
+#[test]
+fn a_pattern_groups_gap_notice_names_its_topic() {
+    let mut config = config(1);
+    config.replay_messages_max = 2;
+    let broker = start(config);
+    let addr = broker.native_addr();
+    let mut worker = client(addr);
+    let mut jobs = worker
+        .subscribe_with("gap.*", acked_pattern_group("g", acks(1, 60_000, 5)))
+        .unwrap();
+    let mut publisher = client(addr);
+    // One in flight at a time: gap.a runs ahead of the group, past its 2-message ring.
+    for i in 0..5 {
+        publisher
+            .publish_confirmed("gap.a", i.to_string().as_bytes())
+            .unwrap();
+    }
+    publisher.publish_confirmed("gap.b", b"b").unwrap();
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let message = jobs.recv_timeout(WAIT).unwrap();
+        worker.ack_message(&jobs, &message).unwrap();
+        got.push((message.topic.clone(), message.seq));
+    }
+    assert_eq!(jobs.missed(), 2);
+    let gap = jobs.last_gap().expect("a gap notice");
+    assert_eq!(
+        (gap.topic.as_str(), gap.missed, gap.resume_seq),
+        ("gap.a", 2, 4)
+    );
+    assert!(got.contains(&("gap.b".to_owned(), 1)), "{got:?}");
+    assert!(got.contains(&("gap.a".to_owned(), 4)), "{got:?}");
+}

@@ -106,7 +106,8 @@ fn a_replay_reaching_past_the_retained_window_reports_the_gap() {
         Frame::Gap {
             sub_id: 9,
             missed: 1,
-            resume_seq: 7
+            resume_seq: 7,
+            topic: b"short",
         }
     );
 }

@@ -1062,6 +1062,7 @@ mod tests {
             sub_id: 4,
             missed: 11,
             resume_seq: 12,
+            topic: b"bench.x.t0",
         }
         .encode(&mut buf);
         Frame::Err {

@@ -115,6 +115,8 @@ pub enum Terminal {
         subscriber: Subscriber,
         missed: u64,
         resume_seq: u64,
+        /// Named in the GAP frame: a pattern group's topics number their messages apart.
+        topic: Box<str>,
     },
     /// The outcome of a publish: its sequence number, or why it was refused.
     PublishOutcome {

@@ -221,11 +221,15 @@
 //! |-------:|-----:|--------------|--------------------------------------------------------------|
 //! | 0      | 8    | `missed`     | messages the subscription asked for that were already evicted |
 //! | 8      | 8    | `resume_seq` | the sequence number delivery continues from                  |
+//! | 16     | 1    | `topic_len`  | optional: `T`, absent or 0 when no topic is given            |
+//! | 17     | T    | `topic`      | the topic whose messages were missed                         |
 //!
 //! Sent before the first replayed message when a start position reaches back past what the
 //! topic retains, and to a durable consumer whose backlog was evicted before it got there, so
 //! history lost to eviction is never silent. It is queued in line with the subscription's
-//! messages: the next MSG for the subscription carries `resume_seq`.
+//! messages: the subscription's next MSG on `topic` carries `resume_seq`. The broker always
+//! names the topic, which a pattern group needs (its topics number their messages apart);
+//! decoders accept a GAP without one, as first specified.
 //!
 //! # Flags
 //!
@@ -474,6 +478,8 @@ pub enum Frame<'a> {
         sub_id: u32,
         missed: u64,
         resume_seq: u64,
+        /// The topic they were missed on; empty when not given.
+        topic: &'a [u8],
     },
 }
 
@@ -554,7 +560,8 @@ impl Frame<'_> {
                 ..
             } => MSG_FIXED_LEN + publish_body_len(topic, *reply_to, payload),
             Frame::Dropped { .. } => 8,
-            Frame::Gap { .. } => 16,
+            Frame::Gap { topic: [], .. } => 16,
+            Frame::Gap { topic, .. } => 16 + 1 + topic.len(),
         }
     }
 
@@ -642,10 +649,16 @@ impl Frame<'_> {
             }
             Frame::Dropped { count, .. } => out.extend_from_slice(&count.to_be_bytes()),
             Frame::Gap {
-                missed, resume_seq, ..
+                missed,
+                resume_seq,
+                topic,
+                ..
             } => {
                 out.extend_from_slice(&missed.to_be_bytes());
                 out.extend_from_slice(&resume_seq.to_be_bytes());
+                if !topic.is_empty() {
+                    put_short(out, topic);
+                }
             }
         }
     }
@@ -806,11 +819,7 @@ fn decode_body(
             const ACK_LEN: &str = "ACK body is not 12 bytes plus an optional topic";
             let sub_id = r.u32().ok_or(ACK_LEN)?;
             let seq = r.u64().ok_or(ACK_LEN)?;
-            let topic = if r.0.is_empty() {
-                &[][..]
-            } else {
-                r.short().ok_or(ACK_LEN)?.ok_or(NAME_OVERRUN)?
-            };
+            let topic = r.optional_short().ok_or(ACK_LEN)?;
             r.end().ok_or(ACK_LEN)?;
             let kind = match (flags & ACK_CUMULATIVE != 0, flags & ACK_NACK != 0) {
                 (false, false) => AckKind::Single,
@@ -876,13 +885,16 @@ fn decode_body(
             Frame::Dropped { sub_id: id, count }
         }
         Opcode::Gap => {
-            let missed = r.u64().ok_or("GAP body is not 16 bytes")?;
-            let resume_seq = r.u64().ok_or("GAP body is not 16 bytes")?;
-            r.end().ok_or("GAP body is not 16 bytes")?;
+            const GAP_LEN: &str = "GAP body is not 16 bytes plus an optional topic";
+            let missed = r.u64().ok_or(GAP_LEN)?;
+            let resume_seq = r.u64().ok_or(GAP_LEN)?;
+            let topic = r.optional_short().ok_or(GAP_LEN)?;
+            r.end().ok_or(GAP_LEN)?;
             Frame::Gap {
                 sub_id: id,
                 missed,
                 resume_seq,
+                topic,
             }
         }
     };
@@ -929,6 +941,14 @@ impl<'a> Reader<'a> {
     fn short(&mut self) -> Option<Option<&'a [u8]>> {
         let len = self.u8()?;
         Some(self.take(usize::from(len)))
+    }
+
+    /// A trailing short string that may be absent: nothing left reads as empty.
+    fn optional_short(&mut self) -> Option<&'a [u8]> {
+        if self.0.is_empty() {
+            return Some(&[]);
+        }
+        self.short()?
     }
 
     fn end(&self) -> Option<()> {
@@ -1245,6 +1265,22 @@ mod tests {
         );
         check(
             &[
+                &[0, 0, 0, 29, 0x85, 0, 0, 0, 0, 0, 0, 4][..],
+                &[0, 0, 0, 0, 0, 0, 0, 2],
+                &[0, 0, 0, 0, 0, 0, 0, 9],
+                &[4],
+                b"a.bc",
+            ]
+            .concat(),
+            Expect::Frame(Frame::Gap {
+                sub_id: 4,
+                missed: 2,
+                resume_seq: 9,
+                topic: b"a.bc",
+            }),
+        );
+        check(
+            &[
                 &[0, 0, 0, 15, 0x07, 0, 0, 0, 0, 0, 0, 9][..],
                 &[3],
                 b"a.b",
@@ -1437,6 +1473,10 @@ mod tests {
             &raw(0x06, 0, 0, 12, &[&[0; 12], &[1, b'a', b'b']]),
             ErrorCode::BadFrame,
         );
+        invalid(
+            &raw(0x85, 0, 0, 13, &[&[0; 16], &[3, b'a']]),
+            ErrorCode::BadFrame,
+        );
         invalid(&raw(0x83, 0, 0, 13, &[&[0]]), ErrorCode::BadFrame);
         invalid(&raw(0x84, 0, 0, 14, &[&[0; 7]]), ErrorCode::BadFrame);
         invalid(&raw(0x84, 0, 0, 14, &[&[0; 9]]), ErrorCode::BadFrame);
@@ -1590,7 +1630,7 @@ mod tests {
         Msg(u32, u64, u64, u16, Vec<u8>, Option<Vec<u8>>, Vec<u8>),
         Pong(u32),
         Dropped(u32, u64),
-        Gap(u32, u64, u64),
+        Gap(u32, u64, u64, Vec<u8>),
     }
 
     impl Owned {
@@ -1654,7 +1694,8 @@ mod tests {
                     sub_id: *id,
                     count: *c,
                 },
-                Owned::Gap(id, missed, resume_seq) => Frame::Gap {
+                Owned::Gap(id, missed, resume_seq, topic) => Frame::Gap {
+                    topic,
                     sub_id: *id,
                     missed: *missed,
                     resume_seq: *resume_seq,
@@ -1717,7 +1758,19 @@ mod tests {
                 .prop_map(|(a, b, c, d, e, f, g)| Owned::Msg(a, b, c, d, e, f, g)),
             any::<u32>().prop_map(Owned::Pong),
             (any::<u32>(), any::<u64>()).prop_map(|(a, b)| Owned::Dropped(a, b)),
-            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(a, b, c)| Owned::Gap(a, b, c)),
+            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(a, b, c)| Owned::Gap(
+                a,
+                b,
+                c,
+                Vec::new()
+            )),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+                vec(any::<u8>(), 1..=255)
+            )
+                .prop_map(|(a, b, c, d)| Owned::Gap(a, b, c, d)),
         ]
     }
 

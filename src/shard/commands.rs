@@ -551,7 +551,7 @@ impl Shard {
                 }
                 let position = subscribed.position;
                 self.reply_ok(id, request_id, &position.ok_data());
-                self.deliver_replay(subscriber, position.last_seq, subscribed.replay);
+                self.deliver_replay((subscriber, subject), position.last_seq, subscribed.replay);
             }
             Err(code) => {
                 if let Some(conn) = self.connection_mut(id) {

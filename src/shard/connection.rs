@@ -144,17 +144,18 @@ pub enum EnqueueOutcome {
 /// between the right messages (encoded only when staged, so they cost no allocation).
 enum Queued {
     Message(Message),
-    Gap { missed: u64, resume_seq: u64 },
+    Gap {
+        missed: u64,
+        resume_seq: u64,
+        topic: Box<str>,
+    },
 }
-
-/// A GAP frame: header plus two `u64`s.
-const GAP_FRAME_BYTES: usize = native::HEADER_LEN + 16;
 
 impl Queued {
     fn frame_len(&self) -> usize {
         match self {
             Queued::Message(message) => message.frame_len(),
-            Queued::Gap { .. } => GAP_FRAME_BYTES,
+            Queued::Gap { topic, .. } => native::HEADER_LEN + 16 + 1 + topic.len(),
         }
     }
 }
@@ -271,10 +272,14 @@ impl Outbound {
 
     /// Queues a GAP notice behind the messages already queued, so `resume_seq` is the next
     /// message the subscription receives. Notices are small and never dropped.
-    pub fn push_gap(&mut self, sub_id: u32, missed: u64, resume_seq: u64) {
-        self.pending_bytes += GAP_FRAME_BYTES;
-        self.pending
-            .push_back((sub_id, Queued::Gap { missed, resume_seq }));
+    pub fn push_gap(&mut self, sub_id: u32, (missed, resume_seq): (u64, u64), topic: &str) {
+        let gap = Queued::Gap {
+            missed,
+            resume_seq,
+            topic: topic.into(),
+        };
+        self.pending_bytes += gap.frame_len();
+        self.pending.push_back((sub_id, gap));
     }
 
     /// The oldest queued message (notices stay in line).
@@ -319,10 +324,15 @@ impl Outbound {
                     native::msg_set_sub_id(&mut self.write_buf[at..], sub_id);
                     staged += 1;
                 }
-                Queued::Gap { missed, resume_seq } => native::Frame::Gap {
+                Queued::Gap {
+                    missed,
+                    resume_seq,
+                    topic,
+                } => native::Frame::Gap {
                     sub_id,
                     missed,
                     resume_seq,
+                    topic: topic.as_bytes(),
                 }
                 .encode(&mut self.write_buf),
             }
@@ -585,7 +595,7 @@ mod tests {
     fn a_gap_notice_keeps_its_place_among_queued_messages_and_is_never_dropped() {
         let mut out = Outbound::new(WRITE_CHUNK_BYTES);
         out.push_delivery(1, message(10));
-        out.push_gap(1, 5, 9);
+        out.push_gap(1, (5, 9), "t");
         out.push_delivery(1, message(10));
         // Drop-oldest takes the oldest message, not the notice.
         assert!(out.pop_oldest_delivery().is_some());

@@ -336,7 +336,8 @@ impl Shard {
                 subscriber,
                 missed,
                 resume_seq,
-            } => self.queue_gap(subscriber, missed, resume_seq),
+                topic,
+            } => self.queue_gap(subscriber, (missed, resume_seq), &topic),
             Terminal::PublishOutcome { reply, result } => {
                 // The owner sends an outcome for a quiet publish only when it failed.
                 self.answer_publish(reply, false, result);
@@ -429,7 +430,7 @@ impl Shard {
                     missed,
                     resume_seq,
                 } if member.shard == self.id => {
-                    self.queue_gap(member.subscriber, missed, resume_seq)
+                    self.queue_gap(member.subscriber, (missed, resume_seq), topic)
                 }
                 ConsumerAction::Gap {
                     member,
@@ -442,6 +443,7 @@ impl Shard {
                         subscriber: member.subscriber,
                         missed,
                         resume_seq,
+                        topic: topic.into(),
                     }),
                 ConsumerAction::DeadLetter {
                     message,
@@ -584,9 +586,9 @@ impl Shard {
     }
 
     /// Tells a subscription how many messages it missed, in line with its queued messages.
-    fn queue_gap(&mut self, subscriber: Subscriber, missed: u64, resume_seq: u64) {
+    fn queue_gap(&mut self, subscriber: Subscriber, gap: (u64, u64), topic: &str) {
         if let Some(conn) = self.connection_mut(subscriber.connection) {
-            conn.out.push_gap(subscriber.sub_id, missed, resume_seq);
+            conn.out.push_gap(subscriber.sub_id, gap, topic);
             self.mark_dirty(subscriber.connection);
         }
     }
@@ -594,13 +596,18 @@ impl Shard {
     /// Sends a new subscriber what it asked to replay: a GAP notice first if part of it was
     /// already evicted, then the retained messages, oldest first, under the same
     /// slow-consumer policy as live ones.
-    pub(super) fn deliver_replay(&mut self, subscriber: Subscriber, last_seq: u64, replay: Replay) {
+    pub(super) fn deliver_replay(
+        &mut self,
+        (subscriber, topic): (Subscriber, &str),
+        last_seq: u64,
+        replay: Replay,
+    ) {
         if replay.missed > 0 {
             let resume_seq = replay
                 .messages
                 .first()
                 .map_or(last_seq + 1, |message| message.seq());
-            self.queue_gap(subscriber, replay.missed, resume_seq);
+            self.queue_gap(subscriber, (replay.missed, resume_seq), topic);
         }
         for message in &replay.messages {
             if !self.deliver_to(subscriber, message) {
