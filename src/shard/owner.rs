@@ -75,17 +75,15 @@ impl Shard {
         }
         self.owned.reclaim_inbox(message.topic());
         if !self.pattern_groups.is_empty() {
-            let mut picked = Vec::new();
-            self.pattern_groups
-                .pick_members(message.topic(), &mut picked);
-            let mut actions = picked
-                .into_iter()
-                .map(|member| ConsumerAction::Deliver {
+            let mut actions = std::mem::take(&mut self.consumer_actions);
+            self.pattern_groups.pick_members(message.topic(), |member| {
+                actions.push(ConsumerAction::Deliver {
                     member,
                     message: message.clone(),
                 })
-                .collect();
+            });
             self.carry_out(message.topic(), &mut actions);
+            self.consumer_actions = actions;
         }
         Ok(seq)
     }
@@ -139,6 +137,12 @@ impl Shard {
         }
         let outcome = conn.enqueue_delivery(subscriber.sub_id, message, outbound_bytes_max, policy);
         let write_now = conn.out.queued_bytes() >= conn.out.stage_bytes_max();
+        // Marked dirty here rather than by `mark_dirty`, which would look the connection up
+        // again; this is once per delivery.
+        // Not for a slow consumer: closing it queues an ERR, which must mark it itself.
+        let queued = !matches!(outcome, EnqueueOutcome::SlowConsumer);
+        let newly_dirty = queued && !conn.dirty;
+        conn.dirty |= queued;
         match outcome {
             EnqueueOutcome::Queued => {}
             EnqueueOutcome::QueuedAfterDropping(dropped) => self.counters.dropped += dropped,
@@ -148,7 +152,9 @@ impl Shard {
                 return false;
             }
         }
-        self.mark_dirty(subscriber.connection);
+        if newly_dirty {
+            self.dirty.push(subscriber.connection);
+        }
         if write_now {
             self.flush_connection(subscriber.connection);
         }

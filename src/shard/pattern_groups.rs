@@ -118,7 +118,7 @@ impl PatternGroups {
     }
 
     /// One member of every at-most-once group whose pattern matches `topic`.
-    pub fn pick_members(&mut self, topic: &str, out: &mut Vec<Member>) {
+    pub fn pick_members(&mut self, topic: &str, mut picked: impl FnMut(Member)) {
         for &index in self.matcher.match_cached(topic) {
             let group = &mut self.groups[index as usize];
             if group.acks.is_some() {
@@ -126,7 +126,7 @@ impl PatternGroups {
             }
             let member = group.members[group.next_member % group.members.len()];
             group.next_member = group.next_member.wrapping_add(1);
-            out.push(member);
+            picked(member);
         }
     }
 
@@ -156,7 +156,7 @@ mod tests {
 
     fn picks(groups: &mut PatternGroups, topic: &str) -> Vec<u32> {
         let mut out = Vec::new();
-        groups.pick_members(topic, &mut out);
+        groups.pick_members(topic, |member| out.push(member));
         let mut picked: Vec<u32> = out.iter().map(|m| m.subscriber.connection.index).collect();
         picked.sort_unstable();
         picked

@@ -9,6 +9,7 @@
 //!   from an owner fans out here without asking anyone.
 
 use ahash::{AHashMap, AHashSet};
+use hashbrown::hash_map::{EntryRef, HashMap};
 
 use crate::error::ErrorCode;
 use crate::ids::{ShardId, Subscriber};
@@ -102,7 +103,7 @@ pub struct Sequenced {
 
 /// The topics this shard owns.
 pub struct OwnedTopics {
-    topics: AHashMap<Box<str>, OwnedTopic>,
+    topics: HashMap<Box<str>, OwnedTopic, ahash::RandomState>,
     topics_max: usize,
     shards: usize,
     replay_limits: ReplayLimits,
@@ -119,7 +120,7 @@ pub struct OwnedTopics {
 impl OwnedTopics {
     pub fn new(shards: usize, topics_max: usize, replay_limits: ReplayLimits) -> Self {
         OwnedTopics {
-            topics: AHashMap::new(),
+            topics: HashMap::with_hasher(ahash::RandomState::new()),
             topics_max,
             replay_limits,
             consumer_topics: AHashSet::new(),
@@ -154,21 +155,18 @@ impl OwnedTopics {
         self.topics.get(topic)
     }
 
+    /// One hash lookup whether or not the topic exists; the key is allocated only for a new
+    /// topic. This is on every publish.
     fn get_or_create(&mut self, topic: &str) -> Result<&mut OwnedTopic, ErrorCode> {
-        // Two lookups on the creation path only; the hot path (existing topic) does one.
-        if !self.topics.contains_key(topic) {
-            if self.topics.len() >= self.topics_max {
-                return Err(ErrorCode::TooManyTopics);
-            }
-            self.topics.insert(
+        let full = self.topics.len() >= self.topics_max;
+        match self.topics.entry_ref(topic) {
+            EntryRef::Occupied(entry) => Ok(entry.into_mut()),
+            EntryRef::Vacant(_) if full => Err(ErrorCode::TooManyTopics),
+            EntryRef::Vacant(entry) => Ok(entry.insert_with_key(
                 topic.into(),
                 OwnedTopic::new(self.shards, replay_limits_for(topic, self.replay_limits)),
-            );
+            )),
         }
-        Ok(self
-            .topics
-            .get_mut(topic)
-            .expect("present or just inserted"))
     }
 
     /// The replay limits a topic created by first use gets.
