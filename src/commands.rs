@@ -79,6 +79,7 @@ pub fn subscribe(args: &SubArgs) -> CommandResult {
         received += 1;
         if args.ack {
             client.ack_message(&subscription, &message)?;
+            refused_acks(&mut client)?;
         }
         let mut stdout = std::io::stdout().lock();
         writeln!(
@@ -90,5 +91,18 @@ pub fn subscribe(args: &SubArgs) -> CommandResult {
         )?;
         stdout.flush()?;
     }
+    if args.ack {
+        // Acks are answered only when refused: one round trip collects any still on the way.
+        client.ping()?;
+        refused_acks(&mut client)?;
+    }
     Ok(())
+}
+
+/// Fails with the broker's reason if it refused an ack (the message would come back).
+fn refused_acks(client: &mut Client) -> CommandResult {
+    match client.take_async_errors().0.into_iter().next() {
+        Some(error) => Err(format!("an ack was refused: {error}").into()),
+        None => Ok(()),
+    }
 }

@@ -535,3 +535,20 @@ fn the_reflector_serves_a_bench_run_and_stops_by_itself() {
     reflector.signal("TERM");
     assert!(reflector.wait(STOP_WAIT).success());
 }
+
+#[test]
+fn sub_in_an_acked_pattern_group_acks_what_it_prints() {
+    let (_serve, addr) = serve_two_shards();
+    let addr_text = addr.to_string();
+    let mut member = spawn(corebus(&[
+        "sub", "--addr", &addr_text, "jobs.*", "--group", "g", "--ack", "--count", "2",
+    ]));
+    member.await_stderr("subscribed", WAIT);
+    for topic in ["jobs.a", "jobs.b"] {
+        let (status, _, stderr) = run(corebus(&["pub", "--addr", &addr_text, topic, "work"]));
+        assert!(status.success(), "pub failed: {stderr}");
+    }
+    // `sub` checks that the broker took its acks (they name each message's topic).
+    assert!(member.wait(WAIT).success(), "{}", member.all_stderr());
+    assert_eq!(member.rest_of_stdout().len(), 2);
+}
