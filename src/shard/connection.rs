@@ -388,15 +388,6 @@ pub struct WriteProgress {
     pub would_block: bool,
 }
 
-/// What one read achieved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReadProgress {
-    pub bytes: usize,
-    /// The read took less than the room offered: the socket's receive queue was empty
-    /// afterwards.
-    pub emptied_socket: bool,
-}
-
 pub struct Connection {
     pub socket: TcpStream,
     pub id: ConnectionId,
@@ -420,9 +411,6 @@ pub struct Connection {
     /// The last write hit a full socket: writing again before the writable event that
     /// `mio` sends when room frees would only cost a failed syscall per delivery.
     pub write_blocked: bool,
-    /// A readiness event reported the peer's end closed, or an error: from then on reads go
-    /// on until they say so, since no further event may come.
-    pub hangup_seen: bool,
 }
 
 impl Connection {
@@ -448,7 +436,6 @@ impl Connection {
             blocked: false,
             read_more: false,
             write_blocked: false,
-            hangup_seen: false,
         }
     }
 
@@ -497,16 +484,11 @@ impl Connection {
         matches!(self.state, ConnState::Closing(_))
     }
 
-    /// Reads once into the buffer. `bytes == 0` means the peer closed its end.
-    pub fn read_once(&mut self) -> io::Result<ReadProgress> {
-        let spare = self.read.spare();
-        let room = spare.len();
-        let bytes = self.socket.read(spare)?;
-        self.read.commit(bytes);
-        Ok(ReadProgress {
-            bytes,
-            emptied_socket: bytes < room,
-        })
+    /// Reads once into the buffer. `Ok(0)` means the peer closed its end.
+    pub fn read_once(&mut self) -> io::Result<usize> {
+        let n = self.socket.read(self.read.spare())?;
+        self.read.commit(n);
+        Ok(n)
     }
 }
 

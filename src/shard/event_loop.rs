@@ -68,7 +68,6 @@ impl Shard {
                     Token(index) => self.on_connection_event(
                         index,
                         event.is_readable() || event.is_read_closed() || event.is_error(),
-                        event.is_read_closed() || event.is_error(),
                         event.is_writable(),
                     ),
                 }
@@ -205,12 +204,11 @@ impl Shard {
         }
     }
 
-    fn on_connection_event(&mut self, index: usize, readable: bool, hangup: bool, writable: bool) {
-        let Some(conn) = self.connections.get_mut(index) else {
+    fn on_connection_event(&mut self, index: usize, readable: bool, writable: bool) {
+        let Some(conn) = self.connections.get(index) else {
             self.counters.stale_events += 1;
             return;
         };
-        conn.hangup_seen |= hangup;
         let id = conn.id;
         if writable {
             if let Some(conn) = self.connection_mut(id) {
@@ -251,28 +249,14 @@ impl Shard {
                 return;
             }
             match conn.read_once() {
-                Ok(progress) if progress.bytes == 0 => {
+                Ok(0) => {
                     self.close_now(id, CloseReason::PeerClosed);
                     return;
                 }
-                Ok(progress) => {
-                    let n = progress.bytes;
+                Ok(n) => {
                     self.counters.bytes_in += n as u64;
                     budget = budget.saturating_sub(n);
                     match self.process_frames(id) {
-                        // Readiness is edge-triggered: bytes that arrive after a read that
-                        // emptied the socket raise a new event. So the read that would only
-                        // say WouldBlock is skipped, one syscall per busy connection and
-                        // turn, unless a hang-up was reported (its event may have been the
-                        // last).
-                        Flow::Continue if progress.emptied_socket => {
-                            if let Some(conn) = self.connection_mut(id) {
-                                if !conn.hangup_seen {
-                                    conn.read_more = false;
-                                    return;
-                                }
-                            }
-                        }
                         Flow::Continue => {}
                         Flow::Blocked => {
                             self.block(id);
