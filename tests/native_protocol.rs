@@ -335,3 +335,26 @@ fn too_many_connections_are_refused_with_a_clear_error() {
     );
     third.expect_closed();
 }
+
+/// Linux ends a read early at TCP's urgent-data mark even with more bytes queued, so a short
+/// read does not mean the socket is empty: the broker must keep reading to WouldBlock, or the
+/// frames behind the mark wait for an event that never comes.
+#[test]
+fn frames_behind_urgent_data_are_still_read() {
+    let broker = start(config(1));
+    let mut raw = RawConnection::handshaken(broker.native_addr());
+    let socket = socket2::SockRef::from(&raw.stream);
+    let ping = |request_id| {
+        let mut bytes = Vec::new();
+        Frame::Ping { request_id }.encode(&mut bytes);
+        bytes
+    };
+    socket.send(&ping(2)).unwrap();
+    socket.send_out_of_band(b"X").unwrap();
+    socket.send(&ping(3)).unwrap();
+    for request_id in [2, 3] {
+        let bytes = raw.next_frame_bytes().expect("a PONG, not EOF");
+        let frame = native::decode(&bytes, 1 << 20).unwrap().unwrap().0;
+        assert_eq!(frame, Frame::Pong { request_id });
+    }
+}
