@@ -387,28 +387,87 @@ fn create_topic_refuses_what_it_cannot_do_with_a_clear_code() {
 }
 
 #[test]
-fn create_topic_needs_protocol_version_2() {
-    let broker = start(config(1));
-    let mut raw = RawConnection::connect(broker.native_addr());
-    raw.send(Frame::Hello {
-        request_id: 1,
-        version: 1,
-        client_name: b"old",
-    });
-    raw.expect_ok(1);
-    raw.send(Frame::CreateTopic {
-        request_id: 2,
-        topic: b"orders",
-        options: &[],
-    });
-    assert_eq!(raw.expect_err(), (2, ErrorCode::UnknownOpcode.as_u16()));
-    raw.send(Frame::Ping { request_id: 3 });
-    let pong = raw.next_frame_bytes().unwrap();
-    assert!(matches!(
-        corebus::protocol::native::decode(&pong, 1 << 20)
-            .unwrap()
-            .unwrap()
-            .0,
-        Frame::Pong { request_id: 3 }
-    ));
+fn older_protocol_versions_get_what_they_were_specified_with() {
+    let mut config = config(1);
+    config.replay_messages_max = 4;
+    let broker = start(config);
+    let addr = broker.native_addr();
+    let mut publisher = client(addr);
+    for _ in 0..10 {
+        publisher.publish_confirmed("old.t", b"x").unwrap();
+    }
+    for version in [1, 2] {
+        let mut raw = RawConnection::connect(addr);
+        raw.send(Frame::Hello {
+            request_id: 1,
+            version,
+            client_name: b"old",
+        });
+        let hello = raw.expect_ok(1);
+        assert_eq!(u16::from_be_bytes([hello[0], hello[1]]), version);
+        // CREATE_TOPIC and acked pattern groups came with v3.
+        raw.send(Frame::CreateTopic {
+            request_id: 2,
+            topic: b"orders",
+            options: &[],
+        });
+        assert_eq!(raw.expect_err(), (2, ErrorCode::UnknownOpcode.as_u16()));
+        if version == 2 {
+            let mut options = Vec::new();
+            SubscribeOptions {
+                sharing: corebus::client::Sharing::Group("g".into()),
+                acks: Some(corebus::client::AckSettings::default()),
+                ..SubscribeOptions::default()
+            }
+            .encode(&mut options);
+            raw.send(Frame::Subscribe {
+                request_id: 3,
+                sub_id: 1,
+                topic: b"old.*",
+                options: &options,
+            });
+            assert_eq!(raw.expect_err(), (3, ErrorCode::UnsupportedOption.as_u16()));
+            // A v2 GAP is the 16-byte body v2 specified, without the topic.
+            let mut options = Vec::new();
+            starting(Start::FromSeq(1)).encode(&mut options);
+            raw.send(Frame::Subscribe {
+                request_id: 4,
+                sub_id: 2,
+                topic: b"old.t",
+                options: &options,
+            });
+            raw.expect_ok(4);
+            let bytes = raw.next_frame_bytes().unwrap();
+            assert_eq!(bytes.len(), 12 + 16);
+            let gap = corebus::protocol::native::decode(&bytes, 1 << 20)
+                .unwrap()
+                .unwrap()
+                .0;
+            assert_eq!(
+                gap,
+                Frame::Gap {
+                    sub_id: 2,
+                    missed: 6,
+                    resume_seq: 7,
+                    topic: b"",
+                }
+            );
+        }
+        raw.send(Frame::Ping { request_id: 5 });
+        loop {
+            let bytes = raw.next_frame_bytes().unwrap();
+            match corebus::protocol::native::decode(&bytes, 1 << 20)
+                .unwrap()
+                .unwrap()
+                .0
+            {
+                Frame::Pong { request_id } => {
+                    assert_eq!(request_id, 5);
+                    break;
+                }
+                Frame::Msg { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! The native binary protocol, versions 1 and 2, as a sans-IO codec.
+//! The native binary protocol, versions 1 to 3, as a sans-IO codec.
 //!
 //! The reactors own the sockets and buffers; this module only turns bytes into [`Frame`]s and
 //! frames into bytes. Keeping it free of I/O lets the wire format be pinned byte by byte in
@@ -49,7 +49,7 @@
 //! | `0x04` | `UNSUBSCRIBE` | C → S     | request id                                   | none            |
 //! | `0x05` | `PING`        | C → S     | request id                                   | none            |
 //! | `0x06` | `ACK` (v2)    | C → S     | request id                                   | `ACK_CUMULATIVE`, `ACK_NACK` |
-//! | `0x07` | `CREATE_TOPIC` (v2) | C → S | request id                                 | none            |
+//! | `0x07` | `CREATE_TOPIC` (v3) | C → S | request id                                 | none            |
 //! | `0x80` | `OK`          | S → C     | id of the request it answers                 | none            |
 //! | `0x81` | `ERR`         | S → C     | id of the failed request, 0 if connection-level | none         |
 //! | `0x82` | `MSG`         | S → C     | subscription id                              | none            |
@@ -72,7 +72,7 @@
 //! | Offset  | Size | Field      | Meaning                                        |
 //! |--------:|-----:|------------|------------------------------------------------|
 //! | 0       | 4    | `magic`    | ASCII `CBUS` (`43 42 55 53`)                   |
-//! | 4       | 2    | `version`  | protocol version the client speaks (1 or 2)    |
+//! | 4       | 2    | `version`  | protocol version the client speaks (1 to 3)    |
 //! | 6       | 1    | `name_len` | `N`                                            |
 //! | 7       | N    | `name`     | client name for logs, may be empty             |
 //!
@@ -122,7 +122,7 @@
 //! |-------:|-----:|-------------|-------------------------------------------------------|
 //! | 0      | 4    | `sub_id`    | a subscription made with the `ACKS` option            |
 //! | 4      | 8    | `seq`       | the message's sequence number in its topic            |
-//! | 12     | 1    | `topic_len` | optional: `T`, absent or 0 when no topic is given     |
+//! | 12     | 1    | `topic_len` | optional (v3): `T`, absent or 0 when no topic is given |
 //! | 13     | T    | `topic`     | the message's topic (MSG `topic`)                     |
 //!
 //! The topic is required for a pattern group subscription, whose messages come from several
@@ -136,7 +136,7 @@
 //! (ERR with the request id), so a consumer can ack at full speed; acking a message that is not
 //! in flight (already acked, or redelivered elsewhere) is not an error.
 //!
-//! ### CREATE_TOPIC (`0x07`, since v2)
+//! ### CREATE_TOPIC (`0x07`, since v3)
 //!
 //! | Offset | Size | Field       | Meaning                                              |
 //! |-------:|-----:|-------------|------------------------------------------------------|
@@ -221,15 +221,15 @@
 //! |-------:|-----:|--------------|--------------------------------------------------------------|
 //! | 0      | 8    | `missed`     | messages the subscription asked for that were already evicted |
 //! | 8      | 8    | `resume_seq` | the sequence number delivery continues from                  |
-//! | 16     | 1    | `topic_len`  | optional: `T`, absent or 0 when no topic is given            |
+//! | 16     | 1    | `topic_len`  | optional (v3): `T`; absent on a v2 connection               |
 //! | 17     | T    | `topic`      | the topic whose messages were missed                         |
 //!
 //! Sent before the first replayed message when a start position reaches back past what the
 //! topic retains, and to a durable consumer whose backlog was evicted before it got there, so
 //! history lost to eviction is never silent. It is queued in line with the subscription's
-//! messages: the subscription's next MSG on `topic` carries `resume_seq`. The broker always
-//! names the topic, which a pattern group needs (its topics number their messages apart);
-//! decoders accept a GAP without one, as first specified.
+//! messages: the subscription's next MSG on `topic` carries `resume_seq`. On a v3 connection
+//! the broker always names the topic, which a pattern group needs (its topics number their
+//! messages apart); v2 connections get the 16-byte body they were specified with.
 //!
 //! # Flags
 //!
@@ -307,9 +307,12 @@
 use crate::error::ErrorCode;
 
 /// The newest version this codec's layouts describe; what the broker offers.
-pub const PROTOCOL_VERSION: u16 = 2;
+///
+/// - v2: SUBSCRIBE options (start, durable consumers, groups, ACKS), ACK, GAP.
+/// - v3: CREATE_TOPIC, acked pattern groups, the topic in ACK and GAP.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest version the broker still speaks: v1 clients keep working (they cannot send
-/// SUBSCRIBE options, and never receive GAP).
+/// SUBSCRIBE options, and never receive GAP); v2 clients get 16-byte GAP bodies.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
 /// First four bytes of a HELLO body; lets the broker reject a peer speaking another protocol.
 pub const MAGIC: [u8; 4] = *b"CBUS";
@@ -442,7 +445,7 @@ pub enum Frame<'a> {
         /// The message's topic; empty when not given (encoded without the length byte).
         topic: &'a [u8],
     },
-    /// Since v2.
+    /// Since v3.
     CreateTopic {
         request_id: u32,
         topic: &'a [u8],

@@ -176,7 +176,7 @@ impl Shard {
                 id,
                 request_id,
                 ErrorCode::UnsupportedVersion,
-                "this broker speaks native protocol versions 1 and 2",
+                "this broker speaks native protocol versions 1 to 3",
             );
             self.begin_close(id, CloseReason::HandshakeFailed);
             return Flow::Stop;
@@ -341,6 +341,16 @@ impl Shard {
         let Some(conn) = self.connection_mut(id) else {
             return Flow::Stop;
         };
+        // Its acks must name their topic, which v2 ACK frames cannot.
+        if kind == SubjectKind::Pattern && options.acks.is_some() && conn.protocol_version < 3 {
+            self.reply_err(
+                id,
+                request_id,
+                ErrorCode::UnsupportedOption,
+                "an acked pattern group needs protocol version 3",
+            );
+            return Flow::Continue;
+        }
         if conn.subscriptions.contains_key(&sub_id) {
             self.reply_err(
                 id,
@@ -844,12 +854,12 @@ impl Shard {
         let Some(conn) = self.connection_mut(id) else {
             return Flow::Stop;
         };
-        if conn.protocol_version < 2 {
+        if conn.protocol_version < 3 {
             self.reply_err(
                 id,
                 request_id,
                 ErrorCode::UnknownOpcode,
-                "CREATE_TOPIC needs protocol version 2",
+                "CREATE_TOPIC needs protocol version 3",
             );
             return Flow::Continue;
         }

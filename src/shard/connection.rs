@@ -155,7 +155,17 @@ impl Queued {
     fn frame_len(&self) -> usize {
         match self {
             Queued::Message(message) => message.frame_len(),
-            Queued::Gap { topic, .. } => native::HEADER_LEN + 16 + 1 + topic.len(),
+            Queued::Gap {
+                missed,
+                resume_seq,
+                topic,
+            } => native::Frame::Gap {
+                sub_id: 0,
+                missed: *missed,
+                resume_seq: *resume_seq,
+                topic: topic.as_bytes(),
+            }
+            .encoded_len(),
         }
     }
 }

@@ -594,6 +594,12 @@ impl Shard {
     /// Tells a subscription how many messages it missed, in line with its queued messages.
     fn queue_gap(&mut self, subscriber: Subscriber, gap: (u64, u64), topic: &str) {
         if let Some(conn) = self.connection_mut(subscriber.connection) {
+            // v2 specified a 16-byte GAP body; the topic came with v3.
+            let topic = if conn.protocol_version >= 3 {
+                topic
+            } else {
+                ""
+            };
             conn.out.push_gap(subscriber.sub_id, gap, topic);
             self.mark_dirty(subscriber.connection);
         }
