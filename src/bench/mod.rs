@@ -521,7 +521,7 @@ impl Tally {
         start_all: bool,
         unique: u64,
         unique_below: impl Fn(u64) -> u64,
-    ) -> u64 {
+    ) -> Missing {
         let skipped = replay::skipped(stream.prefill_seqs, first_seq);
         let requested = stream.sent - skipped;
         let before_start = unique_below(skipped);
@@ -529,12 +529,38 @@ impl Tally {
         self.expected += requested;
         self.delivered += got;
         self.phantom += before_start + got.saturating_sub(requested);
-        self.replay_requested += stream.prefill_seqs.len() as u64 - skipped;
-        self.replayed += unique_below(stream.prefill_seqs.len() as u64) - before_start;
+        let replay_requested = stream.prefill_seqs.len() as u64 - skipped;
+        let replayed = unique_below(stream.prefill_seqs.len() as u64) - before_start;
+        self.replay_requested += replay_requested;
+        self.replayed += replayed;
         if start_all {
             self.not_retained += skipped;
         }
-        requested.saturating_sub(got)
+        Missing {
+            all: requested.saturating_sub(got),
+            replay: replay_requested.saturating_sub(replayed),
+        }
+    }
+
+    /// Counts what a subscription missed as loss, except what its GAP frames announced among
+    /// the replayed (prefill) messages: a GAP can excuse only history the replay asked for,
+    /// never live messages.
+    fn settle(&mut self, missing: Missing, gap_missed: u64) {
+        self.lost += missing.all.saturating_sub(gap_missed.min(missing.replay));
+    }
+}
+
+/// A subscription's missing messages: all of them, and those among the replayed backlog.
+#[derive(Clone, Copy, Default)]
+struct Missing {
+    all: u64,
+    replay: u64,
+}
+
+impl std::ops::AddAssign for Missing {
+    fn add_assign(&mut self, other: Missing) {
+        self.all += other.all;
+        self.replay += other.replay;
     }
 }
 
@@ -591,7 +617,7 @@ fn summarize(plan: &Plan, outputs: &[ThreadOutput]) -> BenchResult {
             {
                 let topic = topic as usize;
                 let first = first_seq(topic, &replays[j]);
-                let mut missing = 0;
+                let mut missing = Missing::default();
                 for k in 0..ppt {
                     let tracker = &trackers[j * ppt + k];
                     tally.duplicated += tracker.duplicates();
@@ -604,7 +630,7 @@ fn summarize(plan: &Plan, outputs: &[ThreadOutput]) -> BenchResult {
                         |bound| tracker.unique_below(bound),
                     );
                 }
-                tally.lost += missing.saturating_sub(replays[j].gap_missed);
+                tally.settle(missing, replays[j].gap_missed);
             }
         }
     }
@@ -629,6 +655,7 @@ fn summarize(plan: &Plan, outputs: &[ThreadOutput]) -> BenchResult {
                 let group = &mut group_replay[topic];
                 group.first_replayed_seq =
                     group.first_replayed_seq.min(replays[j].first_replayed_seq);
+                // The group's consumer sends each GAP to one member: they add up.
                 group.gap_missed += replays[j].gap_missed;
             }
         }
@@ -639,7 +666,7 @@ fn summarize(plan: &Plan, outputs: &[ThreadOutput]) -> BenchResult {
                 continue;
             }
             let first = first_seq(topic, &group_replay[topic]);
-            let mut missing = 0;
+            let mut missing = Missing::default();
             for k in 0..ppt {
                 let set = &merged[topic * ppt + k];
                 tally.duplicated += set.received() - set.unique();
@@ -652,7 +679,7 @@ fn summarize(plan: &Plan, outputs: &[ThreadOutput]) -> BenchResult {
                     |bound| set.unique_below(bound),
                 );
             }
-            tally.lost += missing.saturating_sub(group_replay[topic].gap_missed);
+            tally.settle(missing, group_replay[topic].gap_missed);
         }
     }
 
@@ -735,6 +762,22 @@ mod tests {
             Command::Bench(args) => *args,
             other => panic!("bench expected, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_gap_excuses_only_missing_replayed_messages() {
+        let check = |all, replay, gap_missed, lost| {
+            let mut tally = Tally::default();
+            tally.settle(Missing { all, replay }, gap_missed);
+            assert_eq!(
+                tally.lost, lost,
+                "missing {all} ({replay} replayed), gap {gap_missed}"
+            );
+        };
+        check(10, 10, 10, 0);
+        check(10, 4, 10, 6); // a GAP larger than the replay's misses hides no live loss
+        check(10, 10, 3, 7);
+        check(0, 0, 5, 0);
     }
 
     #[test]
