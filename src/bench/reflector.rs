@@ -181,7 +181,11 @@ fn accept_all(
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
+            // Out of descriptors, say: serve who is here; the next event retries.
+            Err(e) => {
+                eprintln!("reflector: accept failed: {e}");
+                return Ok(());
+            }
         }
     }
 }
@@ -221,7 +225,20 @@ fn read_and_reflect(
                 offset += len;
             }
             Ok(None) => break true,
-            Err(DecodeError::Invalid { frame_len, .. }) => offset += frame_len,
+            Err(DecodeError::Invalid {
+                request_id,
+                frame_len,
+                code,
+                reason,
+            }) => {
+                let frame = Frame::Err {
+                    request_id,
+                    code: code.as_u16(),
+                    message: reason.as_bytes(),
+                };
+                frame.encode(&mut connections[key].write_buf);
+                offset += frame_len;
+            }
             Err(DecodeError::Fatal { .. }) => break false,
         }
     };
@@ -252,6 +269,22 @@ fn reflect(
                 Frame::Ok {
                     request_id,
                     data: &data,
+                },
+            );
+        }
+        Frame::Subscribe {
+            request_id,
+            options: [_, ..],
+            ..
+        } => {
+            let code = crate::error::ErrorCode::UnsupportedOption.as_u16();
+            let message = b"the reflector takes plain subscriptions only";
+            reply(
+                connections,
+                Frame::Err {
+                    request_id,
+                    code,
+                    message,
                 },
             );
         }
