@@ -1,4 +1,4 @@
-//! CREATE_TOPIC options (native protocol v2): per-topic replay limits that override the
+//! CREATE_TOPIC options (native protocol v3): per-topic replay limits that override the
 //! broker-wide `--replay-messages`, `--replay-bytes` and `--replay-ttl` for one explicitly
 //! created topic.
 //!
