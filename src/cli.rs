@@ -149,6 +149,16 @@ pub struct PubArgs {
 pub enum TopicCommand {
     /// Create a topic now, with its own replay limits; it is never reclaimed for being idle.
     Create(CreateTopicArgs),
+    /// Delete a topic, its retained messages and consumers; its subscriptions end.
+    Delete(DeleteTopicArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteTopicArgs {
+    /// Broker address.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070")]
+    pub addr: String,
+    pub topic: String,
 }
 
 #[derive(Debug, Args)]

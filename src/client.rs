@@ -78,13 +78,15 @@ pub enum Error {
     Closed(Option<ServerError>),
     /// The broker sent something this client does not understand.
     Protocol(String),
+    /// The broker ended the subscription (its topic was deleted): nothing more will come.
+    Ended(ServerError),
 }
 
 impl Error {
     /// The broker's error code, when the broker refused the command or closed with one.
     pub fn server_code(&self) -> Option<ErrorCode> {
         match self {
-            Error::Server(e) | Error::Closed(Some(e)) => e.code(),
+            Error::Server(e) | Error::Closed(Some(e)) | Error::Ended(e) => e.code(),
             _ => None,
         }
     }
@@ -99,6 +101,7 @@ impl fmt::Display for Error {
             Error::Closed(Some(e)) => write!(f, "connection closed by the broker: {e}"),
             Error::Closed(None) => f.write_str("connection closed"),
             Error::Protocol(e) => write!(f, "protocol error: {e}"),
+            Error::Ended(e) => write!(f, "subscription ended by the broker: {e}"),
         }
     }
 }
@@ -133,6 +136,8 @@ enum Event {
     Dropped(u64),
     /// A replay reached back past what the topic retains.
     Gap(Gap),
+    /// The broker ended the subscription.
+    Ended(ServerError),
 }
 
 enum Reply {
@@ -245,6 +250,7 @@ pub struct Subscription {
     dropped: u64,
     missed: u64,
     last_gap: Option<Gap>,
+    ended: Option<ServerError>,
     close_reason: CloseReason,
 }
 
@@ -548,6 +554,7 @@ impl Client {
             dropped: 0,
             missed: 0,
             last_gap: None,
+            ended: None,
             close_reason: self.close_reason.clone(),
         })
     }
@@ -571,6 +578,21 @@ impl Client {
         TopicPosition::decode(&data).ok_or_else(|| {
             Error::Protocol("CREATE_TOPIC's OK did not carry the topic's position".into())
         })
+    }
+
+    /// Deletes a topic with its retained messages, durable consumers and groups; every exact
+    /// subscription to it ends ([`Error::Ended`] with `TOPIC_DELETED`). Fails with
+    /// `TOPIC_NOT_FOUND` if it does not exist.
+    pub fn delete_topic(&mut self, topic: &str) -> Result<()> {
+        let request_id = self.request_id();
+        self.call(
+            request_id,
+            Frame::DeleteTopic {
+                request_id,
+                topic: topic.as_bytes(),
+            },
+        )
+        .map(drop)
     }
 
     pub fn unsubscribe(&mut self, subscription: Subscription) -> Result<()> {
@@ -712,6 +734,7 @@ impl Subscription {
     }
 
     pub fn recv(&mut self) -> Result<Delivery> {
+        self.still_on()?;
         loop {
             let event = self.events.recv().map_err(|_| self.closed_error())?;
             if let Some(delivery) = self.absorb(event)? {
@@ -721,6 +744,7 @@ impl Subscription {
     }
 
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Delivery> {
+        self.still_on()?;
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -737,6 +761,7 @@ impl Subscription {
 
     /// A message if one is already here.
     pub fn try_recv(&mut self) -> Result<Option<Delivery>> {
+        self.still_on()?;
         loop {
             let event = match self.events.try_recv() {
                 Ok(event) => event,
@@ -749,12 +774,24 @@ impl Subscription {
         }
     }
 
+    /// Once the broker ended the subscription, every receive says so.
+    fn still_on(&self) -> Result<()> {
+        match &self.ended {
+            Some(error) => Err(Error::Ended(error.clone())),
+            None => Ok(()),
+        }
+    }
+
     fn absorb(&mut self, event: Event) -> Result<Option<Delivery>> {
         match event {
             Event::Message(delivery) => Ok(Some(delivery)),
             Event::Dropped(count) => {
                 self.dropped += count;
                 Ok(None)
+            }
+            Event::Ended(error) => {
+                self.ended = Some(error.clone());
+                Err(Error::Ended(error))
             }
             Event::Gap(gap) => {
                 debug_assert!(gap.resume_seq > 0, "sequences start at 1");
@@ -955,6 +992,11 @@ fn route_frame(frame: Frame<'_>) -> Routed {
                 resume_seq,
             }),
         ),
+        Frame::Ended {
+            sub_id,
+            code,
+            message,
+        } => Routed::Event(sub_id, Event::Ended(server_error(code, message))),
         // Client-to-server opcodes never come from a broker; ignore rather than guess.
         Frame::Hello { .. }
         | Frame::Publish { .. }
@@ -962,6 +1004,7 @@ fn route_frame(frame: Frame<'_>) -> Routed {
         | Frame::Unsubscribe { .. }
         | Frame::Ack { .. }
         | Frame::CreateTopic { .. }
+        | Frame::DeleteTopic { .. }
         | Frame::Ping { .. } => Routed::Ignored,
     }
 }

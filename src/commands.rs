@@ -6,7 +6,7 @@ use std::io::Write;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::cli::{CreateTopicArgs, PubArgs, ServeArgs, SubArgs};
+use crate::cli::{CreateTopicArgs, DeleteTopicArgs, PubArgs, ServeArgs, SubArgs};
 use crate::client::Client;
 use crate::server::Broker;
 
@@ -56,6 +56,14 @@ pub fn create_topic(args: &CreateTopicArgs) -> CommandResult {
     let mut client = Client::connect(&args.addr)?;
     let position = client.create_topic(&args.topic, args.options())?;
     println!("created {} epoch={}", args.topic, position.epoch);
+    client.close()?;
+    Ok(())
+}
+
+pub fn delete_topic(args: &DeleteTopicArgs) -> CommandResult {
+    let mut client = Client::connect(&args.addr)?;
+    client.delete_topic(&args.topic)?;
+    println!("deleted {}", args.topic);
     client.close()?;
     Ok(())
 }

@@ -55,11 +55,13 @@ pub enum ErrorCode {
     TopicExists = 21,
     /// An option's value is outside what the broker allows (its cap is a `serve` flag).
     OptionOutOfRange = 22,
+    /// The subscription's topic was deleted (DELETE_TOPIC); the subscription is gone.
+    TopicDeleted = 23,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation tables.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownOpcode,
@@ -82,6 +84,7 @@ impl ErrorCode {
         ErrorCode::TooManyConsumers,
         ErrorCode::TopicExists,
         ErrorCode::OptionOutOfRange,
+        ErrorCode::TopicDeleted,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -120,6 +123,7 @@ impl ErrorCode {
             ErrorCode::TooManyConsumers => "TOO_MANY_CONSUMERS",
             ErrorCode::TopicExists => "TOPIC_EXISTS",
             ErrorCode::OptionOutOfRange => "OPTION_OUT_OF_RANGE",
+            ErrorCode::TopicDeleted => "TOPIC_DELETED",
         }
     }
 }

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         Command::Pub(args) => corebus::commands::publish(&args),
         Command::Sub(args) => corebus::commands::subscribe(&args),
         Command::Topic(TopicCommand::Create(args)) => corebus::commands::create_topic(&args),
+        Command::Topic(TopicCommand::Delete(args)) => corebus::commands::delete_topic(&args),
         Command::Bench(args) => corebus::bench::run(&args),
     };
     match result {

@@ -494,6 +494,13 @@ fn topic_create_sets_the_topics_replay_limit_and_refuses_a_second_create() {
     ]));
     assert!(status.success(), "sub failed: {stderr}");
     assert_eq!(lines, ["audit seq=2 two", "audit seq=3 three"]);
+    let delete = || run(corebus(&["topic", "delete", "--addr", &addr, "audit"]));
+    let (status, stdout, stderr) = delete();
+    assert!(status.success(), "topic delete failed: {stderr}");
+    assert_eq!(stdout, ["deleted audit"]);
+    let (status, _, stderr) = delete();
+    assert!(!status.success());
+    assert!(stderr.contains("TOPIC_NOT_FOUND"), "stderr: {stderr:?}");
 }
 
 #[test]

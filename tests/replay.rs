@@ -471,3 +471,77 @@ fn older_protocol_versions_get_what_they_were_specified_with() {
         }
     }
 }
+
+#[test]
+fn deleting_a_topic_ends_its_subscriptions_on_every_shard_and_frees_it() {
+    let shards = 4;
+    let mut config = config(shards);
+    config.created_topics_max = shards; // one per owner shard
+    let broker = start(config);
+    let addr = broker.native_addr();
+    let topic = topic_owned_by("doomed", 3, shards);
+    let mut admin = client_on_shard(addr, 0);
+    let created = admin.create_topic(&topic, TopicOptions::default()).unwrap();
+    let mut publisher = client(addr);
+    publisher.publish_confirmed(&topic, b"before").unwrap();
+    // A plain subscription and a durable consumer, on shards other than the owner, and a
+    // pattern subscription, which outlives the topic.
+    let mut plain_client = client_on_shard(addr, 1);
+    let mut plain = plain_client.subscribe(&topic).unwrap();
+    let mut durable_client = client_on_shard(addr, 2);
+    let mut durable = durable_client
+        .subscribe_with(
+            &topic,
+            SubscribeOptions {
+                sharing: corebus::client::Sharing::Consumer("c".into()),
+                acks: Some(corebus::client::AckSettings::default()),
+                start: Start::All,
+            },
+        )
+        .unwrap();
+    assert_eq!(durable.recv_timeout(WAIT).unwrap().payload, b"before");
+    let mut pattern_client = client(addr);
+    let mut pattern = pattern_client.subscribe("doomed.*").unwrap();
+
+    admin.delete_topic(&topic).unwrap();
+    for subscription in [&mut plain, &mut durable] {
+        let ended = subscription.recv_timeout(WAIT).unwrap_err();
+        assert!(matches!(ended, corebus::client::Error::Ended(_)), "{ended}");
+        assert_eq!(ended.server_code(), Some(ErrorCode::TopicDeleted));
+        assert!(subscription.try_recv().is_err(), "it stays ended");
+    }
+    let gone = admin.delete_topic(&topic).unwrap_err();
+    assert_eq!(gone.server_code(), Some(ErrorCode::TopicNotFound));
+    // The next publish makes it afresh: a new epoch, numbering from 1, nothing retained.
+    assert_eq!(publisher.publish_confirmed(&topic, b"after").unwrap(), 1);
+    assert_eq!(pattern.recv_timeout(WAIT).unwrap().payload, b"after");
+    let fresh = client(addr)
+        .subscribe_with(&topic, starting(Start::All))
+        .unwrap();
+    assert_ne!(fresh.position().unwrap().epoch, created.epoch);
+    // The ended subscriptions' ids and the created-topic slot are free again.
+    assert!(plain_client.unsubscribe(plain).is_err(), "already gone");
+    let again = topic_owned_by("again", 3, shards);
+    admin.delete_topic(&topic).unwrap();
+    admin.create_topic(&again, TopicOptions::default()).unwrap();
+    let _unaffected = durable_client.ping().unwrap();
+}
+
+#[test]
+fn delete_topic_refuses_what_it_cannot_delete() {
+    let broker = start(config(2));
+    let mut admin = client(broker.native_addr());
+    for bad in ["orders.*", "_inbox.abc", "a..b"] {
+        let error = admin.delete_topic(bad).unwrap_err();
+        assert_eq!(error.server_code(), Some(ErrorCode::BadTopic), "{bad:?}");
+    }
+    let error = admin.delete_topic("never.used").unwrap_err();
+    assert_eq!(error.server_code(), Some(ErrorCode::TopicNotFound));
+    // Dead-letter topics can be deleted: they are how an operator clears them.
+    let mut raw = RawConnection::handshaken(broker.native_addr());
+    raw.send(Frame::DeleteTopic {
+        request_id: 4,
+        topic: b"$dlq.orders",
+    });
+    assert_eq!(raw.expect_err(), (4, ErrorCode::TopicNotFound.as_u16()));
+}

@@ -346,9 +346,9 @@ fn reflect(
                 data: &[],
             },
         ),
-        Frame::CreateTopic { request_id, .. } => {
+        Frame::CreateTopic { request_id, .. } | Frame::DeleteTopic { request_id, .. } => {
             let code = crate::error::ErrorCode::UnsupportedOption.as_u16();
-            let message = b"the reflector keeps no topics to create";
+            let message = b"the reflector keeps no topics to create or delete";
             reply(
                 connections,
                 Frame::Err {

@@ -67,10 +67,13 @@ pub enum OwnerRequest {
         replay_limits: ReplayLimits,
         reply: ReplyTarget,
     },
+    /// DELETE_TOPIC: delete the topic and tell every shard.
+    DeleteTopic { topic: Box<str>, reply: ReplyTarget },
     /// A message that ran out of delivery attempts, for `$dlq.<topic>` on its owner.
     DeadLetter { message: Message },
-    /// A subscription to an exact topic was removed on the sending shard.
-    Unsubscribe { topic: Box<str> },
+    /// A subscription to an exact topic, counted in incarnation `epoch`, was removed on the
+    /// sending shard.
+    Unsubscribe { topic: Box<str>, epoch: u64 },
     /// A pattern subscription was added on the sending shard. `first` is true when it is the
     /// sending shard's first subscription to that pattern (the receiver records the shard's
     /// interest); otherwise it only acts as a barrier, so the OK means the same either way.
@@ -127,6 +130,13 @@ pub enum Terminal {
     TopicCreated {
         reply: ReplyTarget,
         result: Result<TopicPosition, ErrorCode>,
+    },
+    /// The topic was deleted: end this shard's exact subscriptions to it.
+    TopicDeleted { topic: Box<str> },
+    /// The outcome of a DELETE_TOPIC, sent after the requester's shard was told.
+    DeleteOutcome {
+        reply: ReplyTarget,
+        result: Result<(), ErrorCode>,
     },
     /// The owner (or, for a pattern, one shard) has taken a subscription into account.
     SubscribeAck {

@@ -93,9 +93,10 @@ mod tests {
             }
         }
         let link_0_to_2 = links[0][2].as_mut().unwrap();
-        link_0_to_2
-            .requests_out
-            .push(OwnerRequest::Unsubscribe { topic: "t".into() });
+        link_0_to_2.requests_out.push(OwnerRequest::Unsubscribe {
+            topic: "t".into(),
+            epoch: 7,
+        });
         assert!(link_0_to_2.requests_out.flush());
         let batch = links[2][0]
             .as_ref()
@@ -103,7 +104,9 @@ mod tests {
             .requests_in
             .try_recv()
             .unwrap();
-        assert!(matches!(&batch[..], [OwnerRequest::Unsubscribe { topic }] if &**topic == "t"));
+        assert!(
+            matches!(&batch[..], [OwnerRequest::Unsubscribe { topic, epoch: 7 }] if &**topic == "t")
+        );
         assert!(links[1][0]
             .as_ref()
             .unwrap()

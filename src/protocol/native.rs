@@ -50,12 +50,14 @@
 //! | `0x05` | `PING`        | C → S     | request id                                   | none            |
 //! | `0x06` | `ACK` (v2)    | C → S     | request id                                   | `ACK_CUMULATIVE`, `ACK_NACK` |
 //! | `0x07` | `CREATE_TOPIC` (v3) | C → S | request id                                 | none            |
+//! | `0x08` | `DELETE_TOPIC` (v3) | C → S | request id                                 | none            |
 //! | `0x80` | `OK`          | S → C     | id of the request it answers                 | none            |
 //! | `0x81` | `ERR`         | S → C     | id of the failed request, 0 if connection-level | none         |
 //! | `0x82` | `MSG`         | S → C     | subscription id                              | none            |
 //! | `0x83` | `PONG`        | S → C     | id of the PING                               | none            |
 //! | `0x84` | `DROPPED`     | S → C     | subscription id                              | none            |
 //! | `0x85` | `GAP` (v2)    | S → C     | subscription id                              | none            |
+//! | `0x86` | `ENDED` (v3)  | S → C     | subscription id                              | none            |
 //!
 //! Request ids are chosen by the client and echoed by the server; the server never interprets
 //! them, so a client may reuse them as it likes.
@@ -148,6 +150,20 @@
 //! broker's defaults otherwise). Unlike a topic created by first use, an explicitly created
 //! topic is never reclaimed for being idle. Creating a topic that exists (explicitly or by
 //! use) is `TOPIC_EXISTS`; a limit above the broker's cap is `OPTION_OUT_OF_RANGE`.
+//!
+//! ### DELETE_TOPIC (`0x08`, since v3)
+//!
+//! | Offset | Size | Field       | Meaning                                              |
+//! |-------:|-----:|-------------|------------------------------------------------------|
+//! | 0      | 1    | `topic_len` | `T`                                                  |
+//! | 1      | T    | `topic`     | exact topic (reserved `$` names included), not an `_inbox.` one |
+//!
+//! Nothing may follow the topic. Deletes the topic with its retained messages and its durable
+//! consumers and groups (their unacknowledged messages too), and ends every exact subscription
+//! to it: a v3 subscriber gets ENDED (`TOPIC_DELETED`) for each, older ones an ERR with id 0.
+//! The OK (empty `data`) is sent once every shard has been told. A later publish or subscribe
+//! creates the topic afresh, with a new epoch. Pattern subscriptions are not affected.
+//! Deleting a topic that does not exist is `TOPIC_NOT_FOUND`.
 //!
 //! ### PING (`0x05`) and PONG (`0x83`)
 //!
@@ -252,6 +268,13 @@
 //!   replies ERR with the frame's id (`UNKNOWN_OPCODE` or `BAD_FRAME`), skips the frame and
 //!   carries on — except for HELLO, where any failure closes the connection.
 //!
+//! ### ENDED (`0x86`, since v3)
+//!
+//! `id` is the subscription id. The body is laid out like ERR's: `code: u16`, then a
+//! human-readable `message`. The broker ended the subscription (so far only because its topic
+//! was deleted: `TOPIC_DELETED`); its id is free again. Messages still queued for it may be
+//! discarded.
+//!
 //! # Error codes
 //!
 //! | Code | Name                     | Meaning                                                        |
@@ -278,6 +301,7 @@
 //! | 20   | `TOO_MANY_CONSUMERS`     | the broker is at its durable consumer and group limit          |
 //! | 21   | `TOPIC_EXISTS`           | CREATE_TOPIC named a topic that already exists                 |
 //! | 22   | `OPTION_OUT_OF_RANGE`    | an option's value is above the broker's cap for it             |
+//! | 23   | `TOPIC_DELETED`          | the subscription's topic was deleted (ENDED)                   |
 //!
 //! A code's number and meaning never change. Clients must treat a code they do not know as a
 //! generic failure of the request, since later brokers may add codes.
@@ -309,7 +333,7 @@ use crate::error::ErrorCode;
 /// The newest version this codec's layouts describe; what the broker offers.
 ///
 /// - v2: SUBSCRIBE options (start, durable consumers, groups, ACKS), ACK, GAP.
-/// - v3: CREATE_TOPIC, acked pattern groups, the topic in ACK and GAP.
+/// - v3: CREATE_TOPIC, DELETE_TOPIC, ENDED, acked pattern groups, the topic in ACK and GAP.
 pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest version the broker still speaks: v1 clients keep working (they cannot send
 /// SUBSCRIBE options, and never receive GAP); v2 clients get 16-byte GAP bodies.
@@ -367,12 +391,14 @@ pub enum Opcode {
     Ping = 0x05,
     Ack = 0x06,
     CreateTopic = 0x07,
+    DeleteTopic = 0x08,
     Ok = 0x80,
     Err = 0x81,
     Msg = 0x82,
     Pong = 0x83,
     Dropped = 0x84,
     Gap = 0x85,
+    Ended = 0x86,
 }
 
 impl Opcode {
@@ -385,12 +411,14 @@ impl Opcode {
             0x05 => Opcode::Ping,
             0x06 => Opcode::Ack,
             0x07 => Opcode::CreateTopic,
+            0x08 => Opcode::DeleteTopic,
             0x80 => Opcode::Ok,
             0x81 => Opcode::Err,
             0x82 => Opcode::Msg,
             0x83 => Opcode::Pong,
             0x84 => Opcode::Dropped,
             0x85 => Opcode::Gap,
+            0x86 => Opcode::Ended,
             _ => return None,
         })
     }
@@ -451,6 +479,11 @@ pub enum Frame<'a> {
         topic: &'a [u8],
         options: &'a [u8],
     },
+    /// Since v3.
+    DeleteTopic {
+        request_id: u32,
+        topic: &'a [u8],
+    },
     Ok {
         request_id: u32,
         data: &'a [u8],
@@ -484,6 +517,12 @@ pub enum Frame<'a> {
         /// The topic they were missed on; empty when not given.
         topic: &'a [u8],
     },
+    /// Since v3: the broker ended the subscription.
+    Ended {
+        sub_id: u32,
+        code: u16,
+        message: &'a [u8],
+    },
 }
 
 impl Frame<'_> {
@@ -496,6 +535,8 @@ impl Frame<'_> {
             Frame::Ping { .. } => Opcode::Ping,
             Frame::Ack { .. } => Opcode::Ack,
             Frame::CreateTopic { .. } => Opcode::CreateTopic,
+            Frame::DeleteTopic { .. } => Opcode::DeleteTopic,
+            Frame::Ended { .. } => Opcode::Ended,
             Frame::Ok { .. } => Opcode::Ok,
             Frame::Err { .. } => Opcode::Err,
             Frame::Msg { .. } => Opcode::Msg,
@@ -514,13 +555,15 @@ impl Frame<'_> {
             | Frame::Unsubscribe { request_id, .. }
             | Frame::Ack { request_id, .. }
             | Frame::CreateTopic { request_id, .. }
+            | Frame::DeleteTopic { request_id, .. }
             | Frame::Ping { request_id }
             | Frame::Ok { request_id, .. }
             | Frame::Err { request_id, .. }
             | Frame::Pong { request_id } => request_id,
             Frame::Msg { sub_id, .. }
             | Frame::Dropped { sub_id, .. }
-            | Frame::Gap { sub_id, .. } => sub_id,
+            | Frame::Gap { sub_id, .. }
+            | Frame::Ended { sub_id, .. } => sub_id,
         }
     }
 
@@ -553,6 +596,8 @@ impl Frame<'_> {
             Frame::Ack { topic: [], .. } => 12,
             Frame::Ack { topic, .. } => 12 + 1 + topic.len(),
             Frame::CreateTopic { topic, options, .. } => 1 + topic.len() + options.len(),
+            Frame::DeleteTopic { topic, .. } => 1 + topic.len(),
+            Frame::Ended { message, .. } => 2 + message.len(),
             Frame::Ping { .. } | Frame::Pong { .. } => 0,
             Frame::Ok { data, .. } => data.len(),
             Frame::Err { message, .. } => 2 + message.len(),
@@ -629,6 +674,11 @@ impl Frame<'_> {
             Frame::CreateTopic { topic, options, .. } => {
                 put_short(out, topic);
                 out.extend_from_slice(options);
+            }
+            Frame::DeleteTopic { topic, .. } => put_short(out, topic),
+            Frame::Ended { code, message, .. } => {
+                out.extend_from_slice(&code.to_be_bytes());
+                out.extend_from_slice(message);
             }
             Frame::Ping { .. } | Frame::Pong { .. } => {}
             Frame::Ok { data, .. } => out.extend_from_slice(data),
@@ -844,6 +894,22 @@ fn decode_body(
                 request_id: id,
                 topic,
                 options: r.0,
+            }
+        }
+        Opcode::DeleteTopic => {
+            let topic = r.short().ok_or(SHORT_BODY)?.ok_or(NAME_OVERRUN)?;
+            r.end().ok_or("bytes after the DELETE_TOPIC topic")?;
+            Frame::DeleteTopic {
+                request_id: id,
+                topic,
+            }
+        }
+        Opcode::Ended => {
+            let code = r.u16().ok_or(SHORT_BODY)?;
+            Frame::Ended {
+                sub_id: id,
+                code,
+                message: r.0,
             }
         }
         Opcode::Ping => {
@@ -1283,6 +1349,26 @@ mod tests {
             }),
         );
         check(
+            &[&[0, 0, 0, 12, 0x08, 0, 0, 0, 0, 0, 0, 9][..], &[3], b"a.b"].concat(),
+            Expect::Frame(Frame::DeleteTopic {
+                request_id: 9,
+                topic: b"a.b",
+            }),
+        );
+        check(
+            &[
+                &[0, 0, 0, 14, 0x86, 0, 0, 0, 0, 0, 0, 4][..],
+                &[0, 23],
+                b"gone",
+            ]
+            .concat(),
+            Expect::Frame(Frame::Ended {
+                sub_id: 4,
+                code: 23,
+                message: b"gone",
+            }),
+        );
+        check(
             &[
                 &[0, 0, 0, 15, 0x07, 0, 0, 0, 0, 0, 0, 9][..],
                 &[3],
@@ -1407,11 +1493,16 @@ mod tests {
             );
         };
         invalid(
-            &raw(0x08, 0, 0, 0x11, &[&[1, 2, 3]]),
+            &raw(0x09, 0, 0, 0x11, &[&[1, 2, 3]]),
             ErrorCode::UnknownOpcode,
         );
         invalid(&raw(0x00, 0, 0, 1, &[]), ErrorCode::UnknownOpcode);
-        invalid(&raw(0x86, 0, 0, 1, &[]), ErrorCode::UnknownOpcode);
+        invalid(&raw(0x87, 0, 0, 1, &[]), ErrorCode::UnknownOpcode);
+        invalid(
+            &raw(0x08, 0, 0, 1, &[&[1, b'a', b'b']]),
+            ErrorCode::BadFrame,
+        );
+        invalid(&raw(0x86, 0, 0, 1, &[&[0]]), ErrorCode::BadFrame);
         invalid(&raw(0x05, 0x01, 0, 2, &[]), ErrorCode::BadFrame);
         invalid(
             &raw(0x02, 0x02, 0, 3, &[&[1], b"t", &[0]]),
@@ -1487,7 +1578,7 @@ mod tests {
 
     #[test]
     fn an_invalid_frame_waits_until_it_can_be_skipped_whole() {
-        let bytes = raw(0x08, 0, 0, 1, &[&[0; 10]]);
+        let bytes = raw(0x09, 0, 0, 1, &[&[0; 10]]);
         check(&bytes[..bytes.len() - 1], Expect::Incomplete);
     }
 
@@ -1615,7 +1706,7 @@ mod tests {
                 assert_eq!(op as u8, b);
             }
         }
-        assert_eq!((0..=u8::MAX).filter_map(Opcode::from_u8).count(), 13);
+        assert_eq!((0..=u8::MAX).filter_map(Opcode::from_u8).count(), 15);
     }
 
     /// Owned data for one frame, since a strategy cannot hand out borrowed slices.
@@ -1627,6 +1718,8 @@ mod tests {
         Unsubscribe(u32, u32),
         Ack(u32, u32, u64, u8, Vec<u8>),
         CreateTopic(u32, Vec<u8>, Vec<u8>),
+        DeleteTopic(u32, Vec<u8>),
+        Ended(u32, u16, Vec<u8>),
         Ping(u32),
         Ok(u32, Vec<u8>),
         Err(u32, u16, Vec<u8>),
@@ -1672,6 +1765,15 @@ mod tests {
                     request_id: *id,
                     topic: t,
                     options: o,
+                },
+                Owned::DeleteTopic(id, t) => Frame::DeleteTopic {
+                    request_id: *id,
+                    topic: t,
+                },
+                Owned::Ended(id, c, m) => Frame::Ended {
+                    sub_id: *id,
+                    code: *c,
+                    message: m,
                 },
                 Owned::Ping(id) => Frame::Ping { request_id: *id },
                 Owned::Ok(id, d) => Frame::Ok {
@@ -1745,6 +1847,9 @@ mod tests {
                 .prop_map(|(a, b, c, d, e)| Owned::Ack(a, b, c, d, e)),
             (any::<u32>(), name(), vec(any::<u8>(), 0..64))
                 .prop_map(|(a, b, c)| Owned::CreateTopic(a, b, c)),
+            (any::<u32>(), name()).prop_map(|(a, b)| Owned::DeleteTopic(a, b)),
+            (any::<u32>(), any::<u16>(), vec(any::<u8>(), 0..64))
+                .prop_map(|(a, b, c)| Owned::Ended(a, b, c)),
             any::<u32>().prop_map(Owned::Ping),
             (any::<u32>(), vec(any::<u8>(), 0..64)).prop_map(|(a, b)| Owned::Ok(a, b)),
             (any::<u32>(), any::<u16>(), vec(any::<u8>(), 0..256))
@@ -1802,7 +1907,7 @@ mod tests {
         #[test]
         fn arbitrary_bodies_after_a_valid_header_never_panic(
             opcode in prop_oneof![
-                proptest::sample::select(vec![1u8, 2, 3, 4, 5, 6, 7, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85]),
+                proptest::sample::select(vec![1u8, 2, 3, 4, 5, 6, 7, 8, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86]),
                 any::<u8>(),
             ],
             flags in prop_oneof![Just(0u8), Just(PUBLISH_QUIET), any::<u8>()],

@@ -117,6 +117,9 @@ impl Shard {
                 topic,
                 options,
             } => self.handle_create_topic(id, request_id, topic, options),
+            Frame::DeleteTopic { request_id, topic } => {
+                self.handle_delete_topic(id, request_id, topic)
+            }
             Frame::Ping { request_id } => {
                 self.reply(id, Frame::Pong { request_id });
                 Flow::Continue
@@ -142,7 +145,7 @@ impl Shard {
                 );
                 Flow::Continue
             }
-            Frame::Msg { .. } | Frame::Dropped { .. } | Frame::Gap { .. } => {
+            Frame::Msg { .. } | Frame::Dropped { .. } | Frame::Gap { .. } | Frame::Ended { .. } => {
                 self.counters.protocol_errors += 1;
                 self.reply_err(
                     id,
@@ -403,6 +406,7 @@ impl Shard {
             consumer: consumer.map(Into::into),
             acks: options.acks.is_some(),
             dropped_unreported: 0,
+            epoch: 0,
         };
         match kind {
             SubjectKind::Exact if owner == self.id => {
@@ -540,8 +544,9 @@ impl Shard {
             .and_then(|conn| conn.subscriptions.get_mut(&subscriber.sub_id))
             .filter(|record| record.pending == ticket);
         let Some(record) = still_wanted else {
-            if result.is_ok() {
-                self.forget_exact_subscription(subject, subscriber, pending_consumer);
+            if let Ok(subscribed) = &result {
+                let epoch = subscribed.position.epoch;
+                self.forget_exact_subscription((subject, epoch), subscriber, pending_consumer);
             }
             // Every request gets its answer, even one overtaken by its own UNSUBSCRIBE.
             self.reply_err(
@@ -555,6 +560,7 @@ impl Shard {
         match result {
             Ok(subscribed) => {
                 record.pending = None;
+                record.epoch = subscribed.position.epoch;
                 // A consumer's messages come from its owner, not from this shard's fan-out.
                 if record.consumer.is_none() {
                     self.local.add_exact(subject, subscriber);
@@ -634,7 +640,7 @@ impl Shard {
                     || self.local.remove_exact(&record.subject, subscriber);
                 if counted_here {
                     self.forget_exact_subscription(
-                        &record.subject,
+                        (&record.subject, record.epoch),
                         subscriber,
                         record.consumer.clone(),
                     );
@@ -729,18 +735,19 @@ impl Shard {
     /// detached; the consumer itself stays, with what it has not acked).
     fn forget_exact_subscription(
         &mut self,
-        topic: &str,
+        (topic, epoch): (&str, u64),
         subscriber: Subscriber,
         consumer: Option<Box<str>>,
     ) {
         let owner = self.owner_of(topic);
         match consumer {
-            None if owner == self.id => self.owned.remove_subscriber(topic, self.id),
+            None if owner == self.id => self.owned.remove_subscriber(topic, self.id, epoch),
             None => self
                 .link_mut(owner)
                 .requests_out
                 .push(OwnerRequest::Unsubscribe {
                     topic: topic.into(),
+                    epoch,
                 }),
             Some(consumer) if owner == self.id => {
                 let mut actions = Vec::new();
@@ -915,6 +922,64 @@ impl Shard {
             link.requests_out.push(OwnerRequest::CreateTopic {
                 topic: topic.into(),
                 replay_limits,
+                reply,
+            });
+        }
+        Flow::Continue
+    }
+
+    fn handle_delete_topic(
+        &mut self,
+        id: ConnectionId,
+        request_id: u32,
+        topic_bytes: &[u8],
+    ) -> Flow {
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
+        if conn.protocol_version < 3 {
+            self.reply_err(
+                id,
+                request_id,
+                ErrorCode::UnknownOpcode,
+                "DELETE_TOPIC needs protocol version 3",
+            );
+            return Flow::Continue;
+        }
+        let topic = match topic::parse_subscription(topic_bytes) {
+            Ok((_, SubjectKind::Pattern)) => Err("DELETE_TOPIC takes an exact topic"),
+            Ok((topic, _)) if topic.starts_with(INBOX_PREFIX) => {
+                Err("_inbox. topics are request/reply inboxes and go by themselves")
+            }
+            Ok((topic, _)) => Ok(topic),
+            Err(error) => Err(error.reason()),
+        };
+        let topic = match topic {
+            Ok(topic) => topic,
+            Err(reason) => {
+                self.reply_err(id, request_id, ErrorCode::BadTopic, reason);
+                return Flow::Continue;
+            }
+        };
+        let owner = self.owner_of(topic);
+        let reply = ReplyTarget {
+            connection: id,
+            request_id,
+        };
+        if owner == self.id {
+            // It tells every peer: like a publish, it waits for room in all their outboxes.
+            if !self.terminal_room() {
+                return Flow::Blocked;
+            }
+            let result = self.delete_owned_topic(topic);
+            self.answer_delete_topic(reply, result);
+        } else {
+            let link = self.link_mut(owner);
+            if !(link.requests_out.has_room() || link.requests_out.flush()) {
+                return Flow::Blocked;
+            }
+            link.requests_out.push(OwnerRequest::DeleteTopic {
+                topic: topic.into(),
                 reply,
             });
         }

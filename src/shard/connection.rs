@@ -60,6 +60,9 @@ pub struct SubscriptionRecord {
     pub acks: bool,
     /// Deliveries dropped under `drop-oldest` and not yet reported with a DROPPED frame.
     pub dropped_unreported: u64,
+    /// The topic incarnation an exact subscription was counted in (0 until the owner's ack),
+    /// so its unsubscribe cannot touch a topic deleted and made again meanwhile.
+    pub epoch: u64,
 }
 
 /// Bytes read from the socket and not yet decoded. Rests at `read_chunk_bytes`; grows only to

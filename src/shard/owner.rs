@@ -268,7 +268,16 @@ impl Shard {
                     .push(Terminal::TopicCreated { reply, result });
             }
             OwnerRequest::DeadLetter { message } => self.publish_dead_letter(message),
-            OwnerRequest::Unsubscribe { topic } => self.owned.remove_subscriber(&topic, from),
+            OwnerRequest::Unsubscribe { topic, epoch } => {
+                self.owned.remove_subscriber(&topic, from, epoch)
+            }
+            OwnerRequest::DeleteTopic { topic, reply } => {
+                let result = self.delete_owned_topic(&topic);
+                // Behind the requester's shard's TopicDeleted on the same ring.
+                self.link_mut(from)
+                    .terminals_out
+                    .push(Terminal::DeleteOutcome { reply, result });
+            }
             OwnerRequest::PatternSubscribe {
                 pattern,
                 first,
@@ -349,6 +358,8 @@ impl Shard {
                 self.answer_publish(reply, false, result);
             }
             Terminal::TopicCreated { reply, result } => self.answer_create_topic(reply, result),
+            Terminal::TopicDeleted { topic } => self.end_topic_subscriptions(&topic),
+            Terminal::DeleteOutcome { reply, result } => self.answer_delete_topic(reply, result),
             Terminal::SubscribeAck { ticket, result } => {
                 let key = ticket.0 as usize;
                 let Some(pending) = self.pending_subscribes.get_mut(key) else {
@@ -493,6 +504,80 @@ impl Shard {
     fn publish_dead_letter(&mut self, message: Message) {
         if let Err(code) = self.sequence_and_fan_out(message) {
             log::warn!("event=dead_letter_refused shard={} code={code}", self.id);
+        }
+    }
+
+    /// Deletes a topic this shard owns and tells every shard, this one at once, so that each
+    /// ends its subscriptions to it before the requester hears OK.
+    pub(super) fn delete_owned_topic(&mut self, topic: &str) -> Result<(), ErrorCode> {
+        self.owned.delete(topic)?;
+        for link in self.peers_mut() {
+            link.terminals_out.push(Terminal::TopicDeleted {
+                topic: topic.into(),
+            });
+        }
+        self.end_topic_subscriptions(topic);
+        Ok(())
+    }
+
+    /// Ends this shard's exact subscriptions to a deleted topic: plain ones and consumer ones
+    /// that are live. One still waiting for its owner's ack was counted after the delete, in
+    /// the topic made again, and stays. The owner forgot them all, so nothing is sent back.
+    pub(super) fn end_topic_subscriptions(&mut self, topic: &str) {
+        let mut ended = self.local.take_exact(topic);
+        for (index, conn) in self.connections.iter() {
+            for (&sub_id, record) in &conn.subscriptions {
+                let consumer_on_topic = record.kind == SubjectKind::Exact
+                    && record.consumer.is_some()
+                    && record.pending.is_none()
+                    && &*record.subject == topic;
+                if consumer_on_topic {
+                    ended.push(Subscriber {
+                        connection: conn.id,
+                        sub_id,
+                    });
+                }
+            }
+            debug_assert_eq!(index, conn.id.index as usize);
+        }
+        for subscriber in ended {
+            let Some(conn) = self.connection_mut(subscriber.connection) else {
+                continue;
+            };
+            conn.subscriptions.remove(&subscriber.sub_id);
+            let message = format!(
+                "topic {topic} was deleted; subscription {} ended",
+                subscriber.sub_id
+            );
+            if conn.protocol_version >= 3 {
+                self.reply(
+                    subscriber.connection,
+                    Frame::Ended {
+                        sub_id: subscriber.sub_id,
+                        code: ErrorCode::TopicDeleted.as_u16(),
+                        message: message.as_bytes(),
+                    },
+                );
+            } else {
+                // Older clients have no ENDED: a connection-level ERR is what they can read.
+                self.reply_err(subscriber.connection, 0, ErrorCode::TopicDeleted, &message);
+            }
+        }
+    }
+
+    pub(super) fn answer_delete_topic(
+        &mut self,
+        reply: ReplyTarget,
+        result: Result<(), ErrorCode>,
+    ) {
+        match result {
+            Ok(()) => self.reply_ok(reply.connection, reply.request_id, &[]),
+            Err(code) => self.reply_err(
+                reply.connection,
+                reply.request_id,
+                code,
+                "no such topic on its owner",
+            ),
         }
     }
 

@@ -194,6 +194,15 @@ impl OwnedTopics {
         Ok(position)
     }
 
+    /// Deletes a topic with its retained messages and consumers (DELETE_TOPIC).
+    pub fn delete(&mut self, topic: &str) -> Result<(), ErrorCode> {
+        let owned = self.topics.remove(topic).ok_or(ErrorCode::TopicNotFound)?;
+        self.consumers_len -= owned.consumers.len();
+        self.created_len -= usize::from(owned.explicit);
+        self.consumer_topics.remove(topic);
+        Ok(())
+    }
+
     /// Counts a subscription from `shard` and gathers what it asked to replay. Live messages
     /// for it are those sequenced after this call, so replay and live meet with no gap and no
     /// duplicate.
@@ -482,9 +491,14 @@ impl OwnedTopics {
             .sum()
     }
 
-    pub fn remove_subscriber(&mut self, topic: &str, shard: ShardId) {
-        let Some(owned) = self.topics.get_mut(topic) else {
-            debug_assert!(false, "unsubscribe from a topic that was never subscribed");
+    /// A subscription counted in incarnation `epoch` went away. If the topic was deleted
+    /// meanwhile (and perhaps made again), there is nothing to uncount.
+    pub fn remove_subscriber(&mut self, topic: &str, shard: ShardId, epoch: u64) {
+        let Some(owned) = self
+            .topics
+            .get_mut(topic)
+            .filter(|owned| owned.epoch == epoch)
+        else {
             return;
         };
         let count = &mut owned.exact_subscribers_by_shard[shard.index()];
@@ -566,6 +580,11 @@ impl LocalSubscriptions {
                 self.exact.insert(topic.into(), vec![subscriber]);
             }
         }
+    }
+
+    /// Every exact subscription to `topic`, removed (the topic was deleted).
+    pub fn take_exact(&mut self, topic: &str) -> Vec<Subscriber> {
+        self.exact.remove(topic).unwrap_or_default()
     }
 
     pub fn remove_exact(&mut self, topic: &str, subscriber: Subscriber) -> bool {
@@ -692,9 +711,9 @@ mod tests {
         let patterns = Sublist::new(16);
         let mut owned = OwnedTopics::new(4, 10, LIMITS);
         assert_eq!(sequence(&mut owned, "a", &patterns, 100), sequenced(1, 0));
-        owned
+        let epoch = owned
             .add_subscriber("a", ShardId(2), Start::New, 0)
-            .map(|s| s.position)
+            .map(|s| s.position.epoch)
             .unwrap();
         owned
             .add_subscriber("a", ShardId(2), Start::New, 0)
@@ -704,13 +723,24 @@ mod tests {
             sequence(&mut owned, "a", &patterns, 100),
             sequenced(2, 0b100)
         );
-        owned.remove_subscriber("a", ShardId(2));
+        owned.remove_subscriber("a", ShardId(2), epoch);
         assert_eq!(
             sequence(&mut owned, "a", &patterns, 100),
             sequenced(3, 0b100)
         );
-        owned.remove_subscriber("a", ShardId(2));
-        assert_eq!(sequence(&mut owned, "a", &patterns, 100), sequenced(4, 0));
+        // An unsubscribe from an older incarnation changes nothing.
+        owned.remove_subscriber("a", ShardId(2), epoch ^ 1);
+        assert_eq!(
+            sequence(&mut owned, "a", &patterns, 100),
+            sequenced(4, 0b100)
+        );
+        owned.remove_subscriber("a", ShardId(2), epoch);
+        assert_eq!(sequence(&mut owned, "a", &patterns, 100), sequenced(5, 0));
+        // Deleted: gone with its count, and made afresh by the next publish.
+        owned.delete("a").unwrap();
+        assert_eq!(owned.delete("a"), Err(ErrorCode::TopicNotFound));
+        owned.remove_subscriber("a", ShardId(2), epoch);
+        assert_eq!(sequence(&mut owned, "a", &patterns, 100), sequenced(1, 0));
     }
 
     #[test]
