@@ -596,6 +596,10 @@ impl Client {
     }
 
     pub fn unsubscribe(&mut self, subscription: Subscription) -> Result<()> {
+        if subscription.ended.is_some() {
+            // The broker ended it already (ENDED): nothing left to undo.
+            return Ok(());
+        }
         let sub_id = subscription.sub_id;
         // Unregister first so a reader blocked on this subscription's full buffer lets go.
         let _ = self.control_send(ReaderControl::Unregister { sub_id });
@@ -896,7 +900,12 @@ impl Reader {
                 true
             }
             Routed::Event(sub_id, event) => {
+                let ended = matches!(event, Event::Ended(_));
                 self.deliver(sub_id, event);
+                if ended {
+                    // The broker sends nothing after ENDED; the id is free again.
+                    self.subscriptions.remove(&sub_id);
+                }
                 true
             }
             Routed::Ignored => true,

@@ -272,8 +272,8 @@
 //!
 //! `id` is the subscription id. The body is laid out like ERR's: `code: u16`, then a
 //! human-readable `message`. The broker ended the subscription (so far only because its topic
-//! was deleted: `TOPIC_DELETED`); its id is free again. Messages still queued for it may be
-//! discarded.
+//! was deleted: `TOPIC_DELETED`). It comes after the messages already queued for the
+//! subscription and nothing for it follows, so its id is free again.
 //!
 //! # Error codes
 //!

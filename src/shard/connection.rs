@@ -144,7 +144,8 @@ pub enum EnqueueOutcome {
 }
 
 /// What waits in line for a subscription: messages, and the gap notices that must arrive
-/// between the right messages (encoded only when staged, so they cost no allocation).
+/// between the right messages (encoded only when staged, so they cost no allocation), and
+/// rare notices encoded already (ENDED: after it, nothing more for that subscription).
 enum Queued {
     Message(Message),
     Gap {
@@ -152,6 +153,7 @@ enum Queued {
         resume_seq: u64,
         topic: Box<str>,
     },
+    Notice(Box<[u8]>),
 }
 
 impl Queued {
@@ -169,6 +171,7 @@ impl Queued {
                 topic: topic.as_bytes(),
             }
             .encoded_len(),
+            Queued::Notice(frame) => frame.len(),
         }
     }
 }
@@ -295,6 +298,12 @@ impl Outbound {
         self.pending.push_back((sub_id, gap));
     }
 
+    /// Queues an encoded notice frame behind the messages already queued. Never dropped.
+    pub fn push_notice(&mut self, frame: Box<[u8]>) {
+        self.pending_bytes += frame.len();
+        self.pending.push_back((0, Queued::Notice(frame)));
+    }
+
     /// The oldest queued message (notices stay in line).
     fn pop_oldest_delivery(&mut self) -> Option<(u32, Message)> {
         let index = self
@@ -305,7 +314,7 @@ impl Outbound {
         self.pending_bytes -= queued.frame_len();
         match queued {
             Queued::Message(message) => Some((sub_id, message)),
-            Queued::Gap { .. } => None,
+            Queued::Gap { .. } | Queued::Notice(_) => None,
         }
     }
 
@@ -348,6 +357,7 @@ impl Outbound {
                     topic: topic.as_bytes(),
                 }
                 .encode(&mut self.write_buf),
+                Queued::Notice(frame) => self.write_buf.extend_from_slice(&frame),
             }
         }
         staged

@@ -273,7 +273,9 @@ impl Shard {
             }
             OwnerRequest::DeleteTopic { topic, reply } => {
                 let result = self.delete_owned_topic(&topic);
-                // Behind the requester's shard's TopicDeleted on the same ring.
+                // Behind the requester's shard's TopicDeleted on the same ring: one message
+                // past the room `terminal_room` checked, which `Outbox::push` allows (bounded:
+                // one per DELETE_TOPIC).
                 self.link_mut(from)
                     .terminals_out
                     .push(Terminal::DeleteOutcome { reply, result });
@@ -549,19 +551,29 @@ impl Shard {
                 "topic {topic} was deleted; subscription {} ended",
                 subscriber.sub_id
             );
-            if conn.protocol_version >= 3 {
-                self.reply(
-                    subscriber.connection,
-                    Frame::Ended {
-                        sub_id: subscriber.sub_id,
-                        code: ErrorCode::TopicDeleted.as_u16(),
-                        message: message.as_bytes(),
-                    },
-                );
+            let code = ErrorCode::TopicDeleted.as_u16();
+            let message = message.as_bytes();
+            let notice = if conn.protocol_version >= 3 {
+                let sub_id = subscriber.sub_id;
+                Frame::Ended {
+                    sub_id,
+                    code,
+                    message,
+                }
             } else {
                 // Older clients have no ENDED: a connection-level ERR is what they can read.
-                self.reply_err(subscriber.connection, 0, ErrorCode::TopicDeleted, &message);
-            }
+                let request_id = 0;
+                Frame::Err {
+                    request_id,
+                    code,
+                    message,
+                }
+            };
+            let mut frame = Vec::with_capacity(notice.encoded_len());
+            notice.encode(&mut frame);
+            // In line behind what is queued for it, so nothing for it follows the notice.
+            conn.out.push_notice(frame.into_boxed_slice());
+            self.mark_dirty(subscriber.connection);
         }
     }
 
