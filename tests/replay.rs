@@ -515,8 +515,9 @@ fn deleting_a_topic_ends_its_subscriptions_on_every_shard_and_frees_it() {
     }
     let gone = admin.delete_topic(&topic).unwrap_err();
     assert_eq!(gone.server_code(), Some(ErrorCode::TopicNotFound));
-    // The next publish makes it afresh: a new epoch, numbering from 1, nothing retained.
-    assert_eq!(publisher.publish_confirmed(&topic, b"after").unwrap(), 1);
+    // The next publish makes it again: a new epoch, nothing retained, and numbering that
+    // continues (so a late ack for the old message 1 cannot acknowledge a new one).
+    assert_eq!(publisher.publish_confirmed(&topic, b"after").unwrap(), 2);
     assert_eq!(pattern.recv_timeout(WAIT).unwrap().payload, b"after");
     let fresh = client(addr)
         .subscribe_with(&topic, starting(Start::All))
@@ -599,4 +600,36 @@ fn native_frame(bytes: &[u8]) -> Frame<'_> {
         .unwrap()
         .unwrap()
         .0
+}
+
+#[test]
+fn a_late_ack_for_a_deleted_topic_does_not_acknowledge_the_new_topics_message() {
+    let broker = start(config(2));
+    let addr = broker.native_addr();
+    let mut worker = client(addr);
+    let options = SubscribeOptions {
+        sharing: corebus::client::Sharing::Group("w".into()),
+        acks: Some(corebus::client::AckSettings {
+            in_flight_max: 16,
+            ack_wait_ms: 200,
+            deliver_max: 10,
+        }),
+        ..SubscribeOptions::default()
+    };
+    let mut jobs = worker.subscribe_with("jobs.*", options).unwrap();
+    let mut publisher = client(addr);
+    publisher.publish_confirmed("jobs.a", b"old").unwrap();
+    let old = jobs.recv_timeout(WAIT).unwrap();
+    client(addr).delete_topic("jobs.a").unwrap();
+    let new_seq = publisher.publish_confirmed("jobs.a", b"new").unwrap();
+    assert_ne!(new_seq, old.seq, "numbering continues across the delete");
+    let new = jobs.recv_timeout(WAIT).unwrap();
+    assert_eq!(new.payload, b"new");
+    // The worker finishes the old job late and acks it: "new" is still unacked and comes back.
+    worker.ack_message(&jobs, &old).unwrap();
+    let again = jobs.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        (again.payload.as_slice(), again.seq),
+        (&b"new"[..], new_seq)
+    );
 }

@@ -161,8 +161,10 @@
 //! Nothing may follow the topic. Deletes the topic with its retained messages and its durable
 //! consumers and groups (their unacknowledged messages too), and ends every exact subscription
 //! to it: a v3 subscriber gets ENDED (`TOPIC_DELETED`) for each, older ones an ERR with id 0.
-//! The OK (empty `data`) is sent once every shard has been told. A later publish or subscribe
-//! creates the topic afresh, with a new epoch. Pattern subscriptions are not affected.
+//! The OK (empty `data`) is sent once the requester's shard has been told. A later publish or
+//! subscribe creates the topic afresh, with a new epoch; its sequence numbers continue after
+//! the deleted topic's last one, so an ACK in flight for the old topic cannot name a message of
+//! the new one. Pattern subscriptions are not affected (nor told).
 //! Deleting a topic that does not exist is `TOPIC_NOT_FOUND`.
 //!
 //! ### PING (`0x05`) and PONG (`0x83`)

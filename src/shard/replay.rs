@@ -124,6 +124,17 @@ impl<T> ReplayRing<T> {
         }
     }
 
+    /// A ring for a topic whose numbering continues after `last_seq` (made again after a
+    /// delete): everything up to it is below the window, as if evicted.
+    pub fn continuing_after(limits: ReplayLimits, last_seq: u64) -> Self {
+        let mut ring = ReplayRing::new(limits);
+        ring.last_seq = last_seq.min(u64::MAX - 1);
+        if last_seq > 0 {
+            ring.below_window_timestamp_ns = Some(0);
+        }
+        ring
+    }
+
     pub fn limits(&self) -> ReplayLimits {
         self.limits
     }

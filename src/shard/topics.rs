@@ -8,6 +8,8 @@
 //!   topic, exact ones in a hash map and patterns in a token trie, so a delivery that arrives
 //!   from an owner fans out here without asking anyone.
 
+use std::collections::VecDeque;
+
 use ahash::{AHashMap, AHashSet};
 use hashbrown::hash_map::{EntryRef, HashMap};
 
@@ -47,13 +49,16 @@ pub struct OwnedTopic {
 }
 
 impl OwnedTopic {
-    fn new(shards: usize, replay_limits: ReplayLimits) -> Self {
+    /// A new incarnation; its numbering continues after `last_seq` (0 for a name never used,
+    /// else the last of a deleted incarnation, so an ack still in flight for the old one
+    /// cannot name a message of the new one).
+    fn new(shards: usize, replay_limits: ReplayLimits, last_seq: u64) -> Self {
         OwnedTopic {
-            replay: ReplayRing::new(replay_limits),
+            replay: ReplayRing::continuing_after(replay_limits, last_seq),
             consumers: AHashMap::new(),
             explicit: false,
             epoch: rand::random(),
-            last_seq: 0,
+            last_seq,
             last_timestamp_ns: 0,
             exact_subscribers_by_shard: vec![0; shards],
             exact_mask: 0,
@@ -115,6 +120,42 @@ pub struct OwnedTopics {
     /// Topics made by CREATE_TOPIC (never reclaimed, so counted apart).
     created_len: usize,
     created_max: usize,
+    deleted: DeletedTopics,
+}
+
+/// The last sequence number of deleted topics, by name, so a topic made again continues the
+/// numbering. At most `topics_max` names; past that the oldest deletion is forgotten.
+#[derive(Default)]
+struct DeletedTopics {
+    last_seqs: AHashMap<Box<str>, u64>,
+    /// Deletion order, for forgetting; may hold names already taken back.
+    order: VecDeque<Box<str>>,
+}
+
+impl DeletedTopics {
+    fn remember(&mut self, topic: &str, last_seq: u64, names_max: usize) {
+        while self.last_seqs.len() >= names_max.max(1) {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.last_seqs.remove(&oldest);
+        }
+        if self.order.len() >= names_max.max(1) * 2 {
+            // Drop names taken back already, so the queue stays bounded too.
+            let last_seqs = &self.last_seqs;
+            self.order.retain(|name| last_seqs.contains_key(name));
+        }
+        self.last_seqs.insert(topic.into(), last_seq);
+        self.order.push_back(topic.into());
+    }
+
+    /// The last sequence number of a deleted topic of this name (forgotten once used), or 0.
+    fn take(&mut self, topic: &str) -> u64 {
+        if self.last_seqs.is_empty() {
+            return 0;
+        }
+        self.last_seqs.remove(topic).unwrap_or(0)
+    }
 }
 
 impl OwnedTopics {
@@ -128,6 +169,7 @@ impl OwnedTopics {
             consumers_max: usize::MAX,
             created_len: 0,
             created_max: usize::MAX,
+            deleted: DeletedTopics::default(),
             shards,
             pattern_matches: Vec::new(),
         }
@@ -162,10 +204,12 @@ impl OwnedTopics {
         match self.topics.entry_ref(topic) {
             EntryRef::Occupied(entry) => Ok(entry.into_mut()),
             EntryRef::Vacant(_) if full => Err(ErrorCode::TooManyTopics),
-            EntryRef::Vacant(entry) => Ok(entry.insert_with_key(
-                topic.into(),
-                OwnedTopic::new(self.shards, replay_limits_for(topic, self.replay_limits)),
-            )),
+            EntryRef::Vacant(entry) => {
+                let last_seq = self.deleted.take(topic);
+                let limits = replay_limits_for(topic, self.replay_limits);
+                Ok(entry
+                    .insert_with_key(topic.into(), OwnedTopic::new(self.shards, limits, last_seq)))
+            }
         }
     }
 
@@ -187,7 +231,8 @@ impl OwnedTopics {
             return Err(ErrorCode::TooManyTopics);
         }
         self.created_len += 1;
-        let mut owned = OwnedTopic::new(self.shards, replay_limits);
+        let last_seq = self.deleted.take(topic);
+        let mut owned = OwnedTopic::new(self.shards, replay_limits, last_seq);
         owned.explicit = true;
         let position = owned.position();
         self.topics.insert(topic.into(), owned);
@@ -197,6 +242,8 @@ impl OwnedTopics {
     /// Deletes a topic with its retained messages and consumers (DELETE_TOPIC).
     pub fn delete(&mut self, topic: &str) -> Result<(), ErrorCode> {
         let owned = self.topics.remove(topic).ok_or(ErrorCode::TopicNotFound)?;
+        self.deleted
+            .remember(topic, owned.last_seq, self.topics_max);
         self.consumers_len -= owned.consumers.len();
         self.created_len -= usize::from(owned.explicit);
         self.consumer_topics.remove(topic);
@@ -736,11 +783,39 @@ mod tests {
         );
         owned.remove_subscriber("a", ShardId(2), epoch);
         assert_eq!(sequence(&mut owned, "a", &patterns, 100), sequenced(5, 0));
-        // Deleted: gone with its count, and made afresh by the next publish.
+        // Deleted: gone with its count, and made again by the next publish, with a new epoch
+        // and numbering that continues, so a late ack cannot name a new message.
         owned.delete("a").unwrap();
         assert_eq!(owned.delete("a"), Err(ErrorCode::TopicNotFound));
         owned.remove_subscriber("a", ShardId(2), epoch);
-        assert_eq!(sequence(&mut owned, "a", &patterns, 100), sequenced(1, 0));
+        assert_eq!(sequence(&mut owned, "a", &patterns, 100), sequenced(6, 0));
+        assert_ne!(owned.get("a").unwrap().epoch, epoch);
+        assert_eq!(
+            owned
+                .get("a")
+                .unwrap()
+                .replay
+                .plan(Start::All, 100)
+                .first_seq,
+            6
+        );
+    }
+
+    #[test]
+    fn deleted_names_are_remembered_up_to_the_topic_limit() {
+        let mut deleted = DeletedTopics::default();
+        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+            deleted.remember(name, 10 + i as u64, 2);
+        }
+        assert_eq!(deleted.take("a"), 0, "the oldest was forgotten");
+        assert_eq!(deleted.take("b"), 11);
+        assert_eq!(deleted.take("b"), 0, "taken once");
+        assert_eq!(deleted.take("c"), 12);
+        for i in 0..100 {
+            deleted.remember("d", i, 2);
+            deleted.take("d");
+        }
+        assert!(deleted.order.len() <= 4, "{}", deleted.order.len());
     }
 
     #[test]
