@@ -258,6 +258,17 @@ fn reflect(
     let reply = |connections: &mut Slab<Connection>, frame: Frame<'_>| {
         frame.encode(&mut connections[from].write_buf);
     };
+    let refuse = |connections: &mut Slab<Connection>, request_id, message: &[u8]| {
+        let code = crate::error::ErrorCode::UnsupportedOption.as_u16();
+        reply(
+            connections,
+            Frame::Err {
+                request_id,
+                code,
+                message,
+            },
+        );
+    };
     match frame {
         Frame::Hello { request_id, .. } => {
             let mut data = [0u8; 8];
@@ -277,15 +288,10 @@ fn reflect(
             options: [_, ..],
             ..
         } => {
-            let code = crate::error::ErrorCode::UnsupportedOption.as_u16();
-            let message = b"the reflector takes plain subscriptions only";
-            reply(
+            refuse(
                 connections,
-                Frame::Err {
-                    request_id,
-                    code,
-                    message,
-                },
+                request_id,
+                b"the reflector takes plain subscriptions only",
             );
         }
         Frame::Subscribe {
@@ -347,15 +353,10 @@ fn reflect(
             },
         ),
         Frame::CreateTopic { request_id, .. } | Frame::DeleteTopic { request_id, .. } => {
-            let code = crate::error::ErrorCode::UnsupportedOption.as_u16();
-            let message = b"the reflector keeps no topics to create or delete";
-            reply(
+            refuse(
                 connections,
-                Frame::Err {
-                    request_id,
-                    code,
-                    message,
-                },
+                request_id,
+                b"the reflector keeps no topics to create or delete",
             );
         }
         // Acks and server-to-client frames need nothing here.

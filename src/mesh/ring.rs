@@ -65,6 +65,11 @@ impl<T> Outbox<T> {
         self.staged.len() < self.batch_max
     }
 
+    /// Whether one more message fits, handing the staged batch to the ring first if it must.
+    pub fn make_room(&mut self) -> bool {
+        self.has_room() || self.flush()
+    }
+
     /// Stages a message. Callers check [`Outbox::has_room`] first for work they can postpone;
     /// clean-up work that cannot wait (interest removal when a connection dies) may go past
     /// `batch_max`; it is bounded by the subscriptions that connection held.

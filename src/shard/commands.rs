@@ -249,7 +249,7 @@ impl Shard {
             self.terminal_room()
         } else {
             let link = self.link_mut(owner);
-            link.requests_out.has_room() || link.requests_out.flush()
+            link.requests_out.make_room()
         };
         if !has_room {
             return Flow::Blocked;
@@ -377,11 +377,9 @@ impl Shard {
             SubjectKind::Exact if owner == self.id => true,
             SubjectKind::Exact => {
                 let link = self.link_mut(owner);
-                link.requests_out.has_room() || link.requests_out.flush()
+                link.requests_out.make_room()
             }
-            SubjectKind::Pattern => self
-                .peers_mut()
-                .all(|link| link.requests_out.has_room() || link.requests_out.flush()),
+            SubjectKind::Pattern => self.peers_mut().all(|link| link.requests_out.make_room()),
         };
         if !has_room {
             return Flow::Blocked;
@@ -834,7 +832,7 @@ impl Shard {
             self.consumer_actions = actions;
         } else {
             let link = self.link_mut(owner);
-            if !(link.requests_out.has_room() || link.requests_out.flush()) {
+            if !link.requests_out.make_room() {
                 return Flow::Blocked;
             }
             link.requests_out.push(OwnerRequest::Ack {
@@ -851,6 +849,21 @@ impl Shard {
         Flow::Continue
     }
 
+    /// Refuses a command that came with protocol v3 on an older connection (`UNKNOWN_OPCODE`:
+    /// that version does not have it), or stops for a connection that is gone. `None` lets the
+    /// command go on.
+    fn refused_before_v3(&mut self, id: ConnectionId, request_id: u32, what: &str) -> Option<Flow> {
+        let Some(conn) = self.connection_mut(id) else {
+            return Some(Flow::Stop);
+        };
+        if conn.protocol_version >= 3 {
+            return None;
+        }
+        let reason = format!("{what} needs protocol version 3");
+        self.reply_err(id, request_id, ErrorCode::UnknownOpcode, &reason);
+        Some(Flow::Continue)
+    }
+
     fn handle_create_topic(
         &mut self,
         id: ConnectionId,
@@ -858,17 +871,8 @@ impl Shard {
         topic_bytes: &[u8],
         options: &[u8],
     ) -> Flow {
-        let Some(conn) = self.connection_mut(id) else {
-            return Flow::Stop;
-        };
-        if conn.protocol_version < 3 {
-            self.reply_err(
-                id,
-                request_id,
-                ErrorCode::UnknownOpcode,
-                "CREATE_TOPIC needs protocol version 3",
-            );
-            return Flow::Continue;
+        if let Some(flow) = self.refused_before_v3(id, request_id, "CREATE_TOPIC") {
+            return flow;
         }
         let topic = match topic::parse_publish_topic(topic_bytes) {
             Ok(topic) if topic.starts_with(INBOX_PREFIX) => {
@@ -916,7 +920,7 @@ impl Shard {
             self.answer_create_topic(reply, result);
         } else {
             let link = self.link_mut(owner);
-            if !(link.requests_out.has_room() || link.requests_out.flush()) {
+            if !link.requests_out.make_room() {
                 return Flow::Blocked;
             }
             link.requests_out.push(OwnerRequest::CreateTopic {
@@ -934,17 +938,8 @@ impl Shard {
         request_id: u32,
         topic_bytes: &[u8],
     ) -> Flow {
-        let Some(conn) = self.connection_mut(id) else {
-            return Flow::Stop;
-        };
-        if conn.protocol_version < 3 {
-            self.reply_err(
-                id,
-                request_id,
-                ErrorCode::UnknownOpcode,
-                "DELETE_TOPIC needs protocol version 3",
-            );
-            return Flow::Continue;
+        if let Some(flow) = self.refused_before_v3(id, request_id, "DELETE_TOPIC") {
+            return flow;
         }
         let topic = match topic::parse_subscription(topic_bytes) {
             Ok((_, SubjectKind::Pattern)) => Err("DELETE_TOPIC takes an exact topic"),
@@ -975,7 +970,7 @@ impl Shard {
             self.answer_delete_topic(reply, result);
         } else {
             let link = self.link_mut(owner);
-            if !(link.requests_out.has_room() || link.requests_out.flush()) {
+            if !link.requests_out.make_room() {
                 return Flow::Blocked;
             }
             link.requests_out.push(OwnerRequest::DeleteTopic {

@@ -37,8 +37,7 @@ impl Shard {
     /// Whether every terminal outbox can take one more message: the most a single request
     /// adds to each.
     pub(super) fn terminal_room(&mut self) -> bool {
-        self.peers_mut()
-            .all(|link| link.terminals_out.has_room() || link.terminals_out.flush())
+        self.peers_mut().all(|link| link.terminals_out.make_room())
     }
 
     /// Sequences a message of a topic this shard owns and sends it to every shard with a
