@@ -11,6 +11,13 @@
 //! pace, so a paused consumer (in-flight full, or detached) holds no copies of its own. What
 //! the ring evicts before the consumer got to it is reported as a gap, never lost silently.
 //!
+//! A gap is part of the consumer's state, like an unacknowledged message, because a notice
+//! that dies with a connection would turn the loss silent again. It travels with the message
+//! that follows it (the one at `resume_seq`): the GAP goes to whichever member gets that
+//! message, just before it, on every delivery of it, until that message is acknowledged. An
+//! ack of `resume_seq` proves the GAP was read, since both came in order on one connection.
+//! Without acks a consumer is at-most-once, and its gap is as durable as its messages.
+//!
 //! Sans-IO: every entry point takes `now_ns` and appends [`ConsumerAction`]s for the shard to
 //! carry out (deliver here or over a ring, publish a dead letter).
 
@@ -34,6 +41,9 @@ pub struct Member {
 pub struct Unacked {
     pub message: Message,
     pub member: Member,
+    /// Messages evicted just before this one that the consumer never got: announced with
+    /// every delivery of this message until it is acknowledged.
+    pub gap_missed: Option<u64>,
 }
 
 /// What the shard must do for a consumer.
@@ -43,7 +53,8 @@ pub enum ConsumerAction {
         member: Member,
         message: Message,
     },
-    /// `missed` messages were evicted before the consumer got to them.
+    /// `missed` messages were evicted before the consumer got to them. Always directly
+    /// followed by the `Deliver` of `resume_seq` to the same member.
     Gap {
         member: Member,
         missed: u64,
@@ -61,6 +72,9 @@ pub struct Consumer {
     pub is_group: bool,
     /// The next sequence to deliver for the first time.
     pub next_seq: u64,
+    /// Messages evicted before `next_seq` that no member has been told of yet: announced
+    /// with the first delivery of `next_seq`.
+    gap_missed: Option<u64>,
     pub members: Vec<Member>,
     next_member: usize,
     unacked: Option<RetryBuffer<Unacked>>,
@@ -86,6 +100,7 @@ impl Consumer {
         Consumer {
             is_group,
             next_seq,
+            gap_missed: None,
             members: Vec::new(),
             next_member: 0,
             unacked: acks.map(|acks| {
@@ -118,7 +133,8 @@ impl Consumer {
     }
 
     /// Adds a member. A durable consumer that comes back gets its unacknowledged messages
-    /// again first.
+    /// again first; a group member that joins gets at once what departed members left
+    /// unacknowledged (rather than after their ack wait).
     pub fn attach(
         &mut self,
         member: Member,
@@ -135,8 +151,32 @@ impl Consumer {
                 unacked.redeliver_all(now_ns, &mut self.due_scratch);
                 self.carry_out_due(out);
             }
+        } else {
+            self.hand_over_orphans(now_ns, out);
         }
         Ok(())
+    }
+
+    /// Makes what was delivered to members no longer in the group due now, so the members
+    /// that are here get it without waiting out its ack wait.
+    fn hand_over_orphans(&mut self, now_ns: u64, out: &mut Vec<ConsumerAction>) {
+        let Some(unacked) = &mut self.unacked else {
+            return;
+        };
+        let mut orphaned = std::mem::take(&mut self.seq_scratch);
+        orphaned.clear();
+        orphaned.extend(
+            unacked
+                .iter()
+                .filter(|entry| !self.members.contains(&entry.item.member))
+                .map(|entry| entry.seq),
+        );
+        for &seq in &orphaned {
+            unacked.nack(seq, now_ns);
+        }
+        self.seq_scratch = orphaned;
+        unacked.take_due(now_ns, &mut self.due_scratch);
+        self.carry_out_due(out);
     }
 
     /// Removes a member (unsubscribed, or its connection went away). In a group, what it had
@@ -149,18 +189,7 @@ impl Consumer {
             self.detached_since_ns = Some(now_ns);
             return;
         }
-        if let Some(unacked) = &mut self.unacked {
-            let orphaned: Vec<u64> = unacked
-                .iter()
-                .filter(|entry| entry.item.member == leaving)
-                .map(|entry| entry.seq)
-                .collect();
-            for seq in orphaned {
-                unacked.nack(seq, now_ns);
-            }
-            unacked.take_due(now_ns, &mut self.due_scratch);
-            self.carry_out_due(out);
-        }
+        self.hand_over_orphans(now_ns, out);
     }
 
     /// Delivers, for the first time, whatever the topic has past `next_seq`, as far as
@@ -183,20 +212,15 @@ impl Consumer {
                 (Some(message), _) => message.clone(),
                 (None, Some(fresh)) if fresh.seq() == seq => fresh.clone(),
                 (None, _) => {
-                    // Evicted before this consumer got to it.
-                    let resume_seq = replay.first_seq().unwrap_or(last_seq + 1);
-                    let resume_seq = match fresh {
-                        Some(fresh) if replay.first_seq().is_none() => fresh.seq(),
-                        _ => resume_seq,
+                    // Evicted before this consumer got to it: remembered, and announced with
+                    // whatever message comes next.
+                    let resume_seq = match (replay.first_seq(), fresh) {
+                        (Some(first), _) => first,
+                        (None, Some(fresh)) => fresh.seq(),
+                        (None, None) => last_seq + 1,
                     };
-                    let Some(member) = self.pick_member() else {
-                        return;
-                    };
-                    out.push(ConsumerAction::Gap {
-                        member,
-                        missed: resume_seq - seq,
-                        resume_seq,
-                    });
+                    debug_assert!(resume_seq > seq, "the ring only evicts from its front");
+                    *self.gap_missed.get_or_insert(0) += resume_seq - seq;
                     self.next_seq = resume_seq;
                     continue;
                 }
@@ -204,16 +228,26 @@ impl Consumer {
             let Some(member) = self.pick_member() else {
                 return;
             };
+            let gap_missed = self.gap_missed;
             if let Some(unacked) = &mut self.unacked {
                 let tracked = Unacked {
                     message: message.clone(),
                     member,
+                    gap_missed,
                 };
                 if unacked.track(seq, tracked, now_ns).is_err() {
                     return;
                 }
             }
+            self.gap_missed = None;
             self.next_seq += 1;
+            if let Some(missed) = gap_missed {
+                out.push(ConsumerAction::Gap {
+                    member,
+                    missed,
+                    resume_seq: seq,
+                });
+            }
             out.push(ConsumerAction::Deliver { member, message });
         }
     }
@@ -291,9 +325,9 @@ impl Consumer {
         for entry in due.drain(..) {
             match entry {
                 Due::Redeliver {
+                    seq,
                     item,
                     delivery_count,
-                    ..
                 } => {
                     // Back to the same member if it is still here, else to whoever is next;
                     // with nobody attached it stays in flight for the next one to attach.
@@ -304,6 +338,20 @@ impl Consumer {
                     } else {
                         continue;
                     };
+                    if member != item.member {
+                        // Its holder is now this member: its cumulative acks cover it, and
+                        // it is no longer an orphan when the next member joins.
+                        if let Some(held) = self.unacked.as_mut().and_then(|u| u.get_mut(seq)) {
+                            held.item.member = member;
+                        }
+                    }
+                    if let Some(missed) = item.gap_missed {
+                        out.push(ConsumerAction::Gap {
+                            member,
+                            missed,
+                            resume_seq: item.message.seq(),
+                        });
+                    }
                     out.push(ConsumerAction::Deliver {
                         member,
                         message: item.message.redelivery(delivery_count),
@@ -530,5 +578,131 @@ mod tests {
             }
         ));
         assert_eq!(delivered(&mut out).len(), 16);
+    }
+
+    /// (member, kind, seq): `G` for a gap notice (seq = resume_seq), `M` for a delivery.
+    fn notices(out: &mut Vec<ConsumerAction>) -> Vec<(u32, char, u64)> {
+        out.drain(..)
+            .filter_map(|action| match action {
+                ConsumerAction::Deliver { member, message } => {
+                    Some((member.subscriber.connection.index, 'M', message.seq()))
+                }
+                ConsumerAction::Gap {
+                    member, resume_seq, ..
+                } => Some((member.subscriber.connection.index, 'G', resume_seq)),
+                ConsumerAction::DeadLetter { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gap_is_announced_again_until_the_message_after_it_is_acked() {
+        // Regression: the owner moved past a gap when it sent the notice, so a consumer that
+        // died before reading it never heard of the loss.
+        let ring = ring_with(20); // keeps 5..=20
+        let acks = AckSettings {
+            in_flight_max: 1,
+            deliver_max: 10,
+            ..ACKS
+        };
+        let mut consumer = Consumer::new(false, 1, Some(acks), 10_000_000);
+        let mut out = Vec::new();
+        consumer.attach(member(1), 0, &mut out).unwrap();
+        consumer.pump(&ring, None, 0, &mut out);
+        assert_eq!(notices(&mut out), [(1, 'G', 5), (1, 'M', 5)]);
+        consumer.detach(member(1), 1, &mut out);
+        consumer.attach(member(2), 2, &mut out).unwrap();
+        assert_eq!(notices(&mut out), [(2, 'G', 5), (2, 'M', 5)], "told again");
+        consumer.on_timer(1_000_000_000, &mut out);
+        assert_eq!(
+            notices(&mut out),
+            [(2, 'G', 5), (2, 'M', 5)],
+            "and on redelivery"
+        );
+        consumer.ack(member(2), (5, AckKind::Single), 3, &mut out);
+        consumer.pump(&ring, None, 3, &mut out);
+        assert_eq!(notices(&mut out), [(2, 'M', 6)]);
+        consumer.detach(member(2), 4, &mut out);
+        consumer.attach(member(3), 5, &mut out).unwrap();
+        assert_eq!(notices(&mut out), [(3, 'M', 6)], "an acked gap is settled");
+    }
+
+    #[test]
+    fn a_gap_waiting_for_room_grows_if_more_is_evicted_meanwhile() {
+        let mut ring = ring_with(20); // keeps 5..=20
+        let mut consumer = Consumer::new(false, 1, Some(ACKS), 10_000_000);
+        let mut out = Vec::new();
+        consumer.attach(member(1), 0, &mut out).unwrap();
+        consumer.pump(&ring, None, 0, &mut out);
+        assert_eq!(notices(&mut out), [(1, 'G', 5), (1, 'M', 5), (1, 'M', 6)]);
+        // In flight is full; the ring moves on to 11..=26 meanwhile.
+        for seq in 21..=26 {
+            let mut message = Message::from_publish(&mut Vec::new(), "t", None, b"x");
+            message.stamp(seq, seq);
+            ring.push(seq, seq, message.frame_len(), message, seq);
+        }
+        consumer.ack(member(1), (6, AckKind::Cumulative), 1, &mut out);
+        consumer.pump(&ring, None, 1, &mut out);
+        let actions: Vec<_> = out
+            .iter()
+            .filter_map(|action| match action {
+                ConsumerAction::Gap {
+                    missed, resume_seq, ..
+                } => Some((*missed, *resume_seq)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(actions, [(4, 11)], "7..=10 missed, in one notice");
+        assert_eq!(
+            notices(&mut out),
+            [(1, 'G', 11), (1, 'M', 11), (1, 'M', 12)]
+        );
+    }
+
+    #[test]
+    fn in_a_group_the_gap_goes_to_the_member_that_gets_the_message_after_it() {
+        let ring = ring_with(20); // keeps 5..=20
+        let acks = AckSettings {
+            in_flight_max: 3,
+            ..ACKS
+        };
+        let mut group = Consumer::new(true, 1, Some(acks), 10_000_000);
+        let mut out = Vec::new();
+        group.attach(member(1), 0, &mut out).unwrap();
+        group.attach(member(2), 0, &mut out).unwrap();
+        group.pump(&ring, None, 0, &mut out);
+        assert_eq!(
+            notices(&mut out),
+            [(1, 'G', 5), (1, 'M', 5), (2, 'M', 6), (1, 'M', 7)]
+        );
+        // Member 1 dies unread: member 2 gets its messages at once, the gap with them.
+        group.detach(member(1), 1, &mut out);
+        assert_eq!(notices(&mut out), [(2, 'G', 5), (2, 'M', 5), (2, 'M', 7)]);
+        // Member 2 now holds them: its cumulative ack covers them all.
+        group.ack(member(2), (7, AckKind::Cumulative), 2, &mut out);
+        assert_eq!(group.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_member_joining_a_group_gets_what_departed_members_left_at_once() {
+        // Regression: they waited for their ack wait (30 s by default) after a join.
+        let ring = ring_with(2);
+        let acks = AckSettings {
+            in_flight_max: 10,
+            ack_wait_ms: 30_000,
+            deliver_max: 5,
+        };
+        let mut group = Consumer::new(true, 1, Some(acks), 60_000_000_000);
+        let mut out = Vec::new();
+        group.attach(member(1), 0, &mut out).unwrap();
+        group.pump(&ring, None, 0, &mut out);
+        assert_eq!(notices(&mut out), [(1, 'M', 1), (1, 'M', 2)]);
+        group.detach(member(1), 1, &mut out);
+        assert!(out.is_empty(), "nobody to give them to");
+        group.attach(member(2), 2, &mut out).unwrap();
+        assert_eq!(notices(&mut out), [(2, 'M', 1), (2, 'M', 2)]);
+        // A third member finds nothing orphaned: member 2 holds both.
+        group.attach(member(3), 3, &mut out).unwrap();
+        assert!(out.is_empty());
     }
 }

@@ -318,6 +318,12 @@ impl<T: Clone> RetryBuffer<T> {
         Some(&self.slots[self.by_seq[at].1].in_flight)
     }
 
+    /// For the owner of the buffer to update what it keeps with a message (who holds it).
+    pub fn get_mut(&mut self, seq: u64) -> Option<&mut InFlight<T>> {
+        let at = self.position(seq).ok()?;
+        Some(&mut self.slots[self.by_seq[at].1].in_flight)
+    }
+
     /// Every message in flight, in sequence order.
     pub fn iter(&self) -> impl Iterator<Item = &InFlight<T>> {
         self.by_seq
