@@ -57,11 +57,17 @@ pub enum ErrorCode {
     OptionOutOfRange = 22,
     /// The subscription's topic was deleted (DELETE_TOPIC); the subscription is gone.
     TopicDeleted = 23,
+    /// A start sequence number lies beyond the topic's next one: it names a message the
+    /// topic has not numbered (often a position from before a restart).
+    StartBeyondEnd = 24,
+    /// A resume named an epoch the topic no longer has: its history was lost (a restart, or
+    /// the topic was deleted and made again), and its numbers now mean other messages.
+    EpochMismatch = 25,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation tables.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownOpcode,
@@ -85,6 +91,8 @@ impl ErrorCode {
         ErrorCode::TopicExists,
         ErrorCode::OptionOutOfRange,
         ErrorCode::TopicDeleted,
+        ErrorCode::StartBeyondEnd,
+        ErrorCode::EpochMismatch,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -124,6 +132,8 @@ impl ErrorCode {
             ErrorCode::TopicExists => "TOPIC_EXISTS",
             ErrorCode::OptionOutOfRange => "OPTION_OUT_OF_RANGE",
             ErrorCode::TopicDeleted => "TOPIC_DELETED",
+            ErrorCode::StartBeyondEnd => "START_BEYOND_END",
+            ErrorCode::EpochMismatch => "EPOCH_MISMATCH",
         }
     }
 }

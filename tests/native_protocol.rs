@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use corebus::error::ErrorCode;
 use corebus::protocol::native::{self, Frame, PROTOCOL_VERSION};
+use corebus::protocol::subscribe_options::{Sharing, Start, SubscribeOptions};
 
 #[test]
 fn handshake_reports_version_shard_and_limit() {
@@ -260,8 +261,9 @@ fn garbage_before_the_handshake_is_refused_and_closed() {
 fn a_command_before_hello_is_refused_and_closed() {
     let broker = start(config(1));
     let mut raw = RawConnection::connect(broker.native_addr());
-    raw.send(Frame::Ping { request_id: 1 });
-    assert_eq!(raw.expect_err(), (0, ErrorCode::HandshakeRequired.as_u16()));
+    raw.send(Frame::Ping { request_id: 41 });
+    // Its request id is readable, so the answer carries it.
+    assert_eq!(raw.expect_err(), (41, ErrorCode::HandshakeRequired.as_u16()));
     raw.expect_closed();
 }
 
@@ -357,4 +359,149 @@ fn frames_behind_urgent_data_are_still_read() {
         let frame = native::decode(&bytes, 1 << 20).unwrap().unwrap().0;
         assert_eq!(frame, Frame::Pong { request_id });
     }
+}
+
+#[test]
+fn a_server_opcode_from_a_client_is_answered_with_its_id_and_the_connection_stays_open() {
+    let broker = start(config(1));
+    let mut raw = RawConnection::handshaken(broker.native_addr());
+    raw.send(Frame::Gap {
+        sub_id: 9,
+        missed: 1,
+        resume_seq: 2,
+        topic: b"",
+    });
+    assert_eq!(raw.expect_err(), (9, ErrorCode::UnknownOpcode.as_u16()));
+    raw.send(Frame::Pong { request_id: 10 });
+    assert_eq!(raw.expect_err(), (10, ErrorCode::UnknownOpcode.as_u16()));
+    raw.send(Frame::Ping { request_id: 11 });
+    let bytes = raw.next_frame_bytes().unwrap();
+    assert_eq!(
+        native::decode(&bytes, 1 << 20).unwrap().unwrap().0,
+        Frame::Pong { request_id: 11 }
+    );
+}
+
+#[test]
+fn each_version_gets_only_the_frames_and_fields_it_has() {
+    let broker = start(config(1));
+    let ack = |request_id, topic| Frame::Ack {
+        request_id,
+        sub_id: 1,
+        seq: 1,
+        kind: native::AckKind::Single,
+        topic,
+    };
+    let mut v1 = RawConnection::handshaken_at(broker.native_addr(), 1);
+    v1.send(ack(5, b""));
+    assert_eq!(v1.expect_err(), (5, ErrorCode::UnknownOpcode.as_u16()));
+    v1.send(Frame::CreateTopic {
+        request_id: 6,
+        topic: b"v1.made",
+        options: b"",
+    });
+    assert_eq!(v1.expect_err(), (6, ErrorCode::UnknownOpcode.as_u16()));
+
+    let mut v2 = RawConnection::handshaken_at(broker.native_addr(), 2);
+    v2.send(ack(7, b"some.topic"));
+    assert_eq!(v2.expect_err(), (7, ErrorCode::BadFrame.as_u16()));
+    // Without the v3 field the ACK is read, and fails only for naming no subscription.
+    v2.send(ack(8, b""));
+    assert_eq!(v2.expect_err(), (8, ErrorCode::UnknownSubscription.as_u16()));
+
+    let mut v3 = RawConnection::handshaken_at(broker.native_addr(), 3);
+    let mut options = Vec::new();
+    SubscribeOptions {
+        start: Start::FromSeqOfEpoch { seq: 1, epoch: 1 },
+        ..SubscribeOptions::default()
+    }
+    .encode(&mut options);
+    v3.send(Frame::Subscribe {
+        request_id: 9,
+        sub_id: 1,
+        topic: b"v3.topic",
+        options: &options,
+    });
+    assert_eq!(v3.expect_err(), (9, ErrorCode::UnsupportedOption.as_u16()));
+}
+
+#[test]
+fn a_start_beyond_the_topics_end_or_in_another_epoch_is_refused_with_the_position() {
+    let broker = start(config(2));
+    let mut raw = RawConnection::handshaken(broker.native_addr());
+    for request_id in 1..=3 {
+        raw.send(Frame::Publish {
+            request_id,
+            quiet: false,
+            topic: b"resume.t",
+            reply_to: None,
+            payload: b"x",
+        });
+        raw.expect_ok(request_id);
+    }
+    let subscribe = |raw: &mut RawConnection, (request_id, sub_id), start| {
+        let mut options = Vec::new();
+        SubscribeOptions {
+            start,
+            ..SubscribeOptions::default()
+        }
+        .encode(&mut options);
+        raw.send(Frame::Subscribe {
+            request_id,
+            sub_id,
+            topic: b"resume.t",
+            options: &options,
+        });
+    };
+    // The next number is still a valid start: nothing yet, then every new message.
+    subscribe(&mut raw, (10, 1), Start::FromSeq(4));
+    let data = raw.expect_ok(10);
+    let epoch = u64::from_be_bytes(data[..8].try_into().unwrap());
+    assert_eq!(u64::from_be_bytes(data[8..].try_into().unwrap()), 3);
+
+    subscribe(&mut raw, (11, 2), Start::FromSeq(5000));
+    let (id, code, message) = raw.expect_err_message();
+    assert_eq!((id, code), (11, ErrorCode::StartBeyondEnd.as_u16()));
+    assert!(
+        message.contains(&format!("epoch {epoch}")) && message.contains("seq 3"),
+        "{message}"
+    );
+
+    subscribe(
+        &mut raw,
+        (12, 3),
+        Start::FromSeqOfEpoch {
+            seq: 2,
+            epoch: epoch.wrapping_add(1),
+        },
+    );
+    let (id, code, message) = raw.expect_err_message();
+    assert_eq!((id, code), (12, ErrorCode::EpochMismatch.as_u16()));
+    assert!(message.contains(&format!("epoch {epoch}")), "{message}");
+
+    subscribe(&mut raw, (13, 4), Start::FromSeqOfEpoch { seq: 2, epoch });
+    raw.expect_ok(13);
+    for seq in 2..=3u64 {
+        let bytes = raw.next_frame_bytes().unwrap();
+        match native::decode(&bytes, 1 << 20).unwrap().unwrap().0 {
+            Frame::Msg { sub_id: 4, seq: got, .. } => assert_eq!(got, seq),
+            other => panic!("expected MSG {seq}, got {other:?}"),
+        }
+    }
+
+    // A durable consumer is held to the same rule.
+    let mut options = Vec::new();
+    SubscribeOptions {
+        start: Start::FromSeq(9),
+        sharing: Sharing::Consumer("late".into()),
+        acks: None,
+    }
+    .encode(&mut options);
+    raw.send(Frame::Subscribe {
+        request_id: 14,
+        sub_id: 5,
+        topic: b"resume.t",
+        options: &options,
+    });
+    assert_eq!(raw.expect_err(), (14, ErrorCode::StartBeyondEnd.as_u16()));
 }

@@ -55,6 +55,7 @@ pub fn start_name(start: Start) -> String {
         Start::All => "all".into(),
         Start::LastN(n) => format!("last:{n}"),
         Start::FromSeq(seq) => format!("seq:{seq}"),
+        Start::FromSeqOfEpoch { seq, epoch } => format!("seq:{seq}@{epoch}"),
         Start::FromTimeNs(ns) => format!("time:{ns}"),
     }
 }
@@ -68,7 +69,7 @@ pub fn requested_first_seq(start: Start, last_seq: u64) -> Option<u64> {
     match start {
         Start::New => Some(next_seq),
         Start::LastN(n) => Some(next_seq.saturating_sub(n).max(1)),
-        Start::FromSeq(seq) => Some(seq.clamp(1, next_seq)),
+        Start::FromSeq(seq) | Start::FromSeqOfEpoch { seq, .. } => Some(seq.clamp(1, next_seq)),
         Start::All | Start::FromTimeNs(_) => None,
     }
 }

@@ -141,8 +141,25 @@ pub enum Terminal {
     /// The owner (or, for a pattern, one shard) has taken a subscription into account.
     SubscribeAck {
         ticket: Ticket,
-        result: Result<Subscribed, ErrorCode>,
+        result: Result<Subscribed, Refusal>,
     },
+}
+
+/// A refused subscription: the code, and where the topic stood when the refusal depends on
+/// it (a start beyond its end, another epoch), so the error can say so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub position: Option<TopicPosition>,
+}
+
+impl From<ErrorCode> for Refusal {
+    fn from(code: ErrorCode) -> Self {
+        Refusal {
+            code,
+            position: None,
+        }
+    }
 }
 
 /// An accepted subscription: where the topic stood, and what it asked to replay.

@@ -1,4 +1,4 @@
-//! The native binary protocol, versions 1 to 3, as a sans-IO codec.
+//! The native binary protocol, versions 1 to 4, as a sans-IO codec.
 //!
 //! The reactors own the sockets and buffers; this module only turns bytes into [`Frame`]s and
 //! frames into bytes. Keeping it free of I/O lets the wire format be pinned byte by byte in
@@ -74,13 +74,15 @@
 //! | Offset  | Size | Field      | Meaning                                        |
 //! |--------:|-----:|------------|------------------------------------------------|
 //! | 0       | 4    | `magic`    | ASCII `CBUS` (`43 42 55 53`)                   |
-//! | 4       | 2    | `version`  | protocol version the client speaks (1 to 3)    |
+//! | 4       | 2    | `version`  | protocol version the client speaks (1 to 4)    |
 //! | 6       | 1    | `name_len` | `N`                                            |
 //! | 7       | N    | `name`     | client name for logs, may be empty             |
 //!
 //! Nothing may follow the name. A wrong magic decodes as `BAD_FRAME`; because it means the peer
 //! does not speak this protocol at all, the broker replies ERR and closes. The codec does not
 //! check `version`: the broker answers `UNSUPPORTED_VERSION` for a version it does not speak.
+//! Any other well-formed frame before HELLO is answered ERR `HANDSHAKE_REQUIRED` carrying that
+//! frame's `id`, and the broker closes the connection.
 //!
 //! ### PUBLISH (`0x02`)
 //!
@@ -126,6 +128,9 @@
 //! | 4      | 8    | `seq`       | the message's sequence number in its topic            |
 //! | 12     | 1    | `topic_len` | optional (v3): `T`, absent or 0 when no topic is given |
 //! | 13     | T    | `topic`     | the message's topic (MSG `topic`)                     |
+//!
+//! A v1 connection has no ACK: the broker answers `UNKNOWN_OPCODE`. A v2 connection must not
+//! send the topic field (`BAD_FRAME`); a v3 connection may.
 //!
 //! The topic is required for a pattern group subscription, whose messages come from several
 //! topics with independent sequence numbers; for an exact subscription it may be left out (if
@@ -245,9 +250,21 @@
 //! Sent before the first replayed message when a start position reaches back past what the
 //! topic retains, and to a durable consumer whose backlog was evicted before it got there, so
 //! history lost to eviction is never silent. It is queued in line with the subscription's
-//! messages: the subscription's next MSG on `topic` carries `resume_seq`. On a v3 connection
-//! the broker always names the topic, which a pattern group needs (its topics number their
-//! messages apart); v2 connections get the 16-byte body they were specified with.
+//! messages: the subscription's next MSG on `topic` carries `resume_seq`.
+//!
+//! For a durable consumer or a group the gap belongs to the message at `resume_seq`: the GAP
+//! goes to the subscription that gets that message, directly before it, and again before every
+//! redelivery of it (after a reconnect, an ack timeout, a nack, or to another group member
+//! when its holder left), until that message is acknowledged. So a consumer with ACKS that
+//! dies before reading a GAP is told again when it resumes, and in a group exactly the member
+//! that gets `resume_seq` hears of the gap; `missed` counts the messages numbered before
+//! `resume_seq` that no member of the group received. Without ACKS nothing is redelivered, and
+//! a GAP lost with its connection is lost like the messages queued with it (at most once). A
+//! message dead-lettered takes its gap with it.
+//!
+//! On a v3 (or later) connection the broker always names the topic, which a pattern group
+//! needs (its topics number their messages apart); v2 connections get the 16-byte body they
+//! were specified with.
 //!
 //! # Flags
 //!
@@ -304,6 +321,8 @@
 //! | 21   | `TOPIC_EXISTS`           | CREATE_TOPIC named a topic that already exists                 |
 //! | 22   | `OPTION_OUT_OF_RANGE`    | an option's value is above the broker's cap for it             |
 //! | 23   | `TOPIC_DELETED`          | the subscription's topic was deleted (ENDED)                   |
+//! | 24   | `START_BEYOND_END`       | a START sequence number is beyond the topic's next one; the message names the epoch and last seq |
+//! | 25   | `EPOCH_MISMATCH`         | a START's EPOCH (v4) is not the topic's epoch: that history is gone; the message names the epoch and last seq |
 //!
 //! A code's number and meaning never change. Clients must treat a code they do not know as a
 //! generic failure of the request, since later brokers may add codes.
@@ -315,7 +334,9 @@
 //!   options or new error codes, each tied to a new protocol version: a client must not use
 //!   them unless the broker's HELLO reply announced that version.
 //! - Because every frame is length-prefixed, an unknown opcode is answered with
-//!   `UNKNOWN_OPCODE` and skipped; the connection survives.
+//!   `UNKNOWN_OPCODE` and skipped; the connection survives. So is an opcode the connection's
+//!   version does not have (ACK on v1, CREATE_TOPIC and DELETE_TOPIC before v3), and a
+//!   server → client opcode sent by a client; the ERR carries the frame's `id`.
 //! - Later versions may append fields to the end of an OK `data`; clients must ignore bytes
 //!   beyond the fields they know.
 //! - SUBSCRIBE options are TLV-encoded so a receiver can find each entry's end without knowing
@@ -336,7 +357,8 @@ use crate::error::ErrorCode;
 ///
 /// - v2: SUBSCRIBE options (start, durable consumers, groups, ACKS), ACK, GAP.
 /// - v3: CREATE_TOPIC, DELETE_TOPIC, ENDED, acked pattern groups, the topic in ACK and GAP.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// - v4: the SUBSCRIBE option `EPOCH`, so a resume from another epoch is refused.
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The oldest version the broker still speaks: v1 clients keep working (they cannot send
 /// SUBSCRIBE options, and never receive GAP); v2 clients get 16-byte GAP bodies.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
@@ -548,8 +570,9 @@ impl Frame<'_> {
         }
     }
 
-    /// The header's `id` field.
-    fn header_id(&self) -> u32 {
+    /// The header's `id` field: the request id of a client's command, the subscription id
+    /// of a delivery.
+    pub fn header_id(&self) -> u32 {
         match *self {
             Frame::Hello { request_id, .. }
             | Frame::Publish { request_id, .. }

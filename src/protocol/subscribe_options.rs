@@ -12,6 +12,7 @@
 //! | `0x02` | `CONSUMER` | durable consumer name, 1 to 64 bytes of `[A-Za-z0-9_-]`        |
 //! | `0x03` | `ACKS`     | `in_flight_max: u32`, `ack_wait_ms: u32`, `deliver_max: u16`   |
 //! | `0x04` | `GROUP`    | group name, same rules as `CONSUMER`                           |
+//! | `0x05` | `EPOCH` (v4) | `epoch: u64` (8 bytes): the epoch a `START` sequence number belongs to |
 //!
 //! `CONSUMER` makes the subscription a durable consumer: the topic's owner remembers how far
 //! it got, and a later subscription under the same name resumes there (one subscription at a
@@ -27,6 +28,14 @@
 //! `value` messages, `2` from sequence number `value`, `3` from the first message published at
 //! or after Unix time `value` (nanoseconds), `4` everything retained (`value` ignored).
 //! Start positions apply to exact topics only.
+//!
+//! A sequence number is only meaningful within one epoch of its topic (the topic's current
+//! epoch is in the OK of an exact SUBSCRIBE). A start from sequence number `n` is refused with
+//! `START_BEYOND_END` when `n` is beyond the topic's next number (`last_seq + 1`), rather than
+//! quietly starting at the next message: such a number was never given out in this epoch. A
+//! resuming client should also send `EPOCH` (only with `START` kind 2): if the topic's epoch
+//! is another one, its history is gone and the subscribe is refused with `EPOCH_MISMATCH`;
+//! both errors name the topic's epoch and last sequence number.
 
 use super::tlv::{put_entry, split_entry};
 
@@ -40,6 +49,9 @@ pub enum Start {
     LastN(u64),
     /// From this sequence number on.
     FromSeq(u64),
+    /// From sequence number `seq` of the topic's incarnation `epoch` (a resume): refused if
+    /// the topic has another epoch now.
+    FromSeqOfEpoch { seq: u64, epoch: u64 },
     /// From the first message published at or after this Unix time, in nanoseconds.
     FromTimeNs(u64),
     /// Everything the topic still retains.
@@ -50,6 +62,8 @@ pub const TAG_START: u8 = 0x01;
 pub const TAG_CONSUMER: u8 = 0x02;
 pub const TAG_ACKS: u8 = 0x03;
 pub const TAG_GROUP: u8 = 0x04;
+pub const TAG_EPOCH: u8 = 0x05;
+const EPOCH_LEN: usize = 8;
 const START_LEN: usize = 9;
 const ACKS_LEN: usize = 10;
 /// Longest consumer or group name.
@@ -108,12 +122,15 @@ impl SubscribeOptions {
         let start = match self.start {
             Start::New => None,
             Start::LastN(n) => Some((1u8, n)),
-            Start::FromSeq(seq) => Some((2, seq)),
+            Start::FromSeq(seq) | Start::FromSeqOfEpoch { seq, .. } => Some((2, seq)),
             Start::FromTimeNs(t) => Some((3, t)),
             Start::All => Some((4, 0)),
         };
         if let Some((kind, value)) = start {
             put_entry(out, TAG_START, &[&[kind], &value.to_be_bytes()]);
+        }
+        if let Start::FromSeqOfEpoch { epoch, .. } = self.start {
+            put_entry(out, TAG_EPOCH, &[&epoch.to_be_bytes()]);
         }
         match &self.sharing {
             Sharing::None => {}
@@ -139,6 +156,7 @@ impl SubscribeOptions {
         let mut options = SubscribeOptions::default();
         let mut seen_start = false;
         let mut seen_acks = false;
+        let mut epoch = None;
         while !bytes.is_empty() {
             let (tag, value, rest) = split_entry(bytes)?;
             match tag {
@@ -169,9 +187,26 @@ impl SubscribeOptions {
                     seen_acks = true;
                     options.acks = Some(parse_acks(value)?);
                 }
+                TAG_EPOCH => {
+                    if epoch.is_some() {
+                        return Err(OptionError::Malformed("EPOCH given twice"));
+                    }
+                    let Ok(value) = <[u8; EPOCH_LEN]>::try_from(value) else {
+                        return Err(OptionError::Malformed("EPOCH must be 8 bytes"));
+                    };
+                    epoch = Some(u64::from_be_bytes(value));
+                }
                 _ => return Err(OptionError::Unsupported("unknown SUBSCRIBE option tag")),
             }
             bytes = rest;
+        }
+        if let Some(epoch) = epoch {
+            let Start::FromSeq(seq) = options.start else {
+                return Err(OptionError::Unsupported(
+                    "EPOCH goes with a START from a sequence number (kind 2) only",
+                ));
+            };
+            options.start = Start::FromSeqOfEpoch { seq, epoch };
         }
         if options.acks.is_some() && options.sharing == Sharing::None {
             return Err(OptionError::Unsupported(
@@ -303,6 +338,7 @@ mod tests {
             Just(Start::New),
             any::<u64>().prop_map(Start::LastN),
             any::<u64>().prop_map(Start::FromSeq),
+            (any::<u64>(), any::<u64>()).prop_map(|(seq, epoch)| Start::FromSeqOfEpoch { seq, epoch }),
             any::<u64>().prop_map(Start::FromTimeNs),
             Just(Start::All),
         ]

@@ -9,7 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::{CloseReason, ErrorCode};
 use crate::ids::{ConnectionId, Subscriber};
 use crate::mesh::message::ConsumerRequest;
-use crate::mesh::message::{OwnerRequest, ReplyTarget, Subscribed, Ticket, TopicPosition};
+use crate::mesh::message::{
+    OwnerRequest, Refusal, ReplyTarget, Subscribed, Ticket, TopicPosition,
+};
 use crate::message::Message;
 use crate::protocol::native::AckKind;
 use crate::protocol::native::{self, Frame, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
@@ -111,7 +113,22 @@ impl Shard {
                 seq,
                 kind,
                 topic,
-            } => self.handle_ack(id, request_id, (sub_id, topic), (seq, kind)),
+            } => {
+                if let Some(flow) = self.refused_before(id, (request_id, 2), "ACK") {
+                    return flow;
+                }
+                if !topic.is_empty() && self.protocol_version(id) < 3 {
+                    self.counters.protocol_errors += 1;
+                    self.reply_err(
+                        id,
+                        request_id,
+                        ErrorCode::BadFrame,
+                        "the topic field of ACK needs protocol version 3",
+                    );
+                    return Flow::Continue;
+                }
+                self.handle_ack(id, request_id, (sub_id, topic), (seq, kind))
+            }
             Frame::CreateTopic {
                 request_id,
                 topic,
@@ -133,24 +150,20 @@ impl Shard {
                 );
                 Flow::Continue
             }
-            Frame::Ok { request_id, .. }
-            | Frame::Err { request_id, .. }
-            | Frame::Pong { request_id } => {
+            Frame::Ok { .. }
+            | Frame::Err { .. }
+            | Frame::Pong { .. }
+            | Frame::Msg { .. }
+            | Frame::Dropped { .. }
+            | Frame::Gap { .. }
+            | Frame::Ended { .. } => {
+                // The connection goes on, so the answer carries the frame's own id, as for
+                // any other frame the broker skips.
                 self.counters.protocol_errors += 1;
                 self.reply_err(
                     id,
-                    request_id,
-                    ErrorCode::BadFrame,
-                    "that opcode is sent by the server, not the client",
-                );
-                Flow::Continue
-            }
-            Frame::Msg { .. } | Frame::Dropped { .. } | Frame::Gap { .. } | Frame::Ended { .. } => {
-                self.counters.protocol_errors += 1;
-                self.reply_err(
-                    id,
-                    0,
-                    ErrorCode::BadFrame,
+                    frame.header_id(),
+                    ErrorCode::UnknownOpcode,
                     "that opcode is sent by the server, not the client",
                 );
                 Flow::Continue
@@ -167,7 +180,7 @@ impl Shard {
         else {
             self.reply_err(
                 id,
-                0,
+                frame.header_id(),
                 ErrorCode::HandshakeRequired,
                 "the first frame must be HELLO",
             );
@@ -175,12 +188,11 @@ impl Shard {
             return Flow::Stop;
         };
         if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&version) {
-            self.reply_err(
-                id,
-                request_id,
-                ErrorCode::UnsupportedVersion,
-                "this broker speaks native protocol versions 1 to 3",
+            let reason = format!(
+                "this broker speaks native protocol versions {PROTOCOL_VERSION_MIN} to \
+                 {PROTOCOL_VERSION}"
             );
+            self.reply_err(id, request_id, ErrorCode::UnsupportedVersion, &reason);
             self.begin_close(id, CloseReason::HandshakeFailed);
             return Flow::Stop;
         }
@@ -351,6 +363,15 @@ impl Shard {
                 request_id,
                 ErrorCode::UnsupportedOption,
                 "an acked pattern group needs protocol version 3",
+            );
+            return Flow::Continue;
+        }
+        if matches!(options.start, Start::FromSeqOfEpoch { .. }) && conn.protocol_version < 4 {
+            self.reply_err(
+                id,
+                request_id,
+                ErrorCode::UnsupportedOption,
+                "the EPOCH option needs protocol version 4",
             );
             return Flow::Continue;
         }
@@ -534,7 +555,7 @@ impl Shard {
         request_id: u32,
         subject: &str,
         (ticket, pending_consumer): (Option<Ticket>, Option<Box<str>>),
-        result: Result<Subscribed, ErrorCode>,
+        result: Result<Subscribed, Refusal>,
     ) {
         let id = subscriber.connection;
         let still_wanted = self
@@ -567,18 +588,12 @@ impl Shard {
                 self.reply_ok(id, request_id, &position.ok_data());
                 self.deliver_replay((subscriber, subject), position.last_seq, subscribed.replay);
             }
-            Err(code) => {
+            Err(refusal) => {
                 if let Some(conn) = self.connection_mut(id) {
                     conn.subscriptions.remove(&subscriber.sub_id);
                 }
-                let reason = match code {
-                    ErrorCode::ConsumerInUse => {
-                        "that consumer has a subscription already, or other settings"
-                    }
-                    ErrorCode::TooManyConsumers => "broker is at --consumers-max",
-                    _ => "the topic could not be created",
-                };
-                self.reply_err(id, request_id, code, reason);
+                let reason = refusal_reason(subject, refusal);
+                self.reply_err(id, request_id, refusal.code, &reason);
             }
         }
     }
@@ -849,19 +864,30 @@ impl Shard {
         Flow::Continue
     }
 
-    /// Refuses a command that came with protocol v3 on an older connection (`UNKNOWN_OPCODE`:
-    /// that version does not have it), or stops for a connection that is gone. `None` lets the
-    /// command go on.
-    fn refused_before_v3(&mut self, id: ConnectionId, request_id: u32, what: &str) -> Option<Flow> {
+    /// Refuses a command that came with protocol `version` on an older connection
+    /// (`UNKNOWN_OPCODE`: that version does not have it), or stops for a connection that is
+    /// gone. `None` lets the command go on.
+    fn refused_before(
+        &mut self,
+        id: ConnectionId,
+        (request_id, version): (u32, u16),
+        what: &str,
+    ) -> Option<Flow> {
         let Some(conn) = self.connection_mut(id) else {
             return Some(Flow::Stop);
         };
-        if conn.protocol_version >= 3 {
+        if conn.protocol_version >= version {
             return None;
         }
-        let reason = format!("{what} needs protocol version 3");
+        let reason = format!("{what} needs protocol version {version}");
+        self.counters.protocol_errors += 1;
         self.reply_err(id, request_id, ErrorCode::UnknownOpcode, &reason);
         Some(Flow::Continue)
+    }
+
+    /// The version the connection negotiated (0 for one that is gone).
+    fn protocol_version(&mut self, id: ConnectionId) -> u16 {
+        self.connection_mut(id).map_or(0, |conn| conn.protocol_version)
     }
 
     fn handle_create_topic(
@@ -871,7 +897,7 @@ impl Shard {
         topic_bytes: &[u8],
         options: &[u8],
     ) -> Flow {
-        if let Some(flow) = self.refused_before_v3(id, request_id, "CREATE_TOPIC") {
+        if let Some(flow) = self.refused_before(id, (request_id, 3), "CREATE_TOPIC") {
             return flow;
         }
         let topic = match topic::parse_publish_topic(topic_bytes) {
@@ -938,7 +964,7 @@ impl Shard {
         request_id: u32,
         topic_bytes: &[u8],
     ) -> Flow {
-        if let Some(flow) = self.refused_before_v3(id, request_id, "DELETE_TOPIC") {
+        if let Some(flow) = self.refused_before(id, (request_id, 3), "DELETE_TOPIC") {
             return flow;
         }
         let topic = match topic::parse_subscription(topic_bytes) {
@@ -1082,4 +1108,26 @@ pub(crate) fn unix_time_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
+}
+
+/// The words of a refused exact subscription, naming the topic's epoch and last sequence
+/// number where they explain the refusal.
+fn refusal_reason(topic: &str, refusal: Refusal) -> String {
+    let position = refusal.position.unwrap_or_default();
+    let (epoch, last_seq) = (position.epoch, position.last_seq);
+    match refusal.code {
+        ErrorCode::ConsumerInUse => {
+            "that consumer has a subscription already, or other settings".to_string()
+        }
+        ErrorCode::TooManyConsumers => "broker is at --consumers-max".to_string(),
+        ErrorCode::StartBeyondEnd => format!(
+            "topic {topic} (epoch {epoch}) ends at seq {last_seq}: a start may be at most seq {}",
+            last_seq + 1
+        ),
+        ErrorCode::EpochMismatch => format!(
+            "topic {topic} is now epoch {epoch} (last seq {last_seq}): the history of the \
+             requested epoch is gone; resubscribe without EPOCH to start in this one"
+        ),
+        _ => "the topic could not be created".to_string(),
+    }
 }

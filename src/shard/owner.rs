@@ -6,6 +6,7 @@
 //! a terminal outbox waits (with the rest of its batch) until there is room, so a full peer
 //! slows the publishers down instead of losing anything.
 
+use crate::mesh::message::Refusal;
 use crate::error::{CloseReason, ErrorCode};
 use crate::ids::ShardId;
 use crate::ids::Subscriber;
@@ -306,7 +307,8 @@ impl Shard {
             } => {
                 let result = self
                     .join_pattern_group_here(&pattern, &group, member, acks)
-                    .map(|()| Subscribed::default());
+                    .map(|()| Subscribed::default())
+                    .map_err(Refusal::from);
                 self.link_mut(from)
                     .terminals_out
                     .push(Terminal::SubscribeAck { ticket, result });
@@ -368,8 +370,8 @@ impl Shard {
                     return;
                 };
                 pending.acks_remaining -= 1;
-                if let Err(code) = &result {
-                    pending.refused.get_or_insert(*code);
+                if let Err(refusal) = &result {
+                    pending.refused.get_or_insert(refusal.code);
                 }
                 let pending = &self.pending_subscribes[key];
                 if pending.kind == SubjectKind::Pattern || pending.acks_remaining > 0 {
@@ -410,7 +412,7 @@ impl Shard {
         from: ShardId,
         start: Start,
         actions: &mut Vec<ConsumerAction>,
-    ) -> Result<Subscribed, ErrorCode> {
+    ) -> Result<Subscribed, Refusal> {
         let backoff_max_ns = self
             .config
             .redelivery_backoff_max_ms

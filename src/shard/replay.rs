@@ -283,7 +283,7 @@ impl<T> ReplayRing<T> {
                 first_seq: start_seq,
                 missed: 0,
             },
-            Start::FromSeq(seq) => from(seq),
+            Start::FromSeq(seq) | Start::FromSeqOfEpoch { seq, .. } => from(seq),
             Start::LastN(n) => from(next_seq.saturating_sub(n)),
             Start::FromTimeNs(t) => {
                 let before_t = self.partition_point(|entry| entry.timestamp_ns < t);
@@ -678,7 +678,7 @@ mod tests {
             match start {
                 Start::New => plan(next_seq, 0),
                 Start::All => plan(first_retained_from(&|_| true), 0),
-                Start::FromSeq(from) => {
+                Start::FromSeq(from) | Start::FromSeqOfEpoch { seq: from, .. } => {
                     let requested = |seq: u64| seq >= from;
                     plan(first_retained_from(&requested), missed(&requested))
                 }

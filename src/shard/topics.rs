@@ -8,6 +8,7 @@
 //!   topic, exact ones in a hash map and patterns in a token trie, so a delivery that arrives
 //!   from an owner fans out here without asking anyone.
 
+use crate::mesh::message::Refusal;
 use std::collections::VecDeque;
 
 use ahash::{AHashMap, AHashSet};
@@ -71,6 +72,27 @@ impl OwnedTopic {
         TopicPosition {
             epoch: self.epoch,
             last_seq: self.last_seq,
+        }
+    }
+
+    /// Refuses a start that names a message this incarnation never numbered: from another
+    /// epoch, or beyond the next sequence number. Starting there silently would hand the
+    /// subscriber messages it did not ask for and hide that its history is gone.
+    fn check_start(&self, start: Start) -> Result<(), Refusal> {
+        let refused = |code| Refusal {
+            code,
+            position: Some(self.position()),
+        };
+        match start {
+            Start::FromSeqOfEpoch { epoch, .. } if epoch != self.epoch => {
+                Err(refused(ErrorCode::EpochMismatch))
+            }
+            Start::FromSeq(seq) | Start::FromSeqOfEpoch { seq, .. }
+                if seq > self.last_seq.saturating_add(1) =>
+            {
+                Err(refused(ErrorCode::StartBeyondEnd))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -259,8 +281,9 @@ impl OwnedTopics {
         shard: ShardId,
         start: Start,
         now_ns: u64,
-    ) -> Result<Subscribed, ErrorCode> {
+    ) -> Result<Subscribed, Refusal> {
         let owned = self.get_or_create(topic)?;
+        owned.check_start(start)?;
         owned.exact_subscribers_by_shard[shard.index()] += 1;
         owned.exact_mask |= shard.bit();
         let mut replay = Replay::default();
@@ -291,12 +314,13 @@ impl OwnedTopics {
         now_ns: u64,
         backoff_max_ns: u64,
         out: &mut Vec<ConsumerAction>,
-    ) -> Result<Subscribed, ErrorCode> {
+    ) -> Result<Subscribed, Refusal> {
         if !self.consumer_topics.contains(topic) {
             self.consumer_topics.insert(topic.into());
         }
         let at_limit = self.consumers_len >= self.consumers_max;
         let owned = self.get_or_create(topic)?;
+        owned.check_start(start)?;
         let member = Member {
             shard,
             subscriber: request.subscriber,
@@ -309,10 +333,10 @@ impl OwnedTopics {
                 if consumer.is_group != request.is_group
                     || consumer.takes_acks() != request.acks.is_some() =>
             {
-                return Err(ErrorCode::ConsumerInUse);
+                return Err(ErrorCode::ConsumerInUse.into());
             }
             Some(consumer) => consumer,
-            None if at_limit => return Err(ErrorCode::TooManyConsumers),
+            None if at_limit => return Err(ErrorCode::TooManyConsumers.into()),
             None => {
                 created = true;
                 // The consumer starts where it asked; what is already evicted there is
@@ -337,7 +361,7 @@ impl OwnedTopics {
         if created {
             self.consumers_len += 1;
         }
-        attached.map(|()| Subscribed {
+        attached.map_err(Refusal::from).map(|()| Subscribed {
             position,
             replay: Replay::default(),
         })
@@ -845,7 +869,7 @@ mod tests {
             owned
                 .add_subscriber("b", ShardId(0), Start::New, 0)
                 .map(|s| s.position),
-            Err(ErrorCode::TooManyTopics)
+            Err(ErrorCode::TooManyTopics.into())
         );
         assert_eq!(sequence(&mut owned, "a", &patterns, 100), sequenced(2, 0));
     }

@@ -76,10 +76,15 @@ impl RawConnection {
 
     /// Connects and completes HELLO.
     pub fn handshaken(addr: SocketAddr) -> RawConnection {
+        RawConnection::handshaken_at(addr, PROTOCOL_VERSION)
+    }
+
+    /// Connects and completes HELLO at an older protocol `version`.
+    pub fn handshaken_at(addr: SocketAddr, version: u16) -> RawConnection {
         let mut raw = RawConnection::connect(addr);
         raw.send(Frame::Hello {
             request_id: 1,
-            version: PROTOCOL_VERSION,
+            version,
             client_name: b"raw",
         });
         raw.expect_ok(1);
@@ -130,6 +135,23 @@ impl RawConnection {
             Frame::Err {
                 request_id, code, ..
             } => (request_id, code),
+            other => panic!("expected ERR, got {other:?}"),
+        }
+    }
+
+    /// Expects an ERR frame and returns (request_id, code, message).
+    pub fn expect_err_message(&mut self) -> (u32, u16, String) {
+        let bytes = self.next_frame_bytes().expect("an ERR, not EOF");
+        match native::decode(&bytes, 1 << 30).unwrap().unwrap().0 {
+            Frame::Err {
+                request_id,
+                code,
+                message,
+            } => (
+                request_id,
+                code,
+                String::from_utf8_lossy(message).into_owned(),
+            ),
             other => panic!("expected ERR, got {other:?}"),
         }
     }
