@@ -130,6 +130,7 @@ impl Broker {
             total.published += counters.published;
             total.delivered += counters.delivered;
             total.dropped += counters.dropped;
+            total.undelivered += counters.undelivered;
             total.bytes_in += counters.bytes_in;
             total.bytes_out += counters.bytes_out;
             total.connections_accepted += counters.connections_accepted;

@@ -263,7 +263,10 @@ fn a_command_before_hello_is_refused_and_closed() {
     let mut raw = RawConnection::connect(broker.native_addr());
     raw.send(Frame::Ping { request_id: 41 });
     // Its request id is readable, so the answer carries it.
-    assert_eq!(raw.expect_err(), (41, ErrorCode::HandshakeRequired.as_u16()));
+    assert_eq!(
+        raw.expect_err(),
+        (41, ErrorCode::HandshakeRequired.as_u16())
+    );
     raw.expect_closed();
 }
 
@@ -407,7 +410,10 @@ fn each_version_gets_only_the_frames_and_fields_it_has() {
     assert_eq!(v2.expect_err(), (7, ErrorCode::BadFrame.as_u16()));
     // Without the v3 field the ACK is read, and fails only for naming no subscription.
     v2.send(ack(8, b""));
-    assert_eq!(v2.expect_err(), (8, ErrorCode::UnknownSubscription.as_u16()));
+    assert_eq!(
+        v2.expect_err(),
+        (8, ErrorCode::UnknownSubscription.as_u16())
+    );
 
     let mut v3 = RawConnection::handshaken_at(broker.native_addr(), 3);
     let mut options = Vec::new();
@@ -484,7 +490,11 @@ fn a_start_beyond_the_topics_end_or_in_another_epoch_is_refused_with_the_positio
     for seq in 2..=3u64 {
         let bytes = raw.next_frame_bytes().unwrap();
         match native::decode(&bytes, 1 << 20).unwrap().unwrap().0 {
-            Frame::Msg { sub_id: 4, seq: got, .. } => assert_eq!(got, seq),
+            Frame::Msg {
+                sub_id: 4,
+                seq: got,
+                ..
+            } => assert_eq!(got, seq),
             other => panic!("expected MSG {seq}, got {other:?}"),
         }
     }

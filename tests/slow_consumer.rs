@@ -512,6 +512,16 @@ fn disconnect_cuts_off_the_slow_subscriber_and_the_fast_one_gets_everything() {
             "only the slow subscriber was cut off: {counters:?}"
         );
         assert_eq!(counters.published, MESSAGES + 1, "{counters:?}");
+        // Regression: the cut's discarded queue was counted as drop-oldest drops, and the
+        // close log then said undelivered=0. What was queued and never sent is `undelivered`.
+        assert_eq!(
+            counters.dropped, 0,
+            "nothing is dropped-oldest: {counters:?}"
+        );
+        assert!(
+            counters.undelivered > 0,
+            "a slow consumer is cut with messages still queued: {counters:?}"
+        );
     });
 }
 

@@ -338,7 +338,8 @@ mod tests {
             Just(Start::New),
             any::<u64>().prop_map(Start::LastN),
             any::<u64>().prop_map(Start::FromSeq),
-            (any::<u64>(), any::<u64>()).prop_map(|(seq, epoch)| Start::FromSeqOfEpoch { seq, epoch }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(seq, epoch)| Start::FromSeqOfEpoch { seq, epoch }),
             any::<u64>().prop_map(Start::FromTimeNs),
             Just(Start::All),
         ]

@@ -9,9 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::{CloseReason, ErrorCode};
 use crate::ids::{ConnectionId, Subscriber};
 use crate::mesh::message::ConsumerRequest;
-use crate::mesh::message::{
-    OwnerRequest, Refusal, ReplyTarget, Subscribed, Ticket, TopicPosition,
-};
+use crate::mesh::message::{OwnerRequest, Refusal, ReplyTarget, Subscribed, Ticket, TopicPosition};
 use crate::message::Message;
 use crate::protocol::native::AckKind;
 use crate::protocol::native::{self, Frame, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
@@ -887,7 +885,8 @@ impl Shard {
 
     /// The version the connection negotiated (0 for one that is gone).
     fn protocol_version(&mut self, id: ConnectionId) -> u16 {
-        self.connection_mut(id).map_or(0, |conn| conn.protocol_version)
+        self.connection_mut(id)
+            .map_or(0, |conn| conn.protocol_version)
     }
 
     fn handle_create_topic(

@@ -183,6 +183,9 @@ pub struct Outbound {
     pending: VecDeque<(u32, Queued)>,
     pending_bytes: usize,
     stage_bytes_max: usize,
+    /// Messages thrown away unwritten over the connection's life (each `discard_pending`),
+    /// which its close log reports; the shard's `undelivered` counter is the sum of these.
+    discarded: u64,
 }
 
 impl Outbound {
@@ -193,7 +196,13 @@ impl Outbound {
             pending: VecDeque::new(),
             pending_bytes: 0,
             stage_bytes_max,
+            discarded: 0,
         }
+    }
+
+    /// Messages this connection lost to `discard_pending`, all told.
+    pub fn discarded(&self) -> u64 {
+        self.discarded
     }
 
     /// Queued bytes past which the connection is written at once instead of at the end of
@@ -327,6 +336,7 @@ impl Outbound {
             .count() as u64;
         self.pending.clear();
         self.pending_bytes = 0;
+        self.discarded += dropped;
         dropped
     }
 
@@ -594,6 +604,31 @@ mod tests {
             }
             other => panic!("expected MSG, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn discarded_messages_are_tallied_over_every_discard() {
+        let mut out = Outbound::new(1 << 16);
+        for _ in 0..3 {
+            out.offer(
+                1,
+                &message(1),
+                1 << 20,
+                SlowConsumerPolicy::Disconnect,
+                |_| {},
+            );
+        }
+        assert_eq!(out.discard_pending(), 3);
+        out.offer(
+            1,
+            &message(1),
+            1 << 20,
+            SlowConsumerPolicy::Disconnect,
+            |_| {},
+        );
+        assert_eq!(out.discard_pending(), 1);
+        assert_eq!(out.discard_pending(), 0);
+        assert_eq!(out.discarded(), 4, "the close log reports every discard");
     }
 
     #[test]

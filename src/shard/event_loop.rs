@@ -451,15 +451,16 @@ impl Shard {
         }
         let mut conn = self.connections.remove(id.index as usize);
         let _ = self.poll.registry().deregister(&mut conn.socket);
-        let dropped = conn.out.discard_pending();
-        self.counters.dropped += dropped;
+        self.counters.undelivered += conn.out.discard_pending();
+        // Everything this connection lost on its way out, a slow-consumer cut's discard
+        // included, so the log and the shard's counter tell the same figure.
         log::info!(
             "event=connection_closed shard={} conn={} peer={} reason={} undelivered={}",
             self.id,
             id,
             conn.peer,
             reason,
-            dropped
+            conn.out.discarded()
         );
     }
 

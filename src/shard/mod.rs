@@ -60,7 +60,11 @@ pub struct ShardSetup {
 pub struct ShardCounters {
     pub published: u64,
     pub delivered: u64,
+    /// Deliveries dropped by the `drop-oldest` policy (the subscriber was told with DROPPED).
     pub dropped: u64,
+    /// Deliveries still queued for a connection when it closed (cut as a slow consumer, gone,
+    /// or shut down): the sum of the `undelivered` of every connection's close log line.
+    pub undelivered: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub connections_accepted: u64,

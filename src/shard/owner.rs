@@ -6,10 +6,10 @@
 //! a terminal outbox waits (with the rest of its batch) until there is room, so a full peer
 //! slows the publishers down instead of losing anything.
 
-use crate::mesh::message::Refusal;
 use crate::error::{CloseReason, ErrorCode};
 use crate::ids::ShardId;
 use crate::ids::Subscriber;
+use crate::mesh::message::Refusal;
 use crate::mesh::message::{
     ConsumerRequest, OwnerRequest, Replay, ReplyTarget, Subscribed, Terminal,
 };
@@ -163,8 +163,8 @@ impl Shard {
 
     fn close_slow_consumer(&mut self, id: crate::ids::ConnectionId) {
         if let Some(conn) = self.connection_mut(id) {
-            let dropped = conn.out.discard_pending();
-            self.counters.dropped += dropped;
+            let undelivered = conn.out.discard_pending();
+            self.counters.undelivered += undelivered;
         }
         self.reply_err(
             id,
