@@ -1024,3 +1024,39 @@ fn a_pattern_groups_gap_notice_names_its_topic() {
     assert!(got.contains(&("gap.b".to_owned(), 1)), "{got:?}");
     assert!(got.contains(&("gap.a".to_owned(), 4)), "{got:?}");
 }
+
+/// Regression: a group whose only member died kept that member's unacked messages until their
+/// ack wait ran out (30 s by default), even after a new member joined.
+#[test]
+fn a_member_joining_a_group_gets_what_a_dead_member_left_at_once() {
+    let broker = start(config(2));
+    let addr = broker.native_addr();
+    let topic = topic_owned_by("orphans", 1, 2);
+    let settings = acks(16, 60_000, 5);
+    let mut first = client_on_shard(addr, 0);
+    let mut doomed = first
+        .subscribe_with(&topic, group("solo", settings))
+        .unwrap();
+    let mut publisher = client(addr);
+    for i in 0..3u8 {
+        publisher.publish_confirmed(&topic, &[i]).unwrap();
+    }
+    for seq in 1..=3 {
+        assert_eq!(doomed.recv_timeout(WAIT).unwrap().seq, seq);
+    }
+    drop(doomed);
+    drop(first); // dies holding all three unacked
+    let mut second = client_on_shard(addr, 1);
+    let started = Instant::now();
+    let mut joined = second
+        .subscribe_with(&topic, group("solo", settings))
+        .unwrap();
+    for seq in 1..=3 {
+        let message = joined.recv_timeout(WAIT).unwrap();
+        assert_eq!((message.seq, message.delivery_count), (seq, 2));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "redelivered at the join, not after the 60 s ack wait"
+    );
+}
