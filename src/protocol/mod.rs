@@ -1,6 +1,7 @@
 //! Sans-IO codecs: bytes in, frames out. Nothing in `protocol/` knows about sockets or mio.
 pub mod glob;
 pub mod native;
+pub mod resp;
 pub mod subscribe_options;
 mod tlv;
 pub mod topic;
