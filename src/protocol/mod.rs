@@ -2,6 +2,7 @@
 pub mod glob;
 pub mod native;
 pub mod resp;
+pub mod resp_channel;
 pub mod subscribe_options;
 mod tlv;
 pub mod topic;
