@@ -3,6 +3,7 @@ pub mod glob;
 pub mod native;
 pub mod resp;
 pub mod resp_channel;
+pub mod resp_commands;
 pub mod subscribe_options;
 mod tlv;
 pub mod topic;

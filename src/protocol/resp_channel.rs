@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn topics_no_channel_maps_to_keep_their_names() {
-        for topic in ["a--b", "a--zz", "--61", "a-b--3a", "x--3A"] {
+        for topic in ["--", "a--b", "a--zz", "--61", "a-b--3a", "x--3A"] {
             assert_eq!(
                 topic_to_channel(topic).as_ref(),
                 topic.as_bytes(),
