@@ -11,6 +11,8 @@
 //! included; a negative one is a minimum. For a subcommand the count includes the container
 //! (`CLIENT SETNAME name` is 3).
 
+use crate::protocol::resp::Request;
+
 /// What the connection should run. One variant per (command, subcommand) in the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CommandId {
@@ -224,6 +226,33 @@ pub mod errors {
     pub const NO_SUCH_CLIENT: &str = "No such client";
 }
 
+/// A request's arguments, the command name first: a decoded [`Request`] (no copy) or a slice
+/// (tests, tools).
+pub trait ArgList {
+    fn arg_count(&self) -> usize;
+    fn arg_at(&self, index: usize) -> Option<&[u8]>;
+}
+
+impl ArgList for [&[u8]] {
+    fn arg_count(&self) -> usize {
+        self.len()
+    }
+
+    fn arg_at(&self, index: usize) -> Option<&[u8]> {
+        self.get(index).copied()
+    }
+}
+
+impl ArgList for Request<'_> {
+    fn arg_count(&self) -> usize {
+        self.len()
+    }
+
+    fn arg_at(&self, index: usize) -> Option<&[u8]> {
+        self.arg(index)
+    }
+}
+
 /// A byte string as C's `%.<max>s` prints it: up to the first NUL, at most `max` bytes.
 fn c_string(bytes: &[u8], max: usize) -> &[u8] {
     let end = bytes
@@ -237,10 +266,10 @@ fn c_string(bytes: &[u8], max: usize) -> &[u8] {
 /// `unknown command 'foo', with args beginning with: 'a' 'b' ` (the trailing space is
 /// Redis's): the name cut to 128 bytes, then quoted arguments until the list reaches 128
 /// bytes, each cut to what is left of the 128.
-pub fn unknown_command_error(args: &[&[u8]]) -> Vec<u8> {
-    let name = args.first().copied().unwrap_or_default();
+pub fn unknown_command_error<A: ArgList + ?Sized>(args: &A) -> Vec<u8> {
+    let name = args.arg_at(0).unwrap_or_default();
     let mut listed = Vec::new();
-    for arg in args.iter().skip(1) {
+    for arg in (1..args.arg_count()).filter_map(|index| args.arg_at(index)) {
         if listed.len() >= 128 {
             break;
         }
@@ -343,9 +372,9 @@ fn find_top_level(name: &[u8]) -> Option<&'static TopLevel> {
 
 /// Finds the command a request names, as Redis's `lookupCommand` does: a container sent with
 /// at least one more argument names the subcommand; sent alone, the container itself.
-pub fn lookup(args: &[&[u8]]) -> Option<&'static CommandSpec> {
-    let top = find_top_level(args.first()?)?;
-    match args.get(1) {
+pub fn lookup<A: ArgList + ?Sized>(args: &A) -> Option<&'static CommandSpec> {
+    let top = find_top_level(args.arg_at(0)?)?;
+    match args.arg_at(1) {
         Some(sub) if !top.subcommands.is_empty() => top
             .subcommands
             .iter()
@@ -376,19 +405,22 @@ pub enum Refusal {
 ///
 /// A command Redis knows but corebus does not (GET, say) is an unknown command here, also in
 /// subscribed mode, where Redis would name it in the subscribed-mode error instead.
-pub fn resolve(args: &[&[u8]], resp2_subscribed: bool) -> Result<&'static CommandSpec, Refusal> {
-    let name = args.first().copied().unwrap_or_default();
+pub fn resolve<A: ArgList + ?Sized>(
+    args: &A,
+    resp2_subscribed: bool,
+) -> Result<&'static CommandSpec, Refusal> {
+    let name = args.arg_at(0).unwrap_or_default();
     if is_cross_protocol_attack(name) {
         return Err(Refusal::Close);
     }
     let Some(spec) = lookup(args) else {
-        let sub = args.get(1).copied().unwrap_or_default();
+        let sub = args.arg_at(1).unwrap_or_default();
         return Err(Refusal::Error(match find_top_level(name) {
             Some(top) if !top.subcommands.is_empty() => unknown_subcommand_error(name, sub),
             _ => unknown_command_error(args),
         }));
     };
-    if !spec.arity_ok(args.len()) {
+    if !spec.arity_ok(args.arg_count()) {
         return Err(Refusal::Error(
             wrong_arity_error(spec.full_name).into_bytes(),
         ));
@@ -414,7 +446,7 @@ mod tests {
 
     fn resolved(args: &[&str], subscribed: bool) -> Result<CommandId, String> {
         let args: Vec<&[u8]> = args.iter().map(|arg| arg.as_bytes()).collect();
-        match resolve(&args, subscribed) {
+        match resolve(args.as_slice(), subscribed) {
             Ok(spec) => Ok(spec.id),
             Err(Refusal::Close) => Err("<close>".to_owned()),
             Err(Refusal::Error(text)) => Err(wire(&text)),
@@ -555,7 +587,7 @@ mod tests {
     #[test]
     fn unknown_command_lists_at_most_128_bytes() {
         let long = "x".repeat(300);
-        let text = unknown_command_error(&[long.as_bytes(), b"a", b"b"]);
+        let text = unknown_command_error(&[long.as_bytes(), b"a", b"b"][..]);
         let expected = format!(
             "unknown command '{}', with args beginning with: 'a' 'b' ",
             "x".repeat(128)
@@ -563,7 +595,7 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&text), expected);
 
         let args: [&[u8]; 4] = [b"foo", long.as_bytes(), b"b", b"c"];
-        let text = unknown_command_error(&args);
+        let text = unknown_command_error(&args[..]);
         let expected = format!(
             "unknown command 'foo', with args beginning with: '{}' ",
             "x".repeat(128)
@@ -572,7 +604,7 @@ mod tests {
 
         let hundred = "y".repeat(100);
         let args: [&[u8]; 3] = [b"foo", hundred.as_bytes(), long.as_bytes()];
-        let text = unknown_command_error(&args);
+        let text = unknown_command_error(&args[..]);
         // 103 bytes listed after the first argument, so the second gets 25.
         let expected = format!(
             "unknown command 'foo', with args beginning with: '{hundred}' '{}' ",
@@ -581,7 +613,7 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&text), expected);
 
         // C strings end at NUL.
-        let text = unknown_command_error(&[b"fo\x00o", b"a\x00b"]);
+        let text = unknown_command_error(&[&b"fo\x00o"[..], b"a\x00b"][..]);
         assert_eq!(
             text,
             b"unknown command 'fo', with args beginning with: 'a' "
