@@ -2002,7 +2002,31 @@ mod tests {
     }
 
     /// Quotes an argument for an inline line so that Redis's splitter gives it back.
-    fn quote_inline(arg: &[u8]) -> Vec<u8> {
+    /// How an inline argument is written: 0 in double quotes with `\xHH`, 1 in single quotes,
+    /// 2 bare; each falls back to the previous when it cannot hold the argument.
+    fn quote_inline(arg: &[u8], style: u8) -> Vec<u8> {
+        let bare_ok = !arg.is_empty()
+            && arg
+                .iter()
+                .all(|&byte| byte.is_ascii_alphanumeric() || b":._-".contains(&byte));
+        if style == 2 && bare_ok {
+            return arg.to_vec();
+        }
+        // Single quotes cannot hold a line end, a NUL (it hides the line end) or a final `\`
+        // (it would escape the closing quote).
+        let single_ok =
+            !arg.iter().any(|&byte| byte == b'\n' || byte == 0) && arg.last() != Some(&b'\\');
+        if style >= 1 && single_ok {
+            let mut out = b"'".to_vec();
+            for &byte in arg {
+                if byte == b'\'' {
+                    out.push(b'\\');
+                }
+                out.push(byte);
+            }
+            out.push(b'\'');
+            return out;
+        }
         let mut out = b"\"".to_vec();
         for &byte in arg {
             if byte.is_ascii_alphanumeric() {
@@ -2015,19 +2039,23 @@ mod tests {
         out
     }
 
-    /// A pipeline of requests, each either multibulk or inline.
-    fn pipeline() -> impl Strategy<Value = Vec<(bool, Vec<Vec<u8>>)>> {
+    /// A pipeline of requests, each multibulk (`None`) or inline in some quoting style.
+    fn pipeline() -> impl Strategy<Value = Vec<(Option<u8>, Vec<Vec<u8>>)>> {
         proptest::collection::vec(
-            (any::<bool>(), proptest::collection::vec(arg_bytes(), 1..5)),
+            (
+                proptest::option::of(0..3u8),
+                proptest::collection::vec(arg_bytes(), 1..5),
+            ),
             1..6,
         )
     }
 
-    fn encode_pipeline(requests: &[(bool, Vec<Vec<u8>>)]) -> Vec<u8> {
+    fn encode_pipeline(requests: &[(Option<u8>, Vec<Vec<u8>>)]) -> Vec<u8> {
         let mut out = Vec::new();
         for (inline, args) in requests {
-            if *inline {
-                let quoted: Vec<Vec<u8>> = args.iter().map(|arg| quote_inline(arg)).collect();
+            if let Some(style) = *inline {
+                let quoted: Vec<Vec<u8>> =
+                    args.iter().map(|arg| quote_inline(arg, style)).collect();
                 out.extend_from_slice(&quoted.join(&b' '));
                 out.extend_from_slice(b"\r\n");
             } else {

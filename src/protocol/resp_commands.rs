@@ -86,7 +86,8 @@ impl CommandSpec {
 pub struct TopLevel {
     pub name: &'static str,
     /// What runs when the name is sent alone or the command has no subcommands. A container
-    /// without a body of its own (`CLIENT`) still has an arity, checked when it is sent alone.
+    /// without a body of its own (`CLIENT`, `PUBSUB`, `CONFIG`) still has Redis's arity of
+    /// -2, checked when it is sent alone, so its `id` (the container's HELP) never resolves.
     pub spec: CommandSpec,
     pub subcommands: &'static [CommandSpec],
 }
@@ -400,8 +401,8 @@ pub enum Refusal {
 }
 
 /// Redis's checks before running a command, in Redis's order: the cross-protocol guard, then
-/// existence (unknown command or subcommand), arity, and last the RESP2 subscribed-mode
-/// restriction. `args` must not be empty (an empty request is skipped before this).
+/// existence (unknown command or subcommand), arity, the RESP2 subscribed-mode restriction,
+/// and last PING's own limit of one argument. `args` must not be empty (an empty request is skipped before this).
 ///
 /// A command Redis knows but corebus does not (GET, say) is an unknown command here, also in
 /// subscribed mode, where Redis would name it in the subscribed-mode error instead.
@@ -428,6 +429,12 @@ pub fn resolve<A: ArgList + ?Sized>(
     if resp2_subscribed && !spec.allowed_in_resp2_subscribed {
         return Err(Refusal::Error(
             subscribed_context_error(spec.full_name).into_bytes(),
+        ));
+    }
+    // PING declares "at least one" but refuses more than two itself, with the arity text.
+    if spec.id == CommandId::Ping && args.arg_count() > 2 {
+        return Err(Refusal::Error(
+            wrong_arity_error(spec.full_name).into_bytes(),
         ));
     }
     Ok(spec)
@@ -552,6 +559,11 @@ mod tests {
                 &["PUBLISH"],
                 true,
                 "-ERR wrong number of arguments for 'publish' command\r\n",
+            ),
+            (
+                &["PING", "a", "b"],
+                true,
+                "-ERR wrong number of arguments for 'ping' command\r\n",
             ),
             (&["POST", "/", "HTTP/1.1"], false, "<close>"),
             (&["Host:", "x"], true, "<close>"),
