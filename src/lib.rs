@@ -13,7 +13,9 @@
 //! ## Code map
 //! - [`cli`]: `clap` definitions only. [`config`]: every limit, its default, validation and
 //!   the memory budget. [`server`]: binds the listeners, builds the mesh, spawns the shards.
-//! - [`protocol`]: sans-IO codecs (native frames, topic names and patterns).
+//! - [`protocol`]: sans-IO codecs (native frames, topic names and patterns; RESP2/RESP3 requests,
+//!   replies and pub/sub frames, Redis globs, the Redis channel ↔ topic mapping and the Redis
+//!   command table, not yet wired to a listener).
 //! - [`shard`]: what one core owns: the event loop (the only caller of `poll`), connections,
 //!   the owner's topic table, local subscriptions, the pattern trie.
 //! - [`mesh`]: the rings between shards and the closed set of messages they carry.
