@@ -5,3 +5,4 @@ pub mod subscribe_options;
 mod tlv;
 pub mod topic;
 pub mod topic_options;
+pub mod websocket;
