@@ -1,4 +1,5 @@
 //! Sans-IO codecs: bytes in, frames out. Nothing in `protocol/` knows about sockets or mio.
+pub mod http;
 pub mod native;
 pub mod payload;
 pub mod subscribe_options;
