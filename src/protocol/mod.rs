@@ -7,3 +7,5 @@ mod tlv;
 pub mod topic;
 pub mod topic_options;
 pub mod websocket;
+pub mod ws_fiber;
+pub mod ws_json;
