@@ -14,6 +14,9 @@
 //! - [`cli`]: `clap` definitions only. [`config`]: every limit, its default, validation and
 //!   the memory budget. [`server`]: binds the listeners, builds the mesh, spawns the shards.
 //! - [`protocol`]: sans-IO codecs (native frames, topic names and patterns).
+//!   The HTTP port's codecs: `http` (request heads, router, responses, WebSocket handshake),
+//!   `websocket` (RFC 6455 frames), `ws_fiber` and `ws_fastapi` (the two JSON dialects, over
+//!   `ws_json`), `payload` (payloads across protocols, derived message ids).
 //! - [`shard`]: what one core owns: the event loop (the only caller of `poll`), connections,
 //!   the owner's topic table, local subscriptions, the pattern trie.
 //! - [`mesh`]: the rings between shards and the closed set of messages they carry.

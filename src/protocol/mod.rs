@@ -7,5 +7,6 @@ mod tlv;
 pub mod topic;
 pub mod topic_options;
 pub mod websocket;
+pub mod ws_fastapi;
 pub mod ws_fiber;
 pub mod ws_json;
