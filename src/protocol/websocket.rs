@@ -29,7 +29,10 @@
 //!
 //! Control frames may arrive between the fragments of a message, as the RFC allows; they are
 //! returned at once. A frame of an unfinished message is returned as [`Event::Fragment`], so
-//! the caller can advance past it.
+//! the caller can advance past it. A frame is decoded only once it is whole in the buffer, so
+//! a connection's read buffer must be able to hold `message_bytes_max +` [`HEADER_LEN_MAX`]
+//! bytes; a fragmented message additionally costs up to `message_bytes_max` in the decoder's
+//! own buffer, which is handed back (down to [`FRAGMENT_BUFFER_KEEP_BYTES`]) once delivered.
 //!
 //! # The lifetime of an exchange
 //!

@@ -928,6 +928,113 @@ mod tests {
         }
     }
 
+    /// The lifetime of a `/v1/ws` session in bytes, as a connection will drive these codecs:
+    /// upgrade request (with the first frame already behind it), 101, a publish, its ack, the
+    /// event, a ping frame, a close.
+    #[test]
+    fn a_whole_session_in_bytes() {
+        use crate::protocol::{http, payload, websocket};
+        let mut read =
+            b"GET /v1/ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                .to_vec();
+        let publish =
+            br#"{"type":"publish","topic":"a","message":{"payload":{"n": 1}},"request_id":"r"}"#;
+        let mask = [1, 2, 3, 4];
+        websocket::encode_masked_frame(true, websocket::Opcode::Text, mask, publish, &mut read);
+        websocket::encode_masked_frame(true, websocket::Opcode::Ping, mask, b"hb", &mut read);
+        websocket::encode_masked_frame(
+            true,
+            websocket::Opcode::Close,
+            mask,
+            &[0x03, 0xe8],
+            &mut read,
+        );
+
+        let mut write = Vec::new();
+        let request = http::decode_request(&read, &http::HttpLimits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            http::route(request.head.method, request.head.path),
+            Ok(http::Route::FiberWebSocket)
+        );
+        let key = http::validate_websocket_upgrade(&request.head).unwrap();
+        http::encode_switching_protocols(key, &mut write);
+        let consumed = request.len;
+        read.drain(..consumed);
+
+        let mut decoder = websocket::Decoder::server(1 << 20);
+        let mut stored = Vec::new();
+        let mut scratch = Vec::new();
+        let mut closed = false;
+        while !closed {
+            let Some((event, consumed)) = decoder.decode(&mut read).unwrap() else {
+                panic!("the session ends with a close");
+            };
+            match event {
+                websocket::Event::Text(text) => match parse_client_message(text).unwrap() {
+                    FiberRequest::Publish {
+                        topic,
+                        payload: raw,
+                        request_id,
+                        ..
+                    } => {
+                        payload::store_json(raw.0, &mut stored);
+                        scratch.clear();
+                        encode_ack(request_id.as_deref(), &topic, NOW_NS, &mut scratch);
+                        websocket::encode_text_frame(&scratch, &mut write);
+                        // The broker would fan this out; encoded once, framed once.
+                        scratch.clear();
+                        let event = FiberEvent {
+                            topic: &topic,
+                            id: MessageId::pick(None, 7, 1),
+                            payload: &stored,
+                            content_type: Some(payload::CONTENT_TYPE_JSON.as_bytes()),
+                            timestamp_ns: NOW_NS,
+                            seq: None,
+                        };
+                        encode_event(&event, &mut scratch);
+                        websocket::encode_text_frame(&scratch, &mut write);
+                    }
+                    other => panic!("{other:?}"),
+                },
+                websocket::Event::Ping(bytes) => websocket::encode_pong_frame(bytes, &mut write),
+                websocket::Event::Close(close) => {
+                    websocket::encode_close_reply(close, &mut write);
+                    closed = true;
+                }
+                other => panic!("{other:?}"),
+            }
+            read.drain(..consumed);
+        }
+        assert_eq!(stored, br#"{"n":1}"#);
+
+        // What the client reads back.
+        let head_end = write.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(write.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+        let mut frames = write.split_off(head_end);
+        let mut client = websocket::Decoder::client(1 << 20);
+        let mut got = Vec::new();
+        while let Some((event, consumed)) = client.decode(&mut frames).unwrap() {
+            got.push(format!("{event:?}"));
+            frames.drain(..consumed);
+        }
+        assert_eq!(
+            got,
+            [
+                format!(
+                    r#"Text("{{\"type\":\"ack\",\"request_id\":\"r\",\"topic\":\"a\",\"status\":\"ok\",\"timestamp\":\"{NOW}\"}}")"#
+                ),
+                format!(
+                    r#"Text("{{\"type\":\"event\",\"topic\":\"a\",\"message\":{{\"id\":\"0000000000000007-1\",\"payload\":{{\"n\":1}}}},\"timestamp\":\"{NOW}\"}}")"#
+                ),
+                r#"Pong([104, 98])"#.to_owned(),
+                r#"Close(Some(CloseFrame { code: 1000, reason: "" }))"#.to_owned(),
+            ]
+        );
+    }
+
     proptest! {
         #[test]
         fn arbitrary_text_never_panics(text in "\\PC{0,80}") {
