@@ -179,6 +179,9 @@ pub struct Decoder {
     /// Opcode (text or binary) of the fragmented message being reassembled.
     fragmented: Option<Opcode>,
     fragments: Vec<u8>,
+    /// Bytes at the start of a fragmented text message's `fragments` known to be whole,
+    /// valid UTF-8, so each fragment is checked once and a bad one fails at once.
+    text_checked: usize,
     /// The last event lent out `fragments`; clear it before decoding on.
     fragments_delivered: bool,
 }
@@ -200,6 +203,7 @@ impl Decoder {
             peer_masks,
             fragmented: None,
             fragments: Vec::new(),
+            text_checked: 0,
             fragments_delivered: false,
         }
     }
@@ -245,10 +249,15 @@ impl Decoder {
                 self.fragmented = Some(header.opcode);
                 self.fragments.clear();
                 self.fragments.extend_from_slice(payload);
+                self.text_checked = 0;
+                self.check_text_so_far()?;
                 Event::Fragment
             }
             Opcode::Continuation => {
                 self.fragments.extend_from_slice(payload);
+                if !header.fin {
+                    self.check_text_so_far()?;
+                }
                 if header.fin {
                     let opcode = self.fragmented.take().unwrap_or(Opcode::Binary);
                     self.fragments_delivered = true;
@@ -259,6 +268,27 @@ impl Decoder {
             }
         };
         Ok(Some((event, header.frame_len)))
+    }
+
+    /// Fails a fragmented text message as soon as its bytes cannot be UTF-8 (RFC 6455 §8.1
+    /// lets an endpoint wait, but failing fast spares buffering the rest). A character cut by
+    /// a fragment boundary is not an error: its end is checked with the next fragment.
+    fn check_text_so_far(&mut self) -> Result<(), ProtocolError> {
+        if self.fragmented != Some(Opcode::Text) {
+            return Ok(());
+        }
+        let unchecked = self.fragments.get(self.text_checked..).unwrap_or_default();
+        match std::str::from_utf8(unchecked) {
+            Ok(_) => self.text_checked = self.fragments.len(),
+            Err(error) if error.error_len().is_none() => self.text_checked += error.valid_up_to(),
+            Err(_) => {
+                return Err(ProtocolError {
+                    close_code: close_code::INVALID_PAYLOAD,
+                    reason: "text message is not valid UTF-8",
+                })
+            }
+        }
+        Ok(())
     }
 
     /// Parses and checks the header; `Ok(None)` while it is incomplete.
@@ -768,6 +798,31 @@ mod tests {
                 ]
                 .concat(),
                 vec![Got::Error(1007)],
+            ),
+            (
+                "bad UTF-8 fails before the message ends",
+                masked(false, Opcode::Text, &[b'a', 0xff]),
+                vec![Got::Error(1007)],
+            ),
+            (
+                "bad UTF-8 in a middle fragment",
+                [
+                    masked(false, Opcode::Text, &[0xc3]),
+                    masked(false, Opcode::Continuation, &[0xa9, 0xc3]),
+                    masked(false, Opcode::Continuation, &[0x41]),
+                ]
+                .concat(),
+                vec![Got::Error(1007)],
+            ),
+            (
+                "a character cut by fragment boundaries",
+                [
+                    masked(false, Opcode::Text, &[0xe2]),
+                    masked(false, Opcode::Continuation, &[0x82]),
+                    masked(true, Opcode::Continuation, &[0xac]),
+                ]
+                .concat(),
+                vec![text("\u{20ac}")],
             ),
             (
                 "message of max + 1",

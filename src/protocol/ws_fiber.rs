@@ -258,7 +258,10 @@ pub fn parse_client_message(text: &str) -> Result<FiberRequest<'_>, FiberError<'
         }
         "ping" => Ok(FiberRequest::Ping { request_id }),
         "ack" => {
-            let (topic, _) = subscription_topic(envelope.topic).map_err(bad)?;
+            let (topic, kind) = subscription_topic(envelope.topic).map_err(bad)?;
+            if kind == SubjectKind::Pattern {
+                return Err(bad("ack names the message's topic, not a pattern"));
+            }
             let seq = envelope
                 .seq
                 .and_then(u64_value)
@@ -791,6 +794,11 @@ mod tests {
                 r#"{"type":"ack","request_id":"r","seq":1}"#,
                 r(),
                 "topic is required",
+            ),
+            (
+                r#"{"type":"ack","request_id":"r","topic":"a.*","seq":1}"#,
+                r(),
+                "not a pattern",
             ),
         ];
         for (text, request_id, message) in cases {
