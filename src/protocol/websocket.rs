@@ -24,7 +24,7 @@
 //! | a continuation continues something; a new message waits for the end of the last | 1002 |
 //! | a 64-bit length has its top bit clear                          | 1002 |
 //! | a message (all its fragments) is at most `message_bytes_max`   | 1009 |
-//! | a text message is valid UTF-8 (checked once it is complete)   | 1007 |
+//! | a text message is valid UTF-8 (fragments: at the first bad byte) | 1007 |
 //! | a close payload is empty or a valid code (+ UTF-8 reason)      | 1002 / 1007 |
 //!
 //! Control frames may arrive between the fragments of a message, as the RFC allows; they are
@@ -38,7 +38,10 @@
 //!
 //! Ping: answer [`encode_pong_frame`] with the same payload. Close: answer
 //! [`encode_close_reply`] (echoing the code), flush, close the socket. Decoding stops there;
-//! whatever follows a close frame is not read.
+//! whatever follows a close frame is not read. Closing from the server side (slow consumer,
+//! shutdown): send the dialect's error message if it has one, then [`encode_close_frame`]
+//! with [`close_code::POLICY_VIOLATION`] or [`close_code::GOING_AWAY`], then close after a
+//! bounded linger for the peer's close.
 //!
 //! # Encoding
 //!
@@ -255,14 +258,13 @@ impl Decoder {
             }
             Opcode::Continuation => {
                 self.fragments.extend_from_slice(payload);
-                if !header.fin {
-                    self.check_text_so_far()?;
-                }
                 if header.fin {
+                    // `check_header` let this continuation through, so a message is open.
                     let opcode = self.fragmented.take().unwrap_or(Opcode::Binary);
                     self.fragments_delivered = true;
                     data_event(opcode, &self.fragments)?
                 } else {
+                    self.check_text_so_far()?;
                     Event::Fragment
                 }
             }
@@ -467,7 +469,7 @@ pub fn encode_frame_header(
     out.push(if fin { FIN } else { 0 } | opcode as u8);
     let mask_bit = if mask.is_some() { MASKED } else { 0 };
     match payload_len {
-        // Cast-free bytes: each arm has bounded `payload_len` to fit.
+        // Each arm bounds `payload_len`, so its cast is lossless.
         0..=125 => out.push(mask_bit | payload_len as u8),
         126..=0xffff => {
             out.push(mask_bit | LEN16);
