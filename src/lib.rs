@@ -13,9 +13,15 @@
 //! ## Code map
 //! - [`cli`]: `clap` definitions only. [`config`]: every limit, its default, validation and
 //!   the memory budget. [`server`]: binds the listeners, builds the mesh, spawns the shards.
-//! - [`protocol`]: sans-IO codecs (native frames, topic names and patterns; RESP2/RESP3 requests,
-//!   replies and pub/sub frames, Redis globs, the Redis channel ↔ topic mapping and the Redis
-//!   command table, not yet wired to a listener).
+//! - [`protocol`]: sans-IO codecs, bytes in and values out:
+//!   - `native` (the binary frames), `topic` (names and patterns), `subscribe_options` and
+//!     `topic_options` (TLV options over `tlv`);
+//!   - the HTTP port: `http` (request heads, router, responses, WebSocket handshake),
+//!     `websocket` (RFC 6455 frames), `ws_fiber` and `ws_fastapi` (the two JSON dialects, over
+//!     `ws_json`), `payload` (payloads across protocols, derived message ids);
+//!   - the Redis port: `resp` (RESP2/RESP3 requests, replies, pub/sub frames), `glob` (Redis
+//!     patterns and their index), `resp_channel` (channel ↔ topic names), `resp_commands`
+//!     (the command table and Redis's error texts).
 //! - [`shard`]: what one core owns: the event loop (the only caller of `poll`), connections,
 //!   the owner's topic table, local subscriptions, the pattern trie.
 //! - [`mesh`]: the rings between shards and the closed set of messages they carry.
