@@ -21,11 +21,14 @@ use corebus::ids::{ConnectionId, Subscriber};
 use corebus::message::Message;
 use corebus::shard::connection::{EnqueueOutcome, Outbound, WRITE_CHUNK_BYTES};
 use corebus::shard::topics::LocalSubscriptions;
+use corebus::shard::wire::Wire;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 /// The broker's default `--outbound-bytes-max`, so the policy check takes its usual branch.
 const OUTBOUND_BYTES_MAX: usize = 8 << 20;
 const TOPIC: &str = "orders.eu.created";
+/// The wire the outbox words its notices for (no notices are queued here).
+const NATIVE: Wire = Wire::Native { version: 4 };
 
 fn local_fan_out(c: &mut Criterion) {
     let mut message = Message::from_publish(&mut Vec::new(), TOPIC, None, &[7u8; 64]);
@@ -62,7 +65,7 @@ fn local_fan_out(c: &mut Criterion) {
                     debug_assert_eq!(outcome, EnqueueOutcome::Queued);
                 }
                 for out in &mut connections {
-                    black_box(out.write_to(&mut io::sink()).unwrap());
+                    black_box(out.write_to(&mut io::sink(), &NATIVE).unwrap());
                 }
             })
         });

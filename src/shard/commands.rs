@@ -6,224 +6,25 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::error::{CloseReason, ErrorCode};
+use crate::error::ErrorCode;
 use crate::ids::{ConnectionId, Subscriber};
 use crate::mesh::message::ConsumerRequest;
 use crate::mesh::message::{OwnerRequest, Refusal, ReplyTarget, Subscribed, Ticket, TopicPosition};
 use crate::message::Message;
 use crate::protocol::native::AckKind;
-use crate::protocol::native::{self, Frame, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
-use crate::protocol::subscribe_options::{OptionError, Sharing, Start, SubscribeOptions};
+use crate::protocol::subscribe_options::{Sharing, Start, SubscribeOptions};
 use crate::protocol::topic::{self, SubjectKind};
 use crate::protocol::topic_options::TopicOptions;
 use crate::shard::consumers::Member;
 use crate::shard::pattern_groups::consumer_key;
 use crate::shard::topics::INBOX_PREFIX;
 
-use super::connection::{ConnState, ReadBuffer, SubscriptionRecord};
+use super::connection::SubscriptionRecord;
+use super::wire::{Answer, Feature};
 use super::{Flow, PendingSubscribe, Shard};
 
 impl Shard {
-    /// Decodes and handles every complete frame in the connection's read buffer.
-    pub(super) fn process_frames(&mut self, id: ConnectionId) -> Flow {
-        let Some(conn) = self.connection_mut(id) else {
-            return Flow::Stop;
-        };
-        if conn.is_closing() {
-            return Flow::Stop;
-        }
-        // The buffer is taken out so the handlers may borrow the whole shard while the frame
-        // borrows the bytes; it goes back below (swapping two Vecs allocates nothing).
-        let mut buffer = std::mem::replace(&mut conn.read, ReadBuffer::new(0));
-        let frame_bytes_max = self.config.frame_bytes_max();
-        let flow = loop {
-            match native::decode(buffer.filled(), frame_bytes_max) {
-                Ok(None) => break Flow::Continue,
-                Ok(Some((frame, len))) => match self.handle_frame(id, frame) {
-                    Flow::Continue => buffer.consume(len),
-                    Flow::Blocked => break Flow::Blocked,
-                    Flow::Stop => {
-                        buffer.consume(len);
-                        break Flow::Stop;
-                    }
-                },
-                Err(native::DecodeError::Invalid {
-                    request_id,
-                    frame_len,
-                    code,
-                    reason,
-                }) => {
-                    buffer.consume(frame_len);
-                    self.counters.protocol_errors += 1;
-                    self.reply_err(id, request_id, code, reason);
-                    let handshaking = self
-                        .connection_mut(id)
-                        .is_some_and(|conn| conn.state == ConnState::Handshaking);
-                    if handshaking {
-                        self.begin_close(id, CloseReason::HandshakeFailed);
-                        break Flow::Stop;
-                    }
-                }
-                Err(native::DecodeError::Fatal { code, reason }) => {
-                    self.counters.protocol_errors += 1;
-                    self.reply_err(id, 0, code, reason);
-                    self.begin_close(id, CloseReason::ProtocolError);
-                    break Flow::Stop;
-                }
-            }
-            if self.connection_mut(id).is_none_or(|conn| conn.is_closing()) {
-                break Flow::Stop;
-            }
-        };
-        if let Some(conn) = self.connection_mut(id) {
-            conn.read = buffer;
-        }
-        flow
-    }
-
-    fn handle_frame(&mut self, id: ConnectionId, frame: Frame<'_>) -> Flow {
-        let Some(conn) = self.connection_mut(id) else {
-            return Flow::Stop;
-        };
-        if conn.state == ConnState::Handshaking {
-            return self.handle_handshake(id, frame);
-        }
-        match frame {
-            Frame::Publish {
-                request_id,
-                quiet,
-                topic,
-                reply_to,
-                payload,
-            } => self.handle_publish(id, request_id, quiet, topic, reply_to, payload),
-            Frame::Subscribe {
-                request_id,
-                sub_id,
-                topic,
-                options,
-            } => self.handle_subscribe(id, request_id, sub_id, topic, options),
-            Frame::Unsubscribe { request_id, sub_id } => {
-                self.handle_unsubscribe(id, request_id, sub_id)
-            }
-            Frame::Ack {
-                request_id,
-                sub_id,
-                seq,
-                kind,
-                topic,
-            } => {
-                if let Some(flow) = self.refused_before(id, (request_id, 2), "ACK") {
-                    return flow;
-                }
-                if !topic.is_empty() && self.protocol_version(id) < 3 {
-                    self.counters.protocol_errors += 1;
-                    self.reply_err(
-                        id,
-                        request_id,
-                        ErrorCode::BadFrame,
-                        "the topic field of ACK needs protocol version 3",
-                    );
-                    return Flow::Continue;
-                }
-                self.handle_ack(id, request_id, (sub_id, topic), (seq, kind))
-            }
-            Frame::CreateTopic {
-                request_id,
-                topic,
-                options,
-            } => self.handle_create_topic(id, request_id, topic, options),
-            Frame::DeleteTopic { request_id, topic } => {
-                self.handle_delete_topic(id, request_id, topic)
-            }
-            Frame::Ping { request_id } => {
-                self.reply(id, Frame::Pong { request_id });
-                Flow::Continue
-            }
-            Frame::Hello { request_id, .. } => {
-                self.reply_err(
-                    id,
-                    request_id,
-                    ErrorCode::BadFrame,
-                    "HELLO was already done",
-                );
-                Flow::Continue
-            }
-            Frame::Ok { .. }
-            | Frame::Err { .. }
-            | Frame::Pong { .. }
-            | Frame::Msg { .. }
-            | Frame::Dropped { .. }
-            | Frame::Gap { .. }
-            | Frame::Ended { .. } => {
-                // The connection goes on, so the answer carries the frame's own id, as for
-                // any other frame the broker skips.
-                self.counters.protocol_errors += 1;
-                self.reply_err(
-                    id,
-                    frame.header_id(),
-                    ErrorCode::UnknownOpcode,
-                    "that opcode is sent by the server, not the client",
-                );
-                Flow::Continue
-            }
-        }
-    }
-
-    fn handle_handshake(&mut self, id: ConnectionId, frame: Frame<'_>) -> Flow {
-        let Frame::Hello {
-            request_id,
-            version,
-            client_name,
-        } = frame
-        else {
-            self.reply_err(
-                id,
-                frame.header_id(),
-                ErrorCode::HandshakeRequired,
-                "the first frame must be HELLO",
-            );
-            self.begin_close(id, CloseReason::HandshakeFailed);
-            return Flow::Stop;
-        };
-        if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&version) {
-            let reason = format!(
-                "this broker speaks native protocol versions {PROTOCOL_VERSION_MIN} to \
-                 {PROTOCOL_VERSION}"
-            );
-            self.reply_err(id, request_id, ErrorCode::UnsupportedVersion, &reason);
-            self.begin_close(id, CloseReason::HandshakeFailed);
-            return Flow::Stop;
-        }
-        let shard = self.id;
-        let message_bytes_max = self.config.message_bytes_max as u32;
-        let Some(conn) = self.connection_mut(id) else {
-            return Flow::Stop;
-        };
-        conn.state = ConnState::Open;
-        conn.protocol_version = version;
-        conn.client_name = String::from_utf8_lossy(client_name).into_owned();
-        log::info!(
-            "event=handshake shard={} conn={} peer={} client={:?}",
-            shard,
-            id,
-            conn.peer,
-            conn.client_name
-        );
-        let mut data = [0u8; 8];
-        data[0..2].copy_from_slice(&version.to_be_bytes());
-        data[2..4].copy_from_slice(&shard.0.to_be_bytes());
-        data[4..8].copy_from_slice(&message_bytes_max.to_be_bytes());
-        self.reply(
-            id,
-            Frame::Ok {
-                request_id,
-                data: &data,
-            },
-        );
-        Flow::Continue
-    }
-
-    fn handle_publish(
+    pub(super) fn handle_publish(
         &mut self,
         id: ConnectionId,
         request_id: u32,
@@ -284,37 +85,14 @@ impl Shard {
         Flow::Continue
     }
 
-    fn handle_subscribe(
+    pub(super) fn handle_subscribe(
         &mut self,
         id: ConnectionId,
         request_id: u32,
         sub_id: u32,
         subject: &[u8],
-        options: &[u8],
+        options: SubscribeOptions,
     ) -> Flow {
-        let Some(conn) = self.connection_mut(id) else {
-            return Flow::Stop;
-        };
-        if !options.is_empty() && conn.protocol_version < 2 {
-            self.reply_err(
-                id,
-                request_id,
-                ErrorCode::UnsupportedOption,
-                "SUBSCRIBE options need protocol version 2",
-            );
-            return Flow::Continue;
-        }
-        let options = match SubscribeOptions::parse(options) {
-            Ok(options) => options,
-            Err(OptionError::Malformed(reason)) => {
-                self.reply_err(id, request_id, ErrorCode::BadFrame, reason);
-                return Flow::Continue;
-            }
-            Err(OptionError::Unsupported(reason)) => {
-                self.reply_err(id, request_id, ErrorCode::UnsupportedOption, reason);
-                return Flow::Continue;
-            }
-        };
         let (subject, kind) = match topic::parse_subscription(subject) {
             Ok(parsed) => parsed,
             Err(error) => {
@@ -355,7 +133,10 @@ impl Shard {
             return Flow::Stop;
         };
         // Its acks must name their topic, which v2 ACK frames cannot.
-        if kind == SubjectKind::Pattern && options.acks.is_some() && conn.protocol_version < 3 {
+        if kind == SubjectKind::Pattern
+            && options.acks.is_some()
+            && !conn.wire.supports(Feature::TopicInAcksAndGaps)
+        {
             self.reply_err(
                 id,
                 request_id,
@@ -364,7 +145,9 @@ impl Shard {
             );
             return Flow::Continue;
         }
-        if matches!(options.start, Start::FromSeqOfEpoch { .. }) && conn.protocol_version < 4 {
+        if matches!(options.start, Start::FromSeqOfEpoch { .. })
+            && !conn.wire.supports(Feature::Epochs)
+        {
             self.reply_err(
                 id,
                 request_id,
@@ -475,7 +258,7 @@ impl Shard {
                 self.record_subscription(subscriber, record);
                 let peers = (self.shard_count - 1) as u32;
                 if peers == 0 {
-                    self.reply_ok(id, request_id, &[]);
+                    self.answer(id, request_id, Answer::Done);
                 } else {
                     let ticket =
                         self.pending_subscribe(subscriber, request_id, (subject, kind), peers);
@@ -498,7 +281,7 @@ impl Shard {
                 }
                 let peers = (self.shard_count - 1) as u32;
                 if peers == 0 {
-                    self.reply_ok(id, request_id, &[]);
+                    self.answer(id, request_id, Answer::Done);
                 } else {
                     let ticket =
                         self.pending_subscribe(subscriber, request_id, (subject, kind), peers);
@@ -583,7 +366,7 @@ impl Shard {
                     self.local.add_exact(subject, subscriber);
                 }
                 let position = subscribed.position;
-                self.reply_ok(id, request_id, &position.ok_data());
+                self.answer(id, request_id, Answer::Position(position));
                 self.deliver_replay((subscriber, subject), position.last_seq, subscribed.replay);
             }
             Err(refusal) => {
@@ -596,7 +379,12 @@ impl Shard {
         }
     }
 
-    fn handle_unsubscribe(&mut self, id: ConnectionId, request_id: u32, sub_id: u32) -> Flow {
+    pub(super) fn handle_unsubscribe(
+        &mut self,
+        id: ConnectionId,
+        request_id: u32,
+        sub_id: u32,
+    ) -> Flow {
         let removed = self
             .connection_mut(id)
             .and_then(|conn| conn.subscriptions.remove(&sub_id));
@@ -616,13 +404,7 @@ impl Shard {
                     },
                     &record,
                 );
-                self.reply(
-                    id,
-                    Frame::Ok {
-                        request_id,
-                        data: &[],
-                    },
-                );
+                self.answer(id, request_id, Answer::Done);
             }
             None => self.reply_err(
                 id,
@@ -692,7 +474,7 @@ impl Shard {
         let peers = (self.shard_count - 1) as u32;
         let ticket = match answer {
             Some(request_id) if peers == 0 => {
-                self.reply_ok(subscriber.connection, request_id, &[]);
+                self.answer(subscriber.connection, request_id, Answer::Done);
                 None
             }
             Some(request_id) => Some(self.pending_subscribe(
@@ -785,7 +567,7 @@ impl Shard {
         }
     }
 
-    fn handle_ack(
+    pub(super) fn handle_ack(
         &mut self,
         id: ConnectionId,
         request_id: u32,
@@ -862,43 +644,13 @@ impl Shard {
         Flow::Continue
     }
 
-    /// Refuses a command that came with protocol `version` on an older connection
-    /// (`UNKNOWN_OPCODE`: that version does not have it), or stops for a connection that is
-    /// gone. `None` lets the command go on.
-    fn refused_before(
-        &mut self,
-        id: ConnectionId,
-        (request_id, version): (u32, u16),
-        what: &str,
-    ) -> Option<Flow> {
-        let Some(conn) = self.connection_mut(id) else {
-            return Some(Flow::Stop);
-        };
-        if conn.protocol_version >= version {
-            return None;
-        }
-        let reason = format!("{what} needs protocol version {version}");
-        self.counters.protocol_errors += 1;
-        self.reply_err(id, request_id, ErrorCode::UnknownOpcode, &reason);
-        Some(Flow::Continue)
-    }
-
-    /// The version the connection negotiated (0 for one that is gone).
-    fn protocol_version(&mut self, id: ConnectionId) -> u16 {
-        self.connection_mut(id)
-            .map_or(0, |conn| conn.protocol_version)
-    }
-
-    fn handle_create_topic(
+    pub(super) fn handle_create_topic(
         &mut self,
         id: ConnectionId,
         request_id: u32,
         topic_bytes: &[u8],
-        options: &[u8],
+        options: TopicOptions,
     ) -> Flow {
-        if let Some(flow) = self.refused_before(id, (request_id, 3), "CREATE_TOPIC") {
-            return flow;
-        }
         let topic = match topic::parse_publish_topic(topic_bytes) {
             Ok(topic) if topic.starts_with(INBOX_PREFIX) => {
                 self.reply_err(
@@ -915,19 +667,15 @@ impl Shard {
                 return Flow::Continue;
             }
         };
-        let refusal = match TopicOptions::parse(options) {
-            Ok(options) => self
-                .owned
-                .default_replay_limits()
-                .overridden(
-                    &options,
-                    self.config.topic_replay_messages_max,
-                    self.config.topic_replay_bytes_max,
-                )
-                .map_err(|reason| (ErrorCode::OptionOutOfRange, reason)),
-            Err(OptionError::Malformed(reason)) => Err((ErrorCode::BadFrame, reason)),
-            Err(OptionError::Unsupported(reason)) => Err((ErrorCode::UnsupportedOption, reason)),
-        };
+        let refusal = self
+            .owned
+            .default_replay_limits()
+            .overridden(
+                &options,
+                self.config.topic_replay_messages_max,
+                self.config.topic_replay_bytes_max,
+            )
+            .map_err(|reason| (ErrorCode::OptionOutOfRange, reason));
         let replay_limits = match refusal {
             Ok(limits) => limits,
             Err((code, reason)) => {
@@ -957,15 +705,12 @@ impl Shard {
         Flow::Continue
     }
 
-    fn handle_delete_topic(
+    pub(super) fn handle_delete_topic(
         &mut self,
         id: ConnectionId,
         request_id: u32,
         topic_bytes: &[u8],
     ) -> Flow {
-        if let Some(flow) = self.refused_before(id, (request_id, 3), "DELETE_TOPIC") {
-            return flow;
-        }
         let topic = match topic::parse_subscription(topic_bytes) {
             Ok((_, SubjectKind::Pattern)) => Err("DELETE_TOPIC takes an exact topic"),
             Ok((topic, _)) if topic.starts_with(INBOX_PREFIX) => {
@@ -1012,7 +757,11 @@ impl Shard {
         result: Result<TopicPosition, ErrorCode>,
     ) {
         match result {
-            Ok(position) => self.reply_ok(reply.connection, reply.request_id, &position.ok_data()),
+            Ok(position) => self.answer(
+                reply.connection,
+                reply.request_id,
+                Answer::Position(position),
+            ),
             Err(code) => {
                 let reason = match code {
                     ErrorCode::TopicExists => "the topic exists already",
@@ -1026,14 +775,11 @@ impl Shard {
         }
     }
 
-    pub(super) fn reply_ok(&mut self, id: ConnectionId, request_id: u32, data: &[u8]) {
-        self.reply(id, Frame::Ok { request_id, data });
-    }
-
-    /// Queues a reply frame on a connection (ahead of its queued deliveries).
-    pub(super) fn reply(&mut self, id: ConnectionId, frame: Frame<'_>) {
+    /// Queues the answer to a request on its connection (ahead of its queued deliveries),
+    /// in the words of the protocol the connection speaks.
+    pub(super) fn answer(&mut self, id: ConnectionId, request_id: u32, answer: Answer<'_>) {
         if let Some(conn) = self.connection_mut(id) {
-            frame.encode(conn.out.replies());
+            conn.answer(request_id, answer);
             self.mark_dirty(id);
         }
     }
@@ -1043,16 +789,9 @@ impl Shard {
         id: ConnectionId,
         request_id: u32,
         code: ErrorCode,
-        message: &str,
+        reason: &str,
     ) {
-        self.reply(
-            id,
-            Frame::Err {
-                request_id,
-                code: code.as_u16(),
-                message: message.as_bytes(),
-            },
-        );
+        self.answer(id, request_id, Answer::Refused { code, reason });
     }
 }
 

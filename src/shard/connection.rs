@@ -26,11 +26,13 @@ use mio::net::TcpStream;
 
 use crate::config::SlowConsumerPolicy;
 use crate::error::CloseReason;
+use crate::error::ErrorCode;
 use crate::ids::ConnectionId;
 use crate::mesh::message::Ticket;
 use crate::message::Message;
 use crate::protocol::native;
 use crate::protocol::topic::SubjectKind;
+use crate::shard::wire::{Answer, Wire};
 
 /// Most bytes moved from `pending` into the write buffer at a time. A connection stages at
 /// most half its `outbound_bytes_max`, so `drop-oldest` always has queued messages to drop
@@ -341,8 +343,8 @@ impl Outbound {
     }
 
     /// Copies queued deliveries into the write buffer, patching each one's subscription id,
-    /// until about one chunk is staged.
-    fn stage(&mut self) -> u64 {
+    /// until about one chunk is staged. Notices are worded for the connection's `wire`.
+    fn stage(&mut self, wire: &Wire) -> u64 {
         let mut staged = 0;
         while self.write_buf.len() - self.written < self.stage_bytes_max {
             let Some((sub_id, queued)) = self.pending.pop_front() else {
@@ -360,13 +362,7 @@ impl Outbound {
                     missed,
                     resume_seq,
                     topic,
-                } => native::Frame::Gap {
-                    sub_id,
-                    missed,
-                    resume_seq,
-                    topic: topic.as_bytes(),
-                }
-                .encode(&mut self.write_buf),
+                } => wire.encode_gap(sub_id, (missed, resume_seq), &topic, &mut self.write_buf),
                 Queued::Notice(frame) => self.write_buf.extend_from_slice(&frame),
             }
         }
@@ -374,10 +370,10 @@ impl Outbound {
     }
 
     /// Writes until everything is out or the socket would block.
-    pub fn write_to<W: Write>(&mut self, socket: &mut W) -> io::Result<WriteProgress> {
+    pub fn write_to<W: Write>(&mut self, socket: &mut W, wire: &Wire) -> io::Result<WriteProgress> {
         let mut progress = WriteProgress::default();
         loop {
-            progress.deliveries += self.stage();
+            progress.deliveries += self.stage(wire);
             if self.written == self.write_buf.len() {
                 self.write_buf.clear();
                 self.written = 0;
@@ -426,8 +422,9 @@ pub struct Connection {
     pub id: ConnectionId,
     pub peer: SocketAddr,
     pub state: ConnState,
-    /// Negotiated by HELLO; decides which options and frames this client may see.
-    pub protocol_version: u16,
+    /// The protocol it speaks, and what it negotiated (for native, the version HELLO chose,
+    /// which decides which options and frames this client may see).
+    pub wire: Wire,
     pub client_name: String,
     pub read: ReadBuffer,
     pub out: Outbound,
@@ -459,7 +456,7 @@ impl Connection {
             id,
             peer,
             state: ConnState::Handshaking,
-            protocol_version: 0,
+            wire: Wire::Native { version: 0 },
             client_name: String::new(),
             read: ReadBuffer::new(read_chunk_bytes),
             out: Outbound::new(WRITE_CHUNK_BYTES.min(outbound_bytes_max / 2).max(1)),
@@ -503,11 +500,8 @@ impl Connection {
         self.drops_unreported = false;
         for (&sub_id, record) in self.subscriptions.iter_mut() {
             if record.dropped_unreported > 0 {
-                native::Frame::Dropped {
-                    sub_id,
-                    count: record.dropped_unreported,
-                }
-                .encode(self.out.replies());
+                self.wire
+                    .encode_dropped(sub_id, record.dropped_unreported, self.out.replies());
                 record.dropped_unreported = 0;
             }
         }
@@ -515,6 +509,20 @@ impl Connection {
 
     pub fn is_closing(&self) -> bool {
         matches!(self.state, ConnState::Closing(_))
+    }
+
+    /// Queues the answer to request `request_id` (ahead of queued deliveries).
+    pub fn answer(&mut self, request_id: u32, answer: Answer<'_>) {
+        self.wire
+            .encode_answer(request_id, answer, self.out.replies());
+    }
+
+    /// Queues the notice that the broker ended subscription `sub_id`, behind what is queued
+    /// for it, so nothing for it follows.
+    pub fn push_ended(&mut self, sub_id: u32, code: ErrorCode, reason: &str) {
+        let mut notice = Vec::new();
+        self.wire.encode_ended(sub_id, code, reason, &mut notice);
+        self.out.push_notice(notice.into_boxed_slice());
     }
 
     /// Reads once into the buffer. `Ok(0)` means the peer closed its end.
@@ -591,7 +599,9 @@ mod tests {
             written: Vec::new(),
             capacity: usize::MAX,
         };
-        let progress = out.write_to(&mut socket).unwrap();
+        let progress = out
+            .write_to(&mut socket, &Wire::Native { version: 4 })
+            .unwrap();
         assert!(progress.drained);
         assert_eq!(progress.deliveries, 1);
         let (frame, _) = native::decode(&socket.written, 1 << 20).unwrap().unwrap();
@@ -643,7 +653,9 @@ mod tests {
             written: Vec::new(),
             capacity: usize::MAX,
         };
-        let progress = out.write_to(&mut socket).unwrap();
+        let progress = out
+            .write_to(&mut socket, &Wire::Native { version: 4 })
+            .unwrap();
         assert_eq!(progress.deliveries, 1);
         let mut rest = &socket.written[..];
         let mut frames = Vec::new();
@@ -666,11 +678,17 @@ mod tests {
             written: Vec::new(),
             capacity: 250,
         };
-        let progress = out.write_to(&mut socket).unwrap();
+        let progress = out
+            .write_to(&mut socket, &Wire::Native { version: 4 })
+            .unwrap();
         assert!(!progress.drained);
         assert_eq!(progress.bytes, 250);
         socket.capacity = usize::MAX;
-        assert!(out.write_to(&mut socket).unwrap().drained);
+        assert!(
+            out.write_to(&mut socket, &Wire::Native { version: 4 })
+                .unwrap()
+                .drained
+        );
         let mut rest = &socket.written[..];
         let mut subs = Vec::new();
         while let Some((native::Frame::Msg { sub_id, .. }, n)) =

@@ -353,7 +353,7 @@ impl Shard {
         let mut result = Ok(crate::shard::connection::WriteProgress::default());
         while let Ok(total) = &mut result {
             conn.report_drops();
-            match conn.out.write_to(&mut conn.socket) {
+            match conn.out.write_to(&mut conn.socket, &conn.wire) {
                 Ok(progress) => {
                     total.bytes += progress.bytes;
                     total.deliveries += progress.deliveries;

@@ -11,6 +11,7 @@
 //! behind a lock or an atomic except the ring handoff and the shutdown flag.
 
 mod commands;
+mod conn_native;
 pub mod connection;
 pub mod consumers;
 mod event_loop;
@@ -20,6 +21,7 @@ pub mod replay;
 pub mod retry;
 pub mod sublist;
 pub mod topics;
+pub mod wire;
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;

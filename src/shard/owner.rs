@@ -14,13 +14,13 @@ use crate::mesh::message::{
     ConsumerRequest, OwnerRequest, Replay, ReplyTarget, Subscribed, Terminal,
 };
 use crate::message::Message;
-use crate::protocol::native::Frame;
 use crate::protocol::subscribe_options::AckSettings;
 use crate::protocol::subscribe_options::Start;
 use crate::protocol::topic::TOPIC_BYTES_MAX;
 use crate::protocol::topic::{pattern_matches, SubjectKind};
 use crate::shard::consumers::{ConsumerAction, Member};
 use crate::shard::pattern_groups::consumer_key;
+use crate::shard::wire::Answer;
 
 use super::commands::unix_time_ns;
 use super::connection::EnqueueOutcome;
@@ -97,12 +97,10 @@ impl Shard {
     ) {
         match result {
             Ok(_) if quiet => {}
-            Ok(seq) => self.reply(
+            Ok(seq) => self.answer(
                 reply.connection,
-                Frame::Ok {
-                    request_id: reply.request_id,
-                    data: &seq.to_be_bytes(),
-                },
+                reply.request_id,
+                Answer::Published { seq },
             ),
             Err(code) => self.reply_err(
                 reply.connection,
@@ -379,10 +377,10 @@ impl Shard {
                     if pending.acks_remaining == 0 {
                         let pending = self.pending_subscribes.remove(key);
                         match pending.refused {
-                            None => self.reply_ok(
+                            None => self.answer(
                                 pending.subscriber.connection,
                                 pending.request_id,
-                                &[],
+                                Answer::Done,
                             ),
                             Some(code) => self.take_back_pattern_group_join(
                                 pending.subscriber,
@@ -552,28 +550,7 @@ impl Shard {
                 "topic {topic} was deleted; subscription {} ended",
                 subscriber.sub_id
             );
-            let code = ErrorCode::TopicDeleted.as_u16();
-            let message = message.as_bytes();
-            let notice = if conn.protocol_version >= 3 {
-                let sub_id = subscriber.sub_id;
-                Frame::Ended {
-                    sub_id,
-                    code,
-                    message,
-                }
-            } else {
-                // Older clients have no ENDED: a connection-level ERR is what they can read.
-                let request_id = 0;
-                Frame::Err {
-                    request_id,
-                    code,
-                    message,
-                }
-            };
-            let mut frame = Vec::with_capacity(notice.encoded_len());
-            notice.encode(&mut frame);
-            // In line behind what is queued for it, so nothing for it follows the notice.
-            conn.out.push_notice(frame.into_boxed_slice());
+            conn.push_ended(subscriber.sub_id, ErrorCode::TopicDeleted, &message);
             self.mark_dirty(subscriber.connection);
         }
     }
@@ -584,7 +561,7 @@ impl Shard {
         result: Result<(), ErrorCode>,
     ) {
         match result {
-            Ok(()) => self.reply_ok(reply.connection, reply.request_id, &[]),
+            Ok(()) => self.answer(reply.connection, reply.request_id, Answer::Done),
             Err(code) => self.reply_err(
                 reply.connection,
                 reply.request_id,
@@ -692,12 +669,6 @@ impl Shard {
     /// Tells a subscription how many messages it missed, in line with its queued messages.
     fn queue_gap(&mut self, subscriber: Subscriber, gap: (u64, u64), topic: &str) {
         if let Some(conn) = self.connection_mut(subscriber.connection) {
-            // v2 specified a 16-byte GAP body; the topic came with v3.
-            let topic = if conn.protocol_version >= 3 {
-                topic
-            } else {
-                ""
-            };
             conn.out.push_gap(subscriber.sub_id, gap, topic);
             self.mark_dirty(subscriber.connection);
         }

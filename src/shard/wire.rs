@@ -1,0 +1,228 @@
+//! The seam between the shard's core and the protocols its connections speak.
+//!
+//! The core (publish, subscribe, acks, topics, replay, consumers) decides *what* to tell a
+//! connection: an [`Answer`] to one of its requests, a delivery, a gap, the end of a
+//! subscription. The connection's [`Wire`] decides *how*: which codec under `protocol/` turns
+//! it into bytes. So a new protocol is a codec module plus a variant here and its connection
+//! kind; nothing in the topic, replay or consumer code changes.
+//!
+//! Deliveries are the hot path and are not encoded here one subscriber at a time: the native
+//! wire shares the message's own MSG frame and patches only the subscription id while
+//! staging; other wires get the shard's one encoding per (message, format) through
+//! [`crate::shard::Shard`]'s encode cache.
+
+use crate::error::ErrorCode;
+use crate::mesh::message::TopicPosition;
+use crate::protocol::native::{self, Frame};
+
+/// What the core says to one request. Each protocol words it its own way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer<'a> {
+    /// Done; nothing to report (unsubscribe, pattern subscribe, delete topic, ...).
+    Done,
+    /// A confirmed publish: the sequence number the owner gave it.
+    Published { seq: u64 },
+    /// An exact subscription or a created topic: where the topic stood.
+    Position(TopicPosition),
+    /// Refused: a stable code and a reason for people.
+    Refused { code: ErrorCode, reason: &'a str },
+}
+
+/// Things the core would say that not every connection can hear: the core asks, and words
+/// what it says to fit (a v2 native client cannot read a topic in a GAP, for example).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feature {
+    /// SUBSCRIBE options: start positions, consumers, groups, acks.
+    SubscribeOptions,
+    /// ACK naming its topic, GAP naming its topic, acked pattern groups.
+    TopicInAcksAndGaps,
+    /// CREATE_TOPIC and DELETE_TOPIC, and ENDED notices.
+    TopicAdmin,
+    /// A resume that names its epoch.
+    Epochs,
+}
+
+/// The protocol a connection speaks, with what it negotiated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// The native binary protocol; `version` is 0 until HELLO.
+    Native { version: u16 },
+}
+
+impl Wire {
+    pub fn supports(&self, feature: Feature) -> bool {
+        match self {
+            Wire::Native { version } => {
+                let since = match feature {
+                    Feature::SubscribeOptions => 2,
+                    Feature::TopicInAcksAndGaps | Feature::TopicAdmin => 3,
+                    Feature::Epochs => 4,
+                };
+                *version >= since
+            }
+        }
+    }
+
+    /// Appends the answer to request `request_id`. A request id of 0 with a refusal is a
+    /// connection-level error (the connection is about to close, or the request was lost).
+    pub fn encode_answer(&self, request_id: u32, answer: Answer<'_>, out: &mut Vec<u8>) {
+        match self {
+            Wire::Native { .. } => {
+                let (ok_data, position_data);
+                let frame = match answer {
+                    Answer::Done => Frame::Ok {
+                        request_id,
+                        data: &[],
+                    },
+                    Answer::Published { seq } => {
+                        ok_data = seq.to_be_bytes();
+                        Frame::Ok {
+                            request_id,
+                            data: &ok_data,
+                        }
+                    }
+                    Answer::Position(position) => {
+                        position_data = position.ok_data();
+                        Frame::Ok {
+                            request_id,
+                            data: &position_data,
+                        }
+                    }
+                    Answer::Refused { code, reason } => Frame::Err {
+                        request_id,
+                        code: code.as_u16(),
+                        message: reason.as_bytes(),
+                    },
+                };
+                frame.encode(out);
+            }
+        }
+    }
+
+    /// Appends a gap notice for subscription `sub_id` (see the protocol's GAP).
+    pub fn encode_gap(
+        &self,
+        sub_id: u32,
+        (missed, resume_seq): (u64, u64),
+        topic: &str,
+        out: &mut Vec<u8>,
+    ) {
+        match self {
+            Wire::Native { .. } => {
+                // v2 specified a 16-byte GAP body; the topic came with v3.
+                let topic = if self.supports(Feature::TopicInAcksAndGaps) {
+                    topic
+                } else {
+                    ""
+                };
+                Frame::Gap {
+                    sub_id,
+                    missed,
+                    resume_seq,
+                    topic: topic.as_bytes(),
+                }
+                .encode(out)
+            }
+        }
+    }
+
+    /// Appends the broker's notice that it ended subscription `sub_id`.
+    pub fn encode_ended(&self, sub_id: u32, code: ErrorCode, reason: &str, out: &mut Vec<u8>) {
+        match self {
+            Wire::Native { .. } if self.supports(Feature::TopicAdmin) => Frame::Ended {
+                sub_id,
+                code: code.as_u16(),
+                message: reason.as_bytes(),
+            }
+            .encode(out),
+            // Older clients have no ENDED: a connection-level ERR is what they can read.
+            Wire::Native { .. } => Frame::Err {
+                request_id: 0,
+                code: code.as_u16(),
+                message: reason.as_bytes(),
+            }
+            .encode(out),
+        }
+    }
+
+    /// Appends the count of messages dropped for subscription `sub_id` under `drop-oldest`.
+    pub fn encode_dropped(&self, sub_id: u32, count: u64, out: &mut Vec<u8>) {
+        match self {
+            Wire::Native { .. } => Frame::Dropped { sub_id, count }.encode(out),
+        }
+    }
+
+    /// Bytes a gap notice takes on this wire, for the outbound byte limit.
+    pub fn gap_len(&self, topic: &str) -> usize {
+        match self {
+            Wire::Native { .. } => native::Frame::Gap {
+                sub_id: 0,
+                missed: 0,
+                resume_seq: 0,
+                topic: topic.as_bytes(),
+            }
+            .encoded_len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoded(bytes: &[u8]) -> Frame<'_> {
+        native::decode(bytes, 1 << 20).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn native_answers_are_the_ok_and_err_frames_of_the_protocol() {
+        let wire = Wire::Native { version: 4 };
+        let mut out = Vec::new();
+        wire.encode_answer(7, Answer::Published { seq: 9 }, &mut out);
+        assert_eq!(
+            decoded(&out),
+            Frame::Ok {
+                request_id: 7,
+                data: &9u64.to_be_bytes()
+            }
+        );
+        out.clear();
+        let reason = "no";
+        wire.encode_answer(
+            8,
+            Answer::Refused {
+                code: ErrorCode::BadTopic,
+                reason,
+            },
+            &mut out,
+        );
+        assert_eq!(
+            decoded(&out),
+            Frame::Err {
+                request_id: 8,
+                code: ErrorCode::BadTopic.as_u16(),
+                message: b"no"
+            }
+        );
+    }
+
+    #[test]
+    fn older_native_clients_get_what_their_version_specified() {
+        let mut out = Vec::new();
+        Wire::Native { version: 2 }.encode_gap(3, (4, 5), "t", &mut out);
+        assert_eq!(
+            decoded(&out),
+            Frame::Gap {
+                sub_id: 3,
+                missed: 4,
+                resume_seq: 5,
+                topic: b""
+            }
+        );
+        out.clear();
+        Wire::Native { version: 2 }.encode_ended(3, ErrorCode::TopicDeleted, "gone", &mut out);
+        assert!(matches!(decoded(&out), Frame::Err { request_id: 0, .. }));
+        assert!(!Wire::Native { version: 3 }.supports(Feature::Epochs));
+        assert!(Wire::Native { version: 4 }.supports(Feature::Epochs));
+    }
+}
