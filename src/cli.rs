@@ -128,6 +128,21 @@ pub struct ServeArgs {
     /// Readiness events taken from the kernel per poll.
     #[arg(long, env = "COREBUS_EVENTS_PER_POLL_MAX", default_value_t = Config::default().events_per_poll_max)]
     pub events_per_poll_max: usize,
+    /// HTTP address (REST under /v1/ and /, WebSocket at /v1/ws and /ws); port 0 picks one.
+    #[arg(long, env = "COREBUS_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// Turn the HTTP port off.
+    #[arg(long, env = "COREBUS_NO_HTTP")]
+    pub no_http: bool,
+    /// Bytes of an HTTP request head at most (431 above).
+    #[arg(long, env = "COREBUS_HTTP_HEAD_BYTES_MAX", default_value_t = Config::default().http_head_bytes_max)]
+    pub http_head_bytes_max: usize,
+    /// Bytes of an HTTP request body at most (413 above).
+    #[arg(long, env = "COREBUS_HTTP_BODY_BYTES_MAX", default_value_t = Config::default().http_body_bytes_max)]
+    pub http_body_bytes_max: usize,
+    /// Largest `last_n` a `/ws` subscriber gets; larger asks are capped to it.
+    #[arg(long, env = "COREBUS_WS_LAST_N_MAX", default_value_t = Config::default().ws_last_n_max)]
+    pub ws_last_n_max: u64,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, env = "COREBUS_LOG", default_value = "info")]
     pub log_level: log::LevelFilter,
@@ -329,6 +344,10 @@ impl ServeArgs {
             consumers_max: self.consumers_max,
             topic_idle_ttl_ms: self.topic_idle_ttl_ms,
             events_per_poll_max: self.events_per_poll_max,
+            http_listen: (!self.no_http).then_some(self.http_listen),
+            http_head_bytes_max: self.http_head_bytes_max,
+            http_body_bytes_max: self.http_body_bytes_max,
+            ws_last_n_max: self.ws_last_n_max,
         }
     }
 }

@@ -95,7 +95,27 @@ pub struct Config {
     pub topic_idle_ttl_ms: u64,
     /// Readiness events taken from the kernel per poll call.
     pub events_per_poll_max: usize,
+    /// HTTP listener (REST and WebSocket); `None` turns the port off. Port 0 picks one.
+    pub http_listen: Option<SocketAddr>,
+    /// Bytes of an HTTP request head (request line and headers) at most.
+    pub http_head_bytes_max: usize,
+    /// Bytes of an HTTP request body at most (REST bodies are small JSON objects).
+    pub http_body_bytes_max: usize,
+    /// `last_n` a `/ws` (FastAPI dialect) subscriber may ask for; larger asks are capped.
+    pub ws_last_n_max: u64,
 }
+
+impl Config {
+    /// The largest WebSocket message: a payload of `message_bytes_max` with room for the
+    /// JSON around it (type, topic, request id, message id), so a payload at the limit can be
+    /// published over WebSocket too and is refused by size as `PAYLOAD_TOO_LARGE` only above.
+    pub fn ws_message_bytes_max(&self) -> usize {
+        self.message_bytes_max.saturating_add(WS_ENVELOPE_BYTES_MAX)
+    }
+}
+
+/// Room for a WebSocket message's JSON envelope around its payload.
+const WS_ENVELOPE_BYTES_MAX: usize = 16 * 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -131,6 +151,10 @@ impl Default for Config {
             consumers_max: 10_000,
             topic_idle_ttl_ms: 3_600_000,
             events_per_poll_max: 1024,
+            http_listen: Some("127.0.0.1:8080".parse().expect("valid literal address")),
+            http_head_bytes_max: 8 * 1024,
+            http_body_bytes_max: 64 * 1024,
+            ws_last_n_max: 1000,
         }
     }
 }

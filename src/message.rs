@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 use crate::protocol::native;
 
+/// The JSON mark in a frame's flags byte (see [`Message::mark_json`]).
+const JSON_MARK: u8 = 0x01;
+
 #[derive(Clone, Debug)]
 pub struct Message {
     frame: Arc<[u8]>,
@@ -49,6 +52,24 @@ impl Message {
                 self.frame = Arc::from(copy);
             }
         }
+    }
+
+    /// Marks the payload as JSON text (published as JSON over WebSocket), which decides
+    /// how text protocols embed it. Kept in the frame's flags byte, which MSG leaves unused
+    /// and staging clears for native subscribers; before the owner shares the frame.
+    pub fn mark_json(&mut self) {
+        if let Some(frame) = Arc::get_mut(&mut self.frame) {
+            native::msg_set_flags(frame, JSON_MARK);
+        }
+    }
+
+    pub fn is_json(&self) -> bool {
+        native::msg_flags(&self.frame) & JSON_MARK != 0
+    }
+
+    /// Whether both are the same message (one frame), for caches keyed by message.
+    pub fn shares_frame(&self, other: &Message) -> bool {
+        Arc::ptr_eq(&self.frame, &other.frame)
     }
 
     pub fn frame(&self) -> &[u8] {

@@ -22,6 +22,7 @@ const LISTEN_BACKLOG: i32 = 1024;
 /// A running broker.
 pub struct Broker {
     native_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     shutdown: Arc<AtomicBool>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<io::Result<ShardCounters>>>,
@@ -37,6 +38,17 @@ impl Broker {
         let config = Arc::new(config);
         let listeners = bind_listeners(config.listen, config.shards)?;
         let native_addr = listeners[0].local_addr()?;
+        let mut http_listeners: Vec<Option<std::net::TcpListener>> = match config.http_listen {
+            Some(addr) => bind_listeners(addr, config.shards)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => (0..config.shards).map(|_| None).collect(),
+        };
+        let http_addr = match &http_listeners[0] {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
 
         let mut polls = Vec::with_capacity(config.shards);
         let mut wakers = Vec::with_capacity(config.shards);
@@ -79,6 +91,9 @@ impl Broker {
                 config: config.clone(),
                 poll,
                 listener: mio::net::TcpListener::from_std(listener),
+                http_listener: http_listeners[index]
+                    .take()
+                    .map(mio::net::TcpListener::from_std),
                 links,
                 shutdown: shutdown.clone(),
                 core: cores.get(index).copied(),
@@ -97,6 +112,7 @@ impl Broker {
         }
         Ok(Broker {
             native_addr,
+            http_addr,
             shutdown,
             wakers,
             threads,
@@ -107,9 +123,18 @@ impl Broker {
         self.native_addr
     }
 
+    /// The HTTP port (REST and WebSocket), unless it is off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
     /// The line `serve` prints once it is listening; scripts and tests wait for it.
     pub fn ready_line(&self) -> String {
-        format!("corebus ready native={}", self.native_addr)
+        let mut line = format!("corebus ready native={}", self.native_addr);
+        if let Some(http) = self.http_addr {
+            line.push_str(&format!(" http={http}"));
+        }
+        line
     }
 
     /// Asks every shard to stop: stop accepting, tell clients, flush, close.
@@ -127,18 +152,7 @@ impl Broker {
             let counters = thread
                 .join()
                 .map_err(|_| io::Error::other("a shard thread panicked"))??;
-            total.published += counters.published;
-            total.delivered += counters.delivered;
-            total.dropped += counters.dropped;
-            total.undelivered += counters.undelivered;
-            total.bytes_in += counters.bytes_in;
-            total.bytes_out += counters.bytes_out;
-            total.connections_accepted += counters.connections_accepted;
-            total.connections_refused += counters.connections_refused;
-            total.slow_consumer_disconnects += counters.slow_consumer_disconnects;
-            total.dead_lettered += counters.dead_lettered;
-            total.protocol_errors += counters.protocol_errors;
-            total.stale_events += counters.stale_events;
+            total.add(&counters);
         }
         Ok(total)
     }

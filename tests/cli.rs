@@ -32,6 +32,8 @@ fn corebus(args: &[&str]) -> Command {
             command.env_remove(key);
         }
     }
+    // Tests run side by side: none may take the default HTTP port.
+    command.env("COREBUS_HTTP_LISTEN", "127.0.0.1:0");
     command
 }
 
@@ -190,6 +192,8 @@ impl Drop for Running {
 fn parse_ready_line(line: &str) -> Option<SocketAddr> {
     let port: u16 = line
         .strip_prefix("corebus ready native=127.0.0.1:")?
+        .split(' ')
+        .next()?
         .parse()
         .ok()?;
     (port != 0).then(|| SocketAddr::from(([127, 0, 0, 1], port)))

@@ -30,6 +30,8 @@ pub struct Ticket(pub u32);
 
 #[derive(Debug)]
 pub enum OwnerRequest {
+    /// Report this shard's stats (its owned topics and counters) to the asking connection.
+    Stats { reply: ReplyTarget },
     /// Sequence and fan out. A quiet publish is answered only if it is refused.
     Publish {
         message: Message,
@@ -134,6 +136,11 @@ pub enum Terminal {
     /// The topic was deleted: end this shard's exact subscriptions to it.
     TopicDeleted { topic: Box<str> },
     /// The outcome of a DELETE_TOPIC, sent after the requester's shard was told.
+    /// A shard's part of a stats request.
+    Stats {
+        reply: ReplyTarget,
+        stats: Box<crate::shard::stats::ShardStats>,
+    },
     DeleteOutcome {
         reply: ReplyTarget,
         result: Result<(), ErrorCode>,

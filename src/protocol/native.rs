@@ -1106,6 +1106,24 @@ pub fn msg_set_sub_id(frame: &mut [u8], sub_id: u32) {
     put_at(frame, ID_OFFSET, sub_id.to_be_bytes());
 }
 
+/// The `flags` byte of a MSG frame; MSG defines no flag, so the broker may use it for its own
+/// marks while the frame is inside it, and clears it on the way out.
+const FLAGS_OFFSET: usize = 5;
+
+pub fn msg_flags(frame: &[u8]) -> u8 {
+    frame.get(FLAGS_OFFSET).copied().unwrap_or(0)
+}
+
+pub fn msg_set_flags(frame: &mut [u8], flags: u8) {
+    if let Some(byte) = frame.get_mut(FLAGS_OFFSET) {
+        *byte = flags;
+    }
+}
+
+pub fn msg_clear_flags(frame: &mut [u8]) {
+    msg_set_flags(frame, 0);
+}
+
 pub fn msg_set_seq(frame: &mut [u8], seq: u64) {
     put_at(frame, SEQ_OFFSET, seq.to_be_bytes());
 }

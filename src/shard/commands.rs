@@ -20,19 +20,35 @@ use crate::shard::pattern_groups::consumer_key;
 use crate::shard::topics::INBOX_PREFIX;
 
 use super::connection::SubscriptionRecord;
-use super::wire::{Answer, Feature};
+use super::wire::{Answer, Feature, Wire};
 use super::{Flow, PendingSubscribe, Shard};
 
+/// What a PUBLISH asks, in any protocol's words.
+pub(super) struct Publish<'a> {
+    pub topic: &'a [u8],
+    pub reply_to: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    /// Answered only if refused (native `PUBLISH_QUIET`).
+    pub quiet: bool,
+    /// The payload is JSON text (published as JSON over WebSocket).
+    pub json: bool,
+}
+
 impl Shard {
+    /// A publish from any protocol.
     pub(super) fn handle_publish(
         &mut self,
         id: ConnectionId,
         request_id: u32,
-        quiet: bool,
-        topic_bytes: &[u8],
-        reply_to: Option<&[u8]>,
-        payload: &[u8],
+        publish: Publish<'_>,
     ) -> Flow {
+        let Publish {
+            topic: topic_bytes,
+            reply_to,
+            payload,
+            quiet,
+            json,
+        } = publish;
         let topic = match topic::parse_publish_topic(topic_bytes) {
             Ok(topic) => topic,
             Err(error) => {
@@ -65,7 +81,10 @@ impl Shard {
         if !has_room {
             return Flow::Blocked;
         }
-        let message = Message::from_publish(&mut self.encode_scratch, topic, reply_to, payload);
+        let mut message = Message::from_publish(&mut self.encode_scratch, topic, reply_to, payload);
+        if json {
+            message.mark_json();
+        }
         let reply = ReplyTarget {
             connection: id,
             request_id,
@@ -778,9 +797,17 @@ impl Shard {
     /// Queues the answer to a request on its connection (ahead of its queued deliveries),
     /// in the words of the protocol the connection speaks.
     pub(super) fn answer(&mut self, id: ConnectionId, request_id: u32, answer: Answer<'_>) {
-        if let Some(conn) = self.connection_mut(id) {
-            conn.answer(request_id, answer);
-            self.mark_dirty(id);
+        let Some(conn) = self.connection_mut(id) else {
+            return;
+        };
+        conn.answer(request_id, answer);
+        let http_answered = match &mut conn.wire {
+            Wire::Http(session) => session.answered.take(),
+            _ => None,
+        };
+        self.mark_dirty(id);
+        if let Some(connection) = http_answered {
+            self.after_http_answer(id, connection);
         }
     }
 

@@ -12,6 +12,7 @@ use crate::protocol::native::{self, Frame, PROTOCOL_VERSION, PROTOCOL_VERSION_MI
 use crate::protocol::subscribe_options::{OptionError, SubscribeOptions};
 use crate::protocol::topic_options::TopicOptions;
 
+use super::commands::Publish;
 use super::connection::{ConnState, ReadBuffer};
 use super::wire::Wire;
 use super::{Flow, Shard};
@@ -88,7 +89,17 @@ impl Shard {
                 topic,
                 reply_to,
                 payload,
-            } => self.handle_publish(id, request_id, quiet, topic, reply_to, payload),
+            } => self.handle_publish(
+                id,
+                request_id,
+                Publish {
+                    topic,
+                    reply_to,
+                    payload,
+                    quiet,
+                    json: false,
+                },
+            ),
             Frame::Subscribe {
                 request_id,
                 sub_id,

@@ -32,7 +32,10 @@ use crate::mesh::message::Ticket;
 use crate::message::Message;
 use crate::protocol::native;
 use crate::protocol::topic::SubjectKind;
+use crate::shard::conn_ws::EventCache;
 use crate::shard::wire::{Answer, Wire};
+use crate::shard::Shard;
+use std::sync::Arc;
 
 /// Most bytes moved from `pending` into the write buffer at a time. A connection stages at
 /// most half its `outbound_bytes_max`, so `drop-oldest` always has queued messages to drop
@@ -88,6 +91,30 @@ impl ReadBuffer {
 
     pub fn filled(&self) -> &[u8] {
         &self.data[self.start..self.end]
+    }
+
+    /// For decoders that work in place (a WebSocket frame is unmasked where it lies).
+    pub fn filled_mut(&mut self) -> &mut [u8] {
+        &mut self.data[self.start..self.end]
+    }
+
+    /// Free space for a text protocol, whose messages do not start with their length:
+    /// compacts, and doubles the buffer when it is full, up to `bytes_max` (past which the
+    /// codec refuses what it holds, so an empty spare never stalls the connection).
+    pub fn spare_for_text(&mut self, bytes_max: usize) -> &mut [u8] {
+        let filled = self.end - self.start;
+        if self.start > 0 && self.end == self.data.len() {
+            self.data.copy_within(self.start..self.end, 0);
+            self.start = 0;
+            self.end = filled;
+        }
+        if self.end == self.data.len() {
+            let grown = (self.data.len() * 2).clamp(self.resting_len.max(1), bytes_max.max(1));
+            if grown > self.data.len() {
+                self.data.resize(grown, 0);
+            }
+        }
+        &mut self.data[self.end..]
     }
 
     pub fn is_empty(&self) -> bool {
@@ -150,6 +177,9 @@ pub enum EnqueueOutcome {
 /// rare notices encoded already (ENDED: after it, nothing more for that subscription).
 enum Queued {
     Message(Message),
+    /// A delivery already encoded for a text protocol, shared by every subscriber of that
+    /// format on the shard.
+    Encoded(Arc<[u8]>),
     Gap {
         missed: u64,
         resume_seq: u64,
@@ -162,6 +192,7 @@ impl Queued {
     fn frame_len(&self) -> usize {
         match self {
             Queued::Message(message) => message.frame_len(),
+            Queued::Encoded(frame) => frame.len(),
             Queued::Gap {
                 missed,
                 resume_seq,
@@ -241,6 +272,43 @@ impl Outbound {
         self.pending.push_back((sub_id, Queued::Message(message)));
     }
 
+    /// Offers a delivery already encoded for a text protocol, under the same slow-consumer
+    /// policy as [`Outbound::offer`].
+    pub fn offer_encoded(
+        &mut self,
+        sub_id: u32,
+        frame: Arc<[u8]>,
+        outbound_bytes_max: usize,
+        policy: SlowConsumerPolicy,
+        mut dropped: impl FnMut(u32),
+    ) -> EnqueueOutcome {
+        let incoming = frame.len();
+        let mut dropped_count = 0;
+        if self.queued_bytes() + incoming > outbound_bytes_max {
+            if policy == SlowConsumerPolicy::Disconnect {
+                return EnqueueOutcome::SlowConsumer;
+            }
+            while self.queued_bytes() + incoming > outbound_bytes_max {
+                let Some((dropped_sub, _)) = self.pop_oldest_delivery() else {
+                    break;
+                };
+                dropped_count += 1;
+                dropped(dropped_sub);
+            }
+            if self.queued_bytes() + incoming > outbound_bytes_max {
+                dropped(sub_id);
+                return EnqueueOutcome::QueuedAfterDropping(dropped_count + 1);
+            }
+        }
+        self.pending_bytes += incoming;
+        self.pending.push_back((sub_id, Queued::Encoded(frame)));
+        if dropped_count > 0 {
+            EnqueueOutcome::QueuedAfterDropping(dropped_count)
+        } else {
+            EnqueueOutcome::Queued
+        }
+    }
+
     /// Offers a delivery under the slow-consumer policy. The policy looks at every byte
     /// already accepted for this connection, replies included. Under `drop-oldest`,
     /// `dropped` is told the subscription of each delivery lost (the oldest queued ones, or
@@ -316,17 +384,14 @@ impl Outbound {
     }
 
     /// The oldest queued message (notices stay in line).
-    fn pop_oldest_delivery(&mut self) -> Option<(u32, Message)> {
+    fn pop_oldest_delivery(&mut self) -> Option<(u32, Queued)> {
         let index = self
             .pending
             .iter()
-            .position(|(_, queued)| matches!(queued, Queued::Message(_)))?;
+            .position(|(_, queued)| matches!(queued, Queued::Message(_) | Queued::Encoded(_)))?;
         let (sub_id, queued) = self.pending.remove(index)?;
         self.pending_bytes -= queued.frame_len();
-        match queued {
-            Queued::Message(message) => Some((sub_id, message)),
-            Queued::Gap { .. } | Queued::Notice(_) => None,
-        }
+        Some((sub_id, queued))
     }
 
     /// Drops every queued delivery (the connection is going away); returns how many messages.
@@ -334,7 +399,7 @@ impl Outbound {
         let dropped = self
             .pending
             .iter()
-            .filter(|(_, queued)| matches!(queued, Queued::Message(_)))
+            .filter(|(_, queued)| matches!(queued, Queued::Message(_) | Queued::Encoded(_)))
             .count() as u64;
         self.pending.clear();
         self.pending_bytes = 0;
@@ -356,6 +421,12 @@ impl Outbound {
                     let at = self.write_buf.len();
                     self.write_buf.extend_from_slice(message.frame());
                     native::msg_set_sub_id(&mut self.write_buf[at..], sub_id);
+                    // The JSON mark is the broker's own; on the native wire the flags are 0.
+                    native::msg_clear_flags(&mut self.write_buf[at..]);
+                    staged += 1;
+                }
+                Queued::Encoded(frame) => {
+                    self.write_buf.extend_from_slice(&frame);
                     staged += 1;
                 }
                 Queued::Gap {
@@ -470,24 +541,36 @@ impl Connection {
     }
 
     /// Offers a delivery under the slow-consumer policy (see [`Outbound::offer`]); drops are
-    /// recorded on their subscriptions, to be reported with DROPPED notices.
+    /// recorded on their subscriptions, to be reported with DROPPED notices. A native
+    /// connection shares the message's frame; a text protocol gets the shard's one encoding
+    /// of it from `events`.
     #[inline]
     pub fn enqueue_delivery(
         &mut self,
         sub_id: u32,
         message: &Message,
-        outbound_bytes_max: usize,
-        policy: SlowConsumerPolicy,
+        events: &mut EventCache,
+        (outbound_bytes_max, policy): (usize, SlowConsumerPolicy),
     ) -> EnqueueOutcome {
         let subscriptions = &mut self.subscriptions;
         let drops_unreported = &mut self.drops_unreported;
-        self.out
-            .offer(sub_id, message, outbound_bytes_max, policy, |dropped_sub| {
-                if let Some(record) = subscriptions.get_mut(&dropped_sub) {
-                    record.dropped_unreported += 1;
-                    *drops_unreported = true;
-                }
-            })
+        let epoch = subscriptions.get(&sub_id).map_or(0, |record| record.epoch);
+        let dropped = |dropped_sub| {
+            if let Some(record) = subscriptions.get_mut(&dropped_sub) {
+                record.dropped_unreported += 1;
+                *drops_unreported = true;
+            }
+        };
+        match &self.wire {
+            Wire::WebSocket(session) => {
+                let frame = Shard::ws_event_frame(events, session, sub_id, (message, epoch));
+                self.out
+                    .offer_encoded(sub_id, frame, outbound_bytes_max, policy, dropped)
+            }
+            _ => self
+                .out
+                .offer(sub_id, message, outbound_bytes_max, policy, dropped),
+        }
     }
 
     /// Appends a DROPPED notice for each subscription with unreported drops. Called only when
@@ -511,10 +594,18 @@ impl Connection {
         matches!(self.state, ConnState::Closing(_))
     }
 
-    /// Queues the answer to request `request_id` (ahead of queued deliveries).
+    /// Queues the answer to request `request_id` (ahead of queued deliveries). A WebSocket
+    /// connection's own end (request 0: shutdown, a slow-consumer cut) waits in line behind
+    /// the events already queued, which go out first.
     pub fn answer(&mut self, request_id: u32, answer: Answer<'_>) {
-        self.wire
-            .encode_answer(request_id, answer, self.out.replies());
+        match &mut self.wire {
+            Wire::WebSocket(session) if request_id == 0 => {
+                let mut notice = Vec::new();
+                session.encode_answer(request_id, answer, &mut notice);
+                self.out.push_notice(notice.into_boxed_slice());
+            }
+            wire => wire.encode_answer(request_id, answer, self.out.replies()),
+        }
     }
 
     /// Queues the notice that the broker ended subscription `sub_id`, behind what is queued
@@ -525,9 +616,15 @@ impl Connection {
         self.out.push_notice(notice.into_boxed_slice());
     }
 
-    /// Reads once into the buffer. `Ok(0)` means the peer closed its end.
-    pub fn read_once(&mut self) -> io::Result<usize> {
-        let n = self.socket.read(self.read.spare())?;
+    /// Reads once into the buffer. `Ok(0)` means the peer closed its end. `text_bytes_max`
+    /// bounds what a text protocol's buffer may grow to (a native frame announces its size).
+    pub fn read_once(&mut self, text_bytes_max: usize) -> io::Result<usize> {
+        let spare = if self.wire.is_native() {
+            self.read.spare()
+        } else {
+            self.read.spare_for_text(text_bytes_max)
+        };
+        let n = self.socket.read(spare)?;
         self.read.commit(n);
         Ok(n)
     }

@@ -20,7 +20,15 @@ use crate::ids::ConnectionId;
 use crate::protocol::native::Frame;
 
 use super::connection::{ConnState, Connection};
-use super::{Flow, Shard, ShardCounters, LISTENER, WAKER_TOKEN};
+use super::wire::Wire;
+use super::{Flow, Shard, ShardCounters, HTTP_LISTENER, LISTENER, WAKER_TOKEN};
+
+/// Which listener a connection came in on, which decides what it speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Port {
+    Native,
+    Http,
+}
 
 /// Longest sleep in `poll`, so the shutdown flag is seen even if a wake-up is lost.
 const POLL_TIMEOUT_MAX: Duration = Duration::from_millis(200);
@@ -39,6 +47,11 @@ impl Shard {
             self.poll
                 .registry()
                 .register(listener, LISTENER, Interest::READABLE)?;
+        }
+        if let Some(listener) = self.http_listener.as_mut() {
+            self.poll
+                .registry()
+                .register(listener, HTTP_LISTENER, Interest::READABLE)?;
         }
         let mut events = Events::with_capacity(self.config.events_per_poll_max);
         let busy_poll = Duration::from_micros(self.config.busy_poll_us);
@@ -63,7 +76,8 @@ impl Shard {
             }
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(Port::Native),
+                    HTTP_LISTENER => self.accept(Port::Http),
                     WAKER_TOKEN => {}
                     Token(index) => self.on_connection_event(
                         index,
@@ -79,6 +93,7 @@ impl Shard {
             // leaves in this turn rather than after the next poll.
             let now = Instant::now();
             self.expire_deadlines(now);
+            self.expire_gathers(now);
             if now >= self.next_consumer_timer {
                 let next_deadline_ns = self.run_consumer_timers();
                 let wait = next_deadline_ns.map_or(CONSUMER_TIMER_INTERVAL, |deadline| {
@@ -120,6 +135,7 @@ impl Shard {
         for (deadline, _) in [
             self.handshake_deadlines.front(),
             self.linger_deadlines.front(),
+            self.gather_deadlines.front(),
         ]
         .into_iter()
         .flatten()
@@ -133,9 +149,13 @@ impl Shard {
         self.stalled_requests.iter().any(Option::is_some)
     }
 
-    fn accept(&mut self) {
+    fn accept(&mut self, port: Port) {
         loop {
-            let Some(listener) = self.listener.as_ref() else {
+            let listener = match port {
+                Port::Native => self.listener.as_ref(),
+                Port::Http => self.http_listener.as_ref(),
+            };
+            let Some(listener) = listener else {
                 return;
             };
             let (mut socket, peer) = match listener.accept() {
@@ -152,12 +172,19 @@ impl Shard {
             if self.connections.len() >= self.config.connections_per_shard_max() {
                 self.counters.connections_refused += 1;
                 let mut refusal = Vec::new();
-                Frame::Err {
-                    request_id: 0,
-                    code: ErrorCode::TooManyConnections.as_u16(),
-                    message: b"broker is at --connections-max",
+                match port {
+                    Port::Native => Frame::Err {
+                        request_id: 0,
+                        code: ErrorCode::TooManyConnections.as_u16(),
+                        message: b"broker is at --connections-max",
+                    }
+                    .encode(&mut refusal),
+                    Port::Http => refusal.extend_from_slice(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+                          Content-Length: 44\r\nConnection: close\r\n\r\n\
+                          {\"error\":\"broker is at --connections-max\"}",
+                    ),
                 }
-                .encode(&mut refusal);
                 // Best effort: a fresh socket's send buffer takes a small frame whole.
                 let _ = io::Write::write(&mut socket, &refusal);
                 log::warn!(
@@ -185,13 +212,17 @@ impl Shard {
                 log::warn!("event=register_failed shard={} error={}", self.id, e);
                 continue;
             }
-            entry.insert(Connection::new(
+            let mut conn = Connection::new(
                 socket,
                 id,
                 peer,
                 self.config.read_chunk_bytes,
                 self.config.outbound_bytes_max,
-            ));
+            );
+            if port == Port::Http {
+                conn.wire = Wire::Http(Default::default());
+            }
+            entry.insert(conn);
             self.counters.connections_accepted += 1;
             let deadline = Instant::now() + Duration::from_millis(self.config.handshake_timeout_ms);
             self.handshake_deadlines.push_back((deadline, id));
@@ -201,6 +232,16 @@ impl Shard {
                 id,
                 peer
             );
+        }
+    }
+
+    /// Handles what the connection's read buffer holds, in the protocol it speaks.
+    pub(super) fn process_input(&mut self, id: ConnectionId) -> Flow {
+        match self.connection_mut(id).map(|conn| &conn.wire) {
+            Some(Wire::Native { .. }) => self.process_frames(id),
+            Some(Wire::Http(_)) => self.process_http(id),
+            Some(Wire::WebSocket(_)) => self.process_websocket(id),
+            None => Flow::Stop,
         }
     }
 
@@ -225,6 +266,12 @@ impl Shard {
     /// outbox, or its read budget for this turn is spent.
     fn read_connection(&mut self, id: ConnectionId) {
         let mut budget = self.config.read_bytes_per_turn_max;
+        // A text protocol's buffer holds at most one request or message, with its framing.
+        let text_bytes_max = self
+            .config
+            .ws_message_bytes_max()
+            .max(self.config.http_head_bytes_max + self.config.http_body_bytes_max)
+            + crate::protocol::websocket::HEADER_LEN_MAX;
         let reply_bytes_max = self.config.outbound_bytes_max;
         loop {
             let Some(conn) = self.connection_mut(id) else {
@@ -248,7 +295,7 @@ impl Shard {
                 self.read_again.push(id);
                 return;
             }
-            match conn.read_once() {
+            match conn.read_once(text_bytes_max) {
                 Ok(0) => {
                     self.close_now(id, CloseReason::PeerClosed);
                     return;
@@ -256,7 +303,7 @@ impl Shard {
                 Ok(n) => {
                     self.counters.bytes_in += n as u64;
                     budget = budget.saturating_sub(n);
-                    match self.process_frames(id) {
+                    match self.process_input(id) {
                         Flow::Continue => {}
                         Flow::Blocked => {
                             self.block(id);
@@ -279,7 +326,7 @@ impl Shard {
         }
     }
 
-    fn block(&mut self, id: ConnectionId) {
+    pub(super) fn block(&mut self, id: ConnectionId) {
         if let Some(conn) = self.connection_mut(id) {
             if !conn.blocked {
                 conn.blocked = true;
@@ -301,7 +348,7 @@ impl Shard {
                 continue;
             };
             conn.blocked = false;
-            match self.process_frames(id) {
+            match self.process_input(id) {
                 Flow::Blocked => self.block(id),
                 Flow::Stop => {}
                 Flow::Continue => {

@@ -11,13 +11,16 @@
 //! behind a lock or an atomic except the ring handoff and the shutdown flag.
 
 mod commands;
+pub mod conn_http;
 mod conn_native;
+pub mod conn_ws;
 pub mod connection;
 pub mod consumers;
 mod event_loop;
 mod owner;
 pub mod pattern_groups;
 pub mod replay;
+pub mod stats;
 pub mod retry;
 pub mod sublist;
 pub mod topics;
@@ -43,6 +46,7 @@ use sublist::Sublist;
 use topics::{LocalSubscriptions, OwnedTopics};
 
 const LISTENER: Token = Token(usize::MAX - 1);
+const HTTP_LISTENER: Token = Token(usize::MAX - 3);
 pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX - 2);
 
 /// Everything a shard thread is handed at start-up.
@@ -51,6 +55,8 @@ pub struct ShardSetup {
     pub config: Arc<Config>,
     pub poll: Poll,
     pub listener: TcpListener,
+    /// The HTTP port's listener, unless `--no-http`.
+    pub http_listener: Option<TcpListener>,
     pub links: Vec<Option<PeerLink>>,
     pub shutdown: Arc<AtomicBool>,
     pub core: Option<core_affinity::CoreId>,
@@ -76,6 +82,24 @@ pub struct ShardCounters {
     pub protocol_errors: u64,
     /// Events for connections that were already gone (a stale token): counted no-ops.
     pub stale_events: u64,
+}
+
+impl ShardCounters {
+    /// Adds another shard's counters to these (for broker-wide sums).
+    pub fn add(&mut self, other: &ShardCounters) {
+        self.published += other.published;
+        self.delivered += other.delivered;
+        self.dropped += other.dropped;
+        self.undelivered += other.undelivered;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.connections_accepted += other.connections_accepted;
+        self.connections_refused += other.connections_refused;
+        self.slow_consumer_disconnects += other.slow_consumer_disconnects;
+        self.dead_lettered += other.dead_lettered;
+        self.protocol_errors += other.protocol_errors;
+        self.stale_events += other.stale_events;
+    }
 }
 
 /// A subscribe waiting for acknowledgements from other shards before it is answered.
@@ -108,6 +132,12 @@ pub struct Shard {
     config: Arc<Config>,
     poll: Poll,
     listener: Option<TcpListener>,
+    http_listener: Option<TcpListener>,
+    /// One encoding per (message, event format) for text-protocol subscribers.
+    events: conn_ws::EventCache,
+    /// Stats gathers waiting for the slowest shard, oldest first.
+    gather_deadlines: VecDeque<(Instant, ConnectionId)>,
+    started: Instant,
     connections: Slab<Connection>,
     next_generation: u32,
     links: Vec<Option<PeerLink>>,
@@ -149,6 +179,10 @@ impl Shard {
             shard_count,
             poll: setup.poll,
             listener: Some(setup.listener),
+            http_listener: setup.http_listener,
+            events: conn_ws::EventCache::default(),
+            gather_deadlines: VecDeque::new(),
+            started: Instant::now(),
             connections: Slab::with_capacity(config.connections_per_shard_max()),
             next_generation: 0,
             stalled_requests: (0..shard_count).map(|_| None).collect(),

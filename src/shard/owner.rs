@@ -127,13 +127,25 @@ impl Shard {
     fn deliver_to(&mut self, subscriber: Subscriber, message: &Message) -> bool {
         let outbound_bytes_max = self.config.outbound_bytes_max;
         let policy = self.config.slow_consumer;
-        let Some(conn) = self.connection_mut(subscriber.connection) else {
+        // Looked up by hand rather than by `connection_mut`, so the event cache (another
+        // field) can be borrowed alongside.
+        let id = subscriber.connection;
+        let Some(conn) = self
+            .connections
+            .get_mut(id.index as usize)
+            .filter(|conn| conn.id == id)
+        else {
             return false;
         };
         if conn.is_closing() {
             return false;
         }
-        let outcome = conn.enqueue_delivery(subscriber.sub_id, message, outbound_bytes_max, policy);
+        let outcome = conn.enqueue_delivery(
+            subscriber.sub_id,
+            message,
+            &mut self.events,
+            (outbound_bytes_max, policy),
+        );
         let write_now = conn.out.queued_bytes() >= conn.out.stage_bytes_max();
         // Marked dirty here rather than by `mark_dirty`, which would look the connection up
         // again; this is once per delivery.
@@ -269,6 +281,12 @@ impl Shard {
             OwnerRequest::Unsubscribe { topic, epoch } => {
                 self.owned.remove_subscriber(&topic, from, epoch)
             }
+            OwnerRequest::Stats { reply } => {
+                let stats = Box::new(self.shard_stats());
+                self.link_mut(from)
+                    .terminals_out
+                    .push(Terminal::Stats { reply, stats });
+            }
             OwnerRequest::DeleteTopic { topic, reply } => {
                 let result = self.delete_owned_topic(&topic);
                 // Behind the requester's shard's TopicDeleted on the same ring: one message
@@ -361,6 +379,7 @@ impl Shard {
             Terminal::TopicCreated { reply, result } => self.answer_create_topic(reply, result),
             Terminal::TopicDeleted { topic } => self.end_topic_subscriptions(&topic),
             Terminal::DeleteOutcome { reply, result } => self.answer_delete_topic(reply, result),
+            Terminal::Stats { reply, stats } => self.add_stats_part(reply.connection, *stats),
             Terminal::SubscribeAck { ticket, result } => {
                 let key = ticket.0 as usize;
                 let Some(pending) = self.pending_subscribes.get_mut(key) else {

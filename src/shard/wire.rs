@@ -13,7 +13,10 @@
 
 use crate::error::ErrorCode;
 use crate::mesh::message::TopicPosition;
-use crate::protocol::native::{self, Frame};
+use crate::protocol::native::Frame;
+
+use super::conn_http::HttpSession;
+use super::conn_ws::WsSession;
 
 /// What the core says to one request. Each protocol words it its own way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,15 +46,20 @@ pub enum Feature {
 }
 
 /// The protocol a connection speaks, with what it negotiated.
-#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Wire {
     /// The native binary protocol; `version` is 0 until HELLO.
     Native { version: u16 },
+    /// HTTP/1.1 on the HTTP listener: REST, or on its way to a WebSocket upgrade.
+    Http(HttpSession),
+    /// A WebSocket session in one of the two JSON dialects.
+    WebSocket(Box<WsSession>),
 }
 
 impl Wire {
     pub fn supports(&self, feature: Feature) -> bool {
         match self {
+            Wire::Http(_) => false,
+            Wire::WebSocket(_) => feature != Feature::Epochs,
             Wire::Native { version } => {
                 let since = match feature {
                     Feature::SubscribeOptions => 2,
@@ -65,8 +73,10 @@ impl Wire {
 
     /// Appends the answer to request `request_id`. A request id of 0 with a refusal is a
     /// connection-level error (the connection is about to close, or the request was lost).
-    pub fn encode_answer(&self, request_id: u32, answer: Answer<'_>, out: &mut Vec<u8>) {
+    pub fn encode_answer(&mut self, request_id: u32, answer: Answer<'_>, out: &mut Vec<u8>) {
         match self {
+            Wire::Http(session) => session.encode_answer(request_id, answer, out),
+            Wire::WebSocket(session) => session.encode_answer(request_id, answer, out),
             Wire::Native { .. } => {
                 let (ok_data, position_data);
                 let frame = match answer {
@@ -108,6 +118,8 @@ impl Wire {
         out: &mut Vec<u8>,
     ) {
         match self {
+            Wire::Http(_) => {}
+            Wire::WebSocket(session) => session.encode_gap(sub_id, (missed, resume_seq), out),
             Wire::Native { .. } => {
                 // v2 specified a 16-byte GAP body; the topic came with v3.
                 let topic = if self.supports(Feature::TopicInAcksAndGaps) {
@@ -127,8 +139,10 @@ impl Wire {
     }
 
     /// Appends the broker's notice that it ended subscription `sub_id`.
-    pub fn encode_ended(&self, sub_id: u32, code: ErrorCode, reason: &str, out: &mut Vec<u8>) {
+    pub fn encode_ended(&mut self, sub_id: u32, code: ErrorCode, reason: &str, out: &mut Vec<u8>) {
         match self {
+            Wire::Http(_) => {}
+            Wire::WebSocket(session) => session.encode_ended(sub_id, code, reason, out),
             Wire::Native { .. } if self.supports(Feature::TopicAdmin) => Frame::Ended {
                 sub_id,
                 code: code.as_u16(),
@@ -149,26 +163,21 @@ impl Wire {
     pub fn encode_dropped(&self, sub_id: u32, count: u64, out: &mut Vec<u8>) {
         match self {
             Wire::Native { .. } => Frame::Dropped { sub_id, count }.encode(out),
+            Wire::Http(_) => {}
+            Wire::WebSocket(session) => session.encode_dropped(sub_id, count, out),
         }
     }
 
     /// Bytes a gap notice takes on this wire, for the outbound byte limit.
-    pub fn gap_len(&self, topic: &str) -> usize {
-        match self {
-            Wire::Native { .. } => native::Frame::Gap {
-                sub_id: 0,
-                missed: 0,
-                resume_seq: 0,
-                topic: topic.as_bytes(),
-            }
-            .encoded_len(),
-        }
+    pub fn is_native(&self) -> bool {
+        matches!(self, Wire::Native { .. })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::native;
 
     fn decoded(bytes: &[u8]) -> Frame<'_> {
         native::decode(bytes, 1 << 20).unwrap().unwrap().0

@@ -1,0 +1,376 @@
+//! The HTTP connection kind: REST under `/v1/` (Go/Fiber semantics) and `/` (FastAPI
+//! semantics), and the upgrade to a WebSocket session at `/v1/ws` and `/ws`, on the shard's
+//! HTTP listener and its reactor: no async runtime, no thread per connection.
+//!
+//! HTTP/1.1 keep-alive, one request at a time: a request whose answer needs another shard
+//! (create or delete a topic, stats from every shard) is answered when that shard replies,
+//! and the next request in the buffer waits for it, so responses keep their order. Until its
+//! first complete request head a connection is held to `--handshake-timeout-ms`, so an idle
+//! or trickling peer cannot keep a slot (slowloris); over-long heads and bodies are refused
+//! with 431 and 413 by the codec's limits.
+//!
+//! Topic lists and stats come from every shard over the rings ([`super::stats`]), each shard
+//! answering for the topics it owns, with a deadline: a shard that does not answer in time
+//! is left out and the answer says `"partial": true`.
+
+use serde_json::json;
+
+use crate::error::{CloseReason, ErrorCode};
+use crate::ids::ConnectionId;
+use crate::protocol::http::{
+    self, ApiDialect, ConnectionHeader, HttpLimits, Method, ResponseHead, Route, Status,
+};
+use crate::protocol::topic_options::TopicOptions;
+
+use super::conn_ws::Dialect;
+use super::stats::{BrokerStats, StatsQuery};
+use super::wire::{Answer, Wire};
+use super::{Flow, Shard};
+
+/// The only request id an HTTP connection uses: one request is in flight at a time.
+pub const HTTP_REQUEST_ID: u32 = 1;
+
+/// What a request waiting for the core (or other shards) will be answered with.
+#[derive(Debug)]
+pub enum Awaiting {
+    CreateTopic { name: Box<str> },
+    DeleteTopic { name: Box<str> },
+    Stats { query: StatsQuery, gathered: BrokerStats },
+}
+
+#[derive(Debug)]
+pub struct PendingHttp {
+    pub dialect: ApiDialect,
+    pub connection: ConnectionHeader,
+    pub awaiting: Awaiting,
+}
+
+#[derive(Debug, Default)]
+pub struct HttpSession {
+    pub pending: Option<PendingHttp>,
+    /// Set when an answer went out: whether the connection stays open for the next one.
+    pub answered: Option<ConnectionHeader>,
+}
+
+impl HttpSession {
+    /// Words the core's answer to the pending request as an HTTP response. Request id 0 is
+    /// the connection itself: its head deadline passed (408), or the broker is stopping (503).
+    pub fn encode_answer(&mut self, request_id: u32, answer: Answer<'_>, out: &mut Vec<u8>) {
+        if request_id == 0 {
+            let Answer::Refused { code, reason } = answer else {
+                return;
+            };
+            let status = match code {
+                ErrorCode::HandshakeRequired => Status(408),
+                _ => Status(503),
+            };
+            let body = json!({ "error": reason, "detail": reason }).to_string();
+            http::encode_response(
+                &ResponseHead::json(status, ConnectionHeader::Close),
+                body.as_bytes(),
+                out,
+            );
+            return;
+        }
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        let (dialect, connection) = (pending.dialect, pending.connection);
+        self.answered = Some(connection);
+        let respond = |status: Status, body: serde_json::Value, out: &mut Vec<u8>| {
+            let body = if status.has_body() {
+                body.to_string().into_bytes()
+            } else {
+                Vec::new()
+            };
+            http::encode_response(&ResponseHead::json(status, connection), &body, out);
+        };
+        let refuse = |code: ErrorCode, reason: &str, out: &mut Vec<u8>| {
+            let status = status_of(code);
+            http::encode_error_response(dialect, status, reason, connection, out);
+        };
+        match (pending.awaiting, answer) {
+            (Awaiting::CreateTopic { name }, Answer::Position(position)) => match dialect {
+                ApiDialect::Fiber => respond(
+                    Status(201),
+                    json!({ "name": &*name, "epoch": position.epoch }),
+                    out,
+                ),
+                ApiDialect::FastApi => {
+                    respond(Status(201), json!({ "name": &*name, "created": true }), out)
+                }
+            },
+            // FastAPI's create is idempotent: an existing topic is a success that says so.
+            (Awaiting::CreateTopic { name }, Answer::Refused { code, .. })
+                if dialect == ApiDialect::FastApi && code == ErrorCode::TopicExists =>
+            {
+                respond(Status(201), json!({ "name": &*name, "created": false }), out)
+            }
+            (Awaiting::DeleteTopic { name }, Answer::Done) => match dialect {
+                ApiDialect::Fiber => {
+                    respond(Status(200), json!({ "name": &*name, "deleted": true }), out)
+                }
+                ApiDialect::FastApi => respond(Status(204), json!(null), out),
+            },
+            (_, Answer::Refused { code, reason }) => refuse(code, reason, out),
+            (awaiting, answer) => {
+                debug_assert!(false, "unexpected answer {answer:?} to {awaiting:?}");
+                refuse(ErrorCode::Internal, "unexpected answer", out);
+            }
+        }
+    }
+}
+
+/// The HTTP status of a refusal.
+fn status_of(code: ErrorCode) -> Status {
+    match code {
+        ErrorCode::TopicExists => Status(409),
+        ErrorCode::TopicNotFound => Status(404),
+        ErrorCode::BadTopic | ErrorCode::BadFrame | ErrorCode::OptionOutOfRange => Status(400),
+        ErrorCode::TooManyTopics | ErrorCode::ShuttingDown => Status(503),
+        ErrorCode::RateLimited => Status(429),
+        _ => Status(500),
+    }
+}
+
+/// A request taken out of the read buffer, so the handlers can borrow the shard.
+struct OwnedRequest {
+    len: usize,
+    method: Method,
+    path: String,
+    connection: ConnectionHeader,
+    body: Vec<u8>,
+    upgrade: Result<Vec<u8>, http::UpgradeError>,
+}
+
+impl Shard {
+    /// Handles the complete requests in an HTTP connection's read buffer, one at a time.
+    pub(super) fn process_http(&mut self, id: ConnectionId) -> Flow {
+        let limits = HttpLimits {
+            head_bytes_max: self.config.http_head_bytes_max,
+            body_bytes_max: self.config.http_body_bytes_max,
+            ..HttpLimits::default()
+        };
+        loop {
+            let Some(conn) = self.connection_mut(id) else {
+                return Flow::Stop;
+            };
+            if conn.is_closing() {
+                return Flow::Stop;
+            }
+            match &conn.wire {
+                Wire::Http(session) if session.pending.is_some() => return Flow::Continue,
+                Wire::Http(_) => {}
+                Wire::WebSocket(_) => return self.process_websocket(id),
+                Wire::Native { .. } => return Flow::Stop,
+            }
+            let request = match http::decode_request(conn.read.filled(), &limits) {
+                Ok(None) => return Flow::Continue,
+                Err(error) => {
+                    http::encode_http_error(&error, conn.out.replies());
+                    self.counters.protocol_errors += 1;
+                    self.begin_close(id, CloseReason::ProtocolError);
+                    return Flow::Stop;
+                }
+                Ok(Some(request)) => OwnedRequest {
+                    len: request.len,
+                    method: request.head.method,
+                    path: request.head.path.to_owned(),
+                    connection: ConnectionHeader::for_request(&request.head),
+                    body: request.body.to_vec(),
+                    upgrade: http::validate_websocket_upgrade(&request.head).map(<[u8]>::to_vec),
+                },
+            };
+            conn.state = super::connection::ConnState::Open;
+            match self.handle_http_request(id, &request) {
+                // Upgraded: the request is consumed, and the rest of the buffer is frames.
+                None => return self.process_websocket(id),
+                Some(Flow::Blocked) => return Flow::Blocked,
+                Some(Flow::Stop) => return Flow::Stop,
+                Some(Flow::Continue) => {}
+            }
+            let Some(conn) = self.connection_mut(id) else {
+                return Flow::Stop;
+            };
+            conn.read.consume(request.len);
+            let answered = matches!(&conn.wire, Wire::Http(session) if session.pending.is_none());
+            if request.connection.closes() && answered {
+                self.begin_close(id, CloseReason::PeerClosed);
+                return Flow::Stop;
+            }
+        }
+    }
+
+    /// Handles one request; `None` when it upgraded the connection to a WebSocket session
+    /// (and consumed the request).
+    fn handle_http_request(&mut self, id: ConnectionId, request: &OwnedRequest) -> Option<Flow> {
+        let route = match http::route(request.method, &request.path) {
+            Ok(route) => route,
+            Err(error) => {
+                self.http_reply(id, |out| {
+                    error.encode_response(&request.path, request.connection, out)
+                });
+                return Some(Flow::Continue);
+            }
+        };
+        let dialect = route.dialect();
+        let pending = |awaiting| PendingHttp {
+            dialect,
+            connection: request.connection,
+            awaiting,
+        };
+        match route {
+            Route::FiberWebSocket | Route::FastApiWebSocket => {
+                match &request.upgrade {
+                    Ok(key) => {
+                        self.http_reply(id, |out| http::encode_switching_protocols(key, out));
+                        let dialect = if route == Route::FiberWebSocket {
+                            Dialect::Fiber
+                        } else {
+                            Dialect::FastApi
+                        };
+                        if let Some(conn) = self.connection_mut(id) {
+                            conn.read.consume(request.len);
+                        }
+                        self.upgrade_to_websocket(id, dialect);
+                        None
+                    }
+                    Err(error) => {
+                        self.http_reply(id, |out| {
+                            http::encode_upgrade_error(error, &request.path, out)
+                        });
+                        self.begin_close(id, CloseReason::ProtocolError);
+                        Some(Flow::Stop)
+                    }
+                }
+            }
+            Route::V1CreateTopic | Route::CreateTopic => {
+                let name = match http::parse_create_topic_body(&request.body) {
+                    Ok(body) => body.name.into_owned(),
+                    Err(error) => {
+                        let status = error.status(dialect);
+                        let message = error.message();
+                        self.http_reply(id, |out| {
+                            http::encode_error_response(
+                                dialect,
+                                status,
+                                &message,
+                                request.connection,
+                                out,
+                            )
+                        });
+                        return Some(Flow::Continue);
+                    }
+                };
+                self.set_pending(
+                    id,
+                    pending(Awaiting::CreateTopic {
+                        name: name.as_str().into(),
+                    }),
+                );
+                let flow = self.handle_create_topic(
+                    id,
+                    HTTP_REQUEST_ID,
+                    name.as_bytes(),
+                    TopicOptions::default(),
+                );
+                Some(self.unless_blocked(id, flow))
+            }
+            Route::V1DeleteTopic { name } | Route::DeleteTopic { name } => {
+                self.set_pending(
+                    id,
+                    pending(Awaiting::DeleteTopic {
+                        name: name.as_ref().into(),
+                    }),
+                );
+                let flow = self.handle_delete_topic(id, HTTP_REQUEST_ID, name.as_bytes());
+                Some(self.unless_blocked(id, flow))
+            }
+            Route::V1ListTopics
+            | Route::ListTopics
+            | Route::V1Health
+            | Route::Health
+            | Route::V1Stats
+            | Route::Stats
+            | Route::Metrics => {
+                let query = match route {
+                    Route::V1ListTopics => StatsQuery::V1Topics,
+                    Route::ListTopics => StatsQuery::Topics,
+                    Route::V1Health => StatsQuery::V1Health,
+                    Route::Health => StatsQuery::Health,
+                    Route::V1Stats => StatsQuery::V1Stats,
+                    Route::Stats => StatsQuery::Stats,
+                    _ => StatsQuery::Metrics,
+                };
+                if !self.terminal_room() {
+                    return Some(Flow::Blocked);
+                }
+                self.set_pending(
+                    id,
+                    pending(Awaiting::Stats {
+                        query,
+                        gathered: BrokerStats::default(),
+                    }),
+                );
+                self.start_gathering(id);
+                Some(Flow::Continue)
+            }
+            Route::Dashboard => {
+                self.http_reply(id, |out| {
+                    http::encode_error_response(
+                        ApiDialect::Fiber,
+                        Status(501),
+                        "the dashboard is not built yet; see /v1/stats and /metrics",
+                        request.connection,
+                        out,
+                    )
+                });
+                Some(Flow::Continue)
+            }
+        }
+    }
+
+    /// A refused command was answered at once (so nothing is pending); a blocked one is
+    /// re-run from the same bytes later, so its pending answer is taken back.
+    fn unless_blocked(&mut self, id: ConnectionId, flow: Flow) -> Flow {
+        if flow == Flow::Blocked {
+            if let Some(conn) = self.connection_mut(id) {
+                if let Wire::Http(session) = &mut conn.wire {
+                    session.pending = None;
+                }
+            }
+        }
+        flow
+    }
+
+    fn set_pending(&mut self, id: ConnectionId, pending: PendingHttp) {
+        if let Some(conn) = self.connection_mut(id) {
+            if let Wire::Http(session) = &mut conn.wire {
+                session.pending = Some(pending);
+            }
+        }
+    }
+
+    /// Writes a response the connection kind builds itself (not an answer of the core).
+    fn http_reply(&mut self, id: ConnectionId, encode: impl FnOnce(&mut Vec<u8>)) {
+        if let Some(conn) = self.connection_mut(id) {
+            encode(conn.out.replies());
+            self.mark_dirty(id);
+        }
+    }
+
+    /// After an answer went out on an HTTP connection: the next buffered request may go, and
+    /// a `Connection: close` request ends the connection.
+    pub(super) fn after_http_answer(&mut self, id: ConnectionId, connection: ConnectionHeader) {
+        if connection.closes() {
+            self.begin_close(id, CloseReason::PeerClosed);
+            return;
+        }
+        if self
+            .connection_mut(id)
+            .is_some_and(|conn| !conn.read.is_empty())
+        {
+            self.block(id);
+        }
+    }
+}

@@ -1,0 +1,814 @@
+//! The WebSocket connection kind: an HTTP connection upgraded at `/v1/ws` (the Go/Fiber JSON
+//! dialect) or `/ws` (the FastAPI dialect), in place, on the same reactor.
+//!
+//! Frames are decoded by [`crate::protocol::websocket`], each text message by its dialect's
+//! codec, and each request goes to the same protocol-neutral handlers as a native frame. A
+//! WebSocket client names topics, not subscription ids, so the session keeps the topic ↔
+//! subscription id map, and the context each answer needs (the client's `request_id`, what
+//! was asked) under the request id the core sees.
+//!
+//! Lifetime of a session: `101 Switching Protocols` (and `info` for `/ws`), then requests and
+//! events; a close frame from the client is answered and the connection closes after it; a
+//! protocol error (unmasked frame, bad UTF-8, oversized message) gets a close frame with its
+//! code; a slow consumer gets `SLOW_CONSUMER` then close 1008; shutdown sends what is queued,
+//! then close 1001.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use ahash::AHashMap;
+use slab::Slab;
+
+use crate::error::{CloseReason, ErrorCode};
+use crate::ids::ConnectionId;
+use crate::message::Message;
+use crate::protocol::payload;
+use crate::protocol::subscribe_options::{Start, SubscribeOptions};
+use crate::protocol::topic::SubjectKind;
+use crate::protocol::websocket::{self, close_code, Decoder, Event};
+use crate::protocol::ws_fastapi::{self, AckFor, ErrorDetails, FastApiCode, FastApiRequest};
+use crate::protocol::ws_fiber::{self, FiberCode, FiberEvent, FiberRequest};
+use crate::protocol::ws_json::MessageId;
+
+use super::commands::{unix_time_ns, Publish};
+use super::connection::ConnState;
+use super::wire::{Answer, Wire};
+use super::{Flow, Shard};
+
+/// Requests of one WebSocket connection waiting for their answer; past this many the client
+/// is told to slow down rather than the session growing.
+const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
+
+/// Which JSON dialect a session speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// `/v1/ws`.
+    Fiber,
+    /// `/ws`.
+    FastApi,
+}
+
+/// How an event is worded: the same bytes serve every subscriber with the same format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventFormat {
+    Fiber { seq: bool },
+    FastApi,
+}
+
+impl EventFormat {
+    fn slot(self) -> usize {
+        match self {
+            EventFormat::Fiber { seq: false } => 0,
+            EventFormat::Fiber { seq: true } => 1,
+            EventFormat::FastApi => 2,
+        }
+    }
+}
+
+/// One WebSocket subscription: its topic or pattern, and how its events are worded.
+struct WsSubscription {
+    subject: Box<str>,
+    format: EventFormat,
+}
+
+/// What an answer must say besides the core's outcome.
+struct PendingRequest {
+    request_id: Option<Box<str>>,
+    topic: Box<str>,
+    what: AckFor,
+    /// A subscribe refused by the core frees its subscription id here too.
+    sub_id: u32,
+}
+
+pub struct WsSession {
+    pub dialect: Dialect,
+    decoder: Decoder,
+    by_subject: AHashMap<Box<str>, u32>,
+    subscriptions: AHashMap<u32, WsSubscription>,
+    next_sub_id: u32,
+    pending: Slab<PendingRequest>,
+    /// A request the core could not take yet (a full ring): retried before reading on.
+    postponed: Option<Box<str>>,
+    /// A close frame went out: nothing more is read or sent.
+    closed: bool,
+}
+
+impl WsSession {
+    pub fn new(dialect: Dialect, message_bytes_max: usize) -> Self {
+        WsSession {
+            dialect,
+            decoder: Decoder::server(message_bytes_max),
+            by_subject: AHashMap::new(),
+            subscriptions: AHashMap::new(),
+            next_sub_id: 1,
+            pending: Slab::new(),
+            postponed: None,
+            closed: false,
+        }
+    }
+
+    /// The format of subscription `sub_id`'s events.
+    pub fn event_format(&self, sub_id: u32) -> EventFormat {
+        self.subscriptions
+            .get(&sub_id)
+            .map_or(EventFormat::FastApi, |s| s.format)
+    }
+
+    fn track(&mut self, request: PendingRequest) -> Option<u32> {
+        if self.pending.len() >= REQUESTS_IN_FLIGHT_MAX {
+            return None;
+        }
+        Some(self.pending.insert(request) as u32 + 1)
+    }
+
+    /// Words the core's answer to request `request_id` as a text frame; 0 is the connection
+    /// itself (a slow consumer cut, shutdown, a handshake deadline), which also closes it.
+    pub fn encode_answer(&mut self, request_id: u32, answer: Answer<'_>, out: &mut Vec<u8>) {
+        let now_ns = unix_time_ns();
+        let mut text = Vec::with_capacity(128);
+        if request_id == 0 {
+            let Answer::Refused { code, reason } = answer else {
+                return;
+            };
+            let close = match code {
+                ErrorCode::ShuttingDown => close_code::GOING_AWAY,
+                ErrorCode::SlowConsumer => close_code::POLICY_VIOLATION,
+                _ => close_code::POLICY_VIOLATION,
+            };
+            if code != ErrorCode::ShuttingDown {
+                self.encode_error(None, code, reason, now_ns, &mut text);
+                websocket::encode_text_frame(&text, out);
+            }
+            websocket::encode_close_frame(Some(close), reason, out);
+            self.closed = true;
+            return;
+        }
+        let Some(request) = self.pending.try_remove(request_id as usize - 1) else {
+            return;
+        };
+        match answer {
+            Answer::Refused { code, reason } => {
+                if request.what == AckFor::Subscribe {
+                    self.forget(request.sub_id);
+                }
+                self.encode_error(request.request_id.as_deref(), code, reason, now_ns, &mut text);
+            }
+            _ => match self.dialect {
+                Dialect::Fiber => ws_fiber::encode_ack(
+                    request.request_id.as_deref(),
+                    &request.topic,
+                    now_ns,
+                    &mut text,
+                ),
+                Dialect::FastApi => ws_fastapi::encode_ack(request.what, &request.topic, &mut text),
+            },
+        }
+        websocket::encode_text_frame(&text, out);
+    }
+
+    fn encode_error(
+        &self,
+        request_id: Option<&str>,
+        code: ErrorCode,
+        reason: &str,
+        now_ns: u64,
+        out: &mut Vec<u8>,
+    ) {
+        match self.dialect {
+            Dialect::Fiber => ws_fiber::encode_error(
+                request_id,
+                FiberCode::from_error_code(code),
+                reason,
+                None,
+                now_ns,
+                out,
+            ),
+            Dialect::FastApi => ws_fastapi::encode_error(
+                FastApiCode::from_error_code(code),
+                reason,
+                &ErrorDetails::None,
+                out,
+            ),
+        }
+    }
+
+    /// A gap notice (a corebus extra in both dialects).
+    pub fn encode_gap(&self, sub_id: u32, (missed, resume_seq): (u64, u64), out: &mut Vec<u8>) {
+        let topic = self.subject_of(sub_id);
+        let mut text = Vec::with_capacity(96);
+        crate::protocol::ws_json::JsonObject::begin(&mut text)
+            .string("type", "gap")
+            .string("topic", topic)
+            .u64("missed", missed)
+            .u64("resume_seq", resume_seq)
+            .end();
+        websocket::encode_text_frame(&text, out);
+    }
+
+    /// Messages dropped under `drop-oldest` (a corebus extra in both dialects).
+    pub fn encode_dropped(&self, sub_id: u32, count: u64, out: &mut Vec<u8>) {
+        let topic = self.subject_of(sub_id);
+        let mut text = Vec::with_capacity(96);
+        crate::protocol::ws_json::JsonObject::begin(&mut text)
+            .string("type", "dropped")
+            .string("topic", topic)
+            .u64("count", count)
+            .end();
+        websocket::encode_text_frame(&text, out);
+    }
+
+    /// The broker ended subscription `sub_id` (its topic was deleted): an error naming it,
+    /// and the topic may be subscribed to again.
+    pub fn encode_ended(&mut self, sub_id: u32, code: ErrorCode, reason: &str, out: &mut Vec<u8>) {
+        let mut text = Vec::with_capacity(128);
+        let code = if code == ErrorCode::TopicDeleted {
+            ErrorCode::TopicNotFound
+        } else {
+            code
+        };
+        self.encode_error(None, code, reason, unix_time_ns(), &mut text);
+        websocket::encode_text_frame(&text, out);
+        self.forget(sub_id);
+    }
+
+    fn subject_of(&self, sub_id: u32) -> &str {
+        self.subscriptions
+            .get(&sub_id)
+            .map_or("", |s| &s.subject)
+    }
+
+    fn forget(&mut self, sub_id: u32) {
+        if let Some(subscription) = self.subscriptions.remove(&sub_id) {
+            self.by_subject.remove(&subscription.subject);
+        }
+    }
+}
+
+/// One encoding per (message, event format) on a shard: fan-out to many WebSocket
+/// subscribers of one dialect writes the same bytes to each. The entry holds its message, so
+/// the frame's address cannot be reused by another message while it is the key.
+#[derive(Default)]
+pub struct EventCache {
+    entries: [Option<(Message, Arc<[u8]>)>; 3],
+}
+
+impl EventCache {
+    /// The complete text frame of `message`'s event in `format`; `epoch` derives its id.
+    pub fn frame(&mut self, format: EventFormat, message: &Message, epoch: u64) -> Arc<[u8]> {
+        let entry = &mut self.entries[format.slot()];
+        if let Some((cached, frame)) = entry {
+            if cached.shares_frame(message) {
+                return frame.clone();
+            }
+        }
+        let frame: Arc<[u8]> = encode_event(format, message, epoch).into();
+        *entry = Some((message.clone(), frame.clone()));
+        frame
+    }
+}
+
+/// The payload's wire form for WebSocket clients. Until messages carry headers, a payload is
+/// taken as JSON when it was published as JSON (the message's JSON mark).
+fn content_type(message: &Message) -> Option<&'static [u8]> {
+    message
+        .is_json()
+        .then_some(payload::CONTENT_TYPE_JSON.as_bytes())
+}
+
+fn encode_event(format: EventFormat, message: &Message, epoch: u64) -> Vec<u8> {
+    let mut text = Vec::with_capacity(message.payload().len() + 128);
+    let id = MessageId::pick(None, epoch, message.seq());
+    match format {
+        EventFormat::Fiber { seq } => ws_fiber::encode_event(
+            &FiberEvent {
+                topic: message.topic(),
+                id,
+                payload: message.payload(),
+                content_type: content_type(message),
+                timestamp_ns: message.timestamp_ns(),
+                seq: seq.then_some(message.seq()),
+            },
+            &mut text,
+        ),
+        EventFormat::FastApi => ws_fastapi::encode_event(
+            message.topic(),
+            message.payload(),
+            content_type(message),
+            id,
+            &mut text,
+        ),
+    }
+    let mut frame = Vec::with_capacity(text.len() + websocket::HEADER_LEN_MAX);
+    websocket::encode_text_frame(&text, &mut frame);
+    frame
+}
+
+impl Shard {
+    /// Decodes and handles every complete WebSocket frame in the connection's read buffer.
+    pub(super) fn process_websocket(&mut self, id: ConnectionId) -> Flow {
+        if let Some(text) = self.take_postponed(id) {
+            match self.handle_ws_text(id, &text) {
+                Flow::Continue => {}
+                Flow::Blocked => {
+                    self.put_back_postponed(id, text);
+                    return Flow::Blocked;
+                }
+                Flow::Stop => return Flow::Stop,
+            }
+        }
+        loop {
+            let Some(conn) = self.connection_mut(id) else {
+                return Flow::Stop;
+            };
+            if conn.is_closing() {
+                return Flow::Stop;
+            }
+            let Wire::WebSocket(session) = &mut conn.wire else {
+                return Flow::Stop;
+            };
+            let buffer = conn.read.filled_mut();
+            // The decoder unmasks in place, so a decoded message is taken out (owned) before
+            // the bytes are consumed; a postponed request is kept the same way.
+            let decoded = match session.decoder.decode(buffer) {
+                Ok(None) => return Flow::Continue,
+                Ok(Some((event, len))) => Ok((owned_event(event), len)),
+                Err(error) => Err(error),
+            };
+            match decoded {
+                Err(error) => {
+                    websocket::encode_protocol_error_close(error, conn.out.replies());
+                    session.closed = true;
+                    self.counters.protocol_errors += 1;
+                    self.begin_close(id, CloseReason::ProtocolError);
+                    return Flow::Stop;
+                }
+                Ok((event, len)) => {
+                    conn.read.consume(len);
+                    let flow = match event {
+                        OwnedEvent::Text(text) => match self.handle_ws_text(id, &text) {
+                            Flow::Blocked => {
+                                self.put_back_postponed(id, text);
+                                Flow::Blocked
+                            }
+                            flow => flow,
+                        },
+                        OwnedEvent::Binary => self.refuse_binary(id),
+                        OwnedEvent::Ping(data) => {
+                            if let Some(conn) = self.connection_mut(id) {
+                                websocket::encode_pong_frame(&data, conn.out.replies());
+                            }
+                            self.mark_dirty(id);
+                            Flow::Continue
+                        }
+                        OwnedEvent::Nothing => Flow::Continue,
+                        OwnedEvent::Close(code) => {
+                            if let Some(conn) = self.connection_mut(id) {
+                                if let Wire::WebSocket(session) = &mut conn.wire {
+                                    session.closed = true;
+                                }
+                                websocket::encode_close_frame(
+                                    Some(code.unwrap_or(close_code::NORMAL)),
+                                    "",
+                                    conn.out.replies(),
+                                );
+                            }
+                            self.begin_close(id, CloseReason::PeerClosed);
+                            Flow::Stop
+                        }
+                    };
+                    if flow != Flow::Continue {
+                        return flow;
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_postponed(&mut self, id: ConnectionId) -> Option<Box<str>> {
+        match &mut self.connection_mut(id)?.wire {
+            Wire::WebSocket(session) => session.postponed.take(),
+            _ => None,
+        }
+    }
+
+    fn put_back_postponed(&mut self, id: ConnectionId, text: Box<str>) {
+        if let Some(conn) = self.connection_mut(id) {
+            if let Wire::WebSocket(session) = &mut conn.wire {
+                session.postponed = Some(text);
+            }
+        }
+    }
+
+    fn refuse_binary(&mut self, id: ConnectionId) -> Flow {
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
+        let Wire::WebSocket(session) = &conn.wire else {
+            return Flow::Stop;
+        };
+        let mut text = Vec::new();
+        match session.dialect {
+            Dialect::Fiber => {
+                ws_fiber::encode_parse_error(&ws_fiber::binary_frame_error(), unix_time_ns(), &mut text)
+            }
+            Dialect::FastApi => {
+                ws_fastapi::encode_parse_error(&ws_fastapi::binary_frame_error(), &mut text)
+            }
+        }
+        websocket::encode_text_frame(&text, conn.out.replies());
+        self.mark_dirty(id);
+        Flow::Continue
+    }
+
+    /// Sends a text message to the client (ahead of queued events).
+    fn ws_send(&mut self, id: ConnectionId, text: &[u8]) {
+        if let Some(conn) = self.connection_mut(id) {
+            websocket::encode_text_frame(text, conn.out.replies());
+            self.mark_dirty(id);
+        }
+    }
+
+    fn handle_ws_text(&mut self, id: ConnectionId, text: &str) -> Flow {
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
+        let Wire::WebSocket(session) = &conn.wire else {
+            return Flow::Stop;
+        };
+        match session.dialect {
+            Dialect::Fiber => self.handle_fiber(id, text),
+            Dialect::FastApi => self.handle_fastapi(id, text),
+        }
+    }
+
+    fn handle_fiber(&mut self, id: ConnectionId, text: &str) -> Flow {
+        let request = match ws_fiber::parse_client_message(text) {
+            Ok(request) => request,
+            Err(error) => {
+                let mut out = Vec::new();
+                ws_fiber::encode_parse_error(&error, unix_time_ns(), &mut out);
+                self.ws_send(id, &out);
+                return Flow::Continue;
+            }
+        };
+        match request {
+            FiberRequest::Ping { request_id } => {
+                let mut out = Vec::new();
+                ws_fiber::encode_pong(request_id.as_deref(), unix_time_ns(), &mut out);
+                self.ws_send(id, &out);
+                Flow::Continue
+            }
+            FiberRequest::Subscribe(subscribe) => self.ws_subscribe(
+                id,
+                (subscribe.request_id, subscribe.topic),
+                subscribe.options,
+                EventFormat::Fiber { seq: subscribe.seq },
+            ),
+            FiberRequest::Unsubscribe {
+                topic, request_id, ..
+            } => self.ws_unsubscribe(id, request_id, topic),
+            FiberRequest::Publish {
+                topic,
+                payload,
+                request_id,
+                ..
+            } => {
+                let mut stored = Vec::with_capacity(payload.get().len());
+                payload::store_json(payload.0, &mut stored);
+                self.ws_publish(id, (request_id, topic), &stored)
+            }
+            FiberRequest::Ack {
+                topic,
+                seq,
+                request_id,
+            } => self.ws_ack(id, request_id, topic, seq),
+        }
+    }
+
+    fn handle_fastapi(&mut self, id: ConnectionId, text: &str) -> Flow {
+        let request = match ws_fastapi::parse_client_message(text, self.config.ws_last_n_max) {
+            Ok(request) => request,
+            Err(error) => {
+                let mut out = Vec::new();
+                ws_fastapi::encode_parse_error(&error, &mut out);
+                self.ws_send(id, &out);
+                return Flow::Continue;
+            }
+        };
+        match request {
+            FastApiRequest::Ping => {
+                let mut out = Vec::new();
+                ws_fastapi::encode_pong(&mut out);
+                self.ws_send(id, &out);
+                Flow::Continue
+            }
+            FastApiRequest::Subscribe { topic, last_n, .. } => {
+                let options = SubscribeOptions {
+                    start: if last_n > 0 {
+                        Start::LastN(last_n)
+                    } else {
+                        Start::New
+                    },
+                    ..SubscribeOptions::default()
+                };
+                self.ws_subscribe(id, (None, topic), options, EventFormat::FastApi)
+            }
+            FastApiRequest::Unsubscribe { topic, .. } => self.ws_unsubscribe(id, None, topic),
+            FastApiRequest::Publish { topic, data } => {
+                let mut stored = Vec::with_capacity(data.get().len());
+                payload::store_json(data.0, &mut stored);
+                self.ws_publish(id, (None, topic), &stored)
+            }
+        }
+    }
+
+    /// Registers the request's context and returns the request id the core will answer, or
+    /// answers "too many" itself.
+    fn ws_track(
+        &mut self,
+        id: ConnectionId,
+        request: PendingRequest,
+    ) -> Option<u32> {
+        let conn = self.connection_mut(id)?;
+        let Wire::WebSocket(session) = &mut conn.wire else {
+            return None;
+        };
+        let tracked = session.track(request);
+        if tracked.is_none() {
+            let mut text = Vec::new();
+            session.encode_error(
+                None,
+                ErrorCode::RateLimited,
+                "too many requests waiting for their answer; wait for some",
+                unix_time_ns(),
+                &mut text,
+            );
+            self.ws_send(id, &text);
+        }
+        tracked
+    }
+
+    fn ws_publish(
+        &mut self,
+        id: ConnectionId,
+        (request_id, topic): (Option<Cow<'_, str>>, Cow<'_, str>),
+        stored: &[u8],
+    ) -> Flow {
+        let Some(request) = self.ws_track(
+            id,
+            PendingRequest {
+                request_id: request_id.map(|r| r.into()),
+                topic: topic.as_ref().into(),
+                what: AckFor::Publish,
+                sub_id: 0,
+            },
+        ) else {
+            return Flow::Continue;
+        };
+        let flow = self.handle_publish(
+            id,
+            request,
+            Publish {
+                topic: topic.as_bytes(),
+                reply_to: None,
+                payload: stored,
+                quiet: false,
+                json: true,
+            },
+        );
+        if flow == Flow::Blocked {
+            self.ws_untrack(id, request);
+        }
+        flow
+    }
+
+    fn ws_untrack(&mut self, id: ConnectionId, request: u32) {
+        if let Some(conn) = self.connection_mut(id) {
+            if let Wire::WebSocket(session) = &mut conn.wire {
+                session.pending.try_remove(request as usize - 1);
+            }
+        }
+    }
+
+    fn ws_subscribe(
+        &mut self,
+        id: ConnectionId,
+        (request_id, subject): (Option<Cow<'_, str>>, Cow<'_, str>),
+        options: SubscribeOptions,
+        format: EventFormat,
+    ) -> Flow {
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
+        let Wire::WebSocket(session) = &mut conn.wire else {
+            return Flow::Stop;
+        };
+        if session.by_subject.contains_key(subject.as_ref()) {
+            // Subscribing twice to one topic is a no-op that succeeds, as both services did.
+            let mut text = Vec::new();
+            match session.dialect {
+                Dialect::Fiber => {
+                    ws_fiber::encode_ack(request_id.as_deref(), &subject, unix_time_ns(), &mut text)
+                }
+                Dialect::FastApi => ws_fastapi::encode_ack(AckFor::Subscribe, &subject, &mut text),
+            }
+            self.ws_send(id, &text);
+            return Flow::Continue;
+        }
+        let sub_id = session.next_sub_id;
+        session.next_sub_id = session.next_sub_id.wrapping_add(1).max(1);
+        let Some(request) = self.ws_track(
+            id,
+            PendingRequest {
+                request_id: request_id.map(|r| r.into()),
+                topic: subject.as_ref().into(),
+                what: AckFor::Subscribe,
+                sub_id,
+            },
+        ) else {
+            return Flow::Continue;
+        };
+        if let Some(conn) = self.connection_mut(id) {
+            if let Wire::WebSocket(session) = &mut conn.wire {
+                session.by_subject.insert(subject.as_ref().into(), sub_id);
+                session.subscriptions.insert(
+                    sub_id,
+                    WsSubscription {
+                        subject: subject.as_ref().into(),
+                        format,
+                    },
+                );
+            }
+        }
+        let flow = self.handle_subscribe(id, request, sub_id, subject.as_bytes(), options);
+        if flow == Flow::Blocked {
+            self.ws_untrack(id, request);
+            if let Some(conn) = self.connection_mut(id) {
+                if let Wire::WebSocket(session) = &mut conn.wire {
+                    session.forget(sub_id);
+                }
+            }
+        }
+        flow
+    }
+
+    fn ws_unsubscribe(
+        &mut self,
+        id: ConnectionId,
+        request_id: Option<Cow<'_, str>>,
+        subject: Cow<'_, str>,
+    ) -> Flow {
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
+        let Wire::WebSocket(session) = &mut conn.wire else {
+            return Flow::Stop;
+        };
+        let Some(&sub_id) = session.by_subject.get(subject.as_ref()) else {
+            let mut text = Vec::new();
+            let reason = format!("not subscribed to {subject}");
+            match session.dialect {
+                Dialect::Fiber => ws_fiber::encode_error(
+                    request_id.as_deref(),
+                    FiberCode::BadRequest,
+                    &reason,
+                    None,
+                    unix_time_ns(),
+                    &mut text,
+                ),
+                Dialect::FastApi => ws_fastapi::encode_error(
+                    FastApiCode::NotSubscribed,
+                    &reason,
+                    &ErrorDetails::Topic(subject.as_ref().to_owned()),
+                    &mut text,
+                ),
+            }
+            self.ws_send(id, &text);
+            return Flow::Continue;
+        };
+        session.forget(sub_id);
+        let Some(request) = self.ws_track(
+            id,
+            PendingRequest {
+                request_id: request_id.map(|r| r.into()),
+                topic: subject.as_ref().into(),
+                what: AckFor::Unsubscribe,
+                sub_id,
+            },
+        ) else {
+            return Flow::Continue;
+        };
+        self.handle_unsubscribe(id, request, sub_id)
+    }
+
+    fn ws_ack(
+        &mut self,
+        id: ConnectionId,
+        request_id: Option<Cow<'_, str>>,
+        topic: Cow<'_, str>,
+        seq: u64,
+    ) -> Flow {
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
+        let Wire::WebSocket(session) = &mut conn.wire else {
+            return Flow::Stop;
+        };
+        // An ack names the topic of an exact subscription (or, in a pattern group, the
+        // message's topic under the pattern's subscription).
+        let sub_id = session.by_subject.get(topic.as_ref()).copied().or_else(|| {
+            session
+                .subscriptions
+                .iter()
+                .find(|(_, s)| crate::protocol::topic::parse_subscription(s.subject.as_bytes())
+                    .is_ok_and(|(_, kind)| kind == SubjectKind::Pattern))
+                .map(|(&sub_id, _)| sub_id)
+        });
+        let Some(sub_id) = sub_id else {
+            let mut text = Vec::new();
+            session.encode_error(
+                request_id.as_deref(),
+                ErrorCode::UnknownSubscription,
+                "ack for a topic this connection is not subscribed to",
+                unix_time_ns(),
+                &mut text,
+            );
+            self.ws_send(id, &text);
+            return Flow::Continue;
+        };
+        let Some(request) = self.ws_track(
+            id,
+            PendingRequest {
+                request_id: request_id.map(|r| r.into()),
+                topic: topic.as_ref().into(),
+                what: AckFor::Publish,
+                sub_id,
+            },
+        ) else {
+            return Flow::Continue;
+        };
+        // Acks are answered only on failure. A refusal found here is answered at once; the
+        // context is then forgotten, so one from the topic's owner later finds none and is
+        // not sent (the redelivery tells the client the ack did not count).
+        let flow = self.handle_ack(
+            id,
+            request,
+            (sub_id, topic.as_bytes()),
+            (seq, crate::protocol::native::AckKind::Single),
+        );
+        self.ws_untrack(id, request);
+        flow
+    }
+
+    /// Switches an HTTP connection to a WebSocket session in place (after the 101).
+    pub(super) fn upgrade_to_websocket(&mut self, id: ConnectionId, dialect: Dialect) {
+        let message_bytes_max = self.config.ws_message_bytes_max();
+        let Some(conn) = self.connection_mut(id) else {
+            return;
+        };
+        conn.wire = Wire::WebSocket(Box::new(WsSession::new(dialect, message_bytes_max)));
+        conn.state = ConnState::Open;
+        if dialect == Dialect::FastApi {
+            let mut text = Vec::new();
+            ws_fastapi::encode_info(&format!("{id}"), &mut text);
+            websocket::encode_text_frame(&text, conn.out.replies());
+        }
+        let peer = conn.peer;
+        log::info!(
+            "event=websocket_opened shard={} conn={} peer={} dialect={:?}",
+            self.id,
+            id,
+            peer,
+            dialect
+        );
+    }
+
+    /// Queues a subscription's event for a WebSocket connection, encoded once per shard.
+    pub(super) fn ws_event_frame(
+        cache: &mut EventCache,
+        session: &WsSession,
+        sub_id: u32,
+        (message, epoch): (&Message, u64),
+    ) -> Arc<[u8]> {
+        cache.frame(session.event_format(sub_id), message, epoch)
+    }
+}
+
+/// A decoded frame, owned, so the read buffer can be consumed before it is handled.
+enum OwnedEvent {
+    Text(Box<str>),
+    Binary,
+    Ping(Vec<u8>),
+    Close(Option<u16>),
+    Nothing,
+}
+
+fn owned_event(event: Event<'_>) -> OwnedEvent {
+    match event {
+        Event::Text(text) => OwnedEvent::Text(text.into()),
+        Event::Binary(_) => OwnedEvent::Binary,
+        Event::Ping(data) => OwnedEvent::Ping(data.to_vec()),
+        Event::Pong(_) | Event::Fragment => OwnedEvent::Nothing,
+        Event::Close(frame) => OwnedEvent::Close(frame.map(|f| f.code)),
+    }
+}
