@@ -16,9 +16,28 @@ The binary is `$COREBUS_BIN`, else `target/release/corebus` (build it with
 `cargo build --release`). A missing binary fails the tests loudly: nothing is skipped for it.
 """
 
+import signal
+
 import pytest
 
 from corebus_testing import Broker, binary_path
+
+# Every receive already has its own timeout; this bounds a whole test whatever happens.
+TEST_SECONDS_MAX = 180
+
+
+@pytest.fixture(autouse=True)
+def hard_timeout():
+    def expired(signum, frame):
+        raise TimeoutError(f"test ran past {TEST_SECONDS_MAX} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(TEST_SECONDS_MAX)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="session")
