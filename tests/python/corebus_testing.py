@@ -241,7 +241,10 @@ class WsClient:
     def connect(cls, url, **kwargs):
         options = dict(open_timeout=WAIT, close_timeout=2, max_size=64 * 1024 * 1024, proxy=None)
         options.update(kwargs)
-        return cls(websockets.sync.client.connect(url, **options))
+        connection = websockets.sync.client.connect(url, **options)
+        # Entering it marks it as used the documented way (websockets >= 17.1 warns otherwise);
+        # `close()` is the exit.
+        return cls(connection.__enter__())
 
     def __enter__(self):
         return self

@@ -246,7 +246,8 @@ def test_from_seq_starts_at_that_sequence_number(broker):
     with broker.fiber() as publisher, broker.fiber() as subscriber:
         for n in range(1, 6):
             fiber_publish(publisher, topic, n)
-        subscriber.send({"type": "subscribe", "topic": topic, "from_seq": 3, "request_id": "f"})
+        subscriber.send({"type": "subscribe", "topic": topic, "from_seq": 3, "seq": True,
+                         "request_id": "f"})
         got = [m for m in subscriber.collect(4) if m["type"] == "event"]
         assert [(e["seq"], e["message"]["payload"]) for e in got] == [(3, 3), (4, 4), (5, 5)]
         fiber_publish(publisher, topic, 6)
@@ -507,7 +508,10 @@ def test_slow_consumer_is_told_and_closed_while_others_get_everything(start_brok
 
     reader = threading.Thread(target=read_fast, daemon=True)
     reader.start()
-    assert topic_subscribers(broker, topic) == 2
+    deadline = time.monotonic() + WAIT
+    while topic_subscribers(broker, topic) != 2:
+        assert time.monotonic() < deadline, "GET /v1/topics never counted both subscribers"
+        time.sleep(0.05)
 
     published = 0
     deadline = time.monotonic() + 60
