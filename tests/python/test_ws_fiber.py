@@ -333,6 +333,30 @@ def test_consumer_with_acks_gets_unacked_messages_again(broker):
         third.close()
 
 
+def test_group_members_split_the_messages(broker):
+    topic = unique("fiber.group")
+    with broker.fiber() as first, broker.fiber() as second, broker.fiber() as publisher:
+        fiber_subscribe(first, topic, group="workers")
+        fiber_subscribe(second, topic, group="workers")
+        for n in range(20):
+            fiber_publish(publisher, topic, n)
+        got = []
+        deadline = time.monotonic() + WAIT
+        while len(got) < 20 and time.monotonic() < deadline:
+            for member in (first, second):
+                try:
+                    data = member.ws.recv(timeout=0.05)
+                except TimeoutError:
+                    continue
+                event = json.loads(data)
+                assert event["type"] == "event", event
+                got.append(event["message"]["payload"])
+        # Each message to exactly one member.
+        assert sorted(got) == list(range(20)), got
+        first.expect_silence()
+        second.expect_silence()
+
+
 # ------------------------------------------------------------------------------------------
 # Errors: each gets its error message and the connection stays open.
 
