@@ -235,7 +235,7 @@ def test_last_n_replays_in_order_then_live_with_no_gap_or_duplicate(broker):
         assert acks == 1 or (acks == 0 and subscriber.expect("ack")["request_id"] == "replay")
         assert numbers == list(range(numbers[0], total + 1)), "gap or duplicate at the seam"
         assert seqs == numbers, "a fresh topic numbers its messages 1, 2, 3, ..."
-        assert len(numbers) >= 100 + (total - published["count"])
+        assert len(numbers) >= 100, "fewer than last_n messages"
         # Exactly the last 100 before the subscription took effect, then every later one.
         assert numbers[0] >= at_subscribe - 99, (numbers[0], at_subscribe)
         subscriber.expect_silence()
