@@ -143,6 +143,17 @@ pub struct ServeArgs {
     /// Largest `last_n` a `/ws` subscriber gets; larger asks are capped to it.
     #[arg(long, env = "COREBUS_WS_LAST_N_MAX", default_value_t = Config::default().ws_last_n_max)]
     pub ws_last_n_max: u64,
+    /// Create topics on first publish or subscribe (`false`: only `topic create`, REST
+    /// `POST`, or the client's create make them; others get TOPIC_NOT_FOUND).
+    #[arg(long, env = "COREBUS_AUTO_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_create_topics: bool,
+    /// Publishes per second per connection, on every protocol (0: no limit); over it a
+    /// publish is refused with RATE_LIMITED and the time to wait.
+    #[arg(long, env = "COREBUS_PUBLISH_RATE", default_value_t = Config::default().publish_rate)]
+    pub publish_rate: u64,
+    /// Publishes a connection may make at once (0: one second's worth of --publish-rate).
+    #[arg(long, env = "COREBUS_PUBLISH_BURST", default_value_t = Config::default().publish_burst)]
+    pub publish_burst: u64,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, env = "COREBUS_LOG", default_value = "info")]
     pub log_level: log::LevelFilter,
@@ -348,6 +359,9 @@ impl ServeArgs {
             http_head_bytes_max: self.http_head_bytes_max,
             http_body_bytes_max: self.http_body_bytes_max,
             ws_last_n_max: self.ws_last_n_max,
+            auto_create_topics: self.auto_create_topics,
+            publish_rate: self.publish_rate,
+            publish_burst: self.publish_burst,
         }
     }
 }

@@ -103,6 +103,13 @@ pub struct Config {
     pub http_body_bytes_max: usize,
     /// `last_n` a `/ws` (FastAPI dialect) subscriber may ask for; larger asks are capped.
     pub ws_last_n_max: u64,
+    /// Topics come into being when first used; off, only an explicit create makes them.
+    pub auto_create_topics: bool,
+    /// Publishes per second one connection may make (token bucket); 0 is no limit.
+    pub publish_rate: u64,
+    /// Publishes a connection may make at once (the bucket's size); 0 is one second's worth
+    /// of `publish_rate`.
+    pub publish_burst: u64,
 }
 
 impl Config {
@@ -155,6 +162,9 @@ impl Default for Config {
             http_head_bytes_max: 8 * 1024,
             http_body_bytes_max: 64 * 1024,
             ws_last_n_max: 1000,
+            auto_create_topics: true,
+            publish_rate: 0,
+            publish_burst: 0,
         }
     }
 }

@@ -81,6 +81,23 @@ impl Shard {
         if !has_room {
             return Flow::Blocked;
         }
+        if self.config.publish_rate > 0 {
+            let rate = self.config.publish_rate;
+            let burst = match self.config.publish_burst {
+                0 => rate,
+                burst => burst,
+            };
+            let now_ns = unix_time_ns();
+            let Some(conn) = self.connection_mut(id) else {
+                return Flow::Stop;
+            };
+            if let Err(wait) = conn.publish_bucket.take(now_ns, rate, burst) {
+                self.counters.rate_limited += 1;
+                let retry_after_ms = (wait.as_millis() as u64).max(1);
+                self.answer(id, request_id, Answer::Throttled { retry_after_ms });
+                return Flow::Continue;
+            }
+        }
         let mut message = Message::from_publish(&mut self.encode_scratch, topic, reply_to, payload);
         if json {
             message.mark_json();
@@ -893,6 +910,10 @@ fn refusal_reason(topic: &str, refusal: Refusal) -> String {
             "topic {topic} is now epoch {epoch} (last seq {last_seq}): the history of the \
              requested epoch is gone; resubscribe without EPOCH to start in this one"
         ),
+        ErrorCode::TopicNotFound => {
+            format!("no topic {topic}, and --auto-create-topics is off: create it first")
+        }
+        ErrorCode::TooManyTopics => "the broker holds --topics-max topics".to_string(),
         _ => "the topic could not be created".to_string(),
     }
 }

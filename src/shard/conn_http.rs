@@ -33,9 +33,16 @@ pub const HTTP_REQUEST_ID: u32 = 1;
 /// What a request waiting for the core (or other shards) will be answered with.
 #[derive(Debug)]
 pub enum Awaiting {
-    CreateTopic { name: Box<str> },
-    DeleteTopic { name: Box<str> },
-    Stats { query: StatsQuery, gathered: BrokerStats },
+    CreateTopic {
+        name: Box<str>,
+    },
+    DeleteTopic {
+        name: Box<str>,
+    },
+    Stats {
+        query: StatsQuery,
+        gathered: BrokerStats,
+    },
 }
 
 #[derive(Debug)]
@@ -104,7 +111,11 @@ impl HttpSession {
             (Awaiting::CreateTopic { name }, Answer::Refused { code, .. })
                 if dialect == ApiDialect::FastApi && code == ErrorCode::TopicExists =>
             {
-                respond(Status(201), json!({ "name": &*name, "created": false }), out)
+                respond(
+                    Status(201),
+                    json!({ "name": &*name, "created": false }),
+                    out,
+                )
             }
             (Awaiting::DeleteTopic { name }, Answer::Done) => match dialect {
                 ApiDialect::Fiber => {
@@ -113,6 +124,11 @@ impl HttpSession {
                 ApiDialect::FastApi => respond(Status(204), json!(null), out),
             },
             (_, Answer::Refused { code, reason }) => refuse(code, reason, out),
+            (_, Answer::Throttled { retry_after_ms }) => refuse(
+                ErrorCode::RateLimited,
+                &super::wire::throttled_reason(retry_after_ms),
+                out,
+            ),
             (awaiting, answer) => {
                 debug_assert!(false, "unexpected answer {answer:?} to {awaiting:?}");
                 refuse(ErrorCode::Internal, "unexpected answer", out);
@@ -220,30 +236,28 @@ impl Shard {
             awaiting,
         };
         match route {
-            Route::FiberWebSocket | Route::FastApiWebSocket => {
-                match &request.upgrade {
-                    Ok(key) => {
-                        self.http_reply(id, |out| http::encode_switching_protocols(key, out));
-                        let dialect = if route == Route::FiberWebSocket {
-                            Dialect::Fiber
-                        } else {
-                            Dialect::FastApi
-                        };
-                        if let Some(conn) = self.connection_mut(id) {
-                            conn.read.consume(request.len);
-                        }
-                        self.upgrade_to_websocket(id, dialect);
-                        None
+            Route::FiberWebSocket | Route::FastApiWebSocket => match &request.upgrade {
+                Ok(key) => {
+                    self.http_reply(id, |out| http::encode_switching_protocols(key, out));
+                    let dialect = if route == Route::FiberWebSocket {
+                        Dialect::Fiber
+                    } else {
+                        Dialect::FastApi
+                    };
+                    if let Some(conn) = self.connection_mut(id) {
+                        conn.read.consume(request.len);
                     }
-                    Err(error) => {
-                        self.http_reply(id, |out| {
-                            http::encode_upgrade_error(error, &request.path, out)
-                        });
-                        self.begin_close(id, CloseReason::ProtocolError);
-                        Some(Flow::Stop)
-                    }
+                    self.upgrade_to_websocket(id, dialect);
+                    None
                 }
-            }
+                Err(error) => {
+                    self.http_reply(id, |out| {
+                        http::encode_upgrade_error(error, &request.path, out)
+                    });
+                    self.begin_close(id, CloseReason::ProtocolError);
+                    Some(Flow::Stop)
+                }
+            },
             Route::V1CreateTopic | Route::CreateTopic => {
                 let name = match http::parse_create_topic_body(&request.body) {
                     Ok(body) => body.name.into_owned(),

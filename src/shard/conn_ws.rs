@@ -151,7 +151,42 @@ impl WsSession {
                 if request.what == AckFor::Subscribe {
                     self.forget(request.sub_id);
                 }
-                self.encode_error(request.request_id.as_deref(), code, reason, now_ns, &mut text);
+                if code == ErrorCode::TopicNotFound && self.dialect == Dialect::FastApi {
+                    // FastAPI names the missing topic in `details`.
+                    ws_fastapi::encode_error(
+                        FastApiCode::TopicNotFound,
+                        reason,
+                        &ErrorDetails::Topic(request.topic.to_string()),
+                        &mut text,
+                    );
+                } else {
+                    self.encode_error(
+                        request.request_id.as_deref(),
+                        code,
+                        reason,
+                        now_ns,
+                        &mut text,
+                    );
+                }
+            }
+            Answer::Throttled { retry_after_ms } => {
+                let reason = super::wire::throttled_reason(retry_after_ms);
+                match self.dialect {
+                    Dialect::Fiber => ws_fiber::encode_error(
+                        request.request_id.as_deref(),
+                        FiberCode::RateLimited,
+                        &reason,
+                        Some(retry_after_ms),
+                        now_ns,
+                        &mut text,
+                    ),
+                    Dialect::FastApi => ws_fastapi::encode_error(
+                        FastApiCode::RateLimited,
+                        &reason,
+                        &ErrorDetails::RetryAfterMs(retry_after_ms),
+                        &mut text,
+                    ),
+                }
             }
             _ => match self.dialect {
                 Dialect::Fiber => ws_fiber::encode_ack(
@@ -232,9 +267,7 @@ impl WsSession {
     }
 
     fn subject_of(&self, sub_id: u32) -> &str {
-        self.subscriptions
-            .get(&sub_id)
-            .map_or("", |s| &s.subject)
+        self.subscriptions.get(&sub_id).map_or("", |s| &s.subject)
     }
 
     fn forget(&mut self, sub_id: u32) {
@@ -408,9 +441,11 @@ impl Shard {
         };
         let mut text = Vec::new();
         match session.dialect {
-            Dialect::Fiber => {
-                ws_fiber::encode_parse_error(&ws_fiber::binary_frame_error(), unix_time_ns(), &mut text)
-            }
+            Dialect::Fiber => ws_fiber::encode_parse_error(
+                &ws_fiber::binary_frame_error(),
+                unix_time_ns(),
+                &mut text,
+            ),
             Dialect::FastApi => {
                 ws_fastapi::encode_parse_error(&ws_fastapi::binary_frame_error(), &mut text)
             }
@@ -524,11 +559,7 @@ impl Shard {
 
     /// Registers the request's context and returns the request id the core will answer, or
     /// answers "too many" itself.
-    fn ws_track(
-        &mut self,
-        id: ConnectionId,
-        request: PendingRequest,
-    ) -> Option<u32> {
+    fn ws_track(&mut self, id: ConnectionId, request: PendingRequest) -> Option<u32> {
         let conn = self.connection_mut(id)?;
         let Wire::WebSocket(session) = &mut conn.wire else {
             return None;
@@ -720,8 +751,10 @@ impl Shard {
             session
                 .subscriptions
                 .iter()
-                .find(|(_, s)| crate::protocol::topic::parse_subscription(s.subject.as_bytes())
-                    .is_ok_and(|(_, kind)| kind == SubjectKind::Pattern))
+                .find(|(_, s)| {
+                    crate::protocol::topic::parse_subscription(s.subject.as_bytes())
+                        .is_ok_and(|(_, kind)| kind == SubjectKind::Pattern)
+                })
                 .map(|(&sub_id, _)| sub_id)
         });
         let Some(sub_id) = sub_id else {
@@ -770,7 +803,9 @@ impl Shard {
         conn.state = ConnState::Open;
         if dialect == Dialect::FastApi {
             let mut text = Vec::new();
-            ws_fastapi::encode_info(&format!("{id}"), &mut text);
+            // Connection ids repeat across shards; the client's id must not.
+            let client_id = format!("{:016x}", rand::random::<u64>());
+            ws_fastapi::encode_info(&client_id, &mut text);
             websocket::encode_text_frame(&text, conn.out.replies());
         }
         let peer = conn.peer;

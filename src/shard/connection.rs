@@ -512,6 +512,37 @@ pub struct Connection {
     /// The last write hit a full socket: writing again before the writable event that
     /// `mio` sends when room frees would only cost a failed syscall per delivery.
     pub write_blocked: bool,
+    /// `--publish-rate`'s token bucket for this connection.
+    pub publish_bucket: TokenBucket,
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up. Sans-IO: the time is an
+/// argument.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokenBucket {
+    tokens: f64,
+    last_ns: Option<u64>,
+}
+
+impl TokenBucket {
+    /// Takes a token, or says how long until one is there.
+    pub fn take(&mut self, now_ns: u64, rate: u64, burst: u64) -> Result<(), std::time::Duration> {
+        let capacity = burst.max(1) as f64;
+        let elapsed_ns = self
+            .last_ns
+            .map_or(u64::MAX, |last| now_ns.saturating_sub(last));
+        self.last_ns = Some(now_ns);
+        let refill = elapsed_ns as f64 * rate as f64 / 1e9;
+        self.tokens = (self.tokens + refill).min(capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        let missing = 1.0 - self.tokens;
+        Err(std::time::Duration::from_secs_f64(
+            missing / rate.max(1) as f64,
+        ))
+    }
 }
 
 impl Connection {
@@ -537,6 +568,7 @@ impl Connection {
             blocked: false,
             read_more: false,
             write_blocked: false,
+            publish_bucket: TokenBucket::default(),
         }
     }
 
@@ -711,6 +743,22 @@ mod tests {
             }
             other => panic!("expected MSG, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_publish_bucket_allows_a_burst_then_its_rate_and_says_how_long_to_wait() {
+        let mut bucket = TokenBucket::default();
+        for _ in 0..5 {
+            assert!(bucket.take(0, 10, 5).is_ok());
+        }
+        let wait = bucket.take(0, 10, 5).unwrap_err();
+        assert_eq!(wait.as_millis(), 100, "one token per 100 ms at 10/s");
+        assert!(
+            bucket.take(50_000_000, 10, 5).is_err(),
+            "half a token after 50 ms"
+        );
+        assert!(bucket.take(100_000_000, 10, 5).is_ok());
+        assert!(bucket.take(100_000_000, 10, 5).is_err());
     }
 
     #[test]

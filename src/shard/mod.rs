@@ -20,8 +20,8 @@ mod event_loop;
 mod owner;
 pub mod pattern_groups;
 pub mod replay;
-pub mod stats;
 pub mod retry;
+pub mod stats;
 pub mod sublist;
 pub mod topics;
 pub mod wire;
@@ -79,6 +79,8 @@ pub struct ShardCounters {
     pub connections_refused: u64,
     pub slow_consumer_disconnects: u64,
     pub dead_lettered: u64,
+    /// Publishes refused for being over `--publish-rate`.
+    pub rate_limited: u64,
     pub protocol_errors: u64,
     /// Events for connections that were already gone (a stale token): counted no-ops.
     pub stale_events: u64,
@@ -97,6 +99,7 @@ impl ShardCounters {
         self.connections_refused += other.connections_refused;
         self.slow_consumer_disconnects += other.slow_consumer_disconnects;
         self.dead_lettered += other.dead_lettered;
+        self.rate_limited += other.rate_limited;
         self.protocol_errors += other.protocol_errors;
         self.stale_events += other.stale_events;
     }
@@ -220,6 +223,7 @@ impl Shard {
         shard
             .owned
             .set_created_max(shard.config.created_topics_per_shard_max());
+        shard.owned.set_auto_create(shard.config.auto_create_topics);
         shard
     }
 

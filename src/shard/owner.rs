@@ -102,12 +102,20 @@ impl Shard {
                 reply.request_id,
                 Answer::Published { seq },
             ),
-            Err(code) => self.reply_err(
-                reply.connection,
-                reply.request_id,
-                code,
-                "the message was not accepted",
-            ),
+            Err(code) => {
+                let reason = match code {
+                    ErrorCode::TopicNotFound => {
+                        "no such topic, and --auto-create-topics is off: create it first"
+                    }
+                    ErrorCode::TooManyTopics => "the broker holds --topics-max topics",
+                    ErrorCode::TooManyConsumers => {
+                        "an acked pattern group cannot get a consumer for this topic \
+                         (--consumers-max)"
+                    }
+                    _ => "the message was not accepted",
+                };
+                self.reply_err(reply.connection, reply.request_id, code, reason)
+            }
         }
     }
 

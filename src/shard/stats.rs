@@ -138,7 +138,13 @@ impl Shard {
         };
         session.answered = Some(connection);
         let partial = gathered.parts.len() < shards;
-        encode_stats(query, &gathered, (uptime, partial), connection, conn.out.replies());
+        encode_stats(
+            query,
+            &gathered,
+            (uptime, partial),
+            connection,
+            conn.out.replies(),
+        );
         self.mark_dirty(id);
         self.after_http_answer(id, connection);
     }
@@ -261,21 +267,41 @@ fn metrics_text(counters: &ShardCounters, topics: &[&TopicStats], uptime_seconds
         );
     };
     counter("published_total", "Messages sequenced.", counters.published);
-    counter("delivered_total", "Deliveries written to sockets.", counters.delivered);
-    counter("dropped_total", "Deliveries dropped under drop-oldest.", counters.dropped);
+    counter(
+        "delivered_total",
+        "Deliveries written to sockets.",
+        counters.delivered,
+    );
+    counter(
+        "dropped_total",
+        "Deliveries dropped under drop-oldest.",
+        counters.dropped,
+    );
     counter(
         "undelivered_total",
         "Deliveries still queued when their connection closed.",
         counters.undelivered,
     );
-    counter("bytes_in_total", "Bytes read from clients.", counters.bytes_in);
-    counter("bytes_out_total", "Bytes written to clients.", counters.bytes_out);
+    counter(
+        "bytes_in_total",
+        "Bytes read from clients.",
+        counters.bytes_in,
+    );
+    counter(
+        "bytes_out_total",
+        "Bytes written to clients.",
+        counters.bytes_out,
+    );
     counter(
         "slow_consumer_disconnects_total",
         "Subscribers cut as slow consumers.",
         counters.slow_consumer_disconnects,
     );
-    counter("dead_lettered_total", "Messages moved to $dlq.", counters.dead_lettered);
+    counter(
+        "dead_lettered_total",
+        "Messages moved to $dlq.",
+        counters.dead_lettered,
+    );
     let _ = writeln!(
         text,
         "# HELP corebus_topics Topics that exist.\n# TYPE corebus_topics gauge\ncorebus_topics {}",

@@ -143,6 +143,9 @@ pub struct OwnedTopics {
     created_len: usize,
     created_max: usize,
     deleted: DeletedTopics,
+    /// `--auto-create-topics`: off, only CREATE_TOPIC makes client topics (the broker's own,
+    /// `$dlq.*` and `_inbox.*`, are still made when used).
+    auto_create: bool,
 }
 
 /// The last sequence number of deleted topics, by name, so a topic made again continues the
@@ -192,6 +195,7 @@ impl OwnedTopics {
             created_len: 0,
             created_max: usize::MAX,
             deleted: DeletedTopics::default(),
+            auto_create: true,
             shards,
             pattern_matches: Vec::new(),
         }
@@ -204,6 +208,10 @@ impl OwnedTopics {
     /// Caps the topics CREATE_TOPIC may make on this shard.
     pub fn set_created_max(&mut self, created_max: usize) {
         self.created_max = created_max;
+    }
+
+    pub fn set_auto_create(&mut self, auto_create: bool) {
+        self.auto_create = auto_create;
     }
 
     /// Caps the durable consumers and groups this shard holds.
@@ -226,6 +234,13 @@ impl OwnedTopics {
         match self.topics.entry_ref(topic) {
             EntryRef::Occupied(entry) => Ok(entry.into_mut()),
             EntryRef::Vacant(_) if full => Err(ErrorCode::TooManyTopics),
+            EntryRef::Vacant(_)
+                if !self.auto_create
+                    && !topic.starts_with('$')
+                    && !topic.starts_with(INBOX_PREFIX) =>
+            {
+                Err(ErrorCode::TopicNotFound)
+            }
             EntryRef::Vacant(entry) => {
                 let last_seq = self.deleted.take(topic);
                 let limits = replay_limits_for(topic, self.replay_limits);

@@ -29,6 +29,8 @@ pub enum Answer<'a> {
     Position(TopicPosition),
     /// Refused: a stable code and a reason for people.
     Refused { code: ErrorCode, reason: &'a str },
+    /// A publish over the connection's `--publish-rate`: `RATE_LIMITED`, and when to retry.
+    Throttled { retry_after_ms: u64 },
 }
 
 /// Things the core would say that not every connection can hear: the core asks, and words
@@ -103,6 +105,16 @@ impl Wire {
                         code: code.as_u16(),
                         message: reason.as_bytes(),
                     },
+                    Answer::Throttled { retry_after_ms } => {
+                        let reason = throttled_reason(retry_after_ms);
+                        Frame::Err {
+                            request_id,
+                            code: ErrorCode::RateLimited.as_u16(),
+                            message: reason.as_bytes(),
+                        }
+                        .encode(out);
+                        return;
+                    }
                 };
                 frame.encode(out);
             }
@@ -174,6 +186,11 @@ impl Wire {
     }
 }
 
+/// The words of a `RATE_LIMITED` refusal, with the wait in them (native clients read it there).
+pub fn throttled_reason(retry_after_ms: u64) -> String {
+    format!("over --publish-rate; retry in {retry_after_ms} ms")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,7 +202,7 @@ mod tests {
 
     #[test]
     fn native_answers_are_the_ok_and_err_frames_of_the_protocol() {
-        let wire = Wire::Native { version: 4 };
+        let mut wire = Wire::Native { version: 4 };
         let mut out = Vec::new();
         wire.encode_answer(7, Answer::Published { seq: 9 }, &mut out);
         assert_eq!(
@@ -229,7 +246,8 @@ mod tests {
             }
         );
         out.clear();
-        Wire::Native { version: 2 }.encode_ended(3, ErrorCode::TopicDeleted, "gone", &mut out);
+        let mut v2 = Wire::Native { version: 2 };
+        v2.encode_ended(3, ErrorCode::TopicDeleted, "gone", &mut out);
         assert!(matches!(decoded(&out), Frame::Err { request_id: 0, .. }));
         assert!(!Wire::Native { version: 3 }.supports(Feature::Epochs));
         assert!(Wire::Native { version: 4 }.supports(Feature::Epochs));
