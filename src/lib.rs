@@ -23,7 +23,11 @@
 //!     patterns and their index), `resp_channel` (channel ↔ topic names), `resp_commands`
 //!     (the command table and Redis's error texts).
 //! - [`shard`]: what one core owns: the event loop (the only caller of `poll`), connections,
-//!   the owner's topic table, local subscriptions, the pattern trie.
+//!   the owner's topic table, local subscriptions, the pattern trie. The protocol seam: the
+//!   core's commands (`commands`) answer with protocol-neutral `Answer`s, and each connection
+//!   kind words them: `conn_native` (binary frames), `conn_http` (REST and the WebSocket
+//!   upgrade), `conn_ws` (the JSON dialects, and the cache that encodes an event once per
+//!   shard and dialect), all through `wire`; `stats` gathers stats from every shard.
 //! - [`mesh`]: the rings between shards and the closed set of messages they carry.
 //! - [`message`]: the shared, immutable message frame. [`ids`]: newtype ids.
 //! - [`client`]: the blocking Rust client. [`error`]: wire error codes and close reasons.
@@ -31,6 +35,9 @@
 //!   speaks Redis and NATS for comparisons; replay starts over a prefilled backlog).
 //!
 //! ## Architecture invariants
+//! - The topic, replay and consumer code never knows which protocol a connection speaks: it
+//!   answers with `shard::wire::Answer`s and hands deliveries to the connection, whose
+//!   `Wire` words them. A new protocol is a codec in `protocol/` plus a connection kind.
 //! - `protocol/` knows nothing about sockets, `mio` or shards: bytes in, frames out.
 //! - No locks anywhere in the broker. Shards share nothing mutable; they talk only through
 //!   the rings in `mesh/` and a `mio::Waker` each.

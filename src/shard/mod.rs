@@ -1,10 +1,19 @@
 //! What one core owns: a `mio` reactor, its listener, its connections, the topics that hash
 //! to it, and its ends of the rings to every other shard.
 //!
-//! - `event_loop`: the only caller of `poll`; accepts, reads, writes, timers, shutdown.
-//! - `commands`: what a client's frames ask for (handshake, publish, subscribe, ...).
+//! - `event_loop`: the only caller of `poll`; accepts (native and HTTP listeners), reads,
+//!   writes, timers, shutdown.
+//! - `commands`: what a client asks for (publish, subscribe, ack, create/delete topic), in
+//!   no protocol's words: handlers take parsed arguments and answer with `wire::Answer`s.
+//! - `wire`: the seam; a connection's `Wire` (native, HTTP, WebSocket) words answers,
+//!   deliveries and notices in its protocol.
+//! - the connection kinds: `conn_native` (HELLO, versions, binary frames), `conn_http` (REST,
+//!   the WebSocket upgrade), `conn_ws` (the two JSON dialects; the per-shard event cache).
+//! - `stats`: topic lists and counters gathered from every shard over the rings.
 //! - `owner`: the topic-owner side (sequencing, interest) and the handling of everything that
 //!   arrives over the rings.
+//! - `consumers`, `retry`, `replay`, `pattern_groups`: durable consumers and groups, their
+//!   retry buffers, the replay ring, acked pattern groups.
 //! - `connection`, `topics`, `sublist`: the state those work on.
 //!
 //! Architecture invariant: a shard's state is touched only by its own thread. Nothing here is
