@@ -19,6 +19,7 @@ fn codec(c: &mut Criterion) {
         quiet: true,
         topic: b"orders.eu.created",
         reply_to: None,
+        headers: &[],
         payload: &payload,
     }
     .encode(&mut publish);
@@ -36,6 +37,7 @@ fn codec(c: &mut Criterion) {
                 quiet: true,
                 topic: black_box(b"orders.eu.created"),
                 reply_to: None,
+                headers: &[],
                 payload: &payload,
             }
             .encode(&mut out);

@@ -143,6 +143,9 @@ pub struct ServeArgs {
     /// Largest `last_n` a `/ws` subscriber gets; larger asks are capped to it.
     #[arg(long, env = "COREBUS_WS_LAST_N_MAX", default_value_t = Config::default().ws_last_n_max)]
     pub ws_last_n_max: u64,
+    /// Bytes of a message's headers at most (native v4 headers; a WebSocket message's id).
+    #[arg(long, env = "COREBUS_HEADER_BYTES_MAX", default_value_t = Config::default().header_bytes_max)]
+    pub header_bytes_max: usize,
     /// Create topics on first publish or subscribe (`false`: only `topic create`, REST
     /// `POST`, or the client's create make them; others get TOPIC_NOT_FOUND).
     #[arg(long, env = "COREBUS_AUTO_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -359,6 +362,7 @@ impl ServeArgs {
             http_head_bytes_max: self.http_head_bytes_max,
             http_body_bytes_max: self.http_body_bytes_max,
             ws_last_n_max: self.ws_last_n_max,
+            header_bytes_max: self.header_bytes_max,
             auto_create_topics: self.auto_create_topics,
             publish_rate: self.publish_rate,
             publish_burst: self.publish_burst,

@@ -127,7 +127,19 @@ pub struct Delivery {
     /// 1 on first delivery.
     pub delivery_count: u16,
     pub reply_to: Option<String>,
+    /// The message's headers (native v4), in the publisher's order.
+    pub headers: Vec<(String, Vec<u8>)>,
     pub payload: Vec<u8>,
+}
+
+impl Delivery {
+    /// The value of header `name` (ASCII case-insensitive), if the message has it.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_slice())
+    }
 }
 
 enum Event {
@@ -419,6 +431,7 @@ impl Client {
             quiet: true,
             topic: topic.as_bytes(),
             reply_to: None,
+            headers: &[],
             payload,
         })
     }
@@ -433,6 +446,47 @@ impl Client {
                 quiet: false,
                 topic: topic.as_bytes(),
                 reply_to: None,
+                headers: &[],
+                payload,
+            },
+        )?;
+        let seq: [u8; 8] = data
+            .get(..8)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| Error::Protocol("publish confirm without a sequence".into()))?;
+        Ok(u64::from_be_bytes(seq))
+    }
+
+    /// Publishes a message with headers (ordered name/value pairs; protocol v4) and waits
+    /// for its sequence number. Names are 1 to 255 bytes of visible ASCII without `:`.
+    pub fn publish_with_headers(
+        &mut self,
+        topic: &str,
+        headers: &[(&str, &[u8])],
+        payload: &[u8],
+    ) -> Result<u64> {
+        if self.info.version < 4 {
+            return Err(Error::Protocol(
+                "the broker speaks a protocol version without headers (v4 needed)".into(),
+            ));
+        }
+        let mut block = Vec::new();
+        for (name, value) in headers {
+            native::put_header(&mut block, name.as_bytes(), value)
+                .map_err(|reason| Error::Protocol(format!("header {name:?}: {reason}")))?;
+        }
+        if block.len() > usize::from(u16::MAX) {
+            return Err(Error::Protocol("headers are above 65535 bytes".into()));
+        }
+        let request_id = self.request_id();
+        let data = self.call(
+            request_id,
+            Frame::Publish {
+                request_id,
+                quiet: false,
+                topic: topic.as_bytes(),
+                reply_to: None,
+                headers: &block,
                 payload,
             },
         )?;
@@ -456,6 +510,7 @@ impl Client {
             quiet: true,
             topic: topic.as_bytes(),
             reply_to: Some(reply_to.as_bytes()),
+            headers: &[],
             payload,
         })
     }
@@ -975,6 +1030,7 @@ fn route_frame(frame: Frame<'_>) -> Routed {
             delivery_count,
             topic,
             reply_to,
+            headers,
             payload,
         } => Routed::Event(
             sub_id,
@@ -984,6 +1040,12 @@ fn route_frame(frame: Frame<'_>) -> Routed {
                 timestamp_ns,
                 delivery_count,
                 reply_to: reply_to.map(|r| String::from_utf8_lossy(r).into_owned()),
+                headers: native::headers(headers)
+                    .map_while(|entry| entry.ok())
+                    .map(|(name, value)| {
+                        (String::from_utf8_lossy(name).into_owned(), value.to_vec())
+                    })
+                    .collect(),
                 payload: payload.to_vec(),
             }),
         ),

@@ -103,6 +103,9 @@ pub struct Config {
     pub http_body_bytes_max: usize,
     /// `last_n` a `/ws` (FastAPI dialect) subscriber may ask for; larger asks are capped.
     pub ws_last_n_max: u64,
+    /// Bytes of a message's header block (native v4 headers; WebSocket's id and content
+    /// type) at most.
+    pub header_bytes_max: usize,
     /// Topics come into being when first used; off, only an explicit create makes them.
     pub auto_create_topics: bool,
     /// Publishes per second one connection may make (token bucket); 0 is no limit.
@@ -162,6 +165,7 @@ impl Default for Config {
             http_head_bytes_max: 8 * 1024,
             http_body_bytes_max: 64 * 1024,
             ws_last_n_max: 1000,
+            header_bytes_max: 4096,
             auto_create_topics: true,
             publish_rate: 0,
             publish_burst: 0,
@@ -180,7 +184,8 @@ pub fn available_cores() -> usize {
 impl Config {
     /// The largest whole frame the broker accepts: a full payload plus the worst-case header.
     pub fn frame_bytes_max(&self) -> usize {
-        self.message_bytes_max + FRAME_OVERHEAD_MAX
+        // A header block is its u16 length and at most `header_bytes_max` bytes.
+        self.message_bytes_max + FRAME_OVERHEAD_MAX + 2 + self.header_bytes_max
     }
 
     pub fn connections_per_shard_max(&self) -> usize {

@@ -10,9 +10,6 @@ use std::sync::Arc;
 
 use crate::protocol::native;
 
-/// The JSON mark in a frame's flags byte (see [`Message::mark_json`]).
-const JSON_MARK: u8 = 0x01;
-
 #[derive(Clone, Debug)]
 pub struct Message {
     frame: Arc<[u8]>,
@@ -27,8 +24,18 @@ impl Message {
         reply_to: Option<&[u8]>,
         payload: &[u8],
     ) -> Message {
+        Message::from_publish_with_headers(scratch, (topic, reply_to), &[], payload)
+    }
+
+    /// Like [`Message::from_publish`], with a header block (see [`native::headers`]).
+    pub fn from_publish_with_headers(
+        scratch: &mut Vec<u8>,
+        (topic, reply_to): (&str, Option<&[u8]>),
+        headers: &[u8],
+        payload: &[u8],
+    ) -> Message {
         scratch.clear();
-        native::encode_msg_from_publish(scratch, 0, topic.as_bytes(), reply_to, payload);
+        native::encode_msg_from_publish(scratch, 0, (topic.as_bytes(), reply_to), headers, payload);
         Message {
             frame: Arc::from(&scratch[..]),
         }
@@ -54,17 +61,14 @@ impl Message {
         }
     }
 
-    /// Marks the payload as JSON text (published as JSON over WebSocket), which decides
-    /// how text protocols embed it. Kept in the frame's flags byte, which MSG leaves unused
-    /// and staging clears for native subscribers; before the owner shares the frame.
-    pub fn mark_json(&mut self) {
-        if let Some(frame) = Arc::get_mut(&mut self.frame) {
-            native::msg_set_flags(frame, JSON_MARK);
-        }
+    /// The header block (empty for none); read it with [`native::headers`].
+    pub fn headers(&self) -> &[u8] {
+        native::msg_headers(&self.frame)
     }
 
-    pub fn is_json(&self) -> bool {
-        native::msg_flags(&self.frame) & JSON_MARK != 0
+    /// The value of header `name`, if the message has it.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        native::header_value(self.headers(), name.as_bytes())
     }
 
     /// Whether both are the same message (one frame), for caches keyed by message.

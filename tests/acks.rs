@@ -648,6 +648,7 @@ fn an_acked_pattern_group_nacks_redelivers_and_dead_letters_per_topic() {
         timestamp_ns: 0,
         delivery_count: 1,
         reply_to: None,
+        headers: Vec::new(),
         payload: Vec::new(),
     };
     worker.ack_message(&jobs, &outside).unwrap();

@@ -38,6 +38,7 @@ fn publish_with_confirm_returns_the_sequence_and_ping_pongs() {
             quiet: false,
             topic: b"a.b",
             reply_to: None,
+            headers: &[],
             payload: b"x",
         });
         let data = raw.expect_ok(10 + expected_seq as u32);
@@ -71,6 +72,7 @@ fn a_subscriber_gets_msg_frames_with_its_subscription_id() {
         quiet: false,
         topic: b"news",
         reply_to: Some(b"inbox.me"),
+        headers: &[],
         payload: b"hello",
     });
     publisher.expect_ok(3);
@@ -84,6 +86,7 @@ fn a_subscriber_gets_msg_frames_with_its_subscription_id() {
             delivery_count,
             topic,
             reply_to,
+            headers: _,
             payload,
         } => {
             assert_eq!(sub_id, 77);
@@ -113,6 +116,7 @@ fn bad_commands_get_an_err_with_their_request_id_and_the_connection_stays_usable
             quiet: true,
             topic: b"bad topic",
             reply_to: None,
+            headers: &[],
             payload: b"",
         },
         2,
@@ -125,6 +129,7 @@ fn bad_commands_get_an_err_with_their_request_id_and_the_connection_stays_usable
             quiet: false,
             topic: b"a.*",
             reply_to: None,
+            headers: &[],
             payload: b"",
         },
         3,
@@ -137,6 +142,7 @@ fn bad_commands_get_an_err_with_their_request_id_and_the_connection_stays_usable
             quiet: false,
             topic: b"$sys.x",
             reply_to: None,
+            headers: &[],
             payload: b"",
         },
         4,
@@ -221,6 +227,7 @@ fn a_payload_over_the_limit_is_refused_and_the_stream_continues() {
         quiet: false,
         topic: b"t",
         reply_to: None,
+        headers: &[],
         payload: &[0u8; 101],
     });
     assert_eq!(raw.expect_err(), (2, ErrorCode::MessageTooLarge.as_u16()));
@@ -229,6 +236,7 @@ fn a_payload_over_the_limit_is_refused_and_the_stream_continues() {
         quiet: false,
         topic: b"t",
         reply_to: None,
+        headers: &[],
         payload: &[0u8; 100],
     });
     assert_eq!(raw.expect_ok(3), 1u64.to_be_bytes());
@@ -441,6 +449,7 @@ fn a_start_beyond_the_topics_end_or_in_another_epoch_is_refused_with_the_positio
             quiet: false,
             topic: b"resume.t",
             reply_to: None,
+            headers: &[],
             payload: b"x",
         });
         raw.expect_ok(request_id);
@@ -514,4 +523,74 @@ fn a_start_beyond_the_topics_end_or_in_another_epoch_is_refused_with_the_positio
         options: &options,
     });
     assert_eq!(raw.expect_err(), (14, ErrorCode::StartBeyondEnd.as_u16()));
+}
+
+#[test]
+fn headers_reach_v4_subscribers_and_older_ones_get_the_message_without_them() {
+    let broker = start(config(2));
+    let addr = broker.native_addr();
+    let subscribe = |raw: &mut RawConnection| {
+        raw.send(Frame::Subscribe {
+            request_id: 2,
+            sub_id: 5,
+            topic: b"hdr.t",
+            options: b"",
+        });
+        raw.expect_ok(2);
+    };
+    let mut v4 = RawConnection::handshaken(addr);
+    let mut v3 = RawConnection::handshaken_at(addr, 3);
+    subscribe(&mut v4);
+    subscribe(&mut v3);
+    let mut publisher = client(addr);
+    let seq = publisher
+        .publish_with_headers(
+            "hdr.t",
+            &[("id", b"order-9"), ("content-type", b"application/json")],
+            b"{\"a\":1}",
+        )
+        .unwrap();
+    let mut block = Vec::new();
+    native::put_header(&mut block, b"id", b"order-9").unwrap();
+    native::put_header(&mut block, b"content-type", b"application/json").unwrap();
+    for (raw, headers) in [(&mut v4, &block[..]), (&mut v3, &[][..])] {
+        let bytes = raw.next_frame_bytes().unwrap();
+        match native::decode(&bytes, 1 << 20).unwrap().unwrap().0 {
+            Frame::Msg {
+                sub_id: 5,
+                seq: got,
+                headers: got_headers,
+                payload,
+                ..
+            } => {
+                assert_eq!(got, seq);
+                assert_eq!(got_headers, headers);
+                assert_eq!(payload, b"{\"a\":1}");
+            }
+            other => panic!("expected MSG, got {other:?}"),
+        }
+    }
+    // A v3 client may not send headers; a malformed block is refused, the stream goes on.
+    let mut old = RawConnection::handshaken_at(addr, 3);
+    old.send(Frame::Publish {
+        request_id: 9,
+        quiet: false,
+        topic: b"hdr.t",
+        reply_to: None,
+        headers: &block,
+        payload: b"x",
+    });
+    assert_eq!(old.expect_err(), (9, ErrorCode::BadFrame.as_u16()));
+    let mut bad = Vec::new();
+    Frame::Publish {
+        request_id: 10,
+        quiet: false,
+        topic: b"hdr.t",
+        reply_to: None,
+        headers: &[3, b'i', b'd'],
+        payload: b"x",
+    }
+    .encode(&mut bad);
+    v4.send_bytes(&bad);
+    assert_eq!(v4.expect_err(), (10, ErrorCode::BadFrame.as_u16()));
 }

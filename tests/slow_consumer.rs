@@ -904,6 +904,7 @@ fn a_burst_reaches_a_fast_subscriber(outbound_bytes_max: usize) {
             quiet: true,
             topic: topic.as_bytes(),
             reply_to: None,
+            headers: &[],
             payload: &payload(index),
         }
         .encode(&mut bytes);
@@ -914,6 +915,7 @@ fn a_burst_reaches_a_fast_subscriber(outbound_bytes_max: usize) {
         quiet: false,
         topic: topic.as_bytes(),
         reply_to: None,
+        headers: &[],
         payload: &payload(BURST_MESSAGES),
     });
     assert_eq!(

@@ -317,13 +317,14 @@ fn reflect(
             quiet,
             topic,
             reply_to,
+            headers,
             payload,
         } => {
             let entry = topics.by_name.entry(topic.into()).or_default();
             entry.last_seq += 1;
             if !entry.subscribers.is_empty() {
                 scratch.clear();
-                native::encode_msg_from_publish(scratch, 0, topic, reply_to, payload);
+                native::encode_msg_from_publish(scratch, 0, (topic, reply_to), headers, payload);
                 native::msg_set_seq(scratch, entry.last_seq);
                 for &(key, sub_id) in &entry.subscribers {
                     if let Some(conn) = connections.get_mut(key) {

@@ -412,6 +412,7 @@ impl PublishTemplate {
                     quiet: true,
                     topic: topic.as_bytes(),
                     reply_to: None,
+                    headers: &[],
                     payload: &payload,
                 }
                 .encode(&mut frame);
@@ -447,6 +448,7 @@ impl PublishTemplate {
             quiet: false,
             topic: topic.as_bytes(),
             reply_to: None,
+            headers: &[],
             payload: &payload,
         }
         .encode(&mut frame);
@@ -856,6 +858,7 @@ mod tests {
             quiet: true,
             topic: b"bench.a.t3",
             reply_to: None,
+            headers: &[],
             payload: &payload,
         }
         .encode(&mut expected);
@@ -876,6 +879,7 @@ mod tests {
             quiet: false,
             topic: b"bench.a.t3",
             reply_to: None,
+            headers: &[],
             payload: &payload,
         }
         .encode(&mut expected);
@@ -1049,7 +1053,7 @@ mod tests {
             data: &[0, 1, 0, 0, 0, 0, 1, 0],
         }
         .encode(&mut buf);
-        native::encode_msg_from_publish(&mut buf, 5, b"b.x.t2", None, b"pay");
+        native::encode_msg_from_publish(&mut buf, 5, (b"b.x.t2", None), &[], b"pay");
         let at = buf.len() - (native::MSG_PREFIX_LEN + 1 + 6 + 1 + 3);
         native::msg_set_sub_id(&mut buf[at..], 2);
         Frame::Dropped {

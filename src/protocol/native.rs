@@ -94,6 +94,22 @@
 //! | 2 + T     | R    | `reply_to`  | topic the receivers should answer on         |
 //! | 2 + T + R | rest | `payload`   | opaque message, may be empty                 |
 //!
+//! With `PUBLISH_HEADERS` (`0x02`, v4) a header block sits between `reply_to` and `payload`:
+//!
+//! | Offset    | Size | Field         | Meaning                                    |
+//! |----------:|-----:|---------------|--------------------------------------------|
+//! | 2 + T + R | 2    | `headers_len` | `H`, bytes of the entries that follow      |
+//! | 4 + T + R | H    | `headers`     | entries, in order (below)                  |
+//! | 4 + T + R + H | rest | `payload` | opaque message                            |
+//!
+//! Each entry is `name_len: u8` (1 to 255), `name` (visible ASCII, no `:`), `value_len: u16`,
+//! `value` (any bytes). Names may repeat; order is kept. An entry that runs past the block, an
+//! empty name or one with other bytes is `BAD_FRAME`; a block above the broker's
+//! `--header-bytes-max` is `MESSAGE_TOO_LARGE`. Headers ride with the message through replay,
+//! redelivery and dead letters. Known names: `id` (the publisher's message id, shown by the
+//! WebSocket dialects) and `content-type` (`application/json` makes WebSocket clients see the
+//! payload as JSON). A v1 to v3 connection must not set the flag (`BAD_FRAME`).
+//!
 //! With `PUBLISH_QUIET` the broker sends no OK, but still sends ERR on failure, which lets
 //! fire-and-forget publishers skip a reply per message without losing error reports.
 //!
@@ -220,6 +236,10 @@
 //! | 20 + T     | R    | `reply_to`       | as given by the publisher                      |
 //! | 20 + T + R | rest | `payload`        | as given by the publisher                      |
 //!
+//! With `MSG_HEADERS` (`0x01`, v4) the header block of the PUBLISH sits between `reply_to`
+//! and `payload`, exactly as in PUBLISH. A v1 to v3 connection gets every MSG without it (and
+//! without the flag): the same message, minus its headers.
+//!
 //! From `topic_len` on, the body is byte-for-byte a PUBLISH body: the broker builds a MSG by
 //! putting 18 bytes in front of what the publisher sent, i.e. a MSG frame is
 //! [`MSG_PREFIX_LEN`] (30) bytes followed by the PUBLISH body.
@@ -271,6 +291,8 @@
 //! | Opcode  | Bit    | Name            | Meaning                                  |
 //! |---------|--------|-----------------|------------------------------------------|
 //! | PUBLISH | `0x01` | `PUBLISH_QUIET` | no OK reply; ERR is still sent           |
+//! | PUBLISH | `0x02` | `PUBLISH_HEADERS` (v4) | a header block follows `reply_to` |
+//! | MSG     | `0x01` | `MSG_HEADERS` (v4) | a header block follows `reply_to`     |
 //!
 //! Every other bit of every opcode is reserved and must be 0; a frame with an undefined bit set
 //! is rejected with `BAD_FRAME` rather than ignored, so that a future meaning is never silently
@@ -357,7 +379,8 @@ use crate::error::ErrorCode;
 ///
 /// - v2: SUBSCRIBE options (start, durable consumers, groups, ACKS), ACK, GAP.
 /// - v3: CREATE_TOPIC, DELETE_TOPIC, ENDED, acked pattern groups, the topic in ACK and GAP.
-/// - v4: the SUBSCRIBE option `EPOCH`, so a resume from another epoch is refused.
+/// - v4: the SUBSCRIBE option `EPOCH`, so a resume from another epoch is refused; message
+///   headers in PUBLISH and MSG.
 pub const PROTOCOL_VERSION: u16 = 4;
 /// The oldest version the broker still speaks: v1 clients keep working (they cannot send
 /// SUBSCRIBE options, and never receive GAP); v2 clients get 16-byte GAP bodies.
@@ -371,6 +394,10 @@ pub const HEADER_LEN: usize = 12;
 pub const MSG_PREFIX_LEN: usize = HEADER_LEN + 8 + 8 + 2;
 /// PUBLISH flag: do not send OK (ERR is still sent).
 pub const PUBLISH_QUIET: u8 = 0x01;
+/// PUBLISH flag (v4): a header block follows the reply topic.
+pub const PUBLISH_HEADERS: u8 = 0x02;
+/// MSG flag (v4): a header block follows the reply topic.
+pub const MSG_HEADERS: u8 = 0x01;
 /// ACK flag (v2): acknowledge every in-flight message up to and including `seq`.
 pub const ACK_CUMULATIVE: u8 = 0x01;
 /// ACK flag (v2): negative acknowledgement, redeliver `seq` at once.
@@ -450,7 +477,8 @@ impl Opcode {
     /// Flag bits defined for this opcode; any other set bit makes the frame invalid.
     fn allowed_flags(self) -> u8 {
         match self {
-            Opcode::Publish => PUBLISH_QUIET,
+            Opcode::Publish => PUBLISH_QUIET | PUBLISH_HEADERS,
+            Opcode::Msg => MSG_HEADERS,
             Opcode::Ack => ACK_CUMULATIVE | ACK_NACK,
             _ => 0,
         }
@@ -473,6 +501,8 @@ pub enum Frame<'a> {
         quiet: bool,
         topic: &'a [u8],
         reply_to: Option<&'a [u8]>,
+        /// The header block (v4), empty for none; see [`headers`].
+        headers: &'a [u8],
         payload: &'a [u8],
     },
     Subscribe {
@@ -524,6 +554,8 @@ pub enum Frame<'a> {
         delivery_count: u16,
         topic: &'a [u8],
         reply_to: Option<&'a [u8]>,
+        /// The header block (v4), empty for none.
+        headers: &'a [u8],
         payload: &'a [u8],
     },
     Pong {
@@ -594,7 +626,17 @@ impl Frame<'_> {
 
     fn flags(&self) -> u8 {
         match self {
-            Frame::Publish { quiet: true, .. } => PUBLISH_QUIET,
+            Frame::Publish { quiet, headers, .. } => {
+                let mut flags = 0;
+                if *quiet {
+                    flags |= PUBLISH_QUIET;
+                }
+                if !headers.is_empty() {
+                    flags |= PUBLISH_HEADERS;
+                }
+                flags
+            }
+            Frame::Msg { headers, .. } if !headers.is_empty() => MSG_HEADERS,
             Frame::Ack {
                 kind: AckKind::Cumulative,
                 ..
@@ -613,9 +655,10 @@ impl Frame<'_> {
             Frame::Publish {
                 topic,
                 reply_to,
+                headers,
                 payload,
                 ..
-            } => publish_body_len(topic, *reply_to, payload),
+            } => publish_body_len(topic, *reply_to, headers, payload),
             Frame::Subscribe { topic, options, .. } => 4 + 1 + topic.len() + options.len(),
             Frame::Unsubscribe { .. } => 4,
             Frame::Ack { topic: [], .. } => 12,
@@ -629,9 +672,10 @@ impl Frame<'_> {
             Frame::Msg {
                 topic,
                 reply_to,
+                headers,
                 payload,
                 ..
-            } => MSG_FIXED_LEN + publish_body_len(topic, *reply_to, payload),
+            } => MSG_FIXED_LEN + publish_body_len(topic, *reply_to, headers, payload),
             Frame::Dropped { .. } => 8,
             Frame::Gap { topic: [], .. } => 16,
             Frame::Gap { topic, .. } => 16 + 1 + topic.len(),
@@ -673,9 +717,10 @@ impl Frame<'_> {
             Frame::Publish {
                 topic,
                 reply_to,
+                headers,
                 payload,
                 ..
-            } => put_publish_body(out, topic, reply_to, payload),
+            } => put_publish_body(out, topic, reply_to, headers, payload),
             Frame::Subscribe {
                 sub_id,
                 topic,
@@ -717,13 +762,14 @@ impl Frame<'_> {
                 delivery_count,
                 topic,
                 reply_to,
+                headers,
                 payload,
                 ..
             } => {
                 out.extend_from_slice(&seq.to_be_bytes());
                 out.extend_from_slice(&timestamp_ns.to_be_bytes());
                 out.extend_from_slice(&delivery_count.to_be_bytes());
-                put_publish_body(out, topic, reply_to, payload);
+                put_publish_body(out, topic, reply_to, headers, payload);
             }
             Frame::Dropped { count, .. } => out.extend_from_slice(&count.to_be_bytes()),
             Frame::Gap {
@@ -742,8 +788,18 @@ impl Frame<'_> {
     }
 }
 
-fn publish_body_len(topic: &[u8], reply_to: Option<&[u8]>, payload: &[u8]) -> usize {
-    1 + topic.len() + 1 + reply_to.map_or(0, <[u8]>::len) + payload.len()
+fn publish_body_len(
+    topic: &[u8],
+    reply_to: Option<&[u8]>,
+    headers: &[u8],
+    payload: &[u8],
+) -> usize {
+    let header_block = if headers.is_empty() {
+        0
+    } else {
+        2 + headers.len()
+    };
+    1 + topic.len() + 1 + reply_to.map_or(0, <[u8]>::len) + header_block + payload.len()
 }
 
 fn put_short(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -753,10 +809,88 @@ fn put_short(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-fn put_publish_body(out: &mut Vec<u8>, topic: &[u8], reply_to: Option<&[u8]>, payload: &[u8]) {
+fn put_publish_body(
+    out: &mut Vec<u8>,
+    topic: &[u8],
+    reply_to: Option<&[u8]>,
+    headers: &[u8],
+    payload: &[u8],
+) {
     put_short(out, topic);
     put_short(out, reply_to.unwrap_or(&[]));
+    if !headers.is_empty() {
+        let len = u16::try_from(headers.len()).expect("header block longer than 65535 bytes");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(headers);
+    }
     out.extend_from_slice(payload);
+}
+
+/// Longest header name.
+pub const HEADER_NAME_BYTES_MAX: usize = u8::MAX as usize;
+
+/// Appends one header entry to a header block: `name_len: u8`, `name`, `value_len: u16`,
+/// `value`. Names are 1 to 255 bytes of visible ASCII without `:`; values up to 65535 bytes.
+pub fn put_header(block: &mut Vec<u8>, name: &[u8], value: &[u8]) -> Result<(), &'static str> {
+    check_header_name(name)?;
+    let value_len =
+        u16::try_from(value.len()).map_err(|_| "a header value is above 65535 bytes")?;
+    block.push(name.len() as u8);
+    block.extend_from_slice(name);
+    block.extend_from_slice(&value_len.to_be_bytes());
+    block.extend_from_slice(value);
+    Ok(())
+}
+
+fn check_header_name(name: &[u8]) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > HEADER_NAME_BYTES_MAX {
+        return Err("a header name is 1 to 255 bytes");
+    }
+    if !name.iter().all(|&b| b.is_ascii_graphic() && b != b':') {
+        return Err("a header name is visible ASCII without ':'");
+    }
+    Ok(())
+}
+
+/// The entries of a header block, in order. Yields an error (and stops) at the first entry
+/// that does not parse, so a block is valid exactly when no item is an error.
+pub fn headers(block: &[u8]) -> impl Iterator<Item = Result<(&[u8], &[u8]), &'static str>> {
+    let mut rest = block;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let parsed = (|| {
+            let (&name_len, after) = rest.split_first()?;
+            let name = after.get(..usize::from(name_len))?;
+            let after = &after[usize::from(name_len)..];
+            let value_len = u16::from_be_bytes([*after.first()?, *after.get(1)?]);
+            let value = after.get(2..2 + usize::from(value_len))?;
+            Some((name, value, &after[2 + usize::from(value_len)..]))
+        })();
+        match parsed {
+            Some((name, value, after)) => {
+                if let Err(reason) = check_header_name(name) {
+                    rest = &[];
+                    return Some(Err(reason));
+                }
+                rest = after;
+                Some(Ok((name, value)))
+            }
+            None => {
+                rest = &[];
+                Some(Err("a header entry runs past its block"))
+            }
+        }
+    })
+}
+
+/// The value of the first header named `name` (ASCII case-insensitive), if the block has one.
+pub fn header_value<'b>(block: &'b [u8], name: &[u8]) -> Option<&'b [u8]> {
+    headers(block)
+        .map_while(Result::ok)
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -866,12 +1000,18 @@ fn decode_body(
             }
         }
         Opcode::Publish => {
-            let (topic, reply_to, payload) = r.publish_body().ok_or(NAME_OVERRUN)?;
+            let (topic, reply_to, headers, payload) = r
+                .publish_body(flags & PUBLISH_HEADERS != 0)
+                .ok_or(NAME_OVERRUN)?;
+            if let Some(Err(reason)) = self::headers(headers).find(Result::is_err) {
+                return Err(reason);
+            }
             Frame::Publish {
                 request_id: id,
                 quiet: flags & PUBLISH_QUIET != 0,
                 topic,
                 reply_to,
+                headers,
                 payload,
             }
         }
@@ -958,7 +1098,12 @@ fn decode_body(
                 (Some(s), Some(t), Some(d)) => (s, t, d),
                 _ => return Err(SHORT_BODY),
             };
-            let (topic, reply_to, payload) = r.publish_body().ok_or(NAME_OVERRUN)?;
+            let (topic, reply_to, headers, payload) = r
+                .publish_body(flags & MSG_HEADERS != 0)
+                .ok_or(NAME_OVERRUN)?;
+            if let Some(Err(reason)) = self::headers(headers).find(Result::is_err) {
+                return Err(reason);
+            }
             Frame::Msg {
                 sub_id: id,
                 seq,
@@ -966,6 +1111,7 @@ fn decode_body(
                 delivery_count,
                 topic,
                 reply_to,
+                headers,
                 payload,
             }
         }
@@ -996,7 +1142,7 @@ fn decode_body(
 }
 
 /// Topic, reply topic and payload of a PUBLISH body or a MSG suffix.
-type PublishParts<'a> = (&'a [u8], Option<&'a [u8]>, &'a [u8]);
+type PublishParts<'a> = (&'a [u8], Option<&'a [u8]>, &'a [u8], &'a [u8]);
 
 /// Bounds-checked cursor over a frame; every read returns `None` instead of panicking, which
 /// is what keeps [`decode`] total over arbitrary input.
@@ -1049,10 +1195,18 @@ impl<'a> Reader<'a> {
         self.0.is_empty().then_some(())
     }
 
-    fn publish_body(mut self) -> Option<PublishParts<'a>> {
+    fn publish_body(mut self, with_headers: bool) -> Option<PublishParts<'a>> {
         let topic = self.short()??;
         let reply = self.short()??;
-        Some((topic, (!reply.is_empty()).then_some(reply), self.0))
+        let headers = if with_headers {
+            let len = usize::from(self.u16()?);
+            let block = self.0.get(..len)?;
+            self.0 = &self.0[len..];
+            block
+        } else {
+            &[]
+        };
+        Some((topic, (!reply.is_empty()).then_some(reply), headers, self.0))
     }
 }
 
@@ -1066,8 +1220,8 @@ impl<'a> Reader<'a> {
 pub fn encode_msg_from_publish(
     out: &mut Vec<u8>,
     timestamp_ns: u64,
-    topic: &[u8],
-    reply_to: Option<&[u8]>,
+    (topic, reply_to): (&[u8], Option<&[u8]>),
+    headers: &[u8],
     payload: &[u8],
 ) {
     Frame::Msg {
@@ -1077,6 +1231,7 @@ pub fn encode_msg_from_publish(
         delivery_count: 1,
         topic,
         reply_to,
+        headers,
         payload,
     }
     .encode(out);
@@ -1106,22 +1261,11 @@ pub fn msg_set_sub_id(frame: &mut [u8], sub_id: u32) {
     put_at(frame, ID_OFFSET, sub_id.to_be_bytes());
 }
 
-/// The `flags` byte of a MSG frame; MSG defines no flag, so the broker may use it for its own
-/// marks while the frame is inside it, and clears it on the way out.
+/// The `flags` byte of a frame.
 const FLAGS_OFFSET: usize = 5;
 
 pub fn msg_flags(frame: &[u8]) -> u8 {
     frame.get(FLAGS_OFFSET).copied().unwrap_or(0)
-}
-
-pub fn msg_set_flags(frame: &mut [u8], flags: u8) {
-    if let Some(byte) = frame.get_mut(FLAGS_OFFSET) {
-        *byte = flags;
-    }
-}
-
-pub fn msg_clear_flags(frame: &mut [u8]) {
-    msg_set_flags(frame, 0);
 }
 
 pub fn msg_set_seq(frame: &mut [u8], seq: u64) {
@@ -1153,10 +1297,50 @@ pub fn msg_topic(frame: &[u8]) -> &[u8] {
     &frame[MSG_PREFIX_LEN + 1..][..usize::from(topic_len)]
 }
 
-pub fn msg_payload(frame: &[u8]) -> &[u8] {
+/// Where a MSG frame's header block (its `u16` length) or, without headers, its payload
+/// starts.
+fn msg_after_reply(frame: &[u8]) -> usize {
     let reply_len_at = MSG_PREFIX_LEN + 1 + msg_topic(frame).len();
     let [reply_len] = get_at(frame, reply_len_at);
-    &frame[reply_len_at + 1 + usize::from(reply_len)..]
+    reply_len_at + 1 + usize::from(reply_len)
+}
+
+/// The header block of a MSG frame (empty without headers).
+pub fn msg_headers(frame: &[u8]) -> &[u8] {
+    if msg_flags(frame) & MSG_HEADERS == 0 {
+        return &[];
+    }
+    let at = msg_after_reply(frame);
+    let len = u16::from_be_bytes(get_at(frame, at));
+    &frame[at + 2..][..usize::from(len)]
+}
+
+pub fn msg_payload(frame: &[u8]) -> &[u8] {
+    let at = msg_after_reply(frame);
+    if msg_flags(frame) & MSG_HEADERS == 0 {
+        return &frame[at..];
+    }
+    let len = u16::from_be_bytes(get_at(frame, at));
+    &frame[at + 2 + usize::from(len)..]
+}
+
+/// Appends a MSG frame as a client of protocol version `version` reads it: as is from v4,
+/// without its header block before (the length fixed, the flag cleared), and with the
+/// subscription id patched in. The broker's fan-out calls this once per delivery.
+pub fn stage_msg(out: &mut Vec<u8>, frame: &[u8], sub_id: u32, version: u16) {
+    let at = out.len();
+    if version >= 4 || msg_flags(frame) & MSG_HEADERS == 0 {
+        out.extend_from_slice(frame);
+    } else {
+        let headers_at = msg_after_reply(frame);
+        let block = 2 + msg_headers(frame).len();
+        out.extend_from_slice(&frame[..headers_at]);
+        out.extend_from_slice(&frame[headers_at + block..]);
+        let length = u32::from_be_bytes(get_at(frame, 0)) - block as u32;
+        out[at..at + 4].copy_from_slice(&length.to_be_bytes());
+        out[at + FLAGS_OFFSET] = 0;
+    }
+    out[at + ID_OFFSET..at + ID_OFFSET + 4].copy_from_slice(&sub_id.to_be_bytes());
 }
 
 #[cfg(test)]
@@ -1286,6 +1470,7 @@ mod tests {
                 quiet: true,
                 topic: b"a.b",
                 reply_to: Some(b"r"),
+                headers: &[],
                 payload: b"hi",
             }),
         );
@@ -1299,6 +1484,7 @@ mod tests {
                 quiet: false,
                 topic: b"t.a",
                 reply_to: None,
+                headers: &[],
                 payload: b"hi",
             }),
         );
@@ -1309,6 +1495,7 @@ mod tests {
                 quiet: false,
                 topic: b"",
                 reply_to: None,
+                headers: &[],
                 payload: b"",
             }),
         );
@@ -1469,6 +1656,7 @@ mod tests {
                 delivery_count: 1,
                 topic: b"t",
                 reply_to: None,
+                headers: &[],
                 payload: b"p",
             }),
         );
@@ -1651,13 +1839,13 @@ mod tests {
         encode_msg_from_publish(
             &mut frame,
             1_700_000_000_123_456_789,
-            b"orders.eu",
-            Some(b"inbox.7"),
+            (b"orders.eu", Some(b"inbox.7")),
+            &[],
             b"{}",
         );
         assert_eq!(
             frame.len(),
-            MSG_PREFIX_LEN + publish_body_len(b"orders.eu", Some(b"inbox.7"), b"{}")
+            MSG_PREFIX_LEN + publish_body_len(b"orders.eu", Some(b"inbox.7"), &[], b"{}")
         );
         assert_eq!(msg_seq(&frame), 0);
         msg_set_seq(&mut frame, 41);
@@ -1674,6 +1862,7 @@ mod tests {
             delivery_count: 3,
             topic: b"orders.eu",
             reply_to: Some(b"inbox.7"),
+            headers: &[],
             payload: b"{}",
         };
         assert_eq!(decode(&frame, LIMIT), Ok(Some((expected, frame.len()))));
@@ -1685,13 +1874,14 @@ mod tests {
             quiet: false,
             topic: b"orders.eu",
             reply_to: Some(b"inbox.7"),
+            headers: &[],
             payload: b"{}",
         }
         .encode(&mut publish);
         assert_eq!(frame[MSG_PREFIX_LEN..], publish[HEADER_LEN..]);
 
         let mut bare = Vec::new();
-        encode_msg_from_publish(&mut bare, 0, b"", None, b"");
+        encode_msg_from_publish(&mut bare, 0, (b"", None), &[], b"");
         assert_eq!(msg_topic(&bare), b"");
         assert_eq!(msg_payload(&bare), b"");
         assert!(matches!(
@@ -1717,6 +1907,7 @@ mod tests {
                 quiet: false,
                 topic: &name,
                 reply_to: Some(&name),
+                headers: &[],
                 payload: &payload,
             },
             Frame::Msg {
@@ -1726,6 +1917,7 @@ mod tests {
                 delivery_count: 1,
                 topic: &name,
                 reply_to: Some(&name),
+                headers: &[],
                 payload: &payload,
             },
         ];
@@ -1785,6 +1977,7 @@ mod tests {
                     quiet: *q,
                     topic: t,
                     reply_to: r.as_deref(),
+                    headers: &[],
                     payload: p,
                 },
                 Owned::Subscribe(id, s, t, o) => Frame::Subscribe {
@@ -1835,6 +2028,7 @@ mod tests {
                     delivery_count: *dc,
                     topic: t,
                     reply_to: r.as_deref(),
+                    headers: &[],
                     payload: p,
                 },
                 Owned::Pong(id) => Frame::Pong { request_id: *id },

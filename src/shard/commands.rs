@@ -27,11 +27,11 @@ use super::{Flow, PendingSubscribe, Shard};
 pub(super) struct Publish<'a> {
     pub topic: &'a [u8],
     pub reply_to: Option<&'a [u8]>,
+    /// A header block (see `protocol::native::headers`), empty for none.
+    pub headers: &'a [u8],
     pub payload: &'a [u8],
     /// Answered only if refused (native `PUBLISH_QUIET`).
     pub quiet: bool,
-    /// The payload is JSON text (published as JSON over WebSocket).
-    pub json: bool,
 }
 
 impl Shard {
@@ -45,9 +45,9 @@ impl Shard {
         let Publish {
             topic: topic_bytes,
             reply_to,
+            headers,
             payload,
             quiet,
-            json,
         } = publish;
         let topic = match topic::parse_publish_topic(topic_bytes) {
             Ok(topic) => topic,
@@ -61,6 +61,15 @@ impl Shard {
                 self.reply_err(id, request_id, ErrorCode::BadTopic, error.reason());
                 return Flow::Continue;
             }
+        }
+        if headers.len() > self.config.header_bytes_max {
+            self.reply_err(
+                id,
+                request_id,
+                ErrorCode::MessageTooLarge,
+                "headers are larger than --header-bytes-max",
+            );
+            return Flow::Continue;
         }
         if payload.len() > self.config.message_bytes_max {
             self.reply_err(
@@ -98,10 +107,12 @@ impl Shard {
                 return Flow::Continue;
             }
         }
-        let mut message = Message::from_publish(&mut self.encode_scratch, topic, reply_to, payload);
-        if json {
-            message.mark_json();
-        }
+        let message = Message::from_publish_with_headers(
+            &mut self.encode_scratch,
+            (topic, reply_to),
+            headers,
+            payload,
+        );
         let reply = ReplyTarget {
             connection: id,
             request_id,

@@ -88,18 +88,31 @@ impl Shard {
                 quiet,
                 topic,
                 reply_to,
+                headers,
                 payload,
-            } => self.handle_publish(
-                id,
-                request_id,
-                Publish {
-                    topic,
-                    reply_to,
-                    payload,
-                    quiet,
-                    json: false,
-                },
-            ),
+            } => {
+                if !headers.is_empty() && self.protocol_version(id) < 4 {
+                    self.counters.protocol_errors += 1;
+                    self.reply_err(
+                        id,
+                        request_id,
+                        ErrorCode::BadFrame,
+                        "PUBLISH headers need protocol version 4",
+                    );
+                    return Flow::Continue;
+                }
+                self.handle_publish(
+                    id,
+                    request_id,
+                    Publish {
+                        topic,
+                        reply_to,
+                        headers,
+                        payload,
+                        quiet,
+                    },
+                )
+            }
             Frame::Subscribe {
                 request_id,
                 sub_id,

@@ -22,13 +22,13 @@ use slab::Slab;
 use crate::error::{CloseReason, ErrorCode};
 use crate::ids::ConnectionId;
 use crate::message::Message;
-use crate::protocol::payload;
 use crate::protocol::subscribe_options::{Start, SubscribeOptions};
 use crate::protocol::topic::SubjectKind;
 use crate::protocol::websocket::{self, close_code, Decoder, Event};
 use crate::protocol::ws_fastapi::{self, AckFor, ErrorDetails, FastApiCode, FastApiRequest};
 use crate::protocol::ws_fiber::{self, FiberCode, FiberEvent, FiberRequest};
 use crate::protocol::ws_json::MessageId;
+use crate::protocol::{native, payload};
 
 use super::commands::{unix_time_ns, Publish};
 use super::connection::ConnState;
@@ -300,17 +300,18 @@ impl EventCache {
     }
 }
 
-/// The payload's wire form for WebSocket clients. Until messages carry headers, a payload is
-/// taken as JSON when it was published as JSON (the message's JSON mark).
-fn content_type(message: &Message) -> Option<&'static [u8]> {
-    message
-        .is_json()
-        .then_some(payload::CONTENT_TYPE_JSON.as_bytes())
+/// The payload's wire form for WebSocket clients follows its `content-type` header.
+fn content_type(message: &Message) -> Option<&[u8]> {
+    message.header(payload::CONTENT_TYPE_HEADER)
 }
 
 fn encode_event(format: EventFormat, message: &Message, epoch: u64) -> Vec<u8> {
     let mut text = Vec::with_capacity(message.payload().len() + 128);
-    let id = MessageId::pick(None, epoch, message.seq());
+    // The publisher's id if it gave one (header `id`), else one derived from (epoch, seq).
+    let publisher_id = message
+        .header(payload::ID_HEADER)
+        .and_then(|id| std::str::from_utf8(id).ok());
+    let id = MessageId::pick(publisher_id, epoch, message.seq());
     match format {
         EventFormat::Fiber { seq } => ws_fiber::encode_event(
             &FiberEvent {
@@ -504,13 +505,13 @@ impl Shard {
             } => self.ws_unsubscribe(id, request_id, topic),
             FiberRequest::Publish {
                 topic,
+                message_id,
                 payload,
                 request_id,
-                ..
             } => {
                 let mut stored = Vec::with_capacity(payload.get().len());
                 payload::store_json(payload.0, &mut stored);
-                self.ws_publish(id, (request_id, topic), &stored)
+                self.ws_publish(id, (request_id, topic), message_id.as_deref(), &stored)
             }
             FiberRequest::Ack {
                 topic,
@@ -552,7 +553,7 @@ impl Shard {
             FastApiRequest::Publish { topic, data } => {
                 let mut stored = Vec::with_capacity(data.get().len());
                 payload::store_json(data.0, &mut stored);
-                self.ws_publish(id, (None, topic), &stored)
+                self.ws_publish(id, (None, topic), None, &stored)
             }
         }
     }
@@ -583,8 +584,39 @@ impl Shard {
         &mut self,
         id: ConnectionId,
         (request_id, topic): (Option<Cow<'_, str>>, Cow<'_, str>),
+        message_id: Option<&str>,
         stored: &[u8],
     ) -> Flow {
+        // The payload is JSON: say so, so every protocol can show it as such; and keep the
+        // publisher's id. An id too long for a header is refused like any bad field.
+        let mut headers = Vec::with_capacity(64);
+        let _ = native::put_header(
+            &mut headers,
+            payload::CONTENT_TYPE_HEADER.as_bytes(),
+            payload::CONTENT_TYPE_JSON.as_bytes(),
+        );
+        if let Some(message_id) = message_id {
+            if native::put_header(
+                &mut headers,
+                payload::ID_HEADER.as_bytes(),
+                message_id.as_bytes(),
+            )
+            .is_err()
+            {
+                let mut text = Vec::new();
+                if let Some(Wire::WebSocket(session)) = self.connection_mut(id).map(|c| &c.wire) {
+                    session.encode_error(
+                        request_id.as_deref(),
+                        ErrorCode::BadFrame,
+                        "message.id is longer than 65535 bytes",
+                        unix_time_ns(),
+                        &mut text,
+                    );
+                }
+                self.ws_send(id, &text);
+                return Flow::Continue;
+            }
+        }
         let Some(request) = self.ws_track(
             id,
             PendingRequest {
@@ -602,9 +634,9 @@ impl Shard {
             Publish {
                 topic: topic.as_bytes(),
                 reply_to: None,
+                headers: &headers,
                 payload: stored,
                 quiet: false,
-                json: true,
             },
         );
         if flow == Flow::Blocked {

@@ -418,11 +418,11 @@ impl Outbound {
             self.pending_bytes -= queued.frame_len();
             match queued {
                 Queued::Message(message) => {
-                    let at = self.write_buf.len();
-                    self.write_buf.extend_from_slice(message.frame());
-                    native::msg_set_sub_id(&mut self.write_buf[at..], sub_id);
-                    // The JSON mark is the broker's own; on the native wire the flags are 0.
-                    native::msg_clear_flags(&mut self.write_buf[at..]);
+                    let version = match wire {
+                        Wire::Native { version } => *version,
+                        _ => native::PROTOCOL_VERSION,
+                    };
+                    native::stage_msg(&mut self.write_buf, message.frame(), sub_id, version);
                     staged += 1;
                 }
                 Queued::Encoded(frame) => {
@@ -584,9 +584,14 @@ impl Connection {
         events: &mut EventCache,
         (outbound_bytes_max, policy): (usize, SlowConsumerPolicy),
     ) -> EnqueueOutcome {
+        // Only a text protocol needs the epoch (its event's derived id): native deliveries
+        // skip the lookup, which would cost a hash probe per delivery on the fan-out path.
+        let epoch = match &self.wire {
+            Wire::WebSocket(_) => self.subscriptions.get(&sub_id).map_or(0, |r| r.epoch),
+            _ => 0,
+        };
         let subscriptions = &mut self.subscriptions;
         let drops_unreported = &mut self.drops_unreported;
-        let epoch = subscriptions.get(&sub_id).map_or(0, |record| record.epoch);
         let dropped = |dropped_sub| {
             if let Some(record) = subscriptions.get_mut(&dropped_sub) {
                 record.dropped_unreported += 1;
