@@ -932,7 +932,27 @@ fn gen_ws_message(rng: &mut StdRng, out: &mut Vec<u8>, fiber: bool) {
     } else {
         serde_json::to_string_pretty(&message)
     };
-    out.extend_from_slice(text.unwrap_or_default().as_bytes());
+    let mut text = text.unwrap_or_default();
+    // JSON that serde_json writes never has these; a client may send them.
+    if rng.gen_ratio(1, 6) {
+        let tricky = pick(
+            rng,
+            &[
+                "\"type\":\"ping\",",
+                "\"\\u0074ype\":\"ping\",",
+                "\"topic\":\"a\",\"topic\":\"b\",",
+                "\"last_n\":18446744073709551616,",
+                "\"last_n\":1e400,",
+                "\"seq\":-1,",
+                "\"request_id\":\"\\ud800\",",
+                "\"x\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],",
+            ],
+        );
+        if text.starts_with('{') {
+            text.insert_str(1, tricky);
+        }
+    }
+    out.extend_from_slice(text.as_bytes());
 }
 
 fn gen_fiber(rng: &mut StdRng, out: &mut Vec<u8>) {
@@ -1269,6 +1289,27 @@ fn reply(rng: &mut StdRng, depth: usize) -> Reply {
 }
 
 fn gen_resp_reply(rng: &mut StdRng, out: &mut Vec<u8>) {
+    if rng.gen_ratio(1, 8) {
+        // Nested aggregates claiming many elements each, as a hostile server would send them
+        // to make a client allocate for elements that never come.
+        for _ in 0..small_len(rng, 80) {
+            out.push(b"*%~>"[rng.gen_range(0..4)]);
+            out.extend_from_slice(pick(
+                rng,
+                &[
+                    &b"1"[..],
+                    b"3",
+                    b"1000",
+                    b"65535",
+                    b"1048576",
+                    b"2147483647",
+                ],
+            ));
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"_\r\n");
+        return;
+    }
     let value = reply(rng, 0);
     let version = if rng.gen_bool(0.5) {
         RespVersion::Resp2
@@ -1822,6 +1863,21 @@ fuzz_target!(
         ],
     }
 );
+
+#[test]
+fn nested_reply_counts_allocate_nothing_for_elements_not_received() {
+    // Found by the resp_reply target: 88 KB held for a 317-byte input, now fixed.
+    let mut nested = b"*1048576\r\n".repeat(resp::REPLY_DEPTH_MAX - 1);
+    nested.extend_from_slice(b"%65535\r\n_\r\n");
+    let baseline = alloc::restart_peak();
+    assert_eq!(resp::decode_reply(&nested), Ok(None));
+    let peak = alloc::peak_since(baseline);
+    assert!(
+        peak <= 32 * nested.len() + 4096,
+        "{peak} bytes held for {} bytes",
+        nested.len()
+    );
+}
 
 #[test]
 fn input_hex_is_what_a_report_shows() {
