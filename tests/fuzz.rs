@@ -283,6 +283,17 @@ fn gen_native(rng: &mut StdRng, out: &mut Vec<u8>) {
             Ok(Some((frame, out.len() - at))),
             "decode(encode(frame)) differs"
         );
+        if rng.gen_ratio(1, 16) {
+            // Truncated at every boundary, each prefix is only "incomplete".
+            for end in at..out.len() {
+                assert_eq!(
+                    native::decode(&out[at..end], NATIVE_LIMIT),
+                    Ok(None),
+                    "prefix {}",
+                    end - at
+                );
+            }
+        }
     }
 }
 
@@ -592,6 +603,18 @@ fn gen_http(rng: &mut StdRng, out: &mut Vec<u8>) {
         out.extend_from_slice(eol);
         out.extend_from_slice(&body);
     }
+    if rng.gen_ratio(1, 16) {
+        let limits = http::HttpLimits::default();
+        if let Ok(Some(request)) = http::decode_request(out, &limits) {
+            for end in 0..request.len {
+                assert_eq!(
+                    http::decode_request(&out[..end], &limits),
+                    Ok(None),
+                    "prefix {end}"
+                );
+            }
+        }
+    }
 }
 
 fn check_http(buf: &[u8]) -> Outcome {
@@ -759,7 +782,26 @@ fn gen_websocket(rng: &mut StdRng, out: &mut Vec<u8>) {
             }
         }
     }
-    let mut bytes = out[at..].to_vec();
+    let (got, complete) = websocket_events(&out[at..]);
+    assert!(complete, "valid frames did not decode: {got:?}");
+    assert_eq!(got, expected, "decode(encode(frames)) differs");
+    if rng.gen_ratio(1, 16) {
+        // Truncated at every boundary: the events so far, then "incomplete", never an error.
+        for end in at..out.len() {
+            let (got, complete) = websocket_events(&out[at..end]);
+            assert!(
+                complete && expected.starts_with(&got),
+                "prefix {}: {got:?}",
+                end - at
+            );
+        }
+    }
+}
+
+/// The events of a stream of valid client frames, and whether it ended on a frame boundary or
+/// an incomplete frame (rather than an error).
+fn websocket_events(frames: &[u8]) -> (Vec<Got>, bool) {
+    let mut bytes = frames.to_vec();
     let mut decoder = Decoder::server(WS_MESSAGE_MAX);
     let mut got = Vec::new();
     let mut position = 0;
@@ -769,10 +811,11 @@ fn gen_websocket(rng: &mut StdRng, out: &mut Vec<u8>) {
                 got.push(Got::of(&event));
                 position += n;
             }
-            other => panic!("a valid frame did not decode: {other:?}"),
+            Ok(None) => break,
+            Err(_) => return (got, false),
         }
     }
-    assert_eq!(got, expected, "decode(encode(frames)) differs");
+    (got, true)
 }
 
 /// Decodes frames until one is incomplete or invalid; the first frame's outcome and length.
@@ -1159,6 +1202,16 @@ fn gen_resp(rng: &mut StdRng, out: &mut Vec<u8>) {
             Ok(Some((kind, args, out.len() - at))),
             "decode(encode(request)) differs"
         );
+        if rng.gen_ratio(1, 16) {
+            for end in at..out.len() {
+                let mut decoder = RequestDecoder::new(RequestLimits::default());
+                assert!(
+                    matches!(decoder.decode(&out[at..end]), Ok(None)),
+                    "prefix {} of a request is not incomplete",
+                    end - at
+                );
+            }
+        }
     }
 }
 
