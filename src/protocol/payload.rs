@@ -170,11 +170,14 @@ pub fn payload_from_delivered(delivered: &str) -> Result<StoredPayload, serde_js
     let raw: &RawValue = serde_json::from_str(delivered)?;
     let text = raw.get();
     if text.starts_with('"') {
-        let string: String = serde_json::from_str(text)?;
-        return Ok(StoredPayload {
-            bytes: string.into_bytes(),
-            json: false,
-        });
+        // A string with a lone surrogate escape (`"\ud800"`) is JSON but no Unicode text, so
+        // it was not written for a text payload: it is a JSON-typed payload, kept as is below.
+        if let Ok(string) = serde_json::from_str::<String>(text) {
+            return Ok(StoredPayload {
+                bytes: string.into_bytes(),
+                json: false,
+            });
+        }
     }
     if text.starts_with('{') {
         if let Ok(marker) = serde_json::from_str::<Base64Marker>(text) {
@@ -220,7 +223,11 @@ pub fn derived_message_id(epoch: u64, seq: u64) -> String {
 /// Reads back a derived id; `None` for anything else (such as a publisher's own id).
 pub fn parse_derived_message_id(id: &str) -> Option<DerivedMessageId> {
     let (epoch, seq) = id.split_once('-')?;
-    let hex = epoch.len() == 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit());
+    // Lower-case only, as written: an id reads back only in the form it is written in.
+    let hex = epoch.len() == 16
+        && epoch
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     let decimal = !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit());
     if !hex || !decimal || (seq.len() > 1 && seq.starts_with('0')) {
         return None;
@@ -250,6 +257,23 @@ mod tests {
         let mut out = Vec::new();
         store_json(raw, &mut out);
         out
+    }
+
+    #[test]
+    fn a_json_string_with_a_lone_surrogate_reads_back_as_json() {
+        // Found by tests/fuzz.rs: such a payload is delivered as is (the JSON grammar allows
+        // it) but could not be read back.
+        let payload = br#""a\ud800b""#;
+        let mut delivered = Vec::new();
+        let form = write_payload_json(payload, Some(b"application/json"), &mut delivered);
+        assert_eq!(form, PayloadForm::Json);
+        assert_eq!(
+            payload_from_delivered(std::str::from_utf8(&delivered).unwrap()).unwrap(),
+            StoredPayload {
+                bytes: payload.to_vec(),
+                json: true
+            }
+        );
     }
 
     #[test]
@@ -385,6 +409,8 @@ mod tests {
             "000000000c0ffee-1",
             "0000000000c0ffee-1-2",
             "000000000000000g-1",
+            // Found by tests/fuzz.rs: upper-case hex is not what `derived_message_id` writes.
+            "0000000000C0FFEE-1",
             "0000000000000000-+1",
             "0000000000000000-18446744073709551616",
         ] {

@@ -1145,9 +1145,10 @@ fn decode_reply_at(
             } else {
                 len
             };
-            // Each element takes at least 3 bytes, so a huge count cannot make us allocate
-            // more than the input justifies.
-            let mut items = Vec::with_capacity(elements.min(buffer.len() / 3));
+            // Grown as elements arrive (each takes at least 3 bytes), not sized from the
+            // count: a count is only a claim, and capacity for it at every level of a nesting
+            // multiplied the input (tests/fuzz.rs found 88 KB held for 317 bytes).
+            let mut items = Vec::new();
             for _ in 0..elements {
                 match decode_reply_at(buffer, position, depth + 1)? {
                     Some(item) => items.push(item),
@@ -1981,6 +1982,15 @@ mod tests {
         assert_eq!(decode_reply(b"$-1\r\n"), Ok(Some((Reply::Null, 5))));
         assert_eq!(decode_reply(b"*2\r\n:1\r\n"), Ok(None));
         assert_eq!(decode_reply(b"*4000000000\r\n"), Ok(None));
+    }
+
+    #[test]
+    fn nested_huge_counts_wait_for_their_elements() {
+        // Found by tests/fuzz.rs (which also checks what this allocates): every level of such
+        // a nesting used to get capacity for a third of the input's length in elements.
+        let mut nested = b"*1048576\r\n".repeat(REPLY_DEPTH_MAX - 1);
+        nested.extend_from_slice(b"%65535\r\n_\r\n");
+        assert_eq!(decode_reply(&nested), Ok(None));
     }
 
     // --- property tests ---
