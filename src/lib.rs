@@ -41,6 +41,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod ids;
+pub mod listeners;
 pub mod mesh;
 pub mod message;
 pub mod protocol;

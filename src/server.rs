@@ -1,6 +1,7 @@
-//! Starting and stopping a broker: binds one `SO_REUSEPORT` listener per shard, builds the
-//! ring mesh, spawns the shard threads (pinned to their cores) and hands back a [`Broker`]
-//! that knows the bound addresses and can stop them.
+//! Starting and stopping a broker: binds one `SO_REUSEPORT` listener per shard (a port shared
+//! with no other process: see [`crate::listeners`]), builds the ring mesh, spawns the shard
+//! threads (pinned to their cores) and hands back a [`Broker`] that knows the bound addresses
+//! and can stop them.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,15 +10,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use mio::{Poll, Waker};
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::ids::ShardId;
 use crate::mesh;
 use crate::shard::{Shard, ShardCounters, ShardSetup};
-
-/// Pending connections the kernel queues per listener before the shard accepts them.
-const LISTEN_BACKLOG: i32 = 1024;
 
 /// A running broker.
 pub struct Broker {
@@ -35,7 +32,7 @@ impl Broker {
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let config = Arc::new(config);
-        let listeners = bind_listeners(config.listen, config.shards)?;
+        let listeners = crate::listeners::bind_shared(config.listen, config.shards)?;
         let native_addr = listeners[0].local_addr()?;
 
         let mut polls = Vec::with_capacity(config.shards);
@@ -158,25 +155,6 @@ impl Drop for Broker {
             }
         }
     }
-}
-
-/// One listener per shard on the same address. With port 0 the first bind picks the port
-/// and the others join it.
-fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let mut listeners = Vec::with_capacity(count);
-    let mut addr = addr;
-    for _ in 0..count {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(LISTEN_BACKLOG)?;
-        let listener: std::net::TcpListener = socket.into();
-        addr = listener.local_addr()?;
-        listeners.push(listener);
-    }
-    Ok(listeners)
 }
 
 /// The core each shard is pinned to, or none when pinning is off.

@@ -559,3 +559,28 @@ fn sub_in_an_acked_pattern_group_acks_what_it_prints() {
     assert!(member.wait(WAIT).success(), "{}", member.all_stderr());
     assert_eq!(member.rest_of_stdout().len(), 2);
 }
+
+/// Issue 11, defect 1: a second broker on a port in use refuses to start (it would otherwise
+/// join the first one's SO_REUSEPORT group and take half of its clients), while the shards
+/// of each broker still share their port.
+#[test]
+fn a_second_serve_on_a_port_in_use_fails_with_address_already_in_use() {
+    let port = closed_port().port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let serve =
+        |shards: &str| corebus(&["serve", "--no-pin", "--shards", shards, "--listen", &listen]);
+    let (_first, addr) = start_serve(serve("2"));
+    assert_eq!(addr.port().to_string(), port);
+    let (status, stdout, stderr) = run(serve("2"));
+    assert!(!status.success(), "the second broker started: {stdout:?}");
+    assert!(stdout.is_empty(), "the second broker printed {stdout:?}");
+    assert!(
+        stderr.contains("address already in use") && stderr.contains(&listen),
+        "stderr: {stderr}"
+    );
+    // The first broker still has both of its shards and all of its clients.
+    let mut seen = shards_seen(addr, 64);
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, [0, 1], "shards of the first broker");
+}
