@@ -13,6 +13,7 @@ use crate::mesh::message::{OwnerRequest, ReplyTarget, Subscribed, Ticket, TopicP
 use crate::message::Message;
 use crate::protocol::native::AckKind;
 use crate::protocol::native::{self, Frame, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
+use crate::protocol::sniff;
 use crate::protocol::subscribe_options::{OptionError, Sharing, Start, SubscribeOptions};
 use crate::protocol::topic::{self, SubjectKind};
 use crate::protocol::topic_options::TopicOptions;
@@ -66,7 +67,9 @@ impl Shard {
                 }
                 Err(native::DecodeError::Fatal { code, reason }) => {
                     self.counters.protocol_errors += 1;
-                    self.reply_err(id, 0, code, reason);
+                    if !self.answer_foreign_protocol(id, buffer.filled()) {
+                        self.reply_err(id, 0, code, reason);
+                    }
                     self.begin_close(id, CloseReason::ProtocolError);
                     break Flow::Stop;
                 }
@@ -1028,6 +1031,27 @@ impl Shard {
                 message: message.as_bytes(),
             },
         );
+    }
+}
+
+impl Shard {
+    /// Before HELLO, a text protocol's client (HTTP, Redis, NATS) is answered in its own words
+    /// instead of with a native ERR it cannot read. Returns whether it was.
+    fn answer_foreign_protocol(&mut self, id: ConnectionId, first_bytes: &[u8]) -> bool {
+        let Some(conn) = self.connection_mut(id) else {
+            return false;
+        };
+        let Some(protocol) = (conn.state == ConnState::Handshaking)
+            .then(|| sniff::sniff(first_bytes))
+            .flatten()
+        else {
+            return false;
+        };
+        conn.out
+            .replies()
+            .extend_from_slice(&sniff::answer(protocol));
+        self.mark_dirty(id);
+        true
     }
 }
 
