@@ -2,15 +2,25 @@
 //! Every `serve` flag can also come from a `COREBUS_*` environment variable (flag wins).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, SlowConsumerPolicy};
 
+/// `corebus --version`: the crate version and the git commit it was built from (`build.rs`;
+/// `unknown` when built outside a git checkout without `COREBUS_GIT_COMMIT`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("COREBUS_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "corebus",
-    version,
+    version = VERSION,
     about = "A thread-per-core in-memory pub/sub broker"
 )]
 pub struct Cli {
@@ -22,10 +32,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker.
     Serve(Box<ServeArgs>),
-    /// Publish one message and print its sequence number.
+    /// Publish a message (or --count of them) and print the sequence number it was given.
     Pub(PubArgs),
     /// Subscribe to a topic or pattern and print each message.
     Sub(SubArgs),
+    /// Publish a request naming a private reply topic and print the first answer.
+    Request(RequestArgs),
+    /// Answer requests on a topic, with a fixed text or a command's output.
+    Reply(ReplyArgs),
     /// Manage topics: `corebus topic create NAME --replay-messages N ...`.
     #[command(subcommand)]
     Topic(TopicCommand),
@@ -135,14 +149,62 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct PubArgs {
-    /// Broker address.
-    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070")]
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
     pub addr: String,
     pub topic: String,
-    pub message: String,
-    /// Wait for the broker to sequence the message and print its sequence number.
-    #[arg(long)]
+    /// The payload. Without it (or with `-`) the payload is all of stdin, byte for byte.
+    #[arg(conflicts_with = "file")]
+    pub message: Option<String>,
+    /// Read the payload from this file, byte for byte.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Publish the payload this many times (quick load); prints the last sequence number.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+    /// With --count: at most this many messages per second (0 = as fast as the broker takes
+    /// them).
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 0)]
+    pub rate: u64,
+    /// Accepted for older scripts: every `pub` now waits for its sequence number.
+    #[arg(long, hide = true)]
     pub confirm: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
+    pub addr: String,
+    pub topic: String,
+    /// The request's payload. Without it (or with `-`) the payload is all of stdin.
+    pub message: Option<String>,
+    /// How long to wait for an answer, e.g. `500ms`, `5s`.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration_ms)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("answer_with").required(true).args(["exec", "answer"])))]
+pub struct ReplyArgs {
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
+    pub addr: String,
+    /// The topic (or pattern) requests arrive on.
+    pub topic: String,
+    /// Answer each request with this shell command's stdout (`sh -c CMD`), the request's
+    /// payload on its stdin and its topic in `COREBUS_TOPIC`.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Answer each request with this text.
+    #[arg(long, value_name = "TEXT")]
+    pub answer: Option<String>,
+    /// Share the requests with the other responders of this group (each request to one).
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+    /// Exit after answering this many requests.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,16 +217,16 @@ pub enum TopicCommand {
 
 #[derive(Debug, Args)]
 pub struct DeleteTopicArgs {
-    /// Broker address.
-    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070")]
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
     pub addr: String,
     pub topic: String,
 }
 
 #[derive(Debug, Args)]
 pub struct CreateTopicArgs {
-    /// Broker address.
-    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070")]
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
     pub addr: String,
     pub topic: String,
     /// Messages the topic retains for replay (default: the broker's --replay-messages).
@@ -191,8 +253,8 @@ impl CreateTopicArgs {
 
 #[derive(Debug, Args)]
 pub struct SubArgs {
-    /// Broker address.
-    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070")]
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
     pub addr: String,
     /// Exact topic or pattern (`orders.*`, `metrics.>`).
     pub subject: String,
@@ -217,6 +279,26 @@ pub struct SubArgs {
     /// At-least-once: acknowledge each message as it is printed (needs --consumer or --group).
     #[arg(long)]
     pub ack: bool,
+    /// With --ack: negatively acknowledge every Nth message received instead (the broker
+    /// redelivers it at once), to watch redelivery and dead-lettering.
+    #[arg(long, value_name = "N", requires = "ack", value_parser = clap::value_parser!(u64).range(1..))]
+    pub nack_every: Option<u64>,
+    /// With --ack: how long the broker waits for an ack before redelivering, e.g. `30s`.
+    #[arg(long, value_name = "DURATION", requires = "ack", value_parser = parse_duration_ms)]
+    pub ack_wait: Option<u64>,
+    /// With --ack: deliveries of one message before it moves to `$dlq.<topic>`.
+    #[arg(long, value_name = "N", requires = "ack")]
+    pub deliver_max: Option<u16>,
+    /// With --ack: unacknowledged messages the broker lets this consumer hold.
+    #[arg(long, value_name = "N", requires = "ack")]
+    pub in_flight_max: Option<u32>,
+    /// Print each message's delivery count, its topic's epoch and its reply topic too.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+    /// Print one JSON object per message and line (payload as a JSON string when it is
+    /// UTF-8, else base64 in `payload_base64`).
+    #[arg(long, conflicts_with = "verbose")]
+    pub json: bool,
 }
 
 impl SubArgs {
@@ -230,10 +312,20 @@ impl SubArgs {
         if self.ack && sharing == Sharing::None {
             return Err("--ack needs --consumer NAME or --group NAME".into());
         }
+        let acks = self.ack.then(|| {
+            let defaults = AckSettings::default();
+            AckSettings {
+                in_flight_max: self.in_flight_max.unwrap_or(defaults.in_flight_max),
+                ack_wait_ms: self.ack_wait.map_or(defaults.ack_wait_ms, |ms| {
+                    ms.min(u64::from(u32::MAX)) as u32
+                }),
+                deliver_max: self.deliver_max.unwrap_or(defaults.deliver_max),
+            }
+        });
         Ok(SubscribeOptions {
             start: self.start(),
             sharing,
-            acks: self.ack.then(AckSettings::default),
+            acks,
         })
     }
 
@@ -275,6 +367,36 @@ pub fn parse_core_list(text: &str) -> Result<CoreList, String> {
         return Err("the core list is empty".into());
     }
     Ok(CoreList(cores))
+}
+
+/// A broker address for the client commands: `HOST:PORT`, or `corebus://HOST:PORT` as
+/// `bench --target` takes it (the port defaults to 7070). Returns `HOST:PORT`.
+pub fn parse_broker_addr(text: &str) -> Result<String, String> {
+    let rest = match text.trim().split_once("://") {
+        Some(("corebus", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(format!(
+                "`{text}`: only corebus://HOST:PORT (or HOST:PORT) is a broker address, not \
+                 {scheme}://"
+            ))
+        }
+        None => text.trim(),
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Err(format!("`{text}` names no host"));
+    }
+    let has_port = match rest.strip_prefix('[') {
+        Some(bracketed) => bracketed
+            .split_once(']')
+            .is_some_and(|(_, after)| after.starts_with(':')),
+        None => rest.contains(':'),
+    };
+    Ok(if has_port {
+        rest.to_string()
+    } else {
+        format!("{rest}:7070")
+    })
 }
 
 /// A duration such as `250ms`, `30s` or `1h` (a bare number is milliseconds), in milliseconds.

@@ -11,6 +11,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => corebus::commands::serve(&args),
         Command::Pub(args) => corebus::commands::publish(&args),
         Command::Sub(args) => corebus::commands::subscribe(&args),
+        Command::Request(args) => corebus::commands::request(&args),
+        Command::Reply(args) => corebus::commands::reply(&args),
         Command::Topic(TopicCommand::Create(args)) => corebus::commands::create_topic(&args),
         Command::Topic(TopicCommand::Delete(args)) => corebus::commands::delete_topic(&args),
         Command::Bench(args) => corebus::bench::run(&args),

@@ -584,3 +584,182 @@ fn a_second_serve_on_a_port_in_use_fails_with_address_already_in_use() {
     seen.dedup();
     assert_eq!(seen, [0, 1], "shards of the first broker");
 }
+
+/// Issue 11, defect 3 and the `pub` a user reaches for: `pub` prints the sequence number
+/// without `--confirm`; the payload may come from stdin or `--file`, byte for byte; `--count`
+/// publishes several; `--addr` takes `corebus://HOST:PORT` like `bench --target`.
+#[test]
+fn pub_prints_the_sequence_and_takes_its_payload_from_stdin_or_a_file() {
+    let (_serve, addr) = serve_two_shards();
+    let url = format!("corebus://{addr}");
+    let (status, stdout, stderr) = run(corebus(&["pub", "--addr", &url, "notes", "first"]));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, ["published notes seq=1"]);
+
+    let binary: Vec<u8> = (0..=255u8).chain([b'\n', 0, b'\r']).collect();
+    let mut subscriber = Client::connect(addr).unwrap();
+    let mut notes = subscriber.subscribe("notes").unwrap();
+
+    let mut command = corebus(&["pub", "--addr", &url, "notes"]);
+    command.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&binary).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "published notes seq=2\n"
+    );
+    assert_eq!(notes.recv_timeout(WAIT).unwrap().payload, binary);
+
+    let file = std::env::temp_dir().join(format!("corebus-pub-{}.bin", std::process::id()));
+    std::fs::write(&file, &binary).unwrap();
+    let path = file.to_str().unwrap();
+    let (status, stdout, stderr) = run(corebus(&[
+        "pub", "--addr", &url, "notes", "--file", path, "--count", "3", "--rate", "1000",
+    ]));
+    std::fs::remove_file(&file).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.len() == 1 && stdout[0].starts_with("published 3 messages to notes"),
+        "{stdout:?}"
+    );
+    assert!(stdout[0].ends_with("last seq=5"), "{stdout:?}");
+    for seq in 3..=5 {
+        let message = notes.recv_timeout(WAIT).unwrap();
+        assert_eq!((message.seq, &message.payload), (seq, &binary));
+    }
+
+    // A name the wire cannot carry is an error, not a panic (defect 2).
+    let long = "a".repeat(300);
+    for args in [
+        vec!["pub", "--addr", &url, &long, "x"],
+        vec!["sub", "--addr", &url, &long],
+        vec!["topic", "create", "--addr", &url, &long],
+    ] {
+        let (status, _, stderr) = run(corebus(&args));
+        assert_eq!(status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("BAD_TOPIC") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+}
+
+/// `request` and `reply` (like `nats req` and `nats reply`), and `sub --json`.
+#[test]
+fn request_reply_and_json_output() {
+    let (_serve, addr) = serve_two_shards();
+    let addr = addr.to_string();
+    let mut fixed = spawn(corebus(&[
+        "reply", "--addr", &addr, "svc.time", "--answer", "noon", "--count", "1",
+    ]));
+    fixed.await_stderr("answering", WAIT);
+    let (status, stdout, stderr) = run(corebus(&["request", "--addr", &addr, "svc.time", "?"]));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, ["noon"]);
+    assert!(fixed.wait(WAIT).success());
+
+    let mut exec = spawn(corebus(&[
+        "reply",
+        "--addr",
+        &addr,
+        "svc.upper",
+        "--exec",
+        "tr a-z A-Z",
+        "--count",
+        "1",
+    ]));
+    exec.await_stderr("answering", WAIT);
+    let (status, stdout, stderr) =
+        run(corebus(&["request", "--addr", &addr, "svc.upper", "shout"]));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, ["SHOUT"]);
+    assert!(exec.wait(WAIT).success());
+
+    let (status, _, stderr) = run(corebus(&[
+        "request",
+        "--addr",
+        &addr,
+        "svc.nobody",
+        "x",
+        "--timeout",
+        "200ms",
+    ]));
+    assert!(!status.success());
+    assert!(
+        stderr.contains("no answer on svc.nobody within 200ms"),
+        "{stderr}"
+    );
+
+    let mut sub = spawn(corebus(&[
+        "sub", "--addr", &addr, "lines", "--json", "--count", "1",
+    ]));
+    sub.await_stderr("subscribed", WAIT);
+    let (status, _, stderr) = run(corebus(&["pub", "--addr", &addr, "lines", "a\nb"]));
+    assert!(status.success(), "{stderr}");
+    assert!(sub.wait(WAIT).success());
+    let lines = sub.rest_of_stdout();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let object: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(object["payload"], "a\nb");
+    assert_eq!(object["topic"], "lines");
+    assert_eq!(object["seq"], 1);
+    assert_eq!(object["delivery_count"], 1);
+}
+
+#[test]
+fn version_names_the_commit() {
+    let (status, stdout, _) = run(corebus(&["--version"]));
+    assert!(status.success());
+    assert_eq!(stdout.len(), 1, "{stdout:?}");
+    assert!(
+        stdout[0].starts_with(&format!("corebus {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{stdout:?}"
+    );
+}
+
+/// `--nack-every` makes the broker redeliver; `--verbose` shows the delivery count.
+#[test]
+fn sub_nack_every_shows_redeliveries() {
+    let (_serve, addr) = serve_two_shards();
+    let addr = addr.to_string();
+    let mut sub = spawn(corebus(&[
+        "sub",
+        "--addr",
+        &addr,
+        "work",
+        "--consumer",
+        "w",
+        "--ack",
+        "--nack-every",
+        "2",
+        "--ack-wait",
+        "10s",
+        "--deliver-max",
+        "3",
+        "--in-flight-max",
+        "8",
+        "--verbose",
+        "--count",
+        "3",
+    ]));
+    sub.await_stderr("subscribed", WAIT);
+    for body in ["one", "two"] {
+        let (status, _, stderr) = run(corebus(&["pub", "--addr", &addr, "work", body]));
+        assert!(status.success(), "{stderr}");
+    }
+    assert!(sub.wait(WAIT).success(), "{}", sub.stderr_so_far());
+    let lines = sub.rest_of_stdout();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[0].starts_with("work seq=1 delivery_count=1 epoch="),
+        "{lines:?}"
+    );
+    assert!(lines[1].contains("seq=2 delivery_count=1") && lines[1].contains("nacked"));
+    assert!(
+        lines[2].starts_with("work seq=2 delivery_count=2"),
+        "{lines:?}"
+    );
+}
