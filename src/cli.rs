@@ -47,8 +47,21 @@ pub enum Command {
     Bench(Box<crate::bench::BenchArgs>),
 }
 
+/// `serve`'s flags. Each is also a `COREBUS_*` environment variable and a key of the
+/// `--config` file (the flag's name without `--`); `src/settings.rs` merges the three.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// TOML file whose keys are these flags' names (`connections-max = 5000`); flags and
+    /// environment variables override it.
+    #[arg(long, env = "COREBUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration, with where each value came from, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Print an annotated example config file (every key, commented out at its default) and
+    /// exit.
+    #[arg(long)]
+    pub example_config: bool,
     /// Native protocol address; port 0 picks a free port.
     #[arg(long, env = "COREBUS_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
@@ -64,13 +77,15 @@ pub struct ServeArgs {
     /// Largest message payload accepted, in bytes.
     #[arg(long, env = "COREBUS_MESSAGE_BYTES_MAX", default_value_t = Config::default().message_bytes_max)]
     pub message_bytes_max: usize,
-    /// Connections across all shards (each shard takes an equal share).
+    /// Connections across all shards (each shard takes an equal share); unset, lowered to fit
+    /// the memory available.
     #[arg(long, env = "COREBUS_CONNECTIONS_MAX", default_value_t = Config::default().connections_max)]
     pub connections_max: usize,
     /// Subscriptions one connection may hold.
     #[arg(long, env = "COREBUS_SUBSCRIPTIONS_PER_CONNECTION_MAX", default_value_t = Config::default().subscriptions_per_connection_max)]
     pub subscriptions_per_connection_max: usize,
-    /// Topics across all shards (each owner shard takes an equal share).
+    /// Topics across all shards (each owner shard takes an equal share); unset, lowered to fit
+    /// the memory available.
     #[arg(long, env = "COREBUS_TOPICS_MAX", default_value_t = Config::default().topics_max)]
     pub topics_max: usize,
     /// Bytes queued towards one connection before the slow-consumer policy applies.
@@ -91,14 +106,14 @@ pub struct ServeArgs {
     /// Bytes one connection may read per loop turn before others get their turn.
     #[arg(long, env = "COREBUS_READ_BYTES_PER_TURN_MAX", default_value_t = Config::default().read_bytes_per_turn_max)]
     pub read_bytes_per_turn_max: usize,
-    /// Milliseconds a new connection has to send HELLO.
-    #[arg(long, env = "COREBUS_HANDSHAKE_TIMEOUT_MS", default_value_t = Config::default().handshake_timeout_ms)]
+    /// How long a new connection has to send HELLO, e.g. `10s` (a bare number is ms).
+    #[arg(long, env = "COREBUS_HANDSHAKE_TIMEOUT_MS", value_name = "DURATION", default_value = "10s", value_parser = parse_duration_ms)]
     pub handshake_timeout_ms: u64,
-    /// Milliseconds a connection the broker closes may take to receive its final frames.
-    #[arg(long, env = "COREBUS_CLOSE_LINGER_MS", default_value_t = Config::default().close_linger_ms)]
+    /// How long a connection the broker closes may take to receive its final frames.
+    #[arg(long, env = "COREBUS_CLOSE_LINGER_MS", value_name = "DURATION", default_value = "2s", value_parser = parse_duration_ms)]
     pub close_linger_ms: u64,
-    /// Milliseconds shutdown waits for outbound buffers to flush.
-    #[arg(long, env = "COREBUS_SHUTDOWN_GRACE_MS", default_value_t = Config::default().shutdown_grace_ms)]
+    /// How long shutdown waits for outbound buffers to flush.
+    #[arg(long, env = "COREBUS_SHUTDOWN_GRACE_MS", value_name = "DURATION", default_value = "5s", value_parser = parse_duration_ms)]
     pub shutdown_grace_ms: u64,
     /// Microseconds to spin on an idle poll before blocking (0 = always block).
     #[arg(long, env = "COREBUS_BUSY_POLL_US", default_value_t = Config::default().busy_poll_us)]
@@ -113,7 +128,7 @@ pub struct ServeArgs {
     #[arg(long = "replay-bytes", env = "COREBUS_REPLAY_BYTES", default_value_t = Config::default().replay_bytes_max)]
     pub replay_bytes_max: usize,
     /// Age after which retained messages are evicted, e.g. `30s`, `5m`, `1h`; `0` = no limit.
-    #[arg(long = "replay-ttl", env = "COREBUS_REPLAY_TTL", default_value = "0", value_parser = parse_duration_ms)]
+    #[arg(long = "replay-ttl", env = "COREBUS_REPLAY_TTL", value_name = "DURATION", default_value = "0", value_parser = parse_duration_ms)]
     pub replay_ttl_ms: u64,
     /// Most messages CREATE_TOPIC may ask one topic to retain.
     #[arg(long = "topic-replay-messages-max", env = "COREBUS_TOPIC_REPLAY_MESSAGES_MAX", default_value_t = Config::default().topic_replay_messages_max)]
@@ -121,14 +136,15 @@ pub struct ServeArgs {
     /// Most bytes CREATE_TOPIC may ask one topic to retain.
     #[arg(long = "topic-replay-bytes-max", env = "COREBUS_TOPIC_REPLAY_BYTES_MAX", default_value_t = Config::default().topic_replay_bytes_max)]
     pub topic_replay_bytes_max: usize,
-    /// Topics CREATE_TOPIC may make, across all shards.
+    /// Topics CREATE_TOPIC may make, across all shards; unset, lowered to fit the memory
+    /// available.
     #[arg(long = "created-topics-max", env = "COREBUS_CREATED_TOPICS_MAX", default_value_t = Config::default().created_topics_max)]
     pub created_topics_max: usize,
     /// A durable consumer with no subscription is removed after this long, e.g. `1h`.
-    #[arg(long = "consumer-ttl", env = "COREBUS_CONSUMER_TTL", default_value = "1h", value_parser = parse_duration_ms)]
+    #[arg(long = "consumer-ttl", env = "COREBUS_CONSUMER_TTL", value_name = "DURATION", default_value = "1h", value_parser = parse_duration_ms)]
     pub consumer_ttl_ms: u64,
     /// Longest wait between redeliveries of an unacknowledged message, e.g. `60s`.
-    #[arg(long = "redelivery-backoff-max", env = "COREBUS_REDELIVERY_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration_ms)]
+    #[arg(long = "redelivery-backoff-max", env = "COREBUS_REDELIVERY_BACKOFF_MAX", value_name = "DURATION", default_value = "60s", value_parser = parse_duration_ms)]
     pub redelivery_backoff_max_ms: u64,
     /// Largest in_flight_max a subscription may ask for (its retry buffer is preallocated).
     #[arg(long, env = "COREBUS_CONSUMER_IN_FLIGHT_MAX", default_value_t = Config::default().consumer_in_flight_max)]
@@ -137,7 +153,7 @@ pub struct ServeArgs {
     #[arg(long, env = "COREBUS_CONSUMERS_MAX", default_value_t = Config::default().consumers_max)]
     pub consumers_max: usize,
     /// A topic with no subscriber and no consumer is forgotten after this long without a publish.
-    #[arg(long = "topic-idle-ttl", env = "COREBUS_TOPIC_IDLE_TTL", default_value = "1h", value_parser = parse_duration_ms)]
+    #[arg(long = "topic-idle-ttl", env = "COREBUS_TOPIC_IDLE_TTL", value_name = "DURATION", default_value = "1h", value_parser = parse_duration_ms)]
     pub topic_idle_ttl_ms: u64,
     /// Readiness events taken from the kernel per poll.
     #[arg(long, env = "COREBUS_EVENTS_PER_POLL_MAX", default_value_t = Config::default().events_per_poll_max)]

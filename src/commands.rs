@@ -7,21 +7,40 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::cli::{
-    CreateTopicArgs, DeleteTopicArgs, PubArgs, ReplyArgs, RequestArgs, ServeArgs, SubArgs,
-};
+use crate::cli::{CreateTopicArgs, DeleteTopicArgs, PubArgs, ReplyArgs, RequestArgs, SubArgs};
 use crate::client::{Client, Delivery, Sharing, SubscribeOptions};
 use crate::server::Broker;
+use crate::settings::{ServeSettings, Source};
 
 type CommandResult = Result<(), Box<dyn Error>>;
 
-/// Runs the broker until SIGINT or SIGTERM, then stops it gracefully.
-pub fn serve(args: &ServeArgs) -> CommandResult {
+/// Runs the broker until SIGINT or SIGTERM, then stops it gracefully; or, with
+/// `--print-config` or `--example-config`, prints and exits.
+pub fn serve(settings: &ServeSettings) -> CommandResult {
+    let args = &settings.args;
+    if args.example_config {
+        print!("{}", crate::settings::example_config());
+        return Ok(());
+    }
+    if args.print_config {
+        print!("{}", crate::settings::print_config(&settings.settings));
+        return Ok(());
+    }
     env_logger::Builder::new()
         .filter_level(args.log_level)
         .format_target(false)
         .init();
-    let config = args.to_config();
+    for setting in &settings.settings {
+        if let Source::Fitted { .. } = setting.source {
+            log::info!(
+                "event=limit_fitted_to_memory {}={} source=\"{}\"",
+                setting.key,
+                setting.value.as_deref().unwrap_or_default(),
+                setting.source
+            );
+        }
+    }
+    let config = settings.config.clone();
     // Registered before the listeners exist, so a signal during start-up is not lost.
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let broker = Broker::start(config)?;

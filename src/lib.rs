@@ -46,4 +46,5 @@ pub mod mesh;
 pub mod message;
 pub mod protocol;
 pub mod server;
+pub mod settings;
 pub mod shard;

@@ -58,12 +58,21 @@ impl Broker {
         let budget = config.memory_budget();
         if let Some(physical) = crate::config::physical_memory_bytes() {
             if budget.total_bytes() > physical {
-                // The limits are honest only if they fit: say which knobs to turn.
+                // The limits are honest only if they fit. Limits left at their defaults are
+                // fitted to the machine by `serve`, so this is about explicit ones: say what
+                // each part costs, so the operator sees which knob matters.
                 log::warn!(
-                    "event=memory_budget_exceeds_ram budget_mib={} ram_mib={} hint=\"lower \
-                     --connections-max or --outbound-bytes-max, or --topics-max or --replay-bytes\"",
+                    "event=memory_budget_exceeds_ram budget_mib={} ram_mib={} \
+                     connections_mib={} replay_mib={} created_topics_mib={} hint=\"the worst \
+                     case is connections-max x (outbound-bytes-max + read-chunk-bytes), plus \
+                     topics-max x (replay-bytes + 32 x replay-messages), plus created-topics-max \
+                     x (topic-replay-bytes-max + 32 x topic-replay-messages-max); lower the \
+                     largest until it fits (see tuning.md)\"",
                     budget.total_bytes() >> 20,
-                    physical >> 20
+                    physical >> 20,
+                    budget.connection_bytes_max >> 20,
+                    budget.replay_bytes_max >> 20,
+                    budget.created_topics_replay_bytes_max >> 20,
                 );
             }
         }

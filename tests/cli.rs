@@ -763,3 +763,93 @@ fn sub_nack_every_shows_redeliveries() {
         "{lines:?}"
     );
 }
+
+/// Issue 11, defect 4: a default start fits the machine (no memory warning); an explicit
+/// flag that overcommits is still warned about.
+#[test]
+fn default_limits_fit_the_machine_and_explicit_overcommit_is_warned() {
+    let quiet = corebus(&[
+        "serve",
+        "--no-pin",
+        "--shards",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let (mut serve, _) = start_serve(quiet);
+    serve.signal("TERM");
+    assert!(serve.wait(STOP_WAIT).success());
+    let stderr = serve.all_stderr();
+    assert!(!stderr.contains("memory_budget_exceeds_ram"), "{stderr}");
+
+    let (mut serve, _) = start_serve(corebus(&[
+        "serve",
+        "--no-pin",
+        "--shards",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--connections-max",
+        "100000000",
+    ]));
+    serve.await_stderr("memory_budget_exceeds_ram", WAIT);
+}
+
+/// The config file: flag > env > file > default, from a real process; a mistake in the file
+/// names the key and the line.
+#[test]
+fn a_config_file_sits_between_the_environment_and_the_defaults() {
+    let path = std::env::temp_dir().join(format!("corebus-cli-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\nshards = 3\nno-pin = true\nring-slots = 77\nlog-level = \"warn\"\n",
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    // COREBUS_SHARDS beats the file's 3; --ring-slots beats both.
+    let mut command = corebus(&[
+        "serve",
+        "--config",
+        config,
+        "--print-config",
+        "--ring-slots",
+        "5",
+    ]);
+    command.env("COREBUS_SHARDS", "2");
+    let (status, stdout, stderr) = run(command);
+    assert!(status.success(), "{stderr}");
+    let line = |key: &str| {
+        stdout
+            .iter()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in {stdout:?}"))
+            .clone()
+    };
+    assert!(
+        line("shards").starts_with("shards = 2")
+            && line("shards").ends_with("# environment COREBUS_SHARDS")
+    );
+    assert!(
+        line("ring-slots").starts_with("ring-slots = 5") && line("ring-slots").ends_with("# flag")
+    );
+    assert!(line("no-pin").starts_with("no-pin = true") && line("no-pin").contains(":3"));
+    assert!(line("read-chunk-bytes").ends_with("# default"));
+
+    // The broker really runs with it: 2 shards (the environment), listening where the file says.
+    let mut command = corebus(&["serve", "--config", config]);
+    command.env("COREBUS_SHARDS", "2");
+    let (_serve, addr) = start_serve(command);
+    let mut seen = shards_seen(addr, 64);
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, [0, 1]);
+
+    std::fs::write(&path, "shards = 1\n\nconnection-max = 5\n").unwrap();
+    let (status, stdout, stderr) = run(corebus(&["serve", "--config", config]));
+    std::fs::remove_file(&path).unwrap();
+    assert!(!status.success() && stdout.is_empty());
+    assert!(
+        stderr.contains(&format!("{config}:3: unknown key `connection-max`")),
+        "{stderr}"
+    );
+}
