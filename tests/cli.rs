@@ -460,6 +460,8 @@ fn pub_without_a_broker_exits_non_zero_with_an_error_on_stderr() {
         stderr.starts_with("corebus:") && stderr.len() > "corebus:".len() + 3,
         "stderr: {stderr:?}"
     );
+    // The error names the address it could not reach (issue 11, defect 8).
+    assert!(stderr.contains(&addr), "stderr: {stderr:?}");
 }
 
 #[test]

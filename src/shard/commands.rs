@@ -571,17 +571,17 @@ impl Shard {
                 self.deliver_replay((subscriber, subject), position.last_seq, subscribed.replay);
             }
             Err(code) => {
+                let (acks, name) = (record.acks, record.consumer.clone());
                 if let Some(conn) = self.connection_mut(id) {
                     conn.subscriptions.remove(&subscriber.sub_id);
                 }
                 let reason = match code {
                     ErrorCode::ConsumerInUse => {
-                        "that consumer has a subscription already, or other settings"
+                        consumer_in_use_reason(name.as_deref().unwrap_or_default(), acks)
                     }
-                    ErrorCode::TooManyConsumers => "broker is at --consumers-max",
-                    _ => "the topic could not be created",
+                    _ => self.refusal_reason(code),
                 };
-                self.reply_err(id, request_id, code, reason);
+                self.reply_err(id, request_id, code, &reason);
             }
         }
     }
@@ -889,7 +889,13 @@ impl Shard {
             }
             Ok(topic) => topic,
             Err(error) => {
-                self.reply_err(id, request_id, ErrorCode::BadTopic, error.reason());
+                let reason = match error {
+                    topic::TopicError::WildcardInPublish => {
+                        "CREATE_TOPIC takes an exact topic; '*' and '>' are only for subscribing"
+                    }
+                    other => other.reason(),
+                };
+                self.reply_err(id, request_id, ErrorCode::BadTopic, reason);
                 return Flow::Continue;
             }
         };
@@ -902,14 +908,23 @@ impl Shard {
                     self.config.topic_replay_messages_max,
                     self.config.topic_replay_bytes_max,
                 )
-                .map_err(|reason| (ErrorCode::OptionOutOfRange, reason)),
-            Err(OptionError::Malformed(reason)) => Err((ErrorCode::BadFrame, reason)),
-            Err(OptionError::Unsupported(reason)) => Err((ErrorCode::UnsupportedOption, reason)),
+                .map_err(|reason| {
+                    let caps = format!(
+                        "{reason}: the caps are {} messages (--topic-replay-messages-max) and {} \
+                         bytes (--topic-replay-bytes-max) per created topic",
+                        self.config.topic_replay_messages_max, self.config.topic_replay_bytes_max
+                    );
+                    (ErrorCode::OptionOutOfRange, caps)
+                }),
+            Err(OptionError::Malformed(reason)) => Err((ErrorCode::BadFrame, reason.into())),
+            Err(OptionError::Unsupported(reason)) => {
+                Err((ErrorCode::UnsupportedOption, reason.into()))
+            }
         };
         let replay_limits = match refusal {
             Ok(limits) => limits,
             Err((code, reason)) => {
-                self.reply_err(id, request_id, code, reason);
+                self.reply_err(id, request_id, code, &reason);
                 return Flow::Continue;
             }
         };
@@ -993,13 +1008,17 @@ impl Shard {
             Ok(position) => self.reply_ok(reply.connection, reply.request_id, &position.ok_data()),
             Err(code) => {
                 let reason = match code {
-                    ErrorCode::TopicExists => "the topic exists already",
-                    ErrorCode::TooManyTopics => {
-                        "the broker holds --topics-max topics, or --created-topics-max created ones"
-                    }
-                    _ => "the topic was not created",
+                    ErrorCode::TopicExists => "the topic exists already".to_string(),
+                    ErrorCode::TooManyTopics => format!(
+                        "{}, or its share of --created-topics-max ({} of {} across {} shards)",
+                        self.refusal_reason(code),
+                        self.config.created_topics_per_shard_max(),
+                        self.config.created_topics_max,
+                        self.config.shards
+                    ),
+                    _ => self.refusal_reason(code),
                 };
-                self.reply_err(reply.connection, reply.request_id, code, reason);
+                self.reply_err(reply.connection, reply.request_id, code, &reason);
             }
         }
     }
@@ -1035,6 +1054,30 @@ impl Shard {
 }
 
 impl Shard {
+    /// Why a command was refused for `code`, naming the limit and its value, for refusals
+    /// that come back from the topic's shard with a code only.
+    pub(super) fn refusal_reason(&self, code: ErrorCode) -> String {
+        let config = &self.config;
+        match code {
+            ErrorCode::TooManyTopics => format!(
+                "no room for a new topic: the shard that holds it has its share of --topics-max \
+                 ({} of {} across {} shards); existing topics keep working",
+                config.topics_per_shard_max(),
+                config.topics_max,
+                config.shards
+            ),
+            ErrorCode::TooManyConsumers => format!(
+                "no room for a new durable consumer or group: the shard that holds the topic \
+                 has its share of --consumers-max ({} of {} across {} shards)",
+                config.consumers_per_shard_max(),
+                config.consumers_max,
+                config.shards
+            ),
+            ErrorCode::TopicNotFound => "no such topic".to_string(),
+            other => format!("refused ({other})"),
+        }
+    }
+
     /// Before HELLO, a text protocol's client (HTTP, Redis, NATS) is answered in its own words
     /// instead of with a native ERR it cannot read. Returns whether it was.
     fn answer_foreign_protocol(&mut self, id: ConnectionId, first_bytes: &[u8]) -> bool {
@@ -1053,6 +1096,17 @@ impl Shard {
         self.mark_dirty(id);
         true
     }
+}
+
+/// CONSUMER_IN_USE for an exact topic: which of the two reasons could apply, with what this
+/// subscription asked for, so the user can compare.
+fn consumer_in_use_reason(name: &str, acks: bool) -> String {
+    format!(
+        "`{name}` is in use: a durable consumer takes one subscription at a time, and the first \
+         subscription under a name fixes whether it is a consumer or a group and whether it \
+         takes acks (this one asked for acks {})",
+        if acks { "on" } else { "off" }
+    )
 }
 
 /// Why a pattern group join was refused by some shard.

@@ -103,12 +103,10 @@ impl Shard {
                     data: &seq.to_be_bytes(),
                 },
             ),
-            Err(code) => self.reply_err(
-                reply.connection,
-                reply.request_id,
-                code,
-                "the message was not accepted",
-            ),
+            Err(code) => {
+                let reason = self.refusal_reason(code);
+                self.reply_err(reply.connection, reply.request_id, code, &reason)
+            }
         }
     }
 
@@ -583,12 +581,7 @@ impl Shard {
     ) {
         match result {
             Ok(()) => self.reply_ok(reply.connection, reply.request_id, &[]),
-            Err(code) => self.reply_err(
-                reply.connection,
-                reply.request_id,
-                code,
-                "no such topic on its owner",
-            ),
+            Err(code) => self.reply_err(reply.connection, reply.request_id, code, "no such topic"),
         }
     }
 
