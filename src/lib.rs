@@ -6,21 +6,46 @@
 //! shard that accepted it. Topic `t` is owned by shard `hash(t) % N`; the owner numbers the
 //! topic's messages and knows which shards have subscribers. A publish travels from the
 //! publisher's shard to the owner, and from the owner once to each shard with matching
-//! subscribers, over bounded single-producer/single-consumer rings; that shard fans out to its
-//! own connections. Payloads are reference-counted: one allocation per message, whatever the
+//! subscribers, over bounded single-producer/single-consumer rings (`crossbeam-channel`
+//! bounded channels, one producer and one consumer each); that shard fans out to its own
+//! connections. Payloads are reference-counted: one allocation per message, whatever the
 //! fan-out.
 //!
 //! ## Code map
-//! - [`cli`]: `clap` definitions only. [`config`]: every limit, its default, validation and
-//!   the memory budget. [`server`]: binds the listeners, builds the mesh, spawns the shards.
-//! - [`protocol`]: sans-IO codecs (native frames, topic names and patterns).
-//! - [`shard`]: what one core owns: the event loop (the only caller of `poll`), connections,
-//!   the owner's topic table, local subscriptions, the pattern trie.
-//! - [`mesh`]: the rings between shards and the closed set of messages they carry.
-//! - [`message`]: the shared, immutable message frame. [`ids`]: newtype ids.
-//! - [`client`]: the blocking Rust client. [`error`]: wire error codes and close reasons.
-//! - [`bench`]: `corebus bench`, the load generator (one `mio` loop per bench thread; also
-//!   speaks Redis and NATS for comparisons; replay starts over a prefilled backlog).
+//! Every module, by directory. Private modules are named by their file.
+//!
+//! - Entry points. `src/main.rs`: parse the command line, run the command. [`cli`]: `clap`
+//!   definitions only. [`commands`]: what each CLI command does (`serve`, `pub`, `sub`,
+//!   `request`, `reply`, `topic`). [`settings`]: where each `serve` setting comes from (flag >
+//!   environment > config file > default), `--print-config`, the example config.
+//! - Start-up. [`config`]: every limit, its default, validation, the memory budget and fitting
+//!   unset limits to the memory available. [`server`]: builds the mesh, spawns the shards,
+//!   stops them. [`listeners`]: one `SO_REUSEPORT` listener per shard on a port shared with no
+//!   other process ("address already in use" otherwise).
+//! - [`protocol`]: sans-IO codecs. [`protocol::native`]: the binary frames, byte by byte.
+//!   [`protocol::topic`]: topic names, patterns, topic → shard. [`protocol::subscribe_options`]
+//!   and [`protocol::topic_options`]: the TLV options of SUBSCRIBE and CREATE_TOPIC (`tlv.rs`
+//!   is their shared layout). [`protocol::sniff`]: recognises HTTP, Redis and NATS clients on
+//!   the native port and answers them in their own words.
+//! - [`shard`]: what one core owns. `event_loop.rs`: the only caller of `poll` (accept, read,
+//!   write, timers, shutdown). [`shard::connection`]: one connection's state, buffers and
+//!   outbox. `commands.rs`: what a client's frames ask of its shard. `owner.rs`: the owner
+//!   side, sequencing and everything that arrives over the rings. [`shard::topics`]: the
+//!   owner's topic table and each shard's local subscriptions. [`shard::sublist`]: the pattern
+//!   trie and its cache. [`shard::replay`]: a topic's replay ring. [`shard::consumers`]:
+//!   durable consumers and groups on the owner. [`shard::retry`]: a consumer's retry buffer
+//!   (unacked messages, redelivery, dead letters). [`shard::pattern_groups`]: groups
+//!   subscribed with a pattern, on every shard.
+//! - [`mesh`]: everything that crosses between shards. [`mesh::ring`]: the bounded SPSC ring,
+//!   a `crossbeam-channel` bounded channel with exactly one producer and one consumer, one
+//!   batch per slot. [`mesh::message`]: the closed set of messages the rings carry.
+//! - [`message`]: the shared, immutable message frame. [`ids`]: newtype ids. [`error`]: wire
+//!   error codes and close reasons.
+//! - [`client`]: the blocking Rust client (also used by the tests and the CLI).
+//! - [`mod@bench`]: `corebus bench`, the load generator (one `mio` loop per bench thread; also
+//!   speaks Redis and NATS for comparisons): [`bench::scenario`], [`bench::wire`],
+//!   [`bench::driver`], [`bench::latency`], [`bench::accounting`], [`bench::report`],
+//!   [`bench::replay`], and [`bench::reflector`], a stand-in broker that only forwards.
 //!
 //! ## Architecture invariants
 //! - `protocol/` knows nothing about sockets, `mio` or shards: bytes in, frames out.
