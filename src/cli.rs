@@ -40,6 +40,8 @@ pub enum Command {
     Request(RequestArgs),
     /// Answer requests on a topic, with a fixed text or a command's output.
     Reply(ReplyArgs),
+    /// Connect, handshake and PING the broker: exits 0 if it answers (a health check).
+    Ping(PingArgs),
     /// Manage topics: `corebus topic create NAME --replay-messages N ...`.
     #[command(subcommand)]
     Topic(TopicCommand),
@@ -65,6 +67,10 @@ pub struct ServeArgs {
     /// Native protocol address; port 0 picks a free port.
     #[arg(long, env = "COREBUS_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
+    /// Also write the ready line to this file once listening (for health checks); it is
+    /// removed when the broker stops.
+    #[arg(long, env = "COREBUS_READY_FILE", value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
     /// Number of shards (one reactor thread each); default: one per available core.
     #[arg(long, env = "COREBUS_SHARDS")]
     pub shards: Option<usize>,
@@ -185,6 +191,16 @@ pub struct PubArgs {
     /// Accepted for older scripts: every `pub` now waits for its sequence number.
     #[arg(long, hide = true)]
     pub confirm: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
+    pub addr: String,
+    /// How long to wait for the handshake and the answer, e.g. `2s`.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration_ms)]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Args)]

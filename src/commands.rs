@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::cli::{CreateTopicArgs, DeleteTopicArgs, PubArgs, ReplyArgs, RequestArgs, SubArgs};
+use crate::cli::{
+    CreateTopicArgs, DeleteTopicArgs, PingArgs, PubArgs, ReplyArgs, RequestArgs, SubArgs,
+};
 use crate::client::{Client, Delivery, Sharing, SubscribeOptions};
 use crate::server::Broker;
 use crate::settings::{ServeSettings, Source};
@@ -48,8 +50,16 @@ pub fn serve(settings: &ServeSettings) -> CommandResult {
     writeln!(stdout, "{}", broker.ready_line())?;
     stdout.flush()?;
     drop(stdout);
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, format!("{}\n", broker.ready_line()))
+            .map_err(|e| format!("cannot write the ready file {}: {e}", path.display()))?;
+    }
     if let Some(signal) = signals.forever().next() {
         log::info!("event=signal signal={signal}");
+    }
+    if let Some(path) = &args.ready_file {
+        // Not ready any more: a health check reading it must fail from now on.
+        let _ = std::fs::remove_file(path);
     }
     let counters = broker.shutdown()?;
     log::info!("event=stopped counters={counters:?}");
@@ -120,6 +130,25 @@ pub fn publish(args: &PubArgs) -> CommandResult {
             started.elapsed().as_secs_f64()
         );
     }
+    client.close()?;
+    Ok(())
+}
+
+/// `corebus ping`: a health check that exercises the handshake and one round trip.
+pub fn ping(args: &PingArgs) -> CommandResult {
+    let options = crate::client::ClientOptions {
+        request_timeout: Duration::from_millis(args.timeout),
+        ..crate::client::ClientOptions::default()
+    };
+    let mut client = Client::connect_with(args.addr.as_str(), options)
+        .map_err(|e| format!("cannot reach the broker at {}: {e}", args.addr))?;
+    let rtt = client.ping()?;
+    println!(
+        "pong from {} (shard {}) in {} us",
+        args.addr,
+        client.server_info().shard,
+        rtt.as_micros()
+    );
     client.close()?;
     Ok(())
 }

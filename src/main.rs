@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         Command::Sub(args) => corebus::commands::subscribe(&args),
         Command::Request(args) => corebus::commands::request(&args),
         Command::Reply(args) => corebus::commands::reply(&args),
+        Command::Ping(args) => corebus::commands::ping(&args),
         Command::Topic(TopicCommand::Create(args)) => corebus::commands::create_topic(&args),
         Command::Topic(TopicCommand::Delete(args)) => corebus::commands::delete_topic(&args),
         Command::Bench(args) => corebus::bench::run(&args),

@@ -855,3 +855,36 @@ fn a_config_file_sits_between_the_environment_and_the_defaults() {
         "{stderr}"
     );
 }
+
+/// The packaging's health check: `--ready-file` holds the ready line while the broker runs,
+/// `corebus ping` succeeds against it, and the file is gone once the broker stopped.
+#[test]
+fn the_ready_file_and_ping_make_a_health_check() {
+    let path = std::env::temp_dir().join(format!("corebus-ready-{}", std::process::id()));
+    let ready = path.to_str().unwrap();
+    let (mut serve, addr) = start_serve(corebus(&[
+        "serve",
+        "--no-pin",
+        "--shards",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--ready-file",
+        ready,
+    ]));
+    let line = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(line.trim_end(), format!("corebus ready native={addr}"));
+    let addr = addr.to_string();
+    let (status, stdout, stderr) = run(corebus(&["ping", "--addr", &addr, "--timeout", "2s"]));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout[0].starts_with(&format!("pong from {addr} (shard 0) in ")),
+        "{stdout:?}"
+    );
+    serve.signal("TERM");
+    assert!(serve.wait(STOP_WAIT).success());
+    assert!(!path.exists(), "the ready file outlived the broker");
+    let (status, _, stderr) = run(corebus(&["ping", "--addr", &addr]));
+    assert!(!status.success());
+    assert!(stderr.contains(&addr), "{stderr}");
+}
