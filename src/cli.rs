@@ -315,6 +315,11 @@ pub struct SubArgs {
     /// redelivers it at once), to watch redelivery and dead-lettering.
     #[arg(long, value_name = "N", requires = "ack", value_parser = clap::value_parser!(u64).range(1..))]
     pub nack_every: Option<u64>,
+    /// With --ack: ask on the terminal after each message whether to ack it (Enter or `a`),
+    /// nack it (`n`: redelivered at once), skip it (`s`: redelivered after --ack-wait) or
+    /// quit (`q`). Answers are read from stdin, one line each.
+    #[arg(long, requires = "ack", conflicts_with_all = ["nack_every", "json"])]
+    pub manual: bool,
     /// With --ack: how long the broker waits for an ack before redelivering, e.g. `30s`.
     #[arg(long, value_name = "DURATION", requires = "ack", value_parser = parse_duration_ms)]
     pub ack_wait: Option<u64>,

@@ -46,14 +46,15 @@ pub fn serve(settings: &ServeSettings) -> CommandResult {
     // Registered before the listeners exist, so a signal during start-up is not lost.
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let broker = Broker::start(config)?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}", broker.ready_line())?;
-    stdout.flush()?;
-    drop(stdout);
+    // The file first: whoever sees the line on stdout may rely on the file being there too.
     if let Some(path) = &args.ready_file {
         std::fs::write(path, format!("{}\n", broker.ready_line()))
             .map_err(|e| format!("cannot write the ready file {}: {e}", path.display()))?;
     }
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", broker.ready_line())?;
+    stdout.flush()?;
+    drop(stdout);
     if let Some(signal) = signals.forever().next() {
         log::info!("event=signal signal={signal}");
     }
@@ -275,50 +276,99 @@ pub fn subscribe(args: &SubArgs) -> CommandResult {
             );
         }
         received += 1;
-        let nack = args.nack_every.is_some_and(|n| received % n == 0);
+        let mut nack = args.nack_every.is_some_and(|n| received % n == 0);
+        let mut answer = Answer::Ack;
+        if args.manual {
+            // Printed first, so the question is about what is on the screen.
+            print_message(args, &message, epoch, false)?;
+            answer = ask()?;
+            nack = answer == Answer::Nack;
+        }
         if args.ack {
-            if nack {
-                client.nack_message(&subscription, &message)?;
-            } else {
-                client.ack_message(&subscription, &message)?;
+            match (answer, nack) {
+                (Answer::Skip | Answer::Quit, _) => {}
+                (_, true) => client.nack_message(&subscription, &message)?,
+                (_, false) => client.ack_message(&subscription, &message)?,
             }
             refused_acks(&mut client)?;
         }
-        let mut stdout = std::io::stdout().lock();
-        if args.json {
-            writeln!(stdout, "{}", message_json(&message, epoch, nack))?;
-        } else if args.verbose {
-            write!(
-                stdout,
-                "{} seq={} delivery_count={}",
-                message.topic, message.seq, message.delivery_count
-            )?;
-            if let Some(epoch) = epoch {
-                write!(stdout, " epoch={epoch:016x}")?;
-            }
-            if let Some(reply_to) = &message.reply_to {
-                write!(stdout, " reply_to={reply_to}")?;
-            }
-            if nack {
-                write!(stdout, " nacked")?;
-            }
-            writeln!(stdout, " {}", String::from_utf8_lossy(&message.payload))?;
-        } else {
-            writeln!(
-                stdout,
-                "{} seq={} {}",
-                message.topic,
-                message.seq,
-                String::from_utf8_lossy(&message.payload)
-            )?;
+        if answer == Answer::Quit {
+            break;
         }
-        stdout.flush()?;
+        if !args.manual {
+            print_message(args, &message, epoch, nack)?;
+        }
     }
     if args.ack {
         // Acks are answered only when refused: one round trip collects any still on the way.
         client.ping()?;
         refused_acks(&mut client)?;
     }
+    Ok(())
+}
+
+/// What `sub --manual` is told to do with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Ack,
+    Nack,
+    Skip,
+    Quit,
+}
+
+/// Reads one answer from stdin (end of input: quit).
+fn ask() -> Result<Answer, Box<dyn Error>> {
+    loop {
+        eprint!("[A]ck, [n]ack, [s]kip or [q]uit? ");
+        let mut line = String::new();
+        if std::io::stdin().read_line(&mut line)? == 0 {
+            return Ok(Answer::Quit);
+        }
+        match line.trim().to_ascii_lowercase().as_str() {
+            "" | "a" | "ack" => return Ok(Answer::Ack),
+            "n" | "nack" => return Ok(Answer::Nack),
+            "s" | "skip" => return Ok(Answer::Skip),
+            "q" | "quit" => return Ok(Answer::Quit),
+            other => eprintln!("`{other}`: answer a, n, s or q"),
+        }
+    }
+}
+
+fn print_message(
+    args: &SubArgs,
+    message: &Delivery,
+    epoch: Option<u64>,
+    nack: bool,
+) -> CommandResult {
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        writeln!(stdout, "{}", message_json(message, epoch, nack))?;
+    } else if args.verbose {
+        write!(
+            stdout,
+            "{} seq={} delivery_count={}",
+            message.topic, message.seq, message.delivery_count
+        )?;
+        if let Some(epoch) = epoch {
+            write!(stdout, " epoch={epoch:016x}")?;
+        }
+        if let Some(reply_to) = &message.reply_to {
+            write!(stdout, " reply_to={reply_to}")?;
+        }
+        if nack {
+            write!(stdout, " nacked")?;
+        }
+        writeln!(stdout, " {}", String::from_utf8_lossy(&message.payload))?;
+    } else {
+        writeln!(
+            stdout,
+            "{} seq={} {}",
+            message.topic,
+            message.seq,
+            String::from_utf8_lossy(&message.payload)
+        )?;
+    }
+    stdout.flush()?;
     Ok(())
 }
 

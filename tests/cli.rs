@@ -888,3 +888,55 @@ fn the_ready_file_and_ping_make_a_health_check() {
     assert!(!status.success());
     assert!(stderr.contains(&addr), "{stderr}");
 }
+
+/// `sub --manual`: each message is acked, nacked or skipped as the user answers on stdin.
+#[test]
+fn sub_manual_acks_or_nacks_as_told() {
+    use std::io::Write;
+    let (_serve, addr) = serve_two_shards();
+    let addr = addr.to_string();
+    let mut command = corebus(&[
+        "sub",
+        "--addr",
+        &addr,
+        "tasks",
+        "--consumer",
+        "m",
+        "--ack",
+        "--manual",
+        "--verbose",
+        "--count",
+        "2",
+    ]);
+    command.stdin(Stdio::piped());
+    let what = format!("{command:?}");
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = forward_lines(child.stdout.take().unwrap(), None);
+    let stderr_log = Arc::new(Mutex::new(Vec::new()));
+    let stderr = forward_lines(child.stderr.take().unwrap(), Some(stderr_log.clone()));
+    let mut sub = Running {
+        child,
+        what,
+        stdout,
+        stderr,
+        stderr_log,
+    };
+    sub.await_stderr("subscribed", WAIT);
+    let (status, _, stderr) = run(corebus(&["pub", "--addr", &addr, "tasks", "once"]));
+    assert!(status.success(), "{stderr}");
+    let first = sub.stdout_line(WAIT);
+    assert!(first.starts_with("tasks seq=1 delivery_count=1"), "{first}");
+    stdin.write_all(b"n\n").unwrap();
+    let second = sub.stdout_line(WAIT);
+    assert!(
+        second.starts_with("tasks seq=1 delivery_count=2"),
+        "{second}"
+    );
+    stdin.write_all(b"a\n").unwrap();
+    assert!(sub.wait(WAIT).success(), "{}", sub.stderr_so_far());
+}
