@@ -2,15 +2,25 @@
 //! Every `serve` flag can also come from a `COREBUS_*` environment variable (flag wins).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, SlowConsumerPolicy};
 
+/// `corebus --version`: the crate version and the git commit it was built from (`build.rs`;
+/// `unknown` when built outside a git checkout without `COREBUS_GIT_COMMIT`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("COREBUS_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "corebus",
-    version,
+    version = VERSION,
     about = "A thread-per-core in-memory pub/sub broker"
 )]
 pub struct Cli {
@@ -22,10 +32,16 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker.
     Serve(Box<ServeArgs>),
-    /// Publish one message and print its sequence number.
+    /// Publish a message (or --count of them) and print the sequence number it was given.
     Pub(PubArgs),
     /// Subscribe to a topic or pattern and print each message.
     Sub(SubArgs),
+    /// Publish a request naming a private reply topic and print the first answer.
+    Request(RequestArgs),
+    /// Answer requests on a topic, with a fixed text or a command's output.
+    Reply(ReplyArgs),
+    /// Connect, handshake and PING the broker: exits 0 if it answers (a health check).
+    Ping(PingArgs),
     /// Manage topics: `corebus topic create NAME --replay-messages N ...`.
     #[command(subcommand)]
     Topic(TopicCommand),
@@ -33,11 +49,28 @@ pub enum Command {
     Bench(Box<crate::bench::BenchArgs>),
 }
 
+/// `serve`'s flags. Each is also a `COREBUS_*` environment variable and a key of the
+/// `--config` file (the flag's name without `--`); `src/settings.rs` merges the three.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// TOML file whose keys are these flags' names (`connections-max = 5000`); flags and
+    /// environment variables override it.
+    #[arg(long, env = "COREBUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration, with where each value came from, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Print an annotated example config file (every key, commented out at its default) and
+    /// exit.
+    #[arg(long)]
+    pub example_config: bool,
     /// Native protocol address; port 0 picks a free port.
     #[arg(long, env = "COREBUS_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
+    /// Also write the ready line to this file once listening (for health checks); it is
+    /// removed when the broker stops.
+    #[arg(long, env = "COREBUS_READY_FILE", value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
     /// Number of shards (one reactor thread each); default: one per available core.
     #[arg(long, env = "COREBUS_SHARDS")]
     pub shards: Option<usize>,
@@ -50,13 +83,15 @@ pub struct ServeArgs {
     /// Largest message payload accepted, in bytes.
     #[arg(long, env = "COREBUS_MESSAGE_BYTES_MAX", default_value_t = Config::default().message_bytes_max)]
     pub message_bytes_max: usize,
-    /// Connections across all shards (each shard takes an equal share).
+    /// Connections across all shards (each shard takes an equal share); unset, lowered to fit
+    /// the memory available.
     #[arg(long, env = "COREBUS_CONNECTIONS_MAX", default_value_t = Config::default().connections_max)]
     pub connections_max: usize,
     /// Subscriptions one connection may hold.
     #[arg(long, env = "COREBUS_SUBSCRIPTIONS_PER_CONNECTION_MAX", default_value_t = Config::default().subscriptions_per_connection_max)]
     pub subscriptions_per_connection_max: usize,
-    /// Topics across all shards (each owner shard takes an equal share).
+    /// Topics across all shards (each owner shard takes an equal share); unset, lowered to fit
+    /// the memory available.
     #[arg(long, env = "COREBUS_TOPICS_MAX", default_value_t = Config::default().topics_max)]
     pub topics_max: usize,
     /// Bytes queued towards one connection before the slow-consumer policy applies.
@@ -77,14 +112,14 @@ pub struct ServeArgs {
     /// Bytes one connection may read per loop turn before others get their turn.
     #[arg(long, env = "COREBUS_READ_BYTES_PER_TURN_MAX", default_value_t = Config::default().read_bytes_per_turn_max)]
     pub read_bytes_per_turn_max: usize,
-    /// Milliseconds a new connection has to send HELLO.
-    #[arg(long, env = "COREBUS_HANDSHAKE_TIMEOUT_MS", default_value_t = Config::default().handshake_timeout_ms)]
+    /// How long a new connection has to send HELLO, e.g. `10s` (a bare number is ms).
+    #[arg(long, env = "COREBUS_HANDSHAKE_TIMEOUT_MS", value_name = "DURATION", default_value = "10s", value_parser = parse_duration_ms)]
     pub handshake_timeout_ms: u64,
-    /// Milliseconds a connection the broker closes may take to receive its final frames.
-    #[arg(long, env = "COREBUS_CLOSE_LINGER_MS", default_value_t = Config::default().close_linger_ms)]
+    /// How long a connection the broker closes may take to receive its final frames.
+    #[arg(long, env = "COREBUS_CLOSE_LINGER_MS", value_name = "DURATION", default_value = "2s", value_parser = parse_duration_ms)]
     pub close_linger_ms: u64,
-    /// Milliseconds shutdown waits for outbound buffers to flush.
-    #[arg(long, env = "COREBUS_SHUTDOWN_GRACE_MS", default_value_t = Config::default().shutdown_grace_ms)]
+    /// How long shutdown waits for outbound buffers to flush.
+    #[arg(long, env = "COREBUS_SHUTDOWN_GRACE_MS", value_name = "DURATION", default_value = "5s", value_parser = parse_duration_ms)]
     pub shutdown_grace_ms: u64,
     /// Microseconds to spin on an idle poll before blocking (0 = always block).
     #[arg(long, env = "COREBUS_BUSY_POLL_US", default_value_t = Config::default().busy_poll_us)]
@@ -99,7 +134,7 @@ pub struct ServeArgs {
     #[arg(long = "replay-bytes", env = "COREBUS_REPLAY_BYTES", default_value_t = Config::default().replay_bytes_max)]
     pub replay_bytes_max: usize,
     /// Age after which retained messages are evicted, e.g. `30s`, `5m`, `1h`; `0` = no limit.
-    #[arg(long = "replay-ttl", env = "COREBUS_REPLAY_TTL", default_value = "0", value_parser = parse_duration_ms)]
+    #[arg(long = "replay-ttl", env = "COREBUS_REPLAY_TTL", value_name = "DURATION", default_value = "0", value_parser = parse_duration_ms)]
     pub replay_ttl_ms: u64,
     /// Most messages CREATE_TOPIC may ask one topic to retain.
     #[arg(long = "topic-replay-messages-max", env = "COREBUS_TOPIC_REPLAY_MESSAGES_MAX", default_value_t = Config::default().topic_replay_messages_max)]
@@ -107,14 +142,15 @@ pub struct ServeArgs {
     /// Most bytes CREATE_TOPIC may ask one topic to retain.
     #[arg(long = "topic-replay-bytes-max", env = "COREBUS_TOPIC_REPLAY_BYTES_MAX", default_value_t = Config::default().topic_replay_bytes_max)]
     pub topic_replay_bytes_max: usize,
-    /// Topics CREATE_TOPIC may make, across all shards.
+    /// Topics CREATE_TOPIC may make, across all shards; unset, lowered to fit the memory
+    /// available.
     #[arg(long = "created-topics-max", env = "COREBUS_CREATED_TOPICS_MAX", default_value_t = Config::default().created_topics_max)]
     pub created_topics_max: usize,
     /// A durable consumer with no subscription is removed after this long, e.g. `1h`.
-    #[arg(long = "consumer-ttl", env = "COREBUS_CONSUMER_TTL", default_value = "1h", value_parser = parse_duration_ms)]
+    #[arg(long = "consumer-ttl", env = "COREBUS_CONSUMER_TTL", value_name = "DURATION", default_value = "1h", value_parser = parse_duration_ms)]
     pub consumer_ttl_ms: u64,
     /// Longest wait between redeliveries of an unacknowledged message, e.g. `60s`.
-    #[arg(long = "redelivery-backoff-max", env = "COREBUS_REDELIVERY_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration_ms)]
+    #[arg(long = "redelivery-backoff-max", env = "COREBUS_REDELIVERY_BACKOFF_MAX", value_name = "DURATION", default_value = "60s", value_parser = parse_duration_ms)]
     pub redelivery_backoff_max_ms: u64,
     /// Largest in_flight_max a subscription may ask for (its retry buffer is preallocated).
     #[arg(long, env = "COREBUS_CONSUMER_IN_FLIGHT_MAX", default_value_t = Config::default().consumer_in_flight_max)]
@@ -123,7 +159,7 @@ pub struct ServeArgs {
     #[arg(long, env = "COREBUS_CONSUMERS_MAX", default_value_t = Config::default().consumers_max)]
     pub consumers_max: usize,
     /// A topic with no subscriber and no consumer is forgotten after this long without a publish.
-    #[arg(long = "topic-idle-ttl", env = "COREBUS_TOPIC_IDLE_TTL", default_value = "1h", value_parser = parse_duration_ms)]
+    #[arg(long = "topic-idle-ttl", env = "COREBUS_TOPIC_IDLE_TTL", value_name = "DURATION", default_value = "1h", value_parser = parse_duration_ms)]
     pub topic_idle_ttl_ms: u64,
     /// Readiness events taken from the kernel per poll.
     #[arg(long, env = "COREBUS_EVENTS_PER_POLL_MAX", default_value_t = Config::default().events_per_poll_max)]
@@ -164,14 +200,72 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct PubArgs {
-    /// Broker address.
-    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070")]
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
     pub addr: String,
     pub topic: String,
-    pub message: String,
-    /// Wait for the broker to sequence the message and print its sequence number.
-    #[arg(long)]
+    /// The payload. Without it (or with `-`) the payload is all of stdin, byte for byte.
+    #[arg(conflicts_with = "file")]
+    pub message: Option<String>,
+    /// Read the payload from this file, byte for byte.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Publish the payload this many times (quick load); prints the last sequence number.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+    /// With --count: at most this many messages per second (0 = as fast as the broker takes
+    /// them).
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 0)]
+    pub rate: u64,
+    /// Accepted for older scripts: every `pub` now waits for its sequence number.
+    #[arg(long, hide = true)]
     pub confirm: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
+    pub addr: String,
+    /// How long to wait for the handshake and the answer, e.g. `2s`.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration_ms)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
+    pub addr: String,
+    pub topic: String,
+    /// The request's payload. Without it (or with `-`) the payload is all of stdin.
+    pub message: Option<String>,
+    /// How long to wait for an answer, e.g. `500ms`, `5s`.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration_ms)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("answer_with").required(true).args(["exec", "answer"])))]
+pub struct ReplyArgs {
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
+    pub addr: String,
+    /// The topic (or pattern) requests arrive on.
+    pub topic: String,
+    /// Answer each request with this shell command's stdout (`sh -c CMD`), the request's
+    /// payload on its stdin and its topic in `COREBUS_TOPIC`.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Answer each request with this text.
+    #[arg(long, value_name = "TEXT")]
+    pub answer: Option<String>,
+    /// Share the requests with the other responders of this group (each request to one).
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+    /// Exit after answering this many requests.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -184,16 +278,16 @@ pub enum TopicCommand {
 
 #[derive(Debug, Args)]
 pub struct DeleteTopicArgs {
-    /// Broker address.
-    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070")]
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
     pub addr: String,
     pub topic: String,
 }
 
 #[derive(Debug, Args)]
 pub struct CreateTopicArgs {
-    /// Broker address.
-    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070")]
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
     pub addr: String,
     pub topic: String,
     /// Messages the topic retains for replay (default: the broker's --replay-messages).
@@ -220,8 +314,8 @@ impl CreateTopicArgs {
 
 #[derive(Debug, Args)]
 pub struct SubArgs {
-    /// Broker address.
-    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070")]
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
     pub addr: String,
     /// Exact topic or pattern (`orders.*`, `metrics.>`).
     pub subject: String,
@@ -246,6 +340,31 @@ pub struct SubArgs {
     /// At-least-once: acknowledge each message as it is printed (needs --consumer or --group).
     #[arg(long)]
     pub ack: bool,
+    /// With --ack: negatively acknowledge every Nth message received instead (the broker
+    /// redelivers it at once), to watch redelivery and dead-lettering.
+    #[arg(long, value_name = "N", requires = "ack", value_parser = clap::value_parser!(u64).range(1..))]
+    pub nack_every: Option<u64>,
+    /// With --ack: ask on the terminal after each message whether to ack it (Enter or `a`),
+    /// nack it (`n`: redelivered at once), skip it (`s`: redelivered after --ack-wait) or
+    /// quit (`q`). Answers are read from stdin, one line each.
+    #[arg(long, requires = "ack", conflicts_with_all = ["nack_every", "json"])]
+    pub manual: bool,
+    /// With --ack: how long the broker waits for an ack before redelivering, e.g. `30s`.
+    #[arg(long, value_name = "DURATION", requires = "ack", value_parser = parse_duration_ms)]
+    pub ack_wait: Option<u64>,
+    /// With --ack: deliveries of one message before it moves to `$dlq.<topic>`.
+    #[arg(long, value_name = "N", requires = "ack")]
+    pub deliver_max: Option<u16>,
+    /// With --ack: unacknowledged messages the broker lets this consumer hold.
+    #[arg(long, value_name = "N", requires = "ack")]
+    pub in_flight_max: Option<u32>,
+    /// Print each message's delivery count, its topic's epoch and its reply topic too.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+    /// Print one JSON object per message and line (payload as a JSON string when it is
+    /// UTF-8, else base64 in `payload_base64`).
+    #[arg(long, conflicts_with = "verbose")]
+    pub json: bool,
 }
 
 impl SubArgs {
@@ -259,10 +378,20 @@ impl SubArgs {
         if self.ack && sharing == Sharing::None {
             return Err("--ack needs --consumer NAME or --group NAME".into());
         }
+        let acks = self.ack.then(|| {
+            let defaults = AckSettings::default();
+            AckSettings {
+                in_flight_max: self.in_flight_max.unwrap_or(defaults.in_flight_max),
+                ack_wait_ms: self.ack_wait.map_or(defaults.ack_wait_ms, |ms| {
+                    ms.min(u64::from(u32::MAX)) as u32
+                }),
+                deliver_max: self.deliver_max.unwrap_or(defaults.deliver_max),
+            }
+        });
         Ok(SubscribeOptions {
             start: self.start(),
             sharing,
-            acks: self.ack.then(AckSettings::default),
+            acks,
         })
     }
 
@@ -304,6 +433,36 @@ pub fn parse_core_list(text: &str) -> Result<CoreList, String> {
         return Err("the core list is empty".into());
     }
     Ok(CoreList(cores))
+}
+
+/// A broker address for the client commands: `HOST:PORT`, or `corebus://HOST:PORT` as
+/// `bench --target` takes it (the port defaults to 7070). Returns `HOST:PORT`.
+pub fn parse_broker_addr(text: &str) -> Result<String, String> {
+    let rest = match text.trim().split_once("://") {
+        Some(("corebus", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(format!(
+                "`{text}`: only corebus://HOST:PORT (or HOST:PORT) is a broker address, not \
+                 {scheme}://"
+            ))
+        }
+        None => text.trim(),
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Err(format!("`{text}` names no host"));
+    }
+    let has_port = match rest.strip_prefix('[') {
+        Some(bracketed) => bracketed
+            .split_once(']')
+            .is_some_and(|(_, after)| after.starts_with(':')),
+        None => rest.contains(':'),
+    };
+    Ok(if has_port {
+        rest.to_string()
+    } else {
+        format!("{rest}:7070")
+    })
 }
 
 /// A duration such as `250ms`, `30s` or `1h` (a bare number is milliseconds), in milliseconds.

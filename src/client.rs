@@ -29,7 +29,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError
 
 use crate::error::ErrorCode;
 use crate::protocol::native::{self, AckKind, Frame, PROTOCOL_VERSION};
+use crate::protocol::subscribe_options::CONSUMER_NAME_BYTES_MAX;
 pub use crate::protocol::subscribe_options::{AckSettings, Sharing, Start, SubscribeOptions};
+use crate::protocol::topic::TOPIC_BYTES_MAX;
 pub use crate::protocol::topic_options::TopicOptions;
 
 /// Frames the client accepts from the broker: the broker's own limit is checked broker-side.
@@ -80,13 +82,19 @@ pub enum Error {
     Protocol(String),
     /// The broker ended the subscription (its topic was deleted): nothing more will come.
     Ended(ServerError),
+    /// Refused by the client before anything was sent, with the code the broker gives the
+    /// same mistake (`BAD_TOPIC`, `MESSAGE_TOO_LARGE`, `UNSUPPORTED_OPTION`): input the wire
+    /// format cannot carry. Nothing a caller passes makes the client panic.
+    Invalid(ServerError),
 }
 
 impl Error {
     /// The broker's error code, when the broker refused the command or closed with one.
     pub fn server_code(&self) -> Option<ErrorCode> {
         match self {
-            Error::Server(e) | Error::Closed(Some(e)) | Error::Ended(e) => e.code(),
+            Error::Server(e) | Error::Closed(Some(e)) | Error::Ended(e) | Error::Invalid(e) => {
+                e.code()
+            }
             _ => None,
         }
     }
@@ -102,6 +110,7 @@ impl fmt::Display for Error {
             Error::Closed(None) => f.write_str("connection closed"),
             Error::Protocol(e) => write!(f, "protocol error: {e}"),
             Error::Ended(e) => write!(f, "subscription ended by the broker: {e}"),
+            Error::Invalid(e) => write!(f, "not sent: {e}"),
         }
     }
 }
@@ -115,6 +124,45 @@ impl From<io::Error> for Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+fn invalid(code: ErrorCode, message: String) -> Error {
+    Error::Invalid(ServerError {
+        code_raw: code.as_u16(),
+        message,
+    })
+}
+
+/// A topic, pattern or reply topic the frame's one-byte length can carry. The broker checks
+/// the naming rules; this checks only what would not fit on the wire.
+fn check_topic_length(what: &str, name: &str) -> Result<()> {
+    if name.len() > TOPIC_BYTES_MAX {
+        return Err(invalid(
+            ErrorCode::BadTopic,
+            format!(
+                "{what} is {} bytes; names are at most {TOPIC_BYTES_MAX} bytes",
+                name.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_options(options: &SubscribeOptions) -> Result<()> {
+    let name = match &options.sharing {
+        Sharing::None => return Ok(()),
+        Sharing::Consumer(name) | Sharing::Group(name) => name,
+    };
+    if name.len() > CONSUMER_NAME_BYTES_MAX {
+        return Err(invalid(
+            ErrorCode::UnsupportedOption,
+            format!(
+                "consumer or group name is {} bytes; at most {CONSUMER_NAME_BYTES_MAX}",
+                name.len()
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// A message delivered to a subscription.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -272,6 +320,12 @@ impl Client {
     }
 
     pub fn connect_with(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Client> {
+        if options.name.len() > u8::MAX as usize {
+            return Err(invalid(
+                ErrorCode::BadFrame,
+                format!("client name is {} bytes; at most 255", options.name.len()),
+            ));
+        }
         let mut stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         let mut encode_buf = Vec::with_capacity(4096);
@@ -425,6 +479,7 @@ impl Client {
     /// Publishes without waiting (a quiet publish: the broker answers only if it refuses it;
     /// such refusals are collected by [`Client::take_async_errors`]).
     pub fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
+        self.check_publish(topic, None, payload)?;
         let request_id = self.request_id();
         self.send(Frame::Publish {
             request_id,
@@ -438,6 +493,7 @@ impl Client {
 
     /// Publishes and waits for the broker to sequence the message; returns its sequence number.
     pub fn publish_confirmed(&mut self, topic: &str, payload: &[u8]) -> Result<u64> {
+        self.check_publish(topic, None, payload)?;
         let request_id = self.request_id();
         let data = self.call(
             request_id,
@@ -504,6 +560,7 @@ impl Client {
         payload: &[u8],
         reply_to: &str,
     ) -> Result<()> {
+        self.check_publish(topic, Some(reply_to), payload)?;
         let request_id = self.request_id();
         self.send(Frame::Publish {
             request_id,
@@ -527,6 +584,7 @@ impl Client {
     /// up to `timeout` for the first answer ([`Error::Timeout`] if nobody answers). The first
     /// request subscribes this client to its inbox (`_inbox.<random>.*`); later ones reuse it.
     pub fn request(&mut self, topic: &str, payload: &[u8], timeout: Duration) -> Result<Delivery> {
+        self.check_publish(topic, None, payload)?;
         if self.inbox.is_none() {
             let prefix = format!("_inbox.{:016x}", rand::random::<u64>());
             let subscription = self.subscribe(&format!("{prefix}.*"))?;
@@ -574,6 +632,8 @@ impl Client {
         subject: &str,
         options: SubscribeOptions,
     ) -> Result<Subscription> {
+        check_topic_length("subscription topic", subject)?;
+        check_options(&options)?;
         let sub_id = self.next_sub_id;
         self.next_sub_id += 1;
         let (events_tx, events) = crossbeam_channel::bounded(self.options.subscription_buffer);
@@ -619,6 +679,7 @@ impl Client {
     /// idle. Fails with `TOPIC_EXISTS` if the topic exists, `OPTION_OUT_OF_RANGE` if a limit is
     /// above the broker's cap, `BAD_TOPIC` for a pattern, a reserved or an inbox name.
     pub fn create_topic(&mut self, topic: &str, options: TopicOptions) -> Result<TopicPosition> {
+        check_topic_length("topic", topic)?;
         let request_id = self.request_id();
         let mut encoded_options = Vec::new();
         options.encode(&mut encoded_options);
@@ -639,6 +700,7 @@ impl Client {
     /// subscription to it ends ([`Error::Ended`] with `TOPIC_DELETED`). Fails with
     /// `TOPIC_NOT_FOUND` if it does not exist.
     pub fn delete_topic(&mut self, topic: &str) -> Result<()> {
+        check_topic_length("topic", topic)?;
         let request_id = self.request_id();
         self.call(
             request_id,
@@ -711,6 +773,16 @@ impl Client {
         (topic, seq): (&[u8], u64),
         kind: AckKind,
     ) -> Result<()> {
+        if topic.len() > TOPIC_BYTES_MAX {
+            // Only a hand-made Delivery can get here: the broker never sends such a name.
+            return Err(invalid(
+                ErrorCode::BadTopic,
+                format!(
+                    "topic is {} bytes; names are at most {TOPIC_BYTES_MAX} bytes",
+                    topic.len()
+                ),
+            ));
+        }
         let request_id = self.request_id();
         self.send(Frame::Ack {
             request_id,
@@ -719,6 +791,28 @@ impl Client {
             kind,
             topic,
         })
+    }
+
+    /// What a publish frame must satisfy before it is encoded: names that fit their length
+    /// byte and a payload within the broker's `message_bytes_max` (from the handshake), which
+    /// also keeps the frame within its `u32` length field.
+    fn check_publish(&self, topic: &str, reply_to: Option<&str>, payload: &[u8]) -> Result<()> {
+        check_topic_length("topic", topic)?;
+        if let Some(reply_to) = reply_to {
+            check_topic_length("reply topic", reply_to)?;
+        }
+        let max = (self.info.message_bytes_max as usize)
+            .min(u32::MAX as usize - native::FRAME_OVERHEAD_MAX - native::HEADER_LEN);
+        if payload.len() > max {
+            return Err(invalid(
+                ErrorCode::MessageTooLarge,
+                format!(
+                    "payload is {} bytes; the broker accepts at most {max} (--message-bytes-max)",
+                    payload.len()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Round trip to the broker.

@@ -270,6 +270,64 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Lowers the limits in `adjustable` (those the operator left at their defaults), all by
+    /// the same factor, until the worst case of [`Config::memory_budget`] fits in
+    /// `budget_bytes`, none below a small floor. Explicit limits are left alone: if they
+    /// overcommit, the start-up warning says so. Returns each limit changed, with its old and
+    /// new value.
+    pub fn fit_to_memory(
+        &mut self,
+        budget_bytes: usize,
+        adjustable: &[FittedLimit],
+    ) -> Vec<(FittedLimit, usize, usize)> {
+        let total = self.memory_budget().total_bytes();
+        if total <= budget_bytes || adjustable.is_empty() {
+            return Vec::new();
+        }
+        let bytes = |config: &Config, limit: FittedLimit| {
+            limit.get(config).saturating_mul(limit.unit_bytes(config))
+        };
+        let adjustable_bytes: usize = adjustable.iter().map(|&l| bytes(self, l)).sum();
+        let mut room = budget_bytes.saturating_sub(total.saturating_sub(adjustable_bytes));
+        // Scale every free limit by room / their bytes; one that would go below its floor is
+        // pinned there and the others share what is left, so the floors' cost is counted.
+        let mut free: Vec<FittedLimit> = adjustable.to_vec();
+        let mut changes = Vec::new();
+        loop {
+            let free_bytes: usize = free.iter().map(|&l| bytes(self, l)).sum::<usize>().max(1);
+            let scaled = |limit: FittedLimit| {
+                let old = limit.get(self);
+                (old as u128 * room as u128 / free_bytes as u128) as usize
+            };
+            let Some(index) = free
+                .iter()
+                .position(|&l| scaled(l) < l.floor().min(l.get(self)))
+            else {
+                break;
+            };
+            let limit = free.remove(index);
+            let old = limit.get(self);
+            let new = limit.floor().min(old);
+            limit.set(self, new);
+            room = room.saturating_sub(bytes(self, limit));
+            if new != old {
+                changes.push((limit, old, new));
+            }
+        }
+        let free_bytes: usize = free.iter().map(|&l| bytes(self, l)).sum::<usize>().max(1);
+        for limit in free {
+            let old = limit.get(self);
+            let new = ((old as u128 * room as u128 / free_bytes as u128) as usize).min(old);
+            if new != old {
+                limit.set(self, new);
+                changes.push((limit, old, new));
+            }
+        }
+        changes
+    }
+}
+
 impl MemoryBudget {
     /// The worst case if every bounded queue filled at once.
     pub fn total_bytes(&self) -> usize {
@@ -282,10 +340,86 @@ impl MemoryBudget {
 
 /// Physical memory, from `/proc/meminfo` (None where that is not available).
 pub fn physical_memory_bytes() -> Option<usize> {
+    meminfo_bytes("MemTotal:")
+}
+
+/// Memory the kernel could give to a new process without swapping (`MemAvailable` in
+/// `/proc/meminfo`), None where that is not available.
+pub fn available_memory_bytes() -> Option<usize> {
+    meminfo_bytes("MemAvailable:")
+}
+
+fn meminfo_bytes(field: &str) -> Option<usize> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let line = meminfo.lines().find(|line| line.starts_with(field))?;
     let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The share of available memory that default limits plan for: the worst case of every
+/// bounded queue filling at once must fit in half of `MemAvailable` at start-up, leaving the
+/// rest to the kernel, the page cache and whatever else runs there.
+pub const DEFAULTS_MEMORY_SHARE_DIVISOR: usize = 2;
+
+/// A limit that [`Config::fit_to_memory`] may lower when the operator did not set it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FittedLimit {
+    ConnectionsMax,
+    TopicsMax,
+    CreatedTopicsMax,
+}
+
+impl FittedLimit {
+    pub const ALL: [FittedLimit; 3] = [
+        FittedLimit::ConnectionsMax,
+        FittedLimit::TopicsMax,
+        FittedLimit::CreatedTopicsMax,
+    ];
+
+    /// The `serve` flag (and config file key) that sets it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            FittedLimit::ConnectionsMax => "connections-max",
+            FittedLimit::TopicsMax => "topics-max",
+            FittedLimit::CreatedTopicsMax => "created-topics-max",
+        }
+    }
+
+    /// Never lowered below this: a broker must still be usable on a small machine.
+    fn floor(self) -> usize {
+        match self {
+            FittedLimit::ConnectionsMax | FittedLimit::TopicsMax => 16,
+            FittedLimit::CreatedTopicsMax => 1,
+        }
+    }
+
+    fn get(self, config: &Config) -> usize {
+        match self {
+            FittedLimit::ConnectionsMax => config.connections_max,
+            FittedLimit::TopicsMax => config.topics_max,
+            FittedLimit::CreatedTopicsMax => config.created_topics_max,
+        }
+    }
+
+    fn set(self, config: &mut Config, value: usize) {
+        match self {
+            FittedLimit::ConnectionsMax => config.connections_max = value,
+            FittedLimit::TopicsMax => config.topics_max = value,
+            FittedLimit::CreatedTopicsMax => config.created_topics_max = value,
+        }
+    }
+
+    /// What one unit of this limit may hold at worst, as [`Config::memory_budget`] counts it.
+    fn unit_bytes(self, config: &Config) -> usize {
+        let one = Config {
+            connections_max: usize::from(self == FittedLimit::ConnectionsMax),
+            topics_max: usize::from(self == FittedLimit::TopicsMax),
+            created_topics_max: usize::from(self == FittedLimit::CreatedTopicsMax),
+            shards: 1,
+            ..config.clone()
+        };
+        one.memory_budget().total_bytes()
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -355,6 +489,48 @@ mod tests {
         assert_eq!(budget.connection_bytes_max, 10 * ((2 << 20) + 4096));
         assert!(budget.total_bytes() >= budget.connection_bytes_max + budget.replay_bytes_max);
         assert!(physical_memory_bytes().is_some_and(|bytes| bytes > 0));
+    }
+
+    /// Issue 11, defect 4: the defaults' worst case (~97 GiB) is fitted to the machine.
+    #[test]
+    fn defaults_are_fitted_to_the_memory_available() {
+        const GIB: usize = 1 << 30;
+        let defaults = Config {
+            shards: 2,
+            ..Config::default()
+        };
+        assert!(defaults.memory_budget().total_bytes() > 90 * GIB);
+        for available in [24 * GIB, 4 * GIB, GIB] {
+            let budget = available / DEFAULTS_MEMORY_SHARE_DIVISOR;
+            let mut fitted = defaults.clone();
+            let changes = fitted.fit_to_memory(budget, &FittedLimit::ALL);
+            assert_eq!(changes.len(), 3, "{changes:?}");
+            assert!(
+                fitted.memory_budget().total_bytes() <= budget,
+                "{} GiB available: {}",
+                available / GIB,
+                fitted.memory_budget()
+            );
+            fitted.validate().unwrap();
+        }
+        // A machine large enough keeps the defaults.
+        let mut big = defaults.clone();
+        assert!(big.fit_to_memory(1 << 50, &FittedLimit::ALL).is_empty());
+        assert_eq!(big.connections_max, defaults.connections_max);
+        // An explicit limit is never changed: the others make room if they can.
+        let mut explicit = defaults.clone();
+        let changes = explicit.fit_to_memory(
+            12 * GIB,
+            &[FittedLimit::TopicsMax, FittedLimit::CreatedTopicsMax],
+        );
+        assert_eq!(explicit.connections_max, 10_000);
+        assert!(changes
+            .iter()
+            .all(|(limit, ..)| *limit != FittedLimit::ConnectionsMax));
+        // Floors keep a tiny machine's broker usable (and the warning tells the rest).
+        let mut tiny = defaults.clone();
+        tiny.fit_to_memory(1 << 20, &FittedLimit::ALL);
+        assert_eq!((tiny.connections_max, tiny.topics_max), (16, 16));
     }
 
     #[test]

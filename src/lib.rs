@@ -6,33 +6,58 @@
 //! shard that accepted it. Topic `t` is owned by shard `hash(t) % N`; the owner numbers the
 //! topic's messages and knows which shards have subscribers. A publish travels from the
 //! publisher's shard to the owner, and from the owner once to each shard with matching
-//! subscribers, over bounded single-producer/single-consumer rings; that shard fans out to its
-//! own connections. Payloads are reference-counted: one allocation per message, whatever the
+//! subscribers, over bounded single-producer/single-consumer rings (`crossbeam-channel`
+//! bounded channels, one producer and one consumer each); that shard fans out to its own
+//! connections. Payloads are reference-counted: one allocation per message, whatever the
 //! fan-out.
 //!
 //! ## Code map
-//! - [`cli`]: `clap` definitions only. [`config`]: every limit, its default, validation and
-//!   the memory budget. [`server`]: binds the listeners, builds the mesh, spawns the shards.
-//! - [`protocol`]: sans-IO codecs, bytes in and values out:
-//!   - `native` (the binary frames), `topic` (names and patterns), `subscribe_options` and
-//!     `topic_options` (TLV options over `tlv`);
-//!   - the HTTP port: `http` (request heads, router, responses, WebSocket handshake),
-//!     `websocket` (RFC 6455 frames), `ws_fiber` and `ws_fastapi` (the two JSON dialects, over
-//!     `ws_json`), `payload` (payloads across protocols, derived message ids);
-//!   - the Redis port: `resp` (RESP2/RESP3 requests, replies, pub/sub frames), `glob` (Redis
-//!     patterns and their index), `resp_channel` (channel ↔ topic names), `resp_commands`
-//!     (the command table and Redis's error texts).
-//! - [`shard`]: what one core owns: the event loop (the only caller of `poll`), connections,
-//!   the owner's topic table, local subscriptions, the pattern trie. The protocol seam: the
-//!   core's commands (`commands`) answer with protocol-neutral `Answer`s, and each connection
-//!   kind words them: `conn_native` (binary frames), `conn_http` (REST and the WebSocket
-//!   upgrade), `conn_ws` (the JSON dialects, and the cache that encodes an event once per
-//!   shard and dialect), all through `wire`; `stats` gathers stats from every shard.
-//! - [`mesh`]: the rings between shards and the closed set of messages they carry.
-//! - [`message`]: the shared, immutable message frame. [`ids`]: newtype ids.
-//! - [`client`]: the blocking Rust client. [`error`]: wire error codes and close reasons.
-//! - [`bench`]: `corebus bench`, the load generator (one `mio` loop per bench thread; also
-//!   speaks Redis and NATS for comparisons; replay starts over a prefilled backlog).
+//! Every module, by directory. Private modules are named by their file.
+//!
+//! - Entry points. `src/main.rs`: parse the command line, run the command. [`cli`]: `clap`
+//!   definitions only. [`commands`]: what each CLI command does (`serve`, `pub`, `sub`,
+//!   `request`, `reply`, `topic`). [`settings`]: where each `serve` setting comes from (flag >
+//!   environment > config file > default), `--print-config`, the example config.
+//! - Start-up. [`config`]: every limit, its default, validation, the memory budget and fitting
+//!   unset limits to the memory available. [`server`]: builds the mesh, spawns the shards,
+//!   stops them. [`listeners`]: one `SO_REUSEPORT` listener per shard on a port shared with no
+//!   other process ("address already in use" otherwise).
+//! - [`protocol`]: sans-IO codecs. [`protocol::native`]: the binary frames, byte by byte.
+//!   [`protocol::topic`]: topic names, patterns, topic → shard. [`protocol::subscribe_options`]
+//!   and [`protocol::topic_options`]: the TLV options of SUBSCRIBE and CREATE_TOPIC (`tlv.rs`
+//!   is their shared layout). [`protocol::sniff`]: recognises HTTP, Redis and NATS clients on
+//!   the native port and answers them in their own words. The HTTP port: [`protocol::http`]
+//!   (request heads, router, responses, WebSocket handshake), [`protocol::websocket`] (RFC 6455
+//!   frames), [`protocol::ws_fiber`] and [`protocol::ws_fastapi`] (the two JSON dialects, over
+//!   [`protocol::ws_json`]), [`protocol::payload`] (payloads across protocols, derived message
+//!   ids). The Redis port, not yet on a listener: [`protocol::resp`] (RESP2/RESP3 requests,
+//!   replies, pub/sub frames), [`protocol::glob`] (Redis patterns and their index),
+//!   [`protocol::resp_channel`] (channel ↔ topic names), [`protocol::resp_commands`] (the
+//!   command table and Redis's error texts).
+//! - [`shard`]: what one core owns. `event_loop.rs`: the only caller of `poll` (accept, read,
+//!   write, timers, shutdown). [`shard::connection`]: one connection's state, buffers and
+//!   outbox. The protocol seam: `commands.rs` holds the protocol-neutral command handlers,
+//!   which answer with [`shard::wire::Answer`]s; each connection kind words them through its
+//!   [`shard::wire::Wire`]: `conn_native.rs` (HELLO, versions, binary frames),
+//!   [`shard::conn_http`] (REST, the WebSocket upgrade), [`shard::conn_ws`] (the JSON dialects,
+//!   and the cache that encodes an event once per shard and dialect). [`shard::stats`]: stats
+//!   gathered from every shard over the rings. `owner.rs`: the owner
+//!   side, sequencing and everything that arrives over the rings. [`shard::topics`]: the
+//!   owner's topic table and each shard's local subscriptions. [`shard::sublist`]: the pattern
+//!   trie and its cache. [`shard::replay`]: a topic's replay ring. [`shard::consumers`]:
+//!   durable consumers and groups on the owner. [`shard::retry`]: a consumer's retry buffer
+//!   (unacked messages, redelivery, dead letters). [`shard::pattern_groups`]: groups
+//!   subscribed with a pattern, on every shard.
+//! - [`mesh`]: everything that crosses between shards. [`mesh::ring`]: the bounded SPSC ring,
+//!   a `crossbeam-channel` bounded channel with exactly one producer and one consumer, one
+//!   batch per slot. [`mesh::message`]: the closed set of messages the rings carry.
+//! - [`message`]: the shared, immutable message frame. [`ids`]: newtype ids. [`error`]: wire
+//!   error codes and close reasons.
+//! - [`client`]: the blocking Rust client (also used by the tests and the CLI).
+//! - [`mod@bench`]: `corebus bench`, the load generator (one `mio` loop per bench thread; also
+//!   speaks Redis and NATS for comparisons): [`bench::scenario`], [`bench::wire`],
+//!   [`bench::driver`], [`bench::latency`], [`bench::accounting`], [`bench::report`],
+//!   [`bench::replay`], and [`bench::reflector`], a stand-in broker that only forwards.
 //!
 //! ## Architecture invariants
 //! - The topic, replay and consumer code never knows which protocol a connection speaks: it
@@ -56,8 +81,10 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod ids;
+pub mod listeners;
 pub mod mesh;
 pub mod message;
 pub mod protocol;
 pub mod server;
+pub mod settings;
 pub mod shard;

@@ -8,9 +8,22 @@ use corebus::cli::{Cli, Command, TopicCommand};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => corebus::commands::serve(&args),
+        // Parsed again with the config file merged in (flag > env > file > default).
+        Command::Serve(_) => {
+            match corebus::settings::resolve_serve(std::env::args_os().collect()) {
+                Ok(settings) => corebus::commands::serve(&settings),
+                Err(message) if message.starts_with("error:") => {
+                    eprint!("{message}");
+                    return ExitCode::from(2);
+                }
+                Err(message) => Err(message.into()),
+            }
+        }
         Command::Pub(args) => corebus::commands::publish(&args),
         Command::Sub(args) => corebus::commands::subscribe(&args),
+        Command::Request(args) => corebus::commands::request(&args),
+        Command::Reply(args) => corebus::commands::reply(&args),
+        Command::Ping(args) => corebus::commands::ping(&args),
         Command::Topic(TopicCommand::Create(args)) => corebus::commands::create_topic(&args),
         Command::Topic(TopicCommand::Delete(args)) => corebus::commands::delete_topic(&args),
         Command::Bench(args) => corebus::bench::run(&args),

@@ -1,6 +1,7 @@
-//! Starting and stopping a broker: binds one `SO_REUSEPORT` listener per shard, builds the
-//! ring mesh, spawns the shard threads (pinned to their cores) and hands back a [`Broker`]
-//! that knows the bound addresses and can stop them.
+//! Starting and stopping a broker: binds one `SO_REUSEPORT` listener per shard (a port shared
+//! with no other process: see [`crate::listeners`]), builds the ring mesh, spawns the shard
+//! threads (pinned to their cores) and hands back a [`Broker`] that knows the bound addresses
+//! and can stop them.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,15 +10,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use mio::{Poll, Waker};
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::ids::ShardId;
 use crate::mesh;
 use crate::shard::{Shard, ShardCounters, ShardSetup};
-
-/// Pending connections the kernel queues per listener before the shard accepts them.
-const LISTEN_BACKLOG: i32 = 1024;
 
 /// A running broker.
 pub struct Broker {
@@ -36,10 +33,10 @@ impl Broker {
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let config = Arc::new(config);
-        let listeners = bind_listeners(config.listen, config.shards)?;
+        let listeners = crate::listeners::bind_shared(config.listen, config.shards)?;
         let native_addr = listeners[0].local_addr()?;
         let mut http_listeners: Vec<Option<std::net::TcpListener>> = match config.http_listen {
-            Some(addr) => bind_listeners(addr, config.shards)?
+            Some(addr) => crate::listeners::bind_shared(addr, config.shards)?
                 .into_iter()
                 .map(Some)
                 .collect(),
@@ -73,12 +70,21 @@ impl Broker {
         let budget = config.memory_budget();
         if let Some(physical) = crate::config::physical_memory_bytes() {
             if budget.total_bytes() > physical {
-                // The limits are honest only if they fit: say which knobs to turn.
+                // The limits are honest only if they fit. Limits left at their defaults are
+                // fitted to the machine by `serve`, so this is about explicit ones: say what
+                // each part costs, so the operator sees which knob matters.
                 log::warn!(
-                    "event=memory_budget_exceeds_ram budget_mib={} ram_mib={} hint=\"lower \
-                     --connections-max or --outbound-bytes-max, or --topics-max or --replay-bytes\"",
+                    "event=memory_budget_exceeds_ram budget_mib={} ram_mib={} \
+                     connections_mib={} replay_mib={} created_topics_mib={} hint=\"the worst \
+                     case is connections-max x (outbound-bytes-max + read-chunk-bytes), plus \
+                     topics-max x (replay-bytes + 32 x replay-messages), plus created-topics-max \
+                     x (topic-replay-bytes-max + 32 x topic-replay-messages-max); lower the \
+                     largest until it fits (see tuning.md)\"",
                     budget.total_bytes() >> 20,
-                    physical >> 20
+                    physical >> 20,
+                    budget.connection_bytes_max >> 20,
+                    budget.replay_bytes_max >> 20,
+                    budget.created_topics_replay_bytes_max >> 20,
                 );
             }
         }
@@ -173,25 +179,6 @@ impl Drop for Broker {
             }
         }
     }
-}
-
-/// One listener per shard on the same address. With port 0 the first bind picks the port
-/// and the others join it.
-fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let mut listeners = Vec::with_capacity(count);
-    let mut addr = addr;
-    for _ in 0..count {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(LISTEN_BACKLOG)?;
-        let listener: std::net::TcpListener = socket.into();
-        addr = listener.local_addr()?;
-        listeners.push(listener);
-    }
-    Ok(listeners)
 }
 
 /// The core each shard is pinned to, or none when pinning is off.

@@ -314,7 +314,15 @@ fn at_least_once_survives_random_consumer_crashes() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_c0de);
-    eprintln!("COREBUS_TEST_SEED={seed}");
+    // Straight to the process's stderr, past the test harness's capture, so the seed is
+    // printed on every run (as the README says), not only when the test fails.
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "at_least_once_survives_random_consumer_crashes: COREBUS_TEST_SEED={seed}"
+        );
+    }
     const TOPICS: u64 = 4;
     const PER_TOPIC: u64 = 25_000;
     let mut config = config(4);

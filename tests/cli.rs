@@ -464,6 +464,8 @@ fn pub_without_a_broker_exits_non_zero_with_an_error_on_stderr() {
         stderr.starts_with("corebus:") && stderr.len() > "corebus:".len() + 3,
         "stderr: {stderr:?}"
     );
+    // The error names the address it could not reach (issue 11, defect 8).
+    assert!(stderr.contains(&addr), "stderr: {stderr:?}");
 }
 
 #[test]
@@ -562,4 +564,387 @@ fn sub_in_an_acked_pattern_group_acks_what_it_prints() {
     // `sub` checks that the broker took its acks (they name each message's topic).
     assert!(member.wait(WAIT).success(), "{}", member.all_stderr());
     assert_eq!(member.rest_of_stdout().len(), 2);
+}
+
+/// Issue 11, defect 1: a second broker on a port in use refuses to start (it would otherwise
+/// join the first one's SO_REUSEPORT group and take half of its clients), while the shards
+/// of each broker still share their port.
+#[test]
+fn a_second_serve_on_a_port_in_use_fails_with_address_already_in_use() {
+    let port = closed_port().port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let serve =
+        |shards: &str| corebus(&["serve", "--no-pin", "--shards", shards, "--listen", &listen]);
+    let (_first, addr) = start_serve(serve("2"));
+    assert_eq!(addr.port().to_string(), port);
+    let (status, stdout, stderr) = run(serve("2"));
+    assert!(!status.success(), "the second broker started: {stdout:?}");
+    assert!(stdout.is_empty(), "the second broker printed {stdout:?}");
+    assert!(
+        stderr.contains("address already in use") && stderr.contains(&listen),
+        "stderr: {stderr}"
+    );
+    // The first broker still has both of its shards and all of its clients.
+    let mut seen = shards_seen(addr, 64);
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, [0, 1], "shards of the first broker");
+}
+
+/// Issue 11, defect 3 and the `pub` a user reaches for: `pub` prints the sequence number
+/// without `--confirm`; the payload may come from stdin or `--file`, byte for byte; `--count`
+/// publishes several; `--addr` takes `corebus://HOST:PORT` like `bench --target`.
+#[test]
+fn pub_prints_the_sequence_and_takes_its_payload_from_stdin_or_a_file() {
+    let (_serve, addr) = serve_two_shards();
+    let url = format!("corebus://{addr}");
+    let (status, stdout, stderr) = run(corebus(&["pub", "--addr", &url, "notes", "first"]));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, ["published notes seq=1"]);
+
+    let binary: Vec<u8> = (0..=255u8).chain([b'\n', 0, b'\r']).collect();
+    let mut subscriber = Client::connect(addr).unwrap();
+    let mut notes = subscriber.subscribe("notes").unwrap();
+
+    let mut command = corebus(&["pub", "--addr", &url, "notes"]);
+    command.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&binary).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "published notes seq=2\n"
+    );
+    assert_eq!(notes.recv_timeout(WAIT).unwrap().payload, binary);
+
+    let file = std::env::temp_dir().join(format!("corebus-pub-{}.bin", std::process::id()));
+    std::fs::write(&file, &binary).unwrap();
+    let path = file.to_str().unwrap();
+    let (status, stdout, stderr) = run(corebus(&[
+        "pub", "--addr", &url, "notes", "--file", path, "--count", "3", "--rate", "1000",
+    ]));
+    std::fs::remove_file(&file).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.len() == 1 && stdout[0].starts_with("published 3 messages to notes"),
+        "{stdout:?}"
+    );
+    assert!(stdout[0].ends_with("last seq=5"), "{stdout:?}");
+    for seq in 3..=5 {
+        let message = notes.recv_timeout(WAIT).unwrap();
+        assert_eq!((message.seq, &message.payload), (seq, &binary));
+    }
+
+    // A name the wire cannot carry is an error, not a panic (defect 2).
+    let long = "a".repeat(300);
+    for args in [
+        vec!["pub", "--addr", &url, &long, "x"],
+        vec!["sub", "--addr", &url, &long],
+        vec!["topic", "create", "--addr", &url, &long],
+    ] {
+        let (status, _, stderr) = run(corebus(&args));
+        assert_eq!(status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("BAD_TOPIC") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+}
+
+/// `request` and `reply` (like `nats req` and `nats reply`), and `sub --json`.
+#[test]
+fn request_reply_and_json_output() {
+    let (_serve, addr) = serve_two_shards();
+    let addr = addr.to_string();
+    let mut fixed = spawn(corebus(&[
+        "reply", "--addr", &addr, "svc.time", "--answer", "noon", "--count", "1",
+    ]));
+    fixed.await_stderr("answering", WAIT);
+    let (status, stdout, stderr) = run(corebus(&["request", "--addr", &addr, "svc.time", "?"]));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, ["noon"]);
+    assert!(fixed.wait(WAIT).success());
+
+    let mut exec = spawn(corebus(&[
+        "reply",
+        "--addr",
+        &addr,
+        "svc.upper",
+        "--exec",
+        "tr a-z A-Z",
+        "--count",
+        "1",
+    ]));
+    exec.await_stderr("answering", WAIT);
+    let (status, stdout, stderr) =
+        run(corebus(&["request", "--addr", &addr, "svc.upper", "shout"]));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, ["SHOUT"]);
+    assert!(exec.wait(WAIT).success());
+
+    let (status, _, stderr) = run(corebus(&[
+        "request",
+        "--addr",
+        &addr,
+        "svc.nobody",
+        "x",
+        "--timeout",
+        "200ms",
+    ]));
+    assert!(!status.success());
+    assert!(
+        stderr.contains("no answer on svc.nobody within 200ms"),
+        "{stderr}"
+    );
+
+    let mut sub = spawn(corebus(&[
+        "sub", "--addr", &addr, "lines", "--json", "--count", "1",
+    ]));
+    sub.await_stderr("subscribed", WAIT);
+    let (status, _, stderr) = run(corebus(&["pub", "--addr", &addr, "lines", "a\nb"]));
+    assert!(status.success(), "{stderr}");
+    assert!(sub.wait(WAIT).success());
+    let lines = sub.rest_of_stdout();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let object: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(object["payload"], "a\nb");
+    assert_eq!(object["topic"], "lines");
+    assert_eq!(object["seq"], 1);
+    assert_eq!(object["delivery_count"], 1);
+}
+
+#[test]
+fn version_names_the_commit() {
+    let (status, stdout, _) = run(corebus(&["--version"]));
+    assert!(status.success());
+    assert_eq!(stdout.len(), 1, "{stdout:?}");
+    assert!(
+        stdout[0].starts_with(&format!("corebus {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{stdout:?}"
+    );
+}
+
+/// `--nack-every` makes the broker redeliver; `--verbose` shows the delivery count.
+#[test]
+fn sub_nack_every_shows_redeliveries() {
+    let (_serve, addr) = serve_two_shards();
+    let addr = addr.to_string();
+    let mut sub = spawn(corebus(&[
+        "sub",
+        "--addr",
+        &addr,
+        "work",
+        "--consumer",
+        "w",
+        "--ack",
+        "--nack-every",
+        "2",
+        "--ack-wait",
+        "10s",
+        "--deliver-max",
+        "3",
+        "--in-flight-max",
+        "8",
+        "--verbose",
+        "--count",
+        "3",
+    ]));
+    sub.await_stderr("subscribed", WAIT);
+    for body in ["one", "two"] {
+        let (status, _, stderr) = run(corebus(&["pub", "--addr", &addr, "work", body]));
+        assert!(status.success(), "{stderr}");
+    }
+    assert!(sub.wait(WAIT).success(), "{}", sub.stderr_so_far());
+    let lines = sub.rest_of_stdout();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[0].starts_with("work seq=1 delivery_count=1 epoch="),
+        "{lines:?}"
+    );
+    assert!(lines[1].contains("seq=2 delivery_count=1") && lines[1].contains("nacked"));
+    assert!(
+        lines[2].starts_with("work seq=2 delivery_count=2"),
+        "{lines:?}"
+    );
+}
+
+/// Issue 11, defect 4: a default start fits the machine (no memory warning); an explicit
+/// flag that overcommits is still warned about.
+#[test]
+fn default_limits_fit_the_machine_and_explicit_overcommit_is_warned() {
+    let quiet = corebus(&[
+        "serve",
+        "--no-pin",
+        "--shards",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let (mut serve, _) = start_serve(quiet);
+    serve.signal("TERM");
+    assert!(serve.wait(STOP_WAIT).success());
+    let stderr = serve.all_stderr();
+    assert!(!stderr.contains("memory_budget_exceeds_ram"), "{stderr}");
+
+    let (mut serve, _) = start_serve(corebus(&[
+        "serve",
+        "--no-pin",
+        "--shards",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--connections-max",
+        "100000000",
+    ]));
+    serve.await_stderr("memory_budget_exceeds_ram", WAIT);
+}
+
+/// The config file: flag > env > file > default, from a real process; a mistake in the file
+/// names the key and the line.
+#[test]
+fn a_config_file_sits_between_the_environment_and_the_defaults() {
+    let path = std::env::temp_dir().join(format!("corebus-cli-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\nshards = 3\nno-pin = true\nring-slots = 77\nlog-level = \"warn\"\n",
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    // COREBUS_SHARDS beats the file's 3; --ring-slots beats both.
+    let mut command = corebus(&[
+        "serve",
+        "--config",
+        config,
+        "--print-config",
+        "--ring-slots",
+        "5",
+    ]);
+    command.env("COREBUS_SHARDS", "2");
+    let (status, stdout, stderr) = run(command);
+    assert!(status.success(), "{stderr}");
+    let line = |key: &str| {
+        stdout
+            .iter()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in {stdout:?}"))
+            .clone()
+    };
+    assert!(
+        line("shards").starts_with("shards = 2")
+            && line("shards").ends_with("# environment COREBUS_SHARDS")
+    );
+    assert!(
+        line("ring-slots").starts_with("ring-slots = 5") && line("ring-slots").ends_with("# flag")
+    );
+    assert!(line("no-pin").starts_with("no-pin = true") && line("no-pin").contains(":3"));
+    assert!(line("read-chunk-bytes").ends_with("# default"));
+
+    // The broker really runs with it: 2 shards (the environment), listening where the file says.
+    let mut command = corebus(&["serve", "--config", config]);
+    command.env("COREBUS_SHARDS", "2");
+    let (_serve, addr) = start_serve(command);
+    let mut seen = shards_seen(addr, 64);
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, [0, 1]);
+
+    std::fs::write(&path, "shards = 1\n\nconnection-max = 5\n").unwrap();
+    let (status, stdout, stderr) = run(corebus(&["serve", "--config", config]));
+    std::fs::remove_file(&path).unwrap();
+    assert!(!status.success() && stdout.is_empty());
+    assert!(
+        stderr.contains(&format!("{config}:3: unknown key `connection-max`")),
+        "{stderr}"
+    );
+}
+
+/// The packaging's health check: `--ready-file` holds the ready line while the broker runs,
+/// `corebus ping` succeeds against it, and the file is gone once the broker stopped.
+#[test]
+fn the_ready_file_and_ping_make_a_health_check() {
+    let path = std::env::temp_dir().join(format!("corebus-ready-{}", std::process::id()));
+    let ready = path.to_str().unwrap();
+    let (mut serve, addr) = start_serve(corebus(&[
+        "serve",
+        "--no-pin",
+        "--shards",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--ready-file",
+        ready,
+    ]));
+    let line = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        line.trim_end()
+            .starts_with(&format!("corebus ready native={addr} http=127.0.0.1:")),
+        "{line}"
+    );
+    let addr = addr.to_string();
+    let (status, stdout, stderr) = run(corebus(&["ping", "--addr", &addr, "--timeout", "2s"]));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout[0].starts_with(&format!("pong from {addr} (shard 0) in ")),
+        "{stdout:?}"
+    );
+    serve.signal("TERM");
+    assert!(serve.wait(STOP_WAIT).success());
+    assert!(!path.exists(), "the ready file outlived the broker");
+    let (status, _, stderr) = run(corebus(&["ping", "--addr", &addr]));
+    assert!(!status.success());
+    assert!(stderr.contains(&addr), "{stderr}");
+}
+
+/// `sub --manual`: each message is acked, nacked or skipped as the user answers on stdin.
+#[test]
+fn sub_manual_acks_or_nacks_as_told() {
+    use std::io::Write;
+    let (_serve, addr) = serve_two_shards();
+    let addr = addr.to_string();
+    let mut command = corebus(&[
+        "sub",
+        "--addr",
+        &addr,
+        "tasks",
+        "--consumer",
+        "m",
+        "--ack",
+        "--manual",
+        "--verbose",
+        "--count",
+        "2",
+    ]);
+    command.stdin(Stdio::piped());
+    let what = format!("{command:?}");
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = forward_lines(child.stdout.take().unwrap(), None);
+    let stderr_log = Arc::new(Mutex::new(Vec::new()));
+    let stderr = forward_lines(child.stderr.take().unwrap(), Some(stderr_log.clone()));
+    let mut sub = Running {
+        child,
+        what,
+        stdout,
+        stderr,
+        stderr_log,
+    };
+    sub.await_stderr("subscribed", WAIT);
+    let (status, _, stderr) = run(corebus(&["pub", "--addr", &addr, "tasks", "once"]));
+    assert!(status.success(), "{stderr}");
+    let first = sub.stdout_line(WAIT);
+    assert!(first.starts_with("tasks seq=1 delivery_count=1"), "{first}");
+    stdin.write_all(b"n\n").unwrap();
+    let second = sub.stdout_line(WAIT);
+    assert!(
+        second.starts_with("tasks seq=1 delivery_count=2"),
+        "{second}"
+    );
+    stdin.write_all(b"a\n").unwrap();
+    assert!(sub.wait(WAIT).success(), "{}", sub.stderr_so_far());
 }

@@ -212,6 +212,7 @@ fn gen_native(rng: &mut StdRng, out: &mut Vec<u8>) {
                 quiet: rng.gen(),
                 topic: &topic,
                 reply_to: reply.as_deref(),
+                headers: &[],
                 payload: &payload,
             },
             2 => Frame::Subscribe {
@@ -257,6 +258,7 @@ fn gen_native(rng: &mut StdRng, out: &mut Vec<u8>) {
                 delivery_count: u16_value,
                 topic: &topic,
                 reply_to: reply.as_deref(),
+                headers: &[],
                 payload: &payload,
             },
             11 => Frame::Pong { request_id: id },

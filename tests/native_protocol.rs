@@ -255,7 +255,8 @@ fn an_oversized_length_is_refused_at_once_and_the_connection_closed() {
 fn garbage_before_the_handshake_is_refused_and_closed() {
     let broker = start(config(1));
     let mut raw = RawConnection::connect(broker.native_addr());
-    raw.send_bytes(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    // Not a text protocol the broker recognises (those get an answer in their own words).
+    raw.send_bytes(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03");
     let (request_id, code) = raw.expect_err();
     assert_eq!(request_id, 0);
     assert!(
@@ -593,4 +594,42 @@ fn headers_reach_v4_subscribers_and_older_ones_get_the_message_without_them() {
     .encode(&mut bad);
     v4.send_bytes(&bad);
     assert_eq!(v4.expect_err(), (10, ErrorCode::BadFrame.as_u16()));
+}
+
+/// An HTTP, Redis or NATS client that reaches the native port is told so in its own
+/// protocol's words, not with a binary frame it cannot read, then closed.
+#[test]
+fn text_protocol_clients_are_answered_in_their_own_words() {
+    use std::io::Read;
+    let broker = start(config(1));
+    let cases: [(&[u8], &str); 5] = [
+        (
+            b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "HTTP/1.1 400 ",
+        ),
+        (b"*1\r\n$4\r\nPING\r\n", "-ERR this is the native port"),
+        (b"PING\r\n", "-ERR this is the native port"),
+        (
+            b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n",
+            "-ERR 'this is the native port",
+        ),
+        (b"SUB orders 1\r\n", "-ERR 'this is the native port"),
+    ];
+    for (sent, expect) in cases {
+        let mut raw = RawConnection::connect(broker.native_addr());
+        raw.send_bytes(sent);
+        let mut answer = Vec::new();
+        raw.stream
+            .read_to_end(&mut answer)
+            .expect("the broker answers, then closes");
+        let answer = String::from_utf8(answer).expect("a text answer");
+        assert!(
+            answer.starts_with(expect),
+            "{:?} got {answer:?}",
+            String::from_utf8_lossy(sent)
+        );
+        assert!(answer.contains("corebus"), "{answer:?}");
+    }
+    // The broker still serves native clients.
+    RawConnection::handshaken(broker.native_addr());
 }

@@ -101,21 +101,21 @@ pub struct RunArgs {
     /// [1; many-topics: topics / subscribers].
     #[arg(long)]
     pub subs_per_subscriber: Option<usize>,
-    /// Payload bytes per message, at least 24 (the bench's header) [128].
+    /// Payload bytes per message, at least 24 (the bench's header) (default 128).
     #[arg(long)]
     pub size: Option<usize>,
-    /// Seconds measured, after the warm-up [10].
+    /// Seconds measured, after the warm-up (default 10).
     #[arg(long)]
     pub duration: Option<f64>,
-    /// Seconds of load before measuring starts [2].
+    /// Seconds of load before measuring starts (default 2).
     #[arg(long)]
     pub warmup: Option<f64>,
     /// Total msg/s across publishers (open loop, latency from each message's scheduled
-    /// time); 0 = closed loop, as fast as --pipeline allows [0].
+    /// time); 0 = closed loop, as fast as --pipeline allows (default 0).
     #[arg(long)]
     pub rate: Option<u64>,
     /// Closed loop: publishes in flight per publisher (written in batches of a quarter of it);
-    /// open loop: most messages one publisher writes per loop turn [1024].
+    /// open loop: most messages one publisher writes per loop turn (default 1024).
     #[arg(long)]
     pub pipeline: Option<usize>,
     /// Bench threads, each running one event loop over its share of the connections.
@@ -155,7 +155,7 @@ pub struct RunArgs {
     pub group: Option<String>,
     /// corebus only: where every subscription starts in its topic's history: `new` (live
     /// only), `all` (everything retained), `last:N` (the last N messages of each topic) or
-    /// `seq:N` (from topic sequence number N); replayed messages are counted, not timed [new].
+    /// `seq:N` (from topic sequence number N); replayed messages are counted, not timed (default new).
     #[arg(long, value_name = "new|all|last:N|seq:N", value_parser = replay::parse_start)]
     pub start: Option<Start>,
     /// corebus only: messages each publisher publishes to each of its topics, each confirmed,

@@ -252,19 +252,27 @@ pub fn build(t: Totals<'_>) -> BenchResult {
 /// once, in order per publisher and topic, so a healthy run shows none of these.
 pub fn verdict(r: &BenchResult, allow_loss: bool) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
+    // Without --start nothing asked for history, so a GAP means a live consumer fell behind
+    // the ring: announced, but loss all the same for a run that promised none (and counted
+    // in `lost`, so said once, with the cause).
+    let live_gap = if r.replay.is_none() { r.gap_missed } else { 0 };
+    const GAP_HINT: &str = "a durable consumer fell behind the replay ring, its backlog: give \
+                            the broker a larger --replay-messages/--replay-bytes";
     if r.lost > 0 && !allow_loss {
-        problems.push(format!(
+        let mut problem = format!(
             "{} of {} expected deliveries lost",
             r.lost, r.expected_deliveries
-        ));
-    }
-    // Without --start nothing asked for history, so a GAP means a live consumer fell behind
-    // the ring: announced, but loss all the same for a run that promised none.
-    if r.gap_missed > 0 && r.replay.is_none() && !allow_loss {
+        );
+        if live_gap > 0 {
+            problem += &format!(
+                " ({} of them announced by GAP notices: {GAP_HINT})",
+                live_gap.min(r.lost)
+            );
+        }
+        problems.push(problem);
+    } else if live_gap > 0 && !allow_loss {
         problems.push(format!(
-            "{} messages evicted before a consumer got them (GAP): give the broker a larger \
-             --replay-messages/--replay-bytes",
-            r.gap_missed
+            "{live_gap} messages evicted before a consumer got them (GAP): {GAP_HINT}"
         ));
     }
     let mut check = |count: u64, what: &str| {
@@ -287,6 +295,19 @@ pub fn verdict(r: &BenchResult, allow_loss: bool) -> Result<(), Vec<String>> {
         Ok(())
     } else {
         Err(problems)
+    }
+}
+
+/// The table's words for GAP-announced messages, matching how they are counted: a GAP
+/// excuses only the replayed history a `--start` asked for; without one, it means a live
+/// durable consumer fell behind the replay ring, and those messages are in `lost`.
+fn gap_label(replay: bool) -> &'static str {
+    if replay {
+        "missed, announced by the broker (GAP; evicted history the replay asked for is not \
+         counted as lost, missing live messages are)"
+    } else {
+        "missed, announced by the broker (GAP: a consumer fell behind the replay ring; \
+         counted as lost above)"
     }
 }
 
@@ -421,10 +442,7 @@ pub fn table(r: &BenchResult, allow_loss: bool) -> String {
         }
     }
     let extra = [
-        (
-            "missed, announced by the broker (GAP; not counted as lost)",
-            r.gap_missed,
-        ),
+        (gap_label(r.replay.is_some()), r.gap_missed),
         ("misrouted", r.misrouted),
         ("corrupt", r.corrupt),
         ("dropped (reported by the target)", r.dropped_reported),
@@ -698,6 +716,26 @@ mod tests {
         assert_eq!(verdict(&r, false), Ok(()));
     }
 
+    /// Issue 11, defect 5: a live run's GAP-announced messages are counted as lost, and the
+    /// table and the verdict say so (once), instead of "not counted as lost".
+    #[test]
+    fn the_words_about_gap_missed_messages_match_the_arithmetic() {
+        let mut r = result(66, 0);
+        r.gap_missed = 66;
+        let text = table(&r, false);
+        assert!(!text.contains("not counted as lost"), "{text}");
+        assert!(
+            text.contains("a consumer fell behind the replay ring; counted as lost above): 66"),
+            "{text}"
+        );
+        let problems = verdict(&r, false).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("66 of 100 expected deliveries lost (66 of them announced by GAP"),
+            "{problems:?}"
+        );
+    }
+
     #[test]
     fn summaries_and_json_round_trip() {
         let r = result(0, 0);
@@ -750,7 +788,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("announced by the broker (GAP; not counted as lost): 40"),
+            text.contains("evicted history the replay asked for is not counted as lost"),
             "{text}"
         );
         assert!(text.contains("replayed messages are not timed"), "{text}");

@@ -6,6 +6,7 @@ pub mod payload;
 pub mod resp;
 pub mod resp_channel;
 pub mod resp_commands;
+pub mod sniff;
 pub mod subscribe_options;
 mod tlv;
 pub mod topic;

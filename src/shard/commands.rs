@@ -417,10 +417,18 @@ impl Shard {
                 self.deliver_replay((subscriber, subject), position.last_seq, subscribed.replay);
             }
             Err(refusal) => {
+                let (acks, name) = (record.acks, record.consumer.clone());
                 if let Some(conn) = self.connection_mut(id) {
                     conn.subscriptions.remove(&subscriber.sub_id);
                 }
-                let reason = refusal_reason(subject, refusal);
+                let reason = match refusal.code {
+                    ErrorCode::ConsumerInUse => {
+                        consumer_in_use_reason(name.as_deref().unwrap_or_default(), acks)
+                    }
+                    code => self
+                        .limit_reason(code)
+                        .unwrap_or_else(|| refusal_reason(subject, refusal)),
+                };
                 self.reply_err(id, request_id, refusal.code, &reason);
             }
         }
@@ -710,7 +718,13 @@ impl Shard {
             }
             Ok(topic) => topic,
             Err(error) => {
-                self.reply_err(id, request_id, ErrorCode::BadTopic, error.reason());
+                let reason = match error {
+                    topic::TopicError::WildcardInPublish => {
+                        "CREATE_TOPIC takes an exact topic; '*' and '>' are only for subscribing"
+                    }
+                    other => other.reason(),
+                };
+                self.reply_err(id, request_id, ErrorCode::BadTopic, reason);
                 return Flow::Continue;
             }
         };
@@ -722,11 +736,18 @@ impl Shard {
                 self.config.topic_replay_messages_max,
                 self.config.topic_replay_bytes_max,
             )
-            .map_err(|reason| (ErrorCode::OptionOutOfRange, reason));
+            .map_err(|reason| {
+                let caps = format!(
+                    "{reason}: the caps are {} messages (--topic-replay-messages-max) and {} \
+                     bytes (--topic-replay-bytes-max) per created topic",
+                    self.config.topic_replay_messages_max, self.config.topic_replay_bytes_max
+                );
+                (ErrorCode::OptionOutOfRange, caps)
+            });
         let replay_limits = match refusal {
             Ok(limits) => limits,
             Err((code, reason)) => {
-                self.reply_err(id, request_id, code, reason);
+                self.reply_err(id, request_id, code, &reason);
                 return Flow::Continue;
             }
         };
@@ -811,13 +832,17 @@ impl Shard {
             ),
             Err(code) => {
                 let reason = match code {
-                    ErrorCode::TopicExists => "the topic exists already",
-                    ErrorCode::TooManyTopics => {
-                        "the broker holds --topics-max topics, or --created-topics-max created ones"
-                    }
-                    _ => "the topic was not created",
+                    ErrorCode::TopicExists => "the topic exists already".to_string(),
+                    ErrorCode::TooManyTopics => format!(
+                        "{}, or its share of --created-topics-max ({} of {} across {} shards)",
+                        self.limit_reason(code).unwrap_or_default(),
+                        self.config.created_topics_per_shard_max(),
+                        self.config.created_topics_max,
+                        self.config.shards
+                    ),
+                    _ => "the topic was not created".to_string(),
                 };
-                self.reply_err(reply.connection, reply.request_id, code, reason);
+                self.reply_err(reply.connection, reply.request_id, code, &reason);
             }
         }
     }
@@ -901,6 +926,42 @@ pub(crate) fn unix_time_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
+}
+
+impl Shard {
+    /// Why a command was refused for a limit, naming the limit and its value (refusals come
+    /// back from the topic's shard with a code only).
+    pub(super) fn limit_reason(&self, code: ErrorCode) -> Option<String> {
+        let config = &self.config;
+        match code {
+            ErrorCode::TooManyTopics => Some(format!(
+                "no room for a new topic: the shard that holds it has its share of --topics-max \
+                 ({} of {} across {} shards); existing topics keep working",
+                config.topics_per_shard_max(),
+                config.topics_max,
+                config.shards
+            )),
+            ErrorCode::TooManyConsumers => Some(format!(
+                "no room for a new durable consumer or group: the shard that holds the topic \
+                 has its share of --consumers-max ({} of {} across {} shards)",
+                config.consumers_per_shard_max(),
+                config.consumers_max,
+                config.shards
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// CONSUMER_IN_USE for an exact topic: which of the two reasons could apply, with what this
+/// subscription asked for, so the user can compare.
+fn consumer_in_use_reason(name: &str, acks: bool) -> String {
+    format!(
+        "`{name}` is in use: a durable consumer takes one subscription at a time, and the first \
+         subscription under a name fixes whether it is a consumer or a group and whether it \
+         takes acks (this one asked for acks {})",
+        if acks { "on" } else { "off" }
+    )
 }
 
 /// The words of a refused exact subscription, naming the topic's epoch and last sequence

@@ -9,6 +9,7 @@
 use crate::error::{CloseReason, ErrorCode};
 use crate::ids::ConnectionId;
 use crate::protocol::native::{self, Frame, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
+use crate::protocol::sniff;
 use crate::protocol::subscribe_options::{OptionError, SubscribeOptions};
 use crate::protocol::topic_options::TopicOptions;
 
@@ -60,7 +61,9 @@ impl Shard {
                 }
                 Err(native::DecodeError::Fatal { code, reason }) => {
                     self.counters.protocol_errors += 1;
-                    self.reply_err(id, 0, code, reason);
+                    if !self.answer_foreign_protocol(id, buffer.filled()) {
+                        self.reply_err(id, 0, code, reason);
+                    }
                     self.begin_close(id, CloseReason::ProtocolError);
                     break Flow::Stop;
                 }
@@ -313,6 +316,25 @@ impl Shard {
                 None
             }
         }
+    }
+
+    /// Before HELLO, a text protocol's client (HTTP, Redis, NATS) is answered in its own words
+    /// instead of with a native ERR it cannot read. Returns whether it was.
+    fn answer_foreign_protocol(&mut self, id: ConnectionId, first_bytes: &[u8]) -> bool {
+        let Some(conn) = self.connection_mut(id) else {
+            return false;
+        };
+        let Some(protocol) = (conn.state == ConnState::Handshaking)
+            .then(|| sniff::sniff(first_bytes))
+            .flatten()
+        else {
+            return false;
+        };
+        conn.out
+            .replies()
+            .extend_from_slice(&sniff::answer(protocol));
+        self.mark_dirty(id);
+        true
     }
 
     /// Writes a native frame to a native connection (the replies that only this protocol

@@ -105,16 +105,17 @@ impl Shard {
             Err(code) => {
                 let reason = match code {
                     ErrorCode::TopicNotFound => {
-                        "no such topic, and --auto-create-topics is off: create it first"
+                        "no such topic, and --auto-create-topics is off: create it first".into()
                     }
-                    ErrorCode::TooManyTopics => "the broker holds --topics-max topics",
-                    ErrorCode::TooManyConsumers => {
-                        "an acked pattern group cannot get a consumer for this topic \
-                         (--consumers-max)"
-                    }
-                    _ => "the message was not accepted",
+                    ErrorCode::TooManyConsumers => format!(
+                        "an acked pattern group cannot get a consumer for this topic: {}",
+                        self.limit_reason(code).unwrap_or_default()
+                    ),
+                    code => self
+                        .limit_reason(code)
+                        .unwrap_or_else(|| "the message was not accepted".into()),
                 };
-                self.reply_err(reply.connection, reply.request_id, code, reason)
+                self.reply_err(reply.connection, reply.request_id, code, &reason)
             }
         }
     }
@@ -589,12 +590,7 @@ impl Shard {
     ) {
         match result {
             Ok(()) => self.answer(reply.connection, reply.request_id, Answer::Done),
-            Err(code) => self.reply_err(
-                reply.connection,
-                reply.request_id,
-                code,
-                "no such topic on its owner",
-            ),
+            Err(code) => self.reply_err(reply.connection, reply.request_id, code, "no such topic"),
         }
     }
 

@@ -1,0 +1,215 @@
+//! Telling a text-protocol client, in its own words, that it reached the native port.
+//!
+//! A native connection starts with HELLO, whose first byte is the high byte of a length
+//! field: 0x00 for any frame the broker accepts. A curl, `redis-cli` or NATS client that
+//! dials the native port sends ASCII instead, which the frame decoder can only read as an
+//! absurd length ("frame above the size limit"): true, and no help. Before HELLO, the shard
+//! asks [`sniff`] about the first bytes of such a connection, and if they look like an HTTP
+//! request line, a RESP command (`*N\r\n` multibulk or an inline `PING`, `HELLO`, ...) or a
+//! NATS `CONNECT`/`PING`/`SUB`/`PUB`, it sends [`answer`]: an error in that protocol's own
+//! framing, then closes. The wording lives in one function, [`port_advice`], so it can name
+//! the HTTP and Redis ports once they exist.
+//!
+//! Sans-IO: bytes in, bytes out. Never panics, whatever the input.
+
+/// A text protocol recognised in the first bytes of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Foreign {
+    /// An HTTP/1.x request line (`GET / HTTP/1.1`); WebSocket upgrades start this way too.
+    Http,
+    /// A Redis client: RESP multibulk (`*1\r\n$4\r\nPING\r\n`) or an inline command.
+    Resp,
+    /// A NATS client: `CONNECT {...}`, `SUB`, `PUB`.
+    Nats,
+}
+
+impl Foreign {
+    /// The protocol's name as a user knows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Foreign::Http => "HTTP",
+            Foreign::Resp => "Redis (RESP)",
+            Foreign::Nats => "NATS",
+        }
+    }
+}
+
+/// How many first bytes [`sniff`] looks at, at most.
+pub const SNIFF_BYTES_MAX: usize = 64;
+
+const HTTP_METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE",
+];
+
+/// Inline commands a person types into `redis-cli` or a Redis client sends first. `PING` is
+/// also NATS's, and answered as Redis: the two errors look the same (`-ERR ...`).
+const RESP_INLINE: [&str; 11] = [
+    "PING",
+    "HELLO",
+    "AUTH",
+    "SELECT",
+    "CLIENT",
+    "INFO",
+    "COMMAND",
+    "SUBSCRIBE",
+    "PSUBSCRIBE",
+    "PUBLISH",
+    "QUIT",
+];
+
+const NATS_VERBS: [&str; 3] = ["CONNECT", "SUB", "PUB"];
+
+/// Which text protocol `first_bytes` (the start of a connection, before any HELLO) speaks,
+/// if any. Needs only the first word and the byte after it.
+pub fn sniff(first_bytes: &[u8]) -> Option<Foreign> {
+    let bytes = &first_bytes[..first_bytes.len().min(SNIFF_BYTES_MAX)];
+    if let [b'*', rest @ ..] = bytes {
+        // RESP multibulk: `*` then the element count's digits, then CRLF.
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        return (digits > 0 && rest.get(digits) == Some(&b'\r')).then_some(Foreign::Resp);
+    }
+    let word_len = bytes.iter().take_while(|b| b.is_ascii_alphabetic()).count();
+    let word = std::str::from_utf8(&bytes[..word_len]).ok()?;
+    let after = *bytes.get(word_len)?;
+    let separated = after == b' ' || after == b'\t';
+    let line_end = after == b'\r' || after == b'\n';
+    let is = |list: &[&str]| list.iter().any(|known| known.eq_ignore_ascii_case(word));
+    // `CONNECT` is both an HTTP method (proxies) and NATS's first command, whose argument
+    // is a JSON object.
+    if word.eq_ignore_ascii_case("CONNECT") && separated {
+        let json = bytes[word_len..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_none_or(|&b| b == b'{');
+        return Some(if json { Foreign::Nats } else { Foreign::Http });
+    }
+    if is(&HTTP_METHODS) && separated && word.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Some(Foreign::Http);
+    }
+    if is(&RESP_INLINE) && (separated || line_end) {
+        return Some(Foreign::Resp);
+    }
+    if is(&NATS_VERBS) && (separated || line_end) {
+        return Some(Foreign::Nats);
+    }
+    None
+}
+
+/// What a client of `protocol` is told: which port it reached and where its protocol is
+/// spoken. The one place to change when the HTTP and Redis ports exist.
+pub fn port_advice(protocol: Foreign) -> String {
+    format!(
+        "this is the native port of corebus, which speaks only its binary protocol (HELLO \
+         first; see the corebus::protocol::native docs); corebus has no {} port yet",
+        protocol.name()
+    )
+}
+
+/// The error to send `protocol`'s client, framed as that protocol frames errors; the
+/// connection is closed after it.
+pub fn answer(protocol: Foreign) -> Vec<u8> {
+    let advice = port_advice(protocol);
+    match protocol {
+        Foreign::Http => {
+            let body = format!("{advice}\n");
+            format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        }
+        Foreign::Resp => format!("-ERR {advice}\r\n").into_bytes(),
+        // NATS quotes its error texts in single quotes, so the text must not hold one.
+        Foreign::Nats => format!("-ERR '{}'\r\n", advice.replace('\'', "")).into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn recognises_each_protocol_by_its_first_bytes() {
+        let check = |input: &[u8], expect: Option<Foreign>| {
+            assert_eq!(sniff(input), expect, "{:?}", String::from_utf8_lossy(input));
+        };
+        check(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Some(Foreign::Http));
+        check(
+            b"GET /v1/ws HTTP/1.1\r\nUpgrade: websocket\r\n",
+            Some(Foreign::Http),
+        );
+        check(b"POST /topics HTTP/1.1\r\n", Some(Foreign::Http));
+        check(b"HEAD ", Some(Foreign::Http));
+        check(b"CONNECT example.com:443 HTTP/1.1\r\n", Some(Foreign::Http));
+        check(b"*1\r\n$4\r\nPING\r\n", Some(Foreign::Resp));
+        check(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n", Some(Foreign::Resp));
+        check(b"PING\r\n", Some(Foreign::Resp));
+        check(b"ping\n", Some(Foreign::Resp));
+        check(b"SUBSCRIBE news\r\n", Some(Foreign::Resp));
+        check(
+            b"CONNECT {\"verbose\":false}\r\nPING\r\n",
+            Some(Foreign::Nats),
+        );
+        check(b"CONNECT {}", Some(Foreign::Nats));
+        check(b"SUB foo 1\r\n", Some(Foreign::Nats));
+        check(b"PUB foo 5\r\nhello\r\n", Some(Foreign::Nats));
+        // Native frames and anything unknown are left to the frame decoder.
+        check(&[0, 0, 0, 20, 0x01, 0, 0, 0], None);
+        check(b"", None);
+        check(b"GET", None);
+        check(b"*", None);
+        check(b"*x\r\n", None);
+        check(b"get / HTTP/1.1", None);
+        check(b"GETTING ", None);
+        check(b"\x16\x03\x01\x02\x00", None); // a TLS ClientHello
+        check(b"SSH-2.0-OpenSSH_9.6\r\n", None);
+    }
+
+    #[test]
+    fn each_answer_is_framed_in_its_protocol() {
+        let http = String::from_utf8(answer(Foreign::Http)).unwrap();
+        assert!(http.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{http}");
+        let (head, body) = http.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{http}"
+        );
+        assert!(
+            body.contains("native port") && body.contains("HTTP"),
+            "{body}"
+        );
+
+        let resp = String::from_utf8(answer(Foreign::Resp)).unwrap();
+        assert!(resp.starts_with("-ERR this is the native port"), "{resp}");
+        assert!(
+            resp.ends_with("\r\n") && resp.matches("\r\n").count() == 1,
+            "{resp}"
+        );
+        assert!(resp.contains("Redis"), "{resp}");
+
+        let nats = String::from_utf8(answer(Foreign::Nats)).unwrap();
+        assert!(
+            nats.starts_with("-ERR '") && nats.ends_with("'\r\n"),
+            "{nats}"
+        );
+        assert_eq!(nats.matches('\'').count(), 2, "{nats}");
+        assert!(nats.contains("NATS"), "{nats}");
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = sniff(&bytes);
+        }
+
+        /// A native frame's first byte is 0 (lengths under 16 MiB): never taken for text.
+        #[test]
+        fn native_frames_are_never_sniffed(rest in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut bytes = vec![0u8];
+            bytes.extend(rest);
+            prop_assert_eq!(sniff(&bytes), None);
+        }
+    }
+}
