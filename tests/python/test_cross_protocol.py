@@ -9,6 +9,7 @@ if it looks like JSON) and as `{"$base64": ...}` otherwise.
 """
 
 import base64
+import re
 
 import pytest
 
@@ -74,7 +75,8 @@ def test_cli_publisher_reaches_websockets_as_a_string(broker, corebus_bin, text)
         fastapi_subscribe(fastapi, topic)
         result = run_cli(corebus_bin, "pub", "--addr", broker.native_addr(), topic, text)
         assert result.returncode == 0, result.stderr.decode()
-        assert result.stdout.decode().strip() == f"published {topic}"
+        # `pub` prints the sequence number the broker gave the message.
+        assert re.fullmatch(rf"published {re.escape(topic)} seq=\d+", result.stdout.decode().strip())
         fiber_event = fiber.expect("event")
         assert fiber_event["message"]["payload"] == text, fiber_event
         assert DERIVED_ID.match(fiber_event["message"]["id"]), fiber_event
