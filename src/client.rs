@@ -493,6 +493,16 @@ impl Client {
 
     /// Publishes and waits for the broker to sequence the message; returns its sequence number.
     pub fn publish_confirmed(&mut self, topic: &str, payload: &[u8]) -> Result<u64> {
+        self.publish_confirmed_frame(topic, &[], payload)
+    }
+
+    /// A confirmed PUBLISH with a header block (possibly empty); returns the sequence number.
+    fn publish_confirmed_frame(
+        &mut self,
+        topic: &str,
+        headers: &[u8],
+        payload: &[u8],
+    ) -> Result<u64> {
         self.check_publish(topic, None, payload)?;
         let request_id = self.request_id();
         let data = self.call(
@@ -502,7 +512,7 @@ impl Client {
                 quiet: false,
                 topic: topic.as_bytes(),
                 reply_to: None,
-                headers: &[],
+                headers,
                 payload,
             },
         )?;
@@ -534,23 +544,7 @@ impl Client {
         if block.len() > usize::from(u16::MAX) {
             return Err(Error::Protocol("headers are above 65535 bytes".into()));
         }
-        let request_id = self.request_id();
-        let data = self.call(
-            request_id,
-            Frame::Publish {
-                request_id,
-                quiet: false,
-                topic: topic.as_bytes(),
-                reply_to: None,
-                headers: &block,
-                payload,
-            },
-        )?;
-        let seq: [u8; 8] = data
-            .get(..8)
-            .and_then(|s| s.try_into().ok())
-            .ok_or_else(|| Error::Protocol("publish confirm without a sequence".into()))?;
-        Ok(u64::from_be_bytes(seq))
+        self.publish_confirmed_frame(topic, &block, payload)
     }
 
     /// Publishes with a reply topic, without waiting (quiet, like [`Client::publish`]).

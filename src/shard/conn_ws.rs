@@ -456,6 +456,21 @@ impl Shard {
         Flow::Continue
     }
 
+    /// Refuses a client message in the session's dialect; the connection stays open.
+    fn ws_refuse(
+        &mut self,
+        id: ConnectionId,
+        request_id: Option<&str>,
+        code: ErrorCode,
+        reason: &str,
+    ) {
+        let mut text = Vec::new();
+        if let Some(Wire::WebSocket(session)) = self.connection_mut(id).map(|c| &c.wire) {
+            session.encode_error(request_id, code, reason, unix_time_ns(), &mut text);
+        }
+        self.ws_send(id, &text);
+    }
+
     /// Sends a text message to the client (ahead of queued events).
     fn ws_send(&mut self, id: ConnectionId, text: &[u8]) {
         if let Some(conn) = self.connection_mut(id) {
@@ -567,15 +582,12 @@ impl Shard {
         };
         let tracked = session.track(request);
         if tracked.is_none() {
-            let mut text = Vec::new();
-            session.encode_error(
+            self.ws_refuse(
+                id,
                 None,
                 ErrorCode::RateLimited,
                 "too many requests waiting for their answer; wait for some",
-                unix_time_ns(),
-                &mut text,
             );
-            self.ws_send(id, &text);
         }
         tracked
     }
@@ -603,17 +615,12 @@ impl Shard {
             )
             .is_err()
             {
-                let mut text = Vec::new();
-                if let Some(Wire::WebSocket(session)) = self.connection_mut(id).map(|c| &c.wire) {
-                    session.encode_error(
-                        request_id.as_deref(),
-                        ErrorCode::BadFrame,
-                        "message.id is longer than 65535 bytes",
-                        unix_time_ns(),
-                        &mut text,
-                    );
-                }
-                self.ws_send(id, &text);
+                self.ws_refuse(
+                    id,
+                    request_id.as_deref(),
+                    ErrorCode::BadFrame,
+                    "message.id is longer than 65535 bytes",
+                );
                 return Flow::Continue;
             }
         }
@@ -790,15 +797,12 @@ impl Shard {
                 .map(|(&sub_id, _)| sub_id)
         });
         let Some(sub_id) = sub_id else {
-            let mut text = Vec::new();
-            session.encode_error(
+            self.ws_refuse(
+                id,
                 request_id.as_deref(),
                 ErrorCode::UnknownSubscription,
                 "ack for a topic this connection is not subscribed to",
-                unix_time_ns(),
-                &mut text,
             );
-            self.ws_send(id, &text);
             return Flow::Continue;
         };
         let Some(request) = self.ws_track(
