@@ -220,6 +220,18 @@ pub struct PubArgs {
     /// Accepted for older scripts: every `pub` now waits for its sequence number.
     #[arg(long, hide = true)]
     pub confirm: bool,
+    /// A message header, `NAME:VALUE` (repeatable; kept in order). Each message is then
+    /// published with a confirm.
+    #[arg(short = 'H', long = "header", value_name = "NAME:VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+}
+
+/// `NAME:VALUE`, split at the first `:`.
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not NAME:VALUE")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -274,6 +286,18 @@ pub enum TopicCommand {
     Create(CreateTopicArgs),
     /// Delete a topic, its retained messages and consumers; its subscriptions end.
     Delete(DeleteTopicArgs),
+    /// List every topic with its subscriber count (asks the HTTP port's `GET /v1/topics`).
+    List(ListTopicsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListTopicsArgs {
+    /// The broker's HTTP port (the ready line's `http=`).
+    #[arg(long, env = "COREBUS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+    /// Wait at most this long for the answer, e.g. `2s`.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

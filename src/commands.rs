@@ -8,7 +8,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::cli::{
-    CreateTopicArgs, DeleteTopicArgs, PingArgs, PubArgs, ReplyArgs, RequestArgs, SubArgs,
+    CreateTopicArgs, DeleteTopicArgs, ListTopicsArgs, PingArgs, PubArgs, ReplyArgs, RequestArgs,
+    SubArgs,
 };
 use crate::client::{Client, Delivery, Sharing, SubscribeOptions};
 use crate::server::Broker;
@@ -97,6 +98,11 @@ pub fn publish(args: &PubArgs) -> CommandResult {
             .map_err(|e| format!("cannot read the payload from {}: {e}", path.display()))?,
         None => payload_from(args.message.as_deref())?,
     };
+    let headers: Vec<(&str, &[u8])> = args
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
+        .collect();
     let mut client = connect(&args.addr)?;
     let started = Instant::now();
     for k in 1..args.count {
@@ -105,13 +111,21 @@ pub fn publish(args: &PubArgs) -> CommandResult {
             let due = started + Duration::from_secs_f64(k as f64 / args.rate as f64);
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
         }
-        client.publish(&args.topic, &payload)?;
+        if headers.is_empty() {
+            client.publish(&args.topic, &payload)?;
+        } else {
+            client.publish_with_headers(&args.topic, &headers, &payload)?;
+        }
     }
     if args.rate > 0 && args.count > 1 {
         let due = started + Duration::from_secs_f64(args.count as f64 / args.rate as f64);
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
     }
-    let seq = client.publish_confirmed(&args.topic, &payload)?;
+    let seq = if headers.is_empty() {
+        client.publish_confirmed(&args.topic, &payload)?
+    } else {
+        client.publish_with_headers(&args.topic, &headers, &payload)?
+    };
     let (refused, uncounted) = client.take_async_errors();
     if let Some(error) = refused.first() {
         return Err(format!(
@@ -258,6 +272,41 @@ pub fn delete_topic(args: &DeleteTopicArgs) -> CommandResult {
     Ok(())
 }
 
+/// Lists topics from the HTTP port's `GET /v1/topics` (the broker gathers them from every
+/// shard), one `NAME subscribers=N` line each, sorted by name.
+pub fn list_topics(args: &ListTopicsArgs) -> CommandResult {
+    use std::io::Read;
+    let addr = &args.http_addr;
+    let mut stream = std::net::TcpStream::connect(addr)
+        .map_err(|e| format!("cannot reach the HTTP port at {addr}: {e}"))?;
+    stream.set_read_timeout(Some(args.timeout))?;
+    let request = format!("GET /v1/topics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("cannot send to {addr}: {e}"))?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| format!("no answer from {addr}: {e}"))?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{addr} sent no HTTP response"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        let status = head.lines().next().unwrap_or_default();
+        return Err(format!("{addr} answered {status}: {body}").into());
+    }
+    let listed: serde_json::Value = serde_json::from_str(body)?;
+    let topics = listed["topics"].as_array().cloned().unwrap_or_default();
+    let mut stdout = std::io::stdout().lock();
+    for topic in topics {
+        let name = topic["name"].as_str().unwrap_or_default();
+        let subscribers = topic["subscribers"].as_u64().unwrap_or_default();
+        writeln!(stdout, "{name} subscribers={subscribers}")?;
+    }
+    Ok(())
+}
+
 pub fn subscribe(args: &SubArgs) -> CommandResult {
     let mut client = connect(&args.addr)?;
     let options = args.options()?;
@@ -358,6 +407,13 @@ fn print_message(
         if nack {
             write!(stdout, " nacked")?;
         }
+        for (name, value) in &message.headers {
+            write!(
+                stdout,
+                " {name}:{}",
+                String::from_utf8_lossy(value).escape_debug()
+            )?;
+        }
         writeln!(stdout, " {}", String::from_utf8_lossy(&message.payload))?;
     } else {
         writeln!(
@@ -398,6 +454,14 @@ fn message_json(message: &Delivery, epoch: Option<u64>, nacked: bool) -> String 
     }
     if nacked {
         object["nacked"] = true.into();
+    }
+    if !message.headers.is_empty() {
+        object["headers"] = message
+            .headers
+            .iter()
+            .map(|(name, value)| serde_json::json!([name, String::from_utf8_lossy(value)]))
+            .collect::<Vec<_>>()
+            .into();
     }
     match std::str::from_utf8(&message.payload) {
         Ok(text) => object["payload"] = text.into(),

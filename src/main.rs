@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Ping(args) => corebus::commands::ping(&args),
         Command::Topic(TopicCommand::Create(args)) => corebus::commands::create_topic(&args),
         Command::Topic(TopicCommand::Delete(args)) => corebus::commands::delete_topic(&args),
+        Command::Topic(TopicCommand::List(args)) => corebus::commands::list_topics(&args),
         Command::Bench(args) => corebus::bench::run(&args),
     };
     match result {

@@ -948,3 +948,66 @@ fn sub_manual_acks_or_nacks_as_told() {
     stdin.write_all(b"a\n").unwrap();
     assert!(sub.wait(WAIT).success(), "{}", sub.stderr_so_far());
 }
+
+/// `topic list` asks the HTTP port, which gathers the topics from every shard.
+#[test]
+fn topic_list_shows_every_shards_topics() {
+    let path = std::env::temp_dir().join(format!("corebus-list-{}", std::process::id()));
+    let (_serve, addr) = start_serve(corebus(&[
+        "serve",
+        "--no-pin",
+        "--shards",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--ready-file",
+        path.to_str().unwrap(),
+    ]));
+    let line = std::fs::read_to_string(&path).unwrap();
+    let http = line.trim_end().split("http=").nth(1).unwrap().to_string();
+    let addr = addr.to_string();
+    for topic in ["list.a", "list.b", "list.c"] {
+        let (status, _, stderr) = run(corebus(&["topic", "create", "--addr", &addr, topic]));
+        assert!(status.success(), "{stderr}");
+    }
+    let (status, stdout, stderr) = run(corebus(&["topic", "list", "--http-addr", &http]));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(
+        stdout,
+        [
+            "list.a subscribers=0",
+            "list.b subscribers=0",
+            "list.c subscribers=0"
+        ]
+    );
+    let (status, _, stderr) = run(corebus(&["topic", "list", "--http-addr", &addr]));
+    assert!(!status.success(), "the native port is not the HTTP port");
+    assert!(stderr.contains(&addr), "{stderr}");
+}
+
+/// `pub -H` sends headers; `sub --verbose` shows them.
+#[test]
+fn headers_go_from_pub_to_sub_verbose() {
+    let (_serve, addr) = serve_two_shards();
+    let addr = addr.to_string();
+    let mut sub = spawn(corebus(&["sub", "--addr", &addr, "--verbose", "hdr.cli"]));
+    sub.await_stderr("subscribed", WAIT);
+    let (status, stdout, stderr) = run(corebus(&[
+        "pub",
+        "--addr",
+        &addr,
+        "-H",
+        "id:o-1",
+        "-H",
+        "trace:abc",
+        "hdr.cli",
+        "hello",
+    ]));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout[0].starts_with("published hdr.cli seq="),
+        "{stdout:?}"
+    );
+    let line = sub.stdout_line(WAIT);
+    assert!(line.contains(" id:o-1 trace:abc hello"), "{line}");
+}
