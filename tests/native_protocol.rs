@@ -629,6 +629,10 @@ fn text_protocol_clients_are_answered_in_their_own_words() {
             String::from_utf8_lossy(sent)
         );
         assert!(answer.contains("corebus"), "{answer:?}");
+        if expect.starts_with("HTTP") {
+            let http = broker.http_addr().unwrap().to_string();
+            assert!(answer.contains(&http), "names the HTTP port: {answer:?}");
+        }
     }
     // The broker still serves native clients.
     RawConnection::handshaken(broker.native_addr());

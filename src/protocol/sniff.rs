@@ -7,8 +7,9 @@
 //! asks [`sniff`] about the first bytes of such a connection, and if they look like an HTTP
 //! request line, a RESP command (`*N\r\n` multibulk or an inline `PING`, `HELLO`, ...) or a
 //! NATS `CONNECT`/`PING`/`SUB`/`PUB`, it sends [`answer`]: an error in that protocol's own
-//! framing, then closes. The wording lives in one function, [`port_advice`], so it can name
-//! the HTTP and Redis ports once they exist.
+//! framing, then closes. The wording lives in one function, [`port_advice`]: it names the
+//! HTTP port (where HTTP and WebSocket clients belong), and will name the Redis port once it
+//! exists.
 //!
 //! Sans-IO: bytes in, bytes out. Never panics, whatever the input.
 
@@ -97,18 +98,24 @@ pub fn sniff(first_bytes: &[u8]) -> Option<Foreign> {
 
 /// What a client of `protocol` is told: which port it reached and where its protocol is
 /// spoken. The one place to change when the HTTP and Redis ports exist.
-pub fn port_advice(protocol: Foreign) -> String {
+pub fn port_advice(protocol: Foreign, http: Option<std::net::SocketAddr>) -> String {
+    let elsewhere = match (protocol, http) {
+        (Foreign::Http, Some(http)) => {
+            format!("its HTTP port (REST, WebSocket at /v1/ws and /ws) is {http}")
+        }
+        (Foreign::Http, None) => "its HTTP port is off (--no-http)".to_string(),
+        _ => format!("corebus has no {} port yet", protocol.name()),
+    };
     format!(
         "this is the native port of corebus, which speaks only its binary protocol (HELLO \
-         first; see the corebus::protocol::native docs); corebus has no {} port yet",
-        protocol.name()
+         first; see the corebus::protocol::native docs); {elsewhere}"
     )
 }
 
 /// The error to send `protocol`'s client, framed as that protocol frames errors; the
 /// connection is closed after it.
-pub fn answer(protocol: Foreign) -> Vec<u8> {
-    let advice = port_advice(protocol);
+pub fn answer(protocol: Foreign, http: Option<std::net::SocketAddr>) -> Vec<u8> {
+    let advice = port_advice(protocol, http);
     match protocol {
         Foreign::Http => {
             let body = format!("{advice}\n");
@@ -169,7 +176,7 @@ mod tests {
 
     #[test]
     fn each_answer_is_framed_in_its_protocol() {
-        let http = String::from_utf8(answer(Foreign::Http)).unwrap();
+        let http = String::from_utf8(answer(Foreign::Http, None)).unwrap();
         assert!(http.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{http}");
         let (head, body) = http.split_once("\r\n\r\n").unwrap();
         assert!(
@@ -181,7 +188,7 @@ mod tests {
             "{body}"
         );
 
-        let resp = String::from_utf8(answer(Foreign::Resp)).unwrap();
+        let resp = String::from_utf8(answer(Foreign::Resp, None)).unwrap();
         assert!(resp.starts_with("-ERR this is the native port"), "{resp}");
         assert!(
             resp.ends_with("\r\n") && resp.matches("\r\n").count() == 1,
@@ -189,7 +196,7 @@ mod tests {
         );
         assert!(resp.contains("Redis"), "{resp}");
 
-        let nats = String::from_utf8(answer(Foreign::Nats)).unwrap();
+        let nats = String::from_utf8(answer(Foreign::Nats, None)).unwrap();
         assert!(
             nats.starts_with("-ERR '") && nats.ends_with("'\r\n"),
             "{nats}"

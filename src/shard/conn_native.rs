@@ -321,6 +321,7 @@ impl Shard {
     /// Before HELLO, a text protocol's client (HTTP, Redis, NATS) is answered in its own words
     /// instead of with a native ERR it cannot read. Returns whether it was.
     fn answer_foreign_protocol(&mut self, id: ConnectionId, first_bytes: &[u8]) -> bool {
+        let http = self.http_addr();
         let Some(conn) = self.connection_mut(id) else {
             return false;
         };
@@ -332,7 +333,7 @@ impl Shard {
         };
         conn.out
             .replies()
-            .extend_from_slice(&sniff::answer(protocol));
+            .extend_from_slice(&sniff::answer(protocol, http));
         self.mark_dirty(id);
         true
     }

@@ -240,6 +240,11 @@ impl Shard {
         ShardId(crate::protocol::topic::owner_shard(topic, self.shard_count) as u16)
     }
 
+    /// The HTTP port's bound address, if it is on (to point clients there).
+    fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http_listener.as_ref()?.local_addr().ok()
+    }
+
     fn connection_mut(&mut self, id: ConnectionId) -> Option<&mut Connection> {
         self.connections
             .get_mut(id.index as usize)
