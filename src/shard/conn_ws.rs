@@ -23,7 +23,6 @@ use crate::error::{CloseReason, ErrorCode};
 use crate::ids::ConnectionId;
 use crate::message::Message;
 use crate::protocol::subscribe_options::{Start, SubscribeOptions};
-use crate::protocol::topic::SubjectKind;
 use crate::protocol::websocket::{self, close_code, Decoder, Event};
 use crate::protocol::ws_fastapi::{self, AckFor, ErrorDetails, FastApiCode, FastApiRequest};
 use crate::protocol::ws_fiber::{self, FiberCode, FiberEvent, FiberRequest};
@@ -784,16 +783,13 @@ impl Shard {
         let Wire::WebSocket(session) = &mut conn.wire else {
             return Flow::Stop;
         };
-        // An ack names the topic of an exact subscription (or, in a pattern group, the
-        // message's topic under the pattern's subscription).
+        // An ack names the topic of an exact subscription, or, in a pattern group, the
+        // message's topic: then it belongs to the pattern subscription that matches it.
         let sub_id = session.by_subject.get(topic.as_ref()).copied().or_else(|| {
             session
                 .subscriptions
                 .iter()
-                .find(|(_, s)| {
-                    crate::protocol::topic::parse_subscription(s.subject.as_bytes())
-                        .is_ok_and(|(_, kind)| kind == SubjectKind::Pattern)
-                })
+                .find(|(_, s)| crate::protocol::topic::pattern_matches(&s.subject, &topic))
                 .map(|(&sub_id, _)| sub_id)
         });
         let Some(sub_id) = sub_id else {
