@@ -170,6 +170,13 @@ pub struct ServeArgs {
     /// Turn the HTTP port off.
     #[arg(long, env = "COREBUS_NO_HTTP")]
     pub no_http: bool,
+    /// Redis protocol (RESP2 and RESP3) address: redis-cli, redis-py and every Redis client's
+    /// pub/sub; port 0 picks one.
+    #[arg(long, env = "COREBUS_RESP_LISTEN", default_value = "127.0.0.1:6380")]
+    pub resp_listen: SocketAddr,
+    /// Turn the Redis protocol port off.
+    #[arg(long, env = "COREBUS_NO_RESP")]
+    pub no_resp: bool,
     /// Bytes of an HTTP request head at most (431 above).
     #[arg(long, env = "COREBUS_HTTP_HEAD_BYTES_MAX", default_value_t = Config::default().http_head_bytes_max)]
     pub http_head_bytes_max: usize,
@@ -542,6 +549,7 @@ impl ServeArgs {
             topic_idle_ttl_ms: self.topic_idle_ttl_ms,
             events_per_poll_max: self.events_per_poll_max,
             http_listen: (!self.no_http).then_some(self.http_listen),
+            resp_listen: (!self.no_resp).then_some(self.resp_listen),
             http_head_bytes_max: self.http_head_bytes_max,
             http_body_bytes_max: self.http_body_bytes_max,
             ws_last_n_max: self.ws_last_n_max,

@@ -97,6 +97,8 @@ pub struct Config {
     pub events_per_poll_max: usize,
     /// HTTP listener (REST and WebSocket); `None` turns the port off. Port 0 picks one.
     pub http_listen: Option<SocketAddr>,
+    /// RESP (Redis protocol) listener; `None` turns the port off. Port 0 picks one.
+    pub resp_listen: Option<SocketAddr>,
     /// Bytes of an HTTP request head (request line and headers) at most.
     pub http_head_bytes_max: usize,
     /// Bytes of an HTTP request body at most (REST bodies are small JSON objects).
@@ -162,6 +164,7 @@ impl Default for Config {
             topic_idle_ttl_ms: 3_600_000,
             events_per_poll_max: 1024,
             http_listen: Some("127.0.0.1:8080".parse().expect("valid literal address")),
+            resp_listen: Some("127.0.0.1:6380".parse().expect("valid literal address")),
             http_head_bytes_max: 8 * 1024,
             http_body_bytes_max: 64 * 1024,
             ws_last_n_max: 1000,

@@ -161,6 +161,10 @@ pub enum CloseReason {
     TooManyConnections,
     /// The broker is shutting down.
     Shutdown,
+    /// The client asked to go (Redis `QUIT`).
+    ClientQuit,
+    /// Another client closed it (Redis `CLIENT KILL`).
+    Killed,
 }
 
 impl CloseReason {
@@ -173,6 +177,8 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::TooManyConnections => "too_many_connections",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::ClientQuit => "client_quit",
+            CloseReason::Killed => "killed",
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::shard::{Shard, ShardCounters, ShardSetup};
 pub struct Broker {
     native_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
+    resp_addr: Option<SocketAddr>,
     shutdown: Arc<AtomicBool>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<io::Result<ShardCounters>>>,
@@ -43,6 +44,17 @@ impl Broker {
             None => (0..config.shards).map(|_| None).collect(),
         };
         let http_addr = match &http_listeners[0] {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
+        let mut resp_listeners: Vec<Option<std::net::TcpListener>> = match config.resp_listen {
+            Some(addr) => crate::listeners::bind_shared(addr, config.shards)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => (0..config.shards).map(|_| None).collect(),
+        };
+        let resp_addr = match &resp_listeners[0] {
             Some(listener) => Some(listener.local_addr()?),
             None => None,
         };
@@ -100,6 +112,9 @@ impl Broker {
                 http_listener: http_listeners[index]
                     .take()
                     .map(mio::net::TcpListener::from_std),
+                resp_listener: resp_listeners[index]
+                    .take()
+                    .map(mio::net::TcpListener::from_std),
                 links,
                 shutdown: shutdown.clone(),
                 core: cores.get(index).copied(),
@@ -119,6 +134,7 @@ impl Broker {
         Ok(Broker {
             native_addr,
             http_addr,
+            resp_addr,
             shutdown,
             wakers,
             threads,
@@ -134,11 +150,19 @@ impl Broker {
         self.http_addr
     }
 
+    /// The Redis protocol port, unless it is off.
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.resp_addr
+    }
+
     /// The line `serve` prints once it is listening; scripts and tests wait for it.
     pub fn ready_line(&self) -> String {
         let mut line = format!("corebus ready native={}", self.native_addr);
         if let Some(http) = self.http_addr {
             line.push_str(&format!(" http={http}"));
+        }
+        if let Some(resp) = self.resp_addr {
+            line.push_str(&format!(" resp={resp}"));
         }
         line
     }

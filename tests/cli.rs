@@ -32,8 +32,9 @@ fn corebus(args: &[&str]) -> Command {
             command.env_remove(key);
         }
     }
-    // Tests run side by side: none may take the default HTTP port.
+    // Tests run side by side: none may take the default HTTP or RESP port.
     command.env("COREBUS_HTTP_LISTEN", "127.0.0.1:0");
+    command.env("COREBUS_RESP_LISTEN", "127.0.0.1:0");
     command
 }
 

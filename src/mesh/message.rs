@@ -76,15 +76,11 @@ pub enum OwnerRequest {
     /// A subscription to an exact topic, counted in incarnation `epoch`, was removed on the
     /// sending shard.
     Unsubscribe { topic: Box<str>, epoch: u64 },
-    /// A pattern subscription was added on the sending shard. `first` is true when it is the
-    /// sending shard's first subscription to that pattern (the receiver records the shard's
-    /// interest); otherwise it only acts as a barrier, so the OK means the same either way.
-    PatternSubscribe {
-        pattern: Box<str>,
-        first: bool,
-        ticket: Ticket,
-    },
-    /// The sending shard's last subscription to the pattern went away.
+    /// A pattern subscription was added on the sending shard. Every one is recorded, not
+    /// just a shard's first per pattern, so an owner can count a publish's receivers (Redis's
+    /// PUBLISH answer); the ack is also the barrier the subscribe's OK waits for.
+    PatternSubscribe { pattern: Box<str>, ticket: Ticket },
+    /// One of the sending shard's subscriptions to the pattern went away.
     PatternUnsubscribe { pattern: Box<str> },
     /// A member joined a pattern group; every shard records it (any may own a matching
     /// topic) and acks, like a pattern subscription.
@@ -104,6 +100,14 @@ pub enum OwnerRequest {
         subscriber: Subscriber,
         ticket: Option<Ticket>,
     },
+}
+
+/// A sequenced publish: its number, and how many subscriptions it went to (exact and
+/// pattern, on every shard), which Redis's PUBLISH answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    pub seq: u64,
+    pub receivers: u32,
 }
 
 #[derive(Debug)]
@@ -126,7 +130,7 @@ pub enum Terminal {
     /// The outcome of a publish: its sequence number, or why it was refused.
     PublishOutcome {
         reply: ReplyTarget,
-        result: Result<u64, ErrorCode>,
+        result: Result<Published, ErrorCode>,
     },
     /// The outcome of a CREATE_TOPIC: where the new topic stands, or why it was refused.
     TopicCreated {

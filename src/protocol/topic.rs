@@ -11,7 +11,10 @@
 //! subscribe to one, never publish to one). In a subscription, a token that is exactly `*`
 //! matches one token and a final token that is exactly `>` matches one or more tokens.
 
+use std::borrow::Cow;
 use std::fmt;
+
+use crate::protocol::resp_channel;
 
 /// Longest accepted name or pattern, in bytes. Keeps per-topic keys small and bounds the
 /// token count (and so the sublist's recursion depth) at 128.
@@ -25,6 +28,13 @@ pub const SINGLE_WILDCARD: &str = "*";
 pub const FULL_WILDCARD: &str = ">";
 
 const RESERVED_PREFIX: u8 = b'$';
+
+/// Starts a subscription subject that is a Redis glob pattern (the RESP port's
+/// `PSUBSCRIBE`) rather than a `.`-token pattern. The rest is the glob's bytes in the
+/// escaping of [`crate::protocol::resp_channel`] (`~user--3a--2a` is the glob `user:*`), and
+/// it is matched against a topic's Redis channel name. `~` is in no topic and no token
+/// pattern, so the two kinds can never be confused.
+pub const GLOB_MARK: u8 = b'~';
 
 /// Whether a subscription names one topic or a family of topics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +66,8 @@ pub enum TopicError {
     NotUtf8,
     /// A wildcard in a publish topic: a message goes to one concrete topic.
     WildcardInPublish,
+    /// A `~` subject whose rest is not an escaped Redis glob.
+    BadGlob,
 }
 
 impl TopicError {
@@ -75,6 +87,10 @@ impl TopicError {
             TopicError::NotUtf8 => "topic is not valid UTF-8",
             TopicError::WildcardInPublish => {
                 "wildcards '*' and '>' are only allowed when subscribing, not when publishing"
+            }
+            TopicError::BadGlob => {
+                "a subject starting with '~' is a Redis glob, escaped as the RESP port escapes \
+                 channel names"
             }
         }
     }
@@ -103,6 +119,14 @@ pub fn parse_publish_topic(bytes: &[u8]) -> Result<&str, TopicError> {
 /// A name a client may subscribe to: exact (reserved `$` names allowed, to read dead
 /// letters) or a pattern.
 pub fn parse_subscription(bytes: &[u8]) -> Result<(&str, SubjectKind), TopicError> {
+    if let Some(escaped_glob) = bytes.strip_prefix(&[GLOB_MARK]) {
+        check_length(escaped_glob)?;
+        // Every escaped name is an exact topic name (see `resp_channel`).
+        return match scan_tokens::<false>(escaped_glob) {
+            Ok(_) => Ok((as_str(bytes)?, SubjectKind::Pattern)),
+            Err(_) => Err(TopicError::BadGlob),
+        };
+    }
     check_length(bytes)?;
     let kind = scan_tokens::<true>(bytes)?;
     Ok((as_str(bytes)?, kind))
@@ -111,6 +135,9 @@ pub fn parse_subscription(bytes: &[u8]) -> Result<(&str, SubjectKind), TopicErro
 /// Does exact `topic` match `pattern`? A deliberately plain token-by-token walk: the
 /// reference the sublist trie is tested against, not the hot path.
 pub fn pattern_matches(pattern: &str, topic: &str) -> bool {
+    if let Some(glob) = glob_of_subject(pattern) {
+        return crate::protocol::glob::glob_match(&glob, &resp_channel::topic_to_channel(topic));
+    }
     let mut pattern_tokens = pattern.split('.');
     let mut topic_tokens = topic.split('.');
     loop {
@@ -122,6 +149,21 @@ pub fn pattern_matches(pattern: &str, topic: &str) -> bool {
             _ => return false,
         }
     }
+}
+
+/// The subject of a subscription to Redis glob `glob`, or why the glob cannot be held.
+pub fn glob_subject(glob: &[u8]) -> Result<String, resp_channel::ChannelError> {
+    let escaped = resp_channel::channel_to_topic(glob)?;
+    let mut subject = String::with_capacity(escaped.len() + 1);
+    subject.push(char::from(GLOB_MARK));
+    subject.push_str(&escaped);
+    Ok(subject)
+}
+
+/// The Redis glob a subject holds, if it is a glob subject (see [`GLOB_MARK`]).
+pub fn glob_of_subject(subject: &str) -> Option<Cow<'_, [u8]>> {
+    let escaped = subject.strip_prefix(char::from(GLOB_MARK))?;
+    Some(resp_channel::topic_to_channel(escaped))
 }
 
 /// Fixed seeds (the hex digits of pi) rather than per-process randomness: every shard

@@ -322,10 +322,8 @@ impl Shard {
             }
             SubjectKind::Pattern => {
                 self.record_subscription(subscriber, record);
-                let first = self.local.add_pattern(subject, subscriber);
-                if first {
-                    self.pattern_interest.insert(subject, self.id);
-                }
+                self.local.add_pattern(subject, subscriber);
+                self.pattern_interest.insert(subject, self.id);
                 let peers = (self.shard_count - 1) as u32;
                 if peers == 0 {
                     self.answer(id, request_id, Answer::Done);
@@ -335,7 +333,6 @@ impl Shard {
                     for link in self.peers_mut() {
                         link.requests_out.push(OwnerRequest::PatternSubscribe {
                             pattern: subject.into(),
-                            first,
                             ticket,
                         });
                     }
@@ -498,7 +495,11 @@ impl Shard {
                 self.leave_pattern_group(subscriber, record, None);
             }
             SubjectKind::Pattern => {
-                if self.local.remove_pattern(&record.subject, subscriber) == Some(true) {
+                if self
+                    .local
+                    .remove_pattern(&record.subject, subscriber)
+                    .is_some()
+                {
                     self.pattern_interest.remove(&record.subject, self.id);
                     for link in self.peers_mut() {
                         link.requests_out.push(OwnerRequest::PatternUnsubscribe {
@@ -858,7 +859,11 @@ impl Shard {
             Wire::Http(session) => session.answered.take(),
             _ => None,
         };
+        let resp_done = matches!(&conn.wire, Wire::Resp(session) if session.done());
         self.mark_dirty(id);
+        if resp_done {
+            self.begin_close(id, crate::error::CloseReason::ClientQuit);
+        }
         if let Some(connection) = http_answered {
             self.after_http_answer(id, connection);
         }

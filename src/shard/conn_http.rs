@@ -178,7 +178,7 @@ impl Shard {
                 Wire::Http(session) if session.pending.is_some() => return Flow::Continue,
                 Wire::Http(_) => {}
                 Wire::WebSocket(_) => return self.process_websocket(id),
-                Wire::Native { .. } => return Flow::Stop,
+                Wire::Native { .. } | Wire::Resp(_) => return Flow::Stop,
             }
             let request = match http::decode_request(conn.read.filled(), &limits) {
                 Ok(None) => return Flow::Continue,
@@ -326,7 +326,7 @@ impl Shard {
                         gathered: BrokerStats::default(),
                     }),
                 );
-                self.start_gathering(id);
+                self.start_gathering(id, HTTP_REQUEST_ID);
                 Some(Flow::Continue)
             }
             Route::Dashboard => {

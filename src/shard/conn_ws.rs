@@ -22,6 +22,7 @@ use slab::Slab;
 use crate::error::{CloseReason, ErrorCode};
 use crate::ids::ConnectionId;
 use crate::message::Message;
+use crate::protocol::resp::RespVersion;
 use crate::protocol::subscribe_options::{Start, SubscribeOptions};
 use crate::protocol::websocket::{self, close_code, Decoder, Event};
 use crate::protocol::ws_fastapi::{self, AckFor, ErrorDetails, FastApiCode, FastApiRequest};
@@ -50,8 +51,15 @@ pub enum Dialect {
 /// How an event is worded: the same bytes serve every subscriber with the same format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventFormat {
-    Fiber { seq: bool },
+    Fiber {
+        seq: bool,
+    },
     FastApi,
+    /// A Redis `message` (or, sharded, `smessage`) frame.
+    Resp {
+        version: crate::protocol::resp::RespVersion,
+        sharded: bool,
+    },
 }
 
 impl EventFormat {
@@ -60,6 +68,9 @@ impl EventFormat {
             EventFormat::Fiber { seq: false } => 0,
             EventFormat::Fiber { seq: true } => 1,
             EventFormat::FastApi => 2,
+            EventFormat::Resp { version, sharded } => {
+                3 + usize::from(sharded) * 2 + usize::from(version == RespVersion::Resp3)
+            }
         }
     }
 }
@@ -281,7 +292,7 @@ impl WsSession {
 /// the frame's address cannot be reused by another message while it is the key.
 #[derive(Default)]
 pub struct EventCache {
-    entries: [Option<(Message, Arc<[u8]>)>; 3],
+    entries: [Option<(Message, Arc<[u8]>)>; 7],
 }
 
 impl EventCache {
@@ -305,6 +316,9 @@ fn content_type(message: &Message) -> Option<&[u8]> {
 }
 
 fn encode_event(format: EventFormat, message: &Message, epoch: u64) -> Vec<u8> {
+    if let EventFormat::Resp { version, sharded } = format {
+        return super::conn_resp::encode_event(version, sharded, message);
+    }
     let mut text = Vec::with_capacity(message.payload().len() + 128);
     // The publisher's id if it gave one (header `id`), else one derived from (epoch, seq).
     let publisher_id = message
@@ -323,6 +337,7 @@ fn encode_event(format: EventFormat, message: &Message, epoch: u64) -> Vec<u8> {
             },
             &mut text,
         ),
+        EventFormat::Resp { .. } => unreachable!("answered above"),
         EventFormat::FastApi => ws_fastapi::encode_event(
             message.topic(),
             message.payload(),

@@ -377,6 +377,16 @@ impl Outbound {
         self.pending.push_back((sub_id, gap));
     }
 
+    /// Bytes that must not overtake queued deliveries (a Redis reply): straight into the
+    /// write buffer when nothing is queued, else in line as a notice.
+    pub fn push_in_order(&mut self, bytes: Vec<u8>) {
+        if self.pending.is_empty() {
+            self.write_buf.extend_from_slice(&bytes);
+        } else {
+            self.push_notice(bytes.into_boxed_slice());
+        }
+    }
+
     /// Queues an encoded notice frame behind the messages already queued. Never dropped.
     pub fn push_notice(&mut self, frame: Box<[u8]>) {
         self.pending_bytes += frame.len();
@@ -604,6 +614,11 @@ impl Connection {
                 self.out
                     .offer_encoded(sub_id, frame, outbound_bytes_max, policy, dropped)
             }
+            Wire::Resp(session) => {
+                let frame = session.event_frame(events, sub_id, message);
+                self.out
+                    .offer_encoded(sub_id, frame, outbound_bytes_max, policy, dropped)
+            }
             _ => self
                 .out
                 .offer(sub_id, message, outbound_bytes_max, policy, dropped),
@@ -641,7 +656,20 @@ impl Connection {
                 session.encode_answer(request_id, answer, &mut notice);
                 self.out.push_notice(notice.into_boxed_slice());
             }
+            Wire::Resp(session) => {
+                session.encode_answer(request_id, answer);
+                self.queue_resp_output();
+            }
             wire => wire.encode_answer(request_id, answer, self.out.replies()),
+        }
+    }
+
+    /// Queues a RESP session's ready replies, in order behind what is queued already.
+    pub fn queue_resp_output(&mut self) {
+        if let Wire::Resp(session) = &mut self.wire {
+            if let Some(ready) = session.take_output() {
+                self.out.push_in_order(ready);
+            }
         }
     }
 

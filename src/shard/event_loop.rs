@@ -21,13 +21,14 @@ use crate::protocol::native::Frame;
 
 use super::connection::{ConnState, Connection};
 use super::wire::Wire;
-use super::{Flow, Shard, ShardCounters, HTTP_LISTENER, LISTENER, WAKER_TOKEN};
+use super::{Flow, Shard, ShardCounters, HTTP_LISTENER, LISTENER, RESP_LISTENER, WAKER_TOKEN};
 
 /// Which listener a connection came in on, which decides what it speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Port {
     Native,
     Http,
+    Resp,
 }
 
 /// Longest sleep in `poll`, so the shutdown flag is seen even if a wake-up is lost.
@@ -52,6 +53,11 @@ impl Shard {
             self.poll
                 .registry()
                 .register(listener, HTTP_LISTENER, Interest::READABLE)?;
+        }
+        if let Some(listener) = self.resp_listener.as_mut() {
+            self.poll
+                .registry()
+                .register(listener, RESP_LISTENER, Interest::READABLE)?;
         }
         let mut events = Events::with_capacity(self.config.events_per_poll_max);
         let busy_poll = Duration::from_micros(self.config.busy_poll_us);
@@ -78,6 +84,7 @@ impl Shard {
                 match event.token() {
                     LISTENER => self.accept(Port::Native),
                     HTTP_LISTENER => self.accept(Port::Http),
+                    RESP_LISTENER => self.accept(Port::Resp),
                     WAKER_TOKEN => {}
                     Token(index) => self.on_connection_event(
                         index,
@@ -129,13 +136,24 @@ impl Shard {
         }
     }
 
+    /// The most a text protocol's read buffer may hold: one request or message with its
+    /// framing (a native frame announces its own size instead).
+    pub(super) fn text_bytes_max(&self) -> usize {
+        self.config
+            .ws_message_bytes_max()
+            .max(self.config.http_head_bytes_max + self.config.http_body_bytes_max)
+            + crate::protocol::websocket::HEADER_LEN_MAX
+    }
+
     fn next_timeout(&self, now: Instant) -> Duration {
         let mut timeout =
             POLL_TIMEOUT_MAX.min(self.next_consumer_timer.saturating_duration_since(now));
-        for (deadline, _) in [
-            self.handshake_deadlines.front(),
-            self.linger_deadlines.front(),
-            self.gather_deadlines.front(),
+        for deadline in [
+            self.handshake_deadlines
+                .front()
+                .map(|(deadline, _)| deadline),
+            self.linger_deadlines.front().map(|(deadline, _)| deadline),
+            self.gather_deadlines.front().map(|(deadline, _)| deadline),
         ]
         .into_iter()
         .flatten()
@@ -154,6 +172,7 @@ impl Shard {
             let listener = match port {
                 Port::Native => self.listener.as_ref(),
                 Port::Http => self.http_listener.as_ref(),
+                Port::Resp => self.resp_listener.as_ref(),
             };
             let Some(listener) = listener else {
                 return;
@@ -179,6 +198,9 @@ impl Shard {
                         message: b"broker is at --connections-max",
                     }
                     .encode(&mut refusal),
+                    Port::Resp => {
+                        refusal.extend_from_slice(b"-ERR max number of clients reached\r\n")
+                    }
                     Port::Http => refusal.extend_from_slice(
                         b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
                           Content-Length: 44\r\nConnection: close\r\n\r\n\
@@ -223,6 +245,9 @@ impl Shard {
                 conn.wire = Wire::Http(Default::default());
             }
             entry.insert(conn);
+            if port == Port::Resp {
+                self.open_resp(id);
+            }
             self.counters.connections_accepted += 1;
             let deadline = Instant::now() + Duration::from_millis(self.config.handshake_timeout_ms);
             self.handshake_deadlines.push_back((deadline, id));
@@ -241,6 +266,7 @@ impl Shard {
             Some(Wire::Native { .. }) => self.process_frames(id),
             Some(Wire::Http(_)) => self.process_http(id),
             Some(Wire::WebSocket(_)) => self.process_websocket(id),
+            Some(Wire::Resp(_)) => self.process_resp(id),
             None => Flow::Stop,
         }
     }
@@ -267,11 +293,7 @@ impl Shard {
     fn read_connection(&mut self, id: ConnectionId) {
         let mut budget = self.config.read_bytes_per_turn_max;
         // A text protocol's buffer holds at most one request or message, with its framing.
-        let text_bytes_max = self
-            .config
-            .ws_message_bytes_max()
-            .max(self.config.http_head_bytes_max + self.config.http_body_bytes_max)
-            + crate::protocol::websocket::HEADER_LEN_MAX;
+        let text_bytes_max = self.text_bytes_max();
         let reply_bytes_max = self.config.outbound_bytes_max;
         loop {
             let Some(conn) = self.connection_mut(id) else {

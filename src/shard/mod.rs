@@ -22,6 +22,7 @@
 mod commands;
 pub mod conn_http;
 mod conn_native;
+pub mod conn_resp;
 pub mod conn_ws;
 pub mod connection;
 pub mod consumers;
@@ -56,6 +57,7 @@ use topics::{LocalSubscriptions, OwnedTopics};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const HTTP_LISTENER: Token = Token(usize::MAX - 3);
+const RESP_LISTENER: Token = Token(usize::MAX - 4);
 pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX - 2);
 
 /// Everything a shard thread is handed at start-up.
@@ -66,6 +68,8 @@ pub struct ShardSetup {
     pub listener: TcpListener,
     /// The HTTP port's listener, unless `--no-http`.
     pub http_listener: Option<TcpListener>,
+    /// The Redis protocol port's listener, unless `--no-resp`.
+    pub resp_listener: Option<TcpListener>,
     pub links: Vec<Option<PeerLink>>,
     pub shutdown: Arc<AtomicBool>,
     pub core: Option<core_affinity::CoreId>,
@@ -145,10 +149,11 @@ pub struct Shard {
     poll: Poll,
     listener: Option<TcpListener>,
     http_listener: Option<TcpListener>,
+    resp_listener: Option<TcpListener>,
     /// One encoding per (message, event format) for text-protocol subscribers.
     events: conn_ws::EventCache,
     /// Stats gathers waiting for the slowest shard, oldest first.
-    gather_deadlines: VecDeque<(Instant, ConnectionId)>,
+    gather_deadlines: VecDeque<(Instant, crate::mesh::message::ReplyTarget)>,
     started: Instant,
     connections: Slab<Connection>,
     next_generation: u32,
@@ -192,6 +197,7 @@ impl Shard {
             poll: setup.poll,
             listener: Some(setup.listener),
             http_listener: setup.http_listener,
+            resp_listener: setup.resp_listener,
             events: conn_ws::EventCache::default(),
             gather_deadlines: VecDeque::new(),
             started: Instant::now(),

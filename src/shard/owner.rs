@@ -11,7 +11,7 @@ use crate::ids::ShardId;
 use crate::ids::Subscriber;
 use crate::mesh::message::Refusal;
 use crate::mesh::message::{
-    ConsumerRequest, OwnerRequest, Replay, ReplyTarget, Subscribed, Terminal,
+    ConsumerRequest, OwnerRequest, Published, Replay, ReplyTarget, Subscribed, Terminal,
 };
 use crate::message::Message;
 use crate::protocol::subscribe_options::AckSettings;
@@ -44,7 +44,10 @@ impl Shard {
     /// Sequences a message of a topic this shard owns and sends it to every shard with a
     /// matching subscription (delivering directly to this shard's own subscribers).
     /// The caller has checked `terminal_room`.
-    pub(super) fn sequence_and_fan_out(&mut self, mut message: Message) -> Result<u64, ErrorCode> {
+    pub(super) fn sequence_and_fan_out(
+        &mut self,
+        mut message: Message,
+    ) -> Result<Published, ErrorCode> {
         if self.pattern_groups.has_acked() {
             self.ensure_pattern_group_consumers(message.topic())?;
         }
@@ -60,7 +63,7 @@ impl Shard {
         }
         self.consumer_actions = actions;
         let sequenced = sequenced?;
-        let (seq, mask) = (sequenced.seq, sequenced.shard_mask);
+        let mask = sequenced.shard_mask;
         self.counters.published += 1;
         let me = self.id;
         for link in self.peers_mut() {
@@ -85,7 +88,10 @@ impl Shard {
             self.carry_out(message.topic(), &mut actions);
             self.consumer_actions = actions;
         }
-        Ok(seq)
+        Ok(Published {
+            seq: sequenced.seq,
+            receivers: sequenced.receivers,
+        })
     }
 
     /// Answers a publish made on this shard.
@@ -93,14 +99,14 @@ impl Shard {
         &mut self,
         reply: ReplyTarget,
         quiet: bool,
-        result: Result<u64, ErrorCode>,
+        result: Result<Published, ErrorCode>,
     ) {
         match result {
             Ok(_) if quiet => {}
-            Ok(seq) => self.answer(
+            Ok(published) => self.answer(
                 reply.connection,
                 reply.request_id,
-                Answer::Published { seq },
+                Answer::Published(published),
             ),
             Err(code) => {
                 let reason = match code {
@@ -305,14 +311,8 @@ impl Shard {
                     .terminals_out
                     .push(Terminal::DeleteOutcome { reply, result });
             }
-            OwnerRequest::PatternSubscribe {
-                pattern,
-                first,
-                ticket,
-            } => {
-                if first {
-                    self.pattern_interest.insert(&pattern, from);
-                }
+            OwnerRequest::PatternSubscribe { pattern, ticket } => {
+                self.pattern_interest.insert(&pattern, from);
                 self.link_mut(from)
                     .terminals_out
                     .push(Terminal::SubscribeAck {
@@ -388,7 +388,7 @@ impl Shard {
             Terminal::TopicCreated { reply, result } => self.answer_create_topic(reply, result),
             Terminal::TopicDeleted { topic } => self.end_topic_subscriptions(&topic),
             Terminal::DeleteOutcome { reply, result } => self.answer_delete_topic(reply, result),
-            Terminal::Stats { reply, stats } => self.add_stats_part(reply.connection, *stats),
+            Terminal::Stats { reply, stats } => self.add_stats_part(reply, *stats),
             Terminal::SubscribeAck { ticket, result } => {
                 let key = ticket.0 as usize;
                 let Some(pending) = self.pending_subscribes.get_mut(key) else {

@@ -12,7 +12,7 @@ use crate::ids::ConnectionId;
 use crate::mesh::message::{OwnerRequest, ReplyTarget};
 use crate::protocol::http::{self, ConnectionHeader, ResponseHead, Status};
 
-use super::conn_http::{Awaiting, PendingHttp, HTTP_REQUEST_ID};
+use super::conn_http::{Awaiting, PendingHttp};
 use super::wire::Wire;
 use super::{Shard, ShardCounters};
 
@@ -49,6 +49,11 @@ pub struct ShardStats {
     pub topics: Vec<TopicStats>,
     pub counters: ShardCounters,
     pub connections: u64,
+    /// Distinct patterns this shard's connections subscribe to (Redis's `PUBSUB NUMPAT`
+    /// counts them broker-wide).
+    pub patterns: Vec<Box<str>>,
+    /// One `CLIENT LIST` line per RESP connection on this shard.
+    pub resp_clients: Vec<String>,
 }
 
 /// The parts gathered so far.
@@ -75,35 +80,40 @@ impl Shard {
                 .collect(),
             counters: self.counters.clone(),
             connections: self.connections.len() as u64,
+            patterns: self.local.pattern_names().map(Into::into).collect(),
+            resp_clients: self.resp_client_lines(),
         }
     }
 
-    /// Asks every shard for its part; the caller checked `terminal_room`.
-    pub(super) fn start_gathering(&mut self, id: ConnectionId) {
+    /// Asks every shard for its part for request `request_id`; the caller checked
+    /// `terminal_room`.
+    pub(super) fn start_gathering(&mut self, id: ConnectionId, request_id: u32) {
         let own = self.shard_stats();
+        let reply = ReplyTarget {
+            connection: id,
+            request_id,
+        };
         for peer in 0..self.links.len() {
             if let Some(link) = self.links[peer].as_mut() {
-                link.requests_out.push(OwnerRequest::Stats {
-                    reply: ReplyTarget {
-                        connection: id,
-                        request_id: HTTP_REQUEST_ID,
-                    },
-                });
+                link.requests_out.push(OwnerRequest::Stats { reply });
             }
         }
         self.gather_deadlines
-            .push_back((Instant::now() + GATHER_DEADLINE, id));
-        self.add_stats_part(id, own);
+            .push_back((Instant::now() + GATHER_DEADLINE, reply));
+        self.add_stats_part(reply, own);
     }
 
     /// A shard's part arrived (this one's included); answers once all are in.
-    pub(super) fn add_stats_part(&mut self, id: ConnectionId, part: ShardStats) {
+    pub(super) fn add_stats_part(&mut self, reply: ReplyTarget, part: ShardStats) {
         let shards = self.shard_count;
+        let id = reply.connection;
         let Some(conn) = self.connection_mut(id) else {
             return;
         };
-        let Wire::Http(session) = &mut conn.wire else {
-            return;
+        let session = match &mut conn.wire {
+            Wire::Http(session) => session,
+            Wire::Resp(_) => return self.resp_stats_part(reply, part),
+            _ => return,
         };
         let Some(PendingHttp {
             awaiting: Awaiting::Stats { gathered, .. },
@@ -114,19 +124,22 @@ impl Shard {
         };
         gathered.parts.push(part);
         if gathered.parts.len() == shards {
-            self.answer_stats(id);
+            self.answer_stats(reply);
         }
     }
 
     /// Answers with what was gathered (all of it, or what came before the deadline).
-    pub(super) fn answer_stats(&mut self, id: ConnectionId) {
+    pub(super) fn answer_stats(&mut self, reply: ReplyTarget) {
         let shards = self.shard_count;
         let uptime = self.started.elapsed().as_secs();
+        let id = reply.connection;
         let Some(conn) = self.connection_mut(id) else {
             return;
         };
-        let Wire::Http(session) = &mut conn.wire else {
-            return;
+        let session = match &mut conn.wire {
+            Wire::Http(session) => session,
+            Wire::Resp(_) => return self.resp_answer_gather(reply),
+            _ => return,
         };
         let Some(PendingHttp {
             connection,
@@ -151,12 +164,12 @@ impl Shard {
 
     /// Answers the gathers whose slowest shard did not answer in time.
     pub(super) fn expire_gathers(&mut self, now: Instant) {
-        while let Some(&(deadline, id)) = self.gather_deadlines.front() {
+        while let Some(&(deadline, reply)) = self.gather_deadlines.front() {
             if deadline > now {
                 break;
             }
             self.gather_deadlines.pop_front();
-            self.answer_stats(id);
+            self.answer_stats(reply);
         }
     }
 }

@@ -13,13 +13,18 @@
 
 use ahash::AHashMap;
 
-use crate::protocol::topic::{FULL_WILDCARD, SINGLE_WILDCARD};
+use crate::protocol::glob::GlobIndex;
+use crate::protocol::resp_channel::topic_to_channel;
+use crate::protocol::topic::{glob_of_subject, FULL_WILDCARD, SINGLE_WILDCARD};
 
 /// Pattern subscriptions matched without scanning every pattern. `V` is whatever identifies
 /// a subscription to the caller; it is compared with `==` on removal.
 #[derive(Debug)]
 pub struct Sublist<V> {
     root: Node<V>,
+    /// Redis glob subscriptions (subjects marked with [`crate::protocol::topic::GLOB_MARK`]), matched against a
+    /// topic's Redis channel name beside the token trie.
+    globs: GlobIndex<V>,
     instance_count: usize,
     generation: u64,
     cache: AHashMap<Box<str>, Vec<V>>,
@@ -90,6 +95,7 @@ impl<V: Copy + Eq> Sublist<V> {
     pub fn new(cache_entries_max: usize) -> Self {
         Sublist {
             root: Node::new(),
+            globs: GlobIndex::new(0),
             instance_count: 0,
             generation: 0,
             cache: AHashMap::new(),
@@ -102,6 +108,12 @@ impl<V: Copy + Eq> Sublist<V> {
     /// Adds one instance of `value` under `pattern`. Multiset: the same (pattern, value) may
     /// be inserted twice and must then be removed twice.
     pub fn insert(&mut self, pattern: &str, value: V) {
+        if let Some(glob) = glob_of_subject(pattern) {
+            self.globs.insert(&glob, value);
+            self.instance_count += 1;
+            self.generation = self.generation.wrapping_add(1);
+            return;
+        }
         let mut node = &mut self.root;
         let mut remaining = pattern;
         loop {
@@ -129,7 +141,10 @@ impl<V: Copy + Eq> Sublist<V> {
     /// follows the live set. A failed removal changes nothing, so it keeps the generation
     /// (and the cache).
     pub fn remove(&mut self, pattern: &str, value: V) -> bool {
-        let removed = remove_below(&mut self.root, pattern, value);
+        let removed = match glob_of_subject(pattern) {
+            Some(glob) => self.globs.remove(&glob, &value),
+            None => remove_below(&mut self.root, pattern, value),
+        };
         if removed {
             self.instance_count -= 1;
             self.generation = self.generation.wrapping_add(1);
@@ -140,7 +155,7 @@ impl<V: Copy + Eq> Sublist<V> {
     /// Appends the values whose pattern matches exact `topic` (one entry per inserted
     /// instance) to `out`, in no particular order.
     pub fn match_into(&self, topic: &str, out: &mut Vec<V>) {
-        collect_matches(&self.root, topic, out);
+        collect_all(&self.root, &self.globs, topic, out);
     }
 
     /// [`Sublist::match_into`] through the bounded cache. The slice is valid until the next
@@ -148,7 +163,7 @@ impl<V: Copy + Eq> Sublist<V> {
     pub fn match_cached(&mut self, topic: &str) -> &[V] {
         if self.cache_entries_max == 0 {
             self.uncached_matches.clear();
-            collect_matches(&self.root, topic, &mut self.uncached_matches);
+            collect_all(&self.root, &self.globs, topic, &mut self.uncached_matches);
             return &self.uncached_matches;
         }
         if self.cache_generation != self.generation {
@@ -163,7 +178,7 @@ impl<V: Copy + Eq> Sublist<V> {
                 self.evict_some_cache_entries();
             }
             let mut matches = Vec::new();
-            collect_matches(&self.root, topic, &mut matches);
+            collect_all(&self.root, &self.globs, topic, &mut matches);
             self.cache.insert(Box::from(topic), matches);
         }
         self.cache.get(topic).map_or(&[], Vec::as_slice)
@@ -213,6 +228,20 @@ fn split_first_token(name: &str) -> (&str, Option<&str>) {
     match name.split_once('.') {
         Some((token, rest)) => (token, Some(rest)),
         None => (name, None),
+    }
+}
+
+/// Token patterns from the trie, then globs (only when there are any: naming the channel
+/// costs a scan of the topic).
+fn collect_all<V: Copy + PartialEq>(
+    root: &Node<V>,
+    globs: &GlobIndex<V>,
+    topic: &str,
+    out: &mut Vec<V>,
+) {
+    collect_matches(root, topic, out);
+    if !globs.is_empty() {
+        globs.match_into(&topic_to_channel(topic), out);
     }
 }
 

@@ -36,9 +36,13 @@ pub struct OwnedTopic {
     /// Exact subscriptions per shard; `exact_mask` has a bit for each non-zero count.
     exact_subscribers_by_shard: Vec<u32>,
     exact_mask: u64,
+    /// The sum of `exact_subscribers_by_shard`, for a publish's receiver count.
+    exact_total: u32,
     /// Shards with a matching pattern subscription, valid while `pattern_generation` equals
     /// the pattern table's generation.
     pattern_mask: u64,
+    /// Matching pattern subscriptions on every shard, valid with `pattern_mask`.
+    pattern_count: u32,
     pattern_generation: u64,
     /// Recent messages, for subscribers that start in the past.
     pub replay: ReplayRing<Message>,
@@ -63,7 +67,9 @@ impl OwnedTopic {
             last_timestamp_ns: 0,
             exact_subscribers_by_shard: vec![0; shards],
             exact_mask: 0,
+            exact_total: 0,
             pattern_mask: 0,
+            pattern_count: 0,
             pattern_generation: u64::MAX,
         }
     }
@@ -126,6 +132,8 @@ pub struct Sequenced {
     pub timestamp_ns: u64,
     /// Shards with at least one matching subscription.
     pub shard_mask: u64,
+    /// Subscriptions it goes to on every shard, exact and pattern (Redis's PUBLISH answer).
+    pub receivers: u32,
 }
 
 /// The topics this shard owns.
@@ -301,6 +309,7 @@ impl OwnedTopics {
         owned.check_start(start)?;
         owned.exact_subscribers_by_shard[shard.index()] += 1;
         owned.exact_mask |= shard.bit();
+        owned.exact_total += 1;
         let mut replay = Replay::default();
         if start != Start::New {
             let plan = owned.replay.plan(start, now_ns);
@@ -589,6 +598,9 @@ impl OwnedTopics {
         };
         let count = &mut owned.exact_subscribers_by_shard[shard.index()];
         debug_assert!(*count > 0, "more unsubscribes than subscribes");
+        if *count > 0 {
+            owned.exact_total -= 1;
+        }
         *count = count.saturating_sub(1);
         if *count == 0 {
             owned.exact_mask &= !shard.bit();
@@ -624,12 +636,14 @@ impl OwnedTopics {
                 scratch.clear();
                 patterns.match_into(topic, &mut scratch);
                 owned.pattern_mask = scratch.iter().fold(0, |mask, shard| mask | shard.bit());
+                owned.pattern_count = scratch.len() as u32;
                 owned.pattern_generation = patterns.generation();
             }
             Sequenced {
                 seq: owned.last_seq,
                 timestamp_ns: owned.last_timestamp_ns,
                 shard_mask: owned.exact_mask | owned.pattern_mask,
+                receivers: owned.exact_total + owned.pattern_count,
             }
         });
         self.pattern_matches = scratch;
@@ -721,6 +735,11 @@ impl LocalSubscriptions {
         }
     }
 
+    /// The distinct patterns subscribed to here.
+    pub fn pattern_names(&self) -> impl Iterator<Item = &str> {
+        self.pattern_refs.keys().map(|name| &**name)
+    }
+
     pub fn exact_topic_count(&self) -> usize {
         self.exact.len()
     }
@@ -760,11 +779,12 @@ mod tests {
         owned.sequence(&mut message(topic), patterns, now_ns, &mut Vec::new())
     }
 
-    fn sequenced(seq: u64, shard_mask: u64) -> Result<Sequenced, ErrorCode> {
+    fn sequenced((seq, receivers): (u64, u32), shard_mask: u64) -> Result<Sequenced, ErrorCode> {
         Ok(Sequenced {
             seq,
             timestamp_ns: 100,
             shard_mask,
+            receivers,
         })
     }
 
@@ -796,7 +816,10 @@ mod tests {
     fn sequence_numbers_start_at_one_and_masks_follow_interest() {
         let patterns = Sublist::new(16);
         let mut owned = OwnedTopics::new(4, 10, LIMITS);
-        assert_eq!(sequence(&mut owned, "a", &patterns, 100), sequenced(1, 0));
+        assert_eq!(
+            sequence(&mut owned, "a", &patterns, 100),
+            sequenced((1, 0), 0)
+        );
         let epoch = owned
             .add_subscriber("a", ShardId(2), Start::New, 0)
             .map(|s| s.position.epoch)
@@ -807,27 +830,33 @@ mod tests {
             .unwrap();
         assert_eq!(
             sequence(&mut owned, "a", &patterns, 100),
-            sequenced(2, 0b100)
+            sequenced((2, 2), 0b100)
         );
         owned.remove_subscriber("a", ShardId(2), epoch);
         assert_eq!(
             sequence(&mut owned, "a", &patterns, 100),
-            sequenced(3, 0b100)
+            sequenced((3, 1), 0b100)
         );
         // An unsubscribe from an older incarnation changes nothing.
         owned.remove_subscriber("a", ShardId(2), epoch ^ 1);
         assert_eq!(
             sequence(&mut owned, "a", &patterns, 100),
-            sequenced(4, 0b100)
+            sequenced((4, 1), 0b100)
         );
         owned.remove_subscriber("a", ShardId(2), epoch);
-        assert_eq!(sequence(&mut owned, "a", &patterns, 100), sequenced(5, 0));
+        assert_eq!(
+            sequence(&mut owned, "a", &patterns, 100),
+            sequenced((5, 0), 0)
+        );
         // Deleted: gone with its count, and made again by the next publish, with a new epoch
         // and numbering that continues, so a late ack cannot name a new message.
         owned.delete("a").unwrap();
         assert_eq!(owned.delete("a"), Err(ErrorCode::TopicNotFound));
         owned.remove_subscriber("a", ShardId(2), epoch);
-        assert_eq!(sequence(&mut owned, "a", &patterns, 100), sequenced(6, 0));
+        assert_eq!(
+            sequence(&mut owned, "a", &patterns, 100),
+            sequenced((6, 0), 0)
+        );
         assert_ne!(owned.get("a").unwrap().epoch, epoch);
         assert_eq!(
             owned
@@ -861,14 +890,20 @@ mod tests {
     fn pattern_interest_is_recomputed_when_the_pattern_table_changes() {
         let mut patterns = Sublist::new(16);
         let mut owned = OwnedTopics::new(4, 10, LIMITS);
-        assert_eq!(sequence(&mut owned, "a.b", &patterns, 100), sequenced(1, 0));
+        assert_eq!(
+            sequence(&mut owned, "a.b", &patterns, 100),
+            sequenced((1, 0), 0)
+        );
         patterns.insert("a.*", ShardId(3));
         assert_eq!(
             sequence(&mut owned, "a.b", &patterns, 100),
-            sequenced(2, 0b1000)
+            sequenced((2, 1), 0b1000)
         );
         patterns.remove("a.*", ShardId(3));
-        assert_eq!(sequence(&mut owned, "a.b", &patterns, 100), sequenced(3, 0));
+        assert_eq!(
+            sequence(&mut owned, "a.b", &patterns, 100),
+            sequenced((3, 0), 0)
+        );
     }
 
     #[test]
@@ -886,7 +921,10 @@ mod tests {
                 .map(|s| s.position),
             Err(ErrorCode::TooManyTopics.into())
         );
-        assert_eq!(sequence(&mut owned, "a", &patterns, 100), sequenced(2, 0));
+        assert_eq!(
+            sequence(&mut owned, "a", &patterns, 100),
+            sequenced((2, 0), 0)
+        );
     }
 
     #[test]

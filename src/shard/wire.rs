@@ -12,10 +12,11 @@
 //! [`crate::shard::Shard`]'s encode cache.
 
 use crate::error::ErrorCode;
-use crate::mesh::message::TopicPosition;
+use crate::mesh::message::{Published, TopicPosition};
 use crate::protocol::native::Frame;
 
 use super::conn_http::HttpSession;
+use super::conn_resp::RespSession;
 use super::conn_ws::WsSession;
 
 /// What the core says to one request. Each protocol words it its own way.
@@ -23,8 +24,8 @@ use super::conn_ws::WsSession;
 pub enum Answer<'a> {
     /// Done; nothing to report (unsubscribe, pattern subscribe, delete topic, ...).
     Done,
-    /// A confirmed publish: the sequence number the owner gave it.
-    Published { seq: u64 },
+    /// A confirmed publish: the sequence number the owner gave it, and its receivers.
+    Published(Published),
     /// An exact subscription or a created topic: where the topic stood.
     Position(TopicPosition),
     /// Refused: a stable code and a reason for people.
@@ -55,12 +56,14 @@ pub enum Wire {
     Http(HttpSession),
     /// A WebSocket session in one of the two JSON dialects.
     WebSocket(Box<WsSession>),
+    /// RESP2 or RESP3 on the Redis port.
+    Resp(Box<RespSession>),
 }
 
 impl Wire {
     pub fn supports(&self, feature: Feature) -> bool {
         match self {
-            Wire::Http(_) => false,
+            Wire::Http(_) | Wire::Resp(_) => false,
             Wire::WebSocket(_) => feature != Feature::Epochs,
             Wire::Native { version } => {
                 let since = match feature {
@@ -79,6 +82,12 @@ impl Wire {
         match self {
             Wire::Http(session) => session.encode_answer(request_id, answer, out),
             Wire::WebSocket(session) => session.encode_answer(request_id, answer, out),
+            Wire::Resp(session) => {
+                session.encode_answer(request_id, answer);
+                if let Some(ready) = session.take_output() {
+                    out.extend_from_slice(&ready);
+                }
+            }
             Wire::Native { .. } => {
                 let (ok_data, position_data);
                 let frame = match answer {
@@ -86,7 +95,7 @@ impl Wire {
                         request_id,
                         data: &[],
                     },
-                    Answer::Published { seq } => {
+                    Answer::Published(Published { seq, .. }) => {
                         ok_data = seq.to_be_bytes();
                         Frame::Ok {
                             request_id,
@@ -130,7 +139,8 @@ impl Wire {
         out: &mut Vec<u8>,
     ) {
         match self {
-            Wire::Http(_) => {}
+            // Neither has start positions, so neither is ever told of a gap.
+            Wire::Http(_) | Wire::Resp(_) => {}
             Wire::WebSocket(session) => session.encode_gap(sub_id, (missed, resume_seq), out),
             Wire::Native { .. } => {
                 // v2 specified a 16-byte GAP body; the topic came with v3.
@@ -155,6 +165,7 @@ impl Wire {
         match self {
             Wire::Http(_) => {}
             Wire::WebSocket(session) => session.encode_ended(sub_id, code, reason, out),
+            Wire::Resp(session) => session.encode_ended(sub_id, out),
             Wire::Native { .. } if self.supports(Feature::TopicAdmin) => Frame::Ended {
                 sub_id,
                 code: code.as_u16(),
@@ -175,7 +186,8 @@ impl Wire {
     pub fn encode_dropped(&self, sub_id: u32, count: u64, out: &mut Vec<u8>) {
         match self {
             Wire::Native { .. } => Frame::Dropped { sub_id, count }.encode(out),
-            Wire::Http(_) => {}
+            // Redis has no such notice: the count is in INFO's `dropped`.
+            Wire::Http(_) | Wire::Resp(_) => {}
             Wire::WebSocket(session) => session.encode_dropped(sub_id, count, out),
         }
     }
@@ -204,7 +216,14 @@ mod tests {
     fn native_answers_are_the_ok_and_err_frames_of_the_protocol() {
         let mut wire = Wire::Native { version: 4 };
         let mut out = Vec::new();
-        wire.encode_answer(7, Answer::Published { seq: 9 }, &mut out);
+        wire.encode_answer(
+            7,
+            Answer::Published(Published {
+                seq: 9,
+                receivers: 0,
+            }),
+            &mut out,
+        );
         assert_eq!(
             decoded(&out),
             Frame::Ok {

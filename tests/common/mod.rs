@@ -15,6 +15,7 @@ pub fn config(shards: usize) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        resp_listen: Some("127.0.0.1:0".parse().unwrap()),
         shards,
         pin: false,
         ..Config::default()

@@ -1,0 +1,1538 @@
+//! The Redis connection kind: RESP2 and RESP3 on the RESP listener (`--resp-listen`), so
+//! redis-cli, redis-benchmark and every Redis client's pub/sub work against corebus.
+//!
+//! Requests are framed by [`crate::protocol::resp::RequestDecoder`] and checked against
+//! Redis's command table ([`crate::protocol::resp_commands::resolve`]); pub/sub commands go to
+//! the same protocol-neutral handlers as native and WebSocket ones, with channels mapped to
+//! topics by [`crate::protocol::resp_channel`] and glob patterns carried as glob subjects
+//! ([`crate::protocol::topic::GLOB_MARK`]).
+//!
+//! Redis answers every request in order, but the core answers some later than others (a
+//! publish to a topic another shard owns, a subscribe waiting for every shard, `INFO`
+//! gathering stats over the rings). So each request takes a slot in the session's
+//! [`ReplyQueue`] and its reply leaves only when every earlier one has: pipelining keeps its
+//! order whatever shard each request touched. Replies also stay behind deliveries already
+//! queued, as in Redis, so an `unsubscribe` confirmation is the last thing said about a
+//! channel.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use ahash::AHashMap;
+
+use crate::error::{CloseReason, ErrorCode};
+use crate::ids::ConnectionId;
+use crate::mesh::message::ReplyTarget;
+use crate::message::Message;
+use crate::protocol::glob::glob_match;
+use crate::protocol::resp::{
+    self, encode_array_header, encode_bulk, encode_error, encode_integer, encode_map_header,
+    encode_null, encode_set_header, encode_verbatim, HelloInfo, Request, RequestDecoder,
+    RequestLimits, RespVersion, SubscriptionKind,
+};
+use crate::protocol::resp_channel::{channel_to_topic, topic_to_channel};
+use crate::protocol::resp_commands::{self, errors, CommandId, Refusal, COMMANDS};
+use crate::protocol::subscribe_options::SubscribeOptions;
+use crate::protocol::topic;
+
+use super::commands::Publish;
+use super::conn_ws::{EventCache, EventFormat};
+use super::connection::ReadBuffer;
+use super::stats::ShardStats;
+use super::wire::{throttled_reason, Answer};
+use super::{Flow, Shard};
+
+/// Replies waiting behind an unanswered request, past which the connection is not read
+/// until answers come back (a client pipelining faster than the rings answer).
+const REPLIES_WAITING_MAX: usize = 64 * 1024;
+
+/// Request ids run over `1..=REQUEST_ID_SPAN` (0 means the connection itself).
+const REQUEST_ID_SPAN: u32 = 1 << 31;
+
+/// The three kinds of Redis subscription, each with its own confirmation words and count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    Channel,
+    Pattern,
+    ShardChannel,
+}
+
+impl Family {
+    fn subscribe_word(self) -> SubscriptionKind {
+        match self {
+            Family::Channel => SubscriptionKind::Subscribe,
+            Family::Pattern => SubscriptionKind::PSubscribe,
+            Family::ShardChannel => SubscriptionKind::SSubscribe,
+        }
+    }
+
+    fn unsubscribe_word(self) -> SubscriptionKind {
+        match self {
+            Family::Channel => SubscriptionKind::Unsubscribe,
+            Family::Pattern => SubscriptionKind::PUnsubscribe,
+            Family::ShardChannel => SubscriptionKind::SUnsubscribe,
+        }
+    }
+}
+
+/// What a waiting slot will say once the core answers.
+enum Awaiting {
+    /// `:N`, the receivers.
+    Publish,
+    /// The confirmation, counted when the request was read (as Redis counts it).
+    Subscribe {
+        family: Family,
+        name: Box<[u8]>,
+        count: usize,
+        sub_id: u32,
+    },
+    Unsubscribe {
+        family: Family,
+        name: Box<[u8]>,
+        count: usize,
+    },
+    /// Stats from every shard.
+    Gather {
+        query: GatherQuery,
+        parts: Vec<ShardStats>,
+    },
+}
+
+/// What a gather was for.
+#[derive(Clone, Debug)]
+enum GatherQuery {
+    Info { section: Option<Vec<u8>> },
+    Channels { pattern: Option<Vec<u8>> },
+    NumSub { channels: Vec<Vec<u8>> },
+    NumPat,
+    ClientList,
+}
+
+enum Slot {
+    Ready(Vec<u8>),
+    Waiting(Awaiting),
+}
+
+/// Replies in request order. The front slot's request id is `head_id`; ids follow in order.
+#[derive(Default)]
+struct ReplyQueue {
+    slots: VecDeque<Slot>,
+    head_id: u32,
+}
+
+impl ReplyQueue {
+    fn next_id(id: u32) -> u32 {
+        id % REQUEST_ID_SPAN + 1
+    }
+
+    fn index_of(&self, request_id: u32) -> Option<usize> {
+        if request_id == 0 || request_id > REQUEST_ID_SPAN {
+            return None;
+        }
+        let distance = (u64::from(request_id) + u64::from(REQUEST_ID_SPAN)
+            - u64::from(self.head_id))
+            % u64::from(REQUEST_ID_SPAN);
+        let index = distance as usize;
+        (index < self.slots.len()).then_some(index)
+    }
+
+    /// Takes a slot for a request the core will answer; returns its request id.
+    fn reserve(&mut self, awaiting: Awaiting) -> u32 {
+        if self.slots.is_empty() {
+            self.head_id = Self::next_id(self.head_id);
+        }
+        let mut id = self.head_id;
+        for _ in 0..self.slots.len() {
+            id = Self::next_id(id);
+        }
+        self.slots.push_back(Slot::Waiting(awaiting));
+        id
+    }
+
+    /// Gives back the last slot taken (its request was postponed, not made).
+    fn unreserve_last(&mut self) {
+        self.slots.pop_back();
+    }
+
+    /// A reply known at once: straight out if nothing is waiting, else in line.
+    fn complete_now(&mut self, bytes: &[u8], output: &mut Vec<u8>) {
+        if self.slots.is_empty() {
+            output.extend_from_slice(bytes);
+        } else {
+            self.slots.push_back(Slot::Ready(bytes.to_vec()));
+        }
+    }
+
+    fn waiting_mut(&mut self, request_id: u32) -> Option<&mut Awaiting> {
+        let index = self.index_of(request_id)?;
+        match &mut self.slots[index] {
+            Slot::Waiting(awaiting) => Some(awaiting),
+            Slot::Ready(_) => None,
+        }
+    }
+
+    fn take_waiting(&mut self, request_id: u32) -> Option<Awaiting> {
+        let index = self.index_of(request_id)?;
+        match std::mem::replace(&mut self.slots[index], Slot::Ready(Vec::new())) {
+            Slot::Waiting(awaiting) => Some(awaiting),
+            ready => {
+                self.slots[index] = ready;
+                None
+            }
+        }
+    }
+
+    fn fill(&mut self, request_id: u32, bytes: Vec<u8>) {
+        if let Some(index) = self.index_of(request_id) {
+            self.slots[index] = Slot::Ready(bytes);
+        }
+    }
+
+    /// Moves every ready reply at the front to `output`.
+    fn drain_ready(&mut self, output: &mut Vec<u8>) {
+        while let Some(Slot::Ready(bytes)) = self.slots.front() {
+            output.extend_from_slice(bytes);
+            self.slots.pop_front();
+            if !self.slots.is_empty() {
+                self.head_id = Self::next_id(self.head_id);
+            }
+        }
+    }
+}
+
+/// One subscription of the session.
+struct RespSubscription {
+    family: Family,
+    /// The channel or pattern as the client wrote it.
+    name: Box<[u8]>,
+}
+
+pub struct RespSession {
+    version: RespVersion,
+    decoder: RequestDecoder,
+    /// Broker-wide unique (`CLIENT ID`).
+    pub client_id: u64,
+    name: Vec<u8>,
+    lib_name: Vec<u8>,
+    lib_ver: Vec<u8>,
+    by_name: [AHashMap<Box<[u8]>, u32>; 3],
+    subscriptions: AHashMap<u32, RespSubscription>,
+    next_sub_id: u32,
+    replies: ReplyQueue,
+    /// Replies ready to go, in order, for the connection to queue behind its deliveries.
+    output: Vec<u8>,
+    /// Arguments of the request at the head of the read buffer already carried out: a
+    /// multi-channel SUBSCRIBE interrupted by a full ring resumes there.
+    resume_at: usize,
+    /// QUIT or a fatal protocol error: close once the replies before it are out.
+    closing: bool,
+    created: std::time::Instant,
+    last_command: &'static str,
+}
+
+impl RespSession {
+    pub fn new(client_id: u64, message_bytes_max: usize) -> Self {
+        RespSession {
+            version: RespVersion::Resp2,
+            decoder: RequestDecoder::new(RequestLimits::for_message_bytes_max(message_bytes_max)),
+            client_id,
+            name: Vec::new(),
+            lib_name: Vec::new(),
+            lib_ver: Vec::new(),
+            by_name: Default::default(),
+            subscriptions: AHashMap::new(),
+            next_sub_id: 1,
+            replies: ReplyQueue::default(),
+            output: Vec::new(),
+            resume_at: 1,
+            closing: false,
+            created: std::time::Instant::now(),
+            last_command: "NULL",
+        }
+    }
+
+    fn names(&self, family: Family) -> &AHashMap<Box<[u8]>, u32> {
+        &self.by_name[family as usize]
+    }
+
+    fn names_mut(&mut self, family: Family) -> &mut AHashMap<Box<[u8]>, u32> {
+        &mut self.by_name[family as usize]
+    }
+
+    /// What Redis reports after a (un)subscribe: channels and patterns for the classic
+    /// commands, shard channels for the `S` ones.
+    fn count(&self, family: Family) -> usize {
+        match family {
+            Family::ShardChannel => self.names(Family::ShardChannel).len(),
+            _ => self.names(Family::Channel).len() + self.names(Family::Pattern).len(),
+        }
+    }
+
+    fn subscription_total(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// A RESP2 connection with a subscription may run only the subscription commands,
+    /// `PING`, `QUIT` and `RESET`.
+    fn resp2_subscribed(&self) -> bool {
+        self.version == RespVersion::Resp2 && self.subscription_total() > 0
+    }
+
+    fn remember(&mut self, family: Family, name: &[u8]) -> u32 {
+        let sub_id = self.next_sub_id;
+        self.next_sub_id = self.next_sub_id.wrapping_add(1).max(1);
+        self.names_mut(family).insert(name.into(), sub_id);
+        self.subscriptions.insert(
+            sub_id,
+            RespSubscription {
+                family,
+                name: name.into(),
+            },
+        );
+        sub_id
+    }
+
+    fn forget(&mut self, sub_id: u32) -> Option<RespSubscription> {
+        let subscription = self.subscriptions.remove(&sub_id)?;
+        self.names_mut(subscription.family)
+            .remove(&subscription.name);
+        Some(subscription)
+    }
+
+    /// Words the core's answer to request `request_id` (0: the connection itself, which is
+    /// about to close) and moves what became ready to the output.
+    pub fn encode_answer(&mut self, request_id: u32, answer: Answer<'_>) {
+        if request_id == 0 {
+            // Redis just closes at shutdown; a slow-consumer cut is worth saying first.
+            if let Answer::Refused { code, reason } = answer {
+                if code != ErrorCode::ShuttingDown {
+                    let mut text = Vec::new();
+                    encode_error(&mut text, reason.as_bytes());
+                    self.replies.complete_now(&text, &mut self.output);
+                }
+            }
+            return;
+        }
+        let Some(awaiting) = self.replies.take_waiting(request_id) else {
+            return;
+        };
+        let version = self.version;
+        let mut bytes = Vec::new();
+        match (awaiting, answer) {
+            (_, Answer::Throttled { retry_after_ms }) => {
+                encode_error(&mut bytes, throttled_reason(retry_after_ms).as_bytes())
+            }
+            (Awaiting::Subscribe { sub_id, .. }, Answer::Refused { reason, .. }) => {
+                self.forget(sub_id);
+                encode_error(&mut bytes, reason.as_bytes());
+            }
+            (_, Answer::Refused { reason, .. }) => encode_error(&mut bytes, reason.as_bytes()),
+            (Awaiting::Publish, Answer::Published(published)) => {
+                encode_integer(&mut bytes, i64::from(published.receivers))
+            }
+            (Awaiting::Publish, _) => encode_integer(&mut bytes, 0),
+            (
+                Awaiting::Subscribe {
+                    family,
+                    name,
+                    count,
+                    ..
+                },
+                _,
+            ) => resp::encode_subscription(
+                &mut bytes,
+                version,
+                family.subscribe_word(),
+                Some(&name),
+                count,
+            ),
+            (
+                Awaiting::Unsubscribe {
+                    family,
+                    name,
+                    count,
+                },
+                _,
+            ) => resp::encode_subscription(
+                &mut bytes,
+                version,
+                family.unsubscribe_word(),
+                Some(&name),
+                count,
+            ),
+            (Awaiting::Gather { .. }, _) => encode_error(&mut bytes, b"ERR internal error"),
+        }
+        self.replies.fill(request_id, bytes);
+        self.replies.drain_ready(&mut self.output);
+    }
+
+    /// The bytes of a delivery to subscription `sub_id`: shared per (message, frame kind) for
+    /// channels, encoded for each pattern subscription (`pmessage` names the pattern).
+    pub fn event_frame(&self, cache: &mut EventCache, sub_id: u32, message: &Message) -> Arc<[u8]> {
+        let version = self.version;
+        match self.subscriptions.get(&sub_id) {
+            Some(RespSubscription {
+                family: Family::Pattern,
+                name,
+            }) => {
+                let channel = topic_to_channel(message.topic());
+                let mut frame = Vec::with_capacity(message.payload().len() + name.len() + 64);
+                resp::encode_pmessage(&mut frame, version, name, &channel, message.payload());
+                frame.into()
+            }
+            Some(RespSubscription {
+                family: Family::ShardChannel,
+                ..
+            }) => cache.frame(
+                EventFormat::Resp {
+                    version,
+                    sharded: true,
+                },
+                message,
+                0,
+            ),
+            _ => cache.frame(
+                EventFormat::Resp {
+                    version,
+                    sharded: false,
+                },
+                message,
+                0,
+            ),
+        }
+    }
+
+    /// The broker ended the subscription (its topic was deleted): Redis has no such notice,
+    /// so the client is told it was unsubscribed, with its new count.
+    pub fn encode_ended(&mut self, sub_id: u32, out: &mut Vec<u8>) {
+        if let Some(subscription) = self.forget(sub_id) {
+            let count = self.count(subscription.family);
+            resp::encode_subscription(
+                out,
+                self.version,
+                subscription.family.unsubscribe_word(),
+                Some(&subscription.name),
+                count,
+            );
+        }
+    }
+
+    /// Replies ready to be queued, in order.
+    pub fn take_output(&mut self) -> Option<Vec<u8>> {
+        (!self.output.is_empty()).then(|| std::mem::take(&mut self.output))
+    }
+
+    /// Whether the connection should close now: QUIT was answered and nothing waits.
+    pub fn done(&self) -> bool {
+        self.closing && self.replies.slots.is_empty()
+    }
+}
+
+/// Encodes a delivery as a `message` or `smessage` frame (see [`EventCache`]).
+pub fn encode_event(version: RespVersion, sharded: bool, message: &Message) -> Vec<u8> {
+    let channel = topic_to_channel(message.topic());
+    let payload = message.payload();
+    let mut frame = Vec::with_capacity(resp::message_len(channel.len(), payload.len()) + 1);
+    if sharded {
+        resp::encode_smessage(&mut frame, version, &channel, payload);
+    } else {
+        resp::encode_message(&mut frame, version, &channel, payload);
+    }
+    frame
+}
+
+impl Shard {
+    /// Decodes and runs every complete request in the connection's read buffer.
+    pub(super) fn process_resp(&mut self, id: ConnectionId) -> Flow {
+        let text_bytes_max = self.text_bytes_max();
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
+        if conn.is_closing() {
+            return Flow::Stop;
+        }
+        let super::wire::Wire::Resp(session) = &mut conn.wire else {
+            return Flow::Stop;
+        };
+        if session.closing {
+            return Flow::Stop;
+        }
+        if session.replies.slots.len() >= REPLIES_WAITING_MAX {
+            return Flow::Blocked;
+        }
+        // Buffer and decoder are taken out so handlers may borrow the whole shard while the
+        // request borrows the bytes; both go back below.
+        let mut decoder = std::mem::replace(
+            &mut session.decoder,
+            RequestDecoder::new(RequestLimits::default()),
+        );
+        let mut buffer = std::mem::replace(&mut conn.read, ReadBuffer::new(0));
+        let flow = loop {
+            match decoder.decode(buffer.filled()) {
+                Ok(None) => {
+                    if buffer.filled().len() >= text_bytes_max {
+                        // The decoder's own limits allow more (a million small arguments),
+                        // but no request may be larger than the read buffer may grow.
+                        self.resp_fatal(id, b"ERR Protocol error: request is larger than the message size limit allows");
+                        break Flow::Stop;
+                    }
+                    break Flow::Continue;
+                }
+                Ok(Some((request, len))) => {
+                    if request.is_empty() {
+                        buffer.consume(len);
+                        continue;
+                    }
+                    match self.run_resp_request(id, &request) {
+                        Flow::Continue => {
+                            buffer.consume(len);
+                            if let Some(session) = self.resp_session(id) {
+                                session.resume_at = 1;
+                                if session.closing {
+                                    break Flow::Stop;
+                                }
+                                if session.replies.slots.len() >= REPLIES_WAITING_MAX {
+                                    break Flow::Blocked;
+                                }
+                            }
+                        }
+                        Flow::Blocked => break Flow::Blocked,
+                        Flow::Stop => {
+                            buffer.consume(len);
+                            break Flow::Stop;
+                        }
+                    }
+                }
+                Err(error) => {
+                    self.counters.protocol_errors += 1;
+                    let mut text = Vec::new();
+                    error.encode(&mut text);
+                    self.resp_fatal_encoded(id, &text);
+                    break Flow::Stop;
+                }
+            }
+            if self.connection_mut(id).is_none_or(|conn| conn.is_closing()) {
+                break Flow::Stop;
+            }
+        };
+        if let Some(conn) = self.connection_mut(id) {
+            conn.read = buffer;
+            if let super::wire::Wire::Resp(session) = &mut conn.wire {
+                session.decoder = decoder;
+            }
+        }
+        self.resp_flush(id);
+        flow
+    }
+
+    fn resp_session(&mut self, id: ConnectionId) -> Option<&mut RespSession> {
+        match &mut self.connection_mut(id)?.wire {
+            super::wire::Wire::Resp(session) => Some(session),
+            _ => None,
+        }
+    }
+
+    /// Queues the session's ready replies behind the connection's deliveries, and closes a
+    /// connection whose QUIT (or fatal error) has been answered.
+    fn resp_flush(&mut self, id: ConnectionId) {
+        let Some(conn) = self.connection_mut(id) else {
+            return;
+        };
+        conn.queue_resp_output();
+        let done = matches!(&conn.wire, super::wire::Wire::Resp(session) if session.done());
+        self.mark_dirty(id);
+        if done {
+            self.begin_close(id, CloseReason::ClientQuit);
+        }
+    }
+
+    /// Replies with `text` in turn (after every earlier reply).
+    fn resp_reply(&mut self, id: ConnectionId, text: &[u8]) {
+        if let Some(session) = self.resp_session(id) {
+            session.replies.complete_now(text, &mut session.output);
+        }
+    }
+
+    fn resp_error(&mut self, id: ConnectionId, message: &[u8]) {
+        let mut text = Vec::with_capacity(message.len() + 8);
+        encode_error(&mut text, message);
+        self.resp_reply(id, &text);
+    }
+
+    /// A framing error: Redis replies and closes, since the stream cannot be framed again.
+    fn resp_fatal(&mut self, id: ConnectionId, message: &[u8]) {
+        let mut text = Vec::new();
+        encode_error(&mut text, message);
+        self.resp_fatal_encoded(id, &text);
+    }
+
+    fn resp_fatal_encoded(&mut self, id: ConnectionId, text: &[u8]) {
+        if let Some(session) = self.resp_session(id) {
+            session.replies.complete_now(text, &mut session.output);
+            session.closing = true;
+        }
+    }
+
+    fn run_resp_request(&mut self, id: ConnectionId, request: &Request<'_>) -> Flow {
+        let Some(session) = self.resp_session(id) else {
+            return Flow::Stop;
+        };
+        let spec = match resp_commands::resolve(request, session.resp2_subscribed()) {
+            Ok(spec) => spec,
+            Err(Refusal::Close) => {
+                // HTTP sent to the Redis port: Redis logs it and closes without a word.
+                if let Some(session) = self.resp_session(id) {
+                    session.closing = true;
+                }
+                return Flow::Stop;
+            }
+            Err(Refusal::Error(text)) => {
+                self.resp_error(id, &text);
+                return Flow::Continue;
+            }
+        };
+        session.last_command = spec.full_name;
+        let version = session.version;
+        let resume_at = session.resume_at;
+        match spec.id {
+            CommandId::Subscribe => self.resp_subscribe(id, request, Family::Channel, resume_at),
+            CommandId::SSubscribe => {
+                self.resp_subscribe(id, request, Family::ShardChannel, resume_at)
+            }
+            CommandId::PSubscribe => self.resp_subscribe(id, request, Family::Pattern, resume_at),
+            CommandId::Unsubscribe => self.resp_unsubscribe(id, request, Family::Channel),
+            CommandId::SUnsubscribe => self.resp_unsubscribe(id, request, Family::ShardChannel),
+            CommandId::PUnsubscribe => self.resp_unsubscribe(id, request, Family::Pattern),
+            CommandId::Publish | CommandId::SPublish => {
+                let channel = request.arg(1).unwrap_or_default();
+                let payload = request.arg(2).unwrap_or_default();
+                self.resp_publish(id, channel, payload)
+            }
+            CommandId::Ping => {
+                let subscribed = self.resp_session(id).is_some_and(|s| s.resp2_subscribed());
+                let mut text = Vec::new();
+                resp::encode_pong(&mut text, subscribed, request.arg(1));
+                self.resp_reply(id, &text);
+                Flow::Continue
+            }
+            CommandId::Echo => {
+                let mut text = Vec::new();
+                encode_bulk(&mut text, request.arg(1).unwrap_or_default());
+                self.resp_reply(id, &text);
+                Flow::Continue
+            }
+            CommandId::Hello => self.resp_hello(id, request),
+            CommandId::Select => {
+                match resp_commands::select_database(request.arg(1).unwrap_or_default()) {
+                    Ok(()) => self.resp_reply(id, b"+OK\r\n"),
+                    Err(message) => self.resp_error(id, message.as_bytes()),
+                }
+                Flow::Continue
+            }
+            CommandId::Quit => {
+                self.resp_reply(id, b"+OK\r\n");
+                if let Some(session) = self.resp_session(id) {
+                    session.closing = true;
+                }
+                Flow::Stop
+            }
+            CommandId::Reset => self.resp_reset(id),
+            CommandId::FlushDb | CommandId::FlushAll => {
+                // Pub/sub keeps no keys: there is nothing to flush.
+                self.resp_reply(id, b"+OK\r\n");
+                Flow::Continue
+            }
+            CommandId::Info => {
+                let section = request.arg(1).map(<[u8]>::to_ascii_lowercase);
+                self.resp_gather(id, GatherQuery::Info { section })
+            }
+            CommandId::PubSubChannels | CommandId::PubSubShardChannels => {
+                let pattern = request.arg(2).map(<[u8]>::to_vec);
+                self.resp_gather(id, GatherQuery::Channels { pattern })
+            }
+            CommandId::PubSubNumSub | CommandId::PubSubShardNumSub => {
+                let channels: Vec<Vec<u8>> = request.args().skip(2).map(<[u8]>::to_vec).collect();
+                if channels.is_empty() {
+                    self.resp_reply(id, b"*0\r\n");
+                    return Flow::Continue;
+                }
+                self.resp_gather(id, GatherQuery::NumSub { channels })
+            }
+            CommandId::PubSubNumPat => self.resp_gather(id, GatherQuery::NumPat),
+            CommandId::ClientList => self.resp_gather(id, GatherQuery::ClientList),
+            CommandId::ClientSetName => {
+                let name = request.arg(2).unwrap_or_default();
+                if !resp_commands::client_attribute_ok(name) {
+                    self.resp_error(id, errors::CLIENT_NAME_INVALID.as_bytes());
+                } else {
+                    if let Some(session) = self.resp_session(id) {
+                        session.name = name.to_vec();
+                    }
+                    self.resp_reply(id, b"+OK\r\n");
+                }
+                Flow::Continue
+            }
+            CommandId::ClientGetName => {
+                let mut text = Vec::new();
+                match self.resp_session(id).map(|s| s.name.clone()) {
+                    Some(name) if !name.is_empty() => encode_bulk(&mut text, &name),
+                    _ => encode_null(&mut text, version),
+                }
+                self.resp_reply(id, &text);
+                Flow::Continue
+            }
+            CommandId::ClientId => {
+                let client_id = self.resp_session(id).map_or(0, |s| s.client_id);
+                let mut text = Vec::new();
+                encode_integer(&mut text, client_id as i64);
+                self.resp_reply(id, &text);
+                Flow::Continue
+            }
+            CommandId::ClientSetInfo => self.resp_client_setinfo(id, request),
+            CommandId::ClientInfo => {
+                let line = self.resp_client_line(id).unwrap_or_default();
+                let mut text = Vec::new();
+                encode_verbatim(&mut text, version, *b"txt", line.as_bytes());
+                self.resp_reply(id, &text);
+                Flow::Continue
+            }
+            CommandId::ClientKill => self.resp_client_kill(id, request),
+            CommandId::Command => {
+                let mut text = Vec::new();
+                encode_array_header(&mut text, COMMANDS.len());
+                for command in COMMANDS {
+                    encode_command_info(&mut text, version, command);
+                }
+                self.resp_reply(id, &text);
+                Flow::Continue
+            }
+            CommandId::CommandCount => {
+                let mut text = Vec::new();
+                encode_integer(&mut text, COMMANDS.len() as i64);
+                self.resp_reply(id, &text);
+                Flow::Continue
+            }
+            CommandId::CommandInfo => {
+                let names: Vec<&[u8]> = request.args().skip(2).collect();
+                let mut text = Vec::new();
+                if names.is_empty() {
+                    encode_array_header(&mut text, COMMANDS.len());
+                    for command in COMMANDS {
+                        encode_command_info(&mut text, version, command);
+                    }
+                } else {
+                    encode_array_header(&mut text, names.len());
+                    for name in names {
+                        match COMMANDS
+                            .iter()
+                            .find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
+                        {
+                            Some(command) => encode_command_info(&mut text, version, command),
+                            None => resp::encode_null_array(&mut text, version),
+                        }
+                    }
+                }
+                self.resp_reply(id, &text);
+                Flow::Continue
+            }
+            CommandId::CommandDocs => {
+                // Clients probe DOCS for help texts; corebus has none to give, and an empty
+                // map is Redis's answer for commands it has no docs for.
+                let mut text = Vec::new();
+                encode_map_header(&mut text, version, 0);
+                self.resp_reply(id, &text);
+                Flow::Continue
+            }
+            CommandId::ConfigGet => {
+                let parameters: Vec<&[u8]> = request.args().skip(2).collect();
+                let text = self.resp_config_get(version, &parameters);
+                self.resp_reply(id, &text);
+                Flow::Continue
+            }
+            CommandId::CommandHelp
+            | CommandId::PubSubHelp
+            | CommandId::ClientHelp
+            | CommandId::ConfigHelp => {
+                let mut text = Vec::new();
+                let lines = help_lines(spec.id);
+                encode_array_header(&mut text, lines.len());
+                for line in lines {
+                    resp::encode_simple(&mut text, line.as_bytes());
+                }
+                self.resp_reply(id, &text);
+                Flow::Continue
+            }
+        }
+    }
+
+    fn resp_subscribe(
+        &mut self,
+        id: ConnectionId,
+        request: &Request<'_>,
+        family: Family,
+        resume_at: usize,
+    ) -> Flow {
+        for index in resume_at..request.len() {
+            let name = request.arg(index).unwrap_or_default();
+            let Some(session) = self.resp_session(id) else {
+                return Flow::Stop;
+            };
+            let version = session.version;
+            if session.names(family).contains_key(name) {
+                // Already subscribed: Redis confirms again with the count unchanged.
+                let mut text = Vec::new();
+                let count = session.count(family);
+                resp::encode_subscription(
+                    &mut text,
+                    version,
+                    family.subscribe_word(),
+                    Some(name),
+                    count,
+                );
+                session.replies.complete_now(&text, &mut session.output);
+                continue;
+            }
+            let subject = match family {
+                Family::Pattern => topic::glob_subject(name).map(std::borrow::Cow::Owned),
+                _ => channel_to_topic(name),
+            };
+            let subject = match subject {
+                Ok(subject) => subject,
+                Err(error) => {
+                    self.resp_error(id, error.message().as_bytes());
+                    continue;
+                }
+            };
+            let Some(session) = self.resp_session(id) else {
+                return Flow::Stop;
+            };
+            let sub_id = session.remember(family, name);
+            let count = session.count(family);
+            let request_id = session.replies.reserve(Awaiting::Subscribe {
+                family,
+                name: name.into(),
+                count,
+                sub_id,
+            });
+            let flow = self.handle_subscribe(
+                id,
+                request_id,
+                sub_id,
+                subject.as_bytes(),
+                SubscribeOptions::default(),
+            );
+            if flow == Flow::Blocked {
+                if let Some(session) = self.resp_session(id) {
+                    session.replies.unreserve_last();
+                    session.forget(sub_id);
+                    session.resume_at = index;
+                }
+                return Flow::Blocked;
+            }
+            if flow == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    fn resp_unsubscribe(
+        &mut self,
+        id: ConnectionId,
+        request: &Request<'_>,
+        family: Family,
+    ) -> Flow {
+        let Some(session) = self.resp_session(id) else {
+            return Flow::Stop;
+        };
+        let names: Vec<Box<[u8]>> = if request.len() > 1 {
+            request.args().skip(1).map(Into::into).collect()
+        } else {
+            let mut all: Vec<Box<[u8]>> = session.names(family).keys().cloned().collect();
+            all.sort();
+            all
+        };
+        if names.is_empty() {
+            let mut text = Vec::new();
+            let count = session.count(family);
+            resp::encode_subscription(
+                &mut text,
+                session.version,
+                family.unsubscribe_word(),
+                None,
+                count,
+            );
+            session.replies.complete_now(&text, &mut session.output);
+            return Flow::Continue;
+        }
+        for name in names {
+            let Some(session) = self.resp_session(id) else {
+                return Flow::Stop;
+            };
+            let Some(&sub_id) = session.names(family).get(&name) else {
+                let mut text = Vec::new();
+                let count = session.count(family);
+                resp::encode_subscription(
+                    &mut text,
+                    session.version,
+                    family.unsubscribe_word(),
+                    Some(&name),
+                    count,
+                );
+                session.replies.complete_now(&text, &mut session.output);
+                continue;
+            };
+            session.forget(sub_id);
+            let count = session.count(family);
+            let request_id = session.replies.reserve(Awaiting::Unsubscribe {
+                family,
+                name,
+                count,
+            });
+            // Never postponed (see `withdraw_subscription`).
+            self.handle_unsubscribe(id, request_id, sub_id);
+        }
+        Flow::Continue
+    }
+
+    fn resp_publish(&mut self, id: ConnectionId, channel: &[u8], payload: &[u8]) -> Flow {
+        let topic = match channel_to_topic(channel) {
+            Ok(topic) => topic,
+            Err(error) => {
+                self.resp_error(id, error.message().as_bytes());
+                return Flow::Continue;
+            }
+        };
+        let Some(session) = self.resp_session(id) else {
+            return Flow::Stop;
+        };
+        let request_id = session.replies.reserve(Awaiting::Publish);
+        let flow = self.handle_publish(
+            id,
+            request_id,
+            Publish {
+                topic: topic.as_bytes(),
+                reply_to: None,
+                headers: &[],
+                payload,
+                quiet: false,
+            },
+        );
+        if flow == Flow::Blocked {
+            if let Some(session) = self.resp_session(id) {
+                session.replies.unreserve_last();
+            }
+        }
+        flow
+    }
+
+    fn resp_hello(&mut self, id: ConnectionId, request: &Request<'_>) -> Flow {
+        let Some(session) = self.resp_session(id) else {
+            return Flow::Stop;
+        };
+        let mut version = session.version;
+        if let Some(number) = request.arg(1) {
+            match resp::parse_redis_integer(number) {
+                None => {
+                    self.resp_error(id, errors::HELLO_PROTO_NOT_INTEGER.as_bytes());
+                    return Flow::Continue;
+                }
+                Some(number) => match RespVersion::from_number(number) {
+                    Some(asked) => version = asked,
+                    None => {
+                        let mut text = Vec::new();
+                        // Redis's NOPROTO is its own error kind, not ERR.
+                        text.extend_from_slice(errors::HELLO_NOPROTO.as_bytes());
+                        text.extend_from_slice(b"\r\n");
+                        self.resp_reply(id, &text);
+                        return Flow::Continue;
+                    }
+                },
+            }
+        }
+        let mut name = None;
+        let mut index = 2;
+        while index < request.len() {
+            let option = request.arg(index).unwrap_or_default();
+            let remaining = request.len() - index - 1;
+            if option.eq_ignore_ascii_case(b"AUTH") && remaining >= 2 {
+                // corebus has no users: like Redis's passwordless `default` user, any
+                // credentials are accepted.
+                index += 3;
+            } else if option.eq_ignore_ascii_case(b"SETNAME") && remaining >= 1 {
+                let value = request.arg(index + 1).unwrap_or_default();
+                if !resp_commands::client_attribute_ok(value) {
+                    self.resp_error(id, errors::CLIENT_NAME_INVALID.as_bytes());
+                    return Flow::Continue;
+                }
+                name = Some(value.to_vec());
+                index += 2;
+            } else {
+                self.resp_error(id, &resp_commands::hello_option_error(option));
+                return Flow::Continue;
+            }
+        }
+        let Some(session) = self.resp_session(id) else {
+            return Flow::Stop;
+        };
+        session.version = version;
+        if let Some(name) = name {
+            session.name = name;
+        }
+        let mut text = Vec::new();
+        resp::encode_hello(&mut text, &HelloInfo::corebus(version, session.client_id));
+        self.resp_reply(id, &text);
+        Flow::Continue
+    }
+
+    /// RESET: leave every subscription, back to RESP2, no name; `+RESET`.
+    fn resp_reset(&mut self, id: ConnectionId) -> Flow {
+        let Some(session) = self.resp_session(id) else {
+            return Flow::Stop;
+        };
+        let sub_ids: Vec<u32> = session.subscriptions.keys().copied().collect();
+        for sub_id in sub_ids {
+            if let Some(session) = self.resp_session(id) {
+                session.forget(sub_id);
+            }
+            // Answered as a plain unsubscribe would be, but no confirmation is owed.
+            let removed = self
+                .connection_mut(id)
+                .and_then(|conn| conn.subscriptions.remove(&sub_id));
+            if let Some(record) = removed {
+                self.withdraw_subscription(
+                    crate::ids::Subscriber {
+                        connection: id,
+                        sub_id,
+                    },
+                    &record,
+                );
+            }
+        }
+        if let Some(session) = self.resp_session(id) {
+            session.version = RespVersion::Resp2;
+            session.name.clear();
+        }
+        self.resp_reply(id, b"+RESET\r\n");
+        Flow::Continue
+    }
+
+    fn resp_client_setinfo(&mut self, id: ConnectionId, request: &Request<'_>) -> Flow {
+        let attribute = request.arg(2).unwrap_or_default();
+        let value = request.arg(3).unwrap_or_default();
+        let is_name = attribute.eq_ignore_ascii_case(b"LIB-NAME");
+        let is_version = attribute.eq_ignore_ascii_case(b"LIB-VER");
+        if !is_name && !is_version {
+            self.resp_error(id, &resp_commands::setinfo_option_error(attribute));
+            return Flow::Continue;
+        }
+        if !resp_commands::client_attribute_ok(value) {
+            self.resp_error(id, &resp_commands::setinfo_value_error(attribute));
+            return Flow::Continue;
+        }
+        if let Some(session) = self.resp_session(id) {
+            if is_name {
+                session.lib_name = value.to_vec();
+            } else {
+                session.lib_ver = value.to_vec();
+            }
+        }
+        self.resp_reply(id, b"+OK\r\n");
+        Flow::Continue
+    }
+
+    /// `CLIENT KILL ID id` (or the old `CLIENT KILL addr:port`), for connections of this
+    /// shard's RESP port.
+    fn resp_client_kill(&mut self, id: ConnectionId, request: &Request<'_>) -> Flow {
+        let target = if request.len() == 3 {
+            let address = request.arg(2).unwrap_or_default();
+            self.connections
+                .iter()
+                .find(|(_, conn)| {
+                    matches!(conn.wire, super::wire::Wire::Resp(_))
+                        && conn.peer.to_string().as_bytes() == address
+                })
+                .map(|(_, conn)| conn.id)
+        } else if request.len() == 4
+            && request
+                .arg(2)
+                .is_some_and(|filter| filter.eq_ignore_ascii_case(b"ID"))
+        {
+            let Some(wanted) = request.arg(3).and_then(resp::parse_redis_integer) else {
+                self.resp_error(id, errors::NOT_AN_INTEGER.as_bytes());
+                return Flow::Continue;
+            };
+            self.connections
+                .iter()
+                .find(|(_, conn)| {
+                    matches!(&conn.wire, super::wire::Wire::Resp(s) if s.client_id as i64 == wanted)
+                })
+                .map(|(_, conn)| conn.id)
+        } else {
+            self.resp_error(id, errors::SYNTAX_ERROR.as_bytes());
+            return Flow::Continue;
+        };
+        let Some(target) = target else {
+            self.resp_error(id, errors::NO_SUCH_CLIENT.as_bytes());
+            return Flow::Continue;
+        };
+        if request.len() == 3 {
+            self.resp_reply(id, b"+OK\r\n");
+        } else {
+            self.resp_reply(id, b":1\r\n");
+        }
+        if target == id {
+            if let Some(session) = self.resp_session(id) {
+                session.closing = true;
+            }
+            return Flow::Stop;
+        }
+        self.begin_close(target, CloseReason::Killed);
+        Flow::Continue
+    }
+
+    fn resp_config_get(&self, version: RespVersion, patterns: &[&[u8]]) -> Vec<u8> {
+        let config = &self.config;
+        let limits = RequestLimits::for_message_bytes_max(config.message_bytes_max);
+        let resp_port = self
+            .resp_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+            .map_or(0, |addr| addr.port());
+        let parameters: [(&str, String); 5] = [
+            ("maxclients", config.connections_max.to_string()),
+            ("databases", "1".to_owned()),
+            ("proto-max-bulk-len", limits.bulk_bytes_max.to_string()),
+            (
+                "client-output-buffer-limit",
+                format!(
+                    "normal 0 0 0 slave 0 0 0 pubsub {} {} 0",
+                    config.outbound_bytes_max, config.outbound_bytes_max
+                ),
+            ),
+            ("port", resp_port.to_string()),
+        ];
+        let found: Vec<&(&str, String)> = parameters
+            .iter()
+            .filter(|(name, _)| {
+                patterns
+                    .iter()
+                    .any(|pattern| glob_match(&pattern.to_ascii_lowercase(), name.as_bytes()))
+            })
+            .collect();
+        let mut text = Vec::new();
+        encode_map_header(&mut text, version, found.len());
+        for (name, value) in found {
+            encode_bulk(&mut text, name.as_bytes());
+            encode_bulk(&mut text, value.as_bytes());
+        }
+        text
+    }
+
+    /// Starts a gather of every shard's stats for a reply in this request's turn.
+    fn resp_gather(&mut self, id: ConnectionId, query: GatherQuery) -> Flow {
+        if !self.terminal_room() {
+            return Flow::Blocked;
+        }
+        let Some(session) = self.resp_session(id) else {
+            return Flow::Stop;
+        };
+        let request_id = session.replies.reserve(Awaiting::Gather {
+            query,
+            parts: Vec::new(),
+        });
+        self.start_gathering(id, request_id);
+        Flow::Continue
+    }
+
+    /// A shard's part of a RESP gather; the reply goes out once every shard's is in.
+    pub(super) fn resp_stats_part(&mut self, reply: ReplyTarget, part: ShardStats) {
+        let shards = self.shard_count;
+        let Some(session) = self.resp_session(reply.connection) else {
+            return;
+        };
+        let Some(Awaiting::Gather { parts, .. }) = session.replies.waiting_mut(reply.request_id)
+        else {
+            return;
+        };
+        parts.push(part);
+        if parts.len() == shards {
+            self.resp_answer_gather(reply);
+        }
+    }
+
+    /// Answers a gather with what came (all of it, or what came before the deadline).
+    pub(super) fn resp_answer_gather(&mut self, reply: ReplyTarget) {
+        let uptime = self.started.elapsed().as_secs();
+        let shards = self.shard_count;
+        let resp_port = self
+            .resp_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+            .map_or(0, |addr| addr.port());
+        let id = reply.connection;
+        let Some(session) = self.resp_session(id) else {
+            return;
+        };
+        if !matches!(
+            session.replies.waiting_mut(reply.request_id),
+            Some(Awaiting::Gather { .. })
+        ) {
+            return;
+        }
+        let Some(Awaiting::Gather { query, parts }) =
+            session.replies.take_waiting(reply.request_id)
+        else {
+            return;
+        };
+        let version = session.version;
+        let mut text = Vec::new();
+        match query {
+            GatherQuery::Info { section } => {
+                let info = info_text(&parts, section.as_deref(), (uptime, shards, resp_port));
+                encode_bulk(&mut text, info.as_bytes());
+            }
+            GatherQuery::Channels { pattern } => {
+                let mut channels: Vec<Vec<u8>> = parts
+                    .iter()
+                    .flat_map(|part| part.topics.iter())
+                    .filter(|topic| topic.subscribers > 0)
+                    .map(|topic| topic_to_channel(&topic.name).into_owned())
+                    .filter(|channel| pattern.as_ref().is_none_or(|p| glob_match(p, channel)))
+                    .collect();
+                channels.sort();
+                encode_array_header(&mut text, channels.len());
+                for channel in channels {
+                    encode_bulk(&mut text, &channel);
+                }
+            }
+            GatherQuery::NumSub { channels } => {
+                let counts: AHashMap<&str, u64> = parts
+                    .iter()
+                    .flat_map(|part| part.topics.iter())
+                    .map(|topic| (&*topic.name, topic.subscribers))
+                    .collect();
+                encode_array_header(&mut text, channels.len() * 2);
+                for channel in &channels {
+                    let count = channel_to_topic(channel)
+                        .ok()
+                        .and_then(|topic| counts.get(topic.as_ref()).copied())
+                        .unwrap_or(0);
+                    encode_bulk(&mut text, channel);
+                    encode_integer(&mut text, count as i64);
+                }
+            }
+            GatherQuery::NumPat => {
+                let distinct: ahash::AHashSet<&str> = parts
+                    .iter()
+                    .flat_map(|part| part.patterns.iter().map(|p| &**p))
+                    .collect();
+                encode_integer(&mut text, distinct.len() as i64);
+            }
+            GatherQuery::ClientList => {
+                let mut lines = String::new();
+                for part in &parts {
+                    for line in &part.resp_clients {
+                        lines.push_str(line);
+                        lines.push('\n');
+                    }
+                }
+                encode_verbatim(&mut text, version, *b"txt", lines.as_bytes());
+            }
+        }
+        let Some(session) = self.resp_session(id) else {
+            return;
+        };
+        session.replies.fill(reply.request_id, text);
+        session.replies.drain_ready(&mut session.output);
+        self.resp_flush(id);
+    }
+
+    /// This shard's RESP connections, one `CLIENT LIST` line each.
+    pub(super) fn resp_client_lines(&self) -> Vec<String> {
+        self.connections
+            .iter()
+            .filter_map(|(_, conn)| match &conn.wire {
+                super::wire::Wire::Resp(session) => Some(client_line(conn.peer, session)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn resp_client_line(&mut self, id: ConnectionId) -> Option<String> {
+        let conn = self.connection_mut(id)?;
+        match &conn.wire {
+            super::wire::Wire::Resp(session) => Some(client_line(conn.peer, session)),
+            _ => None,
+        }
+    }
+
+    /// Switches a fresh connection on the RESP port to a RESP session.
+    pub(super) fn open_resp(&mut self, id: ConnectionId) {
+        let client_id =
+            u64::from(id.generation) * self.shard_count as u64 + u64::from(self.id.0) + 1;
+        let message_bytes_max = self.config.message_bytes_max;
+        if let Some(conn) = self.connection_mut(id) {
+            conn.wire =
+                super::wire::Wire::Resp(Box::new(RespSession::new(client_id, message_bytes_max)));
+            conn.state = super::connection::ConnState::Open;
+        }
+    }
+}
+
+fn client_line(peer: std::net::SocketAddr, session: &RespSession) -> String {
+    let subscriptions = |family| session.names(family).len();
+    let mut line = String::new();
+    let _ =
+        write!(
+        line,
+        "id={} addr={} laddr= fd=-1 name={} age={} idle=0 flags={} db=0 sub={} psub={} ssub={} \
+         multi=-1 watch=0 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 \
+         omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+        session.client_id,
+        peer,
+        String::from_utf8_lossy(&session.name),
+        session.created.elapsed().as_secs(),
+        if session.subscription_total() > 0 { "P" } else { "N" },
+        subscriptions(Family::Channel),
+        subscriptions(Family::Pattern),
+        subscriptions(Family::ShardChannel),
+        session.last_command,
+        session.version.number(),
+        String::from_utf8_lossy(&session.lib_name),
+        String::from_utf8_lossy(&session.lib_ver),
+    );
+    line
+}
+
+/// `INFO`'s text: Redis's sections that clients read, and corebus's own.
+fn info_text(
+    parts: &[ShardStats],
+    section: Option<&[u8]>,
+    (uptime, shards, port): (u64, usize, u16),
+) -> String {
+    let mut counters = super::ShardCounters::default();
+    for part in parts {
+        counters.add(&part.counters);
+    }
+    let connections: u64 = parts.iter().map(|part| part.connections).sum();
+    let channels = parts
+        .iter()
+        .flat_map(|part| part.topics.iter())
+        .filter(|topic| topic.subscribers > 0)
+        .count();
+    let patterns: ahash::AHashSet<&str> = parts
+        .iter()
+        .flat_map(|part| part.patterns.iter().map(|p| &**p))
+        .collect();
+    let wanted = |name: &str| match section {
+        None => true,
+        Some(section) => {
+            section == b"all"
+                || section == b"default"
+                || section == b"everything"
+                || section == name.as_bytes()
+        }
+    };
+    let mut text = String::new();
+    if wanted("server") {
+        let _ = write!(
+            text,
+            "# Server\r\nredis_version:{}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:{}\r\n\
+             multiplexing_api:epoll\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\
+             uptime_in_days:{}\r\nexecutable:corebus\r\n\r\n",
+            resp::REDIS_COMPAT_VERSION,
+            std::env::consts::OS,
+            usize::BITS,
+            std::process::id(),
+            port,
+            uptime,
+            uptime / 86_400,
+        );
+    }
+    if wanted("clients") {
+        let _ = write!(
+            text,
+            "# Clients\r\nconnected_clients:{connections}\r\nblocked_clients:0\r\n\r\n"
+        );
+    }
+    if wanted("stats") {
+        let _ = write!(
+            text,
+            "# Stats\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\n\
+             total_net_input_bytes:{}\r\ntotal_net_output_bytes:{}\r\npubsub_channels:{}\r\n\
+             pubsub_patterns:{}\r\npubsubshard_channels:{}\r\n\r\n",
+            counters.connections_accepted,
+            counters.connections_refused,
+            counters.bytes_in,
+            counters.bytes_out,
+            channels,
+            patterns.len(),
+            channels,
+        );
+    }
+    if wanted("replication") {
+        text.push_str("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n");
+    }
+    if wanted("cluster") {
+        text.push_str("# Cluster\r\ncluster_enabled:0\r\n\r\n");
+    }
+    if wanted("keyspace") {
+        text.push_str("# Keyspace\r\n\r\n");
+    }
+    if wanted("corebus") {
+        let _ = write!(
+            text,
+            "# corebus\r\ncorebus_version:{}\r\nshards:{}\r\nshards_answered:{}\r\n\
+             published:{}\r\ndelivered:{}\r\ndropped:{}\r\nundelivered:{}\r\n\
+             slow_consumer_disconnects:{}\r\ndead_lettered:{}\r\nrate_limited:{}\r\n\
+             protocol_errors:{}\r\n",
+            env!("CARGO_PKG_VERSION"),
+            shards,
+            parts.len(),
+            counters.published,
+            counters.delivered,
+            counters.dropped,
+            counters.undelivered,
+            counters.slow_consumer_disconnects,
+            counters.dead_lettered,
+            counters.rate_limited,
+            counters.protocol_errors,
+        );
+    }
+    text
+}
+
+/// One `COMMAND INFO` entry, in Redis 7's shape: name, arity, flags, key positions (none:
+/// corebus has no keys), ACL categories, tips, key specs, subcommands.
+fn encode_command_info(out: &mut Vec<u8>, version: RespVersion, command: &resp_commands::TopLevel) {
+    encode_array_header(out, 10);
+    encode_bulk(out, command.name.as_bytes());
+    encode_integer(out, i64::from(command.spec.arity));
+    let flags: &[&str] = if command.spec.allowed_in_resp2_subscribed {
+        &["pubsub", "loading", "stale", "fast"]
+    } else {
+        &["loading", "stale", "fast"]
+    };
+    encode_set_header(out, version, flags.len());
+    for flag in flags {
+        resp::encode_simple(out, flag.as_bytes());
+    }
+    encode_integer(out, 0);
+    encode_integer(out, 0);
+    encode_integer(out, 0);
+    encode_set_header(out, version, 1);
+    resp::encode_simple(out, b"@pubsub");
+    encode_array_header(out, 0);
+    encode_array_header(out, 0);
+    encode_array_header(out, command.subcommands.len());
+    for sub in command.subcommands {
+        encode_array_header(out, 10);
+        encode_bulk(out, sub.full_name.as_bytes());
+        encode_integer(out, i64::from(sub.arity));
+        encode_set_header(out, version, 0);
+        encode_integer(out, 0);
+        encode_integer(out, 0);
+        encode_integer(out, 0);
+        encode_set_header(out, version, 0);
+        encode_array_header(out, 0);
+        encode_array_header(out, 0);
+        encode_array_header(out, 0);
+    }
+}
+
+fn help_lines(command: CommandId) -> &'static [&'static str] {
+    match command {
+        CommandId::CommandHelp => &[
+            "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "(no subcommand)",
+            "    Return details about all commands.",
+            "COUNT",
+            "    Return the total number of commands.",
+            "DOCS [<command-name> ...]",
+            "    Return documentation details about commands.",
+            "INFO [<command-name> ...]",
+            "    Return details about the given commands, or all of them.",
+        ],
+        CommandId::PubSubHelp => &[
+            "PUBSUB <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "CHANNELS [<pattern>]",
+            "    Return the currently active channels matching a <pattern> (default: '*').",
+            "NUMPAT",
+            "    Return number of subscriptions to patterns.",
+            "NUMSUB [<channel> ...]",
+            "    Return the number of subscribers for the specified channels.",
+            "SHARDCHANNELS [<pattern>]",
+            "    Return the currently active shard level channels matching a <pattern>.",
+            "SHARDNUMSUB [<shardchannel> ...]",
+            "    Return the number of subscribers for the specified shard level channel(s).",
+        ],
+        CommandId::ClientHelp => &[
+            "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "GETNAME",
+            "    Return the name of the current connection.",
+            "ID",
+            "    Return the ID of the current connection.",
+            "INFO",
+            "    Return information about the current client connection.",
+            "KILL ID <client-id> | <ip:port>",
+            "    Kill a connection of this shard.",
+            "LIST",
+            "    Return information about client connections.",
+            "SETINFO <option> <value>",
+            "    Set client meta attr (LIB-NAME, LIB-VER).",
+            "SETNAME <name>",
+            "    Assign the name <name> to the current connection.",
+        ],
+        _ => &[
+            "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "GET <pattern>",
+            "    Return parameters matching the glob-like <pattern> and their values.",
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_leave_in_request_order_whatever_order_answers_come_in() {
+        let mut queue = ReplyQueue::default();
+        let mut out = Vec::new();
+        let first = queue.reserve(Awaiting::Publish);
+        queue.complete_now(b"+PONG\r\n", &mut out);
+        let third = queue.reserve(Awaiting::Publish);
+        assert!(out.is_empty());
+        queue.fill(third, b":3\r\n".to_vec());
+        queue.drain_ready(&mut out);
+        assert!(out.is_empty(), "the first is still waiting");
+        queue.fill(first, b":1\r\n".to_vec());
+        queue.drain_ready(&mut out);
+        assert_eq!(out, b":1\r\n+PONG\r\n:3\r\n");
+        assert!(queue.slots.is_empty());
+        // With nothing waiting, a reply goes straight out.
+        out.clear();
+        queue.complete_now(b"+OK\r\n", &mut out);
+        assert_eq!(out, b"+OK\r\n");
+    }
+
+    #[test]
+    fn request_ids_survive_wrapping_and_never_are_zero() {
+        let mut queue = ReplyQueue {
+            head_id: REQUEST_ID_SPAN - 1,
+            ..ReplyQueue::default()
+        };
+        let mut out = Vec::new();
+        let a = queue.reserve(Awaiting::Publish);
+        let b = queue.reserve(Awaiting::Publish);
+        assert_eq!((a, b), (REQUEST_ID_SPAN, 1));
+        queue.fill(b, b"b".to_vec());
+        queue.fill(a, b"a".to_vec());
+        queue.drain_ready(&mut out);
+        assert_eq!(out, b"ab");
+        assert_eq!(queue.index_of(0), None);
+        assert_eq!(queue.index_of(a), None, "answered ids are forgotten");
+    }
+}
