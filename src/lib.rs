@@ -30,7 +30,7 @@
 //!   (request heads, router, responses, WebSocket handshake), [`protocol::websocket`] (RFC 6455
 //!   frames), [`protocol::ws_fiber`] and [`protocol::ws_fastapi`] (the two JSON dialects, over
 //!   [`protocol::ws_json`]), [`protocol::payload`] (payloads across protocols, derived message
-//!   ids). The Redis port, not yet on a listener: [`protocol::resp`] (RESP2/RESP3 requests,
+//!   ids). The Redis port: [`protocol::resp`] (RESP2/RESP3 requests,
 //!   replies, pub/sub frames), [`protocol::glob`] (Redis patterns and their index),
 //!   [`protocol::resp_channel`] (channel ↔ topic names), [`protocol::resp_commands`] (the
 //!   command table and Redis's error texts).
@@ -40,7 +40,9 @@
 //!   which answer with [`shard::wire::Answer`]s; each connection kind words them through its
 //!   [`shard::wire::Wire`]: `conn_native.rs` (HELLO, versions, binary frames),
 //!   [`shard::conn_http`] (REST, the WebSocket upgrade), [`shard::conn_ws`] (the JSON dialects,
-//!   and the cache that encodes an event once per shard and dialect). [`shard::stats`]: stats
+//!   and the cache that encodes an event once per shard and dialect), [`shard::conn_resp`]
+//!   (Redis: replies in request order, subscriptions, `INFO`/`PUBSUB`/`CLIENT`).
+//!   [`shard::stats`]: stats
 //!   gathered from every shard over the rings. `owner.rs`: the owner
 //!   side, sequencing and everything that arrives over the rings. [`shard::topics`]: the
 //!   owner's topic table and each shard's local subscriptions. [`shard::sublist`]: the pattern

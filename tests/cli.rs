@@ -965,7 +965,11 @@ fn topic_list_shows_every_shards_topics() {
         path.to_str().unwrap(),
     ]));
     let line = std::fs::read_to_string(&path).unwrap();
-    let http = line.trim_end().split("http=").nth(1).unwrap().to_string();
+    let http = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("http="))
+        .unwrap()
+        .to_string();
     let addr = addr.to_string();
     for topic in ["list.a", "list.b", "list.c"] {
         let (status, _, stderr) = run(corebus(&["topic", "create", "--addr", &addr, topic]));

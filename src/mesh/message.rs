@@ -32,6 +32,8 @@ pub struct Ticket(pub u32);
 pub enum OwnerRequest {
     /// Report this shard's stats (its owned topics and counters) to the asking connection.
     Stats { reply: ReplyTarget },
+    /// Close the RESP connection with this `CLIENT ID`, if it is on the receiving shard.
+    KillClient { client_id: u64, reply: ReplyTarget },
     /// Sequence and fan out. A quiet publish is answered only if it is refused.
     Publish {
         message: Message,
@@ -145,6 +147,8 @@ pub enum Terminal {
         reply: ReplyTarget,
         stats: Box<crate::shard::stats::ShardStats>,
     },
+    /// Whether a `KillClient` found its connection.
+    KillOutcome { reply: ReplyTarget, killed: bool },
     DeleteOutcome {
         reply: ReplyTarget,
         result: Result<(), ErrorCode>,

@@ -404,8 +404,9 @@ pub enum Refusal {
 /// existence (unknown command or subcommand), arity, the RESP2 subscribed-mode restriction,
 /// and last PING's own limit of one argument. `args` must not be empty (an empty request is skipped before this).
 ///
-/// A command Redis knows but corebus does not (GET, say) is an unknown command here, also in
-/// subscribed mode, where Redis would name it in the subscribed-mode error instead.
+/// A command Redis knows but corebus does not (GET, say) is an unknown command here, except in
+/// RESP2 subscribed mode, where it gets the subscribed-mode error naming it, as in Redis
+/// (which knows almost every command, so there the mode is what refuses it).
 pub fn resolve<A: ArgList + ?Sized>(
     args: &A,
     resp2_subscribed: bool,
@@ -415,6 +416,13 @@ pub fn resolve<A: ArgList + ?Sized>(
         return Err(Refusal::Close);
     }
     let Some(spec) = lookup(args) else {
+        if resp2_subscribed {
+            // Redis knows almost every command, so there it is the mode that refuses it. The
+            // name is client bytes: cut as the unknown-command text cuts its arguments.
+            let shown = &name[..name.len().min(128)];
+            let name = String::from_utf8_lossy(&shown.to_ascii_lowercase()).into_owned();
+            return Err(Refusal::Error(subscribed_context_error(&name).into_bytes()));
+        }
         let sub = args.arg_at(1).unwrap_or_default();
         return Err(Refusal::Error(match find_top_level(name) {
             Some(top) if !top.subcommands.is_empty() => unknown_subcommand_error(name, sub),
@@ -500,11 +508,6 @@ mod tests {
             ),
             (&["foo"], false, "-ERR unknown command 'foo', with args beginning with: \r\n"),
             (
-                &["GET", "k"],
-                true,
-                "-ERR unknown command 'GET', with args beginning with: 'k' \r\n",
-            ),
-            (
                 &["subscribe"],
                 false,
                 "-ERR wrong number of arguments for 'subscribe' command\r\n",
@@ -564,6 +567,12 @@ mod tests {
                 &["PING", "a", "b"],
                 true,
                 "-ERR wrong number of arguments for 'ping' command\r\n",
+            ),
+            // A data command Redis knows: refused by the mode, named in lowercase.
+            (
+                &["SET", "k", "v"],
+                true,
+                "-ERR Can't execute 'set': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n",
             ),
             (&["POST", "/", "HTTP/1.1"], false, "<close>"),
             (&["Host:", "x"], true, "<close>"),

@@ -96,14 +96,35 @@ pub fn sniff(first_bytes: &[u8]) -> Option<Foreign> {
     None
 }
 
+/// The broker's other ports, which a lost client is pointed at (`None`: turned off).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OtherPorts {
+    pub http: Option<std::net::SocketAddr>,
+    pub resp: Option<std::net::SocketAddr>,
+}
+
 /// What a client of `protocol` is told: which port it reached and where its protocol is
-/// spoken. The one place to change when the HTTP and Redis ports exist.
-pub fn port_advice(protocol: Foreign, http: Option<std::net::SocketAddr>) -> String {
-    let elsewhere = match (protocol, http) {
-        (Foreign::Http, Some(http)) => {
+/// spoken.
+pub fn port_advice(protocol: Foreign, ports: OtherPorts) -> String {
+    let elsewhere = match (protocol, ports) {
+        (
+            Foreign::Http,
+            OtherPorts {
+                http: Some(http), ..
+            },
+        ) => {
             format!("its HTTP port (REST, WebSocket at /v1/ws and /ws) is {http}")
         }
-        (Foreign::Http, None) => "its HTTP port is off (--no-http)".to_string(),
+        (Foreign::Http, _) => "its HTTP port is off (--no-http)".to_string(),
+        (
+            Foreign::Resp,
+            OtherPorts {
+                resp: Some(resp), ..
+            },
+        ) => {
+            format!("its Redis port is {resp}")
+        }
+        (Foreign::Resp, _) => "its Redis port is off (--no-resp)".to_string(),
         _ => format!("corebus has no {} port yet", protocol.name()),
     };
     format!(
@@ -114,8 +135,8 @@ pub fn port_advice(protocol: Foreign, http: Option<std::net::SocketAddr>) -> Str
 
 /// The error to send `protocol`'s client, framed as that protocol frames errors; the
 /// connection is closed after it.
-pub fn answer(protocol: Foreign, http: Option<std::net::SocketAddr>) -> Vec<u8> {
-    let advice = port_advice(protocol, http);
+pub fn answer(protocol: Foreign, ports: OtherPorts) -> Vec<u8> {
+    let advice = port_advice(protocol, ports);
     match protocol {
         Foreign::Http => {
             let body = format!("{advice}\n");
@@ -176,7 +197,7 @@ mod tests {
 
     #[test]
     fn each_answer_is_framed_in_its_protocol() {
-        let http = String::from_utf8(answer(Foreign::Http, None)).unwrap();
+        let http = String::from_utf8(answer(Foreign::Http, OtherPorts::default())).unwrap();
         assert!(http.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{http}");
         let (head, body) = http.split_once("\r\n\r\n").unwrap();
         assert!(
@@ -188,7 +209,7 @@ mod tests {
             "{body}"
         );
 
-        let resp = String::from_utf8(answer(Foreign::Resp, None)).unwrap();
+        let resp = String::from_utf8(answer(Foreign::Resp, OtherPorts::default())).unwrap();
         assert!(resp.starts_with("-ERR this is the native port"), "{resp}");
         assert!(
             resp.ends_with("\r\n") && resp.matches("\r\n").count() == 1,
@@ -196,7 +217,7 @@ mod tests {
         );
         assert!(resp.contains("Redis"), "{resp}");
 
-        let nats = String::from_utf8(answer(Foreign::Nats, None)).unwrap();
+        let nats = String::from_utf8(answer(Foreign::Nats, OtherPorts::default())).unwrap();
         assert!(
             nats.starts_with("-ERR '") && nats.ends_with("'\r\n"),
             "{nats}"

@@ -321,7 +321,13 @@ impl Shard {
     /// Before HELLO, a text protocol's client (HTTP, Redis, NATS) is answered in its own words
     /// instead of with a native ERR it cannot read. Returns whether it was.
     fn answer_foreign_protocol(&mut self, id: ConnectionId, first_bytes: &[u8]) -> bool {
-        let http = self.http_addr();
+        let ports = sniff::OtherPorts {
+            http: self.http_addr(),
+            resp: self
+                .resp_listener
+                .as_ref()
+                .and_then(|listener| listener.local_addr().ok()),
+        };
         let Some(conn) = self.connection_mut(id) else {
             return false;
         };
@@ -333,7 +339,7 @@ impl Shard {
         };
         conn.out
             .replies()
-            .extend_from_slice(&sniff::answer(protocol, http));
+            .extend_from_slice(&sniff::answer(protocol, ports));
         self.mark_dirty(id);
         true
     }

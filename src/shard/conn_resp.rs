@@ -92,6 +92,8 @@ enum Awaiting {
         name: Box<[u8]>,
         count: usize,
     },
+    /// `CLIENT KILL ID` on another shard: `:1`, or no such client.
+    Kill,
     /// Stats from every shard.
     Gather {
         query: GatherQuery,
@@ -323,6 +325,26 @@ impl RespSession {
             (_, Answer::Throttled { retry_after_ms }) => {
                 encode_error(&mut bytes, throttled_reason(retry_after_ms).as_bytes())
             }
+            // Overtaken by its own UNSUBSCRIBE (pipelined): to the client it happened, and
+            // Redis would confirm it before the unsubscribe.
+            (
+                Awaiting::Subscribe {
+                    family,
+                    name,
+                    count,
+                    ..
+                },
+                Answer::Refused {
+                    code: ErrorCode::UnknownSubscription,
+                    ..
+                },
+            ) => resp::encode_subscription(
+                &mut bytes,
+                version,
+                family.subscribe_word(),
+                Some(&name),
+                count,
+            ),
             (Awaiting::Subscribe { sub_id, .. }, Answer::Refused { reason, .. }) => {
                 self.forget(sub_id);
                 encode_error(&mut bytes, reason.as_bytes());
@@ -361,7 +383,8 @@ impl RespSession {
                 Some(&name),
                 count,
             ),
-            (Awaiting::Gather { .. }, _) => encode_error(&mut bytes, b"ERR internal error"),
+            (Awaiting::Kill, _) => encode_integer(&mut bytes, 1),
+            (Awaiting::Gather { .. }, _) => encode_error(&mut bytes, b"internal error"),
         }
         self.replies.fill(request_id, bytes);
         self.replies.drain_ready(&mut self.output);
@@ -474,7 +497,10 @@ impl Shard {
                     if buffer.filled().len() >= text_bytes_max {
                         // The decoder's own limits allow more (a million small arguments),
                         // but no request may be larger than the read buffer may grow.
-                        self.resp_fatal(id, b"ERR Protocol error: request is larger than the message size limit allows");
+                        self.resp_fatal(
+                            id,
+                            b"Protocol error: request is larger than the message size limit allows",
+                        );
                         break Flow::Stop;
                     }
                     break Flow::Continue;
@@ -941,11 +967,8 @@ impl Shard {
                 Some(number) => match RespVersion::from_number(number) {
                     Some(asked) => version = asked,
                     None => {
-                        let mut text = Vec::new();
                         // Redis's NOPROTO is its own error kind, not ERR.
-                        text.extend_from_slice(errors::HELLO_NOPROTO.as_bytes());
-                        text.extend_from_slice(b"\r\n");
-                        self.resp_reply(id, &text);
+                        self.resp_error(id, errors::HELLO_NOPROTO.as_bytes());
                         return Flow::Continue;
                     }
                 },
@@ -1042,9 +1065,40 @@ impl Shard {
         Flow::Continue
     }
 
-    /// `CLIENT KILL ID id` (or the old `CLIENT KILL addr:port`), for connections of this
-    /// shard's RESP port.
+    /// `CLIENT KILL ID id` (on whichever shard holds it: the id names the shard), or the old
+    /// `CLIENT KILL addr:port` (this shard's connections only: an address names no shard).
     fn resp_client_kill(&mut self, id: ConnectionId, request: &Request<'_>) -> Flow {
+        if request.len() == 4
+            && request
+                .arg(2)
+                .is_some_and(|filter| filter.eq_ignore_ascii_case(b"ID"))
+        {
+            let Some(wanted) = request.arg(3).and_then(resp::parse_redis_integer) else {
+                self.resp_error(id, errors::NOT_AN_INTEGER.as_bytes());
+                return Flow::Continue;
+            };
+            let holder = (wanted.max(1) as u64 - 1) % self.shard_count as u64;
+            if wanted >= 1 && holder != u64::from(self.id.0) {
+                let holder = crate::ids::ShardId(holder as u16);
+                if !self.link_mut(holder).requests_out.make_room() {
+                    return Flow::Blocked;
+                }
+                let Some(session) = self.resp_session(id) else {
+                    return Flow::Stop;
+                };
+                let request_id = session.replies.reserve(Awaiting::Kill);
+                self.link_mut(holder).requests_out.push(
+                    crate::mesh::message::OwnerRequest::KillClient {
+                        client_id: wanted as u64,
+                        reply: ReplyTarget {
+                            connection: id,
+                            request_id,
+                        },
+                    },
+                );
+                return Flow::Continue;
+            }
+        }
         let target = if request.len() == 3 {
             let address = request.arg(2).unwrap_or_default();
             self.connections
@@ -1100,7 +1154,10 @@ impl Shard {
             .as_ref()
             .and_then(|listener| listener.local_addr().ok())
             .map_or(0, |addr| addr.port());
-        let parameters: [(&str, String); 5] = [
+        let parameters: [(&str, String); 7] = [
+            // Nothing is persisted (redis-benchmark asks).
+            ("save", String::new()),
+            ("appendonly", "no".to_owned()),
             ("maxclients", config.connections_max.to_string()),
             ("databases", "1".to_owned()),
             ("proto-max-bulk-len", limits.bulk_bytes_max.to_string()),
@@ -1247,6 +1304,37 @@ impl Shard {
         session.replies.fill(reply.request_id, text);
         session.replies.drain_ready(&mut session.output);
         self.resp_flush(id);
+    }
+
+    /// Closes this shard's RESP connection with `client_id`, if there is one.
+    pub(super) fn kill_resp_client(&mut self, client_id: u64) -> bool {
+        let target = self
+            .connections
+            .iter()
+            .find(|(_, conn)| {
+                matches!(&conn.wire, super::wire::Wire::Resp(s) if s.client_id == client_id)
+            })
+            .map(|(_, conn)| conn.id);
+        match target {
+            Some(target) => {
+                self.begin_close(target, CloseReason::Killed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The answer of the shard asked to kill a client.
+    pub(super) fn answer_kill(&mut self, reply: ReplyTarget, killed: bool) {
+        let answer = if killed {
+            Answer::Done
+        } else {
+            Answer::Refused {
+                code: ErrorCode::BadFrame,
+                reason: errors::NO_SUCH_CLIENT,
+            }
+        };
+        self.answer(reply.connection, reply.request_id, answer);
     }
 
     /// This shard's RESP connections, one `CLIENT LIST` line each.

@@ -296,6 +296,12 @@ impl Shard {
             OwnerRequest::Unsubscribe { topic, epoch } => {
                 self.owned.remove_subscriber(&topic, from, epoch)
             }
+            OwnerRequest::KillClient { client_id, reply } => {
+                let killed = self.kill_resp_client(client_id);
+                self.link_mut(from)
+                    .terminals_out
+                    .push(Terminal::KillOutcome { reply, killed });
+            }
             OwnerRequest::Stats { reply } => {
                 let stats = Box::new(self.shard_stats());
                 self.link_mut(from)
@@ -389,6 +395,7 @@ impl Shard {
             Terminal::TopicDeleted { topic } => self.end_topic_subscriptions(&topic),
             Terminal::DeleteOutcome { reply, result } => self.answer_delete_topic(reply, result),
             Terminal::Stats { reply, stats } => self.add_stats_part(reply, *stats),
+            Terminal::KillOutcome { reply, killed } => self.answer_kill(reply, killed),
             Terminal::SubscribeAck { ticket, result } => {
                 let key = ticket.0 as usize;
                 let Some(pending) = self.pending_subscribes.get_mut(key) else {

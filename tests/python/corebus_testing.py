@@ -88,21 +88,6 @@ class LineReader:
             return "\n".join(self.log)
 
 
-def resp_listen_supported(binary):
-    """Whether `serve` has `--resp-listen` (the RESP port has landed), so the tests can ask
-    for an ephemeral port instead of the default 6380."""
-    try:
-        help_text = subprocess.run(
-            [str(binary), "serve", "--help"],
-            capture_output=True,
-            timeout=WAIT,
-            env=clean_env(),
-        ).stdout.decode("utf-8", "replace")
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "--resp-listen" in help_text
-
-
 class Broker:
     """A `corebus serve` child process on ephemeral loopback ports."""
 
@@ -110,6 +95,7 @@ class Broker:
         "--shards", "2", "--no-pin",
         "--listen", "127.0.0.1:0",
         "--http-listen", "127.0.0.1:0",
+        "--resp-listen", "127.0.0.1:0",
     )
 
     def __init__(self, process, command):
@@ -123,8 +109,6 @@ class Broker:
     @classmethod
     def start(cls, binary, extra_flags=()):
         command = [str(binary), "serve", *cls.BASE_FLAGS]
-        if resp_listen_supported(binary):
-            command += ["--resp-listen", "127.0.0.1:0"]
         command += [str(flag) for flag in extra_flags]
         process = subprocess.Popen(
             command,

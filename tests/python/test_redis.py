@@ -1,9 +1,9 @@
 """The Redis (RESP) port, spoken by redis-py in RESP2 and RESP3 and by redis-cli.
 
-Skipped as a whole, with the reason shown, while the broker's ready line has no `resp=`
-address (the RESP port has not landed yet); nothing else in the suite skips. redis-cli is
-used when it is installed; without it the same exchange is made over a raw socket in RESP2,
-so the test never skips.
+Also native and WebSocket clients on the same topics, Redis's framing errors, and the
+slow-subscriber cut. redis-cli is used when it is installed; without it the same exchange is
+made over a raw socket in RESP2, so no test skips. (`tools/redis-peers` runs redis-cli,
+redis-benchmark and redis-py's own pub/sub tests.)
 """
 
 import base64
@@ -18,20 +18,19 @@ import redis
 
 from corebus_testing import (
     WAIT,
+    CliChild,
     LineReader,
     clean_env,
     fiber_publish,
     fiber_subscribe,
+    native_publish,
     unique,
 )
 
 
 @pytest.fixture(scope="module")
 def resp(broker):
-    if broker.resp is None:
-        pytest.skip(
-            f"the RESP port is not there yet: the ready line has no resp= ({broker.ready_line!r})"
-        )
+    assert broker.resp is not None, f"no resp= in the ready line {broker.ready_line!r}"
     return broker.resp
 
 
@@ -298,3 +297,168 @@ def raw_resp2_exchange(resp, channel):
         read_exactly(pub, b":1\r\n")
         read_exactly(sub, b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$8\r\nfrom raw\r\n"
                      % (len(name), name))
+
+
+# ------------------------------------------------------------------------------------------
+# Native clients and Redis clients share topics, patterns on either side.
+
+
+def test_native_publisher_reaches_redis_subscribers_and_patterns(broker, resp, protocol):
+    base = unique("redis.fromnative")
+    with client(resp, protocol) as connection:
+        exact = connection.pubsub()
+        exact.subscribe(f"{base}.a")
+        assert next_message(exact)["type"] == "subscribe"
+        glob = connection.pubsub()
+        glob.psubscribe(f"{base}.[ab]")
+        assert next_message(glob)["type"] == "psubscribe"
+        native_publish(broker, f"{base}.a", b"from native")
+        native_publish(broker, f"{base}.c", b"nobody's")
+        assert next_message(exact)["data"] == b"from native"
+        message = next_message(glob)
+        assert (message["type"], message["channel"], message["data"]) == (
+            "pmessage", f"{base}.a".encode(), b"from native")
+        expect_no_message(glob)
+        exact.close()
+        glob.close()
+
+
+def test_redis_publisher_reaches_native_subscribers_and_patterns(broker, resp, corebus_bin):
+    base = unique("redis.tonative")
+    exact = CliChild(corebus_bin, "sub", "--addr", broker.native_addr(), f"{base}.a",
+                     "--count", "1")
+    pattern = CliChild(corebus_bin, "sub", "--addr", broker.native_addr(), f"{base}.>",
+                       "--count", "2")
+    try:
+        exact.await_stderr(f"subscribed to {base}.a")
+        pattern.await_stderr(f"subscribed to {base}.>")
+        with client(resp, 3) as connection:
+            assert connection.publish(f"{base}.a", "one") == 2
+            assert connection.publish(f"{base}.b.c", "two") == 1
+        assert exact.stdout_line() == f"{base}.a seq=1 one"
+        assert [pattern.stdout_line(), pattern.stdout_line()] == [
+            f"{base}.a seq=1 one", f"{base}.b.c seq=1 two"]
+        assert exact.wait() == 0 and pattern.wait() == 0
+    finally:
+        exact.kill()
+        pattern.kill()
+
+
+def test_redis_names_that_are_not_topic_names_are_mapped_not_refused(broker, resp, corebus_bin):
+    """`user:42` is the topic `user--3a42`: native clients reach it under that name, and a
+    Redis pattern sees native publishes under the Redis name."""
+    tag = unique("u")
+    channel = f"{tag}:42"
+    with client(resp, 2) as connection:
+        pubsub = connection.pubsub()
+        pubsub.psubscribe(f"{tag}:*")
+        assert next_message(pubsub)["type"] == "psubscribe"
+        native_publish(broker, f"{tag}--3a42", b"mapped")
+        message = next_message(pubsub)
+        assert (message["channel"], message["data"]) == (channel.encode(), b"mapped")
+        assert connection.pubsub_numpat() >= 1
+        pubsub.close()
+
+
+def test_websocket_pattern_and_redis_pattern_see_each_others_publishes(broker, resp):
+    base = unique("redis.wspat")
+    with client(resp, 3) as connection, broker.fiber() as fiber:
+        fiber_subscribe(fiber, f"{base}.*")
+        pubsub = connection.pubsub()
+        pubsub.psubscribe(f"{base}.*")
+        assert next_message(pubsub)["type"] == "psubscribe"
+        assert connection.publish(f"{base}.x", "from redis") == 2
+        assert fiber.expect("event")["message"]["payload"] == "from redis"
+        fiber_publish(fiber, f"{base}.y", "from ws")
+        assert fiber.expect("event")["message"]["payload"] == "from ws"
+        data = [next_message(pubsub)["data"] for _ in range(2)]
+        assert data == [b"from redis", b'"from ws"']
+        pubsub.close()
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input gets Redis's answer, and the broker keeps serving.
+
+
+def raw_reply(resp, payload, read_until_close=True):
+    with socket.create_connection(resp, timeout=WAIT) as sock:
+        sock.sendall(payload)
+        data = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            data += chunk
+            if not read_until_close and data.endswith(b"\r\n"):
+                break
+        return data
+
+
+@pytest.mark.parametrize("payload, expected", [
+    (b"*2\r\n$4\r\nECHO\r\nxx\r\n", b"-ERR Protocol error: expected '$', got 'x'\r\n"),
+    (b"*1\r\n$-5\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+    (b"*99999999999\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+    (b"*1\r\n$536870912\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+    (b"*x\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+    (b'PING "unbalanced\r\n', b"-ERR Protocol error: unbalanced quotes in request\r\n"),
+], ids=["unbalanced-multibulk", "negative-bulk", "huge-multibulk", "512MiB-bulk",
+        "garbage-count", "unbalanced-inline"])
+def test_framing_errors_get_redis_errors_and_close(broker, resp, payload, expected):
+    assert raw_reply(resp, payload) == expected
+    with client(resp, 2) as connection:
+        assert connection.ping() is True
+
+
+def test_unknown_commands_and_wrong_mode_get_redis_errors_and_stay_open(resp):
+    with socket.create_connection(resp, timeout=WAIT) as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(b"GET key\r\n")
+        assert reader.readline() == (
+            b"-ERR unknown command 'GET', with args beginning with: 'key' \r\n")
+        sock.sendall(b"*1\r\n$7\r\nPUBLISH\r\n")
+        assert reader.readline() == b"-ERR wrong number of arguments for 'publish' command\r\n"
+        sock.sendall(b"SELECT 3\r\n")
+        assert reader.readline() == b"-ERR DB index is out of range\r\n"
+        sock.sendall(b"SUBSCRIBE wrong.mode\r\n")
+        assert [reader.readline() for _ in range(6)][-1] == b":1\r\n"
+        sock.sendall(b"ECHO x\r\n")
+        assert reader.readline().startswith(b"-ERR Can't execute 'echo': only (P|S)SUBSCRIBE")
+        sock.sendall(b"PING\r\n")
+        assert [reader.readline() for _ in range(5)] == [
+            b"*2\r\n", b"$4\r\n", b"pong\r\n", b"$0\r\n", b"\r\n"]
+
+
+def test_a_slow_redis_subscriber_is_cut_with_an_error_and_others_keep_getting(start_broker):
+    broker = start_broker("--outbound-bytes-max", "65536", "--message-bytes-max", "8192")
+    channel = unique("redis.slow")
+    # Far more than the kernel's socket buffers (several MiB) and the 64 KiB queue hold. (A
+    # small SO_RCVBUF would fill sooner but make the final read crawl past the close linger.)
+    payload, count = b"x" * 8000, 5000
+    with socket.create_connection(broker.resp, timeout=WAIT) as stalled, \
+            client(broker.resp, 3) as healthy, client(broker.resp, 3) as publisher:
+        stalled.sendall(b"SUBSCRIBE %s\r\n" % channel.encode())
+        pubsub = healthy.pubsub()
+        pubsub.subscribe(channel)
+        assert next_message(pubsub)["type"] == "subscribe"
+        # In step with the healthy subscriber, so only the stalled one falls behind.
+        for sent in range(count):
+            assert publisher.publish(channel, payload) >= 1
+            message = next_message(pubsub)
+            assert (message["type"], len(message["data"])) == ("message", len(payload))
+            if sent % 50 == 0 and publisher.info("corebus")["slow_consumer_disconnects"] >= 1:
+                break
+        else:
+            raise AssertionError("the stalled subscriber was never cut")
+        # Read at once, inside the close linger: the stream ends with a Redis error, then EOF.
+        data = b""
+        stalled.settimeout(WAIT)
+        while chunk := stalled.recv(1 << 16):
+            data += chunk
+        assert data.rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1].startswith(b"-ERR"), data[-200:]
+        assert publisher.publish(channel, "after") == 1
+        assert next_message(pubsub)["data"] == b"after"
+        assert publisher.info("corebus")["slow_consumer_disconnects"] == 1
+        pubsub.close()
