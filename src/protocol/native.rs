@@ -920,6 +920,8 @@ pub enum DecodeError {
 /// caller can always skip it in one step. The version in a HELLO is not checked.
 ///
 /// Never panics, whatever `buf` holds.
+// Inlinable into the connection kinds' read loops, which sit in other codegen units.
+#[inline]
 pub fn decode(buf: &[u8], frame_len_max: usize) -> Result<Option<(Frame<'_>, usize)>, DecodeError> {
     let Some(length) = buf.first_chunk::<4>().map(|b| u32::from_be_bytes(*b)) else {
         return Ok(None);
@@ -1324,23 +1326,45 @@ pub fn msg_payload(frame: &[u8]) -> &[u8] {
     &frame[at + 2 + usize::from(len)..]
 }
 
-/// Appends a MSG frame as a client of protocol version `version` reads it: as is from v4,
-/// without its header block before (the length fixed, the flag cleared), and with the
-/// subscription id patched in. The broker's fan-out calls this once per delivery.
-pub fn stage_msg(out: &mut Vec<u8>, frame: &[u8], sub_id: u32, version: u16) {
-    let at = out.len();
-    if version >= 4 || msg_flags(frame) & MSG_HEADERS == 0 {
-        out.extend_from_slice(frame);
-    } else {
-        let headers_at = msg_after_reply(frame);
-        let block = 2 + msg_headers(frame).len();
-        out.extend_from_slice(&frame[..headers_at]);
-        out.extend_from_slice(&frame[headers_at + block..]);
-        let length = u32::from_be_bytes(get_at(frame, 0)) - block as u32;
-        out[at..at + 4].copy_from_slice(&length.to_be_bytes());
-        out[at + FLAGS_OFFSET] = 0;
+/// The protocol version from which MSG frames carry their header block; older clients get
+/// each message without it (see [`stage_msg`]).
+pub const HEADERS_VERSION: u16 = 4;
+
+/// Whether a client of protocol version `version` must get MSG frames without their header
+/// block. Asked once per staging pass, not once per delivery: the fan-out path pays only for
+/// the flag test.
+pub fn strips_headers(version: u16) -> bool {
+    version < HEADERS_VERSION
+}
+
+/// Appends a MSG frame with the subscription id patched in: as is, or without its header
+/// block when `strip_headers` (a v1-v3 client, see [`strips_headers`]) and the frame has one.
+/// The broker's fan-out calls this once per delivery, so the common case (no header block to
+/// take out) is the copy and the id patch, inlined; the strip is out of line.
+#[inline]
+pub fn stage_msg(out: &mut Vec<u8>, frame: &[u8], sub_id: u32, strip_headers: bool) {
+    if strip_headers && msg_flags(frame) & MSG_HEADERS != 0 {
+        stage_msg_without_headers(out, frame, sub_id);
+        return;
     }
-    out[at + ID_OFFSET..at + ID_OFFSET + 4].copy_from_slice(&sub_id.to_be_bytes());
+    let at = out.len();
+    out.extend_from_slice(frame);
+    msg_set_sub_id(&mut out[at..], sub_id);
+}
+
+/// The MSG frame without its header block: the length fixed, the flag cleared.
+#[cold]
+#[inline(never)]
+fn stage_msg_without_headers(out: &mut Vec<u8>, frame: &[u8], sub_id: u32) {
+    let at = out.len();
+    let headers_at = msg_after_reply(frame);
+    let block = 2 + msg_headers(frame).len();
+    out.extend_from_slice(&frame[..headers_at]);
+    out.extend_from_slice(&frame[headers_at + block..]);
+    let length = u32::from_be_bytes(get_at(frame, 0)) - block as u32;
+    out[at..at + 4].copy_from_slice(&length.to_be_bytes());
+    out[at + FLAGS_OFFSET] = 0;
+    msg_set_sub_id(&mut out[at..], sub_id);
 }
 
 #[cfg(test)]
@@ -1348,6 +1372,41 @@ mod tests {
     use super::*;
     use proptest::collection::vec;
     use proptest::prelude::*;
+
+    #[test]
+    fn stage_msg_takes_the_header_block_out_only_for_older_clients() {
+        let mut block = Vec::new();
+        put_header(&mut block, b"id", b"42").unwrap();
+        let msg = |headers| Frame::Msg {
+            sub_id: 0,
+            seq: 9,
+            timestamp_ns: 1,
+            delivery_count: 1,
+            topic: b"t",
+            reply_to: Some(b"r"),
+            headers,
+            payload: b"hello",
+        };
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        msg(&block).encode(&mut with);
+        msg(&[]).encode(&mut without);
+        let staged = |frame: &[u8], strip| {
+            let mut out = vec![0xAA];
+            stage_msg(&mut out, frame, 7, strip);
+            out.split_off(1)
+        };
+        let with_id = |frame: &[u8]| {
+            let mut frame = frame.to_vec();
+            msg_set_sub_id(&mut frame, 7);
+            frame
+        };
+        assert_eq!(staged(&with, false), with_id(&with));
+        assert_eq!(staged(&without, true), with_id(&without));
+        assert_eq!(staged(&without, false), with_id(&without));
+        // A v1-v3 client gets the same message as one published without headers.
+        assert!(strips_headers(3) && !strips_headers(4));
+        assert_eq!(staged(&with, true), with_id(&without));
+    }
 
     const LIMIT: usize = 1024;
 

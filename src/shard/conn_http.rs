@@ -61,7 +61,9 @@ pub struct HttpSession {
 
 impl HttpSession {
     /// Words the core's answer to the pending request as an HTTP response. Request id 0 is
-    /// the connection itself: its head deadline passed (408), or the broker is stopping (503).
+    /// the connection itself: its head deadline passed (408), or another refusal of the whole
+    /// connection (503). Shutdown does not come this way: HTTP has no unsolicited answer, so a
+    /// draining shard refuses each new request instead (`Shard::refuse_while_draining`).
     pub fn encode_answer(&mut self, request_id: u32, answer: Answer<'_>, out: &mut Vec<u8>) {
         if request_id == 0 {
             let Answer::Refused { code, reason } = answer else {
@@ -168,6 +170,7 @@ impl Shard {
             ..HttpLimits::default()
         };
         loop {
+            let draining = self.is_draining();
             let Some(conn) = self.connection_mut(id) else {
                 return Flow::Stop;
             };
@@ -197,6 +200,9 @@ impl Shard {
                     upgrade: http::validate_websocket_upgrade(&request.head).map(<[u8]>::to_vec),
                 },
             };
+            if draining {
+                return self.refuse_while_draining(id, &request);
+            }
             conn.state = super::connection::ConnState::Open;
             match self.handle_http_request(id, &request) {
                 // Upgraded: the request is consumed, and the rest of the buffer is frames.
@@ -366,6 +372,28 @@ impl Shard {
     }
 
     /// Writes a response the connection kind builds itself (not an answer of the core).
+    /// A request that arrives during the shutdown grace period, on a keep-alive connection
+    /// or a new one: `503 Service Unavailable` in its path's dialect, then the connection
+    /// closes. Nothing new starts (no topic, no WebSocket session); requests already in
+    /// flight were answered as usual.
+    fn refuse_while_draining(&mut self, id: ConnectionId, request: &OwnedRequest) -> Flow {
+        let dialect = http::dialect_for_path(&request.path);
+        self.http_reply(id, |out| {
+            http::encode_error_response(
+                dialect,
+                status_of(ErrorCode::ShuttingDown),
+                "broker is shutting down",
+                ConnectionHeader::Close,
+                out,
+            )
+        });
+        if let Some(conn) = self.connection_mut(id) {
+            conn.read.consume(request.len);
+        }
+        self.begin_close(id, CloseReason::Shutdown);
+        Flow::Stop
+    }
+
     fn http_reply(&mut self, id: ConnectionId, encode: impl FnOnce(&mut Vec<u8>)) {
         if let Some(conn) = self.connection_mut(id) {
             encode(conn.out.replies());

@@ -420,6 +420,19 @@ impl Outbound {
     /// Copies queued deliveries into the write buffer, patching each one's subscription id,
     /// until about one chunk is staged. Notices are worded for the connection's `wire`.
     fn stage(&mut self, wire: &Wire) -> u64 {
+        // Decided once per pass rather than per message: only a native client older than
+        // v4 has header blocks taken out (other wires queue `Encoded` deliveries instead).
+        // Each case gets its own copy of the loop, so the common one (no strip) tests
+        // nothing per delivery beyond what it did before headers existed.
+        match wire {
+            Wire::Native { version } if native::strips_headers(*version) => {
+                self.stage_with::<true>(wire)
+            }
+            _ => self.stage_with::<false>(wire),
+        }
+    }
+
+    fn stage_with<const STRIP_HEADERS: bool>(&mut self, wire: &Wire) -> u64 {
         let mut staged = 0;
         while self.write_buf.len() - self.written < self.stage_bytes_max {
             let Some((sub_id, queued)) = self.pending.pop_front() else {
@@ -428,11 +441,7 @@ impl Outbound {
             self.pending_bytes -= queued.frame_len();
             match queued {
                 Queued::Message(message) => {
-                    let version = match wire {
-                        Wire::Native { version } => *version,
-                        _ => native::PROTOCOL_VERSION,
-                    };
-                    native::stage_msg(&mut self.write_buf, message.frame(), sub_id, version);
+                    native::stage_msg(&mut self.write_buf, message.frame(), sub_id, STRIP_HEADERS);
                     staged += 1;
                 }
                 Queued::Encoded(frame) => {
@@ -526,6 +535,19 @@ pub struct Connection {
     pub publish_bucket: TokenBucket,
 }
 
+/// Records a delivery lost under `drop-oldest` on its subscription, for a DROPPED notice.
+fn drop_recorder<'a>(
+    subscriptions: &'a mut AHashMap<u32, SubscriptionRecord>,
+    drops_unreported: &'a mut bool,
+) -> impl FnMut(u32) + 'a {
+    |dropped_sub| {
+        if let Some(record) = subscriptions.get_mut(&dropped_sub) {
+            record.dropped_unreported += 1;
+            *drops_unreported = true;
+        }
+    }
+}
+
 /// A token bucket: `rate` tokens a second, at most `burst` saved up. Sans-IO: the time is an
 /// argument.
 #[derive(Clone, Copy, Debug, Default)]
@@ -594,35 +616,25 @@ impl Connection {
         events: &mut EventCache,
         (outbound_bytes_max, policy): (usize, SlowConsumerPolicy),
     ) -> EnqueueOutcome {
-        // Only a text protocol needs the epoch (its event's derived id): native deliveries
-        // skip the lookup, which would cost a hash probe per delivery on the fan-out path.
-        let epoch = match &self.wire {
-            Wire::WebSocket(_) => self.subscriptions.get(&sub_id).map_or(0, |r| r.epoch),
-            _ => 0,
-        };
-        let subscriptions = &mut self.subscriptions;
-        let drops_unreported = &mut self.drops_unreported;
-        let dropped = |dropped_sub| {
-            if let Some(record) = subscriptions.get_mut(&dropped_sub) {
-                record.dropped_unreported += 1;
-                *drops_unreported = true;
-            }
-        };
-        match &self.wire {
+        // One test of the wire per delivery: the native (and common) case queues the message
+        // itself, and skips the epoch lookup, a hash probe only a WebSocket event (its
+        // derived id) needs.
+        let frame = match &self.wire {
             Wire::WebSocket(session) => {
-                let frame = Shard::ws_event_frame(events, session, sub_id, (message, epoch));
-                self.out
-                    .offer_encoded(sub_id, frame, outbound_bytes_max, policy, dropped)
+                let epoch = self.subscriptions.get(&sub_id).map_or(0, |r| r.epoch);
+                Shard::ws_event_frame(events, session, sub_id, (message, epoch))
             }
-            Wire::Resp(session) => {
-                let frame = session.event_frame(events, sub_id, message);
-                self.out
-                    .offer_encoded(sub_id, frame, outbound_bytes_max, policy, dropped)
+            Wire::Resp(session) => session.event_frame(events, sub_id, message),
+            _ => {
+                let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
+                return self
+                    .out
+                    .offer(sub_id, message, outbound_bytes_max, policy, dropped);
             }
-            _ => self
-                .out
-                .offer(sub_id, message, outbound_bytes_max, policy, dropped),
-        }
+        };
+        let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
+        self.out
+            .offer_encoded(sub_id, frame, outbound_bytes_max, policy, dropped)
     }
 
     /// Appends a DROPPED notice for each subscription with unreported drops. Called only when

@@ -549,13 +549,33 @@ impl Shard {
         }
     }
 
+    /// In the shutdown grace period: from the shutdown flag until the shard stops.
+    pub(super) fn is_draining(&self) -> bool {
+        self.shutdown_deadline.is_some()
+    }
+
+    /// Starts the grace period. Native clients get `SHUTTING_DOWN` and WebSocket sessions
+    /// their queued events then close 1001, each closing once that is written. The HTTP
+    /// listener stays open and REST connections stay up, because HTTP has no unsolicited
+    /// answer: every request that arrives until the shard stops, on a keep-alive connection
+    /// or a new one, gets `503` and `Connection: close` (`refuse_while_draining`) instead of
+    /// a reset. An idle REST connection holds the shard at most until the grace deadline.
     fn begin_shutdown(&mut self) {
         let grace = Duration::from_millis(self.config.shutdown_grace_ms);
         self.shutdown_deadline = Some(Instant::now() + grace);
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        let ids: Vec<ConnectionId> = self.connections.iter().map(|(_, conn)| conn.id).collect();
+        // Redis clients reconnect elsewhere; as on the native port, nothing new is taken.
+        if let Some(mut listener) = self.resp_listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let ids: Vec<ConnectionId> = self
+            .connections
+            .iter()
+            .filter(|(_, conn)| !matches!(conn.wire, Wire::Http(_)))
+            .map(|(_, conn)| conn.id)
+            .collect();
         for id in ids {
             self.reply_err(id, 0, ErrorCode::ShuttingDown, "broker is shutting down");
             self.begin_close(id, CloseReason::Shutdown);

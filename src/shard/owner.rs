@@ -95,6 +95,8 @@ impl Shard {
     }
 
     /// Answers a publish made on this shard.
+    // Once per publish, from the connection kinds' modules.
+    #[inline(always)]
     pub(super) fn answer_publish(
         &mut self,
         reply: ReplyTarget,

@@ -52,8 +52,10 @@ pub enum Feature {
 pub enum Wire {
     /// The native binary protocol; `version` is 0 until HELLO.
     Native { version: u16 },
-    /// HTTP/1.1 on the HTTP listener: REST, or on its way to a WebSocket upgrade.
-    Http(HttpSession),
+    /// HTTP/1.1 on the HTTP listener: REST, or on its way to a WebSocket upgrade. Boxed like
+    /// the WebSocket session, so the enum is a plain tag and a pointer: the fan-out path tests
+    /// the wire once per delivery, and a tag compare is the cheapest test.
+    Http(Box<HttpSession>),
     /// A WebSocket session in one of the two JSON dialects.
     WebSocket(Box<WsSession>),
     /// RESP2 or RESP3 on the Redis port.
