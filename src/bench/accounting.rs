@@ -50,15 +50,27 @@ impl PayloadHeader {
     /// The inverse of [`encode_hex`](Self::encode_hex); `None` if the payload is shorter or
     /// its start is not hex.
     pub fn decode_hex(payload: &[u8]) -> Option<PayloadHeader> {
-        let hex: &[u8; HEX_HEADER_LEN] = payload.first_chunk()?;
-        let digit = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
+        // A table, and one check for the whole header: this runs once per delivery.
+        const INVALID: u8 = 0xff;
+        const VALUES: [u8; 256] = {
+            let mut table = [INVALID; 256];
+            let mut i = 0;
+            while i < 16 {
+                table[b"0123456789abcdef"[i] as usize] = i as u8;
+                i += 1;
+            }
+            table
         };
+        let hex: &[u8; HEX_HEADER_LEN] = payload.first_chunk()?;
         let mut head = [0u8; HEADER_LEN];
+        let mut bad = 0u8;
         for (byte, pair) in head.iter_mut().zip(hex.chunks_exact(2)) {
-            *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+            let (high, low) = (VALUES[usize::from(pair[0])], VALUES[usize::from(pair[1])]);
+            bad |= (high | low) & 0xf0;
+            *byte = high << 4 | low;
+        }
+        if bad != 0 {
+            return None;
         }
         PayloadHeader::decode(&head)
     }

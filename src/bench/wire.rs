@@ -1244,15 +1244,21 @@ pub mod ws {
 
     /// The characters up to the next quote, and what follows it; `None` at an escape.
     fn until_quote(text: &str) -> Option<(&str, &str)> {
-        let end = text.find(['"', '\\'])?;
+        // memchr, not `str::find` with a char set: this scans every payload.
+        let end = memchr::memchr2(b'"', b'\\', text.as_bytes())?;
         if text.as_bytes()[end] == b'\\' {
             return None;
         }
-        Some((&text[..end], &text[end + 1..]))
+        // Both are ASCII, so `end` and `end + 1` are character boundaries.
+        Some((text.get(..end)?, text.get(end + 1..)?))
     }
 
-    /// An event exactly as corebus writes it, or `None` (then the general parse decides).
+    /// An event (or an ack) exactly as corebus writes it, or `None` (then the general parse
+    /// decides).
     fn fast_event(dialect: WsDialect, text: &str) -> Option<Event<'_>> {
+        if text.starts_with(r#"{"type":"ack","#) && text.ends_with('}') {
+            return Some(Event::Acked);
+        }
         let rest = text.strip_prefix(r#"{"type":"event","topic":""#)?;
         let (topic, rest) = until_quote(rest)?;
         let rest = match dialect {
