@@ -374,7 +374,7 @@ fn websocket_runs_in_both_dialects_account_for_every_message() {
         // Closed loop with a window above the session's in-flight limit (the bench keeps
         // under it), then open loop; 2 topics over 2 shards, so some publishes cross shards.
         for flags in [
-            &["--pipeline", "4096"][..],
+            &["--pipeline", "8192"][..],
             &["--rate", "5000", "--size", "48"][..],
         ] {
             let mut all = vec![

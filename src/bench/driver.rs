@@ -1048,7 +1048,9 @@ fn publish_turn(conn: &mut Conn, ctx: &mut Ctx<'_>, filler: &[u8], now: u64, end
     let pipeline = scenario.pipeline as u64;
     let count = match p.schedule {
         None => {
+            // A window the target caps below --pipeline takes batches that fit in it.
             let window = pipeline.min(ctx.target.in_flight_max());
+            let batch = batch.min(window);
             let room = window.saturating_sub(p.unconfirmed);
             room / batch * batch
         }

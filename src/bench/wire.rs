@@ -281,7 +281,8 @@ pub enum Event<'a> {
         /// corebus: 1 on the first delivery, more on a redelivery; 1 for the other targets.
         delivery_count: u16,
     },
-    /// A command succeeded: corebus OK (with its data), Redis `+OK`, NATS `+OK` (no data).
+    /// A command succeeded: corebus OK (with its data), Redis `+OK`, NATS `+OK` (no data), a
+    /// WebSocket upgrade's `101`.
     Ok(&'a [u8]),
     /// Redis confirmed one channel of a SUBSCRIBE.
     Subscribed,
