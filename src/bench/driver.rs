@@ -517,16 +517,27 @@ fn run_thread_inner(
             subscriptions
         };
         let frame_max = wire::COREBUS_FRAME_MAX_DEFAULT.max(scenario.size + FRAME_OVERHEAD_MAX);
-        let ws = match target {
-            Target::WebSocket { dialect } => {
-                let link = wire::ws::Link::new(dialect, frame_max);
+        let mut ws = wire::ws::Link::for_target(target, frame_max).map(Box::new);
+        let setup_pending = match &mut ws {
+            // The set-up frames wait in the link for the 101 (RFC 6455 §4.1).
+            Some(link) => {
                 link.encode_upgrade(&plan.endpoint.authority, &mut out);
-                Some(Box::new(link))
+                let mut frames = Vec::new();
+                let replies = wire::encode_setup_with(
+                    target,
+                    role,
+                    &name,
+                    &subscriptions,
+                    &options,
+                    &mut frames,
+                );
+                link.hold_until_upgraded(frames);
+                1 + replies
             }
-            _ => None,
+            None => {
+                wire::encode_setup_with(target, role, &name, &subscriptions, &options, &mut out)
+            }
         };
-        let setup_pending = u32::from(ws.is_some())
-            + wire::encode_setup_with(target, role, &name, &subscriptions, &options, &mut out);
         let read_max = match role {
             Role::Publisher => PUB_READ_BYTES,
             Role::Subscriber if throttled => THROTTLED_READ_BYTES,
@@ -1295,6 +1306,12 @@ fn handle_input(
             Event::Subscribed => {
                 conn.setup_pending = conn.setup_pending.saturating_sub(1);
             }
+            Event::Upgraded => {
+                conn.setup_pending = conn.setup_pending.saturating_sub(1);
+                if let Some(link) = &mut conn.ws {
+                    link.release_held(&mut conn.out);
+                }
+            }
             Event::Pong => {
                 if phase == Phase::Setup {
                     conn.setup_pending = conn.setup_pending.saturating_sub(1);
@@ -1308,7 +1325,8 @@ fn handle_input(
                     p.unconfirmed = p.unconfirmed.saturating_sub(1);
                 }
             }
-            Event::ServerPing(payload) => wire::encode_pong(target, payload, &mut conn.out),
+            Event::ServerPing => wire::encode_pong(target, &mut conn.out),
+            Event::WsPing(payload) => wire::ws::encode_pong_frame(payload, &mut conn.out),
             Event::Acked => {
                 if phase == Phase::Setup {
                     conn.setup_pending = conn.setup_pending.saturating_sub(1);

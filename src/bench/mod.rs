@@ -83,8 +83,9 @@ pub struct PlotArgs {
 /// The flags of a benchmark run. Shape flags left out take the preset's value (or 1:1's).
 #[derive(Clone, Debug, Args)]
 pub struct RunArgs {
-    /// What to load: corebus://HOST:PORT, redis://HOST:PORT, nats://HOST:PORT, or corebus's
-    /// WebSocket port, ws://HOST:PORT/v1/ws (Go/Fiber dialect) or ws://HOST:PORT/ws (FastAPI).
+    /// What to load: corebus://HOST:PORT, redis://HOST:PORT, nats://HOST:PORT, corebus's
+    /// WebSocket port, ws://HOST:PORT/v1/ws (Go/Fiber dialect) or ws://HOST:PORT/ws (FastAPI),
+    /// or nats-server's websocket listener, nats+ws://HOST:PORT.
     #[arg(long, default_value = "corebus://127.0.0.1:7070")]
     pub target: String,
     /// A named scenario; explicit flags override its values.

@@ -2,7 +2,8 @@
 //! out. corebus frames go through [`crate::protocol::native`]; Redis (RESP2 `SUBSCRIBE` /
 //! `PUBLISH`) and NATS (core protocol `CONNECT`/`SUB`/`PUB`/`MSG`/`PING`/`PONG`) are written
 //! here, limited to what a pub/sub load generator needs; corebus's WebSocket port (both JSON
-//! dialects) is in [`ws`], framed by [`crate::protocol::websocket`].
+//! dialects) and NATS over WebSocket (the same NATS protocol in binary frames) are in [`ws`],
+//! framed by [`crate::protocol::websocket`].
 //!
 //! Every target gets the same load: the same topic names, the same payload bytes, one
 //! connection per publisher and per subscriber. Publishes are fire-and-forget where the target
@@ -51,6 +52,8 @@ pub enum Target {
     WebSocket {
         dialect: WsDialect,
     },
+    /// nats-server's `websocket` listener: the NATS protocol in binary frames.
+    NatsWs,
 }
 
 impl Target {
@@ -60,6 +63,7 @@ impl Target {
             Target::Redis => "redis",
             Target::Nats => "nats",
             Target::WebSocket { .. } => "ws",
+            Target::NatsWs => "nats+ws",
         }
     }
 
@@ -72,6 +76,7 @@ impl Target {
             Target::WebSocket {
                 dialect: WsDialect::FastApi,
             } => "ws-fastapi",
+            Target::NatsWs => "nats-ws",
             other => other.scheme(),
         }
     }
@@ -81,7 +86,7 @@ impl Target {
             Target::Corebus => 7070,
             Target::Redis => 6379,
             Target::Nats => 4222,
-            Target::WebSocket { .. } => 8080,
+            Target::WebSocket { .. } | Target::NatsWs => 8080,
         }
     }
 
@@ -104,6 +109,11 @@ impl Target {
             Target::WebSocket { .. } => crate::shard::conn_ws::REQUESTS_IN_FLIGHT_MAX as u64,
             _ => u64::MAX,
         }
+    }
+
+    /// Whether the connection is a WebSocket (an upgrade first, then frames: [`ws::Link`]).
+    pub fn over_websocket(self) -> bool {
+        matches!(self, Target::WebSocket { .. } | Target::NatsWs)
     }
 
     /// Whether payloads carry their header in hex ([`PayloadHeader::encode_hex`]).
@@ -156,6 +166,7 @@ impl TryFrom<String> for Target {
             Target::WebSocket {
                 dialect: WsDialect::FastApi,
             },
+            Target::NatsWs,
         ]
         .into_iter()
         .find(|t| t.name() == name)
@@ -164,8 +175,8 @@ impl TryFrom<String> for Target {
 }
 
 /// A parsed `--target`: `corebus://host:port`, `redis://host:port`, `nats://host:port`,
-/// `ws://host:port/v1/ws` or `ws://host:port/ws`, or a bare `host:port` (corebus). A missing
-/// port takes the target's usual one.
+/// `ws://host:port/v1/ws` or `ws://host:port/ws`, `nats+ws://host:port`, or a bare
+/// `host:port` (corebus). A missing port takes the target's usual one.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub target: Target,
@@ -195,6 +206,16 @@ pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
             };
             (Target::WebSocket { dialect }, authority)
         }
+        Some(("nats+ws", rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            if !matches!(path, "" | "/") {
+                return Err(format!(
+                    "target `{text}`: a nats+ws:// target has no path (nats-server's websocket \
+                     listener serves /), got `{path}`"
+                ));
+            }
+            (Target::NatsWs, authority)
+        }
         Some(("wss", _)) => {
             return Err(format!(
                 "target `{text}`: wss:// (TLS) is not supported; the bench speaks plain ws://"
@@ -202,7 +223,7 @@ pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
         }
         Some((scheme, _)) => {
             return Err(format!(
-                "unknown target scheme `{scheme}` (corebus, redis, nats or ws)"
+                "unknown target scheme `{scheme}` (corebus, redis, nats, ws or nats+ws)"
             ))
         }
         None => (Target::Corebus, text),
@@ -281,18 +302,20 @@ pub enum Event<'a> {
         /// corebus: 1 on the first delivery, more on a redelivery; 1 for the other targets.
         delivery_count: u16,
     },
-    /// A command succeeded: corebus OK (with its data), Redis `+OK`, NATS `+OK` (no data), a
-    /// WebSocket upgrade's `101`.
+    /// A command succeeded: corebus OK (with its data), Redis `+OK`, NATS `+OK` (no data).
     Ok(&'a [u8]),
+    /// The WebSocket upgrade's `101` arrived: send what [`ws::Link::hold_until_upgraded`] held.
+    Upgraded,
     /// Redis confirmed one channel of a SUBSCRIBE.
     Subscribed,
     /// Redis answered a PUBLISH with the number of receivers.
     Published(i64),
     /// The answer to our PING.
     Pong,
-    /// The server pings us (NATS, or a WebSocket ping frame with this payload); answer with
-    /// [`encode_pong`].
-    ServerPing(&'a [u8]),
+    /// The server pings us (NATS); answer with [`encode_pong`].
+    ServerPing,
+    /// A WebSocket ping frame with this payload; answer with [`ws::encode_pong_frame`].
+    WsPing(&'a [u8]),
     /// A WebSocket ack: of a subscribe during set-up, of a publish afterwards (each publish
     /// gets one, or an error).
     Acked,
@@ -333,7 +356,7 @@ pub fn decode(
         Target::Redis => resp::decode_event(buf),
         Target::Nats => nats::decode_event(buf),
         // The handshake and the framing keep state: see [`ws::Link::decode`].
-        Target::WebSocket { .. } => Err(WireError(
+        Target::WebSocket { .. } | Target::NatsWs => Err(WireError(
             "a WebSocket connection decodes through its ws::Link".into(),
         )),
     }
@@ -481,6 +504,19 @@ pub fn encode_setup_with(
             out.extend_from_slice(b"PING\r\n");
             1
         }
+        Target::NatsWs => {
+            let mut text = Vec::new();
+            encode_setup_with(
+                Target::Nats,
+                role,
+                client_name,
+                subscriptions,
+                options,
+                &mut text,
+            );
+            ws::encode_binary(&text, out);
+            1
+        }
         Target::WebSocket { dialect } => {
             if subscriptions.is_empty() {
                 ws::encode_ping(dialect, out);
@@ -523,6 +559,7 @@ pub fn encode_ping(target: Target, request_id: u32, out: &mut Vec<u8>) {
         Target::Redis => resp::encode_command(out, &[b"PING"]),
         Target::Nats => out.extend_from_slice(b"PING\r\n"),
         Target::WebSocket { dialect } => ws::encode_ping(dialect, out),
+        Target::NatsWs => ws::encode_binary(b"PING\r\n", out),
     }
 }
 
@@ -539,16 +576,10 @@ pub fn encode_ack_through(sub_id: u32, seq: u64, out: &mut Vec<u8>) {
     .encode(out);
 }
 
-/// Appends the answer to a server's PING: NATS `PONG`, or a WebSocket pong frame echoing the
-/// ping's payload.
-pub fn encode_pong(target: Target, payload: &[u8], out: &mut Vec<u8>) {
+/// Appends the answer to a NATS server's PING (in a frame over WebSocket).
+pub fn encode_pong(target: Target, out: &mut Vec<u8>) {
     match target {
-        Target::WebSocket { .. } => {
-            let payload = payload
-                .get(..websocket::CONTROL_PAYLOAD_MAX)
-                .unwrap_or(payload);
-            websocket::encode_masked_frame(true, Opcode::Pong, rand::random(), payload, out);
-        }
+        Target::NatsWs => ws::encode_binary(b"PONG\r\n", out),
         _ => out.extend_from_slice(b"PONG\r\n"),
     }
 }
@@ -592,18 +623,23 @@ impl PublishTemplate {
                 prefix.extend_from_slice(format!("${payload_len}\r\n").as_bytes());
                 (prefix, b"\r\n")
             }
-            Target::Nats => (
+            Target::Nats | Target::NatsWs => (
                 format!("PUB {topic} {payload_len}\r\n").into_bytes(),
                 b"\r\n",
             ),
             Target::WebSocket { dialect } => ws::publish_around(dialect, topic),
         };
         let mut frame_head = Vec::new();
-        if let Target::WebSocket { .. } = target {
+        if target.over_websocket() {
             let message_len = prefix.len() + payload_len + suffix.len();
+            let opcode = if target == Target::NatsWs {
+                Opcode::Binary
+            } else {
+                Opcode::Text
+            };
             websocket::encode_frame_header(
                 true,
-                Opcode::Text,
+                opcode,
                 message_len,
                 Some([0; 4]),
                 &mut frame_head,
@@ -897,7 +933,7 @@ pub mod nats {
         let event = if op.eq_ignore_ascii_case(b"MSG") {
             return decode_msg(buf, args, after);
         } else if op.eq_ignore_ascii_case(b"PING") {
-            Event::ServerPing(b"")
+            Event::ServerPing
         } else if op.eq_ignore_ascii_case(b"PONG") {
             Event::Pong
         } else if op.eq_ignore_ascii_case(b"+OK") {
@@ -978,7 +1014,7 @@ pub mod ws {
     use serde::Deserialize;
     use serde_json::value::RawValue;
 
-    use super::{topic_index_from_name, Event, WireError, WsDialect};
+    use super::{nats, topic_index_from_name, Event, Target, WireError, WsDialect};
     use crate::protocol::http::websocket_accept_key;
     use crate::protocol::payload::write_json_string;
     use crate::protocol::websocket::{self, Decoder, Opcode};
@@ -988,47 +1024,87 @@ pub mod ws {
     /// Response headers parsed; a 101 has a handful.
     const RESPONSE_HEADERS_MAX: usize = 32;
 
+    /// What the frames carry.
+    #[derive(Debug)]
+    enum Carrier {
+        /// One JSON message per text frame.
+        Json(WsDialect),
+        /// A NATS protocol byte stream, cut into binary frames anywhere: the frames' payloads
+        /// are joined in `stream`, whose bytes before `at` are decoded already.
+        Nats { stream: Vec<u8>, at: usize },
+    }
+
     /// One connection's WebSocket state: the upgrade in progress, then the frame decoder.
     #[derive(Debug)]
     pub struct Link {
-        dialect: WsDialect,
+        carrier: Carrier,
         /// The `Sec-WebSocket-Key` sent, and the `Sec-WebSocket-Accept` it calls for.
         key: String,
         accept: String,
         upgraded: bool,
+        /// Frames written before the 101, which a client must wait for (RFC 6455 §4.1; corebus
+        /// would read them, nats-server refuses the connection).
+        held: Vec<u8>,
         decoder: Decoder,
     }
 
     impl Link {
-        /// A link whose server messages may be up to `message_bytes_max` bytes.
-        pub fn new(dialect: WsDialect, message_bytes_max: usize) -> Link {
+        /// A link for a WebSocket target ([`Target::over_websocket`]) whose server messages may
+        /// be up to `message_bytes_max` bytes; `None` for the others.
+        pub fn for_target(target: Target, message_bytes_max: usize) -> Option<Link> {
+            let carrier = match target {
+                Target::WebSocket { dialect } => Carrier::Json(dialect),
+                Target::NatsWs => Carrier::Nats {
+                    stream: Vec::new(),
+                    at: 0,
+                },
+                _ => return None,
+            };
             let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
             let accept = websocket_accept_key(key.as_bytes());
-            Link {
-                dialect,
+            Some(Link {
+                carrier,
                 key,
                 accept,
                 upgraded: false,
+                held: Vec::new(),
                 decoder: Decoder::client(message_bytes_max),
+            })
+        }
+
+        fn path(&self) -> &'static str {
+            match self.carrier {
+                Carrier::Json(dialect) => dialect.path(),
+                Carrier::Nats { .. } => "/",
             }
         }
 
-        /// Appends the upgrade request. Frames may follow it at once: the broker reads what
-        /// comes after the request's head as frames.
+        /// Keeps `frames` until the 101 has arrived ([`Event::Upgraded`]).
+        pub fn hold_until_upgraded(&mut self, frames: Vec<u8>) {
+            self.held = frames;
+        }
+
+        /// Appends the frames held for after the upgrade.
+        pub fn release_held(&mut self, out: &mut Vec<u8>) {
+            out.append(&mut self.held);
+        }
+
+        /// Appends the upgrade request; frames wait for its answer
+        /// ([`hold_until_upgraded`](Self::hold_until_upgraded)).
         pub fn encode_upgrade(&self, authority: &str, out: &mut Vec<u8>) {
             let mut head = String::with_capacity(192);
             let _ = write!(
                 head,
                 "GET {} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n\
                  Connection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                self.dialect.path(),
+                self.path(),
                 self.key
             );
             out.extend_from_slice(head.as_bytes());
         }
 
         /// Decodes one event at the start of `buf`, as [`super::decode`] does: first the `101`
-        /// (as `Ok`), then one event per frame. Unmasked server frames are not changed in
+        /// (as [`Event::Upgraded`]), then one event per frame (NATS: per protocol message). Unmasked server frames are not changed in
         /// place, but the frame decoder takes `&mut` for the server side's sake.
         pub fn decode<'a>(
             &'a mut self,
@@ -1037,20 +1113,56 @@ pub mod ws {
             if !self.upgraded {
                 return self.decode_upgrade(buf);
             }
-            let dialect = self.dialect;
+            // NATS: what the frames so far carried comes first, one event at a time, taking no
+            // bytes of `buf`.
+            let whole = match &mut self.carrier {
+                Carrier::Nats { stream, at } if *at == stream.len() => {
+                    stream.clear();
+                    *at = 0;
+                    None
+                }
+                Carrier::Nats { stream, at } => {
+                    nats::decode_event(&stream[*at..])?.map(|(_, used)| (*at, used))
+                }
+                Carrier::Json(_) => None,
+            };
+            if let Some((start, used)) = whole {
+                // Decoded again to lend it out: returning the first decoding's borrow on one
+                // path and borrowing the carrier again on the other is what the borrow checker
+                // cannot follow yet. A NATS control line parses in tens of nanoseconds.
+                if let Carrier::Nats { stream, at } = &mut self.carrier {
+                    *at = start + used;
+                    if let Some((event, _)) = nats::decode_event(&stream[start..start + used])? {
+                        return Ok(Some((event, 0)));
+                    }
+                }
+                return Err(WireError("a NATS event decoded once but not twice".into()));
+            }
             let (frame, used) = match self.decoder.decode(buf) {
                 Ok(Some(decoded)) => decoded,
                 Ok(None) => return Ok(None),
                 Err(error) => return Err(WireError(format!("WebSocket stream: {error}"))),
             };
-            let event = match frame {
-                websocket::Event::Text(text) => decode_text(dialect, text),
-                websocket::Event::Binary(_) => {
+            let event = match (frame, &mut self.carrier) {
+                (websocket::Event::Text(text), Carrier::Json(dialect)) => {
+                    decode_text(*dialect, text)
+                }
+                (websocket::Event::Binary(_), Carrier::Json(_)) => {
                     Event::Error("a binary frame, in a JSON dialect".into())
                 }
-                websocket::Event::Ping(payload) => Event::ServerPing(payload),
-                websocket::Event::Pong(_) | websocket::Event::Fragment => Event::Ignored,
-                websocket::Event::Close(close) => {
+                (websocket::Event::Binary(bytes), Carrier::Nats { stream, at }) => {
+                    // Decoded bytes are dropped before the stream grows.
+                    stream.drain(..*at);
+                    *at = 0;
+                    stream.extend_from_slice(bytes);
+                    Event::Ignored
+                }
+                (websocket::Event::Text(_), Carrier::Nats { .. }) => {
+                    Event::Error("a text frame; NATS over WebSocket is binary".into())
+                }
+                (websocket::Event::Ping(payload), _) => Event::WsPing(payload),
+                (websocket::Event::Pong(_) | websocket::Event::Fragment, _) => Event::Ignored,
+                (websocket::Event::Close(close), _) => {
                     let (code, reason) = close.map_or((0, ""), |c| (c.code, c.reason));
                     return Err(WireError(format!(
                         "the server closed the WebSocket ({code} {reason})"
@@ -1079,7 +1191,7 @@ pub mod ws {
                 let body = String::from_utf8_lossy(&buf[used..buf.len().min(used + 200)]);
                 return Err(WireError(format!(
                     "the upgrade to {} was refused: {status} {} {body}",
-                    self.dialect.path(),
+                    self.path(),
                     response.reason.unwrap_or("")
                 )));
             }
@@ -1094,13 +1206,26 @@ pub mod ws {
                 ));
             }
             self.upgraded = true;
-            Ok(Some((Event::Ok(b""), used)))
+            Ok(Some((Event::Upgraded, used)))
         }
     }
 
     /// Appends `text` as one masked text frame with a fresh key.
     fn encode_text(text: &[u8], out: &mut Vec<u8>) {
         websocket::encode_masked_frame(true, Opcode::Text, rand::random(), text, out);
+    }
+
+    /// Appends `bytes` as one masked binary frame with a fresh key (NATS over WebSocket).
+    pub fn encode_binary(bytes: &[u8], out: &mut Vec<u8>) {
+        websocket::encode_masked_frame(true, Opcode::Binary, rand::random(), bytes, out);
+    }
+
+    /// Appends the answer to a ping frame: a pong with its payload.
+    pub fn encode_pong_frame(payload: &[u8], out: &mut Vec<u8>) {
+        let payload = payload
+            .get(..websocket::CONTROL_PAYLOAD_MAX)
+            .unwrap_or(payload);
+        websocket::encode_masked_frame(true, Opcode::Pong, rand::random(), payload, out);
     }
 
     /// Appends a subscribe to `topic`; `/v1/ws` gets request id `s<index>`.
@@ -1546,7 +1671,7 @@ mod tests {
                     seq: 0,
                     delivery_count: 1,
                 },
-                Event::ServerPing(b""),
+                Event::ServerPing,
                 Event::Pong,
                 Event::Ok(b""),
                 Event::Error("Slow Consumer".into()),
@@ -1785,7 +1910,7 @@ mod tests {
 
     /// A link already past its upgrade, for decoding server frames.
     fn upgraded(dialect: WsDialect) -> ws::Link {
-        let mut link = ws::Link::new(dialect, 1 << 20);
+        let mut link = ws::Link::for_target(Target::WebSocket { dialect }, 1 << 20).unwrap();
         let mut request = Vec::new();
         link.encode_upgrade("127.0.0.1:1", &mut request);
         let request = String::from_utf8(request).unwrap();
@@ -1796,7 +1921,7 @@ mod tests {
         let mut response = Vec::new();
         crate::protocol::http::encode_switching_protocols(key.as_bytes(), &mut response);
         let len = response.len();
-        assert_eq!(link.decode(&mut response), Ok(Some((Event::Ok(b""), len))));
+        assert_eq!(link.decode(&mut response), Ok(Some((Event::Upgraded, len))));
         link
     }
 
@@ -1819,7 +1944,13 @@ mod tests {
 
     #[test]
     fn websocket_upgrades_are_checked() {
-        let mut link = ws::Link::new(WsDialect::Fiber, 1 << 20);
+        let mut link = ws::Link::for_target(
+            Target::WebSocket {
+                dialect: WsDialect::Fiber,
+            },
+            1 << 20,
+        )
+        .unwrap();
         let mut request = Vec::new();
         link.encode_upgrade("h:1", &mut request);
         let text = String::from_utf8(request).unwrap();
@@ -1941,18 +2072,9 @@ mod tests {
         }
         let mut ping = Vec::new();
         websocket::encode_ping_frame(b"hi", &mut ping);
-        assert_eq!(
-            link.decode(&mut ping),
-            Ok(Some((Event::ServerPing(b"hi"), 4)))
-        );
+        assert_eq!(link.decode(&mut ping), Ok(Some((Event::WsPing(b"hi"), 4))));
         let mut pong = Vec::new();
-        encode_pong(
-            Target::WebSocket {
-                dialect: WsDialect::FastApi,
-            },
-            b"hi",
-            &mut pong,
-        );
+        ws::encode_pong_frame(b"hi", &mut pong);
         let mut server = websocket::Decoder::server(125);
         assert_eq!(
             server.decode(&mut pong),
@@ -1961,5 +2083,83 @@ mod tests {
         let mut close = Vec::new();
         websocket::encode_close_frame(Some(1008), "slow", &mut close);
         assert!(link.decode(&mut close).unwrap_err().0.contains("1008"));
+    }
+
+    #[test]
+    fn nats_over_websocket() {
+        let e = parse_endpoint("nats+ws://127.0.0.1:9").unwrap();
+        assert_eq!((e.target, e.addr.port()), (Target::NatsWs, 9));
+        assert!(parse_endpoint("nats+ws://127.0.0.1:9/").is_ok());
+        assert!(parse_endpoint("nats+ws://127.0.0.1:9/x").is_err());
+        // A PUB is one masked binary frame; the set-up is one frame of NATS text.
+        let template = PublishTemplate::new(Target::NatsWs, "a.t1", 3);
+        let mut out = Vec::new();
+        template.encode(&mut out, b"hi", b"!", [1, 2, 3, 4]);
+        assert_eq!(out.len(), template.wire_len());
+        let mut server = websocket::Decoder::server(1 << 10);
+        assert_eq!(
+            server.decode(&mut out),
+            Ok(Some((
+                websocket::Event::Binary(b"PUB a.t1 3\r\nhi!\r\n"),
+                23
+            )))
+        );
+        let mut out = Vec::new();
+        let subs = vec![(4, "a.t4".to_string())];
+        assert_eq!(
+            encode_setup(Target::NatsWs, Role::Subscriber, "b", &subs, &mut out),
+            1
+        );
+        let len = out.len();
+        match server.decode(&mut out) {
+            Ok(Some((websocket::Event::Binary(text), used))) => {
+                assert_eq!(used, len);
+                assert!(text.starts_with(b"CONNECT {"));
+                assert!(text.ends_with(b"SUB a.t4 4\r\nPING\r\n"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The server's stream, cut into frames anywhere, decodes as one stream.
+        let mut link = ws::Link::for_target(Target::NatsWs, 1 << 20).unwrap();
+        let mut request = Vec::new();
+        link.encode_upgrade("h:1", &mut request);
+        let request = String::from_utf8(request).unwrap();
+        assert!(request.starts_with("GET / HTTP/1.1\r\n"));
+        let key = request
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap();
+        let mut wire = Vec::new();
+        crate::protocol::http::encode_switching_protocols(key.as_bytes(), &mut wire);
+        let stream = b"INFO {}\r\nMSG a.t4 4 3\r\nabc\r\nPING\r\nPONG\r\n";
+        for piece in [&stream[..12], &stream[12..30], &stream[30..]] {
+            websocket::encode_binary_frame(piece, &mut wire);
+        }
+        websocket::encode_ping_frame(b"k", &mut wire);
+        let mut events = Vec::new();
+        let mut at = 0;
+        while let Some((event, used)) = link.decode(&mut wire[at..]).unwrap() {
+            if event != Event::Ignored {
+                events.push(format!("{event:?}"));
+            }
+            at += used;
+        }
+        assert_eq!(at, wire.len());
+        assert_eq!(
+            events,
+            [
+                "Upgraded",
+                "Message { topic: Some(4), payload: [97, 98, 99], seq: 0, delivery_count: 1 }",
+                "ServerPing",
+                "Pong",
+                "WsPing([107])",
+            ]
+        );
+        let mut pong = Vec::new();
+        encode_pong(Target::NatsWs, &mut pong);
+        assert_eq!(
+            server.decode(&mut pong),
+            Ok(Some((websocket::Event::Binary(b"PONG\r\n"), 12)))
+        );
     }
 }
