@@ -1104,8 +1104,9 @@ pub mod ws {
         }
 
         /// Decodes one event at the start of `buf`, as [`super::decode`] does: first the `101`
-        /// (as [`Event::Upgraded`]), then one event per frame (NATS: per protocol message). Unmasked server frames are not changed in
-        /// place, but the frame decoder takes `&mut` for the server side's sake.
+        /// (as [`Event::Upgraded`]), then one event per frame (NATS: per protocol message, the
+        /// frames' payloads joined). Unmasked server frames are not changed in place, but the
+        /// frame decoder takes `&mut` for the server side's sake.
         pub fn decode<'a>(
             &'a mut self,
             buf: &'a mut [u8],
