@@ -10,7 +10,7 @@
 //! Redis answers every request in order, but the core answers some later than others (a
 //! publish to a topic another shard owns, a subscribe waiting for every shard, `INFO`
 //! gathering stats over the rings). So each request takes a slot in the session's
-//! [`ReplyQueue`] and its reply leaves only when every earlier one has: pipelining keeps its
+//! reply queue and its reply leaves only when every earlier one has: pipelining keeps its
 //! order whatever shard each request touched. Replies also stay behind deliveries already
 //! queued, as in Redis, so an `unsubscribe` confirmation is the last thing said about a
 //! channel.
