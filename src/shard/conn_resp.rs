@@ -339,35 +339,15 @@ impl RespSession {
             (_, Answer::Throttled { retry_after_ms }) => {
                 encode_error(bytes, throttled_reason(retry_after_ms).as_bytes())
             }
-            // Overtaken by its own UNSUBSCRIBE (pipelined): to the client it happened, and
-            // Redis would confirm it before the unsubscribe.
-            (
-                Awaiting::Subscribe {
-                    family,
-                    name,
-                    count,
-                    ..
-                },
-                Answer::Refused {
-                    code: ErrorCode::UnknownSubscription,
-                    ..
-                },
-            ) => resp::encode_subscription(
-                bytes,
-                version,
-                family.subscribe_word(),
-                Some(&name),
-                count,
-            ),
-            (Awaiting::Subscribe { sub_id, .. }, Answer::Refused { reason, .. }) => {
+            (Awaiting::Subscribe { sub_id, .. }, Answer::Refused { code, reason })
+                if code != ErrorCode::UnknownSubscription =>
+            {
                 refused_sub = Some(sub_id);
                 encode_error(bytes, reason.as_bytes());
             }
-            (_, Answer::Refused { reason, .. }) => encode_error(bytes, reason.as_bytes()),
-            (Awaiting::Publish, Answer::Published(published)) => {
-                encode_integer(bytes, i64::from(published.receivers))
-            }
-            (Awaiting::Publish, _) => encode_integer(bytes, 0),
+            // Confirmed, or overtaken by its own UNSUBSCRIBE (pipelined; the core then says
+            // "unknown subscription"): to the client it happened, and Redis would confirm it
+            // before the unsubscribe.
             (
                 Awaiting::Subscribe {
                     family,
@@ -383,6 +363,11 @@ impl RespSession {
                 Some(&name),
                 count,
             ),
+            (_, Answer::Refused { reason, .. }) => encode_error(bytes, reason.as_bytes()),
+            (Awaiting::Publish, Answer::Published(published)) => {
+                encode_integer(bytes, i64::from(published.receivers))
+            }
+            (Awaiting::Publish, _) => encode_integer(bytes, 0),
             (
                 Awaiting::Unsubscribe {
                     family,
