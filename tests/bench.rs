@@ -406,3 +406,56 @@ fn websocket_runs_in_both_dialects_account_for_every_message() {
     let args = run_args(format!("ws://{http}/v2/ws"), &[]);
     assert!(bench::execute(&args).unwrap_err().contains("/v1/ws"));
 }
+
+#[test]
+fn unwindowed_publishers_are_accounted_exactly_on_the_native_and_redis_ports() {
+    let mut config = config(2);
+    // Publishers that only TCP holds back can outrun this one-thread bench's subscribers for
+    // a moment; what is tested here is the bench's accounting, not the slow-consumer policy
+    // (whose cuts at full rate are issue 13's), so the queues are made roomy.
+    config.outbound_bytes_max = 256 << 20;
+    let broker = start(config);
+    let native = format!("corebus://{}", broker.native_addr());
+    let resp = format!(
+        "redis://{}",
+        broker.resp_addr().expect("the RESP port is on")
+    );
+    // 3 publishers over 2 topics on 2 shards (some publishes cross shards), 4 subscribers:
+    // each message is expected twice. Then the same open loop, which sends no PING either.
+    for target in [native, resp] {
+        for flags in [&[][..], &["--rate", "20000"][..]] {
+            let mut all = vec![
+                "--unwindowed",
+                "--publishers",
+                "3",
+                "--subscribers",
+                "4",
+                "--topics",
+                "2",
+                "--size",
+                "64",
+                "--duration",
+                "0.8",
+                "--warmup",
+                "0.2",
+            ];
+            all.extend_from_slice(flags);
+            let args = run_args(target.clone(), &all);
+            let r = bench::execute(&args).expect("the run completes");
+            assert!(r.scenario.unwindowed);
+            assert!(r.published > 0, "{target} {flags:?}: {r:#?}");
+            assert_eq!(r.expected_deliveries, r.published * 2, "{target} {flags:?}");
+            assert_exact(&r);
+            assert_eq!(r.publish_errors, 0);
+        }
+    }
+}
+
+#[test]
+fn unwindowed_is_refused_where_the_target_caps_unanswered_publishes() {
+    let broker = start(config(1));
+    let http = broker.http_addr().expect("the HTTP port is on");
+    let args = run_args(format!("ws://{http}/v1/ws"), &["--unwindowed"]);
+    let error = bench::execute(&args).unwrap_err();
+    assert!(error.contains("--unwindowed"), "{error}");
+}

@@ -11,6 +11,15 @@
 //! then the publishers publish their `N` messages per topic, each confirmed with its topic
 //! sequence number, and every thread waits for all the others to finish that; then the
 //! subscriptions (see [`super::replay`]).
+//!
+//! A closed-loop publisher is windowed by default: at most `--pipeline` publishes unconfirmed,
+//! confirmed a batch at a time. With `--unwindowed` it asks for nothing until the end: it adds
+//! messages while its output buffer holds less than [`OUT_PENDING_MAX`] and writes until the
+//! socket would block, so that only TCP pushes back, as with NATS clients. Redis still
+//! answers every `PUBLISH`; those replies are read and counted but never waited for. The
+//! accounting is unchanged: a message counts as published when it is stamped and buffered,
+//! every buffered byte is written before the end-of-run confirmation (one PING, or the last
+//! Redis reply), and the subscribers judge loss, duplicates and order as always.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -662,7 +671,13 @@ fn run_thread_inner(
     let mut global_changed_at = 0u64;
     loop {
         let now = clock.now_ns();
-        let timeout = next_timeout(&conns, phase, now, end_ns);
+        let timeout = next_timeout(
+            &conns,
+            phase,
+            now,
+            end_ns,
+            scenario.unwindowed && scenario.closed_loop(),
+        );
         poll.poll(&mut events, Some(timeout))
             .map_err(|e| format!("poll: {e}"))?;
         mark_ready(&events, &mut conns);
@@ -1001,7 +1016,13 @@ fn mark_ready(events: &Events, conns: &mut [Conn]) {
 }
 
 /// How long the next poll may block.
-fn next_timeout(conns: &[Conn], phase: Phase, now: u64, end_ns: u64) -> Duration {
+fn next_timeout(
+    conns: &[Conn],
+    phase: Phase,
+    now: u64,
+    end_ns: u64,
+    unwindowed_closed_loop: bool,
+) -> Duration {
     let mut wake = now + TICK_NS;
     if phase == Phase::Running {
         wake = wake.min(end_ns);
@@ -1014,6 +1035,16 @@ fn next_timeout(conns: &[Conn], phase: Phase, now: u64, end_ns: u64) -> Duration
             wake = wake.min(conn.next_read_ns);
         }
         if conn.writable && conn.out_pending() > 0 {
+            return Duration::ZERO;
+        }
+        // An unwindowed closed-loop publisher whose socket still takes bytes has more to
+        // write now: no reply will come to wake it.
+        if phase == Phase::Running
+            && unwindowed_closed_loop
+            && conn.writable
+            && matches!(conn.kind, Kind::Pub(_))
+            && conn.out_pending() < OUT_PENDING_MAX
+        {
             return Duration::ZERO;
         }
         // An open-loop publisher wakes the loop when its next message is due, unless it is
@@ -1045,7 +1076,8 @@ fn send_ping(p: &mut Publisher, target: Target, out: &mut Vec<u8>) {
 }
 
 /// Writes what a publisher may write now: in closed loop, whole batches while fewer than
-/// `--pipeline` are unconfirmed; in open loop, every message due (up to `--pipeline` per turn).
+/// `--pipeline` are unconfirmed, or with `--unwindowed` as much as its buffer takes; in open
+/// loop, every message due (up to `--pipeline` per turn).
 fn publish_turn(conn: &mut Conn, ctx: &mut Ctx<'_>, filler: &[u8], now: u64, end_ns: u64) {
     let pending = conn.out_pending();
     let Kind::Pub(p) = &mut conn.kind else {
@@ -1057,7 +1089,11 @@ fn publish_turn(conn: &mut Conn, ctx: &mut Ctx<'_>, filler: &[u8], now: u64, end
     let scenario = &ctx.plan.scenario;
     let batch = scenario.batch() as u64;
     let pipeline = scenario.pipeline as u64;
+    let room = buffer_room(pending, p.templates[0].wire_len());
     let count = match p.schedule {
+        // Unwindowed: fill the buffer; what the socket does not take waits there, and the
+        // publisher adds nothing until it has room again.
+        None if scenario.unwindowed => room,
         None => {
             // A window the target caps below --pipeline takes batches that fit in it.
             let window = pipeline.min(ctx.target.in_flight_max());
@@ -1067,16 +1103,16 @@ fn publish_turn(conn: &mut Conn, ctx: &mut Ctx<'_>, filler: &[u8], now: u64, end
         }
         Some(schedule) => {
             let due = schedule.due(now.min(end_ns - 1));
-            let room = (OUT_PENDING_MAX - pending) / p.templates[0].wire_len() + 1;
             let in_flight_room = ctx.target.in_flight_max().saturating_sub(p.unconfirmed);
             due.saturating_sub(p.sent)
                 .min(pipeline)
-                .min(room as u64)
+                .min(room)
                 .min(in_flight_room)
         }
     };
     let hex = ctx.target.hex_stamps();
-    let pings = ctx.target.confirms_with_ping();
+    // Unwindowed publishers ask for no confirmation until the end (one PING then).
+    let pings = ctx.target.confirms_with_ping() && !scenario.unwindowed;
     for _ in 0..count {
         let slot = p.round_robin;
         p.round_robin = if slot + 1 == p.topics.len() {
@@ -1112,6 +1148,17 @@ fn publish_turn(conn: &mut Conn, ctx: &mut Ctx<'_>, filler: &[u8], now: u64, end
         if pings && p.since_ping >= batch {
             send_ping(p, ctx.target, &mut conn.out);
         }
+    }
+}
+
+/// Messages of `wire_len` bytes a publisher may add to an output buffer holding `pending`
+/// unwritten bytes: until it reaches [`OUT_PENDING_MAX`], the last one possibly crossing it
+/// (so that a message larger than the bound still goes out, alone).
+fn buffer_room(pending: usize, wire_len: usize) -> u64 {
+    debug_assert!(wire_len > 0);
+    match OUT_PENDING_MAX.checked_sub(pending) {
+        Some(0) | None => 0,
+        Some(free) => (free / wire_len + 1) as u64,
     }
 }
 
@@ -1468,5 +1515,23 @@ fn deliver(
     ctx.latency.record(header.sent_ns, recv_ns);
     if recv_ns >= ctx.window_start && recv_ns < ctx.window_end {
         ctx.counters.delivered_window += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unwindowed_publisher_fills_its_buffer_to_the_bound_and_no_further() {
+        // Empty: enough to reach the bound, the last crossing it.
+        assert_eq!(buffer_room(0, 100), (OUT_PENDING_MAX / 100 + 1) as u64);
+        assert_eq!(buffer_room(OUT_PENDING_MAX - 1, 100), 1);
+        // At or past the bound (the last message crossed it): nothing until the socket
+        // takes some.
+        assert_eq!(buffer_room(OUT_PENDING_MAX, 100), 0);
+        assert_eq!(buffer_room(OUT_PENDING_MAX + 99, 100), 0);
+        // A message larger than the bound still goes out, alone.
+        assert_eq!(buffer_room(0, 2 * OUT_PENDING_MAX), 1);
     }
 }

@@ -121,6 +121,12 @@ pub struct RunArgs {
     /// open loop: most messages one publisher writes per loop turn (default 1024).
     #[arg(long)]
     pub pipeline: Option<usize>,
+    /// Publishers are not windowed: no PING (nor wait for Redis replies, which are still read
+    /// and discarded) until the end of the run; each writes until the socket would block, as
+    /// NATS clients do, so TCP backpressure is the only limit. corebus, NATS and Redis
+    /// targets (and the reflector) only.
+    #[arg(long)]
+    pub unwindowed: bool,
     /// Bench threads, each running one event loop over its share of the connections.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -187,6 +193,7 @@ impl RunArgs {
             warmup_s: self.warmup,
             rate: self.rate,
             pipeline: self.pipeline,
+            unwindowed: self.unwindowed,
         }
     }
 }
@@ -245,6 +252,14 @@ pub fn execute(args: &RunArgs) -> Result<BenchResult, String> {
     }
     if args.threads == 0 {
         return Err("--threads must be at least 1".into());
+    }
+    if scenario.unwindowed && endpoint.target.in_flight_max() != u64::MAX {
+        return Err(format!(
+            "--unwindowed: the {} target refuses publishes past {} unanswered, so its \
+             publishers must stay windowed",
+            endpoint.target,
+            endpoint.target.in_flight_max()
+        ));
     }
     let connections = scenario.publishers + scenario.subscribers;
     let threads = args.threads.min(connections);

@@ -109,6 +109,8 @@ pub struct Overrides {
     pub warmup_s: Option<f64>,
     pub rate: Option<u64>,
     pub pipeline: Option<usize>,
+    /// `--unwindowed`.
+    pub unwindowed: bool,
 }
 
 /// A fully resolved, validated scenario.
@@ -126,6 +128,11 @@ pub struct Scenario {
     /// Total msg/s across publishers; 0 = closed loop.
     pub rate: u64,
     pub pipeline: usize,
+    /// Publishers are not windowed: no PING (or wait for replies) until the end, they write
+    /// until the socket pushes back, as NATS clients do. Then `pipeline` only bounds an
+    /// open-loop publisher's messages per loop turn.
+    #[serde(default)]
+    pub unwindowed: bool,
 }
 
 impl Scenario {
@@ -153,6 +160,7 @@ impl Scenario {
             warmup_s: o.warmup_s.unwrap_or(DEFAULT_WARMUP_S),
             rate: o.rate.unwrap_or(0),
             pipeline: o.pipeline.unwrap_or(DEFAULT_PIPELINE),
+            unwindowed: o.unwindowed,
         };
         scenario.validate()?;
         Ok(scenario)
@@ -292,15 +300,19 @@ impl Scenario {
         } else {
             format!("{} msg/s open loop", self.rate)
         };
+        let window = if self.unwindowed {
+            "unwindowed".to_string()
+        } else {
+            format!("pipeline {}", self.pipeline)
+        };
         format!(
-            "{}{} pub, {} sub, {} topics, {} subs/sub, {} B, {rate}, pipeline {}, {}s (+{}s warm-up)",
+            "{}{} pub, {} sub, {} topics, {} subs/sub, {} B, {rate}, {window}, {}s (+{}s warm-up)",
             self.preset.map(|p| format!("{p}: ")).unwrap_or_default(),
             self.publishers,
             self.subscribers,
             self.topics,
             self.subs_per_subscriber,
             self.size,
-            self.pipeline,
             self.duration_s,
             self.warmup_s
         )
@@ -404,6 +416,27 @@ mod tests {
             let total: u64 = s.subscribers_per_topic().iter().sum();
             assert_eq!(total, (s.subscribers * s.subs_per_subscriber) as u64);
         }
+    }
+
+    #[test]
+    fn unwindowed_is_off_unless_asked_and_described() {
+        let s = scenario(Some(Preset::Fanin8));
+        assert!(!s.unwindowed);
+        assert!(s.describe().contains("pipeline 1024"));
+        let s = Scenario::resolve(&Overrides {
+            preset: Some(Preset::Fanin8),
+            unwindowed: true,
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert!(s.unwindowed);
+        assert!(s.describe().contains("unwindowed"), "{}", s.describe());
+        assert!(!s.describe().contains("pipeline"));
+        // Results saved before the flag existed still load, as windowed runs.
+        let mut json = serde_json::to_value(&s).unwrap();
+        json.as_object_mut().unwrap().remove("unwindowed");
+        let old: Scenario = serde_json::from_value(json).unwrap();
+        assert!(!old.unwindowed);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! allows it (corebus quiet publishes, NATS `verbose: false`), with a `PING` after each batch so
 //! the publisher knows what the server has read; Redis answers every `PUBLISH`, and the
 //! WebSocket dialects ack every publish, and those replies are read and counted instead.
+//! With `--unwindowed` the driver sends no PING until the end and waits for no reply (see
+//! [`super::driver`]); the codecs are the same.
 //!
 //! A WebSocket payload is a JSON string, so its header is written in hex
 //! ([`PayloadHeader::encode_hex`]) and the string's characters stand for the payload bytes:
