@@ -118,6 +118,11 @@ pub struct ServeArgs {
     /// How long a connection the broker closes may take to receive its final frames.
     #[arg(long, env = "COREBUS_CLOSE_LINGER_MS", value_name = "DURATION", default_value = "2s", value_parser = parse_duration_ms)]
     pub close_linger_ms: u64,
+    /// How long a publisher whose messages fill a subscriber's queue past half of
+    /// --outbound-bytes-max stops being read, so a subscriber that is reading keeps up
+    /// instead of being cut (0 = never stall).
+    #[arg(long, env = "COREBUS_PUBLISHER_STALL_MS_MAX", value_name = "DURATION", default_value = "20ms", value_parser = parse_duration_ms)]
+    pub publisher_stall_ms_max: u64,
     /// How long shutdown waits for outbound buffers to flush.
     #[arg(long, env = "COREBUS_SHUTDOWN_GRACE_MS", value_name = "DURATION", default_value = "5s", value_parser = parse_duration_ms)]
     pub shutdown_grace_ms: u64,
@@ -533,6 +538,7 @@ impl ServeArgs {
             read_bytes_per_turn_max: self.read_bytes_per_turn_max,
             handshake_timeout_ms: self.handshake_timeout_ms,
             close_linger_ms: self.close_linger_ms,
+            publisher_stall_ms_max: self.publisher_stall_ms_max,
             shutdown_grace_ms: self.shutdown_grace_ms,
             busy_poll_us: self.busy_poll_us,
             pattern_cache_entries_max: self.pattern_cache_entries_max,

@@ -63,6 +63,9 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// How long a connection the broker is closing may take to receive its final frames.
     pub close_linger_ms: u64,
+    /// How long a publisher feeding a subscriber whose queue is past half of
+    /// `outbound_bytes_max` stops being read, after the subscriber last drained (0 = never).
+    pub publisher_stall_ms_max: u64,
     /// How long shutdown waits for outbound buffers to flush.
     pub shutdown_grace_ms: u64,
     /// Spin this long on an idle poll before blocking (0 = always block).
@@ -148,6 +151,7 @@ impl Default for Config {
             read_bytes_per_turn_max: 256 * 1024,
             handshake_timeout_ms: 10_000,
             close_linger_ms: 2_000,
+            publisher_stall_ms_max: 20,
             shutdown_grace_ms: 5_000,
             busy_poll_us: 0,
             pattern_cache_entries_max: 4096,

@@ -459,3 +459,34 @@ fn unwindowed_is_refused_where_the_target_caps_unanswered_publishes() {
     let error = bench::execute(&args).unwrap_err();
     assert!(error.contains("--unwindowed"), "{error}");
 }
+
+/// Publishers that only TCP holds back outrun a subscriber that reads as fast as it can; the
+/// broker pauses reading them while the subscriber drains (`--publisher-stall-ms-max`), so
+/// the subscriber is not cut and nothing is lost. (Issue 13: without the stall, fan-in at full
+/// rate cut the subscriber in most runs.)
+#[test]
+fn a_subscriber_that_reads_is_not_cut_by_unwindowed_publishers() {
+    let mut config = config(1);
+    config.outbound_bytes_max = 2 << 20;
+    // Generous, so a busy test machine's scheduling cannot pass for a stuck subscriber.
+    config.publisher_stall_ms_max = 500;
+    let broker = start(config);
+    let args = run_args(
+        format!("corebus://{}", broker.native_addr()),
+        &[
+            "--preset",
+            "fanin-8",
+            "--unwindowed",
+            "--size",
+            "64",
+            "--duration",
+            "1.5",
+            "--warmup",
+            "0.2",
+        ],
+    );
+    let r = bench::execute(&args).expect("the run completes");
+    assert!(r.published > 0, "{r:#?}");
+    assert_exact(&r);
+    assert_eq!(r.publish_errors, 0);
+}

@@ -531,6 +531,11 @@ pub struct Connection {
     /// The last write hit a full socket: writing again before the writable event that
     /// `mio` sends when room frees would only cost a failed syscall per delivery.
     pub write_blocked: bool,
+    /// Queued bytes went past the publisher stall watermark (listed in the shard's
+    /// `pressured`).
+    pub over_watermark: bool,
+    /// Not read until the shard's stall for it ends (it fed a subscriber past the watermark).
+    pub read_stalled: bool,
     /// `--publish-rate`'s token bucket for this connection.
     pub publish_bucket: TokenBucket,
 }
@@ -600,6 +605,8 @@ impl Connection {
             blocked: false,
             read_more: false,
             write_blocked: false,
+            over_watermark: false,
+            read_stalled: false,
             publish_bucket: TokenBucket::default(),
         }
     }

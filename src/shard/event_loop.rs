@@ -122,6 +122,7 @@ impl Shard {
                 work_left = true;
             }
             self.flush_dirty();
+            self.resume_stalled(Instant::now());
             // Flushing may have resumed connections that paused on unsent replies.
             work_left |= !self.read_again.is_empty();
             if self.shutdown_flag.load(Ordering::Acquire) && self.shutdown_deadline.is_none() {
@@ -149,6 +150,7 @@ impl Shard {
         let mut timeout =
             POLL_TIMEOUT_MAX.min(self.next_consumer_timer.saturating_duration_since(now));
         for deadline in [
+            self.stall_deadline.as_ref(),
             self.handshake_deadlines
                 .front()
                 .map(|(deadline, _)| deadline),
@@ -302,7 +304,7 @@ impl Shard {
             if conn.is_closing() {
                 return;
             }
-            if conn.blocked {
+            if conn.blocked || conn.read_stalled {
                 conn.read_more = true;
                 return;
             }
@@ -325,6 +327,7 @@ impl Shard {
                 Ok(n) => {
                     self.counters.bytes_in += n as u64;
                     budget = budget.saturating_sub(n);
+                    self.stall_reader = false;
                     match self.process_input(id) {
                         Flow::Continue => {}
                         Flow::Blocked => {
@@ -332,6 +335,10 @@ impl Shard {
                             return;
                         }
                         Flow::Stop => return,
+                    }
+                    if self.stall_reader {
+                        self.stall(id);
+                        return;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -343,6 +350,69 @@ impl Shard {
                     log::debug!("event=read_error shard={} conn={} error={}", self.id, id, e);
                     self.close_now(id, CloseReason::IoError);
                     return;
+                }
+            }
+        }
+    }
+
+    /// Stops reading a publisher whose messages left a subscriber past the stall watermark:
+    /// TCP then holds the publisher back, as nats-server does, instead of the subscriber
+    /// being cut for a burst it is reading. The stall lasts while the pressed subscribers
+    /// drain, and ends `--publisher-stall-ms-max` after they last made progress; so a
+    /// subscriber that does not read still reaches the limit, and is cut then.
+    fn stall(&mut self, id: ConnectionId) {
+        self.stall_reader = false;
+        let Some(conn) = self.connection_mut(id) else {
+            return;
+        };
+        conn.read_more = true;
+        conn.read_stalled = true;
+        self.stalled_readers.push(id);
+        self.counters.publisher_stalls += 1;
+        if self.stall_deadline.is_none() {
+            let stall_max = Duration::from_millis(self.config.publisher_stall_ms_max);
+            self.stall_deadline = Some(Instant::now() + stall_max);
+            self.pressured_bytes = usize::MAX;
+        }
+    }
+
+    /// Forgets subscribers that drained below half the watermark; extends the stall while
+    /// the rest drain; reads the stalled publishers again once no subscriber is pressed or
+    /// the pressed ones made no progress for `--publisher-stall-ms-max`.
+    fn resume_stalled(&mut self, now: Instant) {
+        if self.stalled_readers.is_empty() && self.pressured.is_empty() {
+            return;
+        }
+        let low_mark = self.config.outbound_bytes_max / 4;
+        let mut pressured = std::mem::take(&mut self.pressured);
+        let mut queued = 0;
+        pressured.retain(|&id| match self.connection_mut(id) {
+            Some(conn) if conn.out.queued_bytes() > low_mark && !conn.is_closing() => {
+                queued += conn.out.queued_bytes();
+                true
+            }
+            Some(conn) => {
+                conn.over_watermark = false;
+                false
+            }
+            None => false,
+        });
+        self.pressured = pressured;
+        if queued < self.pressured_bytes && self.stall_deadline.is_some() {
+            let stall_max = Duration::from_millis(self.config.publisher_stall_ms_max);
+            self.stall_deadline = Some(now + stall_max);
+        }
+        self.pressured_bytes = queued;
+        let expired = self.stall_deadline.is_some_and(|deadline| now >= deadline);
+        if !self.pressured.is_empty() && !expired {
+            return;
+        }
+        self.stall_deadline = None;
+        for id in std::mem::take(&mut self.stalled_readers) {
+            if let Some(conn) = self.connection_mut(id) {
+                conn.read_stalled = false;
+                if conn.read_more {
+                    self.read_again.push(id);
                 }
             }
         }

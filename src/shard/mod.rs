@@ -97,6 +97,9 @@ pub struct ShardCounters {
     pub protocol_errors: u64,
     /// Events for connections that were already gone (a stale token): counted no-ops.
     pub stale_events: u64,
+    /// Times a publisher stopped being read because a subscriber it feeds was falling behind
+    /// (`--publisher-stall-ms-max`).
+    pub publisher_stalls: u64,
 }
 
 impl ShardCounters {
@@ -115,6 +118,7 @@ impl ShardCounters {
         self.rate_limited += other.rate_limited;
         self.protocol_errors += other.protocol_errors;
         self.stale_events += other.stale_events;
+        self.publisher_stalls += other.publisher_stalls;
     }
 }
 
@@ -172,6 +176,19 @@ pub struct Shard {
     blocked: Vec<ConnectionId>,
     /// Connections whose read budget ran out while the socket still had bytes.
     read_again: Vec<ConnectionId>,
+    /// Subscribers whose queue went past the stall watermark, until they drain below half
+    /// of it.
+    pressured: Vec<ConnectionId>,
+    /// Set by a delivery that left its subscriber past the watermark, while a connection's
+    /// input is being handled: that connection (the publisher) is then not read further.
+    stall_reader: bool,
+    /// Publishers not being read because a subscriber they feed is past the watermark.
+    stalled_readers: Vec<ConnectionId>,
+    /// When the stalled publishers are read again even if the pressed subscribers have not
+    /// drained: `--publisher-stall-ms-max` after they last made progress.
+    stall_deadline: Option<Instant>,
+    /// What the pressed subscribers had queued at the last look, to see them drain.
+    pressured_bytes: usize,
     handshake_deadlines: VecDeque<(Instant, ConnectionId)>,
     linger_deadlines: VecDeque<(Instant, ConnectionId)>,
     /// A batch of owner requests from each peer that could not be finished for lack of
@@ -221,6 +238,11 @@ impl Shard {
             dirty: Vec::new(),
             blocked: Vec::new(),
             read_again: Vec::new(),
+            pressured: Vec::new(),
+            stall_reader: false,
+            stalled_readers: Vec::new(),
+            stall_deadline: None,
+            pressured_bytes: usize::MAX,
             handshake_deadlines: VecDeque::new(),
             linger_deadlines: VecDeque::new(),
             encode_scratch: Vec::new(),

@@ -163,7 +163,18 @@ impl Shard {
             &mut self.events,
             (outbound_bytes_max, policy),
         );
-        let write_now = conn.out.queued_bytes() >= conn.out.stage_bytes_max();
+        let queued_bytes = conn.out.queued_bytes();
+        let write_now = queued_bytes >= conn.out.stage_bytes_max();
+        // Past half the limit, the publisher being read is paused (see `Shard::stall`), so a
+        // subscriber that reads gets to catch up instead of being cut. Half, because every
+        // other publisher feeding it may still add one read's worth before it is paused too.
+        if queued_bytes > outbound_bytes_max / 2 && self.config.publisher_stall_ms_max > 0 {
+            if !conn.over_watermark {
+                conn.over_watermark = true;
+                self.pressured.push(id);
+            }
+            self.stall_reader = true;
+        }
         // Marked dirty here rather than by `mark_dirty`, which would look the connection up
         // again; this is once per delivery.
         // Not for a slow consumer: closing it queues an ERR, which must mark it itself.
