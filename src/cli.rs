@@ -200,6 +200,9 @@ pub struct ServeArgs {
     /// Publishes a connection may make at once (0: one second's worth of --publish-rate).
     #[arg(long, env = "COREBUS_PUBLISH_BURST", default_value_t = Config::default().publish_burst)]
     pub publish_burst: u64,
+    /// Topics with their own series in /metrics: the ones with the most messages.
+    #[arg(long, env = "COREBUS_METRICS_TOPICS_MAX", default_value_t = Config::default().metrics_topics_max)]
+    pub metrics_topics_max: usize,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, env = "COREBUS_LOG", default_value = "info")]
     pub log_level: log::LevelFilter,
@@ -557,6 +560,7 @@ impl ServeArgs {
             auto_create_topics: self.auto_create_topics,
             publish_rate: self.publish_rate,
             publish_burst: self.publish_burst,
+            metrics_topics_max: self.metrics_topics_max,
         }
     }
 }

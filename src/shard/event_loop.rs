@@ -521,6 +521,7 @@ impl Shard {
         let mut conn = self.connections.remove(id.index as usize);
         let _ = self.poll.registry().deregister(&mut conn.socket);
         self.counters.undelivered += conn.out.discard_pending();
+        self.counters.closed[reason.index()] += 1;
         // Everything this connection lost on its way out, a slow-consumer cut's discard
         // included, so the log and the shard's counter tell the same figure.
         log::info!(
