@@ -39,11 +39,12 @@
 //!   outbox. The protocol seam: `commands.rs` holds the protocol-neutral command handlers,
 //!   which answer with [`shard::wire::Answer`]s; each connection kind words them through its
 //!   [`shard::wire::Wire`]: `conn_native.rs` (HELLO, versions, binary frames),
-//!   [`shard::conn_http`] (REST, the WebSocket upgrade), [`shard::conn_ws`] (the JSON dialects,
+//!   [`shard::conn_http`] (REST, the WebSocket upgrade, the dashboard page at `GET /`:
+//!   `dashboard.html`, compiled in), [`shard::conn_ws`] (the JSON dialects,
 //!   and the cache that encodes an event once per shard and dialect), [`shard::conn_resp`]
 //!   (Redis: replies in request order, subscriptions, `INFO`/`PUBSUB`/`CLIENT`).
 //!   [`shard::stats`]: stats
-//!   gathered from every shard over the rings. `owner.rs`: the owner
+//!   gathered from every shard over the rings (`/v1/stats`, Prometheus `/metrics`). `owner.rs`: the owner
 //!   side, sequencing and everything that arrives over the rings. [`shard::topics`]: the
 //!   owner's topic table and each shard's local subscriptions. [`shard::sublist`]: the pattern
 //!   trie and its cache. [`shard::replay`]: a topic's replay ring. [`shard::consumers`]:
