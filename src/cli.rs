@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, SlowConsumerPolicy};
+use crate::logging::LogFormat;
 
 /// `corebus --version`: the crate version and the git commit it was built from (`build.rs`;
 /// `unknown` when built outside a git checkout without `COREBUS_GIT_COMMIT`).
@@ -206,6 +207,10 @@ pub struct ServeArgs {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, env = "COREBUS_LOG", default_value = "info")]
     pub log_level: log::LevelFilter,
+    /// Log line format: text (key=value after a timestamp and level), or json (one object
+    /// per line: ts, level, event and the line's fields).
+    #[arg(long, env = "COREBUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Args)]

@@ -19,7 +19,8 @@
 //!   `request`, `reply`, `topic`). [`settings`]: where each `serve` setting comes from (flag >
 //!   environment > config file > default), `--print-config`, the example config.
 //! - Start-up. [`config`]: every limit, its default, validation, the memory budget and fitting
-//!   unset limits to the memory available. [`server`]: builds the mesh, spawns the shards,
+//!   unset limits to the memory available. [`logging`]: log lines as `key=value` text or
+//!   one JSON object per line (`--log-format`). [`server`]: builds the mesh, spawns the shards,
 //!   stops them. [`listeners`]: one `SO_REUSEPORT` listener per shard on a port shared with no
 //!   other process ("address already in use" otherwise).
 //! - [`protocol`]: sans-IO codecs. [`protocol::native`]: the binary frames, byte by byte.
@@ -85,6 +86,7 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod listeners;
+pub mod logging;
 pub mod mesh;
 pub mod message;
 pub mod protocol;
