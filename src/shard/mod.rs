@@ -54,6 +54,7 @@ use crate::error::CloseReason;
 use crate::ids::{ConnectionId, ShardId, Subscriber};
 use crate::mesh::message::OwnerRequest;
 use crate::mesh::PeerLink;
+use crate::protocol::native::AckKind;
 use crate::protocol::topic::SubjectKind;
 use connection::Connection;
 use replay::ReplayLimits;
@@ -104,6 +105,17 @@ pub struct ShardCounters {
     pub stale_events: u64,
     /// Connections closed, by reason (indexed by [`CloseReason::index`]).
     pub closed: [u64; CloseReason::ALL.len()],
+    /// Acks (single and cumulative) applied by the topics this shard owns.
+    pub acks: u64,
+    /// Nacks applied by the topics this shard owns.
+    pub nacks: u64,
+    /// Consumer deliveries handed out again (delivery count above 1), by the owner.
+    pub redelivered: u64,
+    /// GAP notices queued for this shard's subscribers, and the messages they reported missed.
+    pub gaps: u64,
+    pub gap_missed: u64,
+    /// Retained messages handed to this shard's subscribers as a replay.
+    pub replayed: u64,
 }
 
 impl ShardCounters {
@@ -125,6 +137,20 @@ impl ShardCounters {
         for (closed, other) in self.closed.iter_mut().zip(other.closed) {
             *closed += other;
         }
+        self.acks += other.acks;
+        self.nacks += other.nacks;
+        self.redelivered += other.redelivered;
+        self.gaps += other.gaps;
+        self.gap_missed += other.gap_missed;
+        self.replayed += other.replayed;
+    }
+
+    /// An ack the owner applied.
+    fn count_ack(&mut self, kind: AckKind) {
+        match kind {
+            AckKind::Nack => self.nacks += 1,
+            AckKind::Single | AckKind::Cumulative => self.acks += 1,
+        }
     }
 
     /// One `key=value` field per counter, for the shutdown summary line (closes by reason
@@ -144,6 +170,12 @@ impl ShardCounters {
             ("rate_limited", self.rate_limited),
             ("protocol_errors", self.protocol_errors),
             ("stale_events", self.stale_events),
+            ("acks", self.acks),
+            ("nacks", self.nacks),
+            ("redelivered", self.redelivered),
+            ("gaps", self.gaps),
+            ("gap_missed", self.gap_missed),
+            ("replayed", self.replayed),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))

@@ -445,6 +445,42 @@ const SHARD_FAMILIES: &[ShardFamily] = &[
         |p| p.counters.connections_refused,
     ),
     (
+        "acks_total",
+        "counter",
+        "Acks (single and cumulative) applied by the topics this shard owns.",
+        |p| p.counters.acks,
+    ),
+    (
+        "nacks_total",
+        "counter",
+        "Nacks applied by the topics this shard owns.",
+        |p| p.counters.nacks,
+    ),
+    (
+        "redelivered_total",
+        "counter",
+        "Consumer deliveries handed out again by the topics this shard owns.",
+        |p| p.counters.redelivered,
+    ),
+    (
+        "gaps_total",
+        "counter",
+        "GAP notices queued for this shard's subscribers.",
+        |p| p.counters.gaps,
+    ),
+    (
+        "gap_missed_total",
+        "counter",
+        "Messages reported missed in those GAP notices.",
+        |p| p.counters.gap_missed,
+    ),
+    (
+        "replayed_total",
+        "counter",
+        "Retained messages handed to this shard's subscribers as replays.",
+        |p| p.counters.replayed,
+    ),
+    (
         "stale_events_total",
         "counter",
         "Readiness events for connections already gone (counted no-ops).",

@@ -5,6 +5,7 @@ parser, so a format slip (a bad escape, a sample without its family) fails here.
 - published and delivered move after messages flow (summed over the shards);
 - open connections are reported per shard and protocol;
 - per-topic series exist only for the `--metrics-topics-max` topics with the most messages;
+- replays are counted;
 - `corebus_build_info` carries the version.
 """
 
@@ -12,7 +13,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from corebus_testing import fiber_subscribe, http, native_publish, unique
+from corebus_testing import fastapi_subscribe, fiber_subscribe, http, native_publish, unique
 
 SHARDS = 2
 
@@ -38,6 +39,8 @@ def test_counters_have_a_series_per_shard_and_move_as_messages_flow(broker):
                    "corebus_bytes_out", "corebus_dropped", "corebus_slow_consumer_disconnects",
                    "corebus_dead_lettered", "corebus_rate_limited", "corebus_protocol_errors",
                    "corebus_connections_accepted", "corebus_connections_refused",
+                   "corebus_acks", "corebus_nacks", "corebus_redelivered", "corebus_gaps",
+                   "corebus_gap_missed", "corebus_replayed",
                    "corebus_topics", "corebus_retained_messages", "corebus_retained_bytes"):
         shards = sorted(s.labels["shard"] for s in before[family] if not s.name.endswith("_created"))
         assert shards == [str(n) for n in range(SHARDS)], (family, before[family])
@@ -66,6 +69,19 @@ def test_counters_have_a_series_per_shard_and_move_as_messages_flow(broker):
     assert len(build) == 1 and build[0].value == 1 and build[0].labels["version"], build
     reasons = {s.labels["reason"] for s in after["corebus_connections_closed"]}
     assert {"peer_closed", "slow_consumer", "shutdown"} <= reasons, reasons
+
+
+def test_replays_are_counted(broker):
+    topic = unique("metrics.replay")
+    for n in range(3):
+        native_publish(broker, topic, f"m{n}".encode())
+    before = total(scrape(broker), "corebus_replayed", "corebus_replayed_total")
+    with broker.fastapi() as ws:
+        fastapi_subscribe(ws, topic, last_n=3)
+        for _ in range(3):
+            ws.expect("event")
+    after = total(scrape(broker), "corebus_replayed", "corebus_replayed_total")
+    assert after == before + 3
 
 
 def test_only_the_top_topics_by_messages_get_series(start_broker):
