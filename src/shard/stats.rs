@@ -255,6 +255,9 @@ fn encode_stats(
                     })
                     .collect::<Map<String, Value>>(),
                 "shards": shards_answered(gathered),
+                // When the answer was put together (Unix ms): rates computed between two
+                // answers use the broker's clock, not the reader's.
+                "time_ms": super::commands::unix_time_ns() / 1_000_000,
                 "partial": partial,
             })
         }

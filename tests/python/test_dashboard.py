@@ -8,8 +8,9 @@ Debian's `chromium`) dumps the DOM after the page has polled the broker a few ti
 - a screenshot is written under `target/dashboard-test/` as a test artefact (not committed).
 
 Chromium runs with a virtual time budget: its timers run ahead of the wall clock, so a few
-seconds of the page's polling take a fraction of that. Rates are per second of the page's
-clock, so only whether they are zero or not is checked.
+seconds of the page's polling take a fraction of that. The page measures rates by the
+broker's clock (`time_ms` in `/v1/stats`), so they are real rates, but over gaps of a few
+milliseconds: only whether they are zero or not is checked.
 
 Skipped only when no Chromium is installed (`shutil.which`); CI installs it.
 """
