@@ -181,6 +181,11 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// Every header, in the publisher's order (empty before protocol v4).
+    pub fn headers(&self) -> &[(String, Vec<u8>)] {
+        &self.headers
+    }
+
     /// The value of header `name` (ASCII case-insensitive), if the message has it.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers

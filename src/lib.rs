@@ -59,7 +59,8 @@
 //!   error codes and close reasons.
 //! - [`client`]: the blocking Rust client (also used by the tests and the CLI).
 //! - [`mod@bench`]: `corebus bench`, the load generator (one `mio` loop per bench thread; also
-//!   speaks Redis and NATS for comparisons): [`bench::scenario`], [`bench::wire`],
+//!   speaks Redis and NATS for comparisons, and corebus's WebSocket dialects):
+//!   [`bench::scenario`], [`bench::wire`],
 //!   [`bench::driver`], [`bench::latency`], [`bench::accounting`], [`bench::report`],
 //!   [`bench::replay`], and [`bench::reflector`], a stand-in broker that only forwards.
 //!

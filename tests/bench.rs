@@ -365,3 +365,44 @@ fn start_and_prefill_are_checked() {
     let error = bench::execute(&args).unwrap_err();
     assert!(error.contains("--prefill 3000000"), "{error}");
 }
+
+#[test]
+fn websocket_runs_in_both_dialects_account_for_every_message() {
+    let broker = start(config(2));
+    let http = broker.http_addr().expect("the HTTP port is on");
+    for path in ["/v1/ws", "/ws"] {
+        // Closed loop with a window above the session's in-flight limit (the bench keeps
+        // under it), then open loop; 2 topics over 2 shards, so some publishes cross shards.
+        for flags in [
+            &["--pipeline", "8192"][..],
+            &["--rate", "5000", "--size", "48"][..],
+        ] {
+            let mut all = vec![
+                "--publishers",
+                "2",
+                "--subscribers",
+                "3",
+                "--topics",
+                "2",
+                "--duration",
+                "0.6",
+                "--warmup",
+                "0.2",
+                "--threads",
+                "2",
+            ];
+            all.extend_from_slice(flags);
+            let args = run_args(format!("ws://{http}{path}"), &all);
+            let r = bench::execute(&args).expect("the run completes");
+            assert!(r.published > 0, "{path} {flags:?}: {r:#?}");
+            assert!(r.expected_deliveries >= r.published, "{path}");
+            assert_exact(&r);
+            assert_eq!(r.publish_errors, 0);
+        }
+    }
+    // A payload too short for the hex header, and a path that names no dialect.
+    let args = run_args(format!("ws://{http}/v1/ws"), &["--size", "47"]);
+    assert!(bench::execute(&args).unwrap_err().contains("at least 48"));
+    let args = run_args(format!("ws://{http}/v2/ws"), &[]);
+    assert!(bench::execute(&args).unwrap_err().contains("/v1/ws"));
+}

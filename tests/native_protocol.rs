@@ -543,6 +543,8 @@ fn headers_reach_v4_subscribers_and_older_ones_get_the_message_without_them() {
     let mut v3 = RawConnection::handshaken_at(addr, 3);
     subscribe(&mut v4);
     subscribe(&mut v3);
+    let mut reader = client(addr);
+    let mut subscription = reader.subscribe("hdr.t").unwrap();
     let mut publisher = client(addr);
     let seq = publisher
         .publish_with_headers(
@@ -571,6 +573,18 @@ fn headers_reach_v4_subscribers_and_older_ones_get_the_message_without_them() {
             other => panic!("expected MSG, got {other:?}"),
         }
     }
+    // The Rust client shows them in order.
+    let delivery = subscription
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(
+        delivery.headers(),
+        [
+            ("id".to_owned(), b"order-9".to_vec()),
+            ("content-type".to_owned(), b"application/json".to_vec())
+        ]
+    );
+    assert_eq!(delivery.header("ID"), Some(&b"order-9"[..]));
     // A v3 client may not send headers; a malformed block is refused, the stream goes on.
     let mut old = RawConnection::handshaken_at(addr, 3);
     old.send(Frame::Publish {

@@ -3,6 +3,9 @@
 
 /// Bytes at the start of every payload; `--size` must be at least this.
 pub const HEADER_LEN: usize = 24;
+/// Characters of the header in lowercase hex, as it starts a WebSocket target's payload (a JSON
+/// string, which cannot carry raw bytes).
+pub const HEX_HEADER_LEN: usize = 2 * HEADER_LEN;
 
 /// The first [`HEADER_LEN`] bytes of every payload, little-endian:
 ///
@@ -30,6 +33,46 @@ impl PayloadHeader {
         out[8..16].copy_from_slice(&self.seq.to_le_bytes());
         out[16..24].copy_from_slice(&self.sent_ns.to_le_bytes());
         out
+    }
+
+    /// The header in lowercase hex: [`HEX_HEADER_LEN`] ASCII characters, safe inside a JSON
+    /// string.
+    pub fn encode_hex(&self) -> [u8; HEX_HEADER_LEN] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; HEX_HEADER_LEN];
+        for (pair, byte) in out.chunks_exact_mut(2).zip(self.encode()) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        out
+    }
+
+    /// The inverse of [`encode_hex`](Self::encode_hex); `None` if the payload is shorter or
+    /// its start is not hex.
+    pub fn decode_hex(payload: &[u8]) -> Option<PayloadHeader> {
+        // A table, and one check for the whole header: this runs once per delivery.
+        const INVALID: u8 = 0xff;
+        const VALUES: [u8; 256] = {
+            let mut table = [INVALID; 256];
+            let mut i = 0;
+            while i < 16 {
+                table[b"0123456789abcdef"[i] as usize] = i as u8;
+                i += 1;
+            }
+            table
+        };
+        let hex: &[u8; HEX_HEADER_LEN] = payload.first_chunk()?;
+        let mut head = [0u8; HEADER_LEN];
+        let mut bad = 0u8;
+        for (byte, pair) in head.iter_mut().zip(hex.chunks_exact(2)) {
+            let (high, low) = (VALUES[usize::from(pair[0])], VALUES[usize::from(pair[1])]);
+            bad |= (high | low) & 0xf0;
+            *byte = high << 4 | low;
+        }
+        if bad != 0 {
+            return None;
+        }
+        PayloadHeader::decode(&head)
     }
 
     /// `None` if the payload is shorter than a header.
@@ -315,6 +358,28 @@ mod tests {
         longer.extend_from_slice(b"filler");
         assert_eq!(PayloadHeader::decode(&longer), Some(header));
         assert_eq!(PayloadHeader::decode(&bytes[..HEADER_LEN - 1]), None);
+    }
+
+    #[test]
+    fn hex_headers_round_trip() {
+        let header = PayloadHeader {
+            publisher: 7,
+            topic: 0xdead_beef,
+            seq: u64::MAX - 1,
+            sent_ns: 1_234_567_890_123,
+        };
+        let hex = header.encode_hex();
+        assert_eq!(&hex[..16], b"07000000efbeadde");
+        assert_eq!(PayloadHeader::decode_hex(&hex), Some(header));
+        let mut longer = hex.to_vec();
+        longer.extend_from_slice(b"xxxx");
+        assert_eq!(PayloadHeader::decode_hex(&longer), Some(header));
+        assert_eq!(PayloadHeader::decode_hex(&hex[..HEX_HEADER_LEN - 1]), None);
+        for bad in [b'g', b'A', b'"', b' '] {
+            let mut broken = hex;
+            broken[5] = bad;
+            assert_eq!(PayloadHeader::decode_hex(&broken), None, "{bad}");
+        }
     }
 
     fn track(seqs: &[u64]) -> (SeqTracker, Vec<Seen>) {

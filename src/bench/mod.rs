@@ -10,7 +10,8 @@
 //! *scheduled* send time so that coordinated omission cannot hide a stall ([`latency`]).
 //!
 //! - [`scenario`]: presets and the resolved load (who publishes and subscribes where).
-//! - [`wire`]: per-target codecs (corebus through `protocol::native`; RESP2; NATS).
+//! - [`wire`]: per-target codecs (corebus through `protocol::native`; RESP2; NATS; corebus's
+//!   WebSocket dialects through `protocol::websocket`).
 //! - [`driver`]: one thread's event loop. [`latency`]: clock, schedule, histogram.
 //! - [`accounting`]: payload header and sequence tracking. [`report`]: result, verdict,
 //!   table, JSON, HDR output, SVG chart.
@@ -82,7 +83,9 @@ pub struct PlotArgs {
 /// The flags of a benchmark run. Shape flags left out take the preset's value (or 1:1's).
 #[derive(Clone, Debug, Args)]
 pub struct RunArgs {
-    /// What to load: corebus://HOST:PORT, redis://HOST:PORT or nats://HOST:PORT.
+    /// What to load: corebus://HOST:PORT, redis://HOST:PORT, nats://HOST:PORT, corebus's
+    /// WebSocket port, ws://HOST:PORT/v1/ws (Go/Fiber dialect) or ws://HOST:PORT/ws (FastAPI),
+    /// or nats-server's websocket listener, nats+ws://HOST:PORT.
     #[arg(long, default_value = "corebus://127.0.0.1:7070")]
     pub target: String,
     /// A named scenario; explicit flags override its values.
@@ -232,6 +235,14 @@ fn plot_files(args: &PlotArgs) -> Result<(), Box<dyn Error>> {
 pub fn execute(args: &RunArgs) -> Result<BenchResult, String> {
     let scenario = Scenario::resolve(&args.overrides())?;
     let endpoint = wire::parse_endpoint(&args.target)?;
+    let stamp_len = endpoint.target.stamp_len();
+    if scenario.size < stamp_len {
+        return Err(format!(
+            "--size must be at least {stamp_len} for the {} target (each payload starts with \
+             the bench's header, in hex for a JSON string), got {}",
+            endpoint.target, scenario.size
+        ));
+    }
     if args.threads == 0 {
         return Err("--threads must be at least 1".into());
     }

@@ -1,27 +1,59 @@
 //! What the bench says on the wire to each target, as small sans-IO codecs: bytes in, events
 //! out. corebus frames go through [`crate::protocol::native`]; Redis (RESP2 `SUBSCRIBE` /
 //! `PUBLISH`) and NATS (core protocol `CONNECT`/`SUB`/`PUB`/`MSG`/`PING`/`PONG`) are written
-//! here, limited to what a pub/sub load generator needs.
+//! here, limited to what a pub/sub load generator needs; corebus's WebSocket port (both JSON
+//! dialects) and NATS over WebSocket (the same NATS protocol in binary frames) are in [`ws`],
+//! framed by [`crate::protocol::websocket`].
 //!
 //! Every target gets the same load: the same topic names, the same payload bytes, one
 //! connection per publisher and per subscriber. Publishes are fire-and-forget where the target
 //! allows it (corebus quiet publishes, NATS `verbose: false`), with a `PING` after each batch so
-//! the publisher knows what the server has read; Redis answers every `PUBLISH` and those replies
-//! are read and counted instead.
+//! the publisher knows what the server has read; Redis answers every `PUBLISH`, and the
+//! WebSocket dialects ack every publish, and those replies are read and counted instead.
+//!
+//! A WebSocket payload is a JSON string, so its header is written in hex
+//! ([`PayloadHeader::encode_hex`]) and the string's characters stand for the payload bytes:
+//! `--size` is the string's length, and a subscriber reads the header back from its start.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 
+use super::accounting::{PayloadHeader, HEADER_LEN, HEX_HEADER_LEN};
 use crate::protocol::native::{self, AckKind, Frame, FRAME_OVERHEAD_MAX, PROTOCOL_VERSION};
 use crate::protocol::subscribe_options::SubscribeOptions;
+use crate::protocol::websocket::{self, Opcode};
+
+/// Which JSON dialect of corebus's WebSocket port, chosen by the URL's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WsDialect {
+    /// `/v1/ws`, the Go/Fiber dialect.
+    Fiber,
+    /// `/ws`, the FastAPI dialect.
+    FastApi,
+}
+
+impl WsDialect {
+    pub fn path(self) -> &'static str {
+        match self {
+            WsDialect::Fiber => "/v1/ws",
+            WsDialect::FastApi => "/ws",
+        }
+    }
+}
 
 /// Which server the bench talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(into = "String", try_from = "String")]
 pub enum Target {
     Corebus,
     Redis,
     Nats,
+    /// corebus's HTTP port, upgraded to a WebSocket at the dialect's path.
+    WebSocket {
+        dialect: WsDialect,
+    },
+    /// nats-server's `websocket` listener: the NATS protocol in binary frames.
+    NatsWs,
 }
 
 impl Target {
@@ -30,6 +62,22 @@ impl Target {
             Target::Corebus => "corebus",
             Target::Redis => "redis",
             Target::Nats => "nats",
+            Target::WebSocket { .. } => "ws",
+            Target::NatsWs => "nats+ws",
+        }
+    }
+
+    /// The name in reports and `--json` output (the scheme, and the dialect for WebSocket).
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::WebSocket {
+                dialect: WsDialect::Fiber,
+            } => "ws-fiber",
+            Target::WebSocket {
+                dialect: WsDialect::FastApi,
+            } => "ws-fastapi",
+            Target::NatsWs => "nats-ws",
+            other => other.scheme(),
         }
     }
 
@@ -38,28 +86,103 @@ impl Target {
             Target::Corebus => 7070,
             Target::Redis => 6379,
             Target::Nats => 4222,
+            Target::WebSocket { .. } | Target::NatsWs => 8080,
         }
     }
 
     /// Whether publishers confirm batches with a PING (corebus, NATS) rather than per-publish
-    /// replies (Redis).
+    /// replies (Redis PUBLISH replies, WebSocket acks).
     pub fn confirms_with_ping(self) -> bool {
-        !matches!(self, Target::Redis)
+        !self.confirms_each_publish()
+    }
+
+    /// Whether the target answers every publish (a reply, an ack or an error).
+    pub fn confirms_each_publish(self) -> bool {
+        matches!(self, Target::Redis | Target::WebSocket { .. })
+    }
+
+    /// The most publishes one connection may have unanswered: a WebSocket session refuses
+    /// requests past [`crate::shard::conn_ws::REQUESTS_IN_FLIGHT_MAX`] waiting for their
+    /// answer, so the publisher's window stops there whatever `--pipeline` says.
+    pub fn in_flight_max(self) -> u64 {
+        match self {
+            Target::WebSocket { .. } => crate::shard::conn_ws::REQUESTS_IN_FLIGHT_MAX as u64,
+            _ => u64::MAX,
+        }
+    }
+
+    /// Whether the connection is a WebSocket (an upgrade first, then frames: [`ws::Link`]).
+    pub fn over_websocket(self) -> bool {
+        matches!(self, Target::WebSocket { .. } | Target::NatsWs)
+    }
+
+    /// Whether payloads carry their header in hex ([`PayloadHeader::encode_hex`]).
+    pub fn hex_stamps(self) -> bool {
+        matches!(self, Target::WebSocket { .. })
+    }
+
+    /// Bytes of the header at the start of each payload: `--size` must be at least this.
+    pub fn stamp_len(self) -> usize {
+        if self.hex_stamps() {
+            HEX_HEADER_LEN
+        } else {
+            HEADER_LEN
+        }
+    }
+
+    /// The header of a delivered payload.
+    pub fn decode_stamp(self, payload: &[u8]) -> Option<PayloadHeader> {
+        if self.hex_stamps() {
+            PayloadHeader::decode_hex(payload)
+        } else {
+            PayloadHeader::decode(payload)
+        }
     }
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.scheme())
+        f.write_str(self.name())
     }
 }
 
-/// A parsed `--target`: `corebus://host:port`, `redis://host:port`, `nats://host:port`, or a
-/// bare `host:port` (corebus). A missing port takes the target's usual one.
+impl From<Target> for String {
+    fn from(target: Target) -> String {
+        target.name().to_string()
+    }
+}
+
+impl TryFrom<String> for Target {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Target, String> {
+        [
+            Target::Corebus,
+            Target::Redis,
+            Target::Nats,
+            Target::WebSocket {
+                dialect: WsDialect::Fiber,
+            },
+            Target::WebSocket {
+                dialect: WsDialect::FastApi,
+            },
+            Target::NatsWs,
+        ]
+        .into_iter()
+        .find(|t| t.name() == name)
+        .ok_or_else(|| format!("unknown target {name:?}"))
+    }
+}
+
+/// A parsed `--target`: `corebus://host:port`, `redis://host:port`, `nats://host:port`,
+/// `ws://host:port/v1/ws` or `ws://host:port/ws`, `nats+ws://host:port`, or a bare
+/// `host:port` (corebus). A missing port takes the target's usual one.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub target: Target,
     pub addr: SocketAddr,
+    /// `host:port` as given (with the default port added), for an HTTP `Host` header.
+    pub authority: String,
     /// The target as given, for reports.
     pub text: String,
 }
@@ -69,9 +192,38 @@ pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
         Some(("corebus", rest)) => (Target::Corebus, rest),
         Some(("redis", rest)) => (Target::Redis, rest),
         Some(("nats", rest)) => (Target::Nats, rest),
+        Some(("ws", rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let dialect = match path {
+                "/v1/ws" => WsDialect::Fiber,
+                "/ws" => WsDialect::FastApi,
+                _ => {
+                    return Err(format!(
+                        "target `{text}`: a ws:// target's path picks the dialect, /v1/ws \
+                         (Go/Fiber) or /ws (FastAPI), got `{path}`"
+                    ))
+                }
+            };
+            (Target::WebSocket { dialect }, authority)
+        }
+        Some(("nats+ws", rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            if !matches!(path, "" | "/") {
+                return Err(format!(
+                    "target `{text}`: a nats+ws:// target has no path (nats-server's websocket \
+                     listener serves /), got `{path}`"
+                ));
+            }
+            (Target::NatsWs, authority)
+        }
+        Some(("wss", _)) => {
+            return Err(format!(
+                "target `{text}`: wss:// (TLS) is not supported; the bench speaks plain ws://"
+            ))
+        }
         Some((scheme, _)) => {
             return Err(format!(
-                "unknown target scheme `{scheme}` (corebus, redis or nats)"
+                "unknown target scheme `{scheme}` (corebus, redis, nats, ws or nats+ws)"
             ))
         }
         None => (Target::Corebus, text),
@@ -100,6 +252,7 @@ pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
     Ok(Endpoint {
         target,
         addr,
+        authority: with_port,
         text: text.to_string(),
     })
 }
@@ -151,6 +304,8 @@ pub enum Event<'a> {
     },
     /// A command succeeded: corebus OK (with its data), Redis `+OK`, NATS `+OK` (no data).
     Ok(&'a [u8]),
+    /// The WebSocket upgrade's `101` arrived: send what [`ws::Link::hold_until_upgraded`] held.
+    Upgraded,
     /// Redis confirmed one channel of a SUBSCRIBE.
     Subscribed,
     /// Redis answered a PUBLISH with the number of receivers.
@@ -159,6 +314,11 @@ pub enum Event<'a> {
     Pong,
     /// The server pings us (NATS); answer with [`encode_pong`].
     ServerPing,
+    /// A WebSocket ping frame with this payload; answer with [`ws::encode_pong_frame`].
+    WsPing(&'a [u8]),
+    /// A WebSocket ack: of a subscribe during set-up, of a publish afterwards (each publish
+    /// gets one, or an error).
+    Acked,
     /// corebus dropped this many messages for a slow subscription.
     Dropped(u64),
     /// corebus (v2) says `missed` messages subscription `topic` asked for were already
@@ -195,6 +355,10 @@ pub fn decode(
         Target::Corebus => decode_corebus(buf, frame_max),
         Target::Redis => resp::decode_event(buf),
         Target::Nats => nats::decode_event(buf),
+        // The handshake and the framing keep state: see [`ws::Link::decode`].
+        Target::WebSocket { .. } | Target::NatsWs => Err(WireError(
+            "a WebSocket connection decodes through its ws::Link".into(),
+        )),
     }
 }
 
@@ -275,8 +439,9 @@ pub enum Role {
 }
 
 /// Appends what a new connection sends first: the handshake and, for a subscriber, its
-/// subscriptions (`(topic index, name)`). Returns how many replies (`Ok`, `Subscribed` or
-/// `Pong` events) mean the connection is ready.
+/// subscriptions (`(topic index, name)`). Returns how many replies (`Ok`, `Subscribed`,
+/// `Acked` or `Pong` events) mean the connection is ready. A WebSocket connection's upgrade
+/// request goes before these ([`ws::Link::encode_upgrade`]), and its `101` counts as one more.
 pub fn encode_setup(
     target: Target,
     role: Role,
@@ -339,6 +504,29 @@ pub fn encode_setup_with(
             out.extend_from_slice(b"PING\r\n");
             1
         }
+        Target::NatsWs => {
+            let mut text = Vec::new();
+            encode_setup_with(
+                Target::Nats,
+                role,
+                client_name,
+                subscriptions,
+                options,
+                &mut text,
+            );
+            ws::encode_binary(&text, out);
+            1
+        }
+        Target::WebSocket { dialect } => {
+            if subscriptions.is_empty() {
+                ws::encode_ping(dialect, out);
+                return 1;
+            }
+            for (index, name) in subscriptions {
+                ws::encode_subscribe(dialect, name, *index, out);
+            }
+            subscriptions.len() as u32
+        }
     }
 }
 
@@ -370,6 +558,8 @@ pub fn encode_ping(target: Target, request_id: u32, out: &mut Vec<u8>) {
         Target::Corebus => Frame::Ping { request_id }.encode(out),
         Target::Redis => resp::encode_command(out, &[b"PING"]),
         Target::Nats => out.extend_from_slice(b"PING\r\n"),
+        Target::WebSocket { dialect } => ws::encode_ping(dialect, out),
+        Target::NatsWs => ws::encode_binary(b"PING\r\n", out),
     }
 }
 
@@ -386,18 +576,25 @@ pub fn encode_ack_through(sub_id: u32, seq: u64, out: &mut Vec<u8>) {
     .encode(out);
 }
 
-/// Appends the answer to a server's PING (NATS only).
-pub fn encode_pong(out: &mut Vec<u8>) {
-    out.extend_from_slice(b"PONG\r\n");
+/// Appends the answer to a NATS server's PING (in a frame over WebSocket).
+pub fn encode_pong(target: Target, out: &mut Vec<u8>) {
+    match target {
+        Target::NatsWs => ws::encode_binary(b"PONG\r\n", out),
+        _ => out.extend_from_slice(b"PONG\r\n"),
+    }
 }
 
 /// A publish to one topic with a fixed payload size, split around the payload so that each
-/// message is three copies: prefix, payload, suffix.
+/// message is three copies: prefix, payload, suffix. A WebSocket publish is one masked text
+/// frame whose header (all but the key) is fixed too: the key is written, then the message,
+/// which is masked in place.
 #[derive(Clone, Debug)]
 pub struct PublishTemplate {
     prefix: Vec<u8>,
     suffix: &'static [u8],
     payload_len: usize,
+    /// WebSocket: the frame header up to its masking key; empty for the other targets.
+    frame_head: Vec<u8>,
 }
 
 impl PublishTemplate {
@@ -426,15 +623,34 @@ impl PublishTemplate {
                 prefix.extend_from_slice(format!("${payload_len}\r\n").as_bytes());
                 (prefix, b"\r\n")
             }
-            Target::Nats => (
+            Target::Nats | Target::NatsWs => (
                 format!("PUB {topic} {payload_len}\r\n").into_bytes(),
                 b"\r\n",
             ),
+            Target::WebSocket { dialect } => ws::publish_around(dialect, topic),
         };
+        let mut frame_head = Vec::new();
+        if target.over_websocket() {
+            let message_len = prefix.len() + payload_len + suffix.len();
+            let opcode = if target == Target::NatsWs {
+                Opcode::Binary
+            } else {
+                Opcode::Text
+            };
+            websocket::encode_frame_header(
+                true,
+                opcode,
+                message_len,
+                Some([0; 4]),
+                &mut frame_head,
+            );
+            frame_head.truncate(frame_head.len() - 4);
+        }
         PublishTemplate {
             prefix,
             suffix,
             payload_len,
+            frame_head,
         }
     }
 
@@ -457,6 +673,7 @@ impl PublishTemplate {
             prefix: frame,
             suffix: b"",
             payload_len,
+            frame_head: Vec::new(),
         }
     }
 
@@ -465,24 +682,35 @@ impl PublishTemplate {
     pub fn encode_confirmed(&self, out: &mut Vec<u8>, tag: u32, head: &[u8], fill: &[u8]) {
         debug_assert!(tag & CONFIRM_ID_BIT == 0);
         let at = out.len();
-        self.encode(out, head, fill);
+        self.encode(out, head, fill, [0; 4]);
         // The request id is the header's last field (offset 8, see `protocol::native`).
         out[at + 8..at + 12].copy_from_slice(&(tag | CONFIRM_ID_BIT).to_be_bytes());
     }
 
     /// Appends one publish whose payload is `head` followed by `fill` (together exactly the
-    /// template's payload length).
-    pub fn encode(&self, out: &mut Vec<u8>, head: &[u8], fill: &[u8]) {
+    /// template's payload length). A WebSocket frame is masked with `mask` (a fresh random key
+    /// per frame, RFC 6455 §5.3); the other targets ignore it.
+    pub fn encode(&self, out: &mut Vec<u8>, head: &[u8], fill: &[u8], mask: [u8; 4]) {
         debug_assert_eq!(head.len() + fill.len(), self.payload_len);
+        let masked = !self.frame_head.is_empty();
+        if masked {
+            out.extend_from_slice(&self.frame_head);
+            out.extend_from_slice(&mask);
+        }
+        let start = out.len();
         out.extend_from_slice(&self.prefix);
         out.extend_from_slice(head);
         out.extend_from_slice(fill);
         out.extend_from_slice(self.suffix);
+        if masked {
+            websocket::apply_mask(&mut out[start..], mask);
+        }
     }
 
     /// Bytes one publish takes on the wire.
     pub fn wire_len(&self) -> usize {
-        self.prefix.len() + self.payload_len + self.suffix.len()
+        let key = if self.frame_head.is_empty() { 0 } else { 4 };
+        self.frame_head.len() + key + self.prefix.len() + self.payload_len + self.suffix.len()
     }
 }
 
@@ -770,6 +998,418 @@ pub mod nats {
     }
 }
 
+/// corebus's WebSocket port seen from a client: the HTTP upgrade, the requests of the two JSON
+/// dialects (each a masked text frame), and what the server sends back as [`Event`]s.
+///
+/// An event is read by a fast path that matches the exact bytes corebus writes
+/// (`{"type":"event","topic":"…","message":{"id":"…","payload":"…"` for `/v1/ws`,
+/// `{"type":"event","topic":"…","data":"…"` for `/ws`) and borrows the payload string from the
+/// read buffer; anything else, or an event with escapes in those strings, goes through
+/// `serde_json`. The fast path exists because a fan-out subscriber reads an event per
+/// delivery, and the bench must not be what limits the broker.
+pub mod ws {
+    use std::fmt::Write as _;
+
+    use base64::Engine as _;
+    use serde::Deserialize;
+    use serde_json::value::RawValue;
+
+    use super::{nats, topic_index_from_name, Event, Target, WireError, WsDialect};
+    use crate::protocol::http::websocket_accept_key;
+    use crate::protocol::payload::write_json_string;
+    use crate::protocol::websocket::{self, Decoder, Opcode};
+
+    /// A response head longer than this is not a WebSocket server's.
+    const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
+    /// Response headers parsed; a 101 has a handful.
+    const RESPONSE_HEADERS_MAX: usize = 32;
+
+    /// What the frames carry.
+    #[derive(Debug)]
+    enum Carrier {
+        /// One JSON message per text frame.
+        Json(WsDialect),
+        /// A NATS protocol byte stream, cut into binary frames anywhere: the frames' payloads
+        /// are joined in `stream`, whose bytes before `at` are decoded already.
+        Nats { stream: Vec<u8>, at: usize },
+    }
+
+    /// One connection's WebSocket state: the upgrade in progress, then the frame decoder.
+    #[derive(Debug)]
+    pub struct Link {
+        carrier: Carrier,
+        /// The `Sec-WebSocket-Key` sent, and the `Sec-WebSocket-Accept` it calls for.
+        key: String,
+        accept: String,
+        upgraded: bool,
+        /// Frames written before the 101, which a client must wait for (RFC 6455 §4.1; corebus
+        /// would read them, nats-server refuses the connection).
+        held: Vec<u8>,
+        decoder: Decoder,
+    }
+
+    impl Link {
+        /// A link for a WebSocket target ([`Target::over_websocket`]) whose server messages may
+        /// be up to `message_bytes_max` bytes; `None` for the others.
+        pub fn for_target(target: Target, message_bytes_max: usize) -> Option<Link> {
+            let carrier = match target {
+                Target::WebSocket { dialect } => Carrier::Json(dialect),
+                Target::NatsWs => Carrier::Nats {
+                    stream: Vec::new(),
+                    at: 0,
+                },
+                _ => return None,
+            };
+            let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+            let accept = websocket_accept_key(key.as_bytes());
+            Some(Link {
+                carrier,
+                key,
+                accept,
+                upgraded: false,
+                held: Vec::new(),
+                decoder: Decoder::client(message_bytes_max),
+            })
+        }
+
+        fn path(&self) -> &'static str {
+            match self.carrier {
+                Carrier::Json(dialect) => dialect.path(),
+                Carrier::Nats { .. } => "/",
+            }
+        }
+
+        /// Keeps `frames` until the 101 has arrived ([`Event::Upgraded`]).
+        pub fn hold_until_upgraded(&mut self, frames: Vec<u8>) {
+            self.held = frames;
+        }
+
+        /// Appends the frames held for after the upgrade.
+        pub fn release_held(&mut self, out: &mut Vec<u8>) {
+            out.append(&mut self.held);
+        }
+
+        /// Appends the upgrade request; frames wait for its answer
+        /// ([`hold_until_upgraded`](Self::hold_until_upgraded)).
+        pub fn encode_upgrade(&self, authority: &str, out: &mut Vec<u8>) {
+            let mut head = String::with_capacity(192);
+            let _ = write!(
+                head,
+                "GET {} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                self.path(),
+                self.key
+            );
+            out.extend_from_slice(head.as_bytes());
+        }
+
+        /// Decodes one event at the start of `buf`, as [`super::decode`] does: first the `101`
+        /// (as [`Event::Upgraded`]), then one event per frame (NATS: per protocol message, the
+        /// frames' payloads joined). Unmasked server frames are not changed in place, but the
+        /// frame decoder takes `&mut` for the server side's sake.
+        pub fn decode<'a>(
+            &'a mut self,
+            buf: &'a mut [u8],
+        ) -> Result<Option<(Event<'a>, usize)>, WireError> {
+            if !self.upgraded {
+                return self.decode_upgrade(buf);
+            }
+            // NATS: what the frames so far carried comes first, one event at a time, taking no
+            // bytes of `buf`.
+            let whole = match &mut self.carrier {
+                Carrier::Nats { stream, at } if *at == stream.len() => {
+                    stream.clear();
+                    *at = 0;
+                    None
+                }
+                Carrier::Nats { stream, at } => {
+                    nats::decode_event(&stream[*at..])?.map(|(_, used)| (*at, used))
+                }
+                Carrier::Json(_) => None,
+            };
+            if let Some((start, used)) = whole {
+                // Decoded again to lend it out: returning the first decoding's borrow on one
+                // path and borrowing the carrier again on the other is what the borrow checker
+                // cannot follow yet. A NATS control line parses in tens of nanoseconds.
+                if let Carrier::Nats { stream, at } = &mut self.carrier {
+                    *at = start + used;
+                    if let Some((event, _)) = nats::decode_event(&stream[start..start + used])? {
+                        return Ok(Some((event, 0)));
+                    }
+                }
+                return Err(WireError("a NATS event decoded once but not twice".into()));
+            }
+            let (frame, used) = match self.decoder.decode(buf) {
+                Ok(Some(decoded)) => decoded,
+                Ok(None) => return Ok(None),
+                Err(error) => return Err(WireError(format!("WebSocket stream: {error}"))),
+            };
+            let event = match (frame, &mut self.carrier) {
+                (websocket::Event::Text(text), Carrier::Json(dialect)) => {
+                    decode_text(*dialect, text)
+                }
+                (websocket::Event::Binary(_), Carrier::Json(_)) => {
+                    Event::Error("a binary frame, in a JSON dialect".into())
+                }
+                (websocket::Event::Binary(bytes), Carrier::Nats { stream, at }) => {
+                    // Decoded bytes are dropped before the stream grows.
+                    stream.drain(..*at);
+                    *at = 0;
+                    stream.extend_from_slice(bytes);
+                    Event::Ignored
+                }
+                (websocket::Event::Text(_), Carrier::Nats { .. }) => {
+                    Event::Error("a text frame; NATS over WebSocket is binary".into())
+                }
+                (websocket::Event::Ping(payload), _) => Event::WsPing(payload),
+                (websocket::Event::Pong(_) | websocket::Event::Fragment, _) => Event::Ignored,
+                (websocket::Event::Close(close), _) => {
+                    let (code, reason) = close.map_or((0, ""), |c| (c.code, c.reason));
+                    return Err(WireError(format!(
+                        "the server closed the WebSocket ({code} {reason})"
+                    )));
+                }
+            };
+            Ok(Some((event, used)))
+        }
+
+        fn decode_upgrade<'a>(
+            &mut self,
+            buf: &'a [u8],
+        ) -> Result<Option<(Event<'a>, usize)>, WireError> {
+            let mut headers = [httparse::EMPTY_HEADER; RESPONSE_HEADERS_MAX];
+            let mut response = httparse::Response::new(&mut headers);
+            let used = match response.parse(buf) {
+                Ok(httparse::Status::Complete(used)) => used,
+                Ok(httparse::Status::Partial) if buf.len() > RESPONSE_HEAD_BYTES_MAX => {
+                    return Err(WireError("the upgrade response head is too long".into()))
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(e) => return Err(WireError(format!("the upgrade response: {e}"))),
+            };
+            let status = response.code.unwrap_or(0);
+            if status != 101 {
+                let body = String::from_utf8_lossy(&buf[used..buf.len().min(used + 200)]);
+                return Err(WireError(format!(
+                    "the upgrade to {} was refused: {status} {} {body}",
+                    self.path(),
+                    response.reason.unwrap_or("")
+                )));
+            }
+            let accept = response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
+                .map(|h| h.value);
+            if accept != Some(self.accept.as_bytes()) {
+                return Err(WireError(
+                    "the 101 has no Sec-WebSocket-Accept matching our key".into(),
+                ));
+            }
+            self.upgraded = true;
+            Ok(Some((Event::Upgraded, used)))
+        }
+    }
+
+    /// Appends `text` as one masked text frame with a fresh key.
+    fn encode_text(text: &[u8], out: &mut Vec<u8>) {
+        websocket::encode_masked_frame(true, Opcode::Text, rand::random(), text, out);
+    }
+
+    /// Appends `bytes` as one masked binary frame with a fresh key (NATS over WebSocket).
+    pub fn encode_binary(bytes: &[u8], out: &mut Vec<u8>) {
+        websocket::encode_masked_frame(true, Opcode::Binary, rand::random(), bytes, out);
+    }
+
+    /// Appends the answer to a ping frame: a pong with its payload.
+    pub fn encode_pong_frame(payload: &[u8], out: &mut Vec<u8>) {
+        let payload = payload
+            .get(..websocket::CONTROL_PAYLOAD_MAX)
+            .unwrap_or(payload);
+        websocket::encode_masked_frame(true, Opcode::Pong, rand::random(), payload, out);
+    }
+
+    /// Appends a subscribe to `topic`; `/v1/ws` gets request id `s<index>`.
+    pub fn encode_subscribe(dialect: WsDialect, topic: &str, index: u32, out: &mut Vec<u8>) {
+        let mut text = Vec::with_capacity(96);
+        text.extend_from_slice(br#"{"type":"subscribe","topic":"#);
+        write_json_string(topic, &mut text);
+        if dialect == WsDialect::Fiber {
+            let _ = write!(StringSink(&mut text), r#","request_id":"s{index}""#);
+        }
+        text.push(b'}');
+        encode_text(&text, out);
+    }
+
+    /// Appends a ping message (the dialect's JSON `ping`, answered by a JSON `pong`).
+    pub fn encode_ping(dialect: WsDialect, out: &mut Vec<u8>) {
+        let text: &[u8] = match dialect {
+            WsDialect::Fiber => br#"{"type":"ping","request_id":"p"}"#,
+            WsDialect::FastApi => br#"{"type":"ping"}"#,
+        };
+        encode_text(text, out);
+    }
+
+    /// A publish to `topic` around its payload string's characters: `/v1/ws` puts the payload
+    /// in `message.payload` (no `request_id`: every publish is acked anyway), `/ws` in `data`.
+    pub fn publish_around(dialect: WsDialect, topic: &str) -> (Vec<u8>, &'static [u8]) {
+        let mut prefix = Vec::with_capacity(96);
+        prefix.extend_from_slice(br#"{"type":"publish","topic":"#);
+        write_json_string(topic, &mut prefix);
+        match dialect {
+            WsDialect::Fiber => {
+                prefix.extend_from_slice(br#","message":{"payload":""#);
+                (prefix, br#""}}"#)
+            }
+            WsDialect::FastApi => {
+                prefix.extend_from_slice(br#","data":""#);
+                (prefix, br#""}"#)
+            }
+        }
+    }
+
+    /// `fmt::Write` into a byte buffer.
+    struct StringSink<'a>(&'a mut Vec<u8>);
+
+    impl std::fmt::Write for StringSink<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.extend_from_slice(s.as_bytes());
+            Ok(())
+        }
+    }
+
+    /// What a server message says, whichever dialect; fields either dialect uses.
+    #[derive(Deserialize)]
+    struct ServerMessage<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<&'a RawValue>,
+        #[serde(borrow)]
+        topic: Option<&'a RawValue>,
+        /// `/v1/ws`: the event's `{id, payload}`; `/ws`: a sentence (ack, error, info).
+        #[serde(borrow)]
+        message: Option<&'a RawValue>,
+        /// `/ws`: the event's payload.
+        #[serde(borrow)]
+        data: Option<&'a RawValue>,
+        /// `/v1/ws`: `{code, message}`.
+        #[serde(borrow)]
+        error: Option<&'a RawValue>,
+        /// `/ws` errors.
+        #[serde(borrow)]
+        code: Option<&'a RawValue>,
+        /// corebus extras: `dropped`'s count, `gap`'s missed.
+        count: Option<u64>,
+        missed: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    struct FiberMessage<'a> {
+        #[serde(borrow)]
+        payload: Option<&'a RawValue>,
+    }
+
+    /// One server text message as an [`Event`]; never fails (what cannot be read is an
+    /// `Error` event, counted, and the stream goes on).
+    pub fn decode_text(dialect: WsDialect, text: &str) -> Event<'_> {
+        if let Some(event) = fast_event(dialect, text) {
+            return event;
+        }
+        let message: ServerMessage<'_> = match serde_json::from_str(text) {
+            Ok(message) => message,
+            Err(e) => return Event::Error(format!("unreadable server message ({e}): {text:.200}")),
+        };
+        let topic = || string(message.topic).and_then(|t| topic_index_from_name(t.as_bytes()));
+        match string(message.kind).unwrap_or("") {
+            "event" => {
+                let payload = match dialect {
+                    WsDialect::Fiber => message
+                        .message
+                        .and_then(|m| serde_json::from_str::<FiberMessage<'_>>(m.get()).ok())
+                        .and_then(|m| m.payload),
+                    WsDialect::FastApi => message.data,
+                };
+                let payload = payload.map_or("", |raw| unquoted(raw.get()).unwrap_or(raw.get()));
+                Event::Message {
+                    topic: topic(),
+                    payload: payload.as_bytes(),
+                    seq: 0,
+                    delivery_count: 1,
+                }
+            }
+            "ack" => Event::Acked,
+            "pong" => Event::Pong,
+            "info" => Event::Ignored,
+            "dropped" => Event::Dropped(message.count.unwrap_or(0)),
+            "gap" => Event::Gap {
+                topic: topic(),
+                missed: message.missed.unwrap_or(0),
+            },
+            "error" => {
+                let detail = match (message.error, message.code, message.message) {
+                    (Some(error), _, _) => error.get().to_string(),
+                    (None, code, message) => format!(
+                        "{}: {}",
+                        code.map_or("?", |c| c.get()),
+                        message.map_or("", |m| m.get())
+                    ),
+                };
+                Event::Error(detail)
+            }
+            _ => Event::Ignored,
+        }
+    }
+
+    fn string(raw: Option<&RawValue>) -> Option<&str> {
+        raw.and_then(|raw| unquoted(raw.get()))
+    }
+
+    /// The characters of a JSON string literal without escapes; `None` for anything else.
+    fn unquoted(json: &str) -> Option<&str> {
+        let inner = json.strip_prefix('"')?.strip_suffix('"')?;
+        (!inner.contains(['"', '\\'])).then_some(inner)
+    }
+
+    /// The characters up to the next quote, and what follows it; `None` at an escape.
+    fn until_quote(text: &str) -> Option<(&str, &str)> {
+        // memchr, not `str::find` with a char set: this scans every payload.
+        let end = memchr::memchr2(b'"', b'\\', text.as_bytes())?;
+        if text.as_bytes()[end] == b'\\' {
+            return None;
+        }
+        // Both are ASCII, so `end` and `end + 1` are character boundaries.
+        Some((text.get(..end)?, text.get(end + 1..)?))
+    }
+
+    /// An event (or an ack) exactly as corebus writes it, or `None` (then the general parse
+    /// decides).
+    fn fast_event(dialect: WsDialect, text: &str) -> Option<Event<'_>> {
+        if text.starts_with(r#"{"type":"ack","#) && text.ends_with('}') {
+            return Some(Event::Acked);
+        }
+        let rest = text.strip_prefix(r#"{"type":"event","topic":""#)?;
+        let (topic, rest) = until_quote(rest)?;
+        let rest = match dialect {
+            WsDialect::Fiber => {
+                let rest = rest.strip_prefix(r#","message":{"id":""#)?;
+                let (_id, rest) = until_quote(rest)?;
+                rest.strip_prefix(r#","payload":""#)?
+            }
+            WsDialect::FastApi => rest.strip_prefix(r#","data":""#)?,
+        };
+        let (payload, rest) = until_quote(rest)?;
+        // The object goes on (ids, timestamps) and ends with a brace.
+        if !text.ends_with('}') || rest.is_empty() {
+            return None;
+        }
+        Some(Event::Message {
+            topic: topic_index_from_name(topic.as_bytes()),
+            payload: payload.as_bytes(),
+            seq: 0,
+            delivery_count: 1,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -849,7 +1489,7 @@ mod tests {
     fn corebus_templates_match_the_codec_byte_for_byte() {
         let template = PublishTemplate::new(Target::Corebus, "bench.a.t3", 40);
         let mut out = Vec::new();
-        template.encode(&mut out, &[7; 24], &[b'x'; 16]);
+        template.encode(&mut out, &[7; 24], &[b'x'; 16], [1, 2, 3, 4]);
         let mut payload = vec![7u8; 24];
         payload.extend_from_slice(&[b'x'; 16]);
         let mut expected = Vec::new();
@@ -911,10 +1551,10 @@ mod tests {
     #[test]
     fn redis_and_nats_templates() {
         let mut out = Vec::new();
-        PublishTemplate::new(Target::Redis, "a.t1", 3).encode(&mut out, b"hi", b"!");
+        PublishTemplate::new(Target::Redis, "a.t1", 3).encode(&mut out, b"hi", b"!", [9; 4]);
         assert_eq!(out, b"*3\r\n$7\r\nPUBLISH\r\n$4\r\na.t1\r\n$3\r\nhi!\r\n");
         out.clear();
-        PublishTemplate::new(Target::Nats, "a.t1", 3).encode(&mut out, b"hi", b"!");
+        PublishTemplate::new(Target::Nats, "a.t1", 3).encode(&mut out, b"hi", b"!", [9; 4]);
         assert_eq!(out, b"PUB a.t1 3\r\nhi!\r\n");
     }
 
@@ -1099,5 +1739,428 @@ mod tests {
             Some(256)
         );
         assert!(decode(Target::Corebus, &[0, 0, 0, 1], 1 << 20).is_err());
+    }
+
+    #[test]
+    fn websocket_endpoints_pick_their_dialect_by_path() {
+        let e = parse_endpoint("ws://127.0.0.1:9/v1/ws").unwrap();
+        assert_eq!(
+            (e.target, e.addr.port(), e.authority.as_str()),
+            (
+                Target::WebSocket {
+                    dialect: WsDialect::Fiber
+                },
+                9,
+                "127.0.0.1:9"
+            )
+        );
+        let e = parse_endpoint("ws://127.0.0.1/ws").unwrap();
+        assert_eq!(
+            (e.target, e.addr.port()),
+            (
+                Target::WebSocket {
+                    dialect: WsDialect::FastApi
+                },
+                8080
+            )
+        );
+        for bad in [
+            "ws://127.0.0.1:9",
+            "ws://127.0.0.1:9/",
+            "ws://127.0.0.1:9/v2/ws",
+            "ws://127.0.0.1:9/ws/",
+        ] {
+            let error = parse_endpoint(bad).unwrap_err();
+            assert!(
+                error.contains("/v1/ws") && error.contains("/ws"),
+                "{bad}: {error}"
+            );
+        }
+        assert!(parse_endpoint("wss://127.0.0.1/ws")
+            .unwrap_err()
+            .contains("TLS"));
+    }
+
+    #[test]
+    fn targets_serialize_by_name() {
+        for target in [
+            Target::Corebus,
+            Target::Redis,
+            Target::Nats,
+            Target::WebSocket {
+                dialect: WsDialect::Fiber,
+            },
+            Target::WebSocket {
+                dialect: WsDialect::FastApi,
+            },
+        ] {
+            let json = serde_json::to_string(&target).unwrap();
+            assert_eq!(json, format!("\"{}\"", target.name()));
+            assert_eq!(serde_json::from_str::<Target>(&json).unwrap(), target);
+        }
+        assert!(serde_json::from_str::<Target>("\"kafka\"").is_err());
+    }
+
+    /// Decodes every client frame in `wire` as the broker would: the text messages.
+    fn client_texts(wire: &[u8]) -> Vec<String> {
+        let mut buf = wire.to_vec();
+        let mut decoder = websocket::Decoder::server(1 << 20);
+        let mut texts = Vec::new();
+        let mut at = 0;
+        while at < buf.len() {
+            let (event, used) = decoder.decode(&mut buf[at..]).unwrap().unwrap();
+            match event {
+                websocket::Event::Text(text) => texts.push(text.to_string()),
+                other => panic!("{other:?}"),
+            }
+            at += used;
+        }
+        texts
+    }
+
+    fn stamp() -> PayloadHeader {
+        PayloadHeader {
+            publisher: 3,
+            topic: 7,
+            seq: 41,
+            sent_ns: 123_456_789,
+        }
+    }
+
+    #[test]
+    fn websocket_publishes_are_masked_frames_the_broker_parses() {
+        use crate::protocol::{ws_fastapi, ws_fiber};
+        let hex = stamp().encode_hex();
+        for dialect in [WsDialect::Fiber, WsDialect::FastApi] {
+            let target = Target::WebSocket { dialect };
+            let template = PublishTemplate::new(target, "bench.a.t7", 60);
+            let mut out = vec![9u8];
+            template.encode(&mut out, &hex, &[b'x'; 12], [0xa5, 1, 2, 3]);
+            assert_eq!(out.len(), 1 + template.wire_len());
+            // Masked: the mask bit is set and the key is the one given.
+            assert_eq!(out[1], 0x81);
+            assert_eq!(out[2] & 0x80, 0x80);
+            assert_eq!(out[3..7], [0xa5, 1, 2, 3]);
+            let texts = client_texts(&out[1..]);
+            let expected_payload = format!(
+                "\"{}{}\"",
+                std::str::from_utf8(&hex).unwrap(),
+                "x".repeat(12)
+            );
+            match dialect {
+                WsDialect::Fiber => match ws_fiber::parse_client_message(&texts[0]).unwrap() {
+                    ws_fiber::FiberRequest::Publish { topic, payload, .. } => {
+                        assert_eq!(topic, "bench.a.t7");
+                        assert_eq!(payload.get(), expected_payload);
+                    }
+                    other => panic!("{other:?}"),
+                },
+                WsDialect::FastApi => {
+                    match ws_fastapi::parse_client_message(&texts[0], 1000).unwrap() {
+                        ws_fastapi::FastApiRequest::Publish { topic, data } => {
+                            assert_eq!(topic, "bench.a.t7");
+                            assert_eq!(data.get(), expected_payload);
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn websocket_setups_subscribe_or_ping() {
+        use crate::protocol::ws_fiber;
+        let subs = vec![(4, "a.t4".to_string()), (5, "a.t5".to_string())];
+        let fiber = Target::WebSocket {
+            dialect: WsDialect::Fiber,
+        };
+        let mut out = Vec::new();
+        assert_eq!(
+            encode_setup(fiber, Role::Subscriber, "b", &subs, &mut out),
+            2
+        );
+        let texts = client_texts(&out);
+        assert_eq!(
+            texts,
+            [
+                r#"{"type":"subscribe","topic":"a.t4","request_id":"s4"}"#,
+                r#"{"type":"subscribe","topic":"a.t5","request_id":"s5"}"#,
+            ]
+        );
+        assert!(matches!(
+            ws_fiber::parse_client_message(&texts[0]),
+            Ok(ws_fiber::FiberRequest::Subscribe(_))
+        ));
+        out.clear();
+        assert_eq!(
+            encode_setup(fiber, Role::Publisher, "b", &subs, &mut out),
+            1
+        );
+        assert_eq!(client_texts(&out), [r#"{"type":"ping","request_id":"p"}"#]);
+        out.clear();
+        let fastapi = Target::WebSocket {
+            dialect: WsDialect::FastApi,
+        };
+        encode_setup(fastapi, Role::Subscriber, "b", &subs[..1], &mut out);
+        assert_eq!(
+            client_texts(&out),
+            [r#"{"type":"subscribe","topic":"a.t4"}"#]
+        );
+    }
+
+    /// A link already past its upgrade, for decoding server frames.
+    fn upgraded(dialect: WsDialect) -> ws::Link {
+        let mut link = ws::Link::for_target(Target::WebSocket { dialect }, 1 << 20).unwrap();
+        let mut request = Vec::new();
+        link.encode_upgrade("127.0.0.1:1", &mut request);
+        let request = String::from_utf8(request).unwrap();
+        let key = request
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap();
+        let mut response = Vec::new();
+        crate::protocol::http::encode_switching_protocols(key.as_bytes(), &mut response);
+        let len = response.len();
+        assert_eq!(link.decode(&mut response), Ok(Some((Event::Upgraded, len))));
+        link
+    }
+
+    /// Owned events from server text messages, each framed as the broker frames them.
+    fn server_events(dialect: WsDialect, texts: &[&[u8]]) -> Vec<String> {
+        let mut link = upgraded(dialect);
+        let mut wire = Vec::new();
+        for text in texts {
+            websocket::encode_text_frame(text, &mut wire);
+        }
+        let mut events = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            let (event, used) = link.decode(&mut wire[at..]).unwrap().unwrap();
+            events.push(format!("{event:?}"));
+            at += used;
+        }
+        events
+    }
+
+    #[test]
+    fn websocket_upgrades_are_checked() {
+        let mut link = ws::Link::for_target(
+            Target::WebSocket {
+                dialect: WsDialect::Fiber,
+            },
+            1 << 20,
+        )
+        .unwrap();
+        let mut request = Vec::new();
+        link.encode_upgrade("h:1", &mut request);
+        let text = String::from_utf8(request).unwrap();
+        assert!(text.starts_with("GET /v1/ws HTTP/1.1\r\nHost: h:1\r\n"));
+        assert!(text.ends_with("Sec-WebSocket-Version: 13\r\n\r\n"));
+        // A 101 for another key, a refusal, and a partial head.
+        let mut wrong = Vec::new();
+        crate::protocol::http::encode_switching_protocols(b"dGhlIHNhbXBsZSBub25jZQ==", &mut wrong);
+        assert!(link.decode(&mut wrong).is_err());
+        let mut refused = b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}".to_vec();
+        let error = link.decode(&mut refused).unwrap_err();
+        assert!(error.0.contains("404"), "{error}");
+        let mut partial = b"HTTP/1.1 101 Switching".to_vec();
+        assert_eq!(link.decode(&mut partial), Ok(None));
+    }
+
+    #[test]
+    fn websocket_server_messages() {
+        use crate::protocol::payload::DerivedMessageId;
+        use crate::protocol::ws_fiber::{self, FiberCode, FiberEvent};
+        use crate::protocol::ws_json::MessageId;
+        use crate::protocol::{ws_fastapi, ws_fastapi::AckFor};
+        let hex = stamp().encode_hex();
+        let mut payload = hex.to_vec();
+        payload.extend_from_slice(b"xxxx");
+        let json_payload = format!("\"{}\"", std::str::from_utf8(&payload).unwrap());
+        let id = MessageId::Derived(DerivedMessageId { epoch: 1, seq: 2 });
+        let message = |topic: &'static str| {
+            format!(
+                "Message {{ topic: {topic}, payload: {:?}, seq: 0, delivery_count: 1 }}",
+                payload.as_slice()
+            )
+        };
+
+        let mut event = Vec::new();
+        ws_fiber::encode_event(
+            &FiberEvent {
+                topic: "bench.r.t7",
+                id,
+                payload: json_payload.as_bytes(),
+                content_type: Some(b"application/json"),
+                timestamp_ns: 1,
+                seq: Some(9),
+            },
+            &mut event,
+        );
+        let mut ack = Vec::new();
+        ws_fiber::encode_ack(Some("s7"), "bench.r.t7", 1, &mut ack);
+        let mut pong = Vec::new();
+        ws_fiber::encode_pong(Some("p"), 1, &mut pong);
+        let mut error = Vec::new();
+        ws_fiber::encode_error(
+            None,
+            FiberCode::RateLimited,
+            "slow down",
+            Some(5),
+            1,
+            &mut error,
+        );
+        // The general parse: keys in another order, an escape in the payload.
+        let reordered = format!(
+            r#"{{"topic":"bench.r.t3","type":"event","message":{{"payload":{json_payload},"id":"x"}}}}"#
+        );
+        let escaped =
+            br#"{"type":"event","topic":"bench.r.t3","message":{"id":"x","payload":"a\"b"}}"#;
+        let events = server_events(
+            WsDialect::Fiber,
+            &[
+                &event,
+                &ack,
+                &pong,
+                &error,
+                reordered.as_bytes(),
+                escaped,
+                br#"{"type":"dropped","topic":"bench.r.t1","count":4}"#,
+                b"not json",
+            ],
+        );
+        assert_eq!(events[0], message("Some(7)"));
+        assert_eq!(events[1..3], ["Acked", "Pong"]);
+        assert!(events[3].contains("RATE_LIMITED"), "{}", events[3]);
+        assert_eq!(events[4], message("Some(3)"));
+        // Not a payload the bench sent: counted as corrupt by its length.
+        assert!(
+            events[5].starts_with("Message { topic: Some(3), payload: [34,"),
+            "{}",
+            events[5]
+        );
+        assert_eq!(events[6], "Dropped(4)");
+        assert!(events[7].starts_with("Error(\"unreadable"), "{}", events[7]);
+
+        let mut info = Vec::new();
+        ws_fastapi::encode_info("c1", &mut info);
+        let mut event = Vec::new();
+        ws_fastapi::encode_event(
+            "bench.r.t2",
+            json_payload.as_bytes(),
+            Some(b"application/json"),
+            id,
+            &mut event,
+        );
+        let mut ack = Vec::new();
+        ws_fastapi::encode_ack(AckFor::Publish, "bench.r.t2", &mut ack);
+        let mut pong = Vec::new();
+        ws_fastapi::encode_pong(&mut pong);
+        let events = server_events(WsDialect::FastApi, &[&info, &event, &ack, &pong]);
+        assert_eq!(events[0], "Ignored");
+        assert_eq!(events[1], message("Some(2)"));
+        assert_eq!(events[2..], ["Acked", "Pong"]);
+    }
+
+    #[test]
+    fn websocket_frames_wait_for_their_last_byte_and_pings_get_pongs() {
+        let mut link = upgraded(WsDialect::FastApi);
+        let mut wire = Vec::new();
+        websocket::encode_text_frame(br#"{"type":"pong"}"#, &mut wire);
+        for cut in 0..wire.len() {
+            assert_eq!(link.decode(&mut wire[..cut]), Ok(None), "cut at {cut}");
+        }
+        let mut ping = Vec::new();
+        websocket::encode_ping_frame(b"hi", &mut ping);
+        assert_eq!(link.decode(&mut ping), Ok(Some((Event::WsPing(b"hi"), 4))));
+        let mut pong = Vec::new();
+        ws::encode_pong_frame(b"hi", &mut pong);
+        let mut server = websocket::Decoder::server(125);
+        assert_eq!(
+            server.decode(&mut pong),
+            Ok(Some((websocket::Event::Pong(b"hi"), 8)))
+        );
+        let mut close = Vec::new();
+        websocket::encode_close_frame(Some(1008), "slow", &mut close);
+        assert!(link.decode(&mut close).unwrap_err().0.contains("1008"));
+    }
+
+    #[test]
+    fn nats_over_websocket() {
+        let e = parse_endpoint("nats+ws://127.0.0.1:9").unwrap();
+        assert_eq!((e.target, e.addr.port()), (Target::NatsWs, 9));
+        assert!(parse_endpoint("nats+ws://127.0.0.1:9/").is_ok());
+        assert!(parse_endpoint("nats+ws://127.0.0.1:9/x").is_err());
+        // A PUB is one masked binary frame; the set-up is one frame of NATS text.
+        let template = PublishTemplate::new(Target::NatsWs, "a.t1", 3);
+        let mut out = Vec::new();
+        template.encode(&mut out, b"hi", b"!", [1, 2, 3, 4]);
+        assert_eq!(out.len(), template.wire_len());
+        let mut server = websocket::Decoder::server(1 << 10);
+        assert_eq!(
+            server.decode(&mut out),
+            Ok(Some((
+                websocket::Event::Binary(b"PUB a.t1 3\r\nhi!\r\n"),
+                23
+            )))
+        );
+        let mut out = Vec::new();
+        let subs = vec![(4, "a.t4".to_string())];
+        assert_eq!(
+            encode_setup(Target::NatsWs, Role::Subscriber, "b", &subs, &mut out),
+            1
+        );
+        let len = out.len();
+        match server.decode(&mut out) {
+            Ok(Some((websocket::Event::Binary(text), used))) => {
+                assert_eq!(used, len);
+                assert!(text.starts_with(b"CONNECT {"));
+                assert!(text.ends_with(b"SUB a.t4 4\r\nPING\r\n"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The server's stream, cut into frames anywhere, decodes as one stream.
+        let mut link = ws::Link::for_target(Target::NatsWs, 1 << 20).unwrap();
+        let mut request = Vec::new();
+        link.encode_upgrade("h:1", &mut request);
+        let request = String::from_utf8(request).unwrap();
+        assert!(request.starts_with("GET / HTTP/1.1\r\n"));
+        let key = request
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap();
+        let mut wire = Vec::new();
+        crate::protocol::http::encode_switching_protocols(key.as_bytes(), &mut wire);
+        let stream = b"INFO {}\r\nMSG a.t4 4 3\r\nabc\r\nPING\r\nPONG\r\n";
+        for piece in [&stream[..12], &stream[12..30], &stream[30..]] {
+            websocket::encode_binary_frame(piece, &mut wire);
+        }
+        websocket::encode_ping_frame(b"k", &mut wire);
+        let mut events = Vec::new();
+        let mut at = 0;
+        while let Some((event, used)) = link.decode(&mut wire[at..]).unwrap() {
+            if event != Event::Ignored {
+                events.push(format!("{event:?}"));
+            }
+            at += used;
+        }
+        assert_eq!(at, wire.len());
+        assert_eq!(
+            events,
+            [
+                "Upgraded",
+                "Message { topic: Some(4), payload: [97, 98, 99], seq: 0, delivery_count: 1 }",
+                "ServerPing",
+                "Pong",
+                "WsPing([107])",
+            ]
+        );
+        let mut pong = Vec::new();
+        encode_pong(Target::NatsWs, &mut pong);
+        assert_eq!(
+            server.decode(&mut pong),
+            Ok(Some((websocket::Event::Binary(b"PONG\r\n"), 12)))
+        );
     }
 }

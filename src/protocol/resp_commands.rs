@@ -133,8 +133,10 @@ const fn container(
 
 use CommandId as C;
 
-/// Every command corebus answers, with Redis 7.2's arities (`commands.def`).
+/// Every command corebus answers, with Redis 7.2's arities (`commands.def`). Lookup is a
+/// linear scan, so the hottest command comes first.
 pub const COMMANDS: &[TopLevel] = &[
+    command("publish", spec(C::Publish, "publish", 3)),
     command("subscribe", subscribed_ok(C::Subscribe, "subscribe", -2)),
     command(
         "unsubscribe",
@@ -150,7 +152,6 @@ pub const COMMANDS: &[TopLevel] = &[
         "sunsubscribe",
         subscribed_ok(C::SUnsubscribe, "sunsubscribe", -1),
     ),
-    command("publish", spec(C::Publish, "publish", 3)),
     command("spublish", spec(C::SPublish, "spublish", 3)),
     command("ping", subscribed_ok(C::Ping, "ping", -1)),
     command("echo", spec(C::Echo, "echo", 2)),

@@ -113,7 +113,7 @@ pub fn parse_publish_topic(bytes: &[u8]) -> Result<&str, TopicError> {
         return Err(TopicError::Reserved);
     }
     scan_tokens::<false>(bytes)?;
-    as_str(bytes)
+    Ok(scanned_as_str(bytes))
 }
 
 /// A name a client may subscribe to: exact (reserved `$` names allowed, to read dead
@@ -123,13 +123,13 @@ pub fn parse_subscription(bytes: &[u8]) -> Result<(&str, SubjectKind), TopicErro
         check_length(escaped_glob)?;
         // Every escaped name is an exact topic name (see `resp_channel`).
         return match scan_tokens::<false>(escaped_glob) {
-            Ok(_) => Ok((as_str(bytes)?, SubjectKind::Pattern)),
+            Ok(_) => Ok((scanned_as_str(bytes), SubjectKind::Pattern)),
             Err(_) => Err(TopicError::BadGlob),
         };
     }
     check_length(bytes)?;
     let kind = scan_tokens::<true>(bytes)?;
-    Ok((as_str(bytes)?, kind))
+    Ok((scanned_as_str(bytes), kind))
 }
 
 /// Does exact `topic` match `pattern`? A deliberately plain token-by-token walk: the
@@ -195,8 +195,13 @@ fn check_length(bytes: &[u8]) -> Result<(), TopicError> {
 /// The scan has already proved every byte is ASCII, so this cannot fail; it still maps the
 /// error instead of unwrapping so that no input path can panic, and it costs little on at
 /// most 255 ASCII bytes.
-fn as_str(bytes: &[u8]) -> Result<&str, TopicError> {
-    std::str::from_utf8(bytes).map_err(|_| TopicError::NotUtf8)
+/// `bytes` passed [`scan_tokens`] (after a `~` for a glob subject), which refuses every
+/// non-ASCII byte, so they are UTF-8 already; checking again cost about 130 instructions per
+/// publish (callgrind), a twentieth of the whole native 1:1 path.
+fn scanned_as_str(bytes: &[u8]) -> &str {
+    debug_assert!(bytes.is_ascii());
+    // SAFETY: ASCII is valid UTF-8, and the scan let only ASCII through.
+    unsafe { std::str::from_utf8_unchecked(bytes) }
 }
 
 /// What has been seen of the token under the cursor.

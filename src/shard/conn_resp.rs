@@ -10,7 +10,7 @@
 //! Redis answers every request in order, but the core answers some later than others (a
 //! publish to a topic another shard owns, a subscribe waiting for every shard, `INFO`
 //! gathering stats over the rings). So each request takes a slot in the session's
-//! [`ReplyQueue`] and its reply leaves only when every earlier one has: pipelining keeps its
+//! reply queue and its reply leaves only when every earlier one has: pipelining keeps its
 //! order whatever shard each request touched. Replies also stay behind deliveries already
 //! queued, as in Redis, so an `unsubscribe` confirmation is the last thing said about a
 //! channel.
@@ -195,10 +195,15 @@ impl ReplyQueue {
     fn drain_ready(&mut self, output: &mut Vec<u8>) {
         while let Some(Slot::Ready(bytes)) = self.slots.front() {
             output.extend_from_slice(bytes);
-            self.slots.pop_front();
-            if !self.slots.is_empty() {
-                self.head_id = Self::next_id(self.head_id);
-            }
+            self.pop_front();
+        }
+    }
+
+    /// Drops the front slot, its reply written; the next slot's id becomes the head.
+    fn pop_front(&mut self) {
+        self.slots.pop_front();
+        if !self.slots.is_empty() {
+            self.head_id = Self::next_id(self.head_id);
         }
     }
 }
@@ -320,40 +325,29 @@ impl RespSession {
             return;
         };
         let version = self.version;
-        let mut bytes = Vec::new();
+        // The oldest waiting request (the usual case: pipelined publishes answered in turn)
+        // is worded straight into the output; a later one waits in its slot.
+        let at_head = self.replies.index_of(request_id) == Some(0);
+        let mut slot_bytes = Vec::new();
+        let bytes = if at_head {
+            &mut self.output
+        } else {
+            &mut slot_bytes
+        };
+        let mut refused_sub = None;
         match (awaiting, answer) {
             (_, Answer::Throttled { retry_after_ms }) => {
-                encode_error(&mut bytes, throttled_reason(retry_after_ms).as_bytes())
+                encode_error(bytes, throttled_reason(retry_after_ms).as_bytes())
             }
-            // Overtaken by its own UNSUBSCRIBE (pipelined): to the client it happened, and
-            // Redis would confirm it before the unsubscribe.
-            (
-                Awaiting::Subscribe {
-                    family,
-                    name,
-                    count,
-                    ..
-                },
-                Answer::Refused {
-                    code: ErrorCode::UnknownSubscription,
-                    ..
-                },
-            ) => resp::encode_subscription(
-                &mut bytes,
-                version,
-                family.subscribe_word(),
-                Some(&name),
-                count,
-            ),
-            (Awaiting::Subscribe { sub_id, .. }, Answer::Refused { reason, .. }) => {
-                self.forget(sub_id);
-                encode_error(&mut bytes, reason.as_bytes());
+            (Awaiting::Subscribe { sub_id, .. }, Answer::Refused { code, reason })
+                if code != ErrorCode::UnknownSubscription =>
+            {
+                refused_sub = Some(sub_id);
+                encode_error(bytes, reason.as_bytes());
             }
-            (_, Answer::Refused { reason, .. }) => encode_error(&mut bytes, reason.as_bytes()),
-            (Awaiting::Publish, Answer::Published(published)) => {
-                encode_integer(&mut bytes, i64::from(published.receivers))
-            }
-            (Awaiting::Publish, _) => encode_integer(&mut bytes, 0),
+            // Confirmed, or overtaken by its own UNSUBSCRIBE (pipelined; the core then says
+            // "unknown subscription"): to the client it happened, and Redis would confirm it
+            // before the unsubscribe.
             (
                 Awaiting::Subscribe {
                     family,
@@ -363,12 +357,17 @@ impl RespSession {
                 },
                 _,
             ) => resp::encode_subscription(
-                &mut bytes,
+                bytes,
                 version,
                 family.subscribe_word(),
                 Some(&name),
                 count,
             ),
+            (_, Answer::Refused { reason, .. }) => encode_error(bytes, reason.as_bytes()),
+            (Awaiting::Publish, Answer::Published(published)) => {
+                encode_integer(bytes, i64::from(published.receivers))
+            }
+            (Awaiting::Publish, _) => encode_integer(bytes, 0),
             (
                 Awaiting::Unsubscribe {
                     family,
@@ -377,16 +376,23 @@ impl RespSession {
                 },
                 _,
             ) => resp::encode_subscription(
-                &mut bytes,
+                bytes,
                 version,
                 family.unsubscribe_word(),
                 Some(&name),
                 count,
             ),
-            (Awaiting::Kill, _) => encode_integer(&mut bytes, 1),
-            (Awaiting::Gather { .. }, _) => encode_error(&mut bytes, b"internal error"),
+            (Awaiting::Kill, _) => encode_integer(bytes, 1),
+            (Awaiting::Gather { .. }, _) => encode_error(bytes, b"internal error"),
         }
-        self.replies.fill(request_id, bytes);
+        if let Some(sub_id) = refused_sub {
+            self.forget(sub_id);
+        }
+        if at_head {
+            self.replies.pop_front();
+        } else {
+            self.replies.fill(request_id, slot_bytes);
+        }
         self.replies.drain_ready(&mut self.output);
     }
 
@@ -441,9 +447,14 @@ impl RespSession {
         }
     }
 
-    /// Replies ready to be queued, in order.
-    pub fn take_output(&mut self) -> Option<Vec<u8>> {
-        (!self.output.is_empty()).then(|| std::mem::take(&mut self.output))
+    /// Replies ready to be queued, in order; [`RespSession::clear_output`] once queued (the
+    /// buffer keeps its capacity: a pipelining client refills it for every batch).
+    pub fn output(&self) -> Option<&[u8]> {
+        (!self.output.is_empty()).then_some(self.output.as_slice())
+    }
+
+    pub fn clear_output(&mut self) {
+        self.output.clear();
     }
 
     /// Whether the connection should close now: QUIT was answered and nothing waits.

@@ -37,7 +37,7 @@ use super::{Flow, Shard};
 
 /// Requests of one WebSocket connection waiting for their answer; past this many the client
 /// is told to slow down rather than the session growing.
-const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
 
 /// Which JSON dialect a session speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

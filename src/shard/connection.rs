@@ -379,11 +379,11 @@ impl Outbound {
 
     /// Bytes that must not overtake queued deliveries (a Redis reply): straight into the
     /// write buffer when nothing is queued, else in line as a notice.
-    pub fn push_in_order(&mut self, bytes: Vec<u8>) {
+    pub fn push_in_order(&mut self, bytes: &[u8]) {
         if self.pending.is_empty() {
-            self.write_buf.extend_from_slice(&bytes);
+            self.write_buf.extend_from_slice(bytes);
         } else {
-            self.push_notice(bytes.into_boxed_slice());
+            self.push_notice(bytes.into());
         }
     }
 
@@ -679,8 +679,9 @@ impl Connection {
     /// Queues a RESP session's ready replies, in order behind what is queued already.
     pub fn queue_resp_output(&mut self) {
         if let Wire::Resp(session) = &mut self.wire {
-            if let Some(ready) = session.take_output() {
+            if let Some(ready) = session.output() {
                 self.out.push_in_order(ready);
+                session.clear_output();
             }
         }
     }

@@ -22,10 +22,6 @@
 mod commands;
 pub mod conn_http;
 mod conn_native;
-// Its module doc links to a private item (`ReplyQueue`), which fails `cargo doc -D warnings`
-// on main; the file is being worked on elsewhere, so the lint is allowed here until that
-// link is fixed there (then this attribute goes).
-#[allow(rustdoc::private_intra_doc_links)]
 pub mod conn_resp;
 pub mod conn_ws;
 pub mod connection;

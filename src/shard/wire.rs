@@ -124,8 +124,9 @@ impl Wire {
             Wire::WebSocket(session) => session.encode_answer(request_id, answer, out),
             Wire::Resp(session) => {
                 session.encode_answer(request_id, answer);
-                if let Some(ready) = session.take_output() {
-                    out.extend_from_slice(&ready);
+                if let Some(ready) = session.output() {
+                    out.extend_from_slice(ready);
+                    session.clear_output();
                 }
             }
             Wire::Native { .. } => {
