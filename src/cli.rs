@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, SlowConsumerPolicy};
+use crate::logging::LogFormat;
 
 /// `corebus --version`: the crate version and the git commit it was built from (`build.rs`;
 /// `unknown` when built outside a git checkout without `COREBUS_GIT_COMMIT`).
@@ -205,9 +206,16 @@ pub struct ServeArgs {
     /// Publishes a connection may make at once (0: one second's worth of --publish-rate).
     #[arg(long, env = "COREBUS_PUBLISH_BURST", default_value_t = Config::default().publish_burst)]
     pub publish_burst: u64,
+    /// Topics with their own series in /metrics: the ones with the most messages.
+    #[arg(long, env = "COREBUS_METRICS_TOPICS_MAX", default_value_t = Config::default().metrics_topics_max)]
+    pub metrics_topics_max: usize,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, env = "COREBUS_LOG", default_value = "info")]
     pub log_level: log::LevelFilter,
+    /// Log line format: text (key=value after a timestamp and level), or json (one object
+    /// per line: ts, level, event and the line's fields).
+    #[arg(long, env = "COREBUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Args)]
@@ -563,6 +571,7 @@ impl ServeArgs {
             auto_create_topics: self.auto_create_topics,
             publish_rate: self.publish_rate,
             publish_burst: self.publish_burst,
+            metrics_topics_max: self.metrics_topics_max,
         }
     }
 }

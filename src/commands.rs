@@ -29,10 +29,7 @@ pub fn serve(settings: &ServeSettings) -> CommandResult {
         print!("{}", crate::settings::print_config(&settings.settings));
         return Ok(());
     }
-    env_logger::Builder::new()
-        .filter_level(args.log_level)
-        .format_target(false)
-        .init();
+    crate::logging::init(args.log_level, args.log_format);
     for setting in &settings.settings {
         if let Source::Fitted { .. } = setting.source {
             log::info!(
@@ -64,7 +61,10 @@ pub fn serve(settings: &ServeSettings) -> CommandResult {
         let _ = std::fs::remove_file(path);
     }
     let counters = broker.shutdown()?;
-    log::info!("event=stopped counters={counters:?}");
+    log::info!(
+        "event=stopped {}",
+        crate::logging::key_values(&counters.fields())
+    );
     Ok(())
 }
 

@@ -118,6 +118,10 @@ pub struct Config {
     /// Publishes a connection may make at once (the bucket's size); 0 is one second's worth
     /// of `publish_rate`.
     pub publish_burst: u64,
+    /// Topics that get their own series in `/metrics`: the ones with the most messages. The
+    /// bound keeps a scrape's size (and Prometheus's series count) independent of how many
+    /// topics exist.
+    pub metrics_topics_max: usize,
 }
 
 impl Config {
@@ -176,6 +180,7 @@ impl Default for Config {
             auto_create_topics: true,
             publish_rate: 0,
             publish_burst: 0,
+            metrics_topics_max: 50,
         }
     }
 }

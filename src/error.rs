@@ -168,6 +168,24 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, in the order of [`CloseReason::index`] (the closes-by-reason counters).
+    pub const ALL: [CloseReason; 9] = [
+        CloseReason::PeerClosed,
+        CloseReason::IoError,
+        CloseReason::ProtocolError,
+        CloseReason::HandshakeFailed,
+        CloseReason::SlowConsumer,
+        CloseReason::TooManyConnections,
+        CloseReason::Shutdown,
+        CloseReason::ClientQuit,
+        CloseReason::Killed,
+    ];
+
+    /// Its position in [`CloseReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::PeerClosed => "peer_closed",
@@ -200,6 +218,13 @@ mod tests {
         }
         assert_eq!(ErrorCode::from_u16(0), None);
         assert_eq!(ErrorCode::from_u16(9999), None);
+    }
+
+    #[test]
+    fn close_reasons_sit_at_their_index() {
+        for (index, reason) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), index);
+        }
     }
 
     #[test]

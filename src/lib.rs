@@ -19,7 +19,8 @@
 //!   `request`, `reply`, `topic`). [`settings`]: where each `serve` setting comes from (flag >
 //!   environment > config file > default), `--print-config`, the example config.
 //! - Start-up. [`config`]: every limit, its default, validation, the memory budget and fitting
-//!   unset limits to the memory available. [`server`]: builds the mesh, spawns the shards,
+//!   unset limits to the memory available. [`logging`]: log lines as `key=value` text or
+//!   one JSON object per line (`--log-format`). [`server`]: builds the mesh, spawns the shards,
 //!   stops them. [`listeners`]: one `SO_REUSEPORT` listener per shard on a port shared with no
 //!   other process ("address already in use" otherwise).
 //! - [`protocol`]: sans-IO codecs. [`protocol::native`]: the binary frames, byte by byte.
@@ -39,11 +40,12 @@
 //!   outbox. The protocol seam: `commands.rs` holds the protocol-neutral command handlers,
 //!   which answer with [`shard::wire::Answer`]s; each connection kind words them through its
 //!   [`shard::wire::Wire`]: `conn_native.rs` (HELLO, versions, binary frames),
-//!   [`shard::conn_http`] (REST, the WebSocket upgrade), [`shard::conn_ws`] (the JSON dialects,
+//!   [`shard::conn_http`] (REST, the WebSocket upgrade, the dashboard page at `GET /`:
+//!   `dashboard.html`, compiled in), [`shard::conn_ws`] (the JSON dialects,
 //!   and the cache that encodes an event once per shard and dialect), [`shard::conn_resp`]
 //!   (Redis: replies in request order, subscriptions, `INFO`/`PUBSUB`/`CLIENT`).
 //!   [`shard::stats`]: stats
-//!   gathered from every shard over the rings. `owner.rs`: the owner
+//!   gathered from every shard over the rings (`/v1/stats`, Prometheus `/metrics`). `owner.rs`: the owner
 //!   side, sequencing and everything that arrives over the rings. [`shard::topics`]: the
 //!   owner's topic table and each shard's local subscriptions. [`shard::sublist`]: the pattern
 //!   trie and its cache. [`shard::replay`]: a topic's replay ring. [`shard::consumers`]:
@@ -85,6 +87,7 @@ pub mod config;
 pub mod error;
 pub mod ids;
 pub mod listeners;
+pub mod logging;
 pub mod mesh;
 pub mod message;
 pub mod protocol;

@@ -173,6 +173,13 @@ fn nack_redelivers_at_once_and_ack_wait_redelivers_after_the_wait() {
     assert!(subscription
         .recv_timeout(Duration::from_millis(1500))
         .is_err());
+
+    // The owner counted what happened (the counters behind /metrics).
+    let counters = broker.shutdown().expect("the broker shuts down cleanly");
+    assert_eq!(
+        (counters.acks, counters.nacks, counters.redelivered),
+        (1, 1, 2)
+    );
 }
 
 #[test]

@@ -1016,3 +1016,93 @@ fn headers_go_from_pub_to_sub_verbose() {
     let line = sub.stdout_line(WAIT);
     assert!(line.contains(" id:o-1 trace:abc hello"), "{line}");
 }
+
+/// The connection lifecycle as `serve` logs it: one line when a native client connects and
+/// one when it goes, each naming the protocol; the shutdown summary is `key=value` fields.
+/// Returns stderr.
+fn a_connection_and_a_shutdown(extra: &[&str]) -> String {
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--no-pin",
+    ];
+    args.extend_from_slice(extra);
+    let (mut serve, addr) = start_serve(corebus(&args));
+    let mut client = Client::connect(addr).unwrap();
+    client.publish("logged.topic", b"one").unwrap();
+    drop(client);
+    serve.await_stderr("connection_closed", WAIT);
+    serve.signal("TERM");
+    assert!(serve.wait(STOP_WAIT).success());
+    serve.all_stderr()
+}
+
+#[test]
+fn text_logs_name_the_protocol_and_end_with_a_structured_summary() {
+    let stderr = a_connection_and_a_shutdown(&[]);
+    let line = |event: &str| {
+        stderr
+            .lines()
+            .find(|line| line.contains(&format!("event={event} ")))
+            .unwrap_or_else(|| panic!("no {event} line in:\n{stderr}"))
+    };
+    assert!(line("connection_opened").contains(" protocol=native"));
+    let closed = line("connection_closed");
+    assert!(closed.contains(" protocol=native") && closed.contains(" reason=peer_closed"));
+    let stopped = line("stopped");
+    assert!(
+        stopped.contains(" published=1 ") && stopped.contains(" closed_peer_closed=1"),
+        "{stopped}"
+    );
+    assert!(!stderr.contains("ShardCounters"), "a Debug dump:\n{stderr}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let stderr = a_connection_and_a_shutdown(&["--log-format", "json"]);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    for line in &lines {
+        for key in ["ts", "level", "event"] {
+            assert!(line[key].is_string(), "no {key} in {line}");
+        }
+    }
+    let find = |event: &str| {
+        lines
+            .iter()
+            .find(|line| line["event"] == event)
+            .unwrap_or_else(|| panic!("no {event} line in:\n{stderr}"))
+    };
+    let opened = find("connection_opened");
+    assert_eq!(opened["protocol"], "native");
+    assert_eq!(opened["shard"], 0);
+    assert!(opened["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let closed = find("connection_closed");
+    assert_eq!(closed["protocol"], "native");
+    assert_eq!(closed["reason"], "peer_closed");
+    assert_eq!(closed["conn"], opened["conn"]);
+    let stopped = find("stopped");
+    assert_eq!(stopped["level"], "info");
+    assert_eq!(stopped["published"], 1);
+    assert_eq!(stopped["connections_accepted"], 1);
+    assert_eq!(stopped["closed_peer_closed"], 1);
+}
+
+#[test]
+fn the_log_format_comes_from_the_environment_too() {
+    let mut command = corebus(&["serve", "--listen", "127.0.0.1:0", "--no-pin"]);
+    command.env("COREBUS_LOG_FORMAT", "json");
+    let (mut serve, _addr) = start_serve(command);
+    serve.signal("TERM");
+    assert!(serve.wait(STOP_WAIT).success());
+    let stderr = serve.all_stderr();
+    let first = stderr.lines().next().expect("a log line");
+    let line: serde_json::Value = serde_json::from_str(first).expect(first);
+    assert!(line["event"].is_string(), "{line}");
+}

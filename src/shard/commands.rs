@@ -669,6 +669,7 @@ impl Shard {
                 return Flow::Blocked;
             }
             // Acks are the hot path of at-least-once: reuse the shard's action list.
+            self.counters.count_ack(kind);
             let mut actions = std::mem::take(&mut self.consumer_actions);
             self.owned.ack_consumer(
                 (&topic, &consumer),

@@ -12,6 +12,9 @@
 //! Topic lists and stats come from every shard over the rings ([`super::stats`]), each shard
 //! answering for the topics it owns, with a deadline: a shard that does not answer in time
 //! is left out and the answer says `"partial": true`.
+//!
+//! `GET /` is the dashboard (`dashboard.html`, compiled in), which reads those same
+//! endpoints from the browser.
 
 use serde_json::json;
 
@@ -26,6 +29,10 @@ use super::conn_ws::Dialect;
 use super::stats::{BrokerStats, StatsQuery};
 use super::wire::{Answer, Wire};
 use super::{Flow, Shard};
+
+/// The dashboard at `GET /`: one self-contained page (inline CSS and script, charts drawn
+/// on a canvas by hand) that polls `/v1/stats` and `/metrics` every second.
+const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
 /// The only request id an HTTP connection uses: one request is in flight at a time.
 pub const HTTP_REQUEST_ID: u32 = 1;
@@ -337,11 +344,16 @@ impl Shard {
             }
             Route::Dashboard => {
                 self.http_reply(id, |out| {
-                    http::encode_error_response(
-                        ApiDialect::Fiber,
-                        Status(501),
-                        "the dashboard is not built yet; see /v1/stats and /metrics",
-                        request.connection,
+                    http::encode_response(
+                        &ResponseHead {
+                            status: Status(200),
+                            content_type: Some(http::CONTENT_TYPE_HTML),
+                            allow: None,
+                            connection: request.connection,
+                            // The page is in the binary: a new build may change it.
+                            extra: &[("Cache-Control", "no-cache")],
+                        },
+                        DASHBOARD_HTML.as_bytes(),
                         out,
                     )
                 });

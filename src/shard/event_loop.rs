@@ -20,7 +20,7 @@ use crate::ids::ConnectionId;
 use crate::protocol::native::Frame;
 
 use super::connection::{ConnState, Connection};
-use super::wire::Wire;
+use super::wire::{Protocol, Wire};
 use super::{Flow, Shard, ShardCounters, HTTP_LISTENER, LISTENER, RESP_LISTENER, WAKER_TOKEN};
 
 /// Which listener a connection came in on, which decides what it speaks.
@@ -186,7 +186,11 @@ impl Shard {
                 Err(e) => {
                     // EMFILE and friends: the connection stays in the backlog; log and retry on
                     // the next readiness event rather than spinning.
-                    log::warn!("event=accept_failed shard={} error={}", self.id, e);
+                    log::warn!(
+                        "event=accept_failed shard={} error={:?}",
+                        self.id,
+                        e.to_string()
+                    );
                     return;
                 }
             };
@@ -233,7 +237,11 @@ impl Shard {
                 Token(index),
                 Interest::READABLE | Interest::WRITABLE,
             ) {
-                log::warn!("event=register_failed shard={} error={}", self.id, e);
+                log::warn!(
+                    "event=register_failed shard={} error={:?}",
+                    self.id,
+                    e.to_string()
+                );
                 continue;
             }
             let mut conn = Connection::new(
@@ -253,11 +261,17 @@ impl Shard {
             self.counters.connections_accepted += 1;
             let deadline = Instant::now() + Duration::from_millis(self.config.handshake_timeout_ms);
             self.handshake_deadlines.push_back((deadline, id));
+            let protocol = match port {
+                Port::Native => Protocol::Native,
+                Port::Http => Protocol::Http,
+                Port::Resp => Protocol::Resp,
+            };
             log::info!(
-                "event=connection_opened shard={} conn={} peer={}",
+                "event=connection_opened shard={} conn={} peer={} protocol={}",
                 self.id,
                 id,
-                peer
+                peer,
+                protocol.as_str()
             );
         }
     }
@@ -347,7 +361,12 @@ impl Shard {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    log::debug!("event=read_error shard={} conn={} error={}", self.id, id, e);
+                    log::debug!(
+                        "event=read_error shard={} conn={} error={:?}",
+                        self.id,
+                        id,
+                        e.to_string()
+                    );
                     self.close_now(id, CloseReason::IoError);
                     return;
                 }
@@ -519,10 +538,10 @@ impl Shard {
             }
             Err(e) => {
                 log::debug!(
-                    "event=write_error shard={} conn={} error={}",
+                    "event=write_error shard={} conn={} error={:?}",
                     self.id,
                     id,
-                    e
+                    e.to_string()
                 );
                 self.close_now(id, CloseReason::IoError);
             }
@@ -591,13 +610,15 @@ impl Shard {
         let mut conn = self.connections.remove(id.index as usize);
         let _ = self.poll.registry().deregister(&mut conn.socket);
         self.counters.undelivered += conn.out.discard_pending();
+        self.counters.closed[reason.index()] += 1;
         // Everything this connection lost on its way out, a slow-consumer cut's discard
         // included, so the log and the shard's counter tell the same figure.
         log::info!(
-            "event=connection_closed shard={} conn={} peer={} reason={} undelivered={}",
+            "event=connection_closed shard={} conn={} peer={} protocol={} reason={} undelivered={}",
             self.id,
             id,
             conn.peer,
+            conn.wire.protocol().as_str(),
             reason,
             conn.out.discarded()
         );
@@ -660,9 +681,9 @@ impl Shard {
             self.close_now(id, CloseReason::Shutdown);
         }
         log::info!(
-            "event=shard_stopped shard={} counters={:?}",
+            "event=shard_stopped shard={} {}",
             self.id,
-            self.counters
+            crate::logging::key_values(&self.counters.fields())
         );
     }
 }

@@ -46,9 +46,11 @@ use mio::{Poll, Token};
 use slab::Slab;
 
 use crate::config::Config;
+use crate::error::CloseReason;
 use crate::ids::{ConnectionId, ShardId, Subscriber};
 use crate::mesh::message::OwnerRequest;
 use crate::mesh::PeerLink;
+use crate::protocol::native::AckKind;
 use crate::protocol::topic::SubjectKind;
 use connection::Connection;
 use replay::ReplayLimits;
@@ -100,6 +102,19 @@ pub struct ShardCounters {
     /// Times a publisher stopped being read because a subscriber it feeds was falling behind
     /// (`--publisher-stall-ms-max`).
     pub publisher_stalls: u64,
+    /// Connections closed, by reason (indexed by [`CloseReason::index`]).
+    pub closed: [u64; CloseReason::ALL.len()],
+    /// Acks (single and cumulative) applied by the topics this shard owns.
+    pub acks: u64,
+    /// Nacks applied by the topics this shard owns.
+    pub nacks: u64,
+    /// Consumer deliveries handed out again (delivery count above 1), by the owner.
+    pub redelivered: u64,
+    /// GAP notices queued for this shard's subscribers, and the messages they reported missed.
+    pub gaps: u64,
+    pub gap_missed: u64,
+    /// Retained messages handed to this shard's subscribers as a replay.
+    pub replayed: u64,
 }
 
 impl ShardCounters {
@@ -119,6 +134,59 @@ impl ShardCounters {
         self.protocol_errors += other.protocol_errors;
         self.stale_events += other.stale_events;
         self.publisher_stalls += other.publisher_stalls;
+        for (closed, other) in self.closed.iter_mut().zip(other.closed) {
+            *closed += other;
+        }
+        self.acks += other.acks;
+        self.nacks += other.nacks;
+        self.redelivered += other.redelivered;
+        self.gaps += other.gaps;
+        self.gap_missed += other.gap_missed;
+        self.replayed += other.replayed;
+    }
+
+    /// An ack the owner applied.
+    fn count_ack(&mut self, kind: AckKind) {
+        match kind {
+            AckKind::Nack => self.nacks += 1,
+            AckKind::Single | AckKind::Cumulative => self.acks += 1,
+        }
+    }
+
+    /// One `key=value` field per counter, for the shutdown summary line (closes by reason
+    /// as `closed_<reason>=N`, only the reasons that happened).
+    pub fn fields(&self) -> Vec<(String, u64)> {
+        let mut fields: Vec<(String, u64)> = [
+            ("published", self.published),
+            ("delivered", self.delivered),
+            ("dropped", self.dropped),
+            ("undelivered", self.undelivered),
+            ("bytes_in", self.bytes_in),
+            ("bytes_out", self.bytes_out),
+            ("connections_accepted", self.connections_accepted),
+            ("connections_refused", self.connections_refused),
+            ("slow_consumer_disconnects", self.slow_consumer_disconnects),
+            ("dead_lettered", self.dead_lettered),
+            ("rate_limited", self.rate_limited),
+            ("protocol_errors", self.protocol_errors),
+            ("stale_events", self.stale_events),
+            ("acks", self.acks),
+            ("nacks", self.nacks),
+            ("redelivered", self.redelivered),
+            ("gaps", self.gaps),
+            ("gap_missed", self.gap_missed),
+            ("replayed", self.replayed),
+            ("publisher_stalls", self.publisher_stalls),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+        for (reason, &count) in CloseReason::ALL.iter().zip(&self.closed) {
+            if count > 0 {
+                fields.push((format!("closed_{reason}"), count));
+            }
+        }
+        fields
     }
 }
 

@@ -281,6 +281,7 @@ impl Shard {
                 seq,
                 kind,
             } => {
+                self.counters.count_ack(kind);
                 let mut actions = std::mem::take(&mut self.consumer_actions);
                 self.owned.ack_consumer(
                     (&topic, &consumer),
@@ -479,6 +480,9 @@ impl Shard {
     /// `in_flight_max` deliveries at once, so these may take an outbox past its batch size.
     pub(super) fn carry_out(&mut self, topic: &str, actions: &mut Vec<ConsumerAction>) {
         for action in actions.drain(..) {
+            if let ConsumerAction::Deliver { message, .. } = &action {
+                self.counters.redelivered += u64::from(message.delivery_count() > 1);
+            }
             match action {
                 ConsumerAction::Deliver { member, message } if member.shard == self.id => {
                     self.deliver_to(member.subscriber, &message);
@@ -714,6 +718,8 @@ impl Shard {
         if let Some(conn) = self.connection_mut(subscriber.connection) {
             conn.out.push_gap(subscriber.sub_id, gap, topic);
             self.mark_dirty(subscriber.connection);
+            self.counters.gaps += 1;
+            self.counters.gap_missed += gap.0;
         }
     }
 
@@ -737,6 +743,7 @@ impl Shard {
             if !self.deliver_to(subscriber, message) {
                 break;
             }
+            self.counters.replayed += 1;
         }
     }
 

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
+use crate::error::CloseReason;
 use crate::ids::ConnectionId;
 use crate::mesh::message::{OwnerRequest, ReplyTarget};
 use crate::protocol::http::{self, ConnectionHeader, ResponseHead, Status};
 
 use super::conn_http::{Awaiting, PendingHttp};
-use super::wire::Wire;
+use super::wire::{Protocol, Wire};
 use super::{Shard, ShardCounters};
 
 /// How long an answer waits for the slowest shard.
@@ -46,9 +47,13 @@ pub struct TopicStats {
 /// One shard's part.
 #[derive(Clone, Debug, Default)]
 pub struct ShardStats {
+    /// Which shard this part is from (the `shard` label in `/metrics`).
+    pub shard: u16,
     pub topics: Vec<TopicStats>,
     pub counters: ShardCounters,
     pub connections: u64,
+    /// Open connections by protocol, indexed like [`Protocol::ALL`].
+    pub connections_by_protocol: [u64; Protocol::ALL.len()],
     /// Distinct patterns this shard's connections subscribe to (Redis's `PUBSUB NUMPAT`
     /// counts them broker-wide).
     pub patterns: Vec<Box<str>>,
@@ -66,7 +71,13 @@ pub struct BrokerStats {
 impl Shard {
     /// This shard's part.
     pub(super) fn shard_stats(&self) -> ShardStats {
+        let mut connections_by_protocol = [0; Protocol::ALL.len()];
+        for (_, conn) in &self.connections {
+            connections_by_protocol[conn.wire.protocol() as usize] += 1;
+        }
         ShardStats {
+            shard: self.id.0,
+            connections_by_protocol,
             topics: self
                 .owned
                 .iter()
@@ -132,6 +143,7 @@ impl Shard {
     pub(super) fn answer_stats(&mut self, reply: ReplyTarget) {
         let shards = self.shard_count;
         let uptime = self.started.elapsed().as_secs();
+        let topics_max = self.config.metrics_topics_max;
         let id = reply.connection;
         let Some(conn) = self.connection_mut(id) else {
             return;
@@ -154,7 +166,7 @@ impl Shard {
         encode_stats(
             query,
             &gathered,
-            (uptime, partial),
+            (uptime, partial, topics_max),
             connection,
             conn.out.replies(),
         );
@@ -177,7 +189,7 @@ impl Shard {
 fn encode_stats(
     query: StatsQuery,
     gathered: &BrokerStats,
-    (uptime_seconds, partial): (u64, bool),
+    (uptime_seconds, partial, metrics_topics_max): (u64, bool, usize),
     connection: ConnectionHeader,
     out: &mut Vec<u8>,
 ) {
@@ -231,6 +243,21 @@ fn encode_stats(
                 "slow_consumer_disconnects": counters.slow_consumer_disconnects,
                 "dead_lettered": counters.dead_lettered,
                 "connections": gathered.parts.iter().map(|p| p.connections).sum::<u64>(),
+                "connections_by_protocol": Protocol::ALL
+                    .iter()
+                    .map(|protocol| {
+                        let open: u64 = gathered
+                            .parts
+                            .iter()
+                            .map(|p| p.connections_by_protocol[*protocol as usize])
+                            .sum();
+                        (protocol.as_str().to_owned(), json!(open))
+                    })
+                    .collect::<Map<String, Value>>(),
+                "shards": shards_answered(gathered),
+                // When the answer was put together (Unix ms): rates computed between two
+                // answers use the broker's clock, not the reader's.
+                "time_ms": super::commands::unix_time_ns() / 1_000_000,
                 "partial": partial,
             })
         }
@@ -247,7 +274,7 @@ fn encode_stats(
             json!({ "topics": per_topic })
         }
         StatsQuery::Metrics => {
-            let text = metrics_text(&counters, &topics, uptime_seconds);
+            let text = metrics_text(&gathered.parts, uptime_seconds, metrics_topics_max);
             http::encode_response(
                 &ResponseHead {
                     status: Status(200),
@@ -269,60 +296,421 @@ fn encode_stats(
     );
 }
 
-/// The counters in Prometheus's text exposition format (the broker-wide sums).
-fn metrics_text(counters: &ShardCounters, topics: &[&TopicStats], uptime_seconds: u64) -> String {
-    use std::fmt::Write;
-    let mut text = String::new();
-    let mut counter = |name: &str, help: &str, value: u64| {
+/// The shards that answered, in order.
+fn shards_answered(gathered: &BrokerStats) -> Vec<u16> {
+    let mut shards: Vec<u16> = gathered.parts.iter().map(|p| p.shard).collect();
+    shards.sort_unstable();
+    shards
+}
+
+/// Writes Prometheus's text exposition format (version 0.0.4): one `# HELP` and `# TYPE`
+/// per family, then its samples.
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        use std::fmt::Write;
         let _ = writeln!(
-            text,
-            "# HELP corebus_{name} {help}\n# TYPE corebus_{name} counter\ncorebus_{name} {value}"
+            self.text,
+            "# HELP corebus_{name} {help}\n# TYPE corebus_{name} {kind}"
         );
-    };
-    counter("published_total", "Messages sequenced.", counters.published);
-    counter(
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        use std::fmt::Write;
+        self.text.push_str("corebus_");
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (label, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                self.text.push_str(label);
+                self.text.push_str("=\"");
+                escape_label_value(value, &mut self.text);
+                self.text.push('"');
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+
+    /// A family with one sample per shard.
+    fn per_shard(
+        &mut self,
+        (name, kind, help): (&str, &str, &str),
+        parts: &[&ShardStats],
+        value: impl Fn(&ShardStats) -> u64,
+    ) {
+        self.family(name, kind, help);
+        for part in parts {
+            let shard = part.shard.to_string();
+            self.sample(name, &[("shard", &shard)], value(part));
+        }
+    }
+}
+
+/// A label value as the exposition format quotes it: backslash, double quote and line feed
+/// escaped (topic names are checked, but the format must hold whatever a name holds).
+fn escape_label_value(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The per-shard counters and gauges the shard counters and topics give.
+type ShardFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardStats) -> u64,
+);
+
+const SHARD_FAMILIES: &[ShardFamily] = &[
+    (
+        "published_total",
+        "counter",
+        "Messages sequenced by the topics this shard owns.",
+        |p| p.counters.published,
+    ),
+    (
         "delivered_total",
-        "Deliveries written to sockets.",
-        counters.delivered,
-    );
-    counter(
-        "dropped_total",
-        "Deliveries dropped under drop-oldest.",
-        counters.dropped,
-    );
-    counter(
-        "undelivered_total",
-        "Deliveries still queued when their connection closed.",
-        counters.undelivered,
-    );
-    counter(
+        "counter",
+        "Deliveries written to sockets by this shard.",
+        |p| p.counters.delivered,
+    ),
+    (
         "bytes_in_total",
+        "counter",
         "Bytes read from clients.",
-        counters.bytes_in,
-    );
-    counter(
+        |p| p.counters.bytes_in,
+    ),
+    (
         "bytes_out_total",
+        "counter",
         "Bytes written to clients.",
-        counters.bytes_out,
-    );
-    counter(
+        |p| p.counters.bytes_out,
+    ),
+    (
+        "dropped_total",
+        "counter",
+        "Deliveries dropped under drop-oldest.",
+        |p| p.counters.dropped,
+    ),
+    (
+        "undelivered_total",
+        "counter",
+        "Deliveries still queued when their connection closed.",
+        |p| p.counters.undelivered,
+    ),
+    (
         "slow_consumer_disconnects_total",
+        "counter",
         "Subscribers cut as slow consumers.",
-        counters.slow_consumer_disconnects,
-    );
-    counter(
+        |p| p.counters.slow_consumer_disconnects,
+    ),
+    (
         "dead_lettered_total",
+        "counter",
         "Messages moved to $dlq.",
-        counters.dead_lettered,
+        |p| p.counters.dead_lettered,
+    ),
+    (
+        "rate_limited_total",
+        "counter",
+        "Publishes refused for being over --publish-rate.",
+        |p| p.counters.rate_limited,
+    ),
+    (
+        "protocol_errors_total",
+        "counter",
+        "Connections or requests refused for bytes their codec could not accept.",
+        |p| p.counters.protocol_errors,
+    ),
+    (
+        "connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        |p| p.counters.connections_accepted,
+    ),
+    (
+        "connections_refused_total",
+        "counter",
+        "Connections refused at the shard's share of --connections-max.",
+        |p| p.counters.connections_refused,
+    ),
+    (
+        "acks_total",
+        "counter",
+        "Acks (single and cumulative) applied by the topics this shard owns.",
+        |p| p.counters.acks,
+    ),
+    (
+        "nacks_total",
+        "counter",
+        "Nacks applied by the topics this shard owns.",
+        |p| p.counters.nacks,
+    ),
+    (
+        "redelivered_total",
+        "counter",
+        "Consumer deliveries handed out again by the topics this shard owns.",
+        |p| p.counters.redelivered,
+    ),
+    (
+        "gaps_total",
+        "counter",
+        "GAP notices queued for this shard's subscribers.",
+        |p| p.counters.gaps,
+    ),
+    (
+        "gap_missed_total",
+        "counter",
+        "Messages reported missed in those GAP notices.",
+        |p| p.counters.gap_missed,
+    ),
+    (
+        "replayed_total",
+        "counter",
+        "Retained messages handed to this shard's subscribers as replays.",
+        |p| p.counters.replayed,
+    ),
+    (
+        "publisher_stalls_total",
+        "counter",
+        "Publishers paused because a subscriber they feed was past half its queue.",
+        |p| p.counters.publisher_stalls,
+    ),
+    (
+        "stale_events_total",
+        "counter",
+        "Readiness events for connections already gone (counted no-ops).",
+        |p| p.counters.stale_events,
+    ),
+    ("topics", "gauge", "Topics this shard owns.", |p| {
+        p.topics.len() as u64
+    }),
+    (
+        "retained_messages",
+        "gauge",
+        "Messages retained for replay by the topics this shard owns.",
+        |p| p.topics.iter().map(|t| t.retained_messages).sum(),
+    ),
+    (
+        "retained_bytes",
+        "gauge",
+        "Bytes retained for replay by the topics this shard owns.",
+        |p| p.topics.iter().map(|t| t.retained_bytes).sum(),
+    ),
+];
+
+/// Per-topic families, for the top topics only.
+type TopicFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&TopicStats) -> u64,
+);
+
+const TOPIC_FAMILIES: &[TopicFamily] = &[
+    (
+        "topic_messages_total",
+        "counter",
+        "Messages published to the topic (its last sequence number).",
+        |t| t.messages,
+    ),
+    (
+        "topic_subscribers",
+        "gauge",
+        "Exact subscriptions to the topic on every shard.",
+        |t| t.subscribers,
+    ),
+    (
+        "topic_retained_messages",
+        "gauge",
+        "Messages the topic retains for replay.",
+        |t| t.retained_messages,
+    ),
+    (
+        "topic_retained_bytes",
+        "gauge",
+        "Bytes the topic retains for replay.",
+        |t| t.retained_bytes,
+    ),
+];
+
+/// The topics that get series of their own: the `topics_max` with the most messages (ties
+/// by name, so a scrape does not flap between equals).
+fn top_topics<'a>(parts: &[&'a ShardStats], topics_max: usize) -> Vec<(&'a TopicStats, u16)> {
+    let mut topics: Vec<(&TopicStats, u16)> = parts
+        .iter()
+        .flat_map(|part| part.topics.iter().map(|topic| (topic, part.shard)))
+        .collect();
+    let order = |a: &(&TopicStats, u16), b: &(&TopicStats, u16)| {
+        b.0.messages
+            .cmp(&a.0.messages)
+            .then(a.0.name.cmp(&b.0.name))
+    };
+    if topics.len() > topics_max {
+        topics.select_nth_unstable_by(topics_max, order);
+        topics.truncate(topics_max);
+    }
+    topics.sort_unstable_by(order);
+    topics
+}
+
+/// Every shard's counters and gauges with a `shard` label, the top topics by messages with
+/// `topic` (and their owner's `shard`) labels, and `corebus_build_info`.
+fn metrics_text(parts: &[ShardStats], uptime_seconds: u64, topics_max: usize) -> String {
+    let mut parts: Vec<&ShardStats> = parts.iter().collect();
+    parts.sort_unstable_by_key(|p| p.shard);
+    let mut out = Exposition {
+        text: String::new(),
+    };
+    out.family(
+        "build_info",
+        "gauge",
+        "Always 1; the labels say which build is running.",
     );
-    let _ = writeln!(
-        text,
-        "# HELP corebus_topics Topics that exist.\n# TYPE corebus_topics gauge\ncorebus_topics {}",
-        topics.len()
+    out.sample(
+        "build_info",
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("commit", env!("COREBUS_GIT_COMMIT")),
+        ],
+        1,
     );
-    let _ = writeln!(
-        text,
-        "# HELP corebus_uptime_seconds Seconds since start.\n# TYPE corebus_uptime_seconds gauge\ncorebus_uptime_seconds {uptime_seconds}"
+    out.family("uptime_seconds", "gauge", "Seconds since start.");
+    out.sample("uptime_seconds", &[], uptime_seconds);
+    for &(name, kind, help, value) in SHARD_FAMILIES {
+        out.per_shard((name, kind, help), &parts, value);
+    }
+    out.family(
+        "connections_closed_total",
+        "counter",
+        "Connections closed, by reason.",
     );
-    text
+    for part in &parts {
+        let shard = part.shard.to_string();
+        for (reason, &count) in CloseReason::ALL.iter().zip(&part.counters.closed) {
+            out.sample(
+                "connections_closed_total",
+                &[("shard", &shard), ("reason", reason.as_str())],
+                count,
+            );
+        }
+    }
+    out.family(
+        "connections",
+        "gauge",
+        "Open connections, by protocol (http: REST connections not upgraded).",
+    );
+    for part in &parts {
+        let shard = part.shard.to_string();
+        for (protocol, &open) in Protocol::ALL.iter().zip(&part.connections_by_protocol) {
+            out.sample(
+                "connections",
+                &[("shard", &shard), ("protocol", protocol.as_str())],
+                open,
+            );
+        }
+    }
+    let top = top_topics(&parts, topics_max);
+    for &(name, kind, help, value) in TOPIC_FAMILIES {
+        out.family(name, kind, help);
+        for (topic, shard) in &top {
+            let shard = shard.to_string();
+            out.sample(
+                name,
+                &[("topic", &topic.name), ("shard", &shard)],
+                value(topic),
+            );
+        }
+    }
+    out.text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(name: &str, messages: u64) -> TopicStats {
+        TopicStats {
+            name: name.into(),
+            messages,
+            ..TopicStats::default()
+        }
+    }
+
+    fn part(shard: u16, topics: Vec<TopicStats>) -> ShardStats {
+        ShardStats {
+            shard,
+            topics,
+            ..ShardStats::default()
+        }
+    }
+
+    #[test]
+    fn only_the_top_topics_by_messages_get_series() {
+        let parts = [
+            part(0, vec![topic("a", 5), topic("b", 50), topic("c", 7)]),
+            part(1, vec![topic("d", 9), topic("e", 7)]),
+        ];
+        let refs: Vec<&ShardStats> = parts.iter().collect();
+        let names = |max| -> Vec<String> {
+            top_topics(&refs, max)
+                .iter()
+                .map(|(t, _)| t.name.to_string())
+                .collect()
+        };
+        assert_eq!(names(3), ["b", "d", "c"]);
+        assert_eq!(names(0), Vec::<String>::new());
+        assert_eq!(names(10), ["b", "d", "c", "e", "a"]);
+    }
+
+    #[test]
+    fn series_carry_shard_labels_and_escaped_topics() {
+        let counters = ShardCounters {
+            published: 3,
+            ..ShardCounters::default()
+        };
+        let parts = [
+            ShardStats {
+                counters,
+                ..part(1, vec![topic("q\"\\x", 3)])
+            },
+            part(0, vec![]),
+        ];
+        let text = metrics_text(&parts, 7, 50);
+        assert!(
+            text.contains("corebus_published_total{shard=\"0\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("corebus_published_total{shard=\"1\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("corebus_topic_messages_total{topic=\"q\\\"\\\\x\",shard=\"1\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("corebus_uptime_seconds 7\n"), "{text}");
+        assert!(text.contains("corebus_build_info{version=\""), "{text}");
+        assert!(
+            text.contains("corebus_connections{shard=\"0\",protocol=\"websocket\"} 0\n"),
+            "{text}"
+        );
+        // Shard 0's samples come first whatever order the parts arrived in.
+        let zero = text.find("corebus_published_total{shard=\"0\"}").unwrap();
+        let one = text.find("corebus_published_total{shard=\"1\"}").unwrap();
+        assert!(zero < one);
+    }
 }

@@ -62,7 +62,45 @@ pub enum Wire {
     Resp(Box<RespSession>),
 }
 
+/// Which protocol a connection speaks, by name: the `protocol` label of the connection
+/// gauges and the `protocol=` field of the connection lifecycle log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Native,
+    /// REST on the HTTP port (a connection not, or not yet, upgraded).
+    Http,
+    WebSocket,
+    Resp,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Native,
+        Protocol::Http,
+        Protocol::WebSocket,
+        Protocol::Resp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Native => "native",
+            Protocol::Http => "http",
+            Protocol::WebSocket => "websocket",
+            Protocol::Resp => "resp",
+        }
+    }
+}
+
 impl Wire {
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Wire::Native { .. } => Protocol::Native,
+            Wire::Http(_) => Protocol::Http,
+            Wire::WebSocket(_) => Protocol::WebSocket,
+            Wire::Resp(_) => Protocol::Resp,
+        }
+    }
+
     pub fn supports(&self, feature: Feature) -> bool {
         match self {
             Wire::Http(_) | Wire::Resp(_) => false,
