@@ -87,6 +87,10 @@ pub struct ServeArgs {
     /// the memory available.
     #[arg(long, env = "COREBUS_CONNECTIONS_MAX", default_value_t = Config::default().connections_max)]
     pub connections_max: usize,
+    /// Connections from one source IP address, loopback included (each shard enforces an
+    /// equal share); over it a new connection is refused with TOO_MANY_CONNECTIONS.
+    #[arg(long, env = "COREBUS_CONNECTIONS_PER_IP_MAX", default_value_t = Config::default().connections_per_ip_max)]
+    pub connections_per_ip_max: usize,
     /// Subscriptions one connection may hold.
     #[arg(long, env = "COREBUS_SUBSCRIPTIONS_PER_CONNECTION_MAX", default_value_t = Config::default().subscriptions_per_connection_max)]
     pub subscriptions_per_connection_max: usize,
@@ -112,8 +116,9 @@ pub struct ServeArgs {
     /// Bytes one connection may read per loop turn before others get their turn.
     #[arg(long, env = "COREBUS_READ_BYTES_PER_TURN_MAX", default_value_t = Config::default().read_bytes_per_turn_max)]
     pub read_bytes_per_turn_max: usize,
-    /// How long a new connection has to send HELLO, e.g. `10s` (a bare number is ms).
-    #[arg(long, env = "COREBUS_HANDSHAKE_TIMEOUT_MS", value_name = "DURATION", default_value = "10s", value_parser = parse_duration_ms)]
+    /// How long a new connection has to send HELLO (HTTP: its first request head), e.g. `2s`
+    /// (a bare number is ms).
+    #[arg(long, env = "COREBUS_HANDSHAKE_TIMEOUT_MS", value_name = "DURATION", default_value = "2s", value_parser = parse_duration_ms)]
     pub handshake_timeout_ms: u64,
     /// How long a connection the broker closes may take to receive its final frames.
     #[arg(long, env = "COREBUS_CLOSE_LINGER_MS", value_name = "DURATION", default_value = "2s", value_parser = parse_duration_ms)]
@@ -523,6 +528,7 @@ impl ServeArgs {
             pin: !self.no_pin,
             message_bytes_max: self.message_bytes_max,
             connections_max: self.connections_max,
+            connections_per_ip_max: self.connections_per_ip_max,
             subscriptions_per_connection_max: self.subscriptions_per_connection_max,
             topics_max: self.topics_max,
             outbound_bytes_max: self.outbound_bytes_max,

@@ -44,6 +44,9 @@ pub struct Config {
     pub message_bytes_max: usize,
     /// Connections across all shards; each shard takes an equal share.
     pub connections_max: usize,
+    /// Connections from one source address (IP, any port), loopback included. Each shard
+    /// enforces an equal share of it (see [`Config::connections_per_ip_per_shard_max`]).
+    pub connections_per_ip_max: usize,
     /// Subscriptions one connection may hold.
     pub subscriptions_per_connection_max: usize,
     /// Topics across all shards; each owner shard takes an equal share.
@@ -138,6 +141,7 @@ impl Default for Config {
             pin: true,
             message_bytes_max: 1024 * 1024,
             connections_max: 10_000,
+            connections_per_ip_max: 256,
             subscriptions_per_connection_max: 1024,
             topics_max: 10_000,
             outbound_bytes_max: 8 * 1024 * 1024,
@@ -146,7 +150,7 @@ impl Default for Config {
             ring_batch_max: 256,
             read_chunk_bytes: 64 * 1024,
             read_bytes_per_turn_max: 256 * 1024,
-            handshake_timeout_ms: 10_000,
+            handshake_timeout_ms: 2_000,
             close_linger_ms: 2_000,
             shutdown_grace_ms: 5_000,
             busy_poll_us: 0,
@@ -195,6 +199,18 @@ impl Config {
         self.connections_max.div_ceil(self.shards)
     }
 
+    /// One source address's share of a shard: `ceil(connections_per_ip_max / shards)`.
+    ///
+    /// Each shard accepts on its own `SO_REUSEPORT` listener and counts per address alone, so
+    /// the hot path takes no lock and no ring round trip. The kernel spreads one address's
+    /// connections over the shards by a hash of the 4-tuple (source port included), so they
+    /// arrive in roughly equal shares and this per-shard cap bounds the whole at about
+    /// `connections_per_ip_max` (never above `shards * ceil(max / shards)`); an unlucky
+    /// spread can refuse an address a little early, never let one in much later.
+    pub fn connections_per_ip_per_shard_max(&self) -> usize {
+        self.connections_per_ip_max.div_ceil(self.shards)
+    }
+
     pub fn topics_per_shard_max(&self) -> usize {
         self.topics_max.div_ceil(self.shards)
     }
@@ -226,6 +242,7 @@ impl Config {
         }
         let positive = [
             ("--connections-max", self.connections_max),
+            ("--connections-per-ip-max", self.connections_per_ip_max),
             (
                 "--subscriptions-per-connection-max",
                 self.subscriptions_per_connection_max,

@@ -204,6 +204,7 @@ impl Shard {
                 return self.refuse_while_draining(id, &request);
             }
             conn.state = super::connection::ConnState::Open;
+            self.handshake_done(id);
             match self.handle_http_request(id, &request) {
                 // Upgraded: the request is consumed, and the rest of the buffer is frames.
                 None => return self.process_websocket(id),

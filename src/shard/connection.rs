@@ -533,6 +533,8 @@ pub struct Connection {
     pub write_blocked: bool,
     /// `--publish-rate`'s token bucket for this connection.
     pub publish_bucket: TokenBucket,
+    /// Counted among its address's half-open connections (accepted, handshake not done).
+    pub half_open: bool,
 }
 
 /// Records a delivery lost under `drop-oldest` on its subscription, for a DROPPED notice.
@@ -601,6 +603,7 @@ impl Connection {
             read_more: false,
             write_blocked: false,
             publish_bucket: TokenBucket::default(),
+            half_open: true,
         }
     }
 

@@ -41,6 +41,35 @@ const CONSUMER_TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 /// publish) and for `--topic-idle-ttl`.
 const REPLAY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Tells a connection about to be refused why, in its port's protocol. Best effort: a fresh
+/// socket's send buffer takes a small frame whole.
+fn refuse(socket: &mut mio::net::TcpStream, port: Port, reason: &str) {
+    let mut refusal = Vec::new();
+    match port {
+        Port::Native => Frame::Err {
+            request_id: 0,
+            code: ErrorCode::TooManyConnections.as_u16(),
+            message: reason.as_bytes(),
+        }
+        .encode(&mut refusal),
+        Port::Resp => refusal.extend_from_slice(
+            format!("-ERR max number of clients reached ({reason})\r\n").as_bytes(),
+        ),
+        Port::Http => {
+            let body = format!("{{\"error\":\"{reason}\"}}");
+            refusal.extend_from_slice(
+                format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    }
+    let _ = io::Write::write(socket, &refusal);
+}
+
 impl Shard {
     /// Runs until shutdown; returns the shard's counters.
     pub fn run(mut self) -> io::Result<ShardCounters> {
@@ -188,27 +217,35 @@ impl Shard {
                     return;
                 }
             };
-            if self.connections.len() >= self.config.connections_per_shard_max() {
+            let ip = peer.ip();
+            let from_ip = self
+                .connections_per_ip
+                .get(&ip)
+                .copied()
+                .unwrap_or_default();
+            if from_ip.open as usize >= self.config.connections_per_ip_per_shard_max() {
                 self.counters.connections_refused += 1;
-                let mut refusal = Vec::new();
-                match port {
-                    Port::Native => Frame::Err {
-                        request_id: 0,
-                        code: ErrorCode::TooManyConnections.as_u16(),
-                        message: b"broker is at --connections-max",
-                    }
-                    .encode(&mut refusal),
-                    Port::Resp => {
-                        refusal.extend_from_slice(b"-ERR max number of clients reached\r\n")
-                    }
-                    Port::Http => refusal.extend_from_slice(
-                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
-                          Content-Length: 44\r\nConnection: close\r\n\r\n\
-                          {\"error\":\"broker is at --connections-max\"}",
-                    ),
-                }
-                // Best effort: a fresh socket's send buffer takes a small frame whole.
-                let _ = io::Write::write(&mut socket, &refusal);
+                self.counters.connections_refused_per_ip += 1;
+                refuse(
+                    &mut socket,
+                    port,
+                    "this address is at --connections-per-ip-max",
+                );
+                log::warn!(
+                    "event=connection_refused shard={} peer={} reason={} limit=connections-per-ip-max",
+                    self.id,
+                    peer,
+                    CloseReason::TooManyConnections
+                );
+                continue;
+            }
+            // A full shard: an address still holding half-open connections may finish those
+            // first; any other evicts the oldest half-open connection, if there is one.
+            if self.connections.len() >= self.config.connections_per_shard_max()
+                && (from_ip.half_open > 0 || !self.evict_oldest_handshaking())
+            {
+                self.counters.connections_refused += 1;
+                refuse(&mut socket, port, "broker is at --connections-max");
                 log::warn!(
                     "event=connection_refused shard={} peer={} reason={}",
                     self.id,
@@ -245,8 +282,13 @@ impl Shard {
                 conn.wire = Wire::Http(Default::default());
             }
             entry.insert(conn);
+            let from_ip = self.connections_per_ip.entry(ip).or_default();
+            from_ip.open += 1;
+            from_ip.half_open += 1;
             if port == Port::Resp {
+                // A Redis connection has no handshake: it is open at once.
                 self.open_resp(id);
+                self.handshake_done(id);
             }
             self.counters.connections_accepted += 1;
             let deadline = Instant::now() + Duration::from_millis(self.config.handshake_timeout_ms);
@@ -258,6 +300,44 @@ impl Shard {
                 peer
             );
         }
+    }
+
+    /// The reserve that keeps half-open connections from locking the shard out. When the shard
+    /// is at its share of `--connections-max`:
+    /// - a new connection from an address that still holds half-open connections (accepted,
+    ///   handshake not finished: no HELLO yet; on HTTP no first request; a Redis connection is
+    ///   open at once) is refused: that address can finish those first;
+    /// - any other new connection evicts the oldest half-open connection on the shard, which
+    ///   is told (`HANDSHAKE_REQUIRED`) and closed.
+    ///
+    /// So a flood of idle sockets from one address cannot churn its way in, and a client that
+    /// finishes its handshake in a round trip is never the victim for long (it would have to
+    /// be the oldest half-open connection when a fresh address arrives); established
+    /// connections are never evicted. Returns false if no connection is half-open (the new
+    /// one is then refused).
+    fn evict_oldest_handshaking(&mut self) -> bool {
+        // `handshake_deadlines` is in accept order; entries whose connection finished its
+        // handshake or is gone are stale and dropped on the way.
+        while let Some(&(_, id)) = self.handshake_deadlines.front() {
+            self.handshake_deadlines.pop_front();
+            let handshaking = self
+                .connection_mut(id)
+                .is_some_and(|conn| conn.state == ConnState::Handshaking);
+            if handshaking {
+                self.counters.handshakes_evicted += 1;
+                self.reply_err(
+                    id,
+                    0,
+                    ErrorCode::HandshakeRequired,
+                    "evicted: the broker is at --connections-max and this connection had not finished its handshake",
+                );
+                // Best effort, as for a refusal: the ERR is written now, the slot freed now.
+                self.flush_connection(id);
+                self.close_now(id, CloseReason::HandshakeFailed);
+                return true;
+            }
+        }
+        false
     }
 
     /// Handles what the connection's read buffer holds, in the protocol it speaks.
@@ -520,6 +600,16 @@ impl Shard {
         }
         let mut conn = self.connections.remove(id.index as usize);
         let _ = self.poll.registry().deregister(&mut conn.socket);
+        if let std::collections::hash_map::Entry::Occupied(mut from_ip) =
+            self.connections_per_ip.entry(conn.peer.ip())
+        {
+            let count = from_ip.get_mut();
+            count.open -= 1;
+            count.half_open -= u32::from(conn.half_open);
+            if count.open == 0 {
+                from_ip.remove();
+            }
+        }
         self.counters.undelivered += conn.out.discard_pending();
         // Everything this connection lost on its way out, a slow-consumer cut's discard
         // included, so the log and the shard's counter tell the same figure.

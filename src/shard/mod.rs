@@ -90,6 +90,11 @@ pub struct ShardCounters {
     pub bytes_out: u64,
     pub connections_accepted: u64,
     pub connections_refused: u64,
+    /// Of `connections_refused`, those refused for `--connections-per-ip-max`.
+    pub connections_refused_per_ip: u64,
+    /// Connections still in their handshake closed to make room for a new one when the shard
+    /// was at its share of `--connections-max` (oldest first).
+    pub handshakes_evicted: u64,
     pub slow_consumer_disconnects: u64,
     pub dead_lettered: u64,
     /// Publishes refused for being over `--publish-rate`.
@@ -110,12 +115,24 @@ impl ShardCounters {
         self.bytes_out += other.bytes_out;
         self.connections_accepted += other.connections_accepted;
         self.connections_refused += other.connections_refused;
+        self.connections_refused_per_ip += other.connections_refused_per_ip;
+        self.handshakes_evicted += other.handshakes_evicted;
         self.slow_consumer_disconnects += other.slow_consumer_disconnects;
         self.dead_lettered += other.dead_lettered;
         self.rate_limited += other.rate_limited;
         self.protocol_errors += other.protocol_errors;
         self.stale_events += other.stale_events;
     }
+}
+
+/// One source address's connections on a shard.
+#[derive(Clone, Copy, Debug, Default)]
+struct PerAddress {
+    /// All of them, for `--connections-per-ip-max`.
+    open: u32,
+    /// Those that have not finished their handshake: while it holds any, the address gets no
+    /// new connection on a full shard (see `evict_oldest_handshaking`).
+    half_open: u32,
 }
 
 /// A subscribe waiting for acknowledgements from other shards before it is answered.
@@ -156,6 +173,10 @@ pub struct Shard {
     gather_deadlines: VecDeque<(Instant, crate::mesh::message::ReplyTarget)>,
     started: Instant,
     connections: Slab<Connection>,
+    /// Open connections on this shard per source address, for `--connections-per-ip-max`
+    /// (an entry is removed when its count reaches zero, so it holds at most one per
+    /// connection).
+    connections_per_ip: ahash::AHashMap<std::net::IpAddr, PerAddress>,
     next_generation: u32,
     links: Vec<Option<PeerLink>>,
     owned: OwnedTopics,
@@ -202,6 +223,7 @@ impl Shard {
             gather_deadlines: VecDeque::new(),
             started: Instant::now(),
             connections: Slab::with_capacity(config.connections_per_shard_max()),
+            connections_per_ip: ahash::AHashMap::new(),
             next_generation: 0,
             stalled_requests: (0..shard_count).map(|_| None).collect(),
             links: setup.links,
@@ -265,6 +287,24 @@ impl Shard {
 
     fn peers_mut(&mut self) -> impl Iterator<Item = &mut PeerLink> {
         self.links.iter_mut().flatten()
+    }
+
+    /// The connection finished its handshake (or never had one): it no longer counts as
+    /// half-open for its address.
+    fn handshake_done(&mut self, id: ConnectionId) {
+        let Some(conn) = self
+            .connections
+            .get_mut(id.index as usize)
+            .filter(|conn| conn.id == id)
+        else {
+            return;
+        };
+        if !std::mem::take(&mut conn.half_open) {
+            return;
+        }
+        if let Some(count) = self.connections_per_ip.get_mut(&conn.peer.ip()) {
+            count.half_open -= 1;
+        }
     }
 
     fn mark_dirty(&mut self, id: ConnectionId) {
