@@ -120,6 +120,10 @@ pub struct ServeArgs {
     /// (a bare number is ms).
     #[arg(long, env = "COREBUS_HANDSHAKE_TIMEOUT_MS", value_name = "DURATION", default_value = "2s", value_parser = parse_duration_ms)]
     pub handshake_timeout_ms: u64,
+    /// How long a frame (HTTP request, WebSocket message, Redis request) that has started
+    /// arriving may take to complete, e.g. `10s`; then FRAME_TIMEOUT and the connection closes.
+    #[arg(long, env = "COREBUS_FRAME_DEADLINE_MS", value_name = "DURATION", default_value = "10s", value_parser = parse_duration_ms)]
+    pub frame_deadline_ms: u64,
     /// How long a connection the broker closes may take to receive its final frames.
     #[arg(long, env = "COREBUS_CLOSE_LINGER_MS", value_name = "DURATION", default_value = "2s", value_parser = parse_duration_ms)]
     pub close_linger_ms: u64,
@@ -538,6 +542,7 @@ impl ServeArgs {
             read_chunk_bytes: self.read_chunk_bytes,
             read_bytes_per_turn_max: self.read_bytes_per_turn_max,
             handshake_timeout_ms: self.handshake_timeout_ms,
+            frame_deadline_ms: self.frame_deadline_ms,
             close_linger_ms: self.close_linger_ms,
             shutdown_grace_ms: self.shutdown_grace_ms,
             busy_poll_us: self.busy_poll_us,

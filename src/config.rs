@@ -64,6 +64,9 @@ pub struct Config {
     pub read_bytes_per_turn_max: usize,
     /// How long a new connection has to complete HELLO.
     pub handshake_timeout_ms: u64,
+    /// How long input that has started arriving (a native frame, an HTTP request, a WebSocket
+    /// message, a Redis request) may take to complete.
+    pub frame_deadline_ms: u64,
     /// How long a connection the broker is closing may take to receive its final frames.
     pub close_linger_ms: u64,
     /// How long shutdown waits for outbound buffers to flush.
@@ -151,6 +154,7 @@ impl Default for Config {
             read_chunk_bytes: 64 * 1024,
             read_bytes_per_turn_max: 256 * 1024,
             handshake_timeout_ms: 2_000,
+            frame_deadline_ms: 10_000,
             close_linger_ms: 2_000,
             shutdown_grace_ms: 5_000,
             busy_poll_us: 0,
@@ -258,6 +262,9 @@ impl Config {
             if value == 0 {
                 return Err(format!("{flag} must be at least 1"));
             }
+        }
+        if self.frame_deadline_ms == 0 {
+            return Err("--frame-deadline-ms must be at least 1ms".into());
         }
         if self.read_chunk_bytes < 4096 {
             return Err("--read-chunk-bytes must be at least 4096".into());

@@ -70,7 +70,7 @@ impl HttpSession {
                 return;
             };
             let status = match code {
-                ErrorCode::HandshakeRequired => Status(408),
+                ErrorCode::HandshakeRequired | ErrorCode::FrameTimeout => Status(408),
                 _ => Status(503),
             };
             let body = json!({ "error": reason, "detail": reason }).to_string();

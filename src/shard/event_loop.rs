@@ -108,6 +108,7 @@ impl Shard {
             }
             if !events.is_empty() {
                 last_work = Instant::now();
+                self.turn_now = last_work;
             }
             for event in events.iter() {
                 match event.token() {
@@ -129,6 +130,7 @@ impl Shard {
             // leaves in this turn rather than after the next poll.
             let now = Instant::now();
             self.expire_deadlines(now);
+            self.expire_frame_deadlines(now);
             self.expire_gathers(now);
             if now >= self.next_consumer_timer {
                 let next_deadline_ns = self.run_consumer_timers();
@@ -182,6 +184,7 @@ impl Shard {
                 .front()
                 .map(|(deadline, _)| deadline),
             self.linger_deadlines.front().map(|(deadline, _)| deadline),
+            self.frame_deadlines.front().map(|(deadline, _)| deadline),
             self.gather_deadlines.front().map(|(deadline, _)| deadline),
         ]
         .into_iter()
@@ -375,6 +378,12 @@ impl Shard {
         // A text protocol's buffer holds at most one request or message, with its framing.
         let text_bytes_max = self.text_bytes_max();
         let reply_bytes_max = self.config.outbound_bytes_max;
+        let turn_now = self.turn_now;
+        let frame_deadline = Duration::from_millis(self.config.frame_deadline_ms);
+        let consumed_before = match self.connection_mut(id) {
+            Some(conn) => conn.read.consumed_total(),
+            None => return,
+        };
         loop {
             let Some(conn) = self.connection_mut(id) else {
                 return;
@@ -416,6 +425,22 @@ impl Shard {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.read_more = false;
+                    // The socket is drained: whatever the buffer holds now is input that has
+                    // not completed. Once per readiness event, and no clock read.
+                    conn.read.shrink_when_idle(conn.wire.is_native());
+                    if conn.read.is_empty() {
+                        conn.partial_since = None;
+                    } else if conn.partial_since.is_none()
+                        || conn.read.consumed_total() != consumed_before
+                    {
+                        // New input started (or a frame completed and the next began).
+                        let arm = conn.partial_since.is_none();
+                        conn.partial_since = Some(turn_now);
+                        if arm {
+                            self.frame_deadlines
+                                .push_back((turn_now + frame_deadline, id));
+                        }
+                    }
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -568,6 +593,60 @@ impl Shard {
                     self.close_now(id, reason);
                 }
             }
+        }
+    }
+
+    /// Closes connections whose incomplete input is older than `--frame-deadline-ms`, telling
+    /// them first (native `ERR FRAME_TIMEOUT`, HTTP `408`, WebSocket error, Redis `-ERR`),
+    /// and releases their read buffers at once. A connection that made progress since its
+    /// entry was pushed is pushed again at its new deadline; that entry may sit behind later
+    /// ones, so it is seen at most one deadline late.
+    fn expire_frame_deadlines(&mut self, now: Instant) {
+        let deadline_ms = Duration::from_millis(self.config.frame_deadline_ms);
+        while let Some(&(deadline, id)) = self.frame_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.frame_deadlines.pop_front();
+            let Some(conn) = self.connection_mut(id) else {
+                continue;
+            };
+            let Some(since) = conn.partial_since else {
+                continue;
+            };
+            if conn.is_closing() {
+                conn.partial_since = None;
+                continue;
+            }
+            // Waiting on the broker (its outbox is full, or its replies are unread, or its
+            // read budget ran out): what it holds may be whole frames. Look again later.
+            if conn.blocked || conn.read_more || since + deadline_ms > now {
+                let next = if since + deadline_ms > now {
+                    since + deadline_ms
+                } else {
+                    now + deadline_ms
+                };
+                self.frame_deadlines.push_back((next, id));
+                continue;
+            }
+            conn.partial_since = None;
+            let held = conn.read.capacity();
+            conn.read.release();
+            self.counters.frame_deadline_closes += 1;
+            self.counters.protocol_errors += 1;
+            log::info!(
+                "event=frame_deadline shard={} conn={} held_bytes={}",
+                self.id,
+                id,
+                held
+            );
+            self.reply_err(
+                id,
+                0,
+                ErrorCode::FrameTimeout,
+                "input that had started did not complete within --frame-deadline-ms",
+            );
+            self.begin_close(id, CloseReason::FrameTimeout);
         }
     }
 

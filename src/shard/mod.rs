@@ -90,6 +90,9 @@ pub struct ShardCounters {
     pub bytes_out: u64,
     pub connections_accepted: u64,
     pub connections_refused: u64,
+    /// Connections closed because input they had started did not complete within
+    /// `--frame-deadline-ms`.
+    pub frame_deadline_closes: u64,
     /// Of `connections_refused`, those refused for `--connections-per-ip-max`.
     pub connections_refused_per_ip: u64,
     /// Connections still in their handshake closed to make room for a new one when the shard
@@ -117,6 +120,7 @@ impl ShardCounters {
         self.connections_refused += other.connections_refused;
         self.connections_refused_per_ip += other.connections_refused_per_ip;
         self.handshakes_evicted += other.handshakes_evicted;
+        self.frame_deadline_closes += other.frame_deadline_closes;
         self.slow_consumer_disconnects += other.slow_consumer_disconnects;
         self.dead_lettered += other.dead_lettered;
         self.rate_limited += other.rate_limited;
@@ -194,6 +198,14 @@ pub struct Shard {
     /// Connections whose read budget ran out while the socket still had bytes.
     read_again: Vec<ConnectionId>,
     handshake_deadlines: VecDeque<(Instant, ConnectionId)>,
+    /// `--frame-deadline-ms`: a connection is pushed when its read buffer starts holding
+    /// incomplete input (not on every read), so the queue holds at most one live entry per
+    /// connection; an entry whose connection made progress meanwhile is pushed again at its
+    /// new deadline when it comes up.
+    frame_deadlines: VecDeque<(Instant, ConnectionId)>,
+    /// When this loop turn's events came in (no extra clock read: the loop reads it anyway);
+    /// what `partial_since` records.
+    turn_now: Instant,
     linger_deadlines: VecDeque<(Instant, ConnectionId)>,
     /// A batch of owner requests from each peer that could not be finished for lack of
     /// terminal room; resumed before the ring is read again, so order holds.
@@ -244,6 +256,8 @@ impl Shard {
             blocked: Vec::new(),
             read_again: Vec::new(),
             handshake_deadlines: VecDeque::new(),
+            frame_deadlines: VecDeque::new(),
+            turn_now: Instant::now(),
             linger_deadlines: VecDeque::new(),
             encode_scratch: Vec::new(),
             match_scratch: Vec::new(),
