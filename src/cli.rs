@@ -98,6 +98,10 @@ pub struct ServeArgs {
     /// the memory available.
     #[arg(long, env = "COREBUS_TOPICS_MAX", default_value_t = Config::default().topics_max)]
     pub topics_max: usize,
+    /// Topics one connection may make by publishing or subscribing to new names (while they
+    /// exist); over it such a publish or subscribe gets TOO_MANY_TOPICS.
+    #[arg(long, env = "COREBUS_TOPICS_PER_CONNECTION_MAX", default_value_t = Config::default().topics_per_connection_max)]
+    pub topics_per_connection_max: usize,
     /// Bytes queued towards one connection before the slow-consumer policy applies.
     #[arg(long, env = "COREBUS_OUTBOUND_BYTES_MAX", default_value_t = Config::default().outbound_bytes_max)]
     pub outbound_bytes_max: usize,
@@ -535,6 +539,7 @@ impl ServeArgs {
             connections_per_ip_max: self.connections_per_ip_max,
             subscriptions_per_connection_max: self.subscriptions_per_connection_max,
             topics_max: self.topics_max,
+            topics_per_connection_max: self.topics_per_connection_max,
             outbound_bytes_max: self.outbound_bytes_max,
             slow_consumer: self.slow_consumer,
             ring_slots: self.ring_slots,

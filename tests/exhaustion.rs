@@ -251,10 +251,10 @@ fn a_frame_that_never_completes_is_closed_at_its_deadline_and_its_memory_freed()
         second >> 20
     );
     // The first round's buffers were freed at the deadline: the second round reuses that
-    // memory instead of adding its own (the allocator may keep freed pages, so the figure
-    // after the deadline alone says little).
+    // memory instead of adding its own 24 MiB (the allocator may keep freed pages, and other
+    // threads' arenas move a few MiB, so the figure after the deadline alone says little).
     assert!(
-        second < first + STALLED * PAYLOAD_BYTES / 2,
+        second < first + STALLED * PAYLOAD_BYTES * 3 / 4,
         "first round {first}, second round {second}"
     );
     good_client_round_trip(addr, "good.after.stall");
@@ -285,5 +285,72 @@ fn a_redis_request_that_never_completes_is_closed_at_its_deadline() {
         answer.starts_with("-ERR") && answer.contains("--frame-deadline-ms"),
         "{answer:?}"
     );
+    broker.shutdown().unwrap();
+}
+
+/// Issue 14, case 3: 10,000 one-byte publishes to new names filled the topic table for
+/// everyone. Now one connection makes at most `--topics-per-connection-max` topics by use;
+/// another client still makes topics and talks, within a second.
+#[test]
+fn one_connection_publishing_to_thousands_of_new_names_is_capped() {
+    let _serial = serial();
+    const QUOTA: usize = 50;
+    let broker = start(corebus::config::Config {
+        topics_max: 1_000,
+        topics_per_connection_max: QUOTA,
+        ..config(2)
+    });
+    let addr = broker.native_addr();
+    let mut greedy = client(addr);
+    for i in 0..3_000 {
+        greedy.publish(&format!("spam.{i}"), b"x").unwrap();
+    }
+    let refused = greedy
+        .publish_confirmed("spam.last", b"x")
+        .expect_err("over its quota");
+    assert_eq!(refused.server_code(), Some(ErrorCode::TooManyTopics));
+    assert!(
+        refused.to_string().contains("--topics-per-connection-max"),
+        "{refused}"
+    );
+    let (errors, lost) = greedy.take_async_errors();
+    let refusals = errors.len() as u64 + lost;
+    // Each of the 2 owner shards allows it ceil(50 / 2) = 25: 50 made, the rest refused.
+    assert_eq!(refusals, 3_000 - QUOTA as u64, "{:?}", errors.first());
+    // Topics it made still work for it.
+    greedy.publish_confirmed("spam.0", b"again").unwrap();
+    for round in 0..5 {
+        good_client_round_trip(addr, &format!("fresh.{round}"));
+    }
+    drop(greedy);
+    let counters = broker.shutdown().unwrap();
+    assert_eq!(counters.topics_refused_per_connection, refusals + 1);
+}
+
+/// A topic that holds one message costs a few replay slots, not `--replay-messages` of them
+/// (issue 14: 10,000 such topics cost ~320 MiB of slots).
+#[test]
+fn a_topic_with_one_message_costs_a_few_slots_not_a_whole_ring() {
+    let _serial = serial();
+    const TOPICS: usize = 8_000;
+    let broker = start(corebus::config::Config {
+        topics_max: 20_000,
+        topics_per_connection_max: 20_000,
+        ..config(2)
+    });
+    let mut publisher = client(broker.native_addr());
+    publisher.publish_confirmed("warm.up", b"x").unwrap();
+    let before = rss_bytes();
+    for i in 0..TOPICS {
+        publisher.publish(&format!("one.{i}"), b"x").unwrap();
+    }
+    publisher.publish_confirmed("one.last", b"x").unwrap();
+    let per_topic = rss_bytes().saturating_sub(before) / TOPICS;
+    eprintln!("rss per topic holding one message: {per_topic} bytes");
+    // Preallocated, 1,024 slots of 32 bytes were 32 KiB a topic (256 MiB here, which no
+    // allocator's free pages could hide); the figure itself is blurred by pages freed by
+    // earlier tests in this process, so it is only bounded here (measured on a fresh broker
+    // process in tuning.md).
+    assert!(per_topic < 4 * 1024, "{per_topic} bytes per topic");
     broker.shutdown().unwrap();
 }

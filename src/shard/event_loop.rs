@@ -148,6 +148,8 @@ impl Shard {
                 }
                 let idle_ns = self.config.topic_idle_ttl_ms.saturating_mul(1_000_000);
                 self.owned.reclaim_idle(now_ns, idle_ns);
+                // Counted where topics are made; copied here so the publish path does not.
+                self.counters.topics_refused_per_connection = self.owned.creations_refused();
             }
             if self.flush_outboxes() && (!self.blocked.is_empty() || self.has_stalled_requests()) {
                 work_left = true;
@@ -160,6 +162,7 @@ impl Shard {
             }
             if let Some(deadline) = self.shutdown_deadline {
                 if self.connections.is_empty() || Instant::now() >= deadline {
+                    self.counters.topics_refused_per_connection = self.owned.creations_refused();
                     self.finish_shutdown();
                     return Ok(self.counters.clone());
                 }

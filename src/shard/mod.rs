@@ -93,6 +93,10 @@ pub struct ShardCounters {
     /// Connections closed because input they had started did not complete within
     /// `--frame-deadline-ms`.
     pub frame_deadline_closes: u64,
+    /// Publishes and subscribes refused on this (owner) shard because their connection had
+    /// made its share of `--topics-per-connection-max` topics (brought up to date once a
+    /// second, in the topic sweep).
+    pub topics_refused_per_connection: u64,
     /// Of `connections_refused`, those refused for `--connections-per-ip-max`.
     pub connections_refused_per_ip: u64,
     /// Connections still in their handshake closed to make room for a new one when the shard
@@ -121,6 +125,7 @@ impl ShardCounters {
         self.connections_refused_per_ip += other.connections_refused_per_ip;
         self.handshakes_evicted += other.handshakes_evicted;
         self.frame_deadline_closes += other.frame_deadline_closes;
+        self.topics_refused_per_connection += other.topics_refused_per_connection;
         self.slow_consumer_disconnects += other.slow_consumer_disconnects;
         self.dead_lettered += other.dead_lettered;
         self.rate_limited += other.rate_limited;
@@ -275,6 +280,9 @@ impl Shard {
             .owned
             .set_created_max(shard.config.created_topics_per_shard_max());
         shard.owned.set_auto_create(shard.config.auto_create_topics);
+        shard
+            .owned
+            .set_creations_per_connection_max(shard.config.topics_per_connection_per_shard_max());
         shard
     }
 

@@ -51,7 +51,15 @@ pub struct OwnedTopic {
     /// Created by CREATE_TOPIC rather than by first use: someone asked for it (and perhaps
     /// for its own replay limits), so it is not reclaimed for being idle.
     pub explicit: bool,
+    /// The connection that made it by using it, counted against its
+    /// `--topics-per-connection-max` until the topic goes.
+    creator: Option<Creator>,
 }
+
+/// A connection that makes topics by using them, named by its shard and id: topics are
+/// created on their owner shard, which counts each connection's creations itself (see
+/// [`OwnedTopics::set_creations_per_connection_max`]).
+pub type Creator = (ShardId, crate::ids::ConnectionId);
 
 impl OwnedTopic {
     /// A new incarnation; its numbering continues after `last_seq` (0 for a name never used,
@@ -62,6 +70,7 @@ impl OwnedTopic {
             replay: ReplayRing::continuing_after(replay_limits, last_seq),
             consumers: AHashMap::new(),
             explicit: false,
+            creator: None,
             epoch: rand::random(),
             last_seq,
             last_timestamp_ns: 0,
@@ -136,6 +145,19 @@ pub struct Sequenced {
     pub receivers: u32,
 }
 
+/// A topic made by `creator` went: it no longer counts against that connection.
+fn forget_creation(creations: &mut AHashMap<Creator, u32>, creator: Option<Creator>) {
+    let Some(creator) = creator else {
+        return;
+    };
+    if let std::collections::hash_map::Entry::Occupied(mut made) = creations.entry(creator) {
+        *made.get_mut() -= 1;
+        if *made.get() == 0 {
+            made.remove();
+        }
+    }
+}
+
 /// The topics this shard owns.
 pub struct OwnedTopics {
     topics: HashMap<Box<str>, OwnedTopic, ahash::RandomState>,
@@ -151,6 +173,11 @@ pub struct OwnedTopics {
     created_len: usize,
     created_max: usize,
     deleted: DeletedTopics,
+    /// Topics each connection made by use on this shard and that still exist.
+    creations: AHashMap<Creator, u32>,
+    creations_max: usize,
+    /// Creations refused for `creations_max`, all told.
+    creations_refused: u64,
     /// `--auto-create-topics`: off, only CREATE_TOPIC makes client topics (the broker's own,
     /// `$dlq.*` and `_inbox.*`, are still made when used).
     auto_create: bool,
@@ -203,6 +230,9 @@ impl OwnedTopics {
             created_len: 0,
             created_max: usize::MAX,
             deleted: DeletedTopics::default(),
+            creations: AHashMap::new(),
+            creations_max: usize::MAX,
+            creations_refused: 0,
             auto_create: true,
             shards,
             pattern_matches: Vec::new(),
@@ -216,6 +246,29 @@ impl OwnedTopics {
     /// Caps the topics CREATE_TOPIC may make on this shard.
     pub fn set_created_max(&mut self, created_max: usize) {
         self.created_max = created_max;
+    }
+
+    /// Caps the topics one connection may make by use (publish or subscribe to a new name)
+    /// on this shard: its share of `--topics-per-connection-max`.
+    ///
+    /// Why the owner counts: a topic is created on its owner shard, inside `sequence` or
+    /// `add_subscriber`, and only there is it known whether a name is new; a quiet publish
+    /// gets no answer unless refused, so the connection's own shard could learn of its
+    /// creations only late, after a pipelined burst had made thousands. Each owner shard
+    /// therefore allows each connection `ceil(max / shards)`, checked in the same lookup
+    /// that creates the topic: no extra message, no lock, exact per shard. Names hash
+    /// uniformly over the owners, so a connection making new names is capped at about `max`
+    /// in all (never above `shards * ceil(max / shards)`); one whose names all happen to hash
+    /// to one shard is capped at that shard's share. A topic counts against its creator until
+    /// it goes (idle reclaim, delete); the broker's own `$...` and `_inbox.*` topics, and
+    /// topics made by CREATE_TOPIC (`--created-topics-max`), never count.
+    pub fn set_creations_per_connection_max(&mut self, creations_max: usize) {
+        self.creations_max = creations_max;
+    }
+
+    /// Creations refused for `--topics-per-connection-max`, all told.
+    pub fn creations_refused(&self) -> u64 {
+        self.creations_refused
     }
 
     pub fn set_auto_create(&mut self, auto_create: bool) {
@@ -237,7 +290,11 @@ impl OwnedTopics {
 
     /// One hash lookup whether or not the topic exists; the key is allocated only for a new
     /// topic. This is on every publish.
-    fn get_or_create(&mut self, topic: &str) -> Result<&mut OwnedTopic, ErrorCode> {
+    fn get_or_create(
+        &mut self,
+        topic: &str,
+        creator: Option<Creator>,
+    ) -> Result<&mut OwnedTopic, ErrorCode> {
         let full = self.topics.len() >= self.topics_max;
         match self.topics.entry_ref(topic) {
             EntryRef::Occupied(entry) => Ok(entry.into_mut()),
@@ -250,10 +307,21 @@ impl OwnedTopics {
                 Err(ErrorCode::TopicNotFound)
             }
             EntryRef::Vacant(entry) => {
+                let creator =
+                    creator.filter(|_| !topic.starts_with('$') && !topic.starts_with(INBOX_PREFIX));
+                if let Some(creator) = creator {
+                    let made = self.creations.get(&creator).copied().unwrap_or(0);
+                    if made as usize >= self.creations_max {
+                        self.creations_refused += 1;
+                        return Err(ErrorCode::TooManyTopics);
+                    }
+                    *self.creations.entry(creator).or_insert(0) += 1;
+                }
                 let last_seq = self.deleted.take(topic);
                 let limits = replay_limits_for(topic, self.replay_limits);
-                Ok(entry
-                    .insert_with_key(topic.into(), OwnedTopic::new(self.shards, limits, last_seq)))
+                let mut owned = OwnedTopic::new(self.shards, limits, last_seq);
+                owned.creator = creator;
+                Ok(entry.insert_with_key(topic.into(), owned))
             }
         }
     }
@@ -287,6 +355,7 @@ impl OwnedTopics {
     /// Deletes a topic with its retained messages and consumers (DELETE_TOPIC).
     pub fn delete(&mut self, topic: &str) -> Result<(), ErrorCode> {
         let owned = self.topics.remove(topic).ok_or(ErrorCode::TopicNotFound)?;
+        forget_creation(&mut self.creations, owned.creator);
         self.deleted
             .remember(topic, owned.last_seq, self.topics_max);
         self.consumers_len -= owned.consumers.len();
@@ -301,11 +370,11 @@ impl OwnedTopics {
     pub fn add_subscriber(
         &mut self,
         topic: &str,
-        shard: ShardId,
+        (shard, creator): (ShardId, Option<Creator>),
         start: Start,
         now_ns: u64,
     ) -> Result<Subscribed, Refusal> {
-        let owned = self.get_or_create(topic)?;
+        let owned = self.get_or_create(topic, creator)?;
         owned.check_start(start)?;
         owned.exact_subscribers_by_shard[shard.index()] += 1;
         owned.exact_mask |= shard.bit();
@@ -343,7 +412,7 @@ impl OwnedTopics {
             self.consumer_topics.insert(topic.into());
         }
         let at_limit = self.consumers_len >= self.consumers_max;
-        let owned = self.get_or_create(topic)?;
+        let owned = self.get_or_create(topic, None)?;
         owned.check_start(start)?;
         let member = Member {
             shard,
@@ -413,7 +482,7 @@ impl OwnedTopics {
         if self.consumers_len >= self.consumers_max {
             return Err(ErrorCode::TooManyConsumers);
         }
-        let owned = self.get_or_create(topic)?;
+        let owned = self.get_or_create(topic, None)?;
         let mut consumer =
             Consumer::new(true, owned.last_seq + 1, Some(group.acks), backoff_max_ns);
         consumer.made_for_pattern = true;
@@ -557,10 +626,15 @@ impl OwnedTopics {
     /// many were removed.
     pub fn reclaim_idle(&mut self, now_ns: u64, idle_ns: u64) -> usize {
         let before = self.topics.len();
+        let creations = &mut self.creations;
         self.topics.retain(|name, owned| {
             let unused = !owned.explicit && owned.exact_mask == 0 && owned.consumers.is_empty();
             let idle = now_ns.saturating_sub(owned.last_timestamp_ns) >= idle_ns;
-            !(unused && (idle || name.starts_with(INBOX_PREFIX)))
+            let reclaim = unused && (idle || name.starts_with(INBOX_PREFIX));
+            if reclaim {
+                forget_creation(creations, owned.creator);
+            }
+            !reclaim
         });
         before - self.topics.len()
     }
@@ -615,9 +689,10 @@ impl OwnedTopics {
         patterns: &Sublist<ShardId>,
         now_ns: u64,
         consumer_actions: &mut Vec<ConsumerAction>,
+        creator: Option<Creator>,
     ) -> Result<Sequenced, ErrorCode> {
         let mut scratch = std::mem::take(&mut self.pattern_matches);
-        let result = self.get_or_create(message.topic()).map(|owned| {
+        let result = self.get_or_create(message.topic(), creator).map(|owned| {
             owned.last_seq += 1;
             owned.last_timestamp_ns = owned.last_timestamp_ns.max(now_ns);
             message.stamp(owned.last_seq, owned.last_timestamp_ns);
@@ -776,7 +851,7 @@ mod tests {
         patterns: &Sublist<ShardId>,
         now_ns: u64,
     ) -> Result<Sequenced, ErrorCode> {
-        owned.sequence(&mut message(topic), patterns, now_ns, &mut Vec::new())
+        owned.sequence(&mut message(topic), patterns, now_ns, &mut Vec::new(), None)
     }
 
     fn sequenced((seq, receivers): (u64, u32), shard_mask: u64) -> Result<Sequenced, ErrorCode> {
@@ -821,11 +896,11 @@ mod tests {
             sequenced((1, 0), 0)
         );
         let epoch = owned
-            .add_subscriber("a", ShardId(2), Start::New, 0)
+            .add_subscriber("a", (ShardId(2), None), Start::New, 0)
             .map(|s| s.position.epoch)
             .unwrap();
         owned
-            .add_subscriber("a", ShardId(2), Start::New, 0)
+            .add_subscriber("a", (ShardId(2), None), Start::New, 0)
             .map(|s| s.position)
             .unwrap();
         assert_eq!(
@@ -907,6 +982,60 @@ mod tests {
     }
 
     #[test]
+    fn each_connection_makes_its_quota_of_topics_and_gets_it_back_as_they_go() {
+        let patterns = Sublist::new(0);
+        let mut owned = OwnedTopics::new(2, 100, LIMITS);
+        owned.set_creations_per_connection_max(2);
+        let greedy = Some((
+            ShardId(1),
+            crate::ids::ConnectionId {
+                index: 3,
+                generation: 0,
+            },
+        ));
+        let other = Some((
+            ShardId(0),
+            crate::ids::ConnectionId {
+                index: 3,
+                generation: 0,
+            },
+        ));
+        let publish = |owned: &mut OwnedTopics, topic: &str, creator| {
+            owned
+                .sequence(
+                    &mut message(topic),
+                    &patterns,
+                    100,
+                    &mut Vec::new(),
+                    creator,
+                )
+                .map(|sequenced| sequenced.seq)
+        };
+        assert_eq!(publish(&mut owned, "a", greedy), Ok(1));
+        assert_eq!(publish(&mut owned, "b", greedy), Ok(1));
+        assert_eq!(
+            publish(&mut owned, "c", greedy),
+            Err(ErrorCode::TooManyTopics)
+        );
+        assert_eq!(
+            owned
+                .add_subscriber("c", (ShardId(1), greedy), Start::New, 100)
+                .map(drop),
+            Err(ErrorCode::TooManyTopics.into())
+        );
+        // Topics that exist are used freely, the broker's own are never counted, and another
+        // connection has its own quota.
+        assert_eq!(publish(&mut owned, "a", greedy), Ok(2));
+        assert_eq!(publish(&mut owned, "_inbox.x.1", greedy), Ok(1));
+        assert_eq!(publish(&mut owned, "c", other), Ok(1));
+        // A topic that goes gives its creator room again.
+        owned.delete("a").unwrap();
+        assert_eq!(publish(&mut owned, "d", greedy), Ok(1));
+        assert_eq!(owned.reclaim_idle(10_000, 1), 4);
+        assert!(owned.creations.is_empty());
+    }
+
+    #[test]
     fn topic_limit_refuses_new_topics_but_serves_existing_ones() {
         let patterns = Sublist::new(16);
         let mut owned = OwnedTopics::new(1, 1, LIMITS);
@@ -917,7 +1046,7 @@ mod tests {
         );
         assert_eq!(
             owned
-                .add_subscriber("b", ShardId(0), Start::New, 0)
+                .add_subscriber("b", (ShardId(0), None), Start::New, 0)
                 .map(|s| s.position),
             Err(ErrorCode::TooManyTopics.into())
         );
@@ -935,7 +1064,7 @@ mod tests {
             sequence(&mut owned, "a", &patterns, 100).unwrap();
         }
         let subscribed = owned
-            .add_subscriber("a", ShardId(0), Start::LastN(5), 100)
+            .add_subscriber("a", (ShardId(0), None), Start::LastN(5), 100)
             .unwrap();
         assert_eq!(subscribed.position.last_seq, 6);
         assert_eq!(
@@ -950,7 +1079,7 @@ mod tests {
             .collect();
         assert_eq!(seqs, [3, 4, 5, 6]);
         let live = owned
-            .add_subscriber("a", ShardId(0), Start::New, 100)
+            .add_subscriber("a", (ShardId(0), None), Start::New, 100)
             .unwrap();
         assert!(live.replay.messages.is_empty());
         assert_eq!(live.replay.missed, 0);
@@ -963,7 +1092,7 @@ mod tests {
         sequence(&mut owned, "kept", &patterns, 100).unwrap();
         sequence(&mut owned, "idle", &patterns, 100).unwrap();
         owned
-            .add_subscriber("kept", ShardId(0), Start::New, 100)
+            .add_subscriber("kept", (ShardId(0), None), Start::New, 100)
             .unwrap();
         sequence(&mut owned, "_inbox.abc.1", &patterns, 100).unwrap();
         owned.reclaim_inbox("_inbox.abc.1");
@@ -1030,7 +1159,7 @@ mod tests {
             .unwrap();
         let mut actions = Vec::new();
         owned
-            .sequence(&mut message("jobs.a"), &patterns, 110, &mut actions)
+            .sequence(&mut message("jobs.a"), &patterns, 110, &mut actions, None)
             .unwrap();
         let delivered: Vec<u64> = actions
             .iter()
