@@ -354,3 +354,31 @@ fn a_topic_with_one_message_costs_a_few_slots_not_a_whole_ring() {
     assert!(per_topic < 4 * 1024, "{per_topic} bytes per topic");
     broker.shutdown().unwrap();
 }
+
+/// Many connections together can still fill `--topics-max` with topics nobody subscribes to;
+/// those are reclaimed oldest first once idle for a second, so a new client's topic is made.
+#[test]
+fn a_table_full_of_unused_topics_makes_room_for_a_new_one() {
+    let _serial = serial();
+    let broker = start(corebus::config::Config {
+        topics_max: 100,
+        ..config(2)
+    });
+    let addr = broker.native_addr();
+    let mut fillers: Vec<_> = (0..4).map(|_| client(addr)).collect();
+    for (n, filler) in fillers.iter_mut().enumerate() {
+        for i in 0..100 {
+            filler.publish(&format!("fill.{n}.{i}"), b"x").unwrap();
+        }
+        filler.ping().unwrap();
+    }
+    let mut late = client(addr);
+    let refused = late
+        .publish_confirmed("late.now", b"x")
+        .expect_err("the table is full of topics published to just now");
+    assert_eq!(refused.server_code(), Some(ErrorCode::TooManyTopics));
+    thread::sleep(Duration::from_millis(1_300));
+    good_client_round_trip(addr, "late.after.a.second");
+    let counters = broker.shutdown().unwrap();
+    assert!(counters.topics_reclaimed_under_pressure > 0, "{counters:?}");
+}

@@ -150,6 +150,8 @@ impl Shard {
                 self.owned.reclaim_idle(now_ns, idle_ns);
                 // Counted where topics are made; copied here so the publish path does not.
                 self.counters.topics_refused_per_connection = self.owned.creations_refused();
+                self.counters.topics_reclaimed_under_pressure =
+                    self.owned.reclaimed_under_pressure();
             }
             if self.flush_outboxes() && (!self.blocked.is_empty() || self.has_stalled_requests()) {
                 work_left = true;
@@ -163,6 +165,8 @@ impl Shard {
             if let Some(deadline) = self.shutdown_deadline {
                 if self.connections.is_empty() || Instant::now() >= deadline {
                     self.counters.topics_refused_per_connection = self.owned.creations_refused();
+                    self.counters.topics_reclaimed_under_pressure =
+                        self.owned.reclaimed_under_pressure();
                     self.finish_shutdown();
                     return Ok(self.counters.clone());
                 }

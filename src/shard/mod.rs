@@ -97,6 +97,9 @@ pub struct ShardCounters {
     /// made its share of `--topics-per-connection-max` topics (brought up to date once a
     /// second, in the topic sweep).
     pub topics_refused_per_connection: u64,
+    /// Unused topics reclaimed early to make room for a new one in a full table (oldest first;
+    /// brought up to date once a second).
+    pub topics_reclaimed_under_pressure: u64,
     /// Of `connections_refused`, those refused for `--connections-per-ip-max`.
     pub connections_refused_per_ip: u64,
     /// Connections still in their handshake closed to make room for a new one when the shard
@@ -126,6 +129,7 @@ impl ShardCounters {
         self.handshakes_evicted += other.handshakes_evicted;
         self.frame_deadline_closes += other.frame_deadline_closes;
         self.topics_refused_per_connection += other.topics_refused_per_connection;
+        self.topics_reclaimed_under_pressure += other.topics_reclaimed_under_pressure;
         self.slow_consumer_disconnects += other.slow_consumer_disconnects;
         self.dead_lettered += other.dead_lettered;
         self.rate_limited += other.rate_limited;

@@ -145,6 +145,12 @@ pub struct Sequenced {
     pub receivers: u32,
 }
 
+/// An unused topic younger than this (since its last publish) is never reclaimed to make room:
+/// one being published to right now, whose subscriber may be about to arrive, keeps its place.
+pub const PRESSURE_IDLE_NS: u64 = 1_000_000_000;
+/// A full table frees `topics_max / PRESSURE_RECLAIM_DIVISOR` unused topics at a time.
+const PRESSURE_RECLAIM_DIVISOR: usize = 64;
+
 /// A topic made by `creator` went: it no longer counts against that connection.
 fn forget_creation(creations: &mut AHashMap<Creator, u32>, creator: Option<Creator>) {
     let Some(creator) = creator else {
@@ -178,6 +184,9 @@ pub struct OwnedTopics {
     creations_max: usize,
     /// Creations refused for `creations_max`, all told.
     creations_refused: u64,
+    /// After a pressure scan found nothing to reclaim, none before this time.
+    pressure_scan_after_ns: Option<u64>,
+    reclaimed_under_pressure: u64,
     /// `--auto-create-topics`: off, only CREATE_TOPIC makes client topics (the broker's own,
     /// `$dlq.*` and `_inbox.*`, are still made when used).
     auto_create: bool,
@@ -233,6 +242,8 @@ impl OwnedTopics {
             creations: AHashMap::new(),
             creations_max: usize::MAX,
             creations_refused: 0,
+            pressure_scan_after_ns: None,
+            reclaimed_under_pressure: 0,
             auto_create: true,
             shards,
             pattern_matches: Vec::new(),
@@ -294,8 +305,13 @@ impl OwnedTopics {
         &mut self,
         topic: &str,
         creator: Option<Creator>,
+        now_ns: u64,
     ) -> Result<&mut OwnedTopic, ErrorCode> {
-        let full = self.topics.len() >= self.topics_max;
+        let mut full = self.topics.len() >= self.topics_max;
+        if full && !self.topics.contains_key(topic) {
+            // Only on a full table, so the common path pays nothing.
+            full = self.reclaim_under_pressure(now_ns) == 0;
+        }
         match self.topics.entry_ref(topic) {
             EntryRef::Occupied(entry) => Ok(entry.into_mut()),
             EntryRef::Vacant(_) if full => Err(ErrorCode::TooManyTopics),
@@ -374,7 +390,7 @@ impl OwnedTopics {
         start: Start,
         now_ns: u64,
     ) -> Result<Subscribed, Refusal> {
-        let owned = self.get_or_create(topic, creator)?;
+        let owned = self.get_or_create(topic, creator, now_ns)?;
         owned.check_start(start)?;
         owned.exact_subscribers_by_shard[shard.index()] += 1;
         owned.exact_mask |= shard.bit();
@@ -412,7 +428,7 @@ impl OwnedTopics {
             self.consumer_topics.insert(topic.into());
         }
         let at_limit = self.consumers_len >= self.consumers_max;
-        let owned = self.get_or_create(topic, None)?;
+        let owned = self.get_or_create(topic, None, now_ns)?;
         owned.check_start(start)?;
         let member = Member {
             shard,
@@ -482,7 +498,7 @@ impl OwnedTopics {
         if self.consumers_len >= self.consumers_max {
             return Err(ErrorCode::TooManyConsumers);
         }
-        let owned = self.get_or_create(topic, None)?;
+        let owned = self.get_or_create(topic, None, now_ns)?;
         let mut consumer =
             Consumer::new(true, owned.last_seq + 1, Some(group.acks), backoff_max_ns);
         consumer.made_for_pattern = true;
@@ -639,6 +655,60 @@ impl OwnedTopics {
         before - self.topics.len()
     }
 
+    /// Makes room in a full table: reclaims the oldest unused topics (no subscriber, no
+    /// consumer, not made by CREATE_TOPIC) that have seen no publish for
+    /// [`PRESSURE_IDLE_NS`], a batch of `topics_max / PRESSURE_RECLAIM_DIVISOR` (at least one)
+    /// at a time so the scan is paid once per batch of creations, not per creation. Without
+    /// this, unused topics made by many clients would hold the table for `--topic-idle-ttl`
+    /// (an hour) and refuse every new name meanwhile. A scan that finds nothing is not
+    /// repeated for [`PRESSURE_IDLE_NS`]. Returns how many were removed.
+    fn reclaim_under_pressure(&mut self, now_ns: u64) -> usize {
+        if self
+            .pressure_scan_after_ns
+            .is_some_and(|after_ns| now_ns < after_ns)
+        {
+            return 0;
+        }
+        let mut candidates: Vec<(u64, &str)> = self
+            .topics
+            .iter()
+            .filter(|(_, owned)| {
+                !owned.explicit
+                    && owned.exact_mask == 0
+                    && owned.consumers.is_empty()
+                    && now_ns.saturating_sub(owned.last_timestamp_ns) >= PRESSURE_IDLE_NS
+            })
+            .map(|(name, owned)| (owned.last_timestamp_ns, &**name))
+            .collect();
+        if candidates.is_empty() {
+            self.pressure_scan_after_ns = Some(now_ns.saturating_add(PRESSURE_IDLE_NS));
+            return 0;
+        }
+        self.pressure_scan_after_ns = None;
+        let batch = (self.topics_max / PRESSURE_RECLAIM_DIVISOR)
+            .max(1)
+            .min(candidates.len());
+        if batch < candidates.len() {
+            candidates.select_nth_unstable(batch - 1);
+        }
+        let names: Vec<Box<str>> = candidates[..batch]
+            .iter()
+            .map(|(_, name)| (*name).into())
+            .collect();
+        for name in &names {
+            if let Some(owned) = self.topics.remove(name) {
+                forget_creation(&mut self.creations, owned.creator);
+            }
+        }
+        self.reclaimed_under_pressure += names.len() as u64;
+        names.len()
+    }
+
+    /// Topics reclaimed to make room in a full table, all told.
+    pub fn reclaimed_under_pressure(&self) -> u64 {
+        self.reclaimed_under_pressure
+    }
+
     /// Forgets a request/reply inbox topic as soon as its one answer is out, unless someone
     /// subscribed to it exactly.
     pub fn reclaim_inbox(&mut self, topic: &str) {
@@ -692,35 +762,37 @@ impl OwnedTopics {
         creator: Option<Creator>,
     ) -> Result<Sequenced, ErrorCode> {
         let mut scratch = std::mem::take(&mut self.pattern_matches);
-        let result = self.get_or_create(message.topic(), creator).map(|owned| {
-            owned.last_seq += 1;
-            owned.last_timestamp_ns = owned.last_timestamp_ns.max(now_ns);
-            message.stamp(owned.last_seq, owned.last_timestamp_ns);
-            owned.replay.push(
-                owned.last_seq,
-                owned.last_timestamp_ns,
-                message.frame_len(),
-                message.clone(),
-                now_ns,
-            );
-            for consumer in owned.consumers.values_mut() {
-                consumer.pump(&owned.replay, Some(message), now_ns, consumer_actions);
-            }
-            let topic = message.topic();
-            if owned.pattern_generation != patterns.generation() {
-                scratch.clear();
-                patterns.match_into(topic, &mut scratch);
-                owned.pattern_mask = scratch.iter().fold(0, |mask, shard| mask | shard.bit());
-                owned.pattern_count = scratch.len() as u32;
-                owned.pattern_generation = patterns.generation();
-            }
-            Sequenced {
-                seq: owned.last_seq,
-                timestamp_ns: owned.last_timestamp_ns,
-                shard_mask: owned.exact_mask | owned.pattern_mask,
-                receivers: owned.exact_total + owned.pattern_count,
-            }
-        });
+        let result = self
+            .get_or_create(message.topic(), creator, now_ns)
+            .map(|owned| {
+                owned.last_seq += 1;
+                owned.last_timestamp_ns = owned.last_timestamp_ns.max(now_ns);
+                message.stamp(owned.last_seq, owned.last_timestamp_ns);
+                owned.replay.push(
+                    owned.last_seq,
+                    owned.last_timestamp_ns,
+                    message.frame_len(),
+                    message.clone(),
+                    now_ns,
+                );
+                for consumer in owned.consumers.values_mut() {
+                    consumer.pump(&owned.replay, Some(message), now_ns, consumer_actions);
+                }
+                let topic = message.topic();
+                if owned.pattern_generation != patterns.generation() {
+                    scratch.clear();
+                    patterns.match_into(topic, &mut scratch);
+                    owned.pattern_mask = scratch.iter().fold(0, |mask, shard| mask | shard.bit());
+                    owned.pattern_count = scratch.len() as u32;
+                    owned.pattern_generation = patterns.generation();
+                }
+                Sequenced {
+                    seq: owned.last_seq,
+                    timestamp_ns: owned.last_timestamp_ns,
+                    shard_mask: owned.exact_mask | owned.pattern_mask,
+                    receivers: owned.exact_total + owned.pattern_count,
+                }
+            });
         self.pattern_matches = scratch;
         result
     }
@@ -1054,6 +1126,29 @@ mod tests {
             sequence(&mut owned, "a", &patterns, 100),
             sequenced((2, 0), 0)
         );
+    }
+
+    #[test]
+    fn a_full_table_reclaims_its_oldest_unused_topics_to_make_room() {
+        const SECOND: u64 = 1_000_000_000;
+        let patterns = Sublist::new(16);
+        let mut owned = OwnedTopics::new(1, 3, LIMITS);
+        sequence(&mut owned, "kept", &patterns, 100).unwrap();
+        owned
+            .add_subscriber("kept", (ShardId(0), None), Start::New, 100)
+            .unwrap();
+        sequence(&mut owned, "old", &patterns, 200).unwrap();
+        sequence(&mut owned, "recent", &patterns, SECOND).unwrap();
+        // Every unused topic was published to less than a second ago: nothing to reclaim.
+        assert_eq!(
+            sequence(&mut owned, "new", &patterns, SECOND + 100),
+            Err(ErrorCode::TooManyTopics)
+        );
+        // Later, the oldest unused one goes (not the subscribed one, not the recent one).
+        assert!(sequence(&mut owned, "new", &patterns, 3 * SECOND).is_ok());
+        assert!(owned.get("old").is_none());
+        assert!(owned.get("kept").is_some() && owned.get("recent").is_some());
+        assert_eq!(owned.reclaimed_under_pressure(), 1);
     }
 
     #[test]
