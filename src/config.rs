@@ -371,9 +371,12 @@ impl Config {
 }
 
 impl MemoryBudget {
-    /// The worst case if every bounded queue filled at once.
+    /// The worst case if every bounded queue filled at once, every connection's read buffer
+    /// grown for a largest frame in progress included (`--frame-deadline-ms` bounds how long
+    /// one is held, not how many are held at once).
     pub fn total_bytes(&self) -> usize {
         self.connection_bytes_max
+            .saturating_add(self.frame_in_flight_bytes_max)
             .saturating_add(self.replay_bytes_max)
             .saturating_add(self.created_topics_replay_bytes_max)
             .saturating_add(self.ring_bytes_max)
@@ -533,7 +536,7 @@ mod tests {
         assert!(physical_memory_bytes().is_some_and(|bytes| bytes > 0));
     }
 
-    /// Issue 11, defect 4: the defaults' worst case (~97 GiB) is fitted to the machine.
+    /// Issue 11, defect 4: the defaults' worst case (~105 GiB with frames in progress) is fitted to the machine.
     #[test]
     fn defaults_are_fitted_to_the_memory_available() {
         const GIB: usize = 1 << 30;
