@@ -88,6 +88,10 @@ pub struct ServeArgs {
     /// the memory available.
     #[arg(long, env = "COREBUS_CONNECTIONS_MAX", default_value_t = Config::default().connections_max)]
     pub connections_max: usize,
+    /// Connections from one source IP address, loopback included (each shard enforces an
+    /// equal share); over it a new connection is refused with TOO_MANY_CONNECTIONS.
+    #[arg(long, env = "COREBUS_CONNECTIONS_PER_IP_MAX", default_value_t = Config::default().connections_per_ip_max)]
+    pub connections_per_ip_max: usize,
     /// Subscriptions one connection may hold.
     #[arg(long, env = "COREBUS_SUBSCRIPTIONS_PER_CONNECTION_MAX", default_value_t = Config::default().subscriptions_per_connection_max)]
     pub subscriptions_per_connection_max: usize,
@@ -95,6 +99,10 @@ pub struct ServeArgs {
     /// the memory available.
     #[arg(long, env = "COREBUS_TOPICS_MAX", default_value_t = Config::default().topics_max)]
     pub topics_max: usize,
+    /// Topics one connection may make by publishing or subscribing to new names (while they
+    /// exist); over it such a publish or subscribe gets TOO_MANY_TOPICS.
+    #[arg(long, env = "COREBUS_TOPICS_PER_CONNECTION_MAX", default_value_t = Config::default().topics_per_connection_max)]
+    pub topics_per_connection_max: usize,
     /// Bytes queued towards one connection before the slow-consumer policy applies.
     #[arg(long, env = "COREBUS_OUTBOUND_BYTES_MAX", default_value_t = Config::default().outbound_bytes_max)]
     pub outbound_bytes_max: usize,
@@ -113,9 +121,14 @@ pub struct ServeArgs {
     /// Bytes one connection may read per loop turn before others get their turn.
     #[arg(long, env = "COREBUS_READ_BYTES_PER_TURN_MAX", default_value_t = Config::default().read_bytes_per_turn_max)]
     pub read_bytes_per_turn_max: usize,
-    /// How long a new connection has to send HELLO, e.g. `10s` (a bare number is ms).
-    #[arg(long, env = "COREBUS_HANDSHAKE_TIMEOUT_MS", value_name = "DURATION", default_value = "10s", value_parser = parse_duration_ms)]
+    /// How long a new connection has to send HELLO (HTTP: its first request head), e.g. `2s`
+    /// (a bare number is ms).
+    #[arg(long, env = "COREBUS_HANDSHAKE_TIMEOUT_MS", value_name = "DURATION", default_value = "2s", value_parser = parse_duration_ms)]
     pub handshake_timeout_ms: u64,
+    /// How long a frame (HTTP request, WebSocket message, Redis request) that has started
+    /// arriving may take to complete, e.g. `10s`; then FRAME_TIMEOUT and the connection closes.
+    #[arg(long, env = "COREBUS_FRAME_DEADLINE_MS", value_name = "DURATION", default_value = "10s", value_parser = parse_duration_ms)]
+    pub frame_deadline_ms: u64,
     /// How long a connection the broker closes may take to receive its final frames.
     #[arg(long, env = "COREBUS_CLOSE_LINGER_MS", value_name = "DURATION", default_value = "2s", value_parser = parse_duration_ms)]
     pub close_linger_ms: u64,
@@ -536,8 +549,10 @@ impl ServeArgs {
             pin: !self.no_pin,
             message_bytes_max: self.message_bytes_max,
             connections_max: self.connections_max,
+            connections_per_ip_max: self.connections_per_ip_max,
             subscriptions_per_connection_max: self.subscriptions_per_connection_max,
             topics_max: self.topics_max,
+            topics_per_connection_max: self.topics_per_connection_max,
             outbound_bytes_max: self.outbound_bytes_max,
             slow_consumer: self.slow_consumer,
             ring_slots: self.ring_slots,
@@ -545,6 +560,7 @@ impl ServeArgs {
             read_chunk_bytes: self.read_chunk_bytes,
             read_bytes_per_turn_max: self.read_bytes_per_turn_max,
             handshake_timeout_ms: self.handshake_timeout_ms,
+            frame_deadline_ms: self.frame_deadline_ms,
             close_linger_ms: self.close_linger_ms,
             publisher_stall_ms_max: self.publisher_stall_ms_max,
             shutdown_grace_ms: self.shutdown_grace_ms,

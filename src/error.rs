@@ -63,11 +63,14 @@ pub enum ErrorCode {
     /// A resume named an epoch the topic no longer has: its history was lost (a restart, or
     /// the topic was deleted and made again), and its numbers now mean other messages.
     EpochMismatch = 25,
+    /// Input that had started arriving (a frame, an HTTP request, a WebSocket message, a
+    /// Redis request) did not complete within `--frame-deadline-ms`; the connection is closed.
+    FrameTimeout = 26,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation tables.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownOpcode,
@@ -93,6 +96,7 @@ impl ErrorCode {
         ErrorCode::TopicDeleted,
         ErrorCode::StartBeyondEnd,
         ErrorCode::EpochMismatch,
+        ErrorCode::FrameTimeout,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -134,6 +138,7 @@ impl ErrorCode {
             ErrorCode::TopicDeleted => "TOPIC_DELETED",
             ErrorCode::StartBeyondEnd => "START_BEYOND_END",
             ErrorCode::EpochMismatch => "EPOCH_MISMATCH",
+            ErrorCode::FrameTimeout => "FRAME_TIMEOUT",
         }
     }
 }
@@ -159,6 +164,8 @@ pub enum CloseReason {
     SlowConsumer,
     /// The shard was already at its share of `connections_max`.
     TooManyConnections,
+    /// Input that had started did not complete within `--frame-deadline-ms`.
+    FrameTimeout,
     /// The broker is shutting down.
     Shutdown,
     /// The client asked to go (Redis `QUIT`).
@@ -194,6 +201,7 @@ impl CloseReason {
             CloseReason::HandshakeFailed => "handshake_failed",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::TooManyConnections => "too_many_connections",
+            CloseReason::FrameTimeout => "frame_timeout",
             CloseReason::Shutdown => "shutdown",
             CloseReason::ClientQuit => "client_quit",
             CloseReason::Killed => "killed",

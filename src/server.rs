@@ -87,14 +87,16 @@ impl Broker {
                 // each part costs, so the operator sees which knob matters.
                 log::warn!(
                     "event=memory_budget_exceeds_ram budget_mib={} ram_mib={} \
-                     connections_mib={} replay_mib={} created_topics_mib={} hint=\"the worst \
-                     case is connections-max x (outbound-bytes-max + read-chunk-bytes), plus \
+                     connections_mib={} frames_in_progress_mib={} replay_mib={} \
+                     created_topics_mib={} hint=\"the worst case is connections-max x \
+                     (outbound-bytes-max + read-chunk-bytes + a largest frame), plus \
                      topics-max x (replay-bytes + 32 x replay-messages), plus created-topics-max \
                      x (topic-replay-bytes-max + 32 x topic-replay-messages-max); lower the \
                      largest until it fits (see tuning.md)\"",
                     budget.total_bytes() >> 20,
                     physical >> 20,
                     budget.connection_bytes_max >> 20,
+                    budget.frame_in_flight_bytes_max >> 20,
                     budget.replay_bytes_max >> 20,
                     budget.created_topics_replay_bytes_max >> 20,
                 );

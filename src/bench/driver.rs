@@ -14,7 +14,7 @@
 //!
 //! A closed-loop publisher is windowed by default: at most `--pipeline` publishes unconfirmed,
 //! confirmed a batch at a time. With `--unwindowed` it asks for nothing until the end: it adds
-//! messages while its output buffer holds less than [`OUT_PENDING_MAX`] and writes until the
+//! messages while its output buffer holds less than `OUT_PENDING_MAX` and writes until the
 //! socket would block, so that only TCP pushes back, as with NATS clients. Redis still
 //! answers every `PUBLISH`; those replies are read and counted but never waited for. The
 //! accounting is unchanged: a message counts as published when it is stamped and buffered,

@@ -49,6 +49,9 @@ pub enum OwnerRequest {
         /// Set for a durable consumer or group member, which the owner delivers to itself
         /// (one member per message) instead of through the shard's fan-out.
         consumer: Option<Box<ConsumerRequest>>,
+        /// The subscribing connection, which makes the topic if it is new
+        /// (`--topics-per-connection-max` is counted on the owner).
+        connection: ConnectionId,
     },
     /// A consumer's subscription went away; the consumer stays, with what it has not acked.
     Detach {

@@ -345,6 +345,7 @@
 //! | 23   | `TOPIC_DELETED`          | the subscription's topic was deleted (ENDED)                   |
 //! | 24   | `START_BEYOND_END`       | a START sequence number is beyond the topic's next one; the message names the epoch and last seq |
 //! | 25   | `EPOCH_MISMATCH`         | a START's EPOCH (v4) is not the topic's epoch: that history is gone; the message names the epoch and last seq |
+//! | 26   | `FRAME_TIMEOUT`          | a frame that had started did not complete within `--frame-deadline-ms`; the connection is closed |
 //!
 //! A code's number and meaning never change. Clients must treat a code they do not know as a
 //! generic failure of the request, since later brokers may add codes.

@@ -122,7 +122,7 @@ impl Shard {
             request_id,
         };
         if owner == self.id {
-            let result = self.sequence_and_fan_out(message);
+            let result = self.sequence_and_fan_out(message, Some((self.id, id)));
             self.answer_publish(reply, quiet, result);
         } else {
             self.link_mut(owner)
@@ -264,9 +264,12 @@ impl Shard {
                 self.record_subscription(subscriber, record);
                 let mut actions = Vec::new();
                 let result = match consumer_request {
-                    None => self
-                        .owned
-                        .add_subscriber(subject, self.id, start, unix_time_ns()),
+                    None => self.owned.add_subscriber(
+                        subject,
+                        (self.id, Some((self.id, id))),
+                        start,
+                        unix_time_ns(),
+                    ),
                     Some(request) => {
                         self.attach_consumer(subject, &request, self.id, start, &mut actions)
                     }
@@ -292,6 +295,7 @@ impl Shard {
                         start,
                         ticket,
                         consumer: consumer_request,
+                        connection: id,
                     });
             }
             SubjectKind::Pattern if pattern_group => {
@@ -946,12 +950,16 @@ impl Shard {
     pub(super) fn limit_reason(&self, code: ErrorCode) -> Option<String> {
         let config = &self.config;
         match code {
+            // The owner's refusal carries only the code: either limit may have been hit.
             ErrorCode::TooManyTopics => Some(format!(
-                "no room for a new topic: the shard that holds it has its share of --topics-max \
-                 ({} of {} across {} shards); existing topics keep working",
+                "no room for a new topic: this connection has made its share of topics by use \
+                 (--topics-per-connection-max {}, {} on each of {} shards), or the shard that \
+                 holds it has its share of --topics-max ({} of {}); existing topics keep working",
+                config.topics_per_connection_max,
+                config.topics_per_connection_per_shard_max(),
+                config.shards,
                 config.topics_per_shard_max(),
                 config.topics_max,
-                config.shards
             )),
             ErrorCode::TooManyConsumers => Some(format!(
                 "no room for a new durable consumer or group: the shard that holds the topic \

@@ -77,7 +77,7 @@ impl HttpSession {
                 return;
             };
             let status = match code {
-                ErrorCode::HandshakeRequired => Status(408),
+                ErrorCode::HandshakeRequired | ErrorCode::FrameTimeout => Status(408),
                 _ => Status(503),
             };
             let body = json!({ "error": reason, "detail": reason }).to_string();
@@ -211,6 +211,7 @@ impl Shard {
                 return self.refuse_while_draining(id, &request);
             }
             conn.state = super::connection::ConnState::Open;
+            self.handshake_done(id);
             match self.handle_http_request(id, &request) {
                 // Upgraded: the request is consumed, and the rest of the buffer is frames.
                 None => return self.process_websocket(id),

@@ -242,6 +242,10 @@ impl Shard {
         conn.state = ConnState::Open;
         conn.wire = Wire::Native { version };
         conn.client_name = String::from_utf8_lossy(client_name).into_owned();
+        self.handshake_done(id);
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
         log::info!(
             "event=handshake shard={} conn={} peer={} client={:?}",
             shard,

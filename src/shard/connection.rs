@@ -77,6 +77,9 @@ pub struct ReadBuffer {
     start: usize,
     end: usize,
     resting_len: usize,
+    /// Bytes consumed over the buffer's life: a change says input completed (for the frame
+    /// deadline), without a clock read per frame.
+    consumed_total: u64,
 }
 
 impl ReadBuffer {
@@ -86,7 +89,25 @@ impl ReadBuffer {
             start: 0,
             end: 0,
             resting_len,
+            consumed_total: 0,
         }
+    }
+
+    /// Bytes consumed so far, all told.
+    pub fn consumed_total(&self) -> u64 {
+        self.consumed_total
+    }
+
+    /// Drops what it holds and goes back to its resting size (the connection is closing).
+    pub fn release(&mut self) {
+        self.start = 0;
+        self.end = 0;
+        self.data = vec![0; self.resting_len];
+    }
+
+    /// The bytes it holds now, grown or not (for tests and the memory figures).
+    pub fn capacity(&self) -> usize {
+        self.data.len()
     }
 
     pub fn filled(&self) -> &[u8] {
@@ -124,6 +145,7 @@ impl ReadBuffer {
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.end - self.start);
         self.start += n;
+        self.consumed_total += n as u64;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -132,6 +154,32 @@ impl ReadBuffer {
                 self.data.shrink_to_fit();
             }
         }
+    }
+
+    /// Shrinks a buffer grown for a large frame back to its resting size once the socket is
+    /// drained and what it holds no longer needs the room: the next frame followed the large
+    /// one at once, so the buffer never ran empty (where `consume` shrinks it). `native`: the
+    /// front frame announces the size it needs; a text protocol needs what it holds.
+    pub fn shrink_when_idle(&mut self, native: bool) {
+        if self.data.len() <= self.resting_len {
+            return;
+        }
+        let filled = self.end - self.start;
+        let needed = if native {
+            self.filled()
+                .first_chunk::<4>()
+                .map_or(0, |len| u32::from_be_bytes(*len) as usize + 4)
+        } else {
+            filled
+        };
+        if needed.max(filled) > self.resting_len {
+            return;
+        }
+        self.data.copy_within(self.start..self.end, 0);
+        self.start = 0;
+        self.end = filled;
+        self.data.truncate(self.resting_len);
+        self.data.shrink_to_fit();
     }
 
     /// Free space to read into. Compacts, and grows when the frame at the front (whose
@@ -538,6 +586,12 @@ pub struct Connection {
     pub read_stalled: bool,
     /// `--publish-rate`'s token bucket for this connection.
     pub publish_bucket: TokenBucket,
+    /// Counted among its address's half-open connections (accepted, handshake not done).
+    pub half_open: bool,
+    /// When the input the read buffer holds (incomplete: a frame, request or message that
+    /// has started) began arriving; None when the buffer holds nothing, or only whole frames
+    /// the broker has not processed yet (it is the one waiting then). `--frame-deadline-ms`.
+    pub partial_since: Option<std::time::Instant>,
 }
 
 /// Records a delivery lost under `drop-oldest` on its subscription, for a DROPPED notice.
@@ -608,6 +662,8 @@ impl Connection {
             over_watermark: false,
             read_stalled: false,
             publish_bucket: TokenBucket::default(),
+            half_open: true,
+            partial_since: None,
         }
     }
 
@@ -759,6 +815,32 @@ mod tests {
         buffer.consume(104);
         assert!(buffer.is_empty());
         assert_eq!(buffer.spare().len(), 16);
+    }
+
+    #[test]
+    fn a_grown_read_buffer_that_never_ran_empty_shrinks_once_drained() {
+        // A text protocol's buffer doubles while a long request arrives.
+        let mut buffer = ReadBuffer::new(16);
+        for _ in 0..3 {
+            let n = buffer.spare_for_text(1024).len();
+            buffer.commit(n);
+        }
+        assert_eq!(buffer.capacity(), 64);
+        // The request ends two bytes short of the end: the next one has begun, so the buffer
+        // never runs empty.
+        let before = buffer.consumed_total();
+        buffer.consume(62);
+        assert_eq!(buffer.consumed_total(), before + 62);
+        assert_eq!(buffer.capacity(), 64);
+        buffer.shrink_when_idle(false);
+        assert_eq!((buffer.capacity(), buffer.filled().len()), (16, 2));
+        // A large frame still arriving keeps its room.
+        let mut large = ReadBuffer::new(16);
+        large.spare()[..4].copy_from_slice(&100u32.to_be_bytes());
+        large.commit(4);
+        large.spare();
+        large.shrink_when_idle(true);
+        assert!(large.capacity() >= 104);
     }
 
     #[test]

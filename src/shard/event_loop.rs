@@ -41,6 +41,35 @@ const CONSUMER_TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 /// publish) and for `--topic-idle-ttl`.
 const REPLAY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Tells a connection about to be refused why, in its port's protocol. Best effort: a fresh
+/// socket's send buffer takes a small frame whole.
+fn refuse(socket: &mut mio::net::TcpStream, port: Port, reason: &str) {
+    let mut refusal = Vec::new();
+    match port {
+        Port::Native => Frame::Err {
+            request_id: 0,
+            code: ErrorCode::TooManyConnections.as_u16(),
+            message: reason.as_bytes(),
+        }
+        .encode(&mut refusal),
+        Port::Resp => refusal.extend_from_slice(
+            format!("-ERR max number of clients reached ({reason})\r\n").as_bytes(),
+        ),
+        Port::Http => {
+            let body = format!("{{\"error\":\"{reason}\"}}");
+            refusal.extend_from_slice(
+                format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    }
+    let _ = io::Write::write(socket, &refusal);
+}
+
 impl Shard {
     /// Runs until shutdown; returns the shard's counters.
     pub fn run(mut self) -> io::Result<ShardCounters> {
@@ -79,6 +108,7 @@ impl Shard {
             }
             if !events.is_empty() {
                 last_work = Instant::now();
+                self.turn_now = last_work;
             }
             for event in events.iter() {
                 match event.token() {
@@ -100,6 +130,7 @@ impl Shard {
             // leaves in this turn rather than after the next poll.
             let now = Instant::now();
             self.expire_deadlines(now);
+            self.expire_frame_deadlines(now);
             self.expire_gathers(now);
             if now >= self.next_consumer_timer {
                 let next_deadline_ns = self.run_consumer_timers();
@@ -117,6 +148,10 @@ impl Shard {
                 }
                 let idle_ns = self.config.topic_idle_ttl_ms.saturating_mul(1_000_000);
                 self.owned.reclaim_idle(now_ns, idle_ns);
+                // Counted where topics are made; copied here so the publish path does not.
+                self.counters.topics_refused_per_connection = self.owned.creations_refused();
+                self.counters.topics_reclaimed_under_pressure =
+                    self.owned.reclaimed_under_pressure();
             }
             if self.flush_outboxes() && (!self.blocked.is_empty() || self.has_stalled_requests()) {
                 work_left = true;
@@ -130,6 +165,9 @@ impl Shard {
             }
             if let Some(deadline) = self.shutdown_deadline {
                 if self.connections.is_empty() || Instant::now() >= deadline {
+                    self.counters.topics_refused_per_connection = self.owned.creations_refused();
+                    self.counters.topics_reclaimed_under_pressure =
+                        self.owned.reclaimed_under_pressure();
                     self.finish_shutdown();
                     return Ok(self.counters.clone());
                 }
@@ -155,6 +193,7 @@ impl Shard {
                 .front()
                 .map(|(deadline, _)| deadline),
             self.linger_deadlines.front().map(|(deadline, _)| deadline),
+            self.frame_deadlines.front().map(|(deadline, _)| deadline),
             self.gather_deadlines.front().map(|(deadline, _)| deadline),
         ]
         .into_iter()
@@ -194,27 +233,35 @@ impl Shard {
                     return;
                 }
             };
-            if self.connections.len() >= self.config.connections_per_shard_max() {
+            let ip = peer.ip();
+            let from_ip = self
+                .connections_per_ip
+                .get(&ip)
+                .copied()
+                .unwrap_or_default();
+            if from_ip.open as usize >= self.config.connections_per_ip_per_shard_max() {
                 self.counters.connections_refused += 1;
-                let mut refusal = Vec::new();
-                match port {
-                    Port::Native => Frame::Err {
-                        request_id: 0,
-                        code: ErrorCode::TooManyConnections.as_u16(),
-                        message: b"broker is at --connections-max",
-                    }
-                    .encode(&mut refusal),
-                    Port::Resp => {
-                        refusal.extend_from_slice(b"-ERR max number of clients reached\r\n")
-                    }
-                    Port::Http => refusal.extend_from_slice(
-                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
-                          Content-Length: 44\r\nConnection: close\r\n\r\n\
-                          {\"error\":\"broker is at --connections-max\"}",
-                    ),
-                }
-                // Best effort: a fresh socket's send buffer takes a small frame whole.
-                let _ = io::Write::write(&mut socket, &refusal);
+                self.counters.connections_refused_per_ip += 1;
+                refuse(
+                    &mut socket,
+                    port,
+                    "this address is at --connections-per-ip-max",
+                );
+                log::warn!(
+                    "event=connection_refused shard={} peer={} reason={} limit=connections-per-ip-max",
+                    self.id,
+                    peer,
+                    CloseReason::TooManyConnections
+                );
+                continue;
+            }
+            // A full shard: an address still holding half-open connections may finish those
+            // first; any other evicts the oldest half-open connection, if there is one.
+            if self.connections.len() >= self.config.connections_per_shard_max()
+                && (from_ip.half_open > 0 || !self.evict_oldest_handshaking())
+            {
+                self.counters.connections_refused += 1;
+                refuse(&mut socket, port, "broker is at --connections-max");
                 log::warn!(
                     "event=connection_refused shard={} peer={} reason={}",
                     self.id,
@@ -255,8 +302,13 @@ impl Shard {
                 conn.wire = Wire::Http(Default::default());
             }
             entry.insert(conn);
+            let from_ip = self.connections_per_ip.entry(ip).or_default();
+            from_ip.open += 1;
+            from_ip.half_open += 1;
             if port == Port::Resp {
+                // A Redis connection has no handshake: it is open at once.
                 self.open_resp(id);
+                self.handshake_done(id);
             }
             self.counters.connections_accepted += 1;
             let deadline = Instant::now() + Duration::from_millis(self.config.handshake_timeout_ms);
@@ -274,6 +326,44 @@ impl Shard {
                 protocol.as_str()
             );
         }
+    }
+
+    /// The reserve that keeps half-open connections from locking the shard out. When the shard
+    /// is at its share of `--connections-max`:
+    /// - a new connection from an address that still holds half-open connections (accepted,
+    ///   handshake not finished: no HELLO yet; on HTTP no first request; a Redis connection is
+    ///   open at once) is refused: that address can finish those first;
+    /// - any other new connection evicts the oldest half-open connection on the shard, which
+    ///   is told (`HANDSHAKE_REQUIRED`) and closed.
+    ///
+    /// So a flood of idle sockets from one address cannot churn its way in, and a client that
+    /// finishes its handshake in a round trip is never the victim for long (it would have to
+    /// be the oldest half-open connection when a fresh address arrives); established
+    /// connections are never evicted. Returns false if no connection is half-open (the new
+    /// one is then refused).
+    fn evict_oldest_handshaking(&mut self) -> bool {
+        // `handshake_deadlines` is in accept order; entries whose connection finished its
+        // handshake or is gone are stale and dropped on the way.
+        while let Some(&(_, id)) = self.handshake_deadlines.front() {
+            self.handshake_deadlines.pop_front();
+            let handshaking = self
+                .connection_mut(id)
+                .is_some_and(|conn| conn.state == ConnState::Handshaking);
+            if handshaking {
+                self.counters.handshakes_evicted += 1;
+                self.reply_err(
+                    id,
+                    0,
+                    ErrorCode::HandshakeRequired,
+                    "evicted: the broker is at --connections-max and this connection had not finished its handshake",
+                );
+                // Best effort, as for a refusal: the ERR is written now, the slot freed now.
+                self.flush_connection(id);
+                self.close_now(id, CloseReason::HandshakeFailed);
+                return true;
+            }
+        }
+        false
     }
 
     /// Handles what the connection's read buffer holds, in the protocol it speaks.
@@ -311,6 +401,12 @@ impl Shard {
         // A text protocol's buffer holds at most one request or message, with its framing.
         let text_bytes_max = self.text_bytes_max();
         let reply_bytes_max = self.config.outbound_bytes_max;
+        let turn_now = self.turn_now;
+        let frame_deadline = Duration::from_millis(self.config.frame_deadline_ms);
+        let consumed_before = match self.connection_mut(id) {
+            Some(conn) => conn.read.consumed_total(),
+            None => return,
+        };
         loop {
             let Some(conn) = self.connection_mut(id) else {
                 return;
@@ -357,6 +453,22 @@ impl Shard {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     conn.read_more = false;
+                    // The socket is drained: whatever the buffer holds now is input that has
+                    // not completed. Once per readiness event, and no clock read.
+                    conn.read.shrink_when_idle(conn.wire.is_native());
+                    if conn.read.is_empty() {
+                        conn.partial_since = None;
+                    } else if conn.partial_since.is_none()
+                        || conn.read.consumed_total() != consumed_before
+                    {
+                        // New input started (or a frame completed and the next began).
+                        let arm = conn.partial_since.is_none();
+                        conn.partial_since = Some(turn_now);
+                        if arm {
+                            self.frame_deadlines
+                                .push_back((turn_now + frame_deadline, id));
+                        }
+                    }
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -580,6 +692,60 @@ impl Shard {
         }
     }
 
+    /// Closes connections whose incomplete input is older than `--frame-deadline-ms`, telling
+    /// them first (native `ERR FRAME_TIMEOUT`, HTTP `408`, WebSocket error, Redis `-ERR`),
+    /// and releases their read buffers at once. A connection that made progress since its
+    /// entry was pushed is pushed again at its new deadline; that entry may sit behind later
+    /// ones, so it is seen at most one deadline late.
+    fn expire_frame_deadlines(&mut self, now: Instant) {
+        let deadline_ms = Duration::from_millis(self.config.frame_deadline_ms);
+        while let Some(&(deadline, id)) = self.frame_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.frame_deadlines.pop_front();
+            let Some(conn) = self.connection_mut(id) else {
+                continue;
+            };
+            let Some(since) = conn.partial_since else {
+                continue;
+            };
+            if conn.is_closing() {
+                conn.partial_since = None;
+                continue;
+            }
+            // Waiting on the broker (its outbox is full, or its replies are unread, or its
+            // read budget ran out): what it holds may be whole frames. Look again later.
+            if conn.blocked || conn.read_more || since + deadline_ms > now {
+                let next = if since + deadline_ms > now {
+                    since + deadline_ms
+                } else {
+                    now + deadline_ms
+                };
+                self.frame_deadlines.push_back((next, id));
+                continue;
+            }
+            conn.partial_since = None;
+            let held = conn.read.capacity();
+            conn.read.release();
+            self.counters.frame_deadline_closes += 1;
+            self.counters.protocol_errors += 1;
+            log::info!(
+                "event=frame_deadline shard={} conn={} held_bytes={}",
+                self.id,
+                id,
+                held
+            );
+            self.reply_err(
+                id,
+                0,
+                ErrorCode::FrameTimeout,
+                "input that had started did not complete within --frame-deadline-ms",
+            );
+            self.begin_close(id, CloseReason::FrameTimeout);
+        }
+    }
+
     /// Phase one of a broker-initiated close: stop reading, let the final frames (an ERR
     /// already queued) flush until they are written or the linger deadline passes.
     pub(super) fn begin_close(&mut self, id: ConnectionId, reason: CloseReason) {
@@ -609,6 +775,16 @@ impl Shard {
         }
         let mut conn = self.connections.remove(id.index as usize);
         let _ = self.poll.registry().deregister(&mut conn.socket);
+        if let std::collections::hash_map::Entry::Occupied(mut from_ip) =
+            self.connections_per_ip.entry(conn.peer.ip())
+        {
+            let count = from_ip.get_mut();
+            count.open -= 1;
+            count.half_open -= u32::from(conn.half_open);
+            if count.open == 0 {
+                from_ip.remove();
+            }
+        }
         self.counters.undelivered += conn.out.discard_pending();
         self.counters.closed[reason.index()] += 1;
         // Everything this connection lost on its way out, a slow-consumer cut's discard

@@ -92,6 +92,21 @@ pub struct ShardCounters {
     pub bytes_out: u64,
     pub connections_accepted: u64,
     pub connections_refused: u64,
+    /// Connections closed because input they had started did not complete within
+    /// `--frame-deadline-ms`.
+    pub frame_deadline_closes: u64,
+    /// Publishes and subscribes refused on this (owner) shard because their connection had
+    /// made its share of `--topics-per-connection-max` topics (brought up to date once a
+    /// second, in the topic sweep).
+    pub topics_refused_per_connection: u64,
+    /// Unused topics reclaimed early to make room for a new one in a full table (oldest first;
+    /// brought up to date once a second).
+    pub topics_reclaimed_under_pressure: u64,
+    /// Of `connections_refused`, those refused for `--connections-per-ip-max`.
+    pub connections_refused_per_ip: u64,
+    /// Connections still in their handshake closed to make room for a new one when the shard
+    /// was at its share of `--connections-max` (oldest first).
+    pub handshakes_evicted: u64,
     pub slow_consumer_disconnects: u64,
     pub dead_lettered: u64,
     /// Publishes refused for being over `--publish-rate`.
@@ -128,6 +143,11 @@ impl ShardCounters {
         self.bytes_out += other.bytes_out;
         self.connections_accepted += other.connections_accepted;
         self.connections_refused += other.connections_refused;
+        self.connections_refused_per_ip += other.connections_refused_per_ip;
+        self.handshakes_evicted += other.handshakes_evicted;
+        self.frame_deadline_closes += other.frame_deadline_closes;
+        self.topics_refused_per_connection += other.topics_refused_per_connection;
+        self.topics_reclaimed_under_pressure += other.topics_reclaimed_under_pressure;
         self.slow_consumer_disconnects += other.slow_consumer_disconnects;
         self.dead_lettered += other.dead_lettered;
         self.rate_limited += other.rate_limited;
@@ -190,6 +210,16 @@ impl ShardCounters {
     }
 }
 
+/// One source address's connections on a shard.
+#[derive(Clone, Copy, Debug, Default)]
+struct PerAddress {
+    /// All of them, for `--connections-per-ip-max`.
+    open: u32,
+    /// Those that have not finished their handshake: while it holds any, the address gets no
+    /// new connection on a full shard (see `evict_oldest_handshaking`).
+    half_open: u32,
+}
+
 /// A subscribe waiting for acknowledgements from other shards before it is answered.
 struct PendingSubscribe {
     subscriber: Subscriber,
@@ -228,6 +258,10 @@ pub struct Shard {
     gather_deadlines: VecDeque<(Instant, crate::mesh::message::ReplyTarget)>,
     started: Instant,
     connections: Slab<Connection>,
+    /// Open connections on this shard per source address, for `--connections-per-ip-max`
+    /// (an entry is removed when its count reaches zero, so it holds at most one per
+    /// connection).
+    connections_per_ip: ahash::AHashMap<std::net::IpAddr, PerAddress>,
     next_generation: u32,
     links: Vec<Option<PeerLink>>,
     owned: OwnedTopics,
@@ -258,6 +292,14 @@ pub struct Shard {
     /// What the pressed subscribers had queued at the last look, to see them drain.
     pressured_bytes: usize,
     handshake_deadlines: VecDeque<(Instant, ConnectionId)>,
+    /// `--frame-deadline-ms`: a connection is pushed when its read buffer starts holding
+    /// incomplete input (not on every read), so the queue holds at most one live entry per
+    /// connection; an entry whose connection made progress meanwhile is pushed again at its
+    /// new deadline when it comes up.
+    frame_deadlines: VecDeque<(Instant, ConnectionId)>,
+    /// When this loop turn's events came in (no extra clock read: the loop reads it anyway);
+    /// what `partial_since` records.
+    turn_now: Instant,
     linger_deadlines: VecDeque<(Instant, ConnectionId)>,
     /// A batch of owner requests from each peer that could not be finished for lack of
     /// terminal room; resumed before the ring is read again, so order holds.
@@ -287,6 +329,7 @@ impl Shard {
             gather_deadlines: VecDeque::new(),
             started: Instant::now(),
             connections: Slab::with_capacity(config.connections_per_shard_max()),
+            connections_per_ip: ahash::AHashMap::new(),
             next_generation: 0,
             stalled_requests: (0..shard_count).map(|_| None).collect(),
             links: setup.links,
@@ -312,6 +355,8 @@ impl Shard {
             stall_deadline: None,
             pressured_bytes: usize::MAX,
             handshake_deadlines: VecDeque::new(),
+            frame_deadlines: VecDeque::new(),
+            turn_now: Instant::now(),
             linger_deadlines: VecDeque::new(),
             encode_scratch: Vec::new(),
             match_scratch: Vec::new(),
@@ -329,6 +374,9 @@ impl Shard {
             .owned
             .set_created_max(shard.config.created_topics_per_shard_max());
         shard.owned.set_auto_create(shard.config.auto_create_topics);
+        shard
+            .owned
+            .set_creations_per_connection_max(shard.config.topics_per_connection_per_shard_max());
         shard
     }
 
@@ -355,6 +403,24 @@ impl Shard {
 
     fn peers_mut(&mut self) -> impl Iterator<Item = &mut PeerLink> {
         self.links.iter_mut().flatten()
+    }
+
+    /// The connection finished its handshake (or never had one): it no longer counts as
+    /// half-open for its address.
+    fn handshake_done(&mut self, id: ConnectionId) {
+        let Some(conn) = self
+            .connections
+            .get_mut(id.index as usize)
+            .filter(|conn| conn.id == id)
+        else {
+            return;
+        };
+        if !std::mem::take(&mut conn.half_open) {
+            return;
+        }
+        if let Some(count) = self.connections_per_ip.get_mut(&conn.peer.ip()) {
+            count.half_open -= 1;
+        }
     }
 
     fn mark_dirty(&mut self, id: ConnectionId) {

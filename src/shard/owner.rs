@@ -44,9 +44,12 @@ impl Shard {
     /// Sequences a message of a topic this shard owns and sends it to every shard with a
     /// matching subscription (delivering directly to this shard's own subscribers).
     /// The caller has checked `terminal_room`.
+    /// `creator`: the publishing connection, which makes the topic if it is new (None for
+    /// the broker's own publishes).
     pub(super) fn sequence_and_fan_out(
         &mut self,
         mut message: Message,
+        creator: Option<super::topics::Creator>,
     ) -> Result<Published, ErrorCode> {
         if self.pattern_groups.has_acked() {
             self.ensure_pattern_group_consumers(message.topic())?;
@@ -57,6 +60,7 @@ impl Shard {
             &self.pattern_interest,
             unix_time_ns(),
             &mut actions,
+            creator,
         );
         if !actions.is_empty() {
             self.carry_out(message.topic(), &mut actions);
@@ -221,7 +225,7 @@ impl Shard {
                 reply,
                 quiet,
             } => {
-                let result = self.sequence_and_fan_out(message);
+                let result = self.sequence_and_fan_out(message, Some((from, reply.connection)));
                 if !quiet || result.is_err() {
                     self.link_mut(from)
                         .terminals_out
@@ -233,10 +237,14 @@ impl Shard {
                 start,
                 ticket,
                 consumer: None,
+                connection,
             } => {
-                let result = self
-                    .owned
-                    .add_subscriber(&topic, from, start, unix_time_ns());
+                let result = self.owned.add_subscriber(
+                    &topic,
+                    (from, Some((from, connection))),
+                    start,
+                    unix_time_ns(),
+                );
                 self.link_mut(from)
                     .terminals_out
                     .push(Terminal::SubscribeAck { ticket, result });
@@ -246,6 +254,7 @@ impl Shard {
                 start,
                 ticket,
                 consumer: Some(consumer),
+                ..
             } => {
                 let mut actions = Vec::new();
                 let result = self.attach_consumer(&topic, &consumer, from, start, &mut actions);
@@ -555,7 +564,7 @@ impl Shard {
     }
 
     fn publish_dead_letter(&mut self, message: Message) {
-        if let Err(code) = self.sequence_and_fan_out(message) {
+        if let Err(code) = self.sequence_and_fan_out(message, None) {
             log::warn!("event=dead_letter_refused shard={} code={code}", self.id);
         }
     }

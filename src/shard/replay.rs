@@ -3,9 +3,12 @@
 //! the next publish.
 //!
 //! The ring is bounded three ways, by message count, total bytes and age, and evicts from
-//! the oldest end until all three hold. Its slots are allocated once, when the ring is
-//! created, and reused in a circle: publishing never allocates here beyond the message
-//! itself, which the caller already holds.
+//! the oldest end until all three hold. Its slots are allocated as its history grows,
+//! doubling from [`SLOTS_INITIAL`] up to `messages_max` and never shrinking, then reused in a
+//! circle: a topic that holds one message costs a few slots, not `messages_max` of them (a
+//! client publishing once to each of thousands of names must not pin 32 KiB per name), and a
+//! busy topic stops allocating once its ring has grown to the limit. Publishing allocates here
+//! only on those doublings, `log2(messages_max)` times in a topic's life at most.
 //!
 //! The retained messages always form one contiguous run of sequence numbers ending at the
 //! newest ever pushed: the window is `last_seq + 1 - len ..= last_seq`. That is what lets a
@@ -92,10 +95,14 @@ struct Entry<T> {
     item: T,
 }
 
+/// Slots a ring starts with on its first retained message.
+pub const SLOTS_INITIAL: usize = 4;
+
 /// The most recent messages of one topic, within [`ReplayLimits`].
 pub struct ReplayRing<T> {
     limits: ReplayLimits,
-    /// `messages_max` slots, allocated in `new` and never resized; `None` outside the window.
+    /// Up to `messages_max` slots, grown by doubling while the window fills them (never
+    /// shrunk); `None` outside the window.
     slots: Vec<Option<Entry<T>>>,
     /// The slot of the oldest retained message.
     head: usize,
@@ -110,11 +117,9 @@ pub struct ReplayRing<T> {
 
 impl<T> ReplayRing<T> {
     pub fn new(limits: ReplayLimits) -> Self {
-        let mut slots = Vec::with_capacity(limits.messages_max);
-        slots.resize_with(limits.messages_max, || None);
         ReplayRing {
             limits,
-            slots,
+            slots: Vec::new(),
             head: 0,
             len: 0,
             bytes: 0,
@@ -188,7 +193,7 @@ impl<T> ReplayRing<T> {
         self.last_timestamp_ns = timestamp_ns;
 
         evicted += self.evict_expired(now_ns);
-        let slots_max = self.slots.len();
+        let slots_max = self.limits.messages_max;
         let keep = slots_max > 0
             && bytes <= self.limits.bytes_max
             && !self.limits.is_expired(timestamp_ns, now_ns);
@@ -202,7 +207,10 @@ impl<T> ReplayRing<T> {
         while self.len == slots_max || self.bytes > self.limits.bytes_max - bytes {
             evicted += self.evict_front(1);
         }
-        let slot = (self.head + self.len) % slots_max;
+        if self.len == self.slots.len() {
+            self.grow();
+        }
+        let slot = (self.head + self.len) % self.slots.len();
         debug_assert!(self.slots[slot].is_none(), "slot past the window is free");
         self.slots[slot] = Some(Entry {
             timestamp_ns,
@@ -214,6 +222,24 @@ impl<T> ReplayRing<T> {
         self.last_seq = seq;
         debug_assert!(self.len <= slots_max && self.bytes <= self.limits.bytes_max);
         evicted
+    }
+
+    /// Doubles the slots (from [`SLOTS_INITIAL`], up to `messages_max`), laying the window
+    /// out from slot 0. Called only when every slot is taken and the count limit allows more.
+    #[cold]
+    fn grow(&mut self) {
+        debug_assert!(self.len == self.slots.len() && self.len < self.limits.messages_max);
+        let grown = (self.slots.len() * 2)
+            .max(SLOTS_INITIAL)
+            .min(self.limits.messages_max);
+        let mut slots = Vec::with_capacity(grown);
+        let old_len = self.slots.len();
+        for index in 0..self.len {
+            slots.push(self.slots[(self.head + index) % old_len].take());
+        }
+        slots.resize_with(grown, || None);
+        self.slots = slots;
+        self.head = 0;
     }
 
     /// Evicts every message whose age limit has passed (`timestamp_ns + ttl_ns <= now_ns`).
@@ -613,15 +639,41 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_reused_never_reallocated() {
+    fn slots_grow_with_the_history_then_are_reused_never_reallocated() {
         let mut ring = ReplayRing::new(limits(5, 10_000, 0));
-        let capacity = ring.slots_capacity();
-        assert_eq!(capacity, 5);
-        for seq in 1..=1000 {
+        assert_eq!(ring.slots_capacity(), 0, "an empty topic costs no slots");
+        ring.push(1, 1, 1, 1, 1);
+        assert_eq!(ring.slots_capacity(), SLOTS_INITIAL);
+        for seq in 2..=5 {
+            ring.push(seq, seq, 1, seq, seq);
+        }
+        assert_eq!(
+            ring.slots_capacity(),
+            5,
+            "grown to the count limit, not past it"
+        );
+        for seq in 6..=1000 {
             ring.push(seq, seq, (seq % 7) as usize, seq, seq);
-            assert_eq!(ring.slots_capacity(), capacity);
+            assert_eq!(ring.slots_capacity(), 5);
         }
         assert_eq!(ring.len(), 5);
+        assert_eq!(seqs(&ring, 0, 100), vec![996, 997, 998, 999, 1000]);
+    }
+
+    #[test]
+    fn growing_keeps_a_wrapped_window_in_order() {
+        // A byte limit evicts from the front, so the window wraps before the slots are full.
+        let mut ring = ReplayRing::new(limits(64, 3, 0));
+        for seq in 1..=6 {
+            ring.push(seq, seq, 1, seq, seq);
+        }
+        assert_eq!(seqs(&ring, 0, 100), vec![4, 5, 6]);
+        let mut ring = ReplayRing::new(limits(64, 100, 0));
+        for seq in 1..=40 {
+            ring.push(seq, seq, 1, seq, seq);
+            assert_eq!(seqs(&ring, 0, 100), (1..=seq).collect::<Vec<_>>());
+        }
+        assert_eq!(ring.slots_capacity(), 64);
     }
 
     /// Everything ever pushed, and how much of it is retained: the eviction rules restated as
@@ -741,7 +793,6 @@ mod tests {
             ops in proptest::collection::vec(op(), 0..120),
         ) {
             let mut ring = ReplayRing::new(limits);
-            let capacity = ring.slots_capacity();
             let mut model = Model { limits, pushed: Vec::new(), retained_from: 0 };
             let mut now_ns = 0u64;
             let mut last_timestamp_ns = 0u64;
@@ -794,7 +845,8 @@ mod tests {
                     let want = retained.iter().find(|p| p.0 == seq).map(|p| p.3);
                     prop_assert_eq!(ring.get(seq).copied(), want);
                 }
-                prop_assert_eq!(ring.slots_capacity(), capacity);
+                prop_assert!(ring.slots_capacity() <= limits.messages_max);
+                prop_assert!(ring.slots_capacity() >= ring.len());
             }
         }
     }

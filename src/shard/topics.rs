@@ -51,7 +51,15 @@ pub struct OwnedTopic {
     /// Created by CREATE_TOPIC rather than by first use: someone asked for it (and perhaps
     /// for its own replay limits), so it is not reclaimed for being idle.
     pub explicit: bool,
+    /// The connection that made it by using it, counted against its
+    /// `--topics-per-connection-max` until the topic goes.
+    creator: Option<Creator>,
 }
+
+/// A connection that makes topics by using them, named by its shard and id: topics are
+/// created on their owner shard, which counts each connection's creations itself (see
+/// [`OwnedTopics::set_creations_per_connection_max`]).
+pub type Creator = (ShardId, crate::ids::ConnectionId);
 
 impl OwnedTopic {
     /// A new incarnation; its numbering continues after `last_seq` (0 for a name never used,
@@ -62,6 +70,7 @@ impl OwnedTopic {
             replay: ReplayRing::continuing_after(replay_limits, last_seq),
             consumers: AHashMap::new(),
             explicit: false,
+            creator: None,
             epoch: rand::random(),
             last_seq,
             last_timestamp_ns: 0,
@@ -136,6 +145,25 @@ pub struct Sequenced {
     pub receivers: u32,
 }
 
+/// An unused topic younger than this (since its last publish) is never reclaimed to make room:
+/// one being published to right now, whose subscriber may be about to arrive, keeps its place.
+pub const PRESSURE_IDLE_NS: u64 = 1_000_000_000;
+/// A full table frees `topics_max / PRESSURE_RECLAIM_DIVISOR` unused topics at a time.
+const PRESSURE_RECLAIM_DIVISOR: usize = 64;
+
+/// A topic made by `creator` went: it no longer counts against that connection.
+fn forget_creation(creations: &mut AHashMap<Creator, u32>, creator: Option<Creator>) {
+    let Some(creator) = creator else {
+        return;
+    };
+    if let std::collections::hash_map::Entry::Occupied(mut made) = creations.entry(creator) {
+        *made.get_mut() -= 1;
+        if *made.get() == 0 {
+            made.remove();
+        }
+    }
+}
+
 /// The topics this shard owns.
 pub struct OwnedTopics {
     topics: HashMap<Box<str>, OwnedTopic, ahash::RandomState>,
@@ -151,6 +179,14 @@ pub struct OwnedTopics {
     created_len: usize,
     created_max: usize,
     deleted: DeletedTopics,
+    /// Topics each connection made by use on this shard and that still exist.
+    creations: AHashMap<Creator, u32>,
+    creations_max: usize,
+    /// Creations refused for `creations_max`, all told.
+    creations_refused: u64,
+    /// After a pressure scan found nothing to reclaim, none before this time.
+    pressure_scan_after_ns: Option<u64>,
+    reclaimed_under_pressure: u64,
     /// `--auto-create-topics`: off, only CREATE_TOPIC makes client topics (the broker's own,
     /// `$dlq.*` and `_inbox.*`, are still made when used).
     auto_create: bool,
@@ -203,6 +239,11 @@ impl OwnedTopics {
             created_len: 0,
             created_max: usize::MAX,
             deleted: DeletedTopics::default(),
+            creations: AHashMap::new(),
+            creations_max: usize::MAX,
+            creations_refused: 0,
+            pressure_scan_after_ns: None,
+            reclaimed_under_pressure: 0,
             auto_create: true,
             shards,
             pattern_matches: Vec::new(),
@@ -216,6 +257,29 @@ impl OwnedTopics {
     /// Caps the topics CREATE_TOPIC may make on this shard.
     pub fn set_created_max(&mut self, created_max: usize) {
         self.created_max = created_max;
+    }
+
+    /// Caps the topics one connection may make by use (publish or subscribe to a new name)
+    /// on this shard: its share of `--topics-per-connection-max`.
+    ///
+    /// Why the owner counts: a topic is created on its owner shard, inside `sequence` or
+    /// `add_subscriber`, and only there is it known whether a name is new; a quiet publish
+    /// gets no answer unless refused, so the connection's own shard could learn of its
+    /// creations only late, after a pipelined burst had made thousands. Each owner shard
+    /// therefore allows each connection `ceil(max / shards)`, checked in the same lookup
+    /// that creates the topic: no extra message, no lock, exact per shard. Names hash
+    /// uniformly over the owners, so a connection making new names is capped at about `max`
+    /// in all (never above `shards * ceil(max / shards)`); one whose names all happen to hash
+    /// to one shard is capped at that shard's share. A topic counts against its creator until
+    /// it goes (idle reclaim, delete); the broker's own `$...` and `_inbox.*` topics, and
+    /// topics made by CREATE_TOPIC (`--created-topics-max`), never count.
+    pub fn set_creations_per_connection_max(&mut self, creations_max: usize) {
+        self.creations_max = creations_max;
+    }
+
+    /// Creations refused for `--topics-per-connection-max`, all told.
+    pub fn creations_refused(&self) -> u64 {
+        self.creations_refused
     }
 
     pub fn set_auto_create(&mut self, auto_create: bool) {
@@ -237,8 +301,17 @@ impl OwnedTopics {
 
     /// One hash lookup whether or not the topic exists; the key is allocated only for a new
     /// topic. This is on every publish.
-    fn get_or_create(&mut self, topic: &str) -> Result<&mut OwnedTopic, ErrorCode> {
-        let full = self.topics.len() >= self.topics_max;
+    fn get_or_create(
+        &mut self,
+        topic: &str,
+        creator: Option<Creator>,
+        now_ns: u64,
+    ) -> Result<&mut OwnedTopic, ErrorCode> {
+        let mut full = self.topics.len() >= self.topics_max;
+        if full && !self.topics.contains_key(topic) {
+            // Only on a full table, so the common path pays nothing.
+            full = self.reclaim_under_pressure(now_ns) == 0;
+        }
         match self.topics.entry_ref(topic) {
             EntryRef::Occupied(entry) => Ok(entry.into_mut()),
             EntryRef::Vacant(_) if full => Err(ErrorCode::TooManyTopics),
@@ -250,10 +323,21 @@ impl OwnedTopics {
                 Err(ErrorCode::TopicNotFound)
             }
             EntryRef::Vacant(entry) => {
+                let creator =
+                    creator.filter(|_| !topic.starts_with('$') && !topic.starts_with(INBOX_PREFIX));
+                if let Some(creator) = creator {
+                    let made = self.creations.get(&creator).copied().unwrap_or(0);
+                    if made as usize >= self.creations_max {
+                        self.creations_refused += 1;
+                        return Err(ErrorCode::TooManyTopics);
+                    }
+                    *self.creations.entry(creator).or_insert(0) += 1;
+                }
                 let last_seq = self.deleted.take(topic);
                 let limits = replay_limits_for(topic, self.replay_limits);
-                Ok(entry
-                    .insert_with_key(topic.into(), OwnedTopic::new(self.shards, limits, last_seq)))
+                let mut owned = OwnedTopic::new(self.shards, limits, last_seq);
+                owned.creator = creator;
+                Ok(entry.insert_with_key(topic.into(), owned))
             }
         }
     }
@@ -287,6 +371,7 @@ impl OwnedTopics {
     /// Deletes a topic with its retained messages and consumers (DELETE_TOPIC).
     pub fn delete(&mut self, topic: &str) -> Result<(), ErrorCode> {
         let owned = self.topics.remove(topic).ok_or(ErrorCode::TopicNotFound)?;
+        forget_creation(&mut self.creations, owned.creator);
         self.deleted
             .remember(topic, owned.last_seq, self.topics_max);
         self.consumers_len -= owned.consumers.len();
@@ -301,11 +386,11 @@ impl OwnedTopics {
     pub fn add_subscriber(
         &mut self,
         topic: &str,
-        shard: ShardId,
+        (shard, creator): (ShardId, Option<Creator>),
         start: Start,
         now_ns: u64,
     ) -> Result<Subscribed, Refusal> {
-        let owned = self.get_or_create(topic)?;
+        let owned = self.get_or_create(topic, creator, now_ns)?;
         owned.check_start(start)?;
         owned.exact_subscribers_by_shard[shard.index()] += 1;
         owned.exact_mask |= shard.bit();
@@ -343,7 +428,7 @@ impl OwnedTopics {
             self.consumer_topics.insert(topic.into());
         }
         let at_limit = self.consumers_len >= self.consumers_max;
-        let owned = self.get_or_create(topic)?;
+        let owned = self.get_or_create(topic, None, now_ns)?;
         owned.check_start(start)?;
         let member = Member {
             shard,
@@ -413,7 +498,7 @@ impl OwnedTopics {
         if self.consumers_len >= self.consumers_max {
             return Err(ErrorCode::TooManyConsumers);
         }
-        let owned = self.get_or_create(topic)?;
+        let owned = self.get_or_create(topic, None, now_ns)?;
         let mut consumer =
             Consumer::new(true, owned.last_seq + 1, Some(group.acks), backoff_max_ns);
         consumer.made_for_pattern = true;
@@ -557,12 +642,71 @@ impl OwnedTopics {
     /// many were removed.
     pub fn reclaim_idle(&mut self, now_ns: u64, idle_ns: u64) -> usize {
         let before = self.topics.len();
+        let creations = &mut self.creations;
         self.topics.retain(|name, owned| {
             let unused = !owned.explicit && owned.exact_mask == 0 && owned.consumers.is_empty();
             let idle = now_ns.saturating_sub(owned.last_timestamp_ns) >= idle_ns;
-            !(unused && (idle || name.starts_with(INBOX_PREFIX)))
+            let reclaim = unused && (idle || name.starts_with(INBOX_PREFIX));
+            if reclaim {
+                forget_creation(creations, owned.creator);
+            }
+            !reclaim
         });
         before - self.topics.len()
+    }
+
+    /// Makes room in a full table: reclaims the oldest unused topics (no subscriber, no
+    /// consumer, not made by CREATE_TOPIC) that have seen no publish for
+    /// [`PRESSURE_IDLE_NS`], a batch of `topics_max / PRESSURE_RECLAIM_DIVISOR` (at least one)
+    /// at a time so the scan is paid once per batch of creations, not per creation. Without
+    /// this, unused topics made by many clients would hold the table for `--topic-idle-ttl`
+    /// (an hour) and refuse every new name meanwhile. A scan that finds nothing is not
+    /// repeated for [`PRESSURE_IDLE_NS`]. Returns how many were removed.
+    fn reclaim_under_pressure(&mut self, now_ns: u64) -> usize {
+        if self
+            .pressure_scan_after_ns
+            .is_some_and(|after_ns| now_ns < after_ns)
+        {
+            return 0;
+        }
+        let mut candidates: Vec<(u64, &str)> = self
+            .topics
+            .iter()
+            .filter(|(_, owned)| {
+                !owned.explicit
+                    && owned.exact_mask == 0
+                    && owned.consumers.is_empty()
+                    && now_ns.saturating_sub(owned.last_timestamp_ns) >= PRESSURE_IDLE_NS
+            })
+            .map(|(name, owned)| (owned.last_timestamp_ns, &**name))
+            .collect();
+        if candidates.is_empty() {
+            self.pressure_scan_after_ns = Some(now_ns.saturating_add(PRESSURE_IDLE_NS));
+            return 0;
+        }
+        self.pressure_scan_after_ns = None;
+        let batch = (self.topics_max / PRESSURE_RECLAIM_DIVISOR)
+            .max(1)
+            .min(candidates.len());
+        if batch < candidates.len() {
+            candidates.select_nth_unstable(batch - 1);
+        }
+        let names: Vec<Box<str>> = candidates[..batch]
+            .iter()
+            .map(|(_, name)| (*name).into())
+            .collect();
+        for name in &names {
+            if let Some(owned) = self.topics.remove(name) {
+                forget_creation(&mut self.creations, owned.creator);
+            }
+        }
+        self.reclaimed_under_pressure += names.len() as u64;
+        names.len()
+    }
+
+    /// Topics reclaimed to make room in a full table, all told.
+    pub fn reclaimed_under_pressure(&self) -> u64 {
+        self.reclaimed_under_pressure
     }
 
     /// Forgets a request/reply inbox topic as soon as its one answer is out, unless someone
@@ -615,37 +759,40 @@ impl OwnedTopics {
         patterns: &Sublist<ShardId>,
         now_ns: u64,
         consumer_actions: &mut Vec<ConsumerAction>,
+        creator: Option<Creator>,
     ) -> Result<Sequenced, ErrorCode> {
         let mut scratch = std::mem::take(&mut self.pattern_matches);
-        let result = self.get_or_create(message.topic()).map(|owned| {
-            owned.last_seq += 1;
-            owned.last_timestamp_ns = owned.last_timestamp_ns.max(now_ns);
-            message.stamp(owned.last_seq, owned.last_timestamp_ns);
-            owned.replay.push(
-                owned.last_seq,
-                owned.last_timestamp_ns,
-                message.frame_len(),
-                message.clone(),
-                now_ns,
-            );
-            for consumer in owned.consumers.values_mut() {
-                consumer.pump(&owned.replay, Some(message), now_ns, consumer_actions);
-            }
-            let topic = message.topic();
-            if owned.pattern_generation != patterns.generation() {
-                scratch.clear();
-                patterns.match_into(topic, &mut scratch);
-                owned.pattern_mask = scratch.iter().fold(0, |mask, shard| mask | shard.bit());
-                owned.pattern_count = scratch.len() as u32;
-                owned.pattern_generation = patterns.generation();
-            }
-            Sequenced {
-                seq: owned.last_seq,
-                timestamp_ns: owned.last_timestamp_ns,
-                shard_mask: owned.exact_mask | owned.pattern_mask,
-                receivers: owned.exact_total + owned.pattern_count,
-            }
-        });
+        let result = self
+            .get_or_create(message.topic(), creator, now_ns)
+            .map(|owned| {
+                owned.last_seq += 1;
+                owned.last_timestamp_ns = owned.last_timestamp_ns.max(now_ns);
+                message.stamp(owned.last_seq, owned.last_timestamp_ns);
+                owned.replay.push(
+                    owned.last_seq,
+                    owned.last_timestamp_ns,
+                    message.frame_len(),
+                    message.clone(),
+                    now_ns,
+                );
+                for consumer in owned.consumers.values_mut() {
+                    consumer.pump(&owned.replay, Some(message), now_ns, consumer_actions);
+                }
+                let topic = message.topic();
+                if owned.pattern_generation != patterns.generation() {
+                    scratch.clear();
+                    patterns.match_into(topic, &mut scratch);
+                    owned.pattern_mask = scratch.iter().fold(0, |mask, shard| mask | shard.bit());
+                    owned.pattern_count = scratch.len() as u32;
+                    owned.pattern_generation = patterns.generation();
+                }
+                Sequenced {
+                    seq: owned.last_seq,
+                    timestamp_ns: owned.last_timestamp_ns,
+                    shard_mask: owned.exact_mask | owned.pattern_mask,
+                    receivers: owned.exact_total + owned.pattern_count,
+                }
+            });
         self.pattern_matches = scratch;
         result
     }
@@ -776,7 +923,7 @@ mod tests {
         patterns: &Sublist<ShardId>,
         now_ns: u64,
     ) -> Result<Sequenced, ErrorCode> {
-        owned.sequence(&mut message(topic), patterns, now_ns, &mut Vec::new())
+        owned.sequence(&mut message(topic), patterns, now_ns, &mut Vec::new(), None)
     }
 
     fn sequenced((seq, receivers): (u64, u32), shard_mask: u64) -> Result<Sequenced, ErrorCode> {
@@ -821,11 +968,11 @@ mod tests {
             sequenced((1, 0), 0)
         );
         let epoch = owned
-            .add_subscriber("a", ShardId(2), Start::New, 0)
+            .add_subscriber("a", (ShardId(2), None), Start::New, 0)
             .map(|s| s.position.epoch)
             .unwrap();
         owned
-            .add_subscriber("a", ShardId(2), Start::New, 0)
+            .add_subscriber("a", (ShardId(2), None), Start::New, 0)
             .map(|s| s.position)
             .unwrap();
         assert_eq!(
@@ -907,6 +1054,60 @@ mod tests {
     }
 
     #[test]
+    fn each_connection_makes_its_quota_of_topics_and_gets_it_back_as_they_go() {
+        let patterns = Sublist::new(0);
+        let mut owned = OwnedTopics::new(2, 100, LIMITS);
+        owned.set_creations_per_connection_max(2);
+        let greedy = Some((
+            ShardId(1),
+            crate::ids::ConnectionId {
+                index: 3,
+                generation: 0,
+            },
+        ));
+        let other = Some((
+            ShardId(0),
+            crate::ids::ConnectionId {
+                index: 3,
+                generation: 0,
+            },
+        ));
+        let publish = |owned: &mut OwnedTopics, topic: &str, creator| {
+            owned
+                .sequence(
+                    &mut message(topic),
+                    &patterns,
+                    100,
+                    &mut Vec::new(),
+                    creator,
+                )
+                .map(|sequenced| sequenced.seq)
+        };
+        assert_eq!(publish(&mut owned, "a", greedy), Ok(1));
+        assert_eq!(publish(&mut owned, "b", greedy), Ok(1));
+        assert_eq!(
+            publish(&mut owned, "c", greedy),
+            Err(ErrorCode::TooManyTopics)
+        );
+        assert_eq!(
+            owned
+                .add_subscriber("c", (ShardId(1), greedy), Start::New, 100)
+                .map(drop),
+            Err(ErrorCode::TooManyTopics.into())
+        );
+        // Topics that exist are used freely, the broker's own are never counted, and another
+        // connection has its own quota.
+        assert_eq!(publish(&mut owned, "a", greedy), Ok(2));
+        assert_eq!(publish(&mut owned, "_inbox.x.1", greedy), Ok(1));
+        assert_eq!(publish(&mut owned, "c", other), Ok(1));
+        // A topic that goes gives its creator room again.
+        owned.delete("a").unwrap();
+        assert_eq!(publish(&mut owned, "d", greedy), Ok(1));
+        assert_eq!(owned.reclaim_idle(10_000, 1), 4);
+        assert!(owned.creations.is_empty());
+    }
+
+    #[test]
     fn topic_limit_refuses_new_topics_but_serves_existing_ones() {
         let patterns = Sublist::new(16);
         let mut owned = OwnedTopics::new(1, 1, LIMITS);
@@ -917,7 +1118,7 @@ mod tests {
         );
         assert_eq!(
             owned
-                .add_subscriber("b", ShardId(0), Start::New, 0)
+                .add_subscriber("b", (ShardId(0), None), Start::New, 0)
                 .map(|s| s.position),
             Err(ErrorCode::TooManyTopics.into())
         );
@@ -928,6 +1129,29 @@ mod tests {
     }
 
     #[test]
+    fn a_full_table_reclaims_its_oldest_unused_topics_to_make_room() {
+        const SECOND: u64 = 1_000_000_000;
+        let patterns = Sublist::new(16);
+        let mut owned = OwnedTopics::new(1, 3, LIMITS);
+        sequence(&mut owned, "kept", &patterns, 100).unwrap();
+        owned
+            .add_subscriber("kept", (ShardId(0), None), Start::New, 100)
+            .unwrap();
+        sequence(&mut owned, "old", &patterns, 200).unwrap();
+        sequence(&mut owned, "recent", &patterns, SECOND).unwrap();
+        // Every unused topic was published to less than a second ago: nothing to reclaim.
+        assert_eq!(
+            sequence(&mut owned, "new", &patterns, SECOND + 100),
+            Err(ErrorCode::TooManyTopics)
+        );
+        // Later, the oldest unused one goes (not the subscribed one, not the recent one).
+        assert!(sequence(&mut owned, "new", &patterns, 3 * SECOND).is_ok());
+        assert!(owned.get("old").is_none());
+        assert!(owned.get("kept").is_some() && owned.get("recent").is_some());
+        assert_eq!(owned.reclaimed_under_pressure(), 1);
+    }
+
+    #[test]
     fn a_subscriber_starting_in_the_past_gets_the_retained_messages_and_the_gap() {
         let patterns = Sublist::new(16);
         let mut owned = OwnedTopics::new(1, 10, LIMITS);
@@ -935,7 +1159,7 @@ mod tests {
             sequence(&mut owned, "a", &patterns, 100).unwrap();
         }
         let subscribed = owned
-            .add_subscriber("a", ShardId(0), Start::LastN(5), 100)
+            .add_subscriber("a", (ShardId(0), None), Start::LastN(5), 100)
             .unwrap();
         assert_eq!(subscribed.position.last_seq, 6);
         assert_eq!(
@@ -950,7 +1174,7 @@ mod tests {
             .collect();
         assert_eq!(seqs, [3, 4, 5, 6]);
         let live = owned
-            .add_subscriber("a", ShardId(0), Start::New, 100)
+            .add_subscriber("a", (ShardId(0), None), Start::New, 100)
             .unwrap();
         assert!(live.replay.messages.is_empty());
         assert_eq!(live.replay.missed, 0);
@@ -963,7 +1187,7 @@ mod tests {
         sequence(&mut owned, "kept", &patterns, 100).unwrap();
         sequence(&mut owned, "idle", &patterns, 100).unwrap();
         owned
-            .add_subscriber("kept", ShardId(0), Start::New, 100)
+            .add_subscriber("kept", (ShardId(0), None), Start::New, 100)
             .unwrap();
         sequence(&mut owned, "_inbox.abc.1", &patterns, 100).unwrap();
         owned.reclaim_inbox("_inbox.abc.1");
@@ -1030,7 +1254,7 @@ mod tests {
             .unwrap();
         let mut actions = Vec::new();
         owned
-            .sequence(&mut message("jobs.a"), &patterns, 110, &mut actions)
+            .sequence(&mut message("jobs.a"), &patterns, 110, &mut actions, None)
             .unwrap();
         let delivered: Vec<u64> = actions
             .iter()

@@ -76,6 +76,14 @@ impl RawConnection {
         }
     }
 
+    /// Wraps a stream connected by other means (from another source address, say).
+    pub fn from_stream(stream: TcpStream) -> RawConnection {
+        RawConnection {
+            stream,
+            buffer: Vec::new(),
+        }
+    }
+
     /// Connects and completes HELLO.
     pub fn handshaken(addr: SocketAddr) -> RawConnection {
         RawConnection::handshaken_at(addr, PROTOCOL_VERSION)
