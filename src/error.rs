@@ -176,13 +176,14 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, in the order of [`CloseReason::index`] (the closes-by-reason counters).
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::PeerClosed,
         CloseReason::IoError,
         CloseReason::ProtocolError,
         CloseReason::HandshakeFailed,
         CloseReason::SlowConsumer,
         CloseReason::TooManyConnections,
+        CloseReason::FrameTimeout,
         CloseReason::Shutdown,
         CloseReason::ClientQuit,
         CloseReason::Killed,
