@@ -1486,7 +1486,8 @@ fn info_text(
             "# corebus\r\ncorebus_version:{}\r\nshards:{}\r\nshards_answered:{}\r\n\
              published:{}\r\ndelivered:{}\r\ndropped:{}\r\nundelivered:{}\r\n\
              slow_consumer_disconnects:{}\r\ndead_lettered:{}\r\nrate_limited:{}\r\n\
-             protocol_errors:{}\r\n",
+             protocol_errors:{}\r\npublisher_stalls:{}\r\nframe_deadline_closes:{}\r\n\
+             connections_refused_per_ip:{}\r\n",
             env!("CARGO_PKG_VERSION"),
             shards,
             parts.len(),
@@ -1498,6 +1499,9 @@ fn info_text(
             counters.dead_lettered,
             counters.rate_limited,
             counters.protocol_errors,
+            counters.publisher_stalls,
+            counters.frame_deadline_closes,
+            counters.connections_refused_per_ip,
         );
     }
     text

@@ -197,6 +197,20 @@ impl ShardCounters {
             ("gap_missed", self.gap_missed),
             ("replayed", self.replayed),
             ("publisher_stalls", self.publisher_stalls),
+            (
+                "connections_refused_per_ip",
+                self.connections_refused_per_ip,
+            ),
+            ("handshakes_evicted", self.handshakes_evicted),
+            ("frame_deadline_closes", self.frame_deadline_closes),
+            (
+                "topics_refused_per_connection",
+                self.topics_refused_per_connection,
+            ),
+            (
+                "topics_reclaimed_under_pressure",
+                self.topics_reclaimed_under_pressure,
+            ),
         ]
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))

@@ -484,6 +484,36 @@ const SHARD_FAMILIES: &[ShardFamily] = &[
         |p| p.counters.replayed,
     ),
     (
+        "connections_refused_per_ip_total",
+        "counter",
+        "Connections refused for being over --connections-per-ip-max.",
+        |p| p.counters.connections_refused_per_ip,
+    ),
+    (
+        "handshakes_evicted_total",
+        "counter",
+        "Half-open connections evicted to let another address in.",
+        |p| p.counters.handshakes_evicted,
+    ),
+    (
+        "frame_deadline_closes_total",
+        "counter",
+        "Connections closed for input not completed within --frame-deadline-ms.",
+        |p| p.counters.frame_deadline_closes,
+    ),
+    (
+        "topics_refused_per_connection_total",
+        "counter",
+        "Topic creations refused for being over --topics-per-connection-max.",
+        |p| p.counters.topics_refused_per_connection,
+    ),
+    (
+        "topics_reclaimed_under_pressure_total",
+        "counter",
+        "Unused topics reclaimed early because the topic table was full.",
+        |p| p.counters.topics_reclaimed_under_pressure,
+    ),
+    (
         "publisher_stalls_total",
         "counter",
         "Publishers paused because a subscriber they feed was past half its queue.",
