@@ -327,10 +327,7 @@ impl Shard {
     fn answer_foreign_protocol(&mut self, id: ConnectionId, first_bytes: &[u8]) -> bool {
         let ports = sniff::OtherPorts {
             http: self.http_addr(),
-            resp: self
-                .resp_listener
-                .as_ref()
-                .and_then(|listener| listener.local_addr().ok()),
+            resp: self.resp_addr(),
         };
         let Some(conn) = self.connection_mut(id) else {
             return false;

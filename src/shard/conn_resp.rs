@@ -1160,11 +1160,7 @@ impl Shard {
     fn resp_config_get(&self, version: RespVersion, patterns: &[&[u8]]) -> Vec<u8> {
         let config = &self.config;
         let limits = RequestLimits::for_message_bytes_max(config.message_bytes_max);
-        let resp_port = self
-            .resp_listener
-            .as_ref()
-            .and_then(|listener| listener.local_addr().ok())
-            .map_or(0, |addr| addr.port());
+        let resp_port = self.resp_addr().map_or(0, |addr| addr.port());
         let parameters: [(&str, String); 7] = [
             // Nothing is persisted (redis-benchmark asks).
             ("save", String::new()),
@@ -1234,11 +1230,7 @@ impl Shard {
     pub(super) fn resp_answer_gather(&mut self, reply: ReplyTarget) {
         let uptime = self.started.elapsed().as_secs();
         let shards = self.shard_count;
-        let resp_port = self
-            .resp_listener
-            .as_ref()
-            .and_then(|listener| listener.local_addr().ok())
-            .map_or(0, |addr| addr.port());
+        let resp_port = self.resp_addr().map_or(0, |addr| addr.port());
         let id = reply.connection;
         let Some(session) = self.resp_session(id) else {
             return;

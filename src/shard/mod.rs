@@ -403,6 +403,11 @@ impl Shard {
         self.http_listener.as_ref()?.local_addr().ok()
     }
 
+    /// The Redis port's bound address, if it is on (and still open: not during shutdown).
+    fn resp_addr(&self) -> Option<std::net::SocketAddr> {
+        self.resp_listener.as_ref()?.local_addr().ok()
+    }
+
     fn connection_mut(&mut self, id: ConnectionId) -> Option<&mut Connection> {
         self.connections
             .get_mut(id.index as usize)
