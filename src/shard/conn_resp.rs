@@ -80,17 +80,13 @@ impl Family {
 enum Awaiting {
     /// `:N`, the receivers.
     Publish,
-    /// The confirmation, counted when the request was read (as Redis counts it).
-    Subscribe {
-        family: Family,
+    /// A (un)subscribe confirmation, counted when the request was read (as Redis counts
+    /// it). `subscribing` names a subscribe's id, forgotten if the core refuses it.
+    Confirmation {
+        word: SubscriptionKind,
         name: Box<[u8]>,
         count: usize,
-        sub_id: u32,
-    },
-    Unsubscribe {
-        family: Family,
-        name: Box<[u8]>,
-        count: usize,
+        subscribing: Option<u32>,
     },
     /// `CLIENT KILL ID` on another shard: `:1`, or no such client.
     Kill,
@@ -339,49 +335,30 @@ impl RespSession {
             (_, Answer::Throttled { retry_after_ms }) => {
                 encode_error(bytes, throttled_reason(retry_after_ms).as_bytes())
             }
-            (Awaiting::Subscribe { sub_id, .. }, Answer::Refused { code, reason })
-                if code != ErrorCode::UnknownSubscription =>
-            {
+            (
+                Awaiting::Confirmation {
+                    subscribing: Some(sub_id),
+                    ..
+                },
+                Answer::Refused { code, reason },
+            ) if code != ErrorCode::UnknownSubscription => {
                 refused_sub = Some(sub_id);
                 encode_error(bytes, reason.as_bytes());
             }
-            // Confirmed, or overtaken by its own UNSUBSCRIBE (pipelined; the core then says
-            // "unknown subscription"): to the client it happened, and Redis would confirm it
-            // before the unsubscribe.
+            // Done, or a subscribe overtaken by its own UNSUBSCRIBE (pipelined; the core then
+            // says "unknown subscription"): to the client it happened, and Redis would
+            // confirm it before the unsubscribe.
             (
-                Awaiting::Subscribe {
-                    family,
-                    name,
-                    count,
-                    ..
+                Awaiting::Confirmation {
+                    word, name, count, ..
                 },
                 _,
-            ) => resp::encode_subscription(
-                bytes,
-                version,
-                family.subscribe_word(),
-                Some(&name),
-                count,
-            ),
+            ) => resp::encode_subscription(bytes, version, word, Some(&name), count),
             (_, Answer::Refused { reason, .. }) => encode_error(bytes, reason.as_bytes()),
             (Awaiting::Publish, Answer::Published(published)) => {
                 encode_integer(bytes, i64::from(published.receivers))
             }
             (Awaiting::Publish, _) => encode_integer(bytes, 0),
-            (
-                Awaiting::Unsubscribe {
-                    family,
-                    name,
-                    count,
-                },
-                _,
-            ) => resp::encode_subscription(
-                bytes,
-                version,
-                family.unsubscribe_word(),
-                Some(&name),
-                count,
-            ),
             (Awaiting::Kill, _) => encode_integer(bytes, 1),
             (Awaiting::Gather { .. }, _) => encode_error(bytes, b"internal error"),
         }
@@ -846,11 +823,11 @@ impl Shard {
             };
             let sub_id = session.remember(family, name);
             let count = session.count(family);
-            let request_id = session.replies.reserve(Awaiting::Subscribe {
-                family,
+            let request_id = session.replies.reserve(Awaiting::Confirmation {
+                word: family.subscribe_word(),
                 name: name.into(),
                 count,
-                sub_id,
+                subscribing: Some(sub_id),
             });
             let flow = self.handle_subscribe(
                 id,
@@ -922,10 +899,11 @@ impl Shard {
             };
             session.forget(sub_id);
             let count = session.count(family);
-            let request_id = session.replies.reserve(Awaiting::Unsubscribe {
-                family,
+            let request_id = session.replies.reserve(Awaiting::Confirmation {
+                word: family.unsubscribe_word(),
                 name,
                 count,
+                subscribing: None,
             });
             // Never postponed (see `withdraw_subscription`).
             self.handle_unsubscribe(id, request_id, sub_id);
