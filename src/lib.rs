@@ -80,6 +80,7 @@
 //! - Nothing from the network can panic the broker: decoding checks before it slices.
 
 pub mod bench;
+pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod commands;
