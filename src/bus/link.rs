@@ -10,8 +10,9 @@
 //! Waking, both ways, costs nothing while the other side is busy:
 //! - towards the shard: a handle rings the doorbell (one message on the shard's doorbell
 //!   channel and one `mio::Waker` call) only when its connection is not already scheduled;
-//!   the shard clears `scheduled` before it drains the commands, so a command pushed during
-//!   the drain rings again and none is left unseen;
+//!   the shard clears `scheduled` only once it found the command ring empty, and then looks
+//!   once more, so a command pushed meanwhile is either seen or rings; while the shard keeps
+//!   up with a publisher, the publisher never rings;
 //! - towards the handle: the shard calls [`Signal::notify`] after handing over events; it
 //!   takes the waiter's lock only when the handle said it is going to sleep.
 
@@ -218,9 +219,19 @@ impl LinkState {
         let _ = self.shard_waker.wake();
     }
 
-    /// The shard's side: about to drain, so a command pushed from now on rings again.
-    pub fn take_ring(&self) {
+    /// Rings whether or not the connection is scheduled: for what the shard would not find
+    /// by draining the command ring (room made for events, the handle gone). Each happens at
+    /// most once per shard turn that needs it, so the doorbell keeps its bound.
+    pub fn ring_now(&self) {
+        let _ = self.doorbell.send(Doorbell::Ready(self.key));
+        let _ = self.shard_waker.wake();
+    }
+
+    /// The shard's side: the command ring was found empty, so the next command rings. The
+    /// caller looks at the ring once more afterwards.
+    pub fn unschedule(&self) {
         self.scheduled.store(false, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
     }
 }
 
@@ -276,7 +287,7 @@ impl HandleEnds {
         if self.state.event_room_wanted.load(Ordering::Relaxed)
             && self.state.event_room_wanted.swap(false, Ordering::SeqCst)
         {
-            self.state.ring();
+            self.state.ring_now();
         }
         Some(event)
     }
@@ -291,7 +302,7 @@ impl Drop for HandleEnds {
     fn drop(&mut self) {
         self.state.handle_gone.store(true, Ordering::SeqCst);
         self.state.handles_on_shard.fetch_sub(1, Ordering::AcqRel);
-        self.state.ring();
+        self.state.ring_now();
     }
 }
 

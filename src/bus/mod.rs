@@ -238,9 +238,9 @@ impl Bus {
             broker.listen = listen;
         }
         let shards = broker.shards;
-        // Each handle rings at most twice at a time (its attach and one `Ready`), so the
-        // doorbell never fills.
-        let doorbell_slots = config.handles_per_shard_max.saturating_mul(2).max(16);
+        // Each handle has at most four rings outstanding (its attach, a command ring, a ring
+        // for event room, its drop), so the doorbell never fills.
+        let doorbell_slots = config.handles_per_shard_max.saturating_mul(4).max(16);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards)
             .map(|_| crossbeam_channel::bounded(doorbell_slots))
             .unzip();

@@ -31,18 +31,19 @@ const COMMANDS_PER_TURN_MAX: usize = 256;
 impl Shard {
     /// Takes every doorbell ring: new handles, and handles with work.
     pub(super) fn drain_doorbell(&mut self) {
-        let Some(doorbell) = &self.doorbell else {
+        // Taken out while the rings are handled, which borrow the whole shard. Each handle
+        // has at most one ring outstanding (its `scheduled` flag) besides its attach, so
+        // this ends after at most two rings per handle.
+        let Some(doorbell) = self.doorbell.take() else {
             return;
         };
-        // Each handle has at most one ring outstanding (its `scheduled` flag), so this
-        // drains in at most a ring per handle, plus the attaches.
-        let rings: Vec<Doorbell> = doorbell.try_iter().collect();
-        for ring in rings {
+        while let Ok(ring) = doorbell.try_recv() {
             match ring {
                 Doorbell::Attach(ends) => self.attach_in_process(ends),
                 Doorbell::Ready(key) => self.in_process_ready(key),
             }
         }
+        self.doorbell = Some(doorbell);
     }
 
     fn attach_in_process(&mut self, ends: Box<ShardEnds>) {
@@ -82,10 +83,6 @@ impl Shard {
         let Some(conn) = self.connection_mut(id) else {
             return;
         };
-        let Transport::InProcess(ends) = &conn.socket else {
-            return;
-        };
-        ends.state.take_ring();
         // The ring may be rung because the handle made room for events.
         if conn.write_blocked {
             conn.write_blocked = false;
@@ -154,6 +151,11 @@ impl Shard {
                         command
                     }
                     Err(_) => {
+                        ends.state.unschedule();
+                        // A command pushed just before `unschedule` did not ring.
+                        if !ends.commands.is_empty() {
+                            continue;
+                        }
                         conn.read_more = false;
                         if ends
                             .state
