@@ -355,3 +355,104 @@ pub(crate) fn attach(
     let _ = shard_waker.wake();
     Some(handle)
 }
+
+/// Both ends of one link for unit tests, with the shard's doorbell and poll.
+#[cfg(test)]
+pub(crate) fn test_pair(
+    sizes: LinkSizes,
+) -> (
+    HandleEnds,
+    Box<ShardEnds>,
+    crossbeam_channel::Receiver<Doorbell>,
+    mio::Poll,
+) {
+    let poll = mio::Poll::new().expect("poll");
+    let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
+    let (doorbell, rings) = crossbeam_channel::bounded(16);
+    let handle = attach(7, sizes, (doorbell, waker, Arc::new(AtomicUsize::new(1)))).unwrap();
+    let Ok(Doorbell::Attach(shard)) = rings.try_recv() else {
+        panic!("the attach rings first");
+    };
+    (handle, shard, rings, poll)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const SIZES: LinkSizes = LinkSizes {
+        command_slots: 2,
+        event_slots: 2,
+    };
+
+    #[test]
+    fn reply_data_reads_the_sequence_and_the_position() {
+        let mut position = [0u8; 16];
+        position[..8].copy_from_slice(&5u64.to_be_bytes());
+        position[8..].copy_from_slice(&9u64.to_be_bytes());
+        let reply = ReplyData::new(&position);
+        assert_eq!((reply.u64_at(0), reply.u64_at(8)), (Some(5), Some(9)));
+        assert_eq!(ReplyData::new(&3u64.to_be_bytes()).u64_at(8), None);
+        assert_eq!(ReplyData::new(&[]).u64_at(0), None);
+    }
+
+    #[test]
+    fn a_command_rings_once_until_the_shard_found_the_ring_empty() {
+        let (handle, shard, rings, _poll) = test_pair(SIZES);
+        handle.state.ring();
+        handle.state.ring();
+        assert!(matches!(rings.try_recv(), Ok(Doorbell::Ready(7))));
+        assert!(rings.try_recv().is_err(), "scheduled: no second ring");
+        shard.state.unschedule();
+        handle.state.ring();
+        assert!(matches!(rings.try_recv(), Ok(Doorbell::Ready(7))));
+    }
+
+    #[test]
+    fn a_full_event_ring_gives_the_event_back_and_the_handle_rings_once_it_made_room() {
+        let (handle, shard, rings, _poll) = test_pair(SIZES);
+        shard.state.unschedule();
+        for sub_id in 0..2 {
+            assert!(shard.offer(Event::Dropped { count: sub_id }).is_ok());
+        }
+        assert!(matches!(
+            shard.offer(Event::Dropped { count: 9 }),
+            Err(Event::Dropped { count: 9 })
+        ));
+        assert!(rings.try_recv().is_err());
+        assert!(matches!(
+            handle.try_event(),
+            Some(Event::Dropped { count: 0 })
+        ));
+        assert!(matches!(rings.try_recv(), Ok(Doorbell::Ready(7))));
+        assert!(handle.try_event().is_some());
+        assert!(rings.try_recv().is_err(), "one ring per full ring");
+    }
+
+    #[test]
+    fn notify_unparks_a_handle_that_prepared_and_the_shard_going_closes_it() {
+        let (handle, shard, _rings, _poll) = test_pair(SIZES);
+        let state = handle.state.clone();
+        let waiting = std::thread::spawn(move || {
+            state.to_handle.prepare_thread();
+            while !state.shard_gone.load(Ordering::SeqCst) {
+                std::thread::park_timeout(Duration::from_secs(5));
+            }
+            handle.is_closed()
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        drop(shard);
+        assert!(waiting.join().unwrap(), "closed once the shard let go");
+    }
+
+    #[test]
+    fn a_dropped_handle_frees_its_place_and_rings() {
+        let (handle, shard, rings, _poll) = test_pair(SIZES);
+        let count = handle.state.handles_on_shard.clone();
+        drop(handle);
+        assert_eq!(count.load(Ordering::SeqCst), 0);
+        assert!(shard.state.handle_gone.load(Ordering::SeqCst));
+        assert!(matches!(rings.try_recv(), Ok(Doorbell::Ready(7))));
+    }
+}

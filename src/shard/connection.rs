@@ -976,6 +976,59 @@ mod tests {
     }
 
     #[test]
+    fn a_handle_gets_replies_first_then_the_shared_messages_and_a_full_ring_keeps_the_rest() {
+        use crate::bus::link::{test_pair, Event, LinkSizes};
+        let (handle, mut ends, _rings, _poll) = test_pair(LinkSizes {
+            command_slots: 1,
+            event_slots: 3,
+        });
+        let mut out = Outbound::new(WRITE_CHUNK_BYTES);
+        let published = message(4);
+        for _ in 0..3 {
+            out.offer(
+                1,
+                &published,
+                1 << 20,
+                SlowConsumerPolicy::Disconnect,
+                |_| {},
+            );
+        }
+        out.push_gap(1, (2, 9), "t");
+        Wire::InProcess.encode_answer(5, Answer::Done, out.replies());
+        let progress = out.hand_over(&mut ends);
+        assert!(progress.would_block && !progress.drained);
+        assert_eq!(progress.deliveries, 2);
+        assert!(matches!(
+            handle.try_event(),
+            Some(Event::Reply {
+                request_id: 5,
+                result: Ok(_)
+            })
+        ));
+        for _ in 0..2 {
+            match handle.try_event() {
+                Some(Event::Message { sub_id, message }) => {
+                    assert_eq!(sub_id, 1);
+                    assert!(message.shares_frame(&published), "no copy");
+                }
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+        let progress = out.hand_over(&mut ends);
+        assert!(progress.drained);
+        assert_eq!(progress.deliveries, 1);
+        assert!(matches!(handle.try_event(), Some(Event::Message { .. })));
+        assert!(matches!(
+            handle.try_event(),
+            Some(Event::Gap {
+                missed: 2,
+                resume_seq: 9
+            })
+        ));
+        assert!(out.is_empty());
+    }
+
+    #[test]
     fn read_buffer_grows_for_a_large_frame_and_shrinks_back() {
         let mut buffer = ReadBuffer::new(16);
         let big = 100u32;
