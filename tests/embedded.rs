@@ -631,3 +631,16 @@ async fn async_subscriptions_are_streams_and_publish_awaits_room() {
     );
     shutting.await.unwrap().unwrap();
 }
+
+#[test]
+fn the_readme_embedding_section_holds_the_doc_tested_walkthrough() {
+    // `docs/embedding.md` is included in the `bus` module's docs, so `cargo test` runs its
+    // examples; the README must show them unchanged.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let walkthrough = std::fs::read_to_string(format!("{root}/docs/embedding.md")).unwrap();
+    assert!(
+        readme.contains(walkthrough.trim_end()),
+        "README.md's Embedding section differs from docs/embedding.md"
+    );
+}

@@ -43,6 +43,10 @@
 //! bus.shutdown()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! The README's walkthrough, whose examples run as this module's doc tests:
+//!
+#![doc = include_str!("../../docs/embedding.md")]
 
 pub(crate) mod link;
 
