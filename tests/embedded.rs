@@ -644,3 +644,13 @@ fn the_readme_embedding_section_holds_the_doc_tested_walkthrough() {
         "README.md's Embedding section differs from docs/embedding.md"
     );
 }
+
+#[test]
+fn handles_move_between_threads_and_the_bus_handle_is_shared() {
+    fn send<T: Send>() {}
+    fn send_and_sync<T: Send + Sync>() {}
+    send::<corebus::bus::Publisher>();
+    send::<corebus::bus::Subscription>();
+    send_and_sync::<corebus::bus::BusHandle>();
+    send_and_sync::<Bus>();
+}
