@@ -387,6 +387,16 @@ mod tests {
     };
 
     #[test]
+    fn an_event_slot_stays_small() {
+        // tuning.md prices an event slot at 48 bytes.
+        assert!(
+            std::mem::size_of::<Event>() <= 48,
+            "{}",
+            std::mem::size_of::<Event>()
+        );
+    }
+
+    #[test]
     fn reply_data_reads_the_sequence_and_the_position() {
         let mut position = [0u8; 16];
         position[..8].copy_from_slice(&5u64.to_be_bytes());

@@ -1265,3 +1265,99 @@ fn merge_stats(parts: Vec<crate::shard::stats::ShardStats>, shards: usize) -> Bu
     stats.topics.sort_by(|a, b| a.name.cmp(&b.name));
     stats
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Wake, Waker};
+
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn link_and_shard(
+        command_slots: usize,
+    ) -> (
+        Link,
+        Box<link::ShardEnds>,
+        crossbeam_channel::Receiver<Doorbell>,
+        mio::Poll,
+    ) {
+        let (handle, shard, rings, poll) = link::test_pair(LinkSizes {
+            command_slots,
+            event_slots: 4,
+        });
+        let link = Link {
+            ends: handle,
+            next_request_id: 1,
+            close_notice: None,
+        };
+        (link, shard, rings, poll)
+    }
+
+    fn command() -> Command {
+        Command::Stats { request_id: 1 }
+    }
+
+    /// What the shard does once it has taken commands from a ring a handle waits on.
+    fn shard_made_room(shard: &link::ShardEnds) {
+        assert!(shard.commands.try_recv().is_ok());
+        if shard
+            .state
+            .command_room_wanted
+            .swap(false, Ordering::SeqCst)
+        {
+            shard.state.to_handle.notify();
+        }
+    }
+
+    #[test]
+    fn an_async_push_on_a_full_ring_is_pending_until_the_shard_makes_room() {
+        let (link, shard, _rings, _poll) = link_and_shard(1);
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(link.poll_push(command(), &mut cx).is_ok());
+        let Err(Push::Full(held)) = link.poll_push(command(), &mut cx) else {
+            panic!("a one-slot ring holds one command");
+        };
+        assert_eq!(counter.0.load(Ordering::SeqCst), 0);
+        shard_made_room(&shard);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "woken once");
+        assert!(link.poll_push(held, &mut cx).is_ok());
+    }
+
+    #[test]
+    fn a_blocking_push_waits_for_room_and_a_gone_shard_ends_it() {
+        let (link, shard, _rings, _poll) = link_and_shard(1);
+        link.send(command()).unwrap();
+        let pushing = std::thread::spawn(move || {
+            let second = link.send(command());
+            let third = link.send(command());
+            (second, third)
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        shard_made_room(&shard);
+        std::thread::sleep(Duration::from_millis(20));
+        drop(shard);
+        let (second, third) = pushing.join().unwrap();
+        assert!(second.is_ok());
+        assert_eq!(third, Err(Error::Closed(None)));
+    }
+
+    #[test]
+    fn errors_name_their_codes() {
+        let refused = Error::Refused(ServerError {
+            code_raw: ErrorCode::TopicExists.as_u16(),
+            message: "exists".into(),
+        });
+        assert_eq!(refused.code(), Some(ErrorCode::TopicExists));
+        assert_eq!(Error::Timeout.code(), None);
+        assert!(refused.to_string().contains("exists"));
+    }
+}
