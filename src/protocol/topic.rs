@@ -204,6 +204,32 @@ fn scanned_as_str(bytes: &[u8]) -> &str {
     unsafe { std::str::from_utf8_unchecked(bytes) }
 }
 
+/// The Redis port's common case in one pass: `bytes` is an exact topic name with no `$`
+/// prefix and no `--` anywhere (so no escape of [`resp_channel`] either), returned as a str;
+/// anything else is `None` and takes the full scan. About a third of the cost of
+/// [`parse_subscription`] followed by a substring search, on every Redis publish.
+pub fn plain_unescaped_topic(bytes: &[u8]) -> Option<&str> {
+    if bytes.len() > TOPIC_BYTES_MAX {
+        return None;
+    }
+    // As if a separator came first, so a leading `.` (and the empty name) is refused.
+    let mut previous = TOKEN_SEPARATOR;
+    for &byte in bytes {
+        let fits = if byte == b'-' {
+            previous != b'-'
+        } else if byte == TOKEN_SEPARATOR {
+            previous != TOKEN_SEPARATOR
+        } else {
+            TOKEN_BYTE[usize::from(byte)]
+        };
+        if !fits {
+            return None;
+        }
+        previous = byte;
+    }
+    (previous != TOKEN_SEPARATOR).then(|| scanned_as_str(bytes))
+}
+
 /// What has been seen of the token under the cursor.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum TokenSoFar {
