@@ -212,22 +212,39 @@ pub fn plain_unescaped_topic(bytes: &[u8]) -> Option<&str> {
     if bytes.len() > TOPIC_BYTES_MAX {
         return None;
     }
-    // As if a separator came first, so a leading `.` (and the empty name) is refused.
-    let mut previous = TOKEN_SEPARATOR;
+    // Byte classes: a byte fits unless it is of no class, or it is a `-` or `.` after one of
+    // its own kind (`--`, an empty token). Starting as if after a `.` refuses a leading `.`
+    // and the empty name.
+    const OTHER: u8 = 0;
+    const LETTER: u8 = 1;
+    const DASH: u8 = 2;
+    const DOT: u8 = 3;
+    const CLASS: [u8; 256] = {
+        let mut table = [OTHER; 256];
+        let mut byte = 0;
+        while byte < 256 {
+            table[byte] = if byte == b'-' as usize {
+                DASH
+            } else if byte == TOKEN_SEPARATOR as usize {
+                DOT
+            } else if TOKEN_BYTE[byte] {
+                LETTER
+            } else {
+                OTHER
+            };
+            byte += 1;
+        }
+        table
+    };
+    let mut previous = DOT;
     for &byte in bytes {
-        let fits = if byte == b'-' {
-            previous != b'-'
-        } else if byte == TOKEN_SEPARATOR {
-            previous != TOKEN_SEPARATOR
-        } else {
-            TOKEN_BYTE[usize::from(byte)]
-        };
-        if !fits {
+        let class = CLASS[usize::from(byte)];
+        if class == OTHER || (class != LETTER && class == previous) {
             return None;
         }
-        previous = byte;
+        previous = class;
     }
-    (previous != TOKEN_SEPARATOR).then(|| scanned_as_str(bytes))
+    (previous != DOT).then(|| scanned_as_str(bytes))
 }
 
 /// What has been seen of the token under the cursor.

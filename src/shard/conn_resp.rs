@@ -140,12 +140,11 @@ impl ReplyQueue {
         if self.slots.is_empty() {
             self.head_id = Self::next_id(self.head_id);
         }
-        let mut id = self.head_id;
-        for _ in 0..self.slots.len() {
-            id = Self::next_id(id);
-        }
+        // `next_id` applied once per slot already waiting, in one step.
+        let behind = (self.slots.len() % REQUEST_ID_SPAN as usize) as u64;
+        let id = (u64::from(self.head_id) - 1 + behind) % u64::from(REQUEST_ID_SPAN) + 1;
         self.slots.push_back(Slot::Waiting(awaiting));
-        id
+        id as u32
     }
 
     /// Gives back the last slot taken (its request was postponed, not made).
@@ -384,6 +383,11 @@ impl RespSession {
         sub_id: u32,
         message: &Message,
     ) -> Option<Arc<[u8]>> {
+        // Most connections hold channel subscriptions only: no lookup (a cache miss per
+        // delivery when they hold many) to learn what every delivery is then.
+        if self.names(Family::Pattern).is_empty() && self.names(Family::ShardChannel).is_empty() {
+            return None;
+        }
         let version = self.version;
         match self.subscriptions.get(&sub_id) {
             Some(RespSubscription {
@@ -447,13 +451,18 @@ pub fn encode_smessage_event(version: RespVersion, message: &Message) -> Vec<u8>
     frame
 }
 
+/// The most a `message` frame adds to its channel and payload: `*3`, `$7 message`, two
+/// lengths of up to 20 digits and five line ends.
+const MESSAGE_FRAME_OVERHEAD_MAX: usize = 4 + 13 + 2 * (1 + 20 + 2) + 2 * 2;
+
 /// Writes a channel subscription's delivery as a `message` frame (see
 /// [`RespSession::encoded_delivery`]).
 #[inline]
 pub fn stage_message(out: &mut Vec<u8>, version: RespVersion, message: &Message) {
     let channel = topic_to_channel(message.topic());
     let payload = message.payload();
-    out.reserve(resp::message_len(channel.len(), payload.len()));
+    // A bound rather than the exact length, which costs three decimal-length loops.
+    out.reserve(channel.len() + payload.len() + MESSAGE_FRAME_OVERHEAD_MAX);
     resp::encode_message(out, version, &channel, payload);
 }
 
