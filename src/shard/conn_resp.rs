@@ -316,6 +316,18 @@ impl RespSession {
             }
             return;
         }
+        // The common case, a pipelined PUBLISH answered in turn, worded straight out without
+        // taking its slot apart.
+        if let (Answer::Published(published), Some(Slot::Waiting(Awaiting::Publish))) =
+            (&answer, self.replies.slots.front())
+        {
+            if self.replies.head_id == request_id {
+                encode_integer(&mut self.output, i64::from(published.receivers));
+                self.replies.pop_front();
+                self.replies.drain_ready(&mut self.output);
+                return;
+            }
+        }
         let Some(awaiting) = self.replies.take_waiting(request_id) else {
             return;
         };
