@@ -546,12 +546,14 @@ mod tests {
     fn the_budget_adds_up_the_bounded_queues() {
         let config = Config {
             connections_max: 10,
+            connections_loopback_reserve: 2,
             outbound_bytes_max: 2 << 20,
             read_chunk_bytes: 4096,
             ..Config::default()
         };
         let budget = config.memory_budget();
-        assert_eq!(budget.connection_bytes_max, 10 * ((2 << 20) + 4096));
+        // The localhost reserve's connections are connections too.
+        assert_eq!(budget.connection_bytes_max, 12 * ((2 << 20) + 4096));
         assert!(budget.total_bytes() >= budget.connection_bytes_max + budget.replay_bytes_max);
         assert!(physical_memory_bytes().is_some_and(|bytes| bytes > 0));
     }
