@@ -92,6 +92,11 @@ pub struct ServeArgs {
     /// equal share); over it a new connection is refused with TOO_MANY_CONNECTIONS.
     #[arg(long, env = "COREBUS_CONNECTIONS_PER_IP_MAX", default_value_t = Config::default().connections_per_ip_max)]
     pub connections_per_ip_max: usize,
+    /// Connections admitted from localhost (127.0.0.1, ::1) beyond --connections-max, so an
+    /// operator on the machine reaches a full broker (each shard takes an equal share); 0 for
+    /// none.
+    #[arg(long, env = "COREBUS_CONNECTIONS_LOOPBACK_RESERVE", default_value_t = Config::default().connections_loopback_reserve)]
+    pub connections_loopback_reserve: usize,
     /// Subscriptions one connection may hold.
     #[arg(long, env = "COREBUS_SUBSCRIPTIONS_PER_CONNECTION_MAX", default_value_t = Config::default().subscriptions_per_connection_max)]
     pub subscriptions_per_connection_max: usize,
@@ -550,6 +555,7 @@ impl ServeArgs {
             message_bytes_max: self.message_bytes_max,
             connections_max: self.connections_max,
             connections_per_ip_max: self.connections_per_ip_max,
+            connections_loopback_reserve: self.connections_loopback_reserve,
             subscriptions_per_connection_max: self.subscriptions_per_connection_max,
             topics_max: self.topics_max,
             topics_per_connection_max: self.topics_per_connection_max,

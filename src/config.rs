@@ -47,6 +47,10 @@ pub struct Config {
     /// Connections from one source address (IP, any port), loopback included. Each shard
     /// enforces an equal share of it (see [`Config::connections_per_ip_per_shard_max`]).
     pub connections_per_ip_max: usize,
+    /// Connections admitted from `localhost` (127.0.0.1, ::1) beyond `connections_max`, so
+    /// that an operator on the machine (`corebus inspect`, `curl /metrics`) reaches a broker
+    /// that other clients have filled; each shard takes an equal share. 0: none.
+    pub connections_loopback_reserve: usize,
     /// Subscriptions one connection may hold.
     pub subscriptions_per_connection_max: usize,
     /// Topics across all shards; each owner shard takes an equal share.
@@ -155,6 +159,7 @@ impl Default for Config {
             message_bytes_max: 1024 * 1024,
             connections_max: 10_000,
             connections_per_ip_max: 256,
+            connections_loopback_reserve: 8,
             subscriptions_per_connection_max: 1024,
             topics_max: 10_000,
             topics_per_connection_max: 1_000,
@@ -214,6 +219,11 @@ impl Config {
 
     pub fn connections_per_shard_max(&self) -> usize {
         self.connections_max.div_ceil(self.shards)
+    }
+
+    /// One shard's share of [`Config::connections_loopback_reserve`].
+    pub fn connections_loopback_reserve_per_shard(&self) -> usize {
+        self.connections_loopback_reserve.div_ceil(self.shards)
     }
 
     /// One source address's share of a shard: `ceil(connections_per_ip_max / shards)`.
@@ -304,19 +314,20 @@ impl Config {
         // batch of pointers (~24 bytes each) to reference-counted messages.
         let ring_bytes = pairs * 2 * self.ring_slots * self.ring_batch_max * 24;
         let per_connection = self.read_chunk_bytes + self.outbound_bytes_max;
+        let connections = self.connections_max + self.connections_loopback_reserve;
         // The worst case: every topic's slots grown to the limit (they are allocated as its
         // history grows, so a topic that holds one message costs ~1 KB, not this); retained
         // bytes are payloads. Measured: 1,000 topics of 1,024 slots added 32.8 MiB of RSS.
         let replay_slot_bytes = 32;
         let per_topic = self.replay_messages_max * replay_slot_bytes + self.replay_bytes_max;
         MemoryBudget {
-            connection_bytes_max: self.connections_max * per_connection,
+            connection_bytes_max: connections * per_connection,
             replay_bytes_max: self.topics_max * per_topic,
             created_topics_replay_bytes_max: self.created_topics_max
                 * (self.topic_replay_messages_max * replay_slot_bytes
                     + self.topic_replay_bytes_max),
             ring_bytes_max: ring_bytes,
-            frame_in_flight_bytes_max: self.connections_max * self.frame_bytes_max(),
+            frame_in_flight_bytes_max: connections * self.frame_bytes_max(),
         }
     }
 }
@@ -469,6 +480,8 @@ impl FittedLimit {
             connections_max: usize::from(self == FittedLimit::ConnectionsMax),
             topics_max: usize::from(self == FittedLimit::TopicsMax),
             created_topics_max: usize::from(self == FittedLimit::CreatedTopicsMax),
+            // The reserve is a fixed cost, not a unit's.
+            connections_loopback_reserve: 0,
             shards: 1,
             ..config.clone()
         };
@@ -535,12 +548,14 @@ mod tests {
     fn the_budget_adds_up_the_bounded_queues() {
         let config = Config {
             connections_max: 10,
+            connections_loopback_reserve: 2,
             outbound_bytes_max: 2 << 20,
             read_chunk_bytes: 4096,
             ..Config::default()
         };
         let budget = config.memory_budget();
-        assert_eq!(budget.connection_bytes_max, 10 * ((2 << 20) + 4096));
+        // The localhost reserve's connections are connections too.
+        assert_eq!(budget.connection_bytes_max, 12 * ((2 << 20) + 4096));
         assert!(budget.total_bytes() >= budget.connection_bytes_max + budget.replay_bytes_max);
         assert!(physical_memory_bytes().is_some_and(|bytes| bytes > 0));
     }
@@ -565,6 +580,16 @@ mod tests {
                 available / GIB,
                 fitted.memory_budget()
             );
+            // ...and uses it: a fixed cost counted once per unit once lowered the limits
+            // fifteenfold on a 24 GiB machine.
+            if available >= 4 * GIB {
+                assert!(
+                    fitted.memory_budget().total_bytes() >= budget / 10 * 9,
+                    "{} GiB available: {}",
+                    available / GIB,
+                    fitted.memory_budget()
+                );
+            }
             fitted.validate().unwrap();
         }
         // A machine large enough keeps the defaults.

@@ -84,9 +84,10 @@ fn a_half_hello_flood_cannot_keep_a_good_client_out() {
     let _serial = serial();
     let broker = start(corebus::config::Config {
         connections_max: 64,
-        // The flood comes from one address; let it past the per-address cap to test the
-        // eviction alone.
+        // The flood comes from one address; let it past the per-address cap, and give the
+        // good client on 127.0.0.1 no reserve, to test the eviction alone.
         connections_per_ip_max: 100_000,
+        connections_loopback_reserve: 0,
         handshake_timeout_ms: 10_000,
         ..config(2)
     });
@@ -163,6 +164,40 @@ fn one_address_is_capped_and_others_still_connect() {
     }));
     let counters = broker.shutdown().unwrap();
     assert!(counters.connections_refused_per_ip >= 1, "{counters:?}");
+}
+
+/// Other clients (here from 127.0.0.2) filled the broker with established connections, which
+/// are never evicted; an operator on 127.0.0.1 still gets in, up to
+/// `--connections-loopback-reserve` more, and no further.
+#[test]
+fn a_full_broker_keeps_a_reserve_for_localhost() {
+    let _serial = serial();
+    let broker = start(corebus::config::Config {
+        connections_max: 4,
+        connections_per_ip_max: 100_000,
+        connections_loopback_reserve: 2,
+        ..config(1)
+    });
+    let addr = broker.native_addr();
+    let held: Vec<RawConnection> = (0..4).map(|_| raw_handshaken_from_attacker(addr)).collect();
+    let mut refused = raw_from_attacker(addr);
+    let (_, code, message) = refused.expect_err_message();
+    assert_eq!(code, ErrorCode::TooManyConnections.as_u16());
+    assert!(message.contains("--connections-max"), "{message}");
+    // The reserve: two operators' connections, both working, and no third.
+    let mut first = client(addr);
+    let mut second = client(addr);
+    let mut third = RawConnection::connect(addr);
+    let (_, code, _) = third.expect_err_message();
+    assert_eq!(code, ErrorCode::TooManyConnections.as_u16());
+    let mut subscription = first.subscribe("operator.topic").expect("subscribe");
+    second.publish("operator.topic", b"hello").expect("publish");
+    let delivery = subscription
+        .recv_timeout(Duration::from_secs(1))
+        .expect("delivered within the reserve");
+    assert_eq!(delivery.payload, b"hello");
+    drop((subscription, first, second, held));
+    broker.shutdown().unwrap();
 }
 
 fn raw_handshaken_from_attacker(addr: SocketAddr) -> RawConnection {

@@ -211,6 +211,61 @@ enum Progress {
     },
 }
 
+/// A complete `PUBLISH channel payload` at the start of a buffer, found by
+/// [`decode_publish`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlainPublish<'a> {
+    pub channel: &'a [u8],
+    pub payload: &'a [u8],
+    /// Bytes of the buffer the request takes.
+    pub consumed: usize,
+}
+
+/// The publisher's fast path: a complete `PUBLISH` in the one form every client library
+/// sends (`*3`, `$7`, canonical decimal lengths within `limits`), read in one pass with no
+/// command lookup. Anything else, including an incomplete request, is `None` and goes to
+/// [`RequestDecoder`], which would read this form the same way (a property test holds the
+/// two to it), so taking the fast path never changes an outcome.
+pub fn decode_publish(buffer: &[u8], limits: RequestLimits) -> Option<PlainPublish<'_>> {
+    let rest = buffer.strip_prefix(b"*3\r\n$7\r\n")?;
+    let (name, rest) = rest.split_at_checked(b"PUBLISH".len())?;
+    if !name.eq_ignore_ascii_case(b"PUBLISH") {
+        return None;
+    }
+    let rest = rest.strip_prefix(FRAME_TAIL)?;
+    let (channel, rest) = canonical_bulk(rest, limits.bulk_bytes_max)?;
+    let (payload, rest) = canonical_bulk(rest, limits.bulk_bytes_max)?;
+    Some(PlainPublish {
+        channel,
+        payload,
+        consumed: buffer.len() - rest.len(),
+    })
+}
+
+/// `$<len>\r\n<len bytes>\r\n` with `len` in plain decimal (no sign, no leading zero) and at
+/// most `bulk_bytes_max`: the bulk and what follows it.
+fn canonical_bulk(input: &[u8], bulk_bytes_max: usize) -> Option<(&[u8], &[u8])> {
+    // Ten digits hold every length a limit can allow without overflow.
+    const DIGITS_MAX: usize = 10;
+    let rest = input.strip_prefix(b"$")?;
+    let mut len = 0usize;
+    let mut digits = 0;
+    while let Some(&byte) = rest.get(digits) {
+        if !byte.is_ascii_digit() || digits == DIGITS_MAX {
+            break;
+        }
+        len = len * 10 + usize::from(byte - b'0');
+        digits += 1;
+    }
+    if digits == 0 || (digits > 1 && rest[0] == b'0') || len > bulk_bytes_max {
+        return None;
+    }
+    // Past ten digits (or at a sign, a space...) the next byte is no `\r`: `None`.
+    let rest = rest[digits..].strip_prefix(FRAME_TAIL)?;
+    let (bulk, rest) = rest.split_at_checked(len)?;
+    Some((bulk, rest.strip_prefix(FRAME_TAIL)?))
+}
+
 /// Where a line search stands.
 enum Line {
     /// The terminator's offset.
@@ -282,6 +337,11 @@ impl RequestDecoder {
     }
 
     /// Forgets an incomplete request, for a caller that discards its buffered input.
+    /// Is the decoder between requests (no partial request remembered)?
+    pub fn is_fresh(&self) -> bool {
+        self.progress == Progress::Fresh
+    }
+
     pub fn reset(&mut self) {
         self.progress = Progress::Fresh;
         self.buffered = 0;
@@ -724,18 +784,9 @@ impl RespVersion {
 /// Appended after every line and every bulk payload.
 pub const FRAME_TAIL: &[u8] = b"\r\n";
 
-fn push_u64(out: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+#[inline]
+fn push_u64(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 fn push_i64(out: &mut Vec<u8>, value: i64) {
@@ -1301,10 +1352,18 @@ pub fn encode_message_head(
     channel: &[u8],
     payload_len: usize,
 ) {
-    encode_push_header(out, version, 3);
-    encode_bulk(out, b"message");
-    encode_bulk(out, channel);
-    push_header(out, b'$', payload_len);
+    // Written once per delivery, so in as few copies as the format allows: the constant
+    // first two elements with the channel's `$`, then each separator with the next `$`.
+    out.extend_from_slice(match version {
+        RespVersion::Resp2 => b"*3\r\n$7\r\nmessage\r\n$",
+        RespVersion::Resp3 => b">3\r\n$7\r\nmessage\r\n$",
+    });
+    push_u64(out, channel.len() as u64);
+    out.extend_from_slice(FRAME_TAIL);
+    out.extend_from_slice(channel);
+    out.extend_from_slice(b"\r\n$");
+    push_u64(out, payload_len as u64);
+    out.extend_from_slice(FRAME_TAIL);
 }
 
 /// Exact length of [`encode_message`]'s output, to size one shared buffer.
@@ -2126,7 +2185,96 @@ mod tests {
         })
     }
 
+    /// Near-PUBLISH input: valid requests with a byte changed, inserted or cut, so the fast
+    /// path meets every way its one form can be almost right.
+    fn near_publish() -> impl Strategy<Value = Vec<u8>> {
+        let valid = (
+            prop_oneof![
+                Just("PUBLISH"),
+                Just("publish"),
+                Just("PuBlIsH"),
+                Just("PUBLISX")
+            ],
+            proptest::collection::vec(any::<u8>(), 0..20),
+            proptest::collection::vec(any::<u8>(), 0..80),
+        )
+            .prop_map(|(name, channel, payload)| {
+                let mut bytes = Vec::new();
+                encode_array_header(&mut bytes, 3);
+                encode_bulk(&mut bytes, name.as_bytes());
+                encode_bulk(&mut bytes, &channel);
+                encode_bulk(&mut bytes, &payload);
+                bytes
+            });
+        (
+            valid,
+            any::<prop::sample::Index>(),
+            prop_oneof![
+                Just(None),
+                Just(Some(b'0')),
+                Just(Some(b'9')),
+                Just(Some(b'\r')),
+                Just(Some(b'-')),
+                Just(Some(b'+')),
+                any::<u8>().prop_map(Some)
+            ],
+            0..4u8,
+        )
+            .prop_map(|(mut bytes, at, byte, edit)| {
+                let at = at.index(bytes.len() + 1);
+                match (edit, byte) {
+                    (0, _) | (_, None) => {}
+                    (1, Some(byte)) if at < bytes.len() => bytes[at] = byte,
+                    (2, Some(byte)) => bytes.insert(at, byte),
+                    _ => bytes.truncate(at),
+                }
+                bytes
+            })
+    }
+
+    #[test]
+    fn the_publish_fast_path_reads_the_common_form() {
+        let input = b"*3\r\n$7\r\npublish\r\n$5\r\norder\r\n$2\r\nhi\r\nPING\r\n";
+        let found = decode_publish(input, RequestLimits::default()).unwrap();
+        assert_eq!((found.channel, found.payload), (&b"order"[..], &b"hi"[..]));
+        assert_eq!(&input[found.consumed..], b"PING\r\n");
+        // Not its form: the general decoder's.
+        for other in [
+            &b"*3\r\n$7\r\nPUBLISH\r\n$05\r\norder\r\n$2\r\nhi\r\n"[..],
+            b"*3\r\n$7\r\nPUBLISH\r\n$5\r\norder\r\n$2\r\nhi\r",
+            b"PUBLISH order hi\r\n",
+            b"*3\r\n$8\r\nSPUBLISH\r\n$5\r\norder\r\n$2\r\nhi\r\n",
+        ] {
+            assert_eq!(decode_publish(other, RequestLimits::default()), None);
+        }
+        let small = RequestLimits {
+            bulk_bytes_max: 4,
+            ..RequestLimits::default()
+        };
+        assert_eq!(decode_publish(input, small), None);
+    }
+
     proptest! {
+        #[test]
+        fn the_publish_fast_path_agrees_with_the_decoder(
+            bytes in near_publish(),
+            bulk_bytes_max in prop_oneof![Just(16usize), Just(64), Just(512 * 1024 * 1024)],
+        ) {
+            let limits = RequestLimits { bulk_bytes_max, ..RequestLimits::default() };
+            if let Some(found) = decode_publish(&bytes, limits) {
+                let mut decoder = RequestDecoder::new(limits);
+                let (request, consumed) = decoder
+                    .decode(&bytes)
+                    .expect("the fast path took what the decoder refuses")
+                    .expect("the fast path took an incomplete request");
+                prop_assert_eq!(consumed, found.consumed);
+                prop_assert_eq!(request.len(), 3);
+                prop_assert!(request.arg(0).unwrap().eq_ignore_ascii_case(b"PUBLISH"));
+                prop_assert_eq!(request.arg(1), Some(found.channel));
+                prop_assert_eq!(request.arg(2), Some(found.payload));
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let mut decoder = RequestDecoder::new(RequestLimits {

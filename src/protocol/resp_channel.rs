@@ -47,7 +47,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::protocol::topic::{parse_subscription, SubjectKind, TOPIC_BYTES_MAX};
+use crate::protocol::topic::{
+    parse_subscription, plain_unescaped_topic, SubjectKind, TOPIC_BYTES_MAX,
+};
 
 /// Starts an escaped byte: `--` and two lowercase hex digits.
 pub const ESCAPE: &str = "--";
@@ -86,11 +88,14 @@ impl std::error::Error for ChannelError {}
 /// The topic that holds Redis channel `channel` (see the module documentation). Borrows when
 /// the name is its own topic. Never allocates more than a topic's length.
 pub fn channel_to_topic(channel: &[u8]) -> Result<Cow<'_, str>, ChannelError> {
+    if let Some(topic) = plain_unescaped_topic(channel) {
+        return Ok(Cow::Borrowed(topic));
+    }
     if channel.is_empty() {
         return Err(ChannelError::Empty);
     }
     if let Ok((topic, SubjectKind::Exact)) = parse_subscription(channel) {
-        if !topic.contains(ESCAPE) {
+        if !holds_escape(topic.as_bytes()) {
             return Ok(Cow::Borrowed(topic));
         }
     }
@@ -122,7 +127,7 @@ pub fn channel_to_topic(channel: &[u8]) -> Result<Cow<'_, str>, ChannelError> {
 /// The Redis channel name of `topic`: the inverse of [`channel_to_topic`]. A topic that no
 /// channel maps to (it holds a `--` this mapping would not produce) is shown as it is.
 pub fn topic_to_channel(topic: &str) -> Cow<'_, [u8]> {
-    if !topic.contains(ESCAPE) {
+    if !holds_escape(topic.as_bytes()) {
         return Cow::Borrowed(topic.as_bytes());
     }
     let bytes = topic.as_bytes();
@@ -149,6 +154,17 @@ pub fn topic_to_channel(topic: &str) -> Cow<'_, [u8]> {
         Ok(mapped) if mapped == topic => Cow::Owned(channel),
         _ => Cow::Borrowed(bytes),
     }
+}
+
+/// Does `name` hold [`ESCAPE`]? A byte-pair scan: `str::contains` sets up a general substring
+/// searcher, which costs more than the scan on names of at most 255 bytes, once per publish
+/// and once per delivery.
+fn holds_escape(name: &[u8]) -> bool {
+    // Most names have no `-` at all, which a byte search (memchr) tells fastest.
+    name.contains(&b'-')
+        && name
+            .windows(ESCAPE.len())
+            .any(|pair| pair == ESCAPE.as_bytes())
 }
 
 fn lower_hex(digit: u8) -> Option<u8> {
@@ -265,6 +281,18 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_one_pass_check_agrees_with_the_full_scan(
+            name in "[A-Za-z0-9_.$*>:-]{0,12}|[a-z.-]{250,260}",
+        ) {
+            let full = match parse_subscription(name.as_bytes()) {
+                Ok((topic, SubjectKind::Exact))
+                    if !topic.starts_with('$') && !holds_escape(topic.as_bytes()) => Some(topic),
+                _ => None,
+            };
+            prop_assert_eq!(plain_unescaped_topic(name.as_bytes()), full);
+        }
+
         #[test]
         fn every_channel_round_trips(channel in proptest::collection::vec(any::<u8>(), 0..80)) {
             match channel_to_topic(&channel) {

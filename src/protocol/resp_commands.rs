@@ -133,10 +133,14 @@ const fn container(
 
 use CommandId as C;
 
+/// PUBLISH's name as CLIENT LIST's `cmd=` shows it, for the publish fast path, which skips the
+/// table.
+pub const PUBLISH_NAME: &str = "publish";
+
 /// Every command corebus answers, with Redis 7.2's arities (`commands.def`). Lookup is a
 /// linear scan, so the hottest command comes first.
 pub const COMMANDS: &[TopLevel] = &[
-    command("publish", spec(C::Publish, "publish", 3)),
+    command(PUBLISH_NAME, spec(C::Publish, PUBLISH_NAME, 3)),
     command("subscribe", subscribed_ok(C::Subscribe, "subscribe", -2)),
     command(
         "unsubscribe",

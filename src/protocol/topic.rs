@@ -204,6 +204,49 @@ fn scanned_as_str(bytes: &[u8]) -> &str {
     unsafe { std::str::from_utf8_unchecked(bytes) }
 }
 
+/// The Redis port's common case in one pass: `bytes` is an exact topic name with no `$`
+/// prefix and no `--` anywhere (so no escape of [`resp_channel`] either), returned as a str;
+/// anything else is `None` and takes the full scan. About a third of the cost of
+/// [`parse_subscription`] followed by a substring search, on every Redis publish.
+pub fn plain_unescaped_topic(bytes: &[u8]) -> Option<&str> {
+    if bytes.len() > TOPIC_BYTES_MAX {
+        return None;
+    }
+    // Byte classes: a byte fits unless it is of no class, or it is a `-` or `.` after one of
+    // its own kind (`--`, an empty token). Starting as if after a `.` refuses a leading `.`
+    // and the empty name.
+    const OTHER: u8 = 0;
+    const LETTER: u8 = 1;
+    const DASH: u8 = 2;
+    const DOT: u8 = 3;
+    const CLASS: [u8; 256] = {
+        let mut table = [OTHER; 256];
+        let mut byte = 0;
+        while byte < 256 {
+            table[byte] = if byte == b'-' as usize {
+                DASH
+            } else if byte == TOKEN_SEPARATOR as usize {
+                DOT
+            } else if TOKEN_BYTE[byte] {
+                LETTER
+            } else {
+                OTHER
+            };
+            byte += 1;
+        }
+        table
+    };
+    let mut previous = DOT;
+    for &byte in bytes {
+        let class = CLASS[usize::from(byte)];
+        if class == OTHER || (class != LETTER && class == previous) {
+            return None;
+        }
+        previous = class;
+    }
+    (previous != DOT).then(|| scanned_as_str(bytes))
+}
+
 /// What has been seen of the token under the cursor.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum TokenSoFar {

@@ -140,12 +140,11 @@ impl ReplyQueue {
         if self.slots.is_empty() {
             self.head_id = Self::next_id(self.head_id);
         }
-        let mut id = self.head_id;
-        for _ in 0..self.slots.len() {
-            id = Self::next_id(id);
-        }
+        // `next_id` applied once per slot already waiting, in one step.
+        let behind = (self.slots.len() % REQUEST_ID_SPAN as usize) as u64;
+        let id = (u64::from(self.head_id) - 1 + behind) % u64::from(REQUEST_ID_SPAN) + 1;
         self.slots.push_back(Slot::Waiting(awaiting));
-        id
+        id as u32
     }
 
     /// Gives back the last slot taken (its request was postponed, not made).
@@ -317,6 +316,18 @@ impl RespSession {
             }
             return;
         }
+        // The common case, a pipelined PUBLISH answered in turn, worded straight out without
+        // taking its slot apart.
+        if let (Answer::Published(published), Some(Slot::Waiting(Awaiting::Publish))) =
+            (&answer, self.replies.slots.front())
+        {
+            if self.replies.head_id == request_id {
+                encode_integer(&mut self.output, i64::from(published.receivers));
+                self.replies.pop_front();
+                self.replies.drain_ready(&mut self.output);
+                return;
+            }
+        }
         let Some(awaiting) = self.replies.take_waiting(request_id) else {
             return;
         };
@@ -373,9 +384,22 @@ impl RespSession {
         self.replies.drain_ready(&mut self.output);
     }
 
-    /// The bytes of a delivery to subscription `sub_id`: shared per (message, frame kind) for
-    /// channels, encoded for each pattern subscription (`pmessage` names the pattern).
-    pub fn event_frame(&self, cache: &mut EventCache, sub_id: u32, message: &Message) -> Arc<[u8]> {
+    /// The bytes of a delivery to subscription `sub_id`, or `None` for a channel subscription
+    /// (the common case), whose delivery is queued as the message itself and worded as a
+    /// `message` frame straight into the write buffer when staged ([`stage_message`]): no
+    /// buffer to allocate, fill, share and free per message. `smessage` frames are shared per
+    /// message through `cache`; `pmessage` frames name the pattern, so each is its own.
+    pub fn encoded_delivery(
+        &self,
+        cache: &mut EventCache,
+        sub_id: u32,
+        message: &Message,
+    ) -> Option<Arc<[u8]>> {
+        // Most connections hold channel subscriptions only: no lookup (a cache miss per
+        // delivery when they hold many) to learn what every delivery is then.
+        if self.names(Family::Pattern).is_empty() && self.names(Family::ShardChannel).is_empty() {
+            return None;
+        }
         let version = self.version;
         match self.subscriptions.get(&sub_id) {
             Some(RespSubscription {
@@ -385,28 +409,18 @@ impl RespSession {
                 let channel = topic_to_channel(message.topic());
                 let mut frame = Vec::with_capacity(message.payload().len() + name.len() + 64);
                 resp::encode_pmessage(&mut frame, version, name, &channel, message.payload());
-                frame.into()
+                Some(frame.into())
             }
             Some(RespSubscription {
                 family: Family::ShardChannel,
                 ..
-            }) => cache.frame(
-                EventFormat::Resp {
-                    version,
-                    sharded: true,
-                },
-                message,
-                0,
-            ),
-            _ => cache.frame(
-                EventFormat::Resp {
-                    version,
-                    sharded: false,
-                },
-                message,
-                0,
-            ),
+            }) => Some(cache.frame(EventFormat::SMessage { version }, message, 0)),
+            _ => None,
         }
+    }
+
+    pub fn version(&self) -> RespVersion {
+        self.version
     }
 
     /// The broker ended the subscription (its topic was deleted): Redis has no such notice,
@@ -440,17 +454,28 @@ impl RespSession {
     }
 }
 
-/// Encodes a delivery as a `message` or `smessage` frame (see [`EventCache`]).
-pub fn encode_event(version: RespVersion, sharded: bool, message: &Message) -> Vec<u8> {
+/// Encodes a delivery as an `smessage` frame (see [`EventCache`]).
+pub fn encode_smessage_event(version: RespVersion, message: &Message) -> Vec<u8> {
     let channel = topic_to_channel(message.topic());
     let payload = message.payload();
     let mut frame = Vec::with_capacity(resp::message_len(channel.len(), payload.len()) + 1);
-    if sharded {
-        resp::encode_smessage(&mut frame, version, &channel, payload);
-    } else {
-        resp::encode_message(&mut frame, version, &channel, payload);
-    }
+    resp::encode_smessage(&mut frame, version, &channel, payload);
     frame
+}
+
+/// The most a `message` frame adds to its channel and payload: `*3`, `$7 message`, two
+/// lengths of up to 20 digits and five line ends.
+const MESSAGE_FRAME_OVERHEAD_MAX: usize = 4 + 13 + 2 * (1 + 20 + 2) + 2 * 2;
+
+/// Writes a channel subscription's delivery as a `message` frame (see
+/// [`RespSession::encoded_delivery`]).
+#[inline]
+pub fn stage_message(out: &mut Vec<u8>, version: RespVersion, message: &Message) {
+    let channel = topic_to_channel(message.topic());
+    let payload = message.payload();
+    // A bound rather than the exact length, which costs three decimal-length loops.
+    out.reserve(channel.len() + payload.len() + MESSAGE_FRAME_OVERHEAD_MAX);
+    resp::encode_message(out, version, &channel, payload);
 }
 
 impl Shard {
@@ -480,49 +505,55 @@ impl Shard {
         );
         let mut buffer = std::mem::replace(&mut conn.read, ReadBuffer::new(0));
         let flow = loop {
-            match decoder.decode(buffer.filled()) {
-                Ok(None) => {
-                    if buffer.filled().len() >= text_bytes_max {
-                        // The decoder's own limits allow more (a million small arguments),
-                        // but no request may be larger than the read buffer may grow.
-                        self.resp_fatal(
-                            id,
-                            b"Protocol error: request is larger than the message size limit allows",
-                        );
-                        break Flow::Stop;
-                    }
-                    break Flow::Continue;
-                }
-                Ok(Some((request, len))) => {
-                    if request.is_empty() {
-                        buffer.consume(len);
-                        continue;
-                    }
-                    match self.run_resp_request(id, &request) {
-                        Flow::Continue => {
-                            buffer.consume(len);
-                            if let Some(session) = self.resp_session(id) {
-                                session.resume_at = 1;
-                                if session.closing {
-                                    break Flow::Stop;
-                                }
-                                if session.replies.slots.len() >= REPLIES_WAITING_MAX {
-                                    break Flow::Blocked;
-                                }
-                            }
-                        }
-                        Flow::Blocked => break Flow::Blocked,
-                        Flow::Stop => {
-                            buffer.consume(len);
+            let (ran, len) = match self.resp_fast_publish(id, buffer.filled(), &mut decoder) {
+                Some(done) => done,
+                None => match decoder.decode(buffer.filled()) {
+                    Ok(None) => {
+                        if buffer.filled().len() >= text_bytes_max {
+                            // The decoder's own limits allow more (a million small
+                            // arguments), but no request may be larger than the read buffer
+                            // may grow.
+                            self.resp_fatal(
+                                id,
+                                b"Protocol error: request is larger than the message size limit \
+                                  allows",
+                            );
                             break Flow::Stop;
                         }
+                        break Flow::Continue;
+                    }
+                    Ok(Some((request, len))) => {
+                        if request.is_empty() {
+                            buffer.consume(len);
+                            continue;
+                        }
+                        (self.run_resp_request(id, &request), len)
+                    }
+                    Err(error) => {
+                        self.counters.protocol_errors += 1;
+                        let mut text = Vec::new();
+                        error.encode(&mut text);
+                        self.resp_fatal_encoded(id, &text);
+                        break Flow::Stop;
+                    }
+                },
+            };
+            match ran {
+                Flow::Continue => {
+                    buffer.consume(len);
+                    if let Some(session) = self.resp_session(id) {
+                        session.resume_at = 1;
+                        if session.closing {
+                            break Flow::Stop;
+                        }
+                        if session.replies.slots.len() >= REPLIES_WAITING_MAX {
+                            break Flow::Blocked;
+                        }
                     }
                 }
-                Err(error) => {
-                    self.counters.protocol_errors += 1;
-                    let mut text = Vec::new();
-                    error.encode(&mut text);
-                    self.resp_fatal_encoded(id, &text);
+                Flow::Blocked => break Flow::Blocked,
+                Flow::Stop => {
+                    buffer.consume(len);
                     break Flow::Stop;
                 }
             }
@@ -586,6 +617,29 @@ impl Shard {
             session.replies.complete_now(text, &mut session.output);
             session.closing = true;
         }
+    }
+
+    /// Runs a `PUBLISH` at the start of `input` if it is in the one form clients send
+    /// ([`resp::decode_publish`]) and the connection may publish: the same outcome as decoding
+    /// and resolving it, without either. Returns the flow and the bytes taken, or `None` for
+    /// the general path.
+    fn resp_fast_publish(
+        &mut self,
+        id: ConnectionId,
+        input: &[u8],
+        decoder: &mut RequestDecoder,
+    ) -> Option<(Flow, usize)> {
+        let publish = resp::decode_publish(input, decoder.limits())?;
+        let session = self.resp_session(id)?;
+        if session.resp2_subscribed() {
+            // Redis refuses PUBLISH there; the general path words the error.
+            return None;
+        }
+        session.last_command = resp_commands::PUBLISH_NAME;
+        // The decoder may have seen part of this request in an earlier read.
+        decoder.reset();
+        let flow = self.resp_publish(id, publish.channel, publish.payload);
+        Some((flow, publish.consumed))
     }
 
     fn run_resp_request(&mut self, id: ConnectionId, request: &Request<'_>) -> Flow {

@@ -55,10 +55,10 @@ pub enum EventFormat {
         seq: bool,
     },
     FastApi,
-    /// A Redis `message` (or, sharded, `smessage`) frame.
-    Resp {
+    /// A Redis `smessage` frame (sharded pub/sub). Plain `message` frames are not cached:
+    /// they are worded as they are staged (`conn_resp::stage_message`).
+    SMessage {
         version: crate::protocol::resp::RespVersion,
-        sharded: bool,
     },
 }
 
@@ -68,9 +68,7 @@ impl EventFormat {
             EventFormat::Fiber { seq: false } => 0,
             EventFormat::Fiber { seq: true } => 1,
             EventFormat::FastApi => 2,
-            EventFormat::Resp { version, sharded } => {
-                3 + usize::from(sharded) * 2 + usize::from(version == RespVersion::Resp3)
-            }
+            EventFormat::SMessage { version } => 3 + usize::from(version == RespVersion::Resp3),
         }
     }
 }
@@ -292,7 +290,7 @@ impl WsSession {
 /// the frame's address cannot be reused by another message while it is the key.
 #[derive(Default)]
 pub struct EventCache {
-    entries: [Option<(Message, Arc<[u8]>)>; 7],
+    entries: [Option<(Message, Arc<[u8]>)>; 5],
 }
 
 impl EventCache {
@@ -316,8 +314,8 @@ fn content_type(message: &Message) -> Option<&[u8]> {
 }
 
 fn encode_event(format: EventFormat, message: &Message, epoch: u64) -> Vec<u8> {
-    if let EventFormat::Resp { version, sharded } = format {
-        return super::conn_resp::encode_event(version, sharded, message);
+    if let EventFormat::SMessage { version } = format {
+        return super::conn_resp::encode_smessage_event(version, message);
     }
     let mut text = Vec::with_capacity(message.payload().len() + 128);
     // The publisher's id if it gave one (header `id`), else one derived from (epoch, seq).
@@ -337,7 +335,7 @@ fn encode_event(format: EventFormat, message: &Message, epoch: u64) -> Vec<u8> {
             },
             &mut text,
         ),
-        EventFormat::Resp { .. } => unreachable!("answered above"),
+        EventFormat::SMessage { .. } => unreachable!("answered above"),
         EventFormat::FastApi => ws_fastapi::encode_event(
             message.topic(),
             message.payload(),

@@ -33,6 +33,7 @@ use crate::ids::ConnectionId;
 use crate::mesh::message::Ticket;
 use crate::message::Message;
 use crate::protocol::native;
+use crate::protocol::resp::RespVersion;
 use crate::protocol::topic::SubjectKind;
 use crate::shard::conn_ws::EventCache;
 use crate::shard::wire::{Answer, Wire};
@@ -474,15 +475,22 @@ impl Outbound {
         // v4 has header blocks taken out (other wires queue `Encoded` deliveries instead).
         // Each case gets its own copy of the loop, so the common one (no strip) tests
         // nothing per delivery beyond what it did before headers existed.
+        // A Redis connection's queued messages are channel deliveries, worded as `message`
+        // frames here.
         match wire {
             Wire::Native { version } if native::strips_headers(*version) => {
-                self.stage_with::<true>(wire)
+                self.stage_with::<true, false>(wire)
             }
-            _ => self.stage_with::<false>(wire),
+            Wire::Resp(_) => self.stage_with::<false, true>(wire),
+            _ => self.stage_with::<false, false>(wire),
         }
     }
 
-    fn stage_with<const STRIP_HEADERS: bool>(&mut self, wire: &Wire) -> u64 {
+    fn stage_with<const STRIP_HEADERS: bool, const RESP: bool>(&mut self, wire: &Wire) -> u64 {
+        let resp_version = match wire {
+            Wire::Resp(session) => session.version(),
+            _ => RespVersion::Resp2,
+        };
         let mut staged = 0;
         while self.write_buf.len() - self.written < self.stage_bytes_max {
             let Some((sub_id, queued)) = self.pending.pop_front() else {
@@ -490,6 +498,10 @@ impl Outbound {
             };
             self.pending_bytes -= queued.frame_len();
             match queued {
+                Queued::Message(message) if RESP => {
+                    super::conn_resp::stage_message(&mut self.write_buf, resp_version, &message);
+                    staged += 1;
+                }
                 Queued::Message(message) => {
                     native::stage_msg(&mut self.write_buf, message.frame(), sub_id, STRIP_HEADERS);
                     staged += 1;
@@ -856,7 +868,16 @@ impl Connection {
                 let epoch = self.subscriptions.get(&sub_id).map_or(0, |r| r.epoch);
                 Shard::ws_event_frame(events, session, sub_id, (message, epoch))
             }
-            Wire::Resp(session) => session.event_frame(events, sub_id, message),
+            Wire::Resp(session) => match session.encoded_delivery(events, sub_id, message) {
+                Some(frame) => frame,
+                None => {
+                    let dropped =
+                        drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
+                    return self
+                        .out
+                        .offer(sub_id, message, outbound_bytes_max, policy, dropped);
+                }
+            },
             _ => {
                 let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
                 return self

@@ -210,6 +210,19 @@ impl Shard {
     }
 
     fn accept(&mut self, port: Port) {
+        /// The addresses `--connections-loopback-reserve` admits: the machine's own
+        /// `localhost` (what `corebus inspect` and a local `curl` connect from), not all of
+        /// 127/8, so local tools that bind other loopback addresses cannot use it up.
+        fn is_operator_address(ip: std::net::IpAddr) -> bool {
+            match ip {
+                std::net::IpAddr::V4(v4) => v4 == std::net::Ipv4Addr::LOCALHOST,
+                std::net::IpAddr::V6(v6) => {
+                    v6 == std::net::Ipv6Addr::LOCALHOST
+                        || v6.to_ipv4_mapped() == Some(std::net::Ipv4Addr::LOCALHOST)
+                }
+            }
+        }
+
         loop {
             let listener = match port {
                 Port::Native => self.listener.as_ref(),
@@ -256,9 +269,15 @@ impl Shard {
                 );
                 continue;
             }
-            // A full shard: an address still holding half-open connections may finish those
-            // first; any other evicts the oldest half-open connection, if there is one.
-            if self.connections.len() >= self.config.connections_per_shard_max()
+            // A full shard: loopback may use the reserve (an operator on the machine); an
+            // address still holding half-open connections may finish those first; any other
+            // evicts the oldest half-open connection, if there is one.
+            let shard_max = self.config.connections_per_shard_max();
+            let in_reserve = is_operator_address(ip)
+                && self.connections.len()
+                    < shard_max + self.config.connections_loopback_reserve_per_shard();
+            if self.connections.len() >= shard_max
+                && !in_reserve
                 && (from_ip.half_open > 0 || !self.evict_oldest_handshaking())
             {
                 self.counters.connections_refused += 1;

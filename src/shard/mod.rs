@@ -350,7 +350,10 @@ impl Shard {
             events: conn_ws::EventCache::default(),
             gather_deadlines: VecDeque::new(),
             started: Instant::now(),
-            connections: Slab::with_capacity(config.connections_per_shard_max()),
+            connections: Slab::with_capacity(
+                config.connections_per_shard_max()
+                    + config.connections_loopback_reserve_per_shard(),
+            ),
             connections_per_ip: ahash::AHashMap::new(),
             next_generation: 0,
             stalled_requests: (0..shard_count).map(|_| None).collect(),
