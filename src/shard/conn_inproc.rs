@@ -348,6 +348,10 @@ impl Shard {
         else {
             return;
         };
+        // The deadline of a gather answered already may come up during a later one.
+        if ends.gathering.as_ref().map(|(id, _)| *id) != Some(reply.request_id) {
+            return;
+        }
         let Some((request_id, parts)) = ends.gathering.take() else {
             return;
         };
