@@ -221,9 +221,10 @@ const IN_TOKEN: u8 = 1;
 const AFTER_DASH: u8 = 2;
 const REFUSED: u8 = 3;
 
-/// `STEP[state][byte]`: the next state. `--` is refused when `NO_DOUBLE_DASH`.
-const fn plain_exact_steps<const NO_DOUBLE_DASH: bool>() -> [[u8; 256]; 4] {
-    let mut table = [[REFUSED; 256]; 4];
+/// The next state at `state << 8 | byte` (a flat table, so that masking the index to its size
+/// proves it in bounds without a check per byte). `--` is refused when `NO_DOUBLE_DASH`.
+const fn plain_exact_steps<const NO_DOUBLE_DASH: bool>() -> [u8; 1024] {
+    let mut table = [REFUSED; 1024];
     let mut byte = 0;
     while byte < 256 {
         let (after_dot, in_token, after_dash) = if byte == b'-' as usize {
@@ -236,15 +237,15 @@ const fn plain_exact_steps<const NO_DOUBLE_DASH: bool>() -> [[u8; 256]; 4] {
         } else {
             (REFUSED, REFUSED, REFUSED)
         };
-        table[AFTER_DOT as usize][byte] = after_dot;
-        table[IN_TOKEN as usize][byte] = in_token;
-        table[AFTER_DASH as usize][byte] = after_dash;
+        table[(AFTER_DOT as usize) << 8 | byte] = after_dot;
+        table[(IN_TOKEN as usize) << 8 | byte] = in_token;
+        table[(AFTER_DASH as usize) << 8 | byte] = after_dash;
         byte += 1;
     }
     table
 }
 
-const PLAIN_EXACT_STEPS: [[[u8; 256]; 4]; 2] =
+const PLAIN_EXACT_STEPS: [[u8; 1024]; 2] =
     [plain_exact_steps::<false>(), plain_exact_steps::<true>()];
 
 /// Are `bytes` non-empty tokens of token bytes joined by single `.`s (with no `--` when
@@ -255,7 +256,7 @@ fn is_plain_exact<const NO_DOUBLE_DASH: bool>(bytes: &[u8]) -> bool {
     let steps = &PLAIN_EXACT_STEPS[usize::from(NO_DOUBLE_DASH)];
     // Starting as if after a `.` refuses a leading `.` and the empty name.
     let last = bytes.iter().fold(AFTER_DOT, |state, &byte| {
-        steps[usize::from(state)][usize::from(byte)]
+        steps[(usize::from(state) << 8 | usize::from(byte)) & (steps.len() - 1)]
     });
     last == IN_TOKEN || last == AFTER_DASH
 }
