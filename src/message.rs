@@ -6,9 +6,32 @@
 //! 4-byte subscription id differs per subscriber; it is patched in while the frame is copied
 //! into the socket's write buffer, so no payload byte is copied before the final write.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use crate::protocol::native;
+
+/// `head` then `payload` in one new shared buffer, the payload copied once: from the read
+/// buffer straight to where every subscriber reads it, rather than through the encode buffer
+/// first (two copies of every payload at ingress, issue 13).
+fn concatenated(head: &[u8], payload: &[u8]) -> Arc<[u8]> {
+    let mut frame = Arc::<[u8]>::new_uninit_slice(head.len() + payload.len());
+    let Some(slots) = Arc::get_mut(&mut frame) else {
+        // A new Arc has no other reference; this keeps the function total all the same.
+        return [head, payload].concat().into();
+    };
+    let (head_slots, payload_slots) = slots.split_at_mut(head.len());
+    head_slots.copy_from_slice(as_uninit(head));
+    payload_slots.copy_from_slice(as_uninit(payload));
+    // SAFETY: the two halves, which make up the whole slice, were both written just above.
+    unsafe { frame.assume_init() }
+}
+
+fn as_uninit(bytes: &[u8]) -> &[MaybeUninit<u8>] {
+    // SAFETY: `MaybeUninit<u8>` has the size, alignment and layout of `u8`, and every
+    // initialised `u8` is a valid `MaybeUninit<u8>`; the result is only read from.
+    unsafe { &*(bytes as *const [u8] as *const [MaybeUninit<u8>]) }
+}
 
 #[derive(Clone, Debug)]
 pub struct Message {
@@ -35,9 +58,18 @@ impl Message {
         payload: &[u8],
     ) -> Message {
         scratch.clear();
-        native::encode_msg_from_publish(scratch, 0, (topic.as_bytes(), reply_to), headers, payload);
+        let parts = (topic.as_bytes(), reply_to);
+        if native::encode_msg_head_from_publish(scratch, parts, headers, payload.len()).is_none() {
+            // Beyond the length field: the publish limits keep a message far below it, so
+            // this is never taken; the general encoder says what is wrong.
+            scratch.clear();
+            native::encode_msg_from_publish(scratch, 0, parts, headers, payload);
+            return Message {
+                frame: Arc::from(&scratch[..]),
+            };
+        }
         Message {
-            frame: Arc::from(&scratch[..]),
+            frame: concatenated(scratch, payload),
         }
     }
 

@@ -338,6 +338,8 @@ fn bad_clients_do_not_disturb_a_working_subscription() {
 fn too_many_connections_are_refused_with_a_clear_error() {
     let mut config = config(1);
     config.connections_max = 2;
+    // The test connects from 127.0.0.1, which the localhost reserve would let in.
+    config.connections_loopback_reserve = 0;
     let broker = start(config);
     let addr = broker.native_addr();
     let _first = RawConnection::handshaken(addr);

@@ -1240,6 +1240,48 @@ pub fn encode_msg_from_publish(
     .encode(out);
 }
 
+/// [`encode_msg_from_publish`] up to the payload, for a caller that puts the payload straight
+/// into the frame's final buffer: the frame's length field counts the `payload_len` bytes that
+/// follow. Written field by field, since it runs once per publish (the general encoder matches
+/// on the frame kind for every field; a property test holds the two to the same bytes).
+/// `None` when the frame would be too long for its length field, which the publish limits
+/// never allow.
+pub fn encode_msg_head_from_publish(
+    out: &mut Vec<u8>,
+    (topic, reply_to): (&[u8], Option<&[u8]>),
+    headers: &[u8],
+    payload_len: usize,
+) -> Option<()> {
+    let reply_to = reply_to.unwrap_or_default();
+    let topic_len = u8::try_from(topic.len()).ok()?;
+    let reply_to_len = u8::try_from(reply_to.len()).ok()?;
+    let headers_len = u16::try_from(headers.len()).ok()?;
+    let header_block = if headers.is_empty() {
+        0
+    } else {
+        2 + headers.len()
+    };
+    // seq, timestamp and delivery count; then the PUBLISH body.
+    let body_len = 8 + 8 + 2 + 1 + topic.len() + 1 + reply_to.len() + header_block + payload_len;
+    let length = u32::try_from(body_len + 8).ok()?;
+    out.reserve(HEADER_LEN + body_len - payload_len);
+    out.extend_from_slice(&length.to_be_bytes());
+    let flags = if headers.is_empty() { 0 } else { MSG_HEADERS };
+    // Opcode, flags, two reserved bytes, subscription id 0, seq 0, timestamp 0.
+    out.extend_from_slice(&[Opcode::Msg as u8, flags, 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[0; 16]);
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.push(topic_len);
+    out.extend_from_slice(topic);
+    out.push(reply_to_len);
+    out.extend_from_slice(reply_to);
+    if !headers.is_empty() {
+        out.extend_from_slice(&headers_len.to_be_bytes());
+        out.extend_from_slice(headers);
+    }
+    Some(())
+}
+
 // The helpers below take a complete MSG frame built by this module. Passing anything else is
 // a broker bug, caught by the debug assertion; they are never called on network input.
 
@@ -2183,6 +2225,24 @@ mod tests {
     const PROP_LIMIT: usize = 4096 + FRAME_OVERHEAD_MAX;
 
     proptest! {
+        #[test]
+        fn the_msg_head_encoder_writes_what_the_general_one_does(
+            topic in vec(any::<u8>(), 1..40),
+            reply_to in proptest::option::of(vec(any::<u8>(), 0..20)),
+            headers in vec(any::<u8>(), 0..3).prop_flat_map(|seed| {
+                vec(any::<u8>(), if seed.is_empty() { 0..1 } else { 1..30 })
+            }),
+            payload in vec(any::<u8>(), 0..100),
+        ) {
+            let mut general = vec![0xaa];
+            encode_msg_from_publish(&mut general, 0, (&topic, reply_to.as_deref()), &headers, &payload);
+            let mut direct = vec![0xaa];
+            encode_msg_head_from_publish(&mut direct, (&topic, reply_to.as_deref()), &headers, payload.len())
+                .expect("fits");
+            direct.extend_from_slice(&payload);
+            prop_assert_eq!(direct, general);
+        }
+
         #[test]
         fn encode_then_decode_round_trips(owned in owned()) {
             let frame = owned.frame();

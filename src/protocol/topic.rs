@@ -112,7 +112,9 @@ pub fn parse_publish_topic(bytes: &[u8]) -> Result<&str, TopicError> {
     if bytes.first() == Some(&RESERVED_PREFIX) {
         return Err(TopicError::Reserved);
     }
-    scan_tokens::<false>(bytes)?;
+    if !is_plain_exact::<false>(bytes) {
+        scan_tokens::<false>(bytes)?;
+    }
     Ok(scanned_as_str(bytes))
 }
 
@@ -209,42 +211,54 @@ fn scanned_as_str(bytes: &[u8]) -> &str {
 /// anything else is `None` and takes the full scan. About a third of the cost of
 /// [`parse_subscription`] followed by a substring search, on every Redis publish.
 pub fn plain_unescaped_topic(bytes: &[u8]) -> Option<&str> {
-    if bytes.len() > TOPIC_BYTES_MAX {
-        return None;
+    (bytes.len() <= TOPIC_BYTES_MAX && is_plain_exact::<true>(bytes)).then(|| scanned_as_str(bytes))
+}
+
+/// States of the one-pass check [`is_plain_exact`]: a state machine whose every step is one
+/// table load, so a name costs a few instructions a byte with no branch per byte.
+const AFTER_DOT: u8 = 0;
+const IN_TOKEN: u8 = 1;
+const AFTER_DASH: u8 = 2;
+const REFUSED: u8 = 3;
+
+/// The next state at `state << 8 | byte` (a flat table, so that masking the index to its size
+/// proves it in bounds without a check per byte). `--` is refused when `NO_DOUBLE_DASH`.
+const fn plain_exact_steps<const NO_DOUBLE_DASH: bool>() -> [u8; 1024] {
+    let mut table = [REFUSED; 1024];
+    let mut byte = 0;
+    while byte < 256 {
+        let (after_dot, in_token, after_dash) = if byte == b'-' as usize {
+            let dash_dash = if NO_DOUBLE_DASH { REFUSED } else { AFTER_DASH };
+            (AFTER_DASH, AFTER_DASH, dash_dash)
+        } else if byte == TOKEN_SEPARATOR as usize {
+            (REFUSED, AFTER_DOT, AFTER_DOT)
+        } else if TOKEN_BYTE[byte] {
+            (IN_TOKEN, IN_TOKEN, IN_TOKEN)
+        } else {
+            (REFUSED, REFUSED, REFUSED)
+        };
+        table[(AFTER_DOT as usize) << 8 | byte] = after_dot;
+        table[(IN_TOKEN as usize) << 8 | byte] = in_token;
+        table[(AFTER_DASH as usize) << 8 | byte] = after_dash;
+        byte += 1;
     }
-    // Byte classes: a byte fits unless it is of no class, or it is a `-` or `.` after one of
-    // its own kind (`--`, an empty token). Starting as if after a `.` refuses a leading `.`
-    // and the empty name.
-    const OTHER: u8 = 0;
-    const LETTER: u8 = 1;
-    const DASH: u8 = 2;
-    const DOT: u8 = 3;
-    const CLASS: [u8; 256] = {
-        let mut table = [OTHER; 256];
-        let mut byte = 0;
-        while byte < 256 {
-            table[byte] = if byte == b'-' as usize {
-                DASH
-            } else if byte == TOKEN_SEPARATOR as usize {
-                DOT
-            } else if TOKEN_BYTE[byte] {
-                LETTER
-            } else {
-                OTHER
-            };
-            byte += 1;
-        }
-        table
-    };
-    let mut previous = DOT;
-    for &byte in bytes {
-        let class = CLASS[usize::from(byte)];
-        if class == OTHER || (class != LETTER && class == previous) {
-            return None;
-        }
-        previous = class;
-    }
-    (previous != DOT).then(|| scanned_as_str(bytes))
+    table
+}
+
+const PLAIN_EXACT_STEPS: [[u8; 1024]; 2] =
+    [plain_exact_steps::<false>(), plain_exact_steps::<true>()];
+
+/// Are `bytes` non-empty tokens of token bytes joined by single `.`s (with no `--` when
+/// `NO_DOUBLE_DASH`)? The happy path of every publish, where [`scan_tokens`] tracks wildcard
+/// states a publish cannot have; a `false` goes to the full scan, which says what is wrong.
+#[inline]
+fn is_plain_exact<const NO_DOUBLE_DASH: bool>(bytes: &[u8]) -> bool {
+    let steps = &PLAIN_EXACT_STEPS[usize::from(NO_DOUBLE_DASH)];
+    // Starting as if after a `.` refuses a leading `.` and the empty name.
+    let last = bytes.iter().fold(AFTER_DOT, |state, &byte| {
+        steps[(usize::from(state) << 8 | usize::from(byte)) & (steps.len() - 1)]
+    });
+    last == IN_TOKEN || last == AFTER_DASH
 }
 
 /// What has been seen of the token under the cursor.
@@ -594,6 +608,16 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_one_pass_check_is_the_scan_for_exact_names(
+            name in "[A-Za-z0-9_.$*>:-]{0,12}|[a-z.-]{250,260}|[\\x00-\\xff]{0,6}",
+        ) {
+            let bytes = name.as_bytes();
+            let scanned = scan_tokens::<false>(bytes) == Ok(SubjectKind::Exact)
+                && bytes.first() != Some(&RESERVED_PREFIX);
+            prop_assert_eq!(is_plain_exact::<false>(bytes), scanned);
+        }
+
         #[test]
         fn parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let published = parse_publish_topic(&bytes);

@@ -110,6 +110,7 @@ impl Shard {
                 last_work = Instant::now();
                 self.turn_now = last_work;
             }
+            self.clock_ns = super::commands::unix_time_ns();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(Port::Native),
@@ -464,6 +465,7 @@ impl Shard {
                 Ok(n) => {
                     self.counters.bytes_in += n as u64;
                     budget = budget.saturating_sub(n);
+                    self.clock_ns = super::commands::unix_time_ns();
                     self.stall_reader = false;
                     match self.process_input(id) {
                         Flow::Continue => {}

@@ -58,7 +58,7 @@ impl Shard {
         let sequenced = self.owned.sequence(
             &mut message,
             &self.pattern_interest,
-            unix_time_ns(),
+            self.clock_ns,
             &mut actions,
             creator,
         );
@@ -805,6 +805,7 @@ impl Shard {
                     None => break,
                 },
             };
+            self.clock_ns = unix_time_ns();
             while batch.len() > 0 {
                 if !self.terminal_room() {
                     self.stalled_requests[peer.index()] = Some(batch);
