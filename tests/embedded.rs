@@ -654,3 +654,63 @@ fn handles_move_between_threads_and_the_bus_handle_is_shared() {
     send_and_sync::<corebus::bus::BusHandle>();
     send_and_sync::<Bus>();
 }
+
+#[test]
+fn refusals_of_quiet_publishes_are_kept_for_the_publisher() {
+    let mut config = BusConfig::default();
+    config.broker.shards = 2;
+    config.broker.auto_create_topics = false;
+    let bus = Bus::start(config).unwrap();
+    let mut publisher = bus.publisher_for("not.made").unwrap();
+    publisher.publish("not.made", b"lost?").unwrap();
+    publisher.publish("not.made", b"lost?").unwrap();
+    bus.create_topic("made", TopicOptions::default()).unwrap();
+    // A confirmed publish after them: its answer comes behind their refusals.
+    assert_eq!(publisher.publish_confirmed("made", b"kept").unwrap(), 1);
+    let (errors, lost) = publisher.take_async_errors();
+    assert_eq!(lost, 0);
+    assert_eq!(errors.len(), 2);
+    assert!(errors
+        .iter()
+        .all(|e| e.code() == Some(ErrorCode::TopicNotFound)));
+    assert_eq!(
+        publisher
+            .publish_confirmed("not.made", b"x")
+            .unwrap_err()
+            .code(),
+        Some(ErrorCode::TopicNotFound)
+    );
+}
+
+#[test]
+fn a_replay_past_what_is_retained_reports_the_gap() {
+    let bus = bus(2);
+    bus.create_topic(
+        "short.memory",
+        TopicOptions {
+            replay_messages_max: Some(3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut publisher = bus.publisher_for("short.memory").unwrap();
+    for i in 1..=10u8 {
+        publisher.publish_confirmed("short.memory", &[i]).unwrap();
+    }
+    let mut from_start = bus
+        .subscribe_with(
+            "short.memory",
+            SubscribeOptions {
+                start: Start::FromSeq(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(from_start.subject(), "short.memory");
+    assert_eq!(from_start.recv_timeout(WAIT).unwrap().seq(), 8);
+    assert_eq!(from_start.missed(), 7);
+    let gap = from_start.last_gap().unwrap();
+    assert_eq!((gap.missed, gap.resume_seq), (7, 8));
+    assert_eq!(bus.native_addr(), None);
+    assert_eq!(bus.http_addr(), None);
+}

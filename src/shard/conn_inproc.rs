@@ -118,6 +118,8 @@ impl Shard {
     fn process_commands_taking(&mut self, id: ConnectionId, took_any: &mut bool) -> Flow {
         let reply_bytes_max = self.config.outbound_bytes_max;
         let mut budget = COMMANDS_PER_TURN_MAX;
+        // Once per pass over the ring, as once per socket read for the other kinds.
+        self.clock_ns = super::commands::unix_time_ns();
         loop {
             let Some(conn) = self.connection_mut(id) else {
                 return Flow::Stop;
