@@ -672,6 +672,11 @@ impl Link {
 
 /// Publishes, requests and administers topics: one in-process connection. `Send`; take one
 /// per publishing thread (each is the only producer of its command ring).
+///
+/// The calls that wait for the shard (`publish_confirmed`, `request`, `create_topic`,
+/// `stats`, ...) wait on the calling thread: microseconds for an answer, up to its timeout for
+/// a request. Async code publishes with [`Publisher::publish_async`], and runs the waiting
+/// calls where blocking is allowed (a runtime's blocking pool).
 pub struct Publisher {
     link: Link,
     shared: Arc<Shared>,
