@@ -258,7 +258,10 @@ impl ShardEnds {
             Err(TrySendError::Disconnected(_)) => return Ok(()),
             Err(TrySendError::Full(event)) => event,
         };
+        // Either this second look sees the room the handle made, or the handle, having made
+        // it, sees the flag (both sides store, fence, then look).
         self.state.event_room_wanted.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         match self.events.try_send(event) {
             Ok(()) | Err(TrySendError::Disconnected(_)) => Ok(()),
             Err(TrySendError::Full(event)) => Err(event),
@@ -284,6 +287,8 @@ impl HandleEnds {
     /// Takes one event, and tells the shard when it had stopped for room.
     pub fn try_event(&self) -> Option<Event> {
         let event = self.events.try_recv().ok()?;
+        // Pairs with `ShardEnds::offer`: the slot taken is visible before the flag is read.
+        fence(Ordering::SeqCst);
         if self.state.event_room_wanted.load(Ordering::Relaxed)
             && self.state.event_room_wanted.swap(false, Ordering::SeqCst)
         {

@@ -58,7 +58,7 @@ use std::net::SocketAddr;
 use std::ops::Deref;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -561,6 +561,8 @@ impl Link {
             let state = &self.ends.state;
             state.to_handle.prepare_thread();
             state.command_room_wanted.store(true, Ordering::SeqCst);
+            // Either the shard, draining, sees the flag, or this sees the room it made.
+            fence(Ordering::SeqCst);
             if self.ends.commands.is_full() && !state.shard_gone.load(Ordering::SeqCst) {
                 state.ring();
                 std::thread::park_timeout(PARK_BACKSTOP);
@@ -578,6 +580,7 @@ impl Link {
         let state = &self.ends.state;
         state.to_handle.prepare_task(cx.waker());
         state.command_room_wanted.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         match self.try_push(command) {
             Err(Push::Full(command)) => {
                 state.ring();

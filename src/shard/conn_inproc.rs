@@ -102,7 +102,9 @@ impl Shard {
             if let Some(Transport::InProcess(ends)) =
                 self.connection_mut(id).map(|conn| &conn.socket)
             {
-                // A publisher waiting for room in its ring can go on.
+                // A publisher waiting for room in its ring can go on. The fence pairs with
+                // the handle's: either it sees the room, or this sees its flag.
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
                 if ends
                     .state
                     .command_room_wanted
