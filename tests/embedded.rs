@@ -714,3 +714,48 @@ fn a_replay_past_what_is_retained_reports_the_gap() {
     assert_eq!(bus.native_addr(), None);
     assert_eq!(bus.http_addr(), None);
 }
+
+/// One-slot rings both ways, several publishers and subscribers across shards: every
+/// hand-over waits on the other side, so a lost wake-up would hang (each receive times out).
+#[test]
+fn one_slot_rings_lose_no_wake_up_and_keep_each_publisher_in_order() {
+    let mut config = BusConfig {
+        command_slots: 1,
+        event_slots: 1,
+        ..BusConfig::default()
+    };
+    config.broker.shards = 3;
+    let bus = Bus::start(config).unwrap();
+    let (publishers, per_publisher) = (4u32, 3_000u32);
+    let subscribers: Vec<_> = (0..3).map(|_| bus.subscribe("storm.>").unwrap()).collect();
+    let publishing: Vec<_> = (0..publishers)
+        .map(|p| {
+            let bus = bus.handle();
+            std::thread::spawn(move || {
+                let mut publisher = bus.publisher().unwrap();
+                for i in 0..per_publisher {
+                    let payload = [p.to_be_bytes(), i.to_be_bytes()].concat();
+                    publisher.publish(&format!("storm.p{p}"), &payload).unwrap();
+                }
+            })
+        })
+        .collect();
+    let receiving: Vec<_> = subscribers
+        .into_iter()
+        .map(|mut sub| {
+            std::thread::spawn(move || {
+                let mut next = vec![0u32; publishers as usize];
+                for _ in 0..publishers * per_publisher {
+                    let message = sub.recv_timeout(WAIT).expect("no lost wake-up");
+                    let p = u32::from_be_bytes(message.payload()[..4].try_into().unwrap());
+                    let i = u32::from_be_bytes(message.payload()[4..].try_into().unwrap());
+                    assert_eq!(i, next[p as usize], "publisher {p} in order");
+                    next[p as usize] += 1;
+                }
+            })
+        })
+        .collect();
+    for thread in publishing.into_iter().chain(receiving) {
+        thread.join().unwrap();
+    }
+}
