@@ -284,17 +284,31 @@ pub(crate) struct HandleEnds {
 }
 
 impl HandleEnds {
-    /// Takes one event, and tells the shard when it had stopped for room.
+    /// Takes one event, and tells the shard when it had stopped for room. Only a ring seen
+    /// full can have stopped it, so only then is the flag looked at (a fence per event would
+    /// cost every delivery); one seen full late is caught by [`HandleEnds::ring_if_room_wanted`]
+    /// before the handle sleeps.
     pub fn try_event(&self) -> Option<Event> {
+        let was_full = self.events.is_full();
         let event = self.events.try_recv().ok()?;
-        // Pairs with `ShardEnds::offer`: the slot taken is visible before the flag is read.
+        if was_full {
+            self.ring_if_room_wanted();
+        }
+        Some(event)
+    }
+
+    /// Rings the shard if it stopped for room in the event ring. Called after taking from a
+    /// full ring, and before sleeping (so the handle never sleeps on a shard that waits for
+    /// it).
+    pub fn ring_if_room_wanted(&self) {
+        // Pairs with `ShardEnds::offer`: either this sees the flag, or the shard's second
+        // look sees the room.
         fence(Ordering::SeqCst);
         if self.state.event_room_wanted.load(Ordering::Relaxed)
             && self.state.event_room_wanted.swap(false, Ordering::SeqCst)
         {
             self.state.ring_now();
         }
-        Some(event)
     }
 
     /// Whether the shard let go of this connection and every event it sent was taken.

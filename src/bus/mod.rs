@@ -605,6 +605,7 @@ impl Link {
             }
             let signal = &self.ends.state.to_handle;
             signal.prepare_thread();
+            self.ends.ring_if_room_wanted();
             if !self.ends.events.is_empty() || self.ends.state.shard_gone.load(Ordering::SeqCst) {
                 signal.cancel();
                 continue;
@@ -633,6 +634,7 @@ impl Link {
             return Poll::Ready(None);
         }
         self.ends.state.to_handle.prepare_task(cx.waker());
+        self.ends.ring_if_room_wanted();
         if let Some(event) = self.take_event() {
             self.ends.state.to_handle.cancel();
             return Poll::Ready(Some(event));
@@ -645,11 +647,17 @@ impl Link {
     }
 
     /// An event, with connection-level notices kept aside.
+    /// An empty ring also tells a shard that stopped for room to go on: a handle that only
+    /// polls (`try_recv`, a publisher taking refusals) never sleeps, where that is done too.
     fn take_event(&mut self) -> Option<Event> {
         loop {
-            match self.ends.try_event()? {
-                Event::Notice(notice) => self.close_notice = Some(notice),
-                event => return Some(event),
+            match self.ends.try_event() {
+                Some(Event::Notice(notice)) => self.close_notice = Some(notice),
+                Some(event) => return Some(event),
+                None => {
+                    self.ends.ring_if_room_wanted();
+                    return None;
+                }
             }
         }
     }
