@@ -223,7 +223,9 @@ impl Config {
 
     /// One shard's share of [`Config::connections_loopback_reserve`].
     pub fn connections_loopback_reserve_per_shard(&self) -> usize {
-        self.connections_loopback_reserve.div_ceil(self.shards)
+        // The memory budget asks before `validate` has refused `--shards 0`.
+        self.connections_loopback_reserve
+            .div_ceil(self.shards.max(1))
     }
 
     /// One source address's share of a shard: `ceil(connections_per_ip_max / shards)`.
