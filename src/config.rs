@@ -223,7 +223,9 @@ impl Config {
 
     /// One shard's share of [`Config::connections_loopback_reserve`].
     pub fn connections_loopback_reserve_per_shard(&self) -> usize {
-        self.connections_loopback_reserve.div_ceil(self.shards)
+        // The memory budget asks before `validate` has refused `--shards 0`.
+        self.connections_loopback_reserve
+            .div_ceil(self.shards.max(1))
     }
 
     /// One source address's share of a shard: `ceil(connections_per_ip_max / shards)`.
@@ -296,6 +298,12 @@ impl Config {
                 return Err(format!("{flag} must be at least 1"));
             }
         }
+        if self.header_bytes_max > usize::from(u16::MAX) {
+            return Err(format!(
+                "--header-bytes-max must be at most {} (a header block's length is 16 bits)",
+                u16::MAX
+            ));
+        }
         if self.frame_deadline_ms == 0 {
             return Err("--frame-deadline-ms must be at least 1ms".into());
         }
@@ -314,7 +322,9 @@ impl Config {
         // batch of pointers (~24 bytes each) to reference-counted messages.
         let ring_bytes = pairs * 2 * self.ring_slots * self.ring_batch_max * 24;
         let per_connection = self.read_chunk_bytes + self.outbound_bytes_max;
-        let connections = self.connections_max + self.connections_loopback_reserve;
+        // Each shard keeps its own share of the reserve, rounded up.
+        let connections =
+            self.connections_max + self.shards * self.connections_loopback_reserve_per_shard();
         // The worst case: every topic's slots grown to the limit (they are allocated as its
         // history grows, so a topic that holds one message costs ~1 KB, not this); retained
         // bytes are payloads. Measured: 1,000 topics of 1,024 slots added 32.8 MiB of RSS.
@@ -549,6 +559,7 @@ mod tests {
         let config = Config {
             connections_max: 10,
             connections_loopback_reserve: 2,
+            shards: 1,
             outbound_bytes_max: 2 << 20,
             read_chunk_bytes: 4096,
             ..Config::default()

@@ -60,8 +60,9 @@ impl Message {
         scratch.clear();
         let parts = (topic.as_bytes(), reply_to);
         if native::encode_msg_head_from_publish(scratch, parts, headers, payload.len()).is_none() {
-            // Beyond the length field: the publish limits keep a message far below it, so
-            // this is never taken; the general encoder says what is wrong.
+            // A topic over 255 bytes or headers over 65,535: the publish path's checks
+            // (topic names, `--header-bytes-max`, which `Config::validate` bounds) refuse
+            // both first, so this is not reached; the general encoder is the fallback.
             scratch.clear();
             native::encode_msg_from_publish(scratch, 0, parts, headers, payload);
             return Message {

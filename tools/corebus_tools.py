@@ -5,10 +5,13 @@ Imported by `tools/scaling` and `tools/soak` (they put this folder on `sys.path`
 """
 
 import os
+import select
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+READY_TIMEOUT_S = 30
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,7 +24,8 @@ def build(profile):
     """Builds corebus with cargo profile `profile`; returns the binary's path."""
     subprocess.run(["cargo", "build", "--profile", profile, "--quiet"], cwd=ROOT, check=True)
     target_dir = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    return target_dir / profile / "corebus"
+    # Cargo writes the `dev` profile to `debug`.
+    return target_dir / ("debug" if profile == "dev" else profile) / "corebus"
 
 
 def start_broker(binary, flags, log_file):
@@ -31,9 +35,12 @@ def start_broker(binary, flags, log_file):
     # Not the caller's COREBUS_* settings: the tool's flags are the whole configuration.
     env = {k: v for k, v in os.environ.items() if not k.startswith("COREBUS_")}
     # The log goes to a file: a pipe nobody reads could fill and stall the broker.
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file.open("w"),
-                               text=True, start_new_session=True, env=env)
-    line = process.stdout.readline()
+    with log_file.open("w") as log:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True,
+                                   start_new_session=True, env=env)
+    # A broker that never gets ready must not hang the tool.
+    ready, _, _ = select.select([process.stdout], [], [], READY_TIMEOUT_S)
+    line = process.stdout.readline() if ready else ""
     if not line.startswith("corebus ready"):
         stop(process)
         raise RuntimeError(f"the broker did not start: {log_file.read_text()[-2000:]}")

@@ -33,8 +33,10 @@
 //!
 //! # Pub/sub frames
 //!
-//! A `message` frame depends only on (version, channel, payload), so it is encoded once per
-//! publish and version and shared by every subscriber ([`encode_message`]); with
+//! A `message` frame depends only on (version, channel, payload). The broker words it for
+//! each subscriber as it copies the delivery into the write buffer ([`encode_message`]): a
+//! head of some twenty bytes around the payload it copies anyway, which costs less than an
+//! encoding shared through a buffer allocated, filled and freed per message. With
 //! [`encode_message_head`] the payload need not be copied at all (write the head, the payload
 //! and [`FRAME_TAIL`] as one vectored write). `pmessage` also carries the pattern, so it is
 //! once per (pattern, publish).
@@ -245,18 +247,19 @@ pub fn decode_publish(buffer: &[u8], limits: RequestLimits) -> Option<PlainPubli
 /// `$<len>\r\n<len bytes>\r\n` with `len` in plain decimal (no sign, no leading zero) and at
 /// most `bulk_bytes_max`: the bulk and what follows it.
 fn canonical_bulk(input: &[u8], bulk_bytes_max: usize) -> Option<(&[u8], &[u8])> {
-    // Ten digits hold every length a limit can allow without overflow.
+    // Ten digits hold every length a limit can allow, in a u64 without overflow.
     const DIGITS_MAX: usize = 10;
     let rest = input.strip_prefix(b"$")?;
-    let mut len = 0usize;
+    let mut len = 0u64;
     let mut digits = 0;
     while let Some(&byte) = rest.get(digits) {
         if !byte.is_ascii_digit() || digits == DIGITS_MAX {
             break;
         }
-        len = len * 10 + usize::from(byte - b'0');
+        len = len * 10 + u64::from(byte - b'0');
         digits += 1;
     }
+    let len = usize::try_from(len).ok()?;
     if digits == 0 || (digits > 1 && rest[0] == b'0') || len > bulk_bytes_max {
         return None;
     }
@@ -336,12 +339,8 @@ impl RequestDecoder {
         }
     }
 
-    /// Forgets an incomplete request, for a caller that discards its buffered input.
-    /// Is the decoder between requests (no partial request remembered)?
-    pub fn is_fresh(&self) -> bool {
-        self.progress == Progress::Fresh
-    }
-
+    /// Forgets an incomplete request, for a caller that discards its buffered input (or read
+    /// the request another way, as the `PUBLISH` fast path does).
     pub fn reset(&mut self) {
         self.progress = Progress::Fresh;
         self.buffered = 0;

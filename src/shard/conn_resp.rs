@@ -423,6 +423,11 @@ impl RespSession {
         self.version
     }
 
+    #[cfg(test)]
+    pub fn set_version_for_tests(&mut self, version: RespVersion) {
+        self.version = version;
+    }
+
     /// The broker ended the subscription (its topic was deleted): Redis has no such notice,
     /// so the client is told it was unsubscribed, with its new count.
     pub fn encode_ended(&mut self, sub_id: u32, out: &mut Vec<u8>) {
@@ -569,6 +574,22 @@ impl Shard {
         }
         self.resp_flush(id);
         flow
+    }
+
+    /// Switches the protocol version (`HELLO`, `RESET`). Deliveries already queued are worded
+    /// in the version they were queued under first: they leave ahead of the reply that tells
+    /// the client about the switch, so it reads them in the old one.
+    fn resp_set_version(&mut self, id: ConnectionId, version: RespVersion) {
+        let Some(conn) = self.connection_mut(id) else {
+            return;
+        };
+        let super::wire::Wire::Resp(session) = &mut conn.wire else {
+            return;
+        };
+        if session.version != version {
+            conn.out.word_resp_messages(session.version);
+            session.version = version;
+        }
     }
 
     fn resp_session(&mut self, id: ConnectionId) -> Option<&mut RespSession> {
@@ -1039,10 +1060,10 @@ impl Shard {
                 return Flow::Continue;
             }
         }
+        self.resp_set_version(id, version);
         let Some(session) = self.resp_session(id) else {
             return Flow::Stop;
         };
-        session.version = version;
         if let Some(name) = name {
             session.name = name;
         }
@@ -1076,8 +1097,8 @@ impl Shard {
                 );
             }
         }
+        self.resp_set_version(id, RespVersion::Resp2);
         if let Some(session) = self.resp_session(id) {
-            session.version = RespVersion::Resp2;
             session.name.clear();
         }
         self.resp_reply(id, b"+RESET\r\n");

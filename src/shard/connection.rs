@@ -521,6 +521,20 @@ impl Outbound {
         staged
     }
 
+    /// Words every queued channel delivery of a Redis connection as a `message` frame of
+    /// `version` now, rather than when staged: for a client about to switch versions
+    /// (`HELLO`, `RESET`), whose earlier deliveries must keep the version they were sent in.
+    pub fn word_resp_messages(&mut self, version: RespVersion) {
+        for (_, queued) in self.pending.iter_mut() {
+            if let Queued::Message(message) = queued {
+                let mut frame = Vec::new();
+                super::conn_resp::stage_message(&mut frame, version, message);
+                self.pending_bytes = self.pending_bytes - message.frame_len() + frame.len();
+                *queued = Queued::Encoded(frame.into());
+            }
+        }
+    }
+
     /// Writes until everything is out or the socket would block.
     pub fn write_to<W: Write>(&mut self, socket: &mut W, wire: &Wire) -> io::Result<WriteProgress> {
         let mut progress = WriteProgress::default();
@@ -850,8 +864,10 @@ impl Connection {
 
     /// Offers a delivery under the slow-consumer policy (see [`Outbound::offer`]); drops are
     /// recorded on their subscriptions, to be reported with DROPPED notices. A native
-    /// connection shares the message's frame; a text protocol gets the shard's one encoding
-    /// of it from `events`.
+    /// connection and a Redis channel subscription queue the message itself (the Redis one is
+    /// worded as it is staged, and counted at the MSG frame's length against
+    /// `--outbound-bytes-max`); other text formats get the shard's one encoding of it from
+    /// `events`.
     #[inline]
     pub fn enqueue_delivery(
         &mut self,
@@ -1140,6 +1156,48 @@ mod tests {
         );
         assert!(bucket.take(100_000_000, 10, 5).is_ok());
         assert!(bucket.take(100_000_000, 10, 5).is_err());
+    }
+
+    /// A Redis client that switches to RESP2 (`HELLO 2`) reads the deliveries queued before
+    /// the switch in RESP3, as push frames, and those after it as arrays.
+    #[test]
+    fn queued_redis_deliveries_keep_the_version_they_were_queued_under() {
+        let mut session = crate::shard::conn_resp::RespSession::new(1, 1 << 20);
+        session.set_version_for_tests(RespVersion::Resp3);
+        let mut out = Outbound::new(1 << 16);
+        out.offer(
+            7,
+            &message(2),
+            1 << 20,
+            SlowConsumerPolicy::Disconnect,
+            |_| {},
+        );
+        let queued_before = out.queued_bytes();
+        out.word_resp_messages(RespVersion::Resp3);
+        session.set_version_for_tests(RespVersion::Resp2);
+        out.offer(
+            7,
+            &message(2),
+            1 << 20,
+            SlowConsumerPolicy::Disconnect,
+            |_| {},
+        );
+        assert!(
+            out.queued_bytes() > queued_before,
+            "the byte count follows the rewording"
+        );
+        let mut socket = ChokedSocket {
+            written: Vec::new(),
+            capacity: 1 << 16,
+        };
+        out.write_to(&mut socket, &Wire::Resp(Box::new(session)))
+            .unwrap();
+        let frame = |head: &str| format!("{head}\r\n$7\r\nmessage\r\n$1\r\nt\r\n$2\r\nxx\r\n");
+        assert_eq!(
+            String::from_utf8(socket.written).unwrap(),
+            frame(">3") + &frame("*3")
+        );
+        assert_eq!(out.queued_bytes(), 0);
     }
 
     #[test]

@@ -321,8 +321,9 @@ pub struct Shard {
     /// Wall-clock time (Unix ns), read once per socket read, ring batch and loop turn rather
     /// than once per message: the publish time stamped on what is sequenced until the next
     /// reading. A clock read cost about 110 instructions, a twentieth of a native publish;
-    /// a stamp is at most one read's processing late, and timestamps along a topic still
-    /// never decrease (`OwnedTopics::sequence` takes the larger of this and the last).
+    /// a stamp is at most one loop turn late (a read's processing, or for work resumed later
+    /// in the turn, the turn so far), and timestamps along a topic still never decrease
+    /// (`OwnedTopics::sequence` takes the larger of this and the last).
     clock_ns: u64,
     linger_deadlines: VecDeque<(Instant, ConnectionId)>,
     /// A batch of owner requests from each peer that could not be finished for lack of

@@ -8,7 +8,9 @@
 //!
 //! Deliveries are the hot path and are not encoded here one subscriber at a time: the native
 //! wire shares the message's own MSG frame and patches only the subscription id while
-//! staging; other wires get the shard's one encoding per (message, format) through
+//! staging; a Redis channel subscription queues the message too and words its `message`
+//! frame while staging (a short head around the payload copy); the WebSocket dialects and
+//! Redis's `smessage` get the shard's one encoding per (message, format) through
 //! [`crate::shard::Shard`]'s encode cache.
 
 use crate::error::ErrorCode;
