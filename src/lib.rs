@@ -43,7 +43,9 @@
 //!   [`shard::conn_http`] (REST, the WebSocket upgrade, the dashboard page at `GET /`:
 //!   `dashboard.html`, compiled in), [`shard::conn_ws`] (the JSON dialects,
 //!   and the cache that encodes an event once per shard and dialect), [`shard::conn_resp`]
-//!   (Redis: replies in request order, subscriptions, `INFO`/`PUBSUB`/`CLIENT`).
+//!   (Redis: replies in request order, subscriptions, `INFO`/`PUBSUB`/`CLIENT`),
+//!   `conn_inproc.rs` (the embedded bus's handles: commands taken from a ring, deliveries
+//!   handed over as the shared message).
 //!   [`shard::stats`]: stats
 //!   gathered from every shard over the rings (`/v1/stats`, Prometheus `/metrics`). `owner.rs`: the owner
 //!   side, sequencing and everything that arrives over the rings. [`shard::topics`]: the
@@ -58,6 +60,10 @@
 //! - [`message`]: the shared, immutable message frame. [`ids`]: newtype ids. [`error`]: wire
 //!   error codes and close reasons.
 //! - [`client`]: the blocking Rust client (also used by the tests and the CLI).
+//! - [`bus`]: the embedded bus: the shards inside an application, publishers and
+//!   subscriptions as in-process connections (blocking iterators, async streams, filters);
+//!   `bus/link.rs`: the two bounded SPSC rings, the doorbell and the wakers between a handle
+//!   and its shard.
 //! - [`mod@bench`]: `corebus bench`, the load generator (one `mio` loop per bench thread; also
 //!   speaks Redis and NATS for comparisons, and corebus's WebSocket dialects):
 //!   [`bench::scenario`], [`bench::wire`],
@@ -70,7 +76,9 @@
 //!   `Wire` words them. A new protocol is a codec in `protocol/` plus a connection kind.
 //! - `protocol/` knows nothing about sockets, `mio` or shards: bytes in, frames out.
 //! - No locks anywhere in the broker. Shards share nothing mutable; they talk only through
-//!   the rings in `mesh/` and a `mio::Waker` each.
+//!   the rings in `mesh/` and a `mio::Waker` each. An in-process handle talks to its shard
+//!   through its own two rings; the one lock on that path holds a sleeping handle's waker,
+//!   taken only when the handle is about to sleep or the shard wakes it.
 //! - Every queue is bounded: per-connection outbound bytes, ring slots, batch sizes, topics,
 //!   connections, subscriptions. A full ring never blocks a shard: the connection whose work
 //!   needs it stops being read until it drains.
@@ -80,6 +88,7 @@
 //! - Nothing from the network can panic the broker: decoding checks before it slices.
 
 pub mod bench;
+pub mod bus;
 pub mod cli;
 pub mod client;
 pub mod commands;

@@ -130,6 +130,16 @@ impl Message {
         unsafe { std::str::from_utf8_unchecked(topic) }
     }
 
+    /// The reply topic a request named, if any (validated when it was published).
+    pub fn reply_to(&self) -> Option<&str> {
+        let at = native::MSG_PREFIX_LEN + 1 + native::msg_topic(&self.frame).len();
+        let len = usize::from(*self.frame.get(at)?);
+        if len == 0 {
+            return None;
+        }
+        std::str::from_utf8(self.frame.get(at + 1..at + 1 + len)?).ok()
+    }
+
     pub fn seq(&self) -> u64 {
         native::msg_seq(&self.frame)
     }

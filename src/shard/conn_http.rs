@@ -188,7 +188,7 @@ impl Shard {
                 Wire::Http(session) if session.pending.is_some() => return Flow::Continue,
                 Wire::Http(_) => {}
                 Wire::WebSocket(_) => return self.process_websocket(id),
-                Wire::Native { .. } | Wire::Resp(_) => return Flow::Stop,
+                Wire::Native { .. } | Wire::Resp(_) | Wire::InProcess => return Flow::Stop,
             }
             let request = match http::decode_request(conn.read.filled(), &limits) {
                 Ok(None) => return Flow::Continue,

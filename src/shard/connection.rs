@@ -24,6 +24,8 @@ use std::net::SocketAddr;
 use ahash::AHashMap;
 use mio::net::TcpStream;
 
+use crate::bus::link::{Event, ReplyData, ShardEnds};
+use crate::client::ServerError;
 use crate::config::SlowConsumerPolicy;
 use crate::error::CloseReason;
 use crate::error::ErrorCode;
@@ -561,6 +563,102 @@ impl Outbound {
         }
     }
 
+    /// The in-process counterpart of [`Outbound::write_to`]: hands what is queued to a
+    /// handle's event ring, in the order a socket would carry it (replies and notices in the
+    /// write buffer first, then queued deliveries, each the shared message itself). A full
+    /// ring is this connection's full socket: what is left stays queued, under the same
+    /// slow-consumer policy, until the handle makes room and rings.
+    pub(crate) fn hand_over(&mut self, ends: &mut ShardEnds) -> WriteProgress {
+        let mut progress = WriteProgress::default();
+        let handed = self.hand_over_queued(ends, &mut progress);
+        if handed {
+            ends.state.to_handle.notify();
+        }
+        progress
+    }
+
+    fn hand_over_queued(&mut self, ends: &mut ShardEnds, progress: &mut WriteProgress) -> bool {
+        let mut handed = false;
+        if let Some(event) = ends.waiting.take() {
+            if let Err(event) = ends.offer(event) {
+                ends.waiting = Some(event);
+                progress.would_block = true;
+                return false;
+            }
+            handed = true;
+        }
+        while self.written < self.write_buf.len() {
+            // Only this module's own native frames are in the buffer.
+            let Ok(Some((frame, len))) =
+                native::decode(&self.write_buf[self.written..], usize::MAX)
+            else {
+                self.written = self.write_buf.len();
+                break;
+            };
+            if let Some(event) = frame_event(frame) {
+                if ends.offer(event).is_err() {
+                    progress.would_block = true;
+                    return handed;
+                }
+                handed = true;
+            }
+            self.written += len;
+            progress.bytes += len as u64;
+        }
+        self.write_buf.clear();
+        self.written = 0;
+        while let Some((sub_id, queued)) = self.pending.pop_front() {
+            let len = queued.frame_len();
+            let event = match queued {
+                Queued::Message(message) => match ends.offer(Event::Message { sub_id, message }) {
+                    Ok(()) => {
+                        progress.deliveries += 1;
+                        None
+                    }
+                    Err(Event::Message { message, .. }) => {
+                        self.pending.push_front((sub_id, Queued::Message(message)));
+                        progress.would_block = true;
+                        return handed;
+                    }
+                    Err(_) => None,
+                },
+                Queued::Gap {
+                    missed,
+                    resume_seq,
+                    topic,
+                } => Some((
+                    Event::Gap { missed, resume_seq },
+                    Queued::Gap {
+                        missed,
+                        resume_seq,
+                        topic,
+                    },
+                )),
+                Queued::Notice(frame) => {
+                    let event = match native::decode(&frame, usize::MAX) {
+                        Ok(Some((frame, _))) => frame_event(frame),
+                        _ => None,
+                    };
+                    event.map(|event| (event, Queued::Notice(frame)))
+                }
+                // Text-protocol encodings are never queued for a handle.
+                Queued::Encoded(_) => None,
+            };
+            if let Some((event, queued)) = event {
+                if ends.offer(event).is_err() {
+                    self.pending.push_front((sub_id, queued));
+                    progress.would_block = true;
+                    return handed;
+                }
+            }
+            handed = true;
+            self.pending_bytes -= len;
+            progress.bytes += len as u64;
+        }
+        progress.drained = true;
+        handed
+    }
+
     /// Keeps a partly written buffer from creeping forward forever.
     fn compact(&mut self) {
         if self.written >= WRITE_CHUNK_BYTES {
@@ -581,8 +679,50 @@ pub struct WriteProgress {
     pub would_block: bool,
 }
 
+/// The event a native frame in an in-process connection's write buffer stands for.
+fn frame_event(frame: native::Frame<'_>) -> Option<Event> {
+    let error = |code: u16, message: &[u8]| ServerError {
+        code_raw: code,
+        message: String::from_utf8_lossy(message).into_owned(),
+    };
+    Some(match frame {
+        native::Frame::Ok { request_id, data } => Event::Reply {
+            request_id,
+            result: Ok(ReplyData::new(data)),
+        },
+        native::Frame::Err {
+            request_id: 0,
+            code,
+            message,
+        } => Event::Notice(error(code, message)),
+        native::Frame::Err {
+            request_id,
+            code,
+            message,
+        } => Event::Reply {
+            request_id,
+            result: Err(error(code, message)),
+        },
+        native::Frame::Dropped { count, .. } => Event::Dropped { count },
+        native::Frame::Ended { code, message, .. } => Event::Ended {
+            error: error(code, message),
+        },
+        native::Frame::Gap {
+            missed, resume_seq, ..
+        } => Event::Gap { missed, resume_seq },
+        _ => return None,
+    })
+}
+
+/// What carries a connection's bytes or messages.
+pub(crate) enum Transport {
+    Tcp(TcpStream),
+    /// An in-process handle of [`crate::bus`]: rings instead of a socket.
+    InProcess(Box<ShardEnds>),
+}
+
 pub struct Connection {
-    pub socket: TcpStream,
+    pub(crate) socket: Transport,
     pub id: ConnectionId,
     pub peer: SocketAddr,
     pub state: ConnState,
@@ -671,7 +811,7 @@ impl Connection {
         outbound_bytes_max: usize,
     ) -> Self {
         Connection {
-            socket,
+            socket: Transport::Tcp(socket),
             id,
             peer,
             state: ConnState::Handshaking,
@@ -689,6 +829,35 @@ impl Connection {
             read_stalled: false,
             publish_bucket: TokenBucket::default(),
             half_open: true,
+            partial_since: None,
+        }
+    }
+
+    /// A connection for an in-process handle: open at once (no handshake), no address.
+    pub(crate) fn in_process(
+        ends: Box<ShardEnds>,
+        id: ConnectionId,
+        outbound_bytes_max: usize,
+    ) -> Self {
+        Connection {
+            socket: Transport::InProcess(ends),
+            id,
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            state: ConnState::Open,
+            wire: Wire::InProcess,
+            client_name: String::new(),
+            read: ReadBuffer::new(0),
+            out: Outbound::new(WRITE_CHUNK_BYTES.min(outbound_bytes_max / 2).max(1)),
+            subscriptions: AHashMap::new(),
+            drops_unreported: false,
+            dirty: false,
+            blocked: false,
+            read_more: false,
+            write_blocked: false,
+            over_watermark: false,
+            read_stalled: false,
+            publish_bucket: TokenBucket::default(),
+            half_open: false,
             partial_since: None,
         }
     }
@@ -802,7 +971,10 @@ impl Connection {
         } else {
             self.read.spare_for_text(text_bytes_max)
         };
-        let n = self.socket.read(spare)?;
+        let Transport::Tcp(socket) = &mut self.socket else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let n = socket.read(spare)?;
         self.read.commit(n);
         Ok(n)
     }
@@ -838,6 +1010,59 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_handle_gets_replies_first_then_the_shared_messages_and_a_full_ring_keeps_the_rest() {
+        use crate::bus::link::{test_pair, Event, LinkSizes};
+        let (handle, mut ends, _rings, _poll) = test_pair(LinkSizes {
+            command_slots: 1,
+            event_slots: 3,
+        });
+        let mut out = Outbound::new(WRITE_CHUNK_BYTES);
+        let published = message(4);
+        for _ in 0..3 {
+            out.offer(
+                1,
+                &published,
+                1 << 20,
+                SlowConsumerPolicy::Disconnect,
+                |_| {},
+            );
+        }
+        out.push_gap(1, (2, 9), "t");
+        Wire::InProcess.encode_answer(5, Answer::Done, out.replies());
+        let progress = out.hand_over(&mut ends);
+        assert!(progress.would_block && !progress.drained);
+        assert_eq!(progress.deliveries, 2);
+        assert!(matches!(
+            handle.try_event(),
+            Some(Event::Reply {
+                request_id: 5,
+                result: Ok(_)
+            })
+        ));
+        for _ in 0..2 {
+            match handle.try_event() {
+                Some(Event::Message { sub_id, message }) => {
+                    assert_eq!(sub_id, 1);
+                    assert!(message.shares_frame(&published), "no copy");
+                }
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+        let progress = out.hand_over(&mut ends);
+        assert!(progress.drained);
+        assert_eq!(progress.deliveries, 1);
+        assert!(matches!(handle.try_event(), Some(Event::Message { .. })));
+        assert!(matches!(
+            handle.try_event(),
+            Some(Event::Gap {
+                missed: 2,
+                resume_seq: 9
+            })
+        ));
+        assert!(out.is_empty());
     }
 
     #[test]

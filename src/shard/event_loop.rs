@@ -19,7 +19,7 @@ use crate::error::{CloseReason, ErrorCode};
 use crate::ids::ConnectionId;
 use crate::protocol::native::Frame;
 
-use super::connection::{ConnState, Connection};
+use super::connection::{ConnState, Connection, Transport};
 use super::wire::{Protocol, Wire};
 use super::{Flow, Shard, ShardCounters, HTTP_LISTENER, LISTENER, RESP_LISTENER, WAKER_TOKEN};
 
@@ -124,6 +124,7 @@ impl Shard {
                     ),
                 }
             }
+            self.drain_doorbell();
             work_left = self.drain_rings();
             work_left |= self.resume_blocked();
             work_left |= self.read_again_after_budget();
@@ -393,6 +394,7 @@ impl Shard {
             Some(Wire::Http(_)) => self.process_http(id),
             Some(Wire::WebSocket(_)) => self.process_websocket(id),
             Some(Wire::Resp(_)) => self.process_resp(id),
+            Some(Wire::InProcess) => self.process_commands(id),
             None => Flow::Stop,
         }
     }
@@ -424,6 +426,12 @@ impl Shard {
         let turn_now = self.turn_now;
         let frame_deadline = Duration::from_millis(self.config.frame_deadline_ms);
         let consumed_before = match self.connection_mut(id) {
+            Some(conn) if matches!(conn.wire, Wire::InProcess) => {
+                if self.process_commands(id) == Flow::Blocked {
+                    self.block(id);
+                }
+                return;
+            }
             Some(conn) => conn.read.consumed_total(),
             None => return,
         };
@@ -512,7 +520,7 @@ impl Shard {
     /// being cut for a burst it is reading. The stall lasts while the pressed subscribers
     /// drain, and ends `--publisher-stall-ms-max` after they last made progress; so a
     /// subscriber that does not read still reaches the limit, and is cut then.
-    fn stall(&mut self, id: ConnectionId) {
+    pub(super) fn stall(&mut self, id: ConnectionId) {
         self.stall_reader = false;
         let Some(conn) = self.connection_mut(id) else {
             return;
@@ -644,7 +652,11 @@ impl Shard {
         let mut result = Ok(crate::shard::connection::WriteProgress::default());
         while let Ok(total) = &mut result {
             conn.report_drops();
-            match conn.out.write_to(&mut conn.socket, &conn.wire) {
+            let written = match &mut conn.socket {
+                Transport::Tcp(socket) => conn.out.write_to(socket, &conn.wire),
+                Transport::InProcess(ends) => Ok(conn.out.hand_over(ends)),
+            };
+            match written {
                 Ok(progress) => {
                     total.bytes += progress.bytes;
                     total.deliveries += progress.deliveries;
@@ -795,7 +807,14 @@ impl Shard {
             return;
         }
         let mut conn = self.connections.remove(id.index as usize);
-        let _ = self.poll.registry().deregister(&mut conn.socket);
+        match &mut conn.socket {
+            Transport::Tcp(socket) => {
+                let _ = self.poll.registry().deregister(socket);
+            }
+            Transport::InProcess(ends) => {
+                self.in_process.remove(&ends.state.key);
+            }
+        }
         if let std::collections::hash_map::Entry::Occupied(mut from_ip) =
             self.connections_per_ip.entry(conn.peer.ip())
         {

@@ -21,6 +21,7 @@
 
 mod commands;
 pub mod conn_http;
+mod conn_inproc;
 mod conn_native;
 pub mod conn_resp;
 pub mod conn_ws;
@@ -67,7 +68,8 @@ pub struct ShardSetup {
     pub id: ShardId,
     pub config: Arc<Config>,
     pub poll: Poll,
-    pub listener: TcpListener,
+    /// The native port's listener, unless the shard serves only in-process handles.
+    pub listener: Option<TcpListener>,
     /// The HTTP port's listener, unless `--no-http`.
     pub http_listener: Option<TcpListener>,
     /// The Redis protocol port's listener, unless `--no-resp`.
@@ -75,6 +77,8 @@ pub struct ShardSetup {
     pub links: Vec<Option<PeerLink>>,
     pub shutdown: Arc<AtomicBool>,
     pub core: Option<core_affinity::CoreId>,
+    /// Where in-process handles ring, when the shard runs inside an embedded bus.
+    pub(crate) doorbell: Option<crossbeam_channel::Receiver<crate::bus::link::Doorbell>>,
 }
 
 /// Shard-local counters: plain integers, never shared, so counting costs nothing on the hot
@@ -333,6 +337,10 @@ pub struct Shard {
     shutdown_deadline: Option<Instant>,
     /// When consumer redeliveries and expiries are next checked.
     next_consumer_timer: Instant,
+    /// Where in-process handles ring (an embedded bus only).
+    doorbell: Option<crossbeam_channel::Receiver<crate::bus::link::Doorbell>>,
+    /// In-process connections by the key their handles ring with.
+    in_process: ahash::AHashMap<u64, ConnectionId>,
 }
 
 impl Shard {
@@ -343,7 +351,7 @@ impl Shard {
             id: setup.id,
             shard_count,
             poll: setup.poll,
-            listener: Some(setup.listener),
+            listener: setup.listener,
             http_listener: setup.http_listener,
             resp_listener: setup.resp_listener,
             events: conn_ws::EventCache::default(),
@@ -390,6 +398,8 @@ impl Shard {
             shutdown_flag: setup.shutdown,
             shutdown_deadline: None,
             next_consumer_timer: Instant::now(),
+            doorbell: setup.doorbell,
+            in_process: ahash::AHashMap::new(),
             config,
         };
         shard

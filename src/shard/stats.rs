@@ -124,6 +124,7 @@ impl Shard {
         let session = match &mut conn.wire {
             Wire::Http(session) => session,
             Wire::Resp(_) => return self.resp_stats_part(reply, part),
+            Wire::InProcess => return self.in_process_stats_part(reply, part),
             _ => return,
         };
         let Some(PendingHttp {
@@ -151,6 +152,7 @@ impl Shard {
         let session = match &mut conn.wire {
             Wire::Http(session) => session,
             Wire::Resp(_) => return self.resp_answer_gather(reply),
+            Wire::InProcess => return self.in_process_answer_stats(reply),
             _ => return,
         };
         let Some(PendingHttp {

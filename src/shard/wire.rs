@@ -62,6 +62,10 @@ pub enum Wire {
     WebSocket(Box<WsSession>),
     /// RESP2 or RESP3 on the Redis port.
     Resp(Box<RespSession>),
+    /// An in-process handle ([`crate::bus`]). Deliveries travel as the shared message; answers
+    /// and notices are worded as native v4 frames in the write buffer and turned into events
+    /// when handed over (they are few), so the core's wording code serves it unchanged.
+    InProcess,
 }
 
 /// Which protocol a connection speaks, by name: the `protocol` label of the connection
@@ -73,14 +77,17 @@ pub enum Protocol {
     Http,
     WebSocket,
     Resp,
+    /// A handle of an embedded bus.
+    InProcess,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 4] = [
+    pub const ALL: [Protocol; 5] = [
         Protocol::Native,
         Protocol::Http,
         Protocol::WebSocket,
         Protocol::Resp,
+        Protocol::InProcess,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -89,6 +96,7 @@ impl Protocol {
             Protocol::Http => "http",
             Protocol::WebSocket => "websocket",
             Protocol::Resp => "resp",
+            Protocol::InProcess => "inprocess",
         }
     }
 }
@@ -100,6 +108,7 @@ impl Wire {
             Wire::Http(_) => Protocol::Http,
             Wire::WebSocket(_) => Protocol::WebSocket,
             Wire::Resp(_) => Protocol::Resp,
+            Wire::InProcess => Protocol::InProcess,
         }
     }
 
@@ -107,6 +116,7 @@ impl Wire {
         match self {
             Wire::Http(_) | Wire::Resp(_) => false,
             Wire::WebSocket(_) => feature != Feature::Epochs,
+            Wire::InProcess => true,
             Wire::Native { version } => {
                 let since = match feature {
                     Feature::SubscribeOptions => 2,
@@ -131,7 +141,7 @@ impl Wire {
                     session.clear_output();
                 }
             }
-            Wire::Native { .. } => {
+            Wire::Native { .. } | Wire::InProcess => {
                 let (ok_data, position_data);
                 let frame = match answer {
                     Answer::Done => Frame::Ok {
@@ -185,7 +195,7 @@ impl Wire {
             // Neither has start positions, so neither is ever told of a gap.
             Wire::Http(_) | Wire::Resp(_) => {}
             Wire::WebSocket(session) => session.encode_gap(sub_id, (missed, resume_seq), out),
-            Wire::Native { .. } => {
+            Wire::Native { .. } | Wire::InProcess => {
                 // v2 specified a 16-byte GAP body; the topic came with v3.
                 let topic = if self.supports(Feature::TopicInAcksAndGaps) {
                     topic
@@ -209,14 +219,16 @@ impl Wire {
             Wire::Http(_) => {}
             Wire::WebSocket(session) => session.encode_ended(sub_id, code, reason, out),
             Wire::Resp(session) => session.encode_ended(sub_id, out),
-            Wire::Native { .. } if self.supports(Feature::TopicAdmin) => Frame::Ended {
-                sub_id,
-                code: code.as_u16(),
-                message: reason.as_bytes(),
+            Wire::Native { .. } | Wire::InProcess if self.supports(Feature::TopicAdmin) => {
+                Frame::Ended {
+                    sub_id,
+                    code: code.as_u16(),
+                    message: reason.as_bytes(),
+                }
+                .encode(out)
             }
-            .encode(out),
             // Older clients have no ENDED: a connection-level ERR is what they can read.
-            Wire::Native { .. } => Frame::Err {
+            Wire::Native { .. } | Wire::InProcess => Frame::Err {
                 request_id: 0,
                 code: code.as_u16(),
                 message: reason.as_bytes(),
@@ -228,7 +240,7 @@ impl Wire {
     /// Appends the count of messages dropped for subscription `sub_id` under `drop-oldest`.
     pub fn encode_dropped(&self, sub_id: u32, count: u64, out: &mut Vec<u8>) {
         match self {
-            Wire::Native { .. } => Frame::Dropped { sub_id, count }.encode(out),
+            Wire::Native { .. } | Wire::InProcess => Frame::Dropped { sub_id, count }.encode(out),
             // Redis has no such notice: the count is in INFO's `dropped`.
             Wire::Http(_) | Wire::Resp(_) => {}
             Wire::WebSocket(session) => session.encode_dropped(sub_id, count, out),
