@@ -45,7 +45,9 @@
 //!   and the cache that encodes an event once per shard and dialect), [`shard::conn_resp`]
 //!   (Redis: replies in request order, subscriptions, `INFO`/`PUBSUB`/`CLIENT`).
 //!   [`shard::stats`]: stats
-//!   gathered from every shard over the rings (`/v1/stats`, Prometheus `/metrics`). `owner.rs`: the owner
+//!   gathered from every shard over the rings (`/v1/stats`, Prometheus `/metrics`);
+//!   [`shard::latency`]: the in-broker latency histograms (delivery, ack round trip) each
+//!   shard keeps and the stats carry. `owner.rs`: the owner
 //!   side, sequencing and everything that arrives over the rings. [`shard::topics`]: the
 //!   owner's topic table and each shard's local subscriptions. [`shard::sublist`]: the pattern
 //!   trie and its cache. [`shard::replay`]: a topic's replay ring. [`shard::consumers`]:

@@ -672,24 +672,14 @@ impl Shard {
             if !self.terminal_room() {
                 return Flow::Blocked;
             }
-            // Acks are the hot path of at-least-once: reuse the shard's action list.
-            self.counters.count_ack(kind);
-            let mut actions = std::mem::take(&mut self.consumer_actions);
-            self.owned.ack_consumer(
-                (&topic, &consumer),
-                Member {
-                    shard: self.id,
-                    subscriber: Subscriber {
-                        connection: id,
-                        sub_id,
-                    },
+            let acker = Member {
+                shard: self.id,
+                subscriber: Subscriber {
+                    connection: id,
+                    sub_id,
                 },
-                (seq, kind),
-                unix_time_ns(),
-                &mut actions,
-            );
-            self.carry_out(&topic, &mut actions);
-            self.consumer_actions = actions;
+            };
+            self.apply_ack((&topic, &consumer), acker, (seq, kind));
         } else {
             let link = self.link_mut(owner);
             if !link.requests_out.make_room() {

@@ -1473,6 +1473,7 @@ fn info_text(
             counters.frame_deadline_closes,
             counters.connections_refused_per_ip,
         );
+        super::stats::write_latency_info(parts, &mut text);
     }
     text
 }

@@ -226,8 +226,8 @@ pub enum EnqueueOutcome {
 enum Queued {
     Message(Message),
     /// A delivery already encoded for a text protocol, shared by every subscriber of that
-    /// format on the shard.
-    Encoded(Arc<[u8]>),
+    /// format on the shard, with its message's publish timestamp (for the latency sample).
+    Encoded(Arc<[u8]>, u64),
     Gap {
         missed: u64,
         resume_seq: u64,
@@ -240,7 +240,7 @@ impl Queued {
     fn frame_len(&self) -> usize {
         match self {
             Queued::Message(message) => message.frame_len(),
-            Queued::Encoded(frame) => frame.len(),
+            Queued::Encoded(frame, _) => frame.len(),
             Queued::Gap {
                 missed,
                 resume_seq,
@@ -325,7 +325,7 @@ impl Outbound {
     pub fn offer_encoded(
         &mut self,
         sub_id: u32,
-        frame: Arc<[u8]>,
+        (frame, published_ns): (Arc<[u8]>, u64),
         outbound_bytes_max: usize,
         policy: SlowConsumerPolicy,
         mut dropped: impl FnMut(u32),
@@ -349,7 +349,8 @@ impl Outbound {
             }
         }
         self.pending_bytes += incoming;
-        self.pending.push_back((sub_id, Queued::Encoded(frame)));
+        self.pending
+            .push_back((sub_id, Queued::Encoded(frame, published_ns)));
         if dropped_count > 0 {
             EnqueueOutcome::QueuedAfterDropping(dropped_count)
         } else {
@@ -446,7 +447,7 @@ impl Outbound {
         let index = self
             .pending
             .iter()
-            .position(|(_, queued)| matches!(queued, Queued::Message(_) | Queued::Encoded(_)))?;
+            .position(|(_, queued)| matches!(queued, Queued::Message(_) | Queued::Encoded(..)))?;
         let (sub_id, queued) = self.pending.remove(index)?;
         self.pending_bytes -= queued.frame_len();
         Some((sub_id, queued))
@@ -457,7 +458,7 @@ impl Outbound {
         let dropped = self
             .pending
             .iter()
-            .filter(|(_, queued)| matches!(queued, Queued::Message(_) | Queued::Encoded(_)))
+            .filter(|(_, queued)| matches!(queued, Queued::Message(_) | Queued::Encoded(..)))
             .count() as u64;
         self.pending.clear();
         self.pending_bytes = 0;
@@ -492,7 +493,7 @@ impl Outbound {
                     native::stage_msg(&mut self.write_buf, message.frame(), sub_id, STRIP_HEADERS);
                     staged += 1;
                 }
-                Queued::Encoded(frame) => {
+                Queued::Encoded(frame, _) => {
                     self.write_buf.extend_from_slice(&frame);
                     staged += 1;
                 }
@@ -509,7 +510,10 @@ impl Outbound {
 
     /// Writes until everything is out or the socket would block.
     pub fn write_to<W: Write>(&mut self, socket: &mut W, wire: &Wire) -> io::Result<WriteProgress> {
-        let mut progress = WriteProgress::default();
+        let mut progress = WriteProgress {
+            oldest_published_ns: self.front_published_ns(),
+            ..WriteProgress::default()
+        };
         loop {
             progress.deliveries += self.stage(wire);
             if self.written == self.write_buf.len() {
@@ -535,6 +539,16 @@ impl Outbound {
         }
     }
 
+    /// The publish timestamp of the next delivery to be staged, if a delivery is next: the
+    /// one latency sample a write takes, looked up once per write and not per message.
+    fn front_published_ns(&self) -> Option<u64> {
+        match self.pending.front() {
+            Some((_, Queued::Message(message))) => Some(message.timestamp_ns()),
+            Some((_, Queued::Encoded(_, published_ns))) => Some(*published_ns),
+            _ => None,
+        }
+    }
+
     /// Keeps a partly written buffer from creeping forward forever.
     fn compact(&mut self) {
         if self.written >= WRITE_CHUNK_BYTES {
@@ -549,6 +563,9 @@ impl Outbound {
 pub struct WriteProgress {
     pub bytes: u64,
     pub deliveries: u64,
+    /// The publish timestamp of the first delivery this write staged (the one that waited
+    /// longest), when a delivery was first in line.
+    pub oldest_published_ns: Option<u64>,
     /// Everything queued was written.
     pub drained: bool,
     /// The socket is full; wait for a writable event before trying again.
@@ -696,8 +713,13 @@ impl Connection {
             }
         };
         let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
-        self.out
-            .offer_encoded(sub_id, frame, outbound_bytes_max, policy, dropped)
+        self.out.offer_encoded(
+            sub_id,
+            (frame, message.timestamp_ns()),
+            outbound_bytes_max,
+            policy,
+            dropped,
+        )
     }
 
     /// Appends a DROPPED notice for each subscription with unreported drops. Called only when

@@ -252,6 +252,11 @@ impl Consumer {
         }
     }
 
+    /// When message `seq`, in flight, was last delivered.
+    pub fn delivered_ns(&self, seq: u64) -> Option<u64> {
+        self.unacked.as_ref()?.delivered_ns(seq)
+    }
+
     /// Applies an ACK frame from `acker`. A cumulative ack covers only what was delivered to
     /// that member, so in a group one member cannot ack another's messages away. Returns
     /// false if this consumer takes no acks.

@@ -627,6 +627,8 @@ impl Shard {
                 Ok(progress) => {
                     total.bytes += progress.bytes;
                     total.deliveries += progress.deliveries;
+                    total.oldest_published_ns =
+                        total.oldest_published_ns.or(progress.oldest_published_ns);
                     total.drained = progress.drained;
                     conn.write_blocked = progress.would_block;
                     // Drops counted while this write went out are reported right away.
@@ -641,6 +643,11 @@ impl Shard {
             Ok(progress) => {
                 self.counters.bytes_out += progress.bytes;
                 self.counters.delivered += progress.deliveries;
+                if let Some(published_ns) = progress.oldest_published_ns {
+                    // One clock read per write, not per delivery (see `latency`).
+                    let latency_ns = super::commands::unix_time_ns().saturating_sub(published_ns);
+                    self.latency.delivery.record_ns(latency_ns);
+                }
                 if let (ConnState::Closing(reason), true) = (state, progress.drained) {
                     self.close_now(id, reason);
                 } else if paused_for_replies && progress.bytes > 0 {

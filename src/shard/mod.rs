@@ -9,7 +9,8 @@
 //!   deliveries and notices in its protocol.
 //! - the connection kinds: `conn_native` (HELLO, versions, binary frames), `conn_http` (REST,
 //!   the WebSocket upgrade), `conn_ws` (the two JSON dialects; the per-shard event cache).
-//! - `stats`: topic lists and counters gathered from every shard over the rings.
+//! - `stats`: topic lists and counters gathered from every shard over the rings; `latency`:
+//!   the in-broker latency histograms they carry.
 //! - `owner`: the topic-owner side (sequencing, interest) and the handling of everything that
 //!   arrives over the rings.
 //! - `consumers`, `retry`, `replay`, `pattern_groups`: durable consumers and groups, their
@@ -27,6 +28,7 @@ pub mod conn_ws;
 pub mod connection;
 pub mod consumers;
 mod event_loop;
+pub mod latency;
 mod owner;
 pub mod pattern_groups;
 pub mod replay;
@@ -322,6 +324,7 @@ pub struct Shard {
     match_scratch: Vec<Subscriber>,
     consumer_actions: Vec<consumers::ConsumerAction>,
     counters: ShardCounters,
+    latency: latency::ShardLatency,
     shutdown_flag: Arc<AtomicBool>,
     shutdown_deadline: Option<Instant>,
     /// When consumer redeliveries and expiries are next checked.
@@ -376,6 +379,7 @@ impl Shard {
             match_scratch: Vec::new(),
             consumer_actions: Vec::new(),
             counters: ShardCounters::default(),
+            latency: latency::ShardLatency::default(),
             shutdown_flag: setup.shutdown,
             shutdown_deadline: None,
             next_consumer_timer: Instant::now(),

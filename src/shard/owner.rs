@@ -14,6 +14,7 @@ use crate::mesh::message::{
     ConsumerRequest, OwnerRequest, Published, Replay, ReplyTarget, Subscribed, Terminal,
 };
 use crate::message::Message;
+use crate::protocol::native::AckKind;
 use crate::protocol::subscribe_options::AckSettings;
 use crate::protocol::subscribe_options::Start;
 use crate::protocol::topic::TOPIC_BYTES_MAX;
@@ -96,6 +97,30 @@ impl Shard {
             seq: sequenced.seq,
             receivers: sequenced.receivers,
         })
+    }
+
+    /// Applies an ack from `acker` to a consumer of a topic this shard owns, and records its
+    /// round trip. The caller has checked `terminal_room`.
+    pub(super) fn apply_ack(
+        &mut self,
+        (topic, consumer): (&str, &str),
+        acker: Member,
+        (seq, kind): (u64, AckKind),
+    ) {
+        self.counters.count_ack(kind);
+        let now_ns = unix_time_ns();
+        // Acks are the hot path of at-least-once: reuse the shard's action list.
+        let mut actions = std::mem::take(&mut self.consumer_actions);
+        let delivered_ns =
+            self.owned
+                .ack_consumer((topic, consumer), acker, (seq, kind), now_ns, &mut actions);
+        if let Some(delivered_ns) = delivered_ns {
+            self.latency
+                .ack
+                .record_ns(now_ns.saturating_sub(delivered_ns));
+        }
+        self.carry_out(topic, &mut actions);
+        self.consumer_actions = actions;
     }
 
     /// Answers a publish made on this shard.
@@ -290,20 +315,11 @@ impl Shard {
                 seq,
                 kind,
             } => {
-                self.counters.count_ack(kind);
-                let mut actions = std::mem::take(&mut self.consumer_actions);
-                self.owned.ack_consumer(
-                    (&topic, &consumer),
-                    Member {
-                        shard: from,
-                        subscriber,
-                    },
-                    (seq, kind),
-                    unix_time_ns(),
-                    &mut actions,
-                );
-                self.carry_out(&topic, &mut actions);
-                self.consumer_actions = actions;
+                let acker = Member {
+                    shard: from,
+                    subscriber,
+                };
+                self.apply_ack((&topic, &consumer), acker, (seq, kind));
             }
             OwnerRequest::CreateTopic {
                 topic,

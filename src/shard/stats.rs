@@ -14,6 +14,7 @@ use crate::mesh::message::{OwnerRequest, ReplyTarget};
 use crate::protocol::http::{self, ConnectionHeader, ResponseHead, Status};
 
 use super::conn_http::{Awaiting, PendingHttp};
+use super::latency::{LatencyHistogram, ShardLatency, BUCKET_BOUNDS_NS, QUANTILES};
 use super::wire::{Protocol, Wire};
 use super::{Shard, ShardCounters};
 
@@ -59,6 +60,7 @@ pub struct ShardStats {
     pub patterns: Vec<Box<str>>,
     /// One `CLIENT LIST` line per RESP connection on this shard.
     pub resp_clients: Vec<String>,
+    pub latency: ShardLatency,
 }
 
 /// The parts gathered so far.
@@ -93,6 +95,7 @@ impl Shard {
             connections: self.connections.len() as u64,
             patterns: self.local.pattern_names().map(Into::into).collect(),
             resp_clients: self.resp_client_lines(),
+            latency: self.latency.clone(),
         }
     }
 
@@ -197,8 +200,10 @@ fn encode_stats(
     topics.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     let subscribers: u64 = topics.iter().map(|t| t.subscribers).sum();
     let mut counters = ShardCounters::default();
+    let mut latency = ShardLatency::default();
     for part in &gathered.parts {
         counters.add(&part.counters);
+        latency.add(&part.latency);
     }
     let body = match query {
         StatsQuery::V1Topics => json!({
@@ -254,6 +259,11 @@ fn encode_stats(
                         (protocol.as_str().to_owned(), json!(open))
                     })
                     .collect::<Map<String, Value>>(),
+                "latency": {
+                    "delivery": latency_json(&latency.delivery),
+                    "ack": latency_json(&latency.ack),
+                    "by_shard": by_shard_latency(gathered),
+                },
                 "shards": shards_answered(gathered),
                 // When the answer was put together (Unix ms): rates computed between two
                 // answers use the broker's clock, not the reader's.
@@ -296,6 +306,22 @@ fn encode_stats(
     );
 }
 
+/// Each answering shard's latencies, in shard order.
+fn by_shard_latency(gathered: &BrokerStats) -> Vec<Value> {
+    let mut parts: Vec<&ShardStats> = gathered.parts.iter().collect();
+    parts.sort_unstable_by_key(|p| p.shard);
+    parts
+        .iter()
+        .map(|part| {
+            json!({
+                "shard": part.shard,
+                "delivery": latency_json(&part.latency.delivery),
+                "ack": latency_json(&part.latency.ack),
+            })
+        })
+        .collect()
+}
+
 /// The shards that answered, in order.
 fn shards_answered(gathered: &BrokerStats) -> Vec<u16> {
     let mut shards: Vec<u16> = gathered.parts.iter().map(|p| p.shard).collect();
@@ -318,7 +344,7 @@ impl Exposition {
         );
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         use std::fmt::Write;
         self.text.push_str("corebus_");
         self.text.push_str(name);
@@ -542,6 +568,120 @@ const SHARD_FAMILIES: &[ShardFamily] = &[
     ),
 ];
 
+/// Which of a shard's latency histograms a family exports.
+type LatencyOf = fn(&ShardLatency) -> &LatencyHistogram;
+
+/// The latency histograms: (family name, help, which one).
+const LATENCY_FAMILIES: [(&str, &str, LatencyOf); 2] = [
+    (
+        "delivery_latency",
+        "Publish (the owner's timestamp) to the socket write handing the delivery over; one sample per write with deliveries, its oldest.",
+        |latency| &latency.delivery,
+    ),
+    (
+        "ack_latency",
+        "Durable consumers: delivery to the ack applied by the topic's owner.",
+        |latency| &latency.ack,
+    ),
+];
+
+/// Seconds, as the exposition format writes them.
+fn seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// One latency as a Prometheus histogram (`<name>_seconds`) and as quantiles
+/// (`<name>_quantile_seconds`, `quantile="1"` being the maximum), per shard.
+fn latency_families(
+    out: &mut Exposition,
+    (name, help): (&str, &str),
+    parts: &[&ShardStats],
+    of: LatencyOf,
+) {
+    let histogram = format!("{name}_seconds");
+    out.family(&histogram, "histogram", help);
+    let (bucket, sum, count) = (
+        format!("{histogram}_bucket"),
+        format!("{histogram}_sum"),
+        format!("{histogram}_count"),
+    );
+    for part in parts {
+        let latency = of(&part.latency);
+        let shard = part.shard.to_string();
+        for (bound, cumulative) in BUCKET_BOUNDS_NS.iter().zip(latency.cumulative_buckets()) {
+            let le = seconds(*bound).to_string();
+            out.sample(&bucket, &[("shard", &shard), ("le", &le)], cumulative);
+        }
+        out.sample(
+            &bucket,
+            &[("shard", &shard), ("le", "+Inf")],
+            latency.count(),
+        );
+        out.sample(&sum, &[("shard", &shard)], seconds(latency.sum_ns()));
+        out.sample(&count, &[("shard", &shard)], latency.count());
+    }
+    let quantiles = format!("{name}_quantile_seconds");
+    out.family(
+        &quantiles,
+        "gauge",
+        &format!("{help} Quantiles since start (quantile 1: the maximum)."),
+    );
+    for part in parts {
+        let shard = part.shard.to_string();
+        let values = of(&part.latency).quantiles_ns();
+        for ((_, label), value) in QUANTILES.iter().zip(values) {
+            out.sample(
+                &quantiles,
+                &[("shard", &shard), ("quantile", label)],
+                seconds(value),
+            );
+        }
+    }
+}
+
+/// A quantile's short name: `p50`, `p999`, `max` (from its label `0.5`, `0.999`, `1`).
+fn quantile_name(label: &str) -> String {
+    match label.strip_prefix("0.") {
+        Some(digits) if digits.len() == 1 => format!("p{digits}0"),
+        Some(digits) => format!("p{digits}"),
+        None => "max".to_owned(),
+    }
+}
+
+/// A latency's sample count and quantiles in microseconds, for JSON answers.
+pub fn latency_json(latency: &LatencyHistogram) -> Value {
+    let mut fields = Map::new();
+    fields.insert("count".into(), json!(latency.count()));
+    for ((_, label), value) in QUANTILES.iter().zip(latency.quantiles_ns()) {
+        fields.insert(
+            format!("{}_us", quantile_name(label)),
+            json!(value as f64 / 1000.0),
+        );
+    }
+    Value::Object(fields)
+}
+
+/// The broker-wide latency lines of Redis `INFO`'s corebus section: sample counts and
+/// quantiles in microseconds (`delivery_latency_p99_us:41.5`).
+pub fn write_latency_info(parts: &[ShardStats], text: &mut String) {
+    use std::fmt::Write;
+    let mut latency = ShardLatency::default();
+    for part in parts {
+        latency.add(&part.latency);
+    }
+    for (name, histogram) in [("delivery", &latency.delivery), ("ack", &latency.ack)] {
+        let _ = write!(text, "{name}_latency_samples:{}\r\n", histogram.count());
+        for ((_, label), value) in QUANTILES.iter().zip(histogram.quantiles_ns()) {
+            let _ = write!(
+                text,
+                "{name}_latency_{}_us:{}\r\n",
+                quantile_name(label),
+                value as f64 / 1000.0
+            );
+        }
+    }
+}
+
 /// Per-topic families, for the top topics only.
 type TopicFamily = (
     &'static str,
@@ -652,6 +792,9 @@ fn metrics_text(parts: &[ShardStats], uptime_seconds: u64, topics_max: usize) ->
                 open,
             );
         }
+    }
+    for (name, help, of) in LATENCY_FAMILIES {
+        latency_families(&mut out, (name, help), &parts, of);
     }
     let top = top_topics(&parts, topics_max);
     for &(name, kind, help, value) in TOPIC_FAMILIES {

@@ -578,6 +578,8 @@ impl OwnedTopics {
         }
     }
 
+    /// Applies an ack; returns when the acked message was last delivered (an ack or a
+    /// cumulative ack of a message in flight; not a nack), for its round trip.
     pub fn ack_consumer(
         &mut self,
         (topic, name): (&str, &str),
@@ -585,13 +587,16 @@ impl OwnedTopics {
         ack: (u64, AckKind),
         now_ns: u64,
         out: &mut Vec<ConsumerAction>,
-    ) {
-        if let Some(owned) = self.topics.get_mut(topic) {
-            if let Some(consumer) = owned.consumers.get_mut(name) {
-                consumer.ack(acker, ack, now_ns, out);
-                consumer.pump(&owned.replay, None, now_ns, out);
-            }
-        }
+    ) -> Option<u64> {
+        let owned = self.topics.get_mut(topic)?;
+        let consumer = owned.consumers.get_mut(name)?;
+        let delivered_ns = match ack.1 {
+            AckKind::Nack => None,
+            AckKind::Single | AckKind::Cumulative => consumer.delivered_ns(ack.0),
+        };
+        consumer.ack(acker, ack, now_ns, out);
+        consumer.pump(&owned.replay, None, now_ns, out);
+        delivered_ns
     }
 
     /// Redeliveries and dead letters that are due, and consumers idle past `consumer_ttl_ns`

@@ -6,6 +6,8 @@ parser, so a format slip (a bad escape, a sample without its family) fails here.
 - open connections are reported per shard and protocol;
 - per-topic series exist only for the `--metrics-topics-max` topics with the most messages;
 - replays are counted;
+- the in-broker latency is a histogram per shard (buckets, sum, count) plus quantile gauges,
+  and its count moves as deliveries are written;
 - `corebus_build_info` carries the version.
 """
 
@@ -69,6 +71,44 @@ def test_counters_have_a_series_per_shard_and_move_as_messages_flow(broker):
     assert len(build) == 1 and build[0].value == 1 and build[0].labels["version"], build
     reasons = {s.labels["reason"] for s in after["corebus_connections_closed"]}
     assert {"peer_closed", "slow_consumer", "shutdown"} <= reasons, reasons
+
+
+def test_delivery_latency_is_a_histogram_and_quantiles_per_shard(broker):
+    def count(families):
+        return total(families, "corebus_delivery_latency_seconds",
+                     "corebus_delivery_latency_seconds_count")
+
+    before = scrape(broker)
+    topic = unique("metrics.latency")
+    with broker.fiber() as ws:
+        fiber_subscribe(ws, topic)
+        for n in range(5):
+            native_publish(broker, topic, f"m{n}".encode())
+            ws.expect("event")
+    after = scrape(broker)
+    # Each publish was written on its own, so each is a sample.
+    assert count(after) >= count(before) + 5
+
+    for name in ("corebus_delivery_latency_seconds", "corebus_ack_latency_seconds"):
+        samples = after[name]
+        for shard in map(str, range(SHARDS)):
+            buckets = [s for s in samples
+                       if s.name == name + "_bucket" and s.labels["shard"] == shard]
+            bounds = [float(s.labels["le"]) for s in buckets]
+            assert bounds == sorted(bounds) and bounds[-1] == float("inf"), bounds
+            counts = [s.value for s in buckets]
+            assert counts == sorted(counts), counts
+            (last,) = [s.value for s in samples
+                       if s.name == name + "_count" and s.labels["shard"] == shard]
+            assert counts[-1] == last
+        quantiles = after[name.replace("_seconds", "_quantile_seconds")]
+        assert {s.labels["quantile"] for s in quantiles} == {"0.5", "0.9", "0.99", "0.999", "1"}
+        assert len(quantiles) == 5 * SHARDS
+    delivering = [s for s in after["corebus_delivery_latency_quantile_seconds"]
+                  if s.labels["quantile"] == "1" and s.value > 0]
+    assert delivering, after["corebus_delivery_latency_quantile_seconds"]
+    # In-broker latency on an idle loopback broker: well under a second.
+    assert all(s.value < 1.0 for s in delivering), delivering
 
 
 def test_replays_are_counted(broker):
