@@ -30,8 +30,12 @@ pub struct Ticket(pub u32);
 
 #[derive(Debug)]
 pub enum OwnerRequest {
-    /// Report this shard's stats (its owned topics and counters) to the asking connection.
-    Stats { reply: ReplyTarget },
+    /// Report this shard's stats (its owned topics and counters) to the asking connection;
+    /// with `presence`, its subscriptions to that topic too.
+    Stats {
+        reply: ReplyTarget,
+        presence: Option<Box<str>>,
+    },
     /// Close the RESP connection with this `CLIENT ID`, if it is on the receiving shard.
     KillClient { client_id: u64, reply: ReplyTarget },
     /// Sequence and fan out. A quiet publish is answered only if it is refused.

@@ -255,6 +255,11 @@ impl RespSession {
         }
     }
 
+    /// `CLIENT SETNAME`'s (or `HELLO ... SETNAME`'s) name, empty if none.
+    pub(super) fn client_name(&self) -> &[u8] {
+        &self.name
+    }
+
     fn names(&self, family: Family) -> &AHashMap<Box<[u8]>, u32> {
         &self.by_name[family as usize]
     }

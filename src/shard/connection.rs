@@ -609,6 +609,8 @@ pub struct Connection {
     /// has started) began arriving; None when the buffer holds nothing, or only whole frames
     /// the broker has not processed yet (it is the one waiting then). `--frame-deadline-ms`.
     pub partial_since: Option<std::time::Instant>,
+    /// A native STATS being gathered from the shards (one at a time per connection).
+    pub stats_gather: Option<Box<super::stats::NativeStatsGather>>,
 }
 
 /// Records a delivery lost under `drop-oldest` on its subscription, for a DROPPED notice.
@@ -681,6 +683,7 @@ impl Connection {
             publish_bucket: TokenBucket::default(),
             half_open: true,
             partial_since: None,
+            stats_gather: None,
         }
     }
 

@@ -341,8 +341,8 @@ impl Shard {
                     .terminals_out
                     .push(Terminal::KillOutcome { reply, killed });
             }
-            OwnerRequest::Stats { reply } => {
-                let stats = Box::new(self.shard_stats());
+            OwnerRequest::Stats { reply, presence } => {
+                let stats = Box::new(self.shard_stats(presence.as_deref()));
                 self.link_mut(from)
                     .terminals_out
                     .push(Terminal::Stats { reply, stats });
