@@ -222,6 +222,10 @@ pub struct ServeArgs {
     /// Topics with their own series in /metrics: the ones with the most messages.
     #[arg(long, env = "COREBUS_METRICS_TOPICS_MAX", default_value_t = Config::default().metrics_topics_max)]
     pub metrics_topics_max: usize,
+    /// Join/leave events each shard may publish per second on `$sys.presence.<topic>` for
+    /// topics created with presence on (0: none); those over it are counted, not sent.
+    #[arg(long, env = "COREBUS_PRESENCE_EVENTS_PER_SECOND_MAX", default_value_t = Config::default().presence_events_per_second_max)]
+    pub presence_events_per_second_max: u64,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, env = "COREBUS_LOG", default_value = "info")]
     pub log_level: log::LevelFilter,
@@ -357,6 +361,10 @@ pub struct CreateTopicArgs {
     /// (default: the broker's --replay-ttl).
     #[arg(long = "replay-ttl", value_name = "DURATION", value_parser = parse_duration_ms)]
     pub replay_ttl_ms: Option<u64>,
+    /// Publish a JSON event on `$sys.presence.<topic>` whenever a subscription to the topic
+    /// starts or ends.
+    #[arg(long)]
+    pub presence: bool,
 }
 
 impl CreateTopicArgs {
@@ -365,6 +373,7 @@ impl CreateTopicArgs {
             replay_messages_max: self.replay_messages_max,
             replay_bytes_max: self.replay_bytes_max,
             replay_ttl_ms: self.replay_ttl_ms,
+            presence: self.presence.then_some(1),
         }
     }
 }
@@ -588,6 +597,7 @@ impl ServeArgs {
             publish_rate: self.publish_rate,
             publish_burst: self.publish_burst,
             metrics_topics_max: self.metrics_topics_max,
+            presence_events_per_second_max: self.presence_events_per_second_max,
         }
     }
 }

@@ -47,7 +47,8 @@
 //!   [`shard::stats`]: stats
 //!   gathered from every shard over the rings (`/v1/stats`, Prometheus `/metrics`);
 //!   [`shard::latency`]: the in-broker latency histograms (delivery, ack round trip) each
-//!   shard keeps and the stats carry. `owner.rs`: the owner
+//!   shard keeps and the stats carry; [`shard::presence`]: join and leave events on
+//!   `$sys.presence.<topic>`. `owner.rs`: the owner
 //!   side, sequencing and everything that arrives over the rings. [`shard::topics`]: the
 //!   owner's topic table and each shard's local subscriptions. [`shard::sublist`]: the pattern
 //!   trie and its cache. [`shard::replay`]: a topic's replay ring. [`shard::consumers`]:

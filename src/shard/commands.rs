@@ -20,6 +20,7 @@ use crate::shard::pattern_groups::consumer_key;
 use crate::shard::topics::INBOX_PREFIX;
 
 use super::connection::SubscriptionRecord;
+use super::presence::PresenceChange;
 use super::wire::{Answer, Feature, Wire};
 use super::{Flow, PendingSubscribe, Shard};
 
@@ -258,6 +259,7 @@ impl Shard {
             acks: options.acks.is_some(),
             dropped_unreported: 0,
             epoch: 0,
+            presence: false,
         };
         match kind {
             SubjectKind::Exact if owner == self.id => {
@@ -413,12 +415,18 @@ impl Shard {
             Ok(subscribed) => {
                 record.pending = None;
                 record.epoch = subscribed.position.epoch;
+                record.presence = subscribed.presence;
+                let presence_consumer = subscribed.presence.then(|| record.consumer.clone());
                 // A consumer's messages come from its owner, not from this shard's fan-out.
                 if record.consumer.is_none() {
                     self.local.add_exact(subject, subscriber);
                 }
                 let position = subscribed.position;
                 self.answer(id, request_id, Answer::Position(position));
+                if let Some(consumer) = presence_consumer {
+                    let joined = (subject, subscriber, consumer.as_deref());
+                    self.note_presence(PresenceChange::Join, joined);
+                }
                 self.deliver_replay((subscriber, subject), position.last_seq, subscribed.replay);
             }
             Err(refusal) => {
@@ -491,6 +499,10 @@ impl Shard {
                 }
                 let counted_here = record.consumer.is_some()
                     || self.local.remove_exact(&record.subject, subscriber);
+                if counted_here && record.presence {
+                    let left = (&*record.subject, subscriber, record.consumer.as_deref());
+                    self.note_presence(PresenceChange::Leave, left);
+                }
                 if counted_here {
                     self.forget_exact_subscription(
                         (&record.subject, record.epoch),
@@ -756,8 +768,12 @@ impl Shard {
             request_id,
         };
         let owner = self.owner_of(topic);
+        let presence = options.presence.is_some_and(|on| on != 0);
         if owner == self.id {
             let result = self.owned.create(topic, replay_limits);
+            if result.is_ok() {
+                self.owned.set_presence(topic, presence);
+            }
             self.answer_create_topic(reply, result);
         } else {
             let link = self.link_mut(owner);
@@ -767,6 +783,7 @@ impl Shard {
             link.requests_out.push(OwnerRequest::CreateTopic {
                 topic: topic.into(),
                 replay_limits,
+                presence,
                 reply,
             });
         }

@@ -68,6 +68,8 @@ pub struct SubscriptionRecord {
     /// The topic incarnation an exact subscription was counted in (0 until the owner's ack),
     /// so its unsubscribe cannot touch a topic deleted and made again meanwhile.
     pub epoch: u64,
+    /// Its topic has presence on (learnt with the owner's ack): its end is published too.
+    pub presence: bool,
 }
 
 /// Bytes read from the socket and not yet decoded. Rests at `read_chunk_bytes`; grows only to

@@ -153,13 +153,17 @@ impl Shard {
                 self.counters.topics_reclaimed_under_pressure =
                     self.owned.reclaimed_under_pressure();
             }
+            // Events that find a ring full wait for its consumer's wake-up, not a spin.
+            let presence_ring_full = !self.presence.is_empty() && !self.send_presence_events();
             if self.flush_outboxes() && (!self.blocked.is_empty() || self.has_stalled_requests()) {
                 work_left = true;
             }
             self.flush_dirty();
             self.resume_stalled(Instant::now());
-            // Flushing may have resumed connections that paused on unsent replies.
+            // Flushing may have resumed connections that paused on unsent replies; closing
+            // connections may have noted leaves.
             work_left |= !self.read_again.is_empty();
+            work_left |= !presence_ring_full && !self.presence.is_empty();
             if self.shutdown_flag.load(Ordering::Acquire) && self.shutdown_deadline.is_none() {
                 self.begin_shutdown();
             }

@@ -15,6 +15,7 @@
 //!   arrives over the rings.
 //! - `consumers`, `retry`, `replay`, `pattern_groups`: durable consumers and groups, their
 //!   retry buffers, the replay ring, acked pattern groups.
+//! - `presence`: join and leave events on `$sys.presence.<topic>`.
 //! - `connection`, `topics`, `sublist`: the state those work on.
 //!
 //! Architecture invariant: a shard's state is touched only by its own thread. Nothing here is
@@ -31,6 +32,7 @@ mod event_loop;
 pub mod latency;
 mod owner;
 pub mod pattern_groups;
+pub mod presence;
 pub mod replay;
 pub mod retry;
 pub mod stats;
@@ -132,6 +134,11 @@ pub struct ShardCounters {
     pub gap_missed: u64,
     /// Retained messages handed to this shard's subscribers as a replay.
     pub replayed: u64,
+    /// Join and leave events published on `$sys.presence.<topic>` by this shard.
+    pub presence_events: u64,
+    /// Join and leave events not published: over `--presence-events-per-second-max`, or
+    /// for a topic whose `$sys.presence.` name would be too long.
+    pub presence_events_suppressed: u64,
 }
 
 impl ShardCounters {
@@ -165,6 +172,8 @@ impl ShardCounters {
         self.gaps += other.gaps;
         self.gap_missed += other.gap_missed;
         self.replayed += other.replayed;
+        self.presence_events += other.presence_events;
+        self.presence_events_suppressed += other.presence_events_suppressed;
     }
 
     /// An ack the owner applied.
@@ -199,6 +208,11 @@ impl ShardCounters {
             ("gap_missed", self.gap_missed),
             ("replayed", self.replayed),
             ("publisher_stalls", self.publisher_stalls),
+            ("presence_events", self.presence_events),
+            (
+                "presence_events_suppressed",
+                self.presence_events_suppressed,
+            ),
             (
                 "connections_refused_per_ip",
                 self.connections_refused_per_ip,
@@ -325,6 +339,8 @@ pub struct Shard {
     consumer_actions: Vec<consumers::ConsumerAction>,
     counters: ShardCounters,
     latency: latency::ShardLatency,
+    /// Join and leave events noted this turn, for topics with presence on.
+    presence: presence::PresenceEvents,
     shutdown_flag: Arc<AtomicBool>,
     shutdown_deadline: Option<Instant>,
     /// When consumer redeliveries and expiries are next checked.
@@ -380,6 +396,7 @@ impl Shard {
             consumer_actions: Vec::new(),
             counters: ShardCounters::default(),
             latency: latency::ShardLatency::default(),
+            presence: presence::PresenceEvents::default(),
             shutdown_flag: setup.shutdown,
             shutdown_deadline: None,
             next_consumer_timer: Instant::now(),

@@ -324,14 +324,18 @@ impl Shard {
             OwnerRequest::CreateTopic {
                 topic,
                 replay_limits,
+                presence,
                 reply,
             } => {
                 let result = self.owned.create(&topic, replay_limits);
+                if result.is_ok() {
+                    self.owned.set_presence(&topic, presence);
+                }
                 self.link_mut(from)
                     .terminals_out
                     .push(Terminal::TopicCreated { reply, result });
             }
-            OwnerRequest::DeadLetter { message } => self.publish_dead_letter(message),
+            OwnerRequest::BrokerPublish { message } => self.publish_from_broker(message),
             OwnerRequest::Unsubscribe { topic, epoch } => {
                 self.owned.remove_subscriber(&topic, from, epoch)
             }
@@ -568,20 +572,21 @@ impl Shard {
                     );
                     let owner = self.owner_of(&dlq_topic);
                     if owner == self.id {
-                        self.publish_dead_letter(dead);
+                        self.publish_from_broker(dead);
                     } else {
                         self.link_mut(owner)
                             .requests_out
-                            .push(OwnerRequest::DeadLetter { message: dead });
+                            .push(OwnerRequest::BrokerPublish { message: dead });
                     }
                 }
             }
         }
     }
 
-    fn publish_dead_letter(&mut self, message: Message) {
+    /// Sequences one of the broker's own messages (a dead letter, a presence event).
+    pub(super) fn publish_from_broker(&mut self, message: Message) {
         if let Err(code) = self.sequence_and_fan_out(message, None) {
-            log::warn!("event=dead_letter_refused shard={} code={code}", self.id);
+            log::warn!("event=broker_publish_refused shard={} code={code}", self.id);
         }
     }
 

@@ -24,8 +24,12 @@ use crate::protocol::native::Frame;
 pub const GATHER_DEADLINE: Duration = Duration::from_millis(500);
 
 /// What was asked, which decides the answer's shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StatsQuery {
+    /// Who receives this topic (presence).
+    V1Subscribers {
+        topic: Box<str>,
+    },
     V1Topics,
     Topics,
     V1Health,
@@ -179,7 +183,10 @@ impl Shard {
         }
     }
 
-    fn connection_summary(&self, conn: &super::connection::Connection) -> ConnectionSummary {
+    pub(super) fn connection_summary(
+        &self,
+        conn: &super::connection::Connection,
+    ) -> ConnectionSummary {
         let client_name = match &conn.wire {
             Wire::Resp(session) => String::from_utf8_lossy(session.client_name()).into_owned(),
             _ => conn.client_name.clone(),
@@ -467,6 +474,24 @@ fn encode_stats(
     topics.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     let subscribers: u64 = topics.iter().map(|t| t.subscribers).sum();
     let body = match query {
+        StatsQuery::V1Subscribers { topic } => {
+            let exists = topics.iter().any(|t| *t.name == *topic);
+            if !exists && !partial {
+                http::encode_error_response(
+                    http::ApiDialect::Fiber,
+                    Status::NOT_FOUND,
+                    "topic not found",
+                    connection,
+                    out,
+                );
+                return;
+            }
+            json!({
+                "topic": &*topic,
+                "subscribers": presence_json(gathered),
+                "partial": partial,
+            })
+        }
         StatsQuery::V1Topics => json!({
             "topics": topics.iter().map(|t| json!({"name": &*t.name, "subscribers": t.subscribers})).collect::<Vec<_>>(),
         }),
@@ -887,6 +912,18 @@ const SHARD_FAMILIES: &[ShardFamily] = &[
         "counter",
         "Publishers paused because a subscriber they feed was past half its queue.",
         |p| p.counters.publisher_stalls,
+    ),
+    (
+        "presence_events_total",
+        "counter",
+        "Join and leave events published on $sys.presence.<topic> by this shard.",
+        |p| p.counters.presence_events,
+    ),
+    (
+        "presence_events_suppressed_total",
+        "counter",
+        "Join and leave events not published: over --presence-events-per-second-max.",
+        |p| p.counters.presence_events_suppressed,
     ),
     (
         "stale_events_total",

@@ -51,6 +51,9 @@ pub struct OwnedTopic {
     /// Created by CREATE_TOPIC rather than by first use: someone asked for it (and perhaps
     /// for its own replay limits), so it is not reclaimed for being idle.
     pub explicit: bool,
+    /// Created with the PRESENCE option: its subscriptions' joins and leaves are published
+    /// on `$sys.presence.<topic>`.
+    pub presence: bool,
     /// The connection that made it by using it, counted against its
     /// `--topics-per-connection-max` until the topic goes.
     creator: Option<Creator>,
@@ -70,6 +73,7 @@ impl OwnedTopic {
             replay: ReplayRing::continuing_after(replay_limits, last_seq),
             consumers: AHashMap::new(),
             explicit: false,
+            presence: false,
             creator: None,
             epoch: rand::random(),
             last_seq,
@@ -368,6 +372,13 @@ impl OwnedTopics {
         Ok(position)
     }
 
+    /// Turns presence events on for a topic just created.
+    pub fn set_presence(&mut self, topic: &str, presence: bool) {
+        if let Some(owned) = self.topics.get_mut(topic) {
+            owned.presence = presence;
+        }
+    }
+
     /// Deletes a topic with its retained messages and consumers (DELETE_TOPIC).
     pub fn delete(&mut self, topic: &str) -> Result<(), ErrorCode> {
         let owned = self.topics.remove(topic).ok_or(ErrorCode::TopicNotFound)?;
@@ -408,6 +419,7 @@ impl OwnedTopics {
         Ok(Subscribed {
             position: owned.position(),
             replay,
+            presence: owned.presence,
         })
     }
 
@@ -467,12 +479,14 @@ impl OwnedTopics {
             consumer.pump(&owned.replay, None, now_ns, out);
         }
         let position = owned.position();
+        let presence = owned.presence;
         if created {
             self.consumers_len += 1;
         }
         attached.map_err(Refusal::from).map(|()| Subscribed {
             position,
             replay: Replay::default(),
+            presence,
         })
     }
 
