@@ -48,6 +48,44 @@ pub enum Command {
     Topic(TopicCommand),
     /// Load-test corebus (or Redis, NATS): throughput, loss, order, latency percentiles.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Print the broker's topics, consumers with their lag, retained ranges and slow
+    /// consumers once (with --topic, who receives that topic): a table, or --json.
+    Inspect(InspectArgs),
+    /// A live view, refreshed every second: rates per shard and topic, latency quantiles,
+    /// slow consumers. Full screen on a terminal (q quits), plain lines otherwise.
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
+    pub addr: String,
+    /// Also list the subscriptions that receive this topic, on every shard.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Print the stats as JSON (the STATS answer) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
+    pub addr: String,
+    /// Time between refreshes, e.g. `500ms`.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration_ms)]
+    pub interval: u64,
+    /// Stop after this many refreshes (0: until interrupted, or q on a terminal).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub count: u64,
+    /// Topics shown, busiest first.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub topics: usize,
+    /// Plain lines even on a terminal.
+    #[arg(long)]
+    pub plain: bool,
 }
 
 /// `serve`'s flags. Each is also a `COREBUS_*` environment variable and a key of the

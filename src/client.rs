@@ -722,8 +722,7 @@ impl Client {
     /// shard, exact, pattern or durable consumer (presence). `TOPIC_NOT_FOUND` if it does
     /// not exist.
     pub fn topic_stats(&mut self, topic: &str) -> Result<TopicReport> {
-        check_topic_length("topic", topic)?;
-        let stats = self.stats_request(topic.as_bytes())?;
+        let stats = self.stats_with_subscribers(topic)?;
         let info = stats.topics.get(topic).cloned().unwrap_or_default();
         Ok(TopicReport {
             name: topic.to_owned(),
@@ -731,6 +730,13 @@ impl Client {
             subscribers: stats.subscribers,
             partial: stats.partial,
         })
+    }
+
+    /// [`Client::stats`] with `topic` named: the answer's `topic` and `subscribers` are
+    /// filled in too.
+    pub fn stats_with_subscribers(&mut self, topic: &str) -> Result<Stats> {
+        check_topic_length("topic", topic)?;
+        self.stats_request(topic.as_bytes())
     }
 
     fn stats_request(&mut self, topic: &[u8]) -> Result<Stats> {

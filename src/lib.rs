@@ -16,7 +16,7 @@
 //!
 //! - Entry points. `src/main.rs`: parse the command line, run the command. [`cli`]: `clap`
 //!   definitions only. [`commands`]: what each CLI command does (`serve`, `pub`, `sub`,
-//!   `request`, `reply`, `topic`). [`settings`]: where each `serve` setting comes from (flag >
+//!   `request`, `reply`, `topic`; `inspect` and `top` are in [`watch`]). [`settings`]: where each `serve` setting comes from (flag >
 //!   environment > config file > default), `--print-config`, the example config.
 //! - Start-up. [`config`]: every limit, its default, validation, the memory budget and fitting
 //!   unset limits to the memory available. [`logging`]: log lines as `key=value` text or
@@ -61,6 +61,8 @@
 //! - [`message`]: the shared, immutable message frame. [`ids`]: newtype ids. [`error`]: wire
 //!   error codes and close reasons.
 //! - [`client`]: the blocking Rust client (also used by the tests and the CLI).
+//! - [`watch`]: `corebus inspect` and `corebus top`, an operator's views over the native
+//!   STATS request (`top` draws with `ratatui` on a terminal, prints lines otherwise).
 //! - [`mod@bench`]: `corebus bench`, the load generator (one `mio` loop per bench thread; also
 //!   speaks Redis and NATS for comparisons, and corebus's WebSocket dialects):
 //!   [`bench::scenario`], [`bench::wire`],
@@ -97,3 +99,4 @@ pub mod protocol;
 pub mod server;
 pub mod settings;
 pub mod shard;
+pub mod watch;
