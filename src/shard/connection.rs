@@ -228,7 +228,8 @@ pub enum EnqueueOutcome {
 enum Queued {
     Message(Message),
     /// A delivery already encoded for a text protocol, shared by every subscriber of that
-    /// format on the shard, with its message's publish timestamp (for the latency sample).
+    /// format on the shard, with its message's publish timestamp for the latency sample (0
+    /// for a redelivery, which takes none).
     Encoded(Arc<[u8]>, u64),
     Gap {
         missed: u64,
@@ -269,6 +270,10 @@ pub struct Outbound {
     /// Messages thrown away unwritten over the connection's life (each `discard_pending`),
     /// which its close log reports; the shard's `undelivered` counter is the sum of these.
     discarded: u64,
+    /// Deliveries published at or before this (Unix ns) were queued as history, a replay:
+    /// their age says how far back the subscriber asked, not how fast the broker is, so a
+    /// write they lead takes no latency sample.
+    history_through_ns: u64,
 }
 
 impl Outbound {
@@ -280,6 +285,7 @@ impl Outbound {
             pending_bytes: 0,
             stage_bytes_max,
             discarded: 0,
+            history_through_ns: 0,
         }
     }
 
@@ -541,14 +547,23 @@ impl Outbound {
         }
     }
 
-    /// The publish timestamp of the next delivery to be staged, if a delivery is next: the
-    /// one latency sample a write takes, looked up once per write and not per message.
+    /// The publish timestamp of the next delivery to be staged, if a first, live delivery is
+    /// next: the one latency sample a write takes, looked up once per write and not per
+    /// message. Redeliveries and replays take none.
     fn front_published_ns(&self) -> Option<u64> {
-        match self.pending.front() {
-            Some((_, Queued::Message(message))) => Some(message.timestamp_ns()),
-            Some((_, Queued::Encoded(_, published_ns))) => Some(*published_ns),
-            _ => None,
-        }
+        let published_ns = match self.pending.front() {
+            Some((_, Queued::Message(message))) if message.delivery_count() == 1 => {
+                message.timestamp_ns()
+            }
+            Some((_, Queued::Encoded(_, published_ns))) => *published_ns,
+            _ => return None,
+        };
+        (published_ns > self.history_through_ns).then_some(published_ns)
+    }
+
+    /// A replay reaching back to messages published at `published_ns` was queued.
+    pub fn note_history_through(&mut self, published_ns: u64) {
+        self.history_through_ns = self.history_through_ns.max(published_ns);
     }
 
     /// Keeps a partly written buffer from creeping forward forever.
@@ -613,6 +628,15 @@ pub struct Connection {
     pub partial_since: Option<std::time::Instant>,
     /// A native STATS being gathered from the shards (one at a time per connection).
     pub stats_gather: Option<Box<super::stats::NativeStatsGather>>,
+}
+
+/// The publish timestamp a latency sample would use: 0 (none) for a redelivery.
+fn live_published_ns(message: &Message) -> u64 {
+    if message.delivery_count() == 1 {
+        message.timestamp_ns()
+    } else {
+        0
+    }
 }
 
 /// Records a delivery lost under `drop-oldest` on its subscription, for a DROPPED notice.
@@ -720,7 +744,7 @@ impl Connection {
         let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
         self.out.offer_encoded(
             sub_id,
-            (frame, message.timestamp_ns()),
+            (frame, live_published_ns(message)),
             outbound_bytes_max,
             policy,
             dropped,
@@ -905,6 +929,39 @@ mod tests {
             }
             other => panic!("expected MSG, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_write_samples_its_oldest_live_delivery_and_not_history_or_redeliveries() {
+        let stamped = |published_ns| {
+            let mut scratch = Vec::new();
+            let mut message = Message::from_publish(&mut scratch, "t", None, b"x");
+            message.stamp(1, published_ns);
+            message
+        };
+        let sample = |out: &mut Outbound| {
+            let mut socket = ChokedSocket {
+                written: Vec::new(),
+                capacity: usize::MAX,
+            };
+            let wire = Wire::Native { version: 4 };
+            out.write_to(&mut socket, &wire)
+                .unwrap()
+                .oldest_published_ns
+        };
+        let mut out = Outbound::new(WRITE_CHUNK_BYTES);
+        out.push_delivery(1, stamped(100));
+        out.push_delivery(1, stamped(200));
+        assert_eq!(sample(&mut out), Some(100));
+        assert_eq!(sample(&mut out), None, "nothing was written");
+        out.push_delivery(1, stamped(300).redelivery(2));
+        assert_eq!(sample(&mut out), None);
+        // A replay up to 500 was queued: older deliveries are history.
+        out.note_history_through(500);
+        out.push_delivery(1, stamped(400));
+        assert_eq!(sample(&mut out), None);
+        out.push_delivery(1, stamped(600));
+        assert_eq!(sample(&mut out), Some(600));
     }
 
     #[test]

@@ -13,7 +13,10 @@
 //! taken once per socket write that carries deliveries, not once per message: the oldest
 //! delivery in that write (the one that waited longest), with one clock read. Many messages
 //! per write is exactly when the broker is busy; an idle broker writes one at a time and
-//! every delivery is a sample. Acks are recorded one by one (each already reads the clock).
+//! every delivery is a sample. A write led by a redelivery or by a replay takes no sample:
+//! their age says how long an ack was awaited or how far back a subscriber asked, not how
+//! fast the broker moves messages. Acks are recorded one by one (each already reads the
+//! clock).
 
 use hdrhistogram::Histogram;
 

@@ -775,6 +775,11 @@ impl Shard {
             }
             self.counters.replayed += 1;
         }
+        if let Some(newest) = replay.messages.last() {
+            if let Some(conn) = self.connection_mut(subscriber.connection) {
+                conn.out.note_history_through(newest.timestamp_ns());
+            }
+        }
     }
 
     /// Drains the terminal rings (always possible: handling them sends nothing) and then the
