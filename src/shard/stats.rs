@@ -3,6 +3,10 @@
 //! for the topics it owns (their subscriber counts cover every shard, since the owner counts
 //! them) and its own counters. Answers are merged on the asking connection; a shard that has
 //! not answered within [`GATHER_DEADLINE`] is left out and the answer says it is partial.
+//!
+//! The same parts answer every view: `/v1/stats` and the native STATS (one JSON document),
+//! `/metrics`, Redis `INFO`, and presence (`/v1/topics/{name}/subscribers`, STATS with a
+//! topic), for which each shard also lists its subscriptions to the named topic.
 
 use std::time::{Duration, Instant};
 
@@ -12,13 +16,13 @@ use crate::error::{CloseReason, ErrorCode};
 use crate::ids::ConnectionId;
 use crate::mesh::message::{OwnerRequest, ReplyTarget};
 use crate::protocol::http::{self, ConnectionHeader, ResponseHead, Status};
+use crate::protocol::native::Frame;
 use crate::protocol::topic::{pattern_matches, SubjectKind};
 
 use super::conn_http::{Awaiting, PendingHttp};
 use super::latency::{LatencyHistogram, ShardLatency, BUCKET_BOUNDS_NS, QUANTILES};
 use super::wire::{Protocol, Wire};
 use super::{Flow, Shard, ShardCounters};
-use crate::protocol::native::Frame;
 
 /// How long an answer waits for the slowest shard.
 pub const GATHER_DEADLINE: Duration = Duration::from_millis(500);
