@@ -8,11 +8,13 @@ parser, so a format slip (a bad escape, a sample without its family) fails here.
 - replays are counted;
 - the in-broker latency is a histogram per shard (buckets, sum, count) plus quantile gauges,
   and its count moves as deliveries are written;
-- `corebus_build_info` carries the version.
+- `corebus_build_info` carries the version;
+- Redis `INFO corebus` carries the latency quantiles too.
 """
 
 import time
 
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from corebus_testing import fastapi_subscribe, fiber_subscribe, http, native_publish, unique
@@ -149,3 +151,17 @@ def test_the_scrape_is_quick_and_stable(broker):
     time.sleep(0.05)
     second = scrape(broker)
     assert set(first) == set(second)
+
+
+def test_redis_info_reports_the_latency(broker):
+    topic = unique("metrics.info")
+    with broker.fiber() as ws:
+        fiber_subscribe(ws, topic)
+        native_publish(broker, topic, b"x")
+        ws.expect("event")
+    host, port = broker.resp
+    info = redis.Redis(host=host, port=port).info("corebus")
+    assert info["delivery_latency_samples"] >= 1, info
+    assert 0 < info["delivery_latency_p50_us"] <= info["delivery_latency_max_us"], info
+    for name in ("p90", "p99", "p999"):
+        assert f"delivery_latency_{name}_us" in info and f"ack_latency_{name}_us" in info, info
