@@ -1355,7 +1355,8 @@ pub struct ConnectionInfo {
     pub shard: u16,
     /// Its id on its shard (`index.generation`, as in the broker's logs).
     pub connection: String,
-    /// HELLO's client name (native), `CLIENT SETNAME`'s (Redis), empty otherwise.
+    /// HELLO's client name (native), `CLIENT SETNAME`'s (Redis), the `client_id` (WebSocket:
+    /// the one FastAPI's dialect hands out, Go/Fiber's first subscribe's), or empty.
     pub client_name: String,
     /// `native`, `http`, `websocket` or `resp`.
     pub protocol: String,

@@ -75,7 +75,8 @@ pub struct ConsumerStats {
 pub struct ConnectionSummary {
     pub shard: u16,
     pub connection: ConnectionId,
-    /// HELLO's client name (native), `CLIENT SETNAME`'s (Redis), empty otherwise.
+    /// HELLO's client name (native), `CLIENT SETNAME`'s (Redis), the `client_id` (WebSocket:
+    /// the one FastAPI's dialect hands out, Go/Fiber's first subscribe's), or empty.
     pub client_name: String,
     pub protocol: Protocol,
     pub peer: std::net::SocketAddr,

@@ -17,7 +17,7 @@ def test_subscribers_of_a_topic_are_listed_with_their_protocol_and_shard(broker)
     topic = unique("presence.rest")
     native_publish(broker, topic, b"made")
     with broker.fiber() as ws, broker.fastapi() as other:
-        fiber_subscribe(ws, topic)
+        fiber_subscribe(ws, topic, client_id="fiber-client")
         fastapi_subscribe(other, topic)
         response = subscribers(broker, topic)
         assert response.status == 200, response
@@ -25,6 +25,8 @@ def test_subscribers_of_a_topic_are_listed_with_their_protocol_and_shard(broker)
         assert body["topic"] == topic and body["partial"] is False, body
         listed = body["subscribers"]
         assert len(listed) == 2, listed
+        names = sorted(entry["client_name"] for entry in listed)
+        assert names == sorted(["fiber-client", other.client_id]), listed
         for entry in listed:
             assert entry["protocol"] == "websocket", entry
             assert entry["subject"] == topic, entry
