@@ -114,8 +114,9 @@ fn stats_count_messages_topics_consumers_and_latency() {
     );
     assert_eq!((billing.in_flight, billing.lag), (6, 6));
 
-    // Every delivery went out in a write of its own here: a sample each, well under 10 s.
-    assert!(stats.latency.delivery.count >= 10, "{:?}", stats.latency);
+    // One sample per write that carried deliveries: at least one for each subscriber (more
+    // unless a busy shard wrote several messages at once), each well under 10 s.
+    assert!(stats.latency.delivery.count >= 2, "{:?}", stats.latency);
     assert!(stats.latency.delivery.max_us > 0.0);
     assert!(stats.latency.delivery.max_us < 10e6);
     assert!(stats.latency.delivery.p50_us <= stats.latency.delivery.max_us);
