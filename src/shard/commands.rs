@@ -112,8 +112,9 @@ impl Shard {
                 return Flow::Continue;
             }
         }
-        let message = Message::from_publish_with_headers(
+        let message = Message::from_publish_read_at(
             &mut self.encode_scratch,
+            self.read_ns,
             (topic, reply_to),
             headers,
             payload,

@@ -439,6 +439,7 @@ impl Shard {
                     return;
                 }
                 Ok(n) => {
+                    self.read_ns = super::commands::unix_time_ns();
                     self.counters.bytes_in += n as u64;
                     budget = budget.saturating_sub(n);
                     self.stall_reader = false;

@@ -2,10 +2,10 @@
 //! with the other stats over the rings.
 //!
 //! Two measures:
-//! - **Delivery** (publish to socket write): from a message's publish timestamp (stamped by
-//!   the topic's owner as it sequences the message; on the publisher's own shard that is
-//!   while the PUBLISH frame is being handled) to the write call that hands its delivery to
-//!   a subscriber's socket.
+//! - **Delivery** (publish to socket write): from the socket read that brought the PUBLISH
+//!   (its publish timestamp: the publisher's shard takes one clock reading per read, and the
+//!   owner stamps it into the message, crossing shards included) to the write call that
+//!   hands its delivery to a subscriber's socket.
 //! - **Ack round trip**: from the owner handing a durable consumer a message (its latest
 //!   delivery) to the owner applying the ack for it.
 //!

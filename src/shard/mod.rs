@@ -330,6 +330,11 @@ pub struct Shard {
     /// When this loop turn's events came in (no extra clock read: the loop reads it anyway);
     /// what `partial_since` records.
     turn_now: Instant,
+    /// Unix time of this shard's latest socket read: a PUBLISH handled from it takes it as
+    /// its publish time, where its delivery latency starts. One clock read per read, not
+    /// per message; a frame handled later (its connection was blocked) gets a later read's
+    /// time, never one before its bytes arrived, so replay-from-a-time misses nothing.
+    read_ns: u64,
     linger_deadlines: VecDeque<(Instant, ConnectionId)>,
     /// A batch of owner requests from each peer that could not be finished for lack of
     /// terminal room; resumed before the ring is read again, so order holds.
@@ -390,6 +395,7 @@ impl Shard {
             handshake_deadlines: VecDeque::new(),
             frame_deadlines: VecDeque::new(),
             turn_now: Instant::now(),
+            read_ns: 0,
             linger_deadlines: VecDeque::new(),
             encode_scratch: Vec::new(),
             match_scratch: Vec::new(),

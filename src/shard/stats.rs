@@ -960,7 +960,7 @@ type LatencyOf = fn(&ShardLatency) -> &LatencyHistogram;
 const LATENCY_FAMILIES: [(&str, &str, LatencyOf); 2] = [
     (
         "delivery_latency",
-        "Publish (the owner's timestamp) to the socket write handing the delivery over; one sample per write with deliveries, its oldest.",
+        "The socket read that brought the PUBLISH to the socket write handing its delivery over; one sample per write with deliveries, its oldest.",
         |latency| &latency.delivery,
     ),
     (

@@ -785,7 +785,13 @@ impl OwnedTopics {
             .get_or_create(message.topic(), creator, now_ns)
             .map(|owned| {
                 owned.last_seq += 1;
-                owned.last_timestamp_ns = owned.last_timestamp_ns.max(now_ns);
+                // The publish time is when the PUBLISH was read (never later than now, should
+                // the clock have stepped back); the broker's own messages have none.
+                let published_ns = match message.read_ns() {
+                    0 => now_ns,
+                    read_ns => read_ns.min(now_ns),
+                };
+                owned.last_timestamp_ns = owned.last_timestamp_ns.max(published_ns);
                 message.stamp(owned.last_seq, owned.last_timestamp_ns);
                 owned.replay.push(
                     owned.last_seq,
