@@ -48,6 +48,44 @@ pub enum Command {
     Topic(TopicCommand),
     /// Load-test corebus (or Redis, NATS): throughput, loss, order, latency percentiles.
     Bench(Box<crate::bench::BenchArgs>),
+    /// Print the broker's topics, consumers with their lag, retained ranges and slow
+    /// consumers once (with --topic, who receives that topic): a table, or --json.
+    Inspect(InspectArgs),
+    /// A live view, refreshed every second: rates per shard and topic, latency quantiles,
+    /// slow consumers. Full screen on a terminal (q quits), plain lines otherwise.
+    Top(TopArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
+    pub addr: String,
+    /// Also list the subscriptions that receive this topic, on every shard.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Print the stats as JSON (the STATS answer) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Broker address: HOST:PORT or corebus://HOST:PORT.
+    #[arg(long, env = "COREBUS_ADDR", default_value = "127.0.0.1:7070", value_parser = parse_broker_addr)]
+    pub addr: String,
+    /// Time between refreshes, e.g. `500ms`.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration_ms)]
+    pub interval: u64,
+    /// Stop after this many refreshes (0: until interrupted, or q on a terminal).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub count: u64,
+    /// Topics shown, busiest first.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub topics: usize,
+    /// Plain lines even on a terminal.
+    #[arg(long)]
+    pub plain: bool,
 }
 
 /// `serve`'s flags. Each is also a `COREBUS_*` environment variable and a key of the
@@ -227,6 +265,10 @@ pub struct ServeArgs {
     /// Topics with their own series in /metrics: the ones with the most messages.
     #[arg(long, env = "COREBUS_METRICS_TOPICS_MAX", default_value_t = Config::default().metrics_topics_max)]
     pub metrics_topics_max: usize,
+    /// Join/leave events each shard may publish per second on `$sys.presence.<topic>` for
+    /// topics created with presence on (0: none); those over it are counted, not sent.
+    #[arg(long, env = "COREBUS_PRESENCE_EVENTS_PER_SECOND_MAX", default_value_t = Config::default().presence_events_per_second_max)]
+    pub presence_events_per_second_max: u64,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, env = "COREBUS_LOG", default_value = "info")]
     pub log_level: log::LevelFilter,
@@ -362,6 +404,10 @@ pub struct CreateTopicArgs {
     /// (default: the broker's --replay-ttl).
     #[arg(long = "replay-ttl", value_name = "DURATION", value_parser = parse_duration_ms)]
     pub replay_ttl_ms: Option<u64>,
+    /// Publish a JSON event on `$sys.presence.<topic>` whenever a subscription to the topic
+    /// starts or ends.
+    #[arg(long)]
+    pub presence: bool,
 }
 
 impl CreateTopicArgs {
@@ -370,6 +416,7 @@ impl CreateTopicArgs {
             replay_messages_max: self.replay_messages_max,
             replay_bytes_max: self.replay_bytes_max,
             replay_ttl_ms: self.replay_ttl_ms,
+            presence: self.presence.then_some(1),
         }
     }
 }
@@ -594,6 +641,7 @@ impl ServeArgs {
             publish_rate: self.publish_rate,
             publish_burst: self.publish_burst,
             metrics_topics_max: self.metrics_topics_max,
+            presence_events_per_second_max: self.presence_events_per_second_max,
         }
     }
 }

@@ -711,6 +711,46 @@ impl Client {
         .map(drop)
     }
 
+    /// The broker's stats, gathered from every shard: counters (broker-wide and per shard),
+    /// topics with their consumers and retained ranges, in-broker latency, slow consumers.
+    /// Needs protocol v4 (STATS).
+    pub fn stats(&mut self) -> Result<Stats> {
+        self.stats_request(b"")
+    }
+
+    /// The stats of one topic and who receives its messages: every subscription on every
+    /// shard, exact, pattern or durable consumer (presence). `TOPIC_NOT_FOUND` if it does
+    /// not exist.
+    pub fn topic_stats(&mut self, topic: &str) -> Result<TopicReport> {
+        let stats = self.stats_with_subscribers(topic)?;
+        let info = stats.topics.get(topic).cloned().unwrap_or_default();
+        Ok(TopicReport {
+            name: topic.to_owned(),
+            info,
+            subscribers: stats.subscribers,
+            partial: stats.partial,
+        })
+    }
+
+    /// [`Client::stats`] with `topic` named: the answer's `topic` and `subscribers` are
+    /// filled in too.
+    pub fn stats_with_subscribers(&mut self, topic: &str) -> Result<Stats> {
+        check_topic_length("topic", topic)?;
+        self.stats_request(topic.as_bytes())
+    }
+
+    fn stats_request(&mut self, topic: &[u8]) -> Result<Stats> {
+        if self.info.version < 4 {
+            return Err(Error::Protocol(
+                "the broker speaks a protocol version without STATS (v4 needed)".into(),
+            ));
+        }
+        let request_id = self.request_id();
+        let data = self.call(request_id, Frame::Stats { request_id, topic })?;
+        serde_json::from_slice(&data)
+            .map_err(|e| Error::Protocol(format!("a STATS answer that is not its JSON: {e}")))
+    }
+
     pub fn unsubscribe(&mut self, subscription: Subscription) -> Result<()> {
         if subscription.ended.is_some() {
             // The broker ended it already (ENDED): nothing left to undo.
@@ -1169,6 +1209,7 @@ fn route_frame(frame: Frame<'_>) -> Routed {
         | Frame::Ack { .. }
         | Frame::CreateTopic { .. }
         | Frame::DeleteTopic { .. }
+        | Frame::Stats { .. }
         | Frame::Ping { .. } => Routed::Ignored,
     }
 }
@@ -1185,4 +1226,166 @@ fn timeout_or_io(e: io::Error) -> Error {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout,
         _ => Error::Io(e),
     }
+}
+
+/// The broker's answer to STATS (see the protocol's STATS section): what
+/// [`Client::stats`] returns. Fields a newer broker adds are ignored; fields an older one
+/// lacks are left at their default.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct Stats {
+    pub uptime_seconds: u64,
+    /// The broker's Unix time when it put the answer together, in milliseconds: rates
+    /// between two answers are measured by this clock.
+    pub time_ms: u64,
+    /// The shards that answered.
+    pub shards: Vec<u16>,
+    /// A shard did not answer in time and is left out.
+    pub partial: bool,
+    #[serde(flatten)]
+    pub counters: Counters,
+    pub connections: u64,
+    pub connections_by_protocol: std::collections::BTreeMap<String, u64>,
+    pub by_shard: Vec<ShardPart>,
+    /// By name.
+    pub topics: std::collections::BTreeMap<String, TopicInfo>,
+    pub latency: Latencies,
+    /// Connections holding more than half their outbound limit.
+    pub slow_consumers: Vec<ConnectionInfo>,
+    /// With [`Client::topic_stats`]: the topic asked about and its subscriptions.
+    pub topic: Option<String>,
+    pub subscribers: Vec<SubscriberInfo>,
+}
+
+/// Message counters, broker-wide or of one shard.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct Counters {
+    /// Sequenced by the topics' owners.
+    pub published: u64,
+    /// Written to subscribers' sockets.
+    pub delivered: u64,
+    pub dropped: u64,
+    pub undelivered: u64,
+    pub slow_consumer_disconnects: u64,
+    pub dead_lettered: u64,
+    pub acks: u64,
+    pub nacks: u64,
+    pub redelivered: u64,
+    pub rate_limited: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// One shard's counters.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct ShardPart {
+    pub shard: u16,
+    #[serde(flatten)]
+    pub counters: Counters,
+    pub connections: u64,
+    /// Topics this shard owns.
+    pub topics: u64,
+}
+
+/// One topic, as its owner shard reports it.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct TopicInfo {
+    pub owner_shard: u16,
+    /// Its last sequence number.
+    pub messages: u64,
+    /// Exact subscriptions on every shard.
+    pub subscribers: u64,
+    pub retained_messages: u64,
+    pub retained_bytes: u64,
+    /// The retained range, `first..=last` (0 and 0 when nothing is retained).
+    pub retained_first_seq: u64,
+    pub retained_last_seq: u64,
+    pub consumers: Vec<ConsumerInfo>,
+}
+
+/// A durable consumer or group of a topic.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct ConsumerInfo {
+    pub name: String,
+    pub group: bool,
+    pub members: u64,
+    pub in_flight: u64,
+    /// Messages not acknowledged yet (not delivered yet, for a consumer without acks).
+    pub lag: u64,
+}
+
+/// In-broker latency: publish to socket write, and a durable consumer's ack round trip.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct Latencies {
+    pub delivery: LatencySummary,
+    pub ack: LatencySummary,
+    pub by_shard: Vec<ShardLatencies>,
+}
+
+/// One shard's latencies.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct ShardLatencies {
+    pub shard: u16,
+    pub delivery: LatencySummary,
+    pub ack: LatencySummary,
+}
+
+/// Samples since start and their quantiles, in microseconds.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+/// A connection as the broker's stats show it.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct ConnectionInfo {
+    pub shard: u16,
+    /// Its id on its shard (`index.generation`, as in the broker's logs).
+    pub connection: String,
+    /// HELLO's client name (native), `CLIENT SETNAME`'s (Redis), the `client_id` (WebSocket:
+    /// the one FastAPI's dialect hands out, Go/Fiber's first subscribe's), or empty.
+    pub client_name: String,
+    /// `native`, `http`, `websocket` or `resp`.
+    pub protocol: String,
+    pub peer: String,
+    pub queued_bytes: u64,
+}
+
+/// One subscription that receives a topic's messages.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct SubscriberInfo {
+    pub shard: u16,
+    pub connection: String,
+    pub client_name: String,
+    pub protocol: String,
+    pub peer: String,
+    pub sub_id: u32,
+    /// The topic itself, or the pattern that matched it.
+    pub subject: String,
+    /// The durable consumer or group it belongs to.
+    pub consumer: Option<String>,
+}
+
+/// What [`Client::topic_stats`] returns.
+#[derive(Clone, Debug, Default)]
+pub struct TopicReport {
+    pub name: String,
+    pub info: TopicInfo,
+    pub subscribers: Vec<SubscriberInfo>,
+    /// A shard did not answer in time: its subscribers are missing.
+    pub partial: bool,
 }

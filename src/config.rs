@@ -135,6 +135,10 @@ pub struct Config {
     /// bound keeps a scrape's size (and Prometheus's series count) independent of how many
     /// topics exist.
     pub metrics_topics_max: usize,
+    /// Join and leave events each shard may publish per second on `$sys.presence.<topic>`
+    /// (for topics created with presence on); 0 turns them off. A mass reconnect cannot
+    /// flood the broker with events: those over the rate are counted and not sent.
+    pub presence_events_per_second_max: u64,
 }
 
 impl Config {
@@ -198,6 +202,7 @@ impl Default for Config {
             publish_rate: 0,
             publish_burst: 0,
             metrics_topics_max: 50,
+            presence_events_per_second_max: 1000,
         }
     }
 }

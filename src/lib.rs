@@ -16,7 +16,7 @@
 //!
 //! - Entry points. `src/main.rs`: parse the command line, run the command. [`cli`]: `clap`
 //!   definitions only. [`commands`]: what each CLI command does (`serve`, `pub`, `sub`,
-//!   `request`, `reply`, `topic`). [`settings`]: where each `serve` setting comes from (flag >
+//!   `request`, `reply`, `topic`; `inspect` and `top` are in [`watch`]). [`settings`]: where each `serve` setting comes from (flag >
 //!   environment > config file > default), `--print-config`, the example config.
 //! - Start-up. [`config`]: every limit, its default, validation, the memory budget and fitting
 //!   unset limits to the memory available. [`logging`]: log lines as `key=value` text or
@@ -47,7 +47,10 @@
 //!   `conn_inproc.rs` (the embedded bus's handles: commands taken from a ring, deliveries
 //!   handed over as the shared message).
 //!   [`shard::stats`]: stats
-//!   gathered from every shard over the rings (`/v1/stats`, Prometheus `/metrics`). `owner.rs`: the owner
+//!   gathered from every shard over the rings (`/v1/stats`, Prometheus `/metrics`);
+//!   [`shard::latency`]: the in-broker latency histograms (delivery, ack round trip) each
+//!   shard keeps and the stats carry; [`shard::presence`]: join and leave events on
+//!   `$sys.presence.<topic>`. `owner.rs`: the owner
 //!   side, sequencing and everything that arrives over the rings. [`shard::topics`]: the
 //!   owner's topic table and each shard's local subscriptions. [`shard::sublist`]: the pattern
 //!   trie and its cache. [`shard::replay`]: a topic's replay ring. [`shard::consumers`]:
@@ -64,6 +67,8 @@
 //!   subscriptions as in-process connections (blocking iterators, async streams, filters);
 //!   `bus/link.rs`: the two bounded SPSC rings, the doorbell and the wakers between a handle
 //!   and its shard.
+//! - [`watch`]: `corebus inspect` and `corebus top`, an operator's views over the native
+//!   STATS request (`top` draws with `ratatui` on a terminal, prints lines otherwise).
 //! - [`mod@bench`]: `corebus bench`, the load generator (one `mio` loop per bench thread; also
 //!   speaks Redis and NATS for comparisons, and corebus's WebSocket dialects):
 //!   [`bench::scenario`], [`bench::wire`],
@@ -103,3 +108,4 @@ pub mod protocol;
 pub mod server;
 pub mod settings;
 pub mod shard;
+pub mod watch;

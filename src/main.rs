@@ -28,6 +28,8 @@ fn main() -> ExitCode {
         Command::Topic(TopicCommand::Delete(args)) => corebus::commands::delete_topic(&args),
         Command::Topic(TopicCommand::List(args)) => corebus::commands::list_topics(&args),
         Command::Bench(args) => corebus::bench::run(&args),
+        Command::Inspect(args) => corebus::watch::inspect(&args),
+        Command::Top(args) => corebus::watch::top(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

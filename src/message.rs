@@ -57,14 +57,28 @@ impl Message {
         headers: &[u8],
         payload: &[u8],
     ) -> Message {
+        Message::from_publish_read_at(scratch, 0, (topic, reply_to), headers, payload)
+    }
+
+    /// Like [`Message::from_publish_with_headers`], for a PUBLISH a client sent: `read_ns`
+    /// is when the broker read it (Unix ns). It rides in the timestamp field until the owner
+    /// stamps the message, and becomes its publish time (see [`Message::stamp`]).
+    pub fn from_publish_read_at(
+        scratch: &mut Vec<u8>,
+        read_ns: u64,
+        (topic, reply_to): (&str, Option<&[u8]>),
+        headers: &[u8],
+        payload: &[u8],
+    ) -> Message {
         scratch.clear();
         let parts = (topic.as_bytes(), reply_to);
-        if native::encode_msg_head_from_publish(scratch, parts, headers, payload.len()).is_none() {
+        let head = native::encode_msg_head_from_publish(scratch, read_ns, parts, headers, payload.len());
+        if head.is_none() {
             // A topic over 255 bytes or headers over 65,535: the publish path's checks
             // (topic names, `--header-bytes-max`, which `Config::validate` bounds) refuse
             // both first, so this is not reached; the general encoder is the fallback.
             scratch.clear();
-            native::encode_msg_from_publish(scratch, 0, parts, headers, payload);
+            native::encode_msg_from_publish(scratch, read_ns, parts, headers, payload);
             return Message {
                 frame: Arc::from(&scratch[..]),
             };
@@ -74,10 +88,17 @@ impl Message {
         }
     }
 
+    /// When the broker read the PUBLISH, until the owner stamps the message (0 for the
+    /// broker's own messages).
+    pub fn read_ns(&self) -> u64 {
+        native::msg_timestamp_ns(&self.frame)
+    }
+
     /// Stamps the owner's sequence number and publish time. The owner is the first to see the
     /// message after the publisher, so the frame is not shared yet and is written in place.
-    /// Stamping time at the owner keeps timestamps non-decreasing along a topic's sequence,
-    /// which replay-from-a-time relies on.
+    /// The publish time is when the PUBLISH was read, raised to the topic's last one if
+    /// need be: stamped at the owner, timestamps stay non-decreasing along a topic's
+    /// sequence, which replay-from-a-time relies on.
     pub fn stamp(&mut self, seq: u64, timestamp_ns: u64) {
         let write = |frame: &mut [u8]| {
             native::msg_set_seq(frame, seq);

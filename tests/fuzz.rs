@@ -159,6 +159,7 @@ fn topic_options(rng: &mut StdRng) -> TopicOptions {
         replay_messages_max: field(rng),
         replay_bytes_max: field(rng),
         replay_ttl_ms: field(rng),
+        presence: field(rng),
     }
 }
 

@@ -30,8 +30,12 @@ pub struct Ticket(pub u32);
 
 #[derive(Debug)]
 pub enum OwnerRequest {
-    /// Report this shard's stats (its owned topics and counters) to the asking connection.
-    Stats { reply: ReplyTarget },
+    /// Report this shard's stats (its owned topics and counters) to the asking connection;
+    /// with `presence`, its subscriptions to that topic too.
+    Stats {
+        reply: ReplyTarget,
+        presence: Option<Box<str>>,
+    },
     /// Close the RESP connection with this `CLIENT ID`, if it is on the receiving shard.
     KillClient { client_id: u64, reply: ReplyTarget },
     /// Sequence and fan out. A quiet publish is answered only if it is refused.
@@ -68,16 +72,19 @@ pub enum OwnerRequest {
         seq: u64,
         kind: AckKind,
     },
-    /// CREATE_TOPIC: create the topic with these replay limits, unless it exists.
+    /// CREATE_TOPIC: create the topic with these replay limits (and presence events if
+    /// asked), unless it exists.
     CreateTopic {
         topic: Box<str>,
         replay_limits: ReplayLimits,
+        presence: bool,
         reply: ReplyTarget,
     },
     /// DELETE_TOPIC: delete the topic and tell every shard.
     DeleteTopic { topic: Box<str>, reply: ReplyTarget },
-    /// A message that ran out of delivery attempts, for `$dlq.<topic>` on its owner.
-    DeadLetter { message: Message },
+    /// The broker's own message, to be sequenced by its topic's owner: a dead letter for
+    /// `$dlq.<topic>`, a join or leave for `$sys.presence.<topic>`.
+    BrokerPublish { message: Message },
     /// A subscription to an exact topic, counted in incarnation `epoch`, was removed on the
     /// sending shard.
     Unsubscribe { topic: Box<str>, epoch: u64 },
@@ -185,6 +192,8 @@ impl From<ErrorCode> for Refusal {
 pub struct Subscribed {
     pub position: TopicPosition,
     pub replay: Replay,
+    /// The topic publishes joins and leaves on `$sys.presence.<topic>`.
+    pub presence: bool,
 }
 
 /// Retained messages for a subscriber that starts in the past, oldest first. Bounded by the

@@ -552,6 +552,8 @@ pub enum Route<'p> {
     V1Health,
     /// `GET /v1/stats`.
     V1Stats,
+    /// `GET /v1/topics/{name}/subscribers`: who receives the topic (presence), 404 if absent.
+    V1TopicSubscribers { name: Cow<'p, str> },
     /// `POST /topics`: idempotent, 201 `{"name","created"}`.
     CreateTopic,
     /// `GET /topics`: `["name", ...]`.
@@ -572,7 +574,8 @@ impl Route<'_> {
             | Route::V1ListTopics
             | Route::V1DeleteTopic { .. }
             | Route::V1Health
-            | Route::V1Stats => ApiDialect::Fiber,
+            | Route::V1Stats
+            | Route::V1TopicSubscribers { .. } => ApiDialect::Fiber,
             _ => ApiDialect::FastApi,
         }
     }
@@ -658,6 +661,17 @@ pub fn route(method: Method, path: &str) -> Result<Route<'_>, RouteError> {
         "/health" => only(Method::Get, GET, Route::Health),
         "/stats" => only(Method::Get, GET, Route::Stats),
         _ => {
+            if let Some(name) = path
+                .strip_prefix("/v1/topics/")
+                .and_then(|rest| rest.strip_suffix("/subscribers"))
+                .filter(|name| !name.is_empty() && !name.contains('/'))
+            {
+                if method != Method::Get {
+                    return Err(RouteError::MethodNotAllowed { allow: GET });
+                }
+                let name = percent_decode(name).map_err(RouteError::BadPath)?;
+                return Ok(Route::V1TopicSubscribers { name });
+            }
             let (prefix_v1, name) = if let Some(name) = path.strip_prefix("/v1/topics/") {
                 (true, name)
             } else if let Some(name) = path.strip_prefix("/topics/") {
@@ -713,10 +727,13 @@ impl BodyError {
     }
 }
 
-/// The body of a topic creation: `{"name": "orders.eu"}` (other keys are ignored).
+/// The body of a topic creation: `{"name": "orders.eu"}`, optionally `"presence": true`
+/// (other keys are ignored).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CreateTopicBody<'a> {
     pub name: Cow<'a, str>,
+    /// Publish joins and leaves on `$sys.presence.<name>`.
+    pub presence: bool,
 }
 
 /// Parses and validates a topic creation body. The name must be a topic a client may publish
@@ -726,6 +743,8 @@ pub fn parse_create_topic_body(body: &[u8]) -> Result<CreateTopicBody<'_>, BodyE
     struct Body<'a> {
         #[serde(borrow, default)]
         name: Option<&'a serde_json::value::RawValue>,
+        #[serde(default)]
+        presence: Option<bool>,
     }
     let text = std::str::from_utf8(body)
         .map_err(|_| BodyError::InvalidJson("body is not UTF-8".to_owned()))?;
@@ -736,7 +755,10 @@ pub fn parse_create_topic_body(body: &[u8]) -> Result<CreateTopicBody<'_>, BodyE
     }
     let parsed: Body<'_> = serde_json::from_str(text).map_err(|error| {
         if error.is_data() {
-            BodyError::InvalidShape("body must be a JSON object with one \"name\"")
+            BodyError::InvalidShape(
+                "body must be a JSON object with one \"name\" (a string) and an optional \
+                 \"presence\" (true or false)",
+            )
         } else {
             BodyError::InvalidJson(error.to_string())
         }
@@ -753,7 +775,10 @@ pub fn parse_create_topic_body(body: &[u8]) -> Result<CreateTopicBody<'_>, BodyE
         ),
     };
     topic::parse_publish_topic(name.as_bytes()).map_err(BodyError::BadName)?;
-    Ok(CreateTopicBody { name })
+    Ok(CreateTopicBody {
+        name,
+        presence: parsed.presence.unwrap_or(false),
+    })
 }
 
 /// The `Connection` header of a response.
@@ -1245,6 +1270,19 @@ mod tests {
             (Post, "/v1/topics", Ok(Route::V1CreateTopic)),
             (Get, "/v1/topics", Ok(Route::V1ListTopics)),
             (
+                Get,
+                "/v1/topics/orders.eu/subscribers",
+                Ok(Route::V1TopicSubscribers {
+                    name: Cow::Borrowed("orders.eu"),
+                }),
+            ),
+            (
+                Post,
+                "/v1/topics/orders.eu/subscribers",
+                Err(RouteError::MethodNotAllowed { allow: "GET" }),
+            ),
+            (Get, "/v1/topics//subscribers", Err(RouteError::NotFound)),
+            (
                 Delete,
                 "/v1/topics/orders.eu",
                 Ok(Route::V1DeleteTopic {
@@ -1512,13 +1550,22 @@ mod tests {
         assert_eq!(
             parse_create_topic_body(br#"{"name":"orders.eu","other":1}"#),
             Ok(CreateTopicBody {
-                name: Cow::Borrowed("orders.eu")
+                name: Cow::Borrowed("orders.eu"),
+                presence: false,
             })
         );
         assert_eq!(
             parse_create_topic_body(br#" {"name":"a\u002eb"} "#),
             Ok(CreateTopicBody {
-                name: Cow::Owned("a.b".to_owned())
+                name: Cow::Owned("a.b".to_owned()),
+                presence: false,
+            })
+        );
+        assert_eq!(
+            parse_create_topic_body(br#"{"name":"p.q","presence":true}"#),
+            Ok(CreateTopicBody {
+                name: Cow::Borrowed("p.q"),
+                presence: true,
             })
         );
         let refusals: &[(&[u8], u16, u16)] = &[
@@ -1532,6 +1579,7 @@ mod tests {
             (br#"{"name":5}"#, 400, 422),
             (br#"{"name":"a","name":"b"}"#, 400, 422),
             (br#"{"name":"a"} x"#, 400, 422),
+            (br#"{"name":"a","presence":"yes"}"#, 400, 422),
             (br#"{"name":""}"#, 400, 400),
             (br#"{"name":"a b"}"#, 400, 400),
             (br#"{"name":"$sys.x"}"#, 400, 400),

@@ -51,6 +51,7 @@
 //! | `0x06` | `ACK` (v2)    | C → S     | request id                                   | `ACK_CUMULATIVE`, `ACK_NACK` |
 //! | `0x07` | `CREATE_TOPIC` (v3) | C → S | request id                                 | none            |
 //! | `0x08` | `DELETE_TOPIC` (v3) | C → S | request id                                 | none            |
+//! | `0x09` | `STATS` (v4)  | C → S     | request id                                   | none            |
 //! | `0x80` | `OK`          | S → C     | id of the request it answers                 | none            |
 //! | `0x81` | `ERR`         | S → C     | id of the failed request, 0 if connection-level | none         |
 //! | `0x82` | `MSG`         | S → C     | subscription id                              | none            |
@@ -187,6 +188,43 @@
 //! the deleted topic's last one, so an ACK in flight for the old topic cannot name a message of
 //! the new one. Pattern subscriptions are not affected (nor told).
 //! Deleting a topic that does not exist is `TOPIC_NOT_FOUND`.
+//!
+//! ### STATS (`0x09`, since v4)
+//!
+//! | Offset | Size | Field       | Meaning                                              |
+//! |-------:|-----:|-------------|------------------------------------------------------|
+//! | 0      | 1    | `topic_len` | optional: `T`; an empty body (or `T` = 0) names no topic |
+//! | 1      | T    | `topic`     | an exact topic whose subscribers to list (presence)  |
+//!
+//! Nothing may follow the topic. Asks for the broker's stats, gathered from every shard
+//! over the rings; the OK's `data` is one UTF-8 JSON object (so fields can be added without
+//! a new version; clients ignore the ones they do not know):
+//!
+//! - `uptime_seconds`, `time_ms` (the broker's Unix time in ms), `shards` (those that
+//!   answered) and `partial` (true when a shard did not answer within 500 ms and is left
+//!   out);
+//! - the broker-wide counters `published`, `delivered`, `dropped`, `undelivered`,
+//!   `slow_consumer_disconnects`, `dead_lettered`, `acks`, `nacks`, `redelivered`,
+//!   `rate_limited`, `bytes_in`, `bytes_out`, `connections`, `connections_by_protocol`;
+//! - `by_shard`: the same counters for each shard (`shard`, `connections`, `topics`, ...);
+//! - `topics`: by name, each with `owner_shard`, `messages` (its last sequence number),
+//!   `subscribers` (exact, every shard), `retained_messages`, `retained_bytes`,
+//!   `retained_first_seq` and `retained_last_seq` (0 and 0 when nothing is retained), and
+//!   `consumers` (`name`, `group`, `members`, `in_flight`, `lag`: messages not yet acked, or
+//!   for a consumer without acks not yet delivered);
+//! - `latency`: `delivery` (publish to socket write) and `ack` (a durable consumer's
+//!   delivery to its ack), each `count`, `p50_us`, `p90_us`, `p99_us`, `p999_us` and
+//!   `max_us` since start, and the same per shard in `by_shard`;
+//! - `slow_consumers`: connections holding more than half their outbound limit
+//!   (`shard`, `connection`, `client_name`, `protocol`, `peer`, `queued_bytes`);
+//! - with a topic: `subscribers`, every subscription that receives the topic's messages on
+//!   any shard (`shard`, `connection`, `client_name`, `protocol`, `peer`, `sub_id`,
+//!   `subject`: the topic or the pattern that matched it, `consumer` when it belongs to a
+//!   durable consumer or group).
+//!
+//! A named topic that does not exist is `TOPIC_NOT_FOUND` (unless the answer is partial).
+//! A v1 to v3 connection gets `UNKNOWN_OPCODE`; one STATS at a time per connection
+//! (another while one is being gathered is `RATE_LIMITED`).
 //!
 //! ### PING (`0x05`) and PONG (`0x83`)
 //!
@@ -358,7 +396,8 @@
 //!   them unless the broker's HELLO reply announced that version.
 //! - Because every frame is length-prefixed, an unknown opcode is answered with
 //!   `UNKNOWN_OPCODE` and skipped; the connection survives. So is an opcode the connection's
-//!   version does not have (ACK on v1, CREATE_TOPIC and DELETE_TOPIC before v3), and a
+//!   version does not have (ACK on v1, CREATE_TOPIC and DELETE_TOPIC before v3, STATS
+//!   before v4), and a
 //!   server → client opcode sent by a client; the ERR carries the frame's `id`.
 //! - Later versions may append fields to the end of an OK `data`; clients must ignore bytes
 //!   beyond the fields they know.
@@ -381,7 +420,7 @@ use crate::error::ErrorCode;
 /// - v2: SUBSCRIBE options (start, durable consumers, groups, ACKS), ACK, GAP.
 /// - v3: CREATE_TOPIC, DELETE_TOPIC, ENDED, acked pattern groups, the topic in ACK and GAP.
 /// - v4: the SUBSCRIBE option `EPOCH`, so a resume from another epoch is refused; message
-///   headers in PUBLISH and MSG.
+///   headers in PUBLISH and MSG; STATS.
 pub const PROTOCOL_VERSION: u16 = 4;
 /// The oldest version the broker still speaks: v1 clients keep working (they cannot send
 /// SUBSCRIBE options, and never receive GAP); v2 clients get 16-byte GAP bodies.
@@ -444,6 +483,7 @@ pub enum Opcode {
     Ack = 0x06,
     CreateTopic = 0x07,
     DeleteTopic = 0x08,
+    Stats = 0x09,
     Ok = 0x80,
     Err = 0x81,
     Msg = 0x82,
@@ -464,6 +504,7 @@ impl Opcode {
             0x06 => Opcode::Ack,
             0x07 => Opcode::CreateTopic,
             0x08 => Opcode::DeleteTopic,
+            0x09 => Opcode::Stats,
             0x80 => Opcode::Ok,
             0x81 => Opcode::Err,
             0x82 => Opcode::Msg,
@@ -539,6 +580,11 @@ pub enum Frame<'a> {
         request_id: u32,
         topic: &'a [u8],
     },
+    /// Since v4. An empty `topic` names none.
+    Stats {
+        request_id: u32,
+        topic: &'a [u8],
+    },
     Ok {
         request_id: u32,
         data: &'a [u8],
@@ -593,6 +639,7 @@ impl Frame<'_> {
             Frame::Ack { .. } => Opcode::Ack,
             Frame::CreateTopic { .. } => Opcode::CreateTopic,
             Frame::DeleteTopic { .. } => Opcode::DeleteTopic,
+            Frame::Stats { .. } => Opcode::Stats,
             Frame::Ended { .. } => Opcode::Ended,
             Frame::Ok { .. } => Opcode::Ok,
             Frame::Err { .. } => Opcode::Err,
@@ -614,6 +661,7 @@ impl Frame<'_> {
             | Frame::Ack { request_id, .. }
             | Frame::CreateTopic { request_id, .. }
             | Frame::DeleteTopic { request_id, .. }
+            | Frame::Stats { request_id, .. }
             | Frame::Ping { request_id }
             | Frame::Ok { request_id, .. }
             | Frame::Err { request_id, .. }
@@ -666,6 +714,8 @@ impl Frame<'_> {
             Frame::Ack { topic, .. } => 12 + 1 + topic.len(),
             Frame::CreateTopic { topic, options, .. } => 1 + topic.len() + options.len(),
             Frame::DeleteTopic { topic, .. } => 1 + topic.len(),
+            Frame::Stats { topic: [], .. } => 0,
+            Frame::Stats { topic, .. } => 1 + topic.len(),
             Frame::Ended { message, .. } => 2 + message.len(),
             Frame::Ping { .. } | Frame::Pong { .. } => 0,
             Frame::Ok { data, .. } => data.len(),
@@ -747,6 +797,11 @@ impl Frame<'_> {
                 out.extend_from_slice(options);
             }
             Frame::DeleteTopic { topic, .. } => put_short(out, topic),
+            Frame::Stats { topic, .. } => {
+                if !topic.is_empty() {
+                    put_short(out, topic);
+                }
+            }
             Frame::Ended { code, message, .. } => {
                 out.extend_from_slice(&code.to_be_bytes());
                 out.extend_from_slice(message);
@@ -1072,6 +1127,15 @@ fn decode_body(
                 topic,
             }
         }
+        Opcode::Stats => {
+            const STATS_BODY: &str = "STATS body is an optional topic";
+            let topic = r.optional_short().ok_or(STATS_BODY)?;
+            r.end().ok_or(STATS_BODY)?;
+            Frame::Stats {
+                request_id: id,
+                topic,
+            }
+        }
         Opcode::Ended => {
             let code = r.u16().ok_or(SHORT_BODY)?;
             Frame::Ended {
@@ -1248,6 +1312,7 @@ pub fn encode_msg_from_publish(
 /// never allow.
 pub fn encode_msg_head_from_publish(
     out: &mut Vec<u8>,
+    timestamp_ns: u64,
     (topic, reply_to): (&[u8], Option<&[u8]>),
     headers: &[u8],
     payload_len: usize,
@@ -1267,9 +1332,10 @@ pub fn encode_msg_head_from_publish(
     out.reserve(HEADER_LEN + body_len - payload_len);
     out.extend_from_slice(&length.to_be_bytes());
     let flags = if headers.is_empty() { 0 } else { MSG_HEADERS };
-    // Opcode, flags, two reserved bytes, subscription id 0, seq 0, timestamp 0.
+    // Opcode, flags, two reserved bytes, subscription id 0, seq 0, then the timestamp.
     out.extend_from_slice(&[Opcode::Msg as u8, flags, 0, 0, 0, 0, 0, 0]);
-    out.extend_from_slice(&[0; 16]);
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&timestamp_ns.to_be_bytes());
     out.extend_from_slice(&1u16.to_be_bytes());
     out.push(topic_len);
     out.extend_from_slice(topic);
@@ -1688,6 +1754,20 @@ mod tests {
             }),
         );
         check(
+            &[0, 0, 0, 8, 0x09, 0, 0, 0, 0, 0, 0, 4],
+            Expect::Frame(Frame::Stats {
+                request_id: 4,
+                topic: b"",
+            }),
+        );
+        check(
+            &[&[0, 0, 0, 12, 0x09, 0, 0, 0, 0, 0, 0, 4][..], &[3], b"a.b"].concat(),
+            Expect::Frame(Frame::Stats {
+                request_id: 4,
+                topic: b"a.b",
+            }),
+        );
+        check(
             &[
                 &[0, 0, 0, 14, 0x86, 0, 0, 0, 0, 0, 0, 4][..],
                 &[0, 23],
@@ -1826,9 +1906,15 @@ mod tests {
             );
         };
         invalid(
-            &raw(0x09, 0, 0, 0x11, &[&[1, 2, 3]]),
+            &raw(0x0a, 0, 0, 0x11, &[&[1, 2, 3]]),
             ErrorCode::UnknownOpcode,
         );
+        // STATS: a topic and nothing after it.
+        invalid(
+            &raw(0x09, 0, 0, 3, &[&[1, b'a', b'b']]),
+            ErrorCode::BadFrame,
+        );
+        invalid(&raw(0x09, 0, 0, 3, &[&[3, b'a']]), ErrorCode::BadFrame);
         invalid(&raw(0x00, 0, 0, 1, &[]), ErrorCode::UnknownOpcode);
         invalid(&raw(0x87, 0, 0, 1, &[]), ErrorCode::UnknownOpcode);
         invalid(
@@ -2043,7 +2129,7 @@ mod tests {
                 assert_eq!(op as u8, b);
             }
         }
-        assert_eq!((0..=u8::MAX).filter_map(Opcode::from_u8).count(), 15);
+        assert_eq!((0..=u8::MAX).filter_map(Opcode::from_u8).count(), 16);
     }
 
     /// Owned data for one frame, since a strategy cannot hand out borrowed slices.
@@ -2056,6 +2142,7 @@ mod tests {
         Ack(u32, u32, u64, u8, Vec<u8>),
         CreateTopic(u32, Vec<u8>, Vec<u8>),
         DeleteTopic(u32, Vec<u8>),
+        Stats(u32, Vec<u8>),
         Ended(u32, u16, Vec<u8>),
         Ping(u32),
         Ok(u32, Vec<u8>),
@@ -2105,6 +2192,10 @@ mod tests {
                     options: o,
                 },
                 Owned::DeleteTopic(id, t) => Frame::DeleteTopic {
+                    request_id: *id,
+                    topic: t,
+                },
+                Owned::Stats(id, t) => Frame::Stats {
                     request_id: *id,
                     topic: t,
                 },
@@ -2187,6 +2278,7 @@ mod tests {
             (any::<u32>(), name(), vec(any::<u8>(), 0..64))
                 .prop_map(|(a, b, c)| Owned::CreateTopic(a, b, c)),
             (any::<u32>(), name()).prop_map(|(a, b)| Owned::DeleteTopic(a, b)),
+            (any::<u32>(), vec(any::<u8>(), 0..=255)).prop_map(|(a, b)| Owned::Stats(a, b)),
             (any::<u32>(), any::<u16>(), vec(any::<u8>(), 0..64))
                 .prop_map(|(a, b, c)| Owned::Ended(a, b, c)),
             any::<u32>().prop_map(Owned::Ping),
@@ -2233,11 +2325,13 @@ mod tests {
                 vec(any::<u8>(), if seed.is_empty() { 0..1 } else { 1..30 })
             }),
             payload in vec(any::<u8>(), 0..100),
+            timestamp_ns in any::<u64>(),
         ) {
             let mut general = vec![0xaa];
-            encode_msg_from_publish(&mut general, 0, (&topic, reply_to.as_deref()), &headers, &payload);
+            let parts = (&topic[..], reply_to.as_deref());
+            encode_msg_from_publish(&mut general, timestamp_ns, parts, &headers, &payload);
             let mut direct = vec![0xaa];
-            encode_msg_head_from_publish(&mut direct, (&topic, reply_to.as_deref()), &headers, payload.len())
+            encode_msg_head_from_publish(&mut direct, timestamp_ns, parts, &headers, payload.len())
                 .expect("fits");
             direct.extend_from_slice(&payload);
             prop_assert_eq!(direct, general);

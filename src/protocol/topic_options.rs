@@ -11,6 +11,7 @@
 //! | `0x01` | `REPLAY_MESSAGES` | `u64`: messages retained for replay; 0 disables replay  |
 //! | `0x02` | `REPLAY_BYTES`    | `u64`: bytes (whole frames) retained for replay         |
 //! | `0x03` | `REPLAY_TTL_MS`   | `u64`: age in milliseconds after which a retained message is evicted; 0 = no age limit |
+//! | `0x04` | `PRESENCE`        | `u64`: 1 publishes a JSON event on `$sys.presence.<topic>` when a subscription to the topic starts or ends (see the README); 0 = none |
 //!
 //! The broker bounds the first two by `--topic-replay-messages-max` and
 //! `--topic-replay-bytes-max` (`OPTION_OUT_OF_RANGE` above them), because a topic's replay
@@ -22,6 +23,7 @@ use super::tlv::{put_entry, split_entry, u64_value};
 pub const TAG_REPLAY_MESSAGES: u8 = 0x01;
 pub const TAG_REPLAY_BYTES: u8 = 0x02;
 pub const TAG_REPLAY_TTL_MS: u8 = 0x03;
+pub const TAG_PRESENCE: u8 = 0x04;
 
 /// The options of one CREATE_TOPIC; `None` keeps the broker's default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -29,14 +31,17 @@ pub struct TopicOptions {
     pub replay_messages_max: Option<u64>,
     pub replay_bytes_max: Option<u64>,
     pub replay_ttl_ms: Option<u64>,
+    /// Non-zero: joins and leaves are published on `$sys.presence.<topic>`.
+    pub presence: Option<u64>,
 }
 
 impl TopicOptions {
-    fn fields(&self) -> [(u8, Option<u64>); 3] {
+    fn fields(&self) -> [(u8, Option<u64>); 4] {
         [
             (TAG_REPLAY_MESSAGES, self.replay_messages_max),
             (TAG_REPLAY_BYTES, self.replay_bytes_max),
             (TAG_REPLAY_TTL_MS, self.replay_ttl_ms),
+            (TAG_PRESENCE, self.presence),
         ]
     }
 
@@ -59,6 +64,7 @@ impl TopicOptions {
                 TAG_REPLAY_MESSAGES => &mut options.replay_messages_max,
                 TAG_REPLAY_BYTES => &mut options.replay_bytes_max,
                 TAG_REPLAY_TTL_MS => &mut options.replay_ttl_ms,
+                TAG_PRESENCE => &mut options.presence,
                 _ => return Err(OptionError::Unsupported("unknown CREATE_TOPIC option tag")),
             };
             if field.is_some() {
@@ -130,8 +136,9 @@ mod tests {
             replay_messages_max in proptest::option::of(any::<u64>()),
             replay_bytes_max in proptest::option::of(any::<u64>()),
             replay_ttl_ms in proptest::option::of(any::<u64>()),
+            presence in proptest::option::of(any::<u64>()),
         ) {
-            let options = TopicOptions { replay_messages_max, replay_bytes_max, replay_ttl_ms };
+            let options = TopicOptions { replay_messages_max, replay_bytes_max, replay_ttl_ms, presence };
             prop_assert_eq!(TopicOptions::parse(&encoded(options)), Ok(options));
         }
 

@@ -20,6 +20,7 @@ use crate::shard::pattern_groups::consumer_key;
 use crate::shard::topics::INBOX_PREFIX;
 
 use super::connection::SubscriptionRecord;
+use super::presence::PresenceChange;
 use super::wire::{Answer, Feature, Wire};
 use super::{Flow, PendingSubscribe, Shard};
 
@@ -111,8 +112,9 @@ impl Shard {
                 return Flow::Continue;
             }
         }
-        let message = Message::from_publish_with_headers(
+        let message = Message::from_publish_read_at(
             &mut self.encode_scratch,
+            self.clock_ns,
             (topic, reply_to),
             headers,
             payload,
@@ -258,6 +260,7 @@ impl Shard {
             acks: options.acks.is_some(),
             dropped_unreported: 0,
             epoch: 0,
+            presence: false,
         };
         match kind {
             SubjectKind::Exact if owner == self.id => {
@@ -413,12 +416,18 @@ impl Shard {
             Ok(subscribed) => {
                 record.pending = None;
                 record.epoch = subscribed.position.epoch;
+                record.presence = subscribed.presence;
+                let presence_consumer = subscribed.presence.then(|| record.consumer.clone());
                 // A consumer's messages come from its owner, not from this shard's fan-out.
                 if record.consumer.is_none() {
                     self.local.add_exact(subject, subscriber);
                 }
                 let position = subscribed.position;
                 self.answer(id, request_id, Answer::Position(position));
+                if let Some(consumer) = presence_consumer {
+                    let joined = (subject, subscriber, consumer.as_deref());
+                    self.note_presence(PresenceChange::Join, joined);
+                }
                 self.deliver_replay((subscriber, subject), position.last_seq, subscribed.replay);
             }
             Err(refusal) => {
@@ -491,6 +500,10 @@ impl Shard {
                 }
                 let counted_here = record.consumer.is_some()
                     || self.local.remove_exact(&record.subject, subscriber);
+                if counted_here && record.presence {
+                    let left = (&*record.subject, subscriber, record.consumer.as_deref());
+                    self.note_presence(PresenceChange::Leave, left);
+                }
                 if counted_here {
                     self.forget_exact_subscription(
                         (&record.subject, record.epoch),
@@ -672,24 +685,14 @@ impl Shard {
             if !self.terminal_room() {
                 return Flow::Blocked;
             }
-            // Acks are the hot path of at-least-once: reuse the shard's action list.
-            self.counters.count_ack(kind);
-            let mut actions = std::mem::take(&mut self.consumer_actions);
-            self.owned.ack_consumer(
-                (&topic, &consumer),
-                Member {
-                    shard: self.id,
-                    subscriber: Subscriber {
-                        connection: id,
-                        sub_id,
-                    },
+            let acker = Member {
+                shard: self.id,
+                subscriber: Subscriber {
+                    connection: id,
+                    sub_id,
                 },
-                (seq, kind),
-                unix_time_ns(),
-                &mut actions,
-            );
-            self.carry_out(&topic, &mut actions);
-            self.consumer_actions = actions;
+            };
+            self.apply_ack((&topic, &consumer), acker, (seq, kind));
         } else {
             let link = self.link_mut(owner);
             if !link.requests_out.make_room() {
@@ -766,8 +769,12 @@ impl Shard {
             request_id,
         };
         let owner = self.owner_of(topic);
+        let presence = options.presence.is_some_and(|on| on != 0);
         if owner == self.id {
             let result = self.owned.create(topic, replay_limits);
+            if result.is_ok() {
+                self.owned.set_presence(topic, presence);
+            }
             self.answer_create_topic(reply, result);
         } else {
             let link = self.link_mut(owner);
@@ -777,6 +784,7 @@ impl Shard {
             link.requests_out.push(OwnerRequest::CreateTopic {
                 topic: topic.into(),
                 replay_limits,
+                presence,
                 reply,
             });
         }

@@ -23,6 +23,7 @@ use crate::ids::ConnectionId;
 use crate::protocol::http::{
     self, ApiDialect, ConnectionHeader, HttpLimits, Method, ResponseHead, Route, Status,
 };
+use crate::protocol::topic::SubjectKind;
 use crate::protocol::topic_options::TopicOptions;
 
 use super::conn_ws::Dialect;
@@ -273,8 +274,8 @@ impl Shard {
                 }
             },
             Route::V1CreateTopic | Route::CreateTopic => {
-                let name = match http::parse_create_topic_body(&request.body) {
-                    Ok(body) => body.name.into_owned(),
+                let (name, presence) = match http::parse_create_topic_body(&request.body) {
+                    Ok(body) => (body.name.into_owned(), body.presence),
                     Err(error) => {
                         let status = error.status(dialect);
                         let message = error.message();
@@ -300,7 +301,10 @@ impl Shard {
                     id,
                     HTTP_REQUEST_ID,
                     name.as_bytes(),
-                    TopicOptions::default(),
+                    TopicOptions {
+                        presence: presence.then_some(1),
+                        ..TopicOptions::default()
+                    },
                 );
                 Some(self.unless_blocked(id, flow))
             }
@@ -341,6 +345,38 @@ impl Shard {
                     }),
                 );
                 self.start_gathering(id, HTTP_REQUEST_ID);
+                Some(Flow::Continue)
+            }
+            Route::V1TopicSubscribers { name } => {
+                let topic = match crate::protocol::topic::parse_subscription(name.as_bytes()) {
+                    Ok((topic, SubjectKind::Exact)) => topic,
+                    _ => {
+                        // No topic can have that name (a pattern, or a name the rules refuse).
+                        self.http_reply(id, |out| {
+                            http::encode_error_response(
+                                dialect,
+                                Status::NOT_FOUND,
+                                "topic not found",
+                                request.connection,
+                                out,
+                            )
+                        });
+                        return Some(Flow::Continue);
+                    }
+                };
+                if !self.terminal_room() {
+                    return Some(Flow::Blocked);
+                }
+                self.set_pending(
+                    id,
+                    pending(Awaiting::Stats {
+                        query: StatsQuery::V1Subscribers {
+                            topic: topic.into(),
+                        },
+                        gathered: BrokerStats::default(),
+                    }),
+                );
+                self.start_gathering_presence(id, HTTP_REQUEST_ID, Some(topic));
                 Some(Flow::Continue)
             }
             Route::Dashboard => {

@@ -175,6 +175,12 @@ impl Shard {
                 }
                 self.handle_delete_topic(id, request_id, topic)
             }
+            Frame::Stats { request_id, topic } => {
+                if let Some(flow) = self.refused_before(id, (request_id, 4), "STATS") {
+                    return flow;
+                }
+                self.handle_native_stats(id, request_id, topic)
+            }
             Frame::Ping { request_id } => {
                 self.reply_native(id, Frame::Pong { request_id });
                 Flow::Continue

@@ -254,6 +254,11 @@ impl RespSession {
         }
     }
 
+    /// `CLIENT SETNAME`'s (or `HELLO ... SETNAME`'s) name, empty if none.
+    pub(super) fn client_name(&self) -> &[u8] {
+        &self.name
+    }
+
     fn names(&self, family: Family) -> &AHashMap<Box<[u8]>, u32> {
         &self.by_name[family as usize]
     }
@@ -1548,6 +1553,7 @@ fn info_text(
             counters.frame_deadline_closes,
             counters.connections_refused_per_ip,
         );
+        super::stats::write_latency_info(parts, &mut text);
     }
     text
 }

@@ -521,12 +521,23 @@ impl Shard {
                 self.ws_send(id, &out);
                 Flow::Continue
             }
-            FiberRequest::Subscribe(subscribe) => self.ws_subscribe(
-                id,
-                (subscribe.request_id, subscribe.topic),
-                subscribe.options,
-                EventFormat::Fiber { seq: subscribe.seq },
-            ),
+            FiberRequest::Subscribe(subscribe) => {
+                // The Go/Fiber dialect names its client on each subscribe: the first name
+                // becomes the connection's, as presence shows it.
+                if let (Some(client_id), Some(conn)) =
+                    (&subscribe.client_id, self.connection_mut(id))
+                {
+                    if conn.client_name.is_empty() {
+                        conn.client_name = client_id.to_string();
+                    }
+                }
+                self.ws_subscribe(
+                    id,
+                    (subscribe.request_id, subscribe.topic),
+                    subscribe.options,
+                    EventFormat::Fiber { seq: subscribe.seq },
+                )
+            }
             FiberRequest::Unsubscribe {
                 topic, request_id, ..
             } => self.ws_unsubscribe(id, request_id, topic),
@@ -852,6 +863,7 @@ impl Shard {
             let client_id = format!("{:016x}", rand::random::<u64>());
             ws_fastapi::encode_info(&client_id, &mut text);
             websocket::encode_text_frame(&text, conn.out.replies());
+            conn.client_name = client_id;
         }
         let peer = conn.peer;
         log::info!(

@@ -71,6 +71,8 @@ pub struct SubscriptionRecord {
     /// The topic incarnation an exact subscription was counted in (0 until the owner's ack),
     /// so its unsubscribe cannot touch a topic deleted and made again meanwhile.
     pub epoch: u64,
+    /// Its topic has presence on (learnt with the owner's ack): its end is published too.
+    pub presence: bool,
 }
 
 /// Bytes read from the socket and not yet decoded. Rests at `read_chunk_bytes`; grows only to
@@ -229,8 +231,9 @@ pub enum EnqueueOutcome {
 enum Queued {
     Message(Message),
     /// A delivery already encoded for a text protocol, shared by every subscriber of that
-    /// format on the shard.
-    Encoded(Arc<[u8]>),
+    /// format on the shard, with its message's publish timestamp for the latency sample (0
+    /// for a redelivery, which takes none).
+    Encoded(Arc<[u8]>, u64),
     Gap {
         missed: u64,
         resume_seq: u64,
@@ -243,7 +246,7 @@ impl Queued {
     fn frame_len(&self) -> usize {
         match self {
             Queued::Message(message) => message.frame_len(),
-            Queued::Encoded(frame) => frame.len(),
+            Queued::Encoded(frame, _) => frame.len(),
             Queued::Gap {
                 missed,
                 resume_seq,
@@ -270,6 +273,10 @@ pub struct Outbound {
     /// Messages thrown away unwritten over the connection's life (each `discard_pending`),
     /// which its close log reports; the shard's `undelivered` counter is the sum of these.
     discarded: u64,
+    /// Deliveries published at or before this (Unix ns) were queued as history, a replay:
+    /// their age says how far back the subscriber asked, not how fast the broker is, so a
+    /// write they lead takes no latency sample.
+    history_through_ns: u64,
 }
 
 impl Outbound {
@@ -281,6 +288,7 @@ impl Outbound {
             pending_bytes: 0,
             stage_bytes_max,
             discarded: 0,
+            history_through_ns: 0,
         }
     }
 
@@ -328,7 +336,7 @@ impl Outbound {
     pub fn offer_encoded(
         &mut self,
         sub_id: u32,
-        frame: Arc<[u8]>,
+        (frame, published_ns): (Arc<[u8]>, u64),
         outbound_bytes_max: usize,
         policy: SlowConsumerPolicy,
         mut dropped: impl FnMut(u32),
@@ -352,7 +360,8 @@ impl Outbound {
             }
         }
         self.pending_bytes += incoming;
-        self.pending.push_back((sub_id, Queued::Encoded(frame)));
+        self.pending
+            .push_back((sub_id, Queued::Encoded(frame, published_ns)));
         if dropped_count > 0 {
             EnqueueOutcome::QueuedAfterDropping(dropped_count)
         } else {
@@ -449,7 +458,7 @@ impl Outbound {
         let index = self
             .pending
             .iter()
-            .position(|(_, queued)| matches!(queued, Queued::Message(_) | Queued::Encoded(_)))?;
+            .position(|(_, queued)| matches!(queued, Queued::Message(_) | Queued::Encoded(..)))?;
         let (sub_id, queued) = self.pending.remove(index)?;
         self.pending_bytes -= queued.frame_len();
         Some((sub_id, queued))
@@ -460,7 +469,7 @@ impl Outbound {
         let dropped = self
             .pending
             .iter()
-            .filter(|(_, queued)| matches!(queued, Queued::Message(_) | Queued::Encoded(_)))
+            .filter(|(_, queued)| matches!(queued, Queued::Message(_) | Queued::Encoded(..)))
             .count() as u64;
         self.pending.clear();
         self.pending_bytes = 0;
@@ -506,7 +515,7 @@ impl Outbound {
                     native::stage_msg(&mut self.write_buf, message.frame(), sub_id, STRIP_HEADERS);
                     staged += 1;
                 }
-                Queued::Encoded(frame) => {
+                Queued::Encoded(frame, _) => {
                     self.write_buf.extend_from_slice(&frame);
                     staged += 1;
                 }
@@ -530,14 +539,17 @@ impl Outbound {
                 let mut frame = Vec::new();
                 super::conn_resp::stage_message(&mut frame, version, message);
                 self.pending_bytes = self.pending_bytes - message.frame_len() + frame.len();
-                *queued = Queued::Encoded(frame.into());
+                *queued = Queued::Encoded(frame.into(), live_published_ns(message));
             }
         }
     }
 
     /// Writes until everything is out or the socket would block.
     pub fn write_to<W: Write>(&mut self, socket: &mut W, wire: &Wire) -> io::Result<WriteProgress> {
-        let mut progress = WriteProgress::default();
+        let mut progress = WriteProgress {
+            oldest_published_ns: self.front_published_ns(),
+            ..WriteProgress::default()
+        };
         loop {
             progress.deliveries += self.stage(wire);
             if self.written == self.write_buf.len() {
@@ -642,7 +654,7 @@ impl Outbound {
                     event.map(|event| (event, Queued::Notice(frame)))
                 }
                 // Text-protocol encodings are never queued for a handle.
-                Queued::Encoded(_) => None,
+                Queued::Encoded(..) => None,
             };
             if let Some((event, queued)) = event {
                 if ends.offer(event).is_err() {
@@ -659,6 +671,25 @@ impl Outbound {
         handed
     }
 
+    /// The publish timestamp of the next delivery to be staged, if a first, live delivery is
+    /// next: the one latency sample a write takes, looked up once per write and not per
+    /// message. Redeliveries and replays take none.
+    fn front_published_ns(&self) -> Option<u64> {
+        let published_ns = match self.pending.front() {
+            Some((_, Queued::Message(message))) if message.delivery_count() == 1 => {
+                message.timestamp_ns()
+            }
+            Some((_, Queued::Encoded(_, published_ns))) => *published_ns,
+            _ => return None,
+        };
+        (published_ns > self.history_through_ns).then_some(published_ns)
+    }
+
+    /// A replay reaching back to messages published at `published_ns` was queued.
+    pub fn note_history_through(&mut self, published_ns: u64) {
+        self.history_through_ns = self.history_through_ns.max(published_ns);
+    }
+
     /// Keeps a partly written buffer from creeping forward forever.
     fn compact(&mut self) {
         if self.written >= WRITE_CHUNK_BYTES {
@@ -673,6 +704,9 @@ impl Outbound {
 pub struct WriteProgress {
     pub bytes: u64,
     pub deliveries: u64,
+    /// The publish timestamp of the first delivery this write staged (the one that waited
+    /// longest), when a delivery was first in line.
+    pub oldest_published_ns: Option<u64>,
     /// Everything queued was written.
     pub drained: bool,
     /// The socket is full; wait for a writable event before trying again.
@@ -758,6 +792,17 @@ pub struct Connection {
     /// has started) began arriving; None when the buffer holds nothing, or only whole frames
     /// the broker has not processed yet (it is the one waiting then). `--frame-deadline-ms`.
     pub partial_since: Option<std::time::Instant>,
+    /// A native STATS being gathered from the shards (one at a time per connection).
+    pub stats_gather: Option<Box<super::stats::NativeStatsGather>>,
+}
+
+/// The publish timestamp a latency sample would use: 0 (none) for a redelivery.
+fn live_published_ns(message: &Message) -> u64 {
+    if message.delivery_count() == 1 {
+        message.timestamp_ns()
+    } else {
+        0
+    }
 }
 
 /// Records a delivery lost under `drop-oldest` on its subscription, for a DROPPED notice.
@@ -830,6 +875,7 @@ impl Connection {
             publish_bucket: TokenBucket::default(),
             half_open: true,
             partial_since: None,
+            stats_gather: None,
         }
     }
 
@@ -859,6 +905,7 @@ impl Connection {
             publish_bucket: TokenBucket::default(),
             half_open: false,
             partial_since: None,
+            stats_gather: None,
         }
     }
 
@@ -902,8 +949,13 @@ impl Connection {
             }
         };
         let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
-        self.out
-            .offer_encoded(sub_id, frame, outbound_bytes_max, policy, dropped)
+        self.out.offer_encoded(
+            sub_id,
+            (frame, live_published_ns(message)),
+            outbound_bytes_max,
+            policy,
+            dropped,
+        )
     }
 
     /// Appends a DROPPED notice for each subscription with unreported drops. Called only when
@@ -1140,6 +1192,39 @@ mod tests {
             }
             other => panic!("expected MSG, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_write_samples_its_oldest_live_delivery_and_not_history_or_redeliveries() {
+        let stamped = |published_ns| {
+            let mut scratch = Vec::new();
+            let mut message = Message::from_publish(&mut scratch, "t", None, b"x");
+            message.stamp(1, published_ns);
+            message
+        };
+        let sample = |out: &mut Outbound| {
+            let mut socket = ChokedSocket {
+                written: Vec::new(),
+                capacity: usize::MAX,
+            };
+            let wire = Wire::Native { version: 4 };
+            out.write_to(&mut socket, &wire)
+                .unwrap()
+                .oldest_published_ns
+        };
+        let mut out = Outbound::new(WRITE_CHUNK_BYTES);
+        out.push_delivery(1, stamped(100));
+        out.push_delivery(1, stamped(200));
+        assert_eq!(sample(&mut out), Some(100));
+        assert_eq!(sample(&mut out), None, "nothing was written");
+        out.push_delivery(1, stamped(300).redelivery(2));
+        assert_eq!(sample(&mut out), None);
+        // A replay up to 500 was queued: older deliveries are history.
+        out.note_history_through(500);
+        out.push_delivery(1, stamped(400));
+        assert_eq!(sample(&mut out), None);
+        out.push_delivery(1, stamped(600));
+        assert_eq!(sample(&mut out), Some(600));
     }
 
     #[test]

@@ -132,6 +132,18 @@ impl Consumer {
         self.unacked.as_ref().map_or(0, RetryBuffer::len)
     }
 
+    /// How far behind the topic's `last_seq` it is: messages not acknowledged yet (with
+    /// acks), or not delivered yet (without).
+    pub fn lag(&self, last_seq: u64) -> u64 {
+        let first_unfinished = self
+            .unacked
+            .as_ref()
+            .and_then(RetryBuffer::oldest_seq)
+            .unwrap_or(self.next_seq)
+            .min(self.next_seq);
+        (last_seq + 1).saturating_sub(first_unfinished)
+    }
+
     /// Adds a member. A durable consumer that comes back gets its unacknowledged messages
     /// again first; a group member that joins gets at once what departed members left
     /// unacknowledged (rather than after their ack wait).
@@ -250,6 +262,11 @@ impl Consumer {
             }
             out.push(ConsumerAction::Deliver { member, message });
         }
+    }
+
+    /// When message `seq`, in flight, was last delivered.
+    pub fn delivered_ns(&self, seq: u64) -> Option<u64> {
+        self.unacked.as_ref()?.delivered_ns(seq)
     }
 
     /// Applies an ACK frame from `acker`. A cumulative ack covers only what was delivered to

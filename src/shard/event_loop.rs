@@ -155,13 +155,17 @@ impl Shard {
                 self.counters.topics_reclaimed_under_pressure =
                     self.owned.reclaimed_under_pressure();
             }
+            // Events that find a ring full wait for its consumer's wake-up, not a spin.
+            let presence_ring_full = !self.presence.is_empty() && !self.send_presence_events();
             if self.flush_outboxes() && (!self.blocked.is_empty() || self.has_stalled_requests()) {
                 work_left = true;
             }
             self.flush_dirty();
             self.resume_stalled(Instant::now());
-            // Flushing may have resumed connections that paused on unsent replies.
+            // Flushing may have resumed connections that paused on unsent replies; closing
+            // connections may have noted leaves.
             work_left |= !self.read_again.is_empty();
+            work_left |= !presence_ring_full && !self.presence.is_empty();
             if self.shutdown_flag.load(Ordering::Acquire) && self.shutdown_deadline.is_none() {
                 self.begin_shutdown();
             }
@@ -660,6 +664,8 @@ impl Shard {
                 Ok(progress) => {
                     total.bytes += progress.bytes;
                     total.deliveries += progress.deliveries;
+                    total.oldest_published_ns =
+                        total.oldest_published_ns.or(progress.oldest_published_ns);
                     total.drained = progress.drained;
                     conn.write_blocked = progress.would_block;
                     // Drops counted while this write went out are reported right away.
@@ -674,6 +680,11 @@ impl Shard {
             Ok(progress) => {
                 self.counters.bytes_out += progress.bytes;
                 self.counters.delivered += progress.deliveries;
+                if let Some(published_ns) = progress.oldest_published_ns {
+                    // One clock read per write, not per delivery (see `latency`).
+                    let latency_ns = super::commands::unix_time_ns().saturating_sub(published_ns);
+                    self.latency.delivery.record_ns(latency_ns);
+                }
                 if let (ConnState::Closing(reason), true) = (state, progress.drained) {
                     self.close_now(id, reason);
                 } else if paused_for_replies && progress.bytes > 0 {

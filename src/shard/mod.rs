@@ -9,11 +9,13 @@
 //!   deliveries and notices in its protocol.
 //! - the connection kinds: `conn_native` (HELLO, versions, binary frames), `conn_http` (REST,
 //!   the WebSocket upgrade), `conn_ws` (the two JSON dialects; the per-shard event cache).
-//! - `stats`: topic lists and counters gathered from every shard over the rings.
+//! - `stats`: topic lists and counters gathered from every shard over the rings; `latency`:
+//!   the in-broker latency histograms they carry.
 //! - `owner`: the topic-owner side (sequencing, interest) and the handling of everything that
 //!   arrives over the rings.
 //! - `consumers`, `retry`, `replay`, `pattern_groups`: durable consumers and groups, their
 //!   retry buffers, the replay ring, acked pattern groups.
+//! - `presence`: join and leave events on `$sys.presence.<topic>`.
 //! - `connection`, `topics`, `sublist`: the state those work on.
 //!
 //! Architecture invariant: a shard's state is touched only by its own thread. Nothing here is
@@ -28,8 +30,10 @@ pub mod conn_ws;
 pub mod connection;
 pub mod consumers;
 mod event_loop;
+pub mod latency;
 mod owner;
 pub mod pattern_groups;
+pub mod presence;
 pub mod replay;
 pub mod retry;
 pub mod stats;
@@ -134,6 +138,11 @@ pub struct ShardCounters {
     pub gap_missed: u64,
     /// Retained messages handed to this shard's subscribers as a replay.
     pub replayed: u64,
+    /// Join and leave events published on `$sys.presence.<topic>` by this shard.
+    pub presence_events: u64,
+    /// Join and leave events not published: over `--presence-events-per-second-max`, or
+    /// for a topic whose `$sys.presence.` name would be too long.
+    pub presence_events_suppressed: u64,
 }
 
 impl ShardCounters {
@@ -167,6 +176,8 @@ impl ShardCounters {
         self.gaps += other.gaps;
         self.gap_missed += other.gap_missed;
         self.replayed += other.replayed;
+        self.presence_events += other.presence_events;
+        self.presence_events_suppressed += other.presence_events_suppressed;
     }
 
     /// An ack the owner applied.
@@ -201,6 +212,11 @@ impl ShardCounters {
             ("gap_missed", self.gap_missed),
             ("replayed", self.replayed),
             ("publisher_stalls", self.publisher_stalls),
+            ("presence_events", self.presence_events),
+            (
+                "presence_events_suppressed",
+                self.presence_events_suppressed,
+            ),
             (
                 "connections_refused_per_ip",
                 self.connections_refused_per_ip,
@@ -319,11 +335,13 @@ pub struct Shard {
     /// what `partial_since` records.
     turn_now: Instant,
     /// Wall-clock time (Unix ns), read once per socket read, ring batch and loop turn rather
-    /// than once per message: the publish time stamped on what is sequenced until the next
-    /// reading. A clock read cost about 110 instructions, a twentieth of a native publish;
-    /// a stamp is at most one loop turn late (a read's processing, or for work resumed later
-    /// in the turn, the turn so far), and timestamps along a topic still never decrease
-    /// (`OwnedTopics::sequence` takes the larger of this and the last).
+    /// than once per message (a clock read cost about 110 instructions, a twentieth of a
+    /// native publish). A PUBLISH handled from a read takes it as its read time, where its
+    /// delivery latency starts and which becomes its publish time; a frame handled later (its
+    /// connection was blocked) gets a later reading, never one before its bytes arrived, so
+    /// replay-from-a-time misses nothing. The owner's `now` for what it sequences is the same
+    /// reading, at most one loop turn old; timestamps along a topic still never decrease
+    /// (`OwnedTopics::sequence` takes the larger of the publish time and the last).
     clock_ns: u64,
     linger_deadlines: VecDeque<(Instant, ConnectionId)>,
     /// A batch of owner requests from each peer that could not be finished for lack of
@@ -333,6 +351,9 @@ pub struct Shard {
     match_scratch: Vec<Subscriber>,
     consumer_actions: Vec<consumers::ConsumerAction>,
     counters: ShardCounters,
+    latency: latency::ShardLatency,
+    /// Join and leave events noted this turn, for topics with presence on.
+    presence: presence::PresenceEvents,
     shutdown_flag: Arc<AtomicBool>,
     shutdown_deadline: Option<Instant>,
     /// When consumer redeliveries and expiries are next checked.
@@ -395,6 +416,8 @@ impl Shard {
             match_scratch: Vec::new(),
             consumer_actions: Vec::new(),
             counters: ShardCounters::default(),
+            latency: latency::ShardLatency::default(),
+            presence: presence::PresenceEvents::default(),
             shutdown_flag: setup.shutdown,
             shutdown_deadline: None,
             next_consumer_timer: Instant::now(),

@@ -14,6 +14,7 @@ use crate::mesh::message::{
     ConsumerRequest, OwnerRequest, Published, Replay, ReplyTarget, Subscribed, Terminal,
 };
 use crate::message::Message;
+use crate::protocol::native::AckKind;
 use crate::protocol::subscribe_options::AckSettings;
 use crate::protocol::subscribe_options::Start;
 use crate::protocol::topic::TOPIC_BYTES_MAX;
@@ -96,6 +97,30 @@ impl Shard {
             seq: sequenced.seq,
             receivers: sequenced.receivers,
         })
+    }
+
+    /// Applies an ack from `acker` to a consumer of a topic this shard owns, and records its
+    /// round trip. The caller has checked `terminal_room`.
+    pub(super) fn apply_ack(
+        &mut self,
+        (topic, consumer): (&str, &str),
+        acker: Member,
+        (seq, kind): (u64, AckKind),
+    ) {
+        self.counters.count_ack(kind);
+        let now_ns = unix_time_ns();
+        // Acks are the hot path of at-least-once: reuse the shard's action list.
+        let mut actions = std::mem::take(&mut self.consumer_actions);
+        let delivered_ns =
+            self.owned
+                .ack_consumer((topic, consumer), acker, (seq, kind), now_ns, &mut actions);
+        if let Some(delivered_ns) = delivered_ns {
+            self.latency
+                .ack
+                .record_ns(now_ns.saturating_sub(delivered_ns));
+        }
+        self.carry_out(topic, &mut actions);
+        self.consumer_actions = actions;
     }
 
     /// Answers a publish made on this shard.
@@ -290,32 +315,27 @@ impl Shard {
                 seq,
                 kind,
             } => {
-                self.counters.count_ack(kind);
-                let mut actions = std::mem::take(&mut self.consumer_actions);
-                self.owned.ack_consumer(
-                    (&topic, &consumer),
-                    Member {
-                        shard: from,
-                        subscriber,
-                    },
-                    (seq, kind),
-                    unix_time_ns(),
-                    &mut actions,
-                );
-                self.carry_out(&topic, &mut actions);
-                self.consumer_actions = actions;
+                let acker = Member {
+                    shard: from,
+                    subscriber,
+                };
+                self.apply_ack((&topic, &consumer), acker, (seq, kind));
             }
             OwnerRequest::CreateTopic {
                 topic,
                 replay_limits,
+                presence,
                 reply,
             } => {
                 let result = self.owned.create(&topic, replay_limits);
+                if result.is_ok() {
+                    self.owned.set_presence(&topic, presence);
+                }
                 self.link_mut(from)
                     .terminals_out
                     .push(Terminal::TopicCreated { reply, result });
             }
-            OwnerRequest::DeadLetter { message } => self.publish_dead_letter(message),
+            OwnerRequest::BrokerPublish { message } => self.publish_from_broker(message),
             OwnerRequest::Unsubscribe { topic, epoch } => {
                 self.owned.remove_subscriber(&topic, from, epoch)
             }
@@ -325,8 +345,8 @@ impl Shard {
                     .terminals_out
                     .push(Terminal::KillOutcome { reply, killed });
             }
-            OwnerRequest::Stats { reply } => {
-                let stats = Box::new(self.shard_stats());
+            OwnerRequest::Stats { reply, presence } => {
+                let stats = Box::new(self.shard_stats(presence.as_deref()));
                 self.link_mut(from)
                     .terminals_out
                     .push(Terminal::Stats { reply, stats });
@@ -552,20 +572,21 @@ impl Shard {
                     );
                     let owner = self.owner_of(&dlq_topic);
                     if owner == self.id {
-                        self.publish_dead_letter(dead);
+                        self.publish_from_broker(dead);
                     } else {
                         self.link_mut(owner)
                             .requests_out
-                            .push(OwnerRequest::DeadLetter { message: dead });
+                            .push(OwnerRequest::BrokerPublish { message: dead });
                     }
                 }
             }
         }
     }
 
-    fn publish_dead_letter(&mut self, message: Message) {
+    /// Sequences one of the broker's own messages (a dead letter, a presence event).
+    pub(super) fn publish_from_broker(&mut self, message: Message) {
         if let Err(code) = self.sequence_and_fan_out(message, None) {
-            log::warn!("event=dead_letter_refused shard={} code={code}", self.id);
+            log::warn!("event=broker_publish_refused shard={} code={code}", self.id);
         }
     }
 
@@ -753,6 +774,11 @@ impl Shard {
                 break;
             }
             self.counters.replayed += 1;
+        }
+        if let Some(newest) = replay.messages.last() {
+            if let Some(conn) = self.connection_mut(subscriber.connection) {
+                conn.out.note_history_through(newest.timestamp_ns());
+            }
         }
     }
 

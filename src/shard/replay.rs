@@ -405,6 +405,7 @@ mod tests {
             replay_messages_max: messages,
             replay_bytes_max: bytes,
             replay_ttl_ms: ttl_ms,
+            presence: None,
         };
         let apply = |o: TopicOptions| defaults.overridden(&o, 10_000, 1 << 24);
         assert_eq!(apply(TopicOptions::default()), Ok(defaults));

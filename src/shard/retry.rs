@@ -186,6 +186,17 @@ impl<T: Clone> RetryBuffer<T> {
         Ok(())
     }
 
+    /// When `seq`, in flight, was last delivered: its deadline less the wait that delivery
+    /// was given.
+    pub fn delivered_ns(&self, seq: u64) -> Option<u64> {
+        let in_flight = self.get(seq)?;
+        Some(
+            in_flight
+                .deadline_ns
+                .saturating_sub(self.policy.wait_ns(in_flight.delivery_count)),
+        )
+    }
+
     /// Stops tracking `seq`. False if it was not in flight.
     pub fn ack(&mut self, seq: u64) -> bool {
         let Ok(at) = self.position(seq) else {
@@ -483,6 +494,17 @@ mod tests {
             (None, None)
         );
         assert!(take_due(&mut buffer, u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn delivered_ns_is_the_latest_delivery_of_a_message_in_flight() {
+        let mut buffer = tracked(policy(4, 5), &[1, 2], 10);
+        assert_eq!(buffer.delivered_ns(1), Some(10));
+        // Redelivered at its deadline (110): that delivery is the one an ack answers.
+        assert_eq!(take_due(&mut buffer, 110).len(), 2);
+        assert_eq!(buffer.delivered_ns(2), Some(110));
+        assert!(buffer.ack(2));
+        assert_eq!(buffer.delivered_ns(2), None);
     }
 
     #[test]

@@ -3,26 +3,37 @@
 //! for the topics it owns (their subscriber counts cover every shard, since the owner counts
 //! them) and its own counters. Answers are merged on the asking connection; a shard that has
 //! not answered within [`GATHER_DEADLINE`] is left out and the answer says it is partial.
+//!
+//! The same parts answer every view: `/v1/stats` and the native STATS (one JSON document),
+//! `/metrics`, Redis `INFO`, and presence (`/v1/topics/{name}/subscribers`, STATS with a
+//! topic), for which each shard also lists its subscriptions to the named topic.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::error::CloseReason;
+use crate::error::{CloseReason, ErrorCode};
 use crate::ids::ConnectionId;
 use crate::mesh::message::{OwnerRequest, ReplyTarget};
 use crate::protocol::http::{self, ConnectionHeader, ResponseHead, Status};
+use crate::protocol::native::Frame;
+use crate::protocol::topic::{pattern_matches, SubjectKind};
 
 use super::conn_http::{Awaiting, PendingHttp};
+use super::latency::{LatencyHistogram, ShardLatency, BUCKET_BOUNDS_NS, QUANTILES};
 use super::wire::{Protocol, Wire};
-use super::{Shard, ShardCounters};
+use super::{Flow, Shard, ShardCounters};
 
 /// How long an answer waits for the slowest shard.
 pub const GATHER_DEADLINE: Duration = Duration::from_millis(500);
 
 /// What was asked, which decides the answer's shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StatsQuery {
+    /// Who receives this topic (presence).
+    V1Subscribers {
+        topic: Box<str>,
+    },
     V1Topics,
     Topics,
     V1Health,
@@ -42,7 +53,51 @@ pub struct TopicStats {
     pub messages: u64,
     pub retained_messages: u64,
     pub retained_bytes: u64,
+    /// The retained range, `first..=last` (0 when nothing is retained).
+    pub retained_first_seq: u64,
+    pub retained_last_seq: u64,
+    pub consumers: Vec<ConsumerStats>,
 }
+
+/// A durable consumer or group of a topic, on the topic's owner.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerStats {
+    pub name: Box<str>,
+    pub group: bool,
+    pub members: u64,
+    pub in_flight: u64,
+    /// Messages not acknowledged yet (not delivered yet, for one without acks).
+    pub lag: u64,
+}
+
+/// One connection as the stats show it (a subscriber, or a slow consumer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionSummary {
+    pub shard: u16,
+    pub connection: ConnectionId,
+    /// HELLO's client name (native), `CLIENT SETNAME`'s (Redis), the `client_id` (WebSocket:
+    /// the one FastAPI's dialect hands out, Go/Fiber's first subscribe's), or empty.
+    pub client_name: String,
+    pub protocol: Protocol,
+    pub peer: std::net::SocketAddr,
+    /// Bytes accepted for it and not yet written.
+    pub queued_bytes: u64,
+}
+
+/// One subscription that receives a topic's messages (presence).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceEntry {
+    pub connection: ConnectionSummary,
+    pub sub_id: u32,
+    /// The topic itself, or the pattern that matched it.
+    pub subject: Box<str>,
+    /// The durable consumer or group it belongs to.
+    pub consumer: Option<Box<str>>,
+}
+
+/// How many slow consumers each shard lists in a stats answer (the most queued first);
+/// the counters still count every one.
+pub const SLOW_CONSUMERS_LISTED_MAX: usize = 20;
 
 /// One shard's part.
 #[derive(Clone, Debug, Default)]
@@ -59,6 +114,21 @@ pub struct ShardStats {
     pub patterns: Vec<Box<str>>,
     /// One `CLIENT LIST` line per RESP connection on this shard.
     pub resp_clients: Vec<String>,
+    pub latency: ShardLatency,
+    /// The subscriptions to the topic the request named, on this shard.
+    pub presence: Vec<PresenceEntry>,
+    /// This shard's connections holding more than half their outbound limit, the most
+    /// queued first, at most [`SLOW_CONSUMERS_LISTED_MAX`].
+    pub slow_consumers: Vec<ConnectionSummary>,
+}
+
+/// A native STATS waiting for the shards' parts, on its connection.
+#[derive(Debug)]
+pub struct NativeStatsGather {
+    request_id: u32,
+    /// The topic whose subscribers were asked for.
+    presence: Option<Box<str>>,
+    gathered: BrokerStats,
 }
 
 /// The parts gathered so far.
@@ -69,8 +139,8 @@ pub struct BrokerStats {
 }
 
 impl Shard {
-    /// This shard's part.
-    pub(super) fn shard_stats(&self) -> ShardStats {
+    /// This shard's part; with the subscriptions to `presence`, if it names a topic.
+    pub(super) fn shard_stats(&self, presence: Option<&str>) -> ShardStats {
         let mut connections_by_protocol = [0; Protocol::ALL.len()];
         for (_, conn) in &self.connections {
             connections_by_protocol[conn.wire.protocol() as usize] += 1;
@@ -81,32 +151,124 @@ impl Shard {
             topics: self
                 .owned
                 .iter()
-                .map(|(name, topic)| TopicStats {
-                    name: name.into(),
-                    subscribers: topic.subscriber_count(),
-                    messages: topic.position().last_seq,
-                    retained_messages: topic.replay.len() as u64,
-                    retained_bytes: topic.replay.bytes() as u64,
+                .map(|(name, topic)| {
+                    let last_seq = topic.position().last_seq;
+                    TopicStats {
+                        name: name.into(),
+                        subscribers: topic.subscriber_count(),
+                        messages: last_seq,
+                        retained_messages: topic.replay.len() as u64,
+                        retained_bytes: topic.replay.bytes() as u64,
+                        retained_first_seq: topic.replay.first_seq().unwrap_or(0),
+                        retained_last_seq: match topic.replay.is_empty() {
+                            true => 0,
+                            false => topic.replay.last_seq(),
+                        },
+                        consumers: topic
+                            .consumers
+                            .iter()
+                            .map(|(name, consumer)| ConsumerStats {
+                                name: name.clone(),
+                                group: consumer.is_group,
+                                members: consumer.members.len() as u64,
+                                in_flight: consumer.in_flight() as u64,
+                                lag: consumer.lag(last_seq),
+                            })
+                            .collect(),
+                    }
                 })
                 .collect(),
             counters: self.counters.clone(),
             connections: self.connections.len() as u64,
             patterns: self.local.pattern_names().map(Into::into).collect(),
             resp_clients: self.resp_client_lines(),
+            latency: self.latency.clone(),
+            presence: presence.map_or_else(Vec::new, |topic| self.presence(topic)),
+            slow_consumers: self.slow_consumers(),
         }
+    }
+
+    pub(super) fn connection_summary(
+        &self,
+        conn: &super::connection::Connection,
+    ) -> ConnectionSummary {
+        let client_name = match &conn.wire {
+            Wire::Resp(session) => String::from_utf8_lossy(session.client_name()).into_owned(),
+            _ => conn.client_name.clone(),
+        };
+        ConnectionSummary {
+            shard: self.id.0,
+            connection: conn.id,
+            client_name,
+            protocol: conn.wire.protocol(),
+            peer: conn.peer,
+            queued_bytes: conn.out.queued_bytes() as u64,
+        }
+    }
+
+    /// Every subscription on this shard's connections that receives `topic`'s messages:
+    /// exact ones, consumers' and patterns that match it. Walks every connection: an
+    /// operator's question, not a hot path.
+    fn presence(&self, topic: &str) -> Vec<PresenceEntry> {
+        let mut entries = Vec::new();
+        for (_, conn) in &self.connections {
+            for (&sub_id, record) in &conn.subscriptions {
+                let receives = match record.kind {
+                    SubjectKind::Exact => *record.subject == *topic,
+                    SubjectKind::Pattern => pattern_matches(&record.subject, topic),
+                };
+                if receives {
+                    entries.push(PresenceEntry {
+                        connection: self.connection_summary(conn),
+                        sub_id,
+                        subject: record.subject.clone(),
+                        consumer: record.consumer.clone(),
+                    });
+                }
+            }
+        }
+        entries.sort_unstable_by_key(|entry| (entry.connection.connection.index, entry.sub_id));
+        entries
+    }
+
+    /// The connections holding more than half their outbound limit, the most queued first.
+    fn slow_consumers(&self) -> Vec<ConnectionSummary> {
+        let half = self.config.outbound_bytes_max / 2;
+        let mut slow: Vec<ConnectionSummary> = self
+            .connections
+            .iter()
+            .filter(|(_, conn)| conn.out.queued_bytes() > half)
+            .map(|(_, conn)| self.connection_summary(conn))
+            .collect();
+        slow.sort_unstable_by_key(|c| std::cmp::Reverse(c.queued_bytes));
+        slow.truncate(SLOW_CONSUMERS_LISTED_MAX);
+        slow
     }
 
     /// Asks every shard for its part for request `request_id`; the caller checked
     /// `terminal_room`.
     pub(super) fn start_gathering(&mut self, id: ConnectionId, request_id: u32) {
-        let own = self.shard_stats();
+        self.start_gathering_presence(id, request_id, None);
+    }
+
+    /// Like [`Shard::start_gathering`], with each shard's subscriptions to `presence`.
+    pub(super) fn start_gathering_presence(
+        &mut self,
+        id: ConnectionId,
+        request_id: u32,
+        presence: Option<&str>,
+    ) {
+        let own = self.shard_stats(presence);
         let reply = ReplyTarget {
             connection: id,
             request_id,
         };
         for peer in 0..self.links.len() {
             if let Some(link) = self.links[peer].as_mut() {
-                link.requests_out.push(OwnerRequest::Stats { reply });
+                link.requests_out.push(OwnerRequest::Stats {
+                    reply,
+                    presence: presence.map(Into::into),
+                });
             }
         }
         self.gather_deadlines
@@ -125,6 +287,7 @@ impl Shard {
             Wire::Http(session) => session,
             Wire::Resp(_) => return self.resp_stats_part(reply, part),
             Wire::InProcess => return self.in_process_stats_part(reply, part),
+            Wire::Native { .. } => return self.native_stats_part(reply, part),
             _ => return,
         };
         let Some(PendingHttp {
@@ -153,6 +316,7 @@ impl Shard {
             Wire::Http(session) => session,
             Wire::Resp(_) => return self.resp_answer_gather(reply),
             Wire::InProcess => return self.in_process_answer_stats(reply),
+            Wire::Native { .. } => return self.native_answer_stats(reply),
             _ => return,
         };
         let Some(PendingHttp {
@@ -174,6 +338,124 @@ impl Shard {
         );
         self.mark_dirty(id);
         self.after_http_answer(id, connection);
+    }
+
+    /// A native STATS: checks the topic it names, then gathers.
+    pub(super) fn handle_native_stats(
+        &mut self,
+        id: ConnectionId,
+        request_id: u32,
+        topic: &[u8],
+    ) -> Flow {
+        let presence = match topic {
+            [] => None,
+            topic => match crate::protocol::topic::parse_subscription(topic) {
+                Ok((topic, SubjectKind::Exact)) => Some(topic),
+                Ok((_, SubjectKind::Pattern)) => {
+                    self.reply_err(
+                        id,
+                        request_id,
+                        ErrorCode::BadTopic,
+                        "STATS names an exact topic, not a pattern",
+                    );
+                    return Flow::Continue;
+                }
+                Err(error) => {
+                    self.reply_err(id, request_id, ErrorCode::BadTopic, error.reason());
+                    return Flow::Continue;
+                }
+            },
+        };
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
+        if conn.stats_gather.is_some() {
+            self.reply_err(
+                id,
+                request_id,
+                ErrorCode::RateLimited,
+                "a STATS is already being gathered on this connection: one at a time",
+            );
+            return Flow::Continue;
+        }
+        if !self.terminal_room() {
+            return Flow::Blocked;
+        }
+        let Some(conn) = self.connection_mut(id) else {
+            return Flow::Stop;
+        };
+        conn.stats_gather = Some(Box::new(NativeStatsGather {
+            request_id,
+            presence: presence.map(Into::into),
+            gathered: BrokerStats::default(),
+        }));
+        self.start_gathering_presence(id, request_id, presence);
+        Flow::Continue
+    }
+
+    fn native_stats_part(&mut self, reply: ReplyTarget, part: ShardStats) {
+        let shards = self.shard_count;
+        let Some(gather) = self
+            .connection_mut(reply.connection)
+            .and_then(|conn| conn.stats_gather.as_mut())
+            .filter(|gather| gather.request_id == reply.request_id)
+        else {
+            return;
+        };
+        gather.gathered.parts.push(part);
+        if gather.gathered.parts.len() == shards {
+            self.native_answer_stats(reply);
+        }
+    }
+
+    /// Answers a native STATS with what was gathered: OK with the JSON document, or
+    /// `TOPIC_NOT_FOUND` for a topic no shard owns (when every shard answered).
+    fn native_answer_stats(&mut self, reply: ReplyTarget) {
+        let shards = self.shard_count;
+        let uptime = self.started.elapsed().as_secs();
+        let Some(conn) = self.connection_mut(reply.connection) else {
+            return;
+        };
+        if conn
+            .stats_gather
+            .as_ref()
+            .is_none_or(|gather| gather.request_id != reply.request_id)
+        {
+            return;
+        }
+        let Some(gather) = conn.stats_gather.take() else {
+            return;
+        };
+        let partial = gather.gathered.parts.len() < shards;
+        let mut document = stats_document(&gather.gathered, uptime, partial);
+        if let Some(topic) = &gather.presence {
+            let exists = gather
+                .gathered
+                .parts
+                .iter()
+                .any(|part| part.topics.iter().any(|t| *t.name == **topic));
+            if !exists && !partial {
+                self.reply_err(
+                    reply.connection,
+                    reply.request_id,
+                    ErrorCode::TopicNotFound,
+                    "no such topic",
+                );
+                return;
+            }
+            document.insert("topic".into(), json!(&**topic));
+            document.insert(
+                "subscribers".into(),
+                Value::Array(presence_json(&gather.gathered)),
+            );
+        }
+        let data = Value::Object(document).to_string();
+        Frame::Ok {
+            request_id: reply.request_id,
+            data: data.as_bytes(),
+        }
+        .encode(conn.out.replies());
+        self.mark_dirty(reply.connection);
     }
 
     /// Answers the gathers whose slowest shard did not answer in time.
@@ -198,11 +480,25 @@ fn encode_stats(
     let mut topics: Vec<&TopicStats> = gathered.parts.iter().flat_map(|p| &p.topics).collect();
     topics.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     let subscribers: u64 = topics.iter().map(|t| t.subscribers).sum();
-    let mut counters = ShardCounters::default();
-    for part in &gathered.parts {
-        counters.add(&part.counters);
-    }
     let body = match query {
+        StatsQuery::V1Subscribers { topic } => {
+            let exists = topics.iter().any(|t| *t.name == *topic);
+            if !exists && !partial {
+                http::encode_error_response(
+                    http::ApiDialect::Fiber,
+                    Status::NOT_FOUND,
+                    "topic not found",
+                    connection,
+                    out,
+                );
+                return;
+            }
+            json!({
+                "topic": &*topic,
+                "subscribers": presence_json(gathered),
+                "partial": partial,
+            })
+        }
         StatsQuery::V1Topics => json!({
             "topics": topics.iter().map(|t| json!({"name": &*t.name, "subscribers": t.subscribers})).collect::<Vec<_>>(),
         }),
@@ -218,51 +514,7 @@ fn encode_stats(
             "topic_count": topics.len(),
             "active_subscriber_count": subscribers,
         }),
-        StatsQuery::V1Stats => {
-            let per_topic: Map<String, Value> = topics
-                .iter()
-                .map(|t| {
-                    (
-                        t.name.to_string(),
-                        json!({
-                            "messages": t.messages,
-                            "subscribers": t.subscribers,
-                            "retained_messages": t.retained_messages,
-                            "retained_bytes": t.retained_bytes,
-                        }),
-                    )
-                })
-                .collect();
-            json!({
-                "uptime_seconds": uptime_seconds,
-                "topics": per_topic,
-                "retained_messages": topics.iter().map(|t| t.retained_messages).sum::<u64>(),
-                "retained_bytes": topics.iter().map(|t| t.retained_bytes).sum::<u64>(),
-                "published": counters.published,
-                "delivered": counters.delivered,
-                "dropped": counters.dropped,
-                "undelivered": counters.undelivered,
-                "slow_consumer_disconnects": counters.slow_consumer_disconnects,
-                "dead_lettered": counters.dead_lettered,
-                "connections": gathered.parts.iter().map(|p| p.connections).sum::<u64>(),
-                "connections_by_protocol": Protocol::ALL
-                    .iter()
-                    .map(|protocol| {
-                        let open: u64 = gathered
-                            .parts
-                            .iter()
-                            .map(|p| p.connections_by_protocol[*protocol as usize])
-                            .sum();
-                        (protocol.as_str().to_owned(), json!(open))
-                    })
-                    .collect::<Map<String, Value>>(),
-                "shards": shards_answered(gathered),
-                // When the answer was put together (Unix ms): rates computed between two
-                // answers use the broker's clock, not the reader's.
-                "time_ms": super::commands::unix_time_ns() / 1_000_000,
-                "partial": partial,
-            })
-        }
+        StatsQuery::V1Stats => Value::Object(stats_document(gathered, uptime_seconds, partial)),
         StatsQuery::Stats => {
             let per_topic: Map<String, Value> = topics
                 .iter()
@@ -298,6 +550,153 @@ fn encode_stats(
     );
 }
 
+/// The whole stats document: `GET /v1/stats`, and the native STATS answer (which the
+/// protocol rustdoc describes field by field).
+pub(super) fn stats_document(
+    gathered: &BrokerStats,
+    uptime_seconds: u64,
+    partial: bool,
+) -> Map<String, Value> {
+    let mut parts: Vec<&ShardStats> = gathered.parts.iter().collect();
+    parts.sort_unstable_by_key(|p| p.shard);
+    let mut topics: Vec<(&TopicStats, u16)> = parts
+        .iter()
+        .flat_map(|part| part.topics.iter().map(|topic| (topic, part.shard)))
+        .collect();
+    topics.sort_unstable_by(|a, b| a.0.name.cmp(&b.0.name));
+    let mut counters = ShardCounters::default();
+    let mut latency = ShardLatency::default();
+    for part in &parts {
+        counters.add(&part.counters);
+        latency.add(&part.latency);
+    }
+    let per_topic: Map<String, Value> = topics
+        .iter()
+        .map(|(t, shard)| (t.name.to_string(), topic_json(t, *shard)))
+        .collect();
+    let mut document = counters_json(&counters);
+    let extra = json!({
+        "uptime_seconds": uptime_seconds,
+        "topics": per_topic,
+        "retained_messages": topics.iter().map(|(t, _)| t.retained_messages).sum::<u64>(),
+        "retained_bytes": topics.iter().map(|(t, _)| t.retained_bytes).sum::<u64>(),
+        "connections": parts.iter().map(|p| p.connections).sum::<u64>(),
+        "connections_by_protocol": Protocol::ALL
+            .iter()
+            .map(|protocol| {
+                let open: u64 = parts
+                    .iter()
+                    .map(|p| p.connections_by_protocol[*protocol as usize])
+                    .sum();
+                (protocol.as_str().to_owned(), json!(open))
+            })
+            .collect::<Map<String, Value>>(),
+        "by_shard": parts.iter().map(|part| {
+            let mut shard = counters_json(&part.counters);
+            shard.insert("shard".into(), json!(part.shard));
+            shard.insert("connections".into(), json!(part.connections));
+            shard.insert("topics".into(), json!(part.topics.len()));
+            Value::Object(shard)
+        }).collect::<Vec<_>>(),
+        "latency": {
+            "delivery": latency_json(&latency.delivery),
+            "ack": latency_json(&latency.ack),
+            "by_shard": parts.iter().map(|part| json!({
+                "shard": part.shard,
+                "delivery": latency_json(&part.latency.delivery),
+                "ack": latency_json(&part.latency.ack),
+            })).collect::<Vec<_>>(),
+        },
+        "slow_consumers": parts
+            .iter()
+            .flat_map(|part| part.slow_consumers.iter().map(connection_json))
+            .collect::<Vec<_>>(),
+        "shards": shards_answered(gathered),
+        // When the answer was put together (Unix ms): rates computed between two
+        // answers use the broker's clock, not the reader's.
+        "time_ms": super::commands::unix_time_ns() / 1_000_000,
+        "partial": partial,
+    });
+    if let Value::Object(extra) = extra {
+        document.extend(extra);
+    }
+    document
+}
+
+/// The broker-wide (or one shard's) counters, by name.
+fn counters_json(counters: &ShardCounters) -> Map<String, Value> {
+    [
+        ("published", counters.published),
+        ("delivered", counters.delivered),
+        ("dropped", counters.dropped),
+        ("undelivered", counters.undelivered),
+        (
+            "slow_consumer_disconnects",
+            counters.slow_consumer_disconnects,
+        ),
+        ("dead_lettered", counters.dead_lettered),
+        ("acks", counters.acks),
+        ("nacks", counters.nacks),
+        ("redelivered", counters.redelivered),
+        ("rate_limited", counters.rate_limited),
+        ("bytes_in", counters.bytes_in),
+        ("bytes_out", counters.bytes_out),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), json!(value)))
+    .collect()
+}
+
+fn topic_json(topic: &TopicStats, owner_shard: u16) -> Value {
+    json!({
+        "owner_shard": owner_shard,
+        "messages": topic.messages,
+        "subscribers": topic.subscribers,
+        "retained_messages": topic.retained_messages,
+        "retained_bytes": topic.retained_bytes,
+        "retained_first_seq": topic.retained_first_seq,
+        "retained_last_seq": topic.retained_last_seq,
+        "consumers": topic.consumers.iter().map(|c| json!({
+            "name": &*c.name,
+            "group": c.group,
+            "members": c.members,
+            "in_flight": c.in_flight,
+            "lag": c.lag,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub(super) fn connection_json(connection: &ConnectionSummary) -> Value {
+    json!({
+        "shard": connection.shard,
+        "connection": connection.connection.to_string(),
+        "client_name": connection.client_name,
+        "protocol": connection.protocol.as_str(),
+        "peer": connection.peer.to_string(),
+        "queued_bytes": connection.queued_bytes,
+    })
+}
+
+/// Every shard's subscriptions to a topic, in shard order.
+pub(super) fn presence_json(gathered: &BrokerStats) -> Vec<Value> {
+    let mut parts: Vec<&ShardStats> = gathered.parts.iter().collect();
+    parts.sort_unstable_by_key(|p| p.shard);
+    parts
+        .iter()
+        .flat_map(|part| &part.presence)
+        .map(|entry| {
+            let mut value = connection_json(&entry.connection);
+            if let Value::Object(fields) = &mut value {
+                fields.remove("queued_bytes");
+                fields.insert("sub_id".into(), json!(entry.sub_id));
+                fields.insert("subject".into(), json!(&*entry.subject));
+                fields.insert("consumer".into(), json!(entry.consumer.as_deref()));
+            }
+            value
+        })
+        .collect()
+}
+
 /// The shards that answered, in order.
 fn shards_answered(gathered: &BrokerStats) -> Vec<u16> {
     let mut shards: Vec<u16> = gathered.parts.iter().map(|p| p.shard).collect();
@@ -320,7 +719,7 @@ impl Exposition {
         );
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         use std::fmt::Write;
         self.text.push_str("corebus_");
         self.text.push_str(name);
@@ -522,6 +921,18 @@ const SHARD_FAMILIES: &[ShardFamily] = &[
         |p| p.counters.publisher_stalls,
     ),
     (
+        "presence_events_total",
+        "counter",
+        "Join and leave events published on $sys.presence.<topic> by this shard.",
+        |p| p.counters.presence_events,
+    ),
+    (
+        "presence_events_suppressed_total",
+        "counter",
+        "Join and leave events not published: over --presence-events-per-second-max.",
+        |p| p.counters.presence_events_suppressed,
+    ),
+    (
         "stale_events_total",
         "counter",
         "Readiness events for connections already gone (counted no-ops).",
@@ -543,6 +954,120 @@ const SHARD_FAMILIES: &[ShardFamily] = &[
         |p| p.topics.iter().map(|t| t.retained_bytes).sum(),
     ),
 ];
+
+/// Which of a shard's latency histograms a family exports.
+type LatencyOf = fn(&ShardLatency) -> &LatencyHistogram;
+
+/// The latency histograms: (family name, help, which one).
+const LATENCY_FAMILIES: [(&str, &str, LatencyOf); 2] = [
+    (
+        "delivery_latency",
+        "The socket read that brought the PUBLISH to the socket write handing its delivery over; one sample per write with deliveries, its oldest.",
+        |latency| &latency.delivery,
+    ),
+    (
+        "ack_latency",
+        "Durable consumers: delivery to the ack applied by the topic's owner.",
+        |latency| &latency.ack,
+    ),
+];
+
+/// Seconds, as the exposition format writes them.
+fn seconds(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// One latency as a Prometheus histogram (`<name>_seconds`) and as quantiles
+/// (`<name>_quantile_seconds`, `quantile="1"` being the maximum), per shard.
+fn latency_families(
+    out: &mut Exposition,
+    (name, help): (&str, &str),
+    parts: &[&ShardStats],
+    of: LatencyOf,
+) {
+    let histogram = format!("{name}_seconds");
+    out.family(&histogram, "histogram", help);
+    let (bucket, sum, count) = (
+        format!("{histogram}_bucket"),
+        format!("{histogram}_sum"),
+        format!("{histogram}_count"),
+    );
+    for part in parts {
+        let latency = of(&part.latency);
+        let shard = part.shard.to_string();
+        for (bound, cumulative) in BUCKET_BOUNDS_NS.iter().zip(latency.cumulative_buckets()) {
+            let le = seconds(*bound).to_string();
+            out.sample(&bucket, &[("shard", &shard), ("le", &le)], cumulative);
+        }
+        out.sample(
+            &bucket,
+            &[("shard", &shard), ("le", "+Inf")],
+            latency.count(),
+        );
+        out.sample(&sum, &[("shard", &shard)], seconds(latency.sum_ns()));
+        out.sample(&count, &[("shard", &shard)], latency.count());
+    }
+    let quantiles = format!("{name}_quantile_seconds");
+    out.family(
+        &quantiles,
+        "gauge",
+        &format!("{help} Quantiles since start (quantile 1: the maximum)."),
+    );
+    for part in parts {
+        let shard = part.shard.to_string();
+        let values = of(&part.latency).quantiles_ns();
+        for ((_, label), value) in QUANTILES.iter().zip(values) {
+            out.sample(
+                &quantiles,
+                &[("shard", &shard), ("quantile", label)],
+                seconds(value),
+            );
+        }
+    }
+}
+
+/// A quantile's short name: `p50`, `p999`, `max` (from its label `0.5`, `0.999`, `1`).
+fn quantile_name(label: &str) -> String {
+    match label.strip_prefix("0.") {
+        Some(digits) if digits.len() == 1 => format!("p{digits}0"),
+        Some(digits) => format!("p{digits}"),
+        None => "max".to_owned(),
+    }
+}
+
+/// A latency's sample count and quantiles in microseconds, for JSON answers.
+pub fn latency_json(latency: &LatencyHistogram) -> Value {
+    let mut fields = Map::new();
+    fields.insert("count".into(), json!(latency.count()));
+    for ((_, label), value) in QUANTILES.iter().zip(latency.quantiles_ns()) {
+        fields.insert(
+            format!("{}_us", quantile_name(label)),
+            json!(value as f64 / 1000.0),
+        );
+    }
+    Value::Object(fields)
+}
+
+/// The broker-wide latency lines of Redis `INFO`'s corebus section: sample counts and
+/// quantiles in microseconds (`delivery_latency_p99_us:41.5`).
+pub fn write_latency_info(parts: &[ShardStats], text: &mut String) {
+    use std::fmt::Write;
+    let mut latency = ShardLatency::default();
+    for part in parts {
+        latency.add(&part.latency);
+    }
+    for (name, histogram) in [("delivery", &latency.delivery), ("ack", &latency.ack)] {
+        let _ = write!(text, "{name}_latency_samples:{}\r\n", histogram.count());
+        for ((_, label), value) in QUANTILES.iter().zip(histogram.quantiles_ns()) {
+            let _ = write!(
+                text,
+                "{name}_latency_{}_us:{}\r\n",
+                quantile_name(label),
+                value as f64 / 1000.0
+            );
+        }
+    }
+}
 
 /// Per-topic families, for the top topics only.
 type TopicFamily = (
@@ -654,6 +1179,9 @@ fn metrics_text(parts: &[ShardStats], uptime_seconds: u64, topics_max: usize) ->
                 open,
             );
         }
+    }
+    for (name, help, of) in LATENCY_FAMILIES {
+        latency_families(&mut out, (name, help), &parts, of);
     }
     let top = top_topics(&parts, topics_max);
     for &(name, kind, help, value) in TOPIC_FAMILIES {

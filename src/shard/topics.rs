@@ -51,6 +51,9 @@ pub struct OwnedTopic {
     /// Created by CREATE_TOPIC rather than by first use: someone asked for it (and perhaps
     /// for its own replay limits), so it is not reclaimed for being idle.
     pub explicit: bool,
+    /// Created with the PRESENCE option: its subscriptions' joins and leaves are published
+    /// on `$sys.presence.<topic>`.
+    pub presence: bool,
     /// The connection that made it by using it, counted against its
     /// `--topics-per-connection-max` until the topic goes.
     creator: Option<Creator>,
@@ -70,6 +73,7 @@ impl OwnedTopic {
             replay: ReplayRing::continuing_after(replay_limits, last_seq),
             consumers: AHashMap::new(),
             explicit: false,
+            presence: false,
             creator: None,
             epoch: rand::random(),
             last_seq,
@@ -368,6 +372,13 @@ impl OwnedTopics {
         Ok(position)
     }
 
+    /// Turns presence events on for a topic just created.
+    pub fn set_presence(&mut self, topic: &str, presence: bool) {
+        if let Some(owned) = self.topics.get_mut(topic) {
+            owned.presence = presence;
+        }
+    }
+
     /// Deletes a topic with its retained messages and consumers (DELETE_TOPIC).
     pub fn delete(&mut self, topic: &str) -> Result<(), ErrorCode> {
         let owned = self.topics.remove(topic).ok_or(ErrorCode::TopicNotFound)?;
@@ -408,6 +419,7 @@ impl OwnedTopics {
         Ok(Subscribed {
             position: owned.position(),
             replay,
+            presence: owned.presence,
         })
     }
 
@@ -467,12 +479,14 @@ impl OwnedTopics {
             consumer.pump(&owned.replay, None, now_ns, out);
         }
         let position = owned.position();
+        let presence = owned.presence;
         if created {
             self.consumers_len += 1;
         }
         attached.map_err(Refusal::from).map(|()| Subscribed {
             position,
             replay: Replay::default(),
+            presence,
         })
     }
 
@@ -578,6 +592,8 @@ impl OwnedTopics {
         }
     }
 
+    /// Applies an ack; returns when the acked message was last delivered (an ack or a
+    /// cumulative ack of a message in flight; not a nack), for its round trip.
     pub fn ack_consumer(
         &mut self,
         (topic, name): (&str, &str),
@@ -585,13 +601,16 @@ impl OwnedTopics {
         ack: (u64, AckKind),
         now_ns: u64,
         out: &mut Vec<ConsumerAction>,
-    ) {
-        if let Some(owned) = self.topics.get_mut(topic) {
-            if let Some(consumer) = owned.consumers.get_mut(name) {
-                consumer.ack(acker, ack, now_ns, out);
-                consumer.pump(&owned.replay, None, now_ns, out);
-            }
-        }
+    ) -> Option<u64> {
+        let owned = self.topics.get_mut(topic)?;
+        let consumer = owned.consumers.get_mut(name)?;
+        let delivered_ns = match ack.1 {
+            AckKind::Nack => None,
+            AckKind::Single | AckKind::Cumulative => consumer.delivered_ns(ack.0),
+        };
+        consumer.ack(acker, ack, now_ns, out);
+        consumer.pump(&owned.replay, None, now_ns, out);
+        delivered_ns
     }
 
     /// Redeliveries and dead letters that are due, and consumers idle past `consumer_ttl_ns`
@@ -766,7 +785,13 @@ impl OwnedTopics {
             .get_or_create(message.topic(), creator, now_ns)
             .map(|owned| {
                 owned.last_seq += 1;
-                owned.last_timestamp_ns = owned.last_timestamp_ns.max(now_ns);
+                // The publish time is when the PUBLISH was read (never later than now, should
+                // the clock have stepped back); the broker's own messages have none.
+                let published_ns = match message.read_ns() {
+                    0 => now_ns,
+                    read_ns => read_ns.min(now_ns),
+                };
+                owned.last_timestamp_ns = owned.last_timestamp_ns.max(published_ns);
                 message.stamp(owned.last_seq, owned.last_timestamp_ns);
                 owned.replay.push(
                     owned.last_seq,

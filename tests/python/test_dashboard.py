@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from corebus_testing import REPO, http, native_publish, unique
+from corebus_testing import REPO, fiber_subscribe, http, native_publish, unique
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (CI installs it)")
@@ -85,13 +85,27 @@ def topic_row(dom, topic):
     return [html.unescape(c) for c in re.findall(r"<td[^>]*>([^<]*)</td>", match.group(1))]
 
 
+def latency_row(dom, name):
+    match = re.search(rf'<tr data-latency="{name}">(.*?)</tr>', dom)
+    assert match, f"latency {name} is not on the page:\n{dom[:3000]}"
+    return [html.unescape(c) for c in re.findall(r"<td[^>]*>([^<]*)</td>", match.group(1))]
+
+
 def test_the_page_shows_a_topic_and_its_rate_moves_with_traffic(start_broker, corebus_bin):
     broker = start_broker()
     topic = unique("dashboard.orders")
-    for n in range(7):
-        native_publish(broker, topic, f"m{n}".encode())
+    with broker.fiber() as ws:
+        fiber_subscribe(ws, topic)
+        for n in range(7):
+            native_publish(broker, topic, f"m{n}".encode())
+            ws.expect("event")
 
     quiet = chromium(dashboard_url(broker), "--dump-dom")
+    # Each of the 7 deliveries went out in a write of its own: 7 latency samples.
+    delivery = latency_row(quiet, "delivery")
+    assert number(delivery[1]) >= 7 and delivery[2].endswith("s"), delivery
+    assert latency_row(quiet, "ack")[2] == "–"
+    assert "latency-chart" in quiet
     assert int(text_of(quiet, "polls")) >= 2, "the page did not poll the broker"
     assert "cannot reach" not in text_of(quiet, "status"), text_of(quiet, "status")
     row = topic_row(quiet, topic)

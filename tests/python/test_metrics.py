@@ -6,11 +6,15 @@ parser, so a format slip (a bad escape, a sample without its family) fails here.
 - open connections are reported per shard and protocol;
 - per-topic series exist only for the `--metrics-topics-max` topics with the most messages;
 - replays are counted;
-- `corebus_build_info` carries the version.
+- the in-broker latency is a histogram per shard (buckets, sum, count) plus quantile gauges,
+  and its count moves as deliveries are written;
+- `corebus_build_info` carries the version;
+- Redis `INFO corebus` carries the latency quantiles too.
 """
 
 import time
 
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from corebus_testing import fastapi_subscribe, fiber_subscribe, http, native_publish, unique
@@ -71,6 +75,44 @@ def test_counters_have_a_series_per_shard_and_move_as_messages_flow(broker):
     assert {"peer_closed", "slow_consumer", "shutdown"} <= reasons, reasons
 
 
+def test_delivery_latency_is_a_histogram_and_quantiles_per_shard(broker):
+    def count(families):
+        return total(families, "corebus_delivery_latency_seconds",
+                     "corebus_delivery_latency_seconds_count")
+
+    before = scrape(broker)
+    topic = unique("metrics.latency")
+    with broker.fiber() as ws:
+        fiber_subscribe(ws, topic)
+        for n in range(5):
+            native_publish(broker, topic, f"m{n}".encode())
+            ws.expect("event")
+    after = scrape(broker)
+    # Each publish was written on its own, so each is a sample.
+    assert count(after) >= count(before) + 5
+
+    for name in ("corebus_delivery_latency_seconds", "corebus_ack_latency_seconds"):
+        samples = after[name]
+        for shard in map(str, range(SHARDS)):
+            buckets = [s for s in samples
+                       if s.name == name + "_bucket" and s.labels["shard"] == shard]
+            bounds = [float(s.labels["le"]) for s in buckets]
+            assert bounds == sorted(bounds) and bounds[-1] == float("inf"), bounds
+            counts = [s.value for s in buckets]
+            assert counts == sorted(counts), counts
+            (last,) = [s.value for s in samples
+                       if s.name == name + "_count" and s.labels["shard"] == shard]
+            assert counts[-1] == last
+        quantiles = after[name.replace("_seconds", "_quantile_seconds")]
+        assert {s.labels["quantile"] for s in quantiles} == {"0.5", "0.9", "0.99", "0.999", "1"}
+        assert len(quantiles) == 5 * SHARDS
+    delivering = [s for s in after["corebus_delivery_latency_quantile_seconds"]
+                  if s.labels["quantile"] == "1" and s.value > 0]
+    assert delivering, after["corebus_delivery_latency_quantile_seconds"]
+    # In-broker latency on an idle loopback broker: well under a second.
+    assert all(s.value < 1.0 for s in delivering), delivering
+
+
 def test_replays_are_counted(broker):
     topic = unique("metrics.replay")
     for n in range(3):
@@ -109,3 +151,17 @@ def test_the_scrape_is_quick_and_stable(broker):
     time.sleep(0.05)
     second = scrape(broker)
     assert set(first) == set(second)
+
+
+def test_redis_info_reports_the_latency(broker):
+    topic = unique("metrics.info")
+    with broker.fiber() as ws:
+        fiber_subscribe(ws, topic)
+        native_publish(broker, topic, b"x")
+        ws.expect("event")
+    host, port = broker.resp
+    info = redis.Redis(host=host, port=port).info("corebus")
+    assert info["delivery_latency_samples"] >= 1, info
+    assert 0 < info["delivery_latency_p50_us"] <= info["delivery_latency_max_us"], info
+    for name in ("p90", "p99", "p999"):
+        assert f"delivery_latency_{name}_us" in info and f"ack_latency_{name}_us" in info, info
