@@ -72,7 +72,8 @@ impl Message {
     ) -> Message {
         scratch.clear();
         let parts = (topic.as_bytes(), reply_to);
-        let head = native::encode_msg_head_from_publish(scratch, read_ns, parts, headers, payload.len());
+        let head =
+            native::encode_msg_head_from_publish(scratch, read_ns, parts, headers, payload.len());
         if head.is_none() {
             // A topic over 255 bytes or headers over 65,535: the publish path's checks
             // (topic names, `--header-bytes-max`, which `Config::validate` bounds) refuse

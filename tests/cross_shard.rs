@@ -1025,4 +1025,9 @@ fn a_publisher_behind_a_full_ring_is_paused_not_failed_while_a_subscriber_drains
         started.elapsed()
     );
     drop((slow_client, fast_client));
+    let counters = broker.shutdown().unwrap();
+    assert!(
+        counters.ring_full_pauses > 0,
+        "the pauses are counted: {counters:?}"
+    );
 }

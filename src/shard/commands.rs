@@ -870,6 +870,11 @@ impl Shard {
     // Once per confirmed publish.
     #[inline]
     pub(super) fn answer(&mut self, id: ConnectionId, request_id: u32, answer: Answer<'_>) {
+        if let Answer::Refused { code, .. } = answer {
+            if let Some(index) = ErrorCode::ALL.iter().position(|&known| known == code) {
+                self.counters.errors[index] += 1;
+            }
+        }
         let Some(conn) = self.connection_mut(id) else {
             return;
         };

@@ -583,12 +583,14 @@ impl Shard {
     }
 
     pub(super) fn block(&mut self, id: ConnectionId) {
-        if let Some(conn) = self.connection_mut(id) {
-            if !conn.blocked {
-                conn.blocked = true;
-                conn.read_more = true;
-                self.blocked.push(id);
-            }
+        let Some(conn) = self.connection_mut(id) else {
+            return;
+        };
+        if !conn.blocked {
+            conn.blocked = true;
+            conn.read_more = true;
+            self.blocked.push(id);
+            self.counters.ring_full_pauses += 1;
         }
     }
 

@@ -51,7 +51,7 @@ use mio::{Poll, Token};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::error::CloseReason;
+use crate::error::{CloseReason, ErrorCode};
 use crate::ids::{ConnectionId, ShardId, Subscriber};
 use crate::mesh::message::OwnerRequest;
 use crate::mesh::PeerLink;
@@ -127,6 +127,11 @@ pub struct ShardCounters {
     pub publisher_stalls: u64,
     /// Connections closed, by reason (indexed by [`CloseReason::index`]).
     pub closed: [u64; CloseReason::ALL.len()],
+    /// Requests refused, by error code (in the order of [`ErrorCode::ALL`]), on every protocol.
+    pub errors: [u64; ErrorCode::ALL.len()],
+    /// Times a connection stopped being read because a ring to another shard (or this shard's
+    /// own delivery room) was full, until it drained: backpressure reaching a publisher.
+    pub ring_full_pauses: u64,
     /// Acks (single and cumulative) applied by the topics this shard owns.
     pub acks: u64,
     /// Nacks applied by the topics this shard owns.
@@ -170,6 +175,10 @@ impl ShardCounters {
         for (closed, other) in self.closed.iter_mut().zip(other.closed) {
             *closed += other;
         }
+        for (errors, other) in self.errors.iter_mut().zip(other.errors) {
+            *errors += other;
+        }
+        self.ring_full_pauses += other.ring_full_pauses;
         self.acks += other.acks;
         self.nacks += other.nacks;
         self.redelivered += other.redelivered;

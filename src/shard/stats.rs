@@ -921,6 +921,12 @@ const SHARD_FAMILIES: &[ShardFamily] = &[
         |p| p.counters.publisher_stalls,
     ),
     (
+        "ring_full_pauses_total",
+        "counter",
+        "Connections paused because a ring to another shard (or the delivery room) was full.",
+        |p| p.counters.ring_full_pauses,
+    ),
+    (
         "presence_events_total",
         "counter",
         "Join and leave events published on $sys.presence.<topic> by this shard.",
@@ -1161,6 +1167,21 @@ fn metrics_text(parts: &[ShardStats], uptime_seconds: u64, topics_max: usize) ->
             out.sample(
                 "connections_closed_total",
                 &[("shard", &shard), ("reason", reason.as_str())],
+                count,
+            );
+        }
+    }
+    out.family(
+        "errors_total",
+        "counter",
+        "Requests refused, by error code, on every protocol.",
+    );
+    for part in &parts {
+        let shard = part.shard.to_string();
+        for (code, &count) in ErrorCode::ALL.iter().zip(&part.counters.errors) {
+            out.sample(
+                "errors_total",
+                &[("shard", &shard), ("code", code.as_str())],
                 count,
             );
         }

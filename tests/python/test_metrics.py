@@ -9,7 +9,8 @@ parser, so a format slip (a bad escape, a sample without its family) fails here.
 - the in-broker latency is a histogram per shard (buckets, sum, count) plus quantile gauges,
   and its count moves as deliveries are written;
 - `corebus_build_info` carries the version;
-- Redis `INFO corebus` carries the latency quantiles too.
+- Redis `INFO corebus` carries the latency quantiles too;
+- refusals are counted by error code, on every protocol.
 """
 
 import time
@@ -165,3 +166,25 @@ def test_redis_info_reports_the_latency(broker):
     assert 0 < info["delivery_latency_p50_us"] <= info["delivery_latency_max_us"], info
     for name in ("p90", "p99", "p999"):
         assert f"delivery_latency_{name}_us" in info and f"ack_latency_{name}_us" in info, info
+
+
+def test_refusals_are_counted_by_error_code(broker):
+    def refused(families, code):
+        return sum(s.value for s in families["corebus_errors"]
+                   if s.name == "corebus_errors_total" and s.labels["code"] == code)
+
+    before = scrape(broker)
+    assert {s.labels["shard"] for s in before["corebus_errors"]} == {"0", "1"}
+    assert "corebus_ring_full_pauses" in before
+    host, port = broker.resp
+    client = redis.Redis(host=host, port=port)
+    for _ in range(3):
+        # `$` names are the broker's own: a client may read them, never publish there.
+        try:
+            client.publish("$dlq.metrics", "x")
+        except redis.ResponseError as error:
+            assert "reserved" in str(error).lower() or "$" in str(error), error
+        else:
+            raise AssertionError("a publish to a reserved name was accepted")
+    after = scrape(broker)
+    assert refused(after, "BAD_TOPIC") == refused(before, "BAD_TOPIC") + 3
