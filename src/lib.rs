@@ -82,8 +82,8 @@
 //! - `protocol/` knows nothing about sockets, `mio` or shards: bytes in, frames out.
 //! - No locks anywhere in the broker. Shards share nothing mutable; they talk only through
 //!   the rings in `mesh/` and a `mio::Waker` each. An in-process handle talks to its shard
-//!   through its own two rings; the one lock on that path holds a sleeping handle's waker,
-//!   taken only when the handle is about to sleep or the shard wakes it.
+//!   through its own two rings, and wakes it through a lock-free waker slot
+//!   (`atomic-waker`), touched only when the handle is about to sleep or the shard wakes it.
 //! - Every queue is bounded: per-connection outbound bytes, ring slots, batch sizes, topics,
 //!   connections, subscriptions. A full ring never blocks a shard: the connection whose work
 //!   needs it stops being read until it drains.

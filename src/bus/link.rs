@@ -14,12 +14,15 @@
 //!   once more, so a command pushed meanwhile is either seen or rings; while the shard keeps
 //!   up with a publisher, the publisher never rings;
 //! - towards the handle: the shard calls [`Signal::notify`] after handing over events; it
-//!   takes the waiter's lock only when the handle said it is going to sleep.
+//!   wakes the handle (through a lock-free waker slot) only when the handle said it is going
+//!   to sleep.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::Waker;
+use std::sync::Arc;
+use std::task::{Wake, Waker};
 use std::thread::Thread;
+
+use atomic_waker::AtomicWaker;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -128,17 +131,31 @@ pub(crate) enum Doorbell {
     Ready(u64),
 }
 
-/// Who waits on the handle's side.
-enum Waiter {
-    Thread(Thread),
-    Task(Waker),
+/// A waker that unparks a thread: a blocking handle waits through the same slot as a task.
+struct ThreadWaker(Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+thread_local! {
+    /// This thread's unparking waker, made once per thread rather than once per sleep.
+    static THREAD_WAKER: Waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
 }
 
 /// Wakes a handle that waits for events or for room in its command ring.
 #[derive(Default)]
 pub(crate) struct Signal {
     sleeping: AtomicBool,
-    waiter: Mutex<Option<Waiter>>,
+    /// Who waits: a task's waker, or [`ThreadWaker`]. Lock-free, so the shard's side never
+    /// blocks on the handle's.
+    waiter: AtomicWaker,
 }
 
 impl Signal {
@@ -150,34 +167,22 @@ impl Signal {
         if !self.sleeping.swap(false, Ordering::SeqCst) {
             return;
         }
-        let waiter = self
-            .waiter
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        match waiter {
-            Some(Waiter::Thread(thread)) => thread.unpark(),
-            Some(Waiter::Task(waker)) => waker.wake(),
-            None => {}
-        }
+        self.waiter.wake();
     }
 
     /// The handle's side, before it looks one last time and then parks or returns Pending.
-    fn prepare(&self, waiter: Waiter) {
-        *self
-            .waiter
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(waiter);
+    fn prepare(&self, waker: &Waker) {
+        self.waiter.register(waker);
         self.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
     }
 
     pub fn prepare_thread(&self) {
-        self.prepare(Waiter::Thread(std::thread::current()));
+        THREAD_WAKER.with(|waker| self.prepare(waker));
     }
 
     pub fn prepare_task(&self, waker: &Waker) {
-        self.prepare(Waiter::Task(waker.clone()));
+        self.prepare(waker);
     }
 
     /// The handle found what it waited for after `prepare`: no wake-up is needed.
