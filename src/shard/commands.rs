@@ -7,7 +7,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::ErrorCode;
-use crate::ids::{ConnectionId, Subscriber};
+use crate::ids::{ConnectionId, ShardId, Subscriber};
 use crate::mesh::message::ConsumerRequest;
 use crate::mesh::message::{OwnerRequest, Refusal, ReplyTarget, Subscribed, Ticket, TopicPosition};
 use crate::message::Message;
@@ -86,14 +86,38 @@ impl Shard {
             return Flow::Continue;
         }
         let owner = self.owner_of(topic);
+        if let Some(flow) = self.admit_publish(id, request_id, owner) {
+            return flow;
+        }
+        let message = Message::from_publish_read_at(
+            &mut self.encode_scratch,
+            self.clock_ns,
+            (topic, reply_to),
+            headers,
+            payload,
+        );
+        self.route_publish(id, (request_id, quiet), owner, message);
+        Flow::Continue
+    }
+
+    /// Whether a publish to a topic of `owner` may go ahead: room towards the owner (else
+    /// `Blocked`, the connection is read again once there is), and the connection's
+    /// `--publish-rate` (else it is answered `Throttled`). `None` means go ahead; shared by
+    /// every connection kind, built message or not.
+    #[inline(always)]
+    pub(super) fn admit_publish(
+        &mut self,
+        id: ConnectionId,
+        request_id: u32,
+        owner: ShardId,
+    ) -> Option<Flow> {
         let has_room = if owner == self.id {
             self.terminal_room()
         } else {
-            let link = self.link_mut(owner);
-            link.requests_out.make_room()
+            self.link_mut(owner).requests_out.make_room()
         };
         if !has_room {
-            return Flow::Blocked;
+            return Some(Flow::Blocked);
         }
         if self.config.publish_rate > 0 {
             let rate = self.config.publish_rate;
@@ -103,22 +127,28 @@ impl Shard {
             };
             let now_ns = unix_time_ns();
             let Some(conn) = self.connection_mut(id) else {
-                return Flow::Stop;
+                return Some(Flow::Stop);
             };
             if let Err(wait) = conn.publish_bucket.take(now_ns, rate, burst) {
                 self.counters.rate_limited += 1;
                 let retry_after_ms = (wait.as_millis() as u64).max(1);
                 self.answer(id, request_id, Answer::Throttled { retry_after_ms });
-                return Flow::Continue;
+                return Some(Flow::Continue);
             }
         }
-        let message = Message::from_publish_read_at(
-            &mut self.encode_scratch,
-            self.clock_ns,
-            (topic, reply_to),
-            headers,
-            payload,
-        );
+        None
+    }
+
+    /// Sequences an admitted publish here if this shard owns its topic, or sends it to the
+    /// owner, which answers over the ring.
+    #[inline(always)]
+    pub(super) fn route_publish(
+        &mut self,
+        id: ConnectionId,
+        (request_id, quiet): (u32, bool),
+        owner: ShardId,
+        message: Message,
+    ) {
         let reply = ReplyTarget {
             connection: id,
             request_id,
@@ -135,7 +165,6 @@ impl Shard {
                     quiet,
                 });
         }
-        Flow::Continue
     }
 
     pub(super) fn handle_subscribe(

@@ -16,12 +16,11 @@
 use crate::bus::link::{Command, Doorbell, Event, ShardEnds};
 use crate::error::CloseReason;
 use crate::ids::ConnectionId;
-use crate::mesh::message::{OwnerRequest, ReplyTarget};
+use crate::mesh::message::ReplyTarget;
 use crate::message::Message;
 
 use super::connection::{Connection, Transport};
 use super::stats::ShardStats;
-use super::wire::Answer;
 use super::{Flow, Shard};
 
 /// Commands taken from one handle's ring per loop turn, so one busy handle cannot starve the
@@ -264,48 +263,14 @@ impl Shard {
         message: Message,
     ) -> Result<Flow, Message> {
         let owner = self.owner_of(message.topic());
-        let has_room = if owner == self.id {
-            self.terminal_room()
-        } else {
-            self.link_mut(owner).requests_out.make_room()
-        };
-        if !has_room {
-            return Err(message);
-        }
-        if self.config.publish_rate > 0 {
-            let rate = self.config.publish_rate;
-            let burst = match self.config.publish_burst {
-                0 => rate,
-                burst => burst,
-            };
-            let now_ns = super::commands::unix_time_ns();
-            let Some(conn) = self.connection_mut(id) else {
-                return Ok(Flow::Stop);
-            };
-            if let Err(wait) = conn.publish_bucket.take(now_ns, rate, burst) {
-                self.counters.rate_limited += 1;
-                let retry_after_ms = (wait.as_millis() as u64).max(1);
-                self.answer(id, request_id, Answer::Throttled { retry_after_ms });
-                return Ok(Flow::Continue);
+        match self.admit_publish(id, request_id, owner) {
+            Some(Flow::Blocked) => Err(message),
+            Some(flow) => Ok(flow),
+            None => {
+                self.route_publish(id, (request_id, quiet), owner, message);
+                Ok(Flow::Continue)
             }
         }
-        let reply = ReplyTarget {
-            connection: id,
-            request_id,
-        };
-        if owner == self.id {
-            let result = self.sequence_and_fan_out(message, Some((self.id, id)));
-            self.answer_publish(reply, quiet, result);
-        } else {
-            self.link_mut(owner)
-                .requests_out
-                .push(OwnerRequest::Publish {
-                    message,
-                    reply,
-                    quiet,
-                });
-        }
-        Ok(Flow::Continue)
     }
 
     /// Asks every shard for its stats part, as an HTTP `/v1/stats` does.

@@ -855,8 +855,43 @@ impl Connection {
         read_chunk_bytes: usize,
         outbound_bytes_max: usize,
     ) -> Self {
+        Connection::over(
+            Transport::Tcp(socket),
+            (id, peer),
+            read_chunk_bytes,
+            outbound_bytes_max,
+        )
+    }
+
+    /// A connection for an in-process handle: open at once (no handshake), no address.
+    pub(crate) fn in_process(
+        ends: Box<ShardEnds>,
+        id: ConnectionId,
+        outbound_bytes_max: usize,
+    ) -> Self {
         Connection {
-            socket: Transport::Tcp(socket),
+            state: ConnState::Open,
+            wire: Wire::InProcess,
+            half_open: false,
+            ..Connection::over(
+                Transport::InProcess(ends),
+                (id, SocketAddr::from(([0, 0, 0, 0], 0))),
+                0,
+                outbound_bytes_max,
+            )
+        }
+    }
+
+    /// A new connection over `socket`, in its handshake: every field in one place, so a
+    /// field added later cannot be forgotten by one kind of connection.
+    fn over(
+        socket: Transport,
+        (id, peer): (ConnectionId, SocketAddr),
+        read_chunk_bytes: usize,
+        outbound_bytes_max: usize,
+    ) -> Self {
+        Connection {
+            socket,
             id,
             peer,
             state: ConnState::Handshaking,
@@ -874,36 +909,6 @@ impl Connection {
             read_stalled: false,
             publish_bucket: TokenBucket::default(),
             half_open: true,
-            partial_since: None,
-            stats_gather: None,
-        }
-    }
-
-    /// A connection for an in-process handle: open at once (no handshake), no address.
-    pub(crate) fn in_process(
-        ends: Box<ShardEnds>,
-        id: ConnectionId,
-        outbound_bytes_max: usize,
-    ) -> Self {
-        Connection {
-            socket: Transport::InProcess(ends),
-            id,
-            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
-            state: ConnState::Open,
-            wire: Wire::InProcess,
-            client_name: String::new(),
-            read: ReadBuffer::new(0),
-            out: Outbound::new(WRITE_CHUNK_BYTES.min(outbound_bytes_max / 2).max(1)),
-            subscriptions: AHashMap::new(),
-            drops_unreported: false,
-            dirty: false,
-            blocked: false,
-            read_more: false,
-            write_blocked: false,
-            over_watermark: false,
-            read_stalled: false,
-            publish_bucket: TokenBucket::default(),
-            half_open: false,
             partial_since: None,
             stats_gather: None,
         }
