@@ -776,7 +776,9 @@ pub mod resp {
         let Some(&kind) = buf.first() else {
             return Ok(None);
         };
-        let Some(end) = find_crlf(buf) else {
+        // The line starts after the type byte: a buffer that opens with CRLF has an empty
+        // type, not an empty line before it.
+        let Some(end) = find_crlf(&buf[1..]).map(|at| at + 1) else {
             if buf.len() > 64 * 1024 {
                 return Err(WireError("RESP line longer than 64 KiB".into()));
             }
