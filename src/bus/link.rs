@@ -2,10 +2,9 @@
 //! rings (commands towards the shard, events towards the handle), the doorbell that tells a
 //! shard which of its handles has work, and the signal that wakes a handle.
 //!
-//! Each direction is a `crossbeam-channel` bounded channel with exactly one producer and one
-//! consumer, like the rings between shards. A handle is one connection, so one producer per
-//! command ring: that is why a thread that publishes takes its own publisher instead of
-//! sharing one.
+//! Each direction is a bounded single-producer/single-consumer ring ([`super::spsc`]). A
+//! handle is one connection, so one producer per command ring: that is why a thread that
+//! publishes takes its own publisher instead of sharing one.
 //!
 //! Waking, both ways, costs nothing while the other side is busy:
 //! - towards the shard: a handle rings the doorbell (one message on the shard's doorbell
@@ -24,7 +23,9 @@ use std::thread::Thread;
 
 use atomic_waker::AtomicWaker;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::Sender;
+
+use super::spsc::{self, Consumer, Producer, TrySendError};
 
 use crate::client::ServerError;
 use crate::message::Message;
@@ -215,7 +216,13 @@ pub(crate) struct LinkState {
 impl LinkState {
     /// Tells the shard this handle has something for it, unless it knows already.
     pub fn ring(&self) {
-        if self.scheduled.swap(true, Ordering::SeqCst) {
+        // Pairs with the fence in `unschedule`: either the shard, looking at the ring after
+        // clearing `scheduled`, sees the command just pushed, or this sees `scheduled`
+        // cleared. (The ring publishes with a release store, which alone would not order it
+        // before this load.) Looked at before it is swapped: a busy shard is scheduled
+        // already, and a load leaves its cache line shared.
+        fence(Ordering::SeqCst);
+        if self.scheduled.load(Ordering::Relaxed) || self.scheduled.swap(true, Ordering::SeqCst) {
             return;
         }
         // The channel has room for a ring from every handle the shard may hold, and a
@@ -243,8 +250,8 @@ impl LinkState {
 /// The shard's ends of one handle's rings.
 pub(crate) struct ShardEnds {
     pub state: Arc<LinkState>,
-    pub commands: Receiver<Command>,
-    events: Sender<Event>,
+    pub commands: Consumer<Command>,
+    events: Producer<Event>,
     /// A command postponed for lack of room (its handler changed nothing): it goes first.
     pub held: Option<Command>,
     /// A stats gather in progress for this handle: its request and the parts so far.
@@ -284,8 +291,8 @@ impl Drop for ShardEnds {
 /// The handle's ends of its rings.
 pub(crate) struct HandleEnds {
     pub state: Arc<LinkState>,
-    pub commands: Sender<Command>,
-    pub events: Receiver<Event>,
+    pub commands: Producer<Command>,
+    pub events: Consumer<Event>,
 }
 
 impl HandleEnds {
@@ -295,7 +302,7 @@ impl HandleEnds {
     /// before the handle sleeps.
     pub fn try_event(&self) -> Option<Event> {
         let was_full = self.events.is_full();
-        let event = self.events.try_recv().ok()?;
+        let event = self.events.try_recv()?;
         if was_full {
             self.ring_if_room_wanted();
         }
@@ -348,8 +355,8 @@ pub(crate) fn attach(
         Arc<AtomicUsize>,
     ),
 ) -> Option<HandleEnds> {
-    let (command_tx, command_rx) = crossbeam_channel::bounded(sizes.command_slots.max(1));
-    let (event_tx, event_rx) = crossbeam_channel::bounded(sizes.event_slots.max(1));
+    let (command_tx, command_rx) = spsc::ring(sizes.command_slots.max(1));
+    let (event_tx, event_rx) = spsc::ring(sizes.event_slots.max(1));
     let state = Arc::new(LinkState {
         key,
         scheduled: AtomicBool::new(false),
