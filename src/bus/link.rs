@@ -258,9 +258,32 @@ pub(crate) struct ShardEnds {
     pub gathering: Option<(u32, Vec<ShardStats>)>,
     /// An answer made outside the write buffer (stats), handed over before anything else.
     pub waiting: Option<Event>,
+    /// Deliveries (and their frame bytes) handed over by [`ShardEnds::offer_now`] since the
+    /// last flush, which counts them and wakes the handle once for all of them.
+    pub handed_directly: (u64, u64),
 }
 
 impl ShardEnds {
+    /// Hands a delivery of `bytes` frame bytes straight to the ring, skipping the outbound
+    /// queue: for a connection with nothing queued ahead of it, whose order this keeps. The
+    /// handle is woken by the next flush, once per loop turn however many were handed. A
+    /// full ring gives it back, to be queued (the flush then asks for room).
+    #[inline]
+    pub fn offer_now(&mut self, event: Event, bytes: usize) -> Result<(), Event> {
+        if self.waiting.is_some() {
+            return Err(event);
+        }
+        match self.events.try_send(event) {
+            // A gone handle: as `offer`, it counts as handed (the connection closes soon).
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {
+                self.handed_directly.0 += 1;
+                self.handed_directly.1 += bytes as u64;
+                Ok(())
+            }
+            Err(TrySendError::Full(event)) => Err(event),
+        }
+    }
+
     /// Hands an event to the handle, or gives it back when the ring is full (after asking
     /// the handle to ring once it has made room).
     pub fn offer(&self, event: Event) -> Result<(), Event> {
@@ -300,9 +323,11 @@ impl HandleEnds {
     /// full can have stopped it, so only then is the flag looked at (a fence per event would
     /// cost every delivery); one seen full late is caught by [`HandleEnds::ring_if_room_wanted`]
     /// before the handle sleeps.
+    #[inline]
     pub fn try_event(&self) -> Option<Event> {
-        let was_full = self.events.is_full();
-        let event = self.events.try_recv()?;
+        // Full as last seen, not looked at afresh: a fresh look per event would pull the
+        // shard's index across cores every time. A ring that filled since is caught as above.
+        let (event, was_full) = self.events.take()?;
         if was_full {
             self.ring_if_room_wanted();
         }
@@ -316,6 +341,17 @@ impl HandleEnds {
         // Pairs with `ShardEnds::offer`: either this sees the flag, or the shard's second
         // look sees the room.
         fence(Ordering::SeqCst);
+        if self.state.event_room_wanted.load(Ordering::Relaxed)
+            && self.state.event_room_wanted.swap(false, Ordering::SeqCst)
+        {
+            self.state.ring_now();
+        }
+    }
+
+    /// [`HandleEnds::ring_if_room_wanted`] without the fence, for a handle that will look
+    /// again rather than sleep: the flag, once the shard raised it, is seen by a later look.
+    #[inline]
+    pub fn ring_if_room_wanted_seen(&self) {
         if self.state.event_room_wanted.load(Ordering::Relaxed)
             && self.state.event_room_wanted.swap(false, Ordering::SeqCst)
         {
@@ -376,6 +412,7 @@ pub(crate) fn attach(
         held: None,
         gathering: None,
         waiting: None,
+        handed_directly: (0, 0),
     };
     let handle = HandleEnds {
         state,

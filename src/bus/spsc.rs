@@ -182,6 +182,14 @@ impl<T> Consumer<T> {
     /// Takes the oldest item, if there is one.
     #[inline]
     pub fn try_recv(&self) -> Option<T> {
+        self.take().map(|(item, _)| item)
+    }
+
+    /// Takes the oldest item, and says whether the ring was full before, as far as this side
+    /// has seen (the producer's index is looked at only when the ring looked empty): a ring
+    /// seen full when it was first looked at, or since.
+    #[inline]
+    pub fn take(&self) -> Option<(T, bool)> {
         let ring = &*self.ring;
         let head = self.head.get();
         if head == self.tail_seen.get() {
@@ -190,13 +198,14 @@ impl<T> Consumer<T> {
                 return None;
             }
         }
+        let was_full = ring.len(head, self.tail_seen.get()) == ring.capacity;
         // SAFETY: `head` is inside head..tail, written by the producer before its release
         // of `tail`, which the acquire above (now or earlier) saw.
         let item = unsafe { (*ring.slot(head)).assume_init_read() };
         let next = ring.next(head);
         self.head.set(next);
         ring.head.0.store(next, Ordering::Release);
-        Some(item)
+        Some((item, was_full))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -204,6 +213,7 @@ impl<T> Consumer<T> {
         self.head.get() == self.tail_seen.get()
     }
 
+    #[cfg(test)]
     pub fn is_full(&self) -> bool {
         self.tail_seen.set(self.ring.tail.0.load(Ordering::Acquire));
         self.ring.len(self.head.get(), self.tail_seen.get()) == self.ring.capacity

@@ -581,8 +581,13 @@ impl Outbound {
     /// ring is this connection's full socket: what is left stays queued, under the same
     /// slow-consumer policy, until the handle makes room and rings.
     pub(crate) fn hand_over(&mut self, ends: &mut ShardEnds) -> WriteProgress {
-        let mut progress = WriteProgress::default();
-        let handed = self.hand_over_queued(ends, &mut progress);
+        let (direct, direct_bytes) = std::mem::take(&mut ends.handed_directly);
+        let mut progress = WriteProgress {
+            deliveries: direct,
+            bytes: direct_bytes,
+            ..WriteProgress::default()
+        };
+        let handed = self.hand_over_queued(ends, &mut progress) || direct > 0;
         if handed {
             ends.state.to_handle.notify();
         }
@@ -946,6 +951,24 @@ impl Connection {
                         .offer(sub_id, message, outbound_bytes_max, policy, dropped);
                 }
             },
+            // Nothing queued ahead of it: straight into the handle's ring, as a socket
+            // write would go straight out, instead of through the queue and a second hand-over
+            // at the flush. A full ring leaves it to the queue and the policy, as before.
+            Wire::InProcess if self.out.is_empty() && !self.drops_unreported => {
+                if let Transport::InProcess(ends) = &mut self.socket {
+                    let event = Event::Message {
+                        sub_id,
+                        message: message.clone(),
+                    };
+                    if ends.offer_now(event, message.frame_len()).is_ok() {
+                        return EnqueueOutcome::Queued;
+                    }
+                }
+                let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
+                return self
+                    .out
+                    .offer(sub_id, message, outbound_bytes_max, policy, dropped);
+            }
             _ => {
                 let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
                 return self
