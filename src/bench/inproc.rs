@@ -8,7 +8,7 @@
 //! never be the one blocked. A subscriber thread waits on all of its subscriptions at once
 //! through their `poll_recv`, with one waker that unparks the thread.
 //!
-//! The accounting is the network driver's, unchanged ([`driver::deliver`]): the same payload
+//! The accounting is the network driver's, unchanged (`driver::deliver`): the same payload
 //! header, the same per-(topic, publisher) sequence tracking, latency from the send (or
 //! scheduled) time to a clock reading taken after a batch was taken from the ring (so never
 //! earlier than a message's arrival), and the same end: publishers confirm (a round trip
