@@ -43,6 +43,16 @@ const REPLAY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Tells a connection about to be refused why, in its port's protocol. Best effort: a fresh
 /// socket's send buffer takes a small frame whole.
+/// What a connection's socket is watched for. Urgent data (`PRIORITY`) too, because a read
+/// stops short at TCP's urgent mark with bytes still queued: a connection that sends any is
+/// read to WouldBlock from then on (see [`super::connection::ReadOutcome`]).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const CONNECTION_INTEREST: Interest = Interest::READABLE
+    .add(Interest::WRITABLE)
+    .add(Interest::PRIORITY);
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const CONNECTION_INTEREST: Interest = Interest::READABLE.add(Interest::WRITABLE);
+
 fn refuse(socket: &mut mio::net::TcpStream, port: Port, reason: &str) {
     let mut refusal = Vec::new();
     match port {
@@ -119,7 +129,8 @@ impl Shard {
                     WAKER_TOKEN => {}
                     Token(index) => self.on_connection_event(
                         index,
-                        event.is_readable() || event.is_read_closed() || event.is_error(),
+                        event.is_readable(),
+                        event.is_read_closed() || event.is_error() || event.is_priority(),
                         event.is_writable(),
                     ),
                 }
@@ -161,7 +172,7 @@ impl Shard {
                 work_left = true;
             }
             self.flush_dirty();
-            self.resume_stalled(Instant::now());
+            work_left |= self.resume_stalled(Instant::now());
             // Flushing may have resumed connections that paused on unsent replies; closing
             // connections may have noted leaves.
             work_left |= !self.read_again.is_empty();
@@ -304,11 +315,11 @@ impl Shard {
                 generation: self.next_generation,
             };
             self.next_generation = self.next_generation.wrapping_add(1);
-            if let Err(e) = self.poll.registry().register(
-                &mut socket,
-                Token(index),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut socket, Token(index), CONNECTION_INTEREST)
+            {
                 log::warn!(
                     "event=register_failed shard={} error={:?}",
                     self.id,
@@ -403,12 +414,20 @@ impl Shard {
         }
     }
 
-    fn on_connection_event(&mut self, index: usize, readable: bool, writable: bool) {
-        let Some(conn) = self.connections.get(index) else {
+    fn on_connection_event(
+        &mut self,
+        index: usize,
+        readable: bool,
+        short_reads_unsure: bool,
+        writable: bool,
+    ) {
+        let Some(conn) = self.connections.get_mut(index) else {
             self.counters.stale_events += 1;
             return;
         };
         let id = conn.id;
+        conn.read_to_would_block |= short_reads_unsure;
+        let readable = readable || short_reads_unsure;
         if writable {
             if let Some(conn) = self.connection_mut(id) {
                 conn.write_blocked = false;
@@ -462,11 +481,12 @@ impl Shard {
                 return;
             }
             match conn.read_once(text_bytes_max) {
-                Ok(0) => {
+                Ok(outcome) if outcome.bytes == 0 => {
                     self.close_now(id, CloseReason::PeerClosed);
                     return;
                 }
-                Ok(n) => {
+                Ok(outcome) => {
+                    let n = outcome.bytes;
                     self.counters.bytes_in += n as u64;
                     budget = budget.saturating_sub(n);
                     self.clock_ns = super::commands::unix_time_ns();
@@ -483,25 +503,13 @@ impl Shard {
                         self.stall(id);
                         return;
                     }
+                    if outcome.drained {
+                        self.socket_drained(id, consumed_before, turn_now + frame_deadline);
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.read_more = false;
-                    // The socket is drained: whatever the buffer holds now is input that has
-                    // not completed. Once per readiness event, and no clock read.
-                    conn.read.shrink_when_idle(conn.wire.is_native());
-                    if conn.read.is_empty() {
-                        conn.partial_since = None;
-                    } else if conn.partial_since.is_none()
-                        || conn.read.consumed_total() != consumed_before
-                    {
-                        // New input started (or a frame completed and the next began).
-                        let arm = conn.partial_since.is_none();
-                        conn.partial_since = Some(turn_now);
-                        if arm {
-                            self.frame_deadlines
-                                .push_back((turn_now + frame_deadline, id));
-                        }
-                    }
+                    self.socket_drained(id, consumed_before, turn_now + frame_deadline);
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -524,6 +532,28 @@ impl Shard {
     /// being cut for a burst it is reading. The stall lasts while the pressed subscribers
     /// drain, and ends `--publisher-stall-ms-max` after they last made progress; so a
     /// subscriber that does not read still reaches the limit, and is cut then.
+    /// The socket is drained: whatever the buffer holds now is input that has not completed,
+    /// which `--frame-deadline-ms` times from when it started. Once per readiness event, and
+    /// no clock read.
+    fn socket_drained(&mut self, id: ConnectionId, consumed_before: u64, deadline: Instant) {
+        let turn_now = self.turn_now;
+        let Some(conn) = self.connection_mut(id) else {
+            return;
+        };
+        conn.read_more = false;
+        conn.read.shrink_when_idle(conn.wire.is_native());
+        if conn.read.is_empty() {
+            conn.partial_since = None;
+        } else if conn.partial_since.is_none() || conn.read.consumed_total() != consumed_before {
+            // New input started (or a frame completed and the next began).
+            let arm = conn.partial_since.is_none();
+            conn.partial_since = Some(turn_now);
+            if arm {
+                self.frame_deadlines.push_back((deadline, id));
+            }
+        }
+    }
+
     pub(super) fn stall(&mut self, id: ConnectionId) {
         self.stall_reader = false;
         let Some(conn) = self.connection_mut(id) else {
@@ -540,36 +570,70 @@ impl Shard {
         }
     }
 
+    /// A delivery from this peer shard left a subscriber past the watermark: its rings are
+    /// not drained until the stall ends, as a local publisher is not read. Every delivery
+    /// from that peer waits meanwhile (one ring carries them all), which the stall's bound
+    /// and [`Connection::stall_spent`] keep short.
+    pub(super) fn stall_peer(&mut self, peer: super::ShardId) {
+        self.stall_reader = false;
+        if !std::mem::replace(&mut self.stalled_peers[peer.index()], true) {
+            self.counters.publisher_stalls += 1;
+        }
+        if self.stall_deadline.is_none() {
+            let stall_max = Duration::from_millis(self.config.publisher_stall_ms_max);
+            self.stall_deadline = Some(Instant::now() + stall_max);
+            self.pressured_bytes = usize::MAX;
+        }
+    }
+
     /// Forgets subscribers that drained below half the watermark; extends the stall while
-    /// the rest drain; reads the stalled publishers again once no subscriber is pressed or
-    /// the pressed ones made no progress for `--publisher-stall-ms-max`.
-    fn resume_stalled(&mut self, now: Instant) {
-        if self.stalled_readers.is_empty() && self.pressured.is_empty() {
-            return;
+    /// the rest drain; reads the stalled publishers (and drains the stalled peers' rings)
+    /// again once no subscriber is pressed or the pressed ones made no progress for
+    /// `--publisher-stall-ms-max`, which spends their stall. Returns whether a peer's rings
+    /// are to be drained again.
+    fn resume_stalled(&mut self, now: Instant) -> bool {
+        if self.stalled_readers.is_empty()
+            && self.pressured.is_empty()
+            && !self.stalled_peers.contains(&true)
+        {
+            return false;
         }
         let low_mark = self.config.outbound_bytes_max / 4;
         let mut pressured = std::mem::take(&mut self.pressured);
         let mut queued = 0;
+        let mut pressing = false;
         pressured.retain(|&id| match self.connection_mut(id) {
             Some(conn) if conn.out.queued_bytes() > low_mark && !conn.is_closing() => {
-                queued += conn.out.queued_bytes();
+                if !conn.stall_spent {
+                    queued += conn.out.queued_bytes();
+                    pressing = true;
+                }
                 true
             }
             Some(conn) => {
                 conn.over_watermark = false;
+                conn.stall_spent = false;
                 false
             }
             None => false,
         });
-        self.pressured = pressured;
         if queued < self.pressured_bytes && self.stall_deadline.is_some() {
             let stall_max = Duration::from_millis(self.config.publisher_stall_ms_max);
             self.stall_deadline = Some(now + stall_max);
         }
         self.pressured_bytes = queued;
         let expired = self.stall_deadline.is_some_and(|deadline| now >= deadline);
-        if !self.pressured.is_empty() && !expired {
-            return;
+        if expired {
+            // No pressed subscriber drained for the whole bound: none holds anyone again.
+            for &id in &pressured {
+                if let Some(conn) = self.connection_mut(id) {
+                    conn.stall_spent = true;
+                }
+            }
+        }
+        self.pressured = pressured;
+        if pressing && !expired {
+            return false;
         }
         self.stall_deadline = None;
         for id in std::mem::take(&mut self.stalled_readers) {
@@ -580,6 +644,11 @@ impl Shard {
                 }
             }
         }
+        let mut peers_resumed = false;
+        for stalled in &mut self.stalled_peers {
+            peers_resumed |= std::mem::replace(stalled, false);
+        }
+        peers_resumed
     }
 
     pub(super) fn block(&mut self, id: ConnectionId) {

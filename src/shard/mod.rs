@@ -329,6 +329,10 @@ pub struct Shard {
     stall_reader: bool,
     /// Publishers not being read because a subscriber they feed is past the watermark.
     stalled_readers: Vec<ConnectionId>,
+    /// Peer shards whose rings are not drained, by peer index, because a delivery from
+    /// them left a subscriber here past the watermark: the same stall for publishers on
+    /// other shards, whose backpressure then travels back through the full rings.
+    stalled_peers: Vec<bool>,
     /// When the stalled publishers are read again even if the pressed subscribers have not
     /// drained: `--publisher-stall-ms-max` after they last made progress.
     stall_deadline: Option<Instant>,
@@ -414,6 +418,7 @@ impl Shard {
             pressured: Vec::new(),
             stall_reader: false,
             stalled_readers: Vec::new(),
+            stalled_peers: vec![false; shard_count],
             stall_deadline: None,
             pressured_bytes: usize::MAX,
             handshake_deadlines: VecDeque::new(),

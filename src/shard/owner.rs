@@ -202,7 +202,7 @@ impl Shard {
                 conn.over_watermark = true;
                 self.pressured.push(id);
             }
-            self.stall_reader = true;
+            self.stall_reader |= !conn.stall_spent;
         }
         // Marked dirty here rather than by `mark_dirty`, which would look the connection up
         // again; this is once per delivery.
@@ -788,7 +788,7 @@ impl Shard {
     pub(super) fn drain_rings(&mut self) -> bool {
         let mut more = false;
         for peer in 0..self.links.len() {
-            if self.links[peer].is_none() {
+            if self.links[peer].is_none() || self.stalled_peers[peer] {
                 continue;
             }
             for taken in 0.. {
@@ -800,8 +800,13 @@ impl Shard {
                     .as_ref()
                     .and_then(|l| l.terminals_in.try_recv());
                 let Some(batch) = batch else { break };
+                self.stall_reader = false;
                 for terminal in batch {
                     self.handle_terminal(terminal);
+                }
+                if self.stall_reader {
+                    self.stall_peer(ShardId(peer as u16));
+                    break;
                 }
             }
             if let Some(link) = &self.links[peer] {
@@ -809,7 +814,7 @@ impl Shard {
             }
         }
         for peer in 0..self.links.len() {
-            if self.links[peer].is_none() {
+            if self.links[peer].is_none() || self.stalled_peers[peer] {
                 continue;
             }
             more |= self.drain_requests_from(ShardId(peer as u16));
@@ -838,7 +843,16 @@ impl Shard {
                     break 'batches;
                 }
                 if let Some(request) = batch.next() {
+                    self.stall_reader = false;
                     self.handle_request(peer, request);
+                    if self.stall_reader {
+                        // The rest of the batch waits with the ring (order is kept).
+                        if batch.len() > 0 {
+                            self.stalled_requests[peer.index()] = Some(batch);
+                        }
+                        self.stall_peer(peer);
+                        break 'batches;
+                    }
                 }
             }
         }
