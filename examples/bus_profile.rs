@@ -86,21 +86,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn bare_hop(messages: u64) -> Result<(), Box<dyn std::error::Error>> {
     let (sender, receiver) = crossbeam_channel::bounded::<std::sync::Arc<[u8]>>(4096);
     let started = std::time::Instant::now();
-    std::thread::scope(|scope| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        scope.spawn(move || {
-            for _ in 0..messages {
-                let payload: std::sync::Arc<[u8]> = std::sync::Arc::from(&PAYLOAD[..]);
-                if sender.send(payload).is_err() {
-                    return;
+    std::thread::scope(
+        |scope| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            scope.spawn(move || {
+                for _ in 0..messages {
+                    let payload: std::sync::Arc<[u8]> = std::sync::Arc::from(&PAYLOAD[..]);
+                    if sender.send(payload).is_err() {
+                        return;
+                    }
                 }
+            });
+            for _ in 0..messages {
+                let payload = receiver.recv()?;
+                std::hint::black_box(payload);
             }
-        });
-        for _ in 0..messages {
-            let payload = receiver.recv()?;
-            std::hint::black_box(payload);
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .map_err(|e| e.to_string())?;
     eprintln!(
         "{messages} messages over a bare channel in {:.3} s",

@@ -492,7 +492,9 @@ fn a_subscriber_that_reads_is_not_cut_by_unwindowed_publishers() {
 }
 
 /// `corebus bench --target inproc` as a user runs it: the binary starts its own bus, runs the
-/// preset in process and passes its verdict (exit 0) with every delivery accounted for.
+/// preset in process and passes its verdict (exit 0) with every delivery accounted for. Open
+/// loop at a rate a loaded test machine keeps up with: closed loop, a subscriber thread kept
+/// off the CPU longer than the bus's default stall bound (20 ms) would be cut, as it should.
 #[test]
 fn the_inproc_target_runs_a_preset_in_process_with_no_loss() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_corebus"))
@@ -502,6 +504,8 @@ fn the_inproc_target_runs_a_preset_in_process_with_no_loss() {
             "inproc",
             "--preset",
             "fanout-16",
+            "--rate",
+            "50000",
             "--duration",
             "0.5",
             "--warmup",
@@ -527,10 +531,21 @@ fn the_inproc_target_runs_a_preset_in_process_with_no_loss() {
     assert!(r.latency_us.count > 0 && r.delivered_window > 0);
 }
 
-/// Several publishers, subscribers and topics on threads of each side, every message
-/// accounted for exactly; then the same as a group with acks, each message delivered once.
+/// A bus for closed-loop runs on a busy test machine: a generous stall bound, so that a
+/// subscriber thread kept off the CPU cannot pass for a stuck one and be cut.
+fn patient_bus(shards: usize) -> corebus::bus::Bus {
+    let mut config = corebus::bus::BusConfig::default();
+    config.broker.shards = shards;
+    config.broker.publisher_stall_ms_max = 500;
+    corebus::bus::Bus::start(config).expect("the bus starts")
+}
+
+/// Several publishers, subscribers and topics on threads of each side, closed loop, every
+/// message accounted for exactly; then the same as a group with acks, each message delivered
+/// once.
 #[test]
 fn inproc_runs_are_exact_across_threads_groups_and_acks() {
+    let bus = patient_bus(2);
     let args = run_args(
         "inproc".into(),
         &[
@@ -548,11 +563,9 @@ fn inproc_runs_are_exact_across_threads_groups_and_acks() {
             "0.1",
             "--threads",
             "2",
-            "--bus-shards",
-            "2",
         ],
     );
-    let r = bench::execute(&args).expect("the run completes");
+    let r = bench::execute_on_bus(&args, &bus).expect("the run completes");
     assert!(r.published > 0);
     assert_eq!(r.expected_deliveries, r.published * 2);
     assert_exact(&r);
@@ -573,14 +586,13 @@ fn inproc_runs_are_exact_across_threads_groups_and_acks() {
             "0",
             "--rate",
             "20000",
-            "--bus-shards",
-            "1",
         ],
     );
-    let r = bench::execute(&args).expect("the run completes");
+    let r = bench::execute_on_bus(&args, &bus).expect("the run completes");
     assert!(r.published > 0);
     assert_eq!(r.expected_deliveries, r.published);
     assert_exact(&r);
+    bus.shutdown().expect("the bus stops");
 }
 
 /// A replayed backlog in process: the prefill is confirmed with its sequence numbers, and

@@ -326,12 +326,17 @@ impl HandleEnds {
     #[inline]
     pub fn try_event(&self) -> Option<Event> {
         // Full as last seen, not looked at afresh: a fresh look per event would pull the
-        // shard's index across cores every time. A ring that filled since is caught as above.
-        let (event, was_full) = self.events.take()?;
-        if was_full {
+        // shard's index across cores every time. A ring that filled since is caught at the
+        // next look at the shard's index (once per batch it added), without a fence, which
+        // lets a shard that stopped for room go on while the handle still has events to take
+        // (rather than once it has taken them all), and as above before the handle sleeps.
+        let taken = self.events.take()?;
+        if taken.was_full {
             self.ring_if_room_wanted();
+        } else if taken.looked {
+            self.ring_if_room_wanted_seen();
         }
-        Some(event)
+        Some(taken.item)
     }
 
     /// Rings the shard if it stopped for room in the event ring. Called after taking from a

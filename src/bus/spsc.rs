@@ -33,6 +33,15 @@ pub(crate) enum TrySendError<T> {
     Disconnected(T),
 }
 
+/// An item taken, with what the consumer knew of the ring when it took it.
+pub(crate) struct Taken<T> {
+    pub item: T,
+    /// The ring was full as last seen: the producer may have stopped for room.
+    pub was_full: bool,
+    /// The producer's index was looked at for this take (once per batch the producer added).
+    pub looked: bool,
+}
+
 /// Keeps each index on its own cache line, so the producer's stores do not evict the
 /// consumer's index and the other way round.
 #[repr(align(128))]
@@ -182,18 +191,19 @@ impl<T> Consumer<T> {
     /// Takes the oldest item, if there is one.
     #[inline]
     pub fn try_recv(&self) -> Option<T> {
-        self.take().map(|(item, _)| item)
+        self.take().map(|taken| taken.item)
     }
 
-    /// Takes the oldest item, and says whether the ring was full before, as far as this side
-    /// has seen (the producer's index is looked at only when the ring looked empty): a ring
-    /// seen full when it was first looked at, or since.
+    /// Takes the oldest item, and says what this side knows of the ring's fullness (it looks
+    /// at the producer's index only when the ring looked empty).
     #[inline]
-    pub fn take(&self) -> Option<(T, bool)> {
+    pub fn take(&self) -> Option<Taken<T>> {
         let ring = &*self.ring;
         let head = self.head.get();
+        let mut looked = false;
         if head == self.tail_seen.get() {
             self.tail_seen.set(ring.tail.0.load(Ordering::Acquire));
+            looked = true;
             if head == self.tail_seen.get() {
                 return None;
             }
@@ -205,7 +215,11 @@ impl<T> Consumer<T> {
         let next = ring.next(head);
         self.head.set(next);
         ring.head.0.store(next, Ordering::Release);
-        Some((item, was_full))
+        Some(Taken {
+            item,
+            was_full,
+            looked,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
