@@ -175,10 +175,11 @@ pub struct ServeArgs {
     /// How long a connection the broker closes may take to receive its final frames.
     #[arg(long, env = "COREBUS_CLOSE_LINGER_MS", value_name = "DURATION", default_value = "2s", value_parser = parse_duration_ms)]
     pub close_linger_ms: u64,
-    /// How long a publisher whose messages fill a subscriber's queue past half of
-    /// --outbound-bytes-max stops being read, so a subscriber that is reading keeps up
-    /// instead of being cut (0 = never stall).
-    #[arg(long, env = "COREBUS_PUBLISHER_STALL_MS_MAX", value_name = "DURATION", default_value = "20ms", value_parser = parse_duration_ms)]
+    /// How long after a subscriber last made progress a publisher whose messages fill its
+    /// queue past half of --outbound-bytes-max stays unread (on another shard: held through
+    /// the rings), so a subscriber that is reading keeps up instead of being cut; one that
+    /// made none for this long holds nobody again (0 = never stall).
+    #[arg(long, env = "COREBUS_PUBLISHER_STALL_MS_MAX", value_name = "DURATION", default_value = "100ms", value_parser = parse_duration_ms)]
     pub publisher_stall_ms_max: u64,
     /// How long shutdown waits for outbound buffers to flush.
     #[arg(long, env = "COREBUS_SHUTDOWN_GRACE_MS", value_name = "DURATION", default_value = "5s", value_parser = parse_duration_ms)]

@@ -176,7 +176,7 @@ impl Default for Config {
             handshake_timeout_ms: 2_000,
             frame_deadline_ms: 10_000,
             close_linger_ms: 2_000,
-            publisher_stall_ms_max: 20,
+            publisher_stall_ms_max: 100,
             shutdown_grace_ms: 5_000,
             busy_poll_us: 0,
             pattern_cache_entries_max: 4096,

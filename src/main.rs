@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use corebus::cli::{Cli, Command, TopicCommand};
 
+/// See Cargo.toml: a message's allocation and free are on the hot path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

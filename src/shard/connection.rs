@@ -795,6 +795,11 @@ pub struct Connection {
     /// (nor peer shards) back until it drains below the low mark, so a subscriber that has
     /// stopped reading meets the slow-consumer limit instead of stalling others again.
     pub stall_spent: bool,
+    /// Bytes written to the socket (or handed to an in-process handle) over its life.
+    pub written_total: u64,
+    /// `written_total` when a stall last looked: a pressed subscriber that wrote since has
+    /// made progress, however much its publishers added meanwhile.
+    pub written_at_stall_look: u64,
     /// Not read until the shard's stall for it ends (it fed a subscriber past the watermark).
     pub read_stalled: bool,
     /// `--publish-rate`'s token bucket for this connection.
@@ -930,6 +935,8 @@ impl Connection {
             write_blocked: false,
             over_watermark: false,
             stall_spent: false,
+            written_total: 0,
+            written_at_stall_look: 0,
             read_stalled: false,
             publish_bucket: TokenBucket::default(),
             half_open: true,

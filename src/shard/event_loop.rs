@@ -566,7 +566,6 @@ impl Shard {
         if self.stall_deadline.is_none() {
             let stall_max = Duration::from_millis(self.config.publisher_stall_ms_max);
             self.stall_deadline = Some(Instant::now() + stall_max);
-            self.pressured_bytes = usize::MAX;
         }
     }
 
@@ -582,12 +581,12 @@ impl Shard {
         if self.stall_deadline.is_none() {
             let stall_max = Duration::from_millis(self.config.publisher_stall_ms_max);
             self.stall_deadline = Some(Instant::now() + stall_max);
-            self.pressured_bytes = usize::MAX;
         }
     }
 
     /// Forgets subscribers that drained below half the watermark; extends the stall while
-    /// the rest drain; reads the stalled publishers (and drains the stalled peers' rings)
+    /// the rest make progress (write anything: with several publishers feeding one, its
+    /// queue may grow while it reads as fast as it can); reads the stalled publishers (and drains the stalled peers' rings)
     /// again once no subscriber is pressed or the pressed ones made no progress for
     /// `--publisher-stall-ms-max`, which spends their stall. Returns whether a peer's rings
     /// are to be drained again.
@@ -600,13 +599,14 @@ impl Shard {
         }
         let low_mark = self.config.outbound_bytes_max / 4;
         let mut pressured = std::mem::take(&mut self.pressured);
-        let mut queued = 0;
         let mut pressing = false;
+        let mut progressed = false;
         pressured.retain(|&id| match self.connection_mut(id) {
             Some(conn) if conn.out.queued_bytes() > low_mark && !conn.is_closing() => {
                 if !conn.stall_spent {
-                    queued += conn.out.queued_bytes();
                     pressing = true;
+                    progressed |= conn.written_total != conn.written_at_stall_look;
+                    conn.written_at_stall_look = conn.written_total;
                 }
                 true
             }
@@ -617,11 +617,10 @@ impl Shard {
             }
             None => false,
         });
-        if queued < self.pressured_bytes && self.stall_deadline.is_some() {
+        if progressed && self.stall_deadline.is_some() {
             let stall_max = Duration::from_millis(self.config.publisher_stall_ms_max);
             self.stall_deadline = Some(now + stall_max);
         }
-        self.pressured_bytes = queued;
         let expired = self.stall_deadline.is_some_and(|deadline| now >= deadline);
         if expired {
             // No pressed subscriber drained for the whole bound: none holds anyone again.
@@ -746,6 +745,9 @@ impl Shard {
                 }
                 Err(e) => result = Err(e),
             }
+        }
+        if let Ok(progress) = &result {
+            conn.written_total += progress.bytes;
         }
         match result {
             Ok(progress) => {

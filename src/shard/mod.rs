@@ -336,8 +336,6 @@ pub struct Shard {
     /// When the stalled publishers are read again even if the pressed subscribers have not
     /// drained: `--publisher-stall-ms-max` after they last made progress.
     stall_deadline: Option<Instant>,
-    /// What the pressed subscribers had queued at the last look, to see them drain.
-    pressured_bytes: usize,
     handshake_deadlines: VecDeque<(Instant, ConnectionId)>,
     /// `--frame-deadline-ms`: a connection is pushed when its read buffer starts holding
     /// incomplete input (not on every read), so the queue holds at most one live entry per
@@ -420,7 +418,6 @@ impl Shard {
             stalled_readers: Vec::new(),
             stalled_peers: vec![false; shard_count],
             stall_deadline: None,
-            pressured_bytes: usize::MAX,
             handshake_deadlines: VecDeque::new(),
             frame_deadlines: VecDeque::new(),
             turn_now: Instant::now(),

@@ -245,6 +245,10 @@ impl<T> ReplayRing<T> {
     /// Evicts every message whose age limit has passed (`timestamp_ns + ttl_ns <= now_ns`).
     /// Returns how many.
     pub fn evict_expired(&mut self, now_ns: u64) -> usize {
+        // No age limit (the default): nothing to look at, on every push.
+        if self.limits.ttl_ns == 0 {
+            return 0;
+        }
         let mut evicted = 0;
         while self.len > 0 && self.limits.is_expired(self.entry(0).timestamp_ns, now_ns) {
             evicted += self.evict_front(1);
