@@ -494,7 +494,7 @@ fn a_subscriber_that_reads_is_not_cut_by_unwindowed_publishers() {
 /// `corebus bench --target inproc` as a user runs it: the binary starts its own bus, runs the
 /// preset in process and passes its verdict (exit 0) with every delivery accounted for. Open
 /// loop at a rate a loaded test machine keeps up with: closed loop, a subscriber thread kept
-/// off the CPU longer than the bus's default stall bound (20 ms) would be cut, as it should.
+/// off the CPU longer than the bus's default stall bound (100 ms) would be cut, as it should.
 #[test]
 fn the_inproc_target_runs_a_preset_in_process_with_no_loss() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_corebus"))
