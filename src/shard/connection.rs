@@ -1179,6 +1179,53 @@ mod tests {
     }
 
     #[test]
+    fn a_delivery_with_nothing_ahead_goes_straight_to_the_ring_and_one_behind_a_reply_waits() {
+        use crate::bus::link::{test_pair, Event, LinkSizes};
+        use crate::ids::ConnectionId;
+        let (handle, ends, _rings, _poll) = test_pair(LinkSizes {
+            command_slots: 1,
+            event_slots: 2,
+        });
+        let id = ConnectionId {
+            index: 0,
+            generation: 0,
+        };
+        let mut conn = Connection::in_process(ends, id, 1 << 20);
+        let mut events = super::super::conn_ws::EventCache::default();
+        let limits = (1 << 20, SlowConsumerPolicy::Disconnect);
+        let published = message(4);
+        // Nothing queued: in the ring at once, counted (and the handle woken) at the flush.
+        conn.enqueue_delivery(1, &published, &mut events, limits);
+        assert!(conn.out.is_empty());
+        assert!(matches!(
+            handle.try_event(),
+            Some(Event::Message { sub_id: 1, .. })
+        ));
+        // A reply ahead: the delivery queues behind it and keeps its place.
+        Wire::InProcess.encode_answer(5, Answer::Done, conn.out.replies());
+        conn.enqueue_delivery(1, &published, &mut events, limits);
+        assert!(!conn.out.is_empty(), "queued behind the reply");
+        let Transport::InProcess(ends) = &mut conn.socket else {
+            panic!("an in-process connection");
+        };
+        let progress = conn.out.hand_over(ends);
+        assert_eq!(progress.deliveries, 2, "the direct one and the queued one");
+        assert!(progress.drained);
+        assert!(matches!(
+            handle.try_event(),
+            Some(Event::Reply { request_id: 5, .. })
+        ));
+        assert!(matches!(handle.try_event(), Some(Event::Message { .. })));
+        // A full ring: the delivery falls back to the queue, under the policy.
+        for _ in 0..3 {
+            conn.enqueue_delivery(1, &published, &mut events, limits);
+        }
+        assert!(!conn.out.is_empty(), "the third waits for room");
+        assert!(handle.try_event().is_some() && handle.try_event().is_some());
+        assert!(handle.try_event().is_none());
+    }
+
+    #[test]
     fn read_buffer_grows_for_a_large_frame_and_shrinks_back() {
         let mut buffer = ReadBuffer::new(16);
         let big = 100u32;
