@@ -76,8 +76,9 @@ pub struct Config {
     pub frame_deadline_ms: u64,
     /// How long a connection the broker is closing may take to receive its final frames.
     pub close_linger_ms: u64,
-    /// How long a publisher feeding a subscriber whose queue is past half of
-    /// `outbound_bytes_max` stops being read, after the subscriber last drained (0 = never).
+    /// How long a publisher on the same shard feeding a subscriber whose queue is past half
+    /// of `outbound_bytes_max` stays unread after the subscriber last wrote anything; one
+    /// that wrote nothing for this long holds nobody again until it drains (0 = never).
     pub publisher_stall_ms_max: u64,
     /// How long shutdown waits for outbound buffers to flush.
     pub shutdown_grace_ms: u64,

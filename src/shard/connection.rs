@@ -792,14 +792,17 @@ pub struct Connection {
     /// `pressured`).
     pub over_watermark: bool,
     /// A stall for it ran its whole bound with no progress: it no longer holds publishers
-    /// (nor peer shards) back until it drains below the low mark, so a subscriber that has
-    /// stopped reading meets the slow-consumer limit instead of stalling others again.
+    /// back until it drains below the low mark, so a subscriber that has stopped reading
+    /// meets the slow-consumer limit instead of stalling others again.
     pub stall_spent: bool,
     /// Bytes written to the socket (or handed to an in-process handle) over its life.
     pub written_total: u64,
     /// `written_total` when a stall last looked: a pressed subscriber that wrote since has
     /// made progress, however much its publishers added meanwhile.
     pub written_at_stall_look: u64,
+    /// When it went past the stall watermark (valid while `over_watermark`): only one
+    /// pressed for a whole bound is made `stall_spent` when a stall runs out.
+    pub pressed_since: std::time::Instant,
     /// Not read until the shard's stall for it ends (it fed a subscriber past the watermark).
     pub read_stalled: bool,
     /// `--publish-rate`'s token bucket for this connection.
@@ -813,6 +816,11 @@ pub struct Connection {
     /// A native STATS being gathered from the shards (one at a time per connection).
     pub stats_gather: Option<Box<super::stats::NativeStatsGather>>,
 }
+
+/// Whether a short read may end the read loop: on Linux, where the reactor also watches for
+/// urgent data (`PRIORITY`), whose mark is the one place a TCP read stops short with bytes
+/// still queued. Elsewhere (kqueue has no such event) reads go on to WouldBlock.
+const SHORT_READ_MEANS_EMPTY: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
 /// What one read from a connection's socket gave.
 #[derive(Clone, Copy, Debug)]
@@ -937,6 +945,7 @@ impl Connection {
             stall_spent: false,
             written_total: 0,
             written_at_stall_look: 0,
+            pressed_since: std::time::Instant::now(),
             read_stalled: false,
             publish_bucket: TokenBucket::default(),
             half_open: true,
@@ -1088,7 +1097,8 @@ impl Connection {
         // read that would only answer EAGAIN is skipped, one syscall in three under
         // pipelined load. Not once the peer has hung up or sent urgent data (see
         // `read_to_would_block`).
-        let drained = bytes > 0 && bytes < asked && !self.read_to_would_block;
+        let drained =
+            SHORT_READ_MEANS_EMPTY && bytes > 0 && bytes < asked && !self.read_to_would_block;
         Ok(ReadOutcome { bytes, drained })
     }
 }

@@ -41,8 +41,6 @@ const CONSUMER_TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 /// publish) and for `--topic-idle-ttl`.
 const REPLAY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Tells a connection about to be refused why, in its port's protocol. Best effort: a fresh
-/// socket's send buffer takes a small frame whole.
 /// What a connection's socket is watched for. Urgent data (`PRIORITY`) too, because a read
 /// stops short at TCP's urgent mark with bytes still queued: a connection that sends any is
 /// read to WouldBlock from then on (see [`super::connection::ReadOutcome`]).
@@ -53,6 +51,8 @@ const CONNECTION_INTEREST: Interest = Interest::READABLE
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 const CONNECTION_INTEREST: Interest = Interest::READABLE.add(Interest::WRITABLE);
 
+/// Tells a connection about to be refused why, in its port's protocol. Best effort: a fresh
+/// socket's send buffer takes a small frame whole.
 fn refuse(socket: &mut mio::net::TcpStream, port: Port, reason: &str) {
     let mut refusal = Vec::new();
     match port {
@@ -172,7 +172,7 @@ impl Shard {
                 work_left = true;
             }
             self.flush_dirty();
-            work_left |= self.resume_stalled(Instant::now());
+            self.resume_stalled(Instant::now());
             // Flushing may have resumed connections that paused on unsent replies; closing
             // connections may have noted leaves.
             work_left |= !self.read_again.is_empty();
@@ -527,11 +527,6 @@ impl Shard {
         }
     }
 
-    /// Stops reading a publisher whose messages left a subscriber past the stall watermark:
-    /// TCP then holds the publisher back, as nats-server does, instead of the subscriber
-    /// being cut for a burst it is reading. The stall lasts while the pressed subscribers
-    /// drain, and ends `--publisher-stall-ms-max` after they last made progress; so a
-    /// subscriber that does not read still reaches the limit, and is cut then.
     /// The socket is drained: whatever the buffer holds now is input that has not completed,
     /// which `--frame-deadline-ms` times from when it started. Once per readiness event, and
     /// no clock read.
@@ -554,6 +549,11 @@ impl Shard {
         }
     }
 
+    /// Stops reading a publisher whose messages left a subscriber past the stall watermark:
+    /// TCP then holds the publisher back, as nats-server does, instead of the subscriber
+    /// being cut for a burst it is reading. The stall lasts while the pressed subscribers
+    /// drain, and ends `--publisher-stall-ms-max` after they last made progress; so a
+    /// subscriber that does not read still reaches the limit, and is cut then.
     pub(super) fn stall(&mut self, id: ConnectionId) {
         self.stall_reader = false;
         let Some(conn) = self.connection_mut(id) else {
@@ -569,33 +569,14 @@ impl Shard {
         }
     }
 
-    /// A delivery from this peer shard left a subscriber past the watermark: its rings are
-    /// not drained until the stall ends, as a local publisher is not read. Every delivery
-    /// from that peer waits meanwhile (one ring carries them all), which the stall's bound
-    /// and [`Connection::stall_spent`] keep short.
-    pub(super) fn stall_peer(&mut self, peer: super::ShardId) {
-        self.stall_reader = false;
-        if !std::mem::replace(&mut self.stalled_peers[peer.index()], true) {
-            self.counters.publisher_stalls += 1;
-        }
-        if self.stall_deadline.is_none() {
-            let stall_max = Duration::from_millis(self.config.publisher_stall_ms_max);
-            self.stall_deadline = Some(Instant::now() + stall_max);
-        }
-    }
-
     /// Forgets subscribers that drained below half the watermark; extends the stall while
     /// the rest make progress (write anything: with several publishers feeding one, its
-    /// queue may grow while it reads as fast as it can); reads the stalled publishers (and drains the stalled peers' rings)
-    /// again once no subscriber is pressed or the pressed ones made no progress for
-    /// `--publisher-stall-ms-max`, which spends their stall. Returns whether a peer's rings
-    /// are to be drained again.
-    fn resume_stalled(&mut self, now: Instant) -> bool {
-        if self.stalled_readers.is_empty()
-            && self.pressured.is_empty()
-            && !self.stalled_peers.contains(&true)
-        {
-            return false;
+    /// queue may grow while it reads as fast as it can); reads the stalled publishers again
+    /// once no subscriber is pressed or the pressed ones made no progress for
+    /// `--publisher-stall-ms-max`, which spends the stall of those pressed that long.
+    fn resume_stalled(&mut self, now: Instant) {
+        if self.stalled_readers.is_empty() && self.pressured.is_empty() {
+            return;
         }
         let low_mark = self.config.outbound_bytes_max / 4;
         let mut pressured = std::mem::take(&mut self.pressured);
@@ -623,16 +604,19 @@ impl Shard {
         }
         let expired = self.stall_deadline.is_some_and(|deadline| now >= deadline);
         if expired {
-            // No pressed subscriber drained for the whole bound: none holds anyone again.
+            // No pressed subscriber wrote for the whole bound: those pressed at least that
+            // long hold nobody again (one pressed since gets its own bound, next stall).
+            let stall_max = Duration::from_millis(self.config.publisher_stall_ms_max);
             for &id in &pressured {
                 if let Some(conn) = self.connection_mut(id) {
-                    conn.stall_spent = true;
+                    conn.stall_spent |=
+                        now.saturating_duration_since(conn.pressed_since) >= stall_max;
                 }
             }
         }
         self.pressured = pressured;
         if pressing && !expired {
-            return false;
+            return;
         }
         self.stall_deadline = None;
         for id in std::mem::take(&mut self.stalled_readers) {
@@ -643,11 +627,6 @@ impl Shard {
                 }
             }
         }
-        let mut peers_resumed = false;
-        for stalled in &mut self.stalled_peers {
-            peers_resumed |= std::mem::replace(stalled, false);
-        }
-        peers_resumed
     }
 
     pub(super) fn block(&mut self, id: ConnectionId) {

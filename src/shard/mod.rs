@@ -123,7 +123,7 @@ pub struct ShardCounters {
     /// Events for connections that were already gone (a stale token): counted no-ops.
     pub stale_events: u64,
     /// Times a publisher stopped being read because a subscriber it feeds was falling behind
-    /// (`--publisher-stall-ms-max`).
+    /// (`--publisher-stall-ms-max`); publishers on the subscriber's own shard only.
     pub publisher_stalls: u64,
     /// Connections closed, by reason (indexed by [`CloseReason::index`]).
     pub closed: [u64; CloseReason::ALL.len()],
@@ -329,10 +329,6 @@ pub struct Shard {
     stall_reader: bool,
     /// Publishers not being read because a subscriber they feed is past the watermark.
     stalled_readers: Vec<ConnectionId>,
-    /// Peer shards whose rings are not drained, by peer index, because a delivery from
-    /// them left a subscriber here past the watermark: the same stall for publishers on
-    /// other shards, whose backpressure then travels back through the full rings.
-    stalled_peers: Vec<bool>,
     /// When the stalled publishers are read again even if the pressed subscribers have not
     /// drained: `--publisher-stall-ms-max` after they last made progress.
     stall_deadline: Option<Instant>,
@@ -416,7 +412,6 @@ impl Shard {
             pressured: Vec::new(),
             stall_reader: false,
             stalled_readers: Vec::new(),
-            stalled_peers: vec![false; shard_count],
             stall_deadline: None,
             handshake_deadlines: VecDeque::new(),
             frame_deadlines: VecDeque::new(),

@@ -175,6 +175,7 @@ impl Shard {
     fn deliver_to(&mut self, subscriber: Subscriber, message: &Message) -> bool {
         let outbound_bytes_max = self.config.outbound_bytes_max;
         let policy = self.config.slow_consumer;
+        let turn_now = self.turn_now;
         // Looked up by hand rather than by `connection_mut`, so the event cache (another
         // field) can be borrowed alongside.
         let id = subscriber.connection;
@@ -202,6 +203,7 @@ impl Shard {
         if queued_bytes > outbound_bytes_max / 2 && self.config.publisher_stall_ms_max > 0 {
             if !conn.over_watermark {
                 conn.over_watermark = true;
+                conn.pressed_since = turn_now;
                 self.pressured.push(id);
             }
             self.stall_reader |= !conn.stall_spent;
@@ -790,7 +792,7 @@ impl Shard {
     pub(super) fn drain_rings(&mut self) -> bool {
         let mut more = false;
         for peer in 0..self.links.len() {
-            if self.links[peer].is_none() || self.stalled_peers[peer] {
+            if self.links[peer].is_none() {
                 continue;
             }
             for taken in 0.. {
@@ -802,13 +804,8 @@ impl Shard {
                     .as_ref()
                     .and_then(|l| l.terminals_in.try_recv());
                 let Some(batch) = batch else { break };
-                self.stall_reader = false;
                 for terminal in batch {
                     self.handle_terminal(terminal);
-                }
-                if self.stall_reader {
-                    self.stall_peer(ShardId(peer as u16));
-                    break;
                 }
             }
             if let Some(link) = &self.links[peer] {
@@ -816,7 +813,7 @@ impl Shard {
             }
         }
         for peer in 0..self.links.len() {
-            if self.links[peer].is_none() || self.stalled_peers[peer] {
+            if self.links[peer].is_none() {
                 continue;
             }
             more |= self.drain_requests_from(ShardId(peer as u16));
@@ -845,16 +842,7 @@ impl Shard {
                     break 'batches;
                 }
                 if let Some(request) = batch.next() {
-                    self.stall_reader = false;
                     self.handle_request(peer, request);
-                    if self.stall_reader {
-                        // The rest of the batch waits with the ring (order is kept).
-                        if batch.len() > 0 {
-                            self.stalled_requests[peer.index()] = Some(batch);
-                        }
-                        self.stall_peer(peer);
-                        break 'batches;
-                    }
                 }
             }
         }
