@@ -66,14 +66,17 @@
 //! - [`bus`]: the embedded bus: the shards inside an application, publishers and
 //!   subscriptions as in-process connections (blocking iterators, async streams, filters);
 //!   `bus/link.rs`: the two bounded SPSC rings, the doorbell and the wakers between a handle
-//!   and its shard.
+//!   and its shard; `bus/spsc.rs`: the ring itself (each side owns its index, one release
+//!   store per item: a delivery is a pointer, so an MPMC channel's CAS was a third of it).
 //! - [`watch`]: `corebus inspect` and `corebus top`, an operator's views over the native
 //!   STATS request (`top` draws with `ratatui` on a terminal, prints lines otherwise).
 //! - [`mod@bench`]: `corebus bench`, the load generator (one `mio` loop per bench thread; also
 //!   speaks Redis and NATS for comparisons, and corebus's WebSocket dialects):
 //!   [`bench::scenario`], [`bench::wire`],
 //!   [`bench::driver`], [`bench::latency`], [`bench::accounting`], [`bench::report`],
-//!   [`bench::replay`], and [`bench::reflector`], a stand-in broker that only forwards.
+//!   [`bench::replay`], [`bench::inproc`] (`--target inproc`: the presets against an
+//!   embedded bus in the bench process), and [`bench::reflector`], a stand-in broker that
+//!   only forwards.
 //!
 //! ## Architecture invariants
 //! - The topic, replay and consumer code never knows which protocol a connection speaks: it

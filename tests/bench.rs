@@ -490,3 +490,188 @@ fn a_subscriber_that_reads_is_not_cut_by_unwindowed_publishers() {
     assert_exact(&r);
     assert_eq!(r.publish_errors, 0);
 }
+
+/// `corebus bench --target inproc` as a user runs it: the binary starts its own bus, runs the
+/// preset in process and passes its verdict (exit 0) with every delivery accounted for. Open
+/// loop at a rate a loaded test machine keeps up with: closed loop, a subscriber thread kept
+/// off the CPU longer than the bus's default stall bound (100 ms) would be cut, as it should.
+#[test]
+fn the_inproc_target_runs_a_preset_in_process_with_no_loss() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_corebus"))
+        .args([
+            "bench",
+            "--target",
+            "inproc",
+            "--preset",
+            "fanout-16",
+            "--rate",
+            "50000",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--bus-shards",
+            "2",
+            "--json",
+            "--quiet",
+        ])
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r: BenchResult = serde_json::from_str(stdout.trim()).expect("one JSON result");
+    assert_eq!(r.target.name(), "inproc");
+    assert!(r.published > 0 && r.delivered > 0, "{r:#?}");
+    assert_eq!(r.expected_deliveries, r.published * 16);
+    assert_exact(&r);
+    assert!(r.latency_us.count > 0 && r.delivered_window > 0);
+}
+
+/// A bus for closed-loop runs on a busy test machine: a generous stall bound, so that a
+/// subscriber thread kept off the CPU cannot pass for a stuck one and be cut.
+fn patient_bus(shards: usize) -> corebus::bus::Bus {
+    let mut config = corebus::bus::BusConfig::default();
+    config.broker.shards = shards;
+    config.broker.publisher_stall_ms_max = 500;
+    corebus::bus::Bus::start(config).expect("the bus starts")
+}
+
+/// Several publishers, subscribers and topics on threads of each side, closed loop, every
+/// message accounted for exactly; then the same as a group with acks, each message delivered
+/// once.
+#[test]
+fn inproc_runs_are_exact_across_threads_groups_and_acks() {
+    let bus = patient_bus(2);
+    let args = run_args(
+        "inproc".into(),
+        &[
+            "--publishers",
+            "3",
+            "--subscribers",
+            "4",
+            "--topics",
+            "2",
+            "--size",
+            "64",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--threads",
+            "2",
+        ],
+    );
+    let r = bench::execute_on_bus(&args, &bus).expect("the run completes");
+    assert!(r.published > 0);
+    assert_eq!(r.expected_deliveries, r.published * 2);
+    assert_exact(&r);
+
+    let args = run_args(
+        "inproc".into(),
+        &[
+            "--preset",
+            "fanin-8",
+            "--subscribers",
+            "2",
+            "--group",
+            "g",
+            "--ack",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--rate",
+            "20000",
+        ],
+    );
+    let r = bench::execute_on_bus(&args, &bus).expect("the run completes");
+    assert!(r.published > 0);
+    assert_eq!(r.expected_deliveries, r.published);
+    assert_exact(&r);
+    bus.shutdown().expect("the bus stops");
+}
+
+/// A replayed backlog in process: the prefill is confirmed with its sequence numbers, and
+/// `--start all` replays it before the live messages, with no gap and no duplicate.
+#[test]
+fn inproc_replays_a_prefilled_backlog_exactly() {
+    let args = run_args(
+        "inproc".into(),
+        &[
+            "--prefill",
+            "200",
+            "--start",
+            "all",
+            "--subscribers",
+            "2",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0",
+            "--rate",
+            "10000",
+        ],
+    );
+    let r = bench::execute(&args).expect("the run completes");
+    assert_exact(&r);
+    let replay = replay_of(&r);
+    assert_eq!(replay.prefill_published, 200);
+    assert_eq!((replay.requested, replay.replayed), (400, 400));
+}
+
+/// The in-process accounting catches loss as the network one does: a bus that drops for a
+/// slow subscriber (drop-oldest, no publisher stall) makes the run fail, and every loss is
+/// one the bus announced.
+#[test]
+fn an_inproc_bus_that_drops_for_a_slow_subscriber_makes_the_run_fail() {
+    let mut bus_config = corebus::bus::BusConfig::default();
+    bus_config.broker.shards = 1;
+    bus_config.broker.slow_consumer = SlowConsumerPolicy::DropOldest;
+    bus_config.broker.publisher_stall_ms_max = 0;
+    bus_config.broker.message_bytes_max = 256;
+    bus_config.broker.header_bytes_max = 0;
+    bus_config.broker.outbound_bytes_max = 4 * (256 + FRAME_OVERHEAD_MAX + 2);
+    bus_config.event_slots = 16;
+    let bus = corebus::bus::Bus::start(bus_config).expect("the bus starts");
+    let args = run_args(
+        "inproc".into(),
+        &[
+            "--size",
+            "200",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--subscriber-delay-us",
+            "1000",
+        ],
+    );
+    let r = bench::execute_on_bus(&args, &bus).expect("the run completes");
+    assert!(r.lost > 0, "{r:#?}");
+    assert_eq!(
+        r.dropped_reported, r.lost,
+        "every loss was announced by the bus"
+    );
+    assert_eq!(r.delivered + r.lost, r.expected_deliveries);
+    assert_eq!((r.duplicated, r.out_of_order), (0, 0));
+    let problems = bench::verdict(&r, false).unwrap_err();
+    assert!(problems[0].contains("lost"), "{problems:?}");
+    bus.shutdown().expect("the bus stops");
+}
+
+#[test]
+fn bus_flags_are_for_the_inproc_target_only() {
+    let args = run_args(
+        "corebus://127.0.0.1:1".into(),
+        &["--bus-shards", "2", "--duration", "0.1"],
+    );
+    let error = bench::execute(&args).unwrap_err();
+    assert!(error.contains("--target inproc"), "{error}");
+    let args = run_args("inproc".into(), &["--bus-shards", "0", "--duration", "0.1"]);
+    let error = bench::execute(&args).unwrap_err();
+    assert!(error.contains("--bus-shards"), "{error}");
+}

@@ -289,23 +289,23 @@ struct Publisher {
     prefill_seqs: Vec<Vec<u64>>,
 }
 
-struct Subscriber {
-    index: u32,
-    first_topic: u32,
+pub(super) struct Subscriber {
+    pub(super) index: u32,
+    pub(super) first_topic: u32,
     /// Plain subscriptions and durable consumers; empty in a group.
-    trackers: Vec<SeqTracker>,
+    pub(super) trackers: Vec<SeqTracker>,
     /// Group members: same slots as `trackers`.
-    sets: Vec<SeqSet>,
+    pub(super) sets: Vec<SeqSet>,
     /// The subscription ids (= topic indexes), by slot `j`.
-    sub_ids: Vec<u32>,
+    pub(super) sub_ids: Vec<u32>,
     /// `--ack`: per slot `j`, the highest topic sequence number received since the last ACK,
     /// plus one (0: nothing to acknowledge).
-    ack_through: Vec<u64>,
+    pub(super) ack_through: Vec<u64>,
     /// Slots with something in `ack_through`, so that queuing acks touches only those.
-    ack_dirty: Vec<u32>,
+    pub(super) ack_dirty: Vec<u32>,
     /// Per slot `j`: what the subscription replayed.
-    replay: Vec<SubscriptionReplay>,
-    last_replay_ns: u64,
+    pub(super) replay: Vec<SubscriptionReplay>,
+    pub(super) last_replay_ns: u64,
 }
 
 enum Kind {
@@ -348,21 +348,61 @@ impl Conn {
 }
 
 /// Everything a thread's handlers touch besides the connection itself.
-struct Ctx<'a> {
-    plan: &'a Plan,
-    target: Target,
-    counters: Counters,
-    latency: Latency,
-    errors: Vec<String>,
+pub(super) struct Ctx<'a> {
+    pub(super) plan: &'a Plan,
+    pub(super) target: Target,
+    pub(super) counters: Counters,
+    pub(super) latency: Latency,
+    pub(super) errors: Vec<String>,
     /// Measured window: [window_start, window_end).
-    window_start: u64,
-    window_end: u64,
-    unique: u64,
-    publishers_per_topic: usize,
+    pub(super) window_start: u64,
+    pub(super) window_end: u64,
+    pub(super) unique: u64,
+    pub(super) publishers_per_topic: usize,
+}
+
+impl Subscriber {
+    /// Subscriber `index`'s accounting: a tracker (or, in a group, a set) per (subscription,
+    /// publisher) slot.
+    pub(super) fn new(plan: &Plan, index: usize) -> Subscriber {
+        let scenario = &plan.scenario;
+        let topics = scenario.subscriber_topics(index);
+        let slots = topics.len() * scenario.publishers_per_topic_max();
+        let grouped = plan.delivery.group.is_some();
+        let acked = plan.delivery.acks.is_some();
+        Subscriber {
+            index: index as u32,
+            first_topic: scenario.subscriber_first_topic(index),
+            trackers: vec![SeqTracker::default(); if grouped { 0 } else { slots }],
+            sets: vec![SeqSet::default(); if grouped { slots } else { 0 }],
+            ack_through: vec![0; if acked { topics.len() } else { 0 }],
+            ack_dirty: Vec::new(),
+            replay: vec![SubscriptionReplay::default(); topics.len()],
+            last_replay_ns: 0,
+            sub_ids: topics,
+        }
+    }
+}
+
+impl<'a> Ctx<'a> {
+    /// A thread's context before the start: no measured window yet.
+    pub(super) fn new(plan: &'a Plan) -> Ctx<'a> {
+        Ctx {
+            plan,
+            target: plan.endpoint.target,
+            counters: Counters::default(),
+            latency: Latency::new(u64::MAX),
+            errors: Vec::new(),
+            window_start: u64::MAX,
+            window_end: u64::MAX,
+            unique: 0,
+            publishers_per_topic: plan.scenario.publishers_per_topic_max(),
+        }
+    }
 }
 
 impl Ctx<'_> {
-    fn error(&mut self, text: String) {
+    pub(super) fn error(&mut self, text: String) {
         self.counters.errors += 1;
         if self.errors.len() < ERRORS_KEPT && !self.errors.contains(&text) {
             self.errors.push(text);
@@ -416,7 +456,6 @@ fn run_thread_inner(
     }
     let scenario = &plan.scenario;
     let target = plan.endpoint.target;
-    let publishers_per_topic = scenario.publishers_per_topic_max();
     let mut poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
     let mut conns: Vec<Conn> = Vec::new();
     let throttled = plan.subscriber_delay_us > 0;
@@ -488,26 +527,7 @@ fn run_thread_inner(
                     .iter()
                     .map(|&t| (t, plan.topic_names[t as usize].clone()))
                     .collect();
-                let slots = topics.len() * publishers_per_topic;
-                let grouped = plan.delivery.group.is_some();
-                let subscriber = Subscriber {
-                    index: index as u32,
-                    first_topic: scenario.subscriber_first_topic(index),
-                    trackers: vec![SeqTracker::default(); if grouped { 0 } else { slots }],
-                    sets: vec![SeqSet::default(); if grouped { slots } else { 0 }],
-                    ack_through: vec![
-                        0;
-                        if plan.delivery.acks.is_some() {
-                            topics.len()
-                        } else {
-                            0
-                        }
-                    ],
-                    ack_dirty: Vec::new(),
-                    replay: vec![SubscriptionReplay::default(); topics.len()],
-                    last_replay_ns: 0,
-                    sub_ids: topics,
-                };
+                let subscriber = Subscriber::new(plan, index);
                 (
                     Kind::Sub(Box::new(subscriber)),
                     format!("bench-sub-{index}"),
@@ -573,17 +593,7 @@ fn run_thread_inner(
     }
 
     let clock = plan.clock;
-    let mut ctx = Ctx {
-        plan,
-        target,
-        counters: Counters::default(),
-        latency: Latency::new(u64::MAX),
-        errors: Vec::new(),
-        window_start: u64::MAX,
-        window_end: u64::MAX,
-        unique: 0,
-        publishers_per_topic,
-    };
+    let mut ctx = Ctx::new(plan);
     let mut events = Events::with_capacity(1024);
     let filler = vec![b'x'; scenario.size - target.stamp_len()];
 
@@ -988,11 +998,22 @@ fn prefill_turn(conn: &mut Conn, ctx: &mut Ctx<'_>, filler: &[u8], now: u64) {
 /// one, which puts the start no later than the truth; `--start all` counts every prefill
 /// message, as if all were retained.
 fn drain_expected(plan: &Plan, p: &Publisher) -> u64 {
+    expected_deliveries(plan, &p.topics, &p.next_seq, &p.prefill_seqs)
+}
+
+/// [`drain_expected`] of a publisher that sent `next_seq[i]` messages (prefill included) to
+/// `topics[i]`, its prefill ones sequenced as `prefill_seqs[i]`.
+pub(super) fn expected_deliveries(
+    plan: &Plan,
+    topics: &[u32],
+    next_seq: &[u64],
+    prefill_seqs: &[Vec<u64>],
+) -> u64 {
     let start = plan.delivery.start;
-    p.topics
+    topics
         .iter()
-        .zip(&p.next_seq)
-        .zip(&p.prefill_seqs)
+        .zip(next_seq)
+        .zip(prefill_seqs)
         .map(|((&t, &sent), seqs)| {
             let last_seq = seqs.last().copied().unwrap_or(0);
             let skipped = replay::requested_first_seq(start, last_seq)
@@ -1440,7 +1461,7 @@ fn record_prefill_seq(p: &mut Publisher, tag: u32, seq: u64) -> bool {
 /// cumulative ACK. Everything delivered is acknowledged, corrupt or not, so the broker does
 /// not redeliver what the bench already judged.
 #[inline]
-fn note_ack(sub: &mut Subscriber, ctx: &Ctx<'_>, sub_id: Option<u32>, seq: u64) {
+pub(super) fn note_ack(sub: &mut Subscriber, ctx: &Ctx<'_>, sub_id: Option<u32>, seq: u64) {
     let Some(topic) = sub_id else {
         return;
     };
@@ -1463,7 +1484,7 @@ fn note_ack(sub: &mut Subscriber, ctx: &Ctx<'_>, sub_id: Option<u32>, seq: u64) 
 /// age, which says nothing about the broker's live latency; the replay is reported by how
 /// long the backlog took to drain instead.
 #[inline]
-fn deliver(
+pub(super) fn deliver(
     sub: &mut Subscriber,
     ctx: &mut Ctx<'_>,
     wire_topic: Option<u32>,

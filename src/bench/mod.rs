@@ -17,6 +17,8 @@
 //!   table, JSON, HDR output, SVG chart.
 //! - [`replay`]: corebus replay starts (`--start`) over a backlog published first
 //!   (`--prefill`), and which messages a subscription therefore asked for.
+//! - [`inproc`]: `--target inproc`, the same presets against an embedded bus started in
+//!   the bench process (in-process handles on their own threads, no sockets).
 //! - [`reflector`]: `corebus bench reflector`, a stand-in broker that only forwards, to measure
 //!   the bench itself.
 //!
@@ -25,6 +27,7 @@
 
 pub mod accounting;
 pub mod driver;
+pub mod inproc;
 pub mod latency;
 pub mod reflector;
 pub mod replay;
@@ -41,6 +44,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use crate::bus::BusHandle;
 use crate::cli::{parse_core_list, CoreList};
 use crate::protocol::subscribe_options::{AckSettings, Start, CONSUMER_NAME_BYTES_MAX};
 use driver::{Assignment, Counters, Delivery, Plan, Shared, SubscriptionReplay, ThreadOutput};
@@ -85,9 +89,17 @@ pub struct PlotArgs {
 pub struct RunArgs {
     /// What to load: corebus://HOST:PORT, redis://HOST:PORT, nats://HOST:PORT, corebus's
     /// WebSocket port, ws://HOST:PORT/v1/ws (Go/Fiber dialect) or ws://HOST:PORT/ws (FastAPI),
-    /// or nats-server's websocket listener, nats+ws://HOST:PORT.
+    /// nats-server's websocket listener, nats+ws://HOST:PORT, or `inproc`: an embedded bus
+    /// started inside the bench process (no sockets; see --bus-shards, --bus-cores).
     #[arg(long, default_value = "corebus://127.0.0.1:7070")]
     pub target: String,
+    /// `--target inproc`: shards of the bench's embedded bus [one per available CPU].
+    #[arg(long)]
+    pub bus_shards: Option<usize>,
+    /// `--target inproc`: CPUs to pin the bus's shards to, e.g. `0` or `0-1`; shard i runs on
+    /// the i-th (wrapping) [not pinned].
+    #[arg(long, value_parser = parse_core_list)]
+    pub bus_cores: Option<CoreList>,
     /// A named scenario; explicit flags override its values.
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
@@ -127,7 +139,8 @@ pub struct RunArgs {
     /// targets (and the reflector) only.
     #[arg(long)]
     pub unwindowed: bool,
-    /// Bench threads, each running one event loop over its share of the connections.
+    /// Bench threads, each running one event loop over its share of the connections
+    /// (`--target inproc`: this many publisher threads and this many subscriber threads).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// CPUs to pin bench threads to, e.g. `1` or `2-3`; thread i runs on the i-th (wrapping).
@@ -239,9 +252,46 @@ fn plot_files(args: &PlotArgs) -> Result<(), Box<dyn Error>> {
 
 /// Runs one benchmark and returns what it measured. Errors are set-up failures (bad flags,
 /// nothing listening, a handshake refused); problems during the run are in the result.
+/// `--target inproc` starts an embedded bus for the run (`--bus-shards`, `--bus-cores`) and
+/// shuts it down after.
 pub fn execute(args: &RunArgs) -> Result<BenchResult, String> {
-    let scenario = Scenario::resolve(&args.overrides())?;
     let endpoint = wire::parse_endpoint(&args.target)?;
+    if endpoint.target != wire::Target::Inproc {
+        if args.bus_shards.is_some() || args.bus_cores.is_some() {
+            return Err("--bus-shards and --bus-cores are for --target inproc".into());
+        }
+        return execute_with(args, endpoint, None);
+    }
+    let bus = inproc::start_bus(args.bus_shards, args.bus_cores.as_ref())?;
+    let result = execute_with(args, endpoint, Some(&bus.handle()));
+    let stopped = bus
+        .shutdown()
+        .map_err(|e| format!("the bench's bus did not shut down cleanly: {e}"));
+    let result = result?;
+    stopped?;
+    Ok(result)
+}
+
+/// Runs one benchmark in process against a bus the caller started and configured (its
+/// limits, its slow-consumer policy), as `--target inproc` does against one of its own;
+/// `args.target` must be `inproc`, and `--bus-shards`/`--bus-cores` are the caller's business.
+pub fn execute_on_bus(args: &RunArgs, bus: &BusHandle) -> Result<BenchResult, String> {
+    let endpoint = wire::parse_endpoint(&args.target)?;
+    if endpoint.target != wire::Target::Inproc {
+        return Err(format!(
+            "a run on a caller's bus takes --target inproc, got {}",
+            endpoint.text
+        ));
+    }
+    execute_with(args, endpoint, Some(bus))
+}
+
+fn execute_with(
+    args: &RunArgs,
+    endpoint: wire::Endpoint,
+    bus: Option<&BusHandle>,
+) -> Result<BenchResult, String> {
+    let scenario = Scenario::resolve(&args.overrides())?;
     let stamp_len = endpoint.target.stamp_len();
     if scenario.size < stamp_len {
         return Err(format!(
@@ -261,8 +311,37 @@ pub fn execute(args: &RunArgs) -> Result<BenchResult, String> {
             endpoint.target.in_flight_max()
         ));
     }
+    let inproc = bus.is_some();
     let connections = scenario.publishers + scenario.subscribers;
-    let threads = args.threads.min(connections);
+    // Connection c (publishers first, then subscribers) runs on thread c % threads; in
+    // process, publishers and subscribers have threads of their own.
+    let assignments = if inproc {
+        inproc::assignments(
+            scenario.publishers,
+            scenario.subscribers,
+            args.threads,
+            args.cores.as_ref(),
+        )
+    } else {
+        let threads = args.threads.min(connections);
+        let mut assignments: Vec<Assignment> = (0..threads)
+            .map(|i| Assignment {
+                index: i,
+                core: args.cores.as_ref().map(|c| c.0[i % c.0.len()]),
+                ..Assignment::default()
+            })
+            .collect();
+        for p in 0..scenario.publishers {
+            assignments[p % threads].publishers.push(p);
+        }
+        for s in 0..scenario.subscribers {
+            assignments[(scenario.publishers + s) % threads]
+                .subscribers
+                .push(s);
+        }
+        assignments
+    };
+    let threads = assignments.len();
     let run_tag = format!("{:08x}", rand::random::<u32>());
     let delivery = delivery_mode(args, &scenario, endpoint.target, &run_tag)?;
     let mut subscribers_per_topic = scenario.subscribers_per_topic();
@@ -288,28 +367,16 @@ pub fn execute(args: &RunArgs) -> Result<BenchResult, String> {
     });
     let shared = Arc::new(Shared::default());
 
-    // Connection c (publishers first, then subscribers) runs on thread c % threads.
-    let mut assignments: Vec<Assignment> = (0..threads)
-        .map(|i| Assignment {
-            index: i,
-            core: args.cores.as_ref().map(|c| c.0[i % c.0.len()]),
-            ..Assignment::default()
-        })
-        .collect();
-    for p in 0..scenario.publishers {
-        assignments[p % threads].publishers.push(p);
-    }
-    for s in 0..scenario.subscribers {
-        assignments[(scenario.publishers + s) % threads]
-            .subscribers
-            .push(s);
-    }
     let mut handles = Vec::new();
     for assignment in assignments {
         let (plan, shared) = (Arc::clone(&plan), Arc::clone(&shared));
+        let bus = bus.cloned();
         let handle = std::thread::Builder::new()
             .name(format!("bench-{}", assignment.index))
-            .spawn(move || driver::run_thread(&plan, &assignment, &shared))
+            .spawn(move || match bus {
+                Some(bus) => inproc::run_thread(&plan, &assignment, &shared, &bus),
+                None => driver::run_thread(&plan, &assignment, &shared),
+            })
             .map_err(|e| format!("cannot spawn a bench thread: {e}"))?;
         handles.push(handle);
     }
@@ -379,13 +446,13 @@ fn delivery_mode(
     target: wire::Target,
     run_tag: &str,
 ) -> Result<Delivery, String> {
-    if (args.ack || args.group.is_some()) && target != wire::Target::Corebus {
+    if (args.ack || args.group.is_some()) && !target.is_corebus() {
         return Err(format!(
             "--ack and --group are corebus features (durable consumers, acks, groups); \
              the {target} target has no equivalent in this bench"
         ));
     }
-    if (args.start.is_some() || args.prefill > 0) && target != wire::Target::Corebus {
+    if (args.start.is_some() || args.prefill > 0) && !target.is_corebus() {
         return Err(format!(
             "--start and --prefill are corebus features (replay from a topic's retained \
              history); the {target} target has no equivalent in this bench"

@@ -56,6 +56,9 @@ pub enum Target {
     },
     /// nats-server's `websocket` listener: the NATS protocol in binary frames.
     NatsWs,
+    /// corebus's embedded bus started inside the bench process: no sockets, publishers and
+    /// subscriptions are in-process handles ([`super::inproc`]).
+    Inproc,
 }
 
 impl Target {
@@ -66,6 +69,7 @@ impl Target {
             Target::Nats => "nats",
             Target::WebSocket { .. } => "ws",
             Target::NatsWs => "nats+ws",
+            Target::Inproc => "inproc",
         }
     }
 
@@ -89,7 +93,14 @@ impl Target {
             Target::Redis => 6379,
             Target::Nats => 4222,
             Target::WebSocket { .. } | Target::NatsWs => 8080,
+            Target::Inproc => 0,
         }
+    }
+
+    /// Whether the target is corebus itself, over its native port or in-process: the
+    /// corebus-only features (acks, groups, replay starts, prefill) work there.
+    pub fn is_corebus(self) -> bool {
+        matches!(self, Target::Corebus | Target::Inproc)
     }
 
     /// Whether publishers confirm batches with a PING (corebus, NATS) rather than per-publish
@@ -169,6 +180,7 @@ impl TryFrom<String> for Target {
                 dialect: WsDialect::FastApi,
             },
             Target::NatsWs,
+            Target::Inproc,
         ]
         .into_iter()
         .find(|t| t.name() == name)
@@ -190,6 +202,14 @@ pub struct Endpoint {
 }
 
 pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
+    if matches!(text, "inproc" | "inproc://") {
+        return Ok(Endpoint {
+            target: Target::Inproc,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            authority: String::new(),
+            text: "inproc".into(),
+        });
+    }
     let (target, rest) = match text.split_once("://") {
         Some(("corebus", rest)) => (Target::Corebus, rest),
         Some(("redis", rest)) => (Target::Redis, rest),
@@ -361,6 +381,9 @@ pub fn decode(
         Target::WebSocket { .. } | Target::NatsWs => Err(WireError(
             "a WebSocket connection decodes through its ws::Link".into(),
         )),
+        Target::Inproc => Err(WireError(
+            "the in-process target has no wire (see bench::inproc)".into(),
+        )),
     }
 }
 
@@ -529,6 +552,8 @@ pub fn encode_setup_with(
             }
             subscriptions.len() as u32
         }
+        // In-process handles subscribe through the bus API: nothing to write or await.
+        Target::Inproc => 0,
     }
 }
 
@@ -562,6 +587,8 @@ pub fn encode_ping(target: Target, request_id: u32, out: &mut Vec<u8>) {
         Target::Nats => out.extend_from_slice(b"PING\r\n"),
         Target::WebSocket { dialect } => ws::encode_ping(dialect, out),
         Target::NatsWs => ws::encode_binary(b"PING\r\n", out),
+        // An in-process publisher's round trip is a bus call, not bytes.
+        Target::Inproc => {}
     }
 }
 
@@ -630,6 +657,8 @@ impl PublishTemplate {
                 b"\r\n",
             ),
             Target::WebSocket { dialect } => ws::publish_around(dialect, topic),
+            // An in-process publish is the payload alone (the topic goes beside it).
+            Target::Inproc => (Vec::new(), b""),
         };
         let mut frame_head = Vec::new();
         if target.over_websocket() {

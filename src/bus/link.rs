@@ -2,10 +2,9 @@
 //! rings (commands towards the shard, events towards the handle), the doorbell that tells a
 //! shard which of its handles has work, and the signal that wakes a handle.
 //!
-//! Each direction is a `crossbeam-channel` bounded channel with exactly one producer and one
-//! consumer, like the rings between shards. A handle is one connection, so one producer per
-//! command ring: that is why a thread that publishes takes its own publisher instead of
-//! sharing one.
+//! Each direction is a bounded single-producer/single-consumer ring ([`super::spsc`]). A
+//! handle is one connection, so one producer per command ring: that is why a thread that
+//! publishes takes its own publisher instead of sharing one.
 //!
 //! Waking, both ways, costs nothing while the other side is busy:
 //! - towards the shard: a handle rings the doorbell (one message on the shard's doorbell
@@ -24,7 +23,9 @@ use std::thread::Thread;
 
 use atomic_waker::AtomicWaker;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::Sender;
+
+use super::spsc::{self, Consumer, Producer, TrySendError};
 
 use crate::client::ServerError;
 use crate::message::Message;
@@ -215,7 +216,13 @@ pub(crate) struct LinkState {
 impl LinkState {
     /// Tells the shard this handle has something for it, unless it knows already.
     pub fn ring(&self) {
-        if self.scheduled.swap(true, Ordering::SeqCst) {
+        // Pairs with the fence in `unschedule`: either the shard, looking at the ring after
+        // clearing `scheduled`, sees the command just pushed, or this sees `scheduled`
+        // cleared. (The ring publishes with a release store, which alone would not order it
+        // before this load.) Looked at before it is swapped: a busy shard is scheduled
+        // already, and a load leaves its cache line shared.
+        fence(Ordering::SeqCst);
+        if self.scheduled.load(Ordering::Relaxed) || self.scheduled.swap(true, Ordering::SeqCst) {
             return;
         }
         // The channel has room for a ring from every handle the shard may hold, and a
@@ -243,17 +250,40 @@ impl LinkState {
 /// The shard's ends of one handle's rings.
 pub(crate) struct ShardEnds {
     pub state: Arc<LinkState>,
-    pub commands: Receiver<Command>,
-    events: Sender<Event>,
+    pub commands: Consumer<Command>,
+    events: Producer<Event>,
     /// A command postponed for lack of room (its handler changed nothing): it goes first.
     pub held: Option<Command>,
     /// A stats gather in progress for this handle: its request and the parts so far.
     pub gathering: Option<(u32, Vec<ShardStats>)>,
     /// An answer made outside the write buffer (stats), handed over before anything else.
     pub waiting: Option<Event>,
+    /// Deliveries (and their frame bytes) handed over by [`ShardEnds::offer_now`] since the
+    /// last flush, which counts them and wakes the handle once for all of them.
+    pub handed_directly: (u64, u64),
 }
 
 impl ShardEnds {
+    /// Hands a delivery of `bytes` frame bytes straight to the ring, skipping the outbound
+    /// queue: for a connection with nothing queued ahead of it, whose order this keeps. The
+    /// handle is woken by the next flush, once per loop turn however many were handed. A
+    /// full ring gives it back, to be queued (the flush then asks for room).
+    #[inline]
+    pub fn offer_now(&mut self, event: Event, bytes: usize) -> Result<(), Event> {
+        if self.waiting.is_some() {
+            return Err(event);
+        }
+        match self.events.try_send(event) {
+            // A gone handle: as `offer`, it counts as handed (the connection closes soon).
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {
+                self.handed_directly.0 += 1;
+                self.handed_directly.1 += bytes as u64;
+                Ok(())
+            }
+            Err(TrySendError::Full(event)) => Err(event),
+        }
+    }
+
     /// Hands an event to the handle, or gives it back when the ring is full (after asking
     /// the handle to ring once it has made room).
     pub fn offer(&self, event: Event) -> Result<(), Event> {
@@ -284,8 +314,8 @@ impl Drop for ShardEnds {
 /// The handle's ends of its rings.
 pub(crate) struct HandleEnds {
     pub state: Arc<LinkState>,
-    pub commands: Sender<Command>,
-    pub events: Receiver<Event>,
+    pub commands: Producer<Command>,
+    pub events: Consumer<Event>,
 }
 
 impl HandleEnds {
@@ -293,13 +323,20 @@ impl HandleEnds {
     /// full can have stopped it, so only then is the flag looked at (a fence per event would
     /// cost every delivery); one seen full late is caught by [`HandleEnds::ring_if_room_wanted`]
     /// before the handle sleeps.
+    #[inline]
     pub fn try_event(&self) -> Option<Event> {
-        let was_full = self.events.is_full();
-        let event = self.events.try_recv().ok()?;
-        if was_full {
+        // Full as last seen, not looked at afresh: a fresh look per event would pull the
+        // shard's index across cores every time. A ring that filled since is caught at the
+        // next look at the shard's index (once per batch it added), without a fence, which
+        // lets a shard that stopped for room go on while the handle still has events to take
+        // (rather than once it has taken them all), and as above before the handle sleeps.
+        let taken = self.events.take()?;
+        if taken.was_full {
             self.ring_if_room_wanted();
+        } else if taken.looked {
+            self.ring_if_room_wanted_seen();
         }
-        Some(event)
+        Some(taken.item)
     }
 
     /// Rings the shard if it stopped for room in the event ring. Called after taking from a
@@ -309,6 +346,17 @@ impl HandleEnds {
         // Pairs with `ShardEnds::offer`: either this sees the flag, or the shard's second
         // look sees the room.
         fence(Ordering::SeqCst);
+        if self.state.event_room_wanted.load(Ordering::Relaxed)
+            && self.state.event_room_wanted.swap(false, Ordering::SeqCst)
+        {
+            self.state.ring_now();
+        }
+    }
+
+    /// [`HandleEnds::ring_if_room_wanted`] without the fence, for a handle that will look
+    /// again rather than sleep: the flag, once the shard raised it, is seen by a later look.
+    #[inline]
+    pub fn ring_if_room_wanted_seen(&self) {
         if self.state.event_room_wanted.load(Ordering::Relaxed)
             && self.state.event_room_wanted.swap(false, Ordering::SeqCst)
         {
@@ -348,8 +396,8 @@ pub(crate) fn attach(
         Arc<AtomicUsize>,
     ),
 ) -> Option<HandleEnds> {
-    let (command_tx, command_rx) = crossbeam_channel::bounded(sizes.command_slots.max(1));
-    let (event_tx, event_rx) = crossbeam_channel::bounded(sizes.event_slots.max(1));
+    let (command_tx, command_rx) = spsc::ring(sizes.command_slots.max(1));
+    let (event_tx, event_rx) = spsc::ring(sizes.event_slots.max(1));
     let state = Arc::new(LinkState {
         key,
         scheduled: AtomicBool::new(false),
@@ -369,6 +417,7 @@ pub(crate) fn attach(
         held: None,
         gathering: None,
         waiting: None,
+        handed_directly: (0, 0),
     };
     let handle = HandleEnds {
         state,

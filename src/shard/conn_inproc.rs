@@ -149,11 +149,11 @@ impl Shard {
             let command = match ends.held.take() {
                 Some(command) => command,
                 None => match ends.commands.try_recv() {
-                    Ok(command) => {
+                    Some(command) => {
                         *took_any = true;
                         command
                     }
-                    Err(_) => {
+                    None => {
                         ends.state.unschedule();
                         // A command pushed just before `unschedule` did not ring.
                         if !ends.commands.is_empty() {

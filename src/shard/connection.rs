@@ -581,8 +581,13 @@ impl Outbound {
     /// ring is this connection's full socket: what is left stays queued, under the same
     /// slow-consumer policy, until the handle makes room and rings.
     pub(crate) fn hand_over(&mut self, ends: &mut ShardEnds) -> WriteProgress {
-        let mut progress = WriteProgress::default();
-        let handed = self.hand_over_queued(ends, &mut progress);
+        let (direct, direct_bytes) = std::mem::take(&mut ends.handed_directly);
+        let mut progress = WriteProgress {
+            deliveries: direct,
+            bytes: direct_bytes,
+            ..WriteProgress::default()
+        };
+        let handed = self.hand_over_queued(ends, &mut progress) || direct > 0;
         if handed {
             ends.state.to_handle.notify();
         }
@@ -981,6 +986,24 @@ impl Connection {
                         .offer(sub_id, message, outbound_bytes_max, policy, dropped);
                 }
             },
+            // Nothing queued ahead of it: straight into the handle's ring, as a socket
+            // write would go straight out, instead of through the queue and a second hand-over
+            // at the flush. A full ring leaves it to the queue and the policy, as before.
+            Wire::InProcess if self.out.is_empty() && !self.drops_unreported => {
+                if let Transport::InProcess(ends) = &mut self.socket {
+                    let event = Event::Message {
+                        sub_id,
+                        message: message.clone(),
+                    };
+                    if ends.offer_now(event, message.frame_len()).is_ok() {
+                        return EnqueueOutcome::Queued;
+                    }
+                }
+                let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
+                return self
+                    .out
+                    .offer(sub_id, message, outbound_bytes_max, policy, dropped);
+            }
             _ => {
                 let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
                 return self
@@ -1163,6 +1186,53 @@ mod tests {
             })
         ));
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_delivery_with_nothing_ahead_goes_straight_to_the_ring_and_one_behind_a_reply_waits() {
+        use crate::bus::link::{test_pair, Event, LinkSizes};
+        use crate::ids::ConnectionId;
+        let (handle, ends, _rings, _poll) = test_pair(LinkSizes {
+            command_slots: 1,
+            event_slots: 2,
+        });
+        let id = ConnectionId {
+            index: 0,
+            generation: 0,
+        };
+        let mut conn = Connection::in_process(ends, id, 1 << 20);
+        let mut events = super::super::conn_ws::EventCache::default();
+        let limits = (1 << 20, SlowConsumerPolicy::Disconnect);
+        let published = message(4);
+        // Nothing queued: in the ring at once, counted (and the handle woken) at the flush.
+        conn.enqueue_delivery(1, &published, &mut events, limits);
+        assert!(conn.out.is_empty());
+        assert!(matches!(
+            handle.try_event(),
+            Some(Event::Message { sub_id: 1, .. })
+        ));
+        // A reply ahead: the delivery queues behind it and keeps its place.
+        Wire::InProcess.encode_answer(5, Answer::Done, conn.out.replies());
+        conn.enqueue_delivery(1, &published, &mut events, limits);
+        assert!(!conn.out.is_empty(), "queued behind the reply");
+        let Transport::InProcess(ends) = &mut conn.socket else {
+            panic!("an in-process connection");
+        };
+        let progress = conn.out.hand_over(ends);
+        assert_eq!(progress.deliveries, 2, "the direct one and the queued one");
+        assert!(progress.drained);
+        assert!(matches!(
+            handle.try_event(),
+            Some(Event::Reply { request_id: 5, .. })
+        ));
+        assert!(matches!(handle.try_event(), Some(Event::Message { .. })));
+        // A full ring: the delivery falls back to the queue, under the policy.
+        for _ in 0..3 {
+            conn.enqueue_delivery(1, &published, &mut events, limits);
+        }
+        assert!(!conn.out.is_empty(), "the third waits for room");
+        assert!(handle.try_event().is_some() && handle.try_event().is_some());
+        assert!(handle.try_event().is_none());
     }
 
     #[test]
