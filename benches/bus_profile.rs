@@ -3,8 +3,9 @@
 //! payloads, 1:1 or fan-out to N drained round-robin by one thread), without criterion's
 //! sampling around them, so that instruction counts divide by the messages sent.
 //!
-//! `cargo build --profile ci --example bus_profile`, then
-//! `valgrind --tool=callgrind target/ci/examples/bus_profile 16 100000` (receivers, messages).
+//! `cargo bench --profile ci --bench bus_profile --no-run` (it prints the binary's path,
+//! `target/ci/deps/bus_profile-HASH`), then `valgrind --tool=callgrind THAT_PATH 16 100000`
+//! (receivers, messages).
 //! `bus_profile bare 1 100000` runs the floor instead: the same messages over one bounded
 //! `crossbeam-channel` channel (1:1 only: a receiver of several that polls would count its
 //! idle passes, which under callgrind's one-thread-at-a-time scheduling depend on the
@@ -16,7 +17,11 @@ const PAYLOAD: [u8; 64] = [7; 64];
 const TOPIC: &str = "bench.embedded";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1).peekable();
+    // `cargo bench` passes `--bench` (and a filter may follow flags): only bare words count.
+    let mut args = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"))
+        .peekable();
     let bare = args.next_if(|arg| arg == "bare").is_some();
     let receivers: usize = args.next().as_deref().unwrap_or("1").parse()?;
     let messages: u64 = args.next().as_deref().unwrap_or("100000").parse()?;
