@@ -631,33 +631,7 @@ fn run_thread_inner(
         settle(&mut poll, &mut events, &mut conns, &mut ctx, shared)?;
     }
 
-    // Wait for the common start.
-    shared.ready.fetch_add(1, Ordering::AcqRel);
-    let start_ns = loop {
-        let start = shared.start_ns.load(Ordering::Acquire);
-        if start != 0 {
-            break start;
-        }
-        if shared.abort.load(Ordering::Acquire) {
-            return Err("the run was aborted before it started".into());
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    };
-    // A closed-loop publisher writes as soon as its loop runs, so the loop must not run before
-    // the start: messages written earlier would fall before the measured window (untimed and
-    // uncounted with no warm-up) and the threads would not start together.
-    while clock.now_ns() < start_ns {
-        if shared.abort.load(Ordering::Acquire) {
-            return Err("the run was aborted before it started".into());
-        }
-        std::thread::sleep(Duration::from_micros(100));
-    }
-    let warmup_ns = (scenario.warmup_s * SECOND as f64) as u64;
-    let duration_ns = (scenario.duration_s * SECOND as f64) as u64;
-    let end_ns = start_ns + warmup_ns + duration_ns;
-    ctx.window_start = start_ns + warmup_ns;
-    ctx.window_end = end_ns;
-    ctx.latency.set_start(ctx.window_start);
+    let (start_ns, end_ns) = wait_for_start(shared, clock, &mut ctx)?;
     if !scenario.closed_loop() {
         for conn in conns.iter_mut() {
             if let Kind::Pub(p) = &mut conn.kind {
@@ -843,6 +817,44 @@ fn run_thread_inner(
 }
 
 /// Runs the loop until every connection's set-up replies are in and its bytes written.
+/// Marks this thread ready, waits for the common start (or an abort), and opens the measured
+/// window in `ctx`. Returns the start and the end of the run. Shared by the network and the
+/// in-process threads.
+pub(super) fn wait_for_start(
+    shared: &Shared,
+    clock: Clock,
+    ctx: &mut Ctx<'_>,
+) -> Result<(u64, u64), String> {
+    shared.ready.fetch_add(1, Ordering::AcqRel);
+    let start_ns = loop {
+        let start = shared.start_ns.load(Ordering::Acquire);
+        if start != 0 {
+            break start;
+        }
+        if shared.abort.load(Ordering::Acquire) {
+            return Err("the run was aborted before it started".into());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    // A closed-loop publisher writes as soon as its loop runs, so the loop must not run before
+    // the start: messages written earlier would fall before the measured window (untimed and
+    // uncounted with no warm-up) and the threads would not start together.
+    while clock.now_ns() < start_ns {
+        if shared.abort.load(Ordering::Acquire) {
+            return Err("the run was aborted before it started".into());
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    let scenario = &ctx.plan.scenario;
+    let warmup_ns = (scenario.warmup_s * SECOND as f64) as u64;
+    let duration_ns = (scenario.duration_s * SECOND as f64) as u64;
+    let end_ns = start_ns + warmup_ns + duration_ns;
+    ctx.window_start = start_ns + warmup_ns;
+    ctx.window_end = end_ns;
+    ctx.latency.set_start(ctx.window_start);
+    Ok((start_ns, end_ns))
+}
+
 fn settle(
     poll: &mut Poll,
     events: &mut Events,

@@ -231,30 +231,7 @@ fn run_thread_inner(
         });
     }
 
-    // Wait for the common start.
-    shared.ready.fetch_add(1, Ordering::AcqRel);
-    let start_ns = loop {
-        let start = shared.start_ns.load(Ordering::Acquire);
-        if start != 0 {
-            break start;
-        }
-        if shared.abort.load(Ordering::Acquire) {
-            return Err("the run was aborted before it started".into());
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    };
-    while clock.now_ns() < start_ns {
-        if shared.abort.load(Ordering::Acquire) {
-            return Err("the run was aborted before it started".into());
-        }
-        std::thread::sleep(Duration::from_micros(100));
-    }
-    let warmup_ns = (scenario.warmup_s * SECOND as f64) as u64;
-    let duration_ns = (scenario.duration_s * SECOND as f64) as u64;
-    let end_ns = start_ns + warmup_ns + duration_ns;
-    ctx.window_start = start_ns + warmup_ns;
-    ctx.window_end = end_ns;
-    ctx.latency.set_start(ctx.window_start);
+    let (start_ns, end_ns) = driver::wait_for_start(shared, clock, &mut ctx)?;
     if !scenario.closed_loop() {
         for p in &mut pubs {
             p.schedule = Some(Schedule::new(
