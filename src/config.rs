@@ -77,8 +77,8 @@ pub struct Config {
     /// How long a connection the broker is closing may take to receive its final frames.
     pub close_linger_ms: u64,
     /// How long a publisher on the same shard feeding a subscriber whose queue is past half
-    /// of `outbound_bytes_max` stays unread after the subscriber last wrote anything; one
-    /// that wrote nothing for this long holds nobody again until it drains (0 = never).
+    /// of `outbound_bytes_max` stays unread after the subscriber last took bytes; one that
+    /// took none for this long holds nobody again until it drains (0 = never).
     pub publisher_stall_ms_max: u64,
     /// How long shutdown waits for outbound buffers to flush.
     pub shutdown_grace_ms: u64,

@@ -989,3 +989,54 @@ fn a_stuck_subscriber_holds_its_publisher_once_then_is_cut() {
     );
     assert!(counters.publisher_stalls >= 1, "{counters:?}");
 }
+
+/// A subscriber that reads slowly but steadily, behind a small receive buffer, is waited for
+/// however long the stall lasts: its progress shows in the kernel's send queue even while no
+/// writable event comes (the socket wakes the writer only once half its buffer is free, which
+/// at this pace takes longer than the bound). The publisher is held at the reader's pace and
+/// nothing is cut.
+#[test]
+fn a_subscriber_reading_slowly_but_steadily_is_not_cut() {
+    const STALL_MS: u64 = 100;
+    let broker = start(Config {
+        outbound_bytes_max: 256 * 1024,
+        publisher_stall_ms_max: STALL_MS,
+        ..slow_config(1, SlowConsumerPolicy::Disconnect)
+    });
+    let addr = broker.native_addr();
+    let topic = topic_owned_by("steady", 0, 1);
+    let mut steady = RawSubscriber::on_shard(addr, 0);
+    steady.subscribe(SLOW_EXACT, &topic);
+    const COUNT: u64 = 8_000;
+    let reader = thread::spawn(move || {
+        let mut received = 0u64;
+        while received < COUNT {
+            match steady.next("the steady subscriber") {
+                Ok(Wire::Msg { seq, index, .. }) => {
+                    assert_eq!(seq, received + 1, "a gap in the steady subscriber's MSGs");
+                    assert_eq!(index, seq - 1, "seq {seq} carries the wrong payload");
+                    received += 1;
+                }
+                other => panic!("after {received} MSGs the subscriber got {other:?}"),
+            }
+            // About 3 MB/s, far below the publisher's pace.
+            if received % 32 == 0 {
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+        received
+    });
+    let mut publisher = publisher_on_shard(addr, 0);
+    for index in 0..COUNT {
+        publisher
+            .publish(&topic, &payload(index))
+            .expect("quiet publish");
+    }
+    let received = reader.join().expect("the steady subscriber's thread");
+    assert_eq!(received, COUNT);
+    let counters = shutdown(broker);
+    assert_eq!(
+        counters.slow_consumer_disconnects, 0,
+        "a subscriber that kept reading was cut: {counters:?}"
+    );
+}

@@ -800,6 +800,9 @@ pub struct Connection {
     /// `written_total` when a stall last looked: a pressed subscriber that wrote since has
     /// made progress, however much its publishers added meanwhile.
     pub written_at_stall_look: u64,
+    /// [`Connection::unacknowledged_bytes`] when a stall last looked: fewer since means the
+    /// peer read, even if no writable event has come yet.
+    pub unacknowledged_at_stall_look: Option<u32>,
     /// When it went past the stall watermark (valid while `over_watermark`): only one
     /// pressed for a whole bound is made `stall_spent` when a stall runs out.
     pub pressed_since: std::time::Instant,
@@ -945,6 +948,7 @@ impl Connection {
             stall_spent: false,
             written_total: 0,
             written_at_stall_look: 0,
+            unacknowledged_at_stall_look: None,
             pressed_since: std::time::Instant::now(),
             read_stalled: false,
             publish_bucket: TokenBucket::default(),
@@ -1076,6 +1080,26 @@ impl Connection {
         let mut notice = Vec::new();
         self.wire.encode_ended(sub_id, code, reason, &mut notice);
         self.out.push_notice(notice.into_boxed_slice());
+    }
+
+    /// Bytes the kernel still holds for the peer (written, not yet acknowledged), on Linux.
+    /// A socket wakes its writer only once half its send buffer is free, which for a peer
+    /// reading slowly through a large buffer can take longer than a stall's bound: this queue
+    /// shrinking is how the stall sees it read meanwhile. One ioctl, asked only of pressed
+    /// subscribers while a stall is on.
+    pub fn unacknowledged_bytes(&self) -> Option<u32> {
+        #[cfg(target_os = "linux")]
+        if let Transport::Tcp(socket) = &self.socket {
+            use std::os::fd::AsRawFd;
+            let mut queued: libc::c_int = 0;
+            // SAFETY: SIOCOUTQ (TIOCOUTQ on sockets) writes one int through the pointer,
+            // which is valid for the call; the descriptor is this connection's open socket.
+            let status = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+            if status == 0 {
+                return u32::try_from(queued).ok();
+            }
+        }
+        None
     }
 
     /// Reads once into the buffer. `Ok(0)` means the peer closed its end. `text_bytes_max`

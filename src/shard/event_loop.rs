@@ -570,8 +570,9 @@ impl Shard {
     }
 
     /// Forgets subscribers that drained below half the watermark; extends the stall while
-    /// the rest make progress (write anything: with several publishers feeding one, its
-    /// queue may grow while it reads as fast as it can); reads the stalled publishers again
+    /// the rest make progress (write anything, or see their socket's send queue shrink: with
+    /// several publishers feeding one, its queue may grow while it reads as fast as it can);
+    /// reads the stalled publishers again
     /// once no subscriber is pressed or the pressed ones made no progress for
     /// `--publisher-stall-ms-max`, which spends the stall of those pressed that long.
     fn resume_stalled(&mut self, now: Instant) {
@@ -588,6 +589,12 @@ impl Shard {
                     pressing = true;
                     progressed |= conn.written_total != conn.written_at_stall_look;
                     conn.written_at_stall_look = conn.written_total;
+                    let unacknowledged = conn.unacknowledged_bytes();
+                    progressed |= matches!(
+                        (unacknowledged, conn.unacknowledged_at_stall_look),
+                        (Some(now), Some(before)) if now < before
+                    );
+                    conn.unacknowledged_at_stall_look = unacknowledged;
                 }
                 true
             }
