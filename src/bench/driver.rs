@@ -166,6 +166,29 @@ pub struct ThreadOutput {
     pub timing: ReplayTiming,
 }
 
+impl ThreadOutput {
+    /// A subscriber's accounting at the end of its thread (the network's or the in-process
+    /// driver's).
+    pub(super) fn add_subscriber(&mut self, plan: &Plan, timing: &mut ReplayTiming, s: Subscriber) {
+        timing.last_replay_ns = timing.last_replay_ns.max(s.last_replay_ns);
+        self.replays.push((s.index, s.replay));
+        if plan.delivery.group.is_some() {
+            self.sets.push((s.index, s.sets));
+        } else {
+            self.trackers.push((s.index, s.trackers));
+        }
+    }
+
+    /// The thread's timing, latency, counters and errors, once its connections are counted.
+    pub(super) fn finish(mut self, timing: ReplayTiming, ctx: Ctx<'_>) -> ThreadOutput {
+        self.timing = timing;
+        self.latency = ctx.latency.into_histogram();
+        self.counters = ctx.counters;
+        self.errors = ctx.errors;
+        self
+    }
+}
+
 /// A topic index and the topic sequence numbers of one publisher's prefill messages there.
 pub type TopicPrefill = (u32, Vec<u64>);
 
@@ -798,22 +821,10 @@ fn run_thread_inner(
                     ));
                 }
             }
-            Kind::Sub(s) => {
-                timing.last_replay_ns = timing.last_replay_ns.max(s.last_replay_ns);
-                output.replays.push((s.index, s.replay));
-                if plan.delivery.group.is_some() {
-                    output.sets.push((s.index, s.sets));
-                } else {
-                    output.trackers.push((s.index, s.trackers));
-                }
-            }
+            Kind::Sub(s) => output.add_subscriber(plan, &mut timing, *s),
         }
     }
-    output.timing = timing;
-    output.latency = ctx.latency.into_histogram();
-    output.counters = ctx.counters;
-    output.errors = ctx.errors;
-    Ok(output)
+    Ok(output.finish(timing, ctx))
 }
 
 /// Runs the loop until every connection's set-up replies are in and its bytes written.

@@ -292,20 +292,9 @@ fn run_thread_inner(
                 s.accounting.replay[j].gap_missed += subscription.missed();
             }
         }
-        let a = s.accounting;
-        timing.last_replay_ns = timing.last_replay_ns.max(a.last_replay_ns);
-        output.replays.push((a.index, a.replay));
-        if plan.delivery.group.is_some() {
-            output.sets.push((a.index, a.sets));
-        } else {
-            output.trackers.push((a.index, a.trackers));
-        }
+        output.add_subscriber(plan, &mut timing, s.accounting);
     }
-    output.timing = timing;
-    output.latency = ctx.latency.into_histogram();
-    output.counters = ctx.counters;
-    output.errors = ctx.errors;
-    Ok(output)
+    Ok(output.finish(timing, ctx))
 }
 
 /// `--prefill`: `prefill` confirmed publishes to each of the publisher's topics, payload
