@@ -187,6 +187,14 @@ pub struct ServeArgs {
     /// Microseconds to spin on an idle poll before blocking (0 = always block).
     #[arg(long, env = "COREBUS_BUSY_POLL_US", default_value_t = Config::default().busy_poll_us)]
     pub busy_poll_us: u64,
+    /// Microseconds a connection taking deliveries fast waits after its last write before the
+    /// next, unless `--write-coalesce-bytes` are queued first, so a busy shard writes it in
+    /// fewer, larger pieces; replies and slower streams are never held (0 = write every turn).
+    #[arg(long, env = "COREBUS_WRITE_COALESCE_US", default_value_t = Config::default().write_coalesce_us)]
+    pub write_coalesce_us: u64,
+    /// Queued bytes that end the wait of `--write-coalesce-us` at once.
+    #[arg(long, env = "COREBUS_WRITE_COALESCE_BYTES", default_value_t = Config::default().write_coalesce_bytes)]
+    pub write_coalesce_bytes: usize,
     /// Topics whose pattern-match result each shard caches.
     #[arg(long, env = "COREBUS_PATTERN_CACHE_ENTRIES_MAX", default_value_t = Config::default().pattern_cache_entries_max)]
     pub pattern_cache_entries_max: usize,
@@ -619,6 +627,8 @@ impl ServeArgs {
             publisher_stall_ms_max: self.publisher_stall_ms_max,
             shutdown_grace_ms: self.shutdown_grace_ms,
             busy_poll_us: self.busy_poll_us,
+            write_coalesce_us: self.write_coalesce_us,
+            write_coalesce_bytes: self.write_coalesce_bytes,
             pattern_cache_entries_max: self.pattern_cache_entries_max,
             replay_messages_max: self.replay_messages_max,
             replay_bytes_max: self.replay_bytes_max,

@@ -84,6 +84,12 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// Spin this long on an idle poll before blocking (0 = always block).
     pub busy_poll_us: u64,
+    /// How long a connection taking deliveries fast may wait after its last write before the
+    /// next, unless `write_coalesce_bytes` are queued first; replies and slower streams are
+    /// never held (0 = write every turn).
+    pub write_coalesce_us: u64,
+    /// Queued bytes that end the wait of `write_coalesce_us` at once.
+    pub write_coalesce_bytes: usize,
     /// Topics whose pattern-match result each shard caches.
     pub pattern_cache_entries_max: usize,
     /// Messages each topic retains for replay (0 disables replay).
@@ -180,6 +186,8 @@ impl Default for Config {
             publisher_stall_ms_max: 100,
             shutdown_grace_ms: 5_000,
             busy_poll_us: 0,
+            write_coalesce_us: 200,
+            write_coalesce_bytes: 16 * 1024,
             pattern_cache_entries_max: 4096,
             replay_messages_max: 1024,
             replay_bytes_max: 1024 * 1024,

@@ -797,6 +797,9 @@ pub struct Connection {
     pub stall_spent: bool,
     /// Bytes written to the socket (or handed to an in-process handle) over its life.
     pub written_total: u64,
+    /// When a write last took bytes: a subscriber written within `--write-coalesce-us`
+    /// waits for more before the next (see `Shard::flush_dirty`).
+    pub last_written_at: Option<std::time::Instant>,
     /// `written_total` when a stall last looked: a pressed subscriber that wrote since has
     /// made progress, however much its publishers added meanwhile.
     pub written_at_stall_look: u64,
@@ -947,6 +950,7 @@ impl Connection {
             over_watermark: false,
             stall_spent: false,
             written_total: 0,
+            last_written_at: None,
             written_at_stall_look: 0,
             unacknowledged_at_stall_look: None,
             pressed_since: std::time::Instant::now(),

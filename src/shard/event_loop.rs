@@ -80,6 +80,42 @@ fn refuse(socket: &mut mio::net::TcpStream, port: Port, reason: &str) {
     let _ = io::Write::write(socket, &refusal);
 }
 
+/// `--write-coalesce-us` and `--write-coalesce-bytes`: when a subscriber's next write waits.
+///
+/// A shard that turns fast under load writes each subscriber every few messages, and every
+/// small write costs the reader a wake-up and a read; Redis, slower per turn, batches more
+/// by accident. So deliveries to a connection that is taking them fast are held until
+/// `bytes` are queued or `wait_max` has passed since its last write. "Fast" means that at
+/// the pace they have queued since that write, the wait would gather at least a quarter of
+/// `bytes`; a slower stream (an open-loop 100k msg/s of 64-byte payloads, about 10 MB/s,
+/// against the default 16 KiB per 200 µs, 20 MB/s) is written every turn as before, and so
+/// is the first delivery after a quiet spell.
+#[derive(Clone, Copy, Debug)]
+struct WriteCoalescing {
+    wait_max: Duration,
+    bytes: usize,
+}
+
+impl WriteCoalescing {
+    /// When a connection with `queued` bytes of deliveries, last written at `last_written`,
+    /// is due if it is held now, or `None` to write it now.
+    fn until(self, queued: usize, last_written: Option<Instant>, now: Instant) -> Option<Instant> {
+        if self.wait_max.is_zero() || queued >= self.bytes {
+            return None;
+        }
+        let last_written = last_written?;
+        let due = last_written + self.wait_max;
+        if due <= now {
+            return None;
+        }
+        let since_write = now.saturating_duration_since(last_written).as_nanos();
+        let gathered_by_due = (queued as u128 * self.wait_max.as_nanos())
+            .checked_div(since_write)
+            .unwrap_or(u128::MAX);
+        (gathered_by_due >= self.bytes as u128 / 4).then_some(due)
+    }
+}
+
 impl Shard {
     /// Runs until shutdown; returns the shard's counters.
     pub fn run(mut self) -> io::Result<ShardCounters> {
@@ -116,9 +152,9 @@ impl Shard {
                     return Err(error);
                 }
             }
+            self.turn_now = Instant::now();
             if !events.is_empty() {
-                last_work = Instant::now();
-                self.turn_now = last_work;
+                last_work = self.turn_now;
             }
             self.clock_ns = super::commands::unix_time_ns();
             for event in events.iter() {
@@ -171,7 +207,7 @@ impl Shard {
             if self.flush_outboxes() && (!self.blocked.is_empty() || self.has_stalled_requests()) {
                 work_left = true;
             }
-            self.flush_dirty();
+            self.flush_dirty(true);
             self.resume_stalled(Instant::now());
             // Flushing may have resumed connections that paused on unsent replies; closing
             // connections may have noted leaves.
@@ -212,6 +248,7 @@ impl Shard {
             self.linger_deadlines.front().map(|(deadline, _)| deadline),
             self.frame_deadlines.front().map(|(deadline, _)| deadline),
             self.gather_deadlines.front().map(|(deadline, _)| deadline),
+            self.coalesce_deadline.as_ref(),
         ]
         .into_iter()
         .flatten()
@@ -682,12 +719,29 @@ impl Shard {
         !self.read_again.is_empty()
     }
 
-    fn flush_dirty(&mut self) {
+    /// Writes every connection with something queued, except (with `coalesce`) a subscriber
+    /// that [`WriteCoalescing::until`] holds back for a larger write.
+    fn flush_dirty(&mut self, coalesce: bool) {
         let dirty = std::mem::take(&mut self.dirty);
+        let hold = WriteCoalescing {
+            wait_max: Duration::from_micros(self.config.write_coalesce_us),
+            bytes: self.config.write_coalesce_bytes,
+        };
+        let now = self.turn_now;
+        self.coalesce_deadline = None;
         for &id in &dirty {
             let Some(conn) = self.connection_mut(id) else {
                 continue;
             };
+            // Replies, and what a closing connection has left, are never held.
+            if coalesce && conn.out.write_buf_is_empty() && !conn.is_closing() {
+                if let Some(due) = hold.until(conn.out.queued_bytes(), conn.last_written_at, now) {
+                    self.dirty.push(id);
+                    self.coalesce_deadline =
+                        Some(self.coalesce_deadline.map_or(due, |other| other.min(due)));
+                    continue;
+                }
+            }
             conn.dirty = false;
             self.flush_connection(id);
         }
@@ -701,6 +755,7 @@ impl Shard {
 
     /// Writes what the connection has queued, as far as the socket takes it.
     pub(super) fn flush_connection(&mut self, id: ConnectionId) {
+        let turn_now = self.turn_now;
         let Some(conn) = self.connection_mut(id) else {
             return;
         };
@@ -734,6 +789,9 @@ impl Shard {
         }
         if let Ok(progress) = &result {
             conn.written_total += progress.bytes;
+            if progress.bytes > 0 {
+                conn.last_written_at = Some(turn_now);
+            }
         }
         match result {
             Ok(progress) => {
@@ -957,7 +1015,7 @@ impl Shard {
             self.reply_err(id, 0, ErrorCode::ShuttingDown, "broker is shutting down");
             self.begin_close(id, CloseReason::Shutdown);
         }
-        self.flush_dirty();
+        self.flush_dirty(false);
         log::info!("event=shutdown_started shard={}", self.id);
     }
 
@@ -971,5 +1029,46 @@ impl Shard {
             self.id,
             crate::logging::key_values(&self.counters.fields())
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOLD: WriteCoalescing = WriteCoalescing {
+        wait_max: Duration::from_micros(200),
+        bytes: 16 * 1024,
+    };
+
+    #[test]
+    fn a_fast_stream_is_held_until_its_wait_is_up() {
+        let written = Instant::now();
+        let now = written + Duration::from_micros(50);
+        // 2 KB in 50 µs gathers 8 KB by the due time: held.
+        assert_eq!(
+            HOLD.until(2_000, Some(written), now),
+            Some(written + Duration::from_micros(200))
+        );
+        // Written in this very turn: held.
+        assert!(HOLD.until(100, Some(written), written).is_some());
+    }
+
+    #[test]
+    fn a_slow_stream_a_first_write_and_a_full_batch_go_now() {
+        let written = Instant::now();
+        // 100 bytes in 50 µs gathers 400 bytes by the due time: not worth the wait.
+        let now = written + Duration::from_micros(50);
+        assert_eq!(HOLD.until(100, Some(written), now), None);
+        assert_eq!(HOLD.until(2_000, None, now), None);
+        assert_eq!(HOLD.until(16 * 1024, Some(written), now), None);
+        // The wait is up.
+        let later = written + Duration::from_micros(200);
+        assert_eq!(HOLD.until(10_000, Some(written), later), None);
+        let off = WriteCoalescing {
+            wait_max: Duration::ZERO,
+            ..HOLD
+        };
+        assert_eq!(off.until(2_000, Some(written), now), None);
     }
 }

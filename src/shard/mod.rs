@@ -341,6 +341,8 @@ pub struct Shard {
     /// When this loop turn's events came in (no extra clock read: the loop reads it anyway);
     /// what `partial_since` records.
     turn_now: Instant,
+    /// The earliest moment a connection held back by `--write-coalesce-us` is due.
+    coalesce_deadline: Option<Instant>,
     /// Wall-clock time (Unix ns), read once per socket read, ring batch and loop turn rather
     /// than once per message (a clock read cost about 110 instructions, a twentieth of a
     /// native publish). A PUBLISH handled from a read takes it as its read time, where its
@@ -416,6 +418,7 @@ impl Shard {
             handshake_deadlines: VecDeque::new(),
             frame_deadlines: VecDeque::new(),
             turn_now: Instant::now(),
+            coalesce_deadline: None,
             clock_ns: commands::unix_time_ns(),
             linger_deadlines: VecDeque::new(),
             encode_scratch: Vec::new(),
