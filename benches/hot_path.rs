@@ -82,7 +82,12 @@ fn topics(c: &mut Criterion) {
 fn ring(c: &mut Criterion) {
     let poll = mio::Poll::new().unwrap();
     let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
-    let (mut outbox, receiver) = corebus::mesh::ring::ring::<u64>(64, 256, waker);
+    let sizes = corebus::mesh::ring::RingSizes {
+        slots: 64,
+        batch_max: 256,
+        bytes_max: usize::MAX,
+    };
+    let (mut outbox, receiver) = corebus::mesh::ring::ring::<u64>(sizes, waker);
     let mut group = c.benchmark_group("ring");
     group.throughput(Throughput::Elements(256));
     group.bench_function("batch_of_256_handoff", |b| {

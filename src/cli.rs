@@ -158,6 +158,9 @@ pub struct ServeArgs {
     /// Messages per ring batch.
     #[arg(long, env = "COREBUS_RING_BATCH_MAX", default_value_t = Config::default().ring_batch_max)]
     pub ring_batch_max: usize,
+    /// Message bytes (publishes and deliveries) each shard-to-shard ring holds in flight.
+    #[arg(long, env = "COREBUS_RING_BYTES_MAX", default_value_t = Config::default().ring_bytes_max)]
+    pub ring_bytes_max: usize,
     /// Bytes per socket read; also each connection's resting read buffer.
     #[arg(long, env = "COREBUS_READ_CHUNK_BYTES", default_value_t = Config::default().read_chunk_bytes)]
     pub read_chunk_bytes: usize,
@@ -619,6 +622,7 @@ impl ServeArgs {
             slow_consumer: self.slow_consumer,
             ring_slots: self.ring_slots,
             ring_batch_max: self.ring_batch_max,
+            ring_bytes_max: self.ring_bytes_max,
             read_chunk_bytes: self.read_chunk_bytes,
             read_bytes_per_turn_max: self.read_bytes_per_turn_max,
             handshake_timeout_ms: self.handshake_timeout_ms,

@@ -65,6 +65,8 @@ pub struct Config {
     pub ring_slots: usize,
     /// Messages in one ring batch.
     pub ring_batch_max: usize,
+    /// Message bytes (publishes and deliveries) one shard-to-shard ring holds in flight.
+    pub ring_bytes_max: usize,
     /// Bytes read from one socket per read call; also the read buffer's resting size.
     pub read_chunk_bytes: usize,
     /// Bytes one connection may read per loop turn before others get their turn.
@@ -178,6 +180,7 @@ impl Default for Config {
             slow_consumer: SlowConsumerPolicy::Disconnect,
             ring_slots: 1024,
             ring_batch_max: 256,
+            ring_bytes_max: 1024 * 1024,
             read_chunk_bytes: 64 * 1024,
             read_bytes_per_turn_max: 256 * 1024,
             handshake_timeout_ms: 2_000,
@@ -303,6 +306,7 @@ impl Config {
             ),
             ("--ring-slots", self.ring_slots),
             ("--ring-batch-max", self.ring_batch_max),
+            ("--ring-bytes-max", self.ring_bytes_max),
             ("--read-chunk-bytes", self.read_chunk_bytes),
             ("--read-bytes-per-turn-max", self.read_bytes_per_turn_max),
             ("--events-per-poll-max", self.events_per_poll_max),

@@ -178,9 +178,17 @@ pub(crate) fn launch(
         )?));
         polls.push(poll);
     }
-    let links = mesh::build_mesh(&wakers, config.ring_slots, config.ring_batch_max);
+    let links = mesh::build_mesh(
+        &wakers,
+        mesh::ring::RingSizes {
+            slots: config.ring_slots,
+            batch_max: config.ring_batch_max,
+            bytes_max: config.ring_bytes_max,
+        },
+    );
     let cores = pick_cores(&config);
     let shutdown = Arc::new(AtomicBool::new(false));
+    let pressure = Arc::new(crate::mesh::PressureBoard::default());
 
     log::info!(
         "event=starting shards={} native={:?} memory_budget=\"{}\"",
@@ -230,6 +238,7 @@ pub(crate) fn launch(
                 .map(mio::net::TcpListener::from_std),
             links,
             shutdown: shutdown.clone(),
+            pressure: pressure.clone(),
             core: cores.get(index).copied(),
             doorbell,
         };

@@ -997,20 +997,84 @@ fn a_stuck_subscriber_holds_its_publisher_once_then_is_cut() {
 /// nothing is cut.
 #[test]
 fn a_subscriber_reading_slowly_but_steadily_is_not_cut() {
+    a_steady_subscriber_is_not_cut(Where {
+        shards: 1,
+        owner: 0,
+        publisher: 0,
+        subscriber: 0,
+    });
+}
+
+/// The same across shards, where the shard that reads the publisher does not see the pressed
+/// subscriber: the subscriber's shard tells the topic's owner, which holds the publisher in
+/// leases for as long as the subscriber stays pressed. Subscriber on another shard than the
+/// publisher and the owner.
+#[test]
+fn a_steady_subscriber_on_another_shard_is_not_cut() {
+    a_steady_subscriber_is_not_cut(Where {
+        shards: 2,
+        owner: 0,
+        publisher: 0,
+        subscriber: 1,
+    });
+}
+
+/// Publisher alone on its shard; the topic's owner and the subscriber on the other.
+#[test]
+fn a_steady_subscriber_on_the_owner_shard_is_not_cut() {
+    a_steady_subscriber_is_not_cut(Where {
+        shards: 2,
+        owner: 1,
+        publisher: 0,
+        subscriber: 1,
+    });
+}
+
+/// Publisher and subscriber on one shard, the topic owned by the other: every delivery
+/// goes out and comes back.
+#[test]
+fn a_steady_subscriber_beside_its_publisher_with_a_remote_owner_is_not_cut() {
+    a_steady_subscriber_is_not_cut(Where {
+        shards: 2,
+        owner: 1,
+        publisher: 0,
+        subscriber: 0,
+    });
+}
+
+struct Where {
+    shards: usize,
+    owner: usize,
+    publisher: u16,
+    subscriber: u16,
+}
+
+fn a_steady_subscriber_is_not_cut(place: Where) {
     const STALL_MS: u64 = 100;
+    // Across shards the hold lands a ring trip after the watermark is passed: what is in the
+    // rings by then (up to `ring_bytes_max` and a batch, each way) and what the publisher's
+    // shard reads meanwhile (up to `read_bytes_per_turn_max`, 256 KiB, a turn) still arrive,
+    // so the room above the watermark must take that: here 2 MiB against 2 x 512 KiB and a
+    // read (the defaults: 4 MiB against 2 x 1.25 MiB and a read). Twice the messages, so that
+    // the limit is passed many times over even with the kernel's socket buffers full.
+    let (outbound_bytes_max, ring_bytes_max, count, per_pause) = if place.shards == 1 {
+        (256 * 1024, Config::default().ring_bytes_max, 8_000, 32)
+    } else {
+        (4 * 1024 * 1024, 256 * 1024, 16_000, 64)
+    };
     let broker = start(Config {
-        outbound_bytes_max: 256 * 1024,
+        outbound_bytes_max,
+        ring_bytes_max,
         publisher_stall_ms_max: STALL_MS,
-        ..slow_config(1, SlowConsumerPolicy::Disconnect)
+        ..slow_config(place.shards, SlowConsumerPolicy::Disconnect)
     });
     let addr = broker.native_addr();
-    let topic = topic_owned_by("steady", 0, 1);
-    let mut steady = RawSubscriber::on_shard(addr, 0);
+    let topic = topic_owned_by("steady", place.owner, place.shards);
+    let mut steady = RawSubscriber::on_shard(addr, place.subscriber);
     steady.subscribe(SLOW_EXACT, &topic);
-    const COUNT: u64 = 8_000;
     let reader = thread::spawn(move || {
         let mut received = 0u64;
-        while received < COUNT {
+        while received < count {
             match steady.next("the steady subscriber") {
                 Ok(Wire::Msg { seq, index, .. }) => {
                     assert_eq!(seq, received + 1, "a gap in the steady subscriber's MSGs");
@@ -1019,24 +1083,25 @@ fn a_subscriber_reading_slowly_but_steadily_is_not_cut() {
                 }
                 other => panic!("after {received} MSGs the subscriber got {other:?}"),
             }
-            // About 3 MB/s, far below the publisher's pace.
-            if received % 32 == 0 {
+            // About 3 or 6 MB/s, far below the publisher's pace.
+            if received % per_pause == 0 {
                 thread::sleep(Duration::from_millis(10));
             }
         }
         received
     });
-    let mut publisher = publisher_on_shard(addr, 0);
-    for index in 0..COUNT {
+    let mut publisher = publisher_on_shard(addr, place.publisher);
+    for index in 0..count {
         publisher
             .publish(&topic, &payload(index))
             .expect("quiet publish");
     }
     let received = reader.join().expect("the steady subscriber's thread");
-    assert_eq!(received, COUNT);
+    assert_eq!(received, count);
     let counters = shutdown(broker);
     assert_eq!(
         counters.slow_consumer_disconnects, 0,
         "a subscriber that kept reading was cut: {counters:?}"
     );
+    assert!(counters.publisher_stalls >= 1, "{counters:?}");
 }

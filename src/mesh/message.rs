@@ -94,6 +94,9 @@ pub enum OwnerRequest {
     PatternSubscribe { pattern: Box<str>, ticket: Ticket },
     /// One of the sending shard's subscriptions to the pattern went away.
     PatternUnsubscribe { pattern: Box<str> },
+    /// A subscriber of this topic on the sending shard is past its stall watermark: pause
+    /// the topic's publishers for a while (sent again while it stays there).
+    Pressure { topic: Box<str> },
     /// A member joined a pattern group; every shard records it (any may own a matching
     /// topic) and acks, like a pattern subscription.
     PatternGroupJoin {
@@ -159,6 +162,9 @@ pub enum Terminal {
     },
     /// Whether a `KillClient` found its connection.
     KillOutcome { reply: ReplyTarget, killed: bool },
+    /// A publish from this connection reached a subscriber past its stall watermark: stop
+    /// reading it for a lease (see `Shard::stall_for_lease`).
+    StallPublisher { connection: ConnectionId },
     DeleteOutcome {
         reply: ReplyTarget,
         result: Result<(), ErrorCode>,

@@ -2,12 +2,15 @@
 //! they carry, and the topic → owner route.
 //!
 //! Architecture invariant: shards share nothing mutable. The only ways one shard affects
-//! another are a message in a ring and a `mio::Waker` call.
+//! another are a message in a ring, a `mio::Waker` call, and the [`PressureBoard`]: one
+//! word, a bit per shard that only that shard writes, which the others read once per publish
+//! (no lock; a relaxed load).
 
 pub mod message;
 pub mod ring;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mio::Waker;
@@ -32,21 +35,15 @@ pub struct PeerLink {
 /// Builds the full mesh: for every ordered pair of distinct shards, one requests ring and one
 /// terminals ring. `wakers[i]` wakes shard `i`. Returns, for each shard, its links to every
 /// other shard (its own slot is `None`).
-pub fn build_mesh(
-    wakers: &[Arc<Waker>],
-    ring_slots: usize,
-    ring_batch_max: usize,
-) -> Vec<Vec<Option<PeerLink>>> {
+pub fn build_mesh(wakers: &[Arc<Waker>], sizes: ring::RingSizes) -> Vec<Vec<Option<PeerLink>>> {
     let shards = wakers.len();
     let mut send_ends: HashMap<(usize, usize), SendEnds> = HashMap::new();
     let mut receive_ends: HashMap<(usize, usize), ReceiveEnds> = HashMap::new();
     for (from, sender_waker) in wakers.iter().enumerate() {
         for to in (0..shards).filter(|&to| to != from) {
             // The receiver wakes the *sender* when it frees space the sender waited for.
-            let (requests_out, requests_in) =
-                ring::ring(ring_slots, ring_batch_max, sender_waker.clone());
-            let (terminals_out, terminals_in) =
-                ring::ring(ring_slots, ring_batch_max, sender_waker.clone());
+            let (requests_out, requests_in) = ring::ring(sizes, sender_waker.clone());
+            let (terminals_out, terminals_in) = ring::ring(sizes, sender_waker.clone());
             send_ends.insert((from, to), (requests_out, terminals_out));
             receive_ends.insert((from, to), (requests_in, terminals_in));
         }
@@ -71,6 +68,31 @@ pub fn build_mesh(
         .collect()
 }
 
+/// Which shards have a subscriber that went past the publisher stall watermark within the
+/// last lease (`Shard::stall_lease`). A topic's owner learns which topic is pressed a ring
+/// trip later (`OwnerRequest::Pressure`); meanwhile a publisher on a busy two-shard machine
+/// can push megabytes through the rings. So the subscriber's shard also sets its bit at once,
+/// and an owner holds every publisher whose message goes to a shard with its bit set, for
+/// that first lease only; after it, only the publishers of the topics named by the ring hold.
+#[derive(Debug, Default)]
+pub struct PressureBoard(AtomicU64);
+
+impl PressureBoard {
+    pub fn set(&self, shard: ShardId) {
+        self.0.fetch_or(shard.bit(), Ordering::Relaxed);
+    }
+
+    pub fn clear(&self, shard: ShardId) {
+        self.0.fetch_and(!shard.bit(), Ordering::Relaxed);
+    }
+
+    /// Whether any shard in `mask` has its bit set.
+    #[inline]
+    pub fn any_of(&self, mask: u64) -> bool {
+        self.0.load(Ordering::Relaxed) & mask != 0
+    }
+}
+
 type SendEnds = (Outbox<OwnerRequest>, Outbox<Terminal>);
 type ReceiveEnds = (RingReceiver<OwnerRequest>, RingReceiver<Terminal>);
 
@@ -86,7 +108,12 @@ mod tests {
             .iter()
             .map(|p| Arc::new(Waker::new(p.registry(), Token(0)).unwrap()))
             .collect();
-        let mut links = build_mesh(&wakers, 4, 4);
+        let sizes = ring::RingSizes {
+            slots: 4,
+            batch_max: 4,
+            bytes_max: 1 << 20,
+        };
+        let mut links = build_mesh(&wakers, sizes);
         for (me, mine) in links.iter().enumerate() {
             for (peer, link) in mine.iter().enumerate() {
                 assert_eq!(link.is_some(), me != peer);

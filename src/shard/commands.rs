@@ -157,13 +157,15 @@ impl Shard {
             let result = self.sequence_and_fan_out(message, Some((self.id, id)));
             self.answer_publish(reply, quiet, result);
         } else {
-            self.link_mut(owner)
-                .requests_out
-                .push(OwnerRequest::Publish {
+            let bytes = message.frame_len();
+            self.link_mut(owner).requests_out.push_weighted(
+                OwnerRequest::Publish {
                     message,
                     reply,
                     quiet,
-                });
+                },
+                bytes,
+            );
         }
     }
 

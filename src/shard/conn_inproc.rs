@@ -174,7 +174,10 @@ impl Shard {
             };
             budget -= 1;
             self.stall_reader = false;
-            match self.handle_command(id, command) {
+            self.reading = true;
+            let handled = self.handle_command(id, command);
+            self.reading = false;
+            match handled {
                 Ok(Flow::Continue) => {}
                 Ok(flow) => return flow,
                 Err(command) => {

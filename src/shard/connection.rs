@@ -795,6 +795,8 @@ pub struct Connection {
     /// back until it drains below the low mark, so a subscriber that has stopped reading
     /// meets the slow-consumer limit instead of stalling others again.
     pub stall_spent: bool,
+    /// Paused until then for a pressed topic it publishes to (see `Shard::stall_lease`).
+    pub lease_until: Option<std::time::Instant>,
     /// Bytes written to the socket (or handed to an in-process handle) over its life.
     pub written_total: u64,
     /// When a write last took bytes: a subscriber written within `--write-coalesce-us`
@@ -949,6 +951,7 @@ impl Connection {
             write_blocked: false,
             over_watermark: false,
             stall_spent: false,
+            lease_until: None,
             written_total: 0,
             last_written_at: None,
             written_at_stall_look: 0,

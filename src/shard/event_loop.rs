@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Token};
 
 use crate::error::{CloseReason, ErrorCode};
-use crate::ids::ConnectionId;
+use crate::ids::{ConnectionId, ShardId};
 use crate::protocol::native::Frame;
 
 use super::connection::{ConnState, Connection, Transport};
@@ -202,6 +202,11 @@ impl Shard {
                 self.counters.topics_reclaimed_under_pressure =
                     self.owned.reclaimed_under_pressure();
             }
+            // Before the rings are flushed, so renewals leave this turn: a lease renewed a
+            // poll later would have run out.
+            self.end_leases(now);
+            self.renew_holds();
+            self.renew_pressure();
             // Events that find a ring full wait for its consumer's wake-up, not a spin.
             let presence_ring_full = !self.presence.is_empty() && !self.send_presence_events();
             if self.flush_outboxes() && (!self.blocked.is_empty() || self.has_stalled_requests()) {
@@ -249,11 +254,15 @@ impl Shard {
             self.frame_deadlines.front().map(|(deadline, _)| deadline),
             self.gather_deadlines.front().map(|(deadline, _)| deadline),
             self.coalesce_deadline.as_ref(),
+            self.leased_stalls.front().map(|(deadline, _)| deadline),
         ]
         .into_iter()
         .flatten()
         {
             timeout = timeout.min(deadline.saturating_duration_since(now));
+        }
+        if !self.pressure_sent.is_empty() || !self.publisher_holds.is_empty() {
+            timeout = timeout.min(self.lease_renewal());
         }
         timeout
     }
@@ -528,7 +537,10 @@ impl Shard {
                     budget = budget.saturating_sub(n);
                     self.clock_ns = super::commands::unix_time_ns();
                     self.stall_reader = false;
-                    match self.process_input(id) {
+                    self.reading = true;
+                    let flow = self.process_input(id);
+                    self.reading = false;
+                    match flow {
                         Flow::Continue => {}
                         Flow::Blocked => {
                             self.block(id);
@@ -600,10 +612,7 @@ impl Shard {
         conn.read_stalled = true;
         self.stalled_readers.push(id);
         self.counters.publisher_stalls += 1;
-        if self.stall_deadline.is_none() {
-            let stall_max = Duration::from_millis(self.config.publisher_stall_ms_max);
-            self.stall_deadline = Some(Instant::now() + stall_max);
-        }
+        self.start_stall_clock();
     }
 
     /// Forgets subscribers that drained below half the watermark; extends the stall while
@@ -614,6 +623,7 @@ impl Shard {
     /// `--publisher-stall-ms-max`, which spends the stall of those pressed that long.
     fn resume_stalled(&mut self, now: Instant) {
         if self.stalled_readers.is_empty() && self.pressured.is_empty() {
+            self.pressure_sent.clear();
             return;
         }
         let low_mark = self.config.outbound_bytes_max / 4;
@@ -662,14 +672,216 @@ impl Shard {
         if pressing && !expired {
             return;
         }
+        self.pressure_sent.clear();
         self.stall_deadline = None;
         for id in std::mem::take(&mut self.stalled_readers) {
             if let Some(conn) = self.connection_mut(id) {
-                conn.read_stalled = false;
+                conn.read_stalled = conn.lease_until.is_some();
                 if conn.read_more {
                     self.read_again.push(id);
                 }
             }
+        }
+    }
+
+    /// How long a publisher pauses when a subscriber it feeds is past the watermark on
+    /// another shard, or on its own shard through a topic owned elsewhere: a quarter of
+    /// `--publisher-stall-ms-max` (25 ms at the default). The shard that stalls does not see
+    /// the subscriber, so instead of waiting for it to drain, the publisher is paused for a
+    /// lease at a time, renewed every [`Shard::lease_renewal`] while the subscriber's shard
+    /// says it is pressed; that shard stops saying so once the subscriber drains or made no
+    /// progress for the whole bound (`stall_spent`), so a stuck subscriber is still cut,
+    /// at most two leases after the bound. A lease is long against the renewal so that a
+    /// shard's late turn (a busy machine) does not let the publisher run between renewals.
+    pub(super) fn stall_lease(&self) -> Duration {
+        Duration::from_millis(self.config.publisher_stall_ms_max) / 4
+    }
+
+    /// How often holds and pressure are renewed: a quarter of a lease.
+    pub(super) fn lease_renewal(&self) -> Duration {
+        self.stall_lease() / 4
+    }
+
+    /// How long a topic stays pressed after its subscriber's shard last said so: a lease.
+    pub(super) fn pressure_lease_ns(&self) -> u64 {
+        self.stall_lease().as_nanos() as u64
+    }
+
+    /// Stops reading `id` for one [`Shard::stall_lease`] from now (a lease already running
+    /// is extended).
+    pub(super) fn stall_for_lease(&mut self, id: ConnectionId) {
+        let until = self.turn_now + self.stall_lease();
+        let Some(conn) = self.connection_mut(id) else {
+            return;
+        };
+        if conn.is_closing() {
+            return;
+        }
+        let running = conn.lease_until.is_some();
+        conn.lease_until = Some(until);
+        conn.read_stalled = true;
+        conn.read_more = true;
+        if !running {
+            self.leased_stalls.push_back((until, id));
+            self.counters.publisher_stalls += 1;
+        }
+    }
+
+    /// Reads again the publishers whose lease is up (unless a stall of this shard's own
+    /// holds them too); a lease extended since it was queued goes back in the queue.
+    fn end_leases(&mut self, now: Instant) {
+        while let Some(&(deadline, id)) = self.leased_stalls.front() {
+            if deadline > now {
+                break;
+            }
+            self.leased_stalls.pop_front();
+            let held_here = self.stalled_readers.contains(&id);
+            let Some(conn) = self.connection_mut(id) else {
+                continue;
+            };
+            match conn.lease_until {
+                Some(until) if until > now => self.leased_stalls.push_back((until, id)),
+                _ => {
+                    conn.lease_until = None;
+                    conn.read_stalled = held_here;
+                    if !held_here && conn.read_more {
+                        self.read_again.push(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A publish from `connection` on `shard` went to `topic`, which is pressed: pauses the
+    /// publisher for a lease (this shard's directly, another's through the ring), and keeps
+    /// renewing it while the topic stays pressed (see [`Shard::renew_holds`]).
+    pub(super) fn hold_publisher(&mut self, topic: &str, shard: ShardId, connection: ConnectionId) {
+        let now_ns = self.clock_ns;
+        let renewal_ns = self.lease_renewal().as_nanos() as u64;
+        let held = self.publisher_holds.iter_mut().find(|hold| {
+            (hold.shard, hold.connection) == (shard, connection) && &*hold.topic == topic
+        });
+        if let Some(hold) = held {
+            // Publishing again: its lease ran out before the renewal (a late turn).
+            if now_ns.saturating_sub(hold.renewed_ns) >= renewal_ns {
+                hold.renewed_ns = now_ns;
+                self.send_hold(shard, connection);
+            }
+            return;
+        }
+        self.publisher_holds.push(super::PublisherHold {
+            topic: topic.into(),
+            shard,
+            connection,
+            renewed_ns: self.clock_ns,
+        });
+        self.send_hold(shard, connection);
+    }
+
+    fn send_hold(&mut self, shard: ShardId, connection: ConnectionId) {
+        if shard == self.id {
+            self.stall_for_lease(connection);
+        } else {
+            self.link_mut(shard)
+                .terminals_out
+                .push(crate::mesh::message::Terminal::StallPublisher { connection });
+        }
+    }
+
+    /// Renews, every renewal period, the holds on publishers of topics still pressed; forgets
+    /// the others, whose leases then run out.
+    fn renew_holds(&mut self) {
+        if self.publisher_holds.is_empty() {
+            return;
+        }
+        let now_ns = super::commands::unix_time_ns();
+        let renewal_ns = self.lease_renewal().as_nanos() as u64;
+        let mut holds = std::mem::take(&mut self.publisher_holds);
+        holds.retain(|hold| self.owned.is_pressed(&hold.topic, now_ns));
+        for hold in &mut holds {
+            if now_ns.saturating_sub(hold.renewed_ns) >= renewal_ns {
+                hold.renewed_ns = now_ns;
+                self.send_hold(hold.shard, hold.connection);
+            }
+        }
+        self.publisher_holds = holds;
+    }
+
+    /// A subscriber here went past the watermark with a delivery of `topic`, sequenced on
+    /// another shard: tells the owner, which pauses the topic's publishers (at most once per
+    /// renewal period per topic; renewed by [`Shard::renew_pressure`]).
+    pub(super) fn note_pressure(&mut self, topic: &str) {
+        let now_ns = self.clock_ns;
+        let renewal_ns = self.lease_renewal().as_nanos() as u64;
+        match self.pressure_sent.get_mut(topic) {
+            Some(sent_ns) if now_ns.saturating_sub(*sent_ns) < renewal_ns => return,
+            Some(sent_ns) => *sent_ns = now_ns,
+            None => {
+                self.pressure_sent.insert(topic.into(), now_ns);
+            }
+        }
+        self.start_stall_clock();
+        if self.pressure_board_since_ns.is_none() {
+            self.pressure_board.set(self.id);
+            self.pressure_board_since_ns = Some(now_ns);
+        }
+        self.send_pressure(topic);
+    }
+
+    fn send_pressure(&mut self, topic: &str) {
+        let owner = self.owner_of(topic);
+        if owner == self.id {
+            let until_ns = self.clock_ns + self.pressure_lease_ns();
+            self.owned.press(topic, until_ns);
+            return;
+        }
+        let link = self.link_mut(owner);
+        if link.requests_out.make_room() {
+            link.requests_out
+                .push(crate::mesh::message::OwnerRequest::Pressure {
+                    topic: topic.into(),
+                });
+        }
+    }
+
+    /// While a subscriber here still holds publishers back (`resume_stalled` forgets the
+    /// topics once none does), tells the owners of the topics it was pressed by again, every
+    /// renewal period.
+    fn renew_pressure(&mut self) {
+        if let Some(since_ns) = self.pressure_board_since_ns {
+            let now_ns = super::commands::unix_time_ns();
+            if self.pressure_sent.is_empty()
+                || now_ns.saturating_sub(since_ns) >= self.pressure_lease_ns()
+            {
+                self.pressure_board.clear(self.id);
+                self.pressure_board_since_ns = None;
+            }
+        }
+        if self.pressure_sent.is_empty() {
+            return;
+        }
+        let now_ns = super::commands::unix_time_ns();
+        let renewal_ns = self.lease_renewal().as_nanos() as u64;
+        let due: Vec<Box<str>> = self
+            .pressure_sent
+            .iter_mut()
+            .filter(|(_, sent_ns)| now_ns.saturating_sub(**sent_ns) >= renewal_ns)
+            .map(|(topic, sent_ns)| {
+                *sent_ns = now_ns;
+                topic.clone()
+            })
+            .collect();
+        self.clock_ns = now_ns;
+        for topic in due {
+            self.send_pressure(&topic);
+        }
+    }
+
+    /// The bound of `--publisher-stall-ms-max` starts with the first stall it covers.
+    fn start_stall_clock(&mut self) {
+        if self.stall_deadline.is_none() {
+            let stall_max = Duration::from_millis(self.config.publisher_stall_ms_max);
+            self.stall_deadline = Some(Instant::now() + stall_max);
         }
     }
 

@@ -80,6 +80,8 @@ pub struct ShardSetup {
     pub resp_listener: Option<TcpListener>,
     pub links: Vec<Option<PeerLink>>,
     pub shutdown: Arc<AtomicBool>,
+    /// Shared by every shard of the broker (see [`crate::mesh::PressureBoard`]).
+    pub pressure: Arc<crate::mesh::PressureBoard>,
     pub core: Option<core_affinity::CoreId>,
     /// Where in-process handles ring, when the shard runs inside an embedded bus.
     pub(crate) doorbell: Option<crossbeam_channel::Receiver<crate::bus::link::Doorbell>>,
@@ -327,6 +329,18 @@ pub struct Shard {
     /// Set by a delivery that left its subscriber past the watermark, while a connection's
     /// input is being handled: that connection (the publisher) is then not read further.
     stall_reader: bool,
+    /// A connection's input is being handled: a subscriber it pushes past the watermark
+    /// stalls it directly (`stall_reader`), with no word to the topic's owner.
+    reading: bool,
+    /// Publishers of pressed topics this shard owns, held in leases renewed while the topic
+    /// stays pressed (see `Shard::stall_lease`).
+    publisher_holds: Vec<PublisherHold>,
+    /// This shard's publishers paused for a lease, by when the lease was taken (its end,
+    /// `Connection::lease_until`, may have moved later since).
+    leased_stalls: VecDeque<(Instant, ConnectionId)>,
+    /// Topics whose subscribers here are past the watermark, with when their owner was last
+    /// told (Unix ns); renewed while any pressed subscriber here still holds publishers.
+    pressure_sent: ahash::AHashMap<Box<str>, u64>,
     /// Publishers not being read because a subscriber they feed is past the watermark.
     stalled_readers: Vec<ConnectionId>,
     /// When the stalled publishers are read again even if the pressed subscribers have not
@@ -364,6 +378,9 @@ pub struct Shard {
     /// Join and leave events noted this turn, for topics with presence on.
     presence: presence::PresenceEvents,
     shutdown_flag: Arc<AtomicBool>,
+    pressure_board: Arc<crate::mesh::PressureBoard>,
+    /// When this shard set its bit on the pressure board (Unix ns), while it is set.
+    pressure_board_since_ns: Option<u64>,
     shutdown_deadline: Option<Instant>,
     /// When consumer redeliveries and expiries are next checked.
     next_consumer_timer: Instant,
@@ -413,6 +430,10 @@ impl Shard {
             read_again: Vec::new(),
             pressured: Vec::new(),
             stall_reader: false,
+            reading: false,
+            publisher_holds: Vec::new(),
+            leased_stalls: VecDeque::new(),
+            pressure_sent: ahash::AHashMap::new(),
             stalled_readers: Vec::new(),
             stall_deadline: None,
             handshake_deadlines: VecDeque::new(),
@@ -428,6 +449,8 @@ impl Shard {
             latency: latency::ShardLatency::default(),
             presence: presence::PresenceEvents::default(),
             shutdown_flag: setup.shutdown,
+            pressure_board: setup.pressure,
+            pressure_board_since_ns: None,
             shutdown_deadline: None,
             next_consumer_timer: Instant::now(),
             doorbell: setup.doorbell,
@@ -503,4 +526,13 @@ impl Shard {
             }
         }
     }
+}
+
+/// A publisher held back because a topic it publishes to is pressed: on `shard` (this one or
+/// another), renewed every renewal period (`renewed_ns`, Unix ns) while the topic stays pressed.
+struct PublisherHold {
+    topic: Box<str>,
+    shard: ShardId,
+    connection: ConnectionId,
+    renewed_ns: u64,
 }

@@ -70,14 +70,23 @@ impl Shard {
             self.consumer_actions = actions;
         }
         let sequenced = sequenced?;
+        // The board is the first lease's word for a shard that has not named its topics yet.
+        if sequenced.pressed || self.pressure_board.any_of(sequenced.shard_mask) {
+            if let Some((shard, connection)) = creator {
+                self.hold_publisher(message.topic(), shard, connection);
+            }
+        }
         let mask = sequenced.shard_mask;
         self.counters.published += 1;
         let me = self.id;
         for link in self.peers_mut() {
             if mask & link.peer.bit() != 0 {
-                link.terminals_out.push(Terminal::Deliver {
-                    message: message.clone(),
-                });
+                link.terminals_out.push_weighted(
+                    Terminal::Deliver {
+                        message: message.clone(),
+                    },
+                    message.frame_len(),
+                );
             }
         }
         if mask & me.bit() != 0 {
@@ -196,6 +205,7 @@ impl Shard {
             (outbound_bytes_max, policy),
         );
         let queued_bytes = conn.out.queued_bytes();
+        let mut pressing = false;
         let write_now = queued_bytes >= conn.out.stage_bytes_max();
         // Past half the limit, the publisher being read is paused (see `Shard::stall`), so a
         // subscriber that reads gets to catch up instead of being cut. Half, because every
@@ -206,7 +216,7 @@ impl Shard {
                 conn.pressed_since = turn_now;
                 self.pressured.push(id);
             }
-            self.stall_reader |= !conn.stall_spent;
+            pressing = !conn.stall_spent;
         }
         // Marked dirty here rather than by `mark_dirty`, which would look the connection up
         // again; this is once per delivery.
@@ -225,6 +235,15 @@ impl Shard {
         }
         if newly_dirty {
             self.dirty.push(subscriber.connection);
+        }
+        if pressing {
+            // The publisher being read stops here (its shard, the owner and this subscriber
+            // are all this shard); a delivery that came over a ring has its publisher held
+            // through the topic's owner instead (`note_pressure`).
+            self.stall_reader = true;
+            if !self.reading {
+                self.note_pressure(message.topic());
+            }
         }
         if write_now {
             self.flush_connection(subscriber.connection);
@@ -373,6 +392,10 @@ impl Shard {
                         result: Ok(Subscribed::default()),
                     });
             }
+            OwnerRequest::Pressure { topic } => {
+                let until_ns = self.clock_ns + self.pressure_lease_ns();
+                self.owned.press(&topic, until_ns);
+            }
             OwnerRequest::PatternUnsubscribe { pattern } => {
                 self.pattern_interest.remove(&pattern, from);
             }
@@ -420,6 +443,7 @@ impl Shard {
     fn handle_terminal(&mut self, terminal: Terminal) {
         match terminal {
             Terminal::Deliver { message } => self.deliver_local(&message),
+            Terminal::StallPublisher { connection } => self.stall_for_lease(connection),
             Terminal::DeliverTo {
                 subscriber,
                 message,

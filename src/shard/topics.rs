@@ -44,6 +44,9 @@ pub struct OwnedTopic {
     /// Matching pattern subscriptions on every shard, valid with `pattern_mask`.
     pattern_count: u32,
     pattern_generation: u64,
+    /// A subscriber of this topic on another shard is past its stall watermark until then
+    /// (Unix ns, renewed while it stays there): publishers to it pause for a lease each.
+    pressed_until_ns: u64,
     /// Recent messages, for subscribers that start in the past.
     pub replay: ReplayRing<Message>,
     /// Durable consumers and groups, by name.
@@ -84,6 +87,7 @@ impl OwnedTopic {
             pattern_mask: 0,
             pattern_count: 0,
             pattern_generation: u64::MAX,
+            pressed_until_ns: 0,
         }
     }
 
@@ -147,6 +151,9 @@ pub struct Sequenced {
     pub shard_mask: u64,
     /// Subscriptions it goes to on every shard, exact and pattern (Redis's PUBLISH answer).
     pub receivers: u32,
+    /// A subscriber of the topic on another shard is past its stall watermark: the
+    /// publisher should pause (see `Shard::stall_for_lease`).
+    pub pressed: bool,
 }
 
 /// An unused topic younger than this (since its last publish) is never reclaimed to make room:
@@ -816,10 +823,26 @@ impl OwnedTopics {
                     timestamp_ns: owned.last_timestamp_ns,
                     shard_mask: owned.exact_mask | owned.pattern_mask,
                     receivers: owned.exact_total + owned.pattern_count,
+                    pressed: owned.pressed_until_ns > now_ns,
                 }
             });
         self.pattern_matches = scratch;
         result
+    }
+
+    /// A subscriber of `topic` on another shard is past its stall watermark: publishers to
+    /// it pause until `until_ns` (a topic gone since is left alone).
+    pub fn press(&mut self, topic: &str, until_ns: u64) {
+        if let Some(owned) = self.topics.get_mut(topic) {
+            owned.pressed_until_ns = owned.pressed_until_ns.max(until_ns);
+        }
+    }
+
+    /// Whether `topic` is pressed at `now_ns` (see [`OwnedTopics::press`]).
+    pub fn is_pressed(&self, topic: &str, now_ns: u64) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|owned| owned.pressed_until_ns > now_ns)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &OwnedTopic)> {
@@ -957,7 +980,24 @@ mod tests {
             timestamp_ns: 100,
             shard_mask,
             receivers,
+            pressed: false,
         })
+    }
+
+    #[test]
+    fn a_pressed_topic_marks_its_publishes_until_the_pressure_runs_out() {
+        let patterns = Sublist::new(16);
+        let mut owned = OwnedTopics::new(1, 10, LIMITS);
+        assert!(!sequence(&mut owned, "t", &patterns, 100).unwrap().pressed);
+        owned.press("t", 1_000);
+        // A later word never shortens the pressure; a topic that does not exist is ignored.
+        owned.press("t", 500);
+        owned.press("absent", 1_000);
+        assert!(owned.is_pressed("t", 999));
+        assert!(sequence(&mut owned, "t", &patterns, 999).unwrap().pressed);
+        assert!(!owned.is_pressed("t", 1_000));
+        assert!(!sequence(&mut owned, "t", &patterns, 1_000).unwrap().pressed);
+        assert!(!owned.is_pressed("absent", 0));
     }
 
     #[test]
