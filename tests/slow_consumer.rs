@@ -990,6 +990,48 @@ fn a_stuck_subscriber_holds_its_publisher_once_then_is_cut() {
     assert!(counters.publisher_stalls >= 1, "{counters:?}");
 }
 
+/// The same across shards: the stuck subscriber on one shard, the topic's owner, the publisher
+/// and a fast subscriber on the other, so the hold goes through the owner (leases renewed
+/// while the stuck one is pressed). It still holds the publisher for about one bound, not
+/// for ever, and is cut; the fast subscriber gets every message.
+#[test]
+fn a_stuck_subscriber_on_another_shard_holds_its_publisher_for_a_bound_then_is_cut() {
+    const STALL_MS: u64 = 200;
+    let broker = start(Config {
+        // Room above the watermark for what the rings hold when the hold lands (see
+        // `a_steady_subscriber_is_not_cut`).
+        outbound_bytes_max: 4 * 1024 * 1024,
+        ring_bytes_max: 256 * 1024,
+        publisher_stall_ms_max: STALL_MS,
+        ..slow_config(2, SlowConsumerPolicy::Disconnect)
+    });
+    let addr = broker.native_addr();
+    let topic = topic_owned_by("stuck", 0, 2);
+    let mut stuck = RawSubscriber::on_shard(addr, 1);
+    stuck.subscribe(SLOW_EXACT, &topic);
+    let mut fast = FastSubscriber::start(addr, 0, &topic, MESSAGES);
+    let mut publisher = publisher_on_shard(addr, 0);
+
+    let elapsed = publish_unpaced(&mut publisher, &topic);
+    fast.finish().unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("published {MESSAGES} past a stuck subscriber on another shard in {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(STALL_MS),
+        "published in {elapsed:?}: the stuck subscriber never held the publisher"
+    );
+    assert!(
+        elapsed < Duration::from_millis(STALL_MS * 10),
+        "publishing took {elapsed:?} with a {STALL_MS} ms stall bound"
+    );
+    drop(stuck);
+    let counters = shutdown(broker);
+    assert_eq!(
+        counters.slow_consumer_disconnects, 1,
+        "the stuck subscriber, and only it, was cut: {counters:?}"
+    );
+    assert!(counters.publisher_stalls >= 1, "{counters:?}");
+}
+
 /// A subscriber that reads slowly but steadily, behind a small receive buffer, is waited for
 /// however long the stall lasts: its progress shows in the kernel's send queue even while no
 /// writable event comes (the socket wakes the writer only once half its buffer is free, which
