@@ -191,8 +191,9 @@ pub struct ServeArgs {
     #[arg(long, env = "COREBUS_BUSY_POLL_US", default_value_t = Config::default().busy_poll_us)]
     pub busy_poll_us: u64,
     /// Microseconds a connection taking deliveries fast waits after its last write before the
-    /// next, unless `--write-coalesce-bytes` are queued first, so a busy shard writes it in
-    /// fewer, larger pieces; replies and slower streams are never held (0 = write every turn).
+    /// next while the shard is busy, unless `--write-coalesce-bytes` are queued first, so it
+    /// is written in fewer, larger pieces; replies, slower streams and a shard serving one
+    /// peer at a time are never held (0 = write every turn; at most 1 s).
     #[arg(long, env = "COREBUS_WRITE_COALESCE_US", default_value_t = Config::default().write_coalesce_us)]
     pub write_coalesce_us: u64,
     /// Queued bytes that end the wait of `--write-coalesce-us` at once.

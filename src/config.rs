@@ -87,8 +87,9 @@ pub struct Config {
     /// Spin this long on an idle poll before blocking (0 = always block).
     pub busy_poll_us: u64,
     /// How long a connection taking deliveries fast may wait after its last write before the
-    /// next, unless `write_coalesce_bytes` are queued first; replies and slower streams are
-    /// never held (0 = write every turn).
+    /// next while the shard is busy, unless `write_coalesce_bytes` are queued first; replies,
+    /// slower streams and a shard serving one peer at a time are never held (0 = write every
+    /// turn).
     pub write_coalesce_us: u64,
     /// Queued bytes that end the wait of `write_coalesce_us` at once.
     pub write_coalesce_bytes: usize,
@@ -161,6 +162,11 @@ impl Config {
 
 /// Room for a WebSocket message's JSON envelope around its payload.
 const WS_ENVELOPE_BYTES_MAX: usize = 16 * 1024;
+
+/// The largest `--publisher-stall-ms-max` accepted: an hour.
+pub const PUBLISHER_STALL_MS_MAX_LIMIT: u64 = 3_600_000;
+/// The largest `--write-coalesce-us` accepted: a second.
+pub const WRITE_COALESCE_US_LIMIT: u64 = 1_000_000;
 
 impl Default for Config {
     fn default() -> Self {
@@ -327,6 +333,17 @@ impl Config {
         }
         if self.read_chunk_bytes < 4096 {
             return Err("--read-chunk-bytes must be at least 4096".into());
+        }
+        // Bounds that keep the deadlines built from them (Unix ns, Instants) from overflowing.
+        if self.publisher_stall_ms_max > PUBLISHER_STALL_MS_MAX_LIMIT {
+            return Err(format!(
+                "--publisher-stall-ms-max must be at most {PUBLISHER_STALL_MS_MAX_LIMIT}ms (an hour)"
+            ));
+        }
+        if self.write_coalesce_us > WRITE_COALESCE_US_LIMIT {
+            return Err(format!(
+                "--write-coalesce-us must be at most {WRITE_COALESCE_US_LIMIT} (a second)"
+            ));
         }
         Ok(())
     }

@@ -795,6 +795,9 @@ pub struct Connection {
     /// back until it drains below the low mark, so a subscriber that has stopped reading
     /// meets the slow-consumer limit instead of stalling others again.
     pub stall_spent: bool,
+    /// Topics whose deliveries from other shards pressed it past the watermark, with when
+    /// their owners were last told (Unix ns): renewed while it stays pressed.
+    pub pressed_topics: Vec<(Box<str>, u64)>,
     /// Paused until then for a pressed topic it publishes to (see `Shard::stall_lease`).
     pub lease_until: Option<std::time::Instant>,
     /// Bytes written to the socket (or handed to an in-process handle) over its life.
@@ -951,6 +954,7 @@ impl Connection {
             write_blocked: false,
             over_watermark: false,
             stall_spent: false,
+            pressed_topics: Vec::new(),
             lease_until: None,
             written_total: 0,
             last_written_at: None,

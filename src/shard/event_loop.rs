@@ -80,16 +80,23 @@ fn refuse(socket: &mut mio::net::TcpStream, port: Port, reason: &str) {
     let _ = io::Write::write(socket, &refusal);
 }
 
+/// Readiness events per turn, on average over about the last 16 turns, from which the shard
+/// counts as busy (see [`WriteCoalescing`]).
+const COALESCE_BUSY_EVENTS: u32 = 2;
+
 /// `--write-coalesce-us` and `--write-coalesce-bytes`: when a subscriber's next write waits.
 ///
 /// A shard that turns fast under load writes each subscriber every few messages, and every
 /// small write costs the reader a wake-up and a read; Redis, slower per turn, batches more
-/// by accident. So deliveries to a connection that is taking them fast are held until
-/// `bytes` are queued or `wait_max` has passed since its last write. "Fast" means that at
-/// the pace they have queued since that write, the wait would gather at least a quarter of
-/// `bytes`; a slower stream (an open-loop 100k msg/s of 64-byte payloads, about 10 MB/s,
-/// against the default 16 KiB per 200 µs, 20 MB/s) is written every turn as before, and so
-/// is the first delivery after a quiet spell.
+/// by accident. So while the shard is busy (input from two peers or more a turn, on average),
+/// deliveries to a connection taking them fast are held until `bytes` are queued or
+/// `wait_max` has passed since its last write. "Fast" means that at the pace they have queued
+/// since that write, the wait would gather at least a quarter of `bytes`; a slower stream (an
+/// open-loop 100k msg/s of 64-byte payloads, about 10 MB/s, against the default 16 KiB per
+/// 200 µs, 20 MB/s) is written every turn as before, and so is the first delivery after a
+/// quiet spell. A shard serving one peer at a time (a request, its delivery, the next
+/// request) is not busy, so nothing there waits: holding would stall that loop for the wait
+/// and more (`epoll` rounds its timeout up to a millisecond).
 #[derive(Clone, Copy, Debug)]
 struct WriteCoalescing {
     wait_max: Duration,
@@ -97,22 +104,23 @@ struct WriteCoalescing {
 }
 
 impl WriteCoalescing {
-    /// When a connection with `queued` bytes of deliveries, last written at `last_written`,
-    /// is due if it is held now, or `None` to write it now.
-    fn until(self, queued: usize, last_written: Option<Instant>, now: Instant) -> Option<Instant> {
+    /// Whether a connection with `queued` bytes of deliveries, last written at
+    /// `last_written`, waits for more (in a busy turn).
+    fn holds(self, queued: usize, last_written: Option<Instant>, now: Instant) -> bool {
         if self.wait_max.is_zero() || queued >= self.bytes {
-            return None;
+            return false;
         }
-        let last_written = last_written?;
-        let due = last_written + self.wait_max;
-        if due <= now {
-            return None;
+        let Some(last_written) = last_written else {
+            return false;
+        };
+        let since_write = now.saturating_duration_since(last_written);
+        if since_write >= self.wait_max {
+            return false;
         }
-        let since_write = now.saturating_duration_since(last_written).as_nanos();
         let gathered_by_due = (queued as u128 * self.wait_max.as_nanos())
-            .checked_div(since_write)
+            .checked_div(since_write.as_nanos())
             .unwrap_or(u128::MAX);
-        (gathered_by_due >= self.bytes as u128 / 4).then_some(due)
+        gathered_by_due >= self.bytes as u128 / 4
     }
 }
 
@@ -157,7 +165,9 @@ impl Shard {
                 last_work = self.turn_now;
             }
             self.clock_ns = super::commands::unix_time_ns();
+            let mut ready = 0usize;
             for event in events.iter() {
+                ready += 1;
                 match event.token() {
                     LISTENER => self.accept(Port::Native),
                     HTTP_LISTENER => self.accept(Port::Http),
@@ -212,7 +222,11 @@ impl Shard {
             if self.flush_outboxes() && (!self.blocked.is_empty() || self.has_stalled_requests()) {
                 work_left = true;
             }
-            self.flush_dirty(true);
+            // Subscribers are held for a larger write only while the shard is busy: input from
+            // several peers a turn, on average over the last turns.
+            self.ready_average_x16 =
+                self.ready_average_x16 - self.ready_average_x16 / 16 + ready.min(1024) as u32;
+            self.flush_dirty(self.ready_average_x16 >= 16 * COALESCE_BUSY_EVENTS);
             self.resume_stalled(Instant::now());
             // Flushing may have resumed connections that paused on unsent replies; closing
             // connections may have noted leaves.
@@ -254,14 +268,14 @@ impl Shard {
             self.frame_deadlines.front().map(|(deadline, _)| deadline),
             self.gather_deadlines.front().map(|(deadline, _)| deadline),
             self.coalesce_deadline.as_ref(),
-            self.leased_stalls.front().map(|(deadline, _)| deadline),
+            self.next_lease_end.as_ref(),
         ]
         .into_iter()
         .flatten()
         {
             timeout = timeout.min(deadline.saturating_duration_since(now));
         }
-        if !self.pressure_sent.is_empty() || !self.publisher_holds.is_empty() {
+        if self.pressure_board_since_ns.is_some() || !self.publisher_holds.is_empty() {
             timeout = timeout.min(self.lease_renewal());
         }
         timeout
@@ -623,7 +637,6 @@ impl Shard {
     /// `--publisher-stall-ms-max`, which spends the stall of those pressed that long.
     fn resume_stalled(&mut self, now: Instant) {
         if self.stalled_readers.is_empty() && self.pressured.is_empty() {
-            self.pressure_sent.clear();
             return;
         }
         let low_mark = self.config.outbound_bytes_max / 4;
@@ -648,6 +661,7 @@ impl Shard {
             Some(conn) => {
                 conn.over_watermark = false;
                 conn.stall_spent = false;
+                conn.pressed_topics.clear();
                 false
             }
             None => false,
@@ -672,7 +686,6 @@ impl Shard {
         if pressing && !expired {
             return;
         }
-        self.pressure_sent.clear();
         self.stall_deadline = None;
         for id in std::mem::take(&mut self.stalled_readers) {
             if let Some(conn) = self.connection_mut(id) {
@@ -722,34 +735,42 @@ impl Shard {
         conn.read_stalled = true;
         conn.read_more = true;
         if !running {
-            self.leased_stalls.push_back((until, id));
+            self.leased_stalls.push(id);
             self.counters.publisher_stalls += 1;
         }
+        self.next_lease_end = Some(self.next_lease_end.map_or(until, |end| end.min(until)));
     }
 
     /// Reads again the publishers whose lease is up (unless a stall of this shard's own
-    /// holds them too); a lease extended since it was queued goes back in the queue.
+    /// holds them too). Leases are few (one per held publisher), so all are looked at.
     fn end_leases(&mut self, now: Instant) {
-        while let Some(&(deadline, id)) = self.leased_stalls.front() {
-            if deadline > now {
-                break;
-            }
-            self.leased_stalls.pop_front();
+        if self.next_lease_end.is_none_or(|end| end > now) {
+            return;
+        }
+        self.next_lease_end = None;
+        let mut leased = std::mem::take(&mut self.leased_stalls);
+        leased.retain(|&id| {
             let held_here = self.stalled_readers.contains(&id);
             let Some(conn) = self.connection_mut(id) else {
-                continue;
+                return false;
             };
             match conn.lease_until {
-                Some(until) if until > now => self.leased_stalls.push_back((until, id)),
+                Some(until) if until > now => {
+                    self.next_lease_end =
+                        Some(self.next_lease_end.map_or(until, |end| end.min(until)));
+                    true
+                }
                 _ => {
                     conn.lease_until = None;
                     conn.read_stalled = held_here;
                     if !held_here && conn.read_more {
                         self.read_again.push(id);
                     }
+                    false
                 }
             }
-        }
+        });
+        self.leased_stalls = leased;
     }
 
     /// A publish from `connection` on `shard` went to `topic`, which is pressed: pauses the
@@ -807,20 +828,27 @@ impl Shard {
         self.publisher_holds = holds;
     }
 
-    /// A subscriber here went past the watermark with a delivery of `topic`, sequenced on
-    /// another shard: tells the owner, which pauses the topic's publishers (at most once per
-    /// renewal period per topic; renewed by [`Shard::renew_pressure`]).
-    pub(super) fn note_pressure(&mut self, topic: &str) {
+    /// Subscriber `id` went past the watermark with a delivery of `topic` that did not come
+    /// from a read on this shard: tells the topic's owner, which pauses the topic's publishers
+    /// (at most once per renewal period per subscriber and topic; renewed by
+    /// [`Shard::renew_pressure`] while that subscriber stays pressed).
+    pub(super) fn note_pressure(&mut self, id: ConnectionId, topic: &str) {
         let now_ns = self.clock_ns;
         let renewal_ns = self.lease_renewal().as_nanos() as u64;
-        match self.pressure_sent.get_mut(topic) {
-            Some(sent_ns) if now_ns.saturating_sub(*sent_ns) < renewal_ns => return,
-            Some(sent_ns) => *sent_ns = now_ns,
-            None => {
-                self.pressure_sent.insert(topic.into(), now_ns);
-            }
+        let Some(conn) = self.connection_mut(id) else {
+            return;
+        };
+        match conn
+            .pressed_topics
+            .iter_mut()
+            .find(|(name, _)| &**name == topic)
+        {
+            Some((_, sent_ns)) if now_ns.saturating_sub(*sent_ns) < renewal_ns => return,
+            Some((_, sent_ns)) => *sent_ns = now_ns,
+            None => conn.pressed_topics.push((topic.into(), now_ns)),
         }
         self.start_stall_clock();
+        // Once per episode (until no subscriber here presses), for its first lease.
         if self.pressure_board_since_ns.is_none() {
             self.pressure_board.set(self.id);
             self.pressure_board_since_ns = Some(now_ns);
@@ -844,33 +872,44 @@ impl Shard {
         }
     }
 
-    /// While a subscriber here still holds publishers back (`resume_stalled` forgets the
-    /// topics once none does), tells the owners of the topics it was pressed by again, every
-    /// renewal period.
+    /// Tells the owners again, every renewal period, of the topics that pressed each
+    /// subscriber here still past a quarter of its limit and not spent; takes this shard's
+    /// bit off the pressure board a lease into the episode, and ends the episode when no
+    /// subscriber here presses.
     fn renew_pressure(&mut self) {
-        if let Some(since_ns) = self.pressure_board_since_ns {
-            let now_ns = super::commands::unix_time_ns();
-            if self.pressure_sent.is_empty()
-                || now_ns.saturating_sub(since_ns) >= self.pressure_lease_ns()
-            {
-                self.pressure_board.clear(self.id);
-                self.pressure_board_since_ns = None;
-            }
-        }
-        if self.pressure_sent.is_empty() {
+        if self.pressure_board_since_ns.is_none() {
             return;
         }
         let now_ns = super::commands::unix_time_ns();
         let renewal_ns = self.lease_renewal().as_nanos() as u64;
-        let due: Vec<Box<str>> = self
-            .pressure_sent
-            .iter_mut()
-            .filter(|(_, sent_ns)| now_ns.saturating_sub(**sent_ns) >= renewal_ns)
-            .map(|(topic, sent_ns)| {
-                *sent_ns = now_ns;
-                topic.clone()
-            })
-            .collect();
+        let low_mark = self.config.outbound_bytes_max / 4;
+        let mut due: Vec<Box<str>> = Vec::new();
+        let mut pressing = false;
+        let pressured = std::mem::take(&mut self.pressured);
+        for &id in &pressured {
+            let Some(conn) = self.connection_mut(id) else {
+                continue;
+            };
+            if conn.stall_spent || conn.is_closing() || conn.out.queued_bytes() <= low_mark {
+                conn.pressed_topics.clear();
+                continue;
+            }
+            pressing |= !conn.pressed_topics.is_empty();
+            for (topic, sent_ns) in &mut conn.pressed_topics {
+                if now_ns.saturating_sub(*sent_ns) >= renewal_ns {
+                    *sent_ns = now_ns;
+                    due.push(topic.clone());
+                }
+            }
+        }
+        self.pressured = pressured;
+        let since_ns = self.pressure_board_since_ns.unwrap_or(now_ns);
+        if !pressing {
+            self.pressure_board.clear(self.id);
+            self.pressure_board_since_ns = None;
+        } else if now_ns.saturating_sub(since_ns) >= self.pressure_lease_ns() {
+            self.pressure_board.clear(self.id);
+        }
         self.clock_ns = now_ns;
         for topic in due {
             self.send_pressure(&topic);
@@ -909,9 +948,17 @@ impl Shard {
                 continue;
             };
             conn.blocked = false;
-            match self.process_input(id) {
+            self.stall_reader = false;
+            self.reading = true;
+            let flow = self.process_input(id);
+            self.reading = false;
+            match flow {
                 Flow::Blocked => self.block(id),
                 Flow::Stop => {}
+                Flow::Continue if self.stall_reader => {
+                    progressed = true;
+                    self.stall(id);
+                }
                 Flow::Continue => {
                     progressed = true;
                     self.read_connection(id);
@@ -932,7 +979,8 @@ impl Shard {
     }
 
     /// Writes every connection with something queued, except (with `coalesce`) a subscriber
-    /// that [`WriteCoalescing::until`] holds back for a larger write.
+    /// that [`WriteCoalescing::holds`] holds back for a larger write; the poll wakes for it
+    /// by `coalesce_deadline` at the latest.
     fn flush_dirty(&mut self, coalesce: bool) {
         let dirty = std::mem::take(&mut self.dirty);
         let hold = WriteCoalescing {
@@ -946,13 +994,16 @@ impl Shard {
                 continue;
             };
             // Replies, and what a closing connection has left, are never held.
-            if coalesce && conn.out.write_buf_is_empty() && !conn.is_closing() {
-                if let Some(due) = hold.until(conn.out.queued_bytes(), conn.last_written_at, now) {
-                    self.dirty.push(id);
-                    self.coalesce_deadline =
-                        Some(self.coalesce_deadline.map_or(due, |other| other.min(due)));
-                    continue;
-                }
+            if coalesce
+                && conn.out.write_buf_is_empty()
+                && !conn.is_closing()
+                && hold.holds(conn.out.queued_bytes(), conn.last_written_at, now)
+            {
+                let due = conn.last_written_at.map_or(now, |at| at + hold.wait_max);
+                self.dirty.push(id);
+                self.coalesce_deadline =
+                    Some(self.coalesce_deadline.map_or(due, |other| other.min(due)));
+                continue;
             }
             conn.dirty = false;
             self.flush_connection(id);
@@ -1258,12 +1309,9 @@ mod tests {
         let written = Instant::now();
         let now = written + Duration::from_micros(50);
         // 2 KB in 50 µs gathers 8 KB by the due time: held.
-        assert_eq!(
-            HOLD.until(2_000, Some(written), now),
-            Some(written + Duration::from_micros(200))
-        );
+        assert!(HOLD.holds(2_000, Some(written), now));
         // Written in this very turn: held.
-        assert!(HOLD.until(100, Some(written), written).is_some());
+        assert!(HOLD.holds(100, Some(written), written));
     }
 
     #[test]
@@ -1271,16 +1319,16 @@ mod tests {
         let written = Instant::now();
         // 100 bytes in 50 µs gathers 400 bytes by the due time: not worth the wait.
         let now = written + Duration::from_micros(50);
-        assert_eq!(HOLD.until(100, Some(written), now), None);
-        assert_eq!(HOLD.until(2_000, None, now), None);
-        assert_eq!(HOLD.until(16 * 1024, Some(written), now), None);
+        assert!(!HOLD.holds(100, Some(written), now));
+        assert!(!HOLD.holds(2_000, None, now));
+        assert!(!HOLD.holds(16 * 1024, Some(written), now));
         // The wait is up.
         let later = written + Duration::from_micros(200);
-        assert_eq!(HOLD.until(10_000, Some(written), later), None);
+        assert!(!HOLD.holds(10_000, Some(written), later));
         let off = WriteCoalescing {
             wait_max: Duration::ZERO,
             ..HOLD
         };
-        assert_eq!(off.until(2_000, Some(written), now), None);
+        assert!(!off.holds(2_000, Some(written), now));
     }
 }

@@ -335,12 +335,10 @@ pub struct Shard {
     /// Publishers of pressed topics this shard owns, held in leases renewed while the topic
     /// stays pressed (see `Shard::stall_lease`).
     publisher_holds: Vec<PublisherHold>,
-    /// This shard's publishers paused for a lease, by when the lease was taken (its end,
-    /// `Connection::lease_until`, may have moved later since).
-    leased_stalls: VecDeque<(Instant, ConnectionId)>,
-    /// Topics whose subscribers here are past the watermark, with when their owner was last
-    /// told (Unix ns); renewed while any pressed subscriber here still holds publishers.
-    pressure_sent: ahash::AHashMap<Box<str>, u64>,
+    /// This shard's publishers paused for a lease (each until its `lease_until`).
+    leased_stalls: Vec<ConnectionId>,
+    /// The earliest `lease_until` among them.
+    next_lease_end: Option<Instant>,
     /// Publishers not being read because a subscriber they feed is past the watermark.
     stalled_readers: Vec<ConnectionId>,
     /// When the stalled publishers are read again even if the pressed subscribers have not
@@ -357,6 +355,8 @@ pub struct Shard {
     turn_now: Instant,
     /// The earliest moment a connection held back by `--write-coalesce-us` is due.
     coalesce_deadline: Option<Instant>,
+    /// Readiness events per turn, averaged over about 16 turns, times 16.
+    ready_average_x16: u32,
     /// Wall-clock time (Unix ns), read once per socket read, ring batch and loop turn rather
     /// than once per message (a clock read cost about 110 instructions, a twentieth of a
     /// native publish). A PUBLISH handled from a read takes it as its read time, where its
@@ -432,14 +432,15 @@ impl Shard {
             stall_reader: false,
             reading: false,
             publisher_holds: Vec::new(),
-            leased_stalls: VecDeque::new(),
-            pressure_sent: ahash::AHashMap::new(),
+            leased_stalls: Vec::new(),
+            next_lease_end: None,
             stalled_readers: Vec::new(),
             stall_deadline: None,
             handshake_deadlines: VecDeque::new(),
             frame_deadlines: VecDeque::new(),
             turn_now: Instant::now(),
             coalesce_deadline: None,
+            ready_average_x16: 0,
             clock_ns: commands::unix_time_ns(),
             linger_deadlines: VecDeque::new(),
             encode_scratch: Vec::new(),

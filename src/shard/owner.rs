@@ -242,7 +242,7 @@ impl Shard {
             // through the topic's owner instead (`note_pressure`).
             self.stall_reader = true;
             if !self.reading {
-                self.note_pressure(message.topic());
+                self.note_pressure(id, message.topic());
             }
         }
         if write_now {
