@@ -1134,3 +1134,42 @@ fn one_message_at_a_time_is_never_held_and_bursts_arrive_whole() {
     }
     assert_eq!(publisher.take_async_errors(), (Vec::new(), 0));
 }
+
+/// The same with two such loops at once, which make the shard count as busy (input from two
+/// peers a turn): a held delivery is written as soon as a look at the sockets finds nothing
+/// more, not when the wait is up, so neither loop stalls for the wait.
+#[test]
+fn two_clients_one_message_at_a_time_are_not_held_for_the_wait() {
+    const HOLD: Duration = Duration::from_secs(1);
+    const ROUND_TRIPS: u64 = 200;
+    let mut config = config(1);
+    config.write_coalesce_us = HOLD.as_micros() as u64;
+    let broker = start(config);
+    let addr = broker.native_addr();
+    let loops: Vec<_> = (0..2)
+        .map(|i| {
+            let topic = format!("coalesce.two.{i}");
+            let mut subscriber = client(addr);
+            let mut subscription = subscriber.subscribe(&topic).expect("subscribe");
+            let mut publisher = client(addr);
+            thread::spawn(move || {
+                let started = Instant::now();
+                for seq in 1..=ROUND_TRIPS {
+                    publisher.publish(&topic, &[b'c'; 2000]).expect("publish");
+                    assert_eq!(recv(&mut subscription, "one at a time").seq, seq);
+                }
+                drop(subscriber);
+                started.elapsed()
+            })
+        })
+        .collect();
+    // A delivery held until a timer costs a poll's sleep (up to 200 ms) each time; 200 round
+    // trips take a few tens of ms when none is.
+    for handle in loops {
+        let elapsed = handle.join().expect("a publish-then-wait loop");
+        assert!(
+            elapsed < HOLD,
+            "{ROUND_TRIPS} round trips took {elapsed:?}: deliveries waited for a timer"
+        );
+    }
+}

@@ -1001,7 +1001,8 @@ fn a_stuck_subscriber_on_another_shard_holds_its_publisher_for_a_bound_then_is_c
         // Room above the watermark for what the rings hold when the hold lands (see
         // `a_steady_subscriber_is_not_cut`).
         outbound_bytes_max: 4 * 1024 * 1024,
-        ring_bytes_max: 256 * 1024,
+        ring_bytes_max: 64 * 1024,
+        ring_batch_max: 64,
         publisher_stall_ms_max: STALL_MS,
         ..slow_config(2, SlowConsumerPolicy::Disconnect)
     });
@@ -1096,17 +1097,19 @@ fn a_steady_subscriber_is_not_cut(place: Where) {
     // Across shards the hold lands a ring trip after the watermark is passed: what is in the
     // rings by then (up to `ring_bytes_max` and a batch, each way) and what the publisher's
     // shard reads meanwhile (up to `read_bytes_per_turn_max`, 256 KiB, a turn) still arrive,
-    // so the room above the watermark must take that: here 2 MiB against 2 x 512 KiB and a
-    // read (the defaults: 4 MiB against 2 x 1.25 MiB and a read). Twice the messages, so that
-    // the limit is passed many times over even with the kernel's socket buffers full.
+    // so the room above the watermark must take that: here 2 MiB against 2 x 128 KiB and a
+    // few reads, room for shards that lose their CPU to the other tests for a while (the
+    // defaults: 4 MiB against 2 x 1.25 MiB and a read). Twice the messages, so that the limit
+    // is passed many times over even with the kernel's socket buffers full.
     let (outbound_bytes_max, ring_bytes_max, count, per_pause) = if place.shards == 1 {
         (256 * 1024, Config::default().ring_bytes_max, 8_000, 32)
     } else {
-        (4 * 1024 * 1024, 256 * 1024, 16_000, 64)
+        (4 * 1024 * 1024, 64 * 1024, 16_000, 64)
     };
     let broker = start(Config {
         outbound_bytes_max,
         ring_bytes_max,
+        ring_batch_max: 64,
         publisher_stall_ms_max: STALL_MS,
         ..slow_config(place.shards, SlowConsumerPolicy::Disconnect)
     });

@@ -797,7 +797,7 @@ pub struct Connection {
     pub stall_spent: bool,
     /// Topics whose deliveries from other shards pressed it past the watermark, with when
     /// their owners were last told (Unix ns): renewed while it stays pressed.
-    pub pressed_topics: Vec<(Box<str>, u64)>,
+    pub pressed_topics: ahash::AHashMap<Box<str>, u64>,
     /// Paused until then for a pressed topic it publishes to (see `Shard::stall_lease`).
     pub lease_until: Option<std::time::Instant>,
     /// Bytes written to the socket (or handed to an in-process handle) over its life.
@@ -954,7 +954,7 @@ impl Connection {
             write_blocked: false,
             over_watermark: false,
             stall_spent: false,
-            pressed_topics: Vec::new(),
+            pressed_topics: ahash::AHashMap::new(),
             lease_until: None,
             written_total: 0,
             last_written_at: None,

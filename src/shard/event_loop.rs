@@ -95,8 +95,10 @@ const COALESCE_BUSY_EVENTS: u32 = 2;
 /// open-loop 100k msg/s of 64-byte payloads, about 10 MB/s, against the default 16 KiB per
 /// 200 µs, 20 MB/s) is written every turn as before, and so is the first delivery after a
 /// quiet spell. A shard serving one peer at a time (a request, its delivery, the next
-/// request) is not busy, so nothing there waits: holding would stall that loop for the wait
-/// and more (`epoll` rounds its timeout up to a millisecond).
+/// request) is not busy, so nothing there waits. And a held write never waits for a timer
+/// (`epoll` would round it up to a millisecond): while something is held the next poll only
+/// looks, and a poll that finds nothing ready writes it, so a client that waits for its
+/// delivery before sending more is held for one look at the sockets, not for the wait.
 #[derive(Clone, Copy, Debug)]
 struct WriteCoalescing {
     wait_max: Duration,
@@ -150,7 +152,10 @@ impl Shard {
         let mut work_left = false;
         loop {
             let now = Instant::now();
-            let timeout = if work_left || now.duration_since(last_work) < busy_poll {
+            // A held write never waits for a timer: the next poll only looks, and one that
+            // finds nothing writes what is held (see `WriteCoalescing`).
+            let holding = self.coalesce_deadline.is_some();
+            let timeout = if work_left || holding || now.duration_since(last_work) < busy_poll {
                 Some(Duration::ZERO)
             } else {
                 Some(self.next_timeout(now))
@@ -226,7 +231,7 @@ impl Shard {
             // several peers a turn, on average over the last turns.
             self.ready_average_x16 =
                 self.ready_average_x16 - self.ready_average_x16 / 16 + ready.min(1024) as u32;
-            self.flush_dirty(self.ready_average_x16 >= 16 * COALESCE_BUSY_EVENTS);
+            self.flush_dirty(ready > 0 && self.ready_average_x16 >= 16 * COALESCE_BUSY_EVENTS);
             self.resume_stalled(Instant::now());
             // Flushing may have resumed connections that paused on unsent replies; closing
             // connections may have noted leaves.
@@ -267,7 +272,6 @@ impl Shard {
             self.linger_deadlines.front().map(|(deadline, _)| deadline),
             self.frame_deadlines.front().map(|(deadline, _)| deadline),
             self.gather_deadlines.front().map(|(deadline, _)| deadline),
-            self.coalesce_deadline.as_ref(),
             self.next_lease_end.as_ref(),
         ]
         .into_iter()
@@ -838,19 +842,22 @@ impl Shard {
         let Some(conn) = self.connection_mut(id) else {
             return;
         };
-        match conn
-            .pressed_topics
-            .iter_mut()
-            .find(|(name, _)| &**name == topic)
-        {
-            Some((_, sent_ns)) if now_ns.saturating_sub(*sent_ns) < renewal_ns => return,
-            Some((_, sent_ns)) => *sent_ns = now_ns,
-            None => conn.pressed_topics.push((topic.into(), now_ns)),
+        let newly_pressed = conn.pressed_topics.is_empty();
+        match conn.pressed_topics.get_mut(topic) {
+            Some(sent_ns) if now_ns.saturating_sub(*sent_ns) < renewal_ns => return,
+            Some(sent_ns) => *sent_ns = now_ns,
+            None => {
+                conn.pressed_topics.insert(topic.into(), now_ns);
+            }
         }
         self.start_stall_clock();
-        // Once per episode (until no subscriber here presses), for its first lease.
-        if self.pressure_board_since_ns.is_none() {
-            self.pressure_board.set(self.id);
+        // Each subscriber newly pressed here puts the shard's bit up for a lease: the owners
+        // hold every publisher feeding this shard until they know the topics.
+        if newly_pressed {
+            if !self.pressure_board_set {
+                self.pressure_board.set(self.id);
+                self.pressure_board_set = true;
+            }
             self.pressure_board_since_ns = Some(now_ns);
         }
         self.send_pressure(topic);
@@ -873,15 +880,23 @@ impl Shard {
     }
 
     /// Tells the owners again, every renewal period, of the topics that pressed each
-    /// subscriber here still past a quarter of its limit and not spent; takes this shard's
-    /// bit off the pressure board a lease into the episode, and ends the episode when no
-    /// subscriber here presses.
+    /// subscriber here still past a quarter of its limit and not spent (each topic once);
+    /// takes this shard's bit off the pressure board a lease after a subscriber was last
+    /// newly pressed, and ends the episode when no subscriber here presses.
     fn renew_pressure(&mut self) {
-        if self.pressure_board_since_ns.is_none() {
+        let Some(since_ns) = self.pressure_board_since_ns else {
+            return;
+        };
+        let now_ns = super::commands::unix_time_ns();
+        if self.pressure_board_set && now_ns.saturating_sub(since_ns) >= self.pressure_lease_ns() {
+            self.pressure_board.clear(self.id);
+            self.pressure_board_set = false;
+        }
+        if now_ns < self.next_pressure_renewal_ns {
             return;
         }
-        let now_ns = super::commands::unix_time_ns();
         let renewal_ns = self.lease_renewal().as_nanos() as u64;
+        self.next_pressure_renewal_ns = now_ns + renewal_ns;
         let low_mark = self.config.outbound_bytes_max / 4;
         let mut due: Vec<Box<str>> = Vec::new();
         let mut pressing = false;
@@ -895,7 +910,7 @@ impl Shard {
                 continue;
             }
             pressing |= !conn.pressed_topics.is_empty();
-            for (topic, sent_ns) in &mut conn.pressed_topics {
+            for (topic, sent_ns) in conn.pressed_topics.iter_mut() {
                 if now_ns.saturating_sub(*sent_ns) >= renewal_ns {
                     *sent_ns = now_ns;
                     due.push(topic.clone());
@@ -903,13 +918,15 @@ impl Shard {
             }
         }
         self.pressured = pressured;
-        let since_ns = self.pressure_board_since_ns.unwrap_or(now_ns);
         if !pressing {
-            self.pressure_board.clear(self.id);
+            if self.pressure_board_set {
+                self.pressure_board.clear(self.id);
+                self.pressure_board_set = false;
+            }
             self.pressure_board_since_ns = None;
-        } else if now_ns.saturating_sub(since_ns) >= self.pressure_lease_ns() {
-            self.pressure_board.clear(self.id);
         }
+        due.sort_unstable();
+        due.dedup();
         self.clock_ns = now_ns;
         for topic in due {
             self.send_pressure(&topic);
@@ -979,8 +996,8 @@ impl Shard {
     }
 
     /// Writes every connection with something queued, except (with `coalesce`) a subscriber
-    /// that [`WriteCoalescing::holds`] holds back for a larger write; the poll wakes for it
-    /// by `coalesce_deadline` at the latest.
+    /// that [`WriteCoalescing::holds`] holds back for a larger write (noted in
+    /// `coalesce_deadline`, which makes the next poll only look).
     fn flush_dirty(&mut self, coalesce: bool) {
         let dirty = std::mem::take(&mut self.dirty);
         let hold = WriteCoalescing {

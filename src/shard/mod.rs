@@ -379,8 +379,12 @@ pub struct Shard {
     presence: presence::PresenceEvents,
     shutdown_flag: Arc<AtomicBool>,
     pressure_board: Arc<crate::mesh::PressureBoard>,
-    /// When this shard set its bit on the pressure board (Unix ns), while it is set.
+    /// While subscribers here press (an episode): when one was last newly pressed (Unix ns).
     pressure_board_since_ns: Option<u64>,
+    /// This shard's bit is up on the pressure board.
+    pressure_board_set: bool,
+    /// When the pressed topics are next told to their owners again (Unix ns).
+    next_pressure_renewal_ns: u64,
     shutdown_deadline: Option<Instant>,
     /// When consumer redeliveries and expiries are next checked.
     next_consumer_timer: Instant,
@@ -452,6 +456,8 @@ impl Shard {
             shutdown_flag: setup.shutdown,
             pressure_board: setup.pressure,
             pressure_board_since_ns: None,
+            pressure_board_set: false,
+            next_pressure_renewal_ns: 0,
             shutdown_deadline: None,
             next_consumer_timer: Instant::now(),
             doorbell: setup.doorbell,
