@@ -170,9 +170,10 @@ impl Shard {
                 last_work = self.turn_now;
             }
             self.clock_ns = super::commands::unix_time_ns();
+            // Input only: a subscriber's socket turning writable is not more work arriving.
             let mut ready = 0usize;
             for event in events.iter() {
-                ready += 1;
+                ready += usize::from(event.is_readable());
                 match event.token() {
                     LISTENER => self.accept(Port::Native),
                     HTTP_LISTENER => self.accept(Port::Http),
@@ -780,6 +781,9 @@ impl Shard {
     /// A publish from `connection` on `shard` went to `topic`, which is pressed: pauses the
     /// publisher for a lease (this shard's directly, another's through the ring), and keeps
     /// renewing it while the topic stays pressed (see [`Shard::renew_holds`]).
+    // Kept out of the publish path it is called from, which runs once per publish.
+    #[cold]
+    #[inline(never)]
     pub(super) fn hold_publisher(&mut self, topic: &str, shard: ShardId, connection: ConnectionId) {
         let now_ns = self.clock_ns;
         let renewal_ns = self.lease_renewal().as_nanos() as u64;
@@ -836,6 +840,9 @@ impl Shard {
     /// from a read on this shard: tells the topic's owner, which pauses the topic's publishers
     /// (at most once per renewal period per subscriber and topic; renewed by
     /// [`Shard::renew_pressure`] while that subscriber stays pressed).
+    // Kept out of the delivery path it is called from, which runs once per delivery.
+    #[cold]
+    #[inline(never)]
     pub(super) fn note_pressure(&mut self, id: ConnectionId, topic: &str) {
         let now_ns = self.clock_ns;
         let renewal_ns = self.lease_renewal().as_nanos() as u64;

@@ -71,7 +71,9 @@ impl Shard {
         }
         let sequenced = sequenced?;
         // The board is the first lease's word for a shard that has not named its topics yet.
-        if sequenced.pressed || self.pressure_board.any_of(sequenced.shard_mask) {
+        if sequenced.pressed
+            || (self.shard_count > 1 && self.pressure_board.any_of(sequenced.shard_mask))
+        {
             if let Some((shard, connection)) = creator {
                 self.hold_publisher(message.topic(), shard, connection);
             }
