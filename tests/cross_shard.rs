@@ -604,18 +604,26 @@ fn exact_each(topics: &[String], indexes: &[usize]) -> Subscriptions {
 // ---------------------------------------------------------------------------------------------
 // The cross-shard storm.
 
+/// The default byte bound of a ring (`--ring-bytes-max`).
+const RING_BYTES: usize = 1024 * 1024;
+
 /// Tiny rings; every shard publishes at full speed to topics owned by every *other* shard
 /// while subscribers on every shard (exact and pattern) take everything. Requests rings and
 /// terminal rings are full in every direction at once, and each shard is at the same time a
 /// publisher's shard, an owner and a subscriber's shard. The run must finish, and every
 /// subscription must get every message of its topics in order.
-fn storm(label: &str, ring_slots: usize, ring_batch_max: usize, per_topic: u32) {
+fn storm(
+    label: &str,
+    (ring_slots, ring_batch_max, ring_bytes_max): (usize, usize, usize),
+    per_topic: u32,
+) {
     const TOPICS_PER_OWNER: usize = 2;
     let started = Instant::now();
     let deadline = started + RUN_DEADLINE;
     let broker = start(Config {
         ring_slots,
         ring_batch_max,
+        ring_bytes_max,
         outbound_bytes_max: 64 * 1024 * 1024,
         ..config(SHARDS)
     });
@@ -719,7 +727,8 @@ fn storm(label: &str, ring_slots: usize, ring_batch_max: usize, per_topic: u32) 
         deliveries += check.received;
     }
     eprintln!(
-        "storm {label} (ring_slots={ring_slots}, ring_batch_max={ring_batch_max}): \
+        "storm {label} (ring_slots={ring_slots}, ring_batch_max={ring_batch_max}, \
+         ring_bytes_max={ring_bytes_max}): \
          {} messages published in {publish_time:.1?}, {deliveries} deliveries checked in {:.1?}",
         per_topic_total * all_topics.len() as u64,
         started.elapsed()
@@ -730,15 +739,31 @@ fn storm(label: &str, ring_slots: usize, ring_batch_max: usize, per_topic: u32) 
 #[test]
 fn cross_shard_storm_with_tiny_rings_finishes_and_delivers_everything_in_order() {
     for round in 0..2 {
-        storm(&format!("tiny{round}"), 2, 4, 5_000 / STORM_SCALE_DOWN);
+        storm(
+            &format!("tiny{round}"),
+            (2, 4, RING_BYTES),
+            5_000 / STORM_SCALE_DOWN,
+        );
     }
 }
 
 #[test]
 fn cross_shard_storm_with_single_message_rings_finishes_and_delivers_everything_in_order() {
     for round in 0..2 {
-        storm(&format!("single{round}"), 1, 1, 2_000 / STORM_SCALE_DOWN);
+        storm(
+            &format!("single{round}"),
+            (1, 1, RING_BYTES),
+            2_000 / STORM_SCALE_DOWN,
+        );
     }
+}
+
+/// Rings with room for many batches but a byte bound of one: each ring holds one batch at a
+/// time (`--ring-bytes-max` lets a batch heavier than the bound into an empty ring only), so
+/// every handoff waits for the peer to take the previous one.
+#[test]
+fn cross_shard_storm_with_a_one_byte_ring_bound_finishes_and_delivers_everything_in_order() {
+    storm("onebyte", (64, 64, 1), 2_000 / STORM_SCALE_DOWN);
 }
 
 // ---------------------------------------------------------------------------------------------

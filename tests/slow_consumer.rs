@@ -953,41 +953,18 @@ fn a_burst_reaches_a_fast_subscriber_with_a_64_kib_limit() {
 /// is cut, while a subscriber beside it gets every message.
 #[test]
 fn a_stuck_subscriber_holds_its_publisher_once_then_is_cut() {
-    const STALL_MS: u64 = 200;
-    let broker = start(Config {
-        // A queue of 256 messages: the unpaced publisher outruns it many times over.
-        outbound_bytes_max: 256 * 1024,
-        publisher_stall_ms_max: STALL_MS,
-        // Four messages a read: a stall that came back after every read of the publisher
-        // (about 30 of them between the watermark and the limit) would take seconds.
-        read_chunk_bytes: 4 * 1024,
-        ..slow_config(1, SlowConsumerPolicy::Disconnect)
-    });
-    let addr = broker.native_addr();
-    let topic = topic_owned_by("stuck", 0, 1);
-    let mut stuck = RawSubscriber::on_shard(addr, 0);
-    stuck.subscribe(SLOW_EXACT, &topic);
-    let mut fast = FastSubscriber::start(addr, 0, &topic, MESSAGES);
-    let mut publisher = publisher_on_shard(addr, 0);
-
-    let elapsed = publish_unpaced(&mut publisher, &topic);
-    fast.finish().unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("published {MESSAGES} past a stuck subscriber in {elapsed:?}");
-    assert!(
-        elapsed >= Duration::from_millis(STALL_MS),
-        "published in {elapsed:?}: the stuck subscriber never held the publisher"
+    a_stuck_subscriber_holds_its_publisher_for_a_bound(
+        Config {
+            // A queue of 256 messages: the unpaced publisher outruns it many times over.
+            outbound_bytes_max: 256 * 1024,
+            publisher_stall_ms_max: STUCK_STALL_MS,
+            // Four messages a read: a stall that came back after every read of the publisher
+            // (about 30 of them between the watermark and the limit) would take seconds.
+            read_chunk_bytes: 4 * 1024,
+            ..slow_config(1, SlowConsumerPolicy::Disconnect)
+        },
+        0,
     );
-    assert!(
-        elapsed < Duration::from_millis(STALL_MS * 10),
-        "publishing took {elapsed:?} with a {STALL_MS} ms stall bound"
-    );
-    drop(stuck);
-    let counters = shutdown(broker);
-    assert_eq!(
-        counters.slow_consumer_disconnects, 1,
-        "the stuck subscriber, and only it, was cut: {counters:?}"
-    );
-    assert!(counters.publisher_stalls >= 1, "{counters:?}");
 }
 
 /// The same across shards: the stuck subscriber on one shard, the topic's owner, the publisher
@@ -996,33 +973,46 @@ fn a_stuck_subscriber_holds_its_publisher_once_then_is_cut() {
 /// for ever, and is cut; the fast subscriber gets every message.
 #[test]
 fn a_stuck_subscriber_on_another_shard_holds_its_publisher_for_a_bound_then_is_cut() {
-    const STALL_MS: u64 = 200;
-    let broker = start(Config {
-        // Room above the watermark for what the rings hold when the hold lands (see
-        // `a_steady_subscriber_is_not_cut`).
-        outbound_bytes_max: 4 * 1024 * 1024,
-        ring_bytes_max: 64 * 1024,
-        ring_batch_max: 64,
-        publisher_stall_ms_max: STALL_MS,
-        ..slow_config(2, SlowConsumerPolicy::Disconnect)
-    });
+    a_stuck_subscriber_holds_its_publisher_for_a_bound(
+        Config {
+            // Room above the watermark for what the rings hold when the hold lands (see
+            // `a_steady_subscriber_is_not_cut`).
+            outbound_bytes_max: 4 * 1024 * 1024,
+            ring_bytes_max: 64 * 1024,
+            ring_batch_max: 64,
+            publisher_stall_ms_max: STUCK_STALL_MS,
+            ..slow_config(2, SlowConsumerPolicy::Disconnect)
+        },
+        1,
+    );
+}
+
+/// The stall bound of the stuck-subscriber tests.
+const STUCK_STALL_MS: u64 = 200;
+
+/// A stuck subscriber on `stuck_shard`; the topic's owner, the publisher and a fast
+/// subscriber on shard 0. The publisher is held for at least the bound and less than ten,
+/// the stuck one (and only it) is cut, and the fast one gets every message.
+fn a_stuck_subscriber_holds_its_publisher_for_a_bound(config: Config, stuck_shard: u16) {
+    let shards = config.shards;
+    let broker = start(config);
     let addr = broker.native_addr();
-    let topic = topic_owned_by("stuck", 0, 2);
-    let mut stuck = RawSubscriber::on_shard(addr, 1);
+    let topic = topic_owned_by("stuck", 0, shards);
+    let mut stuck = RawSubscriber::on_shard(addr, stuck_shard);
     stuck.subscribe(SLOW_EXACT, &topic);
     let mut fast = FastSubscriber::start(addr, 0, &topic, MESSAGES);
     let mut publisher = publisher_on_shard(addr, 0);
 
     let elapsed = publish_unpaced(&mut publisher, &topic);
     fast.finish().unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("published {MESSAGES} past a stuck subscriber on another shard in {elapsed:?}");
+    eprintln!("published {MESSAGES} past a stuck subscriber on shard {stuck_shard} in {elapsed:?}");
     assert!(
-        elapsed >= Duration::from_millis(STALL_MS),
+        elapsed >= Duration::from_millis(STUCK_STALL_MS),
         "published in {elapsed:?}: the stuck subscriber never held the publisher"
     );
     assert!(
-        elapsed < Duration::from_millis(STALL_MS * 10),
-        "publishing took {elapsed:?} with a {STALL_MS} ms stall bound"
+        elapsed < Duration::from_millis(STUCK_STALL_MS * 10),
+        "publishing took {elapsed:?} with a {STUCK_STALL_MS} ms stall bound"
     );
     drop(stuck);
     let counters = shutdown(broker);

@@ -219,10 +219,7 @@ mod tests {
         assert!(!outbox.flush(), "150 bytes in flight already");
         assert_eq!(receiver.try_recv(), Some(vec![1]));
         receiver.notify_space_freed();
-        let mut events = Events::with_capacity(4);
-        poll.poll(&mut events, Some(Duration::from_secs(5)))
-            .unwrap();
-        assert!(!events.is_empty(), "producer was woken");
+        assert_producer_woken(&mut poll);
         assert!(outbox.flush());
         outbox.push_weighted(3, 60);
         assert!(outbox.flush(), "70 bytes in flight");
@@ -238,6 +235,14 @@ mod tests {
         assert!(outbox.flush());
         outbox.push(6);
         assert!(outbox.flush());
+    }
+
+    /// After the consumer freed space the producer wanted, the producer's poll wakes.
+    fn assert_producer_woken(poll: &mut Poll) {
+        let mut events = Events::with_capacity(4);
+        poll.poll(&mut events, Some(Duration::from_secs(5)))
+            .unwrap();
+        assert!(!events.is_empty(), "producer was woken");
     }
 
     fn waker() -> (Poll, Arc<Waker>) {
@@ -277,10 +282,7 @@ mod tests {
 
         assert_eq!(receiver.try_recv(), Some(vec![1]));
         receiver.notify_space_freed();
-        let mut events = Events::with_capacity(4);
-        poll.poll(&mut events, Some(Duration::from_secs(5)))
-            .unwrap();
-        assert!(!events.is_empty(), "producer was woken");
+        assert_producer_woken(&mut poll);
 
         assert!(outbox.flush());
         assert_eq!(receiver.try_recv(), Some(vec![2]));

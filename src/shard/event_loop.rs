@@ -80,7 +80,7 @@ fn refuse(socket: &mut mio::net::TcpStream, port: Port, reason: &str) {
     let _ = io::Write::write(socket, &refusal);
 }
 
-/// Readiness events per turn, on average over about the last 16 turns, from which the shard
+/// Readable events per turn, on average over about the last 16 turns, from which the shard
 /// counts as busy (see [`WriteCoalescing`]).
 const COALESCE_BUSY_EVENTS: u32 = 2;
 
@@ -154,12 +154,12 @@ impl Shard {
             let now = Instant::now();
             // A held write never waits for a timer: the next poll only looks, and one that
             // finds nothing writes what is held (see `WriteCoalescing`).
-            let holding = self.coalesce_deadline.is_some();
-            let timeout = if work_left || holding || now.duration_since(last_work) < busy_poll {
-                Some(Duration::ZERO)
-            } else {
-                Some(self.next_timeout(now))
-            };
+            let timeout =
+                if work_left || self.holding_writes || now.duration_since(last_work) < busy_poll {
+                    Some(Duration::ZERO)
+                } else {
+                    Some(self.next_timeout(now))
+                };
             if let Err(error) = self.poll.poll(&mut events, timeout) {
                 if error.kind() != io::ErrorKind::Interrupted {
                     return Err(error);
@@ -555,11 +555,7 @@ impl Shard {
                     self.counters.bytes_in += n as u64;
                     budget = budget.saturating_sub(n);
                     self.clock_ns = super::commands::unix_time_ns();
-                    self.stall_reader = false;
-                    self.reading = true;
-                    let flow = self.process_input(id);
-                    self.reading = false;
-                    match flow {
+                    match self.process_input_as_reader(id) {
                         Flow::Continue => {}
                         Flow::Blocked => {
                             self.block(id);
@@ -615,6 +611,17 @@ impl Shard {
                 self.frame_deadlines.push_back((deadline, id));
             }
         }
+    }
+
+    /// Handles the frames buffered from connection `id` as its reader: a delivery that pushes a
+    /// subscriber past the watermark sets `stall_reader`, for the caller to stall `id`, rather
+    /// than telling the topic's owner (see `deliver_to`).
+    fn process_input_as_reader(&mut self, id: ConnectionId) -> Flow {
+        self.stall_reader = false;
+        self.reading = true;
+        let flow = self.process_input(id);
+        self.reading = false;
+        flow
     }
 
     /// Stops reading a publisher whose messages left a subscriber past the stall watermark:
@@ -972,11 +979,7 @@ impl Shard {
                 continue;
             };
             conn.blocked = false;
-            self.stall_reader = false;
-            self.reading = true;
-            let flow = self.process_input(id);
-            self.reading = false;
-            match flow {
+            match self.process_input_as_reader(id) {
                 Flow::Blocked => self.block(id),
                 Flow::Stop => {}
                 Flow::Continue if self.stall_reader => {
@@ -1004,7 +1007,7 @@ impl Shard {
 
     /// Writes every connection with something queued, except (with `coalesce`) a subscriber
     /// that [`WriteCoalescing::holds`] holds back for a larger write (noted in
-    /// `coalesce_deadline`, which makes the next poll only look).
+    /// `holding_writes`, which makes the next poll only look).
     fn flush_dirty(&mut self, coalesce: bool) {
         let dirty = std::mem::take(&mut self.dirty);
         let hold = WriteCoalescing {
@@ -1012,7 +1015,7 @@ impl Shard {
             bytes: self.config.write_coalesce_bytes,
         };
         let now = self.turn_now;
-        self.coalesce_deadline = None;
+        self.holding_writes = false;
         for &id in &dirty {
             let Some(conn) = self.connection_mut(id) else {
                 continue;
@@ -1023,10 +1026,8 @@ impl Shard {
                 && !conn.is_closing()
                 && hold.holds(conn.out.queued_bytes(), conn.last_written_at, now)
             {
-                let due = conn.last_written_at.map_or(now, |at| at + hold.wait_max);
                 self.dirty.push(id);
-                self.coalesce_deadline =
-                    Some(self.coalesce_deadline.map_or(due, |other| other.min(due)));
+                self.holding_writes = true;
                 continue;
             }
             conn.dirty = false;

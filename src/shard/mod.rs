@@ -353,8 +353,8 @@ pub struct Shard {
     /// When this loop turn's events came in (no extra clock read: the loop reads it anyway);
     /// what `partial_since` records.
     turn_now: Instant,
-    /// The earliest moment a connection held back by `--write-coalesce-us` is due.
-    coalesce_deadline: Option<Instant>,
+    /// A connection was held back by `--write-coalesce-us` in the last flush.
+    holding_writes: bool,
     /// Readiness events per turn, averaged over about 16 turns, times 16.
     ready_average_x16: u32,
     /// Wall-clock time (Unix ns), read once per socket read, ring batch and loop turn rather
@@ -443,7 +443,7 @@ impl Shard {
             handshake_deadlines: VecDeque::new(),
             frame_deadlines: VecDeque::new(),
             turn_now: Instant::now(),
-            coalesce_deadline: None,
+            holding_writes: false,
             ready_average_x16: 0,
             clock_ns: commands::unix_time_ns(),
             linger_deadlines: VecDeque::new(),
