@@ -6,32 +6,9 @@
 //! 4-byte subscription id differs per subscriber; it is patched in while the frame is copied
 //! into the socket's write buffer, so no payload byte is copied before the final write.
 
-use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use crate::protocol::native;
-
-/// `head` then `payload` in one new shared buffer, the payload copied once: from the read
-/// buffer straight to where every subscriber reads it, rather than through the encode buffer
-/// first (two copies of every payload at ingress, issue 13).
-fn concatenated(head: &[u8], payload: &[u8]) -> Arc<[u8]> {
-    let mut frame = Arc::<[u8]>::new_uninit_slice(head.len() + payload.len());
-    let Some(slots) = Arc::get_mut(&mut frame) else {
-        // A new Arc has no other reference; this keeps the function total all the same.
-        return [head, payload].concat().into();
-    };
-    let (head_slots, payload_slots) = slots.split_at_mut(head.len());
-    head_slots.copy_from_slice(as_uninit(head));
-    payload_slots.copy_from_slice(as_uninit(payload));
-    // SAFETY: the two halves, which make up the whole slice, were both written just above.
-    unsafe { frame.assume_init() }
-}
-
-fn as_uninit(bytes: &[u8]) -> &[MaybeUninit<u8>] {
-    // SAFETY: `MaybeUninit<u8>` has the size, alignment and layout of `u8`, and every
-    // initialised `u8` is a valid `MaybeUninit<u8>`; the result is only read from.
-    unsafe { &*(bytes as *const [u8] as *const [MaybeUninit<u8>]) }
-}
 
 #[derive(Clone, Debug)]
 pub struct Message {
@@ -70,22 +47,35 @@ impl Message {
         headers: &[u8],
         payload: &[u8],
     ) -> Message {
-        scratch.clear();
         let parts = (topic.as_bytes(), reply_to);
-        let head =
-            native::encode_msg_head_from_publish(scratch, read_ns, parts, headers, payload.len());
-        if head.is_none() {
+        let general = |scratch: &mut Vec<u8>| {
+            scratch.clear();
+            native::encode_msg_from_publish(scratch, read_ns, parts, headers, payload);
+            Message {
+                frame: Arc::from(&scratch[..]),
+            }
+        };
+        let Some(len) = native::msg_from_publish_len(parts, headers, payload.len()) else {
             // A topic over 255 bytes or headers over 65,535: the publish path's checks
             // (topic names, `--header-bytes-max`, which `Config::validate` bounds) refuse
             // both first, so this is not reached; the general encoder is the fallback.
-            scratch.clear();
-            native::encode_msg_from_publish(scratch, read_ns, parts, headers, payload);
-            return Message {
-                frame: Arc::from(&scratch[..]),
-            };
-        }
-        Message {
-            frame: concatenated(scratch, payload),
+            return general(scratch);
+        };
+        // One allocation, written in place: the payload is copied once, from the read buffer
+        // to where every subscriber reads it (two copies at ingress before, issue 13).
+        let mut frame = Arc::<[u8]>::new_uninit_slice(len);
+        let written = Arc::get_mut(&mut frame).and_then(|slots| {
+            native::write_msg_from_publish(slots, read_ns, parts, headers, payload)
+        });
+        match written {
+            // SAFETY: `write_msg_from_publish` wrote every byte of the slice it was given,
+            // which is the whole frame.
+            Some(()) => Message {
+                frame: unsafe { frame.assume_init() },
+            },
+            // Not reached (a new Arc has no other reference; the length is the one asked
+            // for); the general encoder keeps the function total all the same.
+            None => general(scratch),
         }
     }
 

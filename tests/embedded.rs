@@ -103,6 +103,17 @@ fn caller_mistakes_are_errors_not_panics() {
         let error = publisher.publish(topic, b"x").unwrap_err();
         assert_eq!(error.code(), Some(ErrorCode::BadTopic), "{topic:?}");
     }
+    // The publisher remembers the last name that passed the check: a bad name after a good
+    // one (and the empty one, which a fresh memory would equal) is still refused.
+    for topic in ["good.name", "good..name", "", "good.name.", "good.name"] {
+        let result = publisher.publish(topic, b"x");
+        if topic == "good.name" {
+            assert!(result.is_ok(), "{topic:?}: {result:?}");
+        } else {
+            let code = result.unwrap_err().code();
+            assert_eq!(code, Some(ErrorCode::BadTopic), "{topic:?}");
+        }
+    }
     let too_big = vec![0; BusConfig::default().broker.message_bytes_max + 1];
     assert_eq!(
         publisher.publish("big", &too_big).unwrap_err().code(),

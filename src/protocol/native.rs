@@ -413,6 +413,8 @@
 //! length = 15   PUBLISH  flags  reserved   id = 2        topic "t.a"   no reply   payload "hi"
 //! ```
 
+use std::mem::MaybeUninit;
+
 use crate::error::ErrorCode;
 
 /// The newest version this codec's layouts describe; what the broker offers.
@@ -1304,47 +1306,82 @@ pub fn encode_msg_from_publish(
     .encode(out);
 }
 
-/// [`encode_msg_from_publish`] up to the payload, for a caller that puts the payload straight
-/// into the frame's final buffer: the frame's length field counts the `payload_len` bytes that
-/// follow. Written field by field, since it runs once per publish (the general encoder matches
-/// on the frame kind for every field; a property test holds the two to the same bytes).
-/// `None` when the frame would be too long for its length field, which the publish limits
-/// never allow.
-pub fn encode_msg_head_from_publish(
-    out: &mut Vec<u8>,
-    timestamp_ns: u64,
+/// The length of the MSG frame [`encode_msg_from_publish`] makes of these parts, or `None`
+/// when a part is too long for its length field or the frame for its own (which the publish
+/// limits never allow).
+pub fn msg_from_publish_len(
     (topic, reply_to): (&[u8], Option<&[u8]>),
     headers: &[u8],
     payload_len: usize,
-) -> Option<()> {
+) -> Option<usize> {
     let reply_to = reply_to.unwrap_or_default();
-    let topic_len = u8::try_from(topic.len()).ok()?;
-    let reply_to_len = u8::try_from(reply_to.len()).ok()?;
-    let headers_len = u16::try_from(headers.len()).ok()?;
+    u8::try_from(topic.len()).ok()?;
+    u8::try_from(reply_to.len()).ok()?;
+    u16::try_from(headers.len()).ok()?;
     let header_block = if headers.is_empty() {
         0
     } else {
         2 + headers.len()
     };
-    // seq, timestamp and delivery count; then the PUBLISH body.
-    let body_len = 8 + 8 + 2 + 1 + topic.len() + 1 + reply_to.len() + header_block + payload_len;
-    let length = u32::try_from(body_len + 8).ok()?;
-    out.reserve(HEADER_LEN + body_len - payload_len);
-    out.extend_from_slice(&length.to_be_bytes());
-    let flags = if headers.is_empty() { 0 } else { MSG_HEADERS };
-    // Opcode, flags, two reserved bytes, subscription id 0, seq 0, then the timestamp.
-    out.extend_from_slice(&[Opcode::Msg as u8, flags, 0, 0, 0, 0, 0, 0]);
-    out.extend_from_slice(&[0; 8]);
-    out.extend_from_slice(&timestamp_ns.to_be_bytes());
-    out.extend_from_slice(&1u16.to_be_bytes());
-    out.push(topic_len);
-    out.extend_from_slice(topic);
-    out.push(reply_to_len);
-    out.extend_from_slice(reply_to);
-    if !headers.is_empty() {
-        out.extend_from_slice(&headers_len.to_be_bytes());
-        out.extend_from_slice(headers);
+    // The header, seq, timestamp, delivery count, topic length; then the PUBLISH body.
+    let len = MSG_PREFIX_LEN + 1 + topic.len() + 1 + reply_to.len() + header_block + payload_len;
+    u32::try_from(len - 4).ok()?;
+    Some(len)
+}
+
+/// Writes the frame [`encode_msg_from_publish`] encodes straight into `out`, the frame's final
+/// (uninitialised) buffer, which must be [`msg_from_publish_len`] bytes long: the payload is
+/// copied once, from the read buffer to where every subscriber reads it. Written field by
+/// field, since it runs once per publish (the general encoder matches on the frame kind for
+/// every field; a property test holds the two to the same bytes). `None`, with `out` left
+/// partly written, when `out` has the wrong length.
+pub fn write_msg_from_publish(
+    out: &mut [MaybeUninit<u8>],
+    timestamp_ns: u64,
+    (topic, reply_to): (&[u8], Option<&[u8]>),
+    headers: &[u8],
+    payload: &[u8],
+) -> Option<()> {
+    let reply_to = reply_to.unwrap_or_default();
+    if msg_from_publish_len((topic, reply_to.into()), headers, payload.len()) != Some(out.len()) {
+        return None;
     }
+    // Everything before the topic in one array (opcode, flags, two reserved bytes,
+    // subscription id 0 and seq 0 stay zero), so its bytes are stores, not copies.
+    let mut prefix = [0u8; MSG_PREFIX_LEN + 1];
+    prefix[..4].copy_from_slice(&((out.len() - 4) as u32).to_be_bytes());
+    prefix[4] = Opcode::Msg as u8;
+    prefix[5] = if headers.is_empty() { 0 } else { MSG_HEADERS };
+    prefix[20..28].copy_from_slice(&timestamp_ns.to_be_bytes());
+    prefix[28..30].copy_from_slice(&1u16.to_be_bytes());
+    prefix[30] = topic.len() as u8;
+    // A fixed-size store rather than a copy of unknown length (a call to memcpy).
+    let (prefix_slots, mut rest) = out.split_first_chunk_mut::<{ MSG_PREFIX_LEN + 1 }>()?;
+    // SAFETY: `[MaybeUninit<u8>; N]` has the layout of `[u8; N]`, and the slots are ours
+    // to write.
+    unsafe {
+        prefix_slots
+            .as_mut_ptr()
+            .cast::<[u8; MSG_PREFIX_LEN + 1]>()
+            .write(prefix)
+    };
+    let mut put = |bytes: &[u8]| {
+        let (here, after) = std::mem::take(&mut rest).split_at_mut(bytes.len());
+        // SAFETY: `MaybeUninit<u8>` has the layout of `u8` and every `u8` is a valid one;
+        // the cast slice is only read from.
+        here.copy_from_slice(unsafe { &*(bytes as *const [u8] as *const [MaybeUninit<u8>]) });
+        rest = after;
+    };
+    put(topic);
+    put(&[reply_to.len() as u8]);
+    if !reply_to.is_empty() {
+        put(reply_to);
+    }
+    if !headers.is_empty() {
+        put(&(headers.len() as u16).to_be_bytes());
+        put(headers);
+    }
+    put(payload);
     Some(())
 }
 
@@ -2330,11 +2367,15 @@ mod tests {
             let mut general = vec![0xaa];
             let parts = (&topic[..], reply_to.as_deref());
             encode_msg_from_publish(&mut general, timestamp_ns, parts, &headers, &payload);
-            let mut direct = vec![0xaa];
-            encode_msg_head_from_publish(&mut direct, timestamp_ns, parts, &headers, payload.len())
-                .expect("fits");
-            direct.extend_from_slice(&payload);
-            prop_assert_eq!(direct, general);
+            let len = msg_from_publish_len(parts, &headers, payload.len()).expect("fits");
+            let mut direct = vec![MaybeUninit::new(0xaa_u8); len];
+            write_msg_from_publish(&mut direct, timestamp_ns, parts, &headers, &payload)
+                .expect("the length it asked for");
+            let direct: Vec<u8> = direct.iter().map(|byte| unsafe { byte.assume_init() }).collect();
+            prop_assert_eq!(&direct[..], &general[1..]);
+            // Any other length is refused rather than overrun.
+            let mut short = vec![MaybeUninit::new(0_u8); len - 1];
+            prop_assert!(write_msg_from_publish(&mut short, timestamp_ns, parts, &headers, &payload).is_none());
         }
 
         #[test]
