@@ -47,7 +47,9 @@ pub(crate) enum Command {
         request_id: u32,
         sub_id: u32,
         subject: Box<str>,
-        options: SubscribeOptions,
+        /// Boxed, as the topic options below: a command is moved whole through the ring, and
+        /// every publish would otherwise carry the room of the largest variant.
+        options: Box<SubscribeOptions>,
     },
     Unsubscribe {
         request_id: u32,
@@ -64,7 +66,7 @@ pub(crate) enum Command {
     CreateTopic {
         request_id: u32,
         topic: Box<str>,
-        options: TopicOptions,
+        options: Box<TopicOptions>,
     },
     DeleteTopic {
         request_id: u32,

@@ -432,7 +432,7 @@ impl BusHandle {
             request_id,
             sub_id: SUBSCRIPTION_SUB_ID,
             subject: subject.into(),
-            options,
+            options: Box::new(options),
         })?;
         let data = link.wait_reply(request_id, &mut |_| {})?;
         let position = (kind == SubjectKind::Exact)
@@ -834,7 +834,7 @@ impl Publisher {
                 request_id,
                 sub_id: INBOX_SUB_ID,
                 subject: format!("{prefix}.*").into(),
-                options: SubscribeOptions::default(),
+                options: Box::default(),
             })?;
             self.wait_reply(request_id)?;
             self.inbox = Some(Inbox {
@@ -910,7 +910,7 @@ impl Publisher {
         self.link.send(Command::CreateTopic {
             request_id,
             topic: topic.into(),
-            options,
+            options: Box::new(options),
         })?;
         let data = self.wait_reply(request_id)?;
         Ok(TopicPosition {

@@ -228,7 +228,7 @@ impl Shard {
                 *request_id,
                 *sub_id,
                 subject.as_bytes(),
-                options.clone(),
+                (**options).clone(),
             ),
             Command::Unsubscribe { request_id, sub_id } => {
                 self.handle_unsubscribe(id, *request_id, *sub_id)
@@ -244,7 +244,7 @@ impl Shard {
                 request_id,
                 topic,
                 options,
-            } => self.handle_create_topic(id, *request_id, topic.as_bytes(), *options),
+            } => self.handle_create_topic(id, *request_id, topic.as_bytes(), **options),
             Command::DeleteTopic { request_id, topic } => {
                 self.handle_delete_topic(id, *request_id, topic.as_bytes())
             }
