@@ -118,6 +118,30 @@ pub fn parse_publish_topic(bytes: &[u8]) -> Result<&str, TopicError> {
     Ok(scanned_as_str(bytes))
 }
 
+/// [`parse_publish_topic`] with a memory of the last name that passed it, for a handle that
+/// publishes from one thread (the embedded bus's publisher): it mostly sends to one topic
+/// again and again, and comparing a name with the last one costs a third of checking it
+/// (callgrind: about 50 instructions against 145 for a 17-byte name). A name that differs
+/// costs about 50 more than its check (the comparison and a copy), which is why the network
+/// path, where one shard serves publishers of many topics, does not keep one.
+#[derive(Debug, Default)]
+pub struct CheckedTopic {
+    /// Empty until a name passes (the empty name never does).
+    last: Vec<u8>,
+}
+
+impl CheckedTopic {
+    pub fn parse_publish_topic<'a>(&mut self, bytes: &'a [u8]) -> Result<&'a str, TopicError> {
+        if !self.last.is_empty() && bytes == &self.last[..] {
+            return Ok(scanned_as_str(bytes));
+        }
+        let topic = parse_publish_topic(bytes)?;
+        self.last.clear();
+        self.last.extend_from_slice(bytes);
+        Ok(topic)
+    }
+}
+
 /// A name a client may subscribe to: exact (reserved `$` names allowed, to read dead
 /// letters) or a pattern.
 pub fn parse_subscription(bytes: &[u8]) -> Result<(&str, SubjectKind), TopicError> {
@@ -619,6 +643,26 @@ mod tests {
             let scanned = scan_tokens::<false>(bytes) == Ok(SubjectKind::Exact)
                 && bytes.first() != Some(&RESERVED_PREFIX);
             prop_assert_eq!(is_plain_exact::<false>(bytes), scanned);
+        }
+
+        #[test]
+        fn remembering_the_last_name_answers_as_checking_it(
+            names in proptest::collection::vec(
+                "[a-z.]{0,6}|[a-c.]{7,40}|[\\x00-\\xff]{0,4}|[\\x00-\\xff]{14,34}|", 1..30,
+            ),
+        ) {
+            let mut checked = CheckedTopic::default();
+            for name in &names {
+                prop_assert_eq!(
+                    checked.parse_publish_topic(name.as_bytes()),
+                    parse_publish_topic(name.as_bytes())
+                );
+                // Asked again, straight after.
+                prop_assert_eq!(
+                    checked.parse_publish_topic(name.as_bytes()),
+                    parse_publish_topic(name.as_bytes())
+                );
+            }
         }
 
         #[test]
