@@ -983,6 +983,26 @@ impl Connection {
         events: &mut EventCache,
         (outbound_bytes_max, policy): (usize, SlowConsumerPolicy),
     ) -> EnqueueOutcome {
+        if let Wire::Resp(session) = &mut self.wire {
+            if session.replies_in_line() {
+                let queued_elsewhere = self.out.queued_bytes();
+                let lined_up = session.line_up_delivery(
+                    events,
+                    (sub_id, message),
+                    queued_elsewhere,
+                    outbound_bytes_max,
+                );
+                return match (lined_up, policy) {
+                    (true, _) => EnqueueOutcome::Queued,
+                    (false, SlowConsumerPolicy::Disconnect) => EnqueueOutcome::SlowConsumer,
+                    // Messages in line wait on a reply, not on the client: the newest is lost.
+                    (false, SlowConsumerPolicy::DropOldest) => {
+                        drop_recorder(&mut self.subscriptions, &mut self.drops_unreported)(sub_id);
+                        EnqueueOutcome::QueuedAfterDropping(1)
+                    }
+                };
+            }
+        }
         // One test of the wire per delivery: the native (and common) case queues the message
         // itself, and skips the epoch lookup, a hash probe only a WebSocket event (its
         // derived id) needs.

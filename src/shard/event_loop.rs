@@ -547,7 +547,10 @@ impl Shard {
             }
             match conn.read_once(text_bytes_max) {
                 Ok(outcome) if outcome.bytes == 0 => {
-                    self.close_now(id, CloseReason::PeerClosed);
+                    // The peer is done sending, maybe not reading: what its requests already
+                    // produced goes out first (a client may send `PING` and shut its write
+                    // side down, then read `+PONG`), within the close linger.
+                    self.begin_close(id, CloseReason::PeerClosed);
                     return;
                 }
                 Ok(outcome) => {

@@ -7,6 +7,7 @@ redis-benchmark and redis-py's own pub/sub tests.)
 """
 
 import base64
+import os
 import shutil
 import socket
 import subprocess
@@ -462,3 +463,141 @@ def test_a_slow_redis_subscriber_is_cut_with_an_error_and_others_keep_getting(st
         assert next_message(pubsub)["data"] == b"after"
         assert publisher.info("corebus")["slow_consumer_disconnects"] == 1
         pubsub.close()
+
+
+# Found by an audit: ordering, half-closed peers, and a pipeline of stats requests.
+
+
+def read_resp_frame(reader):
+    """One RESP2 frame from a binary file object, as nested Python values."""
+    line = reader.readline()
+    assert line.endswith(b"\r\n"), f"truncated frame {line!r}"
+    kind, rest = line[:1], line[1:-2]
+    if kind in (b"+", b"-"):
+        return kind + rest
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        length = int(rest)
+        return None if length < 0 else reader.read(length + 2)[:-2]
+    if kind == b"*":
+        return [read_resp_frame(reader) for _ in range(int(rest))]
+    raise AssertionError(f"unexpected frame {line!r}")
+
+
+def test_messages_never_overtake_the_replies_before_them(broker, resp):
+    """A channel's messages come after its `subscribe` confirmation, and no message comes
+    ahead of the reply to an earlier request, even while the confirmations wait on other
+    shards (the test broker has two) and publishers keep the channels busy."""
+    channels = [unique("order.c%d" % index) for index in range(20)]
+    stop = threading.Event()
+
+    def publish_forever():
+        with client(resp, 3) as publisher:
+            while not stop.is_set():
+                for channel in channels:
+                    publisher.publish(channel, b"m")
+
+    flooder = threading.Thread(target=publish_forever, daemon=True)
+    flooder.start()
+    try:
+        for _ in range(15):
+            with socket.create_connection(resp, timeout=WAIT) as sock:
+                reader = sock.makefile("rb")
+                request = b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n"
+                request += b"*%d\r\n$9\r\nSUBSCRIBE\r\n" % (len(channels) + 1)
+                for channel in channels:
+                    request += b"$%d\r\n%s\r\n" % (len(channel), channel.encode())
+                sock.sendall(request)
+                assert read_resp_frame(reader) == b"+PONG"
+                info = read_resp_frame(reader)
+                assert isinstance(info, bytes) and b"redis_version" in info, info
+                confirmed = set()
+                while len(confirmed) < len(channels):
+                    frame = read_resp_frame(reader)
+                    assert frame[0] == b"subscribe", f"{frame!r} before every confirmation"
+                    confirmed.add(frame[1].decode())
+                    assert frame[2] == len(confirmed)
+                assert confirmed == set(channels)
+                # Messages follow, only for channels already confirmed.
+                frame = read_resp_frame(reader)
+                assert frame[0] == b"message" and frame[1].decode() in confirmed
+    finally:
+        stop.set()
+        flooder.join(timeout=WAIT)
+
+
+@pytest.mark.parametrize("request_bytes, reply", [
+    (b"PING\r\n", b"+PONG\r\n"),
+    (b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n", b"$2\r\nhi\r\n"),
+    (b"*3\r\n$7\r\nPUBLISH\r\n$9\r\nhalf.shut\r\n$1\r\nx\r\n", b":0\r\n"),
+], ids=["ping", "echo", "publish"])
+def test_a_client_that_shuts_its_write_side_still_gets_its_replies(resp, request_bytes, reply):
+    with socket.create_connection(resp, timeout=WAIT) as sock:
+        sock.sendall(request_bytes)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+        assert data == reply
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_pipeline_of_stats_requests_costs_one_at_a_time(start_broker):
+    """Tens of thousands of stats requests (`PUBSUB NUMPAT`, then `INFO`) sent without
+    reading the answers: the broker gathers stats for one request of a connection at a time,
+    so its memory stays near where it was (it grew by gigabytes before), other clients are
+    answered promptly, and every request is answered in order once read."""
+    broker = start_broker()
+    numpat, infos = int(os.environ.get("STATS_PIPELINE", "2000")), 20
+    pipeline = b"*2\r\n$6\r\nPUBSUB\r\n$6\r\nNUMPAT\r\n" * numpat
+    pipeline += b"*1\r\n$4\r\nINFO\r\n" * infos
+    with client(broker.resp, 2) as named, client(broker.resp, 2) as other, \
+            socket.create_connection(broker.resp, timeout=WAIT) as flood:
+        # Every gather carries each connection's name (CLIENT LIST): a long one makes each
+        # snapshot larger.
+        named.client_setname("n" * 500_000)
+        before = rss_kib(broker.process.pid)
+        peak, sampling = [before], threading.Event()
+
+        def sample_rss():
+            while not sampling.is_set():
+                peak[0] = max(peak[0], rss_kib(broker.process.pid))
+                time.sleep(0.005)
+
+        sampler = threading.Thread(target=sample_rss, daemon=True)
+        sampler.start()
+        flood.setblocking(False)
+        sent, deadline = 0, time.monotonic() + 3
+        while sent < len(pipeline) and time.monotonic() < deadline:
+            try:
+                sent += flood.send(pipeline[sent:])
+            except BlockingIOError:
+                time.sleep(0.01)
+        started = time.monotonic()
+        assert other.ping() is True
+        assert time.monotonic() - started < 1.0
+        time.sleep(0.5)
+        sampling.set()
+        sampler.join(timeout=WAIT)
+        grown = peak[0] - before
+        assert grown < 64 * 1024, f"the broker grew by {grown} KiB"
+        flood.setblocking(True)
+        flood.settimeout(WAIT)
+        # Then the rest, read as it is answered.
+        remaining = pipeline[sent:]
+        writer = threading.Thread(target=flood.sendall, args=(remaining,), daemon=True)
+        writer.start()
+        reader = flood.makefile("rb")
+        for _ in range(numpat):
+            assert reader.readline() == b":0\r\n"
+        for _ in range(infos):
+            assert b"redis_version" in read_resp_frame(reader)
+        writer.join(timeout=WAIT)
