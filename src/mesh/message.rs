@@ -36,8 +36,13 @@ pub enum OwnerRequest {
         reply: ReplyTarget,
         presence: Option<Box<str>>,
     },
-    /// Close the RESP connection with this `CLIENT ID`, if it is on the receiving shard.
-    KillClient { client_id: u64, reply: ReplyTarget },
+    /// Close the receiving shard's RESP connections that match a `CLIENT KILL` filter, except
+    /// the client with id `spare` (the asker, with `SKIPME yes`).
+    KillClients {
+        filter: Box<crate::protocol::resp_commands::KillFilter>,
+        spare: Option<u64>,
+        reply: ReplyTarget,
+    },
     /// Sequence and fan out. A quiet publish is answered only if it is refused.
     Publish {
         message: Message,
@@ -160,8 +165,8 @@ pub enum Terminal {
         reply: ReplyTarget,
         stats: Box<crate::shard::stats::ShardStats>,
     },
-    /// Whether a `KillClient` found its connection.
-    KillOutcome { reply: ReplyTarget, killed: bool },
+    /// How many connections a `KillClients` closed.
+    KillOutcome { reply: ReplyTarget, killed: u32 },
     /// A publish from this connection reached a subscriber past its stall watermark: stop
     /// reading it for a lease (see `Shard::stall_for_lease`).
     StallPublisher { connection: ConnectionId },

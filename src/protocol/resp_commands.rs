@@ -228,8 +228,108 @@ pub mod errors {
     /// CLIENT SETNAME / HELLO SETNAME with a byte outside `!`..=`~`.
     pub const CLIENT_NAME_INVALID: &str =
         "Client names cannot contain spaces, newlines or special characters.";
-    /// CLIENT KILL ID n (the three-argument form answers an error; the filter form an integer).
+    /// `CLIENT KILL addr:port` that found no client (the filter form answers `:0` instead).
     pub const NO_SUCH_CLIENT: &str = "No such client";
+    /// `CLIENT KILL ID n` with n not a positive integer.
+    pub const CLIENT_ID_NOT_POSITIVE: &str = "client-id should be greater than 0";
+}
+
+/// What `CLIENT KILL` asks for, read as Redis 7.2 reads it (`networking.c`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KillRequest {
+    /// `CLIENT KILL addr:port`: `+OK`, or an error when no client has that address.
+    Address(Box<[u8]>),
+    /// `CLIENT KILL <filter> <value> ...`: the number of clients closed.
+    Filters(KillFilter),
+}
+
+/// The filters of `CLIENT KILL`'s newer form; a client must match every one given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KillFilter {
+    pub id: Option<u64>,
+    pub kind: Option<ClientKind>,
+    pub addr: Option<Box<[u8]>>,
+    pub laddr: Option<Box<[u8]>>,
+    /// `SKIPME yes` (the default): the client asking is never closed by its own request.
+    pub skip_me: bool,
+}
+
+impl KillFilter {
+    /// The address form as a filter: any client with that address, the asker included.
+    pub fn address(addr: &[u8]) -> KillFilter {
+        KillFilter {
+            id: None,
+            kind: None,
+            addr: Some(addr.into()),
+            laddr: None,
+            skip_me: false,
+        }
+    }
+}
+
+/// `CLIENT KILL TYPE`'s kinds. corebus has no replication, so `master`, `replica` and
+/// `slave` are known names that match no client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientKind {
+    Normal,
+    PubSub,
+    Replication,
+}
+
+/// Reads `CLIENT KILL`'s arguments after `KILL`; the error is Redis's text for the reply.
+pub fn parse_client_kill(args: &[&[u8]]) -> Result<KillRequest, String> {
+    match args {
+        [] => Err(errors::SYNTAX_ERROR.into()),
+        [addr] => Ok(KillRequest::Address((*addr).into())),
+        _ => {
+            let mut filter = KillFilter {
+                id: None,
+                kind: None,
+                addr: None,
+                laddr: None,
+                skip_me: true,
+            };
+            let mut pairs = args.chunks(2);
+            for pair in &mut pairs {
+                let [name, value] = pair else {
+                    // A filter name with no value.
+                    return Err(errors::SYNTAX_ERROR.into());
+                };
+                let value = *value;
+                let text = || String::from_utf8_lossy(value).into_owned();
+                match name.to_ascii_lowercase().as_slice() {
+                    b"id" => {
+                        let id = crate::protocol::resp::parse_redis_integer(value)
+                            .filter(|&id| id >= 1)
+                            .ok_or_else(|| errors::CLIENT_ID_NOT_POSITIVE.to_owned())?;
+                        filter.id = Some(id as u64);
+                    }
+                    b"type" => {
+                        filter.kind = Some(match value.to_ascii_lowercase().as_slice() {
+                            b"normal" => ClientKind::Normal,
+                            b"pubsub" => ClientKind::PubSub,
+                            b"master" | b"replica" | b"slave" => ClientKind::Replication,
+                            _ => return Err(format!("Unknown client type '{}'", text())),
+                        });
+                    }
+                    b"addr" => filter.addr = Some(value.into()),
+                    b"laddr" => filter.laddr = Some(value.into()),
+                    // Only the default user exists (no ACLs): it is every client.
+                    b"user" if value == b"default" => {}
+                    b"user" => return Err(format!("No such user '{}'", text())),
+                    b"skipme" => {
+                        filter.skip_me = match value.to_ascii_lowercase().as_slice() {
+                            b"yes" => true,
+                            b"no" => false,
+                            _ => return Err(errors::SYNTAX_ERROR.into()),
+                        };
+                    }
+                    _ => return Err(errors::SYNTAX_ERROR.into()),
+                }
+            }
+            Ok(KillRequest::Filters(filter))
+        }
+    }
 }
 
 /// A request's arguments, the command name first: a decoded [`Request`] (no copy) or a slice
@@ -456,6 +556,52 @@ pub fn resolve<A: ArgList + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_kill_reads_as_redis_7_2_does() {
+        let kill = |args: &[&str]| {
+            let args: Vec<&[u8]> = args.iter().map(|arg| arg.as_bytes()).collect();
+            parse_client_kill(&args)
+        };
+        assert_eq!(
+            kill(&["1.2.3.4:5"]),
+            Ok(KillRequest::Address(b"1.2.3.4:5"[..].into()))
+        );
+        let Ok(KillRequest::Filters(filter)) = kill(&[
+            "ID", "7", "type", "PubSub", "SKIPME", "no", "user", "default",
+        ]) else {
+            panic!("filters");
+        };
+        assert_eq!(filter.id, Some(7));
+        assert_eq!(filter.kind, Some(ClientKind::PubSub));
+        assert!(!filter.skip_me);
+        let Ok(KillRequest::Filters(filter)) = kill(&["addr", "1.2.3.4:5", "laddr", "x"]) else {
+            panic!("filters");
+        };
+        assert!(filter.skip_me, "SKIPME yes is the default");
+        assert_eq!(filter.addr.as_deref(), Some(&b"1.2.3.4:5"[..]));
+        for id in ["0", "-1", "x", "1.5", ""] {
+            assert_eq!(
+                kill(&["ID", id]),
+                Err(errors::CLIENT_ID_NOT_POSITIVE.into()),
+                "{id:?}"
+            );
+        }
+        assert_eq!(
+            kill(&["TYPE", "robot"]),
+            Err("Unknown client type 'robot'".into())
+        );
+        assert_eq!(kill(&["USER", "bob"]), Err("No such user 'bob'".into()));
+        for bad in [
+            &[][..],
+            &["ID", "1", "TYPE"][..],
+            &["SKIPME", "maybe"][..],
+            &["MAXAGE", "3"][..],
+            &["NOSUCH", "x"][..],
+        ] {
+            assert_eq!(kill(bad), Err(errors::SYNTAX_ERROR.into()), "{bad:?}");
+        }
+    }
     use crate::protocol::resp::encode_error;
 
     fn wire(text: &[u8]) -> String {

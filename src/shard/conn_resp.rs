@@ -32,7 +32,9 @@ use crate::protocol::resp::{
     RequestLimits, RespVersion, SubscriptionKind,
 };
 use crate::protocol::resp_channel::{channel_to_topic, topic_to_channel};
-use crate::protocol::resp_commands::{self, errors, CommandId, Refusal, COMMANDS};
+use crate::protocol::resp_commands::{
+    self, errors, ClientKind, CommandId, KillFilter, KillRequest, Refusal, COMMANDS,
+};
 use crate::protocol::subscribe_options::SubscribeOptions;
 use crate::protocol::topic;
 
@@ -88,8 +90,14 @@ enum Awaiting {
         count: usize,
         subscribing: Option<u32>,
     },
-    /// `CLIENT KILL ID` on another shard: `:1`, or no such client.
-    Kill,
+    /// `CLIENT KILL`, answered once every shard has closed its matching clients.
+    Kill {
+        /// Shards that answered (this one included).
+        answered: usize,
+        killed: u64,
+        /// The address form: `+OK`, or an error for none (the filter form says how many).
+        address_form: bool,
+    },
     /// Stats from every shard.
     Gather {
         query: GatherQuery,
@@ -413,7 +421,8 @@ impl RespSession {
                 encode_integer(bytes, i64::from(published.receivers))
             }
             (Awaiting::Publish, _) => encode_integer(bytes, 0),
-            (Awaiting::Kill, _) => encode_integer(bytes, 1),
+            // Answered by `answer_kill`, never through here.
+            (Awaiting::Kill { .. }, _) => encode_error(bytes, b"internal error"),
             (Awaiting::Gather { .. }, _) => encode_error(bytes, b"internal error"),
         }
         if let Some(sub_id) = refused_sub {
@@ -796,8 +805,20 @@ impl Shard {
             }
             CommandId::Reset => self.resp_reset(id),
             CommandId::FlushDb | CommandId::FlushAll => {
-                // Pub/sub keeps no keys: there is nothing to flush.
-                self.resp_reply(id, b"+OK\r\n");
+                // Pub/sub keeps no keys: there is nothing to flush. Redis takes one optional
+                // ASYNC or SYNC and refuses anything else.
+                let mode_ok = match request.len() {
+                    1 => true,
+                    2 => request.arg(1).is_some_and(|mode| {
+                        mode.eq_ignore_ascii_case(b"async") || mode.eq_ignore_ascii_case(b"sync")
+                    }),
+                    _ => false,
+                };
+                if mode_ok {
+                    self.resp_reply(id, b"+OK\r\n");
+                } else {
+                    self.resp_error(id, errors::SYNTAX_ERROR.as_bytes());
+                }
                 Flow::Continue
             }
             CommandId::Info => {
@@ -1199,82 +1220,60 @@ impl Shard {
 
     /// `CLIENT KILL ID id` (on whichever shard holds it: the id names the shard), or the old
     /// `CLIENT KILL addr:port` (this shard's connections only: an address names no shard).
+    /// `CLIENT KILL`, both forms: every shard closes its matching clients and says how many.
     fn resp_client_kill(&mut self, id: ConnectionId, request: &Request<'_>) -> Flow {
-        if request.len() == 4
-            && request
-                .arg(2)
-                .is_some_and(|filter| filter.eq_ignore_ascii_case(b"ID"))
-        {
-            let Some(wanted) = request.arg(3).and_then(resp::parse_redis_integer) else {
-                self.resp_error(id, errors::NOT_AN_INTEGER.as_bytes());
-                return Flow::Continue;
-            };
-            let holder = (wanted.max(1) as u64 - 1) % self.shard_count as u64;
-            if wanted >= 1 && holder != u64::from(self.id.0) {
-                let holder = crate::ids::ShardId(holder as u16);
-                if !self.link_mut(holder).requests_out.make_room() {
-                    return Flow::Blocked;
-                }
-                let Some(session) = self.resp_session(id) else {
-                    return Flow::Stop;
-                };
-                let request_id = session.replies.reserve(Awaiting::Kill);
-                self.link_mut(holder).requests_out.push(
-                    crate::mesh::message::OwnerRequest::KillClient {
-                        client_id: wanted as u64,
-                        reply: ReplyTarget {
-                            connection: id,
-                            request_id,
-                        },
-                    },
-                );
+        let args: Vec<&[u8]> = (2..request.len())
+            .filter_map(|at| request.arg(at))
+            .collect();
+        let (filter, address_form) = match resp_commands::parse_client_kill(&args) {
+            Ok(KillRequest::Address(addr)) => (KillFilter::address(&addr), true),
+            Ok(KillRequest::Filters(filter)) => (filter, false),
+            Err(text) => {
+                self.resp_error(id, text.as_bytes());
                 return Flow::Continue;
             }
-        }
-        let target = if request.len() == 3 {
-            let address = request.arg(2).unwrap_or_default();
-            self.connections
-                .iter()
-                .find(|(_, conn)| {
-                    matches!(conn.wire, super::wire::Wire::Resp(_))
-                        && conn.peer.to_string().as_bytes() == address
-                })
-                .map(|(_, conn)| conn.id)
-        } else if request.len() == 4
-            && request
-                .arg(2)
-                .is_some_and(|filter| filter.eq_ignore_ascii_case(b"ID"))
-        {
-            let Some(wanted) = request.arg(3).and_then(resp::parse_redis_integer) else {
-                self.resp_error(id, errors::NOT_AN_INTEGER.as_bytes());
-                return Flow::Continue;
-            };
-            self.connections
-                .iter()
-                .find(|(_, conn)| {
-                    matches!(&conn.wire, super::wire::Wire::Resp(s) if s.client_id as i64 == wanted)
-                })
-                .map(|(_, conn)| conn.id)
-        } else {
-            self.resp_error(id, errors::SYNTAX_ERROR.as_bytes());
-            return Flow::Continue;
         };
-        let Some(target) = target else {
-            self.resp_error(id, errors::NO_SUCH_CLIENT.as_bytes());
-            return Flow::Continue;
-        };
-        if request.len() == 3 {
-            self.resp_reply(id, b"+OK\r\n");
-        } else {
-            self.resp_reply(id, b":1\r\n");
+        for peer in 0..self.links.len() {
+            if let Some(link) = self.links[peer].as_mut() {
+                if !link.requests_out.make_room() {
+                    return Flow::Blocked;
+                }
+            }
         }
-        if target == id {
+        let Some(session) = self.resp_session(id) else {
+            return Flow::Stop;
+        };
+        let asker = session.client_id;
+        let spare = filter.skip_me.then_some(asker);
+        let request_id = session.replies.reserve(Awaiting::Kill {
+            answered: 0,
+            killed: 0,
+            address_form,
+        });
+        let reply = ReplyTarget {
+            connection: id,
+            request_id,
+        };
+        for peer in 0..self.links.len() {
+            if let Some(link) = self.links[peer].as_mut() {
+                link.requests_out
+                    .push(crate::mesh::message::OwnerRequest::KillClients {
+                        filter: Box::new(filter.clone()),
+                        spare,
+                        reply,
+                    });
+            }
+        }
+        // The asker itself, if it matches, closes only once its answer is out.
+        let kills_itself = spare.is_none() && self.resp_client_matches(id, &filter);
+        let killed = self.kill_resp_clients(&filter, Some(asker));
+        self.answer_kill(reply, killed + u32::from(kills_itself));
+        if kills_itself {
             if let Some(session) = self.resp_session(id) {
                 session.closing = true;
             }
             return Flow::Stop;
         }
-        self.begin_close(target, CloseReason::Killed);
         Flow::Continue
     }
 
@@ -1435,35 +1434,89 @@ impl Shard {
         self.resp_flush(id);
     }
 
-    /// Closes this shard's RESP connection with `client_id`, if there is one.
-    pub(super) fn kill_resp_client(&mut self, client_id: u64) -> bool {
-        let target = self
+    /// Whether RESP connection `id` matches a `CLIENT KILL` filter.
+    fn resp_client_matches(&self, id: ConnectionId, filter: &KillFilter) -> bool {
+        let Some(conn) = self
             .connections
-            .iter()
-            .find(|(_, conn)| {
-                matches!(&conn.wire, super::wire::Wire::Resp(s) if s.client_id == client_id)
-            })
-            .map(|(_, conn)| conn.id);
-        match target {
-            Some(target) => {
-                self.begin_close(target, CloseReason::Killed);
-                true
-            }
-            None => false,
-        }
+            .get(id.index as usize)
+            .filter(|c| c.id == id)
+        else {
+            return false;
+        };
+        let super::wire::Wire::Resp(session) = &conn.wire else {
+            return false;
+        };
+        let kind_matches = match filter.kind {
+            None => true,
+            Some(ClientKind::Normal) => session.subscription_total() == 0,
+            Some(ClientKind::PubSub) => session.subscription_total() > 0,
+            Some(ClientKind::Replication) => false,
+        };
+        let address_matches =
+            |wanted: &Option<Box<[u8]>>, address: Option<std::net::SocketAddr>| {
+                wanted.as_deref().is_none_or(|wanted| {
+                    address.is_some_and(|address| address.to_string().as_bytes() == wanted)
+                })
+            };
+        filter.id.is_none_or(|wanted| session.client_id == wanted)
+            && kind_matches
+            && address_matches(&filter.addr, Some(conn.peer))
+            && address_matches(&filter.laddr, self.resp_addr())
     }
 
-    /// The answer of the shard asked to kill a client.
-    pub(super) fn answer_kill(&mut self, reply: ReplyTarget, killed: bool) {
-        let answer = if killed {
-            Answer::Done
-        } else {
-            Answer::Refused {
-                code: ErrorCode::BadFrame,
-                reason: errors::NO_SUCH_CLIENT,
-            }
+    /// Closes this shard's RESP connections that match `filter`, except the client `spare`;
+    /// returns how many.
+    pub(super) fn kill_resp_clients(&mut self, filter: &KillFilter, spare: Option<u64>) -> u32 {
+        let targets: Vec<ConnectionId> = self
+            .connections
+            .iter()
+            .filter(|(_, conn)| {
+                matches!(&conn.wire, super::wire::Wire::Resp(s) if Some(s.client_id) != spare)
+                    && !conn.is_closing()
+            })
+            .map(|(_, conn)| conn.id)
+            .filter(|&id| self.resp_client_matches(id, filter))
+            .collect();
+        for &target in &targets {
+            self.begin_close(target, CloseReason::Killed);
+        }
+        targets.len() as u32
+    }
+
+    /// A shard's count for a `CLIENT KILL`: the reply goes out once every shard's is in.
+    pub(super) fn answer_kill(&mut self, reply: ReplyTarget, killed_here: u32) {
+        let shards = self.shard_count;
+        let Some(session) = self.resp_session(reply.connection) else {
+            return;
         };
-        self.answer(reply.connection, reply.request_id, answer);
+        let Some(Awaiting::Kill {
+            answered, killed, ..
+        }) = session.replies.waiting_mut(reply.request_id)
+        else {
+            return;
+        };
+        *answered += 1;
+        *killed += u64::from(killed_here);
+        if *answered < shards {
+            return;
+        }
+        let Some(Awaiting::Kill {
+            killed,
+            address_form,
+            ..
+        }) = session.replies.take_waiting(reply.request_id)
+        else {
+            return;
+        };
+        let mut text = Vec::new();
+        match (address_form, killed) {
+            (true, 0) => encode_error(&mut text, errors::NO_SUCH_CLIENT.as_bytes()),
+            (true, _) => text.extend_from_slice(b"+OK\r\n"),
+            (false, killed) => encode_integer(&mut text, killed as i64),
+        }
+        session.replies.fill(reply.request_id, text);
+        session.replies.drain_ready(&mut session.output);
+        self.resp_flush(reply.connection);
     }
 
     /// This shard's RESP connections, one `CLIENT LIST` line each.

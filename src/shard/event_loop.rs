@@ -1055,6 +1055,10 @@ impl Shard {
         }
         let paused_for_replies = conn.read_more && !conn.blocked && !conn.is_closing();
         let state = conn.state;
+        // A peer that shut its write side down still gets the answers its requests are owed
+        // (another shard's, a stats gather), within the close linger.
+        let answers_owed = matches!(state, ConnState::Closing(CloseReason::PeerClosed))
+            && matches!(&conn.wire, Wire::Resp(session) if session.replies_in_line());
         let mut result = Ok(crate::shard::connection::WriteProgress::default());
         while let Ok(total) = &mut result {
             conn.report_drops();
@@ -1093,7 +1097,9 @@ impl Shard {
                     let latency_ns = super::commands::unix_time_ns().saturating_sub(published_ns);
                     self.latency.delivery.record_ns(latency_ns);
                 }
-                if let (ConnState::Closing(reason), true) = (state, progress.drained) {
+                if let (ConnState::Closing(reason), true, false) =
+                    (state, progress.drained, answers_owed)
+                {
                     self.close_now(id, reason);
                 } else if paused_for_replies && progress.bytes > 0 {
                     // It stopped reading because its replies piled up; now they moved.

@@ -364,8 +364,12 @@ impl Shard {
             OwnerRequest::Unsubscribe { topic, epoch } => {
                 self.owned.remove_subscriber(&topic, from, epoch)
             }
-            OwnerRequest::KillClient { client_id, reply } => {
-                let killed = self.kill_resp_client(client_id);
+            OwnerRequest::KillClients {
+                filter,
+                spare,
+                reply,
+            } => {
+                let killed = self.kill_resp_clients(&filter, spare);
                 self.link_mut(from)
                     .terminals_out
                     .push(Terminal::KillOutcome { reply, killed });

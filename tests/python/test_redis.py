@@ -601,3 +601,51 @@ def test_a_pipeline_of_stats_requests_costs_one_at_a_time(start_broker):
         for _ in range(infos):
             assert b"redis_version" in read_resp_frame(reader)
         writer.join(timeout=WAIT)
+
+
+def test_client_kill_answers_as_redis_7_2(resp, protocol):
+    """Both forms, every filter, across the broker's two shards: the filter form counts the
+    clients closed (0 for none), the address form answers OK or "No such client"."""
+    with client(resp, protocol) as admin, client(resp, protocol) as plain, \
+            client(resp, protocol) as subscribed_client:
+        pubsub = subscribed_client.pubsub()
+        channels = [unique("kill.c%d" % index) for index in range(4)]
+        pubsub.subscribe(*channels)
+        for _ in channels:
+            assert next_message(pubsub)["type"] == "subscribe"
+        assert admin.client_kill_filter(_id=999_999_999) == 0
+        assert admin.execute_command("CLIENT", "KILL", "ADDR", "1.2.3.4:5") == 0
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "master") == 0
+        assert admin.execute_command("CLIENT", "KILL", "USER", "default", "ID", "999999") == 0
+        for args, text in [
+            (("ID", "-1"), "client-id should be greater than 0"),
+            (("ID", "x"), "client-id should be greater than 0"),
+            (("TYPE", "robot"), "Unknown client type 'robot'"),
+            (("USER", "bob"), "No such user 'bob'"),
+            (("ID", "1", "SKIPME"), "syntax error"),
+            (("1.2.3.4:5",), "No such client"),
+        ]:
+            with pytest.raises(redis.ResponseError, match=text):
+                admin.execute_command("CLIENT", "KILL", *args)
+        # TYPE pubsub closes the subscriber (wherever its shard), and only it.
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 1
+        assert plain.ping() is True
+        # By id, and by address (the old form), from a client on either shard.
+        victim = client(resp, protocol)
+        victim_id = victim.client_id()
+        assert admin.client_kill_filter(_id=victim_id) == 1
+        deadline = time.monotonic() + WAIT
+        while any(line["id"] == str(victim_id) for line in admin.client_list()):
+            assert time.monotonic() < deadline, "the killed client is still listed"
+            time.sleep(0.01)
+        victim.close()
+        addr = next(line["addr"] for line in admin.client_list() if line["id"] == str(plain.client_id()))
+        assert admin.execute_command("CLIENT", "KILL", addr) in (b"OK", "OK", True)
+        # Nothing to flush, but Redis's arguments are checked as Redis checks them.
+        assert admin.execute_command("FLUSHDB", "ASYNC") in (b"OK", "OK", True)
+        with pytest.raises(redis.ResponseError, match="syntax error"):
+            admin.execute_command("FLUSHALL", "x")
+        # SKIPME no: the asker may close itself, after its answer.
+        own = admin.client_id()
+        assert admin.execute_command("CLIENT", "KILL", "ID", str(own), "SKIPME", "no") == 1
+        pubsub.close()
