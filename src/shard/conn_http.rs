@@ -9,6 +9,8 @@
 //! or trickling peer cannot keep a slot (slowloris); over-long heads and bodies are refused
 //! with 431 and 413 by the codec's limits.
 //!
+//! HEAD is served wherever GET is, with the GET's head and no body.
+//!
 //! Topic lists and stats come from every shard over the rings ([`super::stats`]), each shard
 //! answering for the topics it owns, with a deadline: a shard that does not answer in time
 //! is left out and the answer says `"partial": true`.
@@ -57,6 +59,8 @@ pub enum Awaiting {
 pub struct PendingHttp {
     pub dialect: ApiDialect,
     pub connection: ConnectionHeader,
+    /// The request was a HEAD: its answer goes out without the body.
+    pub omit_body: bool,
     pub awaiting: Awaiting,
 }
 
@@ -94,6 +98,7 @@ impl HttpSession {
         };
         let (dialect, connection) = (pending.dialect, pending.connection);
         self.answered = Some(connection);
+        let response_start = out.len();
         let respond = |status: Status, body: serde_json::Value, out: &mut Vec<u8>| {
             let body = if status.has_body() {
                 body.to_string().into_bytes()
@@ -144,6 +149,9 @@ impl HttpSession {
                 refuse(ErrorCode::Internal, "unexpected answer", out);
             }
         }
+        if pending.omit_body {
+            http::omit_response_body(out, response_start);
+        }
     }
 }
 
@@ -167,6 +175,13 @@ struct OwnedRequest {
     connection: ConnectionHeader,
     body: Vec<u8>,
     upgrade: Result<Vec<u8>, http::UpgradeError>,
+}
+
+impl OwnedRequest {
+    /// A HEAD is answered as its GET would be, without the body.
+    fn omit_body(&self) -> bool {
+        self.method == Method::Head
+    }
 }
 
 impl Shard {
@@ -238,7 +253,7 @@ impl Shard {
         let route = match http::route(request.method, &request.path) {
             Ok(route) => route,
             Err(error) => {
-                self.http_reply(id, |out| {
+                self.http_reply(id, request, |out| {
                     error.encode_response(&request.path, request.connection, out)
                 });
                 return Some(Flow::Continue);
@@ -248,12 +263,15 @@ impl Shard {
         let pending = |awaiting| PendingHttp {
             dialect,
             connection: request.connection,
+            omit_body: request.omit_body(),
             awaiting,
         };
         match route {
             Route::FiberWebSocket | Route::FastApiWebSocket => match &request.upgrade {
                 Ok(key) => {
-                    self.http_reply(id, |out| http::encode_switching_protocols(key, out));
+                    self.http_reply(id, request, |out| {
+                        http::encode_switching_protocols(key, out)
+                    });
                     let dialect = if route == Route::FiberWebSocket {
                         Dialect::Fiber
                     } else {
@@ -266,7 +284,7 @@ impl Shard {
                     None
                 }
                 Err(error) => {
-                    self.http_reply(id, |out| {
+                    self.http_reply(id, request, |out| {
                         http::encode_upgrade_error(error, &request.path, out)
                     });
                     self.begin_close(id, CloseReason::ProtocolError);
@@ -279,7 +297,7 @@ impl Shard {
                     Err(error) => {
                         let status = error.status(dialect);
                         let message = error.message();
-                        self.http_reply(id, |out| {
+                        self.http_reply(id, request, |out| {
                             http::encode_error_response(
                                 dialect,
                                 status,
@@ -352,7 +370,7 @@ impl Shard {
                     Ok((topic, SubjectKind::Exact)) => topic,
                     _ => {
                         // No topic can have that name (a pattern, or a name the rules refuse).
-                        self.http_reply(id, |out| {
+                        self.http_reply(id, request, |out| {
                             http::encode_error_response(
                                 dialect,
                                 Status::NOT_FOUND,
@@ -380,7 +398,7 @@ impl Shard {
                 Some(Flow::Continue)
             }
             Route::Dashboard => {
-                self.http_reply(id, |out| {
+                self.http_reply(id, request, |out| {
                     http::encode_response(
                         &ResponseHead {
                             status: Status(200),
@@ -420,14 +438,13 @@ impl Shard {
         }
     }
 
-    /// Writes a response the connection kind builds itself (not an answer of the core).
     /// A request that arrives during the shutdown grace period, on a keep-alive connection
     /// or a new one: `503 Service Unavailable` in its path's dialect, then the connection
     /// closes. Nothing new starts (no topic, no WebSocket session); requests already in
     /// flight were answered as usual.
     fn refuse_while_draining(&mut self, id: ConnectionId, request: &OwnedRequest) -> Flow {
         let dialect = http::dialect_for_path(&request.path);
-        self.http_reply(id, |out| {
+        self.http_reply(id, request, |out| {
             http::encode_error_response(
                 dialect,
                 status_of(ErrorCode::ShuttingDown),
@@ -443,9 +460,21 @@ impl Shard {
         Flow::Stop
     }
 
-    fn http_reply(&mut self, id: ConnectionId, encode: impl FnOnce(&mut Vec<u8>)) {
+    /// Writes a response the connection kind builds itself (not an answer of the core). Every
+    /// one goes through here, so none answers a HEAD with a body.
+    fn http_reply(
+        &mut self,
+        id: ConnectionId,
+        request: &OwnedRequest,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) {
         if let Some(conn) = self.connection_mut(id) {
-            encode(conn.out.replies());
+            let out = conn.out.replies();
+            let response_start = out.len();
+            encode(out);
+            if request.omit_body() {
+                http::omit_response_body(out, response_start);
+            }
             self.mark_dirty(id);
         }
     }
@@ -463,5 +492,45 @@ impl Shard {
         {
             self.block(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_to_a_head_keeps_the_head_and_drops_the_body() {
+        let answer = |omit_body| {
+            let mut session = HttpSession {
+                pending: Some(PendingHttp {
+                    dialect: ApiDialect::Fiber,
+                    connection: ConnectionHeader::Default,
+                    omit_body,
+                    awaiting: Awaiting::Stats {
+                        query: StatsQuery::V1Health,
+                        gathered: BrokerStats::default(),
+                    },
+                }),
+                ..HttpSession::default()
+            };
+            let mut out = Vec::new();
+            session.encode_answer(
+                HTTP_REQUEST_ID,
+                Answer::Refused {
+                    code: ErrorCode::ShuttingDown,
+                    reason: "broker is shutting down",
+                },
+                &mut out,
+            );
+            String::from_utf8(out).unwrap()
+        };
+        let get = answer(false);
+        let head = answer(true);
+        let (get_head, body) = get.split_once("\r\n\r\n").unwrap();
+        assert_eq!(body, r#"{"error":"broker is shutting down"}"#);
+        assert_eq!(head, format!("{get_head}\r\n\r\n"));
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
     }
 }
