@@ -21,8 +21,9 @@
 //! transfer coding 501. `Content-Length` together with `Transfer-Encoding`, or two different
 //! lengths, is 400 (the classic request-smuggling ambiguity). An HTTP/1.1 request without
 //! `Host` is 400 (RFC 9112 §3.2). `Expect: 100-continue` is reported in the head
-//! ([`RequestHead::expect_continue`]); a connection that wants to honour it calls
-//! [`decode_head`], sends [`encode_continue`] and waits for the body. The header deadline
+//! ([`RequestHead::expect_continue`]), any other expectation is 417; the connection calls
+//! [`decode_head`] and, while [`RequestHead::waits_for_continue`] and the body is not
+//! buffered, sends [`encode_continue`] once and waits for the body. The header deadline
 //! (slowloris) needs a clock, so it belongs to the connection, not to this module.
 //!
 //! A HEAD is routed as a GET and answered with the GET's head ([`omit_response_body`]).
@@ -147,6 +148,15 @@ pub struct RequestHead<'b> {
     pub websocket_header_repeated: bool,
     /// Bytes of the head, final empty line included.
     pub head_len: usize,
+}
+
+impl RequestHead<'_> {
+    /// Whether the client holds its body back until a `100 Continue`: it asked, it has a body
+    /// to send, and it speaks HTTP/1.1 (HTTP/1.0 has no 1xx, so RFC 9110 §10.1.1 and §15.2 have
+    /// a server ignore an HTTP/1.0 client's expectation and never send it a 1xx).
+    pub fn waits_for_continue(&self) -> bool {
+        self.expect_continue && self.version == Version::Http11 && self.content_length > 0
+    }
 }
 
 /// A whole request: its head, its body, and the bytes both occupy in the buffer.
@@ -1265,6 +1275,46 @@ mod tests {
         let mut out = Vec::new();
         encode_continue(&mut out);
         assert_eq!(out, b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+
+    #[test]
+    fn only_an_http_1_1_client_with_a_body_to_send_waits_for_continue() {
+        let cases: &[(&[u8], bool)] = &[
+            (
+                b"POST /topics HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+                true,
+            ),
+            (
+                b"POST /topics HTTP/1.1\r\nHost: h\r\nEXPECT:  100-CONTINUE \r\nContent-Length: 5\r\n\r\n",
+                true,
+            ),
+            // RFC 9110 §10.1.1: an HTTP/1.0 client's expectation is ignored.
+            (
+                b"POST /topics HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+                false,
+            ),
+            // Nothing to hold back.
+            (
+                b"POST /topics HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+                false,
+            ),
+            (
+                b"GET /topics HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
+                false,
+            ),
+            (
+                b"POST /topics HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n",
+                false,
+            ),
+        ];
+        for &(bytes, waits) in cases {
+            assert_eq!(
+                head(bytes).waits_for_continue(),
+                waits,
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
     }
 
     #[test]

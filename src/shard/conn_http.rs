@@ -9,6 +9,10 @@
 //! or trickling peer cannot keep a slot (slowloris); over-long heads and bodies are refused
 //! with 431 and 413 by the codec's limits.
 //!
+//! A client that sent `Expect: 100-continue` gets `100 Continue` once its head is read and
+//! while its body is still to come; without it, it would hold the body back until a timer of
+//! its own (curl: 1 s), or for ever. A request the head already condemns (a body over the
+//! limit, an unsupported expectation) is answered at once by the codec's refusal instead.
 //! HEAD is served wherever GET is, with the GET's head and no body.
 //!
 //! Topic lists and stats come from every shard over the rings ([`super::stats`]), each shard
@@ -69,9 +73,24 @@ pub struct HttpSession {
     pub pending: Option<PendingHttp>,
     /// Set when an answer went out: whether the connection stays open for the next one.
     pub answered: Option<ConnectionHeader>,
+    /// Where the request whose `100 Continue` went out starts in the connection's input (the
+    /// bytes consumed before it): a body that takes several reads gets one go-ahead, and the
+    /// next request, starting further on, its own.
+    continue_sent_at: Option<u64>,
 }
 
 impl HttpSession {
+    /// Whether `100 Continue` is to go out now for a request whose head is parsed and whose
+    /// body is not yet buffered, `request_start` bytes into the connection's input; true at
+    /// most once per request.
+    pub fn continue_due(&mut self, head: &http::RequestHead<'_>, request_start: u64) -> bool {
+        if !head.waits_for_continue() || self.continue_sent_at == Some(request_start) {
+            return false;
+        }
+        self.continue_sent_at = Some(request_start);
+        true
+    }
+
     /// Words the core's answer to the pending request as an HTTP response. Request id 0 is
     /// the connection itself: its head deadline passed (408), or another refusal of the whole
     /// connection (503). Shutdown does not come this way: HTTP has no unsolicited answer, so a
@@ -206,7 +225,7 @@ impl Shard {
                 Wire::WebSocket(_) => return self.process_websocket(id),
                 Wire::Native { .. } | Wire::Resp(_) | Wire::InProcess => return Flow::Stop,
             }
-            let request = match http::decode_request(conn.read.filled(), &limits) {
+            let head = match http::decode_head(conn.read.filled(), &limits) {
                 Ok(None) => return Flow::Continue,
                 Err(error) => {
                     http::encode_http_error(&error, conn.out.replies());
@@ -214,14 +233,27 @@ impl Shard {
                     self.begin_close(id, CloseReason::ProtocolError);
                     return Flow::Stop;
                 }
-                Ok(Some(request)) => OwnedRequest {
-                    len: request.len,
-                    method: request.head.method,
-                    path: request.head.path.to_owned(),
-                    connection: ConnectionHeader::for_request(&request.head),
-                    body: request.body.to_vec(),
-                    upgrade: http::validate_websocket_upgrade(&request.head).map(<[u8]>::to_vec),
-                },
+                Ok(Some(head)) => head,
+            };
+            let Some(request) = http::request_body(conn.read.filled(), head) else {
+                let request_start = conn.read.consumed_total();
+                let continue_due = match &mut conn.wire {
+                    Wire::Http(session) => session.continue_due(&head, request_start),
+                    _ => false,
+                };
+                if continue_due {
+                    http::encode_continue(conn.out.replies());
+                    self.mark_dirty(id);
+                }
+                return Flow::Continue;
+            };
+            let request = OwnedRequest {
+                len: request.len,
+                method: request.head.method,
+                path: request.head.path.to_owned(),
+                connection: ConnectionHeader::for_request(&request.head),
+                body: request.body.to_vec(),
+                upgrade: http::validate_websocket_upgrade(&request.head).map(<[u8]>::to_vec),
             };
             if draining {
                 return self.refuse_while_draining(id, &request);
@@ -498,6 +530,32 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn head(bytes: &[u8]) -> http::RequestHead<'_> {
+        http::decode_head(bytes, &HttpLimits::default())
+            .expect("valid head")
+            .expect("complete head")
+    }
+
+    #[test]
+    fn continue_goes_out_once_per_request_that_waits_for_it() {
+        let expecting = b"POST /v1/topics HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\
+                          Content-Length: 14\r\n\r\n";
+        let mut session = HttpSession::default();
+        assert!(session.continue_due(&head(expecting), 0));
+        // More of the same body arrives: no second go-ahead.
+        assert!(!session.continue_due(&head(expecting), 0));
+        // The next request on the connection starts further on and gets its own.
+        assert!(session.continue_due(&head(expecting), 200));
+        assert!(!session.continue_due(&head(expecting), 200));
+
+        let http_1_0 = b"POST /v1/topics HTTP/1.0\r\nExpect: 100-continue\r\n\
+                         Content-Length: 14\r\n\r\n";
+        let not_asked = b"POST /v1/topics HTTP/1.1\r\nHost: h\r\nContent-Length: 14\r\n\r\n";
+        for bytes in [&http_1_0[..], &not_asked[..]] {
+            assert!(!HttpSession::default().continue_due(&head(bytes), 0));
+        }
+    }
 
     #[test]
     fn an_answer_to_a_head_keeps_the_head_and_drops_the_body() {

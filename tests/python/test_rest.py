@@ -360,6 +360,86 @@ def test_head_on_a_websocket_path_is_no_upgrade(broker, path):
 
 
 # ------------------------------------------------------------------------------------------
+# Expect: 100-continue
+
+
+def expecting_head(path, body, version="HTTP/1.1", expect="Expect: 100-continue"):
+    return (
+        f"POST {path} {version}\r\nHost: h\r\nContent-Type: application/json\r\n{expect}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+
+
+def read_continue(connection):
+    go_ahead = connection.read_response(head_only=True)
+    assert (go_ahead.status, go_ahead.reason, go_ahead.headers) == (100, "Continue", {}), go_ahead
+
+
+@pytest.mark.parametrize("expect", ["Expect: 100-continue", "expect: 100-Continue"])
+def test_a_client_that_expects_100_continue_gets_it_once_per_request(broker, expect):
+    topic = unique("rest.expect")
+    body = json.dumps({"name": topic}).encode()
+    with RawHttp(broker.http) as connection:
+        # Only the head, as curl sends it: the client waits for the go-ahead.
+        connection.send(expecting_head("/v1/topics", body, expect=expect))
+        read_continue(connection)
+        # A body in two parts gets one go-ahead.
+        connection.send(body[:5])
+        assert_nothing_more(connection)
+        connection.send(body[5:])
+        assert connection.read_response().status == 201
+        # The next request on the connection gets its own.
+        connection.send(expecting_head("/topics", body, expect=expect))
+        read_continue(connection)
+        connection.send(body)
+        assert connection.read_response().json() == {"name": topic, "created": False}
+        assert_nothing_more(connection)
+    give_back(broker, topic)
+
+
+def test_expect_with_the_body_already_sent_gets_the_final_answer_alone(broker):
+    topic = unique("rest.expect")
+    body = json.dumps({"name": topic}).encode()
+    with RawHttp(broker.http) as connection:
+        connection.send(expecting_head("/v1/topics", body) + body)
+        assert connection.read_response().status == 201
+        assert_nothing_more(connection)
+    give_back(broker, topic)
+
+
+def test_expect_from_an_http_1_0_client_is_ignored(broker):
+    topic = unique("rest.expect")
+    body = json.dumps({"name": topic}).encode()
+    with RawHttp(broker.http) as connection:
+        connection.send(expecting_head("/v1/topics", body, version="HTTP/1.0"))
+        assert_nothing_more(connection)
+        connection.send(body)
+        created = connection.read_response()
+        assert created.status == 201 and created.header("connection") == "close", created
+        assert connection.closed_by_peer()
+    give_back(broker, topic)
+
+
+@pytest.mark.parametrize(
+    "head, status",
+    [
+        (b"POST /v1/topics HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n"
+         b"Content-Length: 70000\r\n\r\n", 413),
+        (b"POST /v1/topics HTTP/1.1\r\nHost: h\r\nExpect: 200-ok\r\n"
+         b"Content-Length: 5\r\n\r\n", 417),
+    ],
+    ids=["body-over-the-limit", "unknown-expectation"],
+)
+def test_expect_refused_from_the_head_gets_the_final_answer_instead(broker, head, status):
+    with RawHttp(broker.http) as connection:
+        connection.send(head)
+        response = connection.read_response()
+        assert response.status == status, response
+        assert connection.closed_by_peer()
+    assert_broker_serves(broker)
+
+
+# ------------------------------------------------------------------------------------------
 # Keep-alive
 
 
