@@ -21,9 +21,12 @@
 //! transfer coding 501. `Content-Length` together with `Transfer-Encoding`, or two different
 //! lengths, is 400 (the classic request-smuggling ambiguity). An HTTP/1.1 request without
 //! `Host` is 400 (RFC 9112 §3.2). `Expect: 100-continue` is reported in the head
-//! ([`RequestHead::expect_continue`]); a connection that wants to honour it calls
-//! [`decode_head`], sends [`encode_continue`] and waits for the body. The header deadline
+//! ([`RequestHead::expect_continue`]), any other expectation is 417; the connection calls
+//! [`decode_head`] and, while [`RequestHead::waits_for_continue`] and the body is not
+//! buffered, sends [`encode_continue`] once and waits for the body. The header deadline
 //! (slowloris) needs a clock, so it belongs to the connection, not to this module.
+//!
+//! A HEAD is routed as a GET and answered with the GET's head ([`omit_response_body`]).
 //!
 //! Keep-alive: HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0 closes it
 //! unless `Connection: keep-alive`. [`ConnectionHeader::for_request`] picks the response's
@@ -145,6 +148,15 @@ pub struct RequestHead<'b> {
     pub websocket_header_repeated: bool,
     /// Bytes of the head, final empty line included.
     pub head_len: usize,
+}
+
+impl RequestHead<'_> {
+    /// Whether the client holds its body back until a `100 Continue`: it asked, it has a body
+    /// to send, and it speaks HTTP/1.1 (HTTP/1.0 has no 1xx, so RFC 9110 §10.1.1 and §15.2 have
+    /// a server ignore an HTTP/1.0 client's expectation and never send it a 1xx).
+    pub fn waits_for_continue(&self) -> bool {
+        self.expect_continue && self.version == Version::Http11 && self.content_length > 0
+    }
 }
 
 /// A whole request: its head, its body, and the bytes both occupy in the buffer.
@@ -633,41 +645,50 @@ impl RouteError {
 }
 
 /// Maps a request to its endpoint. `path` is the raw (percent-encoded) path, no query.
+///
+/// Wherever GET reads something, HEAD routes to the same endpoint, since RFC 9110 §9.1 asks
+/// every general-purpose server for it; the connection answers with the GET's head and no body
+/// ([`omit_response_body`]). The WebSocket paths stay GET-only: they exist to be upgraded, and
+/// a HEAD cannot upgrade.
 pub fn route(method: Method, path: &str) -> Result<Route<'_>, RouteError> {
-    const GET: &str = "GET";
-    const GET_POST: &str = "GET, POST";
+    const GET_HEAD: &str = "GET, HEAD";
+    const GET_HEAD_POST: &str = "GET, HEAD, POST";
+    const UPGRADE_GET: &str = "GET";
     const DELETE: &str = "DELETE";
-    let only = |allowed: Method, allow: &'static str, route: Route<'static>| {
-        if method == allowed {
-            Ok(route)
-        } else {
-            Err(RouteError::MethodNotAllowed { allow })
-        }
+    let readable = |route: Route<'static>| match method {
+        Method::Get | Method::Head => Ok(route),
+        _ => Err(RouteError::MethodNotAllowed { allow: GET_HEAD }),
+    };
+    let upgrade = |route: Route<'static>| match method {
+        Method::Get => Ok(route),
+        _ => Err(RouteError::MethodNotAllowed { allow: UPGRADE_GET }),
     };
     let collection = |create: Route<'static>, list: Route<'static>| match method {
         Method::Post => Ok(create),
-        Method::Get => Ok(list),
-        _ => Err(RouteError::MethodNotAllowed { allow: GET_POST }),
+        Method::Get | Method::Head => Ok(list),
+        _ => Err(RouteError::MethodNotAllowed {
+            allow: GET_HEAD_POST,
+        }),
     };
     match path {
-        "/" => only(Method::Get, GET, Route::Dashboard),
-        "/metrics" => only(Method::Get, GET, Route::Metrics),
-        "/v1/ws" => only(Method::Get, GET, Route::FiberWebSocket),
-        "/ws" => only(Method::Get, GET, Route::FastApiWebSocket),
+        "/" => readable(Route::Dashboard),
+        "/metrics" => readable(Route::Metrics),
+        "/v1/ws" => upgrade(Route::FiberWebSocket),
+        "/ws" => upgrade(Route::FastApiWebSocket),
         "/v1/topics" => collection(Route::V1CreateTopic, Route::V1ListTopics),
-        "/v1/health" => only(Method::Get, GET, Route::V1Health),
-        "/v1/stats" => only(Method::Get, GET, Route::V1Stats),
+        "/v1/health" => readable(Route::V1Health),
+        "/v1/stats" => readable(Route::V1Stats),
         "/topics" => collection(Route::CreateTopic, Route::ListTopics),
-        "/health" => only(Method::Get, GET, Route::Health),
-        "/stats" => only(Method::Get, GET, Route::Stats),
+        "/health" => readable(Route::Health),
+        "/stats" => readable(Route::Stats),
         _ => {
             if let Some(name) = path
                 .strip_prefix("/v1/topics/")
                 .and_then(|rest| rest.strip_suffix("/subscribers"))
                 .filter(|name| !name.is_empty() && !name.contains('/'))
             {
-                if method != Method::Get {
-                    return Err(RouteError::MethodNotAllowed { allow: GET });
+                if !matches!(method, Method::Get | Method::Head) {
+                    return Err(RouteError::MethodNotAllowed { allow: GET_HEAD });
                 }
                 let name = percent_decode(name).map_err(RouteError::BadPath)?;
                 return Ok(Route::V1TopicSubscribers { name });
@@ -935,6 +956,24 @@ pub fn encode_http_error(error: &HttpError, out: &mut Vec<u8>) {
 /// Appends `HTTP/1.1 100 Continue`, the go-ahead for a client that sent `Expect: 100-continue`.
 pub fn encode_continue(out: &mut Vec<u8>) {
     out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+}
+
+/// Makes the response encoded into `out` from `response_start` on the answer to a HEAD: its
+/// head as written, `Content-Length` of the GET's body included, and no body (RFC 9110
+/// §9.3.2). Cutting what was encoded, rather than telling every encoder, keeps one path for
+/// all of them (route errors, gathered stats, the dashboard), so none can answer a HEAD
+/// differently from its GET.
+pub fn omit_response_body(out: &mut Vec<u8>, response_start: usize) {
+    const HEAD_END: &[u8] = b"\r\n\r\n";
+    // Header values never hold CR or LF (see `encode_response`), so the first empty line is
+    // the end of this response's head.
+    let head_len = out
+        .get(response_start..)
+        .and_then(|response| response.windows(HEAD_END.len()).position(|w| w == HEAD_END));
+    debug_assert!(head_len.is_some(), "no response head at {response_start}");
+    if let Some(head_len) = head_len {
+        out.truncate(response_start + head_len + HEAD_END.len());
+    }
 }
 
 /// Appended to a client's key before hashing (RFC 6455 §1.3).
@@ -1239,6 +1278,97 @@ mod tests {
     }
 
     #[test]
+    fn only_an_http_1_1_client_with_a_body_to_send_waits_for_continue() {
+        let cases: &[(&[u8], bool)] = &[
+            (
+                b"POST /topics HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+                true,
+            ),
+            (
+                b"POST /topics HTTP/1.1\r\nHost: h\r\nEXPECT:  100-CONTINUE \r\nContent-Length: 5\r\n\r\n",
+                true,
+            ),
+            // RFC 9110 §10.1.1: an HTTP/1.0 client's expectation is ignored.
+            (
+                b"POST /topics HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+                false,
+            ),
+            // Nothing to hold back.
+            (
+                b"POST /topics HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+                false,
+            ),
+            (
+                b"GET /topics HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
+                false,
+            ),
+            (
+                b"POST /topics HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n",
+                false,
+            ),
+        ];
+        for &(bytes, waits) in cases {
+            assert_eq!(
+                head(bytes).waits_for_continue(),
+                waits,
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn a_head_answer_is_the_get_answer_without_its_body() {
+        let mut get = Vec::new();
+        let mut head = b"HTTP/1.1 200 OK\r\n\r\n{}".to_vec();
+        let earlier = head.len();
+        for out in [&mut get, &mut head] {
+            encode_response(
+                &ResponseHead {
+                    status: Status::OK,
+                    content_type: Some(CONTENT_TYPE_HTML),
+                    allow: None,
+                    connection: ConnectionHeader::KeepAlive,
+                    extra: &[("Cache-Control", "no-cache")],
+                },
+                b"<p>\r\n\r\n</p>",
+                out,
+            );
+        }
+        omit_response_body(&mut head, earlier);
+        let get_head_len = get.len() - b"<p>\r\n\r\n</p>".len();
+        assert_eq!(
+            &head[..earlier],
+            b"HTTP/1.1 200 OK\r\n\r\n{}",
+            "earlier bytes kept"
+        );
+        assert_eq!(&head[earlier..], &get[..get_head_len]);
+        assert!(text(&head[earlier..]).contains("\r\nContent-Length: 11\r\n"));
+
+        // An error keeps its status, Allow and Content-Length too.
+        let mut out = Vec::new();
+        route(Method::Head, "/v1/topics/x")
+            .unwrap_err()
+            .encode_response("/v1/topics/x", ConnectionHeader::Default, &mut out);
+        omit_response_body(&mut out, 0);
+        assert_eq!(
+            text(&out),
+            "HTTP/1.1 405 Method Not Allowed\r\nServer: corebus\r\nContent-Type: application/json\r\n\
+             Allow: DELETE\r\nContent-Length: 30\r\n\r\n"
+        );
+        // A bodiless status is left as it is.
+        let mut out = Vec::new();
+        encode_response(
+            &ResponseHead::json(Status::NO_CONTENT, ConnectionHeader::Default),
+            b"",
+            &mut out,
+        );
+        let whole = out.clone();
+        omit_response_body(&mut out, 0);
+        assert_eq!(out, whole);
+    }
+
+    #[test]
     fn percent_decoding() {
         assert_eq!(percent_decode("abc"), Ok(Cow::Borrowed("abc")));
         assert_eq!(
@@ -1277,9 +1407,16 @@ mod tests {
                 }),
             ),
             (
+                Head,
+                "/v1/topics/orders.eu/subscribers",
+                Ok(Route::V1TopicSubscribers {
+                    name: Cow::Borrowed("orders.eu"),
+                }),
+            ),
+            (
                 Post,
                 "/v1/topics/orders.eu/subscribers",
-                Err(RouteError::MethodNotAllowed { allow: "GET" }),
+                Err(RouteError::MethodNotAllowed { allow: "GET, HEAD" }),
             ),
             (Get, "/v1/topics//subscribers", Err(RouteError::NotFound)),
             (
@@ -1307,31 +1444,55 @@ mod tests {
             ),
             (Get, "/health", Ok(Route::Health)),
             (Get, "/stats", Ok(Route::Stats)),
+            // HEAD wherever GET reads something
+            (Head, "/", Ok(Route::Dashboard)),
+            (Head, "/metrics", Ok(Route::Metrics)),
+            (Head, "/v1/topics", Ok(Route::V1ListTopics)),
+            (Head, "/v1/health", Ok(Route::V1Health)),
+            (Head, "/v1/stats", Ok(Route::V1Stats)),
+            (Head, "/topics", Ok(Route::ListTopics)),
+            (Head, "/health", Ok(Route::Health)),
+            (Head, "/stats", Ok(Route::Stats)),
             // 405 with the allowed methods
             (
                 Post,
                 "/",
-                Err(RouteError::MethodNotAllowed { allow: "GET" }),
+                Err(RouteError::MethodNotAllowed { allow: "GET, HEAD" }),
             ),
             (
                 Delete,
                 "/metrics",
-                Err(RouteError::MethodNotAllowed { allow: "GET" }),
+                Err(RouteError::MethodNotAllowed { allow: "GET, HEAD" }),
             ),
             (
                 Post,
                 "/ws",
                 Err(RouteError::MethodNotAllowed { allow: "GET" }),
             ),
+            // A HEAD is no upgrade.
+            (
+                Head,
+                "/ws",
+                Err(RouteError::MethodNotAllowed { allow: "GET" }),
+            ),
+            (
+                Head,
+                "/v1/ws",
+                Err(RouteError::MethodNotAllowed { allow: "GET" }),
+            ),
             (
                 Put,
                 "/v1/topics",
-                Err(RouteError::MethodNotAllowed { allow: "GET, POST" }),
+                Err(RouteError::MethodNotAllowed {
+                    allow: "GET, HEAD, POST",
+                }),
             ),
             (
                 Delete,
                 "/topics",
-                Err(RouteError::MethodNotAllowed { allow: "GET, POST" }),
+                Err(RouteError::MethodNotAllowed {
+                    allow: "GET, HEAD, POST",
+                }),
             ),
             (
                 Get,
@@ -1340,16 +1501,17 @@ mod tests {
             ),
             (
                 Head,
-                "/health",
-                Err(RouteError::MethodNotAllowed { allow: "GET" }),
+                "/topics/x",
+                Err(RouteError::MethodNotAllowed { allow: "DELETE" }),
             ),
             (
                 Other,
                 "/v1/stats",
-                Err(RouteError::MethodNotAllowed { allow: "GET" }),
+                Err(RouteError::MethodNotAllowed { allow: "GET, HEAD" }),
             ),
             // 404
             (Get, "/nope", Err(RouteError::NotFound)),
+            (Head, "/nope", Err(RouteError::NotFound)),
             (Get, "/v1", Err(RouteError::NotFound)),
             (Get, "/v1/", Err(RouteError::NotFound)),
             (Get, "/topics/", Err(RouteError::NotFound)),
@@ -1424,7 +1586,7 @@ mod tests {
         assert_eq!(
             text(&out),
             "HTTP/1.1 405 Method Not Allowed\r\nServer: corebus\r\nContent-Type: application/json\r\n\
-             Allow: GET, POST\r\nContent-Length: 30\r\n\r\n{\"error\":\"Method Not Allowed\"}"
+             Allow: GET, HEAD, POST\r\nContent-Length: 30\r\n\r\n{\"error\":\"Method Not Allowed\"}"
         );
         out.clear();
         route(Method::Get, "/nope").unwrap_err().encode_response(

@@ -9,6 +9,12 @@
 //! or trickling peer cannot keep a slot (slowloris); over-long heads and bodies are refused
 //! with 431 and 413 by the codec's limits.
 //!
+//! A client that sent `Expect: 100-continue` gets `100 Continue` once its head is read and
+//! while its body is still to come; without it, it would hold the body back until a timer of
+//! its own (curl: 1 s), or for ever. A request the head already condemns (a body over the
+//! limit, an unsupported expectation) is answered at once by the codec's refusal instead.
+//! HEAD is served wherever GET is, with the GET's head and no body.
+//!
 //! Topic lists and stats come from every shard over the rings ([`super::stats`]), each shard
 //! answering for the topics it owns, with a deadline: a shard that does not answer in time
 //! is left out and the answer says `"partial": true`.
@@ -57,6 +63,8 @@ pub enum Awaiting {
 pub struct PendingHttp {
     pub dialect: ApiDialect,
     pub connection: ConnectionHeader,
+    /// The request was a HEAD: its answer goes out without the body.
+    pub omit_body: bool,
     pub awaiting: Awaiting,
 }
 
@@ -65,9 +73,24 @@ pub struct HttpSession {
     pub pending: Option<PendingHttp>,
     /// Set when an answer went out: whether the connection stays open for the next one.
     pub answered: Option<ConnectionHeader>,
+    /// Where the request whose `100 Continue` went out starts in the connection's input (the
+    /// bytes consumed before it): a body that takes several reads gets one go-ahead, and the
+    /// next request, starting further on, its own.
+    continue_sent_at: Option<u64>,
 }
 
 impl HttpSession {
+    /// Whether `100 Continue` is to go out now for a request whose head is parsed and whose
+    /// body is not yet buffered, `request_start` bytes into the connection's input; true at
+    /// most once per request.
+    pub fn continue_due(&mut self, head: &http::RequestHead<'_>, request_start: u64) -> bool {
+        if !head.waits_for_continue() || self.continue_sent_at == Some(request_start) {
+            return false;
+        }
+        self.continue_sent_at = Some(request_start);
+        true
+    }
+
     /// Words the core's answer to the pending request as an HTTP response. Request id 0 is
     /// the connection itself: its head deadline passed (408), or another refusal of the whole
     /// connection (503). Shutdown does not come this way: HTTP has no unsolicited answer, so a
@@ -94,6 +117,7 @@ impl HttpSession {
         };
         let (dialect, connection) = (pending.dialect, pending.connection);
         self.answered = Some(connection);
+        let response_start = out.len();
         let respond = |status: Status, body: serde_json::Value, out: &mut Vec<u8>| {
             let body = if status.has_body() {
                 body.to_string().into_bytes()
@@ -144,6 +168,9 @@ impl HttpSession {
                 refuse(ErrorCode::Internal, "unexpected answer", out);
             }
         }
+        if pending.omit_body {
+            http::omit_response_body(out, response_start);
+        }
     }
 }
 
@@ -169,6 +196,13 @@ struct OwnedRequest {
     upgrade: Result<Vec<u8>, http::UpgradeError>,
 }
 
+impl OwnedRequest {
+    /// A HEAD is answered as its GET would be, without the body.
+    fn omit_body(&self) -> bool {
+        self.method == Method::Head
+    }
+}
+
 impl Shard {
     /// Handles the complete requests in an HTTP connection's read buffer, one at a time.
     pub(super) fn process_http(&mut self, id: ConnectionId) -> Flow {
@@ -191,7 +225,7 @@ impl Shard {
                 Wire::WebSocket(_) => return self.process_websocket(id),
                 Wire::Native { .. } | Wire::Resp(_) | Wire::InProcess => return Flow::Stop,
             }
-            let request = match http::decode_request(conn.read.filled(), &limits) {
+            let head = match http::decode_head(conn.read.filled(), &limits) {
                 Ok(None) => return Flow::Continue,
                 Err(error) => {
                     http::encode_http_error(&error, conn.out.replies());
@@ -199,14 +233,27 @@ impl Shard {
                     self.begin_close(id, CloseReason::ProtocolError);
                     return Flow::Stop;
                 }
-                Ok(Some(request)) => OwnedRequest {
-                    len: request.len,
-                    method: request.head.method,
-                    path: request.head.path.to_owned(),
-                    connection: ConnectionHeader::for_request(&request.head),
-                    body: request.body.to_vec(),
-                    upgrade: http::validate_websocket_upgrade(&request.head).map(<[u8]>::to_vec),
-                },
+                Ok(Some(head)) => head,
+            };
+            let Some(request) = http::request_body(conn.read.filled(), head) else {
+                let request_start = conn.read.consumed_total();
+                let continue_due = match &mut conn.wire {
+                    Wire::Http(session) => session.continue_due(&head, request_start),
+                    _ => false,
+                };
+                if continue_due {
+                    http::encode_continue(conn.out.replies());
+                    self.mark_dirty(id);
+                }
+                return Flow::Continue;
+            };
+            let request = OwnedRequest {
+                len: request.len,
+                method: request.head.method,
+                path: request.head.path.to_owned(),
+                connection: ConnectionHeader::for_request(&request.head),
+                body: request.body.to_vec(),
+                upgrade: http::validate_websocket_upgrade(&request.head).map(<[u8]>::to_vec),
             };
             if draining {
                 return self.refuse_while_draining(id, &request);
@@ -238,7 +285,7 @@ impl Shard {
         let route = match http::route(request.method, &request.path) {
             Ok(route) => route,
             Err(error) => {
-                self.http_reply(id, |out| {
+                self.http_reply(id, request, |out| {
                     error.encode_response(&request.path, request.connection, out)
                 });
                 return Some(Flow::Continue);
@@ -248,12 +295,15 @@ impl Shard {
         let pending = |awaiting| PendingHttp {
             dialect,
             connection: request.connection,
+            omit_body: request.omit_body(),
             awaiting,
         };
         match route {
             Route::FiberWebSocket | Route::FastApiWebSocket => match &request.upgrade {
                 Ok(key) => {
-                    self.http_reply(id, |out| http::encode_switching_protocols(key, out));
+                    self.http_reply(id, request, |out| {
+                        http::encode_switching_protocols(key, out)
+                    });
                     let dialect = if route == Route::FiberWebSocket {
                         Dialect::Fiber
                     } else {
@@ -266,7 +316,7 @@ impl Shard {
                     None
                 }
                 Err(error) => {
-                    self.http_reply(id, |out| {
+                    self.http_reply(id, request, |out| {
                         http::encode_upgrade_error(error, &request.path, out)
                     });
                     self.begin_close(id, CloseReason::ProtocolError);
@@ -279,7 +329,7 @@ impl Shard {
                     Err(error) => {
                         let status = error.status(dialect);
                         let message = error.message();
-                        self.http_reply(id, |out| {
+                        self.http_reply(id, request, |out| {
                             http::encode_error_response(
                                 dialect,
                                 status,
@@ -352,7 +402,7 @@ impl Shard {
                     Ok((topic, SubjectKind::Exact)) => topic,
                     _ => {
                         // No topic can have that name (a pattern, or a name the rules refuse).
-                        self.http_reply(id, |out| {
+                        self.http_reply(id, request, |out| {
                             http::encode_error_response(
                                 dialect,
                                 Status::NOT_FOUND,
@@ -380,7 +430,7 @@ impl Shard {
                 Some(Flow::Continue)
             }
             Route::Dashboard => {
-                self.http_reply(id, |out| {
+                self.http_reply(id, request, |out| {
                     http::encode_response(
                         &ResponseHead {
                             status: Status(200),
@@ -420,14 +470,13 @@ impl Shard {
         }
     }
 
-    /// Writes a response the connection kind builds itself (not an answer of the core).
     /// A request that arrives during the shutdown grace period, on a keep-alive connection
     /// or a new one: `503 Service Unavailable` in its path's dialect, then the connection
     /// closes. Nothing new starts (no topic, no WebSocket session); requests already in
     /// flight were answered as usual.
     fn refuse_while_draining(&mut self, id: ConnectionId, request: &OwnedRequest) -> Flow {
         let dialect = http::dialect_for_path(&request.path);
-        self.http_reply(id, |out| {
+        self.http_reply(id, request, |out| {
             http::encode_error_response(
                 dialect,
                 status_of(ErrorCode::ShuttingDown),
@@ -443,9 +492,21 @@ impl Shard {
         Flow::Stop
     }
 
-    fn http_reply(&mut self, id: ConnectionId, encode: impl FnOnce(&mut Vec<u8>)) {
+    /// Writes a response the connection kind builds itself (not an answer of the core). Every
+    /// one goes through here, so none answers a HEAD with a body.
+    fn http_reply(
+        &mut self,
+        id: ConnectionId,
+        request: &OwnedRequest,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) {
         if let Some(conn) = self.connection_mut(id) {
-            encode(conn.out.replies());
+            let out = conn.out.replies();
+            let response_start = out.len();
+            encode(out);
+            if request.omit_body() {
+                http::omit_response_body(out, response_start);
+            }
             self.mark_dirty(id);
         }
     }
@@ -463,5 +524,71 @@ impl Shard {
         {
             self.block(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8]) -> http::RequestHead<'_> {
+        http::decode_head(bytes, &HttpLimits::default())
+            .expect("valid head")
+            .expect("complete head")
+    }
+
+    #[test]
+    fn continue_goes_out_once_per_request_that_waits_for_it() {
+        let expecting = b"POST /v1/topics HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\
+                          Content-Length: 14\r\n\r\n";
+        let mut session = HttpSession::default();
+        assert!(session.continue_due(&head(expecting), 0));
+        // More of the same body arrives: no second go-ahead.
+        assert!(!session.continue_due(&head(expecting), 0));
+        // The next request on the connection starts further on and gets its own.
+        assert!(session.continue_due(&head(expecting), 200));
+        assert!(!session.continue_due(&head(expecting), 200));
+
+        let http_1_0 = b"POST /v1/topics HTTP/1.0\r\nExpect: 100-continue\r\n\
+                         Content-Length: 14\r\n\r\n";
+        let not_asked = b"POST /v1/topics HTTP/1.1\r\nHost: h\r\nContent-Length: 14\r\n\r\n";
+        for bytes in [&http_1_0[..], &not_asked[..]] {
+            assert!(!HttpSession::default().continue_due(&head(bytes), 0));
+        }
+    }
+
+    #[test]
+    fn an_answer_to_a_head_keeps_the_head_and_drops_the_body() {
+        let answer = |omit_body| {
+            let mut session = HttpSession {
+                pending: Some(PendingHttp {
+                    dialect: ApiDialect::Fiber,
+                    connection: ConnectionHeader::Default,
+                    omit_body,
+                    awaiting: Awaiting::Stats {
+                        query: StatsQuery::V1Health,
+                        gathered: BrokerStats::default(),
+                    },
+                }),
+                ..HttpSession::default()
+            };
+            let mut out = Vec::new();
+            session.encode_answer(
+                HTTP_REQUEST_ID,
+                Answer::Refused {
+                    code: ErrorCode::ShuttingDown,
+                    reason: "broker is shutting down",
+                },
+                &mut out,
+            );
+            String::from_utf8(out).unwrap()
+        };
+        let get = answer(false);
+        let head = answer(true);
+        let (get_head, body) = get.split_once("\r\n\r\n").unwrap();
+        assert_eq!(body, r#"{"error":"broker is shutting down"}"#);
+        assert_eq!(head, format!("{get_head}\r\n\r\n"));
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
     }
 }

@@ -321,6 +321,7 @@ impl Shard {
         };
         let Some(PendingHttp {
             connection,
+            omit_body,
             awaiting: Awaiting::Stats { query, gathered },
             ..
         }) = session.pending.take()
@@ -329,13 +330,18 @@ impl Shard {
         };
         session.answered = Some(connection);
         let partial = gathered.parts.len() < shards;
+        let out = conn.out.replies();
+        let response_start = out.len();
         encode_stats(
             query,
             &gathered,
             (uptime, partial, topics_max),
             connection,
-            conn.out.replies(),
+            out,
         );
+        if omit_body {
+            http::omit_response_body(out, response_start);
+        }
         self.mark_dirty(id);
         self.after_http_answer(id, connection);
     }

@@ -16,6 +16,8 @@ import time
 import pytest
 
 from corebus_testing import (
+    QUIET,
+    WAIT,
     RawHttp,
     assert_broker_serves,
     fastapi_publish,
@@ -39,6 +41,20 @@ def eventually(condition, timeout=5.0):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
+
+
+def assert_nothing_more(connection):
+    """Nothing more arrives for a while, and the connection stays open."""
+    assert not connection.closed_by_peer(timeout=QUIET), "the broker closed the connection"
+    assert connection.buffer == b"", connection.buffer[:200]
+    connection.sock.settimeout(WAIT)
+
+
+def give_back(broker, topic):
+    """Deletes a topic a test made: the module's one broker lets clients make at most
+    --created-topics-max (100) topics, a share of it on each shard."""
+    deleted = http(broker, "DELETE", f"/v1/topics/{topic}")
+    assert deleted.status == 200, deleted
 
 
 def fiber_error(response, status):
@@ -257,12 +273,13 @@ def test_unknown_path_is_404_in_the_paths_dialect(broker, path):
 
 @pytest.mark.parametrize(
     "method, path, allow",
-    [("PUT", "/v1/topics", "GET, POST"), ("DELETE", "/v1/topics", "GET, POST"),
-     ("POST", "/v1/health", "GET"), ("DELETE", "/v1/stats", "GET"),
+    [("PUT", "/v1/topics", "GET, HEAD, POST"), ("DELETE", "/v1/topics", "GET, HEAD, POST"),
+     ("POST", "/v1/health", "GET, HEAD"), ("DELETE", "/v1/stats", "GET, HEAD"),
      ("GET", "/v1/topics/some.topic", "DELETE"), ("POST", "/v1/ws", "GET"),
-     ("PATCH", "/topics", "GET, POST"), ("POST", "/health", "GET"), ("PUT", "/stats", "GET"),
-     ("GET", "/topics/some.topic", "DELETE"), ("POST", "/ws", "GET"),
-     ("POST", "/metrics", "GET"), ("DELETE", "/", "GET")],
+     ("PATCH", "/topics", "GET, HEAD, POST"), ("POST", "/health", "GET, HEAD"),
+     ("PUT", "/stats", "GET, HEAD"), ("GET", "/topics/some.topic", "DELETE"),
+     ("POST", "/ws", "GET"), ("POST", "/metrics", "GET, HEAD"), ("DELETE", "/", "GET, HEAD"),
+     ("POST", "/v1/topics/some.topic/subscribers", "GET, HEAD")],
 )
 def test_wrong_method_is_405_with_allow(broker, method, path, allow):
     response = http(broker, method, path, body=b"" if method in ("POST", "PUT", "PATCH") else None)
@@ -271,6 +288,155 @@ def test_wrong_method_is_405_with_allow(broker, method, path, allow):
         fiber_error(response, 405)
     else:
         fastapi_error(response, 405)
+
+
+# ------------------------------------------------------------------------------------------
+# HEAD: wherever GET reads something, the same status and headers without the body
+
+
+READABLE_PATHS = ["/", "/metrics", "/v1/health", "/health", "/v1/topics", "/topics",
+                  "/v1/stats", "/stats"]
+
+
+@pytest.mark.parametrize("path", READABLE_PATHS)
+def test_head_answers_as_get_does_without_the_body(broker, path):
+    with RawHttp(broker.http) as connection:
+        get = connection.request("GET", path)
+        head = connection.request("HEAD", path)
+        assert head.status == get.status == 200, (get, head)
+        assert set(head.headers) == set(get.headers), (get, head)
+        for name, value in get.headers.items():
+            # Stats and metrics may change between the two requests; the unit tests pin the
+            # length of one answer against its GET byte for byte.
+            if name != "content-length":
+                assert head.header(name) == value, (get, head)
+        assert int(head.header("content-length")) > 0, head
+        if path == "/":
+            assert head.header("content-length") == str(len(get.body)), (get, head)
+        # No body followed the head: nothing more comes, and the next answer parses.
+        assert_nothing_more(connection)
+        assert connection.request("GET", "/v1/health").status == 200
+
+
+def test_a_pipelined_head_leaves_the_next_answer_intact(broker):
+    with RawHttp(broker.http) as connection:
+        connection.send(
+            b"HEAD /v1/health HTTP/1.1\r\nHost: h\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: h\r\n\r\n"
+        )
+        head = connection.read_response(head_only=True)
+        assert head.status == 200 and int(head.header("content-length")) > 0, head
+        get = connection.read_response()
+        assert set(get.json()) == {"uptime_seconds", "topics", "subscribers"}, get
+        assert_nothing_more(connection)
+
+
+def test_head_refusals_have_no_body_either(broker):
+    topic = unique("rest.head")
+    assert http(broker, "POST", "/v1/topics", {"name": topic}).status == 201
+    with RawHttp(broker.http) as connection:
+        present = connection.request("HEAD", f"/v1/topics/{topic}/subscribers")
+        assert present.status == 200, present
+        absent = connection.request("HEAD", f"/v1/topics/{unique('rest.head')}/subscribers")
+        assert absent.status == 404 and int(absent.header("content-length")) > 0, absent
+        unknown = connection.request("HEAD", "/v1/nope")
+        assert unknown.status == 404 and int(unknown.header("content-length")) > 0, unknown
+        delete_only = connection.request("HEAD", "/v1/topics/some.topic")
+        assert delete_only.status == 405 and delete_only.header("allow") == "DELETE", delete_only
+        assert_nothing_more(connection)
+        assert connection.request("GET", "/health").status == 200
+    give_back(broker, topic)
+
+
+@pytest.mark.parametrize("path", ["/v1/ws", "/ws"])
+def test_head_on_a_websocket_path_is_no_upgrade(broker, path):
+    with RawHttp(broker.http) as connection:
+        connection.send(upgrade_request(path).replace(b"GET ", b"HEAD ", 1))
+        response = connection.read_response(head_only=True)
+        assert response.status == 405 and response.header("allow") == "GET", response
+        assert "sec-websocket-accept" not in response.headers, response
+        assert_nothing_more(connection)
+        # Still plain HTTP on this connection.
+        assert connection.request("GET", "/health").status == 200
+
+
+# ------------------------------------------------------------------------------------------
+# Expect: 100-continue
+
+
+def expecting_head(path, body, version="HTTP/1.1", expect="Expect: 100-continue"):
+    return (
+        f"POST {path} {version}\r\nHost: h\r\nContent-Type: application/json\r\n{expect}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+
+
+def read_continue(connection):
+    go_ahead = connection.read_response(head_only=True)
+    assert (go_ahead.status, go_ahead.reason, go_ahead.headers) == (100, "Continue", {}), go_ahead
+
+
+@pytest.mark.parametrize("expect", ["Expect: 100-continue", "expect: 100-Continue"])
+def test_a_client_that_expects_100_continue_gets_it_once_per_request(broker, expect):
+    topic = unique("rest.expect")
+    body = json.dumps({"name": topic}).encode()
+    with RawHttp(broker.http) as connection:
+        # Only the head, as curl sends it: the client waits for the go-ahead.
+        connection.send(expecting_head("/v1/topics", body, expect=expect))
+        read_continue(connection)
+        # A body in two parts gets one go-ahead.
+        connection.send(body[:5])
+        assert_nothing_more(connection)
+        connection.send(body[5:])
+        assert connection.read_response().status == 201
+        # The next request on the connection gets its own.
+        connection.send(expecting_head("/topics", body, expect=expect))
+        read_continue(connection)
+        connection.send(body)
+        assert connection.read_response().json() == {"name": topic, "created": False}
+        assert_nothing_more(connection)
+    give_back(broker, topic)
+
+
+def test_expect_with_the_body_already_sent_gets_the_final_answer_alone(broker):
+    topic = unique("rest.expect")
+    body = json.dumps({"name": topic}).encode()
+    with RawHttp(broker.http) as connection:
+        connection.send(expecting_head("/v1/topics", body) + body)
+        assert connection.read_response().status == 201
+        assert_nothing_more(connection)
+    give_back(broker, topic)
+
+
+def test_expect_from_an_http_1_0_client_is_ignored(broker):
+    topic = unique("rest.expect")
+    body = json.dumps({"name": topic}).encode()
+    with RawHttp(broker.http) as connection:
+        connection.send(expecting_head("/v1/topics", body, version="HTTP/1.0"))
+        assert_nothing_more(connection)
+        connection.send(body)
+        created = connection.read_response()
+        assert created.status == 201 and created.header("connection") == "close", created
+        assert connection.closed_by_peer()
+    give_back(broker, topic)
+
+
+@pytest.mark.parametrize(
+    "head, status",
+    [
+        (b"POST /v1/topics HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n"
+         b"Content-Length: 70000\r\n\r\n", 413),
+        (b"POST /v1/topics HTTP/1.1\r\nHost: h\r\nExpect: 200-ok\r\n"
+         b"Content-Length: 5\r\n\r\n", 417),
+    ],
+    ids=["body-over-the-limit", "unknown-expectation"],
+)
+def test_expect_refused_from_the_head_gets_the_final_answer_instead(broker, head, status):
+    with RawHttp(broker.http) as connection:
+        connection.send(head)
+        response = connection.read_response()
+        assert response.status == status, response
+        assert connection.closed_by_peer()
+    assert_broker_serves(broker)
 
 
 # ------------------------------------------------------------------------------------------
