@@ -63,6 +63,9 @@ impl Shard {
                     }
                 }
                 Err(native::DecodeError::Fatal { code, reason }) => {
+                    if self.awaits_foreign_protocol(id, buffer.filled()) {
+                        break Flow::Continue;
+                    }
                     self.counters.protocol_errors += 1;
                     if !self.answer_foreign_protocol(id, buffer.filled()) {
                         self.reply_err(id, 0, code, reason);
@@ -333,6 +336,15 @@ impl Shard {
                 None
             }
         }
+    }
+
+    /// Whether a connection still in its handshake began with text that more bytes could
+    /// make a known protocol's (an HTTP method cut after four bytes): it is left to read on,
+    /// so the client gets its own protocol's answer rather than a binary one.
+    fn awaits_foreign_protocol(&mut self, id: ConnectionId, first_bytes: &[u8]) -> bool {
+        self.connection_mut(id)
+            .is_some_and(|conn| conn.state == ConnState::Handshaking)
+            && sniff::needs_more(first_bytes)
     }
 
     /// Before HELLO, a text protocol's client (HTTP, Redis, NATS) is answered in its own words
