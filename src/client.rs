@@ -33,6 +33,7 @@ use crate::protocol::subscribe_options::CONSUMER_NAME_BYTES_MAX;
 pub use crate::protocol::subscribe_options::{AckSettings, Sharing, Start, SubscribeOptions};
 use crate::protocol::topic::TOPIC_BYTES_MAX;
 pub use crate::protocol::topic_options::TopicOptions;
+use crate::protocol::CLIENT_NAME_BYTES_MAX;
 
 /// Frames the client accepts from the broker: the broker's own limit is checked broker-side.
 const FRAME_BYTES_MAX: usize = 256 * 1024 * 1024 + native::FRAME_OVERHEAD_MAX;
@@ -325,10 +326,13 @@ impl Client {
     }
 
     pub fn connect_with(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Client> {
-        if options.name.len() > u8::MAX as usize {
+        if options.name.len() > CLIENT_NAME_BYTES_MAX {
             return Err(invalid(
                 ErrorCode::BadFrame,
-                format!("client name is {} bytes; at most 255", options.name.len()),
+                format!(
+                    "client name is {} bytes; at most {CLIENT_NAME_BYTES_MAX}",
+                    options.name.len()
+                ),
             ));
         }
         let mut stream = TcpStream::connect(addr)?;

@@ -612,6 +612,76 @@ fn headers_reach_v4_subscribers_and_older_ones_get_the_message_without_them() {
     assert_eq!(v4.expect_err(), (10, ErrorCode::BadFrame.as_u16()));
 }
 
+/// Regression: a PUBLISH with `PUBLISH_HEADERS` and an empty header block decodes just like
+/// one without the flag, and v1 to v3 connections slipped it past the version gate. The flag
+/// itself is refused below v4 (`BAD_FRAME`, the connection carries on); v4 may send it.
+#[test]
+fn publish_headers_flag_needs_v4_even_with_an_empty_block() {
+    let broker = start(config(1));
+    let publish = |request_id: u32| {
+        let mut body = vec![5];
+        body.extend_from_slice(b"hdr.e");
+        body.push(0); // no reply topic
+        body.extend_from_slice(&[0, 0]); // headers_len 0
+        body.extend_from_slice(b"x");
+        let mut frame = (8 + body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&[0x02, native::PUBLISH_HEADERS, 0, 0]);
+        frame.extend_from_slice(&request_id.to_be_bytes());
+        frame.extend_from_slice(&body);
+        frame
+    };
+    for version in 1..=3 {
+        let mut raw = RawConnection::handshaken_at(broker.native_addr(), version);
+        raw.send_bytes(&publish(20));
+        assert_eq!(
+            raw.expect_err(),
+            (20, ErrorCode::BadFrame.as_u16()),
+            "v{version}"
+        );
+        raw.send(Frame::Ping { request_id: 21 });
+        let bytes = raw.next_frame_bytes().unwrap();
+        assert_eq!(
+            native::decode(&bytes, 1 << 20).unwrap().unwrap().0,
+            Frame::Pong { request_id: 21 }
+        );
+    }
+    let mut v4 = RawConnection::handshaken_at(broker.native_addr(), 4);
+    v4.send_bytes(&publish(22));
+    v4.expect_ok(22);
+}
+
+/// Regression: an HTTP request whose first segment is exactly four bytes of its method
+/// (`POST`, `HEAD`, `PATC`...) read as an absurd frame length and got a binary
+/// FRAME_TOO_LARGE; the broker now waits for the byte that settles it and answers in HTTP.
+#[test]
+fn http_methods_split_after_four_bytes_get_the_http_answer() {
+    use std::io::{Read, Write};
+    let broker = start(config(1));
+    for request in [
+        &b"POST /v1/topics HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"HEAD / HTTP/1.1\r\n\r\n",
+        b"PATCH / HTTP/1.1\r\n\r\n",
+        b"OPTIONS / HTTP/1.1\r\n\r\n",
+        b"DELETE /v1/topics/a HTTP/1.1\r\n\r\n",
+    ] {
+        let mut raw = RawConnection::connect(broker.native_addr());
+        raw.send_bytes(&request[..4]);
+        // Long enough for the broker to have read (and, before the fix, answered) the four.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // Before the fix the broker had closed by now: a failed write shows in the answer.
+        let _ = raw.stream.write_all(&request[4..]);
+        let mut answer = Vec::new();
+        let _ = raw.stream.read_to_end(&mut answer);
+        assert!(
+            answer.starts_with(b"HTTP/1.1 400 "),
+            "{:?} got {:?}",
+            String::from_utf8_lossy(request),
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    RawConnection::handshaken(broker.native_addr());
+}
+
 /// An HTTP, Redis or NATS client that reaches the native port is told so in its own
 /// protocol's words, not with a binary frame it cannot read, then closed.
 #[test]

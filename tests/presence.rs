@@ -8,7 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use corebus::client::{Subscription, TopicOptions};
+use corebus::client::{Client, ClientOptions, Subscription, TopicOptions};
+use corebus::protocol::CLIENT_NAME_BYTES_MAX;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -135,4 +136,52 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+/// An event never exceeds the message limit its subscribers were promised: under a limit
+/// too small for the longest client name, the join leaves the name out and says so.
+#[test]
+fn an_event_above_the_message_limit_leaves_the_client_name_out() {
+    let mut config = config(1);
+    config.message_bytes_max = 400;
+    let broker = start(config);
+    let addr = broker.native_addr();
+    let mut admin = client(addr);
+    admin
+        .create_topic("presence.small", with_presence())
+        .unwrap();
+    let mut events = admin.subscribe("$sys.presence.presence.small").unwrap();
+    let mut short = Client::connect_with(
+        addr,
+        ClientOptions {
+            name: "bob".to_owned(),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let _kept = short.subscribe("presence.small").unwrap();
+    let join = next_event(&mut events);
+    assert_eq!(join["client_name"], "bob");
+    assert!(join.get("client_name_omitted").is_none(), "{join}");
+    let mut long = Client::connect_with(
+        addr,
+        ClientOptions {
+            name: "n".repeat(CLIENT_NAME_BYTES_MAX),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let _kept_too = long.subscribe("presence.small").unwrap();
+    let delivery = events.recv_timeout(WAIT).expect("a presence event");
+    assert!(
+        delivery.payload.len() <= 400,
+        "{} bytes",
+        delivery.payload.len()
+    );
+    let join: Value = serde_json::from_slice(&delivery.payload).unwrap();
+    assert_eq!(
+        (join["event"].as_str(), join["client_name"].is_null()),
+        (Some("join"), true)
+    );
+    assert_eq!(join["client_name_omitted"], true, "{join}");
 }

@@ -109,7 +109,8 @@
 //! `--header-bytes-max` is `MESSAGE_TOO_LARGE`. Headers ride with the message through replay,
 //! redelivery and dead letters. Known names: `id` (the publisher's message id, shown by the
 //! WebSocket dialects) and `content-type` (`application/json` makes WebSocket clients see the
-//! payload as JSON). A v1 to v3 connection must not set the flag (`BAD_FRAME`).
+//! payload as JSON). A v1 to v3 connection must not set the flag, even with an empty block
+//! (`BAD_FRAME`).
 //!
 //! With `PUBLISH_QUIET` the broker sends no OK, but still sends ERR on failure, which lets
 //! fire-and-forget publishers skip a reply per message without losing error reports.
@@ -440,6 +441,14 @@ pub const PUBLISH_QUIET: u8 = 0x01;
 pub const PUBLISH_HEADERS: u8 = 0x02;
 /// MSG flag (v4): a header block follows the reply topic.
 pub const MSG_HEADERS: u8 = 0x01;
+
+/// The `flags` byte of the frame that `frame_bytes` starts with (0 when it is not there),
+/// for the one check a decoded [`Frame`] cannot make: a PUBLISH with `PUBLISH_HEADERS` and an
+/// empty header block decodes exactly like one without the flag, yet only a v4 connection may
+/// set it, and the codec does not know the connection's version.
+pub fn frame_flags(frame_bytes: &[u8]) -> u8 {
+    frame_bytes.get(FLAGS_OFFSET).copied().unwrap_or(0)
+}
 /// ACK flag (v2): acknowledge every in-flight message up to and including `seq`.
 pub const ACK_CUMULATIVE: u8 = 0x01;
 /// ACK flag (v2): negative acknowledgement, redeliver `seq` at once.
@@ -1518,6 +1527,31 @@ mod tests {
     use super::*;
     use proptest::collection::vec;
     use proptest::prelude::*;
+
+    /// The flag a decoded PUBLISH cannot show: set, with an empty header block.
+    #[test]
+    fn frame_flags_shows_the_headers_flag_of_an_empty_block() {
+        let mut frame = Vec::new();
+        Frame::Publish {
+            request_id: 1,
+            quiet: false,
+            topic: b"t",
+            reply_to: None,
+            headers: &[],
+            payload: b"x",
+        }
+        .encode(&mut frame);
+        assert_eq!(frame_flags(&frame), 0);
+        // The same PUBLISH with the flag and a zero `headers_len`.
+        frame[FLAGS_OFFSET] |= PUBLISH_HEADERS;
+        frame.splice(HEADER_LEN + 3..HEADER_LEN + 3, [0, 0]);
+        let length = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&length.to_be_bytes());
+        let (decoded, _) = decode(&frame, 1 << 20).unwrap().unwrap();
+        assert!(matches!(decoded, Frame::Publish { headers: [], .. }));
+        assert_eq!(frame_flags(&frame), PUBLISH_HEADERS);
+        assert_eq!(frame_flags(&frame[..5]), 0);
+    }
 
     #[test]
     fn stage_msg_takes_the_header_block_out_only_for_older_clients() {

@@ -228,6 +228,9 @@ pub mod errors {
     /// CLIENT SETNAME / HELLO SETNAME with a byte outside `!`..=`~`.
     pub const CLIENT_NAME_INVALID: &str =
         "Client names cannot contain spaces, newlines or special characters.";
+    /// CLIENT SETNAME / HELLO SETNAME with a name above
+    /// [`crate::protocol::CLIENT_NAME_BYTES_MAX`] (corebus's bound; Redis has none).
+    pub const CLIENT_NAME_TOO_LONG: &str = "Client names are at most 255 bytes.";
     /// `CLIENT KILL addr:port` that found no client (the filter form answers `:0` instead).
     pub const NO_SUCH_CLIENT: &str = "No such client";
     /// `CLIENT KILL ID n` with n not a positive integer.
@@ -453,6 +456,18 @@ pub fn setinfo_value_error(attribute: &[u8]) -> Vec<u8> {
 /// (Redis reads them as C strings, so it stops at a NUL; a NUL is refused here instead.)
 pub fn client_attribute_ok(value: &[u8]) -> bool {
     value.iter().all(|&byte| (b'!'..=b'~').contains(&byte))
+}
+
+/// What is wrong with a client name for `CLIENT SETNAME` or `HELLO ... SETNAME`, if anything:
+/// Redis's character rule, then corebus's length bound (the name rides in presence events).
+pub fn client_name_error(name: &[u8]) -> Option<&'static str> {
+    if !client_attribute_ok(name) {
+        Some(errors::CLIENT_NAME_INVALID)
+    } else if name.len() > super::CLIENT_NAME_BYTES_MAX {
+        Some(errors::CLIENT_NAME_TOO_LONG)
+    } else {
+        None
+    }
 }
 
 /// Requests named `POST` or `Host:` (any case) are HTTP sent to the Redis port, the mark of a
@@ -822,6 +837,15 @@ mod tests {
         assert!(client_attribute_ok(b"redis-py"));
         assert!(!client_attribute_ok(b"a b"));
         assert!(!client_attribute_ok(b"a\x7f"));
+        let longest = vec![b'n'; crate::protocol::CLIENT_NAME_BYTES_MAX];
+        assert_eq!(client_name_error(&longest), None);
+        assert_eq!(
+            client_name_error(&[&longest[..], b"n"].concat()),
+            Some(errors::CLIENT_NAME_TOO_LONG)
+        );
+        assert!(errors::CLIENT_NAME_TOO_LONG
+            .contains(&crate::protocol::CLIENT_NAME_BYTES_MAX.to_string()));
+        assert_eq!(client_name_error(b"a b"), Some(errors::CLIENT_NAME_INVALID));
         assert_eq!(select_database(b"0"), Ok(()));
         assert_eq!(select_database(b"1"), Err(errors::DB_INDEX_OUT_OF_RANGE));
         assert_eq!(select_database(b"-1"), Err(errors::DB_INDEX_OUT_OF_RANGE));

@@ -7,7 +7,9 @@
 //! asks [`sniff`] about the first bytes of such a connection, and if they look like an HTTP
 //! request line, a RESP command (`*N\r\n` multibulk or an inline `PING`, `HELLO`, ...) or a
 //! NATS `CONNECT`/`PING`/`SUB`/`PUB`, it sends [`answer`]: an error in that protocol's own
-//! framing, then closes. The wording lives in one function, [`port_advice`]: it names the
+//! framing, then closes. Four bytes are enough for the decoder to refuse a length, not always
+//! for [`sniff`] to decide (`POST` before its space): [`needs_more`] says when the connection
+//! should read on instead. The wording lives in one function, [`port_advice`]: it names the
 //! HTTP port (where HTTP and WebSocket clients belong), and will name the Redis port once it
 //! exists.
 //!
@@ -94,6 +96,39 @@ pub fn sniff(first_bytes: &[u8]) -> Option<Foreign> {
         return Some(Foreign::Nats);
     }
     None
+}
+
+/// Whether `first_bytes` could still become what [`sniff`] recognises once more bytes come:
+/// a known verb or method cut short (`POST` split after its fourth byte, before the space
+/// that would settle it), or a RESP multibulk count not yet ended. The frame decoder reads
+/// any four such bytes as a length far above every frame limit, so the connection waits for
+/// the rest instead of answering in binary; the handshake deadline bounds that wait. A native
+/// client is never held: its length's first byte is at most 0x10 (`--message-bytes-max` is
+/// at most 256 MiB), never `*` or a letter, so it gets a plain `false`.
+pub fn needs_more(first_bytes: &[u8]) -> bool {
+    if first_bytes.is_empty()
+        || first_bytes.len() >= SNIFF_BYTES_MAX
+        || sniff(first_bytes).is_some()
+    {
+        return false;
+    }
+    if let [b'*', digits @ ..] = first_bytes {
+        return digits.iter().all(u8::is_ascii_digit);
+    }
+    if !first_bytes.iter().all(u8::is_ascii_alphabetic) {
+        return false;
+    }
+    HTTP_METHODS
+        .iter()
+        .chain(&RESP_INLINE)
+        .chain(&NATS_VERBS)
+        .chain(&["CONNECT"])
+        .any(|known| {
+            known
+                .as_bytes()
+                .get(..first_bytes.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(first_bytes))
+        })
 }
 
 /// The broker's other ports, which a lost client is pointed at (`None`: turned off).
@@ -195,6 +230,76 @@ mod tests {
         check(b"SSH-2.0-OpenSSH_9.6\r\n", None);
     }
 
+    /// Every HTTP request, split anywhere in its method or just after it, is either
+    /// recognised or waited for, never refused as a native frame; the whole line is HTTP.
+    #[test]
+    fn http_methods_split_anywhere_are_waited_for() {
+        for method in HTTP_METHODS {
+            let request = format!("{method} /v1/topics HTTP/1.1\r\nHost: x\r\n\r\n");
+            let request = request.as_bytes();
+            for split in 1..=method.len() {
+                let first = &request[..split];
+                assert!(
+                    sniff(first).is_none() && needs_more(first),
+                    "{:?} must wait for more",
+                    String::from_utf8_lossy(first)
+                );
+            }
+            for split in method.len() + 1..=request.len() {
+                assert_eq!(
+                    sniff(&request[..split]),
+                    Some(Foreign::Http),
+                    "{:?}",
+                    String::from_utf8_lossy(&request[..split])
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn connect_cut_short_is_waited_for() {
+        for split in 1..=b"CONNECT".len() {
+            assert!(needs_more(&b"CONNECT"[..split]));
+        }
+        assert_eq!(sniff(b"CONNECT example.com:443 "), Some(Foreign::Http));
+        assert_eq!(sniff(b"CONNECT {"), Some(Foreign::Nats));
+    }
+
+    #[test]
+    fn waits_only_for_what_could_still_be_text() {
+        let check = |input: &[u8], expect: bool| {
+            assert_eq!(
+                needs_more(input),
+                expect,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        };
+        // The audit's cases: four bytes that are a whole method, or a method's start.
+        check(b"POST", true);
+        check(b"HEAD", true);
+        check(b"PATC", true);
+        check(b"DELE", true);
+        check(b"OPTI", true);
+        check(b"TRAC", true);
+        check(b"PING", true);
+        check(b"CONN", true);
+        check(b"SUBS", true);
+        check(b"*123", true);
+        // Settled one way or the other: nothing to wait for.
+        check(b"GET ", false);
+        check(b"POST ", false);
+        check(b"PING\r\n", false);
+        check(b"POSTX", false);
+        check(b"GETTING", false);
+        check(b"*12x", false);
+        check(b"SSH-", false);
+        check(b"\x16\x03\x01\x02", false);
+        check(b"", false);
+        check(&[0, 0, 0, 20], false);
+        check(&[0x10, 0, 0, 0], false);
+    }
+
     #[test]
     fn each_answer_is_framed_in_its_protocol() {
         let http = String::from_utf8(answer(Foreign::Http, OtherPorts::default())).unwrap();
@@ -232,12 +337,17 @@ mod tests {
             let _ = sniff(&bytes);
         }
 
-        /// A native frame's first byte is 0 (lengths under 16 MiB): never taken for text.
+        /// A native frame's first byte is at most 0x10 (lengths up to the 256 MiB message
+        /// cap and its overhead): never taken for text, never held back.
         #[test]
-        fn native_frames_are_never_sniffed(rest in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let mut bytes = vec![0u8];
+        fn native_frames_are_never_sniffed(
+            first in 0u8..=0x10,
+            rest in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut bytes = vec![first];
             bytes.extend(rest);
             prop_assert_eq!(sniff(&bytes), None);
+            prop_assert!(!needs_more(&bytes));
         }
     }
 }

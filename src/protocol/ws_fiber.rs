@@ -37,7 +37,8 @@
 //! # Errors
 //!
 //! Every malformed message (not JSON, not an object, unknown `type`, a missing or mistyped
-//! field, a bad topic name) is `BAD_REQUEST`, carrying the message's `request_id` when it could
+//! field, a bad topic name, a `client_id` above [`CLIENT_NAME_BYTES_MAX`], 255 bytes) is
+//! `BAD_REQUEST`, carrying the message's `request_id` when it could
 //! be read; the connection stays open. The broker adds `TOPIC_NOT_FOUND`, `SLOW_CONSUMER` (sent
 //! just before it closes), `RATE_LIMITED`, `PAYLOAD_TOO_LARGE` and `INTERNAL`.
 
@@ -53,6 +54,7 @@ use super::ws_json::{
     self, bool_value, format_rfc3339_utc, is_null, optional_string, parse_envelope, string_value,
     u64_value, EnvelopeError, JsonObject, JsonValue, MessageId, WrongType,
 };
+use super::CLIENT_NAME_BYTES_MAX;
 use crate::error::ErrorCode;
 
 /// The dialect's error codes.
@@ -200,8 +202,21 @@ pub fn parse_client_message(text: &str) -> Result<FiberRequest<'_>, FiberError<'
         None => return Err(bad("type is required")),
         Some(raw) => string_value(raw).ok_or_else(|| bad("type must be a string"))?,
     };
-    let client_id =
-        |raw| optional_string(raw).map_err(|WrongType| bad("client_id must be a string"));
+    let client_id = |raw| {
+        let client_id =
+            optional_string(raw).map_err(|WrongType| bad("client_id must be a string"))?;
+        match client_id {
+            Some(id) if id.len() > CLIENT_NAME_BYTES_MAX => Err(FiberError {
+                request_id: request_id.clone(),
+                code: FiberCode::BadRequest,
+                message: Cow::Owned(format!(
+                    "client_id is {} bytes; at most {CLIENT_NAME_BYTES_MAX}",
+                    id.len()
+                )),
+            }),
+            id => Ok(id),
+        }
+    };
     match &*kind {
         "subscribe" => {
             let (topic, kind) = subscription_topic(envelope.topic).map_err(bad)?;
@@ -664,6 +679,22 @@ mod tests {
                 r#"{"type":"subscribe","request_id":"r","topic":"a","client_id":1}"#,
                 r(),
                 "client_id",
+            ),
+            (
+                &format!(
+                    r#"{{"type":"subscribe","request_id":"r","topic":"a","client_id":"{}"}}"#,
+                    "c".repeat(CLIENT_NAME_BYTES_MAX + 1)
+                ),
+                r(),
+                "client_id is 256 bytes; at most 255",
+            ),
+            (
+                &format!(
+                    r#"{{"type":"unsubscribe","request_id":"r","topic":"a","client_id":"{}"}}"#,
+                    "c".repeat(1_048_490)
+                ),
+                r(),
+                "client_id is 1048490 bytes; at most 255",
             ),
             (
                 r#"{"type":"subscribe","request_id":"r","topic":"a","last_n":-1}"#,

@@ -34,14 +34,17 @@ impl Shard {
         let flow = loop {
             match native::decode(buffer.filled(), frame_bytes_max) {
                 Ok(None) => break Flow::Continue,
-                Ok(Some((frame, len))) => match self.handle_frame(id, frame) {
-                    Flow::Continue => buffer.consume(len),
-                    Flow::Blocked => break Flow::Blocked,
-                    Flow::Stop => {
-                        buffer.consume(len);
-                        break Flow::Stop;
+                Ok(Some((frame, len))) => {
+                    let flags = native::frame_flags(buffer.filled());
+                    match self.handle_frame(id, frame, flags) {
+                        Flow::Continue => buffer.consume(len),
+                        Flow::Blocked => break Flow::Blocked,
+                        Flow::Stop => {
+                            buffer.consume(len);
+                            break Flow::Stop;
+                        }
                     }
-                },
+                }
                 Err(native::DecodeError::Invalid {
                     request_id,
                     frame_len,
@@ -60,6 +63,9 @@ impl Shard {
                     }
                 }
                 Err(native::DecodeError::Fatal { code, reason }) => {
+                    if self.awaits_foreign_protocol(id, buffer.filled()) {
+                        break Flow::Continue;
+                    }
                     self.counters.protocol_errors += 1;
                     if !self.answer_foreign_protocol(id, buffer.filled()) {
                         self.reply_err(id, 0, code, reason);
@@ -78,7 +84,9 @@ impl Shard {
         flow
     }
 
-    fn handle_frame(&mut self, id: ConnectionId, frame: Frame<'_>) -> Flow {
+    /// Handles one decoded frame; `flags` is its raw flags byte, for the version gate of a
+    /// flag the decoded frame cannot show.
+    fn handle_frame(&mut self, id: ConnectionId, frame: Frame<'_>, flags: u8) -> Flow {
         let Some(conn) = self.connection_mut(id) else {
             return Flow::Stop;
         };
@@ -94,7 +102,9 @@ impl Shard {
                 headers,
                 payload,
             } => {
-                if !headers.is_empty() && self.protocol_version(id) < 4 {
+                // The flag, not the block: an empty block must not let a v1 to v3 client
+                // use what its version does not have.
+                if flags & native::PUBLISH_HEADERS != 0 && self.protocol_version(id) < 4 {
                     self.counters.protocol_errors += 1;
                     self.reply_err(
                         id,
@@ -326,6 +336,15 @@ impl Shard {
                 None
             }
         }
+    }
+
+    /// Whether a connection still in its handshake began with text that more bytes could
+    /// make a known protocol's (an HTTP method cut after four bytes): it is left to read on,
+    /// so the client gets its own protocol's answer rather than a binary one.
+    fn awaits_foreign_protocol(&mut self, id: ConnectionId, first_bytes: &[u8]) -> bool {
+        self.connection_mut(id)
+            .is_some_and(|conn| conn.state == ConnState::Handshaking)
+            && sniff::needs_more(first_bytes)
     }
 
     /// Before HELLO, a text protocol's client (HTTP, Redis, NATS) is answered in its own words

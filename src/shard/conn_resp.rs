@@ -841,8 +841,8 @@ impl Shard {
             CommandId::ClientList => self.resp_gather(id, GatherQuery::ClientList),
             CommandId::ClientSetName => {
                 let name = request.arg(2).unwrap_or_default();
-                if !resp_commands::client_attribute_ok(name) {
-                    self.resp_error(id, errors::CLIENT_NAME_INVALID.as_bytes());
+                if let Some(error) = resp_commands::client_name_error(name) {
+                    self.resp_error(id, error.as_bytes());
                 } else {
                     if let Some(session) = self.resp_session(id) {
                         session.name = name.to_vec();
@@ -1138,8 +1138,8 @@ impl Shard {
                 index += 3;
             } else if option.eq_ignore_ascii_case(b"SETNAME") && remaining >= 1 {
                 let value = request.arg(index + 1).unwrap_or_default();
-                if !resp_commands::client_attribute_ok(value) {
-                    self.resp_error(id, errors::CLIENT_NAME_INVALID.as_bytes());
+                if let Some(error) = resp_commands::client_name_error(value) {
+                    self.resp_error(id, error.as_bytes());
                     return Flow::Continue;
                 }
                 name = Some(value.to_vec());

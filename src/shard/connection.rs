@@ -187,14 +187,17 @@ impl ReadBuffer {
         self.data.shrink_to_fit();
     }
 
-    /// Free space to read into. Compacts, and grows when the frame at the front (whose
-    /// length the decoder has already checked against the limit) does not fit.
-    pub fn spare(&mut self) -> &mut [u8] {
+    /// Free space to read into. Compacts, and grows when the frame at the front does not fit
+    /// and is within `frame_bytes_max`. A length above it is never room to allocate: the
+    /// decoder refuses it, or, before HELLO, it is the start of a text protocol's request
+    /// that waits for its next bytes (`sniff::needs_more`: `POST` reads as 1.3 GB).
+    pub fn spare(&mut self, frame_bytes_max: usize) -> &mut [u8] {
         let filled = self.end - self.start;
         let frame_len = self
             .filled()
             .first_chunk::<4>()
             .map(|len| u32::from_be_bytes(*len) as usize + 4)
+            .filter(|&len| len <= frame_bytes_max)
             .unwrap_or(0);
         let wanted = frame_len.max(self.resting_len);
         if self.start > 0 && (self.end == self.data.len() || self.start + wanted > self.data.len())
@@ -1135,9 +1138,12 @@ impl Connection {
 
     /// Reads once into the buffer. `Ok(0)` means the peer closed its end. `text_bytes_max`
     /// bounds what a text protocol's buffer may grow to (a native frame announces its size).
-    pub fn read_once(&mut self, text_bytes_max: usize) -> io::Result<ReadOutcome> {
+    pub fn read_once(
+        &mut self,
+        (text_bytes_max, frame_bytes_max): (usize, usize),
+    ) -> io::Result<ReadOutcome> {
         let spare = if self.wire.is_native() {
-            self.read.spare()
+            self.read.spare(frame_bytes_max)
         } else {
             self.read.spare_for_text(text_bytes_max)
         };
@@ -1290,18 +1296,21 @@ mod tests {
         assert!(handle.try_event().is_none());
     }
 
+    /// A frame limit for the read buffer tests, far above their frames.
+    const LIMIT: usize = 1 << 20;
+
     #[test]
     fn read_buffer_grows_for_a_large_frame_and_shrinks_back() {
         let mut buffer = ReadBuffer::new(16);
         let big = 100u32;
-        buffer.spare()[..4].copy_from_slice(&big.to_be_bytes());
+        buffer.spare(LIMIT)[..4].copy_from_slice(&big.to_be_bytes());
         buffer.commit(4);
-        assert!(buffer.spare().len() >= 100);
+        assert!(buffer.spare(LIMIT).len() >= 100);
         buffer.commit(100);
         assert_eq!(buffer.filled().len(), 104);
         buffer.consume(104);
         assert!(buffer.is_empty());
-        assert_eq!(buffer.spare().len(), 16);
+        assert_eq!(buffer.spare(LIMIT).len(), 16);
     }
 
     #[test]
@@ -1323,22 +1332,35 @@ mod tests {
         assert_eq!((buffer.capacity(), buffer.filled().len()), (16, 2));
         // A large frame still arriving keeps its room.
         let mut large = ReadBuffer::new(16);
-        large.spare()[..4].copy_from_slice(&100u32.to_be_bytes());
+        large.spare(LIMIT)[..4].copy_from_slice(&100u32.to_be_bytes());
         large.commit(4);
-        large.spare();
+        large.spare(LIMIT);
         large.shrink_when_idle(true);
         assert!(large.capacity() >= 104);
+    }
+
+    /// Regression: text waiting to be sniffed (`POST` cut after four bytes) read as a
+    /// 1.3 GB frame and the buffer was grown to that, seconds of zeroing per connection.
+    #[test]
+    fn read_buffer_never_grows_for_a_length_above_the_limit() {
+        let mut buffer = ReadBuffer::new(16);
+        buffer.spare(LIMIT)[..4].copy_from_slice(b"POST");
+        buffer.commit(4);
+        assert_eq!(buffer.spare(LIMIT).len(), 12);
+        assert_eq!(buffer.capacity(), 16);
+        buffer.shrink_when_idle(true);
+        assert_eq!(buffer.capacity(), 16);
     }
 
     #[test]
     fn read_buffer_compacts_a_partial_frame_to_the_front() {
         let mut buffer = ReadBuffer::new(16);
-        let spare = buffer.spare();
+        let spare = buffer.spare(LIMIT);
         spare[..16].copy_from_slice(&[0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 8]);
         buffer.commit(16);
         buffer.consume(12);
         assert_eq!(buffer.filled(), &[0, 0, 0, 8]);
-        assert_eq!(buffer.spare().len(), 12);
+        assert_eq!(buffer.spare(LIMIT).len(), 12);
         assert_eq!(buffer.filled(), &[0, 0, 0, 8]);
     }
 

@@ -510,6 +510,7 @@ impl Shard {
         let mut budget = self.config.read_bytes_per_turn_max;
         // A text protocol's buffer holds at most one request or message, with its framing.
         let text_bytes_max = self.text_bytes_max();
+        let frame_bytes_max = self.config.frame_bytes_max();
         let reply_bytes_max = self.config.outbound_bytes_max;
         let turn_now = self.turn_now;
         let frame_deadline = Duration::from_millis(self.config.frame_deadline_ms);
@@ -545,7 +546,7 @@ impl Shard {
                 self.read_again.push(id);
                 return;
             }
-            match conn.read_once(text_bytes_max) {
+            match conn.read_once((text_bytes_max, frame_bytes_max)) {
                 Ok(outcome) if outcome.bytes == 0 => {
                     // The peer is done sending, maybe not reading: what its requests already
                     // produced goes out first (a client may send `PING` and shut its write

@@ -7,7 +7,15 @@
 //! Events are bounded by `--presence-events-per-second-max` per shard: a mass reconnect must
 //! not turn into a flood of broker publishes. An event over the rate, or one whose
 //! `$sys.presence.` name would be longer than a topic may be, is counted
-//! (`presence_events_suppressed`) and not sent. Events are noted where subscriptions change,
+//! (`presence_events_suppressed`) and not sent.
+//!
+//! An event is never larger than `--message-bytes-max`, the limit every subscriber was told
+//! (HELLO's `message_bytes_max`): a client may send nothing bigger, and must not be sent
+//! anything bigger either. Client names are bounded far below it
+//! ([`crate::protocol::CLIENT_NAME_BYTES_MAX`]), so only a broker started with a tiny limit
+//! meets this: the event then leaves the client name out and says so
+//! (`"client_name": null, "client_name_omitted": true`), and one still too large is
+//! suppressed and counted like those above. Events are noted where subscriptions change,
 //! which may be while a ring's terminal messages are handled (and those never send), and go
 //! out once per loop turn; those that find the owner's ring full wait for the next turn.
 
@@ -20,6 +28,7 @@ use crate::protocol::topic::TOPIC_BYTES_MAX;
 
 use super::commands::unix_time_ns;
 use super::connection::TokenBucket;
+use super::stats::ConnectionSummary;
 use super::Shard;
 
 /// Where a topic's presence events are published.
@@ -88,23 +97,21 @@ impl Shard {
             return;
         }
         let summary = self.connection_summary(conn);
-        let event = json!({
-            "event": change.as_str(),
-            "topic": topic,
-            "shard": summary.shard,
-            "connection": summary.connection.to_string(),
-            "client_name": summary.client_name,
-            "protocol": summary.protocol.as_str(),
-            "peer": summary.peer.to_string(),
-            "sub_id": subscriber.sub_id,
-            "consumer": consumer,
-            "time_ms": now_ns / 1_000_000,
-        });
+        let Some(event) = event_text(
+            (change, topic),
+            &summary,
+            (subscriber.sub_id, consumer),
+            now_ns / 1_000_000,
+            self.config.message_bytes_max,
+        ) else {
+            self.counters.presence_events_suppressed += 1;
+            return;
+        };
         let message = Message::from_publish_with_headers(
             &mut self.encode_scratch,
             (&events_topic, None),
             JSON_HEADERS,
-            event.to_string().as_bytes(),
+            event.as_bytes(),
         );
         self.presence.pending.push(message);
     }
@@ -140,10 +147,98 @@ impl Shard {
     }
 }
 
+/// An event's JSON text, at most `message_bytes_max` bytes: without the client name (and
+/// saying so) when the name would take it over, `None` when even that is too large.
+fn event_text(
+    (change, topic): (PresenceChange, &str),
+    summary: &ConnectionSummary,
+    (sub_id, consumer): (u32, Option<&str>),
+    time_ms: u64,
+    message_bytes_max: usize,
+) -> Option<String> {
+    let mut event = json!({
+        "event": change.as_str(),
+        "topic": topic,
+        "shard": summary.shard,
+        "connection": summary.connection.to_string(),
+        "client_name": summary.client_name,
+        "protocol": summary.protocol.as_str(),
+        "peer": summary.peer.to_string(),
+        "sub_id": sub_id,
+        "consumer": consumer,
+        "time_ms": time_ms,
+    });
+    let text = event.to_string();
+    if text.len() <= message_bytes_max {
+        return Some(text);
+    }
+    event["client_name"] = serde_json::Value::Null;
+    event["client_name_omitted"] = serde_json::Value::Bool(true);
+    Some(event.to_string()).filter(|text| text.len() <= message_bytes_max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::ConnectionId;
     use crate::protocol::native;
+    use crate::shard::wire::Protocol;
+
+    fn summary(client_name: &str) -> ConnectionSummary {
+        ConnectionSummary {
+            shard: 1,
+            connection: ConnectionId {
+                index: 3,
+                generation: 0,
+            },
+            client_name: client_name.to_owned(),
+            protocol: Protocol::WebSocket,
+            peer: "127.0.0.1:50122".parse().unwrap(),
+            queued_bytes: 0,
+        }
+    }
+
+    fn event(client_name: &str, message_bytes_max: usize) -> Option<serde_json::Value> {
+        let text = event_text(
+            (PresenceChange::Join, "pr.a"),
+            &summary(client_name),
+            (1, None),
+            1_796_520_000_000,
+            message_bytes_max,
+        )?;
+        assert!(text.len() <= message_bytes_max, "{} bytes", text.len());
+        Some(serde_json::from_str(&text).unwrap())
+    }
+
+    #[test]
+    fn an_event_names_its_client() {
+        let event = event("alice", 1 << 20).unwrap();
+        assert_eq!(event["client_name"], "alice");
+        assert_eq!(event["event"], "join");
+        assert!(event.get("client_name_omitted").is_none());
+    }
+
+    /// Regression (the audit's repro, with the name no protocol lets in any more): an event
+    /// larger than the message limit is never built; it leaves the name out and says so.
+    #[test]
+    fn an_event_is_never_above_the_message_limit() {
+        let limit = 1 << 20;
+        let event = event(&"c".repeat(1_048_490), limit).unwrap();
+        assert_eq!(event["client_name"], serde_json::Value::Null);
+        assert_eq!(event["client_name_omitted"], true);
+        assert_eq!(event["topic"], "pr.a");
+        // A limit too small for any event: suppressed (the caller counts it).
+        assert_eq!(
+            super::event_text(
+                (PresenceChange::Leave, "pr.a"),
+                &summary("alice"),
+                (1, None),
+                0,
+                64,
+            ),
+            None
+        );
+    }
 
     #[test]
     fn events_say_they_are_json() {

@@ -57,3 +57,43 @@ def test_a_topic_created_with_presence_announces_joins_and_leaves(broker):
             assert event["protocol"] == "websocket", event
         leave = watcher.expect("event")["message"]["payload"]
         assert leave["event"] == "leave" and leave["connection"] == event["connection"], leave
+
+
+def test_client_names_are_bounded_so_presence_events_fit_the_message_limit(broker):
+    """Regression (audit): a Fiber `client_id` of 1,048,490 bytes made a join event above the
+    1 MiB message limit, and a watcher with default `websockets` settings was closed with 1009.
+    Client names are at most 255 bytes in every protocol; a longer one is a BAD_REQUEST (Redis:
+    `-ERR`) and never reaches an event."""
+    import redis
+
+    topic = unique("presence.long")
+    created = http(broker, "POST", "/v1/topics",
+                   body=json.dumps({"name": topic, "presence": True}).encode(),
+                   headers={"Content-Type": "application/json"})
+    assert created.status == 201, created
+    with broker.fiber() as watcher:
+        fiber_subscribe(watcher, f"$sys.presence.{topic}")
+        with broker.fiber() as member:
+            member.send({"type": "subscribe", "topic": topic, "client_id": "c" * 1_048_490,
+                         "request_id": "too-long"})
+            error = member.expect("error")
+            assert error["request_id"] == "too-long", error
+            assert error["error"]["code"] == "BAD_REQUEST", error
+            assert "at most 255" in error["error"]["message"], error
+            watcher.expect_silence()
+            # The longest allowed name joins, and the event names it.
+            fiber_subscribe(member, topic, client_id="c" * 255)
+            join = watcher.expect("event")["message"]["payload"]
+            assert join["event"] == "join" and join["client_name"] == "c" * 255, join
+        assert watcher.expect("event")["message"]["payload"]["event"] == "leave"
+
+    host, port = broker.resp
+    client = redis.Redis(host=host, port=port, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.client_setname("n" * 256)
+        raise AssertionError("a 256-byte CLIENT SETNAME was accepted")
+    except redis.exceptions.ResponseError as error:
+        assert "at most 255 bytes" in str(error), error
+    assert client.client_setname("n" * 255) is True
+    assert client.client_getname() in ("n" * 255, b"n" * 255)
+    client.close()

@@ -559,11 +559,16 @@ def test_a_pipeline_of_stats_requests_costs_one_at_a_time(start_broker):
     numpat, infos = int(os.environ.get("STATS_PIPELINE", "2000")), 20
     pipeline = b"*2\r\n$6\r\nPUBSUB\r\n$6\r\nNUMPAT\r\n" * numpat
     pipeline += b"*1\r\n$4\r\nINFO\r\n" * infos
-    with client(broker.resp, 2) as named, client(broker.resp, 2) as other, \
+    # Every gather carries each connection's CLIENT LIST line (with its name, at most 255
+    # bytes): many named connections make each snapshot larger.
+    named = [socket.create_connection(broker.resp, timeout=WAIT) for _ in range(200)]
+    for index, sock in enumerate(named):
+        name = b"%03d" % index + b"n" * 252
+        sock.sendall(b"*3\r\n$6\r\nCLIENT\r\n$7\r\nSETNAME\r\n$255\r\n%s\r\n" % name)
+    for sock in named:
+        assert sock.recv(16) == b"+OK\r\n"
+    with client(broker.resp, 2) as other, \
             socket.create_connection(broker.resp, timeout=WAIT) as flood:
-        # Every gather carries each connection's name (CLIENT LIST): a long one makes each
-        # snapshot larger.
-        named.client_setname("n" * 500_000)
         before = rss_kib(broker.process.pid)
         peak, sampling = [before], threading.Event()
 
@@ -601,6 +606,8 @@ def test_a_pipeline_of_stats_requests_costs_one_at_a_time(start_broker):
         for _ in range(infos):
             assert b"redis_version" in read_resp_frame(reader)
         writer.join(timeout=WAIT)
+    for sock in named:
+        sock.close()
 
 
 def test_client_kill_answers_as_redis_7_2(resp, protocol):
