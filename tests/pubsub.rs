@@ -374,21 +374,17 @@ fn after_unsubscribe_is_answered_no_later_message_is_sent_for_that_subscription(
                 .cloned()
                 .unwrap_or_default()
         };
-        assert_eq!(
-            seqs(1, "w.a"),
-            vec![1],
-            "sub 1 (w.a, unsubscribed): {received:?}"
-        );
-        assert_eq!(
-            seqs(2, "w.a"),
-            vec![1],
-            "sub 2 (w.*, unsubscribed): {received:?}"
-        );
-        assert_eq!(
-            seqs(2, "w.b"),
-            vec![1],
-            "sub 2 (w.*, unsubscribed): {received:?}"
-        );
+        // Seq 1 was sequenced before the UNSUBSCRIBEs were sent, but with several shards its
+        // delivery may still be on the ring from the topic's owner when the subscriber's shard
+        // reads them (it handles socket input before ring input in a turn): an unsubscribed id
+        // gets it or not. Nothing published after the reply may reach it.
+        for (sub_id, topic) in [(1, "w.a"), (2, "w.a"), (2, "w.b")] {
+            let got = seqs(sub_id, topic);
+            assert!(
+                got.is_empty() || got == [1],
+                "sub {sub_id} ({topic}, unsubscribed) got {got:?}: {received:?}"
+            );
+        }
         assert_eq!(
             seqs(3, "w.b"),
             vec![1, 2, 3, 4, 5],
@@ -404,7 +400,20 @@ fn after_unsubscribe_is_answered_no_later_message_is_sent_for_that_subscription(
             vec![1, 2, 3, 4, 5],
             "sub 4 (w.>): {received:?}"
         );
-        assert_eq!(received.len(), 6, "no other (sub id, topic): {received:?}");
+        let expected_keys = [
+            (1, "w.a"),
+            (2, "w.a"),
+            (2, "w.b"),
+            (3, "w.b"),
+            (4, "w.a"),
+            (4, "w.b"),
+        ];
+        assert!(
+            received
+                .keys()
+                .all(|(sub_id, topic)| expected_keys.contains(&(*sub_id, topic.as_str()))),
+            "no other (sub id, topic): {received:?}"
+        );
 
         // Unsubscribing again is refused; the connection stays usable.
         raw.send(Frame::Unsubscribe {
