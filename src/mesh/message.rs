@@ -35,7 +35,12 @@ pub enum OwnerRequest {
     Stats {
         reply: ReplyTarget,
         presence: Option<Box<str>>,
+        /// A `CLIENT LIST` line for each RESP connection (only `CLIENT LIST` asks).
+        resp_client_lines: bool,
     },
+    /// Answered with `Terminal::BarrierPassed` once every request before it on this ring has
+    /// been handled (an UNSUBSCRIBE is confirmed once the owner has counted it out).
+    Barrier { reply: ReplyTarget },
     /// Close the receiving shard's RESP connections that match a `CLIENT KILL` filter, except
     /// the client with id `spare` (the asker, with `SKIPME yes`).
     KillClients {
@@ -167,6 +172,8 @@ pub enum Terminal {
     },
     /// How many connections a `KillClients` closed.
     KillOutcome { reply: ReplyTarget, killed: u32 },
+    /// The `Barrier` came through: the request is done.
+    BarrierPassed { reply: ReplyTarget },
     /// A publish from this connection reached a subscriber past its stall watermark: stop
     /// reading it for a lease (see `Shard::stall_for_lease`).
     StallPublisher { connection: ConnectionId },

@@ -504,7 +504,33 @@ impl Shard {
                     },
                     &record,
                 );
-                self.answer(id, request_id, Answer::Done);
+                // On the Redis port, an exact subscription another shard counts is confirmed
+                // once that owner has counted it out (the barrier follows the unsubscribe on
+                // the same ring): a PUBLISH read after the confirmation, from any connection,
+                // no longer counts it among its receivers, as Redis's PUBLISH reply promises.
+                // (The Redis port keeps replies in request order while one waits; the other
+                // ports answer at once.)
+                let owner = self.owner_of(&record.subject);
+                let is_resp = self
+                    .connection_mut(id)
+                    .is_some_and(|conn| matches!(conn.wire, Wire::Resp(_)));
+                let counted_by_another_shard = is_resp
+                    && record.kind == SubjectKind::Exact
+                    && record.pending.is_none()
+                    && record.consumer.is_none()
+                    && owner != self.id;
+                if counted_by_another_shard {
+                    self.link_mut(owner)
+                        .requests_out
+                        .push(OwnerRequest::Barrier {
+                            reply: ReplyTarget {
+                                connection: id,
+                                request_id,
+                            },
+                        });
+                } else {
+                    self.answer(id, request_id, Answer::Done);
+                }
             }
             None => self.reply_err(
                 id,

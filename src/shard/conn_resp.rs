@@ -357,12 +357,15 @@ impl RespSession {
     /// about to close) and moves what became ready to the output.
     pub fn encode_answer(&mut self, request_id: u32, answer: Answer<'_>) {
         if request_id == 0 {
-            // Redis just closes at shutdown; a slow-consumer cut is worth saying first.
+            // Redis just closes at shutdown; a slow-consumer cut is worth saying first. The
+            // connection is closing: what waits in line (replies owed, messages lined up
+            // behind them) would never go out, and must not hold the error back.
             if let Answer::Refused { code, reason } = answer {
                 if code != ErrorCode::ShuttingDown {
-                    let mut text = Vec::new();
-                    encode_error(&mut text, reason.as_bytes());
-                    self.replies.complete_now(&text, &mut self.output);
+                    self.replies.drain_ready(&mut self.output);
+                    self.replies.slots.clear();
+                    self.replies.delivery_bytes = 0;
+                    encode_error(&mut self.output, reason.as_bytes());
                 }
             }
             return;
@@ -478,6 +481,23 @@ impl RespSession {
     /// Whether a request read earlier is still unanswered, so replies are in line.
     pub fn replies_in_line(&self) -> bool {
         !self.replies.slots.is_empty()
+    }
+
+    /// QUIT or a fatal error: the connection closes once the replies before it are out.
+    pub fn closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Bytes of the messages (and notices) lined up behind a waiting reply.
+    pub fn lined_up_bytes(&self) -> usize {
+        self.replies.delivery_bytes
+    }
+
+    /// A notice about a subscription (the broker ended it) goes behind the messages lined up
+    /// for it. Never refused: one per subscription.
+    pub fn line_up_notice(&mut self, notice: Vec<u8>) {
+        self.replies.delivery_bytes += notice.len();
+        self.replies.slots.push_back(Slot::Delivery(notice));
     }
 
     /// A delivery that comes while replies are in line: worded now and put behind them.
@@ -1319,18 +1339,31 @@ impl Shard {
         if !self.terminal_room() {
             return Flow::Blocked;
         }
-        let Some(session) = self.resp_session(id) else {
+        let outbound_bytes_max = self.config.outbound_bytes_max;
+        let Some(conn) = self.connection_mut(id) else {
             return Flow::Stop;
         };
-        if session.gathering {
+        // Nor while the client has not read earlier answers past --outbound-bytes-max: an
+        // answer (`CLIENT LIST`, `INFO`) can be far larger than its request, so the read
+        // buffer alone does not bound what a pipeline of them costs.
+        let unread = conn.queued_bytes();
+        let super::wire::Wire::Resp(session) = &mut conn.wire else {
+            return Flow::Stop;
+        };
+        if session.gathering || unread > outbound_bytes_max {
             return Flow::Blocked;
         }
         session.gathering = true;
+        let client_lines = matches!(query, GatherQuery::ClientList);
         let request_id = session.replies.reserve(Awaiting::Gather {
             query,
             parts: Vec::new(),
         });
-        self.start_gathering(id, request_id);
+        if client_lines {
+            self.start_gathering_client_lines(id, request_id);
+        } else {
+            self.start_gathering(id, request_id);
+        }
         Flow::Continue
     }
 

@@ -987,6 +987,11 @@ impl Connection {
         (outbound_bytes_max, policy): (usize, SlowConsumerPolicy),
     ) -> EnqueueOutcome {
         if let Wire::Resp(session) = &mut self.wire {
+            // After QUIT (or a fatal error) nothing more is owed: Redis sends nothing after
+            // QUIT's `+OK`, and the subscriptions end when the replies before it are out.
+            if session.closing() {
+                return EnqueueOutcome::Queued;
+            }
             if session.replies_in_line() {
                 let queued_elsewhere = self.out.queued_bytes();
                 let lined_up = session.line_up_delivery(
@@ -1113,7 +1118,24 @@ impl Connection {
     pub fn push_ended(&mut self, sub_id: u32, code: ErrorCode, reason: &str) {
         let mut notice = Vec::new();
         self.wire.encode_ended(sub_id, code, reason, &mut notice);
+        // Behind the messages lined up for it on a Redis connection waiting on a reply.
+        if let Wire::Resp(session) = &mut self.wire {
+            if session.replies_in_line() {
+                session.line_up_notice(notice);
+                return;
+            }
+        }
         self.out.push_notice(notice.into_boxed_slice());
+    }
+
+    /// What is queued for the peer, with the messages a Redis connection has lined up behind
+    /// a waiting reply: what the slow-consumer watermark and stall look at.
+    pub fn queued_bytes(&self) -> usize {
+        let lined_up = match &self.wire {
+            Wire::Resp(session) => session.lined_up_bytes(),
+            _ => 0,
+        };
+        self.out.queued_bytes() + lined_up
     }
 
     /// Bytes the kernel still holds for the peer (written, not yet acknowledged), on Linux.

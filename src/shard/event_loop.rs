@@ -660,7 +660,7 @@ impl Shard {
         let mut pressing = false;
         let mut progressed = false;
         pressured.retain(|&id| match self.connection_mut(id) {
-            Some(conn) if conn.out.queued_bytes() > low_mark && !conn.is_closing() => {
+            Some(conn) if conn.queued_bytes() > low_mark && !conn.is_closing() => {
                 if !conn.stall_spent {
                     pressing = true;
                     progressed |= conn.written_total != conn.written_at_stall_look;
@@ -923,7 +923,7 @@ impl Shard {
             let Some(conn) = self.connection_mut(id) else {
                 continue;
             };
-            if conn.stall_spent || conn.is_closing() || conn.out.queued_bytes() <= low_mark {
+            if conn.stall_spent || conn.is_closing() || conn.queued_bytes() <= low_mark {
                 conn.pressed_topics.clear();
                 continue;
             }

@@ -206,7 +206,7 @@ impl Shard {
             &mut self.events,
             (outbound_bytes_max, policy),
         );
-        let queued_bytes = conn.out.queued_bytes();
+        let queued_bytes = conn.queued_bytes();
         let mut pressing = false;
         let write_now = queued_bytes >= conn.out.stage_bytes_max();
         // Past half the limit, the publisher being read is paused (see `Shard::stall`), so a
@@ -364,6 +364,11 @@ impl Shard {
             OwnerRequest::Unsubscribe { topic, epoch } => {
                 self.owned.remove_subscriber(&topic, from, epoch)
             }
+            OwnerRequest::Barrier { reply } => {
+                self.link_mut(from)
+                    .terminals_out
+                    .push(Terminal::BarrierPassed { reply });
+            }
             OwnerRequest::KillClients {
                 filter,
                 spare,
@@ -374,8 +379,12 @@ impl Shard {
                     .terminals_out
                     .push(Terminal::KillOutcome { reply, killed });
             }
-            OwnerRequest::Stats { reply, presence } => {
-                let stats = Box::new(self.shard_stats(presence.as_deref()));
+            OwnerRequest::Stats {
+                reply,
+                presence,
+                resp_client_lines,
+            } => {
+                let stats = Box::new(self.shard_stats(presence.as_deref(), resp_client_lines));
                 self.link_mut(from)
                     .terminals_out
                     .push(Terminal::Stats { reply, stats });
@@ -473,6 +482,9 @@ impl Shard {
             Terminal::DeleteOutcome { reply, result } => self.answer_delete_topic(reply, result),
             Terminal::Stats { reply, stats } => self.add_stats_part(reply, *stats),
             Terminal::KillOutcome { reply, killed } => self.answer_kill(reply, killed),
+            Terminal::BarrierPassed { reply } => {
+                self.answer(reply.connection, reply.request_id, Answer::Done)
+            }
             Terminal::SubscribeAck { ticket, result } => {
                 let key = ticket.0 as usize;
                 let Some(pending) = self.pending_subscribes.get_mut(key) else {

@@ -140,7 +140,11 @@ pub struct BrokerStats {
 
 impl Shard {
     /// This shard's part; with the subscriptions to `presence`, if it names a topic.
-    pub(super) fn shard_stats(&self, presence: Option<&str>) -> ShardStats {
+    pub(super) fn shard_stats(
+        &self,
+        presence: Option<&str>,
+        resp_client_lines: bool,
+    ) -> ShardStats {
         let mut connections_by_protocol = [0; Protocol::ALL.len()];
         for (_, conn) in &self.connections {
             connections_by_protocol[conn.wire.protocol() as usize] += 1;
@@ -181,7 +185,10 @@ impl Shard {
             counters: self.counters.clone(),
             connections: self.connections.len() as u64,
             patterns: self.local.pattern_names().map(Into::into).collect(),
-            resp_clients: self.resp_client_lines(),
+            resp_clients: match resp_client_lines {
+                true => self.resp_client_lines(),
+                false => Vec::new(),
+            },
             latency: self.latency.clone(),
             presence: presence.map_or_else(Vec::new, |topic| self.presence(topic)),
             slow_consumers: self.slow_consumers(),
@@ -202,7 +209,7 @@ impl Shard {
             client_name,
             protocol: conn.wire.protocol(),
             peer: conn.peer,
-            queued_bytes: conn.out.queued_bytes() as u64,
+            queued_bytes: conn.queued_bytes() as u64,
         }
     }
 
@@ -237,7 +244,7 @@ impl Shard {
         let mut slow: Vec<ConnectionSummary> = self
             .connections
             .iter()
-            .filter(|(_, conn)| conn.out.queued_bytes() > half)
+            .filter(|(_, conn)| conn.queued_bytes() > half)
             .map(|(_, conn)| self.connection_summary(conn))
             .collect();
         slow.sort_unstable_by_key(|c| std::cmp::Reverse(c.queued_bytes));
@@ -248,7 +255,7 @@ impl Shard {
     /// Asks every shard for its part for request `request_id`; the caller checked
     /// `terminal_room`.
     pub(super) fn start_gathering(&mut self, id: ConnectionId, request_id: u32) {
-        self.start_gathering_presence(id, request_id, None);
+        self.gather(id, request_id, None, false);
     }
 
     /// Like [`Shard::start_gathering`], with each shard's subscriptions to `presence`.
@@ -258,7 +265,24 @@ impl Shard {
         request_id: u32,
         presence: Option<&str>,
     ) {
-        let own = self.shard_stats(presence);
+        self.gather(id, request_id, presence, false);
+    }
+
+    /// Like [`Shard::start_gathering`], with a `CLIENT LIST` line for every RESP connection.
+    pub(super) fn start_gathering_client_lines(&mut self, id: ConnectionId, request_id: u32) {
+        self.gather(id, request_id, None, true);
+    }
+
+    /// The lines are asked for only by `CLIENT LIST`: with thousands of clients they are most
+    /// of a snapshot, which every `INFO` and `PUBSUB` would otherwise build on every shard.
+    fn gather(
+        &mut self,
+        id: ConnectionId,
+        request_id: u32,
+        presence: Option<&str>,
+        resp_client_lines: bool,
+    ) {
+        let own = self.shard_stats(presence, resp_client_lines);
         let reply = ReplyTarget {
             connection: id,
             request_id,
@@ -268,6 +292,7 @@ impl Shard {
                 link.requests_out.push(OwnerRequest::Stats {
                     reply,
                     presence: presence.map(Into::into),
+                    resp_client_lines,
                 });
             }
         }
