@@ -7,6 +7,7 @@ redis-benchmark and redis-py's own pub/sub tests.)
 """
 
 import base64
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -484,22 +485,37 @@ def read_resp_frame(reader):
     raise AssertionError(f"unexpected frame {line!r}")
 
 
+@contextlib.contextmanager
+def publishing_flood(resp, channels):
+    """Publishes to `channels` in pipelined batches on a thread until the block ends."""
+    batch = b"".join(
+        b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$1\r\nm\r\n" % (len(channel), channel.encode())
+        for channel in channels
+    )
+    batch *= max(1, 200 // len(channels))
+    stop = threading.Event()
+
+    def flood():
+        with socket.create_connection(resp, timeout=WAIT) as publisher:
+            while not stop.is_set():
+                publisher.sendall(batch)
+                publisher.recv(1 << 20)
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        flooder.join(timeout=WAIT)
+
+
 def test_messages_never_overtake_the_replies_before_them(broker, resp):
     """A channel's messages come after its `subscribe` confirmation, and no message comes
     ahead of the reply to an earlier request, even while the confirmations wait on other
     shards (the test broker has two) and publishers keep the channels busy."""
     channels = [unique("order.c%d" % index) for index in range(20)]
-    stop = threading.Event()
-
-    def publish_forever():
-        with client(resp, 3) as publisher:
-            while not stop.is_set():
-                for channel in channels:
-                    publisher.publish(channel, b"m")
-
-    flooder = threading.Thread(target=publish_forever, daemon=True)
-    flooder.start()
-    try:
+    with publishing_flood(resp, channels):
         for _ in range(15):
             with socket.create_connection(resp, timeout=WAIT) as sock:
                 reader = sock.makefile("rb")
@@ -521,9 +537,6 @@ def test_messages_never_overtake_the_replies_before_them(broker, resp):
                 # Messages follow, only for channels already confirmed.
                 frame = read_resp_frame(reader)
                 assert frame[0] == b"message" and frame[1].decode() in confirmed
-    finally:
-        stop.set()
-        flooder.join(timeout=WAIT)
 
 
 @pytest.mark.parametrize("request_bytes, reply", [
@@ -667,18 +680,7 @@ def test_nothing_follows_quits_ok_while_confirmations_wait(resp):
     other shards waits for its confirmations, then QUIT: its `+OK` is the last frame, as in
     Redis (messages lined up behind the waiting replies used to follow it)."""
     busy = unique("quit.busy")
-    stop = threading.Event()
-
-    def flood():
-        batch = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$1\r\nm\r\n" % (len(busy), busy.encode())
-        with socket.create_connection(resp, timeout=WAIT) as publisher:
-            while not stop.is_set():
-                publisher.sendall(batch * 200)
-                publisher.recv(1 << 20)
-
-    flooder = threading.Thread(target=flood, daemon=True)
-    flooder.start()
-    try:
+    with publishing_flood(resp, [busy]):
         for trial in range(10):
             with socket.create_connection(resp, timeout=WAIT) as sock:
                 reader = sock.makefile("rb")
@@ -692,6 +694,3 @@ def test_nothing_follows_quits_ok_while_confirmations_wait(resp):
                     frames.append(frame)
                 assert sum(frame[0] == b"subscribe" for frame in frames) == len(others)
                 assert sock.recv(1 << 16) == b"", "frames after QUIT's +OK"
-    finally:
-        stop.set()
-        flooder.join(timeout=WAIT)
