@@ -1274,6 +1274,12 @@ impl Shard {
             connection: id,
             request_id,
         };
+        if self.shard_count > 1 {
+            self.gather_deadlines.push_back((
+                std::time::Instant::now() + super::stats::GATHER_DEADLINE,
+                reply,
+            ));
+        }
         for peer in 0..self.links.len() {
             if let Some(link) = self.links[peer].as_mut() {
                 link.requests_out
@@ -1392,11 +1398,11 @@ impl Shard {
         let Some(session) = self.resp_session(id) else {
             return;
         };
-        if !matches!(
-            session.replies.waiting_mut(reply.request_id),
-            Some(Awaiting::Gather { .. })
-        ) {
-            return;
+        match session.replies.waiting_mut(reply.request_id) {
+            Some(Awaiting::Gather { .. }) => {}
+            // The gather deadline also bounds a CLIENT KILL's wait for every shard's count.
+            Some(Awaiting::Kill { .. }) => return self.finish_kill(reply),
+            _ => return,
         }
         let Some(Awaiting::Gather { query, parts }) =
             session.replies.take_waiting(reply.request_id)
@@ -1533,6 +1539,16 @@ impl Shard {
         if *answered < shards {
             return;
         }
+        self.finish_kill(reply);
+    }
+
+    /// Answers a `CLIENT KILL` with the count so far: every shard's, or, past the gather
+    /// deadline, those that answered (a shard that never does must not hold the connection's
+    /// replies forever).
+    pub(super) fn finish_kill(&mut self, reply: ReplyTarget) {
+        let Some(session) = self.resp_session(reply.connection) else {
+            return;
+        };
         let Some(Awaiting::Kill {
             killed,
             address_form,
