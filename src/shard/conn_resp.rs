@@ -1500,7 +1500,7 @@ impl Shard {
         filter.id.is_none_or(|wanted| session.client_id == wanted)
             && kind_matches
             && address_matches(&filter.addr, Some(conn.peer))
-            && address_matches(&filter.laddr, self.resp_addr())
+            && (filter.laddr.is_none() || address_matches(&filter.laddr, conn.socket.local_addr()))
     }
 
     /// Closes this shard's RESP connections that match `filter`, except the client `spare`;

@@ -763,6 +763,16 @@ pub(crate) enum Transport {
     InProcess(Box<ShardEnds>),
 }
 
+impl Transport {
+    /// The socket's own address (a system call: for rare requests, `CLIENT KILL LADDR`).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Transport::Tcp(socket) => socket.local_addr().ok(),
+            Transport::InProcess(_) => None,
+        }
+    }
+}
+
 pub struct Connection {
     pub(crate) socket: Transport,
     pub id: ConnectionId,

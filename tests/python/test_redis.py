@@ -657,7 +657,10 @@ def test_client_kill_answers_as_redis_7_2(resp, protocol):
         # By id, and by address (the old form), from a client on either shard.
         victim = client(resp, protocol)
         victim_id = victim.client_id()
-        assert admin.client_kill_filter(_id=victim_id) == 1
+        # LADDR is the address the client connected to.
+        laddr = "%s:%d" % resp
+        assert admin.execute_command("CLIENT", "KILL", "LADDR", "127.0.0.1:1", "ID", victim_id) == 0
+        assert admin.execute_command("CLIENT", "KILL", "LADDR", laddr, "ID", victim_id) == 1
         deadline = time.monotonic() + WAIT
         while any(line["id"] == str(victim_id) for line in admin.client_list()):
             assert time.monotonic() < deadline, "the killed client is still listed"
