@@ -89,6 +89,9 @@ enum Awaiting {
         name: Box<[u8]>,
         count: usize,
         subscribing: Option<u32>,
+        /// The version in force when the request was read (a `HELLO` or `RESET` read
+        /// after it, while it waits, does not change how it is worded).
+        version: RespVersion,
     },
     /// `CLIENT KILL`, answered once every shard has closed its matching clients.
     Kill {
@@ -189,15 +192,37 @@ impl ReplyQueue {
     fn line_up_delivery(
         &mut self,
         frame: Vec<u8>,
-        queued_elsewhere: usize,
-        bytes_max: usize,
+        (queued_elsewhere, bytes_max): (usize, usize),
+        before_last: bool,
     ) -> bool {
         if queued_elsewhere + self.delivery_bytes + frame.len() > bytes_max {
             return false;
         }
         self.delivery_bytes += frame.len();
-        self.slots.push_back(Slot::Delivery(frame));
+        // With `before_last`, ahead of the last slot when that is a reply already made
+        // (QUIT's `+OK`): a message for a request read before QUIT goes out before the
+        // connection's last word. Nothing refers to that slot by its id, so moving it up
+        // one is safe.
+        match self.slots.back() {
+            Some(Slot::Ready(_)) if before_last => {
+                self.slots
+                    .insert(self.slots.len() - 1, Slot::Delivery(frame));
+            }
+            _ => self.slots.push_back(Slot::Delivery(frame)),
+        }
         true
+    }
+
+    /// Gives up every slot (the connection is closing): answers that come later for them
+    /// find no slot, and later requests get fresh ids.
+    fn abandon(&mut self) {
+        if let Some(last) = self.slots.len().checked_sub(1) {
+            let last_id =
+                (u64::from(self.head_id) - 1 + last as u64) % u64::from(REQUEST_ID_SPAN) + 1;
+            self.head_id = last_id as u32;
+        }
+        self.slots.clear();
+        self.delivery_bytes = 0;
     }
 
     fn take_waiting(&mut self, request_id: u32) -> Option<Awaiting> {
@@ -363,8 +388,7 @@ impl RespSession {
             if let Answer::Refused { code, reason } = answer {
                 if code != ErrorCode::ShuttingDown {
                     self.replies.drain_ready(&mut self.output);
-                    self.replies.slots.clear();
-                    self.replies.delivery_bytes = 0;
+                    self.replies.abandon();
                     encode_error(&mut self.output, reason.as_bytes());
                 }
             }
@@ -385,7 +409,6 @@ impl RespSession {
         let Some(awaiting) = self.replies.take_waiting(request_id) else {
             return;
         };
-        let version = self.version;
         // The oldest waiting request (the usual case: pipelined publishes answered in turn)
         // is worded straight into the output; a later one waits in its slot.
         let at_head = self.replies.index_of(request_id) == Some(0);
@@ -415,7 +438,11 @@ impl RespSession {
             // confirm it before the unsubscribe.
             (
                 Awaiting::Confirmation {
-                    word, name, count, ..
+                    word,
+                    name,
+                    count,
+                    version,
+                    ..
                 },
                 _,
             ) => resp::encode_subscription(bytes, version, word, Some(&name), count),
@@ -517,7 +544,7 @@ impl RespSession {
             None => stage_message(&mut frame, self.version, message),
         }
         self.replies
-            .line_up_delivery(frame, queued_elsewhere, bytes_max)
+            .line_up_delivery(frame, (queued_elsewhere, bytes_max), self.closing)
     }
 
     #[cfg(test)]
@@ -1012,6 +1039,7 @@ impl Shard {
                 name: name.into(),
                 count,
                 subscribing: Some(sub_id),
+                version: session.version,
             });
             let flow = self.handle_subscribe(
                 id,
@@ -1088,6 +1116,7 @@ impl Shard {
                 name,
                 count,
                 subscribing: None,
+                version: session.version,
             });
             // Never postponed (see `withdraw_subscription`).
             self.handle_unsubscribe(id, request_id, sub_id);

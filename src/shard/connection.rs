@@ -997,9 +997,10 @@ impl Connection {
         (outbound_bytes_max, policy): (usize, SlowConsumerPolicy),
     ) -> EnqueueOutcome {
         if let Wire::Resp(session) = &mut self.wire {
-            // After QUIT (or a fatal error) nothing more is owed: Redis sends nothing after
-            // QUIT's `+OK`, and the subscriptions end when the replies before it are out.
-            if session.closing() {
+            // After QUIT (or a fatal error) with nothing before it unanswered, nothing more is
+            // owed: Redis sends nothing after QUIT's `+OK`. While a request read before it
+            // still waits, a message lines up ahead of that `+OK` (below).
+            if session.closing() && !session.replies_in_line() {
                 return EnqueueOutcome::Queued;
             }
             if session.replies_in_line() {
@@ -1128,8 +1129,12 @@ impl Connection {
     pub fn push_ended(&mut self, sub_id: u32, code: ErrorCode, reason: &str) {
         let mut notice = Vec::new();
         self.wire.encode_ended(sub_id, code, reason, &mut notice);
-        // Behind the messages lined up for it on a Redis connection waiting on a reply.
+        // Behind the messages lined up for it on a Redis connection waiting on a reply; not
+        // at all once it quit (its subscriptions end with it, and nothing follows `+OK`).
         if let Wire::Resp(session) = &mut self.wire {
+            if session.closing() {
+                return;
+            }
             if session.replies_in_line() {
                 session.line_up_notice(notice);
                 return;

@@ -697,3 +697,41 @@ def test_nothing_follows_quits_ok_while_confirmations_wait(resp):
                     frames.append(frame)
                 assert sum(frame[0] == b"subscribe" for frame in frames) == len(others)
                 assert sock.recv(1 << 16) == b"", "frames after QUIT's +OK"
+
+
+def test_a_message_owed_before_quit_comes_before_its_ok(resp):
+    """A RESP3 client subscribes, publishes to the channel (owned, for some of the names, by
+    the other shard, so replies wait) and quits in one write: its own message arrives, and
+    `+OK` is the last frame."""
+    for trial in range(20):
+        channel = unique("own.q%d" % trial).encode()
+        with socket.create_connection(resp, timeout=WAIT) as sock:
+            reader = sock.makefile("rb")
+            sock.sendall(b"HELLO 3\r\n")
+            assert reader.readline().startswith(b"%")  # the HELLO map
+            for _ in range(14):  # its seven pairs
+                read_resp_frame_3(reader)
+            sock.sendall(b"SUBSCRIBE %s\r\nPUBLISH %s hi\r\nQUIT\r\n" % (channel, channel))
+            frames = []
+            while (frame := read_resp_frame_3(reader)) != b"+OK":
+                frames.append(frame)
+            assert [b"message", channel, b"hi"] in frames, frames
+            assert sock.recv(1 << 16) == b""
+
+
+def read_resp_frame_3(reader):
+    """One RESP3 frame (pushes and maps as lists), enough for the replies these tests read."""
+    line = reader.readline()
+    assert line.endswith(b"\r\n"), f"truncated frame {line!r}"
+    kind, rest = line[:1], line[1:-2]
+    if kind in (b">", b"*"):
+        return [read_resp_frame_3(reader) for _ in range(int(rest))]
+    if kind == b"%":
+        return [read_resp_frame_3(reader) for _ in range(2 * int(rest))]
+    if kind in (b"+", b"-"):
+        return kind + rest
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        return reader.read(int(rest) + 2)[:-2]
+    raise AssertionError(f"unexpected frame {line!r}")
