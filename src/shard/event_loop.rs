@@ -1055,6 +1055,10 @@ impl Shard {
             return;
         }
         let paused_for_replies = conn.read_more && !conn.blocked && !conn.is_closing();
+        // A Redis connection may be blocked on its own unread answers (a stats request waits
+        // until the client reads): a write that moved some is worth another turn at once,
+        // not one after the next timer.
+        let blocked = conn.blocked;
         let state = conn.state;
         // A peer that shut its write side down still gets the answers its requests are owed
         // (another shard's, a stats gather), within the close linger.
@@ -1102,7 +1106,7 @@ impl Shard {
                     (state, progress.drained, answers_owed)
                 {
                     self.close_now(id, reason);
-                } else if paused_for_replies && progress.bytes > 0 {
+                } else if (paused_for_replies || blocked) && progress.bytes > 0 {
                     // It stopped reading because its replies piled up; now they moved.
                     self.read_again.push(id);
                 }
