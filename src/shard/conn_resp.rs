@@ -1320,7 +1320,11 @@ impl Shard {
             }
         }
         // The asker itself, if it matches, closes only once its answer is out.
-        let kills_itself = spare.is_none() && self.resp_client_matches(id, &filter);
+        let kills_itself = spare.is_none()
+            && self
+                .connections
+                .get(id.index as usize)
+                .is_some_and(|conn| conn.id == id && client_matches(conn, &filter));
         let killed = self.kill_resp_clients(&filter, Some(asker));
         self.answer_kill(reply, killed + u32::from(kills_itself));
         if kills_itself {
@@ -1502,36 +1506,6 @@ impl Shard {
         self.resp_flush(id);
     }
 
-    /// Whether RESP connection `id` matches a `CLIENT KILL` filter.
-    fn resp_client_matches(&self, id: ConnectionId, filter: &KillFilter) -> bool {
-        let Some(conn) = self
-            .connections
-            .get(id.index as usize)
-            .filter(|c| c.id == id)
-        else {
-            return false;
-        };
-        let super::wire::Wire::Resp(session) = &conn.wire else {
-            return false;
-        };
-        let kind_matches = match filter.kind {
-            None => true,
-            Some(ClientKind::Normal) => session.subscription_total() == 0,
-            Some(ClientKind::PubSub) => session.subscription_total() > 0,
-            Some(ClientKind::Replication) => false,
-        };
-        let address_matches =
-            |wanted: &Option<Box<[u8]>>, address: Option<std::net::SocketAddr>| {
-                wanted.as_deref().is_none_or(|wanted| {
-                    address.is_some_and(|address| address.to_string().as_bytes() == wanted)
-                })
-            };
-        filter.id.is_none_or(|wanted| session.client_id == wanted)
-            && kind_matches
-            && address_matches(&filter.addr, Some(conn.peer))
-            && (filter.laddr.is_none() || address_matches(&filter.laddr, conn.socket.local_addr()))
-    }
-
     /// Closes this shard's RESP connections that match `filter`, except the client `spare`;
     /// returns how many.
     pub(super) fn kill_resp_clients(&mut self, filter: &KillFilter, spare: Option<u64>) -> u32 {
@@ -1541,9 +1515,9 @@ impl Shard {
             .filter(|(_, conn)| {
                 matches!(&conn.wire, super::wire::Wire::Resp(s) if Some(s.client_id) != spare)
                     && !conn.is_closing()
+                    && client_matches(conn, filter)
             })
             .map(|(_, conn)| conn.id)
-            .filter(|&id| self.resp_client_matches(id, filter))
             .collect();
         for &target in &targets {
             self.begin_close(target, CloseReason::Killed);
@@ -1627,6 +1601,30 @@ impl Shard {
             conn.state = super::connection::ConnState::Open;
         }
     }
+}
+
+/// Whether a RESP connection matches a `CLIENT KILL` filter (any other connection never does).
+fn client_matches(conn: &super::connection::Connection, filter: &KillFilter) -> bool {
+    let super::wire::Wire::Resp(session) = &conn.wire else {
+        return false;
+    };
+    let kind_matches = match filter.kind {
+        None => true,
+        Some(ClientKind::Normal) => session.subscription_total() == 0,
+        Some(ClientKind::PubSub) => session.subscription_total() > 0,
+        Some(ClientKind::Replication) => false,
+    };
+    // The local address is a system call: asked for only when the filter names one.
+    let address_matches =
+        |wanted: &Option<Box<[u8]>>, address: &dyn Fn() -> Option<std::net::SocketAddr>| {
+            wanted.as_deref().is_none_or(|wanted| {
+                address().is_some_and(|address| address.to_string().as_bytes() == wanted)
+            })
+        };
+    filter.id.is_none_or(|wanted| session.client_id == wanted)
+        && kind_matches
+        && address_matches(&filter.addr, &|| Some(conn.peer))
+        && address_matches(&filter.laddr, &|| conn.socket.local_addr())
 }
 
 fn client_line(peer: std::net::SocketAddr, session: &RespSession) -> String {

@@ -40,12 +40,16 @@ def test_subscribers_of_a_topic_are_listed_with_their_protocol_and_shard(broker)
     assert http(broker, "POST", f"/v1/topics/{topic}/subscribers").status == 405
 
 
-def test_a_topic_created_with_presence_announces_joins_and_leaves(broker):
-    topic = unique("presence.room")
+def create_presence_topic(broker, topic):
     created = http(broker, "POST", "/v1/topics",
                    body=json.dumps({"name": topic, "presence": True}).encode(),
                    headers={"Content-Type": "application/json"})
     assert created.status == 201, created
+
+
+def test_a_topic_created_with_presence_announces_joins_and_leaves(broker):
+    topic = unique("presence.room")
+    create_presence_topic(broker, topic)
     with broker.fiber() as watcher:
         fiber_subscribe(watcher, f"$sys.presence.{topic}")
         with broker.fiber() as member:
@@ -67,10 +71,7 @@ def test_client_names_are_bounded_so_presence_events_fit_the_message_limit(broke
     import redis
 
     topic = unique("presence.long")
-    created = http(broker, "POST", "/v1/topics",
-                   body=json.dumps({"name": topic, "presence": True}).encode(),
-                   headers={"Content-Type": "application/json"})
-    assert created.status == 201, created
+    create_presence_topic(broker, topic)
     with broker.fiber() as watcher:
         fiber_subscribe(watcher, f"$sys.presence.{topic}")
         with broker.fiber() as member:
