@@ -125,7 +125,15 @@ enum Slot {
     /// to every request read before it, as in Redis, where commands run in turn (a
     /// channel's messages never ahead of its `subscribe` confirmation, nor a message array
     /// where a RESP2 client reads the answer to its `INFO`).
-    Delivery(Vec<u8>),
+    Delivery(Vec<u8>, LinedUp),
+}
+
+/// What a `Slot::Delivery` holds: a message counts as delivered or undelivered in the
+/// stats; a notice (the broker ended a subscription) is not a message.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LinedUp {
+    Message,
+    Notice,
 }
 
 /// Replies in request order. The front slot's request id is `head_id`; ids follow in order.
@@ -135,6 +143,13 @@ struct ReplyQueue {
     head_id: u32,
     /// Bytes of the `Slot::Delivery`s in line, counted against `--outbound-bytes-max`.
     delivery_bytes: usize,
+    /// Messages among the `Slot::Delivery`s in line.
+    messages_in_line: u64,
+    /// Messages moved from the line to the output, and given up with it (a slow-consumer
+    /// cut), since [`RespSession::take_line_counts`]: the shard's `delivered` and
+    /// `undelivered` counters would miss them otherwise, since they leave as reply bytes.
+    messages_sent: u64,
+    messages_abandoned: u64,
 }
 
 impl ReplyQueue {
@@ -183,7 +198,7 @@ impl ReplyQueue {
         let index = self.index_of(request_id)?;
         match &mut self.slots[index] {
             Slot::Waiting(awaiting) => Some(awaiting),
-            Slot::Ready(_) | Slot::Delivery(_) => None,
+            Slot::Ready(_) | Slot::Delivery(..) => None,
         }
     }
 
@@ -199,16 +214,21 @@ impl ReplyQueue {
             return false;
         }
         self.delivery_bytes += frame.len();
+        self.messages_in_line += 1;
         // With `before_last`, ahead of the last slot when that is a reply already made
         // (QUIT's `+OK`): a message for a request read before QUIT goes out before the
         // connection's last word. Nothing refers to that slot by its id, so moving it up
         // one is safe.
         match self.slots.back() {
             Some(Slot::Ready(_)) if before_last => {
-                self.slots
-                    .insert(self.slots.len() - 1, Slot::Delivery(frame));
+                self.slots.insert(
+                    self.slots.len() - 1,
+                    Slot::Delivery(frame, LinedUp::Message),
+                );
             }
-            _ => self.slots.push_back(Slot::Delivery(frame)),
+            _ => self
+                .slots
+                .push_back(Slot::Delivery(frame, LinedUp::Message)),
         }
         true
     }
@@ -223,6 +243,7 @@ impl ReplyQueue {
         }
         self.slots.clear();
         self.delivery_bytes = 0;
+        self.messages_abandoned += std::mem::take(&mut self.messages_in_line);
     }
 
     fn take_waiting(&mut self, request_id: u32) -> Option<Awaiting> {
@@ -238,7 +259,7 @@ impl ReplyQueue {
 
     fn fill(&mut self, request_id: u32, bytes: Vec<u8>) {
         if let Some(index) = self.index_of(request_id) {
-            if !matches!(self.slots[index], Slot::Delivery(_)) {
+            if !matches!(self.slots[index], Slot::Delivery(..)) {
                 self.slots[index] = Slot::Ready(bytes);
             }
         }
@@ -249,9 +270,13 @@ impl ReplyQueue {
         loop {
             match self.slots.front() {
                 Some(Slot::Ready(bytes)) => output.extend_from_slice(bytes),
-                Some(Slot::Delivery(bytes)) => {
+                Some(Slot::Delivery(bytes, lined_up)) => {
                     output.extend_from_slice(bytes);
                     self.delivery_bytes -= bytes.len();
+                    if *lined_up == LinedUp::Message {
+                        self.messages_in_line -= 1;
+                        self.messages_sent += 1;
+                    }
                 }
                 _ => return,
             }
@@ -524,7 +549,23 @@ impl RespSession {
     /// for it. Never refused: one per subscription.
     pub fn line_up_notice(&mut self, notice: Vec<u8>) {
         self.replies.delivery_bytes += notice.len();
-        self.replies.slots.push_back(Slot::Delivery(notice));
+        self.replies
+            .slots
+            .push_back(Slot::Delivery(notice, LinedUp::Notice));
+    }
+
+    /// Messages that left the line since the last call: (written to the output, given up
+    /// by a slow-consumer cut).
+    pub fn take_line_counts(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.replies.messages_sent),
+            std::mem::take(&mut self.replies.messages_abandoned),
+        )
+    }
+
+    /// Messages still lined up behind a waiting reply (lost if the connection closes now).
+    pub fn messages_in_line(&self) -> u64 {
+        self.replies.messages_in_line
     }
 
     /// A delivery that comes while replies are in line: worded now and put behind them.
@@ -1867,6 +1908,34 @@ mod tests {
         out.clear();
         queue.complete_now(b"+OK\r\n", &mut out);
         assert_eq!(out, b"+OK\r\n");
+    }
+
+    #[test]
+    fn lined_up_messages_are_counted_as_they_leave_or_are_given_up() {
+        let mut queue = ReplyQueue::default();
+        let mut out = Vec::new();
+        let first = queue.reserve(Awaiting::Publish);
+        assert!(queue.line_up_delivery(b"m1".to_vec(), (0, 100), false));
+        let second = queue.reserve(Awaiting::Publish);
+        assert!(queue.line_up_delivery(b"m2".to_vec(), (0, 100), false));
+        assert!(queue.line_up_delivery(b"m3".to_vec(), (0, 100), false));
+        queue.fill(first, b":1\r\n".to_vec());
+        queue.drain_ready(&mut out);
+        assert_eq!(out, b":1\r\nm1");
+        assert_eq!((queue.messages_sent, queue.messages_in_line), (1, 2));
+        // Over the limit: refused, and not counted as in line.
+        assert!(!queue.line_up_delivery(b"m4".to_vec(), (0, 5), false));
+        assert_eq!(queue.messages_in_line, 2);
+        assert!(queue.index_of(second).is_some());
+        queue.abandon();
+        assert_eq!(
+            (
+                queue.messages_sent,
+                queue.messages_in_line,
+                queue.messages_abandoned
+            ),
+            (1, 0, 2)
+        );
     }
 
     #[test]

@@ -276,6 +276,12 @@ pub struct Outbound {
     /// Messages thrown away unwritten over the connection's life (each `discard_pending`),
     /// which its close log reports; the shard's `undelivered` counter is the sum of these.
     discarded: u64,
+    /// Messages written into the reply stream (a Redis connection's, lined up behind a
+    /// reply) that no write has counted as deliveries yet.
+    delivered_as_replies: u64,
+    /// Messages a Redis connection gave up with its line of replies, not yet counted by
+    /// `discard_pending`.
+    abandoned_in_line: u64,
     /// Deliveries published at or before this (Unix ns) were queued as history, a replay:
     /// their age says how far back the subscriber asked, not how fast the broker is, so a
     /// write they lead takes no latency sample.
@@ -291,8 +297,24 @@ impl Outbound {
             pending_bytes: 0,
             stage_bytes_max,
             discarded: 0,
+            delivered_as_replies: 0,
+            abandoned_in_line: 0,
             history_through_ns: 0,
         }
+    }
+
+    /// Counts messages that reached the write buffer as reply bytes (`sent`), or were given
+    /// up before they did (`abandoned`), so that the next write and the next
+    /// `discard_pending` report them like queued ones.
+    pub fn count_lined_up(&mut self, (sent, abandoned): (u64, u64)) {
+        self.delivered_as_replies += sent;
+        self.abandoned_in_line += abandoned;
+    }
+
+    /// Messages written into the reply stream that no write has counted yet (see
+    /// [`Outbound::count_lined_up`]).
+    pub fn take_delivered_as_replies(&mut self) -> u64 {
+        std::mem::take(&mut self.delivered_as_replies)
     }
 
     /// Messages this connection lost to `discard_pending`, all told.
@@ -473,7 +495,8 @@ impl Outbound {
             .pending
             .iter()
             .filter(|(_, queued)| matches!(queued, Queued::Message(_) | Queued::Encoded(..)))
-            .count() as u64;
+            .count() as u64
+            + std::mem::take(&mut self.abandoned_in_line);
         self.pending.clear();
         self.pending_bytes = 0;
         self.discarded += dropped;
@@ -551,6 +574,7 @@ impl Outbound {
     pub fn write_to<W: Write>(&mut self, socket: &mut W, wire: &Wire) -> io::Result<WriteProgress> {
         let mut progress = WriteProgress {
             oldest_published_ns: self.front_published_ns(),
+            deliveries: std::mem::take(&mut self.delivered_as_replies),
             ..WriteProgress::default()
         };
         loop {
@@ -1121,6 +1145,7 @@ impl Connection {
                 self.out.push_in_order(ready);
                 session.clear_output();
             }
+            self.out.count_lined_up(session.take_line_counts());
         }
     }
 

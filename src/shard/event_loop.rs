@@ -1255,6 +1255,15 @@ impl Shard {
                 from_ip.remove();
             }
         }
+        // A Redis connection's messages still lined up behind a reply go with it, and count.
+        if let Wire::Resp(session) = &mut conn.wire {
+            let (sent, abandoned) = session.take_line_counts();
+            conn.out
+                .count_lined_up((sent, abandoned + session.messages_in_line()));
+        }
+        // Those in the write buffer were delivered as far as the broker can tell, as a staged
+        // delivery is.
+        self.counters.delivered += conn.out.take_delivered_as_replies();
         self.counters.undelivered += conn.out.discard_pending();
         self.counters.closed[reason.index()] += 1;
         // Everything this connection lost on its way out, a slow-consumer cut's discard

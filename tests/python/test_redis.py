@@ -539,6 +539,45 @@ def test_messages_never_overtake_the_replies_before_them(broker, resp):
                 assert frame[0] == b"message" and frame[1].decode() in confirmed
 
 
+def test_messages_lined_up_behind_replies_count_as_delivered(start_broker):
+    """Messages that wait behind a reply (here, stats requests pipelined by a subscribed
+    RESP3 client while a publisher keeps its channel busy) count in `delivered` like any
+    other, so the broker's figures add up to what the subscriber read."""
+    broker = start_broker()
+    channel = unique("lined.up")
+    published, infos = 5000, 500
+    with socket.create_connection(broker.resp, timeout=WAIT) as subscriber, \
+            client(broker.resp, 2) as publisher:
+        reader = subscriber.makefile("rb")
+        subscriber.sendall(b"HELLO 3\r\nSUBSCRIBE %s\r\n" % channel.encode())
+        assert b"proto" in read_resp_frame_3(reader)
+        assert read_resp_frame_3(reader)[0] == b"subscribe"
+
+        def publish():
+            pipe = publisher.pipeline(transaction=False)
+            for index in range(published):
+                pipe.publish(channel, b"m%d" % index)
+                if index % 100 == 99:
+                    pipe.execute()
+            pipe.execute()
+
+        sending = threading.Thread(target=publish)
+        sending.start()
+        subscriber.sendall(b"*2\r\n$4\r\nINFO\r\n$7\r\ncorebus\r\n" * infos)
+        messages = answers = 0
+        while messages < published or answers < infos:
+            frame = read_resp_frame_3(reader)
+            if isinstance(frame, list):
+                assert frame[:2] == [b"message", channel.encode()], frame
+                messages += 1
+            else:
+                assert b"delivered:" in frame, frame
+                answers += 1
+        sending.join(timeout=WAIT)
+        assert messages == published
+        assert publisher.info("corebus")["delivered"] == published
+
+
 @pytest.mark.parametrize("request_bytes, reply", [
     (b"PING\r\n", b"+PONG\r\n"),
     (b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n", b"$2\r\nhi\r\n"),
@@ -732,6 +771,6 @@ def read_resp_frame_3(reader):
         return kind + rest
     if kind == b":":
         return int(rest)
-    if kind == b"$":
+    if kind in (b"$", b"="):
         return reader.read(int(rest) + 2)[:-2]
     raise AssertionError(f"unexpected frame {line!r}")
