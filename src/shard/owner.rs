@@ -55,12 +55,14 @@ impl Shard {
         if self.pattern_groups.has_acked() {
             self.ensure_pattern_group_consumers(message.topic())?;
         }
+        let mut matches = std::mem::take(&mut self.match_scratch);
+        matches.clear();
         let sequenced = self.owned.sequence(
             &mut message,
-            &self.pattern_interest,
-            self.clock_ns,
+            (&self.pattern_interest, self.clock_ns),
             &mut self.consumer_actions,
             creator,
+            (&self.local, &mut matches),
         );
         // Taken out only when there is something to carry out: swapping the list in and out
         // on every publish cost a drop of the empty one each time.
@@ -69,7 +71,13 @@ impl Shard {
             self.carry_out(message.topic(), &mut actions);
             self.consumer_actions = actions;
         }
-        let sequenced = sequenced?;
+        let sequenced = match sequenced {
+            Ok(sequenced) => sequenced,
+            Err(code) => {
+                self.match_scratch = matches;
+                return Err(code);
+            }
+        };
         // The board is the first lease's word for a shard that has not named its topics yet.
         if sequenced.pressed
             || (self.shard_count > 1 && self.pressure_board.any_of(sequenced.shard_mask))
@@ -92,8 +100,13 @@ impl Shard {
             }
         }
         if mask & me.bit() != 0 {
-            self.deliver_local(&message);
+            // The exact ones came with the sequencing, from the topic's own copy.
+            self.local.matching_patterns(message.topic(), &mut matches);
+            for &subscriber in &matches {
+                self.deliver_to(subscriber, &message);
+            }
         }
+        self.match_scratch = matches;
         self.owned.reclaim_inbox(message.topic());
         if !self.pattern_groups.is_empty() {
             let mut actions = std::mem::take(&mut self.consumer_actions);

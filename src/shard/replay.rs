@@ -192,7 +192,10 @@ impl<T> ReplayRing<T> {
         let timestamp_ns = timestamp_ns.max(self.last_timestamp_ns);
         self.last_timestamp_ns = timestamp_ns;
 
-        evicted += self.evict_expired(now_ns);
+        // Tested here as well, so the default (no age limit) costs no call per push.
+        if self.limits.ttl_ns != 0 {
+            evicted += self.evict_expired(now_ns);
+        }
         let slots_max = self.limits.messages_max;
         let keep = slots_max > 0
             && bytes <= self.limits.bytes_max
@@ -202,6 +205,27 @@ impl<T> ReplayRing<T> {
             self.below_window_timestamp_ns = Some(timestamp_ns);
             self.last_seq = seq;
             return evicted;
+        }
+        // A busy topic's steady state: the ring is full by count and grown to its limit, so
+        // the newest message takes the oldest's slot (when the bytes allow): one slot
+        // written, no division, instead of an eviction and a push (about 50 instructions
+        // a publish less, callgrind).
+        if self.len == slots_max && slots_max == self.slots.len() {
+            let head = self.head;
+            if let Some(oldest) = self.slots[head].as_mut() {
+                if self.bytes - oldest.bytes <= self.limits.bytes_max - bytes {
+                    self.bytes = self.bytes - oldest.bytes + bytes;
+                    self.below_window_timestamp_ns = Some(oldest.timestamp_ns);
+                    *oldest = Entry {
+                        timestamp_ns,
+                        bytes,
+                        item,
+                    };
+                    self.head = if head + 1 == slots_max { 0 } else { head + 1 };
+                    self.last_seq = seq;
+                    return evicted + 1;
+                }
+            }
         }
         // Written as a subtraction so that limits near usize::MAX cannot overflow.
         while self.len == slots_max || self.bytes > self.limits.bytes_max - bytes {

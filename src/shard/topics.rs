@@ -60,6 +60,20 @@ pub struct OwnedTopic {
     /// The connection that made it by using it, counted against its
     /// `--topics-per-connection-max` until the topic goes.
     creator: Option<Creator>,
+    /// This shard's own exact subscriptions to it, as of `LocalSubscriptions`' generation.
+    local_exact: LocalExactCopy,
+}
+
+/// An owned topic's copy of the exact subscriptions held by its owner shard's own
+/// connections, so that a publish reaches them without a second lookup by name (the
+/// lookup cost about 160 instructions a message, callgrind, fan-in 8 to 1). It is valid
+/// while the shard's exact subscriptions are unchanged since it was taken
+/// ([`LocalSubscriptions`] counts changes), and taken again otherwise.
+#[derive(Default)]
+struct LocalExactCopy {
+    /// 0 for never taken: generations start at 1.
+    generation: u64,
+    subscribers: Vec<Subscriber>,
 }
 
 /// A connection that makes topics by using them, named by its shard and id: topics are
@@ -88,6 +102,7 @@ impl OwnedTopic {
             pattern_count: 0,
             pattern_generation: u64::MAX,
             pressed_until_ns: 0,
+            local_exact: LocalExactCopy::default(),
         }
     }
 
@@ -779,13 +794,16 @@ impl OwnedTopics {
 
     /// Stamps the message with the topic's next sequence number and publish time, retains it
     /// for replay, and finds the shards to deliver it to.
+    ///
+    /// Appends this shard's own exact subscriptions to the topic to `local_exact.1`, from
+    /// the topic's copy of them (see [`LocalExactCopy`]).
     pub fn sequence(
         &mut self,
         message: &mut Message,
-        patterns: &Sublist<ShardId>,
-        now_ns: u64,
+        (patterns, now_ns): (&Sublist<ShardId>, u64),
         consumer_actions: &mut Vec<ConsumerAction>,
         creator: Option<Creator>,
+        local_exact: (&LocalSubscriptions, &mut Vec<Subscriber>),
     ) -> Result<Sequenced, ErrorCode> {
         let mut scratch = std::mem::take(&mut self.pattern_matches);
         let result = self
@@ -811,6 +829,8 @@ impl OwnedTopics {
                     consumer.pump(&owned.replay, Some(message), now_ns, consumer_actions);
                 }
                 let topic = message.topic();
+                let (local, matches) = local_exact;
+                local.exact_through(topic, &mut owned.local_exact, matches);
                 if owned.pattern_generation != patterns.generation() {
                     scratch.clear();
                     patterns.match_into(topic, &mut scratch);
@@ -853,6 +873,9 @@ impl OwnedTopics {
 /// The subscriptions held by this shard's connections.
 pub struct LocalSubscriptions {
     exact: AHashMap<Box<str>, Vec<Subscriber>>,
+    /// Changes to `exact` so far, from 1: what an owned topic's [`LocalExactCopy`] is
+    /// checked against.
+    exact_generation: u64,
     patterns: Sublist<Subscriber>,
     /// Local subscriptions per pattern: the shard announces a pattern to the others on the
     /// first and withdraws it on the last.
@@ -863,12 +886,14 @@ impl LocalSubscriptions {
     pub fn new(pattern_cache_entries_max: usize) -> Self {
         LocalSubscriptions {
             exact: AHashMap::new(),
+            exact_generation: 1,
             patterns: Sublist::new(pattern_cache_entries_max),
             pattern_refs: AHashMap::new(),
         }
     }
 
     pub fn add_exact(&mut self, topic: &str, subscriber: Subscriber) {
+        self.exact_generation += 1;
         match self.exact.get_mut(topic) {
             Some(list) => list.push(subscriber),
             None => {
@@ -879,6 +904,7 @@ impl LocalSubscriptions {
 
     /// Every exact subscription to `topic`, removed (the topic was deleted).
     pub fn take_exact(&mut self, topic: &str) -> Vec<Subscriber> {
+        self.exact_generation += 1;
         self.exact.remove(topic).unwrap_or_default()
     }
 
@@ -893,6 +919,7 @@ impl LocalSubscriptions {
         if list.is_empty() {
             self.exact.remove(topic);
         }
+        self.exact_generation += 1;
         true
     }
 
@@ -925,9 +952,29 @@ impl LocalSubscriptions {
         if let Some(list) = self.exact.get(topic) {
             out.extend_from_slice(list);
         }
+        self.matching_patterns(topic, out);
+    }
+
+    /// Appends the local pattern subscriptions matching `topic`.
+    // Inlined: once per publish, and usually there are none (a call cost 17 instructions).
+    #[inline]
+    pub fn matching_patterns(&mut self, topic: &str, out: &mut Vec<Subscriber>) {
         if !self.patterns.is_empty() {
             out.extend_from_slice(self.patterns.match_cached(topic));
         }
+    }
+
+    /// Appends the exact subscriptions to `topic` as `copy` holds them, taking the copy
+    /// again first if they changed since.
+    fn exact_through(&self, topic: &str, copy: &mut LocalExactCopy, out: &mut Vec<Subscriber>) {
+        if copy.generation != self.exact_generation {
+            copy.subscribers.clear();
+            if let Some(list) = self.exact.get(topic) {
+                copy.subscribers.extend_from_slice(list);
+            }
+            copy.generation = self.exact_generation;
+        }
+        out.extend_from_slice(&copy.subscribers);
     }
 
     /// The distinct patterns subscribed to here.
@@ -971,7 +1018,14 @@ mod tests {
         patterns: &Sublist<ShardId>,
         now_ns: u64,
     ) -> Result<Sequenced, ErrorCode> {
-        owned.sequence(&mut message(topic), patterns, now_ns, &mut Vec::new(), None)
+        let local = LocalSubscriptions::new(16);
+        owned.sequence(
+            &mut message(topic),
+            (patterns, now_ns),
+            &mut Vec::new(),
+            None,
+            (&local, &mut Vec::new()),
+        )
     }
 
     fn sequenced((seq, receivers): (u64, u32), shard_mask: u64) -> Result<Sequenced, ErrorCode> {
@@ -1099,6 +1153,39 @@ mod tests {
     }
 
     #[test]
+    fn a_topics_copy_of_its_local_subscribers_follows_every_change() {
+        let patterns = Sublist::new(16);
+        let mut owned = OwnedTopics::new(1, 10, LIMITS);
+        let mut local = LocalSubscriptions::new(16);
+        let publish = |owned: &mut OwnedTopics, local: &LocalSubscriptions| {
+            let mut matches = Vec::new();
+            owned
+                .sequence(
+                    &mut message("t"),
+                    (&patterns, 100),
+                    &mut Vec::new(),
+                    None,
+                    (local, &mut matches),
+                )
+                .unwrap();
+            matches
+        };
+        assert_eq!(publish(&mut owned, &local), []);
+        local.add_exact("t", subscriber(1, 1));
+        local.add_exact("other", subscriber(2, 1));
+        assert_eq!(publish(&mut owned, &local), [subscriber(1, 1)]);
+        local.add_exact("t", subscriber(3, 7));
+        assert_eq!(
+            publish(&mut owned, &local),
+            [subscriber(1, 1), subscriber(3, 7)]
+        );
+        assert!(local.remove_exact("t", subscriber(1, 1)));
+        assert_eq!(publish(&mut owned, &local), [subscriber(3, 7)]);
+        assert_eq!(local.take_exact("t"), [subscriber(3, 7)]);
+        assert_eq!(publish(&mut owned, &local), []);
+    }
+
+    #[test]
     fn pattern_interest_is_recomputed_when_the_pattern_table_changes() {
         let mut patterns = Sublist::new(16);
         let mut owned = OwnedTopics::new(4, 10, LIMITS);
@@ -1141,10 +1228,10 @@ mod tests {
             owned
                 .sequence(
                     &mut message(topic),
-                    &patterns,
-                    100,
+                    (&patterns, 100),
                     &mut Vec::new(),
                     creator,
+                    (&LocalSubscriptions::new(16), &mut Vec::new()),
                 )
                 .map(|sequenced| sequenced.seq)
         };
@@ -1319,7 +1406,13 @@ mod tests {
             .unwrap();
         let mut actions = Vec::new();
         owned
-            .sequence(&mut message("jobs.a"), &patterns, 110, &mut actions, None)
+            .sequence(
+                &mut message("jobs.a"),
+                (&patterns, 110),
+                &mut actions,
+                None,
+                (&LocalSubscriptions::new(16), &mut Vec::new()),
+            )
             .unwrap();
         let delivered: Vec<u64> = actions
             .iter()
