@@ -505,6 +505,7 @@ pub enum Opcode {
 }
 
 impl Opcode {
+    #[inline]
     pub fn from_u8(b: u8) -> Option<Opcode> {
         Some(match b {
             0x01 => Opcode::Hello,
@@ -1039,10 +1040,36 @@ pub fn decode(buf: &[u8], frame_len_max: usize) -> Result<Option<(Frame<'_>, usi
     if flags & !opcode.allowed_flags() != 0 {
         return Err(invalid(ErrorCode::BadFrame, "undefined flag bit set"));
     }
-    match decode_body(opcode, flags, id, Reader(body)) {
+    // A PUBLISH, the hot path, is decoded in line: through the general body decoder's call,
+    // its frame was moved twice more (about 40 instructions a publish, callgrind).
+    let decoded = match opcode {
+        Opcode::Publish => decode_publish(flags, id, Reader(body)),
+        _ => decode_body(opcode, flags, id, Reader(body)),
+    };
+    match decoded {
         Ok(frame) => Ok(Some((frame, frame_len))),
         Err(reason) => Err(invalid(ErrorCode::BadFrame, reason)),
     }
+}
+
+const NAME_OVERRUN: &str = "length byte runs past the end of the body";
+
+#[inline(always)]
+fn decode_publish(flags: u8, id: u32, r: Reader<'_>) -> Result<Frame<'_>, &'static str> {
+    let (topic, reply_to, headers, payload) = r
+        .publish_body(flags & PUBLISH_HEADERS != 0)
+        .ok_or(NAME_OVERRUN)?;
+    if let Some(Err(reason)) = self::headers(headers).find(Result::is_err) {
+        return Err(reason);
+    }
+    Ok(Frame::Publish {
+        request_id: id,
+        quiet: flags & PUBLISH_QUIET != 0,
+        topic,
+        reply_to,
+        headers,
+        payload,
+    })
 }
 
 fn decode_body(
@@ -1052,7 +1079,6 @@ fn decode_body(
     mut r: Reader<'_>,
 ) -> Result<Frame<'_>, &'static str> {
     const SHORT_BODY: &str = "body shorter than its fixed fields";
-    const NAME_OVERRUN: &str = "length byte runs past the end of the body";
     let frame = match opcode {
         Opcode::Hello => {
             let magic = r.array::<4>().ok_or(SHORT_BODY)?;
@@ -1068,22 +1094,7 @@ fn decode_body(
                 client_name,
             }
         }
-        Opcode::Publish => {
-            let (topic, reply_to, headers, payload) = r
-                .publish_body(flags & PUBLISH_HEADERS != 0)
-                .ok_or(NAME_OVERRUN)?;
-            if let Some(Err(reason)) = self::headers(headers).find(Result::is_err) {
-                return Err(reason);
-            }
-            Frame::Publish {
-                request_id: id,
-                quiet: flags & PUBLISH_QUIET != 0,
-                topic,
-                reply_to,
-                headers,
-                payload,
-            }
-        }
+        Opcode::Publish => return decode_publish(flags, id, r),
         Opcode::Subscribe => {
             let sub_id = r.u32().ok_or(SHORT_BODY)?;
             let topic = r.short().ok_or(SHORT_BODY)?.ok_or(NAME_OVERRUN)?;

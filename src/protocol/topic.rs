@@ -203,6 +203,7 @@ const ROUTING_HASHER: ahash::RandomState = ahash::RandomState::with_seeds(
 );
 
 /// Stable topic→shard routing. A `shard_count` of 0 is treated as 1 rather than panicking.
+#[inline]
 pub fn owner_shard(topic: &str, shard_count: usize) -> usize {
     // One shard owns everything: no hash (about 60 instructions a publish).
     if shard_count <= 1 {

@@ -115,6 +115,9 @@ impl ReadBuffer {
         self.data.len()
     }
 
+    // The accessors below run once per frame read; as calls they cost the native publish
+    // path about 25 instructions a message (callgrind), so they are inlined.
+    #[inline]
     pub fn filled(&self) -> &[u8] {
         &self.data[self.start..self.end]
     }
@@ -147,17 +150,23 @@ impl ReadBuffer {
         self.start == self.end
     }
 
+    #[inline]
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.end - self.start);
         self.start += n;
         self.consumed_total += n as u64;
         if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-            if self.data.len() > self.resting_len {
-                self.data.truncate(self.resting_len);
-                self.data.shrink_to_fit();
-            }
+            self.emptied();
+        }
+    }
+
+    /// Everything read was consumed: back to the start, and to the resting size.
+    fn emptied(&mut self) {
+        self.start = 0;
+        self.end = 0;
+        if self.data.len() > self.resting_len {
+            self.data.truncate(self.resting_len);
+            self.data.shrink_to_fit();
         }
     }
 

@@ -752,12 +752,19 @@ impl OwnedTopics {
 
     /// Forgets a request/reply inbox topic as soon as its one answer is out, unless someone
     /// subscribed to it exactly.
+    // Inlined: asked after every publish, and almost never an inbox (a call cost 9).
+    #[inline]
     pub fn reclaim_inbox(&mut self, topic: &str) {
-        if topic.starts_with(INBOX_PREFIX)
-            && self
-                .topics
-                .get(topic)
-                .is_some_and(|owned| owned.exact_mask == 0 && owned.consumers.is_empty())
+        if topic.starts_with(INBOX_PREFIX) {
+            self.reclaim_answered_inbox(topic);
+        }
+    }
+
+    fn reclaim_answered_inbox(&mut self, topic: &str) {
+        if self
+            .topics
+            .get(topic)
+            .is_some_and(|owned| owned.exact_mask == 0 && owned.consumers.is_empty())
         {
             self.topics.remove(topic);
         }
