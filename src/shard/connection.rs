@@ -252,6 +252,10 @@ enum Queued {
         topic: Box<str>,
     },
     Notice(Box<[u8]>),
+    /// A Redis connection's replies, in line behind queued deliveries, with the count of
+    /// messages among them (lined up behind a reply, then released with it): delivered
+    /// when staged, undelivered when discarded.
+    Replies(Box<[u8]>, u64),
 }
 
 impl Queued {
@@ -270,7 +274,7 @@ impl Queued {
                 topic: topic.as_bytes(),
             }
             .encoded_len(),
-            Queued::Notice(frame) => frame.len(),
+            Queued::Notice(frame) | Queued::Replies(frame, _) => frame.len(),
         }
     }
 }
@@ -312,11 +316,9 @@ impl Outbound {
         }
     }
 
-    /// Counts messages that reached the write buffer as reply bytes (`sent`), or were given
-    /// up before they did (`abandoned`), so that the next write and the next
-    /// `discard_pending` report them like queued ones.
-    pub fn count_lined_up(&mut self, (sent, abandoned): (u64, u64)) {
-        self.delivered_as_replies += sent;
+    /// Counts messages that a Redis connection gave up with its line of replies, so that the
+    /// next `discard_pending` reports them like queued ones.
+    pub fn count_abandoned_in_line(&mut self, abandoned: u64) {
         self.abandoned_in_line += abandoned;
     }
 
@@ -471,13 +473,17 @@ impl Outbound {
         self.pending.push_back((sub_id, gap));
     }
 
-    /// Bytes that must not overtake queued deliveries (a Redis reply): straight into the
-    /// write buffer when nothing is queued, else in line as a notice.
-    pub fn push_in_order(&mut self, bytes: &[u8]) {
+    /// Bytes that must not overtake queued deliveries (a Redis reply, with the `messages`
+    /// lined up behind it that it carries): straight into the write buffer when nothing is
+    /// queued, else in line.
+    pub fn push_in_order(&mut self, bytes: &[u8], messages: u64) {
         if self.pending.is_empty() {
             self.write_buf.extend_from_slice(bytes);
+            self.delivered_as_replies += messages;
         } else {
-            self.push_notice(bytes.into());
+            self.pending_bytes += bytes.len();
+            self.pending
+                .push_back((0, Queued::Replies(bytes.into(), messages)));
         }
     }
 
@@ -503,8 +509,12 @@ impl Outbound {
         let dropped = self
             .pending
             .iter()
-            .filter(|(_, queued)| matches!(queued, Queued::Message(_) | Queued::Encoded(..)))
-            .count() as u64
+            .map(|(_, queued)| match queued {
+                Queued::Message(_) | Queued::Encoded(..) => 1,
+                Queued::Replies(_, messages) => *messages,
+                Queued::Gap { .. } | Queued::Notice(_) => 0,
+            })
+            .sum::<u64>()
             + std::mem::take(&mut self.abandoned_in_line);
         self.pending.clear();
         self.pending_bytes = 0;
@@ -560,6 +570,10 @@ impl Outbound {
                     topic,
                 } => wire.encode_gap(sub_id, (missed, resume_seq), &topic, &mut self.write_buf),
                 Queued::Notice(frame) => self.write_buf.extend_from_slice(&frame),
+                Queued::Replies(frame, messages) => {
+                    self.write_buf.extend_from_slice(&frame);
+                    staged += messages;
+                }
             }
         }
         staged
@@ -695,7 +709,7 @@ impl Outbound {
                     event.map(|event| (event, Queued::Notice(frame)))
                 }
                 // Text-protocol encodings are never queued for a handle.
-                Queued::Encoded(..) => None,
+                Queued::Encoded(..) | Queued::Replies(..) => None,
             };
             if let Some((event, queued)) = event {
                 if ends.offer(event).is_err() {
@@ -1150,11 +1164,17 @@ impl Connection {
     /// Queues a RESP session's ready replies, in order behind what is queued already.
     pub fn queue_resp_output(&mut self) {
         if let Wire::Resp(session) = &mut self.wire {
-            if let Some(ready) = session.output() {
-                self.out.push_in_order(ready);
-                session.clear_output();
+            let (sent, abandoned) = session.take_line_counts();
+            match session.output() {
+                Some(ready) => {
+                    self.out.push_in_order(ready, sent);
+                    session.clear_output();
+                }
+                // Not reached with messages: those sent from the line are in the output.
+                None if sent > 0 => self.out.push_in_order(&[], sent),
+                None => {}
             }
-            self.out.count_lined_up(session.take_line_counts());
+            self.out.count_abandoned_in_line(abandoned);
         }
     }
 
@@ -1511,6 +1531,30 @@ mod tests {
 
     /// A Redis client that switches to RESP2 (`HELLO 2`) reads the deliveries queued before
     /// the switch in RESP3, as push frames, and those after it as arrays.
+    /// Messages released from a Redis connection's line with a reply count where the reply's
+    /// bytes go: delivered once written, undelivered if the queue they wait in is discarded.
+    #[test]
+    fn messages_carried_by_replies_count_where_the_replies_go() {
+        let wire = Wire::Native { version: 4 };
+        let mut socket = ChokedSocket {
+            written: Vec::new(),
+            capacity: usize::MAX,
+        };
+        let mut out = Outbound::new(1 << 16);
+        out.push_in_order(b"+OK\r\n", 2);
+        assert_eq!(out.write_to(&mut socket, &wire).unwrap().deliveries, 2);
+        // Behind a queued delivery, the replies wait in line with their count.
+        out.push_delivery(1, message(1));
+        out.push_in_order(b"+OK\r\n", 3);
+        assert_eq!(out.discard_pending(), 4);
+        out.push_delivery(1, message(1));
+        out.push_in_order(b"+OK\r\n", 3);
+        assert_eq!(out.write_to(&mut socket, &wire).unwrap().deliveries, 4);
+        out.count_abandoned_in_line(5);
+        assert_eq!(out.discard_pending(), 5);
+        assert_eq!(out.discarded(), 9);
+    }
+
     #[test]
     fn queued_redis_deliveries_keep_the_version_they_were_queued_under() {
         let mut session = crate::shard::conn_resp::RespSession::new(1, 1 << 20);

@@ -1257,9 +1257,11 @@ impl Shard {
         }
         // A Redis connection's messages still lined up behind a reply go with it, and count.
         if let Wire::Resp(session) = &mut conn.wire {
+            // Any sent since the last hand-over went out with replies still in the session's
+            // output, which goes with the connection too.
             let (sent, abandoned) = session.take_line_counts();
             conn.out
-                .count_lined_up((sent, abandoned + session.messages_in_line()));
+                .count_abandoned_in_line(sent + abandoned + session.messages_in_line());
         }
         // Those in the write buffer were delivered as far as the broker can tell, as a staged
         // delivery is.
