@@ -231,7 +231,8 @@ pub struct PlainPublish<'a> {
 pub fn decode_publish(buffer: &[u8], limits: RequestLimits) -> Option<PlainPublish<'_>> {
     let rest = buffer.strip_prefix(b"*3\r\n$7\r\n")?;
     let (name, rest) = rest.split_at_checked(b"PUBLISH".len())?;
-    if !name.eq_ignore_ascii_case(b"PUBLISH") {
+    // Clients send it in capitals: one comparison, before the case-blind one.
+    if name != b"PUBLISH" && !name.eq_ignore_ascii_case(b"PUBLISH") {
         return None;
     }
     let rest = rest.strip_prefix(FRAME_TAIL)?;
@@ -246,6 +247,8 @@ pub fn decode_publish(buffer: &[u8], limits: RequestLimits) -> Option<PlainPubli
 
 /// `$<len>\r\n<len bytes>\r\n` with `len` in plain decimal (no sign, no leading zero) and at
 /// most `bulk_bytes_max`: the bulk and what follows it.
+// Twice per publish on the fast path: inlined (a call cost about 20 instructions each).
+#[inline(always)]
 fn canonical_bulk(input: &[u8], bulk_bytes_max: usize) -> Option<(&[u8], &[u8])> {
     // Ten digits hold every length a limit can allow, in a u64 without overflow.
     const DIGITS_MAX: usize = 10;
@@ -785,6 +788,17 @@ pub const FRAME_TAIL: &[u8] = b"\r\n";
 
 #[inline]
 fn push_u64(out: &mut Vec<u8>, value: u64) {
+    // The lengths in a delivery's frame (channel, payload) are mostly below 100: written
+    // directly, they cost a few instructions where the general formatter took about 55
+    // (callgrind), twice per delivery.
+    if let Ok(small @ 0..100) = u8::try_from(value) {
+        if small < 10 {
+            out.push(b'0' + small);
+        } else {
+            out.extend_from_slice(&[b'0' + small / 10, b'0' + small % 10]);
+        }
+        return;
+    }
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
@@ -847,6 +861,12 @@ fn push_line_safe(out: &mut Vec<u8>, text: &[u8]) {
 
 /// `:<n>\r\n`.
 pub fn encode_integer(out: &mut Vec<u8>, value: i64) {
+    // A PUBLISH's answer, the count of receivers, is most often one digit: one store of four
+    // bytes (the general path cost about 80 instructions, callgrind).
+    if let Ok(digit @ 0..=9) = u8::try_from(value) {
+        out.extend_from_slice(&[b':', b'0' + digit, b'\r', b'\n']);
+        return;
+    }
     out.push(b':');
     push_i64(out, value);
     out.extend_from_slice(FRAME_TAIL);
@@ -1832,6 +1852,9 @@ mod tests {
             ),
             (encoded(|o| encode_error(o, b"a\nb")), b"-ERR a b\r\n"),
             (encoded(|o| encode_integer(o, 0)), b":0\r\n"),
+            (encoded(|o| encode_integer(o, 9)), b":9\r\n"),
+            (encoded(|o| encode_integer(o, 10)), b":10\r\n"),
+            (encoded(|o| encode_integer(o, -1)), b":-1\r\n"),
             (encoded(|o| encode_integer(o, -42)), b":-42\r\n"),
             (
                 encoded(|o| encode_integer(o, i64::MIN)),
@@ -2156,7 +2179,7 @@ mod tests {
         let leaf = prop_oneof![
             "[a-zA-Z0-9 ]{0,10}".prop_map(|s| Reply::Simple(s.into_bytes())),
             "[a-zA-Z0-9 ]{0,10}".prop_map(|s| Reply::Error(s.into_bytes())),
-            any::<i64>().prop_map(Reply::Integer),
+            prop_oneof![any::<i64>(), -20..20i64].prop_map(Reply::Integer),
             proptest::collection::vec(any::<u8>(), 0..20).prop_map(Reply::Bulk),
             Just(Reply::Null),
             Just(Reply::NullArray),

@@ -26,13 +26,24 @@ use super::{Flow, PendingSubscribe, Shard};
 
 /// What a PUBLISH asks, in any protocol's words.
 pub(super) struct Publish<'a> {
-    pub topic: &'a [u8],
+    pub topic: PublishTopic<'a>,
     pub reply_to: Option<&'a [u8]>,
     /// A header block (see `protocol::native::headers`), empty for none.
     pub headers: &'a [u8],
     pub payload: &'a [u8],
     /// Answered only if refused (native `PUBLISH_QUIET`).
     pub quiet: bool,
+}
+
+/// The topic a PUBLISH names.
+#[derive(Clone, Copy)]
+pub(super) enum PublishTopic<'a> {
+    /// As the client sent it: checked by the publish path.
+    Unchecked(&'a [u8]),
+    /// Already proven a name a client may publish to, by a connection kind that had to look
+    /// at it anyway (the Redis port's plain channel names): checking again cost the Redis
+    /// publish path about 70 instructions a message (callgrind).
+    Checked(&'a str),
 }
 
 impl Shard {
@@ -54,7 +65,11 @@ impl Shard {
             payload,
             quiet,
         } = publish;
-        let topic = match topic::parse_publish_topic(topic_bytes) {
+        let checked = match topic_bytes {
+            PublishTopic::Checked(topic) => Ok(topic),
+            PublishTopic::Unchecked(bytes) => topic::parse_publish_topic(bytes),
+        };
+        let topic = match checked {
             Ok(topic) => topic,
             Err(error) => {
                 self.reply_err(id, request_id, ErrorCode::BadTopic, error.reason());

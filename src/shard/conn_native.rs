@@ -13,7 +13,7 @@ use crate::protocol::sniff;
 use crate::protocol::subscribe_options::{OptionError, SubscribeOptions};
 use crate::protocol::topic_options::TopicOptions;
 
-use super::commands::Publish;
+use super::commands::{Publish, PublishTopic};
 use super::connection::{ConnState, ReadBuffer};
 use super::wire::Wire;
 use super::{Flow, Shard};
@@ -118,7 +118,7 @@ impl Shard {
                     id,
                     request_id,
                     Publish {
-                        topic,
+                        topic: PublishTopic::Unchecked(topic),
                         reply_to,
                         headers,
                         payload,

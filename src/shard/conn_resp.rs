@@ -38,7 +38,7 @@ use crate::protocol::resp_commands::{
 use crate::protocol::subscribe_options::SubscribeOptions;
 use crate::protocol::topic;
 
-use super::commands::Publish;
+use super::commands::{Publish, PublishTopic};
 use super::conn_ws::{EventCache, EventFormat};
 use super::connection::ReadBuffer;
 use super::stats::ShardStats;
@@ -1166,12 +1166,21 @@ impl Shard {
     }
 
     fn resp_publish(&mut self, id: ConnectionId, channel: &[u8], payload: &[u8]) -> Flow {
-        let topic = match channel_to_topic(channel) {
-            Ok(topic) => topic,
-            Err(error) => {
-                self.resp_error(id, error.message().as_bytes());
-                return Flow::Continue;
-            }
+        // A plain name is its own topic and publishable as it is; any other is mapped, and
+        // the publish path checks what it maps to.
+        let mapped;
+        let topic = match topic::plain_unescaped_topic(channel) {
+            Some(topic) => PublishTopic::Checked(topic),
+            None => match channel_to_topic(channel) {
+                Ok(topic) => {
+                    mapped = topic;
+                    PublishTopic::Unchecked(mapped.as_bytes())
+                }
+                Err(error) => {
+                    self.resp_error(id, error.message().as_bytes());
+                    return Flow::Continue;
+                }
+            },
         };
         let Some(session) = self.resp_session(id) else {
             return Flow::Stop;
@@ -1181,7 +1190,7 @@ impl Shard {
             id,
             request_id,
             Publish {
-                topic: topic.as_bytes(),
+                topic,
                 reply_to: None,
                 headers: &[],
                 payload,

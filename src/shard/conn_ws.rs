@@ -30,7 +30,7 @@ use crate::protocol::ws_fiber::{self, FiberCode, FiberEvent, FiberRequest};
 use crate::protocol::ws_json::MessageId;
 use crate::protocol::{native, payload};
 
-use super::commands::{unix_time_ns, Publish};
+use super::commands::{unix_time_ns, Publish, PublishTopic};
 use super::connection::ConnState;
 use super::wire::{Answer, Wire};
 use super::{Flow, Shard};
@@ -662,7 +662,7 @@ impl Shard {
             id,
             request,
             Publish {
-                topic: topic.as_bytes(),
+                topic: PublishTopic::Unchecked(topic.as_bytes()),
                 reply_to: None,
                 headers: &headers,
                 payload: stored,
