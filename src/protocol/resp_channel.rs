@@ -160,11 +160,32 @@ pub fn topic_to_channel(topic: &str) -> Cow<'_, [u8]> {
 /// searcher, which costs more than the scan on names of at most 255 bytes, once per publish
 /// and once per delivery.
 fn holds_escape(name: &[u8]) -> bool {
-    // Most names have no `-` at all, which a byte search (memchr) tells fastest.
-    name.contains(&b'-')
+    // Most names have no `-` at all.
+    holds_dash(name)
         && name
             .windows(ESCAPE.len())
             .any(|pair| pair == ESCAPE.as_bytes())
+}
+
+/// Does `name` hold a `-`? Eight bytes at a time (a word with no zero byte after an XOR
+/// with dashes has none), the last word overlapping the one before: on a name of at most 255
+/// bytes this beats a byte search (memchr), which cost about 50 instructions a delivery to a
+/// Redis subscriber (callgrind, a 17-byte name).
+fn holds_dash(name: &[u8]) -> bool {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    const DASHES: u64 = u64::from_le_bytes([b'-'; 8]);
+    let has_dash = |chunk: &[u8]| {
+        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
+            return chunk.contains(&b'-');
+        };
+        let x = u64::from_le_bytes(bytes) ^ DASHES;
+        x.wrapping_sub(ONES) & !x & HIGHS != 0
+    };
+    if name.len() < 8 {
+        return name.contains(&b'-');
+    }
+    name.chunks_exact(8).any(has_dash) || has_dash(&name[name.len() - 8..])
 }
 
 fn lower_hex(digit: u8) -> Option<u8> {
@@ -278,6 +299,23 @@ mod tests {
 
     fn token() -> impl Strategy<Value = String> {
         "[A-Za-z0-9_-]{1,8}"
+    }
+
+    proptest! {
+        #[test]
+        fn the_word_search_for_a_dash_is_a_byte_search(
+            name in proptest::collection::vec(
+                prop_oneof![
+                    20 => any::<u8>(),
+                    1 => Just(b'-'),
+                    // Its neighbours, and itself with the high bit set.
+                    5 => proptest::sample::select(&b",.\xad"[..]),
+                ],
+                0..40,
+            ),
+        ) {
+            prop_assert_eq!(holds_dash(&name), name.contains(&b'-'));
+        }
     }
 
     proptest! {

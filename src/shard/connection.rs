@@ -323,7 +323,7 @@ impl Outbound {
     }
 
     /// Messages written into the reply stream that no write has counted yet (see
-    /// [`Outbound::count_lined_up`]).
+    /// [`Outbound::push_in_order`]).
     pub fn take_delivered_as_replies(&mut self) -> u64 {
         std::mem::take(&mut self.delivered_as_replies)
     }

@@ -803,7 +803,7 @@ impl OwnedTopics {
     /// for replay, and finds the shards to deliver it to.
     ///
     /// Appends this shard's own exact subscriptions to the topic to `local_exact.1`, from
-    /// the topic's copy of them (see [`LocalExactCopy`]).
+    /// the topic's copy of them (a `LocalExactCopy`).
     pub fn sequence(
         &mut self,
         message: &mut Message,
