@@ -665,6 +665,7 @@ impl Shard {
             return Flow::Stop;
         }
         if session.replies.slots.len() >= REPLIES_WAITING_MAX {
+            conn.paused_for_own_requests = true;
             return Flow::Blocked;
         }
         // Buffer and decoder are taken out so handlers may borrow the whole shard while the
@@ -1440,6 +1441,7 @@ impl Shard {
             return Flow::Stop;
         };
         if session.gathering || unread > outbound_bytes_max {
+            conn.paused_for_own_requests = true;
             return Flow::Blocked;
         }
         session.gathering = true;

@@ -839,6 +839,10 @@ pub struct Connection {
     /// Stopped mid-buffer because the work it would add has nowhere to go (a full outbox);
     /// already in the shard's list of blocked connections.
     pub blocked: bool,
+    /// The pause about to start waits on the connection's own requests (a Redis pipeline
+    /// with too many replies owed, or a stats gather in turn), not on backpressure, so it
+    /// does not count in `ring_full_pauses`.
+    pub paused_for_own_requests: bool,
     /// The socket may still hold bytes (the read budget ran out, or reading paused).
     pub read_more: bool,
     /// A readiness event said the peer closed its side, the socket failed, or urgent data
@@ -1009,6 +1013,7 @@ impl Connection {
             drops_unreported: false,
             dirty: false,
             blocked: false,
+            paused_for_own_requests: false,
             read_more: false,
             read_to_would_block: false,
             write_blocked: false,

@@ -963,11 +963,12 @@ impl Shard {
         let Some(conn) = self.connection_mut(id) else {
             return;
         };
+        let own_requests = std::mem::take(&mut conn.paused_for_own_requests);
         if !conn.blocked {
             conn.blocked = true;
             conn.read_more = true;
             self.blocked.push(id);
-            self.counters.ring_full_pauses += 1;
+            self.counters.ring_full_pauses += u64::from(!own_requests);
         }
     }
 

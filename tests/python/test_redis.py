@@ -24,6 +24,7 @@ from corebus_testing import (
     clean_env,
     fiber_publish,
     fiber_subscribe,
+    http,
     native_publish,
     unique,
 )
@@ -537,6 +538,28 @@ def test_messages_never_overtake_the_replies_before_them(broker, resp):
                 # Messages follow, only for channels already confirmed.
                 frame = read_resp_frame(reader)
                 assert frame[0] == b"message" and frame[1].decode() in confirmed
+
+
+def metric_total(broker, name):
+    """The sum of one counter's samples over the shards, from `/metrics`."""
+    response = http(broker, "GET", "/metrics")
+    assert response.status == 200, response
+    lines = response.body.decode().splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith(name + "{"))
+
+
+def test_a_pipeline_waiting_on_its_own_answers_is_not_counted_as_backpressure(start_broker):
+    """A Redis client's pipeline of stats requests is read one gather at a time, pausing the
+    connection between them; those pauses are its own, not a full ring's, and stay out of
+    `ring_full_pauses`."""
+    broker = start_broker()
+    requests = 200
+    with socket.create_connection(broker.resp, timeout=WAIT) as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n" * requests)
+        for _ in range(requests):
+            assert b"redis_version" in read_resp_frame(reader)
+    assert metric_total(broker, "corebus_ring_full_pauses_total") == 0
 
 
 def test_messages_lined_up_behind_replies_count_as_delivered(start_broker):
