@@ -712,13 +712,16 @@ impl Shard {
             match ran {
                 Flow::Continue => {
                     buffer.consume(len);
-                    if let Some(session) = self.resp_session(id) {
-                        session.resume_at = 1;
-                        if session.closing {
-                            break Flow::Stop;
-                        }
-                        if session.replies.slots.len() >= REPLIES_WAITING_MAX {
-                            break Flow::Blocked;
+                    if let Some(conn) = self.connection_mut(id) {
+                        if let super::wire::Wire::Resp(session) = &mut conn.wire {
+                            session.resume_at = 1;
+                            if session.closing {
+                                break Flow::Stop;
+                            }
+                            if session.replies.slots.len() >= REPLIES_WAITING_MAX {
+                                conn.paused_for_own_requests = true;
+                                break Flow::Blocked;
+                            }
                         }
                     }
                 }

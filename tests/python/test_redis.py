@@ -562,6 +562,26 @@ def test_a_pipeline_waiting_on_its_own_answers_is_not_counted_as_backpressure(st
     assert metric_total(broker, "corebus_ring_full_pauses_total") == 0
 
 
+def test_a_pipeline_with_too_many_replies_owed_is_not_counted_as_backpressure(start_broker):
+    """Past 64 Ki replies owed (PINGs behind a stats request), reading pauses until some are
+    out; read in large turns, the limit is met inside one read loop, which pauses too."""
+    broker = start_broker("--read-bytes-per-turn-max", "67108864",
+                          "--read-chunk-bytes", "4194304")
+    pings = 300_000
+    with socket.create_connection(broker.resp, timeout=WAIT) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        payload = b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n" * 2 + b"PING\r\n" * pings
+        sending = threading.Thread(target=sock.sendall, args=(payload,))
+        sending.start()
+        reader = sock.makefile("rb")
+        for _ in range(2):
+            assert b"redis_version" in read_resp_frame(reader)
+        for _ in range(pings):
+            assert reader.readline() == b"+PONG\r\n"
+        sending.join(timeout=WAIT)
+    assert metric_total(broker, "corebus_ring_full_pauses_total") == 0
+
+
 def test_messages_lined_up_behind_replies_count_as_delivered(start_broker):
     """Messages that wait behind a reply (here, stats requests pipelined by a subscribed
     RESP3 client while a publisher keeps its channel busy) count in `delivered` like any
