@@ -403,6 +403,23 @@ impl RespSession {
         Some(subscription)
     }
 
+    /// Gives up the slot of request `request_id` if it is the only one and a PUBLISH's, with
+    /// no ready output ahead of it: its answer may then be worded straight into the
+    /// connection's write buffer (see `Connection::answer`).
+    pub fn take_sole_publish_slot(&mut self, request_id: u32) -> bool {
+        let sole_publish = self.output.is_empty()
+            && self.replies.slots.len() == 1
+            && self.replies.head_id == request_id
+            && matches!(
+                self.replies.slots.front(),
+                Some(Slot::Waiting(Awaiting::Publish))
+            );
+        if sole_publish {
+            self.replies.pop_front();
+        }
+        sole_publish
+    }
+
     /// Words the core's answer to request `request_id` (0: the connection itself, which is
     /// about to close) and moves what became ready to the output.
     pub fn encode_answer(&mut self, request_id: u32, answer: Answer<'_>) {

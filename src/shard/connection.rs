@@ -473,6 +473,12 @@ impl Outbound {
         self.pending.push_back((sub_id, gap));
     }
 
+    /// Nothing waits in line behind the write buffer: bytes appended to it now keep their
+    /// order with everything queued.
+    pub fn nothing_pending(&self) -> bool {
+        self.pending.is_empty()
+    }
+
     /// Bytes that must not overtake queued deliveries (a Redis reply, with the `messages`
     /// lined up behind it that it carries): straight into the write buffer when nothing is
     /// queued, else in line.
@@ -1159,6 +1165,16 @@ impl Connection {
                 self.out.push_notice(notice.into_boxed_slice());
             }
             Wire::Resp(session) => {
+                // The common case, a PUBLISH answered in turn with nothing else owed or
+                // queued: its `:N` straight into the write buffer, not through the session's
+                // output and the queue (about 90 instructions a publish less, callgrind).
+                if let Answer::Published(published) = &answer {
+                    if self.out.nothing_pending() && session.take_sole_publish_slot(request_id) {
+                        let receivers = i64::from(published.receivers);
+                        crate::protocol::resp::encode_integer(self.out.replies(), receivers);
+                        return;
+                    }
+                }
                 session.encode_answer(request_id, answer);
                 self.queue_resp_output();
             }
