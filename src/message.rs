@@ -125,6 +125,30 @@ impl Message {
         &self.frame
     }
 
+    /// Asks the CPU to bring the start of this message's allocation (its reference counts,
+    /// and where the allocator threads a freed block) into cache, without waiting for it.
+    /// For a message about to be released whose memory has gone cold: among a thousand busy
+    /// topics, the one a replay ring evicts was last touched a thousand publishes ago, and
+    /// the eviction's count decrement and free waited on memory for about a seventh of the
+    /// shard's time (a `perf` time profile of the many-topics row).
+    #[inline]
+    pub fn prefetch_for_release(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // The counts sit just ahead of the bytes, two words in `Arc`'s layout; a guess
+            // that is off costs a useless prefetch, never a fault, since a prefetch of any
+            // address is only a hint.
+            let counts = Arc::as_ptr(&self.frame)
+                .cast::<i8>()
+                .wrapping_sub(2 * std::mem::size_of::<usize>());
+            // SAFETY: x86-64 always has SSE, the only feature `_mm_prefetch` needs, and a
+            // prefetch reads nothing the program sees and cannot fault.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(counts);
+            }
+        }
+    }
+
     pub fn frame_len(&self) -> usize {
         self.frame.len()
     }

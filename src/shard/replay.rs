@@ -280,6 +280,14 @@ impl<T> ReplayRing<T> {
         evicted
     }
 
+    /// The message the next push will evict to make room, if the ring is full by count.
+    pub fn next_evicted(&self) -> Option<&T> {
+        if self.len != self.limits.messages_max || self.len == 0 {
+            return None;
+        }
+        Some(&self.entry(0).item)
+    }
+
     /// The oldest retained sequence.
     pub fn first_seq(&self) -> Option<u64> {
         (self.len > 0).then(|| self.window_start_seq())
@@ -470,6 +478,17 @@ mod tests {
 
     fn seqs(ring: &ReplayRing<u64>, from_seq: u64, max: usize) -> Vec<u64> {
         ring.range(from_seq, max).map(|(seq, _)| seq).collect()
+    }
+
+    #[test]
+    fn the_next_eviction_is_named_once_the_count_limit_is_reached() {
+        let mut ring = filled(limits(3, 1000, 0), 2, 1);
+        assert_eq!(ring.next_evicted(), None);
+        ring.push(3, 3, 1, 30, 3);
+        assert_eq!(ring.next_evicted(), Some(&10));
+        ring.push(4, 4, 1, 40, 4);
+        assert_eq!(ring.next_evicted(), Some(&20));
+        assert_eq!(filled(limits(0, 1000, 0), 3, 1).next_evicted(), None);
     }
 
     #[test]

@@ -832,6 +832,9 @@ impl OwnedTopics {
                     message.clone(),
                     now_ns,
                 );
+                if let Some(next_evicted) = owned.replay.next_evicted() {
+                    next_evicted.prefetch_for_release();
+                }
                 for consumer in owned.consumers.values_mut() {
                     consumer.pump(&owned.replay, Some(message), now_ns, consumer_actions);
                 }
