@@ -254,6 +254,8 @@ pub struct Counters {
     pub errors: u64,
     /// Publishes the target answered with an error.
     pub publish_errors: u64,
+    /// The fewest messages one publisher sent in the measured window (None: no publisher).
+    pub publisher_window_least: Option<u64>,
 }
 
 impl Counters {
@@ -271,6 +273,11 @@ impl Counters {
         self.behind_schedule += o.behind_schedule;
         self.errors += o.errors;
         self.publish_errors += o.publish_errors;
+        self.publisher_window_least = match (self.publisher_window_least, o.publisher_window_least)
+        {
+            (Some(mine), Some(theirs)) => Some(mine.min(theirs)),
+            (mine, theirs) => mine.or(theirs),
+        };
     }
 }
 
@@ -291,6 +298,8 @@ struct Publisher {
     round_robin: usize,
     /// Messages written.
     sent: u64,
+    /// Messages whose send time fell in the measured window.
+    sent_window: u64,
     /// Written but not yet confirmed (PONG or Redis reply).
     unconfirmed: u64,
     /// Written since the last PING.
@@ -530,6 +539,7 @@ fn run_thread_inner(
                     templates,
                     round_robin: 0,
                     sent: 0,
+                    sent_window: 0,
                     unconfirmed: 0,
                     since_ping: 0,
                     pings: VecDeque::new(),
@@ -806,6 +816,8 @@ fn run_thread_inner(
     for conn in conns {
         match conn.kind {
             Kind::Pub(p) => {
+                let least = &mut ctx.counters.publisher_window_least;
+                *least = Some(least.map_or(p.sent_window, |least| least.min(p.sent_window)));
                 output.sent.push((
                     p.index,
                     p.topics
@@ -1188,6 +1200,7 @@ fn publish_turn(conn: &mut Conn, ctx: &mut Ctx<'_>, filler: &[u8], now: u64, end
         ctx.counters.published += 1;
         if sent_ns >= ctx.window_start && sent_ns < ctx.window_end {
             ctx.counters.published_window += 1;
+            p.sent_window += 1;
         }
         if pings && p.since_ping >= batch {
             send_ping(p, ctx.target, &mut conn.out);

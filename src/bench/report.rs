@@ -84,6 +84,11 @@ pub struct BenchResult {
     pub published: u64,
     /// Messages sent (scheduled, in open loop) during the measured window.
     pub published_window: u64,
+    /// With several publishers: what the one that sent least in the measured window sent, as
+    /// a fraction of the mean per publisher. Near 1 when the broker reads its publishers
+    /// alike; a broker that starves one (or a network that does) shows here.
+    #[serde(default)]
+    pub slowest_publisher_share: Option<f64>,
     pub published_msgs_per_s: f64,
     /// Payload megabytes (10^6 bytes) per second.
     pub published_mb_per_s: f64,
@@ -192,6 +197,12 @@ pub struct Totals<'a> {
     pub replay: Option<ReplaySummary>,
 }
 
+fn slowest_publisher_share(c: &Counters, publishers: usize) -> Option<f64> {
+    let least = c.publisher_window_least?;
+    (publishers > 1 && c.published_window > 0)
+        .then(|| least as f64 * publishers as f64 / c.published_window as f64)
+}
+
 pub fn build(t: Totals<'_>) -> BenchResult {
     let s = t.scenario;
     let secs = s.duration_s;
@@ -221,6 +232,7 @@ pub fn build(t: Totals<'_>) -> BenchResult {
         measured_s: secs,
         published: c.published,
         published_window: c.published_window,
+        slowest_publisher_share: slowest_publisher_share(c, s.publishers),
         published_msgs_per_s: c.published_window as f64 / secs,
         published_mb_per_s: mb(c.published_window),
         delivered: t.delivered,
@@ -408,6 +420,12 @@ pub fn table(r: &BenchResult, allow_loss: bool) -> String {
         "(rates over the {} s measured window; MB = 10^6 payload bytes)",
         r.measured_s
     );
+    if let Some(share) = r.slowest_publisher_share {
+        let _ = writeln!(
+            o,
+            "(the publisher that sent least sent {share:.2} of the mean per publisher)"
+        );
+    }
     let _ = writeln!(o);
     let _ = writeln!(
         o,

@@ -851,10 +851,6 @@ pub struct Connection {
     pub paused_for_own_requests: bool,
     /// The socket may still hold bytes (the read budget ran out, or reading paused).
     pub read_more: bool,
-    /// A readiness event said the peer closed its side, the socket failed, or urgent data
-    /// came: a short read no longer means the socket is empty (no later event announces the
-    /// end of the stream; a read stops at the urgent mark), so reads go on to WouldBlock.
-    pub read_to_would_block: bool,
     /// The last write hit a full socket: writing again before the writable event that
     /// `mio` sends when room frees would only cost a failed syscall per delivery.
     pub write_blocked: bool,
@@ -896,20 +892,6 @@ pub struct Connection {
     pub partial_since: Option<std::time::Instant>,
     /// A native STATS being gathered from the shards (one at a time per connection).
     pub stats_gather: Option<Box<super::stats::NativeStatsGather>>,
-}
-
-/// Whether a short read may end the read loop: on Linux, where the reactor also watches for
-/// urgent data (`PRIORITY`), whose mark is the one place a TCP read stops short with bytes
-/// still queued. Elsewhere (kqueue has no such event) reads go on to WouldBlock.
-const SHORT_READ_MEANS_EMPTY: bool = cfg!(any(target_os = "linux", target_os = "android"));
-
-/// What one read from a connection's socket gave.
-#[derive(Clone, Copy, Debug)]
-pub struct ReadOutcome {
-    pub bytes: usize,
-    /// The socket held less than the buffer had room for: it is empty now, and the next
-    /// arrival will raise a readiness event.
-    pub drained: bool,
 }
 
 /// The publish timestamp a latency sample would use: 0 (none) for a redelivery.
@@ -1021,7 +1003,6 @@ impl Connection {
             blocked: false,
             paused_for_own_requests: false,
             read_more: false,
-            read_to_would_block: false,
             write_blocked: false,
             over_watermark: false,
             stall_spent: false,
@@ -1248,31 +1229,31 @@ impl Connection {
         None
     }
 
-    /// Reads once into the buffer. `Ok(0)` means the peer closed its end. `text_bytes_max`
-    /// bounds what a text protocol's buffer may grow to (a native frame announces its size).
+    /// Reads once into the buffer and returns how many bytes came. `Ok(0)` means the peer
+    /// closed its end. `text_bytes_max` bounds what a text protocol's buffer may grow to (a
+    /// native frame announces its size).
+    ///
+    /// The caller reads on until WouldBlock, even after a read that gave less than it asked
+    /// for. Taking a short read to mean "empty, wait for the next readiness event" saved a
+    /// syscall a turn, but under load it starved publishers: with two writing as fast as
+    /// they could, in about half the runs one was read at a fiftieth of the other's rate for
+    /// seconds (its receive window never grew), and 0.1% of all messages arrived 2 to 3 s late
+    /// (`ss -tni` on the broker's sockets; reading to WouldBlock, both were read alike).
     pub fn read_once(
         &mut self,
         (text_bytes_max, frame_bytes_max): (usize, usize),
-    ) -> io::Result<ReadOutcome> {
+    ) -> io::Result<usize> {
         let spare = if self.wire.is_native() {
             self.read.spare(frame_bytes_max)
         } else {
             self.read.spare_for_text(text_bytes_max)
         };
-        let asked = spare.len();
         let Transport::Tcp(socket) = &mut self.socket else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
         let bytes = socket.read(spare)?;
         self.read.commit(bytes);
-        // A stream socket that gives less than was asked had no more at that moment, and
-        // bytes arriving later raise a new edge-triggered readiness event (epoll(7)); so the
-        // read that would only answer EAGAIN is skipped, one syscall in three under
-        // pipelined load. Not once the peer has hung up or sent urgent data (see
-        // `read_to_would_block`).
-        let drained =
-            SHORT_READ_MEANS_EMPTY && bytes > 0 && bytes < asked && !self.read_to_would_block;
-        Ok(ReadOutcome { bytes, drained })
+        Ok(bytes)
     }
 }
 

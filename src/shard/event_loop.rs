@@ -41,14 +41,7 @@ const CONSUMER_TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 /// publish) and for `--topic-idle-ttl`.
 const REPLAY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What a connection's socket is watched for. Urgent data (`PRIORITY`) too, because a read
-/// stops short at TCP's urgent mark with bytes still queued: a connection that sends any is
-/// read to WouldBlock from then on (see [`super::connection::ReadOutcome`]).
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const CONNECTION_INTEREST: Interest = Interest::READABLE
-    .add(Interest::WRITABLE)
-    .add(Interest::PRIORITY);
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+/// What a connection's socket is watched for.
 const CONNECTION_INTEREST: Interest = Interest::READABLE.add(Interest::WRITABLE);
 
 /// Tells a connection about to be refused why, in its port's protocol. Best effort: a fresh
@@ -182,7 +175,7 @@ impl Shard {
                     Token(index) => self.on_connection_event(
                         index,
                         event.is_readable(),
-                        event.is_read_closed() || event.is_error() || event.is_priority(),
+                        event.is_read_closed() || event.is_error(),
                         event.is_writable(),
                     ),
                 }
@@ -483,7 +476,7 @@ impl Shard {
         &mut self,
         index: usize,
         readable: bool,
-        short_reads_unsure: bool,
+        closed_or_failed: bool,
         writable: bool,
     ) {
         let Some(conn) = self.connections.get_mut(index) else {
@@ -491,8 +484,8 @@ impl Shard {
             return;
         };
         let id = conn.id;
-        conn.read_to_would_block |= short_reads_unsure;
-        let readable = readable || short_reads_unsure;
+        // A read is what finds the end of the stream or the error.
+        let readable = readable || closed_or_failed;
         if writable {
             if let Some(conn) = self.connection_mut(id) {
                 conn.write_blocked = false;
@@ -547,15 +540,14 @@ impl Shard {
                 return;
             }
             match conn.read_once((text_bytes_max, frame_bytes_max)) {
-                Ok(outcome) if outcome.bytes == 0 => {
+                Ok(0) => {
                     // The peer is done sending, maybe not reading: what its requests already
                     // produced goes out first (a client may send `PING` and shut its write
                     // side down, then read `+PONG`), within the close linger.
                     self.begin_close(id, CloseReason::PeerClosed);
                     return;
                 }
-                Ok(outcome) => {
-                    let n = outcome.bytes;
+                Ok(n) => {
                     self.counters.bytes_in += n as u64;
                     budget = budget.saturating_sub(n);
                     self.clock_ns = super::commands::unix_time_ns();
@@ -569,10 +561,6 @@ impl Shard {
                     }
                     if self.stall_reader {
                         self.stall(id);
-                        return;
-                    }
-                    if outcome.drained {
-                        self.socket_drained(id, consumed_before, turn_now + frame_deadline);
                         return;
                     }
                 }
