@@ -65,7 +65,7 @@ fn local_fan_out(c: &mut Criterion) {
                     debug_assert_eq!(outcome, EnqueueOutcome::Queued);
                 }
                 for out in &mut connections {
-                    black_box(out.write_to(&mut io::sink(), &NATIVE).unwrap());
+                    black_box(out.write_to(&mut io::sink(), &NATIVE));
                 }
             })
         });

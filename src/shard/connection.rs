@@ -599,8 +599,9 @@ impl Outbound {
         }
     }
 
-    /// Writes until everything is out or the socket would block.
-    pub fn write_to<W: Write>(&mut self, socket: &mut W, wire: &Wire) -> io::Result<WriteProgress> {
+    /// Writes until everything is out, the socket would block or a write fails (the
+    /// progress then says how; what went out before the failure is counted all the same).
+    pub fn write_to<W: Write>(&mut self, socket: &mut W, wire: &Wire) -> WriteProgress {
         let mut progress = WriteProgress {
             oldest_published_ns: self.front_published_ns(),
             deliveries: std::mem::take(&mut self.delivered_as_replies),
@@ -612,10 +613,13 @@ impl Outbound {
                 self.write_buf.clear();
                 self.written = 0;
                 progress.drained = true;
-                return Ok(progress);
+                return progress;
             }
             match socket.write(&self.write_buf[self.written..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(0) => {
+                    progress.failed = Some(io::ErrorKind::WriteZero);
+                    return progress;
+                }
                 Ok(n) => {
                     self.written += n;
                     progress.bytes += n as u64;
@@ -623,10 +627,13 @@ impl Outbound {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.compact();
                     progress.would_block = true;
-                    return Ok(progress);
+                    return progress;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    progress.failed = Some(e.kind());
+                    return progress;
+                }
             }
         }
     }
@@ -772,6 +779,16 @@ pub struct WriteProgress {
     pub drained: bool,
     /// The socket is full; wait for a writable event before trying again.
     pub would_block: bool,
+    /// A write failed (the peer is gone): the connection is to be closed.
+    pub failed: Option<io::ErrorKind>,
+}
+
+#[cfg(test)]
+impl WriteProgress {
+    fn checked(self) -> WriteProgress {
+        assert_eq!(self.failed, None, "the write failed");
+        self
+    }
 }
 
 /// The event a native frame in an in-process connection's write buffer stands for.
@@ -1457,6 +1474,46 @@ mod tests {
         assert_eq!(buffer.filled(), &[0, 0, 0, 8]);
     }
 
+    /// A socket that takes `capacity` bytes, then fails as a reset connection does.
+    struct FailingSocket {
+        taken: usize,
+        capacity: usize,
+    }
+
+    impl Write for FailingSocket {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.taken == self.capacity {
+                return Err(io::ErrorKind::ConnectionReset.into());
+            }
+            let n = (self.capacity - self.taken).min(buf.len());
+            self.taken += n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_write_still_reports_what_went_out_before_it() {
+        let mut out = Outbound::new(WRITE_CHUNK_BYTES);
+        for _ in 0..3 {
+            out.push_delivery(1, message(10));
+        }
+        let mut socket = FailingSocket {
+            taken: 0,
+            capacity: 50,
+        };
+        let progress = out.write_to(&mut socket, &Wire::Native { version: 4 });
+        assert_eq!(progress.failed, Some(io::ErrorKind::ConnectionReset));
+        assert_eq!(progress.bytes, 50);
+        assert_eq!(
+            progress.deliveries, 3,
+            "staged deliveries count as they did"
+        );
+        assert!(!progress.drained);
+    }
+
     #[test]
     fn deliveries_carry_their_subscription_id_on_the_wire() {
         let mut out = Outbound::new(WRITE_CHUNK_BYTES);
@@ -1467,7 +1524,7 @@ mod tests {
         };
         let progress = out
             .write_to(&mut socket, &Wire::Native { version: 4 })
-            .unwrap();
+            .checked();
         assert!(progress.drained);
         assert_eq!(progress.deliveries, 1);
         let (frame, _) = native::decode(&socket.written, 1 << 20).unwrap().unwrap();
@@ -1497,7 +1554,7 @@ mod tests {
             };
             let wire = Wire::Native { version: 4 };
             out.write_to(&mut socket, &wire)
-                .unwrap()
+                .checked()
                 .oldest_published_ns
         };
         let mut out = Outbound::new(WRITE_CHUNK_BYTES);
@@ -1544,14 +1601,14 @@ mod tests {
         };
         let mut out = Outbound::new(1 << 16);
         out.push_in_order(b"+OK\r\n", 2);
-        assert_eq!(out.write_to(&mut socket, &wire).unwrap().deliveries, 2);
+        assert_eq!(out.write_to(&mut socket, &wire).checked().deliveries, 2);
         // Behind a queued delivery, the replies wait in line with their count.
         out.push_delivery(1, message(1));
         out.push_in_order(b"+OK\r\n", 3);
         assert_eq!(out.discard_pending(), 4);
         out.push_delivery(1, message(1));
         out.push_in_order(b"+OK\r\n", 3);
-        assert_eq!(out.write_to(&mut socket, &wire).unwrap().deliveries, 4);
+        assert_eq!(out.write_to(&mut socket, &wire).checked().deliveries, 4);
         out.count_abandoned_in_line(5);
         assert_eq!(out.discard_pending(), 5);
         assert_eq!(out.discarded(), 9);
@@ -1588,7 +1645,7 @@ mod tests {
             capacity: 1 << 16,
         };
         out.write_to(&mut socket, &Wire::Resp(Box::new(session)))
-            .unwrap();
+            .checked();
         let frame = |head: &str| format!("{head}\r\n$7\r\nmessage\r\n$1\r\nt\r\n$2\r\nxx\r\n");
         assert_eq!(
             String::from_utf8(socket.written).unwrap(),
@@ -1636,7 +1693,7 @@ mod tests {
         };
         let progress = out
             .write_to(&mut socket, &Wire::Native { version: 4 })
-            .unwrap();
+            .checked();
         assert_eq!(progress.deliveries, 1);
         let mut rest = &socket.written[..];
         let mut frames = Vec::new();
@@ -1661,13 +1718,13 @@ mod tests {
         };
         let progress = out
             .write_to(&mut socket, &Wire::Native { version: 4 })
-            .unwrap();
+            .checked();
         assert!(!progress.drained);
         assert_eq!(progress.bytes, 250);
         socket.capacity = usize::MAX;
         assert!(
             out.write_to(&mut socket, &Wire::Native { version: 4 })
-                .unwrap()
+                .checked()
                 .drained
         );
         let mut rest = &socket.written[..];

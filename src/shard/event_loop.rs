@@ -1053,62 +1053,53 @@ impl Shard {
         // (another shard's, a stats gather), within the close linger.
         let answers_owed = matches!(state, ConnState::Closing(CloseReason::PeerClosed))
             && matches!(&conn.wire, Wire::Resp(session) if session.replies_in_line());
-        let mut result = Ok(crate::shard::connection::WriteProgress::default());
-        while let Ok(total) = &mut result {
+        let mut progress = crate::shard::connection::WriteProgress::default();
+        loop {
             conn.report_drops();
-            let written = match &mut conn.socket {
+            let more = match &mut conn.socket {
                 Transport::Tcp(socket) => conn.out.write_to(socket, &conn.wire),
-                Transport::InProcess(ends) => Ok(conn.out.hand_over(ends)),
+                Transport::InProcess(ends) => conn.out.hand_over(ends),
             };
-            match written {
-                Ok(progress) => {
-                    total.bytes += progress.bytes;
-                    total.deliveries += progress.deliveries;
-                    total.oldest_published_ns =
-                        total.oldest_published_ns.or(progress.oldest_published_ns);
-                    total.drained = progress.drained;
-                    conn.write_blocked = progress.would_block;
-                    // Drops counted while this write went out are reported right away.
-                    if !(progress.drained && conn.drops_unreported) {
-                        break;
-                    }
-                }
-                Err(e) => result = Err(e),
+            progress.bytes += more.bytes;
+            progress.deliveries += more.deliveries;
+            progress.oldest_published_ns =
+                progress.oldest_published_ns.or(more.oldest_published_ns);
+            progress.drained = more.drained;
+            progress.failed = more.failed;
+            conn.write_blocked = more.would_block;
+            // Drops counted while this write went out are reported right away.
+            if more.failed.is_some() || !(more.drained && conn.drops_unreported) {
+                break;
             }
         }
-        if let Ok(progress) = &result {
-            conn.written_total += progress.bytes;
-            if progress.bytes > 0 {
-                conn.last_written_at = Some(turn_now);
-            }
+        // What went out before a write failed counts all the same: those deliveries left
+        // (staged ones with them), and the close counts what is still queued as undelivered.
+        conn.written_total += progress.bytes;
+        if progress.bytes > 0 {
+            conn.last_written_at = Some(turn_now);
         }
-        match result {
-            Ok(progress) => {
-                self.counters.bytes_out += progress.bytes;
-                self.counters.delivered += progress.deliveries;
-                if let Some(published_ns) = progress.oldest_published_ns {
-                    // One clock read per write, not per delivery (see `latency`).
-                    let latency_ns = super::commands::unix_time_ns().saturating_sub(published_ns);
-                    self.latency.delivery.record_ns(latency_ns);
-                }
-                if let (ConnState::Closing(reason), true, false) =
-                    (state, progress.drained, answers_owed)
-                {
-                    self.close_now(id, reason);
-                } else if (paused_for_replies || blocked) && progress.bytes > 0 {
-                    // It stopped reading because its replies piled up; now they moved.
-                    self.read_again.push(id);
-                }
-            }
-            Err(e) => {
-                log::debug!(
-                    "event=write_error shard={} conn={} error={:?}",
-                    self.id,
-                    id,
-                    e.to_string()
-                );
-                self.close_now(id, CloseReason::IoError);
-            }
+        self.counters.bytes_out += progress.bytes;
+        self.counters.delivered += progress.deliveries;
+        if let Some(published_ns) = progress.oldest_published_ns {
+            // One clock read per write, not per delivery (see `latency`).
+            let latency_ns = super::commands::unix_time_ns().saturating_sub(published_ns);
+            self.latency.delivery.record_ns(latency_ns);
+        }
+        if let Some(error) = progress.failed {
+            log::debug!(
+                "event=write_error shard={} conn={} error={:?}",
+                self.id,
+                id,
+                error.to_string()
+            );
+            self.close_now(id, CloseReason::IoError);
+        } else if let (ConnState::Closing(reason), true, false) =
+            (state, progress.drained, answers_owed)
+        {
+            self.close_now(id, reason);
+        } else if (paused_for_replies || blocked) && progress.bytes > 0 {
+            // It stopped reading because its replies piled up; now they moved.
+            self.read_again.push(id);
         }
     }
 
