@@ -496,8 +496,9 @@ fn a_subscriber_that_reads_is_not_cut_by_unwindowed_publishers() {
 /// runs one publisher was then read at a hundredth of the other's rate for the whole run
 /// (its messages seconds late), which the bench's slowest-publisher share shows. The bench
 /// runs as its own process, as a user runs it: inside the test's process (its threads
-/// beside the broker's) the starvation did not show in six runs, as its own process it
-/// failed this test in two of three tries.
+/// beside the broker's) the starvation did not show in six runs; as its own process it
+/// failed this test in two of three tries on one machine, one of three on another. So it
+/// catches the starvation often, not always.
 #[test]
 fn publishers_writing_as_fast_as_they_can_are_read_alike() {
     let broker = start(config(1));

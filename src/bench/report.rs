@@ -86,7 +86,9 @@ pub struct BenchResult {
     pub published_window: u64,
     /// With several publishers: what the one that sent least in the measured window sent, as
     /// a fraction of the mean per publisher. Near 1 when the broker reads its publishers
-    /// alike; a broker that starves one (or a network that does) shows here.
+    /// alike and the bench's threads hold the same number of them each; a broker that
+    /// starves one shows here, and so does a bench whose threads hold unequal numbers (3
+    /// publishers on 2 threads read 0.77 against a fair broker).
     #[serde(default)]
     pub slowest_publisher_share: Option<f64>,
     pub published_msgs_per_s: f64,

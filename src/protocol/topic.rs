@@ -656,6 +656,25 @@ mod tests {
             prop_assert_eq!(is_plain_exact::<false>(bytes), scanned);
         }
 
+        /// Raw bytes (a string strategy yields non-ASCII only as whole UTF-8 sequences), and
+        /// both variants: without `--` is the same check plus that rule.
+        #[test]
+        fn the_one_pass_check_agrees_with_the_scan_on_raw_bytes(
+            bytes in proptest::collection::vec(
+                prop_oneof![
+                    4 => proptest::sample::select(b"a.-_Z9$*>".to_vec()),
+                    1 => any::<u8>(),
+                ],
+                0..10,
+            ),
+        ) {
+            let scanned = scan_tokens::<false>(&bytes) == Ok(SubjectKind::Exact)
+                && bytes.first() != Some(&RESERVED_PREFIX);
+            prop_assert_eq!(is_plain_exact::<false>(&bytes), scanned);
+            let double_dash = bytes.windows(2).any(|pair| pair == b"--");
+            prop_assert_eq!(is_plain_exact::<true>(&bytes), scanned && !double_dash);
+        }
+
         #[test]
         fn remembering_the_last_name_answers_as_checking_it(
             names in proptest::collection::vec(

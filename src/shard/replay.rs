@@ -285,7 +285,8 @@ impl<T> ReplayRing<T> {
         if self.len != self.limits.messages_max || self.len == 0 {
             return None;
         }
-        Some(&self.entry(0).item)
+        // The head slot itself, not `entry(0)`: no division on the publish path.
+        self.slots.get(self.head)?.as_ref().map(|entry| &entry.item)
     }
 
     /// The oldest retained sequence.
