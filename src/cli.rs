@@ -119,6 +119,12 @@ pub struct ServeArgs {
     /// Do not pin shard threads to cores.
     #[arg(long, env = "COREBUS_NO_PIN")]
     pub no_pin: bool,
+    /// Let the kernel back the broker's memory with transparent huge pages. Off by default
+    /// (as Redis's `disable-thp`): zeroing a 2 MiB page on its first touch stalls a shard,
+    /// which showed as a p99.9 of 4 to 11 ms while a fresh broker filled a thousand replay
+    /// rings, against 0.5 to 1.3 ms without them, at the same rate.
+    #[arg(long, env = "COREBUS_HUGE_PAGES")]
+    pub huge_pages: bool,
     /// Largest message payload accepted, in bytes.
     #[arg(long, env = "COREBUS_MESSAGE_BYTES_MAX", default_value_t = Config::default().message_bytes_max)]
     pub message_bytes_max: usize,

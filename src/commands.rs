@@ -40,6 +40,9 @@ pub fn serve(settings: &ServeSettings) -> CommandResult {
             );
         }
     }
+    if !args.huge_pages {
+        disable_transparent_huge_pages();
+    }
     let config = settings.config.clone();
     // Registered before the listeners exist, so a signal during start-up is not lost.
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
@@ -69,6 +72,24 @@ pub fn serve(settings: &ServeSettings) -> CommandResult {
 }
 
 /// Connects, naming the address in the error (the client's own error does not know it).
+/// Asks the kernel not to back this process's memory with transparent huge pages (see
+/// `serve --huge-pages`). Process-wide, which is why `serve` does it and the library does
+/// not: an application embedding the broker keeps its own choice. A kernel that refuses
+/// (one older than 3.15) leaves the default, and says so in the log.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes no pointers; the unused arguments must be zero.
+        let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if result != 0 {
+            log::warn!(
+                "event=huge_pages_not_disabled error={:?}",
+                std::io::Error::last_os_error().to_string()
+            );
+        }
+    }
+}
+
 fn connect(addr: &str) -> Result<Client, Box<dyn Error>> {
     Client::connect(addr).map_err(|e| format!("cannot connect to the broker at {addr}: {e}").into())
 }

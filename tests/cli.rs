@@ -213,6 +213,42 @@ fn start_serve(command: Command) -> (Running, SocketAddr) {
     (serve, addr)
 }
 
+/// `THP_enabled` of process `pid` (Linux 5.0 and later), None where the kernel has no such line.
+fn thp_enabled(pid: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("THP_enabled:"))?;
+    Some(line.split_whitespace().nth(1)? == "1")
+}
+
+/// `serve` turns transparent huge pages off for itself unless asked not to (`--huge-pages`).
+#[test]
+fn serve_disables_transparent_huge_pages_unless_asked_for_them() {
+    let Some(ours) = thp_enabled(std::process::id()) else {
+        return; // Not Linux, or a kernel that does not report it.
+    };
+    let serve = |extra: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--no-pin",
+        ];
+        args.extend_from_slice(extra);
+        start_serve(corebus(&args)).0
+    };
+    let default = serve(&[]);
+    assert_eq!(thp_enabled(default.child.id()), Some(false));
+    // A child inherits the setting: only a test process that has them can see them kept.
+    if ours {
+        let asked = serve(&["--huge-pages"]);
+        assert_eq!(thp_enabled(asked.child.id()), Some(true));
+    }
+}
+
 fn serve_two_shards() -> (Running, SocketAddr) {
     start_serve(corebus(&[
         "serve",
