@@ -257,6 +257,34 @@ impl ReplyQueue {
         }
     }
 
+    /// Whether `request_id` is the oldest waiting request and a message (or notice) is lined
+    /// up right behind it.
+    fn lined_up_behind_head(&self, request_id: u32) -> bool {
+        self.head_id == request_id
+            && !self.slots.is_empty()
+            && matches!(self.slots.get(1), Some(Slot::Delivery(..)))
+    }
+
+    /// Fills the oldest slot, a `PUBLISH`'s, and moves its reply behind the messages lined up
+    /// right after it. They came while it was the newest request in flight, its own message
+    /// to this connection among them (a RESP3 client subscribed to the channel it publishes
+    /// on), and Redis, which runs a command whole, sends the messages a `PUBLISH` produced
+    /// before its reply. Only for the oldest: a later request's messages may sit behind an
+    /// earlier reply that was answered out of turn, and must not overtake it. Only ready
+    /// replies and messages change places, so every waiting slot keeps its request id.
+    fn fill_head_behind_lined_up(&mut self, bytes: Vec<u8>) {
+        // Waiting, or the empty reply `take_waiting` left in its place.
+        if matches!(self.slots.front(), None | Some(Slot::Delivery(..))) {
+            return;
+        }
+        let mut index = 0;
+        self.slots[index] = Slot::Ready(bytes);
+        while matches!(self.slots.get(index + 1), Some(Slot::Delivery(..))) {
+            self.slots.swap(index, index + 1);
+            index += 1;
+        }
+    }
+
     fn fill(&mut self, request_id: u32, bytes: Vec<u8>) {
         if let Some(index) = self.index_of(request_id) {
             if !matches!(self.slots[index], Slot::Delivery(..)) {
@@ -441,19 +469,22 @@ impl RespSession {
         if let (Answer::Published(published), Some(Slot::Waiting(Awaiting::Publish))) =
             (&answer, self.replies.slots.front())
         {
-            if self.replies.head_id == request_id {
+            if self.replies.head_id == request_id && !self.replies.lined_up_behind_head(request_id)
+            {
                 encode_integer(&mut self.output, i64::from(published.receivers));
                 self.replies.pop_front();
                 self.replies.drain_ready(&mut self.output);
                 return;
             }
         }
+        let behind_lined_up = self.replies.lined_up_behind_head(request_id);
         let Some(awaiting) = self.replies.take_waiting(request_id) else {
             return;
         };
+        let behind_lined_up = behind_lined_up && matches!(awaiting, Awaiting::Publish);
         // The oldest waiting request (the usual case: pipelined publishes answered in turn)
         // is worded straight into the output; a later one waits in its slot.
-        let at_head = self.replies.index_of(request_id) == Some(0);
+        let at_head = self.replies.index_of(request_id) == Some(0) && !behind_lined_up;
         let mut slot_bytes = Vec::new();
         let bytes = if at_head {
             &mut self.output
@@ -502,6 +533,8 @@ impl RespSession {
         }
         if at_head {
             self.replies.pop_front();
+        } else if behind_lined_up {
+            self.replies.fill_head_behind_lined_up(slot_bytes);
         } else {
             self.replies.fill(request_id, slot_bytes);
         }
@@ -1939,6 +1972,41 @@ mod tests {
         out.clear();
         queue.complete_now(b"+OK\r\n", &mut out);
         assert_eq!(out, b"+OK\r\n");
+    }
+
+    #[test]
+    fn a_publish_reply_goes_behind_the_messages_lined_up_behind_it() {
+        let mut queue = ReplyQueue::default();
+        let mut out = Vec::new();
+        let first = queue.reserve(Awaiting::Publish);
+        assert!(queue.line_up_delivery(b"m1".to_vec(), (0, 100), false));
+        assert!(queue.line_up_delivery(b"m2".to_vec(), (0, 100), false));
+        let second = queue.reserve(Awaiting::Publish);
+        assert!(queue.line_up_delivery(b"m3".to_vec(), (0, 100), false));
+        assert!(queue.lined_up_behind_head(first) && !queue.lined_up_behind_head(second));
+        // Answered in turn: each reply after the messages that came while it was the newest.
+        queue.fill_head_behind_lined_up(b":1\r\n".to_vec());
+        queue.drain_ready(&mut out);
+        assert_eq!(out, b"m1m2:1\r\n");
+        assert!(queue.lined_up_behind_head(second));
+        queue.fill_head_behind_lined_up(b":2\r\n".to_vec());
+        queue.drain_ready(&mut out);
+        assert_eq!(out, b"m1m2:1\r\nm3:2\r\n");
+        assert_eq!((queue.messages_sent, queue.messages_in_line), (3, 0));
+        assert!(queue.slots.is_empty());
+
+        // Answered out of turn, the later reply stays ahead of the messages behind it, which
+        // may be its own, and the earlier one does not take them over.
+        let mut out = Vec::new();
+        let first = queue.reserve(Awaiting::Publish);
+        assert!(queue.line_up_delivery(b"m1".to_vec(), (0, 100), false));
+        let second = queue.reserve(Awaiting::Publish);
+        assert!(queue.line_up_delivery(b"m2".to_vec(), (0, 100), false));
+        queue.fill(second, b":2\r\n".to_vec());
+        assert_eq!(queue.head_id, first);
+        queue.fill_head_behind_lined_up(b":1\r\n".to_vec());
+        queue.drain_ready(&mut out);
+        assert_eq!(out, b"m1:1\r\n:2\r\nm2");
     }
 
     #[test]

@@ -301,6 +301,36 @@ def raw_resp2_exchange(resp, channel):
                      % (len(name), name))
 
 
+def test_resp3_publish_to_its_own_channel_sends_the_message_before_the_reply(resp):
+    """As Redis runs a command whole: the message a PUBLISH delivers to the publishing
+    (subscribed, RESP3) connection itself comes before that PUBLISH's `:1`, whichever shard
+    owns the channel. (Pipelined publishes to a channel another shard owns may still see
+    their first `:1` ahead of its message: see the README.)"""
+    channel = unique("selfpub").encode()
+    with socket.create_connection(resp, timeout=WAIT) as sock:
+        sock.sendall(b"HELLO 3\r\nECHO hello-done\r\n")
+        data = b""
+        while not data.endswith(b"$10\r\nhello-done\r\n"):
+            chunk = sock.recv(4096)
+            assert chunk, f"closed after {data!r}"
+            data += chunk
+
+        def read_exactly(expected):
+            got = b""
+            while len(got) < len(expected):
+                chunk = sock.recv(len(expected) - len(got))
+                assert chunk, f"closed after {got!r}; expected {expected!r}"
+                got += chunk
+            assert got == expected
+
+        name = b"$%d\r\n%s\r\n" % (len(channel), channel)
+        sock.sendall(b"SUBSCRIBE %s\r\n" % channel)
+        read_exactly(b">3\r\n$9\r\nsubscribe\r\n" + name + b":1\r\n")
+        for word in (b"one", b"two"):
+            sock.sendall(b"PUBLISH %s %s\r\n" % (channel, word))
+            read_exactly(b">3\r\n$7\r\nmessage\r\n" + name + b"$3\r\n%s\r\n:1\r\n" % word)
+
+
 # ------------------------------------------------------------------------------------------
 # Native clients and Redis clients share topics, patterns on either side.
 
