@@ -71,7 +71,6 @@ pub fn serve(settings: &ServeSettings) -> CommandResult {
     Ok(())
 }
 
-/// Connects, naming the address in the error (the client's own error does not know it).
 /// Asks the kernel not to back this process's memory with transparent huge pages (see
 /// `serve --huge-pages`). Process-wide, which is why `serve` does it and the library does
 /// not: an application embedding the broker keeps its own choice. A kernel that refuses
@@ -79,8 +78,18 @@ pub fn serve(settings: &ServeSettings) -> CommandResult {
 fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: PR_SET_THP_DISABLE takes no pointers; the unused arguments must be zero.
-        let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        // SAFETY: PR_SET_THP_DISABLE takes no pointers; the unused arguments must be zero,
+        // passed at the width the kernel reads them (unsigned long).
+        let unused: libc::c_ulong = 0;
+        let result = unsafe {
+            libc::prctl(
+                libc::PR_SET_THP_DISABLE,
+                1 as libc::c_ulong,
+                unused,
+                unused,
+                unused,
+            )
+        };
         if result != 0 {
             log::warn!(
                 "event=huge_pages_not_disabled error={:?}",
@@ -90,6 +99,7 @@ fn disable_transparent_huge_pages() {
     }
 }
 
+/// Connects, naming the address in the error (the client's own error does not know it).
 fn connect(addr: &str) -> Result<Client, Box<dyn Error>> {
     Client::connect(addr).map_err(|e| format!("cannot connect to the broker at {addr}: {e}").into())
 }

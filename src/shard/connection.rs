@@ -617,7 +617,7 @@ impl Outbound {
             }
             match socket.write(&self.write_buf[self.written..]) {
                 Ok(0) => {
-                    progress.failed = Some(io::ErrorKind::WriteZero);
+                    progress.failed = Some(io::ErrorKind::WriteZero.into());
                     return progress;
                 }
                 Ok(n) => {
@@ -631,7 +631,7 @@ impl Outbound {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    progress.failed = Some(e.kind());
+                    progress.failed = Some(e);
                     return progress;
                 }
             }
@@ -768,7 +768,7 @@ impl Outbound {
 }
 
 /// What one flush achieved.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct WriteProgress {
     pub bytes: u64,
     pub deliveries: u64,
@@ -780,13 +780,13 @@ pub struct WriteProgress {
     /// The socket is full; wait for a writable event before trying again.
     pub would_block: bool,
     /// A write failed (the peer is gone): the connection is to be closed.
-    pub failed: Option<io::ErrorKind>,
+    pub failed: Option<io::Error>,
 }
 
 #[cfg(test)]
 impl WriteProgress {
     fn checked(self) -> WriteProgress {
-        assert_eq!(self.failed, None, "the write failed");
+        assert!(self.failed.is_none(), "the write failed: {:?}", self.failed);
         self
     }
 }
@@ -1505,7 +1505,10 @@ mod tests {
             capacity: 50,
         };
         let progress = out.write_to(&mut socket, &Wire::Native { version: 4 });
-        assert_eq!(progress.failed, Some(io::ErrorKind::ConnectionReset));
+        assert_eq!(
+            progress.failed.as_ref().map(io::Error::kind),
+            Some(io::ErrorKind::ConnectionReset)
+        );
         assert_eq!(progress.bytes, 50);
         assert_eq!(
             progress.deliveries, 3,

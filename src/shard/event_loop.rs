@@ -1065,10 +1065,13 @@ impl Shard {
             progress.oldest_published_ns =
                 progress.oldest_published_ns.or(more.oldest_published_ns);
             progress.drained = more.drained;
-            progress.failed = more.failed;
             conn.write_blocked = more.would_block;
+            if more.failed.is_some() {
+                progress.failed = more.failed;
+                break;
+            }
             // Drops counted while this write went out are reported right away.
-            if more.failed.is_some() || !(more.drained && conn.drops_unreported) {
+            if !(more.drained && conn.drops_unreported) {
                 break;
             }
         }
@@ -1085,7 +1088,7 @@ impl Shard {
             let latency_ns = super::commands::unix_time_ns().saturating_sub(published_ns);
             self.latency.delivery.record_ns(latency_ns);
         }
-        if let Some(error) = progress.failed {
+        if let Some(error) = &progress.failed {
             log::debug!(
                 "event=write_error shard={} conn={} error={:?}",
                 self.id,

@@ -490,6 +490,14 @@ mod tests {
         ring.push(4, 4, 1, 40, 4);
         assert_eq!(ring.next_evicted(), Some(&20));
         assert_eq!(filled(limits(0, 1000, 0), 3, 1).next_evicted(), None);
+        // Past the first growth of the slots and round them several times.
+        let mut ring = ReplayRing::new(limits(6, 1000, 0));
+        for seq in 1..=40u64 {
+            ring.push(seq, seq, 1, seq * 10, seq);
+            let oldest = ring.first_seq().map(|first| first * 10);
+            let full = ring.len() == 6;
+            assert_eq!(ring.next_evicted().copied(), oldest.filter(|_| full), "after {seq}");
+        }
     }
 
     #[test]
