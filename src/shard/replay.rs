@@ -496,7 +496,11 @@ mod tests {
             ring.push(seq, seq, 1, seq * 10, seq);
             let oldest = ring.first_seq().map(|first| first * 10);
             let full = ring.len() == 6;
-            assert_eq!(ring.next_evicted().copied(), oldest.filter(|_| full), "after {seq}");
+            assert_eq!(
+                ring.next_evicted().copied(),
+                oldest.filter(|_| full),
+                "after {seq}"
+            );
         }
     }
 
