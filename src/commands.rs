@@ -356,7 +356,7 @@ pub fn subscribe(args: &SubArgs) -> CommandResult {
             );
         }
         received += 1;
-        let mut nack = args.nack_every.is_some_and(|n| received % n == 0);
+        let mut nack = args.nack_every.is_some_and(|n| received.is_multiple_of(n));
         let mut answer = Answer::Ack;
         if args.manual {
             // Printed first, so the question is about what is on the screen.

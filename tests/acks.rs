@@ -83,7 +83,7 @@ fn a_consumer_that_crashes_gets_its_unacked_messages_again_after_reconnecting() 
         let mut acked = Vec::new();
         for _ in 0..40 {
             let message = subscription.recv_timeout(WAIT).unwrap();
-            if message.seq % 2 == 0 {
+            if message.seq.is_multiple_of(2) {
                 first.ack(&subscription, message.seq).unwrap();
                 acked.push(message.seq);
             }

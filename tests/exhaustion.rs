@@ -108,7 +108,7 @@ fn a_half_hello_flood_cannot_keep_a_good_client_out() {
                 if sockets.len() > 300 {
                     sockets.pop_front();
                 }
-                if opened % 64 == 0 {
+                if opened.is_multiple_of(64) {
                     thread::sleep(Duration::from_millis(1));
                 }
             }

@@ -128,7 +128,7 @@ fn replay_and_live_meet_without_gap_or_duplicate_while_publishers_keep_publishin
                 while !stop.load(Ordering::Relaxed) && sent < 50_000 {
                     publisher.publish(&topic, b"p").unwrap();
                     sent += 1;
-                    if sent % 100 == 0 {
+                    if sent.is_multiple_of(100) {
                         publisher.publish_confirmed(&topic, b"p").unwrap();
                         sent += 1;
                     }

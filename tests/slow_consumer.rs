@@ -1119,7 +1119,7 @@ fn a_steady_subscriber_is_not_cut(place: Where) {
                 other => panic!("after {received} MSGs the subscriber got {other:?}"),
             }
             // About 3 or 6 MB/s, far below the publisher's pace.
-            if received % per_pause == 0 {
+            if received.is_multiple_of(per_pause) {
                 thread::sleep(Duration::from_millis(10));
             }
         }
