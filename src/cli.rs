@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, SlowConsumerPolicy};
@@ -117,13 +118,13 @@ pub struct ServeArgs {
     #[arg(long, env = "COREBUS_CORES", value_parser = parse_core_list)]
     pub cores: Option<CoreList>,
     /// Do not pin shard threads to cores.
-    #[arg(long, env = "COREBUS_NO_PIN")]
+    #[arg(long, env = "COREBUS_NO_PIN", value_parser = BoolishValueParser::new())]
     pub no_pin: bool,
     /// Let the kernel back the broker's memory with transparent huge pages. Off by default
     /// (as Redis's `disable-thp`): zeroing a 2 MiB page on its first touch stalls a shard,
     /// which showed as a p99.9 of 4 to 11 ms while a fresh broker filled a thousand replay
     /// rings, against 0.5 to 1.3 ms without them, at the same rate.
-    #[arg(long, env = "COREBUS_HUGE_PAGES")]
+    #[arg(long, env = "COREBUS_HUGE_PAGES", value_parser = BoolishValueParser::new())]
     pub huge_pages: bool,
     /// Largest message payload accepted, in bytes.
     #[arg(long, env = "COREBUS_MESSAGE_BYTES_MAX", default_value_t = Config::default().message_bytes_max)]
@@ -249,14 +250,14 @@ pub struct ServeArgs {
     #[arg(long, env = "COREBUS_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
     /// Turn the HTTP port off.
-    #[arg(long, env = "COREBUS_NO_HTTP")]
+    #[arg(long, env = "COREBUS_NO_HTTP", value_parser = BoolishValueParser::new())]
     pub no_http: bool,
     /// Redis protocol (RESP2 and RESP3) address: redis-cli, redis-py and every Redis client's
     /// pub/sub; port 0 picks one.
     #[arg(long, env = "COREBUS_RESP_LISTEN", default_value = "127.0.0.1:6380")]
     pub resp_listen: SocketAddr,
     /// Turn the Redis protocol port off.
-    #[arg(long, env = "COREBUS_NO_RESP")]
+    #[arg(long, env = "COREBUS_NO_RESP", value_parser = BoolishValueParser::new())]
     pub no_resp: bool,
     /// Bytes of an HTTP request head at most (431 above).
     #[arg(long, env = "COREBUS_HTTP_HEAD_BYTES_MAX", default_value_t = Config::default().http_head_bytes_max)]
@@ -272,7 +273,7 @@ pub struct ServeArgs {
     pub header_bytes_max: usize,
     /// Create topics on first publish or subscribe (`false`: only `topic create`, REST
     /// `POST`, or the client's create make them; others get TOPIC_NOT_FOUND).
-    #[arg(long, env = "COREBUS_AUTO_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "COREBUS_AUTO_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub auto_create_topics: bool,
     /// Publishes per second per connection, on every protocol (0: no limit); over it a
     /// publish is refused with RATE_LIMITED and the time to wait.

@@ -153,15 +153,20 @@ pub fn resolve_serve_with(
                 _ => Source::Default,
             }
         };
-        let value = serve
-            .get_raw(id)
-            .map(|values| {
-                values
-                    .map(|v| v.to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .map(|raw| toml_text(&raw));
+        // A switch is shown as what it parsed to (`COREBUS_NO_PIN=1` is `true`), so that the
+        // printed config reads back as a config file.
+        let value = match serve.try_get_one::<bool>(id) {
+            Ok(Some(switch)) => Some(switch.to_string()),
+            _ => serve
+                .get_raw(id)
+                .map(|values| {
+                    values
+                        .map(|v| v.to_string_lossy().into_owned())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .map(|raw| toml_text(&raw)),
+        };
         settings.push(Setting {
             key: key.to_string(),
             value,

@@ -249,6 +249,37 @@ fn serve_disables_transparent_huge_pages_unless_asked_for_them() {
     }
 }
 
+/// A switch's environment variable takes the spellings environments use (1/0, yes/no, on/off),
+/// and `--print-config` shows what it parsed to, so its output reads back as a config file.
+#[test]
+fn switches_from_the_environment_take_one_zero_yes_and_no() {
+    let mut command = corebus(&["serve", "--print-config"]);
+    command.env("COREBUS_NO_PIN", "1");
+    command.env("COREBUS_HUGE_PAGES", "on");
+    command.env("COREBUS_AUTO_CREATE_TOPICS", "no");
+    let (status, stdout, stderr) = run(command);
+    assert!(status.success(), "{stderr}");
+    let value_of = |key: &str| {
+        stdout
+            .iter()
+            .find(|line| line.starts_with(&format!("{key} = ")))
+            .and_then(|line| line.split_whitespace().nth(2))
+            .unwrap_or_else(|| panic!("no {key} in {stdout:?}"))
+            .to_string()
+    };
+    assert_eq!(value_of("no-pin"), "true");
+    assert_eq!(value_of("huge-pages"), "true");
+    assert_eq!(value_of("auto-create-topics"), "false");
+    let mut command = corebus(&["serve", "--print-config"]);
+    command.env("COREBUS_NO_PIN", "maybe");
+    let (status, _, stderr) = run(command);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("invalid value 'maybe' for '--no-pin'"),
+        "{stderr}"
+    );
+}
+
 fn serve_two_shards() -> (Running, SocketAddr) {
     start_serve(corebus(&[
         "serve",
