@@ -221,6 +221,24 @@ fn serve_command() -> clap::Command {
         .clone()
 }
 
+/// A switch's value in the file, in any spelling its environment variable takes.
+fn switch_value(value: &toml_edit::Value) -> Option<bool> {
+    match value {
+        toml_edit::Value::Boolean(b) => Some(*b.value()),
+        toml_edit::Value::Integer(i) => match *i.value() {
+            1 => Some(true),
+            0 => Some(false),
+            _ => None,
+        },
+        toml_edit::Value::String(s) => match s.value().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" | "y" | "t" => Some(true),
+            "false" | "no" | "off" | "0" | "n" | "f" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// A raw value as TOML: numbers and booleans bare, everything else a quoted string.
 fn toml_text(raw: &str) -> String {
     if raw.parse::<i64>().is_ok() || raw == "true" || raw == "false" {
@@ -268,10 +286,14 @@ fn parse_file(path: &Path, text: &str) -> Result<Vec<FileEntry>, String> {
         })?;
         let flag = format!("--{long}");
         let args = if matches!(arg.get_action(), ArgAction::SetTrue) {
-            match value.as_bool() {
+            match switch_value(value) {
                 Some(true) => vec![flag],
                 Some(false) => Vec::new(),
-                None => return Err(format!("{here}: `{name}` must be true or false")),
+                None => {
+                    return Err(format!(
+                        "{here}: `{name}` must be true or false (or 1/0, yes/no, on/off)"
+                    ))
+                }
             }
         } else {
             let text = match value {
@@ -452,6 +474,23 @@ mod tests {
             source_of(&resolved, "connections-max"),
             Source::File { .. }
         ));
+    }
+
+    /// A switch in the file takes the spellings its environment variable does.
+    #[test]
+    fn switches_in_the_file_take_one_zero_yes_and_no() {
+        let path = file(
+            "switches",
+            "no-pin = 1
+no-http = \"yes\"
+no-resp = \"off\"
+",
+        );
+        let config = path.to_str().unwrap();
+        let resolved = resolve_serve_with(argv(&["--config", config]), None).unwrap();
+        assert!(!resolved.config.pin);
+        assert!(resolved.config.http_listen.is_none());
+        assert!(resolved.config.resp_listen.is_some());
     }
 
     /// flag > env > file > default, for one key each way.

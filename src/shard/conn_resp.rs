@@ -469,7 +469,7 @@ impl RespSession {
         if let (Answer::Published(published), Some(Slot::Waiting(Awaiting::Publish))) =
             (&answer, self.replies.slots.front())
         {
-            if self.replies.head_id == request_id && !self.replies.lined_up_behind_head(request_id)
+            if self.replies.head_id == request_id && !self.publish_goes_behind_lined_up(request_id)
             {
                 encode_integer(&mut self.output, i64::from(published.receivers));
                 self.replies.pop_front();
@@ -477,7 +477,7 @@ impl RespSession {
                 return;
             }
         }
-        let behind_lined_up = self.replies.lined_up_behind_head(request_id);
+        let behind_lined_up = self.publish_goes_behind_lined_up(request_id);
         let Some(awaiting) = self.replies.take_waiting(request_id) else {
             return;
         };
@@ -574,6 +574,15 @@ impl RespSession {
             }) => Some(cache.frame(EventFormat::SMessage { version }, message, 0)),
             _ => None,
         }
+    }
+
+    /// Whether the answer to `request_id`, if a `PUBLISH`'s, goes behind the messages lined up
+    /// right after it (see [`ReplyQueue::fill_head_behind_lined_up`]). RESP3 only: that is
+    /// where a connection may publish to a channel it subscribes to, while a RESP2 message
+    /// lined up there belongs to a subscription the client already left, and would take the
+    /// place of the reply it waits for.
+    fn publish_goes_behind_lined_up(&self, request_id: u32) -> bool {
+        self.version == RespVersion::Resp3 && self.replies.lined_up_behind_head(request_id)
     }
 
     pub fn version(&self) -> RespVersion {

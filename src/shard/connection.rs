@@ -51,8 +51,9 @@ use std::sync::Arc;
 pub const WRITE_CHUNK_BYTES: usize = 256 * 1024;
 
 /// What a write buffer keeps between bursts: one grown for a burst is given back down to this
-/// once a write that emptied it carried less than an eighth of its capacity, so ten thousand
-/// subscribers that each once took a burst do not keep a full chunk each.
+/// after [`QUIET_DRAINS_BEFORE_SHRINK`] writes in a row that emptied it carrying less than an
+/// eighth of its capacity, so ten thousand subscribers that each once took a burst do not
+/// keep a full chunk each.
 const WRITE_BUF_RESTING_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -309,7 +310,14 @@ pub struct Outbound {
     /// their age says how far back the subscriber asked, not how fast the broker is, so a
     /// write they lead takes no latency sample.
     history_through_ns: u64,
+    /// Writes in a row that emptied the buffer carrying less than an eighth of its capacity
+    /// (see [`WRITE_BUF_RESTING_BYTES`]).
+    quiet_drains: u8,
 }
+
+/// Quiet writes in a row before a grown write buffer is given back: bursty traffic would
+/// otherwise grow and shrink it every turn.
+const QUIET_DRAINS_BEFORE_SHRINK: u8 = 8;
 
 impl Outbound {
     pub fn new(stage_bytes_max: usize) -> Self {
@@ -323,6 +331,7 @@ impl Outbound {
             delivered_as_replies: 0,
             abandoned_in_line: 0,
             history_through_ns: 0,
+            quiet_drains: 0,
         }
     }
 
@@ -623,10 +632,16 @@ impl Outbound {
                 self.write_buf.clear();
                 self.written = 0;
                 progress.drained = true;
-                if self.write_buf.capacity() > WRITE_BUF_RESTING_BYTES
-                    && progress.bytes < (self.write_buf.capacity() / 8) as u64
-                {
-                    self.write_buf.shrink_to(WRITE_BUF_RESTING_BYTES);
+                if self.write_buf.capacity() > WRITE_BUF_RESTING_BYTES {
+                    if progress.bytes < (self.write_buf.capacity() / 8) as u64 {
+                        self.quiet_drains += 1;
+                    } else {
+                        self.quiet_drains = 0;
+                    }
+                    if self.quiet_drains >= QUIET_DRAINS_BEFORE_SHRINK {
+                        self.write_buf.shrink_to(WRITE_BUF_RESTING_BYTES);
+                        self.quiet_drains = 0;
+                    }
                 }
                 return progress;
             }
@@ -773,9 +788,11 @@ impl Outbound {
         self.history_through_ns = self.history_through_ns.max(published_ns);
     }
 
-    /// Keeps a partly written buffer from creeping forward forever.
+    /// Keeps a partly written buffer from creeping forward forever: once the written part is
+    /// half the buffer, so what has gone out never holds more memory than what has not, and
+    /// each byte is moved at most once per write that crossed it.
     fn compact(&mut self) {
-        if self.written >= WRITE_CHUNK_BYTES {
+        if self.written > 0 && self.written * 2 >= self.write_buf.len() {
             self.write_buf.drain(..self.written);
             self.written = 0;
         }
@@ -1529,7 +1546,12 @@ mod tests {
         }
         out.write_to(&mut socket, &wire).checked();
         assert_eq!(out.write_buf.capacity(), grown);
-        // Quiet again: the next small write gives it back.
+        // Quiet again: small writes give it back, after a few in a row.
+        for _ in 1..QUIET_DRAINS_BEFORE_SHRINK {
+            out.push_delivery(1, message(100));
+            assert!(out.write_to(&mut socket, &wire).checked().drained);
+            assert_eq!(out.write_buf.capacity(), grown);
+        }
         out.push_delivery(1, message(100));
         assert!(out.write_to(&mut socket, &wire).checked().drained);
         assert!(out.write_buf.capacity() <= WRITE_BUF_RESTING_BYTES);
