@@ -228,18 +228,7 @@ fn serve_disables_transparent_huge_pages_unless_asked_for_them() {
     let Some(ours) = thp_enabled(std::process::id()) else {
         return; // Not Linux, or a kernel that does not report it.
     };
-    let serve = |extra: &[&str]| {
-        let mut args = vec![
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--no-pin",
-        ];
-        args.extend_from_slice(extra);
-        start_serve(corebus(&args)).0
-    };
+    let serve = |extra: &[&str]| serve_one_shard(extra).0;
     let default = serve(&[]);
     assert_eq!(thp_enabled(default.child.id()), Some(false));
     // A child inherits the setting: only a test process that has them can see them kept.
@@ -278,6 +267,20 @@ fn switches_from_the_environment_take_one_zero_yes_and_no() {
         stderr.contains("invalid value 'maybe' for '--no-pin'"),
         "{stderr}"
     );
+}
+
+/// `serve` with one unpinned shard on a free port, plus `extra` flags.
+fn serve_one_shard(extra: &[&str]) -> (Running, SocketAddr) {
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--no-pin",
+    ];
+    args.extend_from_slice(extra);
+    start_serve(corebus(&args))
 }
 
 fn serve_two_shards() -> (Running, SocketAddr) {
@@ -1088,16 +1091,7 @@ fn headers_go_from_pub_to_sub_verbose() {
 /// one when it goes, each naming the protocol; the shutdown summary is `key=value` fields.
 /// Returns stderr.
 fn a_connection_and_a_shutdown(extra: &[&str]) -> String {
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--shards",
-        "1",
-        "--no-pin",
-    ];
-    args.extend_from_slice(extra);
-    let (mut serve, addr) = start_serve(corebus(&args));
+    let (mut serve, addr) = serve_one_shard(extra);
     let mut client = Client::connect(addr).unwrap();
     client.publish("logged.topic", b"one").unwrap();
     drop(client);

@@ -274,19 +274,21 @@ def test_redis_cli_subscribe_and_publish(resp):
         sub.wait(WAIT)
 
 
+def read_exactly(sock, expected):
+    """Reads len(expected) bytes from a raw socket and checks they are exactly those."""
+    data = b""
+    while len(data) < len(expected):
+        chunk = sock.recv(len(expected) - len(data))
+        assert chunk, f"closed after {data!r}; expected {expected!r}"
+        data += chunk
+    assert data == expected
+
+
 def raw_resp2_exchange(resp, channel):
     def command(*parts):
         encoded = [part.encode() if isinstance(part, str) else part for part in parts]
         return b"*%d\r\n" % len(encoded) + b"".join(
             b"$%d\r\n%s\r\n" % (len(part), part) for part in encoded)
-
-    def read_exactly(sock, expected):
-        data = b""
-        while len(data) < len(expected):
-            chunk = sock.recv(len(expected) - len(data))
-            assert chunk, f"closed after {data!r}; expected {expected!r}"
-            data += chunk
-        assert data == expected
 
     with socket.create_connection(resp, timeout=WAIT) as sub, \
             socket.create_connection(resp, timeout=WAIT) as pub:
@@ -315,20 +317,12 @@ def test_resp3_publish_to_its_own_channel_sends_the_message_before_the_reply(res
             assert chunk, f"closed after {data!r}"
             data += chunk
 
-        def read_exactly(expected):
-            got = b""
-            while len(got) < len(expected):
-                chunk = sock.recv(len(expected) - len(got))
-                assert chunk, f"closed after {got!r}; expected {expected!r}"
-                got += chunk
-            assert got == expected
-
         name = b"$%d\r\n%s\r\n" % (len(channel), channel)
         sock.sendall(b"SUBSCRIBE %s\r\n" % channel)
-        read_exactly(b">3\r\n$9\r\nsubscribe\r\n" + name + b":1\r\n")
+        read_exactly(sock, b">3\r\n$9\r\nsubscribe\r\n" + name + b":1\r\n")
         for word in (b"one", b"two"):
             sock.sendall(b"PUBLISH %s %s\r\n" % (channel, word))
-            read_exactly(b">3\r\n$7\r\nmessage\r\n" + name + b"$3\r\n%s\r\n:1\r\n" % word)
+            read_exactly(sock, b">3\r\n$7\r\nmessage\r\n" + name + b"$3\r\n%s\r\n:1\r\n" % word)
 
 
 # ------------------------------------------------------------------------------------------
