@@ -221,22 +221,22 @@ fn serve_command() -> clap::Command {
         .clone()
 }
 
-/// A switch's value in the file, in any spelling its environment variable takes.
-fn switch_value(value: &toml_edit::Value) -> Option<bool> {
-    match value {
-        toml_edit::Value::Boolean(b) => Some(*b.value()),
-        toml_edit::Value::Integer(i) => match *i.value() {
-            1 => Some(true),
-            0 => Some(false),
-            _ => None,
-        },
-        toml_edit::Value::String(s) => match s.value().to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" | "1" | "y" | "t" => Some(true),
-            "false" | "no" | "off" | "0" | "n" | "f" => Some(false),
-            _ => None,
-        },
-        _ => None,
-    }
+/// A switch's value in the file, in any spelling its environment variable takes: clap's own
+/// parser for those (`BoolishValueParser`) decides, so the two cannot disagree.
+fn switch_value(serve: &clap::Command, arg: &clap::Arg, value: &toml_edit::Value) -> Option<bool> {
+    let text = match value {
+        toml_edit::Value::Boolean(b) => b.value().to_string(),
+        toml_edit::Value::Integer(i) => i.value().to_string(),
+        toml_edit::Value::String(s) => s.value().clone(),
+        _ => return None,
+    };
+    clap::builder::TypedValueParser::parse_ref(
+        &clap::builder::BoolishValueParser::new(),
+        serve,
+        Some(arg),
+        std::ffi::OsStr::new(&text),
+    )
+    .ok()
 }
 
 /// A raw value as TOML: numbers and booleans bare, everything else a quoted string.
@@ -286,7 +286,7 @@ fn parse_file(path: &Path, text: &str) -> Result<Vec<FileEntry>, String> {
         })?;
         let flag = format!("--{long}");
         let args = if matches!(arg.get_action(), ArgAction::SetTrue) {
-            match switch_value(value) {
+            match switch_value(&serve, arg, value) {
                 Some(true) => vec![flag],
                 Some(false) => Vec::new(),
                 None => {

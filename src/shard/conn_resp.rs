@@ -260,9 +260,7 @@ impl ReplyQueue {
     /// Whether `request_id` is the oldest waiting request and a message (or notice) is lined
     /// up right behind it.
     fn lined_up_behind_head(&self, request_id: u32) -> bool {
-        self.head_id == request_id
-            && !self.slots.is_empty()
-            && matches!(self.slots.get(1), Some(Slot::Delivery(..)))
+        self.head_id == request_id && matches!(self.slots.get(1), Some(Slot::Delivery(..)))
     }
 
     /// Fills the oldest slot, a `PUBLISH`'s, and moves its reply behind the messages lined up
@@ -477,11 +475,12 @@ impl RespSession {
                 return;
             }
         }
-        let behind_lined_up = self.publish_goes_behind_lined_up(request_id);
         let Some(awaiting) = self.replies.take_waiting(request_id) else {
             return;
         };
-        let behind_lined_up = behind_lined_up && matches!(awaiting, Awaiting::Publish);
+        // `take_waiting` leaves the slot in place, so what lies behind it is unchanged.
+        let behind_lined_up =
+            matches!(awaiting, Awaiting::Publish) && self.publish_goes_behind_lined_up(request_id);
         // The oldest waiting request (the usual case: pipelined publishes answered in turn)
         // is worded straight into the output; a later one waits in its slot.
         let at_head = self.replies.index_of(request_id) == Some(0) && !behind_lined_up;
