@@ -242,12 +242,16 @@ pub fn plain_unescaped_topic(bytes: &[u8]) -> Option<&str> {
     (bytes.len() <= TOPIC_BYTES_MAX && is_plain_exact::<true>(bytes)).then(|| scanned_as_str(bytes))
 }
 
-/// What [`is_plain_exact`] needs to know of a byte, as bits: a byte allowed in an exact name
-/// has `VALID`, and the two that matter in pairs also have their own bit.
+/// What [`plain_bytes_one_at_a_time`] needs to know of a byte, as bits: a byte allowed in an
+/// exact name has `VALID`, and the two that matter in pairs also have their own bit.
+#[cfg(any(not(target_arch = "x86_64"), test))]
 const CLASS_VALID: u8 = 1;
+#[cfg(any(not(target_arch = "x86_64"), test))]
 const CLASS_DOT: u8 = 2;
+#[cfg(any(not(target_arch = "x86_64"), test))]
 const CLASS_DASH: u8 = 4;
 
+#[cfg(any(not(target_arch = "x86_64"), test))]
 const BYTE_CLASS: [u8; 256] = {
     let mut table = [0; 256];
     let mut byte = 0;
@@ -269,16 +273,65 @@ const BYTE_CLASS: [u8; 256] = {
 /// Are `bytes` non-empty tokens of token bytes joined by single `.`s (with no `--` when
 /// `NO_DOUBLE_DASH`)? The happy path of every publish, where [`scan_tokens`] tracks wildcard
 /// states a publish cannot have; a `false` goes to the full scan, which says what is wrong.
-///
-/// Each byte is judged on its own and beside the one before it, so no byte's work waits on
-/// the previous byte's: a state machine (one table load a byte, each load's index taken from
-/// the last load) costs about as many instructions but runs at a load's latency a byte,
-/// which made this check the shard's single largest cost in a time profile of publishes.
 #[inline]
 fn is_plain_exact<const NO_DOUBLE_DASH: bool>(bytes: &[u8]) -> bool {
     let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
         return false;
     };
+    first != TOKEN_SEPARATOR && last != TOKEN_SEPARATOR && plain_bytes::<NO_DOUBLE_DASH>(bytes)
+}
+
+/// Every byte a name byte, and no `..` (nor `--` when `NO_DOUBLE_DASH`), sixteen bytes at a
+/// time: byte by byte this was a tenth of the native 1:1 path's instructions (callgrind,
+/// about 150 of 1,600 a message for a 17-byte name), and with SSE2, which every x86-64 has,
+/// it is about a quarter of that.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn plain_bytes<const NO_DOUBLE_DASH: bool>(bytes: &[u8]) -> bool {
+    use sse2::{plain_block, BLOCK};
+    let Some(last_start) = bytes.len().checked_sub(BLOCK) else {
+        // Padded with a name byte that makes no pair with anything.
+        let mut block = [b'a'; BLOCK];
+        block[..bytes.len()].copy_from_slice(bytes);
+        // SAFETY: SSE2 is part of x86-64 itself, so every CPU this runs on has it.
+        return unsafe { plain_block::<NO_DOUBLE_DASH>(&block) };
+    };
+    // Blocks overlap by a byte, so that each pair of neighbours lies inside one block; the
+    // last one ends with the name, overlapping the one before by as much as it must.
+    let mut start = 0;
+    while start < last_start {
+        if !plain_block_at::<NO_DOUBLE_DASH>(bytes, start) {
+            return false;
+        }
+        start += BLOCK - 1;
+    }
+    plain_block_at::<NO_DOUBLE_DASH>(bytes, last_start)
+}
+
+/// The block of `bytes` from `start`; one that does not fit (which the caller never asks
+/// for) answers `false`, sending the name to the full scan rather than panicking.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn plain_block_at<const NO_DOUBLE_DASH: bool>(bytes: &[u8], start: usize) -> bool {
+    match bytes.get(start..).and_then(<[u8]>::first_chunk) {
+        // SAFETY: SSE2 is part of x86-64 itself, so every CPU this runs on has it.
+        Some(block) => unsafe { sse2::plain_block::<NO_DOUBLE_DASH>(block) },
+        None => false,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn plain_bytes<const NO_DOUBLE_DASH: bool>(bytes: &[u8]) -> bool {
+    plain_bytes_one_at_a_time::<NO_DOUBLE_DASH>(bytes)
+}
+
+/// [`plain_bytes`] a byte at a time, where there is no SSE2 (and the reference it is tested
+/// against). Each byte is judged on its own and beside the one before it, so no byte's work
+/// waits on the previous byte's: a state machine (each table load's index taken from the
+/// last load) runs at a load's latency a byte.
+#[cfg(any(not(target_arch = "x86_64"), test))]
+fn plain_bytes_one_at_a_time<const NO_DOUBLE_DASH: bool>(bytes: &[u8]) -> bool {
     let mut every_class = CLASS_VALID;
     let mut pairs = 0;
     let mut previous = 0;
@@ -293,10 +346,67 @@ fn is_plain_exact<const NO_DOUBLE_DASH: bool>(bytes: &[u8]) -> bool {
     } else {
         CLASS_DOT
     };
-    every_class & CLASS_VALID != 0
-        && pairs & refused_pairs == 0
-        && first != TOKEN_SEPARATOR
-        && last != TOKEN_SEPARATOR
+    every_class & CLASS_VALID != 0 && pairs & refused_pairs == 0
+}
+
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use std::arch::x86_64::{
+        __m128i, _mm_and_si128, _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_loadu_si128, _mm_movemask_epi8,
+        _mm_or_si128, _mm_set1_epi8,
+    };
+
+    pub const BLOCK: usize = 16;
+
+    /// Each lane of `bytes` that is `byte`, as all ones.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn lanes_equal(bytes: __m128i, byte: u8) -> __m128i {
+        _mm_cmpeq_epi8(bytes, _mm_set1_epi8(byte as i8))
+    }
+
+    /// Each lane of `bytes` within `low..=high`, as all ones. The comparison is signed, which
+    /// is right for ASCII bounds: a byte from 0x80 up is negative, below every bound.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn lanes_within(bytes: __m128i, low: u8, high: u8) -> __m128i {
+        let above_low = _mm_cmpgt_epi8(bytes, _mm_set1_epi8((low - 1) as i8));
+        let below_high = _mm_cmpgt_epi8(_mm_set1_epi8((high + 1) as i8), bytes);
+        _mm_and_si128(above_low, below_high)
+    }
+
+    /// The lanes set in `lanes` as bits, lane 0 in bit 0.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn lane_bits(lanes: __m128i) -> u32 {
+        _mm_movemask_epi8(lanes) as u32
+    }
+
+    /// Are all 16 bytes name bytes (`[A-Za-z0-9_.-]`), with no two `.` side by side (nor
+    /// two `-` when `NO_DOUBLE_DASH`)?
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    pub fn plain_block<const NO_DOUBLE_DASH: bool>(block: &[u8; BLOCK]) -> bool {
+        // SAFETY: an unaligned load of exactly the 16 bytes `block` borrows.
+        let bytes = unsafe { _mm_loadu_si128(block.as_ptr().cast::<__m128i>()) };
+        // Setting 0x20 folds upper case onto lower case and moves no other byte into a..z.
+        let letters = lanes_within(_mm_or_si128(bytes, _mm_set1_epi8(0x20)), b'a', b'z');
+        let digits = lanes_within(bytes, b'0', b'9');
+        let dots = lanes_equal(bytes, super::TOKEN_SEPARATOR);
+        let dashes = lanes_equal(bytes, b'-');
+        let underscores = lanes_equal(bytes, b'_');
+        let name_bytes = _mm_or_si128(
+            _mm_or_si128(letters, digits),
+            _mm_or_si128(_mm_or_si128(dots, dashes), underscores),
+        );
+        let dots = lane_bits(dots);
+        let mut pairs = dots & (dots >> 1);
+        if NO_DOUBLE_DASH {
+            let dashes = lane_bits(dashes);
+            pairs |= dashes & (dashes >> 1);
+        }
+        lane_bits(name_bytes) == 0xFFFF && pairs == 0
+    }
 }
 
 /// What has been seen of the token under the cursor.
@@ -673,6 +783,35 @@ mod tests {
             prop_assert_eq!(is_plain_exact::<false>(&bytes), scanned);
             let double_dash = bytes.windows(2).any(|pair| pair == b"--");
             prop_assert_eq!(is_plain_exact::<true>(&bytes), scanned && !double_dash);
+        }
+
+        /// Sixteen at a time and one at a time agree, on names long enough for several
+        /// overlapping blocks, with the one bad byte or pair anywhere, block edges included.
+        #[test]
+        fn the_block_check_is_the_byte_check(
+            mut bytes in proptest::collection::vec(
+                proptest::sample::select(b"aZ9_-.".to_vec()), 0..80,
+            ),
+            flaw in (any::<proptest::sample::Index>(), prop_oneof![
+                Just(None),
+                any::<u8>().prop_map(|byte| Some(vec![byte])),
+                Just(Some(b"..".to_vec())),
+                Just(Some(b"--".to_vec())),
+            ]),
+        ) {
+            let (at, flaw) = flaw;
+            if let Some(flaw) = flaw {
+                let at = if bytes.is_empty() { 0 } else { at.index(bytes.len()) };
+                bytes.splice(at..at, flaw);
+            }
+            prop_assert_eq!(
+                plain_bytes::<false>(&bytes),
+                plain_bytes_one_at_a_time::<false>(&bytes)
+            );
+            prop_assert_eq!(
+                plain_bytes::<true>(&bytes),
+                plain_bytes_one_at_a_time::<true>(&bytes)
+            );
         }
 
         #[test]
