@@ -7,7 +7,65 @@ use corebus::cli::{Cli, Command, TopicCommand};
 
 /// See Cargo.toml: a message's allocation and free are on the hot path.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: NaturallyAligned = NaturallyAligned;
+
+/// mimalloc, asked through its plain `mi_malloc` wherever that alignment is enough.
+/// `mimalloc::MiMalloc` passes every request to `mi_malloc_aligned`, which costs about 30
+/// instructions more per allocation (callgrind) to reach the same free list; a message
+/// frame, an `Arc` of alignment 8, is one such allocation per published message.
+struct NaturallyAligned;
+
+/// `mi_malloc` aligns every block to its size class up to this (mimalloc's
+/// `MI_MAX_ALIGN_SIZE`); a block of 8 bytes is aligned to 8, so an alignment no larger
+/// than the size is met too.
+const MI_MALLOC_ALIGNMENT: usize = 16;
+
+impl NaturallyAligned {
+    fn plain(layout: std::alloc::Layout) -> bool {
+        layout.align() <= MI_MALLOC_ALIGNMENT && layout.align() <= layout.size()
+    }
+}
+
+// SAFETY: every request goes to mimalloc, through `mi_malloc` only where its alignment
+// guarantee (above) meets the layout's, and to `MiMalloc` otherwise; mimalloc frees any of
+// its blocks with `mi_free`, whichever call made it.
+unsafe impl std::alloc::GlobalAlloc for NaturallyAligned {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if Self::plain(layout) {
+            // SAFETY: a plain mimalloc allocation of the layout's size.
+            unsafe { libmimalloc_sys::mi_malloc(layout.size()).cast() }
+        } else {
+            // SAFETY: the caller's contract, passed on.
+            unsafe { mimalloc::MiMalloc.alloc(layout) }
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if Self::plain(layout) {
+            // SAFETY: as in `alloc`.
+            unsafe { libmimalloc_sys::mi_zalloc(layout.size()).cast() }
+        } else {
+            // SAFETY: the caller's contract, passed on.
+            unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` came from mimalloc (see above), and the caller gives it up.
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        let new_layout = std::alloc::Layout::from_size_align(new_size, layout.align());
+        if matches!(new_layout, Ok(new_layout) if Self::plain(new_layout)) {
+            // SAFETY: `ptr` is a mimalloc block, and the new size's alignment is natural.
+            unsafe { libmimalloc_sys::mi_realloc(ptr.cast(), new_size).cast() }
+        } else {
+            // SAFETY: the caller's contract, passed on.
+            unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
