@@ -121,6 +121,13 @@ impl Message {
         Arc::ptr_eq(&self.frame, &other.frame)
     }
 
+    /// Where the frame lives: the same for every clone, and, unlike [`Message::shares_frame`],
+    /// needing no clone kept to compare later. Only a hint: once the frame is freed, another
+    /// message's may take its address.
+    pub fn frame_address(&self) -> usize {
+        self.frame.as_ptr() as usize
+    }
+
     pub fn frame(&self) -> &[u8] {
         &self.frame
     }

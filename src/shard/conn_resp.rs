@@ -541,10 +541,12 @@ impl RespSession {
     }
 
     /// The bytes of a delivery to subscription `sub_id`, or `None` for a channel subscription
-    /// (the common case), whose delivery is queued as the message itself and worded as a
-    /// `message` frame straight into the write buffer when staged ([`stage_message`]): no
-    /// buffer to allocate, fill, share and free per message. `smessage` frames are shared per
-    /// message through `cache`; `pmessage` frames name the pattern, so each is its own.
+    /// that is the message's first (the common case), whose delivery is queued as the
+    /// message itself and worded as a `message` frame straight into the write buffer when
+    /// staged ([`stage_message`]): no buffer to allocate, fill, share and free per message.
+    /// `message` frames of a message with more channel subscribers than one, and `smessage`
+    /// frames, are shared per message through `cache`; `pmessage` frames name the pattern, so
+    /// each is its own.
     pub fn encoded_delivery(
         &self,
         cache: &mut EventCache,
@@ -554,7 +556,7 @@ impl RespSession {
         // Most connections hold channel subscriptions only: no lookup (a cache miss per
         // delivery when they hold many) to learn what every delivery is then.
         if self.names(Family::Pattern).is_empty() && self.names(Family::ShardChannel).is_empty() {
-            return None;
+            return cache.resp_message_frame(self.version, message);
         }
         let version = self.version;
         match self.subscriptions.get(&sub_id) {
@@ -571,7 +573,7 @@ impl RespSession {
                 family: Family::ShardChannel,
                 ..
             }) => Some(cache.frame(EventFormat::SMessage { version }, message, 0)),
-            _ => None,
+            _ => cache.resp_message_frame(version, message),
         }
     }
 
@@ -680,6 +682,15 @@ impl RespSession {
     pub fn done(&self) -> bool {
         self.closing && self.replies.slots.is_empty()
     }
+}
+
+/// Encodes a delivery as a `message` frame to share (see [`EventCache::resp_message_frame`]).
+pub fn encode_message_event(version: RespVersion, message: &Message) -> Vec<u8> {
+    let channel = topic_to_channel(message.topic());
+    let payload = message.payload();
+    let mut frame = Vec::with_capacity(resp::message_len(channel.len(), payload.len()));
+    resp::encode_message(&mut frame, version, &channel, payload);
+    frame
 }
 
 /// Encodes a delivery as an `smessage` frame (see [`EventCache`]).

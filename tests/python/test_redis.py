@@ -325,6 +325,82 @@ def test_resp3_publish_to_its_own_channel_sends_the_message_before_the_reply(res
             read_exactly(sock, b">3\r\n$7\r\nmessage\r\n" + name + b"$3\r\n%s\r\n:1\r\n" % word)
 
 
+def test_every_redis_subscriber_of_a_message_gets_its_own_versions_frame(resp):
+    """One message, many Redis subscribers: the frame is worded once per RESP version and
+    shared from the second subscriber on, so each must still get exactly its version's
+    frame, with the channel's Redis name (here with `:`, which corebus holds escaped), in
+    publish order, beside a pattern subscription on the same connection."""
+    channel = b"fan:out:" + unique("share").encode()
+    name = b"$%d\r\n%s\r\n" % (len(channel), channel)
+
+    def subscriber(version, pattern=None):
+        sock = socket.create_connection(resp, timeout=WAIT)
+        if version == 3:
+            sock.sendall(b"HELLO 3\r\nECHO hello-done\r\n")
+            data = b""
+            while not data.endswith(b"$10\r\nhello-done\r\n"):
+                chunk = sock.recv(4096)
+                assert chunk, f"closed after {data!r}"
+                data += chunk
+        push = b">" if version == 3 else b"*"
+        sock.sendall(b"SUBSCRIBE %s\r\n" % channel)
+        read_exactly(sock, push + b"3\r\n$9\r\nsubscribe\r\n" + name + b":1\r\n")
+        if pattern is not None:
+            sock.sendall(b"PSUBSCRIBE %s\r\n" % pattern)
+            read_exactly(sock, push + b"3\r\n$10\r\npsubscribe\r\n$%d\r\n%s\r\n:2\r\n"
+                         % (len(pattern), pattern))
+        return sock, push, pattern
+
+    pattern = b"fan:out:*"
+    subscribers = [subscriber(2), subscriber(3), subscriber(2), subscriber(3, pattern),
+                   subscriber(3), subscriber(2, pattern)]
+    payloads = [b"first", b"second" * 20, b"", b"x" * 300]
+    with socket.create_connection(resp, timeout=WAIT) as pub:
+        pub.sendall(b"".join(b"*3\r\n$7\r\nPUBLISH\r\n" + name + b"$%d\r\n%s\r\n"
+                             % (len(payload), payload) for payload in payloads))
+        read_exactly(pub, b":8\r\n" * len(payloads))
+    try:
+        for sock, push, with_pattern in subscribers:
+            expected = b""
+            for payload in payloads:
+                body = b"$%d\r\n%s\r\n" % (len(payload), payload)
+                frames = [push + b"3\r\n$7\r\nmessage\r\n" + name + body]
+                if with_pattern:
+                    frames.append(push + b"4\r\n$8\r\npmessage\r\n$%d\r\n%s\r\n"
+                                  % (len(with_pattern), with_pattern) + name + body)
+                expected += b"".join(frames)
+            data = b""
+            while len(data) < len(expected):
+                chunk = sock.recv(len(expected) - len(data))
+                assert chunk, f"closed after {data!r}"
+                data += chunk
+            # Each subscription's frames in publish order; a channel's and a pattern's
+            # frames of one publish may come in either order.
+            for kind in (b"$7\r\nmessage\r\n", b"$8\r\npmessage\r\n"):
+                assert [f for f in split_frames(data, push) if kind in f[:16]] == \
+                    [f for f in split_frames(expected, push) if kind in f[:16]]
+            assert len(data) == len(expected)
+    finally:
+        for sock, _, _ in subscribers:
+            sock.close()
+
+
+def split_frames(data, push):
+    """The top-level frames of a stream of `message`/`pmessage` pushes (bulk strings only)."""
+    frames, at = [], 0
+    while at < len(data):
+        assert data[at:at + 1] == push, data[at:]
+        count_end = data.index(b"\r\n", at)
+        count = int(data[at + 1:count_end])
+        end = count_end + 2
+        for _ in range(count):
+            length_end = data.index(b"\r\n", end)
+            end = length_end + 2 + int(data[end + 1:length_end]) + 2
+        frames.append(data[at:end])
+        at = end
+    return frames
+
+
 # ------------------------------------------------------------------------------------------
 # Native clients and Redis clients share topics, patterns on either side.
 
