@@ -250,20 +250,23 @@ impl<T> ReplayRing<T> {
 
     /// Doubles the slots (from [`SLOTS_INITIAL`], up to `messages_max`), laying the window
     /// out from slot 0. Called only when every slot is taken and the count limit allows more.
+    ///
+    /// In place: a rotation (one `memmove`) and a reallocation. Moving each entry into a new
+    /// vector, then dropping the old one's emptied slots one by one, cost about 60
+    /// instructions a publish while a thousand topics' rings filled (callgrind, many-topics).
     #[cold]
     fn grow(&mut self) {
         debug_assert!(self.len == self.slots.len() && self.len < self.limits.messages_max);
         let grown = (self.slots.len() * 2)
             .max(SLOTS_INITIAL)
             .min(self.limits.messages_max);
-        let mut slots = Vec::with_capacity(grown);
-        let old_len = self.slots.len();
-        for index in 0..self.len {
-            slots.push(self.slots[(self.head + index) % old_len].take());
-        }
-        slots.resize_with(grown, || None);
-        self.slots = slots;
+        // Every slot is taken, so the window is the whole vector, starting at `head`.
+        debug_assert!(self.head < self.slots.len() || self.slots.is_empty());
+        let head = self.head.min(self.slots.len());
+        self.slots.rotate_left(head);
         self.head = 0;
+        self.slots.reserve_exact(grown - self.slots.len());
+        self.slots.resize_with(grown, || None);
     }
 
     /// Evicts every message whose age limit has passed (`timestamp_ns + ttl_ns <= now_ns`).
