@@ -306,8 +306,8 @@ struct SharedRespMessage {
 
 impl SharedRespMessage {
     /// `message`'s frame, worded now unless it is the one already shared.
-    // Out of line, so that the first delivery's test stays a few instructions: inlined, the
-    // wording's register saves cost a message with one subscriber about 35 (callgrind).
+    // Out of line, so that the test every delivery makes first stays a few inlined
+    // instructions, without the wording's register saves around it.
     #[inline(never)]
     fn shared_frame(&mut self, version: RespVersion, message: &Message) -> Arc<[u8]> {
         if let Some((shared, frame)) = &self.shared {
