@@ -1072,10 +1072,12 @@ impl Connection {
 
     /// Offers a delivery under the slow-consumer policy (see [`Outbound::offer`]); drops are
     /// recorded on their subscriptions, to be reported with DROPPED notices. A native
-    /// connection and a Redis channel subscription queue the message itself (the Redis one is
-    /// worded as it is staged, and counted at the MSG frame's length against
-    /// `--outbound-bytes-max`); other text formats get the shard's one encoding of it from
-    /// `events`.
+    /// connection and a message's first Redis channel subscriber queue the message itself
+    /// (the Redis one is worded as it is staged, and counted at the MSG frame's length
+    /// against `--outbound-bytes-max`); further Redis channel subscribers and other text
+    /// formats get the shard's one encoding of it from `events`, counted at its own length.
+    /// The two lengths differ by the framing and the header block, which a Redis client is
+    /// not sent: a message with large headers counts for more on its first subscriber.
     #[inline]
     pub fn enqueue_delivery(
         &mut self,
