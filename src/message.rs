@@ -6,7 +6,11 @@
 //! 4-byte subscription id differs per subscriber; it is patched in while the frame is copied
 //! into the socket's write buffer, so no payload byte is copied before the final write.
 
-use std::sync::Arc;
+use std::mem::MaybeUninit;
+
+// `triomphe`'s `Arc`, not `std`'s: a frame is never weakly referenced, and without the weak
+// count its construction, uniqueness test (`stamp`) and release each do less (callgrind).
+use triomphe::{Arc, UniqueArc};
 
 use crate::protocol::native;
 
@@ -63,18 +67,15 @@ impl Message {
         };
         // One allocation, written in place: the payload is copied once, from the read buffer
         // to where every subscriber reads it (two copies at ingress before, issue 13).
-        let mut frame = Arc::<[u8]>::new_uninit_slice(len);
-        let written = Arc::get_mut(&mut frame).and_then(|slots| {
-            native::write_msg_from_publish(slots, read_ns, parts, headers, payload)
-        });
-        match written {
+        let mut frame = UniqueArc::<[MaybeUninit<u8>]>::new_uninit_slice(len);
+        match native::write_msg_from_publish(&mut frame, read_ns, parts, headers, payload) {
             // SAFETY: `write_msg_from_publish` wrote every byte of the slice it was given,
             // which is the whole frame.
             Some(()) => Message {
-                frame: unsafe { frame.assume_init() },
+                frame: unsafe { UniqueArc::assume_init_slice(frame) }.shareable(),
             },
-            // Not reached (a new Arc has no other reference; the length is the one asked
-            // for); the general encoder keeps the function total all the same.
+            // Not reached (the length is the one asked for); the general encoder keeps the
+            // function total all the same.
             None => general(scratch),
         }
     }
@@ -125,7 +126,7 @@ impl Message {
     /// needing no clone kept to compare later. Only a hint: once the frame is freed, another
     /// message's may take its address.
     pub fn frame_address(&self) -> usize {
-        self.frame.as_ptr() as usize
+        self.frame.heap_ptr() as usize
     }
 
     pub fn frame(&self) -> &[u8] {
@@ -142,12 +143,8 @@ impl Message {
     pub fn prefetch_for_release(&self) {
         #[cfg(target_arch = "x86_64")]
         {
-            // The counts sit just ahead of the bytes, two words in `Arc`'s layout; a guess
-            // that is off costs a useless prefetch, never a fault, since a prefetch of any
-            // address is only a hint.
-            let counts = Arc::as_ptr(&self.frame)
-                .cast::<i8>()
-                .wrapping_sub(2 * std::mem::size_of::<usize>());
+            // The allocation starts with the reference count.
+            let counts = self.frame.heap_ptr().cast::<i8>();
             // SAFETY: x86-64 always has SSE, the only feature `_mm_prefetch` needs, and a
             // prefetch reads nothing the program sees and cannot fault.
             unsafe {
