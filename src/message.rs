@@ -91,6 +91,9 @@ impl Message {
     /// The publish time is when the PUBLISH was read, raised to the topic's last one if
     /// need be: stamped at the owner, timestamps stay non-decreasing along a topic's
     /// sequence, which replay-from-a-time relies on.
+    // Inlined into the sequencing, its caller on every publish: the call cost about a third
+    // of its 29 instructions (callgrind).
+    #[inline]
     pub fn stamp(&mut self, seq: u64, timestamp_ns: u64) {
         let write = |frame: &mut [u8]| {
             native::msg_set_seq(frame, seq);

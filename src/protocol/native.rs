@@ -1287,6 +1287,8 @@ impl<'a> Reader<'a> {
         self.0.is_empty().then_some(())
     }
 
+    // Once per PUBLISH (or MSG) decoded: inlined into the decoder.
+    #[inline]
     fn publish_body(mut self, with_headers: bool) -> Option<PublishParts<'a>> {
         let topic = self.short()??;
         let reply = self.short()??;

@@ -381,6 +381,8 @@ impl Outbound {
         self.written == self.write_buf.len()
     }
 
+    // Once per delivery: inlined into the slow-consumer policy's offer.
+    #[inline]
     fn push_delivery(&mut self, sub_id: u32, message: Message) {
         self.pending_bytes += message.frame_len();
         self.pending.push_back((sub_id, Queued::Message(message)));
