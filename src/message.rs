@@ -91,8 +91,8 @@ impl Message {
     /// The publish time is when the PUBLISH was read, raised to the topic's last one if
     /// need be: stamped at the owner, timestamps stay non-decreasing along a topic's
     /// sequence, which replay-from-a-time relies on.
-    // Inlined into the sequencing, its caller on every publish: the call cost about a third
-    // of its 29 instructions (callgrind).
+    // Inlined into the sequencing, its caller on every publish (inlining it and two other
+    // such small functions took 18 instructions a message off native 1:1, callgrind).
     #[inline]
     pub fn stamp(&mut self, seq: u64, timestamp_ns: u64) {
         let write = |frame: &mut [u8]| {
