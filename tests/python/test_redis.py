@@ -284,6 +284,16 @@ def read_exactly(sock, expected):
     assert data == expected
 
 
+def switch_to_resp3(sock):
+    """HELLO 3 on a raw socket, reading its whole answer (an ECHO after it marks the end)."""
+    sock.sendall(b"HELLO 3\r\nECHO hello-done\r\n")
+    data = b""
+    while not data.endswith(b"$10\r\nhello-done\r\n"):
+        chunk = sock.recv(4096)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+
+
 def raw_resp2_exchange(resp, channel):
     def command(*parts):
         encoded = [part.encode() if isinstance(part, str) else part for part in parts]
@@ -310,13 +320,7 @@ def test_resp3_publish_to_its_own_channel_sends_the_message_before_the_reply(res
     their first `:1` ahead of its message: see the README.)"""
     channel = unique("selfpub").encode()
     with socket.create_connection(resp, timeout=WAIT) as sock:
-        sock.sendall(b"HELLO 3\r\nECHO hello-done\r\n")
-        data = b""
-        while not data.endswith(b"$10\r\nhello-done\r\n"):
-            chunk = sock.recv(4096)
-            assert chunk, f"closed after {data!r}"
-            data += chunk
-
+        switch_to_resp3(sock)
         name = b"$%d\r\n%s\r\n" % (len(channel), channel)
         sock.sendall(b"SUBSCRIBE %s\r\n" % channel)
         read_exactly(sock, b">3\r\n$9\r\nsubscribe\r\n" + name + b":1\r\n")
@@ -336,12 +340,7 @@ def test_every_redis_subscriber_of_a_message_gets_its_own_versions_frame(resp):
     def subscriber(version, pattern=None):
         sock = socket.create_connection(resp, timeout=WAIT)
         if version == 3:
-            sock.sendall(b"HELLO 3\r\nECHO hello-done\r\n")
-            data = b""
-            while not data.endswith(b"$10\r\nhello-done\r\n"):
-                chunk = sock.recv(4096)
-                assert chunk, f"closed after {data!r}"
-                data += chunk
+            switch_to_resp3(sock)
         push = b">" if version == 3 else b"*"
         sock.sendall(b"SUBSCRIBE %s\r\n" % channel)
         read_exactly(sock, push + b"3\r\n$9\r\nsubscribe\r\n" + name + b":1\r\n")
