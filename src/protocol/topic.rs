@@ -105,6 +105,9 @@ impl fmt::Display for TopicError {
 impl std::error::Error for TopicError {}
 
 /// A name a client may publish to: exact, not reserved. Returns it as `&str`.
+// Inlined into the publish path: about 30 instructions a publish less (callgrind, native
+// 1:1, fan-in and many topics; 13 on the Redis port, which checks most names elsewhere).
+#[inline]
 pub fn parse_publish_topic(bytes: &[u8]) -> Result<&str, TopicError> {
     check_length(bytes)?;
     // Checked before the shape: whatever follows a `$`, a client may not publish there,
