@@ -202,6 +202,49 @@ impl Message {
     }
 }
 
+/// A message on its way to one of its receivers: borrowed while others are still to get it,
+/// owned by the last, whose queue then keeps it without taking a reference of its own. Each
+/// reference taken and released is an atomic read-modify-write on the shared count; in
+/// fanin-8 the one taken and the one released per delivery held about 7% of the shard's time
+/// (a `perf` time profile), as each waits for every store before it to drain.
+pub enum Handoff<'a> {
+    Shared(&'a Message),
+    Last(Message),
+}
+
+impl Handoff<'_> {
+    #[inline]
+    pub fn message(&self) -> &Message {
+        match self {
+            Handoff::Shared(message) => message,
+            Handoff::Last(message) => message,
+        }
+    }
+
+    /// The message to keep: the one handed over, or a new reference to a shared one.
+    #[inline]
+    pub fn into_owned(self) -> Message {
+        match self {
+            Handoff::Shared(message) => message.clone(),
+            Handoff::Last(message) => message,
+        }
+    }
+}
+
+impl<'a> From<&'a Message> for Handoff<'a> {
+    #[inline]
+    fn from(message: &'a Message) -> Self {
+        Handoff::Shared(message)
+    }
+}
+
+impl From<Message> for Handoff<'_> {
+    #[inline]
+    fn from(message: Message) -> Self {
+        Handoff::Last(message)
+    }
+}
+
 /// Asks the CPU to bring the cache line at `address` in, without waiting for it; for memory
 /// the shard will touch a little later and that has likely gone cold. Elsewhere than x86-64,
 /// nothing.
@@ -215,4 +258,34 @@ pub(crate) fn prefetch<T>(address: *const T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = address;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn references(message: &Message) -> usize {
+        Arc::count(&message.frame)
+    }
+
+    #[test]
+    fn the_last_receiver_takes_the_message_itself_and_the_others_a_reference_each() {
+        let message = Message::from_publish(&mut Vec::new(), "t", None, b"x");
+        let first = Handoff::from(&message).into_owned();
+        assert!(first.shares_frame(&message));
+        assert_eq!(references(&message), 2);
+        let address = message.frame_address();
+        let last = Handoff::from(message).into_owned();
+        assert_eq!(last.frame_address(), address);
+        assert_eq!(references(&last), 2, "no reference was taken for the last");
+        drop(first);
+        assert_eq!(references(&last), 1);
+    }
+
+    #[test]
+    fn a_handoff_shows_the_message_it_carries_either_way() {
+        let message = Message::from_publish(&mut Vec::new(), "orders", None, b"x");
+        assert_eq!(Handoff::from(&message).message().topic(), "orders");
+        assert_eq!(Handoff::from(message).message().payload(), b"x");
+    }
 }

@@ -31,7 +31,7 @@ use crate::error::CloseReason;
 use crate::error::ErrorCode;
 use crate::ids::ConnectionId;
 use crate::mesh::message::Ticket;
-use crate::message::Message;
+use crate::message::{Handoff, Message};
 use crate::protocol::native;
 use crate::protocol::resp::RespVersion;
 use crate::protocol::topic::SubjectKind;
@@ -434,16 +434,17 @@ impl Outbound {
     /// Inlined so the common case (room left: a length check and a queue push) costs no call
     /// on the fan-out path; the policy is out of line.
     #[inline]
-    pub fn offer(
+    pub fn offer<'a>(
         &mut self,
         sub_id: u32,
-        message: &Message,
+        message: impl Into<Handoff<'a>>,
         outbound_bytes_max: usize,
         policy: SlowConsumerPolicy,
         dropped: impl FnMut(u32),
     ) -> EnqueueOutcome {
-        if self.queued_bytes() + message.frame_len() <= outbound_bytes_max {
-            self.push_delivery(sub_id, message.clone());
+        let message = message.into();
+        if self.queued_bytes() + message.message().frame_len() <= outbound_bytes_max {
+            self.push_delivery(sub_id, message.into_owned());
             return EnqueueOutcome::Queued;
         }
         self.offer_over_limit(sub_id, message, outbound_bytes_max, policy, dropped)
@@ -454,12 +455,12 @@ impl Outbound {
     fn offer_over_limit(
         &mut self,
         sub_id: u32,
-        message: &Message,
+        message: Handoff<'_>,
         outbound_bytes_max: usize,
         policy: SlowConsumerPolicy,
         mut dropped: impl FnMut(u32),
     ) -> EnqueueOutcome {
-        let incoming = message.frame_len();
+        let incoming = message.message().frame_len();
         match policy {
             SlowConsumerPolicy::Disconnect => EnqueueOutcome::SlowConsumer,
             SlowConsumerPolicy::DropOldest => {
@@ -476,7 +477,7 @@ impl Outbound {
                     dropped(sub_id);
                     return EnqueueOutcome::QueuedAfterDropping(dropped_count + 1);
                 }
-                self.push_delivery(sub_id, message.clone());
+                self.push_delivery(sub_id, message.into_owned());
                 EnqueueOutcome::QueuedAfterDropping(dropped_count)
             }
         }
@@ -1084,10 +1085,11 @@ impl Connection {
     pub fn enqueue_delivery(
         &mut self,
         sub_id: u32,
-        message: &Message,
+        handoff: Handoff<'_>,
         events: &mut EventCache,
         (outbound_bytes_max, policy): (usize, SlowConsumerPolicy),
     ) -> EnqueueOutcome {
+        let message = handoff.message();
         if let Wire::Resp(session) = &mut self.wire {
             // After QUIT (or a fatal error) with nothing before it unanswered, nothing more is
             // owed: Redis sends nothing after QUIT's `+OK`. While a request read before it
@@ -1129,32 +1131,36 @@ impl Connection {
                         drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
                     return self
                         .out
-                        .offer(sub_id, message, outbound_bytes_max, policy, dropped);
+                        .offer(sub_id, handoff, outbound_bytes_max, policy, dropped);
                 }
             },
             // Nothing queued ahead of it: straight into the handle's ring, as a socket
             // write would go straight out, instead of through the queue and a second hand-over
             // at the flush. A full ring leaves it to the queue and the policy, as before.
             Wire::InProcess if self.out.is_empty() && !self.drops_unreported => {
+                let frame_len = message.frame_len();
+                let mut handoff = handoff;
                 if let Transport::InProcess(ends) = &mut self.socket {
                     let event = Event::Message {
                         sub_id,
-                        message: message.clone(),
+                        message: handoff.into_owned(),
                     };
-                    if ends.offer_now(event, message.frame_len()).is_ok() {
-                        return EnqueueOutcome::Queued;
+                    match ends.offer_now(event, frame_len) {
+                        Ok(()) => return EnqueueOutcome::Queued,
+                        Err(Event::Message { message, .. }) => handoff = Handoff::Last(message),
+                        Err(_) => unreachable!("the ring hands back the event it was offered"),
                     }
                 }
                 let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
                 return self
                     .out
-                    .offer(sub_id, message, outbound_bytes_max, policy, dropped);
+                    .offer(sub_id, handoff, outbound_bytes_max, policy, dropped);
             }
             _ => {
                 let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
                 return self
                     .out
-                    .offer(sub_id, message, outbound_bytes_max, policy, dropped);
+                    .offer(sub_id, handoff, outbound_bytes_max, policy, dropped);
             }
         };
         let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
@@ -1412,7 +1418,7 @@ mod tests {
         let limits = (1 << 20, SlowConsumerPolicy::Disconnect);
         let published = message(4);
         // Nothing queued: in the ring at once, counted (and the handle woken) at the flush.
-        conn.enqueue_delivery(1, &published, &mut events, limits);
+        conn.enqueue_delivery(1, (&published).into(), &mut events, limits);
         assert!(conn.out.is_empty());
         assert!(matches!(
             handle.try_event(),
@@ -1420,7 +1426,7 @@ mod tests {
         ));
         // A reply ahead: the delivery queues behind it and keeps its place.
         Wire::InProcess.encode_answer(5, Answer::Done, conn.out.replies());
-        conn.enqueue_delivery(1, &published, &mut events, limits);
+        conn.enqueue_delivery(1, (&published).into(), &mut events, limits);
         assert!(!conn.out.is_empty(), "queued behind the reply");
         let Transport::InProcess(ends) = &mut conn.socket else {
             panic!("an in-process connection");
@@ -1435,7 +1441,7 @@ mod tests {
         assert!(matches!(handle.try_event(), Some(Event::Message { .. })));
         // A full ring: the delivery falls back to the queue, under the policy.
         for _ in 0..3 {
-            conn.enqueue_delivery(1, &published, &mut events, limits);
+            conn.enqueue_delivery(1, (&published).into(), &mut events, limits);
         }
         assert!(!conn.out.is_empty(), "the third waits for room");
         assert!(handle.try_event().is_some() && handle.try_event().is_some());
@@ -1691,7 +1697,7 @@ mod tests {
         let mut out = Outbound::new(1 << 16);
         out.offer(
             7,
-            &message(2),
+            message(2),
             1 << 20,
             SlowConsumerPolicy::Disconnect,
             |_| {},
@@ -1701,7 +1707,7 @@ mod tests {
         session.set_version_for_tests(RespVersion::Resp2);
         out.offer(
             7,
-            &message(2),
+            message(2),
             1 << 20,
             SlowConsumerPolicy::Disconnect,
             |_| {},
@@ -1730,7 +1736,7 @@ mod tests {
         for _ in 0..3 {
             out.offer(
                 1,
-                &message(1),
+                message(1),
                 1 << 20,
                 SlowConsumerPolicy::Disconnect,
                 |_| {},
@@ -1739,7 +1745,7 @@ mod tests {
         assert_eq!(out.discard_pending(), 3);
         out.offer(
             1,
-            &message(1),
+            message(1),
             1 << 20,
             SlowConsumerPolicy::Disconnect,
             |_| {},

@@ -13,7 +13,7 @@ use crate::mesh::message::Refusal;
 use crate::mesh::message::{
     ConsumerRequest, OwnerRequest, Published, Replay, ReplyTarget, Subscribed, Terminal,
 };
-use crate::message::Message;
+use crate::message::{Handoff, Message};
 use crate::protocol::native::AckKind;
 use crate::protocol::subscribe_options::AckSettings;
 use crate::protocol::subscribe_options::Start;
@@ -25,6 +25,7 @@ use crate::shard::wire::Answer;
 
 use super::commands::unix_time_ns;
 use super::connection::EnqueueOutcome;
+use super::topics::INBOX_PREFIX;
 use super::Shard;
 
 /// Dead letters of `orders` go to `$dlq.orders`.
@@ -99,9 +100,26 @@ impl Shard {
                 );
             }
         }
+        let published = Published {
+            seq: sequenced.seq,
+            receivers: sequenced.receivers,
+        };
         if mask & me.bit() != 0 {
             // The exact ones came with the sequencing, from the topic's own copy.
             self.local.matching_patterns(message.topic(), &mut matches);
+            // The last local subscriber takes the message itself when nothing below needs
+            // it (no inbox to reclaim, no pattern group to feed): one reference count
+            // increment and decrement fewer a message.
+            let needed_after =
+                !self.pattern_groups.is_empty() || message.topic().starts_with(INBOX_PREFIX);
+            if let Some((&last, others)) = matches.split_last().filter(|_| !needed_after) {
+                for &subscriber in others {
+                    self.deliver_to(subscriber, &message);
+                }
+                self.deliver_to(last, message);
+                self.match_scratch = matches;
+                return Ok(published);
+            }
             for &subscriber in &matches {
                 self.deliver_to(subscriber, &message);
             }
@@ -119,10 +137,7 @@ impl Shard {
             self.carry_out(message.topic(), &mut actions);
             self.consumer_actions = actions;
         }
-        Ok(Published {
-            seq: sequenced.seq,
-            receivers: sequenced.receivers,
-        })
+        Ok(published)
     }
 
     /// Applies an ack from `acker` to a consumer of a topic this shard owns, and records its
@@ -184,19 +199,28 @@ impl Shard {
     }
 
     /// Fans a sequenced message out to this shard's matching subscriptions.
-    pub(super) fn deliver_local(&mut self, message: &Message) {
+    pub(super) fn deliver_local(&mut self, message: Message) {
         let mut matches = std::mem::take(&mut self.match_scratch);
         matches.clear();
         self.local.matching(message.topic(), &mut matches);
-        for &subscriber in &matches {
-            self.deliver_to(subscriber, message);
+        if let Some((&last, others)) = matches.split_last() {
+            for &subscriber in others {
+                self.deliver_to(subscriber, &message);
+            }
+            self.deliver_to(last, message);
         }
         self.match_scratch = matches;
     }
 
     /// Queues one delivery under the slow-consumer policy. Returns false when the subscriber
     /// is gone or was just cut as slow.
-    fn deliver_to(&mut self, subscriber: Subscriber, message: &Message) -> bool {
+    #[inline]
+    fn deliver_to<'a>(&mut self, subscriber: Subscriber, message: impl Into<Handoff<'a>>) -> bool {
+        self.deliver_handoff(subscriber, message.into())
+    }
+
+    /// One body for both kinds of hand-over, so the connection's enqueue stays inlined in it.
+    fn deliver_handoff(&mut self, subscriber: Subscriber, handoff: Handoff<'_>) -> bool {
         let outbound_bytes_max = self.config.outbound_bytes_max;
         let policy = self.config.slow_consumer;
         let turn_now = self.turn_now;
@@ -213,9 +237,19 @@ impl Shard {
         if conn.is_closing() {
             return false;
         }
+        // The pressure note below names the topic after the message has gone into the
+        // queue: for a subscriber already a quarter of the way to the limit, a reference is
+        // kept for it. (One delivery takes a subscriber from under a quarter to over half
+        // only if it is that large; the next delivery then notes the pressure.)
+        let mut pressure_topic_holder = None;
+        let handoff = if !self.reading && conn.queued_bytes() > outbound_bytes_max / 4 {
+            Handoff::Shared(&*pressure_topic_holder.insert(handoff.into_owned()))
+        } else {
+            handoff
+        };
         let outcome = conn.enqueue_delivery(
             subscriber.sub_id,
-            message,
+            handoff,
             &mut self.events,
             (outbound_bytes_max, policy),
         );
@@ -257,7 +291,9 @@ impl Shard {
             // through the topic's owner instead (`note_pressure`).
             self.stall_reader = true;
             if !self.reading {
-                self.note_pressure(id, message.topic());
+                if let Some(message) = &pressure_topic_holder {
+                    self.note_pressure(id, message.topic());
+                }
             }
         }
         if write_now {
@@ -470,14 +506,14 @@ impl Shard {
 
     fn handle_terminal(&mut self, terminal: Terminal) {
         match terminal {
-            Terminal::Deliver { message } => self.deliver_local(&message),
+            Terminal::Deliver { message } => self.deliver_local(message),
             Terminal::StallPublisher { connection } => self.stall_for_lease(connection),
             Terminal::DeliverTo {
                 subscriber,
                 message,
             } => {
                 if self.consumer_subscription_is_live(subscriber, message.topic()) {
-                    self.deliver_to(subscriber, &message);
+                    self.deliver_to(subscriber, message);
                 }
             }
             Terminal::GapTo {
@@ -573,7 +609,7 @@ impl Shard {
             }
             match action {
                 ConsumerAction::Deliver { member, message } if member.shard == self.id => {
-                    self.deliver_to(member.subscriber, &message);
+                    self.deliver_to(member.subscriber, message);
                 }
                 ConsumerAction::Deliver { member, message } => {
                     self.link_mut(member.shard)
