@@ -300,9 +300,13 @@ pub struct Outbound {
     /// Messages thrown away unwritten over the connection's life (each `discard_pending`),
     /// which its close log reports; the shard's `undelivered` counter is the sum of these.
     discarded: u64,
-    /// Messages written into the reply stream (a Redis connection's, lined up behind a
-    /// reply) that no write has counted as deliveries yet.
-    delivered_as_replies: u64,
+    /// Messages written into the write buffer as they came (a native delivery with nothing
+    /// queued ahead of it, a Redis connection's lined up behind a reply) that no write has
+    /// counted as deliveries yet.
+    staged_uncounted: u64,
+    /// When the first of the deliveries staged as they came since the last write was
+    /// published, for that write's latency sample (see [`Outbound::front_published_ns`]).
+    staged_oldest_published_ns: Option<u64>,
     /// Messages a Redis connection gave up with its line of replies, not yet counted by
     /// `discard_pending`.
     abandoned_in_line: u64,
@@ -328,7 +332,8 @@ impl Outbound {
             pending_bytes: 0,
             stage_bytes_max,
             discarded: 0,
-            delivered_as_replies: 0,
+            staged_uncounted: 0,
+            staged_oldest_published_ns: None,
             abandoned_in_line: 0,
             history_through_ns: 0,
             quiet_drains: 0,
@@ -341,10 +346,10 @@ impl Outbound {
         self.abandoned_in_line += abandoned;
     }
 
-    /// Messages written into the reply stream that no write has counted yet (see
-    /// [`Outbound::push_in_order`]).
-    pub fn take_delivered_as_replies(&mut self) -> u64 {
-        std::mem::take(&mut self.delivered_as_replies)
+    /// Messages written into the write buffer that no write has counted yet (see
+    /// [`Outbound::push_in_order`], [`Outbound::stage_now`]).
+    pub fn take_staged_uncounted(&mut self) -> u64 {
+        std::mem::take(&mut self.staged_uncounted)
     }
 
     /// Messages this connection lost to `discard_pending`, all told.
@@ -424,6 +429,35 @@ impl Outbound {
         } else {
             EnqueueOutcome::Queued
         }
+    }
+
+    /// Writes a native delivery straight into the write buffer, when nothing is queued ahead
+    /// of it, the buffer holds less than a chunk unsent, and it fits under
+    /// `outbound_bytes_max`; otherwise gives it back, to be offered to the queue. This is
+    /// what staging would do with it at the next write, minus the queue's push and pop and
+    /// the reference the queue would keep meanwhile (in fan-out, two atomic operations a
+    /// delivery; about 6% of the shard's time in the native fan-in row).
+    #[inline]
+    pub fn stage_now<'a>(
+        &mut self,
+        sub_id: u32,
+        handoff: Handoff<'a>,
+        outbound_bytes_max: usize,
+    ) -> Result<(), Handoff<'a>> {
+        let message = handoff.message();
+        let unsent = self.write_buf.len() - self.written;
+        if !self.pending.is_empty()
+            || unsent >= self.stage_bytes_max
+            || unsent + message.frame_len() > outbound_bytes_max
+        {
+            return Err(handoff);
+        }
+        if self.staged_oldest_published_ns.is_none() {
+            self.staged_oldest_published_ns = Some(live_published_ns(message));
+        }
+        native::stage_msg(&mut self.write_buf, message.frame(), sub_id, false);
+        self.staged_uncounted += 1;
+        Ok(())
     }
 
     /// Offers a delivery under the slow-consumer policy. The policy looks at every byte
@@ -507,7 +541,7 @@ impl Outbound {
     pub fn push_in_order(&mut self, bytes: &[u8], messages: u64) {
         if self.pending.is_empty() {
             self.write_buf.extend_from_slice(bytes);
-            self.delivered_as_replies += messages;
+            self.staged_uncounted += messages;
         } else {
             self.pending_bytes += bytes.len();
             self.pending
@@ -625,8 +659,8 @@ impl Outbound {
     /// progress then says how; what went out before the failure is counted all the same).
     pub fn write_to<W: Write>(&mut self, socket: &mut W, wire: &Wire) -> WriteProgress {
         let mut progress = WriteProgress {
-            oldest_published_ns: self.front_published_ns(),
-            deliveries: std::mem::take(&mut self.delivered_as_replies),
+            oldest_published_ns: self.oldest_unwritten_published_ns(),
+            deliveries: std::mem::take(&mut self.staged_uncounted),
             ..WriteProgress::default()
         };
         loop {
@@ -775,6 +809,15 @@ impl Outbound {
     /// The publish timestamp of the next delivery to be staged, if a first, live delivery is
     /// next: the one latency sample a write takes, looked up once per write and not per
     /// message. Redeliveries and replays take none.
+    /// For a write's latency sample: the first delivery staged as it came since the last
+    /// write (older than anything queued, which waited behind it), else the queue's front.
+    fn oldest_unwritten_published_ns(&mut self) -> Option<u64> {
+        match self.staged_oldest_published_ns.take() {
+            Some(published_ns) => (published_ns > self.history_through_ns).then_some(published_ns),
+            None => self.front_published_ns(),
+        }
+    }
+
     fn front_published_ns(&self) -> Option<u64> {
         let published_ns = match self.pending.front() {
             Some((_, Queued::Message(message))) if message.delivery_count() == 1 => {
@@ -1151,6 +1194,20 @@ impl Connection {
                         Err(_) => unreachable!("the ring hands back the event it was offered"),
                     }
                 }
+                let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
+                return self
+                    .out
+                    .offer(sub_id, handoff, outbound_bytes_max, policy, dropped);
+            }
+            Wire::Native { version }
+                if !native::strips_headers(*version)
+                    && !self.drops_unreported
+                    && matches!(self.socket, Transport::Tcp(_)) =>
+            {
+                let handoff = match self.out.stage_now(sub_id, handoff, outbound_bytes_max) {
+                    Ok(()) => return EnqueueOutcome::Queued,
+                    Err(handoff) => handoff,
+                };
                 let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
                 return self
                     .out
@@ -1613,6 +1670,80 @@ mod tests {
             }
             other => panic!("expected MSG, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_delivery_with_nothing_queued_ahead_is_staged_at_once_and_counted_by_the_next_write() {
+        let mut out = Outbound::new(WRITE_CHUNK_BYTES);
+        let first = message(3);
+        assert!(out.stage_now(7, (&first).into(), 1 << 20).is_ok());
+        assert!(out.stage_now(8, message(4).into(), 1 << 20).is_ok());
+        assert_eq!(out.queued_bytes(), first.frame_len() * 2 + 1);
+        assert!(out.nothing_pending());
+        let mut socket = ChokedSocket {
+            written: Vec::new(),
+            capacity: usize::MAX,
+        };
+        let progress = out
+            .write_to(&mut socket, &Wire::Native { version: 4 })
+            .checked();
+        assert_eq!(progress.deliveries, 2);
+        assert_eq!(
+            progress.oldest_published_ns,
+            Some(7),
+            "the first one's time"
+        );
+        let (frame, used) = native::decode(&socket.written, 1 << 20).unwrap().unwrap();
+        assert!(matches!(
+            frame,
+            native::Frame::Msg {
+                sub_id: 7,
+                payload: b"xxx",
+                ..
+            }
+        ));
+        let (frame, _) = native::decode(&socket.written[used..], 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            frame,
+            native::Frame::Msg {
+                sub_id: 8,
+                payload: b"xxxx",
+                ..
+            }
+        ));
+        // Counted once: the next write finds nothing more.
+        let progress = out
+            .write_to(&mut socket, &Wire::Native { version: 4 })
+            .checked();
+        assert_eq!(
+            (progress.deliveries, progress.oldest_published_ns),
+            (0, None)
+        );
+    }
+
+    #[test]
+    fn a_delivery_behind_queued_ones_or_over_a_limit_is_not_staged_at_once() {
+        let mut out = Outbound::new(64);
+        // Over the connection's limit: given back for the policy to judge.
+        assert!(out.stage_now(1, message(3).into(), 10).is_err());
+        out.push_delivery(1, message(3));
+        assert!(
+            out.stage_now(1, message(3).into(), 1 << 20).is_err(),
+            "a queued delivery is ahead of it"
+        );
+        let mut out = Outbound::new(64);
+        while out.queued_bytes() < 64 {
+            assert!(out.stage_now(1, message(3).into(), 1 << 20).is_ok());
+        }
+        assert!(
+            out.stage_now(1, message(3).into(), 1 << 20).is_err(),
+            "a chunk is already staged and unsent"
+        );
+        // A connection that closes unwritten still counts what was staged.
+        assert_eq!(out.take_staged_uncounted(), 2);
+        assert_eq!(out.discard_pending(), 0);
     }
 
     #[test]

@@ -1248,7 +1248,7 @@ impl Shard {
         }
         // Those in the write buffer were delivered as far as the broker can tell, as a staged
         // delivery is.
-        self.counters.delivered += conn.out.take_delivered_as_replies();
+        self.counters.delivered += conn.out.take_staged_uncounted();
         self.counters.undelivered += conn.out.discard_pending();
         self.counters.closed[reason.index()] += 1;
         // Everything this connection lost on its way out, a slow-consumer cut's discard
