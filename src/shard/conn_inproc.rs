@@ -174,9 +174,9 @@ impl Shard {
             };
             budget -= 1;
             self.stall_reader = false;
-            self.reading = true;
+            self.reading = Some(id);
             let handled = self.handle_command(id, command);
-            self.reading = false;
+            self.reading = None;
             match handled {
                 Ok(Flow::Continue) => {}
                 Ok(flow) => return flow,

@@ -431,31 +431,32 @@ impl Outbound {
         }
     }
 
-    /// Writes a native delivery straight into the write buffer, when nothing is queued ahead
-    /// of it, the buffer holds less than a chunk unsent, and it fits under
-    /// `outbound_bytes_max`; otherwise gives it back, to be offered to the queue. This is
-    /// what staging would do with it at the next write, minus the queue's push and pop and
-    /// the reference the queue would keep meanwhile (in fan-out, two atomic operations a
-    /// delivery; about 6% of the shard's time in the native fan-in row).
+    /// Writes a delivery straight into the write buffer with `stage` (as the connection's
+    /// wire words it), when nothing is queued ahead of it, the buffer holds less than a
+    /// chunk unsent, and its `bytes` (as the queue would count them) fit under
+    /// `outbound_bytes_max`; otherwise gives it
+    /// back, to be offered to the queue. This is what staging would do with it at the next
+    /// write, minus the queue's push and pop and the reference the queue would keep
+    /// meanwhile (in fan-out, two atomic operations a delivery).
     #[inline]
     pub fn stage_now<'a>(
         &mut self,
-        sub_id: u32,
-        handoff: Handoff<'a>,
+        (handoff, bytes): (Handoff<'a>, usize),
         outbound_bytes_max: usize,
+        stage: impl FnOnce(&mut Vec<u8>, &Message),
     ) -> Result<(), Handoff<'a>> {
         let message = handoff.message();
         let unsent = self.write_buf.len() - self.written;
         if !self.pending.is_empty()
             || unsent >= self.stage_bytes_max
-            || unsent + message.frame_len() > outbound_bytes_max
+            || unsent + bytes > outbound_bytes_max
         {
             return Err(handoff);
         }
         if self.staged_oldest_published_ns.is_none() {
             self.staged_oldest_published_ns = Some(live_published_ns(message));
         }
-        native::stage_msg(&mut self.write_buf, message.frame(), sub_id, false);
+        stage(&mut self.write_buf, message);
         self.staged_uncounted += 1;
         Ok(())
     }
@@ -1125,14 +1126,18 @@ impl Connection {
     /// The two lengths differ by the framing and the header block, which a Redis client is
     /// not sent: a message with large headers counts for more on its first subscriber.
     #[inline]
+    /// `stage_now`: the delivery may go straight into the write buffer when nothing is queued
+    /// ahead of it (see [`Outbound::stage_now`]); not for the connection whose request is
+    /// being answered, whose answer goes first.
     pub fn enqueue_delivery(
         &mut self,
-        sub_id: u32,
+        (sub_id, stage_now): (u32, bool),
         handoff: Handoff<'_>,
         events: &mut EventCache,
         (outbound_bytes_max, policy): (usize, SlowConsumerPolicy),
     ) -> EnqueueOutcome {
         let message = handoff.message();
+        let frame_len = message.frame_len();
         if let Wire::Resp(session) = &mut self.wire {
             // After QUIT (or a fatal error) with nothing before it unanswered, nothing more is
             // owed: Redis sends nothing after QUIT's `+OK`. While a request read before it
@@ -1170,6 +1175,21 @@ impl Connection {
             Wire::Resp(session) => match session.encoded_delivery(events, sub_id, message) {
                 Some(frame) => frame,
                 None => {
+                    let version = session.version();
+                    let stage_resp = |buf: &mut Vec<u8>, message: &Message| {
+                        super::conn_resp::stage_message(buf, version, message)
+                    };
+                    let handoff = match self.drops_unreported || !stage_now {
+                        false => match self.out.stage_now(
+                            (handoff, frame_len),
+                            outbound_bytes_max,
+                            stage_resp,
+                        ) {
+                            Ok(()) => return EnqueueOutcome::Queued,
+                            Err(handoff) => handoff,
+                        },
+                        true => handoff,
+                    };
                     let dropped =
                         drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
                     return self
@@ -1181,7 +1201,6 @@ impl Connection {
             // write would go straight out, instead of through the queue and a second hand-over
             // at the flush. A full ring leaves it to the queue and the policy, as before.
             Wire::InProcess if self.out.is_empty() && !self.drops_unreported => {
-                let frame_len = message.frame_len();
                 let mut handoff = handoff;
                 if let Transport::InProcess(ends) = &mut self.socket {
                     let event = Event::Message {
@@ -1200,14 +1219,22 @@ impl Connection {
                     .offer(sub_id, handoff, outbound_bytes_max, policy, dropped);
             }
             Wire::Native { version }
-                if !native::strips_headers(*version)
+                if stage_now
+                    && !native::strips_headers(*version)
                     && !self.drops_unreported
                     && matches!(self.socket, Transport::Tcp(_)) =>
             {
-                let handoff = match self.out.stage_now(sub_id, handoff, outbound_bytes_max) {
-                    Ok(()) => return EnqueueOutcome::Queued,
-                    Err(handoff) => handoff,
+                let stage_native = |buf: &mut Vec<u8>, message: &Message| {
+                    native::stage_msg(buf, message.frame(), sub_id, false)
                 };
+                let handoff =
+                    match self
+                        .out
+                        .stage_now((handoff, frame_len), outbound_bytes_max, stage_native)
+                    {
+                        Ok(()) => return EnqueueOutcome::Queued,
+                        Err(handoff) => handoff,
+                    };
                 let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
                 return self
                     .out
@@ -1220,6 +1247,22 @@ impl Connection {
                     .offer(sub_id, handoff, outbound_bytes_max, policy, dropped);
             }
         };
+        // Worded already (a WebSocket event, a Redis frame shared by several subscribers):
+        // staged at once on the same terms as a message.
+        if stage_now && !self.drops_unreported && matches!(self.socket, Transport::Tcp(_)) {
+            let stage_frame = |buf: &mut Vec<u8>, _: &Message| buf.extend_from_slice(&frame);
+            if self
+                .out
+                .stage_now(
+                    (Handoff::Shared(message), frame.len()),
+                    outbound_bytes_max,
+                    stage_frame,
+                )
+                .is_ok()
+            {
+                return EnqueueOutcome::Queued;
+            }
+        }
         let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
         self.out.offer_encoded(
             sub_id,
@@ -1475,7 +1518,7 @@ mod tests {
         let limits = (1 << 20, SlowConsumerPolicy::Disconnect);
         let published = message(4);
         // Nothing queued: in the ring at once, counted (and the handle woken) at the flush.
-        conn.enqueue_delivery(1, (&published).into(), &mut events, limits);
+        conn.enqueue_delivery((1, true), (&published).into(), &mut events, limits);
         assert!(conn.out.is_empty());
         assert!(matches!(
             handle.try_event(),
@@ -1483,7 +1526,7 @@ mod tests {
         ));
         // A reply ahead: the delivery queues behind it and keeps its place.
         Wire::InProcess.encode_answer(5, Answer::Done, conn.out.replies());
-        conn.enqueue_delivery(1, (&published).into(), &mut events, limits);
+        conn.enqueue_delivery((1, true), (&published).into(), &mut events, limits);
         assert!(!conn.out.is_empty(), "queued behind the reply");
         let Transport::InProcess(ends) = &mut conn.socket else {
             panic!("an in-process connection");
@@ -1498,7 +1541,7 @@ mod tests {
         assert!(matches!(handle.try_event(), Some(Event::Message { .. })));
         // A full ring: the delivery falls back to the queue, under the policy.
         for _ in 0..3 {
-            conn.enqueue_delivery(1, (&published).into(), &mut events, limits);
+            conn.enqueue_delivery((1, true), (&published).into(), &mut events, limits);
         }
         assert!(!conn.out.is_empty(), "the third waits for room");
         assert!(handle.try_event().is_some() && handle.try_event().is_some());
@@ -1672,12 +1715,25 @@ mod tests {
         }
     }
 
+    /// `Outbound::stage_now` as a native connection calls it.
+    fn stage(out: &mut Outbound, message: &Message, bytes_max: usize, sub_id: u32) -> bool {
+        let stage_native = |buf: &mut Vec<u8>, message: &Message| {
+            native::stage_msg(buf, message.frame(), sub_id, false)
+        };
+        out.stage_now(
+            (message.into(), message.frame_len()),
+            bytes_max,
+            stage_native,
+        )
+        .is_ok()
+    }
+
     #[test]
     fn a_delivery_with_nothing_queued_ahead_is_staged_at_once_and_counted_by_the_next_write() {
         let mut out = Outbound::new(WRITE_CHUNK_BYTES);
         let first = message(3);
-        assert!(out.stage_now(7, (&first).into(), 1 << 20).is_ok());
-        assert!(out.stage_now(8, message(4).into(), 1 << 20).is_ok());
+        assert!(stage(&mut out, &first, 1 << 20, 7));
+        assert!(stage(&mut out, &message(4), 1 << 20, 8));
         assert_eq!(out.queued_bytes(), first.frame_len() * 2 + 1);
         assert!(out.nothing_pending());
         let mut socket = ChokedSocket {
@@ -1727,18 +1783,18 @@ mod tests {
     fn a_delivery_behind_queued_ones_or_over_a_limit_is_not_staged_at_once() {
         let mut out = Outbound::new(64);
         // Over the connection's limit: given back for the policy to judge.
-        assert!(out.stage_now(1, message(3).into(), 10).is_err());
+        assert!(!stage(&mut out, &message(3), 10, 1));
         out.push_delivery(1, message(3));
         assert!(
-            out.stage_now(1, message(3).into(), 1 << 20).is_err(),
+            !stage(&mut out, &message(3), 1 << 20, 1),
             "a queued delivery is ahead of it"
         );
         let mut out = Outbound::new(64);
         while out.queued_bytes() < 64 {
-            assert!(out.stage_now(1, message(3).into(), 1 << 20).is_ok());
+            assert!(stage(&mut out, &message(3), 1 << 20, 1));
         }
         assert!(
-            out.stage_now(1, message(3).into(), 1 << 20).is_err(),
+            !stage(&mut out, &message(3), 1 << 20, 1),
             "a chunk is already staged and unsent"
         );
         // A connection that closes unwritten still counts what was staged.

@@ -610,9 +610,9 @@ impl Shard {
     /// than telling the topic's owner (see `deliver_to`).
     fn process_input_as_reader(&mut self, id: ConnectionId) -> Flow {
         self.stall_reader = false;
-        self.reading = true;
+        self.reading = Some(id);
         let flow = self.process_input(id);
-        self.reading = false;
+        self.reading = None;
         flow
     }
 

@@ -242,13 +242,17 @@ impl Shard {
         // kept for it. (One delivery takes a subscriber from under a quarter to over half
         // only if it is that large; the next delivery then notes the pressure.)
         let mut pressure_topic_holder = None;
-        let handoff = if !self.reading && conn.queued_bytes() > outbound_bytes_max / 4 {
+        let handoff = if self.reading.is_none() && conn.queued_bytes() > outbound_bytes_max / 4 {
             Handoff::Shared(&*pressure_topic_holder.insert(handoff.into_owned()))
         } else {
             handoff
         };
+        // Not into the connection being read: the answer to the request being handled (a
+        // publish to a topic it subscribes to) goes ahead of the deliveries it causes, as
+        // it always has.
+        let stage_now = self.reading != Some(id);
         let outcome = conn.enqueue_delivery(
-            subscriber.sub_id,
+            (subscriber.sub_id, stage_now),
             handoff,
             &mut self.events,
             (outbound_bytes_max, policy),
@@ -290,7 +294,7 @@ impl Shard {
             // are all this shard); a delivery that came over a ring has its publisher held
             // through the topic's owner instead (`note_pressure`).
             self.stall_reader = true;
-            if !self.reading {
+            if self.reading.is_none() {
                 if let Some(message) = &pressure_topic_holder {
                     self.note_pressure(id, message.topic());
                 }
