@@ -104,6 +104,10 @@ impl Shard {
         if let Some(flow) = self.admit_publish(id, request_id, owner) {
             return flow;
         }
+        // Its answers go ahead of the deliveries its publishes cause it from now on.
+        if let Some(conn) = self.connection_mut(id) {
+            conn.publishes = true;
+        }
         let message = Message::from_publish_read_at(
             &mut self.encode_scratch,
             self.clock_ns,

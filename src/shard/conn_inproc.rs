@@ -174,9 +174,9 @@ impl Shard {
             };
             budget -= 1;
             self.stall_reader = false;
-            self.reading = Some(id);
+            self.reading = true;
             let handled = self.handle_command(id, command);
-            self.reading = None;
+            self.reading = false;
             match handled {
                 Ok(Flow::Continue) => {}
                 Ok(flow) => return flow,

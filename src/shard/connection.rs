@@ -300,10 +300,16 @@ pub struct Outbound {
     /// Messages thrown away unwritten over the connection's life (each `discard_pending`),
     /// which its close log reports; the shard's `undelivered` counter is the sum of these.
     discarded: u64,
-    /// Messages written into the write buffer as they came (a native delivery with nothing
-    /// queued ahead of it, a Redis connection's lined up behind a reply) that no write has
-    /// counted as deliveries yet.
+    /// Messages written into the reply stream (a Redis connection's, lined up behind a
+    /// reply) that no write has counted as deliveries yet.
     staged_uncounted: u64,
+    /// Deliveries staged as they came ([`Outbound::stage_now`]) that no write has taken yet:
+    /// counted as deliveries by the next write, as undelivered if the connection closes
+    /// first.
+    staged_now_unwritten: u64,
+    /// Replies (anything not a delivery) sit in the write buffer unsent: the write is not
+    /// held back for coalescing (see `Shard::flush_dirty`).
+    replies_unsent: bool,
     /// When the first of the deliveries staged as they came since the last write was
     /// published, for that write's latency sample (see [`Outbound::front_published_ns`]).
     staged_oldest_published_ns: Option<u64>,
@@ -333,6 +339,8 @@ impl Outbound {
             stage_bytes_max,
             discarded: 0,
             staged_uncounted: 0,
+            staged_now_unwritten: 0,
+            replies_unsent: false,
             staged_oldest_published_ns: None,
             abandoned_in_line: 0,
             history_through_ns: 0,
@@ -346,8 +354,8 @@ impl Outbound {
         self.abandoned_in_line += abandoned;
     }
 
-    /// Messages written into the write buffer that no write has counted yet (see
-    /// [`Outbound::push_in_order`], [`Outbound::stage_now`]).
+    /// Messages written into the reply stream that no write has counted yet (see
+    /// [`Outbound::push_in_order`]); a closing connection counts them as delivered.
     pub fn take_staged_uncounted(&mut self) -> u64 {
         std::mem::take(&mut self.staged_uncounted)
     }
@@ -374,7 +382,21 @@ impl Outbound {
 
     /// Where replies are encoded: straight into the write buffer, ahead of queued deliveries.
     pub fn replies(&mut self) -> &mut Vec<u8> {
+        self.replies_unsent = true;
         &mut self.write_buf
+    }
+
+    /// Deliveries staged at once that no write took, for a closing connection: counted with
+    /// what it discards (its close log's figure) and returned, as undelivered.
+    pub fn discard_staged_now_unwritten(&mut self) -> u64 {
+        let unwritten = std::mem::take(&mut self.staged_now_unwritten);
+        self.discarded += unwritten;
+        unwritten
+    }
+
+    /// Nothing but deliveries waits to go out: the write may be held back to coalesce.
+    pub fn holds_no_replies(&self) -> bool {
+        !self.replies_unsent
     }
 
     pub fn unwritten_reply_bytes(&self) -> usize {
@@ -457,7 +479,7 @@ impl Outbound {
             self.staged_oldest_published_ns = Some(live_published_ns(message));
         }
         stage(&mut self.write_buf, message);
-        self.staged_uncounted += 1;
+        self.staged_now_unwritten += 1;
         Ok(())
     }
 
@@ -542,6 +564,7 @@ impl Outbound {
     pub fn push_in_order(&mut self, bytes: &[u8], messages: u64) {
         if self.pending.is_empty() {
             self.write_buf.extend_from_slice(bytes);
+            self.replies_unsent = true;
             self.staged_uncounted += messages;
         } else {
             self.pending_bytes += bytes.len();
@@ -661,7 +684,8 @@ impl Outbound {
     pub fn write_to<W: Write>(&mut self, socket: &mut W, wire: &Wire) -> WriteProgress {
         let mut progress = WriteProgress {
             oldest_published_ns: self.oldest_unwritten_published_ns(),
-            deliveries: std::mem::take(&mut self.staged_uncounted),
+            deliveries: std::mem::take(&mut self.staged_uncounted)
+                + std::mem::take(&mut self.staged_now_unwritten),
             ..WriteProgress::default()
         };
         loop {
@@ -669,6 +693,7 @@ impl Outbound {
             if self.written == self.write_buf.len() {
                 self.write_buf.clear();
                 self.written = 0;
+                self.replies_unsent = false;
                 progress.drained = true;
                 if self.write_buf.capacity() > WRITE_BUF_RESTING_BYTES {
                     if progress.bytes < (self.write_buf.capacity() / 8) as u64 {
@@ -950,6 +975,9 @@ pub struct Connection {
     /// The last write hit a full socket: writing again before the writable event that
     /// `mio` sends when room frees would only cost a failed syscall per delivery.
     pub write_blocked: bool,
+    /// It has sent a publish: no delivery is staged into it at once (see
+    /// [`Connection::enqueue_delivery`]).
+    pub publishes: bool,
     /// Queued bytes went past the publisher stall watermark (listed in the shard's
     /// `pressured`).
     pub over_watermark: bool,
@@ -1100,6 +1128,7 @@ impl Connection {
             paused_for_own_requests: false,
             read_more: false,
             write_blocked: false,
+            publishes: false,
             over_watermark: false,
             stall_spent: false,
             pressed_topics: ahash::AHashMap::new(),
@@ -1125,19 +1154,24 @@ impl Connection {
     /// formats get the shard's one encoding of it from `events`, counted at its own length.
     /// The two lengths differ by the framing and the header block, which a Redis client is
     /// not sent: a message with large headers counts for more on its first subscriber.
+    ///
+    /// A delivery goes straight into the write buffer when nothing is queued ahead of it
+    /// (see [`Outbound::stage_now`]), except to a connection that has published (the answer
+    /// to a publish goes ahead of the deliveries it causes to the publisher itself, on
+    /// whichever shard the topic lives), one whose last write hit a full socket (what waits
+    /// for it stays droppable, and is not counted as delivered at close), or one with drops
+    /// to report first.
     #[inline]
-    /// `stage_now`: the delivery may go straight into the write buffer when nothing is queued
-    /// ahead of it (see [`Outbound::stage_now`]); not for the connection whose request is
-    /// being answered, whose answer goes first.
     pub fn enqueue_delivery(
         &mut self,
-        (sub_id, stage_now): (u32, bool),
+        sub_id: u32,
         handoff: Handoff<'_>,
         events: &mut EventCache,
         (outbound_bytes_max, policy): (usize, SlowConsumerPolicy),
     ) -> EnqueueOutcome {
         let message = handoff.message();
         let frame_len = message.frame_len();
+        let stage_now = !self.publishes && !self.write_blocked && !self.drops_unreported;
         if let Wire::Resp(session) = &mut self.wire {
             // After QUIT (or a fatal error) with nothing before it unanswered, nothing more is
             // owed: Redis sends nothing after QUIT's `+OK`. While a request read before it
@@ -1179,16 +1213,17 @@ impl Connection {
                     let stage_resp = |buf: &mut Vec<u8>, message: &Message| {
                         super::conn_resp::stage_message(buf, version, message)
                     };
-                    let handoff = match self.drops_unreported || !stage_now {
-                        false => match self.out.stage_now(
+                    let handoff = if stage_now {
+                        match self.out.stage_now(
                             (handoff, frame_len),
                             outbound_bytes_max,
                             stage_resp,
                         ) {
                             Ok(()) => return EnqueueOutcome::Queued,
                             Err(handoff) => handoff,
-                        },
-                        true => handoff,
+                        }
+                    } else {
+                        handoff
                     };
                     let dropped =
                         drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
@@ -1221,7 +1256,6 @@ impl Connection {
             Wire::Native { version }
                 if stage_now
                     && !native::strips_headers(*version)
-                    && !self.drops_unreported
                     && matches!(self.socket, Transport::Tcp(_)) =>
             {
                 let stage_native = |buf: &mut Vec<u8>, message: &Message| {
@@ -1249,7 +1283,7 @@ impl Connection {
         };
         // Worded already (a WebSocket event, a Redis frame shared by several subscribers):
         // staged at once on the same terms as a message.
-        if stage_now && !self.drops_unreported && matches!(self.socket, Transport::Tcp(_)) {
+        if stage_now && matches!(self.socket, Transport::Tcp(_)) {
             let stage_frame = |buf: &mut Vec<u8>, _: &Message| buf.extend_from_slice(&frame);
             if self
                 .out
@@ -1518,7 +1552,7 @@ mod tests {
         let limits = (1 << 20, SlowConsumerPolicy::Disconnect);
         let published = message(4);
         // Nothing queued: in the ring at once, counted (and the handle woken) at the flush.
-        conn.enqueue_delivery((1, true), (&published).into(), &mut events, limits);
+        conn.enqueue_delivery(1, (&published).into(), &mut events, limits);
         assert!(conn.out.is_empty());
         assert!(matches!(
             handle.try_event(),
@@ -1526,7 +1560,7 @@ mod tests {
         ));
         // A reply ahead: the delivery queues behind it and keeps its place.
         Wire::InProcess.encode_answer(5, Answer::Done, conn.out.replies());
-        conn.enqueue_delivery((1, true), (&published).into(), &mut events, limits);
+        conn.enqueue_delivery(1, (&published).into(), &mut events, limits);
         assert!(!conn.out.is_empty(), "queued behind the reply");
         let Transport::InProcess(ends) = &mut conn.socket else {
             panic!("an in-process connection");
@@ -1541,7 +1575,7 @@ mod tests {
         assert!(matches!(handle.try_event(), Some(Event::Message { .. })));
         // A full ring: the delivery falls back to the queue, under the policy.
         for _ in 0..3 {
-            conn.enqueue_delivery((1, true), (&published).into(), &mut events, limits);
+            conn.enqueue_delivery(1, (&published).into(), &mut events, limits);
         }
         assert!(!conn.out.is_empty(), "the third waits for room");
         assert!(handle.try_event().is_some() && handle.try_event().is_some());
@@ -1797,9 +1831,27 @@ mod tests {
             !stage(&mut out, &message(3), 1 << 20, 1),
             "a chunk is already staged and unsent"
         );
-        // A connection that closes unwritten still counts what was staged.
-        assert_eq!(out.take_staged_uncounted(), 2);
+        // A connection that closes unwritten counts what was staged as undelivered.
+        assert_eq!(out.discard_staged_now_unwritten(), 2);
+        assert_eq!(out.discarded(), 2);
         assert_eq!(out.discard_pending(), 0);
+        assert_eq!(out.take_staged_uncounted(), 0);
+    }
+
+    #[test]
+    fn a_write_holding_only_deliveries_may_wait_but_one_with_a_reply_may_not() {
+        let mut out = Outbound::new(WRITE_CHUNK_BYTES);
+        assert!(stage(&mut out, &message(3), 1 << 20, 1));
+        assert!(out.holds_no_replies());
+        Wire::Native { version: 4 }.encode_answer(5, Answer::Done, out.replies());
+        assert!(!out.holds_no_replies());
+        let mut socket = ChokedSocket {
+            written: Vec::new(),
+            capacity: usize::MAX,
+        };
+        out.write_to(&mut socket, &Wire::Native { version: 4 })
+            .checked();
+        assert!(out.holds_no_replies(), "the reply went out");
     }
 
     #[test]

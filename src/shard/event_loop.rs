@@ -610,9 +610,9 @@ impl Shard {
     /// than telling the topic's owner (see `deliver_to`).
     fn process_input_as_reader(&mut self, id: ConnectionId) -> Flow {
         self.stall_reader = false;
-        self.reading = Some(id);
+        self.reading = true;
         let flow = self.process_input(id);
-        self.reading = None;
+        self.reading = false;
         flow
     }
 
@@ -1015,7 +1015,7 @@ impl Shard {
             };
             // Replies, and what a closing connection has left, are never held.
             if coalesce
-                && conn.out.write_buf_is_empty()
+                && conn.out.holds_no_replies()
                 && !conn.is_closing()
                 && hold.holds(conn.out.queued_bytes(), conn.last_written_at, now)
             {
@@ -1249,7 +1249,8 @@ impl Shard {
         // Those in the write buffer were delivered as far as the broker can tell, as a staged
         // delivery is.
         self.counters.delivered += conn.out.take_staged_uncounted();
-        self.counters.undelivered += conn.out.discard_pending();
+        self.counters.undelivered +=
+            conn.out.discard_pending() + conn.out.discard_staged_now_unwritten();
         self.counters.closed[reason.index()] += 1;
         // Everything this connection lost on its way out, a slow-consumer cut's discard
         // included, so the log and the shard's counter tell the same figure.

@@ -329,9 +329,9 @@ pub struct Shard {
     /// Set by a delivery that left its subscriber past the watermark, while a connection's
     /// input is being handled: that connection (the publisher) is then not read further.
     stall_reader: bool,
-    /// The connection whose input is being handled: a subscriber it pushes past the watermark
+    /// A connection's input is being handled: a subscriber it pushes past the watermark
     /// stalls it directly (`stall_reader`), with no word to the topic's owner.
-    reading: Option<ConnectionId>,
+    reading: bool,
     /// Publishers of pressed topics this shard owns, held in leases renewed while the topic
     /// stays pressed (see `Shard::stall_lease`).
     publisher_holds: Vec<PublisherHold>,
@@ -434,7 +434,7 @@ impl Shard {
             read_again: Vec::new(),
             pressured: Vec::new(),
             stall_reader: false,
-            reading: None,
+            reading: false,
             publisher_holds: Vec::new(),
             leased_stalls: Vec::new(),
             next_lease_end: None,

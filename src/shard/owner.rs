@@ -237,22 +237,28 @@ impl Shard {
         if conn.is_closing() {
             return false;
         }
-        // The pressure note below names the topic after the message has gone into the
-        // queue: for a subscriber already a quarter of the way to the limit, a reference is
-        // kept for it. (One delivery takes a subscriber from under a quarter to over half
-        // only if it is that large; the next delivery then notes the pressure.)
-        let mut pressure_topic_holder = None;
-        let handoff = if self.reading.is_none() && conn.queued_bytes() > outbound_bytes_max / 4 {
-            Handoff::Shared(&*pressure_topic_holder.insert(handoff.into_owned()))
-        } else {
-            handoff
+        // The pressure note below names the topic after the message has gone into the queue.
+        // A message handed over is kept for it when this delivery may press its subscriber:
+        // one already a quarter of the way to the limit, or a message of more than a quarter
+        // of it (only a delivery past half presses).
+        let shared = match &handoff {
+            Handoff::Shared(message) => Some(*message),
+            Handoff::Last(_) => None,
         };
-        // Not into the connection being read: the answer to the request being handled (a
-        // publish to a topic it subscribes to) goes ahead of the deliveries it causes, as
-        // it always has.
-        let stage_now = self.reading != Some(id);
+        let mut pressure_topic_holder = None;
+        let handoff = match handoff {
+            Handoff::Last(message)
+                if !self.reading
+                    && self.config.publisher_stall_ms_max > 0
+                    && (conn.queued_bytes() > outbound_bytes_max / 4
+                        || message.frame_len() > outbound_bytes_max / 4) =>
+            {
+                Handoff::Shared(&*pressure_topic_holder.insert(message))
+            }
+            handoff => handoff,
+        };
         let outcome = conn.enqueue_delivery(
-            (subscriber.sub_id, stage_now),
+            subscriber.sub_id,
             handoff,
             &mut self.events,
             (outbound_bytes_max, policy),
@@ -294,8 +300,8 @@ impl Shard {
             // are all this shard); a delivery that came over a ring has its publisher held
             // through the topic's owner instead (`note_pressure`).
             self.stall_reader = true;
-            if self.reading.is_none() {
-                if let Some(message) = &pressure_topic_holder {
+            if !self.reading {
+                if let Some(message) = shared.or(pressure_topic_holder.as_ref()) {
                     self.note_pressure(id, message.topic());
                 }
             }

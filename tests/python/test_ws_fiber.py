@@ -101,6 +101,20 @@ def test_publish_reaches_another_subscriber_with_the_publishers_id(broker, paylo
         subscriber.expect_silence()
 
 
+def test_a_publisher_subscribed_to_its_topic_gets_the_ack_before_the_event(broker):
+    # Topics land on both shards of the test broker: the order must hold for the publisher's
+    # own shard and for a topic owned by the other one.
+    with broker.fiber() as ws:
+        topics = [unique(f"fiber.own.{index}") for index in range(16)]
+        for topic in topics:
+            fiber_subscribe(ws, topic)
+        for index, topic in enumerate(topics):
+            fiber_publish(ws, topic, {"n": index}, request_id=f"own-{index}")
+            event = ws.expect("event")
+            assert event["topic"] == topic and event["message"]["payload"] == {"n": index}
+        ws.expect_silence()
+
+
 def test_payload_text_round_trips_exactly_minus_whitespace(broker):
     """The stored payload is the publisher's own tokens (key order, number spelling, string
     escapes), only insignificant whitespace dropped."""
