@@ -654,10 +654,17 @@ impl Outbound {
                     missed,
                     resume_seq,
                     topic,
-                } => wire.encode_gap(sub_id, (missed, resume_seq), &topic, &mut self.write_buf),
-                Queued::Notice(frame) => self.write_buf.extend_from_slice(&frame),
+                } => {
+                    wire.encode_gap(sub_id, (missed, resume_seq), &topic, &mut self.write_buf);
+                    self.replies_unsent = true;
+                }
+                Queued::Notice(frame) => {
+                    self.write_buf.extend_from_slice(&frame);
+                    self.replies_unsent = true;
+                }
                 Queued::Replies(frame, messages) => {
                     self.write_buf.extend_from_slice(&frame);
+                    self.replies_unsent = true;
                     staged += messages;
                 }
             }
@@ -780,6 +787,7 @@ impl Outbound {
         }
         self.write_buf.clear();
         self.written = 0;
+        self.replies_unsent = false;
         while let Some((sub_id, queued)) = self.pending.pop_front() {
             let len = queued.frame_len();
             let event = match queued {
@@ -1852,6 +1860,45 @@ mod tests {
         out.write_to(&mut socket, &Wire::Native { version: 4 })
             .checked();
         assert!(out.holds_no_replies(), "the reply went out");
+    }
+
+    #[test]
+    fn a_reply_staged_from_the_queue_and_left_unsent_is_still_a_reply() {
+        let mut out = Outbound::new(WRITE_CHUNK_BYTES);
+        out.offer(
+            1,
+            message(3),
+            1 << 20,
+            SlowConsumerPolicy::Disconnect,
+            |_| {},
+        );
+        out.push_in_order(b"+OK\r\n", 0);
+        let mut socket = ChokedSocket {
+            written: Vec::new(),
+            capacity: 4,
+        };
+        assert!(
+            out.write_to(&mut socket, &Wire::Native { version: 4 })
+                .would_block
+        );
+        assert!(
+            !out.holds_no_replies(),
+            "the reply waits in the write buffer"
+        );
+    }
+
+    #[test]
+    fn an_in_process_hand_over_sends_its_replies_with_it() {
+        use crate::bus::link::{test_pair, LinkSizes};
+        let (handle, mut ends, _rings, _poll) = test_pair(LinkSizes {
+            command_slots: 1,
+            event_slots: 8,
+        });
+        let mut out = Outbound::new(WRITE_CHUNK_BYTES);
+        Wire::InProcess.encode_answer(5, Answer::Done, out.replies());
+        assert!(out.hand_over(&mut ends).drained);
+        assert!(handle.try_event().is_some());
+        assert!(out.holds_no_replies());
     }
 
     #[test]

@@ -238,9 +238,12 @@ impl Shard {
             return false;
         }
         // The pressure note below names the topic after the message has gone into the queue.
-        // A message handed over is kept for it when this delivery may press its subscriber:
-        // one already a quarter of the way to the limit, or a message of more than a quarter
-        // of it (only a delivery past half presses).
+        // A message handed over is kept for it when this delivery may press its subscriber
+        // (take it past half the limit), counting the delivery at a bound of what any wire
+        // words a message as: a JSON event escapes a control byte in six.
+        let may_press = |queued: usize, message: &Message| {
+            queued + message.frame_len().saturating_mul(6) + 4096 > outbound_bytes_max / 2
+        };
         let shared = match &handoff {
             Handoff::Shared(message) => Some(*message),
             Handoff::Last(_) => None,
@@ -250,8 +253,7 @@ impl Shard {
             Handoff::Last(message)
                 if !self.reading
                     && self.config.publisher_stall_ms_max > 0
-                    && (conn.queued_bytes() > outbound_bytes_max / 4
-                        || message.frame_len() > outbound_bytes_max / 4) =>
+                    && may_press(conn.queued_bytes(), &message) =>
             {
                 Handoff::Shared(&*pressure_topic_holder.insert(message))
             }
