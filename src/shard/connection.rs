@@ -456,10 +456,10 @@ impl Outbound {
     /// Writes a delivery straight into the write buffer with `stage` (as the connection's
     /// wire words it), when nothing is queued ahead of it, the buffer holds less than a
     /// chunk unsent, and its `bytes` (as the queue would count them) fit under
-    /// `outbound_bytes_max`; otherwise gives it
-    /// back, to be offered to the queue. This is what staging would do with it at the next
-    /// write, minus the queue's push and pop and the reference the queue would keep
-    /// meanwhile (in fan-out, two atomic operations a delivery).
+    /// `outbound_bytes_max`; otherwise gives it back, to be offered to the queue. This is
+    /// what staging would do with it at the next write, minus the queue's push and pop and
+    /// the reference the queue would keep meanwhile (in fan-out, two atomic operations a
+    /// delivery).
     #[inline]
     pub fn stage_now<'a>(
         &mut self,
