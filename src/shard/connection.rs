@@ -1736,16 +1736,10 @@ mod tests {
     fn deliveries_carry_their_subscription_id_on_the_wire() {
         let mut out = Outbound::new(WRITE_CHUNK_BYTES);
         out.push_delivery(42, message(3));
-        let mut socket = ChokedSocket {
-            written: Vec::new(),
-            capacity: usize::MAX,
-        };
-        let progress = out
-            .write_to(&mut socket, &Wire::Native { version: 4 })
-            .checked();
+        let (progress, written) = write_all_native(&mut out);
         assert!(progress.drained);
         assert_eq!(progress.deliveries, 1);
-        let (frame, _) = native::decode(&socket.written, 1 << 20).unwrap().unwrap();
+        let (frame, _) = native::decode(&written, 1 << 20).unwrap().unwrap();
         match frame {
             native::Frame::Msg {
                 sub_id, payload, ..
@@ -1755,6 +1749,19 @@ mod tests {
             }
             other => panic!("expected MSG, got {other:?}"),
         }
+    }
+
+    /// Writes everything `out` holds as a native connection would, to a socket that takes it
+    /// all; returns the write's progress and the bytes.
+    fn write_all_native(out: &mut Outbound) -> (WriteProgress, Vec<u8>) {
+        let mut socket = ChokedSocket {
+            written: Vec::new(),
+            capacity: usize::MAX,
+        };
+        let progress = out
+            .write_to(&mut socket, &Wire::Native { version: 4 })
+            .checked();
+        (progress, socket.written)
     }
 
     /// `Outbound::stage_now` as a native connection calls it.
@@ -1778,20 +1785,14 @@ mod tests {
         assert!(stage(&mut out, &message(4), 1 << 20, 8));
         assert_eq!(out.queued_bytes(), first.frame_len() * 2 + 1);
         assert!(out.nothing_pending());
-        let mut socket = ChokedSocket {
-            written: Vec::new(),
-            capacity: usize::MAX,
-        };
-        let progress = out
-            .write_to(&mut socket, &Wire::Native { version: 4 })
-            .checked();
+        let (progress, written) = write_all_native(&mut out);
         assert_eq!(progress.deliveries, 2);
         assert_eq!(
             progress.oldest_published_ns,
             Some(7),
             "the first one's time"
         );
-        let (frame, used) = native::decode(&socket.written, 1 << 20).unwrap().unwrap();
+        let (frame, used) = native::decode(&written, 1 << 20).unwrap().unwrap();
         assert!(matches!(
             frame,
             native::Frame::Msg {
@@ -1800,9 +1801,7 @@ mod tests {
                 ..
             }
         ));
-        let (frame, _) = native::decode(&socket.written[used..], 1 << 20)
-            .unwrap()
-            .unwrap();
+        let (frame, _) = native::decode(&written[used..], 1 << 20).unwrap().unwrap();
         assert!(matches!(
             frame,
             native::Frame::Msg {
@@ -1812,9 +1811,7 @@ mod tests {
             }
         ));
         // Counted once: the next write finds nothing more.
-        let progress = out
-            .write_to(&mut socket, &Wire::Native { version: 4 })
-            .checked();
+        let (progress, _) = write_all_native(&mut out);
         assert_eq!(
             (progress.deliveries, progress.oldest_published_ns),
             (0, None)
@@ -2049,15 +2046,9 @@ mod tests {
         out.push_delivery(1, message(10));
         // Drop-oldest takes the oldest message, not the notice.
         assert!(out.pop_oldest_delivery().is_some());
-        let mut socket = ChokedSocket {
-            written: Vec::new(),
-            capacity: usize::MAX,
-        };
-        let progress = out
-            .write_to(&mut socket, &Wire::Native { version: 4 })
-            .checked();
+        let (progress, written) = write_all_native(&mut out);
         assert_eq!(progress.deliveries, 1);
-        let mut rest = &socket.written[..];
+        let mut rest = &written[..];
         let mut frames = Vec::new();
         while let Some((frame, n)) = native::decode(rest, 1 << 20).unwrap() {
             frames.push(frame.opcode());
