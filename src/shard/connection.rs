@@ -311,7 +311,8 @@ pub struct Outbound {
     /// held back for coalescing (see `Shard::flush_dirty`).
     replies_unsent: bool,
     /// When the first of the deliveries staged as they came since the last write was
-    /// published, for that write's latency sample (see [`Outbound::front_published_ns`]).
+    /// published, for that write's latency sample (see
+    /// [`Outbound::oldest_unwritten_published_ns`]).
     staged_oldest_published_ns: Option<u64>,
     /// Messages a Redis connection gave up with its line of replies, not yet counted by
     /// `discard_pending`.
@@ -840,25 +841,16 @@ impl Outbound {
         handed
     }
 
-    /// The publish timestamp of the next delivery to be staged, if a first, live delivery is
-    /// next: the one latency sample a write takes, looked up once per write and not per
-    /// message. Redeliveries and replays take none.
-    /// For a write's latency sample: the first delivery staged as it came since the last
-    /// write (older than anything queued, which waited behind it), else the queue's front.
+    /// The publish timestamp of the oldest delivery this write carries, if it is a first,
+    /// live delivery: the one latency sample a write takes, looked up once per write and not
+    /// per message. Redeliveries and replays take none. The oldest is the first staged at
+    /// once since the last write (anything queued waited behind it), else the queue's front.
     fn oldest_unwritten_published_ns(&mut self) -> Option<u64> {
-        match self.staged_oldest_published_ns.take() {
-            Some(published_ns) => (published_ns > self.history_through_ns).then_some(published_ns),
-            None => self.front_published_ns(),
-        }
-    }
-
-    fn front_published_ns(&self) -> Option<u64> {
-        let published_ns = match self.pending.front() {
-            Some((_, Queued::Message(message))) if message.delivery_count() == 1 => {
-                message.timestamp_ns()
-            }
-            Some((_, Queued::Encoded(_, published_ns))) => *published_ns,
-            _ => return None,
+        let published_ns = match (self.staged_oldest_published_ns.take(), self.pending.front()) {
+            (Some(published_ns), _) => published_ns,
+            (None, Some((_, Queued::Message(message)))) => live_published_ns(message),
+            (None, Some((_, Queued::Encoded(_, published_ns)))) => *published_ns,
+            (None, _) => return None,
         };
         (published_ns > self.history_through_ns).then_some(published_ns)
     }
@@ -1035,6 +1027,9 @@ fn live_published_ns(message: &Message) -> u64 {
     }
 }
 
+/// No staging at once: for [`Connection::stage_or_queue`], the delivery goes to the queue.
+const NOT_AT_ONCE: Option<fn(&mut Vec<u8>, &Message)> = None;
+
 /// Records a delivery lost under `drop-oldest` on its subscription, for a DROPPED notice.
 fn drop_recorder<'a>(
     subscriptions: &'a mut AHashMap<u32, SubscriptionRecord>,
@@ -1175,8 +1170,9 @@ impl Connection {
         sub_id: u32,
         handoff: Handoff<'_>,
         events: &mut EventCache,
-        (outbound_bytes_max, policy): (usize, SlowConsumerPolicy),
+        limits: (usize, SlowConsumerPolicy),
     ) -> EnqueueOutcome {
+        let (outbound_bytes_max, policy) = limits;
         let message = handoff.message();
         let frame_len = message.frame_len();
         let stage_now = !self.publishes && !self.write_blocked && !self.drops_unreported;
@@ -1221,23 +1217,8 @@ impl Connection {
                     let stage_resp = |buf: &mut Vec<u8>, message: &Message| {
                         super::conn_resp::stage_message(buf, version, message)
                     };
-                    let handoff = if stage_now {
-                        match self.out.stage_now(
-                            (handoff, frame_len),
-                            outbound_bytes_max,
-                            stage_resp,
-                        ) {
-                            Ok(()) => return EnqueueOutcome::Queued,
-                            Err(handoff) => handoff,
-                        }
-                    } else {
-                        handoff
-                    };
-                    let dropped =
-                        drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
-                    return self
-                        .out
-                        .offer(sub_id, handoff, outbound_bytes_max, policy, dropped);
+                    let stage = stage_now.then_some(stage_resp);
+                    return self.stage_or_queue(sub_id, (handoff, frame_len), stage, limits);
                 }
             },
             // Nothing queued ahead of it: straight into the handle's ring, as a socket
@@ -1256,10 +1237,7 @@ impl Connection {
                         Err(_) => unreachable!("the ring hands back the event it was offered"),
                     }
                 }
-                let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
-                return self
-                    .out
-                    .offer(sub_id, handoff, outbound_bytes_max, policy, dropped);
+                return self.stage_or_queue(sub_id, (handoff, frame_len), NOT_AT_ONCE, limits);
             }
             Wire::Native { version }
                 if stage_now
@@ -1269,25 +1247,14 @@ impl Connection {
                 let stage_native = |buf: &mut Vec<u8>, message: &Message| {
                     native::stage_msg(buf, message.frame(), sub_id, false)
                 };
-                let handoff =
-                    match self
-                        .out
-                        .stage_now((handoff, frame_len), outbound_bytes_max, stage_native)
-                    {
-                        Ok(()) => return EnqueueOutcome::Queued,
-                        Err(handoff) => handoff,
-                    };
-                let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
-                return self
-                    .out
-                    .offer(sub_id, handoff, outbound_bytes_max, policy, dropped);
+                return self.stage_or_queue(
+                    sub_id,
+                    (handoff, frame_len),
+                    Some(stage_native),
+                    limits,
+                );
             }
-            _ => {
-                let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
-                return self
-                    .out
-                    .offer(sub_id, handoff, outbound_bytes_max, policy, dropped);
-            }
+            _ => return self.stage_or_queue(sub_id, (handoff, frame_len), NOT_AT_ONCE, limits),
         };
         // Worded already (a WebSocket event, a Redis frame shared by several subscribers):
         // staged at once on the same terms as a message.
@@ -1313,6 +1280,32 @@ impl Connection {
             policy,
             dropped,
         )
+    }
+
+    /// Stages a delivery into the write buffer at once with `stage` when there is one and
+    /// the buffer takes it ([`Outbound::stage_now`]), else offers it to the queue under the
+    /// slow-consumer policy.
+    #[inline]
+    fn stage_or_queue(
+        &mut self,
+        sub_id: u32,
+        (handoff, bytes): (Handoff<'_>, usize),
+        stage: Option<impl FnOnce(&mut Vec<u8>, &Message)>,
+        (outbound_bytes_max, policy): (usize, SlowConsumerPolicy),
+    ) -> EnqueueOutcome {
+        let handoff = match stage {
+            Some(stage) => match self
+                .out
+                .stage_now((handoff, bytes), outbound_bytes_max, stage)
+            {
+                Ok(()) => return EnqueueOutcome::Queued,
+                Err(handoff) => handoff,
+            },
+            None => handoff,
+        };
+        let dropped = drop_recorder(&mut self.subscriptions, &mut self.drops_unreported);
+        self.out
+            .offer(sub_id, handoff, outbound_bytes_max, policy, dropped)
     }
 
     /// Appends a DROPPED notice for each subscription with unreported drops. Called only when

@@ -112,11 +112,8 @@ impl Shard {
             // increment and decrement fewer a message.
             let needed_after =
                 !self.pattern_groups.is_empty() || message.topic().starts_with(INBOX_PREFIX);
-            if let Some((&last, others)) = matches.split_last().filter(|_| !needed_after) {
-                for &subscriber in others {
-                    self.deliver_to(subscriber, &message);
-                }
-                self.deliver_to(last, message);
+            if !needed_after {
+                self.deliver_to_each(&matches, message);
                 self.match_scratch = matches;
                 return Ok(published);
             }
@@ -203,13 +200,19 @@ impl Shard {
         let mut matches = std::mem::take(&mut self.match_scratch);
         matches.clear();
         self.local.matching(message.topic(), &mut matches);
-        if let Some((&last, others)) = matches.split_last() {
+        self.deliver_to_each(&matches, message);
+        self.match_scratch = matches;
+    }
+
+    /// Delivers `message` to each of `subscribers`, in order; the last takes the message
+    /// itself rather than a new reference (see [`Handoff`]).
+    fn deliver_to_each(&mut self, subscribers: &[Subscriber], message: Message) {
+        if let Some((&last, others)) = subscribers.split_last() {
             for &subscriber in others {
                 self.deliver_to(subscriber, &message);
             }
             self.deliver_to(last, message);
         }
-        self.match_scratch = matches;
     }
 
     /// Queues one delivery under the slow-consumer policy. Returns false when the subscriber

@@ -294,13 +294,13 @@ impl<T> ReplayRing<T> {
         if self.len != self.limits.messages_max || self.len == 0 {
             return None;
         }
-        // The head slot itself, not `entry(0)`: no division on the publish path.
         let after_next = if self.head + 1 == self.slots.len() {
             0
         } else {
             self.head + 1
         };
         crate::message::prefetch(self.slots.as_ptr().wrapping_add(after_next));
+        // The head slot itself, not `entry(0)`: no division on the publish path.
         self.slots.get(self.head)?.as_ref().map(|entry| &entry.item)
     }
 
