@@ -271,18 +271,26 @@ impl ShardEnds {
     /// handle is woken by the next flush, once per loop turn however many were handed. A
     /// full ring gives it back, to be queued (the flush then asks for room).
     #[inline]
-    pub fn offer_now(&mut self, event: Event, bytes: usize) -> Result<(), Event> {
+    pub fn offer_now(
+        &mut self,
+        sub_id: u32,
+        message: Message,
+        bytes: usize,
+    ) -> Result<(), Message> {
         if self.waiting.is_some() {
-            return Err(event);
+            return Err(message);
         }
-        match self.events.try_send(event) {
+        match self
+            .events
+            .try_send_as(message, |message| Event::Message { sub_id, message })
+        {
             // A gone handle: as `offer`, it counts as handed (the connection closes soon).
             Ok(()) | Err(TrySendError::Disconnected(_)) => {
                 self.handed_directly.0 += 1;
                 self.handed_directly.1 += bytes as u64;
                 Ok(())
             }
-            Err(TrySendError::Full(event)) => Err(event),
+            Err(TrySendError::Full(message)) => Err(message),
         }
     }
 

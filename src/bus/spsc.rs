@@ -159,20 +159,32 @@ impl<T> Producer<T> {
     /// Pushes an item, or gives it back when the ring is full or the consumer is gone.
     #[inline]
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
+        self.try_send_as(item, |item| item)
+    }
+
+    /// Pushes `into(part)`, or gives `part` itself back when the ring is full or the
+    /// consumer is gone: a caller that holds only what goes into the item gets that back,
+    /// not an item it would have to take apart again.
+    #[inline]
+    pub fn try_send_as<P>(
+        &self,
+        part: P,
+        into: impl FnOnce(P) -> T,
+    ) -> Result<(), TrySendError<P>> {
         let ring = &*self.ring;
         if ring.consumer_gone.load(Ordering::Relaxed) {
-            return Err(TrySendError::Disconnected(item));
+            return Err(TrySendError::Disconnected(part));
         }
         let tail = self.tail.get();
         if ring.len(self.head_seen.get(), tail) == ring.capacity {
             self.head_seen.set(ring.head.0.load(Ordering::Acquire));
             if ring.len(self.head_seen.get(), tail) == ring.capacity {
-                return Err(TrySendError::Full(item));
+                return Err(TrySendError::Full(part));
             }
         }
         // SAFETY: the slot at `tail` is outside head..tail, so the consumer does not read it
         // (its previous item, if any, was taken before `head` moved past it, per the acquire).
-        unsafe { (*ring.slot(tail)).write(item) };
+        unsafe { (*ring.slot(tail)).write(into(part)) };
         let next = ring.next(tail);
         self.tail.set(next);
         ring.tail.0.store(next, Ordering::Release);
@@ -261,6 +273,22 @@ mod tests {
             }
             assert!(rx.is_empty());
             assert_eq!(rx.try_recv(), None);
+        }
+    }
+
+    #[test]
+    fn a_refused_part_comes_back_unwrapped_and_a_taken_one_wrapped() {
+        let (tx, rx) = ring::<(u32, String)>(1);
+        assert_eq!(tx.try_send_as("first".to_string(), |part| (1, part)), Ok(()));
+        match tx.try_send_as("second".to_string(), |part| (2, part)) {
+            Err(TrySendError::Full(part)) => assert_eq!(part, "second"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rx.try_recv(), Some((1, "first".to_string())));
+        drop(rx);
+        match tx.try_send_as("third".to_string(), |part| (3, part)) {
+            Err(TrySendError::Disconnected(part)) => assert_eq!(part, "third"),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -1227,14 +1227,9 @@ impl Connection {
             Wire::InProcess if self.out.is_empty() && !self.drops_unreported => {
                 let mut handoff = handoff;
                 if let Transport::InProcess(ends) = &mut self.socket {
-                    let event = Event::Message {
-                        sub_id,
-                        message: handoff.into_owned(),
-                    };
-                    match ends.offer_now(event, frame_len) {
+                    match ends.offer_now(sub_id, handoff.into_owned(), frame_len) {
                         Ok(()) => return EnqueueOutcome::Queued,
-                        Err(Event::Message { message, .. }) => handoff = Handoff::Last(message),
-                        Err(_) => unreachable!("the ring hands back the event it was offered"),
+                        Err(message) => handoff = Handoff::Last(message),
                     }
                 }
                 return self.stage_or_queue(sub_id, (handoff, frame_len), NOT_AT_ONCE, limits);
