@@ -279,7 +279,10 @@ mod tests {
     #[test]
     fn a_refused_part_comes_back_unwrapped_and_a_taken_one_wrapped() {
         let (tx, rx) = ring::<(u32, String)>(1);
-        assert_eq!(tx.try_send_as("first".to_string(), |part| (1, part)), Ok(()));
+        assert_eq!(
+            tx.try_send_as("first".to_string(), |part| (1, part)),
+            Ok(())
+        );
         match tx.try_send_as("second".to_string(), |part| (2, part)) {
             Err(TrySendError::Full(part)) => assert_eq!(part, "second"),
             other => panic!("{other:?}"),

@@ -208,11 +208,18 @@ const ROUTING_HASHER: ahash::RandomState = ahash::RandomState::with_seeds(
 /// Stable topic→shard routing. A `shard_count` of 0 is treated as 1 rather than panicking.
 #[inline]
 pub fn owner_shard(topic: &str, shard_count: usize) -> usize {
+    owner_shard_of_bytes(topic.as_bytes(), shard_count)
+}
+
+/// [`owner_shard`] of a name's bytes, before they are checked: the owner's table is asked
+/// first, which proves a name it holds (see `OwnedTopics::publishable`).
+#[inline]
+pub fn owner_shard_of_bytes(topic: &[u8], shard_count: usize) -> usize {
     // One shard owns everything: no hash (about 60 instructions a publish).
     if shard_count <= 1 {
         return 0;
     }
-    (ROUTING_HASHER.hash_one(topic.as_bytes()) % shard_count as u64) as usize
+    (ROUTING_HASHER.hash_one(topic) % shard_count as u64) as usize
 }
 
 fn check_length(bytes: &[u8]) -> Result<(), TopicError> {

@@ -17,7 +17,7 @@ use crate::protocol::topic::{self, SubjectKind};
 use crate::protocol::topic_options::TopicOptions;
 use crate::shard::consumers::Member;
 use crate::shard::pattern_groups::consumer_key;
-use crate::shard::topics::INBOX_PREFIX;
+use crate::shard::topics::{PublishedNames, TopicSlot, INBOX_PREFIX};
 
 use super::connection::SubscriptionRecord;
 use super::presence::PresenceChange;
@@ -44,6 +44,9 @@ pub(super) enum PublishTopic<'a> {
     /// at it anyway (the Redis port's plain channel names): checking again cost the Redis
     /// publish path about 70 instructions a message (callgrind).
     Checked(&'a str),
+    /// Found in this shard's own table by the connection kind ([`Shard::held_topic`]): proven
+    /// by being there, and where it sits.
+    Held(&'a str, TopicSlot),
 }
 
 impl Shard {
@@ -65,15 +68,20 @@ impl Shard {
             payload,
             quiet,
         } = publish;
-        let checked = match topic_bytes {
-            PublishTopic::Checked(topic) => Ok(topic),
-            PublishTopic::Unchecked(bytes) => topic::parse_publish_topic(bytes),
-        };
-        let topic = match checked {
-            Ok(topic) => topic,
-            Err(error) => {
-                self.reply_err(id, request_id, ErrorCode::BadTopic, error.reason());
-                return Flow::Continue;
+        let (topic, owner, slot) = match topic_bytes {
+            PublishTopic::Checked(topic) => (topic, self.owner_of(topic), None),
+            PublishTopic::Held(topic, slot) => (topic, self.id, Some(slot)),
+            PublishTopic::Unchecked(bytes) => {
+                match self.held_topic(bytes, PublishedNames::Topics) {
+                    Some((topic, slot)) => (topic, self.id, Some(slot)),
+                    None => match topic::parse_publish_topic(bytes) {
+                        Ok(topic) => (topic, self.owner_of(topic), None),
+                        Err(error) => {
+                            self.reply_err(id, request_id, ErrorCode::BadTopic, error.reason());
+                            return Flow::Continue;
+                        }
+                    },
+                }
             }
         };
         if let Some(reply_to) = reply_to {
@@ -100,7 +108,6 @@ impl Shard {
             );
             return Flow::Continue;
         }
-        let owner = self.owner_of(topic);
         if let Some(flow) = self.admit_publish(id, request_id, owner) {
             return flow;
         }
@@ -115,8 +122,24 @@ impl Shard {
             headers,
             payload,
         );
-        self.route_publish(id, (request_id, quiet), owner, message);
+        self.route_publish(id, (request_id, quiet), (owner, slot), message);
         Flow::Continue
+    }
+
+    /// A topic this shard owns and holds, named by the bytes a client sent: a name found
+    /// there is proven by being found, with no check of its bytes (see
+    /// [`crate::shard::topics::OwnedTopics::publishable`]). `None` for a name another
+    /// shard owns, a new one, or one a client may not publish to: the caller checks it.
+    #[inline(always)]
+    pub(super) fn held_topic<'a>(
+        &self,
+        bytes: &'a [u8],
+        names: PublishedNames,
+    ) -> Option<(&'a str, TopicSlot)> {
+        if topic::owner_shard_of_bytes(bytes, self.shard_count) != usize::from(self.id.0) {
+            return None;
+        }
+        self.owned.publishable(bytes, names)
     }
 
     /// Whether a publish to a topic of `owner` may go ahead: room towards the owner (else
@@ -165,7 +188,7 @@ impl Shard {
         &mut self,
         id: ConnectionId,
         (request_id, quiet): (u32, bool),
-        owner: ShardId,
+        (owner, slot): (ShardId, Option<TopicSlot>),
         message: Message,
     ) {
         let reply = ReplyTarget {
@@ -173,7 +196,7 @@ impl Shard {
             request_id,
         };
         if owner == self.id {
-            let result = self.sequence_and_fan_out(message, Some((self.id, id)));
+            let result = self.sequence_and_fan_out(message, (Some((self.id, id)), slot));
             self.answer_publish(reply, quiet, result);
         } else {
             let bytes = message.frame_len();

@@ -270,7 +270,7 @@ impl Shard {
             Some(Flow::Blocked) => Err(message),
             Some(flow) => Ok(flow),
             None => {
-                self.route_publish(id, (request_id, quiet), owner, message);
+                self.route_publish(id, (request_id, quiet), (owner, None), message);
                 Ok(Flow::Continue)
             }
         }

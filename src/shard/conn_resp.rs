@@ -42,6 +42,7 @@ use super::commands::{Publish, PublishTopic};
 use super::conn_ws::{EventCache, EventFormat};
 use super::connection::ReadBuffer;
 use super::stats::ShardStats;
+use super::topics::PublishedNames;
 use super::wire::{throttled_reason, Answer};
 use super::{Flow, Shard};
 
@@ -1239,22 +1240,27 @@ impl Shard {
     }
 
     fn resp_publish(&mut self, id: ConnectionId, channel: &[u8], payload: &[u8]) -> Flow {
-        // A plain name is its own topic and publishable as it is; any other is mapped, and
-        // the publish path checks what it maps to.
+        // A plain name is its own topic and publishable as it is (proven so by being found
+        // in this shard's table, else by a look at its bytes); any other is mapped, and the
+        // publish path checks what it maps to.
         let mapped;
-        let topic = match topic::plain_unescaped_topic(channel) {
-            Some(topic) => PublishTopic::Checked(topic),
-            None => match channel_to_topic(channel) {
-                Ok(topic) => {
-                    mapped = topic;
-                    PublishTopic::Unchecked(mapped.as_bytes())
+        let topic =
+            if let Some((topic, slot)) = self.held_topic(channel, PublishedNames::RedisChannels) {
+                PublishTopic::Held(topic, slot)
+            } else if let Some(topic) = topic::plain_unescaped_topic(channel) {
+                PublishTopic::Checked(topic)
+            } else {
+                match channel_to_topic(channel) {
+                    Ok(topic) => {
+                        mapped = topic;
+                        PublishTopic::Unchecked(mapped.as_bytes())
+                    }
+                    Err(error) => {
+                        self.resp_error(id, error.message().as_bytes());
+                        return Flow::Continue;
+                    }
                 }
-                Err(error) => {
-                    self.resp_error(id, error.message().as_bytes());
-                    return Flow::Continue;
-                }
-            },
-        };
+            };
         let Some(session) = self.resp_session(id) else {
             return Flow::Stop;
         };

@@ -25,7 +25,7 @@ use crate::shard::wire::Answer;
 
 use super::commands::unix_time_ns;
 use super::connection::EnqueueOutcome;
-use super::topics::INBOX_PREFIX;
+use super::topics::{TopicSlot, INBOX_PREFIX};
 use super::Shard;
 
 /// Dead letters of `orders` go to `$dlq.orders`.
@@ -48,10 +48,12 @@ impl Shard {
     /// The caller has checked `terminal_room`.
     /// `creator`: the publishing connection, which makes the topic if it is new (None for
     /// the broker's own publishes).
+    /// `slot`: where the publish path found the topic, if it looked (see
+    /// [`super::topics::OwnedTopics::publishable`]).
     pub(super) fn sequence_and_fan_out(
         &mut self,
         mut message: Message,
-        creator: Option<super::topics::Creator>,
+        (creator, slot): (Option<super::topics::Creator>, Option<TopicSlot>),
     ) -> Result<Published, ErrorCode> {
         if self.pattern_groups.has_acked() {
             self.ensure_pattern_group_consumers(message.topic())?;
@@ -62,7 +64,7 @@ impl Shard {
             &mut message,
             (&self.pattern_interest, self.clock_ns),
             &mut self.consumer_actions,
-            creator,
+            (creator, slot),
             (&self.local, &mut matches),
         );
         // Taken out only when there is something to carry out: swapping the list in and out
@@ -339,7 +341,8 @@ impl Shard {
                 reply,
                 quiet,
             } => {
-                let result = self.sequence_and_fan_out(message, Some((from, reply.connection)));
+                let result =
+                    self.sequence_and_fan_out(message, (Some((from, reply.connection)), None));
                 if !quiet || result.is_err() {
                     self.link_mut(from)
                         .terminals_out
@@ -695,7 +698,7 @@ impl Shard {
 
     /// Sequences one of the broker's own messages (a dead letter, a presence event).
     pub(super) fn publish_from_broker(&mut self, message: Message) {
-        if let Err(code) = self.sequence_and_fan_out(message, None) {
+        if let Err(code) = self.sequence_and_fan_out(message, (None, None)) {
             log::warn!("event=broker_publish_refused shard={} code={code}", self.id);
         }
     }

@@ -12,7 +12,8 @@ use crate::mesh::message::Refusal;
 use std::collections::VecDeque;
 
 use ahash::{AHashMap, AHashSet};
-use hashbrown::hash_map::{EntryRef, HashMap};
+use compact_str::CompactString;
+use hashbrown::HashTable;
 
 use crate::error::ErrorCode;
 use crate::ids::{ShardId, Subscriber};
@@ -20,7 +21,7 @@ use crate::mesh::message::{ConsumerRequest, Replay, Subscribed, TopicPosition};
 use crate::message::Message;
 use crate::protocol::native::AckKind;
 use crate::protocol::subscribe_options::AckSettings;
-use crate::protocol::topic::pattern_matches;
+use crate::protocol::topic::{self, pattern_matches};
 use crate::shard::consumers::{Consumer, ConsumerAction, Member};
 use crate::shard::pattern_groups::AckedGroup;
 use crate::shard::replay::{ReplayLimits, ReplayRing, Start};
@@ -192,11 +193,7 @@ fn forget_creation(creations: &mut AHashMap<Creator, u32>, creator: Option<Creat
 
 /// The topics this shard owns.
 pub struct OwnedTopics {
-    /// Keyed by names of up to 24 bytes stored in the bucket itself: a publish's lookup
-    /// compares the key it just found, and a boxed name was one more cache miss after the
-    /// bucket's (among a thousand busy topics whose replay rings stream through the cache,
-    /// the key compare took 15% of the shard's time in a `perf` profile, 10% without it).
-    topics: HashMap<compact_str::CompactString, OwnedTopic, ahash::RandomState>,
+    topics: TopicTable,
     topics_max: usize,
     shards: usize,
     replay_limits: ReplayLimits,
@@ -220,6 +217,175 @@ pub struct OwnedTopics {
     /// `--auto-create-topics`: off, only CREATE_TOPIC makes client topics (the broker's own,
     /// `$dlq.*` and `_inbox.*`, are still made when used).
     auto_create: bool,
+}
+
+/// Where a topic sat in the owner's table when the publish path looked it up, so that
+/// sequencing the publish does not look again. Only a hint: it holds while the table has
+/// added and removed nothing since (a topic made by the same publish's pattern-group
+/// consumers, say, may have moved every bucket), and a stale one costs a lookup.
+#[derive(Clone, Copy, Debug)]
+pub struct TopicSlot {
+    index: usize,
+    generation: u64,
+}
+
+/// What the bytes a publish names are, for [`OwnedTopics::publishable`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishedNames {
+    /// Topic names (the native and WebSocket ports, the embedded bus).
+    Topics,
+    /// Redis channel names (the RESP port).
+    RedisChannels,
+}
+
+/// One topic in the owner's table.
+struct TableEntry {
+    /// Names up to 24 bytes are stored in the bucket itself: a publish's lookup compares the
+    /// key it just found, and a boxed name was one more cache miss after the bucket's (among
+    /// a thousand busy topics whose replay rings stream through the cache, the key compare
+    /// took 15% of the shard's time in a `perf` profile, 10% without it).
+    name: CompactString,
+    /// The name passes `parse_publish_topic`, so a client's publish that finds it here by its
+    /// bytes needs no check of its own (the broker's `$` topics are the ones that do not).
+    client_publishable: bool,
+    /// The name is also a Redis channel name as it is (`plain_unescaped_topic`: no `--`, which
+    /// the Redis port's channel mapping escapes), so a Redis publish may find it by its
+    /// channel's bytes.
+    redis_plain: bool,
+    topic: OwnedTopic,
+}
+
+/// The owner's topics by name: a hash table whose hash the publish path computes once, from
+/// the bytes the client sent, for the lookup that both proves the name and finds the topic.
+struct TopicTable {
+    hasher: ahash::RandomState,
+    entries: HashTable<TableEntry>,
+    /// Counts insertions and removals: a [`TopicSlot`] of an older generation may name
+    /// another topic's bucket, or none.
+    generation: u64,
+}
+
+impl TopicTable {
+    fn new() -> TopicTable {
+        TopicTable {
+            hasher: ahash::RandomState::new(),
+            entries: HashTable::new(),
+            generation: 0,
+        }
+    }
+
+    #[inline]
+    fn hash(&self, name: &[u8]) -> u64 {
+        self.hasher.hash_one(name)
+    }
+
+    fn slot_of(&self, hash: u64, name: &[u8]) -> Option<TopicSlot> {
+        let index = self
+            .entries
+            .find_bucket_index(hash, |entry| entry.name.as_bytes() == name)?;
+        Some(self.slot(index))
+    }
+
+    fn slot(&self, index: usize) -> TopicSlot {
+        TopicSlot {
+            index,
+            generation: self.generation,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn contains_key(&self, name: &str) -> bool {
+        self.slot_of(self.hash(name.as_bytes()), name.as_bytes())
+            .is_some()
+    }
+
+    fn get(&self, name: &str) -> Option<&OwnedTopic> {
+        let hash = self.hash(name.as_bytes());
+        self.entries
+            .find(hash, |entry| entry.name == name)
+            .map(|entry| &entry.topic)
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut OwnedTopic> {
+        let hash = self.hash(name.as_bytes());
+        self.entries
+            .find_mut(hash, |entry| entry.name == name)
+            .map(|entry| &mut entry.topic)
+    }
+
+    /// Whether `name` is still at `slot`, found for that name: the table has added and
+    /// removed nothing since. The name itself is not compared (about 70 instructions a
+    /// publish with the call it cost, callgrind): the one place slots come from,
+    /// [`OwnedTopics::publishable`], hands each out with the name the message is then made
+    /// of.
+    fn holds(&self, slot: TopicSlot, name: &str) -> bool {
+        debug_assert!(
+            slot.generation != self.generation
+                || self
+                    .entries
+                    .get_bucket(slot.index)
+                    .is_some_and(|entry| entry.name == name),
+            "a slot passed with another topic's name"
+        );
+        slot.generation == self.generation
+    }
+
+    /// The topic at a slot just found, or one [`TopicTable::holds`] said holds it.
+    fn at_mut(&mut self, slot: TopicSlot) -> Option<&mut OwnedTopic> {
+        self.entries
+            .get_bucket_mut(slot.index)
+            .map(|entry| &mut entry.topic)
+    }
+
+    /// Adds a topic the caller found absent (under `hash`, from [`TopicTable::hash`]).
+    fn insert_new(&mut self, hash: u64, name: &str, topic: OwnedTopic) -> TopicSlot {
+        let hasher = &self.hasher;
+        let entry = TableEntry {
+            name: name.into(),
+            client_publishable: topic::parse_publish_topic(name.as_bytes()).is_ok(),
+            redis_plain: topic::plain_unescaped_topic(name.as_bytes()).is_some(),
+            topic,
+        };
+        let index = self
+            .entries
+            .insert_unique(hash, entry, |entry| hasher.hash_one(entry.name.as_bytes()))
+            .bucket_index();
+        self.generation += 1;
+        self.slot(index)
+    }
+
+    fn remove(&mut self, name: &str) -> Option<OwnedTopic> {
+        let hash = self.hash(name.as_bytes());
+        let entry = self
+            .entries
+            .find_entry(hash, |entry| entry.name == name)
+            .ok()?;
+        self.generation += 1;
+        Some(entry.remove().0.topic)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&str, &mut OwnedTopic) -> bool) {
+        self.generation += 1;
+        self.entries
+            .retain(|entry| keep(&entry.name, &mut entry.topic));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &OwnedTopic)> {
+        self.entries
+            .iter()
+            .map(|entry| (entry.name.as_str(), &entry.topic))
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut OwnedTopic> {
+        self.entries.iter_mut().map(|entry| &mut entry.topic)
+    }
 }
 
 /// The last sequence number of deleted topics, by name, so a topic made again continues the
@@ -260,7 +426,7 @@ impl DeletedTopics {
 impl OwnedTopics {
     pub fn new(shards: usize, topics_max: usize, replay_limits: ReplayLimits) -> Self {
         OwnedTopics {
-            topics: HashMap::with_hasher(ahash::RandomState::new()),
+            topics: TopicTable::new(),
             topics_max,
             replay_limits,
             consumer_topics: AHashSet::new(),
@@ -329,47 +495,92 @@ impl OwnedTopics {
         self.topics.get(topic)
     }
 
-    /// One hash lookup whether or not the topic exists; the key is allocated only for a new
-    /// topic. This is on every publish.
+    /// A topic this shard holds that a client may publish to, found by the bytes the client
+    /// sent: the name as a `&str` and where it sits, which [`OwnedTopics::sequence`] takes
+    /// so as not to look again. One lookup instead of a check of the name's bytes and then
+    /// the lookup: most publishes go to a topic that exists, and on the native port the
+    /// check was about 100 instructions of a 1,400-instruction message (callgrind, 1:1).
+    /// `None` for a new name or a `$` topic: the caller checks the name as before.
+    /// `names`: whether `bytes` are a topic name or a Redis channel name (which is its own
+    /// topic only if plain, see [`crate::protocol::resp_channel`]).
+    #[inline]
+    pub fn publishable<'a>(
+        &self,
+        bytes: &'a [u8],
+        names: PublishedNames,
+    ) -> Option<(&'a str, TopicSlot)> {
+        let table = &self.topics;
+        let index = table
+            .entries
+            .find_bucket_index(table.hash(bytes), |entry| {
+                let allowed = match names {
+                    PublishedNames::Topics => entry.client_publishable,
+                    PublishedNames::RedisChannels => entry.redis_plain,
+                };
+                allowed && entry.name.as_bytes() == bytes
+            })?;
+        // SAFETY: `bytes` equal the bytes of a `str` key (the lookup compared them), so they
+        // are valid UTF-8.
+        let name = unsafe { std::str::from_utf8_unchecked(bytes) };
+        Some((name, table.slot(index)))
+    }
+
+    /// The topic a publish goes to: at `slot` if the caller found it there, else by one
+    /// lookup, which makes it if it is new (the key allocated only then). On every publish.
+    #[inline]
     fn get_or_create(
         &mut self,
         topic: &str,
+        slot: Option<TopicSlot>,
         creator: Option<Creator>,
         now_ns: u64,
     ) -> Result<&mut OwnedTopic, ErrorCode> {
-        let mut full = self.topics.len() >= self.topics_max;
-        if full && !self.topics.contains_key(topic) {
-            // Only on a full table, so the common path pays nothing.
-            full = self.reclaim_under_pressure(now_ns) == 0;
-        }
-        match self.topics.entry_ref(topic) {
-            EntryRef::Occupied(entry) => Ok(entry.into_mut()),
-            EntryRef::Vacant(_) if full => Err(ErrorCode::TooManyTopics),
-            EntryRef::Vacant(_)
-                if !self.auto_create
-                    && !topic.starts_with('$')
-                    && !topic.starts_with(INBOX_PREFIX) =>
-            {
-                Err(ErrorCode::TopicNotFound)
-            }
-            EntryRef::Vacant(entry) => {
-                let creator =
-                    creator.filter(|_| !topic.starts_with('$') && !topic.starts_with(INBOX_PREFIX));
-                if let Some(creator) = creator {
-                    let made = self.creations.get(&creator).copied().unwrap_or(0);
-                    if made as usize >= self.creations_max {
-                        self.creations_refused += 1;
-                        return Err(ErrorCode::TooManyTopics);
-                    }
-                    *self.creations.entry(creator).or_insert(0) += 1;
+        let slot = match slot {
+            Some(slot) if self.topics.holds(slot, topic) => slot,
+            _ => {
+                let hash = self.topics.hash(topic.as_bytes());
+                match self.topics.slot_of(hash, topic.as_bytes()) {
+                    Some(slot) => slot,
+                    None => self.create_by_use(hash, topic, creator, now_ns)?,
                 }
-                let last_seq = self.deleted.take(topic);
-                let limits = replay_limits_for(topic, self.replay_limits);
-                let mut owned = OwnedTopic::new(self.shards, limits, last_seq);
-                owned.creator = creator;
-                Ok(entry.insert_with_key(topic.into(), owned))
             }
+        };
+        // Always there: just found, made, or checked above.
+        self.topics.at_mut(slot).ok_or(ErrorCode::Internal)
+    }
+
+    /// Makes a topic on its first use (a publish, a subscription), unless that is refused:
+    /// a full table with nothing to reclaim, auto-creation off, the creator's share used up.
+    #[cold]
+    fn create_by_use(
+        &mut self,
+        hash: u64,
+        topic: &str,
+        creator: Option<Creator>,
+        now_ns: u64,
+    ) -> Result<TopicSlot, ErrorCode> {
+        // Reclaiming removes only other topics, so `hash` still finds no `topic` after it.
+        if self.topics.len() >= self.topics_max && self.reclaim_under_pressure(now_ns) == 0 {
+            return Err(ErrorCode::TooManyTopics);
         }
+        let brokers_own = topic.starts_with('$') || topic.starts_with(INBOX_PREFIX);
+        if !self.auto_create && !brokers_own {
+            return Err(ErrorCode::TopicNotFound);
+        }
+        let creator = creator.filter(|_| !brokers_own);
+        if let Some(creator) = creator {
+            let made = self.creations.get(&creator).copied().unwrap_or(0);
+            if made as usize >= self.creations_max {
+                self.creations_refused += 1;
+                return Err(ErrorCode::TooManyTopics);
+            }
+            *self.creations.entry(creator).or_insert(0) += 1;
+        }
+        let last_seq = self.deleted.take(topic);
+        let limits = replay_limits_for(topic, self.replay_limits);
+        let mut owned = OwnedTopic::new(self.shards, limits, last_seq);
+        owned.creator = creator;
+        Ok(self.topics.insert_new(hash, topic, owned))
     }
 
     /// The replay limits a topic created by first use gets.
@@ -394,7 +605,8 @@ impl OwnedTopics {
         let mut owned = OwnedTopic::new(self.shards, replay_limits, last_seq);
         owned.explicit = true;
         let position = owned.position();
-        self.topics.insert(topic.into(), owned);
+        let hash = self.topics.hash(topic.as_bytes());
+        self.topics.insert_new(hash, topic, owned);
         Ok(position)
     }
 
@@ -427,7 +639,7 @@ impl OwnedTopics {
         start: Start,
         now_ns: u64,
     ) -> Result<Subscribed, Refusal> {
-        let owned = self.get_or_create(topic, creator, now_ns)?;
+        let owned = self.get_or_create(topic, None, creator, now_ns)?;
         owned.check_start(start)?;
         owned.exact_subscribers_by_shard[shard.index()] += 1;
         owned.exact_mask |= shard.bit();
@@ -466,7 +678,7 @@ impl OwnedTopics {
             self.consumer_topics.insert(topic.into());
         }
         let at_limit = self.consumers_len >= self.consumers_max;
-        let owned = self.get_or_create(topic, None, now_ns)?;
+        let owned = self.get_or_create(topic, None, None, now_ns)?;
         owned.check_start(start)?;
         let member = Member {
             shard,
@@ -538,7 +750,7 @@ impl OwnedTopics {
         if self.consumers_len >= self.consumers_max {
             return Err(ErrorCode::TooManyConsumers);
         }
-        let owned = self.get_or_create(topic, None, now_ns)?;
+        let owned = self.get_or_create(topic, None, None, now_ns)?;
         let mut consumer =
             Consumer::new(true, owned.last_seq + 1, Some(group.acks), backoff_max_ns);
         consumer.made_for_pattern = true;
@@ -565,7 +777,7 @@ impl OwnedTopics {
         self.consumer_topics
             .iter()
             .filter(|topic| pattern_matches(pattern, topic))
-            .filter_map(|topic| self.topics.get(&**topic)?.consumers.get(consumer_key))
+            .filter_map(|topic| self.topics.get(topic)?.consumers.get(consumer_key))
             .all(|consumer| consumer.settings() == acks)
     }
 
@@ -585,7 +797,7 @@ impl OwnedTopics {
             if !pattern_matches(pattern, topic) {
                 continue;
             }
-            let Some(owned) = self.topics.get_mut(&**topic) else {
+            let Some(owned) = self.topics.get_mut(topic) else {
                 continue;
             };
             let Some(consumer) = owned.consumers.get_mut(consumer_key) else {
@@ -653,7 +865,7 @@ impl OwnedTopics {
         let topics = &mut self.topics;
         let consumers_len = &mut self.consumers_len;
         self.consumer_topics.retain(|topic| {
-            let Some(owned) = topics.get_mut(&**topic) else {
+            let Some(owned) = topics.get_mut(topic) else {
                 return false;
             };
             owned.consumers.retain(|_, consumer| {
@@ -723,7 +935,7 @@ impl OwnedTopics {
                     && owned.consumers.is_empty()
                     && now_ns.saturating_sub(owned.last_timestamp_ns) >= PRESSURE_IDLE_NS
             })
-            .map(|(name, owned)| (owned.last_timestamp_ns, &**name))
+            .map(|(name, owned)| (owned.last_timestamp_ns, name))
             .collect();
         if candidates.is_empty() {
             self.pressure_scan_after_ns = Some(now_ns.saturating_add(PRESSURE_IDLE_NS));
@@ -741,7 +953,7 @@ impl OwnedTopics {
             .map(|(_, name)| (*name).into())
             .collect();
         for name in &names {
-            if let Some(owned) = self.topics.remove(&**name) {
+            if let Some(owned) = self.topics.remove(name) {
                 forget_creation(&mut self.creations, owned.creator);
             }
         }
@@ -813,12 +1025,12 @@ impl OwnedTopics {
         message: &mut Message,
         (patterns, now_ns): (&Sublist<ShardId>, u64),
         consumer_actions: &mut Vec<ConsumerAction>,
-        creator: Option<Creator>,
+        (creator, slot): (Option<Creator>, Option<TopicSlot>),
         local_exact: (&LocalSubscriptions, &mut Vec<Subscriber>),
     ) -> Result<Sequenced, ErrorCode> {
         let mut scratch = std::mem::take(&mut self.pattern_matches);
         let result = self
-            .get_or_create(message.topic(), creator, now_ns)
+            .get_or_create(message.topic(), slot, creator, now_ns)
             .map(|owned| {
                 owned.last_seq += 1;
                 // The publish time is when the PUBLISH was read (never later than now, should
@@ -880,7 +1092,7 @@ impl OwnedTopics {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &OwnedTopic)> {
-        self.topics.iter().map(|(name, topic)| (&**name, topic))
+        self.topics.iter()
     }
 }
 
@@ -1037,7 +1249,7 @@ mod tests {
             &mut message(topic),
             (patterns, now_ns),
             &mut Vec::new(),
-            None,
+            (None, None),
             (&local, &mut Vec::new()),
         )
     }
@@ -1050,6 +1262,76 @@ mod tests {
             receivers,
             pressed: false,
         })
+    }
+
+    fn sequence_at(
+        owned: &mut OwnedTopics,
+        topic: &str,
+        slot: Option<TopicSlot>,
+    ) -> Result<Sequenced, ErrorCode> {
+        owned.sequence(
+            &mut message(topic),
+            (&Sublist::new(16), 100),
+            &mut Vec::new(),
+            (None, slot),
+            (&LocalSubscriptions::new(16), &mut Vec::new()),
+        )
+    }
+
+    #[test]
+    fn only_names_a_client_may_publish_to_are_found_by_their_bytes() {
+        let mut owned = OwnedTopics::new(1, 10, LIMITS);
+        for name in ["orders.eu", "a--b", "$dlq.orders", "_inbox.x.1"] {
+            sequence_at(&mut owned, name, None).unwrap();
+        }
+        let found =
+            |bytes: &'static [u8], names| owned.publishable(bytes, names).map(|(name, _)| name);
+        assert_eq!(
+            found(b"orders.eu", PublishedNames::Topics),
+            Some("orders.eu")
+        );
+        assert_eq!(
+            found(b"orders.eu", PublishedNames::RedisChannels),
+            Some("orders.eu")
+        );
+        assert_eq!(
+            found(b"_inbox.x.1", PublishedNames::Topics),
+            Some("_inbox.x.1")
+        );
+        // The broker's own topic is there, but a client's publish to it must be refused.
+        assert_eq!(found(b"$dlq.orders", PublishedNames::Topics), None);
+        // `a--b` is a topic name, but the Redis channel `a--b` maps to another topic.
+        assert_eq!(found(b"a--b", PublishedNames::Topics), Some("a--b"));
+        assert_eq!(found(b"a--b", PublishedNames::RedisChannels), None);
+        // Unknown names, prefixes of known ones and bytes that are not UTF-8: not found.
+        for unknown in [&b"orders"[..], b"orders.eu.x", b"", b"\xff\xfe"] {
+            assert_eq!(found(unknown, PublishedNames::Topics), None, "{unknown:?}");
+        }
+    }
+
+    #[test]
+    fn a_slot_from_before_the_table_changed_is_not_used() {
+        let mut owned = OwnedTopics::new(1, 1_000, LIMITS);
+        sequence_at(&mut owned, "kept", None).unwrap();
+        let (_, slot) = owned.publishable(b"kept", PublishedNames::Topics).unwrap();
+        assert_eq!(sequence_at(&mut owned, "kept", Some(slot)).unwrap().seq, 2);
+        // Growing the table moves every bucket; the old slot would name another topic's, or
+        // none. The publish still goes to its own topic.
+        for i in 0..200 {
+            sequence_at(&mut owned, &format!("other.{i}"), None).unwrap();
+        }
+        assert_eq!(sequence_at(&mut owned, "kept", Some(slot)).unwrap().seq, 3);
+        // The same after a removal, which frees a bucket a later topic may take.
+        let (_, slot) = owned.publishable(b"kept", PublishedNames::Topics).unwrap();
+        owned.delete("other.0").unwrap();
+        sequence_at(&mut owned, "new", None).unwrap();
+        assert_eq!(sequence_at(&mut owned, "kept", Some(slot)).unwrap().seq, 4);
+        assert_eq!(
+            owned.get("other.1").unwrap().last_seq,
+            1,
+            "no other topic moved on"
+        );
+        assert_eq!(owned.get("new").unwrap().last_seq, 1);
     }
 
     #[test]
@@ -1178,7 +1460,7 @@ mod tests {
                     &mut message("t"),
                     (&patterns, 100),
                     &mut Vec::new(),
-                    None,
+                    (None, None),
                     (local, &mut matches),
                 )
                 .unwrap();
@@ -1244,7 +1526,7 @@ mod tests {
                     &mut message(topic),
                     (&patterns, 100),
                     &mut Vec::new(),
-                    creator,
+                    (creator, None),
                     (&LocalSubscriptions::new(16), &mut Vec::new()),
                 )
                 .map(|sequenced| sequenced.seq)
@@ -1424,7 +1706,7 @@ mod tests {
                 &mut message("jobs.a"),
                 (&patterns, 110),
                 &mut actions,
-                None,
+                (None, None),
                 (&LocalSubscriptions::new(16), &mut Vec::new()),
             )
             .unwrap();
