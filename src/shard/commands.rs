@@ -42,11 +42,24 @@ pub(super) enum PublishTopic<'a> {
     Unchecked(&'a [u8]),
     /// Already proven a name a client may publish to, by a connection kind that had to look
     /// at it anyway (the Redis port's plain channel names): checking again cost the Redis
-    /// publish path about 70 instructions a message (callgrind).
-    Checked(&'a str),
-    /// Found in this shard's own table by the connection kind ([`Shard::held_topic`]): proven
-    /// by being there, and where it sits.
+    /// publish path about 70 instructions a message (callgrind). With its owner when the
+    /// connection kind has routed its bytes already.
+    Checked(&'a str, Option<ShardId>),
+    /// Found in this shard's own table by the connection kind ([`Shard::look_up_topic`]):
+    /// proven by being there, and where it sits.
     Held(&'a str, TopicSlot),
+}
+
+/// What the publish path learns of a topic's bytes before checking them
+/// ([`Shard::look_up_topic`]).
+pub(super) enum TopicLookup<'a> {
+    /// This shard owns and holds it, and a client may publish to it: no check needed.
+    Held(&'a str, TopicSlot),
+    /// To be checked: owned by `owner` but not held here (new, or not one a client may
+    /// publish to), or owned elsewhere.
+    Owner(ShardId),
+    /// Longer than any topic name: the check refuses it, and nothing was hashed.
+    TooLong,
 }
 
 impl Shard {
@@ -69,18 +82,28 @@ impl Shard {
             quiet,
         } = publish;
         let (topic, owner, slot) = match topic_bytes {
-            PublishTopic::Checked(topic) => (topic, self.owner_of(topic), None),
+            PublishTopic::Checked(topic, owner) => {
+                (topic, owner.unwrap_or_else(|| self.owner_of(topic)), None)
+            }
             PublishTopic::Held(topic, slot) => (topic, self.id, Some(slot)),
             PublishTopic::Unchecked(bytes) => {
-                match self.held_topic(bytes, PublishedNames::Topics) {
-                    Some((topic, slot)) => (topic, self.id, Some(slot)),
-                    None => match topic::parse_publish_topic(bytes) {
-                        Ok(topic) => (topic, self.owner_of(topic), None),
+                let lookup = self.look_up_topic(bytes, PublishedNames::Topics);
+                if let TopicLookup::Held(topic, slot) = lookup {
+                    (topic, self.id, Some(slot))
+                } else {
+                    match topic::parse_publish_topic(bytes) {
+                        Ok(topic) => {
+                            let owner = match lookup {
+                                TopicLookup::Owner(owner) => owner,
+                                _ => self.owner_of(topic),
+                            };
+                            (topic, owner, None)
+                        }
                         Err(error) => {
                             self.reply_err(id, request_id, ErrorCode::BadTopic, error.reason());
                             return Flow::Continue;
                         }
-                    },
+                    }
                 }
             }
         };
@@ -126,20 +149,27 @@ impl Shard {
         Flow::Continue
     }
 
-    /// A topic this shard owns and holds, named by the bytes a client sent: a name found
-    /// there is proven by being found, with no check of its bytes (see
-    /// [`crate::shard::topics::OwnedTopics::publishable`]). `None` for a name another
-    /// shard owns, a new one, or one a client may not publish to: the caller checks it.
+    /// Routes a topic named by the bytes a client sent and, if this shard owns it, looks it
+    /// up: a name found there is proven by being found, with no check of its bytes (see
+    /// [`crate::shard::topics::OwnedTopics::publishable`]). Anything else the caller checks,
+    /// with the owner routed here (one routing hash a publish, as before).
     #[inline(always)]
-    pub(super) fn held_topic<'a>(
+    pub(super) fn look_up_topic<'a>(
         &self,
         bytes: &'a [u8],
         names: PublishedNames,
-    ) -> Option<(&'a str, TopicSlot)> {
-        if topic::owner_shard_of_bytes(bytes, self.shard_count) != usize::from(self.id.0) {
-            return None;
+    ) -> TopicLookup<'a> {
+        if bytes.len() > topic::TOPIC_BYTES_MAX {
+            return TopicLookup::TooLong;
         }
-        self.owned.publishable(bytes, names)
+        let owner = ShardId(topic::owner_shard_of_bytes(bytes, self.shard_count) as u16);
+        if owner != self.id {
+            return TopicLookup::Owner(owner);
+        }
+        match self.owned.publishable(bytes, names) {
+            Some((topic, slot)) => TopicLookup::Held(topic, slot),
+            None => TopicLookup::Owner(owner),
+        }
     }
 
     /// Whether a publish to a topic of `owner` may go ahead: room towards the owner (else

@@ -38,7 +38,7 @@ use crate::protocol::resp_commands::{
 use crate::protocol::subscribe_options::SubscribeOptions;
 use crate::protocol::topic;
 
-use super::commands::{Publish, PublishTopic};
+use super::commands::{Publish, PublishTopic, TopicLookup};
 use super::conn_ws::{EventCache, EventFormat};
 use super::connection::ReadBuffer;
 use super::stats::ShardStats;
@@ -1244,23 +1244,28 @@ impl Shard {
         // in this shard's table, else by a look at its bytes); any other is mapped, and the
         // publish path checks what it maps to.
         let mapped;
-        let topic =
-            if let Some((topic, slot)) = self.held_topic(channel, PublishedNames::RedisChannels) {
-                PublishTopic::Held(topic, slot)
-            } else if let Some(topic) = topic::plain_unescaped_topic(channel) {
-                PublishTopic::Checked(topic)
-            } else {
-                match channel_to_topic(channel) {
-                    Ok(topic) => {
-                        mapped = topic;
-                        PublishTopic::Unchecked(mapped.as_bytes())
-                    }
-                    Err(error) => {
-                        self.resp_error(id, error.message().as_bytes());
-                        return Flow::Continue;
-                    }
-                }
+        let lookup = self.look_up_topic(channel, PublishedNames::RedisChannels);
+        let topic = if let TopicLookup::Held(topic, slot) = lookup {
+            PublishTopic::Held(topic, slot)
+        } else if let Some(topic) = topic::plain_unescaped_topic(channel) {
+            // A plain channel is its topic: routed by the same bytes.
+            let owner = match lookup {
+                TopicLookup::Owner(owner) => Some(owner),
+                _ => None,
             };
+            PublishTopic::Checked(topic, owner)
+        } else {
+            match channel_to_topic(channel) {
+                Ok(topic) => {
+                    mapped = topic;
+                    PublishTopic::Unchecked(mapped.as_bytes())
+                }
+                Err(error) => {
+                    self.resp_error(id, error.message().as_bytes());
+                    return Flow::Continue;
+                }
+            }
+        };
         let Some(session) = self.resp_session(id) else {
             return Flow::Stop;
         };

@@ -227,6 +227,8 @@ pub struct OwnedTopics {
 pub struct TopicSlot {
     index: usize,
     generation: u64,
+    /// The length of the name it was found for (see [`TopicTable::holds`]).
+    name_len: usize,
 }
 
 /// What the bytes a publish names are, for [`OwnedTopics::publishable`].
@@ -283,13 +285,14 @@ impl TopicTable {
         let index = self
             .entries
             .find_bucket_index(hash, |entry| entry.name.as_bytes() == name)?;
-        Some(self.slot(index))
+        Some(self.slot(index, name))
     }
 
-    fn slot(&self, index: usize) -> TopicSlot {
+    fn slot(&self, index: usize, name: &[u8]) -> TopicSlot {
         TopicSlot {
             index,
             generation: self.generation,
+            name_len: name.len(),
         }
     }
 
@@ -320,11 +323,11 @@ impl TopicTable {
             .map(|entry| &mut entry.topic)
     }
 
-    /// Whether `name` is still at `slot`, found for that name: the table has added and
-    /// removed nothing since. The name itself is not compared (about 70 instructions a
-    /// publish with the call it cost, callgrind): the one place slots come from,
-    /// [`OwnedTopics::publishable`], hands each out with the name the message is then made
-    /// of.
+    /// Whether `name` is still at `slot`: the table has added and removed nothing since the
+    /// slot was found, for a name of this length. The name itself is not compared (with the call it cost, about 70 instructions a publish, callgrind): slots
+    /// reach sequencing from one place, the publish path's [`OwnedTopics::publishable`],
+    /// each with the name the message is then made of. The length catches most slips of a
+    /// future caller that pairs a slot with another name; debug builds compare the name.
     fn holds(&self, slot: TopicSlot, name: &str) -> bool {
         debug_assert!(
             slot.generation != self.generation
@@ -334,7 +337,7 @@ impl TopicTable {
                     .is_some_and(|entry| entry.name == name),
             "a slot passed with another topic's name"
         );
-        slot.generation == self.generation
+        slot.generation == self.generation && slot.name_len == name.len()
     }
 
     /// The topic at a slot just found, or one [`TopicTable::holds`] said holds it.
@@ -358,7 +361,7 @@ impl TopicTable {
             .insert_unique(hash, entry, |entry| hasher.hash_one(entry.name.as_bytes()))
             .bucket_index();
         self.generation += 1;
-        self.slot(index)
+        self.slot(index, name.as_bytes())
     }
 
     fn remove(&mut self, name: &str) -> Option<OwnedTopic> {
@@ -519,10 +522,11 @@ impl OwnedTopics {
                 };
                 allowed && entry.name.as_bytes() == bytes
             })?;
-        // SAFETY: `bytes` equal the bytes of a `str` key (the lookup compared them), so they
-        // are valid UTF-8.
+        // SAFETY: `bytes` equal the bytes of a `str` key, so they are valid UTF-8: the lookup
+        // found an entry only where the closure above compared them equal (which it must
+        // keep doing for this to hold).
         let name = unsafe { std::str::from_utf8_unchecked(bytes) };
-        Some((name, table.slot(index)))
+        Some((name, table.slot(index, bytes)))
     }
 
     /// The topic a publish goes to: at `slot` if the caller found it there, else by one
@@ -1758,5 +1762,185 @@ mod tests {
         local.matching("a.b", &mut out);
         assert!(out.is_empty());
         assert_eq!(local.exact_topic_count(), 0);
+    }
+
+    /// Property tests of the publish path's slots and name lookups (from a review).
+    mod slots {
+        use super::*;
+        use crate::protocol::resp_channel::channel_to_topic;
+        use crate::protocol::topic::{parse_publish_topic, plain_unescaped_topic};
+        use proptest::prelude::*;
+
+        const NAMES: &[&str] = &[
+            "a",
+            "b.c",
+            "a--b",
+            "$dlq.a",
+            "$sys.presence.a",
+            "_inbox.x.1",
+            "user--3a42",
+            "x-y",
+            "-a",
+            "A_b.C-d",
+            "zz",
+        ];
+
+        fn name(i: usize) -> String {
+            if i < NAMES.len() {
+                NAMES[i].to_string()
+            } else {
+                format!("filler.{i}")
+            }
+        }
+
+        #[derive(Clone, Debug)]
+        enum Mutation {
+            Create(usize),
+            Delete(usize),
+            ReclaimIdle,
+            ReclaimInbox(usize),
+            Publish(usize, u64),
+        }
+
+        fn mutation() -> impl Strategy<Value = Mutation> {
+            prop_oneof![
+                (0usize..120).prop_map(Mutation::Create),
+                (0usize..120).prop_map(Mutation::Delete),
+                Just(Mutation::ReclaimIdle),
+                (0usize..120).prop_map(Mutation::ReclaimInbox),
+                (0usize..120, 0u64..4).prop_map(|(i, t)| Mutation::Publish(i, t)),
+            ]
+        }
+
+        fn publish(
+            owned: &mut OwnedTopics,
+            topic: &str,
+            slot: Option<TopicSlot>,
+            now_ns: u64,
+        ) -> Result<Sequenced, ErrorCode> {
+            owned.sequence(
+                &mut message(topic),
+                (&Sublist::new(16), now_ns),
+                &mut Vec::new(),
+                (
+                    Some((
+                        ShardId(0),
+                        ConnectionId {
+                            index: 1,
+                            generation: 0,
+                        },
+                    )),
+                    slot,
+                ),
+                (&LocalSubscriptions::new(16), &mut Vec::new()),
+            )
+        }
+
+        fn seqs(owned: &OwnedTopics) -> std::collections::BTreeMap<String, u64> {
+            owned
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.last_seq))
+                .collect()
+        }
+
+        fn apply(owned: &mut OwnedTopics, m: &Mutation, now: &mut u64) {
+            match *m {
+                Mutation::Create(i) => {
+                    let _ = owned.create(&name(i), LIMITS);
+                }
+                Mutation::Delete(i) => {
+                    let _ = owned.delete(&name(i));
+                }
+                Mutation::ReclaimIdle => {
+                    owned.reclaim_idle(*now, PRESSURE_IDLE_NS);
+                }
+                Mutation::ReclaimInbox(i) => owned.reclaim_inbox(&name(i)),
+                Mutation::Publish(i, t) => {
+                    *now += t * PRESSURE_IDLE_NS;
+                    let _ = publish(owned, &name(i), None, *now);
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn a_slot_never_reaches_another_topic(
+                topics_max in 4usize..200,
+                steps in proptest::collection::vec(
+                    (0usize..120, proptest::collection::vec(mutation(), 0..6)), 1..60),
+            ) {
+                let mut owned = OwnedTopics::new(1, topics_max, LIMITS);
+                let mut now = 1u64;
+                for (target, between) in steps {
+                    let target = name(target);
+                    let slot = owned
+                        .publishable(target.as_bytes(), PublishedNames::Topics)
+                        .map(|(found, slot)| {
+                            assert_eq!(found, target);
+                            slot
+                        });
+                    for m in &between {
+                        apply(&mut owned, m, &mut now);
+                    }
+                    // What the release build does not check: a slot of the current
+                    // generation sits on its own topic.
+                    if let Some(slot) = slot {
+                        if slot.generation == owned.topics.generation {
+                            let at = owned.topics.entries.get_bucket(slot.index);
+                            prop_assert_eq!(at.map(|e| e.name.as_str()), Some(target.as_str()));
+                        }
+                    }
+                    let before = seqs(&owned);
+                    let result = publish(&mut owned, &target, slot, now);
+                    let after = seqs(&owned);
+                    for (n, seq) in &before {
+                        if *n != target {
+                            prop_assert_eq!(after.get(n).copied().unwrap_or(*seq), *seq, "{} moved", n);
+                        }
+                    }
+                    if let Ok(s) = result {
+                        prop_assert_eq!(after.get(&target).copied(), Some(s.seq));
+                        if let Some(prev) = before.get(&target) {
+                            prop_assert_eq!(s.seq, prev + 1);
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn publishable_agrees_with_the_checks(
+                names in proptest::collection::vec("[a-c.\\-$_:*>~\u{e9}]{0,6}", 0..20),
+                probe in "[a-c.\\-$_:*>~\u{e9}]{0,6}",
+            ) {
+                let mut owned = OwnedTopics::new(1, 1000, LIMITS);
+                for n in &names {
+                    if parse_subscription_exact(n) {
+                        let _ = publish(&mut owned, n, None, 1);
+                    }
+                }
+                let held = owned.get(&probe).is_some();
+                let as_topic = owned.publishable(probe.as_bytes(), PublishedNames::Topics);
+                prop_assert_eq!(
+                    as_topic.map(|(n, _)| n),
+                    if held { parse_publish_topic(probe.as_bytes()).ok() } else { None }
+                );
+                let as_channel = owned.publishable(probe.as_bytes(), PublishedNames::RedisChannels);
+                if let Some((n, _)) = as_channel {
+                    prop_assert_eq!(plain_unescaped_topic(probe.as_bytes()), Some(n));
+                    let mapped = channel_to_topic(probe.as_bytes()).unwrap();
+                    prop_assert_eq!(mapped.as_ref(), n);
+                } else if held {
+                    prop_assert!(plain_unescaped_topic(probe.as_bytes()).is_none());
+                }
+            }
+        }
+
+        fn parse_subscription_exact(n: &str) -> bool {
+            matches!(
+                crate::protocol::topic::parse_subscription(n.as_bytes()),
+                Ok((_, crate::protocol::topic::SubjectKind::Exact))
+            )
+        }
     }
 }
