@@ -138,7 +138,7 @@ impl Message {
 
     /// Asks the CPU to bring this message's allocation (its reference count, where the
     /// allocator threads a freed block, and the frame) into cache, without waiting for it:
-    /// its first [`RELEASE_PREFETCH_LINES`] cache lines. For a message about to be released
+    /// its first `RELEASE_PREFETCH_LINES` cache lines. For a message about to be released
     /// whose memory has gone cold: among a thousand busy topics, the one a replay ring
     /// evicts was last touched a thousand publishes ago. The eviction's count decrement and
     /// free waited on memory for about a seventh of the shard's time (a `perf` time profile
