@@ -562,8 +562,10 @@ fn an_acked_pattern_group_redelivers_a_dead_members_messages_on_every_topic() {
     let total = PER_TOPIC * topics.len() as u64;
     let mut holder: HashMap<(String, u64), usize> = HashMap::new();
     let mut per_member = [0u64; 3];
-    let mut duplicates = 0;
+    // (topic, seq), the member that had it first, the member it came to again.
+    let mut duplicates = Vec::new();
     let mut victim_alive = true;
+    let mut victim_acks_confirmed = false;
     let mut held_by_victim = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while (holder.len() as u64) < total {
@@ -578,11 +580,23 @@ fn an_acked_pattern_group_redelivers_a_dead_members_messages_on_every_topic() {
             }
             while let Some(message) = subscription.try_recv().unwrap() {
                 let key = (message.topic.clone(), message.seq);
-                if holder.insert(key.clone(), index).is_some() {
-                    duplicates += 1;
+                if let Some(first) = holder.insert(key.clone(), index) {
+                    duplicates.push((key.clone(), first, index));
                 }
                 per_member[index] += 1;
                 if index == 2 && holder.len() > 2_000 {
+                    // Its acks so far are read by its shard before it starts holding: an ack
+                    // still unread when a member vanishes may go with it, and its message then
+                    // to a survivor as well, as at-least-once allows; the messages it never
+                    // acked are the ones this test follows. (`.ci/run` once failed here with 73
+                    // messages at two members; the cause was not found, and the failure did
+                    // not come back in 26 runs here, so the assertion below now names
+                    // them and who had them first.) At most 64 are in flight to it, so the
+                    // answer is never stuck behind a full subscription.
+                    if !victim_acks_confirmed {
+                        member.ping().unwrap();
+                        victim_acks_confirmed = true;
+                    }
                     held_by_victim.push(key);
                 } else {
                     member.ack_message(subscription, &message).unwrap();
@@ -613,7 +627,12 @@ fn an_acked_pattern_group_redelivers_a_dead_members_messages_on_every_topic() {
             "{key:?} reached a survivor"
         );
     }
-    assert_eq!(duplicates, 0, "no message to two members while all acked");
+    assert!(
+        duplicates.is_empty(),
+        "{} messages came to two members while all were acked, the first few: {:?}",
+        duplicates.len(),
+        &duplicates[..duplicates.len().min(8)]
+    );
     for (index, &count) in per_member.iter().enumerate().take(2) {
         assert!(count > total / 6, "member {index} got {count} of {total}");
     }
