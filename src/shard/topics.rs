@@ -324,10 +324,11 @@ impl TopicTable {
     }
 
     /// Whether `name` is still at `slot`: the table has added and removed nothing since the
-    /// slot was found, for a name of this length. The name itself is not compared (with the call it cost, about 70 instructions a publish, callgrind): slots
-    /// reach sequencing from one place, the publish path's [`OwnedTopics::publishable`],
-    /// each with the name the message is then made of. The length catches most slips of a
-    /// future caller that pairs a slot with another name; debug builds compare the name.
+    /// slot was found, for a name of this length. The name itself is not compared (with the
+    /// call it cost, about 70 instructions a publish, callgrind): slots reach sequencing
+    /// from one place, the publish path's [`OwnedTopics::publishable`], each with the name
+    /// the message is then made of. The length catches most slips of a future caller that
+    /// pairs a slot with another name; debug builds compare the name.
     fn holds(&self, slot: TopicSlot, name: &str) -> bool {
         debug_assert!(
             slot.generation != self.generation
