@@ -594,8 +594,8 @@ fn an_acked_pattern_group_redelivers_a_dead_members_messages_on_every_topic() {
                     // to a survivor as well, as at-least-once allows; the messages it never
                     // acked are the ones this test follows. (`.ci/run` once failed here with 73
                     // messages at two members, not reproduced in about 700 runs; a step of
-                    // the wall clock reproduces it, see `wall_started`.) At most 64 are in flight to
-                    // it, so the answer is never stuck behind a full subscription.
+                    // the wall clock reproduces it, see `wall_started`.) At most 64 are in
+                    // flight to it, so the answer is never stuck behind a full subscription.
                     if !victim_acks_confirmed {
                         member.ping().unwrap();
                         victim_acks_confirmed = true;

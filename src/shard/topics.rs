@@ -1897,7 +1897,8 @@ mod tests {
                     let after = seqs(&owned);
                     for (n, seq) in &before {
                         if *n != target {
-                            prop_assert_eq!(after.get(n).copied().unwrap_or(*seq), *seq, "{} moved", n);
+                            let now = after.get(n).copied().unwrap_or(*seq);
+                            prop_assert_eq!(now, *seq, "{} moved", n);
                         }
                     }
                     if let Ok(s) = result {
