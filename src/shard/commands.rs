@@ -4,7 +4,8 @@
 //! input, limits, a full outbox), and only then changes state, so a postponed command can be
 //! re-run from the same bytes later and a refused one leaves nothing behind.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::ErrorCode;
 use crate::ids::{ConnectionId, ShardId, Subscriber};
@@ -1079,11 +1080,48 @@ fn ack_target(
     }
 }
 
+/// The broker's clock, in Unix nanoseconds: the system's wall clock as it read when the
+/// process first asked, moved on by a clock that never steps (Linux's `CLOCK_BOOTTIME`, which
+/// counts a suspended machine's sleep and which NTP only slews). Every message timestamp and
+/// every deadline (ack waits, pressure leases, replay and idle ages) comes from it, so a step
+/// of the wall clock (`date -s`, an NTP step) neither makes every ack wait due at once, which
+/// redelivered each unacked message to the member holding it, nor holds them all back by the
+/// step. Timestamps then differ from the stepped wall clock by the step, until a restart;
+/// start the broker after the clock is set (the systemd unit waits for `time-sync.target`).
 pub(crate) fn unix_time_ns() -> u64 {
+    static ANCHOR: OnceLock<(u64, u64)> = OnceLock::new();
+    let steady_ns = steady_clock_ns();
+    let &(wall_at, steady_at) = ANCHOR.get_or_init(|| (wall_clock_ns(), steady_ns));
+    // A thread that read the steady clock just before another set the anchor: no earlier.
+    wall_at.saturating_add(steady_ns.saturating_sub(steady_at))
+}
+
+fn wall_clock_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
+}
+
+/// Nanoseconds on a clock that only moves forward at the rate of time, suspended sleep
+/// included where the system counts it.
+fn steady_clock_ns() -> u64 {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid timespec for the call to fill; CLOCK_BOOTTIME exists on
+        // every Linux this builds for (2.6.39 and later).
+        if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) } == 0 {
+            return (now.tv_sec as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(now.tv_nsec as u64);
+        }
+    }
+    static STARTED: OnceLock<Instant> = OnceLock::new();
+    STARTED.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 impl Shard {
@@ -1149,5 +1187,38 @@ fn refusal_reason(topic: &str, refusal: Refusal) -> String {
         }
         ErrorCode::TooManyTopics => "the broker holds --topics-max topics".to_string(),
         _ => "the topic could not be created".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_broker_clock_starts_at_the_wall_clock_and_never_goes_back() {
+        let wall = wall_clock_ns();
+        let first = unix_time_ns();
+        // The anchor may have been set a little earlier (by another test), never later.
+        assert!(
+            first <= wall_clock_ns() + 1_000_000,
+            "{first} ahead of {wall}"
+        );
+        assert!(
+            wall.abs_diff(first) < 60_000_000_000,
+            "{first} far from {wall}"
+        );
+        let mut last = first;
+        for _ in 0..10_000 {
+            let now = unix_time_ns();
+            assert!(now >= last, "{now} after {last}");
+            last = now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let later = unix_time_ns();
+        assert!(
+            later - first >= 20_000_000,
+            "moved only {} ns in 20 ms",
+            later - first
+        );
     }
 }
