@@ -564,9 +564,10 @@ fn an_acked_pattern_group_redelivers_a_dead_members_messages_on_every_topic() {
     let mut per_member = [0u64; 3];
     // (topic, seq), the member that had it first, the member it came to again.
     let mut duplicates = Vec::new();
-    // Ack deadlines run on the wall clock: a step of it past the 60 s ack wait redelivers
-    // every unacked message to the member that has it (the same member twice in the
-    // duplicates), so a failure says how far the wall clock moved against a steady one.
+    // Ack deadlines ran on the wall clock, and a step of it past the 60 s ack wait
+    // redelivered every unacked message to the member that had it (the same member twice in
+    // the duplicates). The broker's clock no longer steps; should this fail again, it says
+    // how far the wall clock moved against a steady one.
     let (wall_started, steady_started) = (std::time::SystemTime::now(), Instant::now());
     let mut victim_alive = true;
     let mut victim_acks_confirmed = false;
@@ -594,7 +595,7 @@ fn an_acked_pattern_group_redelivers_a_dead_members_messages_on_every_topic() {
                     // to a survivor as well, as at-least-once allows; the messages it never
                     // acked are the ones this test follows. (`.ci/run` once failed here with 73
                     // messages at two members, not reproduced in about 700 runs; a step of
-                    // the wall clock reproduces it, see `wall_started`.) At most 64 are in
+                    // the wall clock reproduced it, see `wall_started`.) At most 64 are in
                     // flight to it, so the answer is never stuck behind a full subscription.
                     if !victim_acks_confirmed {
                         member.ping().unwrap();
