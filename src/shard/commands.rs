@@ -1108,12 +1108,11 @@ fn wall_clock_ns() -> u64 {
 fn steady_clock_ns() -> u64 {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `now` is a valid timespec for the call to fill; CLOCK_BOOTTIME exists on
-        // every Linux this builds for (2.6.39 and later).
+        // SAFETY: all zeroes is a valid timespec (some targets add private padding fields,
+        // so it is not built field by field); the call fills it, and CLOCK_BOOTTIME exists
+        // on every Linux this builds for (2.6.39 and later).
+        let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; `now` lives across the call.
         if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) } == 0 {
             return (now.tv_sec as u64)
                 .saturating_mul(1_000_000_000)
