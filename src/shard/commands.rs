@@ -56,11 +56,10 @@ pub(super) enum PublishTopic<'a> {
 pub(super) enum TopicLookup<'a> {
     /// This shard owns and holds it, and a client may publish to it: no check needed.
     Held(&'a str, TopicSlot),
-    /// To be checked: owned by `owner` but not held here (new, or not one a client may
-    /// publish to), or owned elsewhere.
-    Owner(ShardId),
-    /// Longer than any topic name: the check refuses it, and nothing was hashed.
-    TooLong,
+    /// To be checked: not held here (new, owned elsewhere, or not one a client may publish
+    /// to), with its owner as routed; none for a name longer than any topic, which the
+    /// check refuses without anything hashed.
+    Unheld(Option<ShardId>),
 }
 
 impl Shard {
@@ -88,23 +87,15 @@ impl Shard {
             }
             PublishTopic::Held(topic, slot) => (topic, self.id, Some(slot)),
             PublishTopic::Unchecked(bytes) => {
-                let lookup = self.look_up_topic(bytes, PublishedNames::Topics);
-                if let TopicLookup::Held(topic, slot) = lookup {
-                    (topic, self.id, Some(slot))
-                } else {
-                    match topic::parse_publish_topic(bytes) {
-                        Ok(topic) => {
-                            let owner = match lookup {
-                                TopicLookup::Owner(owner) => owner,
-                                _ => self.owner_of(topic),
-                            };
-                            (topic, owner, None)
-                        }
+                match self.look_up_topic(bytes, PublishedNames::Topics) {
+                    TopicLookup::Held(topic, slot) => (topic, self.id, Some(slot)),
+                    TopicLookup::Unheld(owner) => match topic::parse_publish_topic(bytes) {
+                        Ok(topic) => (topic, owner.unwrap_or_else(|| self.owner_of(topic)), None),
                         Err(error) => {
                             self.reply_err(id, request_id, ErrorCode::BadTopic, error.reason());
                             return Flow::Continue;
                         }
-                    }
+                    },
                 }
             }
         };
@@ -161,15 +152,15 @@ impl Shard {
         names: PublishedNames,
     ) -> TopicLookup<'a> {
         if bytes.len() > topic::TOPIC_BYTES_MAX {
-            return TopicLookup::TooLong;
+            return TopicLookup::Unheld(None);
         }
         let owner = ShardId(topic::owner_shard_of_bytes(bytes, self.shard_count) as u16);
         if owner != self.id {
-            return TopicLookup::Owner(owner);
+            return TopicLookup::Unheld(Some(owner));
         }
         match self.owned.publishable(bytes, names) {
             Some((topic, slot)) => TopicLookup::Held(topic, slot),
-            None => TopicLookup::Owner(owner),
+            None => TopicLookup::Unheld(Some(owner)),
         }
     }
 

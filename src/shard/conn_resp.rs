@@ -1244,27 +1244,22 @@ impl Shard {
         // in this shard's table, else by a look at its bytes); any other is mapped, and the
         // publish path checks what it maps to.
         let mapped;
-        let lookup = self.look_up_topic(channel, PublishedNames::RedisChannels);
-        let topic = if let TopicLookup::Held(topic, slot) = lookup {
-            PublishTopic::Held(topic, slot)
-        } else if let Some(topic) = topic::plain_unescaped_topic(channel) {
-            // A plain channel is its topic: routed by the same bytes.
-            let owner = match lookup {
-                TopicLookup::Owner(owner) => Some(owner),
-                _ => None,
-            };
-            PublishTopic::Checked(topic, owner)
-        } else {
-            match channel_to_topic(channel) {
-                Ok(topic) => {
-                    mapped = topic;
-                    PublishTopic::Unchecked(mapped.as_bytes())
-                }
-                Err(error) => {
-                    self.resp_error(id, error.message().as_bytes());
-                    return Flow::Continue;
-                }
-            }
+        let topic = match self.look_up_topic(channel, PublishedNames::RedisChannels) {
+            TopicLookup::Held(topic, slot) => PublishTopic::Held(topic, slot),
+            TopicLookup::Unheld(owner) => match topic::plain_unescaped_topic(channel) {
+                // A plain channel is its topic: routed by the same bytes.
+                Some(topic) => PublishTopic::Checked(topic, owner),
+                None => match channel_to_topic(channel) {
+                    Ok(topic) => {
+                        mapped = topic;
+                        PublishTopic::Unchecked(mapped.as_bytes())
+                    }
+                    Err(error) => {
+                        self.resp_error(id, error.message().as_bytes());
+                        return Flow::Continue;
+                    }
+                },
+            },
         };
         let Some(session) = self.resp_session(id) else {
             return Flow::Stop;
