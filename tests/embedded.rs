@@ -144,6 +144,76 @@ fn caller_mistakes_are_errors_not_panics() {
     );
 }
 
+/// A publisher that repeats a topic tells its shard so, and the shard reuses where it found
+/// the topic last: every switch of topic (to a name of the same length, too), a refused
+/// publish in between, an async publish dropped before it went, and the topic deleted and
+/// made again must still land each message on its own topic.
+#[test]
+fn a_publisher_repeating_its_topic_reaches_that_topic_through_switches_and_deletes() {
+    for shards in [1, 2] {
+        let bus = bus(shards);
+        let mut on_b = bus.subscribe("same.b").unwrap();
+        let mut on_c = bus.subscribe("same.c").unwrap();
+        let mut publisher = bus.publisher_for("same.b").unwrap();
+        let too_big = vec![0; BusConfig::default().broker.message_bytes_max + 1];
+        let mut sent_b = Vec::new();
+        let mut sent_c = Vec::new();
+        // A refused or dropped publish names a topic that did not go: the next publish to
+        // that topic is not "the same as the last one" (the last one that went was another).
+        let plan = [
+            "b", "b", "c", "c", "b", "big-c", "c", "b", "drop-c", "c", "b", "b",
+        ];
+        for (n, step) in plan.iter().enumerate() {
+            let payload = format!("{n}");
+            match *step {
+                "b" => {
+                    publisher.publish("same.b", payload.as_bytes()).unwrap();
+                    sent_b.push(payload);
+                }
+                "c" => {
+                    publisher.publish("same.c", payload.as_bytes()).unwrap();
+                    sent_c.push(payload);
+                }
+                "big-c" => {
+                    let refused = publisher.publish("same.c", &too_big).unwrap_err();
+                    assert_eq!(refused.code(), Some(ErrorCode::MessageTooLarge));
+                }
+                _ => drop(publisher.publish_async("same.c", payload.as_bytes())),
+            }
+        }
+        let take = |subscription: &mut corebus::bus::Subscription, count: usize| {
+            (0..count)
+                .map(|_| {
+                    let message = subscription.recv_timeout(WAIT).unwrap();
+                    String::from_utf8(message.payload().to_vec()).unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(take(&mut on_b, sent_b.len()), sent_b, "{shards} shards");
+        // Deleted and made again: the table changed under the remembered place.
+        bus.delete_topic("same.b").unwrap();
+        assert!(matches!(on_b.recv_timeout(WAIT), Err(Error::Ended(_))));
+        let mut on_b = bus.subscribe("same.b").unwrap();
+        let mut after_delete = Vec::new();
+        for n in 0..3 {
+            let payload = format!("again-{n}");
+            publisher.publish("same.b", payload.as_bytes()).unwrap();
+            after_delete.push(payload);
+        }
+        publisher.publish_confirmed("same.c", b"last").unwrap();
+        sent_c.push("last".into());
+        assert_eq!(take(&mut on_c, sent_c.len()), sent_c, "{shards} shards");
+        assert_eq!(
+            take(&mut on_b, after_delete.len()),
+            after_delete,
+            "{shards} shards"
+        );
+        assert!(on_b.try_recv().unwrap().is_none());
+        assert!(on_c.try_recv().unwrap().is_none());
+        assert!(publisher.take_async_errors().0.is_empty());
+    }
+}
+
 #[test]
 fn unsubscribe_and_drop_free_the_subscription_and_its_connection() {
     let bus = bus(2);

@@ -699,9 +699,20 @@ pub struct Publisher {
     shared: Arc<Shared>,
     scratch: Vec<u8>,
     checked_topic: topic::CheckedTopic,
+    /// The name `checked_topic` passed last went out in the last publish pushed, so a publish
+    /// that repeats it can tell the shard "same topic as before" (see [`Built`]).
+    checked_topic_pushed: bool,
     async_errors: VecDeque<ServerError>,
     async_errors_lost: u64,
     inbox: Option<Inbox>,
+}
+
+/// A publish built and checked by [`Publisher::build`], not pushed yet.
+struct Built {
+    message: Message,
+    /// Its topic is the one of the publish this publisher pushed last: its shard, which
+    /// remembers where it found that one, need not look the name up again.
+    same_topic: bool,
 }
 
 /// A publisher's private reply topic, subscribed on its first request.
@@ -719,6 +730,7 @@ impl Publisher {
             shared,
             scratch: Vec::new(),
             checked_topic: topic::CheckedTopic::default(),
+            checked_topic_pushed: false,
             async_errors: VecDeque::new(),
             async_errors_lost: 0,
             inbox: None,
@@ -733,10 +745,14 @@ impl Publisher {
         reply_to: Option<&str>,
         headers: &[(&str, &[u8])],
         payload: &[u8],
-    ) -> Result<Message> {
-        self.checked_topic
-            .parse_publish_topic(topic.as_bytes())
+    ) -> Result<Built> {
+        let (_, repeated) = self
+            .checked_topic
+            .parse_noting_repeat(topic.as_bytes())
             .map_err(|error| invalid(ErrorCode::BadTopic, error.reason()))?;
+        // Until this one is pushed, the last name checked is not the last one pushed.
+        let same_topic = repeated && self.checked_topic_pushed;
+        self.checked_topic_pushed = false;
         if let Some(reply_to) = reply_to {
             topic::parse_publish_topic(reply_to.as_bytes())
                 .map_err(|error| invalid(ErrorCode::BadTopic, error.reason()))?;
@@ -759,26 +775,30 @@ impl Publisher {
                 "headers are larger than header_bytes_max",
             ));
         }
-        Ok(Message::from_publish_with_headers(
+        let message = Message::from_publish_with_headers(
             &mut self.scratch,
             (topic, reply_to.map(str::as_bytes)),
             &block,
             payload,
-        ))
+        );
+        Ok(Built {
+            message,
+            same_topic,
+        })
     }
 
     /// Publishes without waiting for the shard (a quiet publish: refusals the shard makes
     /// are kept for [`Publisher::take_async_errors`]). Waits only while the command ring is
     /// full.
     pub fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
-        let message = self.build(topic, None, &[], payload)?;
-        self.push_publish(message, true).map(|_| ())
+        let built = self.build(topic, None, &[], payload)?;
+        self.push_publish(built, true).map(|_| ())
     }
 
     /// Publishes and waits for the owner shard to sequence it; returns its sequence number.
     pub fn publish_confirmed(&mut self, topic: &str, payload: &[u8]) -> Result<u64> {
-        let message = self.build(topic, None, &[], payload)?;
-        self.confirmed(message)
+        let built = self.build(topic, None, &[], payload)?;
+        self.confirmed(built)
     }
 
     /// Publishes a message with headers (ordered name/value pairs; names are 1 to 255 bytes
@@ -789,8 +809,8 @@ impl Publisher {
         headers: &[(&str, &[u8])],
         payload: &[u8],
     ) -> Result<u64> {
-        let message = self.build(topic, None, headers, payload)?;
-        self.confirmed(message)
+        let built = self.build(topic, None, headers, payload)?;
+        self.confirmed(built)
     }
 
     /// Publishes naming a reply topic, without waiting (quiet, like [`Publisher::publish`]).
@@ -800,8 +820,8 @@ impl Publisher {
         payload: &[u8],
         reply_to: &str,
     ) -> Result<()> {
-        let message = self.build(topic, Some(reply_to), &[], payload)?;
-        self.push_publish(message, true).map(|_| ())
+        let built = self.build(topic, Some(reply_to), &[], payload)?;
+        self.push_publish(built, true).map(|_| ())
     }
 
     /// Answers a message that named a reply topic. `Ok(false)` if it named none.
@@ -840,8 +860,8 @@ impl Publisher {
         inbox.next_token += 1;
         inbox.early.clear();
         let reply_to = format!("{}.{}", inbox.prefix, inbox.next_token);
-        let message = self.build(topic, Some(&reply_to), &[], payload)?;
-        self.push_publish(message, true)?;
+        let built = self.build(topic, Some(&reply_to), &[], payload)?;
+        self.push_publish(built, true)?;
         loop {
             let inbox = self.inbox.as_mut().expect("made above");
             if let Some(at) = inbox.early.iter().position(|m| m.topic() == reply_to) {
@@ -868,12 +888,13 @@ impl Publisher {
     /// Async [`Publisher::publish`]: `Pending` while the command ring is full, never a
     /// blocked thread. Runtime-agnostic (woken through the task's `Waker`).
     pub fn publish_async<'p>(&'p mut self, topic: &str, payload: &[u8]) -> PublishFuture<'p> {
-        let command = self.build(topic, None, &[], payload).map(|message| {
+        let command = self.build(topic, None, &[], payload).map(|built| {
             let request_id = self.link.request_id();
             Command::Publish {
                 request_id,
-                message,
+                message: built.message,
                 quiet: true,
+                same_topic: built.same_topic,
             }
         });
         PublishFuture {
@@ -939,7 +960,7 @@ impl Publisher {
         }
     }
 
-    fn push_publish(&mut self, message: Message, quiet: bool) -> Result<u32> {
+    fn push_publish(&mut self, built: Built, quiet: bool) -> Result<u32> {
         // Refusals of earlier quiet publishes are taken as they come, so they never pile up
         // in front of the shard.
         while let Some(event) = self.link.take_event() {
@@ -948,14 +969,16 @@ impl Publisher {
         let request_id = self.link.request_id();
         self.link.send(Command::Publish {
             request_id,
-            message,
+            message: built.message,
             quiet,
+            same_topic: built.same_topic,
         })?;
+        self.checked_topic_pushed = true;
         Ok(request_id)
     }
 
-    fn confirmed(&mut self, message: Message) -> Result<u64> {
-        let request_id = self.push_publish(message, false)?;
+    fn confirmed(&mut self, built: Built) -> Result<u64> {
+        let request_id = self.push_publish(built, false)?;
         let data = self.wait_reply(request_id)?;
         data.u64_at(0).ok_or_else(|| {
             Error::Refused(ServerError {
@@ -1021,7 +1044,10 @@ impl Future for PublishFuture<'_> {
             this.publisher.absorb(event);
         }
         match this.publisher.link.poll_push(command, cx) {
-            Ok(()) => Poll::Ready(Ok(())),
+            Ok(()) => {
+                this.publisher.checked_topic_pushed = true;
+                Poll::Ready(Ok(()))
+            }
             Err(Push::Closed) => Poll::Ready(Err(this.publisher.link.closed())),
             Err(Push::Full(command)) => {
                 this.command = Some(Ok(command));

@@ -18,7 +18,9 @@ use crate::error::CloseReason;
 use crate::ids::ConnectionId;
 use crate::mesh::message::ReplyTarget;
 use crate::message::Message;
+use crate::shard::topics::{PublishedNames, TopicSlot};
 
+use super::commands::TopicLookup;
 use super::connection::{Connection, Transport};
 use super::stats::ShardStats;
 use super::{Flow, Shard};
@@ -172,10 +174,11 @@ impl Shard {
                     }
                 },
             };
+            let last_publish_slot = ends.last_publish_slot;
             budget -= 1;
             self.stall_reader = false;
             self.reading = true;
-            let handled = self.handle_command(id, command);
+            let handled = self.handle_command(id, command, last_publish_slot);
             self.reading = false;
             match handled {
                 Ok(Flow::Continue) => {}
@@ -199,23 +202,31 @@ impl Shard {
     /// One command, through the handlers every connection kind shares. A command postponed
     /// for lack of room comes back, to be carried out first next time (the handlers change
     /// nothing before they postpone).
-    fn handle_command(&mut self, id: ConnectionId, command: Command) -> Result<Flow, Command> {
+    fn handle_command(
+        &mut self,
+        id: ConnectionId,
+        command: Command,
+        last_publish_slot: Option<TopicSlot>,
+    ) -> Result<Flow, Command> {
         let flow = match &command {
             Command::Publish { .. } => {
                 let Command::Publish {
                     request_id,
                     message,
                     quiet,
+                    same_topic,
                 } = command
                 else {
                     return Ok(Flow::Continue);
                 };
+                let remembered = last_publish_slot.filter(|_| same_topic);
                 return self
-                    .publish_message(id, (request_id, quiet), message)
+                    .publish_message(id, (request_id, quiet), remembered, message)
                     .map_err(|message| Command::Publish {
                         request_id,
                         message,
                         quiet,
+                        same_topic,
                     });
             }
             Command::Subscribe {
@@ -259,18 +270,40 @@ impl Shard {
     /// A publish whose frame the handle built (and whose topic and sizes it checked with the
     /// same rules): what `handle_publish` does once it has built the frame. Kept apart from
     /// it so the native per-message path is not touched.
+    /// `remembered`: where this handle's previous publish, to the same topic, found it.
     fn publish_message(
         &mut self,
         id: ConnectionId,
         (request_id, quiet): (u32, bool),
+        remembered: Option<TopicSlot>,
         message: Message,
     ) -> Result<Flow, Message> {
-        let owner = self.owner_of(message.topic());
+        let topic = message.topic();
+        let (owner, slot) = match remembered.filter(|slot| self.owned.holds(*slot, topic)) {
+            Some(slot) => (self.id, Some(slot)),
+            None => {
+                let (owner, slot) =
+                    match self.look_up_topic(topic.as_bytes(), PublishedNames::Topics) {
+                        TopicLookup::Held(_, slot) => (self.id, Some(slot)),
+                        // The handle checked the name with the broker's rules.
+                        TopicLookup::Unheld(owner) => {
+                            (owner.unwrap_or_else(|| self.owner_of(topic)), None)
+                        }
+                    };
+                // Remembered even if the publish waits: a command retried is the same topic.
+                if let Some(Transport::InProcess(ends)) =
+                    self.connection_mut(id).map(|conn| &mut conn.socket)
+                {
+                    ends.last_publish_slot = slot;
+                }
+                (owner, slot)
+            }
+        };
         match self.admit_publish(id, request_id, owner) {
             Some(Flow::Blocked) => Err(message),
             Some(flow) => Ok(flow),
             None => {
-                self.route_publish(id, (request_id, quiet), (owner, None), message);
+                self.route_publish(id, (request_id, quiet), (owner, slot), message);
                 Ok(Flow::Continue)
             }
         }

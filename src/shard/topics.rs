@@ -499,6 +499,13 @@ impl OwnedTopics {
         self.topics.get(topic)
     }
 
+    /// Whether `slot`, where `topic` was found before, still holds it (see
+    /// [`TopicTable::holds`]): the caller knows the name is the one found there.
+    #[inline]
+    pub fn holds(&self, slot: TopicSlot, topic: &str) -> bool {
+        self.topics.holds(slot, topic)
+    }
+
     /// A topic this shard holds that a client may publish to, found by the bytes the client
     /// sent: the name as a `&str` and where it sits, which [`OwnedTopics::sequence`] takes
     /// so as not to look again. One lookup instead of a check of the name's bytes and then
