@@ -95,6 +95,43 @@ fn headers_and_reply_topics_travel_with_the_message() {
     );
 }
 
+/// Ring and handle sizes are allocated when a handle is made: sizes no allocation could meet
+/// are refused by `Bus::start`, not met with a panic later.
+#[test]
+fn sizes_past_their_limits_are_refused_at_start() {
+    let oversized = [
+        BusConfig {
+            command_slots: 1 << 62,
+            ..BusConfig::default()
+        },
+        BusConfig {
+            event_slots: usize::MAX,
+            ..BusConfig::default()
+        },
+        BusConfig {
+            handles_per_shard_max: usize::MAX,
+            ..BusConfig::default()
+        },
+    ];
+    for config in oversized {
+        let error = Bus::start(config).err().expect("refused");
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput, "{error}");
+    }
+    let at_limits = BusConfig {
+        command_slots: corebus::bus::RING_SLOTS_MAX,
+        event_slots: 0,
+        handles_per_shard_max: corebus::bus::HANDLES_PER_SHARD_LIMIT,
+        ..BusConfig::default()
+    };
+    let bus = Bus::start(at_limits).expect("limits are allowed");
+    let mut subscription = bus.subscribe("sizes.ok").unwrap();
+    bus.publisher()
+        .unwrap()
+        .publish_confirmed("sizes.ok", b"x")
+        .unwrap();
+    assert_eq!(subscription.recv_timeout(WAIT).unwrap().payload(), b"x");
+}
+
 #[test]
 fn caller_mistakes_are_errors_not_panics() {
     let bus = bus(1);
@@ -136,7 +173,8 @@ fn caller_mistakes_are_errors_not_panics() {
     let mut plain = bus.subscribe("no.acks").unwrap();
     let seq_message = {
         publisher.publish_confirmed("no.acks", b"m").unwrap();
-        plain.recv_timeout(WAIT).unwrap()
+        // A timeout too long to add to the clock is no deadline, not a panic.
+        plain.recv_timeout(Duration::MAX).unwrap()
     };
     assert_eq!(
         plain.ack(&seq_message).unwrap_err().code(),
@@ -603,8 +641,9 @@ fn request_reply_with_timeout() {
         }
     });
     let mut client = bus.publisher().unwrap();
-    for who in [&b"a"[..], b"b"] {
-        let answer = client.request("svc.time", who, WAIT).unwrap();
+    // A timeout too long to add to the clock is no deadline, not a panic.
+    for (who, timeout) in [(&b"a"[..], WAIT), (b"b", Duration::MAX)] {
+        let answer = client.request("svc.time", who, timeout).unwrap();
         assert_eq!(answer.payload(), [b"noon for ".as_slice(), who].concat());
     }
     responder.join().unwrap();

@@ -88,6 +88,13 @@ pub const COMMAND_SLOTS_DEFAULT: usize = 1024;
 pub const EVENT_SLOTS_DEFAULT: usize = 4096;
 /// Default [`BusConfig::handles_per_shard_max`].
 pub const HANDLES_PER_SHARD_MAX_DEFAULT: usize = 4096;
+/// The most slots [`BusConfig::command_slots`] and [`BusConfig::event_slots`] may ask for:
+/// each ring is allocated whole when its handle is made, so a larger one would fail (or take
+/// the process's memory) then, not at start.
+pub const RING_SLOTS_MAX: usize = 1 << 20;
+/// The most [`BusConfig::handles_per_shard_max`] may be: the shard's doorbell is allocated
+/// for four rings a handle.
+pub const HANDLES_PER_SHARD_LIMIT: usize = 1 << 20;
 /// Refusals of quiet publishes kept for [`Publisher::take_async_errors`]; older ones are
 /// counted instead.
 const ASYNC_ERRORS_MAX: usize = 1024;
@@ -238,6 +245,23 @@ impl Bus {
     /// Starts the shards (and the listeners, if [`BusConfig::listen`] is set); returns once
     /// they run.
     pub fn start(config: BusConfig) -> io::Result<Bus> {
+        let sizes = [
+            ("command_slots", config.command_slots, RING_SLOTS_MAX),
+            ("event_slots", config.event_slots, RING_SLOTS_MAX),
+            (
+                "handles_per_shard_max",
+                config.handles_per_shard_max,
+                HANDLES_PER_SHARD_LIMIT,
+            ),
+        ];
+        for (name, value, max) in sizes {
+            if value > max {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{name} {value} is above its limit of {max}"),
+                ));
+            }
+        }
         let mut broker = config.broker;
         let network = config.listen.is_some();
         if let Some(listen) = config.listen {
@@ -839,7 +863,8 @@ impl Publisher {
     /// to `timeout` for the first answer ([`Error::Timeout`] if none comes). The first request
     /// subscribes this publisher to its inbox (`_inbox.<random>.*`); later ones reuse it.
     pub fn request(&mut self, topic: &str, payload: &[u8], timeout: Duration) -> Result<Message> {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to add is no deadline at all.
+        let deadline = Instant::now().checked_add(timeout);
         if self.inbox.is_none() {
             let prefix = format!("_inbox.{:016x}", rand::random::<u64>());
             let request_id = self.link.request_id();
@@ -869,7 +894,7 @@ impl Publisher {
                     return Ok(answer);
                 }
             }
-            let event = match self.link.next_event(Some(deadline))? {
+            let event = match self.link.next_event(deadline)? {
                 Some(event) => event,
                 None => return Err(Error::Timeout),
             };
@@ -1116,7 +1141,8 @@ impl Subscription {
 
     /// Waits up to `timeout` for the next message ([`Error::Timeout`] then).
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Message> {
-        self.recv_until(Some(Instant::now() + timeout))
+        // A timeout too long to add is no deadline at all.
+        self.recv_until(Instant::now().checked_add(timeout))
             .and_then(|message| message.ok_or(Error::Timeout))
     }
 
