@@ -703,12 +703,22 @@ fn in_process_and_network_clients_see_each_other() {
     answering.join().unwrap();
 }
 
-/// The next item of a subscription, through its `Stream` implementation.
+/// The next item of a subscription, through its `Stream` implementation. Bounded: a lost
+/// wake-up fails the test rather than hanging it (an async handle has no backstop timer).
 async fn next(
     sub: &mut corebus::bus::Subscription,
 ) -> Option<corebus::bus::Result<corebus::bus::Message>> {
-    std::future::poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut *sub), cx))
+    let item = std::future::poll_fn(|cx| {
+        futures_core::Stream::poll_next(std::pin::Pin::new(&mut *sub), cx)
+    });
+    bounded(item).await
+}
+
+/// `future`, or a test failure after `WAIT`.
+async fn bounded<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, future)
         .await
+        .expect("no wake-up within WAIT")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -745,11 +755,180 @@ async fn async_subscriptions_are_streams_and_publish_awaits_room() {
     }
     publishing.await.unwrap();
     let shutting = tokio::task::spawn_blocking(move || bus.shutdown());
+    // The stream says why it ends, once, and then ends.
+    match next(&mut sub).await {
+        Some(Err(Error::Closed(Some(notice)))) => {
+            assert_eq!(notice.code(), Some(ErrorCode::ShuttingDown))
+        }
+        other => panic!("expected the shutdown notice, got {other:?}"),
+    }
     assert!(
         next(&mut sub).await.is_none(),
         "the stream ends at shutdown"
     );
     shutting.await.unwrap().unwrap();
+}
+
+/// Every call that waits has an async twin, driven by a multi-threaded runtime (so every
+/// future must be `Send`), each await bounded so that a lost wake-up fails the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_waiting_call_has_an_async_twin() {
+    let bus = bus(2);
+    let handle = bus.handle();
+    let tasks = tokio::spawn(async move {
+        // Subscriptions: exact with a start position, a pattern, a queue group, a filter.
+        let created = bounded(handle.create_topic_async("twin.t", TopicOptions::default()))
+            .await
+            .unwrap();
+        assert_eq!(created.last_seq, 0);
+        let mut publisher = handle.publisher().unwrap();
+        let first = bounded(publisher.publish_confirmed_async("twin.t", b"before"))
+            .await
+            .unwrap();
+        let from_first = SubscribeOptions {
+            start: Start::FromSeq(first),
+            ..Default::default()
+        };
+        let mut replayed = bounded(handle.subscribe_with_async("twin.t", from_first))
+            .await
+            .unwrap();
+        let mut pattern = bounded(handle.subscribe_async("twin.*")).await.unwrap();
+        let mut queued = bounded(handle.subscribe_queue_async("twin.t", "workers"))
+            .await
+            .unwrap();
+        let mut filtered =
+            bounded(handle.subscribe_filtered_async("twin.t", |m| m.payload() != b"skip"))
+                .await
+                .unwrap();
+        let headers = [("kind", &b"twin"[..])];
+        let second = bounded(publisher.publish_with_headers_async("twin.t", &headers, b"skip"))
+            .await
+            .unwrap();
+        assert_eq!(second, first + 1);
+        let third = bounded(publisher.publish_confirmed_async("twin.t", b"keep"))
+            .await
+            .unwrap();
+        let payloads = |messages: Vec<corebus::bus::Message>| {
+            messages
+                .iter()
+                .map(|m| m.payload().to_vec())
+                .collect::<Vec<_>>()
+        };
+        let mut from_replay = Vec::new();
+        for _ in 0..3 {
+            from_replay.push(next(&mut replayed).await.unwrap().unwrap());
+        }
+        assert_eq!(
+            payloads(from_replay),
+            [&b"before"[..], b"skip", b"keep"].map(<[u8]>::to_vec)
+        );
+        let with_headers = next(&mut pattern).await.unwrap().unwrap();
+        assert_eq!(with_headers.header("kind"), Some(&b"twin"[..]));
+        assert_eq!(next(&mut pattern).await.unwrap().unwrap().seq(), third);
+        assert_eq!(next(&mut queued).await.unwrap().unwrap().seq(), second);
+        assert_eq!(next(&mut filtered).await.unwrap().unwrap().seq(), third);
+        assert_eq!(filtered.filtered_out(), 1);
+
+        // Request/reply, answered by another task; then a request nobody answers.
+        let mut service = bounded(handle.subscribe_async("twin.svc")).await.unwrap();
+        let mut answers = handle.publisher().unwrap();
+        let answering = tokio::spawn(async move {
+            let request = next(&mut service).await.unwrap().unwrap();
+            let reply = [b"re: ".as_slice(), request.payload()].concat();
+            assert!(bounded(answers.reply_async(&request, &reply))
+                .await
+                .unwrap());
+        });
+        let answer = bounded(publisher.request_async("twin.svc", b"ping", WAIT))
+            .await
+            .unwrap();
+        assert_eq!(answer.payload(), b"re: ping");
+        answering.await.unwrap();
+        let unanswered = publisher.request_async("twin.nobody", b"?", Duration::from_millis(50));
+        assert!(matches!(bounded(unanswered).await, Err(Error::Timeout)));
+        let mut replies = bounded(handle.subscribe_async("twin.r")).await.unwrap();
+        bounded(publisher.publish_with_reply_async("twin.r", b"r", "twin.back"))
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut replies).await.unwrap().unwrap().reply_to(),
+            Some("twin.back")
+        );
+
+        // A durable consumer: ack, nack (dead-lettered at its second delivery), ack_through.
+        let mut dead = bounded(handle.subscribe_async("$dlq.twin.jobs"))
+            .await
+            .unwrap();
+        let acked = SubscribeOptions {
+            sharing: Sharing::Consumer("twin".into()),
+            acks: Some(AckSettings {
+                in_flight_max: 8,
+                ack_wait_ms: 60_000,
+                deliver_max: 2,
+            }),
+            ..Default::default()
+        };
+        let mut jobs = bounded(handle.subscribe_with_async("twin.jobs", acked))
+            .await
+            .unwrap();
+        for job in [&b"ok"[..], b"bad", b"a", b"b"] {
+            bounded(publisher.publish_confirmed_async("twin.jobs", job))
+                .await
+                .unwrap();
+        }
+        let ok = next(&mut jobs).await.unwrap().unwrap();
+        bounded(jobs.ack_async(&ok)).await.unwrap();
+        let bad = next(&mut jobs).await.unwrap().unwrap();
+        let a = next(&mut jobs).await.unwrap().unwrap();
+        let b = next(&mut jobs).await.unwrap().unwrap();
+        bounded(jobs.nack_async(&bad)).await.unwrap();
+        let again = next(&mut jobs).await.unwrap().unwrap();
+        assert_eq!((again.payload(), again.delivery_count()), (&b"bad"[..], 2));
+        bounded(jobs.nack_async(&again)).await.unwrap();
+        assert_eq!(
+            next(&mut dead).await.unwrap().unwrap().topic(),
+            "$dlq.twin.jobs"
+        );
+        assert!(a.seq() < b.seq());
+        bounded(jobs.ack_through_async(&b)).await.unwrap();
+        assert!(jobs.take_ack_errors().is_empty());
+
+        // Stats, unsubscribe, delete.
+        let stats = bounded(handle.stats_async()).await.unwrap();
+        let topic = stats.topics.iter().find(|t| &*t.name == "twin.t").unwrap();
+        assert_eq!(topic.messages, 3);
+        let before = topic.subscribers;
+        bounded(filtered.unsubscribe_async()).await.unwrap();
+        let stats = bounded(publisher.stats_async()).await.unwrap();
+        let topic = stats.topics.iter().find(|t| &*t.name == "twin.t").unwrap();
+        assert!(
+            topic.subscribers < before,
+            "{} then {}",
+            before,
+            topic.subscribers
+        );
+        bounded(handle.delete_topic_async("twin.t")).await.unwrap();
+        assert!(matches!(
+            next(&mut replayed).await,
+            Some(Err(Error::Ended(_)))
+        ));
+        assert!(next(&mut replayed).await.is_none());
+        let made = bounded(publisher.create_topic_async("twin.new", TopicOptions::default()))
+            .await
+            .unwrap();
+        assert_eq!(made.last_seq, 0);
+        let twice = publisher.create_topic_async("twin.new", TopicOptions::default());
+        let refused = bounded(twice).await.unwrap_err();
+        assert_eq!(refused.code(), Some(ErrorCode::TopicExists));
+        bounded(publisher.delete_topic_async("twin.new"))
+            .await
+            .unwrap();
+    });
+    tasks.await.unwrap();
+    tokio::task::spawn_blocking(move || bus.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[test]

@@ -130,6 +130,18 @@ pub(crate) enum Event {
     Notice(ServerError),
 }
 
+impl Event {
+    /// Whether this is the answer to request `request_id` (its reply or its stats).
+    pub fn answers(&self, request_id: u32) -> bool {
+        match self {
+            Event::Reply { request_id: id, .. } | Event::Stats { request_id: id, .. } => {
+                *id == request_id
+            }
+            _ => false,
+        }
+    }
+}
+
 /// What rings a shard's doorbell.
 pub(crate) enum Doorbell {
     /// A new handle: the shard makes it a connection.
@@ -154,6 +166,22 @@ impl Wake for ThreadWaker {
 thread_local! {
     /// This thread's unparking waker, made once per thread rather than once per sleep.
     static THREAD_WAKER: Waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+}
+
+/// Runs `future` to its end on the calling thread, parked while it is pending: the blocking
+/// calls that wait for an answer are their async twins driven here, woken by the shard (or
+/// a timer) through the same waker slot a blocked receive uses.
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    THREAD_WAKER.with(|waker| {
+        let mut context = std::task::Context::from_waker(waker);
+        loop {
+            if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+                return output;
+            }
+            std::thread::park_timeout(super::PARK_BACKSTOP);
+        }
+    })
 }
 
 /// Wakes a handle that waits for events or for room in its command ring.

@@ -22,6 +22,11 @@
 //! Subscriptions are blocking iterators ([`Subscription::recv`], [`Subscription::try_recv`],
 //! [`Subscription::recv_timeout`]) and, for async code on any runtime,
 //! [`futures_core::Stream`]s woken through `std::task::Waker` (the library runs no runtime).
+//! A stream that ends says why first: one `Err` (shutdown, slow consumer, topic deleted),
+//! then `None`. Every call that waits for the shard has an async twin named `..._async`
+//! (subscribing, confirmed publishes, requests with their timeout, acks, topics, stats); the
+//! blocking call runs that same future on the calling thread. A request's timeout is kept by
+//! one timer thread (`futures-timer`), whatever runtime polls it.
 //!
 //! Content filters ([`BusHandle::subscribe_filtered`]) run on the subscriber's side, in the
 //! thread or task that receives, so a slow predicate never stalls a shard. A message it turns
@@ -434,6 +439,21 @@ impl BusHandle {
     /// Subscribes with options: a start position (exact topics), a durable consumer with
     /// acks, a group.
     pub fn subscribe_with(&self, subject: &str, options: SubscribeOptions) -> Result<Subscription> {
+        link::block_on(self.subscribe_with_async(subject, options))
+    }
+
+    /// Async [`BusHandle::subscribe`].
+    pub async fn subscribe_async(&self, subject: &str) -> Result<Subscription> {
+        self.subscribe_with_async(subject, SubscribeOptions::default())
+            .await
+    }
+
+    /// Async [`BusHandle::subscribe_with`]: ready once the shard has registered it.
+    pub async fn subscribe_with_async(
+        &self,
+        subject: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription> {
         let (subject, kind) = topic::parse_subscription(subject.as_bytes())
             .map_err(|error| invalid(ErrorCode::BadTopic, error.reason()))?;
         if let Sharing::Consumer(name) | Sharing::Group(name) = &options.sharing {
@@ -451,14 +471,13 @@ impl BusHandle {
         };
         let mut link = self.link(shard)?;
         let acks = options.acks.is_some();
-        let request_id = link.request_id();
-        link.send(Command::Subscribe {
+        let command = |request_id| Command::Subscribe {
             request_id,
             sub_id: SUBSCRIPTION_SUB_ID,
             subject: subject.into(),
             options: Box::new(options),
-        })?;
-        let data = link.wait_reply(request_id, &mut |_| {})?;
+        };
+        let data = link.call(command, &mut |_| {}).await?;
         let position = (kind == SubjectKind::Exact)
             .then(|| {
                 Some(TopicPosition {
@@ -485,13 +504,16 @@ impl BusHandle {
     /// A queue subscription: subscribers sharing `group` split the subject's messages, each
     /// message going to one of them.
     pub fn subscribe_queue(&self, subject: &str, group: &str) -> Result<Subscription> {
-        self.subscribe_with(
-            subject,
-            SubscribeOptions {
-                sharing: Sharing::Group(group.into()),
-                ..Default::default()
-            },
-        )
+        link::block_on(self.subscribe_queue_async(subject, group))
+    }
+
+    /// Async [`BusHandle::subscribe_queue`].
+    pub async fn subscribe_queue_async(&self, subject: &str, group: &str) -> Result<Subscription> {
+        let options = SubscribeOptions {
+            sharing: Sharing::Group(group.into()),
+            ..Default::default()
+        };
+        self.subscribe_with_async(subject, options).await
     }
 
     /// A subscription that yields only the messages `keep` accepts. `keep` runs on the
@@ -501,25 +523,56 @@ impl BusHandle {
         subject: &str,
         keep: impl FnMut(&Message) -> bool + Send + 'static,
     ) -> Result<Subscription> {
-        let mut subscription = self.subscribe(subject)?;
+        link::block_on(self.subscribe_filtered_async(subject, keep))
+    }
+
+    /// Async [`BusHandle::subscribe_filtered`].
+    pub async fn subscribe_filtered_async(
+        &self,
+        subject: &str,
+        keep: impl FnMut(&Message) -> bool + Send + 'static,
+    ) -> Result<Subscription> {
+        let mut subscription = self.subscribe_async(subject).await?;
         subscription.filter = Some(Box::new(keep));
         Ok(subscription)
     }
 
     /// Creates a topic with its own replay limits (before it is first used).
     pub fn create_topic(&self, topic: &str, options: TopicOptions) -> Result<TopicPosition> {
-        self.publisher_for(topic)?.create_topic(topic, options)
+        link::block_on(self.create_topic_async(topic, options))
+    }
+
+    /// Async [`BusHandle::create_topic`].
+    pub async fn create_topic_async(
+        &self,
+        topic: &str,
+        options: TopicOptions,
+    ) -> Result<TopicPosition> {
+        let mut publisher = self.publisher_for(topic)?;
+        publisher.create_topic_async(topic, options).await
     }
 
     /// Deletes a topic: its subscribers are told (their subscriptions end) and its memory is
     /// freed.
     pub fn delete_topic(&self, topic: &str) -> Result<()> {
-        self.publisher_for(topic)?.delete_topic(topic)
+        link::block_on(self.delete_topic_async(topic))
+    }
+
+    /// Async [`BusHandle::delete_topic`].
+    pub async fn delete_topic_async(&self, topic: &str) -> Result<()> {
+        let mut publisher = self.publisher_for(topic)?;
+        publisher.delete_topic_async(topic).await
     }
 
     /// Counters and topics, gathered from every shard.
     pub fn stats(&self) -> Result<BusStats> {
-        self.publisher()?.stats()
+        link::block_on(self.stats_async())
+    }
+
+    /// Async [`BusHandle::stats`].
+    pub async fn stats_async(&self) -> Result<BusStats> {
+        let mut publisher = self.publisher()?;
+        publisher.stats_async().await
     }
 }
 
@@ -692,32 +745,101 @@ impl Link {
         }
     }
 
-    /// Waits for the answer to `request_id`; every other event goes to `other`.
-    fn wait_reply(
+    /// Pushes a command as a task would: pending (the task registered) while the ring is
+    /// full. `&mut`, though pushing needs only `&`, so that a future holding it is `Send`.
+    async fn push(&mut self, command: Command) -> Result<()> {
+        let mut command = Some(command);
+        // Moved in: a closure that used it through `&` would hold a `&Link`.
+        let link = self;
+        std::future::poll_fn(move |cx| {
+            let Some(pushed) = command.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            match link.poll_push(pushed, cx) {
+                Ok(()) => Poll::Ready(Ok(())),
+                Err(Push::Closed) => Poll::Ready(Err(link.closed())),
+                Err(Push::Full(back)) => {
+                    command = Some(back);
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// The answer to `request_id` (its reply, or its stats); every other event goes to
+    /// `other`.
+    async fn answer(
         &mut self,
         request_id: u32,
-        other: &mut dyn FnMut(Event),
-    ) -> Result<link::ReplyData> {
-        loop {
-            match self.next_event(None)? {
-                Some(Event::Reply {
-                    request_id: id,
-                    result,
-                }) if id == request_id => return result.map_err(Error::Refused),
-                Some(event) => other(event),
-                None => {}
+        other: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<Event> {
+        std::future::poll_fn(|cx| loop {
+            match self.poll_event(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Err(self.closed())),
+                Poll::Ready(Some(event)) if event.answers(request_id) => {
+                    return Poll::Ready(Ok(event))
+                }
+                Poll::Ready(Some(event)) => other(event),
             }
+        })
+        .await
+    }
+
+    /// Pushes `command` (made with a fresh request id) and waits for its OK or refusal.
+    async fn call(
+        &mut self,
+        command: impl FnOnce(u32) -> Command,
+        other: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<link::ReplyData> {
+        let request_id = self.request_id();
+        self.push(command(request_id)).await?;
+        match self.answer(request_id, other).await? {
+            Event::Reply { result, .. } => result.map_err(Error::Refused),
+            _ => Err(unexpected_answer()),
         }
     }
+}
+
+/// An answer of a kind its request does not get (a broker bug, reported rather than
+/// trusted).
+fn unexpected_answer() -> Error {
+    Error::Refused(ServerError {
+        code_raw: ErrorCode::Internal.as_u16(),
+        message: "an answer of the wrong kind".into(),
+    })
+}
+
+/// `future`, or [`Error::Timeout`] once `timeout` has passed (a timer thread wakes the task,
+/// whatever runs it). A timeout too long to add to the clock never passes.
+async fn within<T>(timeout: Duration, future: impl Future<Output = Result<T>>) -> Result<T> {
+    let mut delay = Instant::now()
+        .checked_add(timeout)
+        .map(|_| futures_timer::Delay::new(timeout));
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(output);
+        }
+        let passed = delay
+            .as_mut()
+            .is_some_and(|delay| Pin::new(delay).poll(cx).is_ready());
+        if passed {
+            Poll::Ready(Err(Error::Timeout))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Publishes, requests and administers topics: one in-process connection. `Send`; take one
 /// per publishing thread (each is the only producer of its command ring).
 ///
-/// The calls that wait for the shard (`publish_confirmed`, `request`, `create_topic`,
-/// `stats`, ...) wait on the calling thread: microseconds for an answer, up to its timeout for
-/// a request. Async code publishes with [`Publisher::publish_async`], and runs the waiting
-/// calls where blocking is allowed (a runtime's blocking pool).
+/// Every call that waits for the shard has an async twin (`publish_confirmed_async`,
+/// `request_async`, `create_topic_async`, ...): the blocking call runs the same future on the
+/// calling thread. Either waits microseconds for an answer, up to its timeout for a request.
 pub struct Publisher {
     link: Link,
     shared: Arc<Shared>,
@@ -726,9 +848,7 @@ pub struct Publisher {
     /// The name `checked_topic` passed last went out in the last publish pushed, so a publish
     /// that repeats it can tell the shard "same topic as before" (see [`Built`]).
     checked_topic_pushed: bool,
-    async_errors: VecDeque<ServerError>,
-    async_errors_lost: u64,
-    inbox: Option<Inbox>,
+    unawaited: Unawaited,
 }
 
 /// A publish built and checked by [`Publisher::build`], not pushed yet.
@@ -737,6 +857,41 @@ struct Built {
     /// Its topic is the one of the publish this publisher pushed last: its shard, which
     /// remembers where it found that one, need not look the name up again.
     same_topic: bool,
+}
+
+/// What comes to a publisher that nobody is waiting for: refusals of quiet publishes, and
+/// replies to a request that came while it waited for something else. Apart from the link,
+/// so that a call waiting on the link can keep them as they come.
+#[derive(Default)]
+struct Unawaited {
+    errors: VecDeque<ServerError>,
+    errors_lost: u64,
+    inbox: Option<Inbox>,
+}
+
+impl Unawaited {
+    fn absorb(&mut self, event: Event) {
+        match event {
+            Event::Reply {
+                result: Err(error), ..
+            } => {
+                if self.errors.len() == ASYNC_ERRORS_MAX {
+                    self.errors.pop_front();
+                    self.errors_lost += 1;
+                }
+                self.errors.push_back(error);
+            }
+            Event::Message { sub_id, message } if sub_id == INBOX_SUB_ID => {
+                if let Some(inbox) = &mut self.inbox {
+                    if inbox.early.len() == INBOX_BUFFER_MAX {
+                        inbox.early.pop_front();
+                    }
+                    inbox.early.push_back(message);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A publisher's private reply topic, subscribed on its first request.
@@ -755,9 +910,7 @@ impl Publisher {
             scratch: Vec::new(),
             checked_topic: topic::CheckedTopic::default(),
             checked_topic_pushed: false,
-            async_errors: VecDeque::new(),
-            async_errors_lost: 0,
-            inbox: None,
+            unawaited: Unawaited::default(),
         }
     }
 
@@ -821,8 +974,13 @@ impl Publisher {
 
     /// Publishes and waits for the owner shard to sequence it; returns its sequence number.
     pub fn publish_confirmed(&mut self, topic: &str, payload: &[u8]) -> Result<u64> {
+        link::block_on(self.publish_confirmed_async(topic, payload))
+    }
+
+    /// Async [`Publisher::publish_confirmed`].
+    pub async fn publish_confirmed_async(&mut self, topic: &str, payload: &[u8]) -> Result<u64> {
         let built = self.build(topic, None, &[], payload)?;
-        self.confirmed(built)
+        self.confirmed(built).await
     }
 
     /// Publishes a message with headers (ordered name/value pairs; names are 1 to 255 bytes
@@ -833,8 +991,18 @@ impl Publisher {
         headers: &[(&str, &[u8])],
         payload: &[u8],
     ) -> Result<u64> {
+        link::block_on(self.publish_with_headers_async(topic, headers, payload))
+    }
+
+    /// Async [`Publisher::publish_with_headers`].
+    pub async fn publish_with_headers_async(
+        &mut self,
+        topic: &str,
+        headers: &[(&str, &[u8])],
+        payload: &[u8],
+    ) -> Result<u64> {
         let built = self.build(topic, None, headers, payload)?;
-        self.confirmed(built)
+        self.confirmed(built).await
     }
 
     /// Publishes naming a reply topic, without waiting (quiet, like [`Publisher::publish`]).
@@ -844,70 +1012,105 @@ impl Publisher {
         payload: &[u8],
         reply_to: &str,
     ) -> Result<()> {
+        link::block_on(self.publish_with_reply_async(topic, payload, reply_to))
+    }
+
+    /// Async [`Publisher::publish_with_reply`]: pending only while the command ring is full.
+    pub async fn publish_with_reply_async(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        reply_to: &str,
+    ) -> Result<()> {
         let built = self.build(topic, Some(reply_to), &[], payload)?;
-        self.push_publish(built, true).map(|_| ())
+        self.push_built(built, true).await.map(|_| ())
     }
 
     /// Answers a message that named a reply topic. `Ok(false)` if it named none.
     pub fn reply(&mut self, request: &Message, payload: &[u8]) -> Result<bool> {
-        match request.reply_to() {
-            Some(reply_to) => {
-                let reply_to = reply_to.to_owned();
-                self.publish(&reply_to, payload).map(|()| true)
-            }
-            None => Ok(false),
-        }
+        link::block_on(self.reply_async(request, payload))
+    }
+
+    /// Async [`Publisher::reply`].
+    pub async fn reply_async(&mut self, request: &Message, payload: &[u8]) -> Result<bool> {
+        let Some(reply_to) = request.reply_to() else {
+            return Ok(false);
+        };
+        let built = self.build(reply_to, None, &[], payload)?;
+        self.push_built(built, true).await.map(|_| true)
     }
 
     /// Request/reply: publishes `payload` to `topic` naming a private reply topic and waits up
     /// to `timeout` for the first answer ([`Error::Timeout`] if none comes). The first request
     /// subscribes this publisher to its inbox (`_inbox.<random>.*`); later ones reuse it.
+    /// A timeout too long to add to the clock is no deadline.
     pub fn request(&mut self, topic: &str, payload: &[u8], timeout: Duration) -> Result<Message> {
-        // A timeout too long to add is no deadline at all.
-        let deadline = Instant::now().checked_add(timeout);
-        if self.inbox.is_none() {
+        link::block_on(self.request_async(topic, payload, timeout))
+    }
+
+    /// Async [`Publisher::request`]. Dropped before its answer, it leaves nothing behind: a
+    /// late answer is skipped by the next request.
+    pub async fn request_async(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Message> {
+        within(timeout, self.request_without_deadline(topic, payload)).await
+    }
+
+    async fn request_without_deadline(&mut self, topic: &str, payload: &[u8]) -> Result<Message> {
+        if self.unawaited.inbox.is_none() {
             let prefix = format!("_inbox.{:016x}", rand::random::<u64>());
-            let request_id = self.link.request_id();
-            self.link.send(Command::Subscribe {
+            let subject: Box<str> = format!("{prefix}.*").into();
+            let subscribe = |request_id| Command::Subscribe {
                 request_id,
                 sub_id: INBOX_SUB_ID,
-                subject: format!("{prefix}.*").into(),
+                subject,
                 options: Box::default(),
-            })?;
-            self.wait_reply(request_id)?;
-            self.inbox = Some(Inbox {
+            };
+            let unawaited = &mut self.unawaited;
+            self.link
+                .call(subscribe, &mut |event| unawaited.absorb(event))
+                .await?;
+            self.unawaited.inbox = Some(Inbox {
                 prefix,
                 next_token: 0,
                 early: VecDeque::new(),
             });
         }
-        let inbox = self.inbox.as_mut().expect("made above");
-        inbox.next_token += 1;
-        inbox.early.clear();
-        let reply_to = format!("{}.{}", inbox.prefix, inbox.next_token);
+        let reply_to = match &mut self.unawaited.inbox {
+            Some(inbox) => {
+                inbox.next_token += 1;
+                inbox.early.clear();
+                format!("{}.{}", inbox.prefix, inbox.next_token)
+            }
+            None => return Err(self.link.closed()),
+        };
         let built = self.build(topic, Some(&reply_to), &[], payload)?;
-        self.push_publish(built, true)?;
-        loop {
-            let inbox = self.inbox.as_mut().expect("made above");
-            if let Some(at) = inbox.early.iter().position(|m| m.topic() == reply_to) {
-                if let Some(answer) = inbox.early.remove(at) {
-                    return Ok(answer);
+        self.push_built(built, true).await?;
+        let (link, unawaited) = (&mut self.link, &mut self.unawaited);
+        std::future::poll_fn(|cx| loop {
+            if let Some(inbox) = &mut unawaited.inbox {
+                if let Some(at) = inbox.early.iter().position(|m| m.topic() == reply_to) {
+                    if let Some(answer) = inbox.early.remove(at) {
+                        return Poll::Ready(Ok(answer));
+                    }
                 }
             }
-            let event = match self.link.next_event(deadline)? {
-                Some(event) => event,
-                None => return Err(Error::Timeout),
-            };
-            match event {
+            match link.poll_event(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Err(link.closed())),
                 // Late answers to earlier requests that timed out are skipped.
-                Event::Message { sub_id, message }
+                Poll::Ready(Some(Event::Message { sub_id, message }))
                     if sub_id == INBOX_SUB_ID && message.topic() == reply_to =>
                 {
-                    return Ok(message)
+                    return Poll::Ready(Ok(message))
                 }
-                event => self.absorb(event),
+                Poll::Ready(Some(event)) => unawaited.absorb(event),
             }
-        }
+        })
+        .await
     }
 
     /// Async [`Publisher::publish`]: `Pending` while the command ring is full, never a
@@ -931,27 +1134,34 @@ impl Publisher {
     /// Refusals of quiet publishes so far, oldest first, and how many more were not kept
     /// because 1,024 were waiting already.
     pub fn take_async_errors(&mut self) -> (Vec<ServerError>, u64) {
-        while let Some(event) = self.link.take_event() {
-            self.absorb(event);
-        }
+        self.take_unawaited();
         (
-            self.async_errors.drain(..).collect(),
-            std::mem::take(&mut self.async_errors_lost),
+            self.unawaited.errors.drain(..).collect(),
+            std::mem::take(&mut self.unawaited.errors_lost),
         )
     }
 
     /// Creates a topic with its own replay limits (before it is first used). Refused with
     /// `TOPIC_EXISTS` if it exists.
     pub fn create_topic(&mut self, topic: &str, options: TopicOptions) -> Result<TopicPosition> {
+        link::block_on(self.create_topic_async(topic, options))
+    }
+
+    /// Async [`Publisher::create_topic`].
+    pub async fn create_topic_async(
+        &mut self,
+        topic: &str,
+        options: TopicOptions,
+    ) -> Result<TopicPosition> {
         topic::parse_publish_topic(topic.as_bytes())
             .map_err(|error| invalid(ErrorCode::BadTopic, error.reason()))?;
-        let request_id = self.link.request_id();
-        self.link.send(Command::CreateTopic {
-            request_id,
-            topic: topic.into(),
-            options: Box::new(options),
-        })?;
-        let data = self.wait_reply(request_id)?;
+        let data = self
+            .call(|request_id| Command::CreateTopic {
+                request_id,
+                topic: topic.into(),
+                options: Box::new(options),
+            })
+            .await?;
         Ok(TopicPosition {
             epoch: data.u64_at(0).unwrap_or_default(),
             last_seq: data.u64_at(8).unwrap_or_default(),
@@ -960,51 +1170,92 @@ impl Publisher {
 
     /// Deletes a topic; its subscribers' subscriptions end.
     pub fn delete_topic(&mut self, topic: &str) -> Result<()> {
-        let request_id = self.link.request_id();
-        self.link.send(Command::DeleteTopic {
+        link::block_on(self.delete_topic_async(topic))
+    }
+
+    /// Async [`Publisher::delete_topic`].
+    pub async fn delete_topic_async(&mut self, topic: &str) -> Result<()> {
+        self.call(|request_id| Command::DeleteTopic {
             request_id,
             topic: topic.into(),
-        })?;
-        self.wait_reply(request_id).map(|_| ())
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Counters and topics, gathered from every shard.
     pub fn stats(&mut self) -> Result<BusStats> {
+        link::block_on(self.stats_async())
+    }
+
+    /// Async [`Publisher::stats`].
+    pub async fn stats_async(&mut self) -> Result<BusStats> {
         let request_id = self.link.request_id();
-        self.link.send(Command::Stats { request_id })?;
-        loop {
-            match self.link.next_event(None)? {
-                Some(Event::Stats {
-                    request_id: id,
-                    parts,
-                    shards,
-                }) if id == request_id => return Ok(merge_stats(parts, shards)),
-                Some(event) => self.absorb(event),
-                None => {}
-            }
+        self.link.push(Command::Stats { request_id }).await?;
+        let unawaited = &mut self.unawaited;
+        let answer = self
+            .link
+            .answer(request_id, &mut |event| unawaited.absorb(event))
+            .await?;
+        match answer {
+            Event::Stats { parts, shards, .. } => Ok(merge_stats(parts, shards)),
+            Event::Reply {
+                result: Err(error), ..
+            } => Err(Error::Refused(error)),
+            _ => Err(unexpected_answer()),
         }
     }
 
-    fn push_publish(&mut self, built: Built, quiet: bool) -> Result<u32> {
-        // Refusals of earlier quiet publishes are taken as they come, so they never pile up
-        // in front of the shard.
+    /// Refusals of earlier quiet publishes are taken as they come, so they never pile up in
+    /// front of the shard.
+    fn take_unawaited(&mut self) {
         while let Some(event) = self.link.take_event() {
-            self.absorb(event);
+            self.unawaited.absorb(event);
         }
+    }
+
+    /// The blocking quiet publish's push (the hot path: no future around it).
+    fn push_publish(&mut self, built: Built, quiet: bool) -> Result<u32> {
+        self.take_unawaited();
         let request_id = self.link.request_id();
-        self.link.send(Command::Publish {
-            request_id,
-            message: built.message,
-            quiet,
-            same_topic: built.same_topic,
-        })?;
+        self.link
+            .send(Command::Publish {
+                request_id,
+                message: built.message,
+                quiet,
+                same_topic: built.same_topic,
+            })
+            .inspect(|()| self.checked_topic_pushed = true)?;
+        Ok(request_id)
+    }
+
+    /// [`Publisher::push_publish`] as a task waits for room.
+    async fn push_built(&mut self, built: Built, quiet: bool) -> Result<u32> {
+        self.take_unawaited();
+        let request_id = self.link.request_id();
+        self.link
+            .push(Command::Publish {
+                request_id,
+                message: built.message,
+                quiet,
+                same_topic: built.same_topic,
+            })
+            .await?;
         self.checked_topic_pushed = true;
         Ok(request_id)
     }
 
-    fn confirmed(&mut self, built: Built) -> Result<u64> {
-        let request_id = self.push_publish(built, false)?;
-        let data = self.wait_reply(request_id)?;
+    async fn confirmed(&mut self, built: Built) -> Result<u64> {
+        let request_id = self.push_built(built, false).await?;
+        let unawaited = &mut self.unawaited;
+        let answer = self
+            .link
+            .answer(request_id, &mut |event| unawaited.absorb(event))
+            .await?;
+        let data = match answer {
+            Event::Reply { result, .. } => result.map_err(Error::Refused)?,
+            _ => return Err(unexpected_answer()),
+        };
         data.u64_at(0).ok_or_else(|| {
             Error::Refused(ServerError {
                 code_raw: ErrorCode::BadFrame.as_u16(),
@@ -1013,39 +1264,12 @@ impl Publisher {
         })
     }
 
-    fn wait_reply(&mut self, request_id: u32) -> Result<link::ReplyData> {
-        let mut others = Vec::new();
-        let result = self
-            .link
-            .wait_reply(request_id, &mut |event| others.push(event));
-        for event in others {
-            self.absorb(event);
-        }
-        result
-    }
-
-    /// An event nobody waits for: a quiet publish's refusal, or an early inbox reply.
-    fn absorb(&mut self, event: Event) {
-        match event {
-            Event::Reply {
-                result: Err(error), ..
-            } => {
-                if self.async_errors.len() == ASYNC_ERRORS_MAX {
-                    self.async_errors.pop_front();
-                    self.async_errors_lost += 1;
-                }
-                self.async_errors.push_back(error);
-            }
-            Event::Message { sub_id, message } if sub_id == INBOX_SUB_ID => {
-                if let Some(inbox) = &mut self.inbox {
-                    if inbox.early.len() == INBOX_BUFFER_MAX {
-                        inbox.early.pop_front();
-                    }
-                    inbox.early.push_back(message);
-                }
-            }
-            _ => {}
-        }
+    /// A command answered by OK or a refusal, the events that come meanwhile kept.
+    async fn call(&mut self, command: impl FnOnce(u32) -> Command) -> Result<link::ReplyData> {
+        let unawaited = &mut self.unawaited;
+        self.link
+            .call(command, &mut |event| unawaited.absorb(event))
+            .await
     }
 }
 
@@ -1065,9 +1289,7 @@ impl Future for PublishFuture<'_> {
             Some(Err(error)) => return Poll::Ready(Err(error)),
             Some(Ok(command)) => command,
         };
-        while let Some(event) = this.publisher.link.take_event() {
-            this.publisher.absorb(event);
-        }
+        this.publisher.take_unawaited();
         match this.publisher.link.poll_push(command, cx) {
             Ok(()) => {
                 this.publisher.checked_topic_pushed = true;
@@ -1166,8 +1388,10 @@ impl Subscription {
         }
     }
 
-    /// The next message, or `Pending` with the task registered to be woken by the shard;
-    /// `Ready(None)` once the subscription is closed (after its last message).
+    /// The next message, or `Pending` with the task registered to be woken by the shard.
+    /// Once the subscription is over (after its last message): one `Err` saying why (the
+    /// bus shut down, [`Error::Closed`] with `SHUTTING_DOWN`; cut as a slow consumer; its
+    /// topic deleted, [`Error::Ended`]; its filter panicked), then `Ready(None)`.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message>>> {
         if self.finished.is_some() {
             return Poll::Ready(None);
@@ -1175,7 +1399,11 @@ impl Subscription {
         loop {
             match self.link.poll_event(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(None) => {
+                    let error = self.link.closed();
+                    self.finished = Some(error.clone());
+                    return Poll::Ready(Some(Err(error)));
+                }
                 Poll::Ready(Some(event)) => match self.absorb(event) {
                     Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
                     Ok(None) => {}
@@ -1263,23 +1491,39 @@ impl Subscription {
         }
     }
 
-    /// Acknowledges one message of a subscription made with acks.
+    /// Acknowledges one message of a subscription made with acks. Waits only while the
+    /// command ring is full (a refusal comes later: [`Subscription::take_ack_errors`]).
     pub fn ack(&mut self, message: &Message) -> Result<()> {
-        self.send_ack(message, AckKind::Single)
+        link::block_on(self.ack_async(message))
+    }
+
+    /// Async [`Subscription::ack`].
+    pub async fn ack_async(&mut self, message: &Message) -> Result<()> {
+        self.send_ack(message, AckKind::Single).await
     }
 
     /// Acknowledges every message up to and including this one.
     pub fn ack_through(&mut self, message: &Message) -> Result<()> {
-        self.send_ack(message, AckKind::Cumulative)
+        link::block_on(self.ack_through_async(message))
+    }
+
+    /// Async [`Subscription::ack_through`].
+    pub async fn ack_through_async(&mut self, message: &Message) -> Result<()> {
+        self.send_ack(message, AckKind::Cumulative).await
     }
 
     /// Asks for this message again at once (after `deliver_max` attempts it goes to
     /// `$dlq.<topic>`).
     pub fn nack(&mut self, message: &Message) -> Result<()> {
-        self.send_ack(message, AckKind::Nack)
+        link::block_on(self.nack_async(message))
     }
 
-    fn send_ack(&mut self, message: &Message, kind: AckKind) -> Result<()> {
+    /// Async [`Subscription::nack`].
+    pub async fn nack_async(&mut self, message: &Message) -> Result<()> {
+        self.send_ack(message, AckKind::Nack).await
+    }
+
+    async fn send_ack(&mut self, message: &Message, kind: AckKind) -> Result<()> {
         if !self.acks {
             return Err(invalid(
                 ErrorCode::UnsupportedOption,
@@ -1287,13 +1531,15 @@ impl Subscription {
             ));
         }
         let request_id = self.link.request_id();
-        self.link.send(Command::Ack {
-            request_id,
-            sub_id: SUBSCRIPTION_SUB_ID,
-            topic: message.topic().into(),
-            seq: message.seq(),
-            kind,
-        })
+        self.link
+            .push(Command::Ack {
+                request_id,
+                sub_id: SUBSCRIPTION_SUB_ID,
+                topic: message.topic().into(),
+                seq: message.seq(),
+                kind,
+            })
+            .await
     }
 
     /// Refusals of acks so far (acks are not answered otherwise), oldest first.
@@ -1303,13 +1549,17 @@ impl Subscription {
 
     /// Unsubscribes and waits for the shard to confirm; messages still in flight are
     /// dropped. Dropping the subscription does the same without waiting.
-    pub fn unsubscribe(mut self) -> Result<()> {
-        let request_id = self.link.request_id();
-        self.link.send(Command::Unsubscribe {
+    pub fn unsubscribe(self) -> Result<()> {
+        link::block_on(self.unsubscribe_async())
+    }
+
+    /// Async [`Subscription::unsubscribe`].
+    pub async fn unsubscribe_async(mut self) -> Result<()> {
+        let command = |request_id| Command::Unsubscribe {
             request_id,
             sub_id: SUBSCRIPTION_SUB_ID,
-        })?;
-        self.link.wait_reply(request_id, &mut |_| {}).map(|_| ())
+        };
+        self.link.call(command, &mut |_| {}).await.map(|_| ())
     }
 }
 

@@ -499,8 +499,9 @@ impl OwnedTopics {
         self.topics.get(topic)
     }
 
-    /// Whether `slot`, where `topic` was found before, still holds it (see
-    /// [`TopicTable::holds`]): the caller knows the name is the one found there.
+    /// Whether `slot`, where `topic` was found before, still holds it: the table has added
+    /// and removed nothing since, and the lengths agree. The caller knows the name is the
+    /// one found there (debug builds compare it).
     #[inline]
     pub fn holds(&self, slot: TopicSlot, topic: &str) -> bool {
         self.topics.holds(slot, topic)
