@@ -294,7 +294,12 @@ fn the_handle_limit_refuses_one_more_and_a_dropped_handle_frees_its_place() {
         Some(ErrorCode::TooManyConnections)
     );
     drop(first);
-    bus.publisher().expect("a place was freed");
+    let _third = bus
+        .publisher()
+        .expect("a dropped publisher freed its place");
+    drop(_second);
+    bus.subscribe("limit")
+        .expect("a dropped subscription freed its place");
 }
 
 #[test]
@@ -310,6 +315,8 @@ fn a_filter_runs_on_the_subscriber_and_counts_what_it_turned_down() {
     assert_eq!(big.recv_timeout(WAIT).unwrap().payload(), b"12345");
     assert_eq!(big.recv_timeout(WAIT).unwrap().payload(), b"123456");
     assert_eq!(big.filtered_out(), 2);
+    // The shard delivered all four: what the filter turned down counts as delivered.
+    assert_eq!(bus.stats().unwrap().counters.delivered, 4);
 }
 
 #[test]
@@ -697,9 +704,19 @@ fn in_process_and_network_clients_see_each_other() {
     let answering = std::thread::spawn(move || {
         let request = service.recv_timeout(WAIT).unwrap();
         publisher.reply(&request, b"pong").unwrap();
+        publisher
     });
     let answer = network.request("mixed.svc", b"ping", WAIT).unwrap();
     assert_eq!(answer.payload, b"pong");
+    let mut publisher = answering.join().unwrap();
+    // And the other way: the process asks, a network client answers.
+    let mut network_service = network.subscribe("mixed.net-svc").unwrap();
+    let answering = std::thread::spawn(move || {
+        let request = network_service.recv_timeout(WAIT).unwrap();
+        network.reply(&request, b"net pong").unwrap();
+    });
+    let answer = publisher.request("mixed.net-svc", b"ping", WAIT).unwrap();
+    assert_eq!(answer.payload(), b"net pong");
     answering.join().unwrap();
 }
 
@@ -1015,7 +1032,10 @@ fn a_replay_past_what_is_retained_reports_the_gap() {
 }
 
 /// One-slot rings both ways, several publishers and subscribers across shards: every
-/// hand-over waits on the other side, so a lost wake-up would hang (each receive times out).
+/// hand-over waits on the other side. A blocked handle looks again by itself after 100 ms,
+/// so a lost wake-up shows as a stall of that long, not a hang: this catches order bugs and
+/// a wake-up lost systematically (12,000 hand-overs a subscriber would take 20 minutes), not
+/// a rare one; the async test, whose handles have no such backstop, bounds every await.
 #[test]
 fn one_slot_rings_lose_no_wake_up_and_keep_each_publisher_in_order() {
     let mut config = BusConfig {
