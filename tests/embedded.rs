@@ -1078,3 +1078,177 @@ fn one_slot_rings_lose_no_wake_up_and_keep_each_publisher_in_order() {
         thread.join().unwrap();
     }
 }
+
+/// A request dropped after its inbox's subscribe went out, before the shard answered it,
+/// leaves the inbox known: the next request neither subscribes twice nor is refused.
+#[test]
+fn a_request_dropped_while_its_inbox_subscribes_leaves_later_requests_working() {
+    use std::future::Future;
+    let bus = bus(1);
+    let mut service = bus.subscribe("svc.drop").unwrap();
+    let responder_bus = bus.handle();
+    let responder = std::thread::spawn(move || {
+        let mut answers = responder_bus.publisher().unwrap();
+        let request = service.recv_timeout(WAIT).unwrap();
+        answers.reply(&request, b"pong").unwrap();
+    });
+    let mut client = bus.publisher().unwrap();
+    {
+        let mut first = std::pin::pin!(client.request_async("svc.none", b"?", WAIT));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+    }
+    let answer = client.request("svc.drop", b"ping", WAIT).unwrap();
+    assert_eq!(answer.payload(), b"pong");
+    responder.join().unwrap();
+}
+
+/// The same through the blocking call: a zero timeout passes while the inbox subscribes.
+#[test]
+fn a_first_request_with_a_zero_timeout_leaves_later_requests_working() {
+    let bus = bus(1);
+    for _ in 0..5 {
+        let mut client = bus.publisher().unwrap();
+        assert!(matches!(
+            client.request("svc.none", b"?", Duration::ZERO),
+            Err(Error::Timeout)
+        ));
+        assert!(matches!(
+            client.request("svc.none", b"?", Duration::from_millis(20)),
+            Err(Error::Timeout)
+        ));
+    }
+}
+
+/// Same-length topics on the publisher's shard and on others, switched between at random,
+/// with every kind of publish, refusals, async publishes dropped while pending on a two-slot
+/// ring, replies, and topics made and deleted: each subscriber sees only its own topic, and
+/// every publish that surely went, in order. (A shard reusing the wrong topic's place would
+/// deliver to the wrong subscribers in release builds, which compare no names.)
+#[test]
+fn a_publisher_switching_topics_at_random_never_misroutes() {
+    use corebus::protocol::topic::owner_shard;
+    use std::future::Future;
+    for (shards, seed) in [(1usize, 1u64), (2, 2), (2, 3), (4, 4), (4, 5)] {
+        let mut config = BusConfig {
+            command_slots: 2,
+            ..BusConfig::default()
+        };
+        config.broker.shards = shards;
+        let bus = Bus::start(config).unwrap();
+        let names: Vec<String> = (0..40).map(|i| format!("fz.t{i:02}")).collect();
+        let home = owner_shard(&names[0], shards);
+        let here = names
+            .iter()
+            .filter(|n| owner_shard(n, shards) == home)
+            .take(4);
+        let elsewhere = names
+            .iter()
+            .filter(|n| owner_shard(n, shards) != home)
+            .take(2);
+        let topics: Vec<String> = here.chain(elsewhere).cloned().collect();
+        let mut subs: Vec<_> = topics.iter().map(|t| bus.subscribe(t).unwrap()).collect();
+        let mut got: Vec<Vec<String>> = vec![Vec::new(); topics.len()];
+        let mut sure: Vec<Vec<String>> = vec![Vec::new(); topics.len()];
+        let mut asker = bus.publisher().unwrap();
+        let mut requests = bus.subscribe("fz.req").unwrap();
+        let mut publisher = bus.publisher_for(&topics[0]).unwrap();
+        let too_big = vec![0; BusConfig::default().broker.message_bytes_max + 1];
+        let mut state = seed;
+        let mut next = |below: u64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % below
+        };
+        let take = |sub: &mut corebus::bus::Subscription, into: &mut Vec<String>, topic: &str| {
+            let message = sub.recv_timeout(WAIT).unwrap();
+            assert_eq!(message.topic(), topic, "{shards} shards: misrouted");
+            into.push(String::from_utf8(message.payload().to_vec()).unwrap());
+        };
+        let mut created = 0;
+        for n in 0..1500 {
+            let i = next(topics.len() as u64) as usize;
+            let topic = topics[i].clone();
+            let payload = format!("{topic}|{n}");
+            let went = match next(10) {
+                0 | 1 => publisher.publish(&topic, payload.as_bytes()).map(|_| true),
+                2 => publisher
+                    .publish_confirmed(&topic, payload.as_bytes())
+                    .map(|_| true),
+                3 => publisher
+                    .publish_with_headers(&topic, &[("h", b"v")], payload.as_bytes())
+                    .map(|_| true),
+                4 => publisher
+                    .publish_with_reply(&topic, payload.as_bytes(), "fz.back")
+                    .map(|_| true),
+                5 => {
+                    let mut future =
+                        std::pin::pin!(publisher.publish_async(&topic, payload.as_bytes()));
+                    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                    match future.as_mut().poll(&mut cx) {
+                        std::task::Poll::Ready(result) => result.map(|_| true),
+                        std::task::Poll::Pending => Ok(false),
+                    }
+                }
+                6 => {
+                    assert!(publisher.publish(&topic, &too_big).is_err());
+                    assert!(publisher.publish("fz bad", b"x").is_err());
+                    Ok(false)
+                }
+                7 => {
+                    asker.publish_with_reply("fz.req", b"q", &topic).unwrap();
+                    let request = requests.recv_timeout(WAIT).unwrap();
+                    publisher.reply(&request, payload.as_bytes())
+                }
+                8 if next(2) == 0 && created < 40 => {
+                    created += 1;
+                    let made = format!("fz.c{created:02}");
+                    publisher
+                        .create_topic(&made, TopicOptions::default())
+                        .unwrap();
+                    Ok(false)
+                }
+                8 => {
+                    publisher.delete_topic(&topic).unwrap();
+                    loop {
+                        match subs[i].recv_timeout(WAIT) {
+                            Ok(message) => {
+                                assert_eq!(message.topic(), topic, "{shards} shards: misrouted");
+                                got[i].push(String::from_utf8(message.payload().to_vec()).unwrap())
+                            }
+                            Err(Error::Ended(_)) => break,
+                            Err(error) => panic!("{error:?}"),
+                        }
+                    }
+                    subs[i] = bus.subscribe(&topic).unwrap();
+                    Ok(false)
+                }
+                _ => Ok(false),
+            };
+            if went.unwrap() {
+                sure[i].push(payload);
+            }
+        }
+        for (j, sub) in subs.iter_mut().enumerate() {
+            // Every publish that surely went arrives, in order, among what arrives.
+            for expected in &sure[j] {
+                while !got[j].contains(expected) {
+                    take(sub, &mut got[j], &topics[j]);
+                }
+            }
+            let positions: Vec<usize> = sure[j]
+                .iter()
+                .map(|s| got[j].iter().position(|g| g == s).unwrap())
+                .collect();
+            assert!(
+                positions.windows(2).all(|w| w[0] < w[1]),
+                "{shards} shards: order"
+            );
+            for payload in &got[j] {
+                assert!(payload.starts_with(&format!("{}|", topics[j])), "{payload}");
+            }
+        }
+        assert!(publisher.take_async_errors().0.is_empty());
+    }
+}

@@ -173,13 +173,37 @@ thread_local! {
 /// a timer) through the same waker slot a blocked receive uses.
 pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
+    loop {
+        if let Some(output) = block_on_until(future.as_mut(), None) {
+            return output;
+        }
+    }
+}
+
+/// [`block_on`] until `deadline` at most (`None` once it passed, the future dropped): the
+/// thread parks no later than the deadline, so a blocking call's timeout needs no timer.
+pub(crate) fn block_on_until<F: std::future::Future>(
+    future: F,
+    deadline: Option<std::time::Instant>,
+) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
     THREAD_WAKER.with(|waker| {
         let mut context = std::task::Context::from_waker(waker);
         loop {
             if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
-                return output;
+                return Some(output);
             }
-            std::thread::park_timeout(super::PARK_BACKSTOP);
+            let park = match deadline {
+                None => super::PARK_BACKSTOP,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    left.min(super::PARK_BACKSTOP)
+                }
+            };
+            std::thread::park_timeout(park);
         }
     })
 }

@@ -96,10 +96,10 @@ pub const HANDLES_PER_SHARD_MAX_DEFAULT: usize = 4096;
 /// The most slots [`BusConfig::command_slots`] and [`BusConfig::event_slots`] may ask for:
 /// each ring is allocated whole when its handle is made, so a larger one would fail (or take
 /// the process's memory) then, not at start.
-pub const RING_SLOTS_MAX: usize = 1 << 20;
+pub const RING_SLOTS_MAX: usize = 1 << 16;
 /// The most [`BusConfig::handles_per_shard_max`] may be: the shard's doorbell is allocated
 /// for four rings a handle.
-pub const HANDLES_PER_SHARD_LIMIT: usize = 1 << 20;
+pub const HANDLES_PER_SHARD_LIMIT: usize = 1 << 16;
 /// Refusals of quiet publishes kept for [`Publisher::take_async_errors`]; older ones are
 /// counted instead.
 const ASYNC_ERRORS_MAX: usize = 1024;
@@ -871,6 +871,16 @@ struct Unawaited {
 
 impl Unawaited {
     fn absorb(&mut self, event: Event) {
+        // The answer to the inbox's subscribe, come after the request that made it was
+        // dropped: a refusal leaves no inbox (the next request subscribes again).
+        if let (Some(inbox), Event::Reply { request_id, result }) = (&mut self.inbox, &event) {
+            if inbox.confirming == Some(*request_id) {
+                inbox.confirming = None;
+                if result.is_err() {
+                    self.inbox = None;
+                }
+            }
+        }
         match event {
             Event::Reply {
                 result: Err(error), ..
@@ -898,6 +908,8 @@ impl Unawaited {
 struct Inbox {
     prefix: String,
     next_token: u64,
+    /// The request id of its subscribe, until the shard has answered it.
+    confirming: Option<u32>,
     /// Replies that came while the publisher waited for something else.
     early: VecDeque<Message>,
 }
@@ -1045,11 +1057,14 @@ impl Publisher {
     /// subscribes this publisher to its inbox (`_inbox.<random>.*`); later ones reuse it.
     /// A timeout too long to add to the clock is no deadline.
     pub fn request(&mut self, topic: &str, payload: &[u8], timeout: Duration) -> Result<Message> {
-        link::block_on(self.request_async(topic, payload, timeout))
+        let deadline = Instant::now().checked_add(timeout);
+        link::block_on_until(self.request_without_deadline(topic, payload), deadline)
+            .unwrap_or(Err(Error::Timeout))
     }
 
     /// Async [`Publisher::request`]. Dropped before its answer, it leaves nothing behind: a
-    /// late answer is skipped by the next request.
+    /// late answer is skipped by the next request. Its timeout is kept by `futures-timer`'s
+    /// one timer thread (started on the first async request), whatever runtime polls it.
     pub async fn request_async(
         &mut self,
         topic: &str,
@@ -1062,22 +1077,44 @@ impl Publisher {
     async fn request_without_deadline(&mut self, topic: &str, payload: &[u8]) -> Result<Message> {
         if self.unawaited.inbox.is_none() {
             let prefix = format!("_inbox.{:016x}", rand::random::<u64>());
-            let subject: Box<str> = format!("{prefix}.*").into();
-            let subscribe = |request_id| Command::Subscribe {
-                request_id,
-                sub_id: INBOX_SUB_ID,
-                subject,
-                options: Box::default(),
-            };
-            let unawaited = &mut self.unawaited;
+            let request_id = self.link.request_id();
             self.link
-                .call(subscribe, &mut |event| unawaited.absorb(event))
+                .push(Command::Subscribe {
+                    request_id,
+                    sub_id: INBOX_SUB_ID,
+                    subject: format!("{prefix}.*").into(),
+                    options: Box::default(),
+                })
                 .await?;
+            // Kept as soon as it is pushed: a request dropped (or timed out) from here on
+            // leaves the inbox known, never subscribed twice.
             self.unawaited.inbox = Some(Inbox {
                 prefix,
                 next_token: 0,
+                confirming: Some(request_id),
                 early: VecDeque::new(),
             });
+        }
+        if let Some(request_id) = self.unawaited.inbox.as_ref().and_then(|i| i.confirming) {
+            let unawaited = &mut self.unawaited;
+            let answer = self
+                .link
+                .answer(request_id, &mut |event| unawaited.absorb(event))
+                .await?;
+            match answer {
+                Event::Reply { result: Ok(_), .. } => {
+                    if let Some(inbox) = &mut self.unawaited.inbox {
+                        inbox.confirming = None;
+                    }
+                }
+                Event::Reply {
+                    result: Err(error), ..
+                } => {
+                    self.unawaited.inbox = None;
+                    return Err(Error::Refused(error));
+                }
+                _ => return Err(unexpected_answer()),
+            }
         }
         let reply_to = match &mut self.unawaited.inbox {
             Some(inbox) => {
@@ -1132,7 +1169,8 @@ impl Publisher {
     }
 
     /// Refusals of quiet publishes so far, oldest first, and how many more were not kept
-    /// because 1,024 were waiting already.
+    /// because 1,024 were waiting already. A call whose future was dropped after its command
+    /// went out (a confirmed publish, a topic made or deleted) has its refusal kept here too.
     pub fn take_async_errors(&mut self) -> (Vec<ServerError>, u64) {
         self.take_unawaited();
         (
