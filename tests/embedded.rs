@@ -518,6 +518,38 @@ fn replay_starts_and_gaps() {
         .and_then(|e| e.code()),
         Some(ErrorCode::StartBeyondEnd)
     );
+    // Every other start position, in process as on the network.
+    let starting = |start| {
+        bus.subscribe_with(
+            "replayed",
+            SubscribeOptions {
+                start,
+                ..Default::default()
+            },
+        )
+    };
+    let mut all = starting(Start::All).unwrap();
+    assert_eq!(all.recv_timeout(WAIT).unwrap().seq(), 1);
+    let at_seq_6 = {
+        let mut from_6 = starting(Start::FromSeq(6)).unwrap();
+        from_6.recv_timeout(WAIT).unwrap()
+    };
+    let mut by_time = starting(Start::FromTimeNs(at_seq_6.timestamp_ns())).unwrap();
+    assert!(by_time.recv_timeout(WAIT).unwrap().seq() <= 6);
+    let epoch = from
+        .position()
+        .expect("an exact topic has a position")
+        .epoch;
+    let mut resumed = starting(Start::FromSeqOfEpoch { seq: 9, epoch }).unwrap();
+    assert_eq!(resumed.recv_timeout(WAIT).unwrap().seq(), 9);
+    let wrong_epoch = starting(Start::FromSeqOfEpoch {
+        seq: 9,
+        epoch: epoch.wrapping_add(1),
+    });
+    assert_eq!(
+        wrong_epoch.err().and_then(|e| e.code()),
+        Some(ErrorCode::EpochMismatch)
+    );
 }
 
 #[test]
@@ -632,7 +664,22 @@ fn durable_consumers_ack_nack_and_dead_letter() {
     };
     let later = resumed.recv_timeout(WAIT).unwrap();
     assert_eq!(later.payload(), b"later");
-    resumed.ack_through(&later).unwrap();
+    // Three more, acked all at once through the last: after the consumer resumes again,
+    // nothing comes back (an ack through the first only would redeliver the other two).
+    for job in [&b"x"[..], b"y", b"z"] {
+        publisher.publish_confirmed("work", job).unwrap();
+    }
+    let mut last = later;
+    for _ in 0..3 {
+        last = resumed.recv_timeout(WAIT).unwrap();
+    }
+    assert_eq!(last.payload(), b"z");
+    resumed.ack_through(&last).unwrap();
+    // The ack went first: the shard carries out a handle's commands in order.
+    resumed.unsubscribe().unwrap();
+    let mut again = bus.subscribe_with("work", options.clone()).unwrap();
+    publisher.publish_confirmed("work", b"after").unwrap();
+    assert_eq!(again.recv_timeout(WAIT).unwrap().payload(), b"after");
 }
 
 #[test]
