@@ -169,8 +169,8 @@ thread_local! {
 }
 
 /// Runs `future` to its end on the calling thread, parked while it is pending: the blocking
-/// calls that wait for an answer are their async twins driven here, woken by the shard (or
-/// a timer) through the same waker slot a blocked receive uses.
+/// calls that wait for an answer are their async twins driven here, woken by the shard
+/// through the same waker slot a blocked receive uses.
 pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
     loop {

@@ -25,8 +25,9 @@
 //! A stream that ends says why first: one `Err` (shutdown, slow consumer, topic deleted),
 //! then `None`. Every call that waits for the shard has an async twin named `..._async`
 //! (subscribing, confirmed publishes, requests with their timeout, acks, topics, stats); the
-//! blocking call runs that same future on the calling thread. A request's timeout is kept by
-//! one timer thread (`futures-timer`), whatever runtime polls it.
+//! blocking call runs that same future on the calling thread (a blocking request keeps its
+//! timeout by parking until it; an async one's is kept by `futures-timer`'s one timer thread,
+//! whatever runtime polls it).
 //!
 //! Content filters ([`BusHandle::subscribe_filtered`]) run on the subscriber's side, in the
 //! thread or task that receives, so a slow predicate never stalls a shard. A message it turns
