@@ -60,8 +60,9 @@
 //! - [`mesh`]: everything that crosses between shards. [`mesh::ring`]: the bounded SPSC ring,
 //!   a `crossbeam-channel` bounded channel with exactly one producer and one consumer, one
 //!   batch per slot. [`mesh::message`]: the closed set of messages the rings carry.
-//! - [`message`]: the shared, immutable message frame. [`ids`]: newtype ids. [`error`]: wire
-//!   error codes and close reasons.
+//! - [`message`]: the shared, immutable message frame (its reference count, `message/frame.rs`,
+//!   takes and drops the owner's references without a locked instruction while it holds the
+//!   only one). [`ids`]: newtype ids. [`error`]: wire error codes and close reasons.
 //! - [`client`]: the blocking Rust client (also used by the tests and the CLI).
 //! - [`bus`]: the embedded bus: the shards inside an application, publishers and
 //!   subscriptions as in-process connections (blocking iterators, async streams, filters);

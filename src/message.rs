@@ -6,17 +6,19 @@
 //! 4-byte subscription id differs per subscriber; it is patched in while the frame is copied
 //! into the socket's write buffer, so no payload byte is copied before the final write.
 
-use std::mem::MaybeUninit;
+mod frame;
 
-// `triomphe`'s `Arc`, not `std`'s: a frame is never weakly referenced, and without the weak
-// count its construction, uniqueness test (`stamp`) and release each do less (callgrind).
-use triomphe::{Arc, UniqueArc};
+// Not `std`'s `Arc`: a frame is never weakly referenced, and without the weak count its
+// construction, uniqueness test (`stamp`) and release each do less (callgrind); and not a
+// library's, for the two references a publish takes and releases without a locked
+// instruction (see `frame`).
+use frame::Frame;
 
 use crate::protocol::native;
 
 #[derive(Clone, Debug)]
 pub struct Message {
-    frame: Arc<[u8]>,
+    frame: Frame,
 }
 
 impl Message {
@@ -56,7 +58,7 @@ impl Message {
             scratch.clear();
             native::encode_msg_from_publish(scratch, read_ns, parts, headers, payload);
             Message {
-                frame: Arc::from(&scratch[..]),
+                frame: Frame::from_slice(scratch),
             }
         };
         let Some(len) = native::msg_from_publish_len(parts, headers, payload.len()) else {
@@ -67,13 +69,12 @@ impl Message {
         };
         // One allocation, written in place: the payload is copied once, from the read buffer
         // to where every subscriber reads it (two copies at ingress before, issue 13).
-        let mut frame = UniqueArc::<[MaybeUninit<u8>]>::new_uninit_slice(len);
-        match native::write_msg_from_publish(&mut frame, read_ns, parts, headers, payload) {
-            // SAFETY: `write_msg_from_publish` wrote every byte of the slice it was given,
-            // which is the whole frame.
-            Some(()) => Message {
-                frame: unsafe { UniqueArc::assume_init_slice(frame) }.shareable(),
-            },
+        // `write_msg_from_publish` writes every byte of the slice it is given, or says not.
+        let written = Frame::new_with(len, |frame| {
+            native::write_msg_from_publish(frame, read_ns, parts, headers, payload)
+        });
+        match written {
+            Some(frame) => Message { frame },
             // Not reached (the length is the one asked for); the general encoder keeps the
             // function total all the same.
             None => general(scratch),
@@ -99,13 +100,13 @@ impl Message {
             native::msg_set_seq(frame, seq);
             native::msg_set_timestamp_ns(frame, timestamp_ns);
         };
-        match Arc::get_mut(&mut self.frame) {
+        match self.frame.get_mut() {
             Some(frame) => write(frame),
             None => {
                 debug_assert!(false, "a message must be stamped before it is shared");
                 let mut copy = self.frame.to_vec();
                 write(&mut copy);
-                self.frame = Arc::from(copy);
+                self.frame = Frame::from_slice(&copy);
             }
         }
     }
@@ -120,9 +121,18 @@ impl Message {
         native::header_value(self.headers(), name.as_bytes())
     }
 
+    /// A second reference for the owner to keep (its replay ring) while the message is still
+    /// only its own: made without a locked instruction then (see `frame`).
+    #[inline]
+    pub fn clone_while_unique(&mut self) -> Message {
+        Message {
+            frame: self.frame.clone_while_unique(),
+        }
+    }
+
     /// Whether both are the same message (one frame), for caches keyed by message.
     pub fn shares_frame(&self, other: &Message) -> bool {
-        Arc::ptr_eq(&self.frame, &other.frame)
+        std::ptr::eq(self.frame.heap_ptr(), other.frame.heap_ptr())
     }
 
     /// Where the frame lives: the same for every clone, and, unlike [`Message::shares_frame`],
@@ -152,7 +162,7 @@ impl Message {
         // fixed count, whatever the frame's length: working out how many lines it spans cost
         // 20 instructions a publish, and a prefetch past its end is harmless (the next block
         // of the same size, if anything).
-        let start = self.frame.heap_ptr().cast::<u8>();
+        let start = self.frame.heap_ptr();
         for line in 0..RELEASE_PREFETCH_LINES {
             prefetch(start.wrapping_add(line * CACHE_LINE_BYTES));
         }
@@ -203,7 +213,7 @@ impl Message {
         let mut frame = self.frame.to_vec();
         native::msg_set_delivery_count(&mut frame, delivery_count);
         Message {
-            frame: Arc::from(frame),
+            frame: Frame::from_slice(&frame),
         }
     }
 
@@ -283,7 +293,7 @@ mod tests {
     use super::*;
 
     fn references(message: &Message) -> usize {
-        Arc::count(&message.frame)
+        message.frame.references()
     }
 
     #[test]

@@ -1054,11 +1054,13 @@ impl OwnedTopics {
                 };
                 owned.last_timestamp_ns = owned.last_timestamp_ns.max(published_ns);
                 message.stamp(owned.last_seq, owned.last_timestamp_ns);
+                // Stamped above, so still only the owner's: its reference costs a store.
+                let kept = message.clone_while_unique();
                 owned.replay.push(
                     owned.last_seq,
                     owned.last_timestamp_ns,
                     message.frame_len(),
-                    message.clone(),
+                    kept,
                     now_ns,
                 );
                 if let Some(next_evicted) = owned.replay.next_evicted() {

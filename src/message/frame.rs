@@ -1,0 +1,263 @@
+//! The shared frame behind a [`super::Message`]: one allocation holding a reference count and
+//! then the frame's bytes, like `triomphe::Arc<[u8]>` (no weak count), with two things no
+//! reference-counting library offers, both for a frame only this thread holds:
+//! - [`Frame::clone_while_unique`]: a second reference by a plain store, not an atomic
+//!   read-modify-write (the owner keeps a reference in the topic's replay ring while the
+//!   message is still only its own);
+//! - the release of the last reference, seen by a load, frees without one (the replay ring
+//!   evicting a message every receiver has written out already).
+//!
+//! Each locked instruction waits for every store before it to drain; a publish made three
+//! (the replay's reference, the delivery's release, the eviction's), and taking the first and
+//! last off lifted delivered msgs/s by about a tenth in fan-in and 1:1 (tuning.md).
+//!
+//! Sound because a reference is needed to make another: with `&mut self` and a count of one,
+//! no other thread holds this frame or can come to hold it, so no other thread touches the
+//! count until this thread hands a reference over, which it does through a channel or ring
+//! whose release and acquire order the plain store before the other thread's first look.
+
+use std::alloc::{self, Layout};
+use std::mem::MaybeUninit;
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
+
+/// Bytes ahead of the frame: the reference count.
+const HEADER_BYTES: usize = std::mem::size_of::<AtomicUsize>();
+
+/// Past this many references the count could wrap if references were leaked: abort rather
+/// than free a frame still in use (as `std` and `triomphe` do).
+const REFERENCES_MAX: usize = isize::MAX as usize;
+
+pub(super) struct Frame {
+    /// The allocation: the count, then `len` bytes.
+    allocation: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the bytes are immutable once shared (only `get_mut`, with the only reference, writes)
+// and the count is atomic whenever another thread may hold a reference.
+unsafe impl Send for Frame {}
+// SAFETY: as above; `&Frame` gives only reads of the bytes and atomic updates of the count.
+unsafe impl Sync for Frame {}
+
+impl Frame {
+    fn layout(len: usize) -> Layout {
+        // A frame's length is bounded by `--message-bytes-max` (validated), far below where
+        // this could fail; failing, it is an allocation that cannot be made.
+        match len
+            .checked_add(HEADER_BYTES)
+            .and_then(|size| Layout::from_size_align(size, align_of::<AtomicUsize>()).ok())
+        {
+            Some(layout) => layout,
+            None => alloc::handle_alloc_error(Layout::new::<AtomicUsize>()),
+        }
+    }
+
+    /// A frame of `len` bytes, not written yet: `new_with` and `from_slice` fill it before
+    /// anyone can read it.
+    fn allocate(len: usize) -> Frame {
+        let layout = Frame::layout(len);
+        // SAFETY: the layout is never zero-sized (it holds the count).
+        let Some(allocation) = NonNull::new(unsafe { alloc::alloc(layout) }) else {
+            alloc::handle_alloc_error(layout)
+        };
+        // SAFETY: the allocation starts with room for the count, suitably aligned.
+        unsafe { allocation.cast::<AtomicUsize>().write(AtomicUsize::new(1)) };
+        Frame { allocation, len }
+    }
+
+    /// A frame of `len` bytes that `write` fills whole; `None` (and nothing kept) if it does
+    /// not.
+    pub fn new_with(
+        len: usize,
+        write: impl FnOnce(&mut [MaybeUninit<u8>]) -> Option<()>,
+    ) -> Option<Frame> {
+        let frame = Frame::allocate(len);
+        // SAFETY: `len` bytes follow the count inside the allocation; nothing else refers to
+        // them yet, and `MaybeUninit` asks no initialisation.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(
+                frame
+                    .allocation
+                    .as_ptr()
+                    .add(HEADER_BYTES)
+                    .cast::<MaybeUninit<u8>>(),
+                len,
+            )
+        };
+        // A frame the writer gave up on is freed by its drop, which never reads the bytes.
+        write(bytes).map(|()| frame)
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Frame {
+        let frame = Frame::allocate(bytes.len());
+        // SAFETY: the new allocation has room for `bytes.len()` bytes after the count, and
+        // cannot overlap `bytes`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                frame.allocation.as_ptr().add(HEADER_BYTES),
+                bytes.len(),
+            )
+        };
+        frame
+    }
+
+    fn count(&self) -> &AtomicUsize {
+        // SAFETY: the allocation starts with the count, alive while this reference is.
+        unsafe { self.allocation.cast::<AtomicUsize>().as_ref() }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` initialised bytes follow the count (`new_with` returns only a frame
+        // written whole), alive while this reference is.
+        unsafe { std::slice::from_raw_parts(self.allocation.as_ptr().add(HEADER_BYTES), self.len) }
+    }
+
+    /// Whether this is the only reference. `Acquire`: whatever a thread did with the frame
+    /// before it released its reference is seen here.
+    pub fn is_unique(&self) -> bool {
+        self.count().load(Ordering::Acquire) == 1
+    }
+
+    /// The bytes to write, if this is the only reference.
+    pub fn get_mut(&mut self) -> Option<&mut [u8]> {
+        if !self.is_unique() {
+            return None;
+        }
+        // SAFETY: the only reference, held mutably: nobody else reads the bytes.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(self.allocation.as_ptr().add(HEADER_BYTES), self.len)
+        })
+    }
+
+    /// A second reference; by a plain store while this is the only one (see the module docs).
+    #[inline]
+    pub fn clone_while_unique(&mut self) -> Frame {
+        if !self.is_unique() {
+            return self.clone();
+        }
+        // Only this thread can reach the count now (it holds the only reference, mutably).
+        self.count().store(2, Ordering::Relaxed);
+        Frame {
+            allocation: self.allocation,
+            len: self.len,
+        }
+    }
+
+    pub fn references(&self) -> usize {
+        self.count().load(Ordering::Acquire)
+    }
+
+    /// Where the allocation starts (the count, then the frame): for prefetching, and as an
+    /// identity.
+    pub fn heap_ptr(&self) -> *const u8 {
+        self.allocation.as_ptr()
+    }
+}
+
+impl Clone for Frame {
+    #[inline]
+    fn clone(&self) -> Frame {
+        // `Relaxed`: a new reference is made from one held, which orders everything before.
+        if self.count().fetch_add(1, Ordering::Relaxed) > REFERENCES_MAX {
+            std::process::abort();
+        }
+        Frame {
+            allocation: self.allocation,
+            len: self.len,
+        }
+    }
+}
+
+impl Drop for Frame {
+    #[inline]
+    fn drop(&mut self) {
+        // The last reference, seen by a load: nobody else holds one or can make one, so the
+        // frame is freed without a locked instruction.
+        if !self.is_unique() {
+            // `Release`: this thread's reads of the bytes happen before whoever frees them.
+            if self.count().fetch_sub(1, Ordering::Release) != 1 {
+                return;
+            }
+            fence(Ordering::Acquire);
+        }
+        // SAFETY: no reference is left; the layout is the one the frame was allocated with.
+        unsafe { alloc::dealloc(self.allocation.as_ptr(), Frame::layout(self.len)) };
+    }
+}
+
+impl std::ops::Deref for Frame {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("len", &self.len)
+            .field("references", &self.references())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_counted_and_the_last_frees() {
+        let mut frame = Frame::from_slice(b"hello");
+        assert_eq!(frame.bytes(), b"hello");
+        assert!(frame.is_unique());
+        let kept = frame.clone_while_unique();
+        assert_eq!((frame.references(), kept.references()), (2, 2));
+        assert!(frame.get_mut().is_none(), "shared frames are not written");
+        let third = kept.clone();
+        let fourth = frame.clone_while_unique();
+        assert_eq!(frame.references(), 4, "not unique: an atomic increment");
+        drop((third, fourth, kept));
+        assert!(frame.is_unique());
+        frame.get_mut().unwrap()[0] = b'j';
+        assert_eq!(frame.bytes(), b"jello");
+    }
+
+    #[test]
+    fn an_empty_frame_and_a_writer_that_gives_up_hold_nothing_wrong() {
+        assert_eq!(Frame::from_slice(&[]).bytes(), b"");
+        assert!(Frame::new_with(8, |_| None).is_none());
+    }
+
+    /// References made and released across threads, the last on any of them: a frame freed
+    /// early or twice shows as corrupted bytes or a crash (and under Miri or a sanitizer, as
+    /// an error).
+    #[test]
+    fn references_released_on_many_threads_free_the_frame_once() {
+        for round in 0..200u32 {
+            let mut frame = Frame::from_slice(&round.to_be_bytes());
+            let kept = frame.clone_while_unique();
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let mine = frame.clone();
+                    std::thread::spawn(move || {
+                        let copies: Vec<Frame> = (0..50).map(|_| mine.clone()).collect();
+                        for copy in &copies {
+                            assert_eq!(copy.bytes(), round.to_be_bytes());
+                        }
+                        drop(copies);
+                        mine
+                    })
+                })
+                .collect();
+            drop(frame);
+            let returned: Vec<Frame> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            assert_eq!(kept.references(), 5);
+            drop(returned);
+            assert!(kept.is_unique());
+            assert_eq!(kept.bytes(), round.to_be_bytes());
+        }
+    }
+}
