@@ -69,10 +69,13 @@ impl Message {
         };
         // One allocation, written in place: the payload is copied once, from the read buffer
         // to where every subscriber reads it (two copies at ingress before, issue 13).
-        // `write_msg_from_publish` writes every byte of the slice it is given, or says not.
-        let written = Frame::new_with(len, |frame| {
-            native::write_msg_from_publish(frame, read_ns, parts, headers, payload)
-        });
+        // SAFETY: `write_msg_from_publish` returns `Some` only once it has written every byte
+        // of the slice it is given (it checks that none is left).
+        let written = unsafe {
+            Frame::new_with(len, |frame| {
+                native::write_msg_from_publish(frame, read_ns, parts, headers, payload)
+            })
+        };
         match written {
             Some(frame) => Message { frame },
             // Not reached (the length is the one asked for); the general encoder keeps the
