@@ -133,6 +133,13 @@ impl Message {
         }
     }
 
+    /// Lets go of this reference, freeing the frame without a locked instruction if it was the
+    /// last (see `frame`): for the replay ring's eviction, which usually holds the last one.
+    #[inline]
+    pub fn release(self) {
+        self.frame.release();
+    }
+
     /// Whether both are the same message (one frame), for caches keyed by message.
     pub fn shares_frame(&self, other: &Message) -> bool {
         std::ptr::eq(self.frame.heap_ptr(), other.frame.heap_ptr())

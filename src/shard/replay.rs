@@ -33,6 +33,7 @@
 //! ring saw its first message have unknown timestamps no later than that message's, which
 //! stands in for them.
 
+use crate::message::Message;
 pub use crate::protocol::subscribe_options::Start;
 use crate::protocol::topic_options::TopicOptions;
 
@@ -95,6 +96,23 @@ struct Entry<T> {
     item: T,
 }
 
+/// How a ring lets go of what it evicts. A message the ring held the last reference to is
+/// freed without a locked instruction ([`Message::release`]); everything else just drops.
+pub trait Evict {
+    fn evict(self);
+}
+
+impl Evict for Message {
+    #[inline]
+    fn evict(self) {
+        self.release();
+    }
+}
+
+impl Evict for u64 {
+    fn evict(self) {}
+}
+
 /// Slots a ring starts with on its first retained message.
 pub const SLOTS_INITIAL: usize = 4;
 
@@ -115,7 +133,7 @@ pub struct ReplayRing<T> {
     below_window_timestamp_ns: Option<u64>,
 }
 
-impl<T> ReplayRing<T> {
+impl<T: Evict> ReplayRing<T> {
     pub fn new(limits: ReplayLimits) -> Self {
         ReplayRing {
             limits,
@@ -220,11 +238,15 @@ impl<T> ReplayRing<T> {
                 if self.bytes - oldest.bytes <= self.limits.bytes_max - bytes {
                     self.bytes = self.bytes - oldest.bytes + bytes;
                     self.below_window_timestamp_ns = Some(oldest.timestamp_ns);
-                    *oldest = Entry {
-                        timestamp_ns,
-                        bytes,
-                        item,
-                    };
+                    let evicted_entry = std::mem::replace(
+                        oldest,
+                        Entry {
+                            timestamp_ns,
+                            bytes,
+                            item,
+                        },
+                    );
+                    evicted_entry.item.evict();
                     self.head = if head + 1 == slots_max { 0 } else { head + 1 };
                     self.last_seq = seq;
                     return evicted + 1;
@@ -431,6 +453,7 @@ impl<T> ReplayRing<T> {
             self.len -= 1;
             self.bytes -= entry.bytes;
             self.below_window_timestamp_ns = Some(entry.timestamp_ns);
+            entry.item.evict();
         }
         count
     }
