@@ -8,11 +8,12 @@
 //!   ring evicting a message every receiver has written out already). Only there: a plain
 //!   drop is a decrement as usual, since a load first would cost a second cache-line transfer
 //!   where other threads are taking and dropping references to the same frame (fan-out to
-//!   in-process subscribers lost a sixth of its rate to it).
+//!   in-process subscribers fell by a sixth in one set of runs with it).
 //!
 //! Each locked instruction waits for every store before it to drain; a publish made three
 //! (the replay's reference, the delivery's release, the eviction's), and taking the first and
-//! last off lifted delivered msgs/s by about a tenth in fan-in and 1:1 (tuning.md).
+//! last off lifted delivered msgs/s by about 6% in fan-in and 1:1 (interleaved runs,
+//! tuning.md).
 //!
 //! Sound because a reference is needed to make another: with `&mut self` and a count of one,
 //! no other thread holds this frame or can come to hold it, so no other thread touches the
