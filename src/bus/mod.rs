@@ -905,6 +905,17 @@ impl Unawaited {
     }
 }
 
+impl Built {
+    fn into_command(self, request_id: u32, quiet: bool) -> Command {
+        Command::Publish {
+            request_id,
+            message: self.message,
+            quiet,
+            same_topic: self.same_topic,
+        }
+    }
+}
+
 /// A publisher's private reply topic, subscribed on its first request.
 struct Inbox {
     prefix: String,
@@ -982,7 +993,7 @@ impl Publisher {
     /// full.
     pub fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
         let built = self.build(topic, None, &[], payload)?;
-        self.push_publish(built, true).map(|_| ())
+        self.push_publish(built)
     }
 
     /// Publishes and waits for the owner shard to sequence it; returns its sequence number.
@@ -1154,15 +1165,9 @@ impl Publisher {
     /// Async [`Publisher::publish`]: `Pending` while the command ring is full, never a
     /// blocked thread. Runtime-agnostic (woken through the task's `Waker`).
     pub fn publish_async<'p>(&'p mut self, topic: &str, payload: &[u8]) -> PublishFuture<'p> {
-        let command = self.build(topic, None, &[], payload).map(|built| {
-            let request_id = self.link.request_id();
-            Command::Publish {
-                request_id,
-                message: built.message,
-                quiet: true,
-                same_topic: built.same_topic,
-            }
-        });
+        let command = self
+            .build(topic, None, &[], payload)
+            .map(|built| built.into_command(self.link.request_id(), true));
         PublishFuture {
             publisher: self,
             command: Some(command),
@@ -1254,18 +1259,12 @@ impl Publisher {
     }
 
     /// The blocking quiet publish's push (the hot path: no future around it).
-    fn push_publish(&mut self, built: Built, quiet: bool) -> Result<u32> {
+    fn push_publish(&mut self, built: Built) -> Result<()> {
         self.take_unawaited();
-        let request_id = self.link.request_id();
-        self.link
-            .send(Command::Publish {
-                request_id,
-                message: built.message,
-                quiet,
-                same_topic: built.same_topic,
-            })
-            .inspect(|()| self.checked_topic_pushed = true)?;
-        Ok(request_id)
+        let command = built.into_command(self.link.request_id(), true);
+        self.link.send(command)?;
+        self.checked_topic_pushed = true;
+        Ok(())
     }
 
     /// [`Publisher::push_publish`] as a task waits for room.
@@ -1273,12 +1272,7 @@ impl Publisher {
         self.take_unawaited();
         let request_id = self.link.request_id();
         self.link
-            .push(Command::Publish {
-                request_id,
-                message: built.message,
-                quiet,
-                same_topic: built.same_topic,
-            })
+            .push(built.into_command(request_id, quiet))
             .await?;
         self.checked_topic_pushed = true;
         Ok(request_id)
