@@ -1182,3 +1182,55 @@ fn two_clients_one_message_at_a_time_are_not_held_for_the_wait() {
         );
     }
 }
+
+/// A publishing connection remembers where its last publish found its topic, and tries that
+/// place first for the next. Switching between two names of one length with the same first
+/// and last eight bytes, and the topic deleted and made again under the remembered place,
+/// must still land every message on its own topic, in order.
+#[test]
+fn a_publisher_switching_between_look_alike_topics_reaches_each() {
+    with_shard_counts(|shards| {
+        let broker = start(config(shards));
+        let addr = broker.native_addr();
+        let names = ["lookalike.AAA.created", "lookalike.BBB.created"];
+        let mut subscriber = client(addr);
+        let mut subscriptions: Vec<Subscription> = names
+            .iter()
+            .map(|name| subscriber.subscribe(name).expect("subscribe"))
+            .collect();
+        let mut publisher = client(addr);
+        let mut sent: [Vec<String>; 2] = Default::default();
+        for (n, which) in [0, 0, 0, 1, 1, 0, 1, 0, 0, 1, 1, 1].into_iter().enumerate() {
+            let payload = format!("{n}");
+            publisher
+                .publish(names[which], payload.as_bytes())
+                .expect("publish");
+            sent[which].push(payload);
+        }
+        for (subscription, sent) in subscriptions.iter_mut().zip(&sent) {
+            let got: Vec<String> = (0..sent.len())
+                .map(|_| String::from_utf8(recv(subscription, "look-alike").payload).unwrap())
+                .collect();
+            assert_eq!(&got, sent, "{shards} shard(s)");
+        }
+        // Deleted and made again by a new subscription: the table changed under the place
+        // the publisher remembers.
+        publisher.delete_topic(names[0]).expect("delete");
+        let mut again = subscriber.subscribe(names[0]).expect("subscribe again");
+        for n in 0..3 {
+            publisher
+                .publish(names[0], format!("again-{n}").as_bytes())
+                .expect("publish");
+        }
+        publisher
+            .publish_confirmed(names[1], b"last")
+            .expect("publish");
+        for n in 0..3 {
+            let got = String::from_utf8(recv(&mut again, "after delete").payload).unwrap();
+            assert_eq!(got, format!("again-{n}"), "{shards} shard(s)");
+        }
+        assert_eq!(recv(&mut subscriptions[1], "last").payload, b"last");
+        assert_nothing_waiting(&mut again, "after delete");
+        assert_nothing_waiting(&mut subscriptions[1], "after last");
+    });
+}

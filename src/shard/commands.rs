@@ -87,7 +87,7 @@ impl Shard {
             }
             PublishTopic::Held(topic, slot) => (topic, self.id, Some(slot)),
             PublishTopic::Unchecked(bytes) => {
-                match self.look_up_topic(bytes, PublishedNames::Topics) {
+                match self.look_up_topic(Some(id), bytes, PublishedNames::Topics) {
                     TopicLookup::Held(topic, slot) => (topic, self.id, Some(slot)),
                     TopicLookup::Unheld(owner) => match topic::parse_publish_topic(bytes) {
                         Ok(topic) => (topic, owner.unwrap_or_else(|| self.owner_of(topic)), None),
@@ -145,23 +145,47 @@ impl Shard {
     /// up: a name found there is proven by being found, with no check of its bytes (see
     /// [`crate::shard::topics::OwnedTopics::publishable`]). Anything else the caller checks,
     /// with the owner routed here (one routing hash a publish, as before).
+    ///
+    /// `publisher`: the connection publishing, whose hint (where its last publish found its
+    /// topic) is tried first: most publishers send to one topic again and again, and a hint
+    /// that holds skips the lookup's hash and the routing hash (a topic held here is owned
+    /// here). A hint that does not hold is renewed with what the lookup finds.
     #[inline(always)]
     pub(super) fn look_up_topic<'a>(
-        &self,
+        &mut self,
+        publisher: Option<ConnectionId>,
         bytes: &'a [u8],
         names: PublishedNames,
     ) -> TopicLookup<'a> {
-        if bytes.len() > topic::TOPIC_BYTES_MAX {
-            return TopicLookup::Unheld(None);
+        let publisher = publisher.and_then(|id| {
+            self.connections
+                .get_mut(id.index as usize)
+                .filter(|conn| conn.id == id)
+        });
+        if let Some(conn) = &publisher {
+            if let Some((topic, slot)) = self.owned.publishable_at(bytes, names, &conn.topic_hint) {
+                return TopicLookup::Held(topic, slot);
+            }
         }
-        let owner = ShardId(topic::owner_shard_of_bytes(bytes, self.shard_count) as u16);
-        if owner != self.id {
-            return TopicLookup::Unheld(Some(owner));
+        let found = if bytes.len() > topic::TOPIC_BYTES_MAX {
+            TopicLookup::Unheld(None)
+        } else {
+            let owner = ShardId(topic::owner_shard_of_bytes(bytes, self.shard_count) as u16);
+            match (owner == self.id)
+                .then(|| self.owned.publishable(bytes, names))
+                .flatten()
+            {
+                Some((topic, slot)) => TopicLookup::Held(topic, slot),
+                None => TopicLookup::Unheld(Some(owner)),
+            }
+        };
+        if let Some(conn) = publisher {
+            match found {
+                TopicLookup::Held(_, slot) => conn.topic_hint.found(slot, bytes),
+                TopicLookup::Unheld(_) => conn.topic_hint.not_found(),
+            }
         }
-        match self.owned.publishable(bytes, names) {
-            Some((topic, slot)) => TopicLookup::Held(topic, slot),
-            None => TopicLookup::Unheld(Some(owner)),
-        }
+        found
     }
 
     /// Whether a publish to a topic of `owner` may go ahead: room towards the owner (else

@@ -283,7 +283,7 @@ impl Shard {
             Some(slot) => (self.id, Some(slot)),
             None => {
                 let (owner, slot) =
-                    match self.look_up_topic(topic.as_bytes(), PublishedNames::Topics) {
+                    match self.look_up_topic(None, topic.as_bytes(), PublishedNames::Topics) {
                         TopicLookup::Held(_, slot) => (self.id, Some(slot)),
                         // The handle checked the name with the broker's rules.
                         TopicLookup::Unheld(owner) => {

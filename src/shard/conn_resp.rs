@@ -1244,7 +1244,7 @@ impl Shard {
         // in this shard's table, else by a look at its bytes); any other is mapped, and the
         // publish path checks what it maps to.
         let mapped;
-        let topic = match self.look_up_topic(channel, PublishedNames::RedisChannels) {
+        let topic = match self.look_up_topic(Some(id), channel, PublishedNames::RedisChannels) {
             TopicLookup::Held(topic, slot) => PublishTopic::Held(topic, slot),
             TopicLookup::Unheld(owner) => match topic::plain_unescaped_topic(channel) {
                 // A plain channel is its topic: routed by the same bytes.

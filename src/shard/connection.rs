@@ -36,6 +36,7 @@ use crate::protocol::native;
 use crate::protocol::resp::RespVersion;
 use crate::protocol::topic::SubjectKind;
 use crate::shard::conn_ws::EventCache;
+use crate::shard::topics::TopicHint;
 use crate::shard::wire::{Answer, Wire};
 use crate::shard::Shard;
 use std::sync::Arc;
@@ -978,6 +979,9 @@ pub struct Connection {
     /// It has sent a publish: no delivery is staged into it at once (see
     /// [`Connection::enqueue_delivery`]).
     pub publishes: bool,
+    /// Where its last publish found its topic in this shard's table, tried first for the
+    /// next (see [`super::topics::OwnedTopics::publishable_at`]).
+    pub topic_hint: TopicHint,
     /// Queued bytes went past the publisher stall watermark (listed in the shard's
     /// `pressured`).
     pub over_watermark: bool,
@@ -1132,6 +1136,7 @@ impl Connection {
             read_more: false,
             write_blocked: false,
             publishes: false,
+            topic_hint: TopicHint::default(),
             over_watermark: false,
             stall_spent: false,
             pressed_topics: ahash::AHashMap::new(),

@@ -129,6 +129,27 @@ def test_publish_counts_every_receiver(resp, protocol):
             pubsub.close()
 
 
+def test_a_publisher_switching_between_look_alike_channels_reaches_each(resp, protocol):
+    """A publishing connection remembers where its last publish found its channel: names of
+    one length with the same first and last eight bytes must still reach their own
+    subscribers, in order, and a mapped name (`:`) beside them its own."""
+    base = unique("redis.look")
+    channels = [f"{base}.AAA.created", f"{base}.BBB.created", f"{base}:AAA.created"]
+    with client(resp, protocol) as publisher, client(resp, protocol) as subscriber:
+        pubsub = subscriber.pubsub()
+        pubsub.subscribe(*channels)
+        for _ in channels:
+            assert next_message(pubsub)["type"] == "subscribe"
+        plan = [0, 0, 0, 1, 1, 2, 2, 0, 1, 0, 2, 1, 1]
+        for n, which in enumerate(plan):
+            assert publisher.publish(channels[which], str(n)) == 1
+        got = [next_message(pubsub) for _ in plan]
+        assert [(m["channel"], m["data"]) for m in got] == [
+            (channels[which].encode(), str(n).encode()) for n, which in enumerate(plan)]
+        expect_no_message(pubsub)
+        pubsub.close()
+
+
 def test_listen(resp, protocol):
     channel = unique("redis.listen")
     with client(resp, protocol) as publisher, client(resp, protocol) as subscriber:
