@@ -148,8 +148,11 @@ impl Shard {
     ///
     /// `publisher`: the connection publishing, whose hint (where its last publish found its
     /// topic) is tried first: most publishers send to one topic again and again, and a hint
-    /// that holds skips the lookup's hash and the routing hash (a topic held here is owned
-    /// here). A hint that does not hold is renewed with what the lookup finds.
+    /// that holds skips the lookup's hash and the routing hash (a hint is made only from a
+    /// lookup that routed the same name here, and the shard count never changes). A hint
+    /// that does not hold is renewed with what the lookup finds. A Redis channel that maps
+    /// to another topic name (`user:42`) is looked up twice a publish, as the channel and
+    /// as its topic, so it never keeps a hint.
     #[inline(always)]
     pub(super) fn look_up_topic<'a>(
         &mut self,
@@ -181,7 +184,7 @@ impl Shard {
         };
         if let Some(conn) = publisher {
             match found {
-                TopicLookup::Held(_, slot) => conn.topic_hint.found(slot, bytes),
+                TopicLookup::Held(_, slot) => self.owned.note_found(&mut conn.topic_hint, slot),
                 TopicLookup::Unheld(_) => conn.topic_hint.not_found(),
             }
         }

@@ -108,8 +108,12 @@ class Broker:
 
     @classmethod
     def start(cls, binary, extra_flags=()):
-        command = [str(binary), "serve", *cls.BASE_FLAGS]
-        command += [str(flag) for flag in extra_flags]
+        extra_flags = [str(flag) for flag in extra_flags]
+        base_flags = list(cls.BASE_FLAGS)
+        if "--shards" in extra_flags:  # a test's own shard count replaces the base's
+            at = base_flags.index("--shards")
+            del base_flags[at:at + 2]
+        command = [str(binary), "serve", *base_flags, *extra_flags]
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
