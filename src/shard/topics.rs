@@ -330,11 +330,16 @@ impl TableEntry {
     /// Whether a client's publish naming `bytes` (as `names`) goes to this topic.
     #[inline]
     fn publishable_as(&self, bytes: &[u8], names: PublishedNames) -> bool {
-        let allowed = match names {
+        self.allows(names) && self.name.as_bytes() == bytes
+    }
+
+    /// Whether a client's publish naming it as `names` may go to this topic.
+    #[inline(always)]
+    fn allows(&self, names: PublishedNames) -> bool {
+        match names {
             PublishedNames::Topics => self.client_publishable,
             PublishedNames::RedisChannels => self.redis_plain,
-        };
-        allowed && self.name.as_bytes() == bytes
+        }
     }
 }
 
@@ -653,11 +658,8 @@ impl OwnedTopics {
         // The sketch is the whole name up to 16 bytes; a longer one is compared in full.
         // Either way the entry must still be publishable under these rules.
         let entry = table.entries.get_bucket(slot.index)?;
-        let allowed = match names {
-            PublishedNames::Topics => entry.client_publishable,
-            PublishedNames::RedisChannels => entry.redis_plain,
-        };
-        if !allowed || (bytes.len() > NameSketch::EXACT_BYTES && entry.name.as_bytes() != bytes) {
+        let long = bytes.len() > NameSketch::EXACT_BYTES;
+        if !entry.allows(names) || (long && entry.name.as_bytes() != bytes) {
             return None;
         }
         // SAFETY: `bytes` equal the bytes of this `str` key: compared above, or, up to 16
