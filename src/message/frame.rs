@@ -165,6 +165,20 @@ impl Frame {
         }
     }
 
+    /// Drops this reference; if it is the last, as seen by a load, the frame is freed without
+    /// a locked instruction (nobody else holds one or can make one). For a holder that is
+    /// likely the last: others should drop, which does not look first.
+    #[inline]
+    pub fn release(self) {
+        if self.is_unique() {
+            // SAFETY: the only reference (the `Acquire` load ordered every other holder's
+            // use before its release); the layout is the one the frame was allocated with.
+            unsafe { alloc::dealloc(self.allocation.as_ptr(), Frame::layout(self.len)) };
+            std::mem::forget(self);
+        }
+        // Otherwise `self` drops here: a decrement, as any other reference's.
+    }
+
     pub fn references(&self) -> usize {
         self.count().load(Ordering::Acquire)
     }
@@ -186,21 +200,6 @@ impl Clone for Frame {
         Frame {
             allocation: self.allocation,
             len: self.len,
-        }
-    }
-}
-
-impl Frame {
-    /// Drops this reference; if it is the last, as seen by a load, the frame is freed without
-    /// a locked instruction (nobody else holds one or can make one). For a holder that is
-    /// likely the last: others should drop, which does not look first.
-    #[inline]
-    pub fn release(self) {
-        if self.is_unique() {
-            // SAFETY: the only reference (the `Acquire` load ordered every other holder's
-            // use before its release); the layout is the one the frame was allocated with.
-            unsafe { alloc::dealloc(self.allocation.as_ptr(), Frame::layout(self.len)) };
-            std::mem::forget(self);
         }
     }
 }
