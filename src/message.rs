@@ -13,6 +13,7 @@ mod frame;
 // library's, for the two references a publish takes and releases without a locked
 // instruction (see `frame`).
 use frame::Frame;
+pub use frame::SpareBlocks;
 
 use crate::protocol::native;
 

@@ -19,14 +19,73 @@
 //! no other thread holds this frame or can come to hold it, so no other thread touches the
 //! count until this thread hands a reference over, which it does through a channel or ring
 //! whose release and acquire order the plain store before the other thread's first look.
+//!
+//! A freed frame's block is not handed back to the allocator at once: a shard's thread keeps
+//! the last one it freed (up to [`SPARE_BYTES_MAX`]) for its next frame of the same rounded
+//! size ([`SpareBlocks`]).
+//! A busy topic's replay ring frees its oldest message on every publish, and that block's
+//! lines were just fetched to free it; the allocator would hand out a block last touched far
+//! longer ago, and with a thousand busy topics writing the new frame then waited on memory.
+//! Reusing the block lifted many topics' delivered msgs/s by about a tenth and saves the free
+//! and the allocation's instructions (about 35 a message in 1:1, callgrind; tuning.md).
 
 use std::alloc::{self, Layout};
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 
 /// Bytes ahead of the frame: the reference count.
 const HEADER_BYTES: usize = std::mem::size_of::<AtomicUsize>();
+
+/// The largest block (count and frame) a thread keeps for reuse once freed: the small
+/// messages of a busy topic, not one large frame held idle.
+pub(crate) const SPARE_BYTES_MAX: usize = 4096;
+
+/// Allocations are rounded up to this many bytes, so that frames a few bytes apart (topic
+/// names of 9 and 10 characters) fit each other's spare block. The allocator's own size
+/// classes are this coarse or coarser, so the rounding costs no memory.
+const SIZE_GRANULE: usize = 16;
+
+/// What a thread does with a frame's block once the frame is freed.
+#[derive(Clone, Copy)]
+enum Spare {
+    /// Hands it back to the allocator: any thread but a shard's, so that no thread that
+    /// ends holds a block nobody frees.
+    Off,
+    /// Keeps it for the next frame of its size, and holds none yet.
+    Empty,
+    /// Holds one block of this size (see the module docs).
+    Held(NonNull<u8>, usize),
+}
+
+thread_local! {
+    // No destructor, so that reaching it is one load: a shard frees what it holds when it
+    // stops (`SpareBlocks`).
+    static SPARE: Cell<Spare> = const { Cell::new(Spare::Off) };
+}
+
+/// While it lives, this thread keeps the block of the last frame it freed for its next
+/// frame of that size (see the module docs); on drop, the block goes back to the allocator
+/// and the thread keeps none again. For a shard's thread, for as long as it runs.
+pub struct SpareBlocks(());
+
+impl SpareBlocks {
+    pub fn keep() -> SpareBlocks {
+        SPARE.set(Spare::Empty);
+        SpareBlocks(())
+    }
+}
+
+impl Drop for SpareBlocks {
+    fn drop(&mut self) {
+        if let Spare::Held(block, size) = SPARE.replace(Spare::Off) {
+            // SAFETY: the block was allocated with this size and the count's alignment, and
+            // only the cell held it.
+            unsafe { alloc::dealloc(block.as_ptr(), Frame::block_layout(size)) };
+        }
+    }
+}
 
 /// Past this many references the count could wrap if references were leaked: abort rather
 /// than free a frame still in use (as `std` and `triomphe` do).
@@ -57,7 +116,8 @@ impl Frame {
         // A frame's length is bounded by `--message-bytes-max` (validated), far below where
         // this could fail; failing, it is an allocation that cannot be made.
         match len
-            .checked_add(HEADER_BYTES)
+            .checked_add(HEADER_BYTES + SIZE_GRANULE - 1)
+            .map(|size| size & !(SIZE_GRANULE - 1))
             .and_then(|size| Layout::from_size_align(size, align_of::<AtomicUsize>()).ok())
         {
             Some(layout) => layout,
@@ -65,13 +125,75 @@ impl Frame {
         }
     }
 
+    /// The layout of a block of `size` bytes from [`Frame::layout`].
+    fn block_layout(size: usize) -> Layout {
+        Layout::from_size_align(size, align_of::<AtomicUsize>())
+            .unwrap_or_else(|_| larger_than_memory())
+    }
+
+    /// This thread's spare block, if it has the size `layout` asks for.
+    #[inline]
+    fn take_spare(layout: Layout) -> Option<NonNull<u8>> {
+        match SPARE.get() {
+            Spare::Held(block, size) if size == layout.size() => {
+                SPARE.set(Spare::Empty);
+                Some(block)
+            }
+            _ => None,
+        }
+    }
+
+    /// Frees a block no reference points to any longer: on a thread that keeps one, it
+    /// becomes the spare, and the spare it replaces goes back to the allocator (the newest
+    /// is the one in cache).
+    ///
+    /// # Safety
+    ///
+    /// `block` was allocated with `layout`, and nothing refers to it.
+    #[inline]
+    unsafe fn free_block(block: NonNull<u8>, layout: Layout) {
+        let size = layout.size();
+        let freed = match SPARE.get() {
+            Spare::Off => (block, size),
+            _ if size > SPARE_BYTES_MAX => (block, size),
+            Spare::Empty => {
+                SPARE.set(Spare::Held(block, size));
+                return;
+            }
+            Spare::Held(spare, spare_size) => {
+                SPARE.set(Spare::Held(block, size));
+                (spare, spare_size)
+            }
+        };
+        // SAFETY: the caller's block, or the spare that nothing else holds, each with the
+        // size it was allocated with.
+        unsafe { alloc::dealloc(freed.0.as_ptr(), Frame::block_layout(freed.1)) }
+    }
+
+    /// [`Frame::free_block`] for a drop, which is inlined wherever a message is let go:
+    /// there a call keeps the code small (a drop is rarely the last reference on the
+    /// publish path, where the replay ring's release usually is).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Frame::free_block`].
+    #[inline(never)]
+    unsafe fn free_block_out_of_line(block: NonNull<u8>, layout: Layout) {
+        // SAFETY: the caller's promise.
+        unsafe { Frame::free_block(block, layout) }
+    }
+
     /// A frame of `len` bytes, not written yet: `new_with` and `from_slice` fill it before
     /// anyone can read it (a drop never reads them).
     fn allocate(len: usize) -> Frame {
         let layout = Frame::layout(len);
-        // SAFETY: the layout is never zero-sized (it holds the count).
-        let Some(allocation) = NonNull::new(unsafe { alloc::alloc(layout) }) else {
-            alloc::handle_alloc_error(layout)
+        let allocation = match Frame::take_spare(layout) {
+            Some(block) => block,
+            // SAFETY: the layout is never zero-sized (it holds the count).
+            None => match NonNull::new(unsafe { alloc::alloc(layout) }) {
+                Some(block) => block,
+                None => alloc::handle_alloc_error(layout),
+            },
         };
         // SAFETY: the allocation starts with room for the count, suitably aligned.
         unsafe { allocation.cast::<AtomicUsize>().write(AtomicUsize::new(1)) };
@@ -173,7 +295,7 @@ impl Frame {
         if self.is_unique() {
             // SAFETY: the only reference (the `Acquire` load ordered every other holder's
             // use before its release); the layout is the one the frame was allocated with.
-            unsafe { alloc::dealloc(self.allocation.as_ptr(), Frame::layout(self.len)) };
+            unsafe { Frame::free_block(self.allocation, Frame::layout(self.len)) };
             std::mem::forget(self);
         }
         // Otherwise `self` drops here: a decrement, as any other reference's.
@@ -213,7 +335,7 @@ impl Drop for Frame {
         }
         fence(Ordering::Acquire);
         // SAFETY: no reference is left; the layout is the one the frame was allocated with.
-        unsafe { alloc::dealloc(self.allocation.as_ptr(), Frame::layout(self.len)) };
+        unsafe { Frame::free_block_out_of_line(self.allocation, Frame::layout(self.len)) };
     }
 }
 
@@ -237,6 +359,145 @@ impl std::fmt::Debug for Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The size of this thread's spare block, if it holds one.
+    fn spare_size() -> Option<usize> {
+        match SPARE.get() {
+            Spare::Held(_, size) => Some(size),
+            Spare::Off | Spare::Empty => None,
+        }
+    }
+
+    /// Runs `test` on a thread of its own that keeps spare blocks, as a shard's does.
+    fn on_a_new_thread(test: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(|| {
+            let _spares = SpareBlocks::keep();
+            test();
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_freed_block_serves_the_next_frame_of_its_rounded_size() {
+        on_a_new_thread(a_freed_block_serves_the_next_frame_of_its_rounded_size_here);
+    }
+
+    fn a_freed_block_serves_the_next_frame_of_its_rounded_size_here() {
+        let first = Frame::from_slice(&[1; 100]);
+        let block = first.heap_ptr();
+        drop(first);
+        assert_eq!(
+            spare_size(),
+            Some(112),
+            "100 bytes and the count, rounded up to 16"
+        );
+        // 97 bytes round to the same block.
+        let second = Frame::from_slice(&[2; 97]);
+        assert_eq!(second.heap_ptr(), block, "the spare block is taken");
+        assert_eq!((second.bytes(), second.references()), (&[2; 97][..], 1));
+        assert_eq!(spare_size(), None);
+        // The ring's release keeps the block too; a frame of another size leaves it be.
+        second.release();
+        let other = Frame::from_slice(&[3; 200]);
+        assert_ne!(other.heap_ptr(), block);
+        assert_eq!(spare_size(), Some(112));
+        // The newest freed block replaces the spare (its lines are the ones in cache).
+        let other_block = other.heap_ptr();
+        drop(other);
+        assert_eq!(spare_size(), Some(208));
+        assert_eq!(Frame::from_slice(&[4; 200]).heap_ptr(), other_block);
+    }
+
+    #[test]
+    fn a_large_frame_goes_back_to_the_allocator() {
+        on_a_new_thread(a_large_frame_goes_back_to_the_allocator_here);
+    }
+
+    fn a_large_frame_goes_back_to_the_allocator_here() {
+        let small = Frame::from_slice(&[1; 10]);
+        drop(small);
+        assert_eq!(spare_size(), Some(32));
+        drop(Frame::from_slice(&vec![5; SPARE_BYTES_MAX]));
+        assert_eq!(
+            spare_size(),
+            Some(32),
+            "kept: the small spare, not the large frame"
+        );
+    }
+
+    #[test]
+    fn only_a_thread_that_keeps_spares_holds_a_block() {
+        on_a_new_thread(|| {
+            drop(Frame::from_slice(b"kept"));
+            assert_eq!(spare_size(), Some(16));
+        });
+        std::thread::spawn(|| {
+            drop(Frame::from_slice(b"freed"));
+            assert_eq!(
+                spare_size(),
+                None,
+                "a thread that ends would leave it unfreed"
+            );
+            let spares = SpareBlocks::keep();
+            drop(Frame::from_slice(b"kept"));
+            assert_eq!(spare_size(), Some(16));
+            drop(spares);
+            assert_eq!(spare_size(), None, "freed when the shard stops");
+            drop(Frame::from_slice(b"freed"));
+            assert_eq!(spare_size(), None);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Make(usize),
+        Clone(usize),
+        Drop(usize),
+        Release(usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0usize..40).prop_map(Step::Make),
+            any::<usize>().prop_map(Step::Clone),
+            any::<usize>().prop_map(Step::Drop),
+            any::<usize>().prop_map(Step::Release),
+        ]
+    }
+
+    proptest! {
+        /// Frames made, shared and freed in any order, of lengths that share rounded sizes:
+        /// a block reused while a reference to it lived would show as another frame's bytes.
+        #[test]
+        fn reused_blocks_never_overwrite_a_live_frame(steps in prop::collection::vec(step(), 1..200)) {
+            let _spares = SpareBlocks::keep();
+            let mut live: Vec<(Frame, u8)> = Vec::new();
+            for (index, step) in steps.into_iter().enumerate() {
+                let fill = index as u8;
+                match step {
+                    Step::Make(len) => live.push((Frame::from_slice(&vec![fill; len]), fill)),
+                    Step::Clone(at) if !live.is_empty() => {
+                        let (frame, fill) = &live[at % live.len()];
+                        live.push((frame.clone(), *fill));
+                    }
+                    Step::Drop(at) if !live.is_empty() => {
+                        drop(live.swap_remove(at % live.len()));
+                    }
+                    Step::Release(at) if !live.is_empty() => {
+                        live.swap_remove(at % live.len()).0.release();
+                    }
+                    _ => {}
+                }
+                for (frame, fill) in &live {
+                    prop_assert!(frame.bytes().iter().all(|byte| byte == fill));
+                }
+            }
+        }
+    }
 
     #[test]
     fn references_are_counted_and_the_last_frees() {

@@ -122,6 +122,8 @@ impl WriteCoalescing {
 impl Shard {
     /// Runs until shutdown; returns the shard's counters.
     pub fn run(mut self) -> io::Result<ShardCounters> {
+        // Dropped before `self`, whose rings' messages then go back to the allocator.
+        let _spare_blocks = crate::message::SpareBlocks::keep();
         if let Some(listener) = self.listener.as_mut() {
             self.poll
                 .registry()
