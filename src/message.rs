@@ -13,7 +13,7 @@ mod frame;
 // library's, for the two references a publish takes and releases without a locked
 // instruction (see `frame`).
 use frame::Frame;
-pub use frame::SpareBlocks;
+pub(crate) use frame::SpareBlocks;
 
 use crate::protocol::native;
 
@@ -148,7 +148,8 @@ impl Message {
 
     /// Where the frame lives: the same for every clone, and, unlike [`Message::shares_frame`],
     /// needing no clone kept to compare later. Only a hint: once the frame is freed, another
-    /// message's may take its address.
+    /// message's takes its address, usually the next one of the same size on that shard
+    /// (which reuses the block it freed last).
     pub fn frame_address(&self) -> usize {
         self.frame.heap_ptr() as usize
     }
@@ -163,10 +164,10 @@ impl Message {
     /// whose memory has gone cold: among a thousand busy topics, the one a replay ring
     /// evicts was last touched a thousand publishes ago. The eviction's count decrement and
     /// free waited on memory for about a seventh of the shard's time (a `perf` time profile
-    /// of the many-topics row); and the allocator hands the freed block to a later publish
-    /// of the same size, whose frame is then written into it: with every line of a small
-    /// frame fetched, not only the first, many topics delivered about a quarter more
-    /// (interleaved runs, tuning.md).
+    /// of the many-topics row); and the shard's next frame of the same size is written into
+    /// the freed block (its spare, `frame::SpareBlocks`): with every line of a small frame
+    /// fetched, not only the first, many topics delivered about a quarter more (interleaved
+    /// runs, tuning.md).
     #[inline]
     pub fn prefetch_for_release(&self) {
         // The allocation starts with the reference count, one word ahead of the frame. A

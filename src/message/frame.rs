@@ -26,11 +26,15 @@
 //! A busy topic's replay ring frees its oldest message on every publish, and that block's
 //! lines were just fetched to free it; the allocator would hand out a block last touched far
 //! longer ago, and with a thousand busy topics writing the new frame then waited on memory.
-//! Reusing the block lifted many topics' delivered msgs/s by about a tenth and saves the free
-//! and the allocation's instructions (about 35 a message in 1:1, callgrind; tuning.md).
+//! This holds where the topic's owner is also the shard that read the publish (one shard,
+//! or a publisher on the owner's shard); elsewhere the spare serves the owner's own
+//! publishers. Reusing the block lifted many topics' delivered msgs/s by about a tenth on one
+//! shard, and costs fewer instructions than the free and the allocation it replaces (1:1
+//! 1,198 → 1,183 a message, callgrind; tuning.md).
 
 use std::alloc::{self, Layout};
 use std::cell::Cell;
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
@@ -42,9 +46,11 @@ const HEADER_BYTES: usize = std::mem::size_of::<AtomicUsize>();
 /// messages of a busy topic, not one large frame held idle.
 pub(crate) const SPARE_BYTES_MAX: usize = 4096;
 
-/// Allocations are rounded up to this many bytes, so that frames a few bytes apart (topic
-/// names of 9 and 10 characters) fit each other's spare block. The allocator's own size
-/// classes are this coarse or coarser, so the rounding costs no memory.
+/// Allocations are rounded up to a multiple of this, so that frames a few bytes apart (topic
+/// names of 9 and 10 characters) fit each other's spare block. mimalloc's size classes are
+/// this coarse above 64 bytes, where a frame of a few bytes of payload already is; below, and
+/// under glibc's allocator (the library embedded elsewhere), a block may take 8 bytes more.
+/// Rounding to 8 below 64 bytes cost 12 instructions a message (callgrind, 1:1).
 const SIZE_GRANULE: usize = 16;
 
 /// What a thread does with a frame's block once the frame is freed.
@@ -67,13 +73,19 @@ thread_local! {
 
 /// While it lives, this thread keeps the block of the last frame it freed for its next
 /// frame of that size (see the module docs); on drop, the block goes back to the allocator
-/// and the thread keeps none again. For a shard's thread, for as long as it runs.
-pub struct SpareBlocks(());
+/// and the thread keeps none again. For a shard's thread, for as long as it runs. Not
+/// `Send`: dropped on another thread, it would leave this one keeping a block for ever.
+pub struct SpareBlocks(PhantomData<*const ()>);
 
 impl SpareBlocks {
+    /// Starts keeping spare blocks on this thread, which must not be keeping them already.
     pub fn keep() -> SpareBlocks {
+        debug_assert!(
+            matches!(SPARE.get(), Spare::Off),
+            "spare blocks kept twice on one thread"
+        );
         SPARE.set(Spare::Empty);
-        SpareBlocks(())
+        SpareBlocks(PhantomData)
     }
 }
 
@@ -112,6 +124,7 @@ unsafe impl Send for Frame {}
 unsafe impl Sync for Frame {}
 
 impl Frame {
+    #[inline]
     fn layout(len: usize) -> Layout {
         // A frame's length is bounded by `--message-bytes-max` (validated), far below where
         // this could fail; failing, it is an allocation that cannot be made.
@@ -185,6 +198,7 @@ impl Frame {
 
     /// A frame of `len` bytes, not written yet: `new_with` and `from_slice` fill it before
     /// anyone can read it (a drop never reads them).
+    #[inline]
     fn allocate(len: usize) -> Frame {
         let layout = Frame::layout(len);
         let allocation = match Frame::take_spare(layout) {
@@ -418,13 +432,23 @@ mod tests {
     fn a_large_frame_goes_back_to_the_allocator_here() {
         let small = Frame::from_slice(&[1; 10]);
         drop(small);
-        assert_eq!(spare_size(), Some(32));
-        drop(Frame::from_slice(&vec![5; SPARE_BYTES_MAX]));
+        assert_eq!(spare_size(), Some(32), "18 bytes, rounded up to 16");
+        let largest_kept = SPARE_BYTES_MAX - HEADER_BYTES;
+        drop(Frame::from_slice(&vec![5; largest_kept + 1]));
         assert_eq!(
             spare_size(),
             Some(32),
             "kept: the small spare, not the large frame"
         );
+        drop(Frame::from_slice(&vec![6; largest_kept]));
+        assert_eq!(spare_size(), Some(SPARE_BYTES_MAX));
+    }
+
+    #[test]
+    fn sizes_round_up_to_16_bytes() {
+        let size = |len| Frame::layout(len).size();
+        assert_eq!([size(0), size(1), size(8), size(9)], [16, 16, 16, 32]);
+        assert_eq!([size(56), size(57), size(72), size(73)], [64, 80, 80, 96]);
     }
 
     #[test]
@@ -456,14 +480,16 @@ mod tests {
     enum Step {
         Make(usize),
         Clone(usize),
+        CloneWhileUnique(usize),
         Drop(usize),
         Release(usize),
     }
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            (0usize..40).prop_map(Step::Make),
+            (1usize..40).prop_map(Step::Make),
             any::<usize>().prop_map(Step::Clone),
+            any::<usize>().prop_map(Step::CloneWhileUnique),
             any::<usize>().prop_map(Step::Drop),
             any::<usize>().prop_map(Step::Release),
         ]
@@ -484,6 +510,12 @@ mod tests {
                         let (frame, fill) = &live[at % live.len()];
                         live.push((frame.clone(), *fill));
                     }
+                    Step::CloneWhileUnique(at) if !live.is_empty() => {
+                        let at = at % live.len();
+                        let fill = live[at].1;
+                        let copy = live[at].0.clone_while_unique();
+                        live.push((copy, fill));
+                    }
                     Step::Drop(at) if !live.is_empty() => {
                         drop(live.swap_remove(at % live.len()));
                     }
@@ -494,6 +526,11 @@ mod tests {
                 }
                 for (frame, fill) in &live {
                     prop_assert!(frame.bytes().iter().all(|byte| byte == fill));
+                    let holders = live
+                        .iter()
+                        .filter(|(other, _)| other.heap_ptr() == frame.heap_ptr())
+                        .count();
+                    prop_assert_eq!(frame.references(), holders);
                 }
             }
         }
@@ -536,10 +573,12 @@ mod tests {
     /// invalid read).
     #[test]
     fn the_fast_paths_race_with_releases_on_other_threads() {
+        let _spares = SpareBlocks::keep();
         for round in 0..500u32 {
             let mut frame = Frame::from_slice(&round.to_be_bytes());
             let copy = frame.clone();
             let reader = std::thread::spawn(move || {
+                let _spares = SpareBlocks::keep();
                 assert_eq!(copy.bytes(), round.to_be_bytes());
                 drop(copy);
             });
@@ -549,6 +588,7 @@ mod tests {
             let kept = frame.clone_while_unique();
             let (to_second, from_owner) = std::sync::mpsc::channel::<Frame>();
             let second = std::thread::spawn(move || {
+                let _spares = SpareBlocks::keep();
                 let kept = from_owner.recv().unwrap();
                 assert_eq!(kept.bytes(), round.to_be_bytes());
                 drop(kept);
@@ -565,6 +605,7 @@ mod tests {
     /// an error).
     #[test]
     fn references_released_on_many_threads_free_the_frame_once() {
+        let _spares = SpareBlocks::keep();
         for round in 0..200u32 {
             let mut frame = Frame::from_slice(&round.to_be_bytes());
             let kept = frame.clone_while_unique();
@@ -572,6 +613,7 @@ mod tests {
                 .map(|_| {
                     let mine = frame.clone();
                     std::thread::spawn(move || {
+                        let _spares = SpareBlocks::keep();
                         let copies: Vec<Frame> = (0..50).map(|_| mine.clone()).collect();
                         for copy in &copies {
                             assert_eq!(copy.bytes(), round.to_be_bytes());

@@ -297,9 +297,11 @@ pub struct EventCache {
 
 #[derive(Default)]
 struct SharedRespMessage {
-    /// The frame address ([`Message::frame_address`]) of the last message a Redis channel
-    /// subscriber was sent: a hint that the next delivery is the same message's second.
-    last_address: usize,
+    /// The frame address ([`Message::frame_address`]) and sequence number of the last
+    /// message a Redis channel subscriber was sent: a hint that the next delivery is the
+    /// same message's second. The address alone would match the next message of the same
+    /// size most of the time, since a shard reuses the block it freed last.
+    last_message: (usize, u64),
     /// The last message worded for sharing, and its `message` frame.
     shared: Option<(Message, Arc<[u8]>)>,
 }
@@ -334,12 +336,13 @@ impl EventCache {
         message: &Message,
     ) -> Option<Arc<[u8]>> {
         let entry = &mut self.resp_messages[usize::from(version == RespVersion::Resp3)];
-        // The first delivery only notes the address: no clone to keep and drop per message.
-        // An address taken over by a later message at most shares that message's frame
-        // needlessly: the frame is always worded from the message at hand.
-        let address = message.frame_address();
-        if entry.last_address != address {
-            entry.last_address = address;
+        // The first delivery only notes the message: no clone to keep and drop per message.
+        // An address and number taken over by a later message (another topic's) at most
+        // share that message's frame needlessly: the frame is always worded from the message
+        // at hand.
+        let noted = (message.frame_address(), message.seq());
+        if entry.last_message != noted {
+            entry.last_message = noted;
             return None;
         }
         Some(entry.shared_frame(version, message))
@@ -1001,5 +1004,31 @@ mod tests {
             &cache.resp_message_frame(v2, &first).unwrap()[..],
             &worded(v2, &first)[..]
         );
+    }
+
+    /// A shard writes its next frame into the block of the one it freed last, so the next
+    /// message usually has the last one's address: its first delivery must still be a first.
+    #[test]
+    fn a_message_in_the_last_ones_block_is_still_delivered_first_unshared() {
+        std::thread::spawn(|| {
+            let _spares = crate::message::SpareBlocks::keep();
+            let mut cache = EventCache::default();
+            let v2 = RespVersion::Resp2;
+            let mut first = message("news", b"one");
+            first.stamp(1, 10);
+            assert!(cache.resp_message_frame(v2, &first).is_none());
+            let address = first.frame_address();
+            drop(first);
+            let mut second = message("news", b"two");
+            second.stamp(2, 20);
+            assert_eq!(second.frame_address(), address, "the block freed last");
+            assert!(cache.resp_message_frame(v2, &second).is_none());
+            assert_eq!(
+                &cache.resp_message_frame(v2, &second).unwrap()[..],
+                &worded(v2, &second)[..]
+            );
+        })
+        .join()
+        .unwrap();
     }
 }
