@@ -22,15 +22,14 @@
 //!
 //! A freed frame's block is not handed back to the allocator at once: a shard's thread keeps
 //! the last one it freed (up to [`SPARE_BYTES_MAX`]) for its next frame of the same rounded
-//! size ([`SpareBlocks`]).
-//! A busy topic's replay ring frees its oldest message on every publish, and that block's
-//! lines were just fetched to free it; the allocator would hand out a block last touched far
-//! longer ago, and with a thousand busy topics writing the new frame then waited on memory.
-//! This holds where the topic's owner is also the shard that read the publish (one shard,
-//! or a publisher on the owner's shard); elsewhere the spare serves the owner's own
-//! publishers. Reusing the block lifted many topics' delivered msgs/s by about a tenth on one
-//! shard, and costs fewer instructions than the free and the allocation it replaces (1:1
-//! 1,198 → 1,183 a message, callgrind; tuning.md).
+//! size ([`SpareBlocks`]). A busy topic's replay ring frees its oldest message on every
+//! publish, and that block's lines were just fetched to free it; the allocator would hand
+//! out a block last touched far longer ago, and with a thousand busy topics writing the new
+//! frame then waited on memory. This holds where the topic's owner is also the shard that
+//! read the publish (one shard, or a publisher on the owner's shard); elsewhere the spare
+//! serves the owner's own publishers. Reusing the block lifted many topics' delivered msgs/s
+//! by about a tenth on one shard, and costs fewer instructions than the free and the
+//! allocation it replaces (1:1 1,198 → 1,183 a message, callgrind; tuning.md).
 
 use std::alloc::{self, Layout};
 use std::cell::Cell;
@@ -48,9 +47,9 @@ pub(crate) const SPARE_BYTES_MAX: usize = 4096;
 
 /// Allocations are rounded up to a multiple of this, so that frames a few bytes apart (topic
 /// names of 9 and 10 characters) fit each other's spare block. mimalloc's size classes are
-/// this coarse above 64 bytes, where a frame of a few bytes of payload already is; below, and
-/// under glibc's allocator (the library embedded elsewhere), a block may take 8 bytes more.
-/// Rounding to 8 below 64 bytes cost 12 instructions a message (callgrind, 1:1).
+/// this coarse above 64 bytes; a smaller frame (a short topic and a few bytes of payload),
+/// or any frame under glibc's allocator (the library embedded elsewhere), may take 8 bytes
+/// more. Rounding to 8 below 64 bytes cost 12 instructions a message (callgrind, 1:1).
 const SIZE_GRANULE: usize = 16;
 
 /// What a thread does with a frame's block once the frame is freed.
